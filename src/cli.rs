@@ -1,0 +1,249 @@
+//! Command-line arguments. The `///` comments are the help text.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::policy::parse_duration;
+use crate::store::AccountKey;
+use crate::wechat::Api;
+
+/// Central refresher for WeChat access tokens: one place fetches, everything else reads.
+#[derive(Parser, Debug)]
+#[command(name = "wxtoken", version, max_term_width = 100)]
+#[command(after_help = "Examples:
+  wxtoken account add --appid wx1234567890abcdef < secret.txt
+  wxtoken refresh                      # from cron, hourly
+  TOKEN=$(wxtoken get --appid wx1234567890abcdef) || exit 1
+
+Exit codes: 0 ok, 1 unexpected error, 2 bad arguments, 3 no valid token,
+4 a fetch from WeChat failed, 5 database problem, 6 no such account / already exists.")]
+pub struct Cli {
+    /// SQLite database [default: ~/.local/share/wxtoken/wxtoken.db]
+    #[arg(long, global = true, env = "WXTOKEN_DB", value_name = "PATH")]
+    pub db: Option<PathBuf>,
+
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG works too
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors on stderr; `refresh` prints no summary when everything succeeded
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Manage the accounts whose tokens wxtoken refreshes
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Fetch a fresh token for every enabled account (run this from cron)
+    #[command(after_help = "Examples:
+  wxtoken refresh                        # every enabled account
+  wxtoken refresh --appid wx1234567890abcdef
+  WXTOKEN_API_BASE=http://127.0.0.1:8080 wxtoken refresh   # through a proxy or stand-in
+
+Prints one summary line on stderr. Exits 0 when every account succeeded, 4 when any failed.")]
+    Refresh(RefreshArgs),
+    /// Print the newest valid token of an account on stdout, and nothing else
+    #[command(after_help = "Examples:
+  TOKEN=$(wxtoken get --appid wx1234567890abcdef) || exit 1
+  wxtoken get --appid wx1234567890abcdef --min-ttl 5m --json
+
+Exits 3, printing nothing on stdout, when there is no valid token
+(unknown account, none fetched yet, expired, or less than --min-ttl left).")]
+    Get(GetArgs),
+    /// Show every account: its API, its newest token's age and the last attempt's outcome
+    #[command(after_help = "Examples:
+  wxtoken status
+  wxtoken status --json | jq '.accounts[] | select(.last_attempt.outcome != \"ok\")'")]
+    Status(StatusArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AccountCommand {
+    /// Add an account; the secret is read from stdin (one line) or from --secret-env
+    #[command(after_help = "Examples:
+  wxtoken account add --appid wx1234567890abcdef            # prompts, without echo
+  printf '%s\\n' \"$SECRET\" | wxtoken account add --appid wx1234567890abcdef --api stable
+  WX_SECRET=... wxtoken account add --appid wx1234567890abcdef --secret-env WX_SECRET
+
+The secret is never an argument: argv shows in `ps` and in shell history.")]
+    Add(AddArgs),
+    /// List accounts (secrets masked)
+    #[command(after_help = "Example:\n  wxtoken account list --json")]
+    List(ListArgs),
+    /// Remove an account and its whole token history
+    #[command(after_help = "Example:\n  wxtoken account remove --appid wx1234567890abcdef")]
+    Remove(AccountArgs),
+    /// Let `refresh` fetch tokens for this account again
+    #[command(after_help = "Example:\n  wxtoken account enable --appid wx1234567890abcdef")]
+    Enable(AccountArgs),
+    /// Stop refreshing this account (its stored tokens stay readable until they expire)
+    #[command(after_help = "Example:\n  wxtoken account disable --appid wx1234567890abcdef")]
+    Disable(AccountArgs),
+    /// Replace an account's secret, after it was reset in the console
+    #[command(
+        after_help = "Example:\n  wxtoken account set-secret --appid wx1234567890abcdef < new-secret.txt"
+    )]
+    SetSecret(SecretArgs),
+}
+
+/// Which account a command is about.
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = true)]
+pub struct AccountArgs {
+    /// The account's appid (Official Account or Mini Program)
+    #[arg(long, conflicts_with_all = ["corpid", "agentid"])]
+    pub appid: Option<String>,
+    /// WeCom: the corp's corpid (with --agentid)
+    #[arg(long, requires = "agentid")]
+    pub corpid: Option<String>,
+    /// WeCom: the app's agentid, or a name for a module without one, such as `contacts`
+    #[arg(long, requires = "corpid")]
+    pub agentid: Option<String>,
+}
+
+impl AccountArgs {
+    pub fn key(&self) -> Result<AccountKey, String> {
+        let key = match (&self.appid, &self.corpid, &self.agentid) {
+            (Some(appid), None, None) => AccountKey::appid(appid),
+            (None, Some(corpid), Some(agent)) => AccountKey {
+                appid: corpid.clone(),
+                agent: agent.clone(),
+            },
+            _ => return Err("name an account with --appid, or with --corpid and --agentid".into()),
+        };
+        check_identifier("appid/corpid", &key.appid)?;
+        if self.agentid.is_some() {
+            check_identifier("agentid", &key.agent)?;
+        }
+        Ok(key)
+    }
+}
+
+fn check_identifier(what: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("{what} is empty"));
+    }
+    if value.len() > 128 || !value.bytes().all(|b| b.is_ascii_graphic()) || value.contains('/') {
+        return Err(format!(
+            "{what} '{}' is not valid: use up to 128 printable ASCII characters, no spaces or '/'",
+            crate::policy::one_line(value, 40)
+        ));
+    }
+    Ok(())
+}
+
+/// Where a secret comes from.
+#[derive(Args, Debug)]
+pub struct SecretSource {
+    /// Read the secret from this environment variable instead of stdin
+    #[arg(long, value_name = "VAR")]
+    pub secret_env: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    #[command(flatten)]
+    pub account: AccountArgs,
+    /// Token API: `token` is GET /cgi-bin/token, `stable` is POST /cgi-bin/stable_token
+    /// (WeCom apps always use /cgi-bin/gettoken)
+    #[arg(long, value_enum, default_value_t = ApiArg::Token)]
+    pub api: ApiArg,
+    #[command(flatten)]
+    pub secret: SecretSource,
+}
+
+#[derive(Args, Debug)]
+pub struct SecretArgs {
+    #[command(flatten)]
+    pub account: AccountArgs,
+    #[command(flatten)]
+    pub secret: SecretSource,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiArg {
+    Token,
+    Stable,
+}
+
+impl From<ApiArg> for Api {
+    fn from(a: ApiArg) -> Api {
+        match a {
+            ApiArg::Token => Api::Token,
+            ApiArg::Stable => Api::Stable,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// One JSON object on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// One JSON object on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RefreshArgs {
+    /// Refresh only this account (repeatable); default: every enabled account
+    #[arg(long, value_name = "APPID")]
+    pub appid: Vec<String>,
+    /// Give up on one request after this many seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
+    pub timeout: u64,
+    /// WeChat API base URL (http:// works, for proxies and tests)
+    #[arg(long, env = "WXTOKEN_API_BASE", value_name = "URL", default_value = crate::wechat::DEFAULT_API_BASE)]
+    pub api_base: String,
+    /// WeCom API base URL
+    #[arg(long, env = "WXTOKEN_WORK_API_BASE", value_name = "URL", default_value = crate::wechat::DEFAULT_WORK_API_BASE)]
+    pub work_api_base: String,
+}
+
+impl RefreshArgs {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub account: AccountArgs,
+    /// Print one JSON object: appid, access_token, expires_in, fetched_at, expires_at
+    #[arg(long)]
+    pub json: bool,
+    /// Refuse a token with less than this left, like 90s, 5m or 1h
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0s")]
+    pub min_ttl: Duration,
+}
+
+/// Checks that an API base is an http(s) URL, so that a typo fails before any request.
+pub fn check_base(name: &str, url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(host)
+            if !host.is_empty() && !host.starts_with('/') && !url.contains(char::is_whitespace) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "{name} '{}' is not an http:// or https:// URL",
+            crate::policy::one_line(url, 80)
+        )),
+    }
+}

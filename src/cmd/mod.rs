@@ -1,0 +1,109 @@
+//! One file per subcommand. `run` resolves what every command shares (the database path,
+//! the clock) and hands each command only what it needs.
+
+mod account;
+mod get;
+mod refresh;
+mod status;
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, SecondsFormat};
+
+use crate::cli::{Cli, Command};
+use crate::exit::{self, fail};
+use crate::store::Store;
+use crate::wechat::{self, Client};
+
+pub fn run(cli: Cli) -> Result<u8> {
+    let db = database_path(cli.db)?;
+    let now = wechat::unix_now();
+    match cli.command {
+        Command::Account(cmd) => account::run(&Store::open(&db)?, cmd, now),
+        Command::Get(args) => {
+            let key = args.account.key().map_err(|e| fail(exit::USAGE, e))?;
+            get::run(&Store::open_readonly(&db)?, &key, &args, now)
+        }
+        Command::Refresh(args) => {
+            crate::cli::check_base("--api-base", &args.api_base)
+                .map_err(|e| fail(exit::USAGE, e))?;
+            crate::cli::check_base("--work-api-base", &args.work_api_base)
+                .map_err(|e| fail(exit::USAGE, e))?;
+            let client = Client::new(&args.api_base, &args.work_api_base, args.timeout());
+            refresh::run(&Store::open(&db)?, &client, &args, cli.quiet)
+        }
+        Command::Status(args) => status::run(&Store::open(&db)?, args.json, now),
+    }
+}
+
+/// `--db`, else `WXTOKEN_DB` (clap reads both), else `~/.local/share/wxtoken/wxtoken.db`.
+/// The default depends on HOME only, which cron sets too, so cron and a login shell of the
+/// same user agree on it. Only the default directory is created; a named one must exist.
+fn database_path(flag: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(path) = flag {
+        if path.as_os_str().is_empty() {
+            return Err(fail(exit::USAGE, "--db / WXTOKEN_DB is empty"));
+        }
+        return Ok(path);
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| fail(exit::USAGE, "HOME is not set; pass --db or set WXTOKEN_DB"))?;
+    let dir = PathBuf::from(home).join(".local/share/wxtoken");
+    if !dir.is_dir() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("could not create directory {}", dir.display()))?;
+    }
+    Ok(dir.join("wxtoken.db"))
+}
+
+/// Writes data to stdout. A reader that went away (`| head`) is not an error.
+pub fn emit(text: &str) -> Result<()> {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+            Err(e).context("could not write to stdout")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// RFC 3339 in UTC, to the second.
+pub fn rfc3339(ts: i64) -> String {
+    DateTime::from_timestamp(ts, 0)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+        .unwrap_or_else(|| ts.to_string())
+}
+
+/// A short human duration: `59m`, `1h59m`, `45s`, `-3m` for the past.
+pub fn human(secs: i64) -> String {
+    let sign = if secs < 0 { "-" } else { "" };
+    let s = secs.unsigned_abs();
+    let text = match s {
+        0..=119 => format!("{s}s"),
+        120..=3599 => format!("{}m", s / 60),
+        3600..=172_799 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d", s / 86_400),
+    };
+    format!("{sign}{text}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(human(45), "45s");
+        assert_eq!(human(7199), "1h59m");
+        assert_eq!(human(-180), "-3m");
+        assert_eq!(human(3 * 86_400), "3d");
+    }
+}

@@ -1,0 +1,41 @@
+//! wxtoken: the one place that fetches WeChat access tokens; everything else reads them.
+
+mod cli;
+mod cmd;
+mod exit;
+mod logging;
+mod policy;
+mod secret;
+mod store;
+mod wechat;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => {
+            // --help and --version: clap prints them on stdout.
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            // One line for cron mail and logs; the full usage is one --help away.
+            let text = err.to_string();
+            let first = text.lines().next().unwrap_or("bad arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("wxtoken: error: {first} (see wxtoken --help)");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    logging::init(cli.verbose, cli.quiet);
+    match cmd::run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("wxtoken: error: {err:#}");
+            ExitCode::from(exit::code_of(&err))
+        }
+    }
+}

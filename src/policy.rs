@@ -1,0 +1,255 @@
+//! Pure decisions: durations, expiry, backoff, and what each WeChat errcode means.
+//! Nothing here does I/O or reads the clock; `now` is always an argument (Unix seconds).
+
+use std::time::Duration;
+
+/// Parses `90s`, `5m`, `1h`, `2d`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let bad =
+        || format!("invalid duration '{text}': use a number with s, m, h or d, like 90s, 5m or 1h");
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(scale)
+        .map(Duration::from_secs)
+        .ok_or_else(bad)
+}
+
+/// Seconds a token has left at `now`; negative once it has expired.
+pub fn remaining(expires_at: i64, now: i64) -> i64 {
+    expires_at - now
+}
+
+/// Whether a token may be handed out: not expired, and at least `min_ttl` seconds left.
+pub fn usable(expires_at: i64, now: i64, min_ttl: i64) -> bool {
+    let left = remaining(expires_at, now);
+    left > 0 && left >= min_ttl
+}
+
+/// How long to wait before retry number `retry` (1 = the first retry).
+/// Exponential from `base`, with full jitter in [50 %, 100 %] so that many accounts that
+/// failed together do not retry together. `jitter` is a number in [0, 1).
+pub fn backoff(base: Duration, retry: u32, jitter: f64) -> Duration {
+    let exp = base.saturating_mul(1u32 << retry.saturating_sub(1).min(10));
+    exp.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// Unix seconds of the next midnight in China (UTC+8), when WeChat's daily quotas reset.
+pub fn next_china_midnight(now: i64) -> i64 {
+    const OFFSET: i64 = 8 * 3600;
+    const DAY: i64 = 86_400;
+    ((now + OFFSET).div_euclid(DAY) + 1) * DAY - OFFSET
+}
+
+/// What a failed fetch means for the account, beyond this one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Nothing: the next run tries again as usual.
+    None,
+    /// The configuration is wrong; skip the account until its secret changes, it is
+    /// re-enabled, or `refresh --force` is given.
+    Attention,
+    /// Skip the account until this Unix time.
+    Until(i64),
+}
+
+/// Whether an errcode is worth retrying within the same run.
+pub fn errcode_is_transient(errcode: i64) -> bool {
+    errcode == -1
+}
+
+/// Whether an HTTP status is worth retrying within the same run.
+pub fn http_status_is_transient(status: u16) -> bool {
+    status >= 500 || status == 429 || status == 408
+}
+
+/// What an errcode from a token fetch means for later runs.
+pub fn hold_after(errcode: i64, now: i64) -> Hold {
+    match errcode {
+        40001 | 40013 | 40125 | 41002 | 41004 | 40091 => Hold::Attention,
+        45009 => Hold::Until(next_china_midnight(now)),
+        89506 => Hold::Until(now + 24 * 3600),
+        89507 => Hold::Until(now + 3600),
+        _ => Hold::None,
+    }
+}
+
+/// The IP address WeChat names in a whitelist error, if it names one.
+/// 40164: `invalid ip 203.0.113.7 ipv6 ::ffff:203.0.113.7, not in whitelist rid: ...`;
+/// 60020 (WeCom): `not allow to access from your ip, ... from ip: 203.0.113.7, more info ...`.
+pub fn ip_in_errmsg(errmsg: &str) -> Option<&str> {
+    let start = ["invalid ip ", "from ip: ", "from ip:"]
+        .iter()
+        .find_map(|key| errmsg.find(key).map(|i| i + key.len()))?;
+    let rest = &errmsg[start..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_hexdigit() || c == '.' || c == ':'))
+        .unwrap_or(rest.len());
+    let ip = rest[..end].trim_end_matches([':', '.']);
+    (!ip.is_empty()).then_some(ip)
+}
+
+/// What an operator should do about an errcode from a token fetch. `None` for codes we do
+/// not know: the caller then shows errcode and errmsg verbatim.
+pub fn hint(errcode: i64, errmsg: &str) -> Option<String> {
+    let ip = ip_in_errmsg(errmsg).unwrap_or("of this server");
+    let h = match errcode {
+        -1 => "WeChat is busy; retried with backoff, the next run tries again".to_string(),
+        40001 | 40125 => "the secret is wrong or was reset in the console; \
+                          store the current one with `wxtoken account set-secret`"
+            .to_string(),
+        40013 => "the appid (or corpid) is invalid; check it in the console, \
+                  then remove the account and add it again"
+            .to_string(),
+        40002 | 43002 => {
+            "the request was malformed (a proxy rewriting requests, or a wxtoken bug)".to_string()
+        }
+        40164 => format!(
+            "the IP {ip} is not in the account's IP whitelist; add it in the console \
+             (Settings > Basic configuration > IP whitelist)"
+        ),
+        41002 | 41004 => "a parameter is missing (41002: appid, 41004: secret); \
+                          check the account with `wxtoken account list`"
+            .to_string(),
+        45009 => "the daily quota is used up; it resets at midnight China time (UTC+8), \
+                  or clear it in the console"
+            .to_string(),
+        45011 => "the per-minute quota is used up; the next run tries again".to_string(),
+        89501 => "an administrator has not yet confirmed this IP; try again later".to_string(),
+        89503 => "this IP needs an administrator's confirmation in the console".to_string(),
+        89506 => "an administrator rejected this IP; blocked for 24 h".to_string(),
+        89507 => "an administrator rejected this IP; blocked for 1 h".to_string(),
+        40091 => "the WeCom app's secret is invalid; store the current one with \
+                  `wxtoken account set-secret`"
+            .to_string(),
+        60020 => format!(
+            "the IP {ip} is not among the WeCom app's trusted IPs; add it in the admin console \
+             (App > Trusted IP)"
+        ),
+        301002 => "the token belongs to another WeCom app: check the account's agentid and \
+                   secret"
+            .to_string(),
+        40014 | 42001 | 42009 => "the token is invalid or expired; get a fresh one with \
+                                  `wxtoken get --reject TOKEN`"
+            .to_string(),
+        _ => return None,
+    };
+    Some(h)
+}
+
+/// Makes text from the network safe to print on one line: no control characters, bounded.
+pub fn one_line(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max)
+        .collect();
+    if text.chars().count() > max {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        for bad in ["", "m", "5x", "-5m", "1.5h", "5 m", "99999999999999999999d"] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains(&format!("'{bad}'")), "{err}");
+        }
+    }
+
+    #[test]
+    fn expiry() {
+        assert!(usable(1000, 999, 0));
+        assert!(
+            !usable(1000, 1000, 0),
+            "a token is dead at its expiry instant"
+        );
+        assert!(!usable(1000, 1001, 0));
+        assert!(usable(1000, 700, 300));
+        assert!(!usable(1000, 701, 300));
+        assert_eq!(remaining(1000, 400), 600);
+    }
+
+    #[test]
+    fn backoff_grows_and_jitters() {
+        let base = Duration::from_millis(200);
+        assert_eq!(backoff(base, 1, 1.0), Duration::from_millis(200));
+        assert_eq!(backoff(base, 1, 0.0), Duration::from_millis(100));
+        assert_eq!(backoff(base, 2, 1.0), Duration::from_millis(400));
+        assert_eq!(backoff(base, 3, 0.5), Duration::from_millis(600));
+        assert!(
+            backoff(base, 60, 1.0) <= base * 1024,
+            "bounded for silly inputs"
+        );
+    }
+
+    #[test]
+    fn china_midnight() {
+        // 2026-11-21T15:59:59Z is 23:59:59 in China: reset one second later.
+        assert_eq!(next_china_midnight(1_795_276_799), 1_795_276_800);
+        // Exactly at the reset the next one is a day away.
+        assert_eq!(next_china_midnight(1_795_276_800), 1_795_276_800 + 86_400);
+    }
+
+    #[test]
+    fn holds() {
+        assert_eq!(hold_after(40125, 0), Hold::Attention);
+        assert_eq!(hold_after(40001, 0), Hold::Attention);
+        assert_eq!(hold_after(89507, 100), Hold::Until(3700));
+        assert_eq!(hold_after(89506, 100), Hold::Until(86_500));
+        assert_eq!(
+            hold_after(40164, 100),
+            Hold::None,
+            "ops may fix the whitelist any time"
+        );
+        assert_eq!(hold_after(45011, 100), Hold::None);
+        assert!(matches!(hold_after(45009, 100), Hold::Until(t) if t > 100));
+    }
+
+    #[test]
+    fn transient_classes() {
+        assert!(errcode_is_transient(-1));
+        for code in [40001, 40013, 40125, 40164, 45009, 45011, 41002] {
+            assert!(!errcode_is_transient(code), "{code}");
+        }
+        assert!(http_status_is_transient(502));
+        assert!(http_status_is_transient(500));
+        assert!(!http_status_is_transient(404));
+    }
+
+    #[test]
+    fn ip_extraction() {
+        let msg = "invalid ip 203.0.113.7 ipv6 ::ffff:203.0.113.7, not in whitelist rid: 1";
+        assert_eq!(ip_in_errmsg(msg), Some("203.0.113.7"));
+        let wecom = "not allow to access from your ip, hint: [x], from ip: 198.51.100.4, more info";
+        assert_eq!(ip_in_errmsg(wecom), Some("198.51.100.4"));
+        assert_eq!(ip_in_errmsg("invalid appid"), None);
+        assert!(hint(40164, msg).unwrap().contains("203.0.113.7"));
+        assert!(hint(40125, "").unwrap().contains("set-secret"));
+        assert_eq!(hint(12345, "whatever"), None);
+    }
+
+    #[test]
+    fn one_line_strips_controls_and_bounds() {
+        assert_eq!(one_line("a\nb\x1b[31m", 100), "a b [31m");
+        assert_eq!(one_line("abcdef", 3), "abc…");
+    }
+}

@@ -1,0 +1,415 @@
+//! The WeChat client: the only module that speaks HTTP. Answers are typed: a token, or a
+//! `Failure` that knows whether it is worth retrying. The secret never appears in anything
+//! this module returns.
+
+use std::fmt;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+
+use crate::policy;
+use crate::secret::{self, Secret};
+
+/// Where WeChat's API lives unless `--api-base` / `WXTOKEN_API_BASE` says otherwise.
+pub const DEFAULT_API_BASE: &str = "https://api.weixin.qq.com";
+/// Where WeCom's API lives unless `--work-api-base` / `WXTOKEN_WORK_API_BASE` says otherwise.
+pub const DEFAULT_WORK_API_BASE: &str = "https://qyapi.weixin.qq.com";
+/// A token reply is well under 1 KiB; anything past this is not WeChat talking.
+const BODY_CAP: u64 = 16 * 1024;
+/// At most this many tries per fetch, transient failures only.
+pub const MAX_TRIES: u32 = 3;
+
+/// Which token endpoint an account uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `GET /cgi-bin/token`: each fetch invalidates the previous token after 5 minutes.
+    Token,
+    /// `POST /cgi-bin/stable_token`: isolated from the classic token.
+    Stable,
+    /// WeCom `GET /cgi-bin/gettoken`.
+    Work,
+}
+
+impl Api {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Token => "token",
+            Api::Stable => "stable",
+            Api::Work => "work",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Api> {
+        match s {
+            "token" => Some(Api::Token),
+            "stable" => Some(Api::Stable),
+            "work" => Some(Api::Work),
+            _ => None,
+        }
+    }
+}
+
+/// A token (or ticket) as WeChat handed it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub token: String,
+    pub expires_in: i64,
+}
+
+/// Why a fetch failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// WeChat answered with an errcode.
+    WeChat { errcode: i64, errmsg: String },
+    /// The HTTP status was not 200 (a proxy, a load balancer, a wrong base URL).
+    Http { status: u16 },
+    /// No answer: connection refused or dropped, DNS, TLS, timeout.
+    Transport(String),
+    /// An answer that is not a WeChat reply at all: not JSON, empty, too large.
+    NotJson(String),
+    /// JSON, but not a valid token reply: a missing or malformed field.
+    Invalid(String),
+}
+
+impl Failure {
+    /// Worth retrying within the same run.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Failure::WeChat { errcode, .. } => policy::errcode_is_transient(*errcode),
+            Failure::Http { status } => policy::http_status_is_transient(*status),
+            Failure::Transport(_) | Failure::NotJson(_) => true,
+            Failure::Invalid(_) => false,
+        }
+    }
+
+    /// Short label for summaries: the errcode, the HTTP status, or the class.
+    pub fn label(&self) -> String {
+        match self {
+            Failure::WeChat { errcode, .. } => errcode.to_string(),
+            Failure::Http { status } => format!("http {status}"),
+            Failure::Transport(_) => "network".to_string(),
+            Failure::NotJson(_) => "not json".to_string(),
+            Failure::Invalid(_) => "invalid reply".to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::WeChat { errcode, errmsg } => {
+                write!(f, "WeChat errcode {errcode} ({errmsg})")?;
+                match policy::hint(*errcode, errmsg) {
+                    Some(hint) => write!(f, ": {hint}"),
+                    None => Ok(()),
+                }
+            }
+            Failure::Http { status } => write!(f, "HTTP status {status} from the API"),
+            Failure::Transport(what) => write!(f, "network error: {what}"),
+            Failure::NotJson(what) => write!(f, "reply is not a WeChat answer: {what}"),
+            Failure::Invalid(what) => write!(f, "invalid reply: {what}"),
+        }
+    }
+}
+
+/// One fetch, after retries: the result, how many tries it took, and when the successful
+/// request was sent (Unix seconds).
+#[derive(Debug)]
+pub struct Outcome {
+    pub result: Result<Fetched, Failure>,
+    pub tries: u32,
+    pub sent_at: i64,
+    pub started_at: i64,
+    pub duration_ms: i64,
+}
+
+/// What identifies an account to WeChat.
+pub struct Credentials<'a> {
+    pub api: Api,
+    pub appid: &'a str,
+    pub secret: &'a Secret,
+}
+
+pub struct Client {
+    agent: ureq::Agent,
+    api_base: String,
+    work_api_base: String,
+    retry_base: Duration,
+}
+
+impl Client {
+    pub fn new(api_base: &str, work_api_base: &str, timeout: Duration) -> Client {
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .timeout_connect(Some(timeout.min(Duration::from_secs(5))))
+            .http_status_as_error(false)
+            // A redirect would carry the secret in the query string to another host.
+            .max_redirects(0)
+            .max_redirects_will_error(false)
+            .user_agent(concat!("wxtoken/", env!("CARGO_PKG_VERSION")))
+            .max_idle_connections_per_host(64)
+            .build();
+        Client {
+            agent: config.into(),
+            api_base: api_base.trim_end_matches('/').to_string(),
+            work_api_base: work_api_base.trim_end_matches('/').to_string(),
+            retry_base: Duration::from_millis(200),
+        }
+    }
+
+    /// Fetches a token, retrying transient failures with backoff and jitter.
+    /// `force` asks a `stable` account for a brand-new token (`force_refresh: true`).
+    pub fn fetch_token(&self, creds: &Credentials, force: bool) -> Outcome {
+        self.with_retries(creds.secret, || self.token_once(creds, force))
+    }
+
+    fn with_retries(
+        &self,
+        secret: &Secret,
+        mut once: impl FnMut() -> Result<Fetched, Failure>,
+    ) -> Outcome {
+        let started = Instant::now();
+        let started_at = unix_now();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let sent_at = unix_now();
+            let result = once().map_err(|f| scrub_failure(f, secret));
+            match &result {
+                Err(failure) if failure.is_transient() && tries < MAX_TRIES => {
+                    let wait = policy::backoff(self.retry_base, tries, jitter());
+                    log::debug!("try {tries} failed ({failure}); retrying in {wait:?}");
+                    std::thread::sleep(wait);
+                }
+                _ => {
+                    return Outcome {
+                        result,
+                        tries,
+                        sent_at,
+                        started_at,
+                        duration_ms: started.elapsed().as_millis() as i64,
+                    };
+                }
+            }
+        }
+    }
+
+    fn token_once(&self, creds: &Credentials, force: bool) -> Result<Fetched, Failure> {
+        let secret = creds.secret.expose();
+        let response = match creds.api {
+            Api::Token => self
+                .agent
+                .get(format!("{}/cgi-bin/token", self.api_base))
+                .query("grant_type", "client_credential")
+                .query("appid", creds.appid)
+                .query("secret", secret)
+                .call(),
+            Api::Stable => {
+                let body = serde_json::json!({
+                    "grant_type": "client_credential",
+                    "appid": creds.appid,
+                    "secret": secret,
+                    "force_refresh": force,
+                });
+                self.agent
+                    .post(format!("{}/cgi-bin/stable_token", self.api_base))
+                    .header("Content-Type", "application/json")
+                    .send(body.to_string())
+            }
+            Api::Work => self
+                .agent
+                .get(format!("{}/cgi-bin/gettoken", self.work_api_base))
+                .query("corpid", creds.appid)
+                .query("corpsecret", secret)
+                .call(),
+        };
+        parse_reply(read_body(response)?, "access_token")
+    }
+}
+
+fn read_body(
+    response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<String, Failure> {
+    let mut response = response.map_err(transport)?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        return Err(Failure::Http { status });
+    }
+    response
+        .body_mut()
+        .with_config()
+        .limit(BODY_CAP)
+        .read_to_string()
+        .map_err(|e| match e {
+            ureq::Error::BodyExceedsLimit(_) => {
+                Failure::NotJson(format!("larger than {} KiB", BODY_CAP / 1024))
+            }
+            ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                if io.to_string().contains("limit") {
+                    Failure::NotJson(format!("larger than {} KiB", BODY_CAP / 1024))
+                } else {
+                    Failure::NotJson("not UTF-8".to_string())
+                }
+            }
+            other => transport(other),
+        })
+}
+
+fn transport(err: ureq::Error) -> Failure {
+    Failure::Transport(match err {
+        ureq::Error::Timeout(_) => "timed out".to_string(),
+        other => policy::one_line(&other.to_string(), 200),
+    })
+}
+
+/// The fields WeChat may send. Unknown fields are ignored; known ones must have the right
+/// type, or the reply is rejected.
+#[derive(Deserialize)]
+struct Reply {
+    errcode: Option<i64>,
+    errmsg: Option<String>,
+    access_token: Option<String>,
+    ticket: Option<String>,
+    expires_in: Option<i64>,
+}
+
+/// Strict parsing of a reply: a WeChat error, or a well-formed `field` with `expires_in`.
+fn parse_reply(body: String, field: &str) -> Result<Fetched, Failure> {
+    if body.trim().is_empty() {
+        return Err(Failure::NotJson("empty body".to_string()));
+    }
+    let reply: Reply = match serde_json::from_str(&body) {
+        Ok(reply) => reply,
+        Err(e) if e.is_syntax() || e.is_eof() => {
+            return Err(Failure::NotJson(format!("{}", policy::one_line(&body, 60))));
+        }
+        Err(e) => return Err(Failure::Invalid(policy::one_line(&e.to_string(), 120))),
+    };
+    if let Some(errcode) = reply.errcode.filter(|&c| c != 0) {
+        let errmsg = policy::one_line(reply.errmsg.as_deref().unwrap_or(""), 200);
+        return Err(Failure::WeChat { errcode, errmsg });
+    }
+    let value = if field == "ticket" {
+        reply.ticket
+    } else {
+        reply.access_token
+    };
+    let token = value.ok_or_else(|| Failure::Invalid(format!("no {field} in the reply")))?;
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Failure::Invalid(format!(
+            "{field} is empty or has characters no token has"
+        )));
+    }
+    let expires_in = reply
+        .expires_in
+        .ok_or_else(|| Failure::Invalid("no expires_in in the reply".to_string()))?;
+    if !(1..=366 * 86_400).contains(&expires_in) {
+        return Err(Failure::Invalid(format!(
+            "expires_in {expires_in} is out of range"
+        )));
+    }
+    Ok(Fetched { token, expires_in })
+}
+
+/// Library errors can quote the request URL, and the classic endpoint's URL holds the secret.
+fn scrub_failure(failure: Failure, secret: &Secret) -> Failure {
+    match failure {
+        Failure::WeChat { errcode, errmsg } => Failure::WeChat {
+            errcode,
+            errmsg: secret::scrub(&errmsg, secret),
+        },
+        Failure::Transport(s) => Failure::Transport(secret::scrub(&s, secret)),
+        Failure::NotJson(s) => Failure::NotJson(secret::scrub(&s, secret)),
+        Failure::Invalid(s) => Failure::Invalid(secret::scrub(&s, secret)),
+        http @ Failure::Http { .. } => http,
+    }
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A number in [0, 1) that differs between threads and moments; good enough for jitter.
+fn jitter() -> f64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tid = format!("{:?}", std::thread::current().id());
+    let mixed = secret::fingerprint(&format!("{nanos}{tid}{}", std::process::id()));
+    let n = u32::from_str_radix(&mixed[4..], 16).unwrap_or(0);
+    f64::from(n) / f64::from(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_success_and_errors() {
+        let ok = parse_reply(
+            r#"{"access_token":"ACCESS_TOKEN","expires_in":7200}"#.into(),
+            "access_token",
+        );
+        assert_eq!(
+            ok,
+            Ok(Fetched {
+                token: "ACCESS_TOKEN".into(),
+                expires_in: 7200
+            })
+        );
+        let wecom = r#"{"errcode":0,"errmsg":"ok","access_token":"T","expires_in":7200}"#;
+        assert!(parse_reply(wecom.into(), "access_token").is_ok());
+        let err = parse_reply(
+            r#"{"errcode":40013,"errmsg":"invalid appid"}"#.into(),
+            "access_token",
+        );
+        assert_eq!(
+            err,
+            Err(Failure::WeChat {
+                errcode: 40013,
+                errmsg: "invalid appid".into()
+            })
+        );
+    }
+
+    #[test]
+    fn classifies_bad_bodies() {
+        let cases = [
+            ("", true),
+            ("<html>502 Bad Gateway</html>", true),
+            (r#"{"expires_in":7200}"#, false),
+            (r#"{"access_token":"T"}"#, false),
+            (r#"{"access_token":"","expires_in":7200}"#, false),
+            (r#"{"access_token":"a b\n","expires_in":7200}"#, false),
+            (r#"{"access_token":12,"expires_in":7200}"#, false),
+            (r#"{"access_token":"T","expires_in":-5}"#, false),
+            (r#"{"access_token":"T","expires_in":"7200"}"#, false),
+        ];
+        for (body, transient) in cases {
+            let failure = parse_reply(body.into(), "access_token").unwrap_err();
+            assert_eq!(failure.is_transient(), transient, "{body}: {failure:?}");
+        }
+    }
+
+    #[test]
+    fn busy_is_transient_and_config_errors_are_not() {
+        let busy = Failure::WeChat {
+            errcode: -1,
+            errmsg: "system error".into(),
+        };
+        assert!(busy.is_transient());
+        let ip = Failure::WeChat {
+            errcode: 40164,
+            errmsg: "invalid ip 203.0.113.7 ipv6 ::ffff:203.0.113.7, not in whitelist".into(),
+        };
+        assert!(!ip.is_transient());
+        assert!(
+            ip.to_string()
+                .contains("203.0.113.7 is not in the account's IP whitelist")
+        );
+        assert!(Failure::Http { status: 503 }.is_transient());
+        assert!(!Failure::Http { status: 404 }.is_transient());
+    }
+}

@@ -1,0 +1,163 @@
+//! Integration-test harness: a sealed environment that runs the real `wxtoken` binary against a
+//! loopback stand-in for WeChat's API and a SQLite file in its own temp directory.
+#![allow(dead_code)]
+
+pub mod standin;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use standin::StandIn;
+
+static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+
+/// What one run of the binary produced.
+#[derive(Debug, Clone)]
+pub struct Out {
+    /// The exit code, or -1 if a signal ended the process.
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn from_output(o: Output) -> Out {
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// Panics, showing both streams, unless the exit code is `code`.
+    #[track_caller]
+    pub fn assert_code(&self, code: i32) -> &Out {
+        assert_eq!(
+            self.code, code,
+            "unexpected exit code\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// A temp directory, a stand-in API and the environment the binary runs with.
+pub struct TestEnv {
+    pub dir: PathBuf,
+    pub api: StandIn,
+    /// Extra variables; `None` removes one the harness sets by default.
+    extra: Mutex<Vec<(String, Option<String>)>>,
+}
+
+impl TestEnv {
+    pub fn new() -> TestEnv {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
+        let name = format!("wxtoken-{}-{n}-{nanos}", std::process::id());
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        TestEnv {
+            dir,
+            api: StandIn::start(),
+            extra: Mutex::default(),
+        }
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.join("wxtoken.db")
+    }
+
+    /// Base URL of the stand-in.
+    pub fn url(&self) -> String {
+        self.api.url()
+    }
+
+    /// Sets a variable for every later run, overriding the harness's defaults.
+    pub fn set_env(&self, key: &str, value: &str) {
+        self.extra_vars()
+            .push((key.to_string(), Some(value.to_string())));
+    }
+
+    /// Removes a variable (including one of the defaults) from every later run.
+    pub fn unset_env(&self, key: &str) {
+        self.extra_vars().push((key.to_string(), None));
+    }
+
+    fn extra_vars(&self) -> std::sync::MutexGuard<'_, Vec<(String, Option<String>)>> {
+        self.extra.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The sealed command: cleared environment plus the database, API bases, PATH and extras.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxtoken"));
+        cmd.args(args).current_dir(&self.dir).env_clear();
+        cmd.env("WXTOKEN_DB", self.db());
+        cmd.env("WXTOKEN_API_BASE", self.url());
+        cmd.env("WXTOKEN_WORK_API_BASE", self.url());
+        if let Some(path) = std::env::var_os("PATH") {
+            cmd.env("PATH", path);
+        }
+        for (k, v) in self.extra_vars().iter() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Out {
+        self.run_with_stdin(args, "")
+    }
+
+    pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Out {
+        let mut child = self.spawn(args);
+        let mut pipe = child.stdin.take().expect("child stdin");
+        // Write from a thread so a child that never reads stdin cannot deadlock the test.
+        let input = stdin.to_string();
+        let writer = std::thread::spawn(move || {
+            let _ = pipe.write_all(input.as_bytes());
+        });
+        let out = child.wait_with_output().expect("wait for wxtoken");
+        let _ = writer.join();
+        Out::from_output(out)
+    }
+
+    /// Starts the binary with piped stdin, stdout and stderr; finish it with [`wait`].
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn wxtoken")
+    }
+}
+
+impl Default for TestEnv {
+    fn default() -> TestEnv {
+        TestEnv::new()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test failed; keeping {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Waits for a child started with [`TestEnv::spawn`], closing its stdin first.
+pub fn wait(mut child: Child) -> Out {
+    drop(child.stdin.take());
+    Out::from_output(child.wait_with_output().expect("wait for wxtoken"))
+}
