@@ -45,14 +45,18 @@ pub enum Command {
     #[command(after_help = "Examples:
   wxtoken refresh                        # every enabled account
   wxtoken refresh --appid wx1234567890abcdef
+  wxtoken refresh --if-expiring-within 5m   # every 4 minutes: stable and WeCom accounts
   WXTOKEN_API_BASE=http://127.0.0.1:8080 wxtoken refresh   # through a proxy or stand-in
 
-Prints one summary line on stderr. Exits 0 when every account succeeded, 4 when any failed.")]
+Skips accounts whose token is under a minute old, held after an error (see status),
+or being fetched by another run. Prints one summary line on stderr.
+Exits 0 when every account succeeded, 4 when any failed or is held.")]
     Refresh(RefreshArgs),
     /// Print the newest valid token of an account on stdout, and nothing else
     #[command(after_help = "Examples:
   TOKEN=$(wxtoken get --appid wx1234567890abcdef) || exit 1
   wxtoken get --appid wx1234567890abcdef --min-ttl 5m --json
+  NEW=$(wxtoken get --appid wx1234567890abcdef --reject \"$OLD\")  # after errcode 40001
 
 Exits 3, printing nothing on stdout, when there is no valid token
 (unknown account, none fetched yet, expired, or less than --min-ttl left).")]
@@ -62,6 +66,11 @@ Exits 3, printing nothing on stdout, when there is no valid token
   wxtoken status
   wxtoken status --json | jq '.accounts[] | select(.last_attempt.outcome != \"ok\")'")]
     Status(StatusArgs),
+    /// Delete old token rows and attempts (refresh also does this after every run)
+    #[command(
+        after_help = "Example:\n  wxtoken prune --keep 24\n\nEvery token still valid is kept, whatever --keep says. Attempts older than 30 days go."
+    )]
+    Prune(PruneArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -196,12 +205,10 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-#[derive(Args, Debug)]
-pub struct RefreshArgs {
-    /// Refresh only this account (repeatable); default: every enabled account
-    #[arg(long, value_name = "APPID")]
-    pub appid: Vec<String>,
-    /// Give up on one request after this many seconds
+/// How to reach WeChat: shared by every command that may fetch.
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// Give up on one request after this many seconds (connect + answer)
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
     pub timeout: u64,
     /// WeChat API base URL (http:// works, for proxies and tests)
@@ -212,22 +219,61 @@ pub struct RefreshArgs {
     pub work_api_base: String,
 }
 
-impl RefreshArgs {
+impl ApiArgs {
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout)
     }
+}
+
+/// How many fetches `refresh` runs at once unless `--jobs` says otherwise.
+pub const DEFAULT_JOBS: usize = 8;
+/// How many token rows per account `prune` keeps (besides every still-valid one).
+pub const DEFAULT_KEEP: i64 = 48;
+
+#[derive(Args, Debug)]
+pub struct RefreshArgs {
+    /// Refresh only this account (repeatable; a WeCom app as CORPID/AGENTID); default: every
+    /// enabled account
+    #[arg(long, value_name = "APPID")]
+    pub appid: Vec<String>,
+    /// Run up to this many fetches at once
+    #[arg(long, short = 'j', value_name = "N", default_value_t = DEFAULT_JOBS, value_parser = parse_jobs)]
+    pub jobs: usize,
+    /// Fetch only accounts whose newest token expires within DURATION (or that have none),
+    /// like 5m; for cron every few minutes
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub if_expiring_within: Option<Duration>,
+    /// Fetch even accounts that are held after an error, or whose token is fresh
+    #[arg(long, conflicts_with = "if_expiring_within")]
+    pub force: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Keep this many newest token rows per account, besides every token still valid
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_KEEP, value_parser = clap::value_parser!(i64).range(1..))]
+    pub keep: i64,
 }
 
 #[derive(Args, Debug)]
 pub struct GetArgs {
     #[command(flatten)]
     pub account: AccountArgs,
-    /// Print one JSON object: appid, access_token, expires_in, fetched_at, expires_at
+    /// Print one JSON object: appid, access_token, expires_in (seconds left), fetched_at,
+    /// expires_at
     #[arg(long)]
     pub json: bool,
     /// Refuse a token with less than this left, like 90s, 5m or 1h
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0s")]
     pub min_ttl: Duration,
+    /// This token just failed with 40001/40014/42001: print a newer one, fetching it if
+    /// TOKEN is still the newest (`-` reads TOKEN from stdin, keeping it out of `ps`)
+    #[arg(long, value_name = "TOKEN")]
+    pub reject: Option<String>,
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 /// Checks that an API base is an http(s) URL, so that a typo fails before any request.
@@ -245,5 +291,12 @@ pub fn check_base(name: &str, url: &str) -> Result<(), String> {
             "{name} '{}' is not an http:// or https:// URL",
             crate::policy::one_line(url, 80)
         )),
+    }
+}
+
+fn parse_jobs(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=256).contains(&n) => Ok(n),
+        _ => Err(format!("'{text}' is not a number from 1 to 256")),
     }
 }

@@ -49,6 +49,57 @@ pub fn next_china_midnight(now: i64) -> i64 {
     ((now + OFFSET).div_euclid(DAY) + 1) * DAY - OFFSET
 }
 
+/// `refresh` leaves alone a token younger than this: another run just fetched it, and a
+/// second fetch would only burn quota (and, on the classic API, invalidate it).
+pub const MIN_AGE: i64 = 60;
+
+/// `held_until` for a hold that lasts until the configuration changes.
+pub const UNTIL_FIXED: i64 = i64::MAX;
+
+/// WeChat allows 20 forced stable-token refreshes a day, at least 30 s apart.
+pub const FORCE_PER_DAY: i64 = 20;
+pub const FORCE_GAP: i64 = 30;
+
+/// Which accounts a refresh fetches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Every account whose newest token is at least `MIN_AGE` old (the default).
+    Stale,
+    /// Only accounts whose newest token expires within this many seconds.
+    ExpiringWithin(i64),
+    /// Every account, whatever its newest token (`--force`).
+    Always,
+}
+
+/// Whether an account whose newest token was fetched at `fetched_at` and expires at
+/// `expires_at` (if it has one) should be fetched now.
+pub fn needs_fetch(newest: Option<(i64, i64)>, now: i64, want: Want) -> bool {
+    match (newest, want) {
+        (_, Want::Always) | (None, _) => true,
+        (Some((fetched_at, _)), Want::Stale) => now - fetched_at >= MIN_AGE,
+        (Some((_, expires_at)), Want::ExpiringWithin(window)) => expires_at - now <= window,
+    }
+}
+
+/// Whether a forced refresh is allowed now, given the times of earlier ones; else why not.
+pub fn force_allowed(earlier: &[i64], now: i64) -> Result<(), String> {
+    let day_start = next_china_midnight(now) - 86_400;
+    let today = earlier.iter().filter(|&&t| t >= day_start).count() as i64;
+    if today >= FORCE_PER_DAY {
+        return Err(format!(
+            "the {FORCE_PER_DAY} forced refreshes WeChat allows per day are spent; \
+             more after midnight China time (UTC+8)"
+        ));
+    }
+    if let Some(last) = earlier.iter().max().filter(|&&t| now - t < FORCE_GAP) {
+        return Err(format!(
+            "the last forced refresh was {}s ago; WeChat needs {FORCE_GAP}s between them",
+            now - last
+        ));
+    }
+    Ok(())
+}
+
 /// What a failed fetch means for the account, beyond this one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hold {
@@ -207,6 +258,48 @@ mod tests {
         assert_eq!(next_china_midnight(1_795_276_799), 1_795_276_800);
         // Exactly at the reset the next one is a day away.
         assert_eq!(next_china_midnight(1_795_276_800), 1_795_276_800 + 86_400);
+    }
+
+    #[test]
+    fn refresh_decisions() {
+        let now = 10_000;
+        assert!(needs_fetch(None, now, Want::Stale));
+        assert!(needs_fetch(None, now, Want::ExpiringWithin(300)));
+        assert!(!needs_fetch(Some((now - 59, now + 7000)), now, Want::Stale));
+        assert!(needs_fetch(Some((now - 60, now + 7000)), now, Want::Stale));
+        assert!(needs_fetch(Some((now, now + 7000)), now, Want::Always));
+        assert!(!needs_fetch(
+            Some((now - 7000, now + 301)),
+            now,
+            Want::ExpiringWithin(300)
+        ));
+        assert!(needs_fetch(
+            Some((now - 7000, now + 300)),
+            now,
+            Want::ExpiringWithin(300)
+        ));
+        assert!(needs_fetch(
+            Some((now - 9000, now - 10)),
+            now,
+            Want::ExpiringWithin(300)
+        ));
+    }
+
+    #[test]
+    fn force_budget() {
+        let now = 1_795_276_000; // 23:46:40 in China
+        assert!(force_allowed(&[], now).is_ok());
+        assert!(force_allowed(&[now - 29], now).unwrap_err().contains("30s"));
+        assert!(force_allowed(&[now - 30], now).is_ok());
+        let spent: Vec<i64> = (1..=20).map(|i| now - 40 * i).collect();
+        assert!(
+            force_allowed(&spent, now)
+                .unwrap_err()
+                .contains("20 forced")
+        );
+        // Yesterday's (China time) do not count.
+        let yesterday: Vec<i64> = (1..=20).map(|i| now - 86_400 - i).collect();
+        assert!(force_allowed(&yesterday, now).is_ok());
     }
 
     #[test]

@@ -16,7 +16,10 @@ use crate::wechat::{Api, Failure, Fetched, Outcome};
 
 /// Every migration, in order. The schema version is `PRAGMA user_version` = how many of
 /// these have been applied.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_claims_holds.sql"),
+];
 
 /// How long a connection waits for another process's write before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,6 +63,53 @@ pub struct Account {
     pub enabled: bool,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Refresh skips the account until this Unix time (`policy::UNTIL_FIXED`: until its
+    /// configuration changes).
+    pub held_until: Option<i64>,
+    pub held_reason: Option<String>,
+}
+
+/// Who holds a claim: this process on this host. The nonce tells apart two runs that got
+/// the same pid after a reboot.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    pub host: String,
+    pub pid: u32,
+    id: String,
+}
+
+impl Holder {
+    pub fn current() -> Holder {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_string());
+        let pid = std::process::id();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let id = format!("{host}:{pid}:{nanos:08x}");
+        Holder { host, pid, id }
+    }
+}
+
+/// The result of trying to claim an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    Claimed,
+    /// Another live holder has it (its id).
+    Busy(String),
+}
+
+/// What a recorded fetch did to the token history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    Inserted,
+    /// WeChat handed back the token that is already newest; no row was added.
+    Unchanged,
+    Failed,
 }
 
 /// One row of the token history.
@@ -266,7 +316,7 @@ impl Store {
     }
 
     const ACCOUNT_COLUMNS: &'static str =
-        "id, appid, agent, api, secret, enabled, created_at, updated_at";
+        "id, appid, agent, api, secret, enabled, created_at, updated_at, held_until, held_reason";
 
     fn account_from_row(row: &rusqlite::Row) -> rusqlite::Result<Account> {
         let api: String = row.get(3)?;
@@ -281,6 +331,8 @@ impl Store {
             enabled: row.get(5)?,
             created_at: row.get(6)?,
             updated_at: row.get(7)?,
+            held_until: row.get(8)?,
+            held_reason: row.get(9)?,
         })
     }
 
@@ -325,7 +377,9 @@ impl Store {
 
     pub fn set_enabled(&self, key: &AccountKey, enabled: bool, now: i64) -> Result<()> {
         let n = self.conn.execute(
-            "UPDATE accounts SET enabled = ?3, updated_at = ?4 WHERE appid = ?1 AND agent = ?2",
+            "UPDATE accounts SET enabled = ?3, updated_at = ?4,
+                    held_until = NULL, held_reason = NULL
+             WHERE appid = ?1 AND agent = ?2",
             params![key.appid, key.agent, enabled, now],
         )?;
         if n == 0 {
@@ -336,7 +390,9 @@ impl Store {
 
     pub fn set_secret(&self, key: &AccountKey, secret: &Secret, now: i64) -> Result<()> {
         let n = self.conn.execute(
-            "UPDATE accounts SET secret = ?3, updated_at = ?4 WHERE appid = ?1 AND agent = ?2",
+            "UPDATE accounts SET secret = ?3, updated_at = ?4,
+                    held_until = NULL, held_reason = NULL
+             WHERE appid = ?1 AND agent = ?2",
             params![key.appid, key.agent, secret.expose(), now],
         )?;
         if n == 0 {
@@ -368,15 +424,144 @@ impl Store {
             .optional()?)
     }
 
-    /// Records a fetch: the attempt, and for a success the new token row, in one
-    /// transaction so that a crash leaves both or neither.
-    pub fn record_fetch(&self, account_id: i64, kind: &str, outcome: &Outcome) -> Result<()> {
+    /// Records a fetch in one transaction, so that a crash leaves all of it or none: the
+    /// new token row (unless WeChat handed back the newest one again), the attempt, the
+    /// account's hold (`None` clears it), and the release of `holder`'s claim.
+    pub fn record_fetch(
+        &self,
+        account_id: i64,
+        kind: &str,
+        outcome: &Outcome,
+        hold: Option<(i64, &str)>,
+        holder: &Holder,
+    ) -> Result<Recorded> {
         let tx = Transaction::immediate(&self.conn, &self.path)?;
-        if let Ok(fetched) = &outcome.result {
-            self.insert_token(account_id, kind, fetched, outcome.sent_at)?;
+        let recorded = match &outcome.result {
+            Ok(fetched) => {
+                let newest: Option<String> = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT token FROM tokens WHERE account_id = ?1 AND kind = ?2
+                         ORDER BY id DESC LIMIT 1",
+                    )?
+                    .query_row(params![account_id, kind], |r| r.get(0))
+                    .optional()?;
+                if newest.as_deref() == Some(fetched.token.as_str()) {
+                    Recorded::Unchanged
+                } else {
+                    self.insert_token(account_id, kind, fetched, outcome.sent_at)?;
+                    Recorded::Inserted
+                }
+            }
+            Err(_) => Recorded::Failed,
+        };
+        self.insert_attempt(account_id, kind, outcome, recorded == Recorded::Unchanged)?;
+        if kind == ACCESS_TOKEN {
+            self.conn
+                .prepare_cached(
+                    "UPDATE accounts SET held_until = ?2, held_reason = ?3 WHERE id = ?1",
+                )?
+                .execute(params![account_id, hold.map(|h| h.0), hold.map(|h| h.1)])?;
         }
-        self.insert_attempt(account_id, kind, outcome)?;
-        tx.commit()
+        self.release_in_tx(account_id, holder)?;
+        tx.commit()?;
+        Ok(recorded)
+    }
+
+    // ---- claims ----
+
+    /// Claims an account for fetching, atomically across processes. A claim that expired,
+    /// or whose holder on this host is no longer running, is taken over.
+    pub fn claim(&self, account_id: i64, holder: &Holder, now: i64, ttl: i64) -> Result<Claim> {
+        let tx = Transaction::immediate(&self.conn, &self.path)?;
+        let current: Option<(String, String, i64, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT holder, host, pid, expires_at FROM claims WHERE account_id = ?1",
+            )?
+            .query_row(params![account_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?;
+        if let Some((id, host, pid, expires_at)) = current {
+            let dead = host == holder.host && !pid_alive(pid);
+            if expires_at > now && !dead && id != holder.id {
+                return Ok(Claim::Busy(id));
+            }
+            if id != holder.id {
+                log::info!(
+                    "taking over the claim of {id} on account {account_id} (expired or dead)"
+                );
+            }
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO claims (account_id, holder, host, pid, claimed_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![account_id, holder.id, holder.host, holder.pid, now, now + ttl])?;
+        tx.commit()?;
+        Ok(Claim::Claimed)
+    }
+
+    /// Gives a claim back without recording anything (nothing needed fetching).
+    pub fn release(&self, account_id: i64, holder: &Holder) -> Result<()> {
+        self.release_in_tx(account_id, holder)
+    }
+
+    fn release_in_tx(&self, account_id: i64, holder: &Holder) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM claims WHERE account_id = ?1 AND holder = ?2")?
+            .execute(params![account_id, holder.id])?;
+        Ok(())
+    }
+
+    // ---- forced stable-token refreshes ----
+
+    /// When this account's forced refreshes happened, over the last two days.
+    pub fn forced_refreshes(&self, account_id: i64, now: i64) -> Result<Vec<i64>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT at FROM forced_refreshes WHERE account_id = ?1 AND at > ?2")?;
+        let rows = stmt.query_map(params![account_id, now - 2 * 86_400], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn note_forced_refresh(&self, account_id: i64, now: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO forced_refreshes (account_id, at) VALUES (?1, ?2)",
+            params![account_id, now],
+        )?;
+        Ok(())
+    }
+
+    // ---- retention ----
+
+    /// Deletes token rows beyond the newest `keep` per account and kind, except those still
+    /// valid; attempts older than `attempts_before`; forced-refresh records older than two
+    /// days; expired claims. Returns (tokens, attempts) deleted.
+    pub fn prune(&self, now: i64, keep: i64, attempts_before: i64) -> Result<(usize, usize)> {
+        let tx = Transaction::immediate(&self.conn, &self.path)?;
+        let tokens = self.conn.execute(
+            "DELETE FROM tokens WHERE expires_at <= ?1 AND id IN (
+                 SELECT id FROM (
+                     SELECT id, row_number() OVER (PARTITION BY account_id, kind ORDER BY id DESC) AS n
+                     FROM tokens)
+                 WHERE n > ?2)",
+            params![now, keep],
+        )?;
+        let attempts = self.conn.execute(
+            "DELETE FROM attempts WHERE started_at < ?1",
+            params![attempts_before],
+        )?;
+        self.conn.execute(
+            "DELETE FROM forced_refreshes WHERE at < ?1",
+            params![now - 2 * 86_400],
+        )?;
+        self.conn
+            .execute("DELETE FROM claims WHERE expires_at < ?1", params![now])?;
+        tx.commit()?;
+        Ok((tokens, attempts))
     }
 
     fn insert_token(
@@ -402,8 +587,15 @@ impl Store {
         Ok(())
     }
 
-    fn insert_attempt(&self, account_id: i64, kind: &str, o: &Outcome) -> Result<()> {
+    fn insert_attempt(
+        &self,
+        account_id: i64,
+        kind: &str,
+        o: &Outcome,
+        unchanged: bool,
+    ) -> Result<()> {
         let (outcome, errcode, errmsg, http_status, detail) = match &o.result {
+            Ok(_) if unchanged => ("unchanged", None, None, None, None),
             Ok(_) => ("ok", None, None, None, None),
             Err(Failure::WeChat { errcode, errmsg }) => {
                 ("errcode", Some(*errcode), Some(errmsg.clone()), None, None)
@@ -483,6 +675,17 @@ impl Drop for Transaction<'_> {
         if !self.done {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
+    }
+}
+
+/// Whether a process runs on this host. A zombie (killed, not yet reaped) counts as dead.
+fn pid_alive(pid: i64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may itself hold ')'.
+        Ok(stat) => {
+            !matches!(stat.rsplit(')').next().map(str::trim_start), Some(s) if s.starts_with('Z') || s.starts_with('X'))
+        }
+        Err(_) => !std::path::Path::new("/proc/self").exists(),
     }
 }
 

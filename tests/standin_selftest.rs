@@ -457,18 +457,31 @@ fn query_and_json_parsing() {
 }
 
 #[test]
-fn chunked_request_body_is_decoded() {
+fn registered_work_secret_and_revocation() {
     let s = StandIn::start();
-    let body = stable_body("wx7", false);
-    let (a, b) = body.split_at(10);
-    let mut c = connect(&s);
-    let req = format!(
-        "POST /cgi-bin/stable_token HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
-        a.len(),
-        b.len()
+    s.register("ww1", "app-a");
+    let code = |t: &str| field(&get(&s, t).body, "errcode");
+    assert_eq!(
+        code("/cgi-bin/gettoken?corpid=ww1&corpsecret=wrong"),
+        "40091"
     );
-    c.write_all(req.as_bytes()).unwrap();
-    let r = read_resp(&mut BufReader::new(c)).unwrap();
-    assert!(r.body.contains("access_token"), "{}", r.body);
-    assert_eq!(s.requests()[0].body, body);
+    assert_eq!(
+        code("/cgi-bin/gettoken?corpid=ww2&corpsecret=app-a"),
+        "40013"
+    );
+    let tok = || {
+        field(
+            &get(&s, "/cgi-bin/gettoken?corpid=ww1&corpsecret=app-a").body,
+            "access_token",
+        )
+    };
+    let t = tok();
+    s.push_for(standin::WORK_CORP_TICKET, "ww1", Reply::errcode(-1, "busy"));
+    let busy = get(&s, &format!("/cgi-bin/get_jsapi_ticket?access_token={t}")).body;
+    assert_eq!(field(&busy, "errcode"), "-1", "keyed by the token's owner");
+    s.revoke(&t);
+    assert!(!s.is_valid(&t));
+    let revoked = get(&s, &format!("/cgi-bin/get_jsapi_ticket?access_token={t}")).body;
+    assert_eq!(field(&revoked, "errcode"), "40001");
+    assert_ne!(tok(), t, "a revoked token is not handed out again");
 }

@@ -1,35 +1,62 @@
-//! `wxtoken get`: print the newest valid token. Read-only, one indexed query.
+//! `wxtoken get`: print the newest valid token. Read-only, one indexed query, unless the
+//! caller rejects a token (`--reject`), which may fetch a new one under the claim.
 
-use anyhow::Result;
+use std::io::{self, BufRead, Read};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
 use serde_json::json;
 
+use super::refresh::{self, Done, lock};
 use super::{emit, human, rfc3339};
 use crate::cli::GetArgs;
 use crate::exit::{self, fail};
 use crate::policy;
-use crate::store::{ACCESS_TOKEN, AccountKey, Store, TokenRow};
+use crate::store::{ACCESS_TOKEN, AccountKey, Claim, Holder, Store, TokenRow};
+use crate::wechat::{self, Api, Client};
 
-pub fn run(store: &Store, key: &AccountKey, args: &GetArgs, now: i64) -> Result<u8> {
+/// How often a caller waiting on another process's fetch looks again.
+const POLL: Duration = Duration::from_millis(25);
+
+pub fn run(db: &Path, key: &AccountKey, args: &GetArgs) -> Result<u8> {
     let min_ttl = args.min_ttl.as_secs() as i64;
-    let row = store.latest_token(key, ACCESS_TOKEN)?;
-    let row = usable_or_reason(store, key, row, now, min_ttl)?;
-    let text = if args.json {
-        let mut obj = json!({
-            "appid": key.appid,
-            "access_token": row.token,
-            "expires_in": policy::remaining(row.expires_at, now),
-            "fetched_at": rfc3339(row.fetched_at),
-            "expires_at": rfc3339(row.expires_at),
-        });
-        if !key.agent.is_empty() {
-            obj["agentid"] = json!(key.agent);
+    let now = wechat::unix_now();
+    let row = match &args.reject {
+        None => {
+            let store = Store::open_readonly(db)?;
+            let row = store.latest_token(key, ACCESS_TOKEN)?;
+            usable_or_reason(&store, key, row, now, min_ttl)?
         }
-        format!("{obj}\n")
-    } else {
-        format!("{}\n", row.token)
+        Some(rejected) => {
+            let rejected = if rejected == "-" {
+                read_stdin_line()?
+            } else {
+                rejected.clone()
+            };
+            renew(Store::open(db)?, key, &rejected, args, min_ttl)?
+        }
     };
-    emit(&text)?;
+    emit(&render(key, &row, args.json, wechat::unix_now()))?;
     Ok(exit::OK)
+}
+
+fn render(key: &AccountKey, row: &TokenRow, json: bool, now: i64) -> String {
+    if !json {
+        return format!("{}\n", row.token);
+    }
+    let mut obj = json!({
+        "appid": key.appid,
+        "access_token": row.token,
+        "expires_in": policy::remaining(row.expires_at, now),
+        "fetched_at": rfc3339(row.fetched_at),
+        "expires_at": rfc3339(row.expires_at),
+    });
+    if !key.agent.is_empty() {
+        obj["agentid"] = json!(key.agent);
+    }
+    format!("{obj}\n")
 }
 
 /// The row if it may be handed out, else the one-line reason, exiting `NO_TOKEN`.
@@ -62,4 +89,130 @@ fn usable_or_reason(
         exit::NO_TOKEN,
         format!("no valid token for {key}: {reason}"),
     ))
+}
+
+/// A token other than `rejected`: the newest one if someone already replaced it, else one
+/// fetched now. Only the claim holder fetches, so N callers rejecting one token cause one
+/// fetch; the others wait for its row.
+fn renew(
+    store: Store,
+    key: &AccountKey,
+    rejected: &str,
+    args: &GetArgs,
+    min_ttl: i64,
+) -> Result<TokenRow> {
+    let good = |row: &Option<TokenRow>, now| {
+        row.as_ref()
+            .filter(|r| r.token != rejected && policy::usable(r.expires_at, now, min_ttl))
+            .cloned()
+    };
+    let Some(account) = store.account(key)? else {
+        return Err(fail(
+            exit::NO_TOKEN,
+            format!("no valid token for {key}: no such account"),
+        ));
+    };
+    let timeout = args.api.timeout;
+    let ttl = refresh::claim_ttl(timeout);
+    let deadline = Instant::now() + Duration::from_secs(ttl as u64 + timeout);
+    let holder = Holder::current();
+    let store = Mutex::new(store);
+    loop {
+        let now = wechat::unix_now();
+        if let Some(row) = good(&lock(&store).latest_token(key, ACCESS_TOKEN)?, now) {
+            return Ok(row);
+        }
+        if let Claim::Busy(other) = lock(&store).claim(account.id, &holder, now, ttl)? {
+            if Instant::now() > deadline {
+                return Err(fail(
+                    exit::FETCH_FAILED,
+                    format!("gave up waiting for {other} to fetch a new token for {key}"),
+                ));
+            }
+            std::thread::sleep(POLL);
+            continue;
+        }
+        // Under the claim: look once more, a holder may have finished just before us.
+        if let Some(row) = good(&lock(&store).latest_token(key, ACCESS_TOKEN)?, now) {
+            lock(&store).release(account.id, &holder)?;
+            return Ok(row);
+        }
+        if let Some(until) = account.held_until.filter(|&t| t > now) {
+            lock(&store).release(account.id, &holder)?;
+            let reason = account.held_reason.clone().unwrap_or_default();
+            let until = if until == policy::UNTIL_FIXED {
+                "until its configuration is fixed".to_string()
+            } else {
+                format!("until {}", rfc3339(until))
+            };
+            return Err(fail(
+                exit::FETCH_FAILED,
+                format!("{key} is held {until}: {reason}"),
+            ));
+        }
+        let client = Client::new(
+            &args.api.api_base,
+            &args.api.work_api_base,
+            args.api.timeout(),
+        );
+        let creds = refresh::credentials(&account);
+        let mut outcome = client.fetch_token(&creds, false);
+        let same = matches!(&outcome.result, Ok(f) if f.token == rejected);
+        if same && account.api == Api::Stable {
+            // Normal mode hands back the current token while it is valid; only force mode
+            // replaces it, and WeChat rations that.
+            let budget = lock(&store).forced_refreshes(account.id, now)?;
+            if let Err(why) = policy::force_allowed(&budget, now) {
+                lock(&store).release(account.id, &holder)?;
+                return Err(fail(
+                    exit::FETCH_FAILED,
+                    format!("cannot force a new stable token for {key}: {why}"),
+                ));
+            }
+            lock(&store).note_forced_refresh(account.id, now)?;
+            log::warn!("{key}: WeChat still hands out the rejected token; forcing a new one");
+            outcome = client.fetch_token(&creds, true);
+        }
+        return match refresh::record(&store, &account, &holder, outcome) {
+            (Done::Refreshed, Some(token)) if token == rejected => Err(fail(
+                exit::FETCH_FAILED,
+                format!(
+                    "WeChat handed out the rejected token again for {key}; it considers it valid"
+                ),
+            )),
+            (Done::Refreshed, _) => {
+                let row = lock(&store).latest_token(key, ACCESS_TOKEN)?;
+                good(&row, wechat::unix_now()).ok_or_else(|| {
+                    fail(
+                        exit::NO_TOKEN,
+                        format!(
+                            "no valid token for {key}: the new token has less than --min-ttl left"
+                        ),
+                    )
+                })
+            }
+            (Done::Failed(failure), _) => Err(fail(
+                exit::FETCH_FAILED,
+                format!("could not fetch a new token for {key}: {failure}"),
+            )),
+            (Done::Unrecorded(err), _) => Err(fail(exit::DATABASE, format!("{key}: {err}"))),
+            (other, _) => Err(anyhow::anyhow!(
+                "{key}: unexpected refresh result {other:?}"
+            )),
+        };
+    }
+}
+
+fn read_stdin_line() -> Result<String> {
+    let mut line = String::new();
+    io::stdin()
+        .lock()
+        .take(64 * 1024)
+        .read_line(&mut line)
+        .context("could not read the rejected token from stdin")?;
+    let token = line.trim().to_string();
+    if token.is_empty() {
+        return Err(fail(exit::USAGE, "--reject -: stdin holds no token"));
+    }
+    Ok(token)
 }

@@ -3,6 +3,7 @@
 
 mod account;
 mod get;
+mod prune;
 mod refresh;
 mod status;
 
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use chrono::{DateTime, SecondsFormat};
 
-use crate::cli::{Cli, Command};
+use crate::cli::{ApiArgs, Cli, Command, check_base};
 use crate::exit::{self, fail};
 use crate::store::Store;
 use crate::wechat::{self, Client};
@@ -24,18 +25,25 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Account(cmd) => account::run(&Store::open(&db)?, cmd, now),
         Command::Get(args) => {
             let key = args.account.key().map_err(|e| fail(exit::USAGE, e))?;
-            get::run(&Store::open_readonly(&db)?, &key, &args, now)
+            if args.reject.is_some() {
+                check_api(&args.api)?;
+            }
+            get::run(&db, &key, &args)
         }
         Command::Refresh(args) => {
-            crate::cli::check_base("--api-base", &args.api_base)
-                .map_err(|e| fail(exit::USAGE, e))?;
-            crate::cli::check_base("--work-api-base", &args.work_api_base)
-                .map_err(|e| fail(exit::USAGE, e))?;
-            let client = Client::new(&args.api_base, &args.work_api_base, args.timeout());
-            refresh::run(&Store::open(&db)?, &client, &args, cli.quiet)
+            check_api(&args.api)?;
+            let api = &args.api;
+            let client = Client::new(&api.api_base, &api.work_api_base, api.timeout());
+            refresh::run(Store::open(&db)?, &client, &args, cli.quiet)
         }
+        Command::Prune(args) => prune::run(&Store::open(&db)?, &args, now),
         Command::Status(args) => status::run(&Store::open(&db)?, args.json, now),
     }
+}
+
+fn check_api(api: &ApiArgs) -> Result<()> {
+    check_base("--api-base", &api.api_base).map_err(|e| fail(exit::USAGE, e))?;
+    check_base("--work-api-base", &api.work_api_base).map_err(|e| fail(exit::USAGE, e))
 }
 
 /// `--db`, else `WXTOKEN_DB` (clap reads both), else `~/.local/share/wxtoken/wxtoken.db`.

@@ -2,60 +2,128 @@
 //! and report every failure with what to do about it.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Result;
 
-use crate::cli::RefreshArgs;
+use super::rfc3339;
+use crate::cli::{DEFAULT_KEEP, RefreshArgs};
 use crate::exit::{self, fail};
+use crate::policy::{self, Hold, Want};
 use crate::secret::fingerprint;
-use crate::store::{ACCESS_TOKEN, Account, AccountKey, Store};
-use crate::wechat::{Client, Credentials, Failure};
+use crate::store::{ACCESS_TOKEN, Account, AccountKey, Claim, Holder, Recorded, Store};
+use crate::wechat::{self, Client, Credentials, Failure, Outcome};
+
+/// Attempts older than this are pruned after every refresh.
+pub const ATTEMPT_RETENTION: i64 = 30 * 86_400;
 
 /// How one account's refresh ended.
-enum Done {
+#[derive(Debug)]
+pub enum Done {
     Refreshed,
+    /// Nothing to do: the newest token is fresh enough (maybe fetched by another run).
+    Fresh,
+    /// Another run holds the account's claim and is fetching it right now.
+    Busy,
+    /// Skipped: an earlier error put the account on hold.
+    Held(i64, String),
     Failed(Failure),
-    /// The fetch may have worked, but the database could not record it.
+    /// The database failed; the fetch may have worked but is not recorded.
     Unrecorded(String),
 }
 
-pub fn run(store: &Store, client: &Client, args: &RefreshArgs, quiet: bool) -> Result<u8> {
-    let accounts = targets(store, &args.appid)?;
+pub fn run(store: Store, client: &Client, args: &RefreshArgs, quiet: bool) -> Result<u8> {
+    let now = wechat::unix_now();
+    let want = match (args.force, args.if_expiring_within) {
+        (true, _) => Want::Always,
+        (false, Some(d)) => Want::ExpiringWithin(d.as_secs() as i64),
+        (false, None) => Want::Stale,
+    };
+    let accounts = targets(&store, &args.appid)?;
+    let holder = Holder::current();
+    let ttl = claim_ttl(args.api.timeout);
     let store = Mutex::new(store);
+    let results = run_pool(&accounts, args.jobs, |account| {
+        match account.held_until.filter(|&t| t > now && !args.force) {
+            Some(until) => Done::Held(until, account.held_reason.clone().unwrap_or_default()),
+            None => refresh_one(&store, client, account, &holder, want, ttl),
+        }
+    });
+    let store = store.into_inner().unwrap_or_else(|e| e.into_inner());
+    if let Err(err) = store.prune(wechat::unix_now(), DEFAULT_KEEP, now - ATTEMPT_RETENTION) {
+        log::warn!("could not prune old rows: {err:#}");
+    }
+    report(&accounts, &results, quiet)
+}
+
+/// Runs `work` over every account on up to `jobs` threads; results in account order.
+fn run_pool<T: Sync, R: Send>(items: &[T], jobs: usize, work: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(items.len()) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    *lock(&slots[i]) = Some(work(item));
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|slot| slot.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .map(|r| r.expect("every slot is filled once the scope ends"))
+        .collect()
+}
+
+fn report(accounts: &[Account], results: &[Done], quiet: bool) -> Result<u8> {
     let mut failed = Vec::new();
-    let mut unrecorded = false;
-    for account in &accounts {
-        match refresh_one(&store, client, account) {
-            Done::Refreshed => {}
+    let (mut refreshed, mut fresh, mut busy) = (0, 0, 0);
+    let mut code = exit::OK;
+    for (account, done) in accounts.iter().zip(results) {
+        let key = &account.key;
+        match done {
+            Done::Refreshed => refreshed += 1,
+            Done::Fresh => fresh += 1,
+            Done::Busy => busy += 1,
+            Done::Held(until, reason) => {
+                let until = if *until == policy::UNTIL_FIXED {
+                    "until its secret is updated, it is re-enabled, or refresh --force".to_string()
+                } else {
+                    format!("until {}", rfc3339(*until))
+                };
+                eprintln!("wxtoken: {key}: skipped {until}: {reason}");
+                failed.push(format!("{key}(held)"));
+                code = code.max(exit::FETCH_FAILED);
+            }
             Done::Failed(failure) => {
-                eprintln!("wxtoken: {}: {failure}", account.key);
-                failed.push(format!("{}({})", account.key, failure.label()));
+                eprintln!("wxtoken: {key}: {failure}");
+                failed.push(format!("{key}({})", failure.label()));
+                code = code.max(exit::FETCH_FAILED);
             }
             Done::Unrecorded(err) => {
-                eprintln!("wxtoken: {}: {err}", account.key);
-                failed.push(format!("{}(database)", account.key));
-                unrecorded = true;
+                eprintln!("wxtoken: {key}: {err}");
+                failed.push(format!("{key}(database)"));
+                code = exit::DATABASE;
             }
         }
     }
-    let total = accounts.len();
-    let ok = total - failed.len();
-    if failed.is_empty() {
-        if !quiet {
-            eprintln!("refreshed {ok} of {total} accounts");
-        }
-        return Ok(exit::OK);
+    let mut line = format!("refreshed {refreshed} of {} accounts", accounts.len());
+    if fresh > 0 {
+        line += &format!("; {fresh} already fresh");
     }
-    eprintln!(
-        "refreshed {ok} of {total} accounts; {} failed: {}",
-        failed.len(),
-        failed.join(", ")
-    );
-    Ok(if unrecorded {
-        exit::DATABASE
-    } else {
-        exit::FETCH_FAILED
-    })
+    if busy > 0 {
+        line += &format!("; {busy} being refreshed by another run");
+    }
+    if !failed.is_empty() {
+        line += &format!("; {} failed: {}", failed.len(), failed.join(", "));
+    }
+    if code != exit::OK || !quiet {
+        eprintln!("{line}");
+    }
+    Ok(code)
 }
 
 /// The accounts to refresh: every enabled one, or the named ones.
@@ -65,8 +133,14 @@ fn targets(store: &Store, named: &[String]) -> Result<Vec<Account>> {
         return Ok(all.into_iter().filter(|a| a.enabled).collect());
     }
     let mut picked = Vec::new();
-    for appid in named {
-        let key = AccountKey::appid(appid);
+    for name in named {
+        let key = match name.split_once('/') {
+            Some((corpid, agent)) => AccountKey {
+                appid: corpid.to_string(),
+                agent: agent.to_string(),
+            },
+            None => AccountKey::appid(name),
+        };
         match all.iter().find(|a| a.key == key) {
             Some(a) if a.enabled => picked.push(a.clone()),
             Some(_) => log::warn!("{key} is disabled; not refreshing it"),
@@ -81,31 +155,128 @@ fn targets(store: &Store, named: &[String]) -> Result<Vec<Account>> {
     Ok(picked)
 }
 
-fn refresh_one(store: &Mutex<&Store>, client: &Client, account: &Account) -> Done {
-    let creds = Credentials {
+/// How long a claim lasts: long enough for every try of one fetch, short enough that a
+/// holder that died on another host blocks nobody for long.
+pub fn claim_ttl(timeout_secs: u64) -> i64 {
+    wechat::MAX_TRIES as i64 * timeout_secs as i64 + 10
+}
+
+fn refresh_one(
+    store: &Mutex<Store>,
+    client: &Client,
+    account: &Account,
+    holder: &Holder,
+    want: Want,
+    ttl: i64,
+) -> Done {
+    let now = wechat::unix_now();
+    let claimed = lock(store).claim(account.id, holder, now, ttl);
+    match claimed {
+        Err(err) => return Done::Unrecorded(format!("could not claim the account: {err:#}")),
+        Ok(Claim::Busy(other)) => {
+            log::info!("{}: {other} is fetching it; skipping", account.key);
+            return Done::Busy;
+        }
+        Ok(Claim::Claimed) => {}
+    }
+    // Under the claim nobody else can add a token, so this check is not racy.
+    let newest = lock(store).latest_token(&account.key, ACCESS_TOKEN);
+    match newest {
+        Err(err) => {
+            let _ = lock(store).release(account.id, holder);
+            return Done::Unrecorded(format!("could not read the newest token: {err:#}"));
+        }
+        Ok(newest) => {
+            let newest = newest.map(|t| (t.fetched_at, t.expires_at));
+            if !policy::needs_fetch(newest, now, want) {
+                return match lock(store).release(account.id, holder) {
+                    Ok(()) => Done::Fresh,
+                    Err(err) => Done::Unrecorded(format!("could not release the claim: {err:#}")),
+                };
+            }
+        }
+    }
+    let outcome = client.fetch_token(&credentials(account), false);
+    record(store, account, holder, outcome).0
+}
+
+pub fn credentials(account: &Account) -> Credentials<'_> {
+    Credentials {
         api: account.api,
         appid: &account.key.appid,
         secret: &account.secret,
+    }
+}
+
+/// Records a fetch (releasing the claim) and turns it into a `Done`, with the new token
+/// when there is one.
+pub fn record(
+    store: &Mutex<Store>,
+    account: &Account,
+    holder: &Holder,
+    outcome: Outcome,
+) -> (Done, Option<String>) {
+    let hold = match &outcome.result {
+        Err(Failure::WeChat { errcode, errmsg }) => {
+            match policy::hold_after(*errcode, outcome.started_at) {
+                Hold::None => None,
+                Hold::Attention => {
+                    Some((policy::UNTIL_FIXED, format!("errcode {errcode} ({errmsg})")))
+                }
+                Hold::Until(t) => Some((t, format!("errcode {errcode} ({errmsg})"))),
+            }
+        }
+        _ => None,
     };
-    let outcome = client.fetch_token(&creds, false);
-    let recorded = lock(store).record_fetch(account.id, ACCESS_TOKEN, &outcome);
+    let hold_ref = hold.as_ref().map(|(t, r)| (*t, r.as_str()));
+    let recorded = lock(store).record_fetch(account.id, ACCESS_TOKEN, &outcome, hold_ref, holder);
     match (outcome.result, recorded) {
-        (_, Err(err)) => Done::Unrecorded(format!("could not record the fetch: {err:#}")),
-        (Ok(fetched), Ok(())) => {
+        (_, Err(err)) => (
+            Done::Unrecorded(format!("could not record the fetch: {err:#}")),
+            None,
+        ),
+        (Ok(fetched), Ok(recorded)) => {
             log::info!(
-                "{}: new token {} valid for {}s ({} tries)",
+                "{}: token {} valid for {}s ({} tries{})",
                 account.key,
                 fingerprint(&fetched.token),
                 fetched.expires_in,
-                outcome.tries
+                outcome.tries,
+                if recorded == Recorded::Unchanged {
+                    ", unchanged"
+                } else {
+                    ""
+                }
             );
-            Done::Refreshed
+            (Done::Refreshed, Some(fetched.token))
         }
-        (Err(failure), Ok(())) => Done::Failed(failure),
+        (Err(failure), Ok(_)) => (Done::Failed(failure), None),
     }
 }
 
 /// A poisoned lock only means another worker panicked; the connection itself is fine.
-fn lock<'a, T>(m: &'a Mutex<T>) -> std::sync::MutexGuard<'a, T> {
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_keeps_order_and_bounds_threads() {
+        let items: Vec<u32> = (0..100).collect();
+        let running = AtomicUsize::new(0);
+        let peak = AtomicUsize::new(0);
+        let out = run_pool(&items, 4, |&i| {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            std::thread::yield_now();
+            running.fetch_sub(1, Ordering::SeqCst);
+            i * 2
+        });
+        assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+        assert!(peak.load(Ordering::SeqCst) <= 4);
+        assert!(run_pool(&[] as &[u32], 4, |&i| i).is_empty());
+    }
 }

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use super::{emit, human, rfc3339};
 use crate::exit;
 use crate::policy;
-use crate::store::{ACCESS_TOKEN, AttemptRow, Store};
+use crate::store::{ACCESS_TOKEN, Account, AttemptRow, Store};
 
 pub fn run(store: &Store, json_out: bool, now: i64) -> Result<u8> {
     let mut rows = Vec::new();
@@ -30,6 +30,7 @@ pub fn run(store: &Store, json_out: bool, now: i64) -> Result<u8> {
                         "expires_in": policy::remaining(t.expires_at, now),
                         "valid": policy::usable(t.expires_at, now, 0),
                     })),
+                    "held": held(a, now).map(|(until, reason)| json!({"until": until, "reason": reason})),
                     "last_attempt": attempt.as_ref().map(attempt_json),
                 })
             })
@@ -65,6 +66,9 @@ pub fn run(store: &Store, json_out: bool, now: i64) -> Result<u8> {
             if a.enabled { "enabled" } else { "DISABLED" },
             token_text
         );
+        if let Some((until, reason)) = held(a, now) {
+            text += &format!("    SKIPPED by refresh {until}: {reason}\n");
+        }
         if let Some(at) = attempt {
             text += &format!(
                 "    last attempt {} ago: {}\n",
@@ -75,6 +79,27 @@ pub fn run(store: &Store, json_out: bool, now: i64) -> Result<u8> {
     }
     emit(&text)?;
     Ok(exit::OK)
+}
+
+/// Why refresh skips the account, and until when, if it does.
+fn held(a: &Account, now: i64) -> Option<(String, String)> {
+    let until = a.held_until.filter(|&t| t > now)?;
+    let until = if until == policy::UNTIL_FIXED {
+        "until its secret is updated or it is re-enabled".to_string()
+    } else {
+        format!("until {}", rfc3339(until))
+    };
+    let reason = a.held_reason.clone().unwrap_or_default();
+    let hint = a
+        .held_reason
+        .as_deref()
+        .and_then(|r| r.strip_prefix("errcode "))
+        .and_then(|r| r.split(' ').next()?.parse().ok())
+        .and_then(|code| policy::hint(code, &reason));
+    Some((
+        until,
+        hint.map_or(reason.clone(), |h| format!("{reason}: {h}")),
+    ))
 }
 
 fn attempt_text(a: &AttemptRow) -> String {

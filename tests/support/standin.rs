@@ -50,10 +50,8 @@ pub enum Reply {
 
 impl Reply {
     pub fn token(token: &str, expires_in: u64) -> Reply {
-        Reply::Token {
-            token: token.to_string(),
-            expires_in,
-        }
+        let token = token.to_string();
+        Reply::Token { token, expires_in }
     }
     pub fn errcode(code: i64, msg: &str) -> Reply {
         Reply::Errcode(code, msg.to_string())
@@ -77,10 +75,8 @@ pub struct Request {
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        let mut found = self.headers.iter().filter(|(k, _)| *k == name);
+        found.next().map(|(_, v)| v.as_str())
     }
 }
 
@@ -94,6 +90,7 @@ enum Kind {
 /// A token the stand-in accepts until `expires_at` on the virtual clock.
 struct Live {
     kind: Kind,
+    /// The appid or corpid it was issued to.
     key: String,
     secret: String,
     seq: u64,
@@ -105,6 +102,7 @@ struct State {
     stopped: bool,
     seed: u64,
     seq: u64,
+    /// The virtual clock, in seconds.
     now: u64,
     latency: Duration,
     creds: HashMap<String, HashSet<String>>,
@@ -123,31 +121,42 @@ struct Shared {
     conns: Mutex<HashMap<u64, TcpStream>>,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
+/// Locks, ignoring poisoning: a panicking test thread must not take the stand-in down with it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
-    /// Sleeps for `d` unless the stand-in shuts down first; returns false if it did.
-    fn pause(&self, d: Duration) -> bool {
-        let deadline = Instant::now().checked_add(d);
-        let mut st = self.lock();
+impl Shared {
+    /// Waits until `done` holds (true) or `deadline` passes (false); `None` waits for ever.
+    fn wait_until(
+        &self,
+        deadline: Option<Instant>,
+        done: impl Fn(&State) -> bool,
+    ) -> (MutexGuard<'_, State>, bool) {
+        let mut st = lock(&self.state);
         loop {
-            if st.stopped {
-                return false;
+            if done(&st) {
+                return (st, true);
             }
-            let now = Instant::now();
-            let left = match deadline {
-                Some(at) if at <= now => return true,
-                Some(at) => at - now,
-                None => Duration::from_secs(3600),
-            };
+            let left = deadline.map_or(Duration::from_secs(3600), |at| {
+                at.saturating_duration_since(Instant::now())
+            });
+            if left.is_zero() {
+                return (st, false);
+            }
             st = self
                 .cond
                 .wait_timeout(st, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Sleeps for `d` unless the stand-in shuts down first; returns false if it did.
+    fn pause(&self, d: Duration) -> bool {
+        !self
+            .wait_until(Instant::now().checked_add(d), |st| st.stopped)
+            .1
     }
 }
 
@@ -171,21 +180,22 @@ impl StandIn {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let state = State {
-            seed: nanos as u64 ^ u64::from(addr.port()),
+        let seed = nanos as u64 ^ u64::from(addr.port());
+        let state = Mutex::new(State {
+            seed,
             ..State::default()
-        };
+        });
         let shared = Arc::new(Shared {
-            state: Mutex::new(state),
+            state,
             cond: Condvar::new(),
             conns: Mutex::default(),
         });
         let sh = shared.clone();
-        let acceptor = thread::spawn(move || accept_loop(listener, sh));
+        let acceptor = Mutex::new(Some(thread::spawn(move || accept_loop(listener, sh))));
         Ok(StandIn {
             addr,
             shared,
-            acceptor: Mutex::new(Some(acceptor)),
+            acceptor,
         })
     }
 
@@ -199,36 +209,28 @@ impl StandIn {
 
     /// Stops accepting, closes open connections and wakes delayed, gated and hanging requests.
     pub fn shutdown(&self) {
-        let Some(acceptor) = self
-            .acceptor
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
+        let Some(acceptor) = lock(&self.acceptor).take() else {
             return;
         };
-        self.shared.lock().stopped = true;
+        self.state().stopped = true;
         self.shared.cond.notify_all();
         // Wake the blocking accept() so the thread sees the flag.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
         let _ = acceptor.join();
-        for conn in self
-            .shared
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-        {
+        for conn in lock(&self.shared.conns).values() {
             let _ = conn.shutdown(Shutdown::Both);
         }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.shared.state)
     }
 
     /// Makes `appid` (or a corpid) known with `secret`. Once any account is registered, unknown
     /// ids get 40013 and wrong secrets 40125 (40091 on WeCom). Several secrets per id are allowed.
     pub fn register(&self, id: &str, secret: &str) {
-        self.shared
-            .lock()
-            .creds
+        let mut st = self.state();
+        st.creds
             .entry(id.to_string())
             .or_default()
             .insert(secret.to_string());
@@ -246,9 +248,8 @@ impl StandIn {
     }
 
     fn queue(&self, route: &str, key: Option<String>, reply: Reply) {
-        self.shared
-            .lock()
-            .scripts
+        let mut st = self.state();
+        st.scripts
             .entry((route.to_string(), key))
             .or_default()
             .push_back(reply);
@@ -256,72 +257,54 @@ impl StandIn {
 
     /// Adds this delay before every reply.
     pub fn set_latency(&self, latency: Duration) {
-        self.shared.lock().latency = latency;
+        self.state().latency = latency;
     }
 
-    /// Moves the virtual clock that token lifetimes are measured against.
+    /// Moves the virtual clock that token lifetimes are measured against (whole seconds).
     pub fn advance(&self, by: Duration) {
-        self.shared.lock().now += by.as_secs();
-        self.shared.cond.notify_all();
+        self.state().now += by.as_secs();
     }
 
     /// Invalidates a token early, as WeCom may do.
     pub fn revoke(&self, token: &str) {
-        self.shared.lock().live.remove(token);
+        self.state().live.remove(token);
     }
 
     /// Whether the stand-in would accept this access token now.
     pub fn is_valid(&self, token: &str) -> bool {
-        let st = self.shared.lock();
-        st.live.get(token).is_some_and(|l| l.expires_at > st.now)
+        self.state().valid(token)
     }
 
     pub fn hits(&self, route: &str) -> usize {
-        self.shared.lock().hits.get(route).copied().unwrap_or(0)
+        self.state().hits.get(route).copied().unwrap_or(0)
     }
 
     pub fn hits_for(&self, route: &str, key: &str) -> usize {
-        let st = self.shared.lock();
-        st.hits_for
-            .get(&(route.to_string(), key.to_string()))
-            .copied()
-            .unwrap_or(0)
+        let k = (route.to_string(), key.to_string());
+        self.state().hits_for.get(&k).copied().unwrap_or(0)
     }
 
     /// Every request so far, in arrival order.
     pub fn requests(&self) -> Vec<Request> {
-        self.shared.lock().log.clone()
+        self.state().log.clone()
     }
 
     /// Holds requests to `route` (already counted) until [`StandIn::open_gate`].
     pub fn gate(&self, route: &str) {
-        self.shared.lock().gates.insert(route.to_string());
+        self.state().gates.insert(route.to_string());
     }
 
     pub fn open_gate(&self, route: &str) {
-        self.shared.lock().gates.remove(route);
+        self.state().gates.remove(route);
         self.shared.cond.notify_all();
     }
 
     /// Waits until `route` has had at least `n` hits; false on timeout.
     pub fn wait_for_hits(&self, route: &str, n: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.shared.lock();
-        loop {
-            if st.hits.get(route).copied().unwrap_or(0) >= n {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            st = self
-                .shared
-                .cond
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        let enough = |st: &State| st.hits.get(route).is_some_and(|&h| h >= n);
+        self.shared
+            .wait_until(Some(Instant::now() + timeout), enough)
+            .1
     }
 }
 
@@ -332,9 +315,8 @@ impl Drop for StandIn {
 }
 
 fn accept_loop(listener: TcpListener, sh: Arc<Shared>) {
-    let mut next_id = 0u64;
-    for conn in listener.incoming() {
-        if sh.lock().stopped {
+    for (id, conn) in listener.incoming().enumerate() {
+        if lock(&sh.state).stopped {
             break;
         }
         let Ok(stream) = conn else {
@@ -342,21 +324,13 @@ fn accept_loop(listener: TcpListener, sh: Arc<Shared>) {
             thread::sleep(Duration::from_millis(10));
             continue;
         };
-        next_id += 1;
-        let id = next_id;
         let sh = sh.clone();
         thread::spawn(move || {
             if let Ok(clone) = stream.try_clone() {
-                sh.conns
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id, clone);
+                lock(&sh.conns).insert(id as u64, clone);
             }
             let _ = serve(&sh, stream);
-            sh.conns
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
+            lock(&sh.conns).remove(&(id as u64));
         });
     }
 }
@@ -365,104 +339,70 @@ fn serve(sh: &Shared, stream: TcpStream) -> io::Result<()> {
     stream.set_write_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
-    loop {
-        if sh.lock().stopped {
-            return Ok(());
-        }
+    while !lock(&sh.state).stopped {
         let (req, close) = match read_request(&mut reader) {
             Ok(Some(parsed)) => parsed,
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                write_response(&mut out, 400, "text/plain", e.to_string().as_bytes(), true)?;
-                return Ok(());
-            }
+            Ok(None) => break,
+            Err(e) => return write_response(&mut out, 400, "text/plain", e.to_string(), true),
         };
         if !handle(sh, req, &mut out, close)? || close {
-            return Ok(());
+            break;
         }
     }
+    Ok(())
 }
 
 /// Reads one request; `None` on a clean end of stream. The flag says the client wants to close.
 pub fn read_request(r: &mut impl BufRead) -> io::Result<Option<(Request, bool)>> {
     let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
     let mut line = String::new();
-    loop {
+    while line.trim().is_empty() {
         line.clear();
         if r.by_ref().take(8192).read_line(&mut line)? == 0 {
             return Ok(None);
         }
-        if !line.trim().is_empty() {
-            break;
-        }
     }
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    let [method, target, version] = parts[..] else {
         return Err(bad("malformed request line"));
     };
-    let (method, version) = (method.to_string(), version.to_string());
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let (path, query) = (path.to_string(), parse_query(query));
-    let mut headers = Vec::new();
+    let mut req = Request {
+        method: method.to_string(),
+        path: path.to_string(),
+        query: parse_query(query),
+        headers: Vec::new(),
+        body: String::new(),
+    };
+    let http10 = version == "HTTP/1.0";
     loop {
-        line.clear();
+        let mut line = String::new();
         if r.by_ref().take(8192).read_line(&mut line)? == 0 {
             return Err(bad("end of stream inside headers"));
         }
-        let l = line.trim_end_matches(['\r', '\n']);
-        if l.is_empty() {
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.is_empty() {
             break;
         }
-        let (k, v) = l.split_once(':').ok_or_else(|| bad("malformed header"))?;
-        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        let (k, v) = line
+            .split_once(':')
+            .ok_or_else(|| bad("malformed header"))?;
+        req.headers
+            .push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
     }
-    let mut req = Request {
-        method,
-        path,
-        query,
-        headers,
-        body: String::new(),
-    };
     let conn = req.header("connection").unwrap_or("").to_ascii_lowercase();
-    let close = conn.contains("close") || (version == "HTTP/1.0" && !conn.contains("keep-alive"));
-    let mut body = Vec::new();
-    if req
-        .header("transfer-encoding")
-        .is_some_and(|t| t.to_ascii_lowercase().contains("chunked"))
-    {
-        loop {
-            line.clear();
-            r.by_ref().take(1024).read_line(&mut line)?;
-            let size = line.trim().split(';').next().unwrap_or("");
-            let size = usize::from_str_radix(size, 16).map_err(|_| bad("bad chunk size"))?;
-            if body.len() + size > MAX_BODY {
-                return Err(bad("body too large"));
-            }
-            let start = body.len();
-            body.resize(start + size, 0);
-            r.read_exact(&mut body[start..])?;
-            line.clear();
-            r.by_ref().take(1024).read_line(&mut line)?;
-            if size == 0 {
-                // The terminating chunk may be followed by trailers; skip to the blank line.
-                while !line.trim().is_empty() {
-                    line.clear();
-                    if r.by_ref().take(8192).read_line(&mut line)? == 0 {
-                        break;
-                    }
-                }
-                break;
-            }
-        }
-    } else if let Some(len) = req.header("content-length") {
-        let len: usize = len.parse().map_err(|_| bad("bad content-length"))?;
-        if len > MAX_BODY {
-            return Err(bad("body too large"));
-        }
-        body.resize(len, 0);
-        r.read_exact(&mut body)?;
+    let close = conn.contains("close") || (http10 && !conn.contains("keep-alive"));
+    if req.header("transfer-encoding").is_some() {
+        // wxtoken's client always sends a sized body; keep the stand-in simple.
+        return Err(bad("chunked request bodies are not supported"));
     }
+    let len = req.header("content-length").unwrap_or("0");
+    let len: usize = len.parse().map_err(|_| bad("bad content-length"))?;
+    if len > MAX_BODY {
+        return Err(bad("body too large"));
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body)?;
     req.body = String::from_utf8_lossy(&body).into_owned();
     Ok(Some((req, close)))
 }
@@ -481,34 +421,32 @@ pub fn parse_query(q: &str) -> HashMap<String, String> {
 /// Decodes `%XX` and `+`; malformed escapes are kept literally.
 pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
+    let hex = |i: usize| b.get(i).and_then(|&c| (c as char).to_digit(16));
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() && hex(b[i + 1]).is_some() && hex(b[i + 2]).is_some() => {
-                out.push((hex(b[i + 1]).unwrap() * 16 + hex(b[i + 2]).unwrap()) as u8);
+        match (b[i], hex(i + 1), hex(i + 2)) {
+            (b'+', _, _) => out.push(b' '),
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
                 i += 2;
             }
-            c => out.push(c),
+            (c, _, _) => out.push(c),
         }
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
 }
 
+type Chars<'a> = std::iter::Peekable<std::str::Chars<'a>>;
+
 /// Parses a flat JSON object; strings are unescaped, other scalars kept as their text.
 /// Nested objects and arrays are rejected, which is all the stable-token body needs.
 pub fn parse_flat_json(s: &str) -> Option<HashMap<String, String>> {
+    let skip_ws = |p: &mut Chars| while p.next_if(|c| c.is_whitespace()).is_some() {};
     let mut p = s.trim().chars().peekable();
     let mut map = HashMap::new();
-    let skip_ws = |p: &mut std::iter::Peekable<std::str::Chars>| {
-        while p.next_if(|c| c.is_whitespace()).is_some() {}
-    };
-    if p.next()? != '{' {
-        return None;
-    }
+    p.next_if_eq(&'{')?;
     skip_ws(&mut p);
     if p.next_if_eq(&'}').is_none() {
         loop {
@@ -524,11 +462,8 @@ pub fn parse_flat_json(s: &str) -> Option<HashMap<String, String>> {
                 while let Some(c) = p.next_if(|c| c.is_ascii_alphanumeric() || "+-.".contains(*c)) {
                     v.push(c);
                 }
-                let number = v.parse::<f64>().is_ok();
-                if !(number || v == "true" || v == "false" || v == "null") {
-                    return None;
-                }
-                v
+                let scalar = ["true", "false", "null"].contains(&v.as_str());
+                (scalar || v.parse::<f64>().is_ok()).then_some(v)?
             };
             map.insert(k, v);
             skip_ws(&mut p);
@@ -539,10 +474,10 @@ pub fn parse_flat_json(s: &str) -> Option<HashMap<String, String>> {
             }
         }
     }
-    p.all(char::is_whitespace).then_some(map)
+    p.next().is_none().then_some(map)
 }
 
-fn json_string(p: &mut std::iter::Peekable<std::str::Chars>) -> Option<String> {
+fn json_string(p: &mut Chars) -> Option<String> {
     p.next_if_eq(&'"')?;
     let mut s = String::new();
     loop {
@@ -572,9 +507,7 @@ pub fn json_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
+            '"' | '\\' => out.extend(['\\', c]),
             c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
             c => out.push(c),
         }
@@ -585,7 +518,7 @@ pub fn json_escape(s: &str) -> String {
 fn handle(sh: &Shared, req: Request, out: &mut TcpStream, close: bool) -> io::Result<bool> {
     let route = req.path.clone();
     let key = {
-        let mut st = sh.lock();
+        let mut st = lock(&sh.state);
         let key = st.key_for(&req);
         *st.hits.entry(route.clone()).or_default() += 1;
         if let Some(k) = &key {
@@ -596,15 +529,13 @@ fn handle(sh: &Shared, req: Request, out: &mut TcpStream, close: bool) -> io::Re
     };
     sh.cond.notify_all();
     let (reply, latency) = {
-        let mut st = sh.lock();
-        while st.gates.contains(&route) && !st.stopped {
-            st = sh.cond.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
+        let (mut st, _) = sh.wait_until(None, |st| st.stopped || !st.gates.contains(&route));
         let reply = match st.scripted(&route, key.as_deref()) {
             Some(reply) => {
                 if let (Reply::Token { token, expires_in }, Some(kind)) = (&reply, kind_of(&route))
                 {
-                    st.adopt(kind, key.as_deref().unwrap_or(""), token, *expires_in);
+                    let key = key.as_deref().unwrap_or("");
+                    st.adopt(token, kind, key, "", *expires_in);
                 }
                 reply
             }
@@ -627,6 +558,9 @@ fn kind_of(route: &str) -> Option<Kind> {
     }
 }
 
+const JSON: &str = "application/json; encoding=utf-8";
+
+/// Writes `reply`; returns whether the connection may serve another request.
 fn send(
     sh: &Shared,
     out: &mut TcpStream,
@@ -634,8 +568,7 @@ fn send(
     reply: Reply,
     close: bool,
 ) -> io::Result<bool> {
-    const JSON: &str = "application/json; encoding=utf-8";
-    let body = match reply {
+    let (code, ctype, body) = match reply {
         Reply::Drop => {
             let _ = out.shutdown(Shutdown::Both);
             return Ok(false);
@@ -651,48 +584,44 @@ fn send(
             return send(sh, out, route, *then, close);
         }
         Reply::Oversized(n) => return stream_oversized(out, n, close).map(|()| true),
-        Reply::Status(code, body) => {
-            write_response(
-                out,
-                code,
-                "text/html; charset=utf-8",
-                body.as_bytes(),
-                close,
-            )?;
-            return Ok(true);
+        Reply::Status(code, body) => (code, "text/html; charset=utf-8", body),
+        Reply::Token { token, expires_in } => {
+            let (ok, field) = match route {
+                TICKET | WORK_CORP_TICKET | WORK_AGENT_TICKET => (true, "ticket"),
+                WORK_TOKEN => (true, "access_token"),
+                _ => (false, "access_token"),
+            };
+            let ok = if ok {
+                r#""errcode":0,"errmsg":"ok","#
+            } else {
+                ""
+            };
+            (
+                200,
+                JSON,
+                format!(r#"{{{ok}"{field}":"{token}","expires_in":{expires_in}}}"#),
+            )
         }
-        Reply::Token { token, expires_in } => match route {
-            TICKET | WORK_CORP_TICKET | WORK_AGENT_TICKET => {
-                format!(
-                    r#"{{"errcode":0,"errmsg":"ok","ticket":"{token}","expires_in":{expires_in}}}"#
-                )
-            }
-            WORK_TOKEN => {
-                format!(
-                    r#"{{"errcode":0,"errmsg":"ok","access_token":"{token}","expires_in":{expires_in}}}"#
-                )
-            }
-            _ => format!(r#"{{"access_token":"{token}","expires_in":{expires_in}}}"#),
-        },
-        Reply::Errcode(code, msg) => {
-            format!(r#"{{"errcode":{code},"errmsg":"{}"}}"#, json_escape(&msg))
-        }
-        Reply::Body(body) => body,
-        Reply::Empty => String::new(),
+        Reply::Errcode(code, msg) => (
+            200,
+            JSON,
+            format!(r#"{{"errcode":{code},"errmsg":"{}"}}"#, json_escape(&msg)),
+        ),
+        Reply::Body(body) => (200, JSON, body),
+        Reply::Empty => (200, JSON, String::new()),
     };
-    write_response(out, 200, JSON, body.as_bytes(), close)?;
-    Ok(true)
+    write_response(out, code, ctype, body, close).map(|()| true)
 }
 
 fn write_response(
     out: &mut impl Write,
     code: u16,
     ctype: &str,
-    body: &[u8],
+    body: String,
     close: bool,
 ) -> io::Result<()> {
     write_head(out, code, ctype, body.len() as u64, close)?;
-    out.write_all(body)?;
+    out.write_all(body.as_bytes())?;
     out.flush()
 }
 
@@ -703,17 +632,8 @@ fn write_head(
     len: u64,
     close: bool,
 ) -> io::Result<()> {
-    let reason = match code {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Status",
-    };
+    // Clients ignore the reason phrase; any token will do.
+    let reason = if code == 200 { "OK" } else { "Error" };
     let conn = if close { "close" } else { "keep-alive" };
     let head = format!(
         "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\nConnection: {conn}\r\n\r\n"
@@ -724,7 +644,7 @@ fn write_head(
 /// Streams `n` bytes that start like a token reply, without holding them in memory.
 /// A client that hangs up early ends the stream with an error, which the caller ignores.
 fn stream_oversized(out: &mut TcpStream, n: u64, close: bool) -> io::Result<()> {
-    write_head(out, 200, "application/json; encoding=utf-8", n, close)?;
+    write_head(out, 200, JSON, n, close)?;
     let prefix = br#"{"access_token":""#;
     let mut chunk = vec![b'A'; 64 * 1024];
     let lead = prefix.len().min(n as usize);
@@ -749,25 +669,29 @@ impl State {
             STABLE_TOKEN => parse_flat_json(&req.body)?
                 .remove("appid")
                 .filter(|v| !v.is_empty()),
-            _ => self
-                .live
-                .get(req.query.get("access_token")?)
-                .map(|l| l.key.clone()),
+            _ => Some(self.live.get(&q("access_token")?)?.key.clone()),
         }
     }
 
     fn scripted(&mut self, route: &str, key: Option<&str>) -> Option<Reply> {
-        let mut pop =
-            |k: Option<String>| self.scripts.get_mut(&(route.to_string(), k))?.pop_front();
-        key.and_then(|k| pop(Some(k.to_string())))
-            .or_else(|| pop(None))
+        let mut pop = |k: Option<&str>| {
+            let k = (route.to_string(), k.map(str::to_string));
+            self.scripts.get_mut(&k)?.pop_front()
+        };
+        key.and_then(|k| pop(Some(k))).or_else(|| pop(None))
+    }
+
+    fn valid(&self, token: &str) -> bool {
+        self.live
+            .get(token)
+            .is_some_and(|l| l.expires_at > self.now)
     }
 
     /// A unique token-like string: 128 chars of `[A-Za-z0-9_-]` that start with a counter.
     fn mint(&mut self, tag: &str) -> String {
-        self.seq += 1;
         const ALPHABET: &[u8; 64] =
             b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        self.seq += 1;
         let mut x = self.seed ^ self.seq.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let mut s = format!("{}_{tag}_", self.seq);
         while s.len() < 128 {
@@ -780,132 +704,98 @@ impl State {
         s
     }
 
-    fn rid(&mut self) -> String {
-        self.seq += 1;
-        format!("{:08x}-{:08x}", self.seed as u32, self.seq as u32)
-    }
-
     fn err(&mut self, code: i64, msg: &str) -> Reply {
-        let rid = self.rid();
+        self.seq += 1;
+        let rid = format!("{:08x}-{:08x}", self.seed as u32, self.seq as u32);
         Reply::Errcode(code, format!("{msg} rid: {rid}"))
     }
 
-    /// Registers a token the stand-in handed out so tickets accept it.
-    fn adopt(&mut self, kind: Kind, key: &str, token: &str, expires_in: u64) {
+    /// Makes a token valid for tickets (and, for WeCom, reusable by the same secret).
+    fn adopt(&mut self, token: &str, kind: Kind, key: &str, secret: &str, expires_in: u64) {
         self.seq += 1;
-        let seq = self.seq;
-        let live = Live {
-            kind,
-            key: key.to_string(),
-            secret: String::new(),
-            seq,
-            expires_at: self.now + expires_in,
-        };
-        self.live.insert(token.to_string(), live);
+        let (seq, expires_at) = (self.seq, self.now + expires_in);
+        let (key, secret) = (key.to_string(), secret.to_string());
+        self.live.insert(
+            token.to_string(),
+            Live {
+                kind,
+                key,
+                secret,
+                seq,
+                expires_at,
+            },
+        );
     }
 
-    fn issue(&mut self, kind: Kind, key: &str, secret: &str) -> String {
-        let token = self.mint(match kind {
+    fn issue(&mut self, kind: Kind, key: &str, secret: &str) -> Reply {
+        let tag = match kind {
             Kind::Classic => "AT",
             Kind::Stable => "ST",
             Kind::Work => "WK",
-        });
-        let (seq, expires_at) = (self.seq, self.now + LIFETIME);
-        let live = Live {
-            kind,
-            key: key.to_string(),
-            secret: secret.to_string(),
-            seq,
-            expires_at,
         };
-        self.live.insert(token.clone(), live);
-        token
+        let token = self.mint(tag);
+        self.adopt(&token, kind, key, secret, LIFETIME);
+        Reply::Token {
+            token,
+            expires_in: LIFETIME,
+        }
     }
 
     /// The newest unexpired token of this kind for this account (and secret, if given).
     fn current(&self, kind: Kind, key: &str, secret: Option<&str>) -> Option<(String, u64)> {
-        self.live
-            .iter()
-            .filter(|(_, l)| l.kind == kind && l.key == key && l.expires_at > self.now)
-            .filter(|(_, l)| secret.is_none_or(|s| l.secret == s))
+        let mine = |l: &&Live| l.kind == kind && l.key == key && l.expires_at > self.now;
+        (self.live.iter())
+            .filter(|(_, l)| mine(l) && secret.is_none_or(|s| l.secret == s))
             .max_by_key(|(_, l)| l.seq)
             .map(|(t, l)| (t.clone(), l.expires_at - self.now))
     }
 
+    /// Checks that both are present, then (if any account is registered) the pair itself.
     fn check_creds(&mut self, id: &str, secret: &str, work: bool) -> Result<(), Reply> {
-        if self.creds.is_empty() {
-            return Ok(());
+        let (id_name, secret_name, bad_secret) = match work {
+            true => ("corpid", "corpsecret", 40091),
+            false => ("appid", "appsecret", 40125),
+        };
+        if id.is_empty() {
+            return Err(self.err(41002, &format!("{id_name} missing")));
+        }
+        if secret.is_empty() {
+            return Err(self.err(41004, &format!("{secret_name} missing")));
         }
         match self.creds.get(id) {
-            None if work => Err(self.err(40013, "invalid corpid")),
-            None => Err(self.err(40013, "invalid appid")),
-            Some(s) if s.contains(secret) => Ok(()),
-            Some(_) if work => Err(self.err(40091, "secret is invalid")),
-            Some(_) => Err(self.err(40125, "invalid appsecret")),
+            _ if self.creds.is_empty() => Ok(()),
+            None => Err(self.err(40013, &format!("invalid {id_name}"))),
+            Some(known) if known.contains(secret) => Ok(()),
+            Some(_) => Err(self.err(bad_secret, &format!("invalid {secret_name}"))),
         }
     }
 
     fn default_reply(&mut self, req: &Request) -> Reply {
+        let q = |k: &str| req.query.get(k).map_or("", String::as_str);
         let result = match req.path.as_str() {
-            TOKEN => self.classic(req),
+            TOKEN => self.classic(q("grant_type"), q("appid"), q("secret")),
             STABLE_TOKEN => self.stable(req),
-            WORK_TOKEN => self.work(req),
-            TICKET | WORK_CORP_TICKET | WORK_AGENT_TICKET => self.ticket(req),
+            WORK_TOKEN => self.work(q("corpid"), q("corpsecret")),
+            TICKET => self.ticket(q("access_token"), Some(&["jsapi", "wx_card"]), q("type")),
+            WORK_AGENT_TICKET => self.ticket(q("access_token"), Some(&["agent_config"]), q("type")),
+            WORK_CORP_TICKET => self.ticket(q("access_token"), None, ""),
             _ => Err(Reply::Status(404, format!("no such path: {}\n", req.path))),
         };
         result.unwrap_or_else(|e| e)
     }
 
-    fn classic(&mut self, req: &Request) -> Result<Reply, Reply> {
-        let q = |k: &str| req.query.get(k).map_or("", String::as_str);
-        if q("grant_type") != "client_credential" {
+    fn classic(&mut self, grant_type: &str, appid: &str, secret: &str) -> Result<Reply, Reply> {
+        if grant_type != "client_credential" {
             return Err(self.err(40002, "invalid grant_type"));
         }
-        let (appid, secret) = self.id_and_secret(q("appid"), q("secret"), false)?;
-        let token = self.issue(Kind::Classic, &appid, &secret);
-        // Each fetch invalidates older tokens; the previous one survives for the overlap.
-        let mut mine: Vec<(u64, String)> = (self.live.iter())
-            .filter(|(_, l)| l.kind == Kind::Classic && l.key == appid)
-            .map(|(t, l)| (l.seq, t.clone()))
-            .collect();
-        mine.sort();
-        for (_, old) in mine.iter().rev().skip(2) {
-            self.live.remove(old);
-        }
-        Ok(Reply::Token {
-            token,
-            expires_in: LIFETIME,
-        })
-    }
-
-    fn id_and_secret(
-        &mut self,
-        id: &str,
-        secret: &str,
-        work: bool,
-    ) -> Result<(String, String), Reply> {
-        if id.is_empty() {
-            return Err(self.err(
-                41002,
-                if work {
-                    "corpid missing"
-                } else {
-                    "appid missing"
-                },
-            ));
-        }
-        if secret.is_empty() {
-            return Err(self.err(
-                41004,
-                if work {
-                    "corpsecret missing"
-                } else {
-                    "appsecret missing"
-                },
-            ));
-        }
-        self.check_creds(id, secret, work)?;
-        Ok((id.to_string(), secret.to_string()))
+        self.check_creds(appid, secret, false)?;
+        // Each fetch invalidates older tokens; only the newest overlaps with the one issued now.
+        let newest = self.current(Kind::Classic, appid, None).map(|(t, _)| t);
+        let retired = |t: &String, l: &Live| {
+            l.kind == Kind::Classic && l.key == appid && Some(t) != newest.as_ref()
+        };
+        self.live.retain(|t, l| !retired(t, l));
+        Ok(self.issue(Kind::Classic, appid, secret))
     }
 
     fn stable(&mut self, req: &Request) -> Result<Reply, Reply> {
@@ -919,65 +809,44 @@ impl State {
         if b("grant_type") != "client_credential" {
             return Err(self.err(40002, "invalid grant_type"));
         }
-        let (appid, secret) = self.id_and_secret(b("appid"), b("secret"), false)?;
+        let (appid, secret) = (b("appid"), b("secret"));
+        self.check_creds(appid, secret, false)?;
         if b("force_refresh") == "true" {
             self.live
                 .retain(|_, l| !(l.kind == Kind::Stable && l.key == appid));
-        } else if let Some((token, left)) = self.current(Kind::Stable, &appid, None) {
-            if left > STABLE_WINDOW {
-                return Ok(Reply::Token {
-                    token,
-                    expires_in: left,
-                });
-            }
+        } else if let Some((token, left)) = self.current(Kind::Stable, appid, None)
+            && left > STABLE_WINDOW
+        {
+            return Ok(Reply::Token {
+                token,
+                expires_in: left,
+            });
         }
-        let token = self.issue(Kind::Stable, &appid, &secret);
-        Ok(Reply::Token {
-            token,
-            expires_in: LIFETIME,
+        Ok(self.issue(Kind::Stable, appid, secret))
+    }
+
+    fn work(&mut self, corpid: &str, secret: &str) -> Result<Reply, Reply> {
+        self.check_creds(corpid, secret, true)?;
+        Ok(match self.current(Kind::Work, corpid, Some(secret)) {
+            Some((token, expires_in)) => Reply::Token { token, expires_in },
+            None => self.issue(Kind::Work, corpid, secret),
         })
     }
 
-    fn work(&mut self, req: &Request) -> Result<Reply, Reply> {
-        let q = |k: &str| req.query.get(k).map_or("", String::as_str);
-        let (corpid, secret) = self.id_and_secret(q("corpid"), q("corpsecret"), true)?;
-        let (token, expires_in) = match self.current(Kind::Work, &corpid, Some(&secret)) {
-            Some(current) => current,
-            None => (self.issue(Kind::Work, &corpid, &secret), LIFETIME),
-        };
-        let body = format!(
-            r#"{{"errcode":0,"errmsg":"ok","access_token":"{token}","expires_in":{expires_in}}}"#
-        );
-        Ok(Reply::Body(body))
-    }
-
-    fn ticket(&mut self, req: &Request) -> Result<Reply, Reply> {
-        let q = |k: &str| req.query.get(k).map_or("", String::as_str);
-        let types: Option<&[&str]> = match req.path.as_str() {
-            TICKET => Some(&["jsapi", "wx_card"]),
-            WORK_AGENT_TICKET => Some(&["agent_config"]),
-            _ => None,
-        };
-        let token = q("access_token");
+    fn ticket(&mut self, token: &str, types: Option<&[&str]>, ty: &str) -> Result<Reply, Reply> {
         if token.is_empty() {
             return Err(self.err(41001, "access_token missing"));
         }
-        if !self
-            .live
-            .get(token)
-            .is_some_and(|l| l.expires_at > self.now)
-        {
-            return Err(self.err(
-                40001,
-                "invalid credential, access_token is invalid or not latest",
-            ));
+        if !self.valid(token) {
+            let msg = "invalid credential, access_token is invalid or not latest";
+            return Err(self.err(40001, msg));
         }
-        if types.is_some_and(|t| !t.contains(&q("type"))) {
+        if types.is_some_and(|t| !t.contains(&ty)) {
             return Err(self.err(40097, "invalid args"));
         }
-        let ticket = self.mint("TK");
-        let body =
-            format!(r#"{{"errcode":0,"errmsg":"ok","ticket":"{ticket}","expires_in":{LIFETIME}}}"#);
-        Ok(Reply::Body(body))
+        Ok(Reply::Token {
+            token: self.mint("TK"),
+            expires_in: LIFETIME,
+        })
     }
 }
