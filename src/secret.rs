@@ -58,7 +58,7 @@ pub fn scrub(text: &str, secret: &Secret) -> String {
         while let Some(pos) = out[from..].find(key) {
             let start = from + pos + key.len();
             let end = out[start..]
-                .find(|c: char| c == '&' || c == ' ' || c == '"' || c == ')' || c == '\'')
+                .find(['&', ' ', '"', ')', '\''])
                 .map_or(out.len(), |e| start + e);
             out.replace_range(start..end, "***");
             from = start + 3;

@@ -281,7 +281,7 @@ fn parse_reply(body: String, field: &str) -> Result<Fetched, Failure> {
     let reply: Reply = match serde_json::from_str(&body) {
         Ok(reply) => reply,
         Err(e) if e.is_syntax() || e.is_eof() => {
-            return Err(Failure::NotJson(format!("{}", policy::one_line(&body, 60))));
+            return Err(Failure::NotJson(policy::one_line(&body, 60)));
         }
         Err(e) => return Err(Failure::Invalid(policy::one_line(&e.to_string(), 120))),
     };

@@ -216,14 +216,13 @@ pub fn record(
     holder: &Holder,
     outcome: Outcome,
 ) -> (Done, Option<String>) {
+    // The reason stored with a hold is the whole message, hint included, for `status`.
     let hold = match &outcome.result {
-        Err(Failure::WeChat { errcode, errmsg }) => {
+        Err(failure @ Failure::WeChat { errcode, .. }) => {
             match policy::hold_after(*errcode, outcome.started_at) {
                 Hold::None => None,
-                Hold::Attention => {
-                    Some((policy::UNTIL_FIXED, format!("errcode {errcode} ({errmsg})")))
-                }
-                Hold::Until(t) => Some((t, format!("errcode {errcode} ({errmsg})"))),
+                Hold::Attention => Some((policy::UNTIL_FIXED, failure.to_string())),
+                Hold::Until(t) => Some((t, failure.to_string())),
             }
         }
         _ => None,

@@ -89,17 +89,7 @@ fn held(a: &Account, now: i64) -> Option<(String, String)> {
     } else {
         format!("until {}", rfc3339(until))
     };
-    let reason = a.held_reason.clone().unwrap_or_default();
-    let hint = a
-        .held_reason
-        .as_deref()
-        .and_then(|r| r.strip_prefix("errcode "))
-        .and_then(|r| r.split(' ').next()?.parse().ok())
-        .and_then(|code| policy::hint(code, &reason));
-    Some((
-        until,
-        hint.map_or(reason.clone(), |h| format!("{reason}: {h}")),
-    ))
+    Some((until, a.held_reason.clone().unwrap_or_default()))
 }
 
 fn attempt_text(a: &AttemptRow) -> String {

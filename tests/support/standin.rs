@@ -586,15 +586,11 @@ fn send(
         Reply::Oversized(n) => return stream_oversized(out, n, close).map(|()| true),
         Reply::Status(code, body) => (code, "text/html; charset=utf-8", body),
         Reply::Token { token, expires_in } => {
+            const OK: &str = r#""errcode":0,"errmsg":"ok","#;
             let (ok, field) = match route {
-                TICKET | WORK_CORP_TICKET | WORK_AGENT_TICKET => (true, "ticket"),
-                WORK_TOKEN => (true, "access_token"),
-                _ => (false, "access_token"),
-            };
-            let ok = if ok {
-                r#""errcode":0,"errmsg":"ok","#
-            } else {
-                ""
+                TICKET | WORK_CORP_TICKET | WORK_AGENT_TICKET => (OK, "ticket"),
+                WORK_TOKEN => (OK, "access_token"),
+                _ => ("", "access_token"),
             };
             (
                 200,
