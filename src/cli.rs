@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::policy::parse_duration;
 use crate::store::AccountKey;
-use crate::wechat::Api;
+use crate::wechat::{Api, Ticket};
 
 /// Central refresher for WeChat access tokens: one place fetches, everything else reads.
 #[derive(Parser, Debug)]
@@ -56,6 +56,8 @@ Exits 0 when every account succeeded, 4 when any failed or is held.")]
     #[command(after_help = "Examples:
   TOKEN=$(wxtoken get --appid wx1234567890abcdef) || exit 1
   wxtoken get --appid wx1234567890abcdef --min-ttl 5m --json
+  wxtoken get --corpid ww1234567890abcdef --agentid 1000002
+  TICKET=$(wxtoken get --appid wx1234567890abcdef --ticket jsapi --min-ttl 5m)
   NEW=$(wxtoken get --appid wx1234567890abcdef --reject \"$OLD\")  # after errcode 40001
 
 Exits 3, printing nothing on stdout, when there is no valid token
@@ -78,6 +80,7 @@ pub enum AccountCommand {
     /// Add an account; the secret is read from stdin (one line) or from --secret-env
     #[command(after_help = "Examples:
   wxtoken account add --appid wx1234567890abcdef            # prompts, without echo
+  wxtoken account add --corpid ww1234567890abcdef --agentid 1000002 --ticket agent_config
   printf '%s\\n' \"$SECRET\" | wxtoken account add --appid wx1234567890abcdef --api stable
   WX_SECRET=... wxtoken account add --appid wx1234567890abcdef --secret-env WX_SECRET
 
@@ -100,6 +103,12 @@ The secret is never an argument: argv shows in `ps` and in shell history.")]
         after_help = "Example:\n  wxtoken account set-secret --appid wx1234567890abcdef < new-secret.txt"
     )]
     SetSecret(SecretArgs),
+    /// Choose which JS-SDK tickets refresh fetches for this account
+    #[command(after_help = "Examples:
+  wxtoken account set-tickets --appid wx1234567890abcdef --ticket jsapi --ticket wx_card
+  wxtoken account set-tickets --corpid ww1234567890abcdef --agentid 1000002 --ticket agent_config
+  wxtoken account set-tickets --appid wx1234567890abcdef          # no tickets")]
+    SetTickets(TicketsArgs),
 }
 
 /// Which account a command is about.
@@ -164,8 +173,26 @@ pub struct AddArgs {
     /// (WeCom apps always use /cgi-bin/gettoken)
     #[arg(long, value_enum, default_value_t = ApiArg::Token)]
     pub api: ApiArg,
+    /// Also fetch this JS-SDK ticket right after each new token (repeatable):
+    /// jsapi or wx_card (Official Accounts), jsapi or agent_config (WeCom)
+    #[arg(long = "ticket", value_name = "KIND", value_parser = parse_ticket)]
+    pub tickets: Vec<Ticket>,
     #[command(flatten)]
     pub secret: SecretSource,
+}
+
+#[derive(Args, Debug)]
+pub struct TicketsArgs {
+    #[command(flatten)]
+    pub account: AccountArgs,
+    /// The tickets to fetch from now on (repeatable); none turns tickets off
+    #[arg(long = "ticket", value_name = "KIND", value_parser = parse_ticket)]
+    pub tickets: Vec<Ticket>,
+}
+
+fn parse_ticket(text: &str) -> Result<Ticket, String> {
+    Ticket::parse(text)
+        .ok_or_else(|| format!("unknown ticket '{text}': use jsapi, wx_card or agent_config"))
 }
 
 #[derive(Args, Debug)]
@@ -268,6 +295,9 @@ pub struct GetArgs {
     /// Refuse a token with less than this left, like 90s, 5m or 1h
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0s")]
     pub min_ttl: Duration,
+    /// Print this JS-SDK ticket instead of the access token: jsapi, wx_card or agent_config
+    #[arg(long, value_name = "KIND", value_parser = parse_ticket, conflicts_with = "reject")]
+    pub ticket: Option<Ticket>,
     /// This token just failed with 40001/40014/42001: print a newer one, fetching it if
     /// TOKEN is still the newest (`-` reads TOKEN from stdin, keeping it out of `ps`)
     #[arg(long, value_name = "TOKEN")]

@@ -12,13 +12,14 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::exit::{self, fail};
 use crate::secret::Secret;
-use crate::wechat::{Api, Failure, Fetched, Outcome};
+use crate::wechat::{Api, Failure, Fetched, Outcome, Ticket};
 
 /// Every migration, in order. The schema version is `PRAGMA user_version` = how many of
 /// these have been applied.
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_claims_holds.sql"),
+    include_str!("../migrations/0003_tickets.sql"),
 ];
 
 /// How long a connection waits for another process's write before giving up.
@@ -67,6 +68,8 @@ pub struct Account {
     /// configuration changes).
     pub held_until: Option<i64>,
     pub held_reason: Option<String>,
+    /// The JS-SDK tickets fetched right after each new token.
+    pub tickets: Vec<Ticket>,
 }
 
 /// Who holds a claim: this process on this host. The nonce tells apart two runs that got
@@ -291,14 +294,22 @@ impl Store {
 
     // ---- accounts ----
 
-    pub fn add_account(&self, key: &AccountKey, api: Api, secret: &Secret, now: i64) -> Result<()> {
+    pub fn add_account(
+        &self,
+        key: &AccountKey,
+        api: Api,
+        secret: &Secret,
+        tickets: &[Ticket],
+        now: i64,
+    ) -> Result<()> {
+        let tickets: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
         let inserted = self
             .conn
             .execute(
-                "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5)
+                "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at, tickets)
+                 VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6)
                  ON CONFLICT (appid, agent) DO NOTHING",
-                params![key.appid, key.agent, api.as_str(), secret.expose(), now],
+                params![key.appid, key.agent, api.as_str(), secret.expose(), now, tickets.join(",")],
             )
             .map_err(|e| db_error(e, &self.path))?;
         if inserted == 0 {
@@ -315,8 +326,7 @@ impl Store {
         }
     }
 
-    const ACCOUNT_COLUMNS: &'static str =
-        "id, appid, agent, api, secret, enabled, created_at, updated_at, held_until, held_reason";
+    const ACCOUNT_COLUMNS: &'static str = "id, appid, agent, api, secret, enabled, created_at, updated_at, held_until, held_reason, tickets";
 
     fn account_from_row(row: &rusqlite::Row) -> rusqlite::Result<Account> {
         let api: String = row.get(3)?;
@@ -333,6 +343,7 @@ impl Store {
             updated_at: row.get(7)?,
             held_until: row.get(8)?,
             held_reason: row.get(9)?,
+            tickets: parse_tickets(&row.get::<_, String>(10)?),
         })
     }
 
@@ -388,6 +399,19 @@ impl Store {
         Ok(())
     }
 
+    /// Sets which JS-SDK tickets refresh fetches for this account.
+    pub fn set_tickets(&self, key: &AccountKey, tickets: &[Ticket], now: i64) -> Result<()> {
+        let list: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
+        let n = self.conn.execute(
+            "UPDATE accounts SET tickets = ?3, updated_at = ?4 WHERE appid = ?1 AND agent = ?2",
+            params![key.appid, key.agent, list.join(","), now],
+        )?;
+        if n == 0 {
+            return Err(no_such_account(key));
+        }
+        Ok(())
+    }
+
     pub fn set_secret(&self, key: &AccountKey, secret: &Secret, now: i64) -> Result<()> {
         let n = self.conn.execute(
             "UPDATE accounts SET secret = ?3, updated_at = ?4,
@@ -425,15 +449,15 @@ impl Store {
     }
 
     /// Records a fetch in one transaction, so that a crash leaves all of it or none: the
-    /// new token row (unless WeChat handed back the newest one again), the attempt, the
-    /// account's hold (`None` clears it), and the release of `holder`'s claim.
+    /// new row (unless WeChat handed back the newest one again), the attempt, for a token
+    /// the account's hold (`None` clears it), and the release of the claim if asked.
     pub fn record_fetch(
         &self,
         account_id: i64,
         kind: &str,
         outcome: &Outcome,
         hold: Option<(i64, &str)>,
-        holder: &Holder,
+        release: Option<&Holder>,
     ) -> Result<Recorded> {
         let tx = Transaction::immediate(&self.conn, &self.path)?;
         let recorded = match &outcome.result {
@@ -463,7 +487,9 @@ impl Store {
                 )?
                 .execute(params![account_id, hold.map(|h| h.0), hold.map(|h| h.1)])?;
         }
-        self.release_in_tx(account_id, holder)?;
+        if let Some(holder) = release {
+            self.release_in_tx(account_id, holder)?;
+        }
         tx.commit()?;
         Ok(recorded)
     }
@@ -626,14 +652,14 @@ impl Store {
         Ok(())
     }
 
-    /// The newest attempt of an account, if it has any.
-    pub fn last_attempt(&self, account_id: i64) -> Result<Option<AttemptRow>> {
+    /// The newest attempt of an account for `kind` (a token or a ticket), if any.
+    pub fn last_attempt(&self, account_id: i64, kind: &str) -> Result<Option<AttemptRow>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT started_at, duration_ms, tries, outcome, errcode, errmsg, http_status, detail
-             FROM attempts WHERE account_id = ?1 ORDER BY id DESC LIMIT 1",
+             FROM attempts WHERE account_id = ?1 AND kind = ?2 ORDER BY id DESC LIMIT 1",
         )?;
         Ok(stmt
-            .query_row(params![account_id], |r| {
+            .query_row(params![account_id, kind], |r| {
                 Ok(AttemptRow {
                     started_at: r.get(0)?,
                     duration_ms: r.get(1)?,
@@ -676,6 +702,11 @@ impl Drop for Transaction<'_> {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
     }
+}
+
+/// Unknown names are dropped: a newer wxtoken may know more kinds than this one.
+fn parse_tickets(list: &str) -> Vec<Ticket> {
+    list.split(',').filter_map(Ticket::parse).collect()
 }
 
 /// Whether a process runs on this host. A zombie (killed, not yet reaped) counts as dead.

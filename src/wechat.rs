@@ -49,6 +49,43 @@ impl Api {
     }
 }
 
+/// A JS-SDK ticket, derived from an access token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ticket {
+    /// Official Account `jsapi`, or a WeCom corp's `jsapi` ticket.
+    Jsapi,
+    /// Official Account card ticket.
+    WxCard,
+    /// WeCom app ticket for `wx.agentConfig`.
+    AgentConfig,
+}
+
+impl Ticket {
+    pub const ALL: [Ticket; 3] = [Ticket::Jsapi, Ticket::WxCard, Ticket::AgentConfig];
+
+    /// The name used on the command line and as the row kind in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ticket::Jsapi => "jsapi",
+            Ticket::WxCard => "wx_card",
+            Ticket::AgentConfig => "agent_config",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Ticket> {
+        Ticket::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// Whether accounts of this API have this ticket.
+    pub fn fits(self, api: Api) -> bool {
+        match self {
+            Ticket::Jsapi => true,
+            Ticket::WxCard => api != Api::Work,
+            Ticket::AgentConfig => api == Api::Work,
+        }
+    }
+}
+
 /// A token (or ticket) as WeChat handed it out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetched {
@@ -161,6 +198,31 @@ impl Client {
     /// `force` asks a `stable` account for a brand-new token (`force_refresh: true`).
     pub fn fetch_token(&self, creds: &Credentials, force: bool) -> Outcome {
         self.with_retries(creds.secret, || self.token_once(creds, force))
+    }
+
+    /// Fetches a JS-SDK ticket with `token`, retrying transient failures.
+    pub fn fetch_ticket(&self, api: Api, ticket: Ticket, token: &str) -> Outcome {
+        // The token is in the query string; keep it out of error texts like a secret.
+        let token_secret = Secret::new(token.to_string());
+        self.with_retries(&token_secret, || {
+            let request = match (api, ticket) {
+                (Api::Work, Ticket::AgentConfig) => self
+                    .agent
+                    .get(format!("{}/cgi-bin/ticket/get", self.work_api_base))
+                    .query("type", "agent_config"),
+                (Api::Work, _) => self
+                    .agent
+                    .get(format!("{}/cgi-bin/get_jsapi_ticket", self.work_api_base)),
+                (_, kind) => self
+                    .agent
+                    .get(format!("{}/cgi-bin/ticket/getticket", self.api_base))
+                    .query("type", kind.as_str()),
+            };
+            parse_reply(
+                read_body(request.query("access_token", token).call())?,
+                "ticket",
+            )
+        })
     }
 
     fn with_retries(

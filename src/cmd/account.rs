@@ -10,7 +10,7 @@ use crate::cli::{AccountArgs, AccountCommand, SecretSource};
 use crate::exit::{self, fail};
 use crate::secret::{self, Secret};
 use crate::store::{AccountKey, Store};
-use crate::wechat::Api;
+use crate::wechat::{Api, Ticket};
 
 pub fn run(store: &Store, cmd: AccountCommand, now: i64) -> Result<u8> {
     match cmd {
@@ -23,8 +23,9 @@ pub fn run(store: &Store, cmd: AccountCommand, now: i64) -> Result<u8> {
             };
             // Before asking for the secret, so nobody types it for nothing.
             store.ensure_absent(&key)?;
+            check_tickets(api, &args.tickets)?;
             let secret = read_secret(&args.secret, &key)?;
-            store.add_account(&key, api, &secret, now)?;
+            store.add_account(&key, api, &secret, &args.tickets, now)?;
             eprintln!("added {key} (api {})", api.as_str());
         }
         AccountCommand::List(args) => list(store, args.json)?,
@@ -43,6 +44,20 @@ pub fn run(store: &Store, cmd: AccountCommand, now: i64) -> Result<u8> {
             store.set_enabled(&key, false, now)?;
             eprintln!("disabled {key}");
         }
+        AccountCommand::SetTickets(args) => {
+            let key = key(&args.account)?;
+            check_tickets(store.require_account(&key)?.api, &args.tickets)?;
+            store.set_tickets(&key, &args.tickets, now)?;
+            let names: Vec<&str> = args.tickets.iter().map(|t| t.as_str()).collect();
+            eprintln!(
+                "{key} tickets: {}",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            );
+        }
         AccountCommand::SetSecret(args) => {
             let key = key(&args.account)?;
             store.require_account(&key)?;
@@ -58,6 +73,16 @@ fn key(args: &AccountArgs) -> Result<AccountKey> {
     args.key().map_err(|e| fail(exit::USAGE, e))
 }
 
+fn check_tickets(api: Api, tickets: &[Ticket]) -> Result<()> {
+    match tickets.iter().find(|t| !t.fits(api)) {
+        Some(t) => Err(fail(
+            exit::USAGE,
+            format!("a {} account has no {} ticket", api.as_str(), t.as_str()),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn list(store: &Store, json: bool) -> Result<()> {
     let accounts = store.accounts()?;
     if json {
@@ -70,6 +95,7 @@ fn list(store: &Store, json: bool) -> Result<()> {
                     "api": a.api.as_str(),
                     "enabled": a.enabled,
                     "secret": secret::mask(&a.secret),
+                    "tickets": a.tickets.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
                     "created_at": rfc3339(a.created_at),
                     "updated_at": rfc3339(a.updated_at),
                 })
@@ -77,18 +103,22 @@ fn list(store: &Store, json: bool) -> Result<()> {
             .collect();
         return emit(&format!("{}\n", json!({ "accounts": items })));
     }
-    let mut text = format!(
-        "{:<40} {:<7} {:<8} {:<16} {}\n",
-        "ACCOUNT", "API", "ENABLED", "SECRET", "UPDATED"
+    let mut text = String::from(
+        "ACCOUNT                                  API     ENABLED  SECRET           TICKETS\n",
     );
     for a in &accounts {
+        let tickets: Vec<&str> = a.tickets.iter().map(|t| t.as_str()).collect();
         text += &format!(
             "{:<40} {:<7} {:<8} {:<16} {}\n",
             a.key.to_string(),
             a.api.as_str(),
             if a.enabled { "yes" } else { "no" },
             secret::mask(&a.secret),
-            rfc3339(a.updated_at)
+            if tickets.is_empty() {
+                "-".to_string()
+            } else {
+                tickets.join(",")
+            }
         );
     }
     emit(&text)

@@ -15,7 +15,7 @@ use crate::cli::GetArgs;
 use crate::exit::{self, fail};
 use crate::policy;
 use crate::store::{ACCESS_TOKEN, AccountKey, Claim, Holder, Store, TokenRow};
-use crate::wechat::{self, Api, Client};
+use crate::wechat::{self, Api, Client, Ticket};
 
 /// How often a caller waiting on another process's fetch looks again.
 const POLL: Duration = Duration::from_millis(25);
@@ -23,11 +23,12 @@ const POLL: Duration = Duration::from_millis(25);
 pub fn run(db: &Path, key: &AccountKey, args: &GetArgs) -> Result<u8> {
     let min_ttl = args.min_ttl.as_secs() as i64;
     let now = wechat::unix_now();
+    let kind = args.ticket.map_or(ACCESS_TOKEN, Ticket::as_str);
     let row = match &args.reject {
         None => {
             let store = Store::open_readonly(db)?;
-            let row = store.latest_token(key, ACCESS_TOKEN)?;
-            usable_or_reason(&store, key, row, now, min_ttl)?
+            let row = store.latest_token(key, kind)?;
+            usable_or_reason(&store, key, kind, row, now, min_ttl)?
         }
         Some(rejected) => {
             let rejected = if rejected == "-" {
@@ -38,23 +39,26 @@ pub fn run(db: &Path, key: &AccountKey, args: &GetArgs) -> Result<u8> {
             renew(Store::open(db)?, key, &rejected, args, min_ttl)?
         }
     };
-    emit(&render(key, &row, args.json, wechat::unix_now()))?;
+    emit(&render(key, kind, &row, args.json, wechat::unix_now()))?;
     Ok(exit::OK)
 }
 
-fn render(key: &AccountKey, row: &TokenRow, json: bool, now: i64) -> String {
+fn render(key: &AccountKey, kind: &str, row: &TokenRow, json: bool, now: i64) -> String {
     if !json {
         return format!("{}\n", row.token);
     }
     let mut obj = json!({
         "appid": key.appid,
-        "access_token": row.token,
+        (if kind == ACCESS_TOKEN { "access_token" } else { "ticket" }): row.token,
         "expires_in": policy::remaining(row.expires_at, now),
         "fetched_at": rfc3339(row.fetched_at),
         "expires_at": rfc3339(row.expires_at),
     });
     if !key.agent.is_empty() {
         obj["agentid"] = json!(key.agent);
+    }
+    if kind != ACCESS_TOKEN {
+        obj["type"] = json!(kind);
     }
     format!("{obj}\n")
 }
@@ -63,6 +67,7 @@ fn render(key: &AccountKey, row: &TokenRow, json: bool, now: i64) -> String {
 fn usable_or_reason(
     store: &Store,
     key: &AccountKey,
+    kind: &str,
     row: Option<TokenRow>,
     now: i64,
     min_ttl: i64,
@@ -70,12 +75,12 @@ fn usable_or_reason(
     let reason = match row {
         Some(row) if policy::usable(row.expires_at, now, min_ttl) => return Ok(row),
         Some(row) if row.expires_at <= now => format!(
-            "the newest token expired {} ago, at {}; check `wxtoken status` and that cron runs `wxtoken refresh`",
+            "the newest one expired {} ago, at {}; check `wxtoken status` and that cron runs `wxtoken refresh`",
             human(now - row.expires_at),
             rfc3339(row.expires_at)
         ),
         Some(row) => format!(
-            "the newest token has {} left, less than --min-ttl {}",
+            "the newest one has {} left, less than --min-ttl {}",
             human(row.expires_at - now),
             human(min_ttl)
         ),
@@ -83,11 +88,20 @@ fn usable_or_reason(
         None if store.account(key)?.is_none() => {
             "no such account (see wxtoken account list)".to_string()
         }
+        None if kind != ACCESS_TOKEN => format!(
+            "none fetched yet; turn it on with `wxtoken account set-tickets ... --ticket {kind}` \
+             and run `wxtoken refresh`"
+        ),
         None => "no token fetched yet; run `wxtoken refresh`".to_string(),
+    };
+    let what = if kind == ACCESS_TOKEN {
+        "token".to_string()
+    } else {
+        format!("{kind} ticket")
     };
     Err(fail(
         exit::NO_TOKEN,
-        format!("no valid token for {key}: {reason}"),
+        format!("no valid {what} for {key}: {reason}"),
     ))
 }
 
@@ -173,7 +187,7 @@ fn renew(
             log::warn!("{key}: WeChat still hands out the rejected token; forcing a new one");
             outcome = client.fetch_token(&creds, true);
         }
-        return match refresh::record(&store, &account, &holder, outcome) {
+        return match refresh::record(&store, &account, None, outcome, Some(&holder)) {
             (Done::Refreshed, Some(token)) if token == rejected => Err(fail(
                 exit::FETCH_FAILED,
                 format!(

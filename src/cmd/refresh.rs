@@ -12,7 +12,7 @@ use crate::exit::{self, fail};
 use crate::policy::{self, Hold, Want};
 use crate::secret::fingerprint;
 use crate::store::{ACCESS_TOKEN, Account, AccountKey, Claim, Holder, Recorded, Store};
-use crate::wechat::{self, Client, Credentials, Failure, Outcome};
+use crate::wechat::{self, Client, Credentials, Failure, Outcome, Ticket};
 
 /// Attempts older than this are pruned after every refresh.
 pub const ATTEMPT_RETENTION: i64 = 30 * 86_400;
@@ -28,6 +28,8 @@ pub enum Done {
     /// Skipped: an earlier error put the account on hold.
     Held(i64, String),
     Failed(Failure),
+    /// The token is fine, but this ticket could not be fetched.
+    TicketFailed(Ticket, Failure),
     /// The database failed; the fetch may have worked but is not recorded.
     Unrecorded(String),
 }
@@ -101,6 +103,11 @@ fn report(accounts: &[Account], results: &[Done], quiet: bool) -> Result<u8> {
             Done::Failed(failure) => {
                 eprintln!("wxtoken: {key}: {failure}");
                 failed.push(format!("{key}({})", failure.label()));
+                code = code.max(exit::FETCH_FAILED);
+            }
+            Done::TicketFailed(ticket, failure) => {
+                eprintln!("wxtoken: {key}: {} ticket: {failure}", ticket.as_str());
+                failed.push(format!("{key}({} {})", ticket.as_str(), failure.label()));
                 code = code.max(exit::FETCH_FAILED);
             }
             Done::Unrecorded(err) => {
@@ -179,25 +186,71 @@ fn refresh_one(
         }
         Ok(Claim::Claimed) => {}
     }
-    // Under the claim nobody else can add a token, so this check is not racy.
-    let newest = lock(store).latest_token(&account.key, ACCESS_TOKEN);
-    match newest {
-        Err(err) => {
-            let _ = lock(store).release(account.id, holder);
-            return Done::Unrecorded(format!("could not read the newest token: {err:#}"));
-        }
-        Ok(newest) => {
-            let newest = newest.map(|t| (t.fetched_at, t.expires_at));
-            if !policy::needs_fetch(newest, now, want) {
-                return match lock(store).release(account.id, holder) {
-                    Ok(()) => Done::Fresh,
-                    Err(err) => Done::Unrecorded(format!("could not release the claim: {err:#}")),
-                };
+    let done = fetch_claimed(store, client, account, want, now);
+    if let Err(err) = lock(store).release(account.id, holder) {
+        return Done::Unrecorded(format!("could not release the claim: {err:#}"));
+    }
+    done
+}
+
+/// The part of a refresh that runs under the claim. Nobody else can add a row for the
+/// account meanwhile, so reading "the newest" here is not racy.
+fn fetch_claimed(
+    store: &Mutex<Store>,
+    client: &Client,
+    account: &Account,
+    want: Want,
+    now: i64,
+) -> Done {
+    let due = |kind: &str| -> Result<(bool, Option<String>)> {
+        let newest = lock(store).latest_token(&account.key, kind)?;
+        let due = policy::needs_fetch(
+            newest.as_ref().map(|t| (t.fetched_at, t.expires_at)),
+            now,
+            want,
+        );
+        Ok((due, newest.map(|t| t.token)))
+    };
+    let (token_due, newest) = match due(ACCESS_TOKEN) {
+        Ok(v) => v,
+        Err(err) => return Done::Unrecorded(format!("could not read the newest token: {err:#}")),
+    };
+    let mut tickets_due = Vec::new();
+    for &ticket in &account.tickets {
+        match due(ticket.as_str()) {
+            Ok((true, _)) => tickets_due.push(ticket),
+            Ok(_) => {}
+            Err(err) => {
+                return Done::Unrecorded(format!("could not read the newest ticket: {err:#}"));
             }
         }
     }
-    let outcome = client.fetch_token(&credentials(account), false);
-    record(store, account, holder, outcome).0
+    let token = match (token_due, newest) {
+        (false, _) if tickets_due.is_empty() => return Done::Fresh,
+        (false, Some(token)) => token,
+        _ => {
+            let outcome = client.fetch_token(&credentials(account), false);
+            match record(store, account, None, outcome, None) {
+                (Done::Refreshed, Some(token)) => token,
+                (done, _) => return done,
+            }
+        }
+    };
+    // A new token gets every ticket anew, fetched with it; else only the due ones.
+    let tickets = if token_due {
+        account.tickets.clone()
+    } else {
+        tickets_due
+    };
+    let mut done = Done::Refreshed;
+    for ticket in tickets {
+        let outcome = client.fetch_ticket(account.api, ticket, &token);
+        let (result, _) = record(store, account, Some(ticket), outcome, None);
+        if matches!(done, Done::Refreshed) {
+            done = result;
+        }
+    }
+    done
 }
 
 pub fn credentials(account: &Account) -> Credentials<'_> {
@@ -208,17 +261,18 @@ pub fn credentials(account: &Account) -> Credentials<'_> {
     }
 }
 
-/// Records a fetch (releasing the claim) and turns it into a `Done`, with the new token
-/// when there is one.
+/// Records a fetch of the token (`ticket` None) or of a ticket, releasing the claim if
+/// `release` says so, and turns it into a `Done`, with the new value when there is one.
 pub fn record(
     store: &Mutex<Store>,
     account: &Account,
-    holder: &Holder,
+    ticket: Option<Ticket>,
     outcome: Outcome,
+    release: Option<&Holder>,
 ) -> (Done, Option<String>) {
     // The reason stored with a hold is the whole message, hint included, for `status`.
-    let hold = match &outcome.result {
-        Err(failure @ Failure::WeChat { errcode, .. }) => {
+    let hold = match (&outcome.result, ticket) {
+        (Err(failure @ Failure::WeChat { errcode, .. }), None) => {
             match policy::hold_after(*errcode, outcome.started_at) {
                 Hold::None => None,
                 Hold::Attention => Some((policy::UNTIL_FIXED, failure.to_string())),
@@ -228,7 +282,8 @@ pub fn record(
         _ => None,
     };
     let hold_ref = hold.as_ref().map(|(t, r)| (*t, r.as_str()));
-    let recorded = lock(store).record_fetch(account.id, ACCESS_TOKEN, &outcome, hold_ref, holder);
+    let kind = ticket.map_or(ACCESS_TOKEN, Ticket::as_str);
+    let recorded = lock(store).record_fetch(account.id, kind, &outcome, hold_ref, release);
     match (outcome.result, recorded) {
         (_, Err(err)) => (
             Done::Unrecorded(format!("could not record the fetch: {err:#}")),
@@ -236,7 +291,7 @@ pub fn record(
         ),
         (Ok(fetched), Ok(recorded)) => {
             log::info!(
-                "{}: token {} valid for {}s ({} tries{})",
+                "{}: {kind} {} valid for {}s ({} tries{})",
                 account.key,
                 fingerprint(&fetched.token),
                 fetched.expires_in,
@@ -249,7 +304,10 @@ pub fn record(
             );
             (Done::Refreshed, Some(fetched.token))
         }
-        (Err(failure), Ok(_)) => (Done::Failed(failure), None),
+        (Err(failure), Ok(_)) => match ticket {
+            None => (Done::Failed(failure), None),
+            Some(t) => (Done::TicketFailed(t, failure), None),
+        },
     }
 }
 

@@ -1,4 +1,5 @@
-//! `wxtoken status`: the database path, and per account its newest token and last attempt.
+//! `wxtoken status`: the database path, and per account its newest token (and tickets),
+//! the last attempt at each, and why refresh skips it, if it does.
 
 use anyhow::Result;
 use serde_json::{Value, json};
@@ -6,79 +7,119 @@ use serde_json::{Value, json};
 use super::{emit, human, rfc3339};
 use crate::exit;
 use crate::policy;
-use crate::store::{ACCESS_TOKEN, Account, AttemptRow, Store};
+use crate::store::{ACCESS_TOKEN, Account, AttemptRow, Store, TokenRow};
+
+/// One credential of an account: its access token or one of its tickets.
+struct Line {
+    kind: &'static str,
+    newest: Option<TokenRow>,
+    attempt: Option<AttemptRow>,
+}
 
 pub fn run(store: &Store, json_out: bool, now: i64) -> Result<u8> {
     let mut rows = Vec::new();
     for account in store.accounts()? {
-        let token = store.latest_token(&account.key, ACCESS_TOKEN)?;
-        let attempt = store.last_attempt(account.id)?;
-        rows.push((account, token, attempt));
+        let kinds = std::iter::once(ACCESS_TOKEN).chain(account.tickets.iter().map(|t| t.as_str()));
+        let mut lines = Vec::new();
+        for kind in kinds {
+            lines.push(Line {
+                kind,
+                newest: store.latest_token(&account.key, kind)?,
+                attempt: store.last_attempt(account.id, kind)?,
+            });
+        }
+        rows.push((account, lines));
     }
-    if json_out {
+    let text = if json_out {
         let accounts: Vec<Value> = rows
             .iter()
-            .map(|(a, token, attempt)| {
-                json!({
-                    "appid": a.key.appid,
-                    "agentid": (!a.key.agent.is_empty()).then_some(&a.key.agent),
-                    "api": a.api.as_str(),
-                    "enabled": a.enabled,
-                    "token": token.as_ref().map(|t| json!({
-                        "fetched_at": rfc3339(t.fetched_at),
-                        "expires_at": rfc3339(t.expires_at),
-                        "expires_in": policy::remaining(t.expires_at, now),
-                        "valid": policy::usable(t.expires_at, now, 0),
-                    })),
-                    "held": held(a, now).map(|(until, reason)| json!({"until": until, "reason": reason})),
-                    "last_attempt": attempt.as_ref().map(attempt_json),
-                })
-            })
+            .map(|(a, lines)| account_json(a, lines, now))
             .collect();
         let doc = json!({ "database": store.path().display().to_string(), "accounts": accounts });
-        emit(&format!("{doc}\n"))?;
-        return Ok(exit::OK);
+        format!("{doc}\n")
+    } else {
+        let mut text = format!("database {}\n", store.path().display());
+        if rows.is_empty() {
+            text += "no accounts; add one with `wxtoken account add`\n";
+        }
+        for (a, lines) in &rows {
+            text += &account_text(a, lines, now);
+        }
+        text
+    };
+    emit(&text)?;
+    Ok(exit::OK)
+}
+
+fn account_text(a: &Account, lines: &[Line], now: i64) -> String {
+    let mut text = format!(
+        "{}  api={} {}\n",
+        a.key,
+        a.api.as_str(),
+        if a.enabled { "enabled" } else { "DISABLED" }
+    );
+    if let Some((until, reason)) = held(a, now) {
+        text += &format!("    SKIPPED by refresh {until}: {reason}\n");
     }
-    let mut text = format!("database {}\n", store.path().display());
-    if rows.is_empty() {
-        text += "no accounts; add one with `wxtoken account add`\n";
-    }
-    for (a, token, attempt) in &rows {
-        let token_text = match token {
-            None => "no token yet".to_string(),
-            Some(t) if t.expires_at <= now => {
-                format!(
-                    "token fetched {} ago, EXPIRED {} ago",
-                    human(now - t.fetched_at),
-                    human(now - t.expires_at)
-                )
-            }
+    for line in lines {
+        let label = if line.kind == ACCESS_TOKEN {
+            "token".to_string()
+        } else {
+            format!("{} ticket", line.kind)
+        };
+        let state = match &line.newest {
+            None => format!("no {label} yet"),
+            Some(t) if t.expires_at <= now => format!(
+                "{label} fetched {} ago, EXPIRED {} ago",
+                human(now - t.fetched_at),
+                human(now - t.expires_at)
+            ),
             Some(t) => format!(
-                "token fetched {} ago, {} left",
+                "{label} fetched {} ago, {} left",
                 human(now - t.fetched_at),
                 human(t.expires_at - now)
             ),
         };
-        text += &format!(
-            "{}  api={} {}  {}\n",
-            a.key,
-            a.api.as_str(),
-            if a.enabled { "enabled" } else { "DISABLED" },
-            token_text
-        );
-        if let Some((until, reason)) = held(a, now) {
-            text += &format!("    SKIPPED by refresh {until}: {reason}\n");
-        }
-        if let Some(at) = attempt {
+        text += &format!("    {state}\n");
+        if let Some(at) = &line.attempt {
             text += &format!(
-                "    last attempt {} ago: {}\n",
+                "      last attempt {} ago: {}\n",
                 human(now - at.started_at),
                 attempt_text(at)
             );
         }
     }
-    emit(&text)?;
-    Ok(exit::OK)
+    text
+}
+
+fn account_json(a: &Account, lines: &[Line], now: i64) -> Value {
+    let mut obj = json!({
+        "appid": a.key.appid,
+        "agentid": (!a.key.agent.is_empty()).then_some(&a.key.agent),
+        "api": a.api.as_str(),
+        "enabled": a.enabled,
+        "held": held(a, now).map(|(until, reason)| json!({"until": until, "reason": reason})),
+    });
+    let mut tickets = serde_json::Map::new();
+    for line in lines {
+        let value = json!({
+            "newest": line.newest.as_ref().map(|t| json!({
+                "fetched_at": rfc3339(t.fetched_at),
+                "expires_at": rfc3339(t.expires_at),
+                "expires_in": policy::remaining(t.expires_at, now),
+                "valid": policy::usable(t.expires_at, now, 0),
+            })),
+            "last_attempt": line.attempt.as_ref().map(attempt_json),
+        });
+        if line.kind == ACCESS_TOKEN {
+            obj["token"] = value["newest"].clone();
+            obj["last_attempt"] = value["last_attempt"].clone();
+        } else {
+            tickets.insert(line.kind.to_string(), value);
+        }
+    }
+    obj["tickets"] = Value::Object(tickets);
+    obj
 }
 
 /// Why refresh skips the account, and until when, if it does.
@@ -99,7 +140,7 @@ fn attempt_text(a: &AttemptRow) -> String {
         String::new()
     };
     match a.outcome.as_str() {
-        "ok" => format!("ok{tries}"),
+        "ok" | "unchanged" => format!("{}{tries}", a.outcome),
         "errcode" => {
             let code = a.errcode.unwrap_or(0);
             let msg = a.errmsg.as_deref().unwrap_or("");
