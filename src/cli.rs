@@ -330,3 +330,29 @@ fn parse_jobs(text: &str) -> Result<usize, String> {
         _ => Err(format!("'{text}' is not a number from 1 to 256")),
     }
 }
+
+/// Clap's error as one line for cron mail and logs: its message and the arguments it lists
+/// (a missing `--corpid`, say), without the usage block. A stray positional value is not
+/// echoed: it is most likely a secret typed where it does not belong.
+pub fn usage_error_line(err: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if err.kind() == ErrorKind::UnknownArgument
+        && let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg)
+        && !arg.starts_with('-')
+    {
+        return "unexpected value on the command line (not shown: secrets are read from \
+                stdin or --secret-env, never from arguments)"
+            .to_string();
+    }
+    let text = err.to_string();
+    let mut parts = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if !line.is_empty() && !line.starts_with("tip:") {
+            parts.push(line.strip_prefix("error: ").unwrap_or(line));
+        }
+    }
+    parts.join(" ")
+}

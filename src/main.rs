@@ -22,11 +22,8 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(err) => {
-            // One line for cron mail and logs; the full usage is one --help away.
-            let text = err.to_string();
-            let first = text.lines().next().unwrap_or("bad arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("wxtoken: error: {first} (see wxtoken --help)");
+            let line = cli::usage_error_line(&err);
+            eprintln!("wxtoken: error: {line} (see wxtoken --help)");
             return ExitCode::from(exit::USAGE);
         }
     };

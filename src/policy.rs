@@ -196,6 +196,20 @@ pub fn hint(errcode: i64, errmsg: &str) -> Option<String> {
     Some(h)
 }
 
+/// What an operator should do about an errcode from a ticket fetch. The token used was
+/// fetched moments before, so 40001 there means somebody else invalidated it.
+pub fn ticket_hint(errcode: i64, errmsg: &str) -> Option<String> {
+    match errcode {
+        40001 | 40014 | 42001 | 42009 => Some(
+            "the access token was invalidated right after wxtoken fetched it: another program \
+             fetches tokens with this account's secret; make wxtoken the only fetcher. The \
+             next refresh fetches a new token and this ticket with it"
+                .to_string(),
+        ),
+        _ => hint(errcode, errmsg),
+    }
+}
+
 /// Makes text from the network safe to print on one line: no control characters, bounded.
 pub fn one_line(text: &str, max: usize) -> String {
     let mut out: String = text
@@ -338,6 +352,9 @@ mod tests {
         assert!(hint(40164, msg).unwrap().contains("203.0.113.7"));
         assert!(hint(40125, "").unwrap().contains("set-secret"));
         assert_eq!(hint(12345, "whatever"), None);
+        assert!(ticket_hint(40001, "").unwrap().contains("another program"));
+        assert!(!ticket_hint(40001, "").unwrap().contains("set-secret"));
+        assert_eq!(ticket_hint(45009, ""), hint(45009, ""));
     }
 
     #[test]

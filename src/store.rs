@@ -189,8 +189,7 @@ impl Store {
             conn,
             path: path.to_path_buf(),
         };
-        store.configure(false)?;
-        let version = store.user_version()?;
+        let version = store.configure(false)?;
         if version != MIGRATIONS.len() as i64 {
             store.check_version(version)?;
             return Err(fail(
@@ -210,25 +209,26 @@ impl Store {
         &self.path
     }
 
-    fn configure(&self, write: bool) -> Result<()> {
+    /// Sets the connection up and returns the schema version. Reading the version first
+    /// proves the file is an SQLite database before anything is written to it.
+    fn configure(&self, write: bool) -> Result<i64> {
         let path = &self.path;
         self.conn
             .busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| db_error(e, path))?;
-        // Reading the version first proves it is an SQLite file before anything is written.
-        self.user_version()?;
+        let version = self.user_version()?;
         if write {
-            self.conn
-                .pragma_update(None, "journal_mode", "WAL")
-                .map_err(|e| db_error(e, path))?;
-            self.conn
-                .pragma_update(None, "synchronous", "NORMAL")
-                .map_err(|e| db_error(e, path))?;
+            for (pragma, value) in [
+                ("journal_mode", "WAL"),
+                ("synchronous", "NORMAL"),
+                ("foreign_keys", "ON"),
+            ] {
+                self.conn
+                    .pragma_update(None, pragma, value)
+                    .map_err(|e| db_error(e, path))?;
+            }
         }
-        self.conn
-            .pragma_update(None, "foreign_keys", "ON")
-            .map_err(|e| db_error(e, path))?;
-        Ok(())
+        Ok(version)
     }
 
     fn user_version(&self) -> Result<i64> {

@@ -131,6 +131,20 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// The message for a ticket fetch, whose errcodes mean something else (40001 there is
+    /// about the token, not the secret).
+    pub fn for_ticket(&self) -> String {
+        match self {
+            Failure::WeChat { errcode, errmsg } => match policy::ticket_hint(*errcode, errmsg) {
+                Some(hint) => format!("WeChat errcode {errcode} ({errmsg}): {hint}"),
+                None => format!("WeChat errcode {errcode} ({errmsg})"),
+            },
+            other => other.to_string(),
+        }
+    }
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -141,6 +155,13 @@ impl fmt::Display for Failure {
                     None => Ok(()),
                 }
             }
+            Failure::Http {
+                status: status @ 300..=399,
+            } => write!(
+                f,
+                "HTTP status {status} from the API: a redirect, which wxtoken does not follow \
+                 (it would carry the secret elsewhere); check --api-base"
+            ),
             Failure::Http { status } => write!(f, "HTTP status {status} from the API"),
             Failure::Transport(what) => write!(f, "network error: {what}"),
             Failure::NotJson(what) => write!(f, "reply is not a WeChat answer: {what}"),
@@ -218,10 +239,13 @@ impl Client {
                     .get(format!("{}/cgi-bin/ticket/getticket", self.api_base))
                     .query("type", kind.as_str()),
             };
-            parse_reply(
-                read_body(request.query("access_token", token).call())?,
-                "ticket",
-            )
+            let base = if api == Api::Work {
+                &self.work_api_base
+            } else {
+                &self.api_base
+            };
+            let response = request.query("access_token", token).call();
+            parse_reply(read_body(base, response)?, "ticket")
         })
     }
 
@@ -285,13 +309,26 @@ impl Client {
                 .query("corpsecret", secret)
                 .call(),
         };
-        parse_reply(read_body(response)?, "access_token")
+        let base = if creds.api == Api::Work {
+            &self.work_api_base
+        } else {
+            &self.api_base
+        };
+        parse_reply(read_body(base, response)?, "access_token")
     }
 }
 
 fn read_body(
+    base: &str,
     response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
 ) -> Result<String, Failure> {
+    let host = base.split_once("://").map_or(base, |(_, rest)| rest);
+    let transport = |err: ureq::Error| {
+        Failure::Transport(match err {
+            ureq::Error::Timeout(_) => format!("{host}: timed out"),
+            other => format!("{host}: {other}"),
+        })
+    };
     let mut response = response.map_err(transport)?;
     let status = response.status().as_u16();
     if status != 200 {
@@ -317,13 +354,6 @@ fn read_body(
         })
 }
 
-fn transport(err: ureq::Error) -> Failure {
-    Failure::Transport(match err {
-        ureq::Error::Timeout(_) => "timed out".to_string(),
-        other => policy::one_line(&other.to_string(), 200),
-    })
-}
-
 /// The fields WeChat may send. Unknown fields are ignored; known ones must have the right
 /// type, or the reply is rejected.
 #[derive(Deserialize)]
@@ -343,12 +373,12 @@ fn parse_reply(body: String, field: &str) -> Result<Fetched, Failure> {
     let reply: Reply = match serde_json::from_str(&body) {
         Ok(reply) => reply,
         Err(e) if e.is_syntax() || e.is_eof() => {
-            return Err(Failure::NotJson(policy::one_line(&body, 60)));
+            return Err(Failure::NotJson(body));
         }
-        Err(e) => return Err(Failure::Invalid(policy::one_line(&e.to_string(), 120))),
+        Err(e) => return Err(Failure::Invalid(e.to_string())),
     };
     if let Some(errcode) = reply.errcode.filter(|&c| c != 0) {
-        let errmsg = policy::one_line(reply.errmsg.as_deref().unwrap_or(""), 200);
+        let errmsg = reply.errmsg.unwrap_or_default();
         return Err(Failure::WeChat { errcode, errmsg });
     }
     let value = if field == "ticket" {
@@ -373,16 +403,19 @@ fn parse_reply(body: String, field: &str) -> Result<Fetched, Failure> {
     Ok(Fetched { token, expires_in })
 }
 
-/// Library errors can quote the request URL, and the classic endpoint's URL holds the secret.
+/// Makes a failure's text safe to show: the secret scrubbed out first (library errors can
+/// quote the request URL, and a hostile reply can quote anything), then one bounded line.
+/// In that order: a text cut first could keep a piece of the secret that no longer matches.
 fn scrub_failure(failure: Failure, secret: &Secret) -> Failure {
+    let clean = |text: &str, max| policy::one_line(&secret::scrub(text, secret), max);
     match failure {
         Failure::WeChat { errcode, errmsg } => Failure::WeChat {
             errcode,
-            errmsg: secret::scrub(&errmsg, secret),
+            errmsg: clean(&errmsg, 200),
         },
-        Failure::Transport(s) => Failure::Transport(secret::scrub(&s, secret)),
-        Failure::NotJson(s) => Failure::NotJson(secret::scrub(&s, secret)),
-        Failure::Invalid(s) => Failure::Invalid(secret::scrub(&s, secret)),
+        Failure::Transport(s) => Failure::Transport(clean(&s, 200)),
+        Failure::NotJson(s) => Failure::NotJson(clean(&s, 60)),
+        Failure::Invalid(s) => Failure::Invalid(clean(&s, 120)),
         http @ Failure::Http { .. } => http,
     }
 }

@@ -61,6 +61,8 @@ mkfifo "$tmp/standin.stdin"
     <"$tmp/standin.stdin" >"$tmp/standin.url" &
 standin_pid=$!
 exec 3>"$tmp/standin.stdin"
+# Children must not inherit fd 3, or they would keep the stand-in alive after the script.
+wxtoken() { command wxtoken "$@" 3>&-; }
 
 api_base=
 for _ in $(seq 100); do
@@ -69,7 +71,7 @@ for _ in $(seq 100); do
         break
     fi
     kill -0 "$standin_pid" 2>/dev/null || die "the stand-in exited before printing its URL"
-    sleep 0.1
+    sleep 0.1 3>&-
 done
 [[ $api_base == http://127.0.0.1:* ]] || die "the stand-in printed no loopback URL (got '$api_base')"
 
@@ -100,7 +102,10 @@ run wxtoken account list
 say "Fetch a token for every enabled account: this is what cron runs every hour"
 run wxtoken refresh
 
-say "What cron really runs: -q prints nothing when every account succeeded"
+say "Again: a token under a minute old is left alone, so an extra run costs no quota"
+run wxtoken refresh
+
+say "What cron runs: with -q, nothing is printed unless an account failed"
 run wxtoken -q refresh
 
 say "Each account's API, the age of its newest token and the outcome of its last attempt"
@@ -114,6 +119,13 @@ printf '%s\n' "got a token of ${#TOKEN} characters: ${TOKEN:0:16}..."
 
 say "The same as one JSON object, for programs"
 run wxtoken get --appid "$appid_stable" --json
+
+say "A WeChat call failed with 40001 (token invalid or not the newest)? Reject that token to"
+printf '# %s\n' "get a newer one: fetched only if it is still the newest, so many callers cause one fetch"
+printf '+ %s\n' "NEW=\$(wxtoken get --appid $appid_classic --reject \"\$TOKEN\") || exit 1"
+NEW=$(wxtoken get --appid "$appid_classic" --reject "$TOKEN") || die "get --reject failed"
+[[ -n $NEW && $NEW != "$TOKEN" ]] || die "get --reject did not print a new token"
+printf '%s\n' "got a new token: ${NEW:0:16}..."
 
 say "An appid wxtoken does not know: nothing on stdout, a reason on stderr, exit code 3"
 code=0

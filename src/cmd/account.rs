@@ -12,7 +12,13 @@ use crate::secret::{self, Secret};
 use crate::store::{AccountKey, Store};
 use crate::wechat::{Api, Ticket};
 
-pub fn run(store: &Store, cmd: AccountCommand, now: i64) -> Result<u8> {
+/// Confirmations go to stderr unless `quiet`: stdout is for data only.
+pub fn run(store: &Store, cmd: AccountCommand, now: i64, quiet: bool) -> Result<u8> {
+    let say = |text: String| {
+        if !quiet {
+            eprintln!("{text}");
+        }
+    };
     match cmd {
         AccountCommand::Add(args) => {
             let key = key(&args.account)?;
@@ -26,44 +32,44 @@ pub fn run(store: &Store, cmd: AccountCommand, now: i64) -> Result<u8> {
             check_tickets(api, &args.tickets)?;
             let secret = read_secret(&args.secret, &key)?;
             store.add_account(&key, api, &secret, &args.tickets, now)?;
-            eprintln!("added {key} (api {})", api.as_str());
+            say(format!("added {key} (api {})", api.as_str()));
         }
         AccountCommand::List(args) => list(store, args.json)?,
         AccountCommand::Remove(a) => {
             let key = key(&a)?;
             store.remove_account(&key)?;
-            eprintln!("removed {key} and its token history");
+            say(format!("removed {key} and its token history"));
         }
         AccountCommand::Enable(a) => {
             let key = key(&a)?;
             store.set_enabled(&key, true, now)?;
-            eprintln!("enabled {key}");
+            say(format!("enabled {key}"));
         }
         AccountCommand::Disable(a) => {
             let key = key(&a)?;
             store.set_enabled(&key, false, now)?;
-            eprintln!("disabled {key}");
+            say(format!("disabled {key}"));
         }
         AccountCommand::SetTickets(args) => {
             let key = key(&args.account)?;
             check_tickets(store.require_account(&key)?.api, &args.tickets)?;
             store.set_tickets(&key, &args.tickets, now)?;
             let names: Vec<&str> = args.tickets.iter().map(|t| t.as_str()).collect();
-            eprintln!(
+            say(format!(
                 "{key} tickets: {}",
                 if names.is_empty() {
                     "none".to_string()
                 } else {
                     names.join(", ")
                 }
-            );
+            ));
         }
         AccountCommand::SetSecret(args) => {
             let key = key(&args.account)?;
             store.require_account(&key)?;
             let secret = read_secret(&args.secret, &key)?;
             store.set_secret(&key, &secret, now)?;
-            eprintln!("updated the secret of {key}");
+            say(format!("updated the secret of {key}"));
         }
     }
     Ok(exit::OK)

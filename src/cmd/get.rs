@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use super::refresh::{self, Done, lock};
-use super::{emit, human, rfc3339};
+use super::{emit, held_text, human, rfc3339};
 use crate::cli::GetArgs;
 use crate::exit::{self, fail};
 use crate::policy;
@@ -85,14 +85,19 @@ fn usable_or_reason(
             human(min_ttl)
         ),
         // Only on this failure path do we spend a second query to tell the cases apart.
-        None if store.account(key)?.is_none() => {
-            "no such account (see wxtoken account list)".to_string()
-        }
-        None if kind != ACCESS_TOKEN => format!(
-            "none fetched yet; turn it on with `wxtoken account set-tickets ... --ticket {kind}` \
-             and run `wxtoken refresh`"
-        ),
-        None => "no token fetched yet; run `wxtoken refresh`".to_string(),
+        None => match store.account(key)? {
+            None => "no such account (see wxtoken account list)".to_string(),
+            Some(a) if a.held_until.is_some_and(|t| t > now) => format!(
+                "none fetched yet, and refresh skips it {}: {}",
+                held_text(a.held_until.unwrap_or_default()),
+                a.held_reason.unwrap_or_default()
+            ),
+            Some(_) if kind != ACCESS_TOKEN => format!(
+                "none fetched yet; turn it on with `wxtoken account set-tickets ... --ticket {kind}` \
+                 and run `wxtoken refresh`"
+            ),
+            Some(_) => "no token fetched yet; run `wxtoken refresh`".to_string(),
+        },
     };
     let what = if kind == ACCESS_TOKEN {
         "token".to_string()
@@ -154,14 +159,9 @@ fn renew(
         if let Some(until) = account.held_until.filter(|&t| t > now) {
             lock(&store).release(account.id, &holder)?;
             let reason = account.held_reason.clone().unwrap_or_default();
-            let until = if until == policy::UNTIL_FIXED {
-                "until its configuration is fixed".to_string()
-            } else {
-                format!("until {}", rfc3339(until))
-            };
             return Err(fail(
                 exit::FETCH_FAILED,
-                format!("{key} is held {until}: {reason}"),
+                format!("{key} is skipped {}: {reason}", held_text(until)),
             ));
         }
         let client = Client::new(

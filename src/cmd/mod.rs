@@ -22,7 +22,7 @@ pub fn run(cli: Cli) -> Result<u8> {
     let db = database_path(cli.db)?;
     let now = wechat::unix_now();
     match cli.command {
-        Command::Account(cmd) => account::run(&Store::open(&db)?, cmd, now),
+        Command::Account(cmd) => account::run(&Store::open(&db)?, cmd, now, cli.quiet),
         Command::Get(args) => {
             let key = args.account.key().map_err(|e| fail(exit::USAGE, e))?;
             if args.reject.is_some() {
@@ -36,7 +36,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             let client = Client::new(&api.api_base, &api.work_api_base, api.timeout());
             refresh::run(Store::open(&db)?, &client, &args, cli.quiet)
         }
-        Command::Prune(args) => prune::run(&Store::open(&db)?, &args, now),
+        Command::Prune(args) => prune::run(&Store::open(&db)?, &args, now, cli.quiet),
         Command::Status(args) => status::run(&Store::open(&db)?, args.json, now),
     }
 }
@@ -79,6 +79,17 @@ pub fn emit(text: &str) -> Result<()> {
             Err(e).context("could not write to stdout")
         }
         _ => Ok(()),
+    }
+}
+
+/// Until when refresh skips a held account, in the same words everywhere.
+pub fn held_text(until: i64) -> String {
+    if until == crate::policy::UNTIL_FIXED {
+        "until its secret is updated (account set-secret), it is re-enabled (account enable), \
+         or refresh --force"
+            .to_string()
+    } else {
+        format!("until {}", rfc3339(until))
     }
 }
 

@@ -7,8 +7,10 @@ use crate::cli::PruneArgs;
 use crate::exit;
 use crate::store::Store;
 
-pub fn run(store: &Store, args: &PruneArgs, now: i64) -> Result<u8> {
+pub fn run(store: &Store, args: &PruneArgs, now: i64, quiet: bool) -> Result<u8> {
     let (tokens, attempts) = store.prune(now, args.keep, now - ATTEMPT_RETENTION)?;
-    eprintln!("pruned {tokens} token rows and {attempts} attempts");
+    if !quiet {
+        eprintln!("pruned {tokens} token rows and {attempts} attempts");
+    }
     Ok(exit::OK)
 }

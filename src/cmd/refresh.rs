@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Result;
 
-use super::rfc3339;
+use super::held_text;
 use crate::cli::{DEFAULT_KEEP, RefreshArgs};
 use crate::exit::{self, fail};
 use crate::policy::{self, Hold, Want};
@@ -82,6 +82,7 @@ fn run_pool<T: Sync, R: Send>(items: &[T], jobs: usize, work: impl Fn(&T) -> R +
 
 fn report(accounts: &[Account], results: &[Done], quiet: bool) -> Result<u8> {
     let mut failed = Vec::new();
+    let mut tickets_failed = Vec::new();
     let (mut refreshed, mut fresh, mut busy) = (0, 0, 0);
     let mut code = exit::OK;
     for (account, done) in accounts.iter().zip(results) {
@@ -91,12 +92,7 @@ fn report(accounts: &[Account], results: &[Done], quiet: bool) -> Result<u8> {
             Done::Fresh => fresh += 1,
             Done::Busy => busy += 1,
             Done::Held(until, reason) => {
-                let until = if *until == policy::UNTIL_FIXED {
-                    "until its secret is updated, it is re-enabled, or refresh --force".to_string()
-                } else {
-                    format!("until {}", rfc3339(*until))
-                };
-                eprintln!("wxtoken: {key}: skipped {until}: {reason}");
+                eprintln!("wxtoken: {key}: skipped {}: {reason}", held_text(*until));
                 failed.push(format!("{key}(held)"));
                 code = code.max(exit::FETCH_FAILED);
             }
@@ -106,8 +102,14 @@ fn report(accounts: &[Account], results: &[Done], quiet: bool) -> Result<u8> {
                 code = code.max(exit::FETCH_FAILED);
             }
             Done::TicketFailed(ticket, failure) => {
-                eprintln!("wxtoken: {key}: {} ticket: {failure}", ticket.as_str());
-                failed.push(format!("{key}({} {})", ticket.as_str(), failure.label()));
+                // The token itself was refreshed; only the ticket is missing.
+                refreshed += 1;
+                eprintln!(
+                    "wxtoken: {key}: {} ticket: {}",
+                    ticket.as_str(),
+                    failure.for_ticket()
+                );
+                tickets_failed.push(format!("{key}({} {})", ticket.as_str(), failure.label()));
                 code = code.max(exit::FETCH_FAILED);
             }
             Done::Unrecorded(err) => {
@@ -126,6 +128,9 @@ fn report(accounts: &[Account], results: &[Done], quiet: bool) -> Result<u8> {
     }
     if !failed.is_empty() {
         line += &format!("; {} failed: {}", failed.len(), failed.join(", "));
+    }
+    if !tickets_failed.is_empty() {
+        line += &format!("; failed tickets: {}", tickets_failed.join(", "));
     }
     if code != exit::OK || !quiet {
         eprintln!("{line}");
@@ -150,7 +155,12 @@ fn targets(store: &Store, named: &[String]) -> Result<Vec<Account>> {
         };
         match all.iter().find(|a| a.key == key) {
             Some(a) if a.enabled => picked.push(a.clone()),
-            Some(_) => log::warn!("{key} is disabled; not refreshing it"),
+            Some(_) => {
+                return Err(fail(
+                    exit::ACCOUNT,
+                    format!("account {key} is disabled; enable it first (wxtoken account enable)"),
+                ));
+            }
             None => {
                 return Err(fail(
                     exit::ACCOUNT,
@@ -291,7 +301,7 @@ pub fn record(
         ),
         (Ok(fetched), Ok(recorded)) => {
             log::info!(
-                "{}: {kind} {} valid for {}s ({} tries{})",
+                "{}: {kind} {} valid for {}s (tries: {}{})",
                 account.key,
                 fingerprint(&fetched.token),
                 fetched.expires_in,

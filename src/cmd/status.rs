@@ -4,7 +4,7 @@
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use super::{emit, human, rfc3339};
+use super::{emit, held_text, human, rfc3339};
 use crate::exit;
 use crate::policy;
 use crate::store::{ACCESS_TOKEN, Account, AttemptRow, Store, TokenRow};
@@ -85,7 +85,7 @@ fn account_text(a: &Account, lines: &[Line], now: i64) -> String {
             text += &format!(
                 "      last attempt {} ago: {}\n",
                 human(now - at.started_at),
-                attempt_text(at)
+                attempt_text(at, line.kind)
             );
         }
     }
@@ -109,7 +109,7 @@ fn account_json(a: &Account, lines: &[Line], now: i64) -> Value {
                 "expires_in": policy::remaining(t.expires_at, now),
                 "valid": policy::usable(t.expires_at, now, 0),
             })),
-            "last_attempt": line.attempt.as_ref().map(attempt_json),
+            "last_attempt": line.attempt.as_ref().map(|a| attempt_json(a, line.kind)),
         });
         if line.kind == ACCESS_TOKEN {
             obj["token"] = value["newest"].clone();
@@ -125,15 +125,10 @@ fn account_json(a: &Account, lines: &[Line], now: i64) -> Value {
 /// Why refresh skips the account, and until when, if it does.
 fn held(a: &Account, now: i64) -> Option<(String, String)> {
     let until = a.held_until.filter(|&t| t > now)?;
-    let until = if until == policy::UNTIL_FIXED {
-        "until its secret is updated or it is re-enabled".to_string()
-    } else {
-        format!("until {}", rfc3339(until))
-    };
-    Some((until, a.held_reason.clone().unwrap_or_default()))
+    Some((held_text(until), a.held_reason.clone().unwrap_or_default()))
 }
 
-fn attempt_text(a: &AttemptRow) -> String {
+fn attempt_text(a: &AttemptRow, kind: &str) -> String {
     let tries = if a.tries > 1 {
         format!(" after {} tries", a.tries)
     } else {
@@ -144,17 +139,21 @@ fn attempt_text(a: &AttemptRow) -> String {
         "errcode" => {
             let code = a.errcode.unwrap_or(0);
             let msg = a.errmsg.as_deref().unwrap_or("");
-            match policy::hint(code, msg) {
+            match hint(code, msg, kind) {
                 Some(hint) => format!("errcode {code} ({msg}){tries}: {hint}"),
                 None => format!("errcode {code} ({msg}){tries}"),
             }
         }
         "http" => format!("HTTP status {}{tries}", a.http_status.unwrap_or(0)),
+        "transport" => format!(
+            "network error: {}{tries}",
+            a.detail.as_deref().unwrap_or("")
+        ),
         other => format!("{other}: {}{tries}", a.detail.as_deref().unwrap_or("")),
     }
 }
 
-fn attempt_json(a: &AttemptRow) -> Value {
+fn attempt_json(a: &AttemptRow, kind: &str) -> Value {
     json!({
         "at": rfc3339(a.started_at),
         "duration_ms": a.duration_ms,
@@ -162,8 +161,17 @@ fn attempt_json(a: &AttemptRow) -> Value {
         "outcome": a.outcome,
         "errcode": a.errcode,
         "errmsg": a.errmsg,
-        "hint": a.errcode.and_then(|c| policy::hint(c, a.errmsg.as_deref().unwrap_or(""))),
+        "hint": a.errcode.and_then(|c| hint(c, a.errmsg.as_deref().unwrap_or(""), kind)),
         "http_status": a.http_status,
         "detail": a.detail,
     })
+}
+
+/// Errcodes from a ticket fetch mean something else than from a token fetch.
+fn hint(errcode: i64, errmsg: &str, kind: &str) -> Option<String> {
+    if kind == ACCESS_TOKEN {
+        policy::hint(errcode, errmsg)
+    } else {
+        policy::ticket_hint(errcode, errmsg)
+    }
 }

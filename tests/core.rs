@@ -1,0 +1,1154 @@
+//! The core behaviour, end to end: the real binary, a real SQLite file in a temp directory
+//! and the loopback stand-in for WeChat. Accounts, fetching with retries, `get`, `status`,
+//! the database's safety rails, argument handling, and keeping the secret out of every output.
+
+mod support;
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use support::standin::{Reply, TOKEN};
+use support::{Out, TestEnv};
+
+const APPID: &str = "wx1234567890abcdef";
+/// Distinctive enough that any 8-character piece of it in an output is a leak, not chance.
+const SECRET: &str = "Qx7vSecretK9mWp2LzR4tYh8NbJ3cFdG";
+const OTHER_SECRET: &str = "Hj5TnewSecretB6rVc1XkM0wPq3sZe7Y";
+/// A 40164 errmsg as WeChat words it.
+const IP_ERRMSG: &str = "invalid ip 203.0.113.7 ipv6 ::ffff:203.0.113.7, not in whitelist rid: 1";
+
+// ---- helpers ------------------------------------------------------------------------------
+
+/// Runs `args` and checks the exit code.
+#[track_caller]
+fn run(env: &TestEnv, args: &[&str], code: i32) -> Out {
+    env.run(args).assert_code(code).clone()
+}
+
+/// `account add --appid APPID`, the secret on stdin as one line.
+#[track_caller]
+fn add(env: &TestEnv, appid: &str, secret: &str) -> Out {
+    add_with(env, &["--appid", appid], &format!("{secret}\n"), 0)
+}
+
+#[track_caller]
+fn add_with(env: &TestEnv, extra: &[&str], stdin: &str, code: i32) -> Out {
+    let args = [&["account", "add"], extra].concat();
+    env.run_with_stdin(&args, stdin).assert_code(code).clone()
+}
+
+/// `refresh` with extra arguments; the caller checks the outcome.
+fn refresh(env: &TestEnv, extra: &[&str]) -> Out {
+    env.run(&[&["refresh"], extra].concat())
+}
+
+/// `get --appid APPID` with extra arguments; the caller checks the outcome.
+fn get(env: &TestEnv, appid: &str, extra: &[&str]) -> Out {
+    env.run(&[&["get", "--appid", appid], extra].concat())
+}
+
+/// A fresh environment with one account (APPID, SECRET) and no token yet.
+fn with_account() -> TestEnv {
+    let env = TestEnv::new();
+    add(&env, APPID, SECRET);
+    env
+}
+
+/// A fresh environment with one account whose newest token is `token`, fetched by `refresh`.
+fn with_token(token: &str, expires_in: u64) -> TestEnv {
+    let env = with_account();
+    env.api.push(TOKEN, Reply::token(token, expires_in));
+    refresh(&env, &[]).assert_code(0);
+    env
+}
+
+/// Queues `replies` for every account, runs `refresh --force`, and returns what it printed.
+fn refresh_after(env: &TestEnv, replies: &[Reply]) -> Out {
+    for reply in replies {
+        env.api.push(TOKEN, reply.clone());
+    }
+    refresh(env, &["--force"])
+}
+
+fn open_db(env: &TestEnv) -> rusqlite::Connection {
+    rusqlite::Connection::open(env.db()).expect("open the test database")
+}
+
+/// One integer from the test database.
+fn query_i64(env: &TestEnv, sql: &str) -> i64 {
+    open_db(env)
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// The schema as SQLite stores it: every object's SQL, in a stable order.
+fn schema(env: &TestEnv) -> String {
+    open_db(env)
+        .query_row(
+            "SELECT group_concat(type || ' ' || name || ': ' || ifnull(sql, ''), char(10))
+             FROM (SELECT * FROM sqlite_master ORDER BY type, name)",
+            [],
+            |r| r.get(0),
+        )
+        .expect("read the schema")
+}
+
+fn unix_now() -> i64 {
+    Utc::now().timestamp()
+}
+
+#[track_caller]
+fn assert_stderr_has(out: &Out, words: &[&str]) {
+    for word in words {
+        assert!(
+            out.stderr.contains(word),
+            "stderr lacks {word:?}\n--- stderr ---\n{}",
+            out.stderr
+        );
+    }
+}
+
+/// A usage error: exit 2, nothing on stdout, exactly one line on stderr.
+#[track_caller]
+fn assert_usage_error(out: &Out, words: &[&str]) {
+    out.assert_code(2);
+    assert_eq!(out.stdout, "", "stdout of a usage error");
+    assert_eq!(
+        out.stderr.lines().count(),
+        1,
+        "a usage error is one line:\n{}",
+        out.stderr
+    );
+    assert_stderr_has(out, words);
+}
+
+/// `get` found no valid token: exit 3, nothing on stdout, and why on stderr.
+#[track_caller]
+fn assert_no_token(out: &Out, words: &[&str]) {
+    out.assert_code(3);
+    assert_eq!(out.stdout, "", "no token means empty stdout");
+    assert_stderr_has(out, words);
+}
+
+#[track_caller]
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[track_caller]
+fn rfc3339_z(v: &Value) -> DateTime<Utc> {
+    let s = v.as_str().unwrap_or_else(|| panic!("not a string: {v}"));
+    assert!(s.ends_with('Z'), "not UTC with Z: {s}");
+    DateTime::parse_from_rfc3339(s)
+        .unwrap_or_else(|e| panic!("not RFC 3339 ({e}): {s}"))
+        .with_timezone(&Utc)
+}
+
+/// The secret, or any 8-character piece of it, in either stream of `out`.
+fn leaked_piece<'a>(out: &Out, secret: &'a str) -> Option<&'a str> {
+    (0..=secret.len() - 8)
+        .map(|i| &secret[i..i + 8])
+        .find(|piece| out.stdout.contains(piece) || out.stderr.contains(piece))
+}
+
+#[track_caller]
+fn assert_no_secret(label: &str, out: &Out) {
+    for secret in [SECRET, OTHER_SECRET] {
+        if let Some(piece) = leaked_piece(out, secret) {
+            panic!(
+                "{label}: shows {piece:?} of a secret\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                out.stdout, out.stderr
+            );
+        }
+    }
+}
+
+/// An http:// base on loopback where nothing listens.
+fn closed_port_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
+}
+
+/// What `get` must not change: the database's bytes and mtime, and the size of its WAL
+/// (0 when absent). The shared-memory index is left out: every WAL reader maps it.
+fn disk_state(db: &Path) -> (Vec<u8>, std::time::SystemTime, u64) {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    let meta = std::fs::metadata(db).expect("database metadata");
+    (
+        std::fs::read(db).expect("read database"),
+        meta.modified().expect("mtime"),
+        std::fs::metadata(wal).map_or(0, |m| m.len()),
+    )
+}
+
+// ---- accounts -----------------------------------------------------------------------------
+
+#[test]
+fn add_reads_the_secret_from_one_line_of_stdin() {
+    let env = TestEnv::new();
+    env.api.register(APPID, SECRET);
+    let out = add_with(
+        &env,
+        &["--appid", APPID],
+        &format!("  {SECRET}\r\nsecond line\n"),
+        0,
+    );
+    assert_eq!(out.stdout, "");
+    assert_stderr_has(&out, &["added", APPID, "api token"]);
+    // The stand-in knows only SECRET: the fetch proves the stored secret is exactly it.
+    refresh(&env, &[]).assert_code(0);
+    let requests = env.api.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].query["secret"], SECRET);
+    assert_eq!(requests[0].query["appid"], APPID);
+}
+
+#[test]
+fn add_reads_the_secret_from_a_named_environment_variable() {
+    let env = TestEnv::new();
+    env.api.register(APPID, SECRET);
+    env.set_env("WX_SECRET", SECRET);
+    let out = add_with(
+        &env,
+        &["--appid", APPID, "--secret-env", "WX_SECRET"],
+        "",
+        0,
+    );
+    assert_stderr_has(&out, &["added", APPID]);
+    refresh(&env, &[]).assert_code(0);
+    assert_eq!(env.api.requests()[0].query["secret"], SECRET);
+
+    let missing = add_with(&env, &["--appid", "wxother", "--secret-env", "NOPE"], "", 2);
+    assert_stderr_has(&missing, &["NOPE"]);
+}
+
+#[test]
+fn the_secret_is_never_an_argument() {
+    let env = TestEnv::new();
+    let out = env.run(&["account", "add", "--appid", APPID, "--secret", SECRET]);
+    assert_usage_error(&out, &["--secret"]);
+    let list = run(&env, &["account", "list", "--json"], 0);
+    assert_eq!(json(&list.stdout)["accounts"], serde_json::json!([]));
+}
+
+#[test]
+fn list_shows_accounts_with_masked_secrets() {
+    let env = TestEnv::new();
+    add(&env, "wxbbb", SECRET);
+    add(&env, "wxaaa", "short1");
+    run(&env, &["account", "disable", "--appid", "wxbbb"], 0);
+
+    let doc = json(&run(&env, &["account", "list", "--json"], 0).stdout);
+    let accounts = doc["accounts"].as_array().expect("accounts array");
+    let summary: Vec<_> = accounts
+        .iter()
+        .map(|a| {
+            (
+                a["appid"].as_str().unwrap(),
+                a["api"].as_str().unwrap(),
+                a["enabled"].as_bool().unwrap(),
+                a["secret"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("wxaaa", "token", true, "*** (6 chars)"),
+            ("wxbbb", "token", false, "*** (32 chars)"),
+        ]
+    );
+
+    rfc3339_z(&accounts[0]["updated_at"]);
+    let expected = "\
+ACCOUNT                                  API     ENABLED  SECRET           TICKETS
+wxaaa                                    token   yes      *** (6 chars)    -
+wxbbb                                    token   no       *** (32 chars)   -
+";
+    assert_eq!(run(&env, &["account", "list"], 0).stdout, expected);
+}
+
+#[test]
+fn adding_an_existing_account_fails_before_reading_the_secret() {
+    let env = with_account();
+    // Keep stdin open: a binary that waited for a secret would block until the watchdog
+    // closes it, then see an empty secret and exit 2, not 6.
+    let mut child = env.spawn(&["account", "add", "--appid", APPID]);
+    let stdin = child.stdin.take().expect("stdin");
+    let (done, watchdog) = mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let _ = watchdog.recv_timeout(Duration::from_secs(20));
+        drop(stdin);
+    });
+    let out = support::wait(child);
+    let _ = done.send(());
+    holder.join().expect("watchdog");
+
+    out.assert_code(6);
+    assert_eq!(out.stdout, "");
+    assert_stderr_has(&out, &[APPID, "already exists", "set-secret"]);
+    assert!(
+        !out.stderr.contains("secret for"),
+        "prompted for a secret: {}",
+        out.stderr
+    );
+    assert_eq!(query_i64(&env, "SELECT count(*) FROM accounts"), 1);
+}
+
+#[test]
+fn an_existing_account_keeps_its_secret_when_added_again() {
+    let env = with_account();
+    env.api.register(APPID, SECRET);
+    add_with(&env, &["--appid", APPID], &format!("{OTHER_SECRET}\n"), 6);
+    refresh(&env, &[]).assert_code(0);
+    assert_eq!(env.api.requests()[0].query["secret"], SECRET);
+}
+
+#[test]
+fn an_empty_secret_is_refused() {
+    let env = TestEnv::new();
+    for stdin in ["", "\n", "   \n"] {
+        let out = add_with(&env, &["--appid", APPID], stdin, 2);
+        assert_usage_error(&out, &["secret is empty"]);
+    }
+    env.set_env("EMPTY", "");
+    let out = add_with(&env, &["--appid", APPID, "--secret-env", "EMPTY"], "", 2);
+    assert_usage_error(&out, &["secret is empty"]);
+    let list = run(&env, &["account", "list", "--json"], 0);
+    assert_eq!(json(&list.stdout)["accounts"], serde_json::json!([]));
+}
+
+#[test]
+fn an_empty_or_invalid_appid_is_refused() {
+    let env = TestEnv::new();
+    let stdin = format!("{SECRET}\n");
+    assert_usage_error(&add_with(&env, &["--appid", ""], &stdin, 2), &["empty"]);
+    for bad in ["wx 1", "wx/1", "wx\u{e9}1"] {
+        let out = add_with(&env, &["--appid", bad], &stdin, 2);
+        assert_usage_error(&out, &["not valid"]);
+    }
+    let long = "w".repeat(129);
+    assert_usage_error(&add_with(&env, &["--appid", &long], &stdin, 2), &["appid"]);
+    assert_usage_error(&get(&env, "wx 1", &[]), &["not valid"]);
+    let list = run(&env, &["account", "list", "--json"], 0);
+    assert_eq!(json(&list.stdout)["accounts"], serde_json::json!([]));
+}
+
+#[test]
+fn disabled_accounts_are_not_refreshed_until_enabled() {
+    let env = with_account();
+    let out = run(&env, &["account", "disable", "--appid", APPID], 0);
+    assert_stderr_has(&out, &["disabled", APPID]);
+
+    let all = refresh(&env, &[]);
+    all.assert_code(0);
+    assert_stderr_has(&all, &["refreshed 0 of 0 accounts"]);
+    let named = refresh(&env, &["--appid", APPID, "--force"]);
+    named.assert_code(6);
+    assert_stderr_has(&named, &[APPID, "is disabled", "account enable"]);
+    assert_eq!(env.api.hits(TOKEN), 0, "a disabled account was fetched");
+    let status = run(&env, &["status"], 0);
+    assert!(status.stdout.contains("DISABLED"), "{}", status.stdout);
+
+    run(&env, &["account", "enable", "--appid", APPID], 0);
+    let out = refresh(&env, &[]);
+    out.assert_code(0);
+    assert_stderr_has(&out, &["refreshed 1 of 1 accounts"]);
+    assert_eq!(env.api.hits(TOKEN), 1);
+}
+
+#[test]
+fn account_commands_on_an_unknown_account_exit_6() {
+    let env = with_account();
+    for cmd in ["enable", "disable", "remove"] {
+        let out = run(&env, &["account", cmd, "--appid", "wxnobody"], 6);
+        assert_stderr_has(&out, &["no such account", "wxnobody"]);
+    }
+    let out = env.run_with_stdin(
+        &["account", "set-secret", "--appid", "wxnobody"],
+        &format!("{SECRET}\n"),
+    );
+    out.assert_code(6);
+    assert_stderr_has(&out, &["no such account", "wxnobody"]);
+    let out = refresh(&env, &["--appid", "wxnobody"]);
+    out.assert_code(6);
+    assert_eq!(env.api.hits(TOKEN), 0);
+}
+
+#[test]
+fn set_secret_replaces_the_secret_and_lifts_the_hold() {
+    let env = TestEnv::new();
+    // WeChat knows only the new secret: the stored one was reset in the console.
+    env.api.register(APPID, OTHER_SECRET);
+    add(&env, APPID, SECRET);
+
+    let failed = refresh(&env, &[]);
+    failed.assert_code(4);
+    assert_stderr_has(&failed, &["40125", "set-secret"]);
+    assert_eq!(env.api.hits(TOKEN), 1);
+
+    // Held: no quota is spent on an account that cannot succeed.
+    let held = refresh(&env, &[]);
+    held.assert_code(4);
+    assert_stderr_has(&held, &["skipped", "held"]);
+    assert_eq!(env.api.hits(TOKEN), 1, "a held account was fetched");
+
+    let out = env.run_with_stdin(
+        &["account", "set-secret", "--appid", APPID],
+        &format!("{OTHER_SECRET}\n"),
+    );
+    out.assert_code(0);
+    assert_stderr_has(&out, &["updated the secret", APPID]);
+    refresh(&env, &[]).assert_code(0);
+    assert_eq!(env.api.hits(TOKEN), 2);
+    let last = env.api.requests().pop().expect("a request");
+    assert_eq!(last.query["secret"], OTHER_SECRET);
+    get(&env, APPID, &[]).assert_code(0);
+}
+
+#[test]
+fn remove_deletes_the_account_and_its_tokens() {
+    let env = with_token("TOKEN_to_be_removed", 7200);
+    assert_eq!(query_i64(&env, "SELECT count(*) FROM tokens"), 1);
+    let out = run(&env, &["account", "remove", "--appid", APPID], 0);
+    assert_stderr_has(&out, &["removed", APPID]);
+
+    assert_no_token(&get(&env, APPID, &[]), &["no such account"]);
+    assert_eq!(query_i64(&env, "SELECT count(*) FROM tokens"), 0);
+    assert_eq!(query_i64(&env, "SELECT count(*) FROM attempts"), 0);
+    run(&env, &["account", "remove", "--appid", APPID], 6);
+    // The appid is free again.
+    add(&env, APPID, SECRET);
+    assert_no_token(&get(&env, APPID, &[]), &["no token fetched yet"]);
+}
+
+// ---- the secret stays inside ----------------------------------------------------------------
+
+#[test]
+fn the_secret_never_appears_in_any_output() {
+    let env = TestEnv::new();
+    env.set_env("RUST_LOG", "trace");
+    env.set_env("WX_SECRET", OTHER_SECRET);
+    env.api.register(APPID, SECRET);
+    env.api.register("wxsecond", OTHER_SECRET);
+    let stdin = format!("{SECRET}\n");
+    let echo = format!("<html>GET /cgi-bin/token?appid={APPID}&secret={SECRET}</html>");
+    let three = |r: Reply| vec![r.clone(), r.clone(), r];
+    let force = ["refresh", "--force"];
+    let closed = closed_port_url();
+    // (replies queued for APPID, arguments after -vvv, stdin)
+    let add_by_env = [
+        "account",
+        "add",
+        "--appid",
+        "wxsecond",
+        "--secret-env",
+        "WX_SECRET",
+    ];
+    let set_by_env = [
+        "account",
+        "set-secret",
+        "--appid",
+        APPID,
+        "--secret-env",
+        "WX_SECRET",
+    ];
+    let quoting = Reply::errcode(40125, &format!("invalid appsecret {SECRET}"));
+    let slow = Reply::delay(Duration::from_secs(3), Reply::token("late", 7200));
+    let no_token = Reply::Body(r#"{"expires_in":7200}"#.into());
+    let reject = ["get", "--appid", APPID, "--reject", "NOT_THE_TOKEN"];
+    let steps: Vec<(Vec<Reply>, Vec<&str>, &str)> = vec![
+        (vec![], vec!["account", "add", "--appid", APPID], &stdin),
+        (vec![], add_by_env.to_vec(), ""),
+        (vec![], vec!["account", "add", "--appid", APPID], &stdin),
+        (vec![], vec!["account", "list"], ""),
+        (vec![], vec!["account", "list", "--json"], ""),
+        (vec![], vec!["refresh"], ""),
+        (vec![], vec!["get", "--appid", APPID], ""),
+        (vec![], vec!["get", "--appid", APPID, "--json"], ""),
+        (three(Reply::Drop), force.to_vec(), ""),
+        (three(Reply::Status(500, echo.clone())), force.to_vec(), ""),
+        (three(Reply::Body(echo.clone())), force.to_vec(), ""),
+        (vec![Reply::errcode(40164, IP_ERRMSG)], force.to_vec(), ""),
+        (vec![quoting], force.to_vec(), ""),
+        (vec![no_token], force.to_vec(), ""),
+        (vec![slow], vec!["refresh", "--force", "--timeout", "1"], ""),
+        (
+            vec![],
+            vec!["refresh", "--force", "--api-base", &closed],
+            "",
+        ),
+        (vec![], vec!["status"], ""),
+        (vec![], vec!["status", "--json"], ""),
+        (vec![], reject.to_vec(), ""),
+        (
+            vec![],
+            vec!["account", "set-secret", "--appid", APPID],
+            &stdin,
+        ),
+        (vec![], set_by_env.to_vec(), ""),
+        (vec![], vec!["prune"], ""),
+        (vec![], vec!["account", "remove", "--appid", APPID], ""),
+    ];
+    let mut outs = Vec::new();
+    for (replies, args, stdin) in steps {
+        for reply in replies {
+            env.api.push_for(TOKEN, APPID, reply);
+        }
+        let args = [&["-vvv"], &args[..]].concat();
+        outs.push((args.join(" "), env.run_with_stdin(&args, stdin)));
+    }
+
+    assert!(
+        outs.iter().any(|(_, o)| o.code == 4) && outs.iter().any(|(_, o)| o.code == 0),
+        "the scenario should include successes and failures"
+    );
+    let sent: Vec<_> = env.api.requests().into_iter().map(|r| r.query).collect();
+    assert!(
+        sent.iter()
+            .any(|q| q.get("secret").map(String::as_str) == Some(SECRET)),
+        "the secret was never used, so its absence proves nothing"
+    );
+    for (label, out) in &outs {
+        assert_no_secret(label, out);
+    }
+}
+
+/// A proxy's error page or an errmsg that quotes the secret is shown cut to a bounded length;
+/// the cut must not leave a piece of the secret behind.
+#[test]
+fn a_reply_quoting_the_secret_is_not_shown_in_pieces() {
+    let cases = [
+        Reply::Body(format!("<html>{} {SECRET} </html>", "x".repeat(43))),
+        Reply::errcode(40125, &format!("{}{SECRET} rid: 3", "y".repeat(190))),
+    ];
+    for reply in cases {
+        let env = with_account();
+        let replies = [reply.clone(), reply.clone(), reply.clone()];
+        let out = refresh_after(&env, &replies);
+        out.assert_code(4);
+        assert_no_secret(&format!("{reply:?}"), &out);
+        assert_no_secret("status", &run(&env, &["status"], 0));
+    }
+}
+
+// ---- fetching and get -----------------------------------------------------------------------
+
+#[test]
+fn get_prints_exactly_the_fetched_token() {
+    let token = "TOKEN_9f8e7d6c5b4a_".repeat(10);
+    let env = with_token(&token, 7200);
+    let out = get(&env, APPID, &[]);
+    out.assert_code(0);
+    assert_eq!(out.stdout, format!("{token}\n"));
+    assert_eq!(out.stderr, "");
+    // Logs go to stderr, however verbose.
+    for flags in [&["-v"][..], &["-vvv"]] {
+        let out = get(&env, APPID, flags);
+        out.assert_code(0);
+        assert_eq!(out.stdout, format!("{token}\n"), "with {flags:?}");
+    }
+    env.set_env("RUST_LOG", "trace");
+    assert_eq!(get(&env, APPID, &["-vv"]).stdout, format!("{token}\n"));
+}
+
+#[test]
+fn refresh_fetches_with_the_stored_credentials_and_reports() {
+    let env = with_account();
+    let out = refresh(&env, &[]);
+    out.assert_code(0);
+    assert_eq!(out.stdout, "");
+    assert_stderr_has(&out, &["refreshed 1 of 1 accounts"]);
+    let requests = env.api.requests();
+    assert_eq!(requests.len(), 1);
+    let q = &requests[0].query;
+    assert_eq!(requests[0].method, "GET");
+    assert_eq!(q["grant_type"], "client_credential");
+    assert_eq!((q["appid"].as_str(), q["secret"].as_str()), (APPID, SECRET));
+
+    // A token under a minute old is left alone unless --force.
+    let again = refresh(&env, &[]);
+    again.assert_code(0);
+    assert_stderr_has(&again, &["refreshed 0 of 1 accounts; 1 already fresh"]);
+    assert_eq!(env.api.hits(TOKEN), 1);
+    env.api.push(TOKEN, Reply::token("TOKEN_forced", 7200));
+    refresh(&env, &["--force"]).assert_code(0);
+    assert_eq!(env.api.hits(TOKEN), 2);
+    assert_eq!(get(&env, APPID, &[]).stdout, "TOKEN_forced\n");
+
+    // -q: silence on success.
+    let quiet = run(&env, &["-q", "refresh", "--force"], 0);
+    assert_eq!((quiet.stdout.as_str(), quiet.stderr.as_str()), ("", ""));
+}
+
+#[test]
+fn get_json_has_every_field() {
+    let before = unix_now();
+    let env = with_token("TOKEN_json", 7200);
+    let out = get(&env, APPID, &["--json"]);
+    out.assert_code(0);
+    assert_eq!(
+        out.stdout.lines().count(),
+        1,
+        "one JSON object: {}",
+        out.stdout
+    );
+    let doc = json(&out.stdout);
+    assert_eq!(doc["appid"], APPID);
+    assert_eq!(doc["access_token"], "TOKEN_json");
+    let fetched = rfc3339_z(&doc["fetched_at"]).timestamp();
+    let expires = rfc3339_z(&doc["expires_at"]).timestamp();
+    assert!(
+        (before - 1..=unix_now()).contains(&fetched),
+        "fetched_at {fetched}"
+    );
+    assert_eq!(expires - fetched, 7200);
+    let left = doc["expires_in"].as_i64().expect("expires_in is a number");
+    assert!(
+        (7100..=7200).contains(&left),
+        "expires_in {left} is what is left now"
+    );
+}
+
+#[test]
+fn min_ttl_refuses_a_token_with_too_little_left() {
+    let env = with_token("TOKEN_short", 7200);
+    assert_eq!(
+        get(&env, APPID, &["--min-ttl", "1h"]).stdout,
+        "TOKEN_short\n"
+    );
+    assert_no_token(&get(&env, APPID, &["--min-ttl", "3h"]), &["--min-ttl"]);
+    assert_no_token(&get(&env, APPID, &["--min-ttl", "7201"]), &["--min-ttl"]);
+
+    let env = with_token("TOKEN_brief", 120);
+    assert_eq!(get(&env, APPID, &[]).stdout, "TOKEN_brief\n");
+    assert_no_token(
+        &get(&env, APPID, &["--min-ttl", "5m", "--json"]),
+        &["--min-ttl"],
+    );
+}
+
+#[test]
+fn a_bad_duration_is_a_usage_error_naming_it() {
+    let env = with_token("TOKEN_x", 7200);
+    for bad in ["5x", "-5m", "1.5h", ""] {
+        let out = get(&env, APPID, &[&format!("--min-ttl={bad}")]);
+        assert_usage_error(&out, &[&format!("'{bad}'")]);
+    }
+    let out = refresh(&env, &["--if-expiring-within", "soon"]);
+    assert_usage_error(&out, &["'soon'"]);
+}
+
+#[test]
+fn get_without_a_valid_token_exits_3() {
+    let env = with_account();
+    assert_no_token(&get(&env, "wxunknown", &[]), &["no such account"]);
+    assert_no_token(&get(&env, APPID, &[]), &["no token fetched yet", "refresh"]);
+    assert_no_token(&get(&env, APPID, &["--json"]), &["no token fetched yet"]);
+}
+
+#[test]
+fn an_expired_token_is_not_handed_out() {
+    let env = with_account();
+    let now = unix_now();
+    open_db(&env)
+        .execute(
+            "INSERT INTO tokens (account_id, kind, token, expires_in, fetched_at, expires_at)
+             SELECT id, 'access_token', 'TOKEN_stale', 7200, ?2 - 7300, ?2 - 100
+             FROM accounts WHERE appid = ?1",
+            rusqlite::params![APPID, now],
+        )
+        .expect("insert an expired token");
+    assert_no_token(&get(&env, APPID, &[]), &["expired"]);
+    let status = run(&env, &["status"], 0);
+    assert!(status.stdout.contains("EXPIRED"), "{}", status.stdout);
+    // refresh replaces it, and get serves the new one.
+    env.api.push(TOKEN, Reply::token("TOKEN_new", 7200));
+    refresh(&env, &[]).assert_code(0);
+    assert_eq!(get(&env, APPID, &[]).stdout, "TOKEN_new\n");
+}
+
+#[test]
+fn get_never_writes_to_the_database() {
+    let env = with_token("TOKEN_ro", 7200);
+    let before = disk_state(&env.db());
+    for args in [&[][..], &["--json"], &["--min-ttl", "3h"], &["-vvv"]] {
+        get(&env, APPID, args);
+    }
+    get(&env, "wxunknown", &[]).assert_code(3);
+    assert!(
+        before == disk_state(&env.db()),
+        "get changed the database files"
+    );
+
+    // Without a database, get says so and creates none.
+    let fresh = TestEnv::new();
+    let out = get(&fresh, APPID, &[]);
+    out.assert_code(5);
+    assert_stderr_has(&out, &["does not exist"]);
+    assert!(!fresh.db().exists(), "get created {}", fresh.db().display());
+}
+
+// ---- retries and failures -------------------------------------------------------------------
+
+/// Answers worth retrying, with a word stderr should show once all tries failed.
+fn transient_replies() -> Vec<(Reply, &'static str)> {
+    vec![
+        (
+            Reply::Status(502, "<html>502 Bad Gateway</html>".into()),
+            "502",
+        ),
+        (
+            Reply::Body("<html>proxy error</html>".into()),
+            "not a WeChat answer",
+        ),
+        (Reply::Empty, "empty body"),
+        (Reply::Drop, "network"),
+        (Reply::errcode(-1, "system error"), "-1"),
+    ]
+}
+
+#[test]
+fn transient_failures_are_retried_until_one_succeeds() {
+    for (reply, _) in transient_replies() {
+        let env = with_account();
+        let replies = [
+            reply.clone(),
+            reply.clone(),
+            Reply::token("TOKEN_third", 7200),
+        ];
+        let out = refresh_after(&env, &replies);
+        assert_eq!(out.code, 0, "{reply:?}: {}", out.stderr);
+        assert_eq!(env.api.hits(TOKEN), 3, "{reply:?}");
+        assert_eq!(get(&env, APPID, &[]).stdout, "TOKEN_third\n", "{reply:?}");
+    }
+}
+
+#[test]
+fn transient_failures_give_up_after_three_tries() {
+    for (reply, word) in transient_replies() {
+        let env = with_account();
+        let out = refresh_after(&env, &[reply.clone(), reply.clone(), reply.clone()]);
+        assert_eq!(out.code, 4, "{reply:?}: {}", out.stderr);
+        assert_eq!(env.api.hits(TOKEN), 3, "{reply:?}");
+        assert_stderr_has(&out, &[word, APPID, "refreshed 0 of 1 accounts; 1 failed"]);
+        assert_no_token(&get(&env, APPID, &[]), &["no token fetched yet"]);
+    }
+}
+
+#[test]
+fn permanent_errcodes_fail_at_once_with_a_hint() {
+    let cases: [(i64, &str, &[&str]); 6] = [
+        (40013, "invalid appid rid: 1", &["appid"]),
+        (40125, "invalid appsecret rid: 1", &["set-secret"]),
+        (40164, IP_ERRMSG, &["203.0.113.7", "whitelist"]),
+        (45009, "reach max api daily quota limit rid: 1", &["quota"]),
+        (41002, "appid missing rid: 1", &["missing"]),
+        (
+            40001,
+            "invalid credential, access_token is invalid",
+            &["set-secret"],
+        ),
+    ];
+    for (code, errmsg, words) in cases {
+        let env = with_account();
+        let out = refresh_after(&env, &[Reply::errcode(code, errmsg)]);
+        assert_eq!(out.code, 4, "errcode {code}: {}", out.stderr);
+        assert_eq!(out.stdout, "");
+        assert_eq!(env.api.hits(TOKEN), 1, "errcode {code} was retried");
+        let summary = format!("refreshed 0 of 1 accounts; 1 failed: {APPID}({code})");
+        assert_stderr_has(&out, &[&format!("errcode {code}"), &summary]);
+        assert_stderr_has(&out, words);
+    }
+}
+
+#[test]
+fn an_unknown_errcode_is_shown_verbatim() {
+    let env = with_account();
+    let errmsg = "the moon is in the wrong phase rid: 42";
+    let out = refresh_after(&env, &[Reply::errcode(12345, errmsg)]);
+    out.assert_code(4);
+    assert_stderr_has(&out, &[&format!("errcode 12345 ({errmsg})")]);
+    assert_eq!(env.api.hits(TOKEN), 1);
+}
+
+#[test]
+fn a_reply_without_access_token_is_invalid_and_not_retried() {
+    let env = with_account();
+    let out = refresh_after(&env, &[Reply::Body(r#"{"expires_in":7200}"#.into())]);
+    out.assert_code(4);
+    assert_stderr_has(&out, &["invalid reply", "access_token"]);
+    assert_eq!(env.api.hits(TOKEN), 1);
+}
+
+#[test]
+fn a_slow_answer_times_out() {
+    let env = with_account();
+    let slow = Reply::delay(Duration::from_secs(5), Reply::token("TOKEN_late", 7200));
+    for _ in 0..3 {
+        env.api.push(TOKEN, slow.clone());
+    }
+    let out = refresh(&env, &["--timeout", "1"]);
+    out.assert_code(4);
+    assert_stderr_has(&out, &["timed out", APPID]);
+    assert_eq!(env.api.hits(TOKEN), 3, "timeouts are retried");
+    assert_no_token(&get(&env, APPID, &[]), &["no token fetched yet"]);
+}
+
+#[test]
+fn an_oversized_body_is_refused() {
+    let env = with_account();
+    for _ in 0..3 {
+        env.api.push(TOKEN, Reply::Oversized(64 << 20));
+    }
+    let out = refresh(&env, &[]);
+    out.assert_code(4);
+    assert_stderr_has(&out, &["larger than", APPID]);
+    assert_no_token(&get(&env, APPID, &[]), &["no token fetched yet"]);
+}
+
+#[test]
+fn one_failing_account_does_not_stop_the_others_nor_lose_its_token() {
+    let env = TestEnv::new();
+    for appid in ["wxa", "wxb", "wxc"] {
+        add(&env, appid, SECRET);
+        env.api.push_for(
+            TOKEN,
+            appid,
+            Reply::token(&format!("TOKEN_{appid}_1"), 7200),
+        );
+    }
+    refresh(&env, &[]).assert_code(0);
+
+    for appid in ["wxa", "wxc"] {
+        env.api.push_for(
+            TOKEN,
+            appid,
+            Reply::token(&format!("TOKEN_{appid}_2"), 7200),
+        );
+    }
+    env.api
+        .push_for(TOKEN, "wxb", Reply::errcode(40164, IP_ERRMSG));
+    let out = refresh(&env, &["--force"]);
+    out.assert_code(4);
+    assert_stderr_has(&out, &["refreshed 2 of 3 accounts; 1 failed: wxb(40164)"]);
+    assert_eq!(env.api.hits_for(TOKEN, "wxb"), 2);
+
+    assert_eq!(get(&env, "wxa", &[]).stdout, "TOKEN_wxa_2\n");
+    assert_eq!(get(&env, "wxb", &[]).stdout, "TOKEN_wxb_1\n");
+    assert_eq!(get(&env, "wxc", &[]).stdout, "TOKEN_wxc_2\n");
+}
+
+// ---- status -----------------------------------------------------------------------------------
+
+#[test]
+fn status_shows_the_database_and_each_accounts_last_attempt() {
+    let env = TestEnv::new();
+    add(&env, "wxgood", SECRET);
+    add(&env, "wxbad", SECRET);
+    env.api
+        .push_for(TOKEN, "wxbad", Reply::errcode(40164, IP_ERRMSG));
+    refresh(&env, &[]).assert_code(4);
+
+    let out = run(&env, &["status"], 0);
+    let db = env.db().display().to_string();
+    assert!(
+        out.stdout.starts_with(&format!("database {db}\n")),
+        "{}",
+        out.stdout
+    );
+    // An account's block: its line, then the indented lines below it.
+    let block = |appid: &str| {
+        let mut lines = out
+            .stdout
+            .lines()
+            .skip_while(|l| !l.starts_with(&format!("{appid} ")));
+        let head = lines
+            .next()
+            .unwrap_or_else(|| panic!("no {appid} in {}", out.stdout));
+        let rest: Vec<_> = lines.take_while(|l| l.starts_with(' ')).collect();
+        format!("{head}\n{}", rest.join("\n"))
+    };
+    let good = block("wxgood");
+    assert!(good.contains("api=token enabled"), "{good}");
+    assert!(good.contains("left") && good.contains(": ok"), "{good}");
+    let bad = block("wxbad");
+    for word in [
+        "api=token enabled",
+        "no token yet",
+        "errcode 40164",
+        "203.0.113.7",
+        "whitelist",
+    ] {
+        assert!(bad.contains(word), "{word:?} not in\n{bad}");
+    }
+
+    let doc = json(&run(&env, &["status", "--json"], 0).stdout);
+    assert_eq!(doc["database"], db.as_str());
+    let accounts = doc["accounts"].as_array().expect("accounts");
+    let find = |appid: &str| {
+        accounts
+            .iter()
+            .find(|a| a["appid"] == appid)
+            .unwrap_or_else(|| panic!("{appid} in {doc}"))
+    };
+    let (good, bad) = (find("wxgood"), find("wxbad"));
+    assert_eq!(
+        (good["api"].as_str(), good["enabled"].as_bool()),
+        (Some("token"), Some(true))
+    );
+    assert_eq!(good["last_attempt"]["outcome"], "ok");
+    assert_eq!(good["token"]["valid"], true);
+    assert_eq!(bad["last_attempt"]["outcome"], "errcode");
+    assert_eq!(bad["last_attempt"]["errcode"], 40164);
+    assert_eq!(bad["last_attempt"]["errmsg"], IP_ERRMSG);
+    let hint = bad["last_attempt"]["hint"].as_str().expect("a hint");
+    assert!(
+        hint.contains("203.0.113.7") && hint.contains("whitelist"),
+        "{hint}"
+    );
+    assert!(bad["token"].is_null());
+}
+
+#[test]
+fn status_without_accounts_says_how_to_add_one() {
+    let env = TestEnv::new();
+    let out = run(&env, &["status"], 0);
+    let db = env.db().display().to_string();
+    assert_eq!(
+        out.stdout,
+        format!("database {db}\nno accounts; add one with `wxtoken account add`\n")
+    );
+}
+
+// ---- the database -----------------------------------------------------------------------------
+
+#[test]
+fn the_database_is_created_private() {
+    let env = with_account();
+    let mode = std::fs::metadata(env.db())
+        .expect("db")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+}
+
+#[test]
+fn migrations_run_once() {
+    let env = with_account();
+    let version = query_i64(&env, "PRAGMA user_version");
+    assert!(version > 0);
+    let before = schema(&env);
+    let commands: [&[&str]; 6] = [
+        &["status"],
+        &["account", "list"],
+        &["refresh"],
+        &["get", "--appid", APPID],
+        &["prune"],
+        &["status", "--json"],
+    ];
+    for args in commands {
+        run(&env, args, 0);
+    }
+    assert_eq!(query_i64(&env, "PRAGMA user_version"), version);
+    assert_eq!(schema(&env), before);
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let env = with_token("TOKEN_v99", 7200);
+    open_db(&env)
+        .pragma_update(None, "user_version", 99)
+        .expect("set version");
+    let before = schema(&env);
+    let attempts: [&[&str]; 4] = [
+        &["status"],
+        &["get", "--appid", APPID],
+        &["refresh", "--force"],
+        &["account", "list"],
+    ];
+    for args in attempts {
+        let out = run(&env, args, 5);
+        assert_eq!(out.stdout, "", "{args:?}");
+        assert_stderr_has(&out, &["99", "upgrade wxtoken"]);
+    }
+    assert_eq!(env.api.hits(TOKEN), 1, "a fetch against a newer schema");
+    assert_eq!(query_i64(&env, "PRAGMA user_version"), 99);
+    assert_eq!(schema(&env), before);
+}
+
+#[test]
+fn a_file_that_is_not_sqlite_is_left_untouched() {
+    let long: Vec<u8> = b"# my notes, not a database\n".repeat(200);
+    for content in [&b"hello, world\n"[..], &long] {
+        let env = TestEnv::new();
+        std::fs::write(env.db(), content).expect("write");
+        for args in [&["status"][..], &["get", "--appid", APPID], &["refresh"]] {
+            let out = run(&env, args, 5);
+            assert_stderr_has(
+                &out,
+                &["not an SQLite database", &env.db().display().to_string()],
+            );
+        }
+        let out = add_with(&env, &["--appid", APPID], &format!("{SECRET}\n"), 5);
+        assert_stderr_has(&out, &["not an SQLite database"]);
+        assert_eq!(std::fs::read(env.db()).expect("read"), content);
+    }
+}
+
+#[test]
+fn a_missing_database_directory_is_named() {
+    let env = TestEnv::new();
+    let dir = env.dir.join("no-such-dir");
+    let db = dir.join("wxtoken.db");
+    let db = db.to_str().expect("utf-8 path");
+    for args in [&["status"][..], &["account", "list"], &["refresh"]] {
+        let out = run(&env, &[&["--db", db], args].concat(), 5);
+        assert_stderr_has(&out, &[&dir.display().to_string(), "does not exist"]);
+    }
+    let out = run(&env, &["--db", db, "get", "--appid", APPID], 5);
+    assert_stderr_has(&out, &[&dir.display().to_string()]);
+    assert!(!dir.exists(), "created {}", dir.display());
+}
+
+#[test]
+fn the_db_flag_beats_the_environment() {
+    let env = TestEnv::new();
+    let flagged = env.dir.join("flagged.db");
+    let flagged = flagged.to_str().expect("utf-8 path");
+    let out = env.run_with_stdin(
+        &["account", "add", "--db", flagged, "--appid", APPID],
+        &format!("{SECRET}\n"),
+    );
+    out.assert_code(0);
+    assert!(Path::new(flagged).exists());
+    assert!(!env.db().exists(), "WXTOKEN_DB was used despite --db");
+    let status = run(&env, &["--db", flagged, "status"], 0);
+    assert!(
+        status.stdout.starts_with(&format!("database {flagged}\n")),
+        "{}",
+        status.stdout
+    );
+    assert!(status.stdout.contains(APPID));
+}
+
+// ---- arguments and help -------------------------------------------------------------------------
+
+#[test]
+fn bad_arguments_exit_2_with_one_line() {
+    let env = with_account();
+    let cases: [&[&str]; 10] = [
+        &["frobnicate"],
+        &[],
+        &["get"],
+        &["get", "--appid"],
+        &["get", "--appid", APPID, "--corpid", "ww1", "--agentid", "1"],
+        &["refresh", "--jobs", "0"],
+        &["refresh", "--timeout", "0"],
+        &["refresh", "--force", "--if-expiring-within", "5m"],
+        &["prune", "--keep", "0"],
+        &["-q", "-v", "status"],
+    ];
+    for args in cases {
+        assert_usage_error(&env.run(args), &["wxtoken"]);
+    }
+    assert_eq!(env.api.hits(TOKEN), 0);
+}
+
+/// clap words this error over two lines; the one line printed must still say what is missing.
+#[test]
+fn a_missing_argument_is_named() {
+    let env = with_account();
+    let cases: [&[&str]; 4] = [
+        &["get"],
+        &["account", "add"],
+        &["account", "remove"],
+        &["get", "--corpid", "ww1"],
+    ];
+    for args in cases {
+        let out = env.run(args);
+        let missing = if args.contains(&"--corpid") {
+            "--agentid"
+        } else {
+            "--appid"
+        };
+        assert_usage_error(&out, &[missing]);
+    }
+}
+
+#[test]
+fn every_subcommand_has_help_with_an_example() {
+    let env = TestEnv::new();
+    let commands: [&[&str]; 13] = [
+        &[],
+        &["account"],
+        &["account", "add"],
+        &["account", "list"],
+        &["account", "remove"],
+        &["account", "enable"],
+        &["account", "disable"],
+        &["account", "set-secret"],
+        &["account", "set-tickets"],
+        &["refresh"],
+        &["get"],
+        &["status"],
+        &["prune"],
+    ];
+    for args in commands {
+        if args == ["account"] {
+            // A group of subcommands: its help lists them; the examples are one level down.
+            let out = env.run(&["account", "--help"]);
+            out.assert_code(0);
+            assert!(out.stdout.contains("set-secret"), "{}", out.stdout);
+            continue;
+        }
+        let out = env.run(&[args, &["--help"]].concat());
+        assert_eq!(out.code, 0, "{args:?}");
+        assert!(
+            out.stdout.contains("Example"),
+            "{args:?} --help:\n{}",
+            out.stdout
+        );
+        assert_eq!(out.stderr, "", "{args:?}");
+    }
+    assert!(!env.db().exists(), "--help touched the database");
+}
+
+#[test]
+fn the_api_base_flag_beats_the_environment() {
+    let env = with_account();
+    env.set_env("WXTOKEN_API_BASE", &closed_port_url());
+    let out = refresh(&env, &["--api-base", &env.url()]);
+    out.assert_code(0);
+    assert_eq!(env.api.hits(TOKEN), 1);
+
+    let out = refresh(&env, &["--force"]);
+    out.assert_code(4);
+    assert_stderr_has(&out, &["network error"]);
+    assert_eq!(env.api.hits(TOKEN), 1);
+}
+
+#[test]
+fn an_api_base_that_is_not_a_url_is_a_usage_error() {
+    let env = with_account();
+    for bad in [
+        "api.weixin.qq.com",
+        "ftp://example.com",
+        "http://",
+        "http:// x",
+    ] {
+        let out = refresh(&env, &["--api-base", bad]);
+        assert_usage_error(&out, &["--api-base", "not an http"]);
+    }
+    env.set_env("WXTOKEN_API_BASE", "localhost:8080");
+    assert_usage_error(&refresh(&env, &[]), &["localhost:8080"]);
+    assert_eq!(env.api.hits(TOKEN), 0);
+}
