@@ -138,10 +138,14 @@ fn renew(
     let store = Mutex::new(store);
     loop {
         let now = wechat::unix_now();
-        if let Some(row) = good(&lock(&store).latest_token(key, ACCESS_TOKEN)?, now) {
+        // Each lock is bound to a statement of its own: a guard taken in an `if let`
+        // condition lives through the whole block, and this mutex is not reentrant.
+        let newest = lock(&store).latest_token(key, ACCESS_TOKEN)?;
+        if let Some(row) = good(&newest, now) {
             return Ok(row);
         }
-        if let Claim::Busy(other) = lock(&store).claim(account.id, &holder, now, ttl)? {
+        let claim = lock(&store).claim(account.id, &holder, now, ttl)?;
+        if let Claim::Busy(other) = claim {
             if Instant::now() > deadline {
                 return Err(fail(
                     exit::FETCH_FAILED,
@@ -152,7 +156,8 @@ fn renew(
             continue;
         }
         // Under the claim: look once more, a holder may have finished just before us.
-        if let Some(row) = good(&lock(&store).latest_token(key, ACCESS_TOKEN)?, now) {
+        let newest = lock(&store).latest_token(key, ACCESS_TOKEN)?;
+        if let Some(row) = good(&newest, now) {
             lock(&store).release(account.id, &holder)?;
             return Ok(row);
         }

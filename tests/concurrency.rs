@@ -1,0 +1,1012 @@
+//! Concurrency and crash safety: several real `wxtoken` processes against one SQLite file and
+//! the loopback stand-in. Processes are synchronised through the stand-in (hit counts, gates,
+//! `wait_for_hits`), never through sleeps. The only timed waits are bounded negative checks,
+//! a watchdog that turns a stuck process into a failure, and one poll of /proc for a process
+//! that waits on a lock the test holds.
+
+mod support;
+
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use support::standin::{self, Reply, STABLE_TOKEN, TOKEN};
+use support::{Out, TestEnv, wait};
+
+/// Long enough for anything that should happen; only a failing test waits this long.
+const PATIENCE: Duration = Duration::from_secs(20);
+/// How long a spawned process may run before it counts as stuck.
+const RUN_LIMIT: Duration = Duration::from_secs(15);
+/// How long a negative check ("no further request arrives") watches.
+const GLIMPSE: Duration = Duration::from_millis(400);
+/// `held_until` of a hold that lasts until the configuration changes.
+const UNTIL_FIXED: i64 = i64::MAX;
+const DAY: i64 = 86_400;
+
+// ---- helpers ----
+
+fn now() -> i64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    since.as_secs() as i64
+}
+
+/// Unix seconds of the next midnight in China (UTC+8), when WeChat's daily quotas reset.
+fn next_china_midnight(t: i64) -> i64 {
+    const OFFSET: i64 = 8 * 3600;
+    ((t + OFFSET).div_euclid(DAY) + 1) * DAY - OFFSET
+}
+
+fn rfc3339(t: i64) -> String {
+    let at = chrono::DateTime::from_timestamp(t, 0).unwrap();
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn names(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i:02}")).collect()
+}
+
+fn add_account(env: &TestEnv, appid: &str, api: &str) {
+    let args = ["account", "add", "--appid", appid, "--api", api];
+    let secret = format!("secret-{appid}\n");
+    env.run_with_stdin(&args, &secret).assert_code(0);
+}
+
+/// A fresh environment with these classic (`/cgi-bin/token`) accounts.
+fn setup<S: AsRef<str>>(appids: &[S]) -> TestEnv {
+    let env = TestEnv::new();
+    for appid in appids {
+        add_account(&env, appid.as_ref(), "token");
+    }
+    env
+}
+
+fn refresh(env: &TestEnv, extra: &[&str]) -> Out {
+    let mut args = vec!["refresh"];
+    args.extend_from_slice(extra);
+    env.run(&args)
+}
+
+fn reject(env: &TestEnv, appid: &str, token: &str) -> Out {
+    env.run(&["get", "--appid", appid, "--reject", token])
+}
+
+/// The one line a successful `get` prints.
+#[track_caller]
+fn printed(out: &Out) -> String {
+    out.assert_code(0);
+    let token = out.stdout.strip_suffix('\n').unwrap_or_else(|| {
+        panic!("stdout is not one line: {:?}", out.stdout);
+    });
+    assert!(
+        !token.is_empty() && !token.contains('\n'),
+        "stdout is not one token: {:?}",
+        out.stdout
+    );
+    token.to_string()
+}
+
+#[track_caller]
+fn get(env: &TestEnv, appid: &str) -> String {
+    printed(&env.run(&["get", "--appid", appid]))
+}
+
+/// Waits for a child started with `TestEnv::spawn`. One that is still running after
+/// `RUN_LIMIT` (a deadlock, say) is killed and fails the test instead of hanging it.
+#[track_caller]
+fn finish(child: Child) -> Out {
+    let pid = child.id();
+    let (finished, watch) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let stuck = watch.recv_timeout(RUN_LIMIT) == Err(RecvTimeoutError::Timeout);
+        if stuck {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        stuck
+    });
+    let out = wait(child);
+    drop(finished);
+    let stuck = watchdog.join().unwrap();
+    assert!(
+        !stuck,
+        "wxtoken (pid {pid}) still ran after {RUN_LIMIT:?} and was killed\n--- stderr ---\n{}",
+        out.stderr
+    );
+    out
+}
+
+/// Waits for every child, in order.
+#[track_caller]
+fn wait_all(children: Vec<Child>) -> Vec<Out> {
+    let mut outs = Vec::new();
+    for child in children {
+        outs.push(finish(child));
+    }
+    outs
+}
+
+/// Waits until a process sleeps. Used on a `wxtoken` that can block nowhere but in SQLite's
+/// busy handler, so that its sleeping means it waits for a lock the test holds.
+fn wait_until_asleep(pid: u32) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("it runs");
+        // The state follows the parenthesised command name.
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().next());
+        let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+        let in_sleep = wchan.is_empty() || wchan == "0" || wchan.contains("sleep");
+        if state == Some("S") && in_sleep {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pid {pid} never waited: {stat}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// SIGKILL, then reap, so that the pid is really gone.
+fn kill(mut child: Child) {
+    child.kill().expect("kill wxtoken");
+    child.wait().expect("reap wxtoken");
+}
+
+/// Exactly `n` requests reach `route` while it is gated: `n` arrive, and no more follow.
+#[track_caller]
+fn assert_in_flight(env: &TestEnv, route: &str, n: usize) {
+    assert!(
+        env.api.wait_for_hits(route, n, PATIENCE),
+        "expected {n} requests on {route}, got {}",
+        env.api.hits(route)
+    );
+    assert!(
+        !env.api.wait_for_hits(route, n + 1, GLIMPSE),
+        "more than {n} requests in flight on {route}: {}",
+        env.api.hits(route)
+    );
+}
+
+/// The numbers of `refresh`'s summary line on stderr.
+#[derive(Debug, Default, PartialEq)]
+struct Summary {
+    refreshed: usize,
+    fresh: usize,
+    busy: usize,
+}
+
+#[track_caller]
+fn summary(out: &Out) -> Summary {
+    let line = out.stderr.lines().find(|l| l.starts_with("refreshed "));
+    let line = line.unwrap_or_else(|| panic!("no summary line on stderr:\n{}", out.stderr));
+    let first = |part: &str| part.split_whitespace().next().unwrap().parse().unwrap();
+    let mut s = Summary::default();
+    for part in line.split("; ") {
+        if let Some(rest) = part.strip_prefix("refreshed ") {
+            s.refreshed = first(rest);
+        } else if part.ends_with(" already fresh") {
+            s.fresh = first(part);
+        } else if part.ends_with(" being refreshed by another run") {
+            s.busy = first(part);
+        }
+    }
+    s
+}
+
+/// The default a subcommand's `--help` documents for `flag`.
+fn documented_default(subcommand: &str, flag: &str) -> usize {
+    let help = TestEnv::new().run(&[subcommand, "--help"]);
+    let line = help.stdout.lines().find(|l| l.contains(flag));
+    let line = line.unwrap_or_else(|| panic!("no {flag} in {subcommand} --help"));
+    let (_, rest) = line.split_once("[default: ").expect("a documented default");
+    rest.split(']').next().unwrap().parse().unwrap()
+}
+
+/// The lines `status` prints about one account.
+fn status_block(env: &TestEnv, appid: &str) -> String {
+    let out = env.run(&["status"]);
+    out.assert_code(0);
+    let mut lines = out
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with(&format!("{appid} ")));
+    let head = lines
+        .next()
+        .unwrap_or_else(|| panic!("{appid} not in status"));
+    let rest = lines.take_while(|l| l.starts_with(' '));
+    std::iter::once(head)
+        .chain(rest)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn open_db(env: &TestEnv) -> Connection {
+    let conn = Connection::open(env.db()).expect("open the test database");
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn
+}
+
+fn account_id(conn: &Connection, appid: &str) -> i64 {
+    let sql = "SELECT id FROM accounts WHERE appid = ?1";
+    conn.query_row(sql, [appid], |r| r.get(0)).unwrap()
+}
+
+/// Every stored token of an account, oldest first.
+fn token_rows(env: &TestEnv, appid: &str) -> Vec<String> {
+    let conn = open_db(env);
+    let mut stmt = conn
+        .prepare(
+            "SELECT t.token FROM tokens t JOIN accounts a ON a.id = t.account_id
+             WHERE a.appid = ?1 AND t.kind = 'access_token' ORDER BY t.id",
+        )
+        .unwrap();
+    let rows = stmt.query_map([appid], |r| r.get(0)).unwrap();
+    rows.collect::<rusqlite::Result<_>>().unwrap()
+}
+
+fn held_until(env: &TestEnv, appid: &str) -> Option<i64> {
+    let sql = "SELECT held_until FROM accounts WHERE appid = ?1";
+    open_db(env).query_row(sql, [appid], |r| r.get(0)).unwrap()
+}
+
+fn count(conn: &Connection, sql: &str) -> i64 {
+    conn.query_row(sql, [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// The newest attempt's outcome of an account.
+fn last_outcome(env: &TestEnv, appid: &str) -> String {
+    let conn = open_db(env);
+    let id = account_id(&conn, appid);
+    let sql = "SELECT outcome FROM attempts WHERE account_id = ?1 AND kind = 'access_token'
+               ORDER BY id DESC LIMIT 1";
+    conn.query_row(sql, [id], |r| r.get(0)).unwrap()
+}
+
+fn insert_token(conn: &Connection, account: i64, token: &str, fetched_at: i64, expires_in: i64) {
+    conn.execute(
+        "INSERT INTO tokens (account_id, token, expires_in, fetched_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            account,
+            token,
+            expires_in,
+            fetched_at,
+            fetched_at + expires_in
+        ],
+    )
+    .unwrap();
+}
+
+fn insert_attempt(conn: &Connection, account: i64, started_at: i64) {
+    conn.execute(
+        "INSERT INTO attempts (account_id, started_at, duration_ms, tries, outcome)
+         VALUES (?1, ?2, 5, 1, 'ok')",
+        params![account, started_at],
+    )
+    .unwrap();
+}
+
+fn insert_claim(conn: &Connection, account: i64, host: &str, pid: i64, expires_at: i64) {
+    conn.execute(
+        "INSERT OR REPLACE INTO claims (account_id, holder, host, pid, claimed_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            account,
+            format!("{host}:{pid}:test"),
+            host,
+            pid,
+            now() - 100,
+            expires_at
+        ],
+    )
+    .unwrap();
+}
+
+/// Who holds an account's claim: (host, pid).
+fn claim_of(env: &TestEnv, appid: &str) -> Option<(String, i64)> {
+    let conn = open_db(env);
+    let id = account_id(&conn, appid);
+    let sql = "SELECT host, pid FROM claims WHERE account_id = ?1";
+    conn.query_row(sql, [id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .unwrap()
+}
+
+/// The host name wxtoken records in its claims.
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// `force_refresh` of every stable-token request for `appid` since request number `since`.
+fn stable_requests(env: &TestEnv, appid: &str, since: usize) -> Vec<String> {
+    let log = env.api.requests();
+    let bodies = log[since..].iter().filter(|r| r.path == STABLE_TOKEN);
+    let bodies = bodies.map(|r| standin::parse_flat_json(&r.body).expect("a flat JSON body"));
+    bodies
+        .filter(|b| b["appid"] == appid)
+        .map(|b| b["force_refresh"].clone())
+        .collect()
+}
+
+/// What must hold after any crash: SQLite's own check, and no row that is half there.
+#[track_caller]
+fn assert_db_sane(env: &TestEnv) {
+    let conn = open_db(env);
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let orphans = count(&conn, "SELECT count(*) FROM pragma_foreign_key_check");
+    assert_eq!(orphans, 0, "rows pointing at no account");
+    let bad_tokens = count(
+        &conn,
+        "SELECT count(*) FROM tokens WHERE token IS NULL OR token = '' OR expires_in IS NULL
+         OR expires_in <= 0 OR fetched_at IS NULL OR expires_at IS NULL
+         OR expires_at <> fetched_at + expires_in",
+    );
+    assert_eq!(bad_tokens, 0, "malformed token rows");
+    let bad_attempts = count(
+        &conn,
+        "SELECT count(*) FROM attempts WHERE outcome IS NULL
+         OR outcome NOT IN ('ok', 'unchanged', 'errcode', 'http', 'transport', 'not_json',
+                            'invalid', 'skipped')
+         OR tries IS NULL OR tries < 1 OR duration_ms IS NULL OR duration_ms < 0
+         OR started_at IS NULL OR started_at <= 0
+         OR (outcome = 'errcode') <> (errcode IS NOT NULL)
+         OR (outcome = 'http') <> (http_status IS NOT NULL)",
+    );
+    assert_eq!(bad_attempts, 0, "malformed attempt rows");
+    // A token row and its attempt are written in one transaction: both or neither.
+    let unmatched = count(
+        &conn,
+        "SELECT count(*) FROM accounts a
+         WHERE (SELECT count(*) FROM tokens t
+                WHERE t.account_id = a.id AND kind = 'access_token')
+            <> (SELECT count(*) FROM attempts t
+                WHERE t.account_id = a.id AND kind = 'access_token' AND outcome = 'ok')",
+    );
+    assert_eq!(
+        unmatched, 0,
+        "token rows without their attempt, or the reverse"
+    );
+}
+
+// ---- refresh --jobs ----
+
+/// Gates the token route, starts one refresh over `accounts` accounts and checks that
+/// exactly `in_flight` fetches run at once, then that it finishes all of them.
+fn refresh_runs_at_most(accounts: usize, jobs: &[&str], in_flight: usize) {
+    let ids = names("wxjobs", accounts);
+    let env = setup(&ids);
+    env.api.gate(TOKEN);
+    let child = env.spawn(&[&["refresh"], jobs].concat());
+    assert_in_flight(&env, TOKEN, in_flight);
+    env.api.open_gate(TOKEN);
+    let out = finish(child);
+    out.assert_code(0);
+    assert!(
+        out.stderr
+            .contains(&format!("refreshed {accounts} of {accounts} accounts")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(env.api.hits(TOKEN), accounts);
+    for id in &ids {
+        assert_eq!(env.api.hits_for(TOKEN, id), 1, "{id}");
+        assert_eq!(token_rows(&env, id), [get(&env, id)]);
+    }
+}
+
+#[test]
+fn refresh_jobs_bounds_the_fetches_in_flight() {
+    refresh_runs_at_most(10, &["--jobs", "3"], 3);
+}
+
+#[test]
+fn refresh_default_jobs_is_the_documented_one() {
+    let jobs = documented_default("refresh", "--jobs");
+    assert!(jobs > 1, "the default runs fetches in parallel");
+    refresh_runs_at_most(jobs + 4, &[], jobs);
+}
+
+// ---- overlapping runs ----
+
+/// Four refreshes started at once over the same five accounts fetch each account once.
+/// `gated`: the fetches wait at a gate until all of them are in flight; else, latency.
+fn overlapping_refreshes_fetch_each_account_once(gated: bool) {
+    let ids = names("wxoverlap", 5);
+    let env = setup(&ids);
+    if gated {
+        env.api.gate(TOKEN);
+    } else {
+        env.api.set_latency(Duration::from_millis(150));
+    }
+    let children: Vec<Child> = (0..4).map(|_| env.spawn(&["refresh"])).collect();
+    if gated {
+        assert_in_flight(&env, TOKEN, ids.len());
+        env.api.open_gate(TOKEN);
+    }
+    let outs = wait_all(children);
+    let mut total = Summary::default();
+    for out in &outs {
+        out.assert_code(0);
+        let s = summary(out);
+        assert_eq!(s.refreshed + s.fresh + s.busy, ids.len(), "{}", out.stderr);
+        total.refreshed += s.refreshed;
+        total.fresh += s.fresh;
+        total.busy += s.busy;
+    }
+    assert_eq!(total.refreshed, ids.len(), "{outs:#?}");
+    assert_eq!(total.fresh + total.busy, 3 * ids.len(), "{outs:#?}");
+    assert_eq!(env.api.hits(TOKEN), ids.len());
+    for id in &ids {
+        assert_eq!(env.api.hits_for(TOKEN, id), 1, "{id}");
+        assert_eq!(token_rows(&env, id), [get(&env, id)], "{id}");
+    }
+}
+
+#[test]
+fn overlapping_gated_refreshes_fetch_each_account_once() {
+    overlapping_refreshes_fetch_each_account_once(true);
+}
+
+#[test]
+fn overlapping_slow_refreshes_fetch_each_account_once() {
+    overlapping_refreshes_fetch_each_account_once(false);
+}
+
+#[test]
+fn a_run_arriving_while_another_fetches_skips_its_accounts() {
+    let ids = names("wxbusy", 3);
+    let env = setup(&ids);
+    env.api.gate(TOKEN);
+    let first = env.spawn(&["refresh"]);
+    assert_in_flight(&env, TOKEN, ids.len());
+    // The first run holds every claim and cannot finish: the second must not wait for it.
+    let second = refresh(&env, &[]);
+    second.assert_code(0);
+    assert!(
+        second.stderr.contains("3 being refreshed by another run"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(env.api.hits(TOKEN), ids.len());
+    env.api.open_gate(TOKEN);
+    finish(first).assert_code(0);
+    let third = refresh(&env, &[]);
+    third.assert_code(0);
+    assert!(third.stderr.contains("3 already fresh"), "{}", third.stderr);
+    assert_eq!(env.api.hits(TOKEN), ids.len());
+}
+
+// ---- dead and foreign claim holders ----
+
+#[test]
+fn a_killed_holder_does_not_block_the_next_run() {
+    let env = setup(&["wxdead"]);
+    env.api.gate(TOKEN);
+    let child = env.spawn(&["refresh"]);
+    let pid = i64::from(child.id());
+    assert!(env.api.wait_for_hits(TOKEN, 1, PATIENCE));
+    assert_eq!(claim_of(&env, "wxdead"), Some((this_host(), pid)));
+    kill(child);
+    env.api.open_gate(TOKEN);
+    let out = refresh(&env, &[]);
+    out.assert_code(0);
+    assert!(
+        out.stderr.contains("refreshed 1 of 1 accounts"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(env.api.hits_for(TOKEN, "wxdead"), 2);
+    assert_eq!(token_rows(&env, "wxdead"), [get(&env, "wxdead")]);
+    assert_eq!(claim_of(&env, "wxdead"), None);
+}
+
+#[test]
+fn live_claims_are_respected_and_expired_foreign_ones_taken_over() {
+    let env = setup(&["wxclaim"]);
+    let id = account_id(&open_db(&env), "wxclaim");
+    let busy = |host: &str, pid: i64| {
+        insert_claim(&open_db(&env), id, host, pid, now() + 3600);
+        let out = refresh(&env, &[]);
+        out.assert_code(0);
+        assert!(
+            out.stderr.contains("1 being refreshed by another run"),
+            "{host}:{pid}: {}",
+            out.stderr
+        );
+        assert_eq!(env.api.hits(TOKEN), 0);
+    };
+    // A live process on this host (this test), and an unexpired claim of another host.
+    busy(&this_host(), i64::from(std::process::id()));
+    busy("other-host.invalid", 1);
+
+    insert_claim(&open_db(&env), id, "other-host.invalid", 1, now() - 1);
+    let out = refresh(&env, &[]);
+    out.assert_code(0);
+    assert!(
+        out.stderr.contains("refreshed 1 of 1 accounts"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(env.api.hits_for(TOKEN, "wxclaim"), 1);
+    assert_eq!(token_rows(&env, "wxclaim"), [get(&env, "wxclaim")]);
+    assert_eq!(claim_of(&env, "wxclaim"), None);
+}
+
+// ---- kill -9 ----
+
+#[test]
+fn kill_9_at_any_moment_leaves_a_consistent_database() {
+    const N: usize = 3;
+    // 0: before any request; 1..=N: while fetch number k hangs, the ones before it recorded;
+    // N + 1: right after the last request arrived.
+    for point in 0..=N + 1 {
+        let ids = names("wxkill", N);
+        let env = setup(&ids);
+        let hangs = (1..=N).contains(&point);
+        if hangs {
+            for i in 1..point {
+                env.api
+                    .push(TOKEN, Reply::token(&format!("before-kill-{i}"), 7200));
+            }
+            env.api.push(TOKEN, Reply::Hang);
+        }
+        let child = env.spawn(&["refresh", "--jobs", "1"]);
+        let arrived = point.min(N);
+        assert!(
+            env.api.wait_for_hits(TOKEN, arrived, PATIENCE),
+            "kill point {point}"
+        );
+        kill(child);
+        assert_db_sane(&env);
+        let rows: usize = ids.iter().map(|id| token_rows(&env, id).len()).sum();
+        if hangs {
+            assert_eq!(rows, point - 1, "kill point {point}");
+        }
+
+        let out = refresh(&env, &[]);
+        out.assert_code(0);
+        assert_db_sane(&env);
+        for id in &ids {
+            let token = get(&env, id);
+            assert_eq!(token_rows(&env, id).last(), Some(&token), "{id}");
+        }
+        if hangs {
+            // Recorded accounts are fresh; only the rest, hung one included, are fetched.
+            assert_eq!(env.api.hits(TOKEN), N + 1, "kill point {point}");
+        }
+    }
+}
+
+// ---- readers ----
+
+#[test]
+fn readers_never_fail_while_refreshes_write() {
+    let ids = names("wxread", 3);
+    let env = setup(&ids);
+    let issued: Vec<String> = (0..100).map(|i| format!("issued-{i:03}-token")).collect();
+    for token in &issued {
+        env.api.push(TOKEN, Reply::token(token, 7200));
+    }
+    refresh(&env, &[]).assert_code(0);
+    env.api.set_latency(Duration::from_millis(20));
+
+    let done = AtomicBool::new(false);
+    let (writers, seen) = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut outs = Vec::new();
+            for _ in 0..4 {
+                let children = (0..3).map(|_| env.spawn(&["refresh", "--force"]));
+                outs.extend(wait_all(children.collect()));
+            }
+            done.store(true, Ordering::SeqCst);
+            outs
+        });
+        let mut seen = Vec::new();
+        loop {
+            let finished = done.load(Ordering::SeqCst);
+            for id in &ids {
+                let token = get(&env, id);
+                assert!(issued.contains(&token), "{id}: unknown token {token:?}");
+                seen.push((id, token));
+            }
+            if finished {
+                break;
+            }
+        }
+        (writer.join().unwrap(), seen)
+    });
+    for out in &writers {
+        out.assert_code(0);
+    }
+    let fetches = env.api.hits(TOKEN);
+    assert!(fetches > ids.len(), "the writers fetched: {fetches}");
+    assert!(fetches <= issued.len(), "every fetch got a known token");
+    for (id, token) in &seen {
+        assert!(token_rows(&env, id).contains(token), "{id} printed {token}");
+    }
+}
+
+// ---- get --reject ----
+
+#[test]
+fn reject_fetches_only_while_the_token_is_newest() {
+    let a = "wxreject";
+    let env = setup(&[a]);
+    refresh(&env, &[]).assert_code(0);
+    let first = get(&env, a);
+
+    // The newest token is rejected: one fetch, a new token.
+    let second = printed(&reject(&env, a, &first));
+    assert_ne!(second, first);
+    assert_eq!(env.api.hits_for(TOKEN, a), 2);
+
+    // Someone already replaced it: the newer token, no fetch. Likewise for a stranger.
+    assert_eq!(printed(&reject(&env, a, &first)), second);
+    assert_eq!(printed(&reject(&env, a, "not-a-token-of-ours")), second);
+    assert_eq!(env.api.hits_for(TOKEN, a), 2);
+
+    // `-` reads the token from stdin.
+    let args = ["get", "--appid", a, "--reject", "-"];
+    let third = printed(&env.run_with_stdin(&args, &format!("{second}\n")));
+    assert!(third != first && third != second);
+    assert_eq!(env.api.hits_for(TOKEN, a), 3);
+
+    // A rejected token is never handed out again.
+    assert_eq!(get(&env, a), third);
+    for old in [&first, &second] {
+        assert_eq!(printed(&reject(&env, a, old)), third);
+    }
+    assert_eq!(env.api.hits_for(TOKEN, a), 3);
+    assert_eq!(token_rows(&env, a), [first, second, third]);
+}
+
+#[test]
+fn reject_hands_out_a_token_recorded_while_it_waited_for_the_claim() {
+    let a = "wxrace";
+    let env = setup(&[a]);
+    refresh(&env, &[]).assert_code(0);
+    let old = get(&env, a);
+    // Another fetcher is committing a newer token: `get --reject` still reads `old` as the
+    // newest, then waits for the write lock to claim the account.
+    let conn = open_db(&env);
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    insert_token(&conn, account_id(&conn, a), "newer-token", now(), 7200);
+    let child = env.spawn(&["get", "--appid", a, "--reject", &old]);
+    wait_until_asleep(child.id());
+    conn.execute_batch("COMMIT").unwrap();
+    // Under the claim it finds the newer token: it hands that out without a fetch.
+    assert_eq!(printed(&finish(child)), "newer-token");
+    assert_eq!(env.api.hits(TOKEN), 1);
+}
+
+#[test]
+fn twelve_concurrent_rejects_cause_one_fetch() {
+    let a = "wxpile";
+    let env = setup(&[a]);
+    refresh(&env, &[]).assert_code(0);
+    let old = get(&env, a);
+    env.api.gate(TOKEN);
+    let args = ["get", "--appid", a, "--reject", &old];
+    let children: Vec<Child> = (0..12).map(|_| env.spawn(&args)).collect();
+    assert_in_flight(&env, TOKEN, 2);
+    env.api.open_gate(TOKEN);
+    let outs = wait_all(children);
+    let new = printed(&outs[0]);
+    assert_ne!(new, old);
+    for out in &outs {
+        assert_eq!(printed(out), new);
+    }
+    assert_eq!(env.api.hits(TOKEN), 2);
+    assert_eq!(get(&env, a), new);
+    assert_eq!(token_rows(&env, a), [old, new]);
+}
+
+// ---- stable tokens ----
+
+#[test]
+fn stable_reject_falls_back_to_a_forced_refresh() {
+    let a = "wxstable";
+    let env = TestEnv::new();
+    add_account(&env, a, "stable");
+    refresh(&env, &[]).assert_code(0);
+    let current = get(&env, a);
+
+    // Normal mode hands back the current token: nothing new is stored.
+    refresh(&env, &["--force"]).assert_code(0);
+    assert_eq!(stable_requests(&env, a, 0), ["false", "false"]);
+    assert_eq!(last_outcome(&env, a), "unchanged");
+    assert_eq!(token_rows(&env, a), [get(&env, a)]);
+    assert_eq!(get(&env, a), current);
+
+    let before = env.api.requests().len();
+    let new = printed(&reject(&env, a, &current));
+    assert_ne!(new, current);
+    assert_eq!(stable_requests(&env, a, before), ["false", "true"]);
+    assert!(
+        !env.api.is_valid(&current),
+        "the forced refresh replaced it"
+    );
+    assert_eq!(get(&env, a), new);
+    assert_eq!(token_rows(&env, a), [current, new]);
+    let conn = open_db(&env);
+    let forced = count(&conn, "SELECT count(*) FROM forced_refreshes");
+    assert_eq!(forced, 1);
+}
+
+#[test]
+fn forced_refreshes_stay_within_wechats_budget() {
+    let (spent, recent) = ("wxspent", "wxrecent");
+    let env = TestEnv::new();
+    add_account(&env, spent, "stable");
+    add_account(&env, recent, "stable");
+    refresh(&env, &[]).assert_code(0);
+
+    let mut t = now();
+    if next_china_midnight(t) - t < 5 {
+        // The budget is per China day: do not let wxtoken's day differ from ours.
+        std::thread::sleep(Duration::from_secs((next_china_midnight(t) - t + 1) as u64));
+        t = now();
+    }
+    let day_start = next_china_midnight(t) - DAY;
+    let conn = open_db(&env);
+    let sql = "INSERT INTO forced_refreshes (account_id, at) VALUES (?1, ?2)";
+    for _ in 0..20 {
+        let at = day_start.max(t - 3600);
+        conn.execute(sql, params![account_id(&conn, spent), at])
+            .unwrap();
+    }
+    conn.execute(sql, params![account_id(&conn, recent), t - 5])
+        .unwrap();
+    drop(conn);
+
+    for (appid, words) in [
+        (spent, &["20 forced refreshes", "per day"][..]),
+        (recent, &["30s between"][..]),
+    ] {
+        let current = get(&env, appid);
+        let before = env.api.requests().len();
+        let out = reject(&env, appid, &current);
+        out.assert_code(4);
+        assert_eq!(out.stdout, "");
+        for word in words.iter().chain(&[appid]) {
+            assert!(out.stderr.contains(word), "{word:?} in {}", out.stderr);
+        }
+        assert_eq!(stable_requests(&env, appid, before), ["false"]);
+        assert_eq!(get(&env, appid), current);
+    }
+}
+
+// ---- refresh ahead ----
+
+#[test]
+fn refresh_ahead_fetches_only_what_expires_soon() {
+    let (soon, later, none) = ("wxsoon", "wxlater", "wxnone");
+    let env = setup(&[soon, later, none]);
+    env.api.push_for(TOKEN, soon, Reply::token("soon-1", 200));
+    env.api
+        .push_for(TOKEN, later, Reply::token("later-1", 7200));
+    refresh(&env, &["--appid", soon, "--appid", later]).assert_code(0);
+
+    let out = refresh(&env, &["--if-expiring-within", "5m"]);
+    out.assert_code(0);
+    let s = summary(&out);
+    assert_eq!((s.refreshed, s.fresh), (2, 1), "{}", out.stderr);
+    assert_eq!(env.api.hits_for(TOKEN, soon), 2);
+    assert_eq!(env.api.hits_for(TOKEN, later), 1);
+    assert_eq!(env.api.hits_for(TOKEN, none), 1);
+    assert_ne!(get(&env, soon), "soon-1");
+    assert_eq!(get(&env, later), "later-1");
+}
+
+#[test]
+fn refresh_ahead_of_a_stable_token_that_is_still_current_adds_no_row() {
+    let a = "wxstableahead";
+    let env = TestEnv::new();
+    add_account(&env, a, "stable");
+    env.api
+        .push_for(STABLE_TOKEN, a, Reply::token("stable-1", 400));
+    refresh(&env, &[]).assert_code(0);
+
+    // 400 s left is within 10 minutes, but WeChat renews only in the last 5.
+    refresh(&env, &["--if-expiring-within", "10m"]).assert_code(0);
+    assert_eq!(env.api.hits_for(STABLE_TOKEN, a), 2);
+    assert_eq!(token_rows(&env, a), ["stable-1"]);
+    assert_eq!(last_outcome(&env, a), "unchanged");
+    let conn = open_db(&env);
+    assert_eq!(count(&conn, "SELECT count(*) FROM attempts"), 2);
+}
+
+// ---- holds ----
+
+/// One refresh of `appid` that WeChat answers with `errcode`; returns its output.
+fn refresh_failing_with(env: &TestEnv, appid: &str, errcode: i64, errmsg: &str) -> Out {
+    env.api
+        .push_for(TOKEN, appid, Reply::errcode(errcode, errmsg));
+    let out = refresh(env, &["--appid", appid]);
+    out.assert_code(4);
+    assert!(out.stderr.contains(&errcode.to_string()), "{}", out.stderr);
+    out
+}
+
+/// A later run skips a held account without a request, saying until when.
+#[track_caller]
+fn assert_skipped(env: &TestEnv, appid: &str, until: &str) {
+    let hits = env.api.hits_for(TOKEN, appid);
+    let out = refresh(env, &["--appid", appid]);
+    out.assert_code(4);
+    let skipped = format!("{appid}: skipped {until}");
+    assert!(
+        out.stderr.contains(&skipped),
+        "{skipped:?} in {}",
+        out.stderr
+    );
+    // `get --reject` does not fetch for a held account either, and says why.
+    let out = reject(env, appid, "some-token");
+    out.assert_code(4);
+    for word in [appid, until] {
+        assert!(out.stderr.contains(word), "{word:?} in {}", out.stderr);
+    }
+    assert_eq!(
+        env.api.hits_for(TOKEN, appid),
+        hits,
+        "no request while held"
+    );
+}
+
+#[test]
+fn configuration_errors_hold_until_the_configuration_changes() {
+    let lifts: [(i64, &[&str]); 5] = [
+        (40125, &["account", "set-secret"]),
+        (40013, &["account", "enable"]),
+        (40001, &["refresh", "--force"]),
+        (41002, &["account", "set-secret"]),
+        (41004, &["account", "enable"]),
+    ];
+    let ids: Vec<String> = lifts.iter().map(|(c, _)| format!("wxhold{c}")).collect();
+    let env = setup(&ids);
+    for ((errcode, lift), a) in lifts.iter().zip(&ids) {
+        refresh_failing_with(&env, a, *errcode, "invalid credential");
+        assert_eq!(held_until(&env, a), Some(UNTIL_FIXED), "{errcode}");
+        assert_skipped(&env, a, "until its secret is updated");
+        let status = status_block(&env, a);
+        for word in [
+            "SKIPPED",
+            "until its secret is updated",
+            &errcode.to_string(),
+        ] {
+            assert!(status.contains(word), "{word:?} in {status}");
+        }
+
+        let mut args = lift.to_vec();
+        args.extend(["--appid", a.as_str()]);
+        env.run_with_stdin(&args, "a-new-secret\n").assert_code(0);
+        assert_eq!(held_until(&env, a), None, "{lift:?} lifts the hold");
+        refresh(&env, &["--appid", a]).assert_code(0);
+        assert_eq!(env.api.hits_for(TOKEN, a), 2, "{errcode}: fetched again");
+        assert!(!status_block(&env, a).contains("SKIPPED"));
+        get(&env, a);
+    }
+}
+
+#[test]
+fn quota_and_ip_rejections_hold_for_a_while() {
+    let holds: [(i64, i64); 3] = [(45009, 0), (89506, DAY), (89507, 3600)];
+    let ids: Vec<String> = holds.iter().map(|(c, _)| format!("wxwait{c}")).collect();
+    let env = setup(&ids);
+    for ((errcode, lasts), a) in holds.iter().zip(&ids) {
+        let before = now();
+        refresh_failing_with(&env, a, *errcode, "blocked");
+        let after = now();
+        let until = held_until(&env, a).expect("held");
+        if *errcode == 45009 {
+            let midnights = [next_china_midnight(before), next_china_midnight(after)];
+            assert!(midnights.contains(&until), "{until} vs {midnights:?}");
+        } else {
+            assert!(
+                (before + lasts..=after + lasts).contains(&until),
+                "{errcode}: held until {until}, now {before}"
+            );
+        }
+        let until = format!("until {}", rfc3339(until));
+        assert_skipped(&env, a, &until);
+        let status = status_block(&env, a);
+        for word in ["SKIPPED", &until, &errcode.to_string()] {
+            assert!(status.contains(word), "{word:?} in {status}");
+        }
+    }
+}
+
+#[test]
+fn whitelist_and_per_minute_errors_do_not_hold() {
+    let ip_msg = "invalid ip 203.0.113.7 ipv6 ::ffff:203.0.113.7, not in whitelist rid: 1";
+    let cases = [(40164, ip_msg), (45011, "api minute-quota reach limit")];
+    let ids: Vec<String> = cases.iter().map(|(c, _)| format!("wxretry{c}")).collect();
+    let env = setup(&ids);
+    for ((errcode, errmsg), a) in cases.iter().zip(&ids) {
+        let out = refresh_failing_with(&env, a, *errcode, errmsg);
+        if *errcode == 40164 {
+            assert!(out.stderr.contains("203.0.113.7"), "{}", out.stderr);
+        }
+        assert_eq!(held_until(&env, a), None, "{errcode}");
+        assert!(!status_block(&env, a).contains("SKIPPED"));
+        refresh(&env, &["--appid", a]).assert_code(0);
+        assert_eq!(env.api.hits_for(TOKEN, a), 2, "{errcode}: tried again");
+        get(&env, a);
+    }
+}
+
+// ---- retention ----
+
+#[test]
+fn prune_keeps_the_newest_and_every_valid_token() {
+    let a = "wxprune";
+    let env = setup(&[a]);
+    let t = now();
+    let conn = open_db(&env);
+    let id = account_id(&conn, a);
+    insert_token(&conn, id, "still-valid", t - 3000, 7200);
+    for k in (1..=3).rev() {
+        insert_token(&conn, id, &format!("expired-{k}"), t - k * DAY, 7200);
+    }
+    drop(conn);
+    refresh(&env, &[]).assert_code(0);
+    let fetched = get(&env, a);
+
+    let conn = open_db(&env);
+    insert_attempt(&conn, id, t - 31 * DAY);
+    insert_attempt(&conn, id, t - 29 * DAY);
+    drop(conn);
+    let out = env.run(&["prune", "--keep", "2"]);
+    out.assert_code(0);
+    for word in ["2 token rows", "1 attempt"] {
+        assert!(out.stderr.contains(word), "{word:?} in {}", out.stderr);
+    }
+    assert_eq!(token_rows(&env, a), ["still-valid", "expired-1", &fetched]);
+    let conn = open_db(&env);
+    let old = format!(
+        "SELECT count(*) FROM attempts WHERE started_at < {}",
+        t - 30 * DAY
+    );
+    assert_eq!(count(&conn, &old), 0);
+    assert_eq!(count(&conn, "SELECT count(*) FROM attempts"), 2);
+}
+
+#[test]
+fn refresh_prunes_automatically() {
+    let a = "wxautoprune";
+    let keep = documented_default("prune", "--keep");
+    let env = setup(&[a]);
+    let t = now();
+    let conn = open_db(&env);
+    let id = account_id(&conn, a);
+    for k in (1..=keep as i64 + 10).rev() {
+        insert_token(&conn, id, &format!("expired-{k}"), t - DAY - k * 3600, 7200);
+    }
+    insert_attempt(&conn, id, t - 31 * DAY);
+    insert_attempt(&conn, id, t - 29 * DAY);
+    drop(conn);
+
+    refresh(&env, &[]).assert_code(0);
+    let rows = token_rows(&env, a);
+    assert_eq!(rows.len(), keep);
+    assert_eq!(rows.last(), Some(&get(&env, a)));
+    assert_eq!(
+        rows[0],
+        format!("expired-{}", keep - 1),
+        "the newest ones stay"
+    );
+    let conn = open_db(&env);
+    assert_eq!(count(&conn, "SELECT count(*) FROM attempts"), 2);
+}
