@@ -206,6 +206,10 @@ impl Client {
             .max_redirects_will_error(false)
             .user_agent(concat!("wxtoken/", env!("CARGO_PKG_VERSION")))
             .max_idle_connections_per_host(64)
+            // ureq's default buffers are 128 KiB each way per connection, resident once
+            // touched; a token exchange needs a few hundred bytes of headers each way.
+            .input_buffer_size(16 * 1024)
+            .output_buffer_size(4 * 1024)
             .build();
         Client {
             agent: config.into(),

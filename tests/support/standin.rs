@@ -337,6 +337,9 @@ fn accept_loop(listener: TcpListener, sh: Arc<Shared>) {
 
 fn serve(sh: &Shared, stream: TcpStream) -> io::Result<()> {
     stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+    // The head and the body go out in two writes; without this, Nagle's algorithm holds
+    // the body back until the client's delayed ACK, ~40 ms on every reused connection.
+    stream.set_nodelay(true)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
     while !lock(&sh.state).stopped {
