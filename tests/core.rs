@@ -350,7 +350,10 @@ fn disabled_accounts_are_not_refreshed_until_enabled() {
 
     let all = refresh(&env, &[]);
     all.assert_code(0);
-    assert_stderr_has(&all, &["refreshed 0 of 0 accounts"]);
+    assert_stderr_has(
+        &all,
+        &["refreshed 0 of 0 accounts", "warning: no enabled accounts"],
+    );
     let named = refresh(&env, &["--appid", APPID, "--force"]);
     named.assert_code(6);
     assert_stderr_has(&named, &[APPID, "is disabled", "account enable"]);
@@ -1150,5 +1153,15 @@ fn an_api_base_that_is_not_a_url_is_a_usage_error() {
     }
     env.set_env("WXTOKEN_API_BASE", "localhost:8080");
     assert_usage_error(&refresh(&env, &[]), &["localhost:8080"]);
+    assert_eq!(env.api.hits(TOKEN), 0);
+}
+
+#[test]
+fn a_refresh_with_no_accounts_warns_even_when_quiet() {
+    // A cron line with a mistyped WXTOKEN_DB refreshes an empty database: that must show.
+    let env = TestEnv::new();
+    let out = run(&env, &["-q", "refresh"], 0);
+    let db = env.db().display().to_string();
+    assert_stderr_has(&out, &["warning: no enabled accounts in", &db, "WXTOKEN_DB"]);
     assert_eq!(env.api.hits(TOKEN), 0);
 }

@@ -42,6 +42,14 @@ pub fn run(store: Store, client: &Client, args: &RefreshArgs, quiet: bool) -> Re
         (false, None) => Want::Stale,
     };
     let accounts = targets(&store, &args.appid)?;
+    if accounts.is_empty() {
+        // Even with -q: a cron line whose WXTOKEN_DB has a typo refreshes an empty new
+        // database every hour, and silence would hide that until the tokens run out.
+        eprintln!(
+            "wxtoken: warning: no enabled accounts in {}; nothing to refresh (is --db / WXTOKEN_DB right?)",
+            store.path().display()
+        );
+    }
     let holder = Holder::current();
     let ttl = claim_ttl(args.api.timeout);
     let store = Mutex::new(store);
