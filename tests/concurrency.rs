@@ -1010,3 +1010,43 @@ fn refresh_prunes_automatically() {
     let conn = open_db(&env);
     assert_eq!(count(&conn, "SELECT count(*) FROM attempts"), 2);
 }
+
+#[test]
+fn the_refresh_ahead_run_leaves_holds_to_the_hourly_run() {
+    // With both cron lines, a hold would otherwise be mailed every four minutes.
+    let env = setup(&["wxheld", "wxfine"]);
+    refresh_failing_with(&env, "wxheld", 40125, "invalid appsecret");
+    let hits = env.api.hits(TOKEN);
+
+    let ahead = env.run(&["-q", "refresh", "--if-expiring-within", "5m"]);
+    ahead.assert_code(0);
+    assert_eq!(ahead.stderr, "", "the refresh-ahead run stays quiet");
+    assert_eq!(
+        env.api.hits_for(TOKEN, "wxheld"),
+        0 + 1,
+        "the held account is not fetched"
+    );
+    assert_eq!(
+        env.api.hits(TOKEN),
+        hits + 1,
+        "only the account without a token is"
+    );
+
+    let verbose = refresh(&env, &["--if-expiring-within", "5m"]);
+    verbose.assert_code(0);
+    assert!(
+        verbose.stderr.contains("1 held after an error"),
+        "{}",
+        verbose.stderr
+    );
+
+    let hourly = env.run(&["-q", "refresh"]);
+    hourly.assert_code(4);
+    assert!(
+        hourly
+            .stderr
+            .contains("wxheld: skipped until its secret is updated"),
+        "{}",
+        hourly.stderr
+    );
+}

@@ -1162,6 +1162,9 @@ fn a_refresh_with_no_accounts_warns_even_when_quiet() {
     let env = TestEnv::new();
     let out = run(&env, &["-q", "refresh"], 0);
     let db = env.db().display().to_string();
-    assert_stderr_has(&out, &["warning: no enabled accounts in", &db, "WXTOKEN_DB"]);
+    assert_stderr_has(
+        &out,
+        &["warning: no enabled accounts in", &db, "WXTOKEN_DB"],
+    );
     assert_eq!(env.api.hits(TOKEN), 0);
 }

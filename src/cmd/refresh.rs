@@ -63,7 +63,10 @@ pub fn run(store: Store, client: &Client, args: &RefreshArgs, quiet: bool) -> Re
     if let Err(err) = store.prune(wechat::unix_now(), DEFAULT_KEEP, now - ATTEMPT_RETENTION) {
         log::warn!("could not prune old rows: {err:#}");
     }
-    report(&accounts, &results, quiet)
+    // The frequent refresh-ahead run leaves held accounts to the hourly run to report, or
+    // a crontab with both would mail the same hold every four minutes.
+    let report_holds = !matches!(want, Want::ExpiringWithin(_));
+    report(&accounts, &results, quiet, report_holds)
 }
 
 /// Runs `work` over every account on up to `jobs` threads; results in account order.
@@ -88,10 +91,10 @@ fn run_pool<T: Sync, R: Send>(items: &[T], jobs: usize, work: impl Fn(&T) -> R +
         .collect()
 }
 
-fn report(accounts: &[Account], results: &[Done], quiet: bool) -> Result<u8> {
+fn report(accounts: &[Account], results: &[Done], quiet: bool, report_holds: bool) -> Result<u8> {
     let mut failed = Vec::new();
     let mut tickets_failed = Vec::new();
-    let (mut refreshed, mut fresh, mut busy) = (0, 0, 0);
+    let (mut refreshed, mut fresh, mut busy, mut held) = (0, 0, 0, 0);
     let mut code = exit::OK;
     for (account, done) in accounts.iter().zip(results) {
         let key = &account.key;
@@ -99,6 +102,7 @@ fn report(accounts: &[Account], results: &[Done], quiet: bool) -> Result<u8> {
             Done::Refreshed => refreshed += 1,
             Done::Fresh => fresh += 1,
             Done::Busy => busy += 1,
+            Done::Held(..) if !report_holds => held += 1,
             Done::Held(until, reason) => {
                 eprintln!("wxtoken: {key}: skipped {}: {reason}", held_text(*until));
                 failed.push(format!("{key}(held)"));
@@ -133,6 +137,9 @@ fn report(accounts: &[Account], results: &[Done], quiet: bool) -> Result<u8> {
     }
     if busy > 0 {
         line += &format!("; {busy} being refreshed by another run");
+    }
+    if held > 0 {
+        line += &format!("; {held} held after an error (see wxtoken status)");
     }
     if !failed.is_empty() {
         line += &format!("; {} failed: {}", failed.len(), failed.join(", "));
