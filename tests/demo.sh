@@ -79,6 +79,9 @@ say "The stand-in for WeChat's API listens on $api_base"
 say "Point wxtoken at a fresh database and at the stand-in. Without these variables the"
 printf '# %s\n' "database is ~/.local/share/wxtoken/wxtoken.db and the API https://api.weixin.qq.com."
 unset RUST_LOG
+# wxtoken honours HTTPS_PROXY and friends, as production behind a proxy needs; the
+# stand-in is on loopback, so keep a proxy set in this shell out of the way.
+export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}" no_proxy="127.0.0.1,localhost${no_proxy:+,$no_proxy}"
 export WXTOKEN_DB="$tmp/wxtoken.db"
 export WXTOKEN_API_BASE="$api_base"
 export WXTOKEN_WORK_API_BASE="$api_base"
