@@ -1023,7 +1023,7 @@ fn the_refresh_ahead_run_leaves_holds_to_the_hourly_run() {
     assert_eq!(ahead.stderr, "", "the refresh-ahead run stays quiet");
     assert_eq!(
         env.api.hits_for(TOKEN, "wxheld"),
-        0 + 1,
+        1,
         "the held account is not fetched"
     );
     assert_eq!(

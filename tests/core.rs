@@ -1168,3 +1168,19 @@ fn a_refresh_with_no_accounts_warns_even_when_quiet() {
     );
     assert_eq!(env.api.hits(TOKEN), 0);
 }
+
+#[test]
+fn an_empty_rejected_token_is_a_usage_error() {
+    let env = with_account();
+    for (args, stdin) in [(&["--reject", ""][..], ""), (&["--reject", "-"][..], "\n")] {
+        let out = env.run_with_stdin(&[&["get", "--appid", APPID][..], args].concat(), stdin);
+        out.assert_code(2);
+        assert_eq!(out.stdout, "");
+        assert_stderr_has(&out, &["--reject"]);
+    }
+    assert_eq!(
+        env.api.hits(TOKEN),
+        0,
+        "nothing is fetched for an empty token"
+    );
+}

@@ -1,11 +1,11 @@
 //! `wxtoken account ...`: add, list, remove, enable, disable, set-secret.
 
-use std::io::{self, BufRead, IsTerminal, Read, Write};
+use std::io::{self, BufRead, IsTerminal, Write};
 
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::{emit, rfc3339};
+use super::{emit, rfc3339, stdin_line};
 use crate::cli::{AccountArgs, AccountCommand, SecretSource};
 use crate::exit::{self, fail};
 use crate::secret::{self, Secret};
@@ -143,13 +143,7 @@ fn read_secret(source: &SecretSource, key: &AccountKey) -> Result<Secret> {
     } else if io::stdin().is_terminal() {
         prompt_without_echo(&format!("secret for {key}: "))?
     } else {
-        let mut line = String::new();
-        io::stdin()
-            .lock()
-            .take(64 * 1024)
-            .read_line(&mut line)
-            .context("could not read the secret from stdin")?;
-        line
+        stdin_line("the secret")?
     };
     let value = raw.trim();
     if value.is_empty() {

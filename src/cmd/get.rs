@@ -1,16 +1,15 @@
 //! `wxtoken get`: print the newest valid token. Read-only, one indexed query, unless the
 //! caller rejects a token (`--reject`), which may fetch a new one under the claim.
 
-use std::io::{self, BufRead, Read};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::json;
 
 use super::refresh::{self, Done, lock};
-use super::{emit, held_text, human, rfc3339};
+use super::{emit, held_text, human, rfc3339, stdin_line};
 use crate::cli::GetArgs;
 use crate::exit::{self, fail};
 use crate::policy;
@@ -32,11 +31,18 @@ pub fn run(db: &Path, key: &AccountKey, args: &GetArgs) -> Result<u8> {
         }
         Some(rejected) => {
             let rejected = if rejected == "-" {
-                read_stdin_line()?
+                stdin_line("the rejected token")?
             } else {
                 rejected.clone()
             };
-            renew(Store::open(db)?, key, &rejected, args, min_ttl)?
+            let rejected = rejected.trim();
+            if rejected.is_empty() {
+                return Err(fail(
+                    exit::USAGE,
+                    "--reject needs the token that failed, or - to read it from stdin",
+                ));
+            }
+            renew(Store::open(db)?, key, rejected, args, min_ttl)?
         }
     };
     emit(&render(key, kind, &row, args.json, wechat::unix_now()))?;
@@ -220,18 +226,4 @@ fn renew(
             )),
         };
     }
-}
-
-fn read_stdin_line() -> Result<String> {
-    let mut line = String::new();
-    io::stdin()
-        .lock()
-        .take(64 * 1024)
-        .read_line(&mut line)
-        .context("could not read the rejected token from stdin")?;
-    let token = line.trim().to_string();
-    if token.is_empty() {
-        return Err(fail(exit::USAGE, "--reject -: stdin holds no token"));
-    }
-    Ok(token)
 }

@@ -71,6 +71,19 @@ fn database_path(flag: Option<PathBuf>) -> Result<PathBuf> {
     Ok(dir.join("wxtoken.db"))
 }
 
+/// The first line of stdin (at most 64 KiB of it, so a wrong redirect cannot eat memory),
+/// untrimmed; `what` names it in errors.
+pub fn stdin_line(what: &str) -> Result<String> {
+    use std::io::{BufRead, Read};
+    let mut line = String::new();
+    io::stdin()
+        .lock()
+        .take(64 * 1024)
+        .read_line(&mut line)
+        .with_context(|| format!("could not read {what} from stdin"))?;
+    Ok(line)
+}
+
 /// Writes data to stdout. A reader that went away (`| head`) is not an error.
 pub fn emit(text: &str) -> Result<()> {
     let mut out = io::stdout().lock();
