@@ -868,18 +868,7 @@ fn status_shows_the_database_and_each_accounts_last_attempt() {
         "{}",
         out.stdout
     );
-    // An account's block: its line, then the indented lines below it.
-    let block = |appid: &str| {
-        let mut lines = out
-            .stdout
-            .lines()
-            .skip_while(|l| !l.starts_with(&format!("{appid} ")));
-        let head = lines
-            .next()
-            .unwrap_or_else(|| panic!("no {appid} in {}", out.stdout));
-        let rest: Vec<_> = lines.take_while(|l| l.starts_with(' ')).collect();
-        format!("{head}\n{}", rest.join("\n"))
-    };
+    let block = |appid: &str| support::status_block(&out.stdout, appid);
     let good = block("wxgood");
     assert!(good.contains("api=token enabled"), "{good}");
     assert!(good.contains("left") && good.contains(": ok"), "{good}");

@@ -161,3 +161,20 @@ pub fn wait(mut child: Child) -> Out {
     drop(child.stdin.take());
     Out::from_output(child.wait_with_output().expect("wait for wxtoken"))
 }
+
+/// The lines `wxtoken status` prints about one account: its own line and the indented ones
+/// below it. Panics, showing the whole output, if the account is not there.
+#[track_caller]
+pub fn status_block(stdout: &str, account: &str) -> String {
+    let mut lines = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with(&format!("{account} ")));
+    let head = lines
+        .next()
+        .unwrap_or_else(|| panic!("no {account} in status:\n{stdout}"));
+    let rest = lines.take_while(|l| l.starts_with(' '));
+    std::iter::once(head)
+        .chain(rest)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
