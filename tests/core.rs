@@ -1173,3 +1173,32 @@ fn an_empty_rejected_token_is_a_usage_error() {
         "nothing is fetched for an empty token"
     );
 }
+
+#[test]
+fn the_default_database_is_under_home_and_get_creates_nothing() {
+    let env = TestEnv::new();
+    env.unset_env("WXTOKEN_DB");
+    let home = env.dir.join("home");
+    std::fs::create_dir(&home).expect("home");
+    env.set_env("HOME", &home.display().to_string());
+    let db = home.join(".local/share/wxtoken/wxtoken.db");
+
+    let out = get(&env, APPID, &[]);
+    out.assert_code(5);
+    assert_stderr_has(&out, &[&db.display().to_string(), "does not exist"]);
+    assert!(!home.join(".local").exists(), "get created a directory");
+
+    add(&env, APPID, SECRET);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(db.parent().unwrap()), 0o700);
+    assert_eq!(mode(&db), 0o600);
+    let status = run(&env, &["status"], 0);
+    assert!(
+        status
+            .stdout
+            .starts_with(&format!("database {}\n", db.display())),
+        "{}",
+        status.stdout
+    );
+}

@@ -8,7 +8,7 @@ mod refresh;
 mod status;
 
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, SecondsFormat};
@@ -19,10 +19,17 @@ use crate::store::Store;
 use crate::wechat::{self, Client};
 
 pub fn run(cli: Cli) -> Result<u8> {
-    let db = database_path(cli.db)?;
+    let (db, is_default) = database_path(cli.db)?;
     let now = wechat::unix_now();
+    // Only commands that write may create the default directory; `get` creates nothing.
+    let open = || -> Result<Store> {
+        if is_default {
+            create_private_dir(db.parent().unwrap_or(&db))?;
+        }
+        Store::open(&db)
+    };
     match cli.command {
-        Command::Account(cmd) => account::run(&Store::open(&db)?, cmd, now, cli.quiet),
+        Command::Account(cmd) => account::run(&open()?, cmd, now, cli.quiet),
         Command::Get(args) => {
             let key = args.account.key().map_err(|e| fail(exit::USAGE, e))?;
             if args.reject.is_some() {
@@ -34,10 +41,10 @@ pub fn run(cli: Cli) -> Result<u8> {
             check_api(&args.api)?;
             let api = &args.api;
             let client = Client::new(&api.api_base, &api.work_api_base, api.timeout());
-            refresh::run(Store::open(&db)?, &client, &args, cli.quiet)
+            refresh::run(open()?, &client, &args, cli.quiet)
         }
-        Command::Prune(args) => prune::run(&Store::open(&db)?, &args, now, cli.quiet),
-        Command::Status(args) => status::run(&Store::open(&db)?, args.json, now),
+        Command::Prune(args) => prune::run(&open()?, &args, now, cli.quiet),
+        Command::Status(args) => status::run(&open()?, args.json, now),
     }
 }
 
@@ -46,29 +53,37 @@ fn check_api(api: &ApiArgs) -> Result<()> {
     check_base("--work-api-base", &api.work_api_base).map_err(|e| fail(exit::USAGE, e))
 }
 
-/// `--db`, else `WXTOKEN_DB` (clap reads both), else `~/.local/share/wxtoken/wxtoken.db`.
-/// The default depends on HOME only, which cron sets too, so cron and a login shell of the
-/// same user agree on it. Only the default directory is created; a named one must exist.
-fn database_path(flag: Option<PathBuf>) -> Result<PathBuf> {
+/// `--db`, else `WXTOKEN_DB` (clap reads both), else `~/.local/share/wxtoken/wxtoken.db`;
+/// and whether it is that default. The default depends on HOME only, which cron sets too,
+/// so cron and a login shell of the same user agree on it.
+fn database_path(flag: Option<PathBuf>) -> Result<(PathBuf, bool)> {
     if let Some(path) = flag {
         if path.as_os_str().is_empty() {
             return Err(fail(exit::USAGE, "--db / WXTOKEN_DB is empty"));
         }
-        return Ok(path);
+        return Ok((path, false));
     }
     let home = std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
         .ok_or_else(|| fail(exit::USAGE, "HOME is not set; pass --db or set WXTOKEN_DB"))?;
-    let dir = PathBuf::from(home).join(".local/share/wxtoken");
-    if !dir.is_dir() {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("could not create directory {}", dir.display()))?;
+    Ok((
+        PathBuf::from(home).join(".local/share/wxtoken/wxtoken.db"),
+        true,
+    ))
+}
+
+/// Creates the default directory (0700: the database in it holds secrets). A directory
+/// named with --db must exist already, so that a typo does not scatter databases around.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
     }
-    Ok(dir.join("wxtoken.db"))
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("could not create directory {}", dir.display()))
 }
 
 /// The first line of stdin (at most 64 KiB of it, so a wrong redirect cannot eat memory),
