@@ -21,15 +21,27 @@ Exit codes: 0 ok, 1 unexpected error, 2 bad arguments, 3 no valid token,
 4 a fetch from WeChat failed, 5 database problem, 6 no such account / already exists.")]
 pub struct Cli {
     /// SQLite database [default: ~/.local/share/wxtoken/wxtoken.db]
-    #[arg(long, global = true, env = "WXTOKEN_DB", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        env = "WXTOKEN_DB",
+        value_name = "PATH",
+        help_heading = "Global options"
+    )]
     pub db: Option<PathBuf>,
 
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG works too
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = "Global options")]
     pub verbose: u8,
 
     /// Only errors on stderr; `refresh` prints no summary when everything succeeded
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        help_heading = "Global options"
+    )]
     pub quiet: bool,
 
     #[command(subcommand)]
