@@ -212,12 +212,6 @@ fn status_block(env: &TestEnv, appid: &str) -> String {
     support::status_block(&out.stdout, appid)
 }
 
-fn open_db(env: &TestEnv) -> Connection {
-    let conn = Connection::open(env.db()).expect("open the test database");
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    conn
-}
-
 fn account_id(conn: &Connection, appid: &str) -> i64 {
     let sql = "SELECT id FROM accounts WHERE appid = ?1";
     conn.query_row(sql, [appid], |r| r.get(0)).unwrap()
@@ -225,7 +219,7 @@ fn account_id(conn: &Connection, appid: &str) -> i64 {
 
 /// Every stored token of an account, oldest first.
 fn token_rows(env: &TestEnv, appid: &str) -> Vec<String> {
-    let conn = open_db(env);
+    let conn = env.open_db();
     let mut stmt = conn
         .prepare(
             "SELECT t.token FROM tokens t JOIN accounts a ON a.id = t.account_id
@@ -238,7 +232,7 @@ fn token_rows(env: &TestEnv, appid: &str) -> Vec<String> {
 
 fn held_until(env: &TestEnv, appid: &str) -> Option<i64> {
     let sql = "SELECT held_until FROM accounts WHERE appid = ?1";
-    open_db(env).query_row(sql, [appid], |r| r.get(0)).unwrap()
+    env.open_db().query_row(sql, [appid], |r| r.get(0)).unwrap()
 }
 
 fn count(conn: &Connection, sql: &str) -> i64 {
@@ -248,7 +242,7 @@ fn count(conn: &Connection, sql: &str) -> i64 {
 
 /// The newest attempt's outcome of an account.
 fn last_outcome(env: &TestEnv, appid: &str) -> String {
-    let conn = open_db(env);
+    let conn = env.open_db();
     let id = account_id(&conn, appid);
     let sql = "SELECT outcome FROM attempts WHERE account_id = ?1 AND kind = 'access_token'
                ORDER BY id DESC LIMIT 1";
@@ -297,7 +291,7 @@ fn insert_claim(conn: &Connection, account: i64, host: &str, pid: i64, expires_a
 
 /// Who holds an account's claim: (host, pid).
 fn claim_of(env: &TestEnv, appid: &str) -> Option<(String, i64)> {
-    let conn = open_db(env);
+    let conn = env.open_db();
     let id = account_id(&conn, appid);
     let sql = "SELECT host, pid FROM claims WHERE account_id = ?1";
     conn.query_row(sql, [id], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -329,7 +323,7 @@ fn stable_requests(env: &TestEnv, appid: &str, since: usize) -> Vec<String> {
 /// What must hold after any crash: SQLite's own check, and no row that is half there.
 #[track_caller]
 fn assert_db_sane(env: &TestEnv) {
-    let conn = open_db(env);
+    let conn = env.open_db();
     let check: String = conn
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
@@ -511,9 +505,9 @@ fn assert_next_run_takes_over(env: &TestEnv, appid: &str, hits: usize) {
 #[test]
 fn live_claims_are_respected_and_expired_foreign_ones_taken_over() {
     let env = setup(&["wxclaim"]);
-    let id = account_id(&open_db(&env), "wxclaim");
+    let id = account_id(&env.open_db(), "wxclaim");
     let busy = |host: &str, pid: i64| {
-        insert_claim(&open_db(&env), id, host, pid, now() + 3600);
+        insert_claim(&env.open_db(), id, host, pid, now() + 3600);
         let out = refresh(&env, &[]);
         out.assert_code(0);
         assert!(
@@ -527,7 +521,7 @@ fn live_claims_are_respected_and_expired_foreign_ones_taken_over() {
     busy(&this_host(), i64::from(std::process::id()));
     busy("other-host.invalid", 1);
 
-    insert_claim(&open_db(&env), id, "other-host.invalid", 1, now() - 1);
+    insert_claim(&env.open_db(), id, "other-host.invalid", 1, now() - 1);
     assert_next_run_takes_over(&env, "wxclaim", 1);
 }
 
@@ -667,7 +661,7 @@ fn reject_hands_out_a_token_recorded_while_it_waited_for_the_claim() {
     let old = get(&env, a);
     // Another fetcher is committing a newer token: `get --reject` still reads `old` as the
     // newest, then waits for the write lock to claim the account.
-    let conn = open_db(&env);
+    let conn = env.open_db();
     conn.execute_batch("BEGIN IMMEDIATE").unwrap();
     insert_token(&conn, account_id(&conn, a), "newer-token", now(), 7200);
     let child = env.spawn(&["get", "--appid", a, "--reject", &old]);
@@ -727,7 +721,7 @@ fn stable_reject_falls_back_to_a_forced_refresh() {
     );
     assert_eq!(get(&env, a), new);
     assert_eq!(token_rows(&env, a), [current, new]);
-    let conn = open_db(&env);
+    let conn = env.open_db();
     let forced = count(&conn, "SELECT count(*) FROM forced_refreshes");
     assert_eq!(forced, 1);
 }
@@ -747,7 +741,7 @@ fn forced_refreshes_stay_within_wechats_budget() {
         t = now();
     }
     let day_start = next_china_midnight(t) - DAY;
-    let conn = open_db(&env);
+    let conn = env.open_db();
     let sql = "INSERT INTO forced_refreshes (account_id, at) VALUES (?1, ?2)";
     for _ in 0..20 {
         let at = day_start.max(t - 3600);
@@ -811,7 +805,7 @@ fn refresh_ahead_of_a_stable_token_that_is_still_current_adds_no_row() {
     assert_eq!(env.api.hits_for(STABLE_TOKEN, a), 2);
     assert_eq!(token_rows(&env, a), ["stable-1"]);
     assert_eq!(last_outcome(&env, a), "unchanged");
-    let conn = open_db(&env);
+    let conn = env.open_db();
     assert_eq!(count(&conn, "SELECT count(*) FROM attempts"), 2);
 }
 
@@ -941,7 +935,7 @@ fn prune_keeps_the_newest_and_every_valid_token() {
     let a = "wxprune";
     let env = setup(&[a]);
     let t = now();
-    let conn = open_db(&env);
+    let conn = env.open_db();
     let id = account_id(&conn, a);
     insert_token(&conn, id, "still-valid", t - 3000, 7200);
     for k in (1..=3).rev() {
@@ -951,7 +945,7 @@ fn prune_keeps_the_newest_and_every_valid_token() {
     refresh(&env, &[]).assert_code(0);
     let fetched = get(&env, a);
 
-    let conn = open_db(&env);
+    let conn = env.open_db();
     insert_attempt(&conn, id, t - 31 * DAY);
     insert_attempt(&conn, id, t - 29 * DAY);
     drop(conn);
@@ -961,7 +955,7 @@ fn prune_keeps_the_newest_and_every_valid_token() {
         assert!(out.stderr.contains(word), "{word:?} in {}", out.stderr);
     }
     assert_eq!(token_rows(&env, a), ["still-valid", "expired-1", &fetched]);
-    let conn = open_db(&env);
+    let conn = env.open_db();
     let old = format!(
         "SELECT count(*) FROM attempts WHERE started_at < {}",
         t - 30 * DAY
@@ -976,7 +970,7 @@ fn refresh_prunes_automatically() {
     let keep = documented_default("prune", "--keep");
     let env = setup(&[a]);
     let t = now();
-    let conn = open_db(&env);
+    let conn = env.open_db();
     let id = account_id(&conn, a);
     for k in (1..=keep as i64 + 10).rev() {
         insert_token(&conn, id, &format!("expired-{k}"), t - DAY - k * 3600, 7200);
@@ -994,7 +988,7 @@ fn refresh_prunes_automatically() {
         format!("expired-{}", keep - 1),
         "the newest ones stay"
     );
-    let conn = open_db(&env);
+    let conn = env.open_db();
     assert_eq!(count(&conn, "SELECT count(*) FROM attempts"), 2);
 }
 

@@ -75,20 +75,9 @@ fn refresh_after(env: &TestEnv, replies: &[Reply]) -> Out {
     refresh(env, &["--force"])
 }
 
-fn open_db(env: &TestEnv) -> rusqlite::Connection {
-    rusqlite::Connection::open(env.db()).expect("open the test database")
-}
-
-/// One integer from the test database.
-fn query_i64(env: &TestEnv, sql: &str) -> i64 {
-    open_db(env)
-        .query_row(sql, [], |r| r.get(0))
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
 /// The schema as SQLite stores it: every object's SQL, in a stable order.
 fn schema(env: &TestEnv) -> String {
-    open_db(env)
+    env.open_db()
         .query_row(
             "SELECT group_concat(type || ' ' || name || ': ' || ifnull(sql, ''), char(10))
              FROM (SELECT * FROM sqlite_master ORDER BY type, name)",
@@ -300,7 +289,7 @@ fn adding_an_existing_account_fails_before_reading_the_secret() {
         "prompted for a secret: {}",
         out.stderr
     );
-    assert_eq!(query_i64(&env, "SELECT count(*) FROM accounts"), 1);
+    assert_eq!(env.query_i64("SELECT count(*) FROM accounts"), 1);
 }
 
 #[test]
@@ -420,13 +409,13 @@ fn set_secret_replaces_the_secret_and_lifts_the_hold() {
 #[test]
 fn remove_deletes_the_account_and_its_tokens() {
     let env = with_token("TOKEN_to_be_removed", 7200);
-    assert_eq!(query_i64(&env, "SELECT count(*) FROM tokens"), 1);
+    assert_eq!(env.query_i64("SELECT count(*) FROM tokens"), 1);
     let out = run(&env, &["account", "remove", "--appid", APPID], 0);
     assert_stderr_has(&out, &["removed", APPID]);
 
     assert_no_token(&get(&env, APPID, &[]), &["no such account"]);
-    assert_eq!(query_i64(&env, "SELECT count(*) FROM tokens"), 0);
-    assert_eq!(query_i64(&env, "SELECT count(*) FROM attempts"), 0);
+    assert_eq!(env.query_i64("SELECT count(*) FROM tokens"), 0);
+    assert_eq!(env.query_i64("SELECT count(*) FROM attempts"), 0);
     run(&env, &["account", "remove", "--appid", APPID], 6);
     // The appid is free again.
     add(&env, APPID, SECRET);
@@ -662,7 +651,7 @@ fn get_without_a_valid_token_exits_3() {
 fn an_expired_token_is_not_handed_out() {
     let env = with_account();
     let now = unix_now();
-    open_db(&env)
+    env.open_db()
         .execute(
             "INSERT INTO tokens (account_id, kind, token, expires_in, fetched_at, expires_at)
              SELECT id, 'access_token', 'TOKEN_stale', 7200, ?2 - 7300, ?2 - 100
@@ -936,7 +925,7 @@ fn the_database_is_created_private() {
 #[test]
 fn migrations_run_once() {
     let env = with_account();
-    let version = query_i64(&env, "PRAGMA user_version");
+    let version = env.query_i64("PRAGMA user_version");
     assert!(version > 0);
     let before = schema(&env);
     let commands: [&[&str]; 6] = [
@@ -950,14 +939,14 @@ fn migrations_run_once() {
     for args in commands {
         run(&env, args, 0);
     }
-    assert_eq!(query_i64(&env, "PRAGMA user_version"), version);
+    assert_eq!(env.query_i64("PRAGMA user_version"), version);
     assert_eq!(schema(&env), before);
 }
 
 #[test]
 fn a_newer_schema_is_refused() {
     let env = with_token("TOKEN_v99", 7200);
-    open_db(&env)
+    env.open_db()
         .pragma_update(None, "user_version", 99)
         .expect("set version");
     let before = schema(&env);
@@ -973,7 +962,7 @@ fn a_newer_schema_is_refused() {
         assert_stderr_has(&out, &["99", "upgrade wxtoken"]);
     }
     assert_eq!(env.api.hits(TOKEN), 1, "a fetch against a newer schema");
-    assert_eq!(query_i64(&env, "PRAGMA user_version"), 99);
+    assert_eq!(env.query_i64("PRAGMA user_version"), 99);
     assert_eq!(schema(&env), before);
 }
 

@@ -120,16 +120,6 @@ fn ask_standin(env: &TestEnv, path_and_query: &str) -> Value {
     serde_json::from_str(&body).expect("a JSON body")
 }
 
-fn db(env: &TestEnv) -> rusqlite::Connection {
-    rusqlite::Connection::open(env.db()).expect("open the test database")
-}
-
-fn count(env: &TestEnv, sql: &str) -> i64 {
-    db(env)
-        .query_row(sql, [], |r| r.get(0))
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1058,9 +1048,9 @@ fn wecom_hands_back_the_same_token_and_no_row_is_added() {
     );
 
     let rows = "SELECT count(*) FROM tokens WHERE kind = 'access_token'";
-    assert_eq!(count(&env, rows), 1, "an unchanged token adds no row");
+    assert_eq!(env.query_i64(rows), 1, "an unchanged token adds no row");
     let outcomes: Vec<String> = {
-        let conn = db(&env);
+        let conn = env.open_db();
         let mut stmt = conn
             .prepare("SELECT outcome FROM attempts WHERE kind = 'access_token' ORDER BY id")
             .expect("prepare");
@@ -1079,7 +1069,7 @@ fn wecom_hands_back_the_same_token_and_no_row_is_added() {
     let second = get(&env, APP);
     assert_ne!(second, first);
     assert!(env.api.is_valid(&second));
-    assert_eq!(count(&env, rows), 2);
+    assert_eq!(env.query_i64(rows), 2);
 }
 
 #[test]
@@ -1114,7 +1104,7 @@ fn prune_applies_the_same_retention_to_ticket_rows() {
     // Older history, inserted before the refresh so that its rows are the older ones.
     let t = now();
     {
-        let conn = db(&env);
+        let conn = env.open_db();
         let id: i64 = conn
             .query_row("SELECT id FROM accounts WHERE appid = ?1", [APPID], |r| {
                 r.get(0)
@@ -1143,13 +1133,17 @@ fn prune_applies_the_same_retention_to_ticket_rows() {
         .push(standin::TICKET, Reply::token("newest-ticket", 7200));
     run(&env, "refresh").assert_code(0);
     let tickets = "SELECT count(*) FROM tokens WHERE kind = 'jsapi'";
-    assert_eq!(count(&env, tickets), 5, "refresh's own prune keeps 48 rows");
+    assert_eq!(
+        env.query_i64(tickets),
+        5,
+        "refresh's own prune keeps 48 rows"
+    );
 
     let out = run(&env, "prune --keep 1");
     out.assert_code(0);
     assert_has(&out.stderr, &["pruned 6 token rows"]);
     let left: Vec<String> = {
-        let conn = db(&env);
+        let conn = env.open_db();
         let mut stmt = conn
             .prepare("SELECT token FROM tokens WHERE kind = 'jsapi' ORDER BY id")
             .expect("prepare");
@@ -1160,10 +1154,7 @@ fn prune_applies_the_same_retention_to_ticket_rows() {
     };
     assert_eq!(left, ["older-but-valid-ticket", "newest-ticket"]);
     assert_eq!(
-        count(
-            &env,
-            "SELECT count(*) FROM tokens WHERE kind = 'access_token'"
-        ),
+        env.query_i64("SELECT count(*) FROM tokens WHERE kind = 'access_token'"),
         1
     );
     assert_eq!(

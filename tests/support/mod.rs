@@ -73,6 +73,23 @@ impl TestEnv {
         self.dir.join("wxtoken.db")
     }
 
+    /// A connection to the test database, for checks the CLI does not show; it waits for
+    /// a writer like the binary does.
+    pub fn open_db(&self) -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open(self.db()).expect("open the test database");
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .expect("busy timeout");
+        conn
+    }
+
+    /// One integer from the test database.
+    #[track_caller]
+    pub fn query_i64(&self, sql: &str) -> i64 {
+        self.open_db()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     /// Base URL of the stand-in.
     pub fn url(&self) -> String {
         self.api.url()
