@@ -5,6 +5,7 @@ mod cmd;
 mod exit;
 mod logging;
 mod policy;
+mod quota;
 mod secret;
 mod store;
 mod wechat;

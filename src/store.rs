@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_claims_holds.sql"),
     include_str!("../migrations/0003_tickets.sql"),
+    include_str!("../migrations/0004_quota.sql"),
 ];
 
 /// How long a connection waits for another process's write before giving up.
@@ -41,6 +42,17 @@ impl AccountKey {
         AccountKey {
             appid: appid.to_string(),
             agent: String::new(),
+        }
+    }
+
+    /// An account as named on the command line: an appid, or a WeCom app as CORPID/AGENTID.
+    pub fn from_name(name: &str) -> AccountKey {
+        match name.split_once('/') {
+            Some((corpid, agent)) => AccountKey {
+                appid: corpid.to_string(),
+                agent: agent.to_string(),
+            },
+            None => AccountKey::appid(name),
         }
     }
 }
@@ -672,6 +684,68 @@ impl Store {
                 })
             })
             .optional()?)
+    }
+}
+
+impl Store {
+    // ---- quota ----
+
+    /// How many token requests wxtoken sent for an account since `since`: the tries of its
+    /// access-token attempts, plus one for each forced stable refresh, whose normal-mode
+    /// call before it is not recorded as an attempt of its own.
+    pub fn fetches_since(&self, account_id: i64, since: i64) -> Result<i64> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT (SELECT ifnull(sum(tries), 0) FROM attempts
+                     WHERE account_id = ?1 AND kind = ?3 AND started_at >= ?2)
+                  + (SELECT count(*) FROM forced_refreshes WHERE account_id = ?1 AND at >= ?2)",
+        )?;
+        Ok(stmt.query_row(params![account_id, since, ACCESS_TOKEN], |r| r.get(0))?)
+    }
+
+    /// How many quota resets WeChat confirmed for an account since `since`.
+    pub fn quota_resets_since(&self, account_id: i64, since: i64) -> Result<i64> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT count(*) FROM quota_resets WHERE account_id = ?1 AND ok = 1 AND at >= ?2",
+        )?;
+        Ok(stmt.query_row(params![account_id, since], |r| r.get(0))?)
+    }
+
+    /// Records a quota reset; after a successful one, releases the account's hold if its
+    /// last token fetch failed with 45009 (the daily quota), all in one transaction.
+    /// Returns whether a hold was released.
+    pub fn record_quota_reset(
+        &self,
+        account_id: i64,
+        at: i64,
+        failure: Option<(Option<i64>, &str)>,
+    ) -> Result<bool> {
+        let tx = Transaction::immediate(&self.conn, &self.path)?;
+        let (errcode, detail) = failure.unzip();
+        self.conn
+            .prepare_cached(
+                "INSERT INTO quota_resets (account_id, at, ok, errcode, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                account_id,
+                at,
+                failure.is_none(),
+                errcode.flatten(),
+                detail
+            ])?;
+        let released = failure.is_none()
+            && self
+                .conn
+                .prepare_cached(
+                    "UPDATE accounts SET held_until = NULL, held_reason = NULL
+                     WHERE id = ?1 AND held_until IS NOT NULL
+                       AND (SELECT errcode FROM attempts WHERE account_id = ?1 AND kind = ?2
+                            ORDER BY id DESC LIMIT 1) = 45009",
+                )?
+                .execute(params![account_id, ACCESS_TOKEN])?
+                > 0;
+        tx.commit()?;
+        Ok(released)
     }
 }
 

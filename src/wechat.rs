@@ -10,6 +10,9 @@ use serde::Deserialize;
 use crate::policy;
 use crate::secret::{self, Secret};
 
+mod quota;
+pub use quota::Quota;
+
 /// Where WeChat's API lives unless `--api-base` / `WXTOKEN_API_BASE` says otherwise.
 pub const DEFAULT_API_BASE: &str = "https://api.weixin.qq.com";
 /// Where WeCom's API lives unless `--work-api-base` / `WXTOKEN_WORK_API_BASE` says otherwise.
@@ -135,8 +138,13 @@ impl Failure {
     /// The message for a ticket fetch, whose errcodes mean something else (40001 there is
     /// about the token, not the secret).
     pub fn for_ticket(&self) -> String {
+        self.explained(policy::ticket_hint)
+    }
+
+    /// The message for a call whose errcodes `hint` explains (a ticket, a quota tool).
+    pub fn explained(&self, hint: impl Fn(i64, &str) -> Option<String>) -> String {
         match self {
-            Failure::WeChat { errcode, errmsg } => match policy::ticket_hint(*errcode, errmsg) {
+            Failure::WeChat { errcode, errmsg } => match hint(*errcode, errmsg) {
                 Some(hint) => format!("WeChat errcode {errcode} ({errmsg}): {hint}"),
                 None => format!("WeChat errcode {errcode} ({errmsg})"),
             },
@@ -170,11 +178,11 @@ impl fmt::Display for Failure {
     }
 }
 
-/// One fetch, after retries: the result, how many tries it took, and when the successful
-/// request was sent (Unix seconds).
+/// One call, after retries: the result (a token, unless the call is about something
+/// else), how many tries it took, and when the successful request was sent (Unix seconds).
 #[derive(Debug)]
-pub struct Outcome {
-    pub result: Result<Fetched, Failure>,
+pub struct Outcome<T = Fetched> {
+    pub result: Result<T, Failure>,
     pub tries: u32,
     pub sent_at: i64,
     pub started_at: i64,
@@ -253,11 +261,11 @@ impl Client {
         })
     }
 
-    fn with_retries(
+    fn with_retries<T>(
         &self,
         secret: &Secret,
-        mut once: impl FnMut() -> Result<Fetched, Failure>,
-    ) -> Outcome {
+        mut once: impl FnMut() -> Result<T, Failure>,
+    ) -> Outcome<T> {
         let started = Instant::now();
         let started_at = unix_now();
         let mut tries = 0;
@@ -371,20 +379,8 @@ struct Reply {
 
 /// Strict parsing of a reply: a WeChat error, or a well-formed `field` with `expires_in`.
 fn parse_reply(body: String, field: &str) -> Result<Fetched, Failure> {
-    if body.trim().is_empty() {
-        return Err(Failure::NotJson("empty body".to_string()));
-    }
-    let reply: Reply = match serde_json::from_str(&body) {
-        Ok(reply) => reply,
-        Err(e) if e.is_syntax() || e.is_eof() => {
-            return Err(Failure::NotJson(body));
-        }
-        Err(e) => return Err(Failure::Invalid(e.to_string())),
-    };
-    if let Some(errcode) = reply.errcode.filter(|&c| c != 0) {
-        let errmsg = reply.errmsg.unwrap_or_default();
-        return Err(Failure::WeChat { errcode, errmsg });
-    }
+    let reply: Reply = decode(body)?;
+    check_errcode(reply.errcode, reply.errmsg)?;
     let value = if field == "ticket" {
         reply.ticket
     } else {
@@ -405,6 +401,30 @@ fn parse_reply(body: String, field: &str) -> Result<Fetched, Failure> {
         )));
     }
     Ok(Fetched { token, expires_in })
+}
+
+/// A reply body as JSON of type `T`. A body that is not JSON at all (a proxy's error page)
+/// is `NotJson`, which is transient; JSON of the wrong shape is `Invalid`, which is not.
+fn decode<T: serde::de::DeserializeOwned>(body: String) -> Result<T, Failure> {
+    if body.trim().is_empty() {
+        return Err(Failure::NotJson("empty body".to_string()));
+    }
+    match serde_json::from_str(&body) {
+        Ok(reply) => Ok(reply),
+        Err(e) if e.is_syntax() || e.is_eof() => Err(Failure::NotJson(body)),
+        Err(e) => Err(Failure::Invalid(e.to_string())),
+    }
+}
+
+/// A non-zero errcode as a failure; no errcode or 0 is fine.
+fn check_errcode(errcode: Option<i64>, errmsg: Option<String>) -> Result<(), Failure> {
+    match errcode.filter(|&c| c != 0) {
+        Some(errcode) => Err(Failure::WeChat {
+            errcode,
+            errmsg: errmsg.unwrap_or_default(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Makes a failure's text safe to show: the secret scrubbed out first (library errors can

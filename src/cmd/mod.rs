@@ -4,6 +4,7 @@
 mod account;
 mod get;
 mod prune;
+mod quota;
 mod refresh;
 mod status;
 
@@ -44,6 +45,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             refresh::run(open()?, &client, &args, cli.quiet)
         }
         Command::Prune(args) => prune::run(&open()?, &args, now, cli.quiet),
+        Command::Quota(args) => quota::run(&open()?, &args, now, cli.quiet),
         Command::Status(args) => status::run(&open()?, args.json, now),
     }
 }

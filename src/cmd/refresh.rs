@@ -161,13 +161,7 @@ fn targets(store: &Store, named: &[String]) -> Result<Vec<Account>> {
     }
     let mut picked = Vec::new();
     for name in named {
-        let key = match name.split_once('/') {
-            Some((corpid, agent)) => AccountKey {
-                appid: corpid.to_string(),
-                agent: agent.to_string(),
-            },
-            None => AccountKey::appid(name),
-        };
+        let key = AccountKey::from_name(name);
         match all.iter().find(|a| a.key == key) {
             Some(a) if a.enabled => picked.push(a.clone()),
             Some(_) => {

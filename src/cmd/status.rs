@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use super::{emit, held_text, human, rfc3339};
 use crate::exit;
 use crate::policy;
+use crate::quota;
 use crate::store::{ACCESS_TOKEN, Account, AttemptRow, Store, TokenRow};
 
 /// One credential of an account: its access token or one of its tickets.
@@ -28,12 +29,13 @@ pub fn run(store: &Store, json_out: bool, now: i64) -> Result<u8> {
                 attempt: store.last_attempt(account.id, kind)?,
             });
         }
-        rows.push((account, lines));
+        let today = store.fetches_since(account.id, quota::day_start(now))?;
+        rows.push((account, lines, today));
     }
     let text = if json_out {
         let accounts: Vec<Value> = rows
             .iter()
-            .map(|(a, lines)| account_json(a, lines, now))
+            .map(|(a, lines, today)| account_json(a, lines, *today, now))
             .collect();
         let doc = json!({ "database": store.path().display().to_string(), "accounts": accounts });
         format!("{doc}\n")
@@ -42,8 +44,8 @@ pub fn run(store: &Store, json_out: bool, now: i64) -> Result<u8> {
         if rows.is_empty() {
             text += "no accounts; add one with `wxtoken account add`\n";
         }
-        for (a, lines) in &rows {
-            text += &account_text(a, lines, now);
+        for (a, lines, today) in &rows {
+            text += &account_text(a, lines, *today, now);
         }
         text
     };
@@ -51,7 +53,7 @@ pub fn run(store: &Store, json_out: bool, now: i64) -> Result<u8> {
     Ok(exit::OK)
 }
 
-fn account_text(a: &Account, lines: &[Line], now: i64) -> String {
+fn account_text(a: &Account, lines: &[Line], today: i64, now: i64) -> String {
     let mut text = format!(
         "{}  api={} {}\n",
         a.key,
@@ -61,6 +63,7 @@ fn account_text(a: &Account, lines: &[Line], now: i64) -> String {
     if let Some((until, reason)) = held(a, now) {
         text += &format!("    SKIPPED by refresh {until}: {reason}\n");
     }
+    text += &format!("    token fetches today: {today} (since midnight China time)\n");
     for line in lines {
         let label = if line.kind == ACCESS_TOKEN {
             "token".to_string()
@@ -92,13 +95,14 @@ fn account_text(a: &Account, lines: &[Line], now: i64) -> String {
     text
 }
 
-fn account_json(a: &Account, lines: &[Line], now: i64) -> Value {
+fn account_json(a: &Account, lines: &[Line], today: i64, now: i64) -> Value {
     let mut obj = json!({
         "appid": a.key.appid,
         "agentid": (!a.key.agent.is_empty()).then_some(&a.key.agent),
         "api": a.api.as_str(),
         "enabled": a.enabled,
         "held": held(a, now).map(|(until, reason)| json!({"until": until, "reason": reason})),
+        "fetches_today": today,
     });
     let mut tickets = serde_json::Map::new();
     for line in lines {
