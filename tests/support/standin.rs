@@ -853,12 +853,7 @@ impl State {
     }
 
     fn stable(&mut self, req: &Request) -> Result<Reply, Reply> {
-        if req.method != "POST" {
-            return Err(self.err(43002, "require POST method"));
-        }
-        let Some(body) = parse_flat_json(&req.body) else {
-            return Err(self.err(47001, "data format error"));
-        };
+        let body = self.json_post(req)?;
         let b = |k: &str| body.get(k).map_or("", String::as_str);
         if b("grant_type") != "client_credential" {
             return Err(self.err(40002, "invalid grant_type"));
@@ -880,6 +875,14 @@ impl State {
         Ok(self.issue(Kind::Stable, appid, secret))
     }
 
+    /// The flat JSON body of a POST; WeChat answers 43002 to another method.
+    fn json_post(&mut self, req: &Request) -> Result<HashMap<String, String>, Reply> {
+        if req.method != "POST" {
+            return Err(self.err(43002, "require POST method"));
+        }
+        parse_flat_json(&req.body).ok_or_else(|| self.err(47001, "data format error"))
+    }
+
     fn limit(&self, appid: &str, path: &str) -> u64 {
         let k = (appid.to_string(), path.to_string());
         self.limits
@@ -899,9 +902,7 @@ impl State {
 
     /// `getApiQuota`: POST with the token in the query and `{"cgi_path": ...}` as the body.
     fn quota_get(&mut self, req: &Request) -> Result<Reply, Reply> {
-        if req.method != "POST" {
-            return Err(self.err(43002, "require POST method"));
-        }
+        let body = self.json_post(req)?;
         let token = req.query.get("access_token").map_or("", String::as_str);
         if token.is_empty() {
             return Err(self.err(41001, "access_token missing"));
@@ -912,9 +913,6 @@ impl State {
                 let msg = "invalid credential, access_token is invalid or not latest";
                 return Err(self.err(40001, msg));
             }
-        };
-        let Some(body) = parse_flat_json(&req.body) else {
-            return Err(self.err(47001, "data format error"));
         };
         let path = body.get("cgi_path").map_or("", String::as_str);
         if !path.starts_with('/') {
@@ -937,12 +935,7 @@ impl State {
 
     /// `clearQuotaByAppSecret`: POST with appid and appsecret in a JSON body.
     fn clear_quota(&mut self, req: &Request) -> Result<Reply, Reply> {
-        if req.method != "POST" {
-            return Err(self.err(43002, "require POST method"));
-        }
-        let Some(body) = parse_flat_json(&req.body) else {
-            return Err(self.err(47001, "data format error"));
-        };
+        let body = self.json_post(req)?;
         let b = |k: &str| body.get(k).map_or("", String::as_str);
         let (appid, secret) = (b("appid"), b("appsecret"));
         self.check_creds(appid, secret, false)?;
