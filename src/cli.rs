@@ -18,7 +18,7 @@ use crate::wechat::{Api, Ticket};
   TOKEN=$(wxtoken get --appid wx1234567890abcdef) || exit 1
 
 Exit codes: 0 ok, 1 unexpected error, 2 bad arguments, 3 no valid token,
-4 a fetch from WeChat failed, 5 database problem, 6 no such account / already exists.")]
+4 a call to WeChat failed, 5 database problem, 6 no such account / already exists.")]
 pub struct Cli {
     /// SQLite database [default: ~/.local/share/wxtoken/wxtoken.db]
     #[arg(
@@ -80,8 +80,7 @@ Exits 3, printing nothing on stdout, when there is no valid token
   wxtoken status
   wxtoken status --json | jq '.accounts[] | select(.last_attempt.outcome != \"ok\")'")]
     Status(StatusArgs),
-    /// Show each account's daily token quota as WeChat counts it, next to wxtoken's own
-    /// fetches; `quota reset` clears it
+    /// Show today's token quota as WeChat counts it, next to wxtoken's own fetches; or reset it
     #[command(
         args_conflicts_with_subcommands = true,
         after_help = "Examples:

@@ -6,12 +6,14 @@ use std::fmt;
 pub const OK: u8 = 0;
 /// An unexpected failure: I/O, a bug, anything not classified below.
 pub const ERROR: u8 = 1;
-/// Bad arguments or bad input (clap uses 2 for its own usage errors too).
+/// Bad arguments or bad input (clap uses 2 for its own usage errors too); also a
+/// `quota reset` that was not confirmed (no `--yes` off a terminal, or not answered yes).
 pub const USAGE: u8 = 2;
 /// `get`: there is no valid token to print (unknown account, none fetched yet, expired,
-/// or less than `--min-ttl` left).
+/// or less than `--min-ttl` left); `quota`: an account has no valid stored token to ask with.
 pub const NO_TOKEN: u8 = 3;
-/// `refresh`, `get --reject`: at least one fetch from WeChat failed.
+/// `refresh`, `get --reject`: at least one fetch from WeChat failed; `quota`, `quota
+/// reset`: a call to WeChat failed.
 pub const FETCH_FAILED: u8 = 4;
 /// The database could not be opened, is not a wxtoken database, or is newer than this binary.
 pub const DATABASE: u8 = 5;
