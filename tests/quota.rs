@@ -141,7 +141,7 @@ fn status_counts_todays_fetches_from_the_attempts() {
     let block = support::status_block(&out.stdout, APPID);
     assert_has(
         &block,
-        &["token fetches today: 3 (since midnight China time)"],
+        &["fetches today: 3 (wxtoken's own token requests since midnight China time)"],
     );
     let doc = json(&run(&env, "status --json").assert_code(0).stdout);
     assert_eq!(doc["accounts"][0]["fetches_today"], 3, "{doc}");

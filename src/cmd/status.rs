@@ -63,7 +63,9 @@ fn account_text(a: &Account, lines: &[Line], today: i64, now: i64) -> String {
     if let Some((until, reason)) = held(a, now) {
         text += &format!("    SKIPPED by refresh {until}: {reason}\n");
     }
-    text += &format!("    token fetches today: {today} (since midnight China time)\n");
+    text += &format!(
+        "    fetches today: {today} (wxtoken's own token requests since midnight China time)\n"
+    );
     for line in lines {
         let label = if line.kind == ACCESS_TOKEN {
             "token".to_string()
