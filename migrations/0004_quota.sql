@@ -11,5 +11,3 @@ CREATE TABLE quota_resets (
 );
 CREATE INDEX quota_resets_account ON quota_resets (account_id, at);
 
--- wxtoken's own fetches today: the tries of one account's attempts since midnight.
-CREATE INDEX attempts_day ON attempts (account_id, kind, started_at);
