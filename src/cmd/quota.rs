@@ -4,7 +4,7 @@
 use std::io::{self, IsTerminal, Write};
 
 use anyhow::Result;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{check_api, emit, stdin_line};
 use crate::cli::{QuotaArgs, QuotaCommand, ResetArgs};
@@ -25,47 +25,11 @@ pub fn run(store: &Store, args: &QuotaArgs, now: i64, quiet: bool) -> Result<u8>
     let mut text = String::new();
     let mut entries = Vec::new();
     for account in targets(store, &args.appid)? {
-        let key = &account.key;
         let own = store.fetches_since(account.id, quota::day_start(now))?;
         let checked = check(store, &client, &account, now)?;
-        let entry = match &checked {
-            Checked::Skipped(reason) => {
-                if !quiet || reason.no_token {
-                    eprintln!("wxtoken: {key}: skipped: {}", reason.text);
-                }
-                if reason.no_token {
-                    code = code.max(exit::NO_TOKEN);
-                }
-                json!({ "skipped": reason.text })
-            }
-            Checked::Failed(path, failure) => {
-                let message = failure.explained(|c, m| quota::check_hint(c, m, path));
-                eprintln!("wxtoken: {key}: quota check failed: {message}");
-                code = code.max(exit::FETCH_FAILED);
-                let (errcode, errmsg) = match failure {
-                    Failure::WeChat { errcode, errmsg } => (Some(*errcode), Some(errmsg.as_str())),
-                    _ => (None, None),
-                };
-                json!({ "cgi_path": path, "error": {
-                    "message": message, "errcode": errcode, "errmsg": errmsg } })
-            }
-            Checked::Quota(path, q) => {
-                let foreign = quota::foreign_fetches(q.used, own);
-                let diagnosis = foreign.map(|n| diagnosis(account.api, n));
-                text += &format!(
-                    "{key}  {path}\n    WeChat today: limit {}, used {}, remaining {}\n    \
-                     wxtoken's own fetches today: {own}\n",
-                    q.daily_limit, q.used, q.remain
-                );
-                if let Some(d) = &diagnosis {
-                    text += &format!("    ANOTHER FETCHER: {d}\n");
-                }
-                json!({ "cgi_path": path,
-                    "quota": { "daily_limit": q.daily_limit, "used": q.used, "remain": q.remain },
-                    "foreign_fetches": foreign, "diagnosis": diagnosis })
-            }
-        };
-        let mut entry = entry;
+        let (mut entry, account_code) = report(&account, &checked, own, quiet, &mut text);
+        code = code.max(account_code);
+        let key = &account.key;
         entry["appid"] = json!(key.appid);
         entry["agentid"] = json!((!key.agent.is_empty()).then_some(&key.agent));
         entry["api"] = json!(account.api.as_str());
@@ -78,6 +42,60 @@ pub fn run(store: &Store, args: &QuotaArgs, now: i64, quiet: bool) -> Result<u8>
         emit(&text)?;
     }
     Ok(code)
+}
+
+/// One account's result: its lines of text (appended to `text`), its JSON entry and its
+/// exit code. Skips and failures go to stderr, where cron mail and humans see them.
+fn report(
+    account: &Account,
+    checked: &Checked,
+    own: i64,
+    quiet: bool,
+    text: &mut String,
+) -> (Value, u8) {
+    let key = &account.key;
+    match checked {
+        Checked::Skipped(reason) => {
+            if !quiet || reason.no_token {
+                eprintln!("wxtoken: {key}: skipped: {}", reason.text);
+            }
+            let code = if reason.no_token {
+                exit::NO_TOKEN
+            } else {
+                exit::OK
+            };
+            (json!({ "skipped": reason.text }), code)
+        }
+        Checked::Failed(path, failure) => {
+            let message = failure.explained(|c, m| quota::check_hint(c, m, path));
+            eprintln!("wxtoken: {key}: quota check failed: {message}");
+            let (errcode, errmsg) = match failure {
+                Failure::WeChat { errcode, errmsg } => (Some(*errcode), Some(errmsg.as_str())),
+                _ => (None, None),
+            };
+            let error = json!({ "message": message, "errcode": errcode, "errmsg": errmsg });
+            (
+                json!({ "cgi_path": path, "error": error }),
+                exit::FETCH_FAILED,
+            )
+        }
+        Checked::Quota(path, q) => {
+            let foreign = quota::foreign_fetches(q.used, own);
+            let diagnosis = foreign.map(|n| diagnosis(account.api, n));
+            *text += &format!(
+                "{key}  {path}\n    WeChat today: limit {}, used {}, remaining {}\n    \
+                 wxtoken's own fetches today: {own}\n",
+                q.daily_limit, q.used, q.remain
+            );
+            if let Some(d) = &diagnosis {
+                *text += &format!("    ANOTHER FETCHER: {d}\n");
+            }
+            let quota = json!({ "daily_limit": q.daily_limit, "used": q.used, "remain": q.remain });
+            let entry = json!({ "cgi_path": path, "quota": quota,
+                "foreign_fetches": foreign, "diagnosis": diagnosis });
+            (entry, exit::OK)
+        }
+    }
 }
 
 /// What one account's check found.
