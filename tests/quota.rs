@@ -157,6 +157,30 @@ fn status_counts_todays_fetches_from_the_attempts() {
     assert_eq!(doc["accounts"][0]["fetches_today"], 4, "{doc}");
 }
 
+#[test]
+fn a_forced_stable_refresh_counts_the_call_before_it() {
+    let env = TestEnv::new();
+    add(&env, &format!("--appid {STABLE} --api stable"), SECRET);
+    run(&env, "refresh").assert_code(0);
+    let token = run(&env, &format!("get --appid {STABLE}")).stdout.clone();
+    // WeChat hands the rejected token back in normal mode; wxtoken then forces a new one:
+    // two calls, of which only the forced one is an attempt.
+    let renewed = run(
+        &env,
+        &format!("get --appid {STABLE} --reject {}", token.trim()),
+    )
+    .assert_code(0)
+    .stdout
+    .clone();
+    assert_ne!(renewed, token);
+    assert_eq!(env.api.hits(STABLE_TOKEN), 3);
+    let doc = json(&run(&env, "status --json").assert_code(0).stdout);
+    assert_eq!(doc["accounts"][0]["fetches_today"], 3, "{doc}");
+    let out = run(&env, "quota").assert_code(0).clone();
+    assert_has(&out.stdout, &["used 3,", "own fetches today: 3"]);
+    assert!(!out.stdout.contains("ANOTHER FETCHER"), "{}", out.stdout);
+}
+
 // ---- quota --------------------------------------------------------------------------------
 
 #[test]
