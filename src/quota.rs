@@ -19,6 +19,10 @@ pub const FOREIGN_MIN_EXCESS: i64 = 5;
 /// may land on the other side of WeChat's day boundary.
 pub const FOREIGN_MIN_SHARE: i64 = 10;
 
+/// `quota` warns once WeChat counts this share of the daily limit as used, in percent:
+/// enough left to act (find the other fetcher, or reset) before 45009 stops every fetch.
+pub const WARN_SHARE: i64 = 80;
+
 const CHINA: i32 = 8 * 3600;
 
 /// Unix seconds of the last midnight China time (UTC+8): the start of the quota day.
@@ -55,6 +59,13 @@ pub fn foreign_fetches(used: i64, own: i64) -> Option<i64> {
     let excess = used - own;
     let margin = FOREIGN_MIN_EXCESS.max((own * FOREIGN_MIN_SHARE + 99) / 100);
     (excess >= margin).then_some(excess)
+}
+
+/// Whether `used` has reached `WARN_SHARE` percent of `daily_limit`. A limit of 0 is not
+/// warned about: WeChat's own documentation shows all-zero quotas for APIs it does not
+/// ration, so 0 does not mean "nothing left".
+pub fn near_limit(used: i64, daily_limit: i64) -> bool {
+    daily_limit > 0 && used * 100 >= daily_limit * WARN_SHARE
 }
 
 /// What to do about an errcode from `quota/get`.
@@ -148,6 +159,14 @@ mod tests {
         assert_eq!(foreign_fetches(219, 200), None);
         assert_eq!(foreign_fetches(220, 200), Some(20));
         assert_eq!(foreign_fetches(5, 0), Some(5));
+    }
+
+    #[test]
+    fn warns_from_the_share_on() {
+        assert!(!near_limit(1599, 2000));
+        assert!(near_limit(1600, 2000));
+        assert!(near_limit(2000, 2000));
+        assert!(!near_limit(0, 0), "WeChat's example for an unrationed API");
     }
 
     #[test]

@@ -240,13 +240,37 @@ fn another_fetcher_is_named_once_wechat_counts_clearly_more() {
             "wxtoken get",
         ],
     );
+    assert!(!out.stdout.contains("WARNING"), "{}", out.stdout);
     let doc = json(&run(&env, "quota --json").assert_code(0).stdout);
     let e = entry(&doc, APPID);
+    assert_eq!(e["near_limit"], false);
     assert_eq!(e["foreign_fetches"], 5);
     assert!(
         e["diagnosis"].as_str().unwrap().contains("another program"),
         "{e}"
     );
+}
+
+#[test]
+fn quota_warns_near_the_daily_limit() {
+    let env = with_token();
+    env.api.set_daily_limit(APPID, TOKEN, 10);
+    env.api.add_used(APPID, TOKEN, 6);
+    let out = run(&env, "quota").assert_code(0).clone();
+    assert_has(&out.stdout, &["limit 10, used 7, remaining 3"]);
+    assert!(!out.stdout.contains("WARNING"), "{}", out.stdout);
+    env.api.add_used(APPID, TOKEN, 1);
+    let out = run(&env, "quota").assert_code(0).clone();
+    assert_has(
+        &out.stdout,
+        &[
+            "used 8,",
+            "WARNING: 80% of the daily limit used or more",
+            "45009",
+        ],
+    );
+    let doc = json(&run(&env, "quota --json").assert_code(0).stdout);
+    assert_eq!(entry(&doc, APPID)["near_limit"], true);
 }
 
 #[test]

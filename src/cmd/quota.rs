@@ -87,11 +87,19 @@ fn report(
                  wxtoken's own fetches today: {own}\n",
                 q.daily_limit, q.used, q.remain
             );
+            let near_limit = quota::near_limit(q.used, q.daily_limit);
+            if near_limit {
+                *text += &format!(
+                    "    WARNING: {}% of the daily limit used or more; at the limit every \
+                     fetch fails with 45009 until midnight China time\n",
+                    quota::WARN_SHARE
+                );
+            }
             if let Some(d) = &diagnosis {
                 *text += &format!("    ANOTHER FETCHER: {d}\n");
             }
             let quota = json!({ "daily_limit": q.daily_limit, "used": q.used, "remain": q.remain });
-            let entry = json!({ "cgi_path": path, "quota": quota,
+            let entry = json!({ "cgi_path": path, "quota": quota, "near_limit": near_limit,
                 "foreign_fetches": foreign, "diagnosis": diagnosis });
             (entry, exit::OK)
         }
