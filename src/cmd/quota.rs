@@ -24,8 +24,9 @@ pub fn run(store: &Store, args: &QuotaArgs, now: i64, quiet: bool) -> Result<u8>
     let mut code = exit::OK;
     let mut text = String::new();
     let mut entries = Vec::new();
+    let fetched = store.fetches_since(quota::day_start(now))?;
     for account in targets(store, &args.appid)? {
-        let own = store.fetches_since(account.id, quota::day_start(now))?;
+        let own = fetched.get(&account.id).copied().unwrap_or(0);
         let checked = check(store, &client, &account, now)?;
         let (mut entry, account_code) = report(&account, &checked, own, quiet, &mut text);
         code = code.max(account_code);

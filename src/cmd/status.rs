@@ -19,6 +19,7 @@ struct Line {
 
 pub fn run(store: &Store, json_out: bool, now: i64) -> Result<u8> {
     let mut rows = Vec::new();
+    let fetched = store.fetches_since(quota::day_start(now))?;
     for account in store.accounts()? {
         let kinds = std::iter::once(ACCESS_TOKEN).chain(account.tickets.iter().map(|t| t.as_str()));
         let mut lines = Vec::new();
@@ -29,7 +30,7 @@ pub fn run(store: &Store, json_out: bool, now: i64) -> Result<u8> {
                 attempt: store.last_attempt(account.id, kind)?,
             });
         }
-        let today = store.fetches_since(account.id, quota::day_start(now))?;
+        let today = fetched.get(&account.id).copied().unwrap_or(0);
         rows.push((account, lines, today));
     }
     let text = if json_out {
