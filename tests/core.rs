@@ -687,6 +687,13 @@ fn get_never_writes_to_the_database() {
     out.assert_code(5);
     assert_stderr_has(&out, &["does not exist"]);
     assert!(!fresh.db().exists(), "get created {}", fresh.db().display());
+
+    // Nor does get --reject, which may write: a mistyped WXTOKEN_DB is refused alike.
+    let out = get(&fresh, APPID, &["--reject", "OLD"]);
+    out.assert_code(5);
+    assert_stderr_has(&out, &["does not exist"]);
+    assert!(!fresh.db().exists(), "get --reject created {}", fresh.db().display());
+    assert_eq!(fresh.api.hits(TOKEN), 0, "nothing is fetched without an account");
 }
 
 // ---- retries and failures -------------------------------------------------------------------
