@@ -295,6 +295,7 @@ pub fn renew(
         if let Some(row) = good(store.latest_token(key, Credential::AccessToken)?, now) {
             return Ok(row);
         }
+        log::debug!("{key}: the rejected token is still the newest; claiming the account");
         let claimed = with_claim(store, account.id, now, ttl, || -> Result<TokenRow> {
             // Under the claim: look once more, a holder may have finished just before us.
             if let Some(row) = good(store.latest_token(key, Credential::AccessToken)?, now) {
