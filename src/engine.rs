@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::domain::{Account, AccountKey, Api, Credential, Failure, Outcome, Ticket, TokenRow};
+use crate::domain::{
+    Account, AccountKey, Api, Credential, Failure, FetchRecord, Outcome, Ticket, TokenRow,
+};
 use crate::exit::{Exit, fail};
 use crate::policy::{self, Hold, Want};
 use crate::secret::fingerprint;
@@ -237,8 +239,14 @@ fn record(
         }
         _ => None,
     };
-    let hold_ref = hold.as_ref().map(|(t, r)| (*t, r.as_str()));
-    let recorded = store.record_fetch(account.id, kind, &outcome, hold_ref);
+    let record = FetchRecord {
+        account_id: account.id,
+        kind,
+        outcome,
+        hold,
+    };
+    let recorded = store.record_fetch(&record);
+    let outcome = record.outcome;
     match (outcome.result, recorded) {
         (_, Err(err)) => (
             Done::Unrecorded(format!("could not record the fetch: {err}")),
