@@ -4,8 +4,8 @@
 
 use chrono::{Datelike, FixedOffset, TimeZone};
 
+use crate::domain::Api;
 use crate::policy;
-use crate::wechat::Api;
 
 /// WeChat allows 10 quota resets a month per account, across `clear_quota` and
 /// `clear_quota/v2` together; beyond that it answers 48006.

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use support::standin::{CLEAR_QUOTA, QUOTA_GET, Reply, Request, STABLE_TOKEN, TOKEN, WORK_TOKEN};
-use support::{Out, TestEnv};
+use support::{Out, TestEnv, assert_has, json, now};
 
 const APPID: &str = "wx1234567890abcdef";
 /// Distinctive enough that any 8-character piece of it in an output is a leak, not chance.
@@ -40,17 +40,11 @@ fn with_token() -> TestEnv {
     env
 }
 
-fn requests_to(env: &TestEnv, path: &str) -> Vec<Request> {
-    env.api
-        .requests()
-        .into_iter()
-        .filter(|r| r.path == path)
-        .collect()
-}
-
+/// A request's JSON body.
 #[track_caller]
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+fn body(request: &Request) -> Value {
+    serde_json::from_str(&request.body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", request.body))
 }
 
 /// The one entry of `quota --json` for `appid`.
@@ -63,24 +57,10 @@ fn entry(doc: &Value, appid: &str) -> Value {
         .clone()
 }
 
-#[track_caller]
-fn assert_has(text: &str, words: &[&str]) {
-    for word in words {
-        assert!(text.contains(word), "{word:?} not in\n{text}");
-    }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64
-}
-
 /// Midnight China time (UTC+8) today, in Unix seconds: where WeChat's quota day starts.
 fn china_midnight() -> i64 {
     const CHINA: i64 = 8 * 3600;
-    (unix_now() + CHINA).div_euclid(86_400) * 86_400 - CHINA
+    (now() + CHINA).div_euclid(86_400) * 86_400 - CHINA
 }
 
 /// Some 8-character piece of SECRET in either stream.
@@ -133,7 +113,7 @@ fn status_counts_todays_fetches_from_the_attempts() {
     db.execute(
         "INSERT INTO attempts (account_id, kind, started_at, duration_ms, tries, outcome)
          VALUES (1, 'access_token', ?1, 5, 7, 'ok'), (1, 'jsapi', ?2, 5, 1, 'ok')",
-        [yesterday, unix_now()],
+        [yesterday, now()],
     )
     .expect("insert attempts");
 
@@ -196,14 +176,14 @@ fn quota_asks_wechat_with_the_stored_token_and_fetches_none() {
         )
     );
     assert_eq!(env.api.hits(TOKEN), 1, "the check fetched a token");
-    let sent = requests_to(&env, QUOTA_GET);
+    let sent = env.requests_to(QUOTA_GET);
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].method, "POST");
     assert_eq!(
         sent[0].query.get("access_token"),
         Some(&token.trim().to_string())
     );
-    assert_eq!(json(&sent[0].body)["cgi_path"], "/cgi-bin/token");
+    assert_eq!(body(&sent[0])["cgi_path"], "/cgi-bin/token");
 
     let doc = json(
         &run(&env, &format!("quota --appid {APPID} --json"))
@@ -283,8 +263,8 @@ fn a_stable_account_is_checked_on_the_stable_path() {
         &out.stdout,
         &["/cgi-bin/stable_token", "limit 500000, used 1,"],
     );
-    let sent = requests_to(&env, QUOTA_GET);
-    assert_eq!(json(&sent[0].body)["cgi_path"], "/cgi-bin/stable_token");
+    let sent = env.requests_to(QUOTA_GET);
+    assert_eq!(body(&sent[0])["cgi_path"], "/cgi-bin/stable_token");
     assert_eq!(env.api.hits(STABLE_TOKEN), 1);
 }
 
@@ -458,7 +438,7 @@ fn a_reset_posts_the_secret_in_the_body_and_counts_the_month() {
         "WeChat's counters were cleared"
     );
 
-    let sent = requests_to(&env, CLEAR_QUOTA);
+    let sent = env.requests_to(CLEAR_QUOTA);
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].method, "POST");
     assert!(
@@ -467,14 +447,14 @@ fn a_reset_posts_the_secret_in_the_body_and_counts_the_month() {
         sent[0].query
     );
     assert_eq!(sent[0].header("content-type"), Some("application/json"));
-    let body = json(&sent[0].body);
+    let body = body(&sent[0]);
     assert_eq!(body["appid"], APPID);
     assert_eq!(body["appsecret"], SECRET);
 
     // Last month's resets (China time) and failed ones do not count.
     let month_start = {
         let china = chrono::FixedOffset::east_opt(8 * 3600).unwrap();
-        let now = chrono::TimeZone::timestamp_opt(&china, unix_now(), 0).unwrap();
+        let now = chrono::TimeZone::timestamp_opt(&china, now(), 0).unwrap();
         let first = chrono::Datelike::with_day(&now.date_naive(), 1).unwrap();
         let midnight = first.and_hms_opt(0, 0, 0).unwrap();
         chrono::TimeZone::from_local_datetime(&china, &midnight)

@@ -6,43 +6,53 @@ use std::io::{self, IsTerminal, Write};
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use super::{check_api, emit, stdin_line};
-use crate::cli::{QuotaArgs, QuotaCommand, ResetArgs};
-use crate::exit::{self, fail};
+use super::{Context, emit, stdin_line};
+use crate::config::{ApiConfig, QuotaConfig};
+use crate::domain::{Account, AccountKey, Api, Credential, Failure};
+use crate::exit::{Exit, fail};
 use crate::policy;
 use crate::quota::{self, RESETS_PER_MONTH};
-use crate::store::{ACCESS_TOKEN, Account, AccountKey, Store};
-use crate::wechat::{Api, Client, Failure, Quota};
+use crate::store::{ReadStore, StoreError};
+use crate::wechat::{Client, Quota};
 
-pub fn run(store: &Store, args: &QuotaArgs, now: i64, quiet: bool) -> Result<u8> {
-    if let Some(QuotaCommand::Reset(reset_args)) = &args.reset {
-        return reset(store, reset_args, now, quiet);
+pub fn run(ctx: &Context, cfg: &QuotaConfig) -> Result<Exit> {
+    match cfg {
+        QuotaConfig::Check {
+            accounts,
+            json,
+            api,
+        } => check_all(ctx, accounts, *json, api),
+        QuotaConfig::Reset { key, yes, api } => reset(ctx, key, *yes, api),
     }
-    check_api(&args.api)?;
-    let api = &args.api;
-    let client = Client::new(&api.api_base, &api.work_api_base, api.timeout());
-    let mut code = exit::OK;
+}
+
+fn check_all(ctx: &Context, named: &[AccountKey], json_out: bool, api: &ApiConfig) -> Result<Exit> {
+    // A writing open, like `status`: it is what upgrades an older schema.
+    let store = ctx.store()?;
+    let client = ctx.client(api);
+    let now = ctx.now();
+    let mut exit = Exit::Ok;
     let mut text = String::new();
     let mut entries = Vec::new();
     let fetched = store.fetches_since(quota::day_start(now))?;
-    for account in targets(store, &args.appid)? {
+    for account in targets(store.as_ref(), named)? {
         let own = fetched.get(&account.id).copied().unwrap_or(0);
-        let checked = check(store, &client, &account, now)?;
-        let (mut entry, account_code) = report(&account, &checked, own, quiet, &mut text);
-        code = code.max(account_code);
+        let checked = check(store.as_ref(), &client, &account, now)?;
+        let (mut entry, account_exit) = report(&account, &checked, own, ctx.quiet, &mut text);
+        exit = exit.merge(account_exit);
         let key = &account.key;
         entry["appid"] = json!(key.appid);
-        entry["agentid"] = json!((!key.agent.is_empty()).then_some(&key.agent));
+        entry["agentid"] = json!(key.is_wecom().then_some(&key.agent));
         entry["api"] = json!(account.api.as_str());
         entry["own_fetches_today"] = json!(own);
         entries.push(entry);
     }
-    if args.json {
+    if json_out {
         emit(&format!("{}\n", json!({ "accounts": entries })))?;
     } else {
         emit(&text)?;
     }
-    Ok(code)
+    Ok(exit)
 }
 
 /// One account's result: its lines of text (appended to `text`), its JSON entry and its
@@ -53,19 +63,19 @@ fn report(
     own: i64,
     quiet: bool,
     text: &mut String,
-) -> (Value, u8) {
+) -> (Value, Exit) {
     let key = &account.key;
     match checked {
         Checked::Skipped(reason) => {
             if !quiet || reason.no_token {
                 eprintln!("wxtoken: {key}: skipped: {}", reason.text);
             }
-            let code = if reason.no_token {
-                exit::NO_TOKEN
+            let exit = if reason.no_token {
+                Exit::NoToken
             } else {
-                exit::OK
+                Exit::Ok
             };
-            (json!({ "skipped": reason.text }), code)
+            (json!({ "skipped": reason.text }), exit)
         }
         Checked::Failed(path, failure) => {
             let message = failure.explained(|c, m| quota::check_hint(c, m, path));
@@ -77,7 +87,7 @@ fn report(
             let error = json!({ "message": message, "errcode": errcode, "errmsg": errmsg });
             (
                 json!({ "cgi_path": path, "error": error }),
-                exit::FETCH_FAILED,
+                Exit::FetchFailed,
             )
         }
         Checked::Quota(path, q) => {
@@ -102,7 +112,7 @@ fn report(
             let quota = json!({ "daily_limit": q.daily_limit, "used": q.used, "remain": q.remain });
             let entry = json!({ "cgi_path": path, "quota": quota, "near_limit": near_limit,
                 "foreign_fetches": foreign, "diagnosis": diagnosis });
-            (entry, exit::OK)
+            (entry, Exit::Ok)
         }
     }
 }
@@ -120,7 +130,7 @@ struct Skip {
     no_token: bool,
 }
 
-fn check(store: &Store, client: &Client, account: &Account, now: i64) -> Result<Checked> {
+fn check(store: &dyn ReadStore, client: &Client, account: &Account, now: i64) -> Result<Checked> {
     let Some(path) = quota::cgi_path(account.api) else {
         return Ok(Checked::Skipped(Skip {
             text: wecom_note(),
@@ -128,7 +138,7 @@ fn check(store: &Store, client: &Client, account: &Account, now: i64) -> Result<
         }));
     };
     let token = store
-        .latest_token(&account.key, ACCESS_TOKEN)?
+        .latest_token(&account.key, Credential::AccessToken)?
         .filter(|t| policy::usable(t.expires_at, now, 0));
     let Some(token) = token else {
         return Ok(Checked::Skipped(Skip {
@@ -168,15 +178,12 @@ fn diagnosis(api: Api, extra: i64) -> String {
 }
 
 /// The accounts to check: every enabled one, or the named ones (enabled or not).
-fn targets(store: &Store, named: &[String]) -> Result<Vec<Account>> {
+fn targets(store: &dyn ReadStore, named: &[AccountKey]) -> Result<Vec<Account>> {
     let all = store.accounts()?;
     if named.is_empty() {
         return Ok(all.into_iter().filter(|a| a.enabled).collect());
     }
-    named
-        .iter()
-        .map(|name| find(&all, &AccountKey::from_name(name)))
-        .collect()
+    named.iter().map(|key| find(&all, key)).collect()
 }
 
 /// The named account, or an error that says how to name it.
@@ -187,52 +194,54 @@ fn find(all: &[Account], key: &AccountKey) -> Result<Account> {
     let corp = all
         .iter()
         .any(|a| a.key.appid == key.appid && a.api == Api::Work);
-    let hint = if corp && key.agent.is_empty() {
-        format!(" ({} is a WeCom corp: {})", key.appid, wecom_note())
-    } else {
-        " (see wxtoken account list)".to_string()
-    };
-    Err(fail(exit::ACCOUNT, format!("no such account {key}{hint}")))
+    if corp && !key.is_wecom() {
+        return Err(fail(
+            Exit::Account,
+            format!(
+                "no such account {key} ({} is a WeCom corp: {})",
+                key.appid,
+                wecom_note()
+            ),
+        ));
+    }
+    Err(StoreError::NotFound(key.clone()).into())
 }
 
-fn reset(store: &Store, args: &ResetArgs, now: i64, quiet: bool) -> Result<u8> {
-    check_api(&args.api)?;
-    let key = AccountKey::from_name(&args.appid);
-    let account = find(&store.accounts()?, &key)?;
+fn reset(ctx: &Context, key: &AccountKey, yes: bool, api: &ApiConfig) -> Result<Exit> {
+    let store = ctx.store()?;
+    let now = ctx.now();
+    let account = find(&store.accounts()?, key)?;
     if account.api == Api::Work {
-        return Err(fail(exit::USAGE, format!("{key}: {}", wecom_note())));
+        return Err(fail(Exit::Usage, format!("{key}: {}", wecom_note())));
     }
-    let month = quota::month_start(now);
-    let used = store.quota_resets_since(account.id, month)?;
+    let used = store.quota_resets_since(account.id, quota::month_start(now))?;
     let spent =
         format!("wxtoken has used {used} of this month's {RESETS_PER_MONTH} resets for {key}");
-    if !args.yes {
+    if !yes {
         confirm(&format!(
             "Reset today's API call counts of {key} on WeChat? This spends one of the \
              {RESETS_PER_MONTH} resets WeChat allows a month; {spent}. [y/N] "
         ))?;
     }
-    let api = &args.api;
-    let client = Client::new(&api.api_base, &api.work_api_base, api.timeout());
-    let outcome = client.clear_quota(&account.key.appid, &account.secret);
+    let outcome = ctx
+        .client(api)
+        .clear_quota(&account.key.appid, &account.secret);
     match outcome.result {
         Ok(()) => {
             let released = store.record_quota_reset(account.id, outcome.sent_at, None)?;
-            if !quiet {
-                eprintln!(
-                    "reset the API call quota of {key}; wxtoken has now used {} of this \
-                     month's {RESETS_PER_MONTH} resets (China time; resets made in the \
-                     console or by other tools are not counted here)",
-                    used + 1
-                );
-                if released {
-                    eprintln!(
-                        "released {key} from its hold after errcode 45009: the next refresh \
-                         fetches it again"
-                    );
-                }
+            ctx.say(&format!(
+                "reset the API call quota of {key}; wxtoken has now used {} of this month's \
+                 {RESETS_PER_MONTH} resets (China time; resets made in the console or by \
+                 other tools are not counted here)",
+                used + 1
+            ));
+            if released {
+                ctx.say(&format!(
+                    "released {key} from its hold after errcode 45009: the next refresh \
+                     fetches it again"
+                ));
             }
-            Ok(exit::OK)
+            Ok(Exit::Ok)
         }
         Err(failure) => {
             let message = failure.explained(quota::reset_hint);
@@ -242,7 +251,7 @@ fn reset(store: &Store, args: &ResetArgs, now: i64, quiet: bool) -> Result<u8> {
             };
             store.record_quota_reset(account.id, outcome.sent_at, Some((errcode, &message)))?;
             Err(fail(
-                exit::FETCH_FAILED,
+                Exit::FetchFailed,
                 format!("could not reset the quota of {key}: {message}; {spent}"),
             ))
         }
@@ -254,7 +263,7 @@ fn reset(store: &Store, args: &ResetArgs, now: i64, quiet: bool) -> Result<u8> {
 fn confirm(question: &str) -> Result<()> {
     if !io::stdin().is_terminal() {
         return Err(fail(
-            exit::USAGE,
+            Exit::Usage,
             format!(
                 "quota reset spends one of the {RESETS_PER_MONTH} resets WeChat allows a \
                  month; confirm at a terminal, or pass --yes"
@@ -266,6 +275,6 @@ fn confirm(question: &str) -> Result<()> {
     if quota::confirmed(&stdin_line("the answer")?) {
         Ok(())
     } else {
-        Err(fail(exit::USAGE, "not reset: not confirmed"))
+        Err(fail(Exit::Usage, "not reset: not confirmed"))
     }
 }

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use super::{Client, Failure, Outcome, check_errcode, decode, read_body};
-use crate::secret::Secret;
+use crate::domain::Secret;
 
 /// `POST ?access_token=TOKEN` with `{"cgi_path": ...}`; costs no token fetch.
 pub const QUOTA_GET: &str = "/cgi-bin/openapi/quota/get";
