@@ -9,7 +9,8 @@ use anyhow::Result;
 use crate::cli::{AccountArgs, AccountCommand, ApiArgs, Cli, Command, QuotaCommand};
 use crate::domain::{AccountKey, Api, Credential, Ticket};
 use crate::exit::{Exit, fail};
-use crate::policy::{self, Want};
+use crate::freshness::Want;
+use crate::policy;
 use crate::store::Location;
 
 pub struct Config {
@@ -101,8 +102,9 @@ impl Config {
             Command::Refresh(a) => {
                 let want = match (a.force, a.if_expiring_within) {
                     (true, _) => Want::Always,
-                    (false, Some(d)) => Want::ExpiringWithin(d.as_secs() as i64),
-                    (false, None) => Want::Stale,
+                    (false, Some(d)) => Want::ExpiringWithin(seconds("--if-expiring-within", d)?),
+                    // The store's newest row id is read when the run starts (engine::refresh).
+                    (false, None) => Want::Due { newest_at_start: 0 },
                 };
                 let accounts = account_keys(&a.appid)?;
                 Cmd::Refresh(RefreshConfig {
@@ -123,7 +125,7 @@ impl Config {
                     key,
                     kind: a.ticket.map_or(Credential::AccessToken, Credential::Ticket),
                     json: a.json,
-                    min_ttl: a.min_ttl.as_secs() as i64,
+                    min_ttl: seconds("--min-ttl", a.min_ttl)?,
                     reject,
                 })
             }
@@ -226,6 +228,18 @@ fn api(args: &ApiArgs) -> Result<ApiConfig> {
         timeout: Duration::from_secs(args.timeout),
     })
 }
+
+/// A duration as signed seconds, or a usage error when it does not fit: a value that
+/// wrapped negative would hand out any token.
+fn seconds(flag: &str, d: Duration) -> Result<i64> {
+    i64::try_from(d.as_secs())
+        .ok()
+        .filter(|&s| s <= MAX_SECONDS)
+        .ok_or_else(|| usage(format!("{flag} is too large (at most {MAX_SECONDS} s)")))
+}
+
+/// Longest duration a flag accepts: a century, far beyond any token's life.
+const MAX_SECONDS: i64 = 100 * 366 * 86_400;
 
 /// Checks that an API base is an http(s) URL, so that a typo fails before any request.
 fn check_base(name: &str, url: &str) -> Result<(), String> {

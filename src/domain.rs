@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use crate::freshness::Stored;
+
 /// Where WeChat's API lives unless `--api-base` / `WXTOKEN_API_BASE` says otherwise.
 pub const DEFAULT_API_BASE: &str = "https://api.weixin.qq.com";
 /// Where WeCom's API lives unless `--work-api-base` / `WXTOKEN_WORK_API_BASE` says otherwise.
@@ -221,6 +223,8 @@ pub struct Account {
     pub held_reason: Option<String>,
     /// The JS-SDK tickets fetched right after each new token.
     pub tickets: Vec<Ticket>,
+    /// set-secret or enable asked for a fetch at the next refresh of either kind.
+    pub fetch_due: bool,
 }
 
 impl Account {
@@ -249,10 +253,28 @@ pub struct NewAccount {
 /// One row of the token history (a token or a ticket).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRow {
+    pub id: i64,
     pub token: String,
     pub expires_in: i64,
     pub fetched_at: i64,
     pub expires_at: i64,
+    /// For an access token: when an unfinished fetch of the account started, if one is open.
+    pub unfinished_fetch: Option<i64>,
+    /// The account uses the classic API, where a new token kills the old one.
+    pub classic: bool,
+}
+
+impl TokenRow {
+    /// What readers judge the row by.
+    pub fn stored(&self) -> Stored {
+        Stored {
+            fetched_at: self.fetched_at,
+            expires_in: self.expires_in,
+            expires_at: self.expires_at,
+            unfinished_fetch: self.unfinished_fetch,
+            classic: self.classic,
+        }
+    }
 }
 
 /// A token (or ticket) as WeChat handed it out.
@@ -286,6 +308,18 @@ pub struct Outcome<T = Fetched> {
     pub sent_at: i64,
     pub started_at: i64,
     pub duration_ms: i64,
+    /// Some try reached the server without a usable answer (a timeout after sending, a
+    /// proxy's error page, a reply we refused): WeChat may have issued a token we never saw.
+    pub unsure: bool,
+    /// WeChat's `Date` header minus the local clock, in seconds, from the last reply.
+    pub clock_offset: Option<i64>,
+}
+
+impl<T> Outcome<T> {
+    /// Whether WeChat may have issued a token that this outcome does not carry.
+    pub fn may_have_issued(&self) -> bool {
+        self.result.is_err() && self.unsure
+    }
 }
 
 /// The record of one fetch, as the engine hands it to the store: which credential of which
@@ -297,6 +331,9 @@ pub struct FetchRecord {
     pub kind: Credential,
     pub outcome: Outcome,
     pub hold: Option<(i64, String)>,
+    /// The secret the fetch used: its outcome changes the account's hold and due flag only
+    /// while that is still the account's secret.
+    pub secret: Secret,
 }
 
 /// How a recorded attempt ended, as the store gives it back.
@@ -315,6 +352,8 @@ pub struct Attempt {
     pub duration_ms: i64,
     pub tries: i64,
     pub result: AttemptResult,
+    /// WeChat's clock minus ours, when its reply said.
+    pub clock_offset: Option<i64>,
 }
 
 #[cfg(test)]

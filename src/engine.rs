@@ -13,7 +13,8 @@ use crate::domain::{
     Account, AccountKey, Api, Credential, Failure, FetchRecord, Outcome, Ticket, TokenRow,
 };
 use crate::exit::{Exit, fail};
-use crate::policy::{self, Hold, Want};
+use crate::freshness::{self, Want};
+use crate::policy::{self, Hold};
 use crate::secret::fingerprint;
 use crate::store::{Claim, Recorded, Store, StoreError};
 use crate::text;
@@ -58,6 +59,16 @@ pub fn refresh(
     clock: Clock,
 ) -> Vec<Done> {
     let now = clock();
+    // Rows above the newest id now were inserted by a run that fetched after this one
+    // started: those accounts are not due again.
+    let want = match (plan.want, store.newest_token_id()) {
+        (Want::Due { .. }, Ok(newest_at_start)) => Want::Due { newest_at_start },
+        (Want::Due { .. }, Err(err)) => {
+            let done = || Done::Unrecorded(format!("could not read the newest token id: {err}"));
+            return accounts.iter().map(|_| done()).collect();
+        }
+        (want, _) => want,
+    };
     let ttl = policy::claim_ttl(client.timeout().as_secs());
     // Handles are opened here, not in the workers: a store handle may be sent to a
     // thread, but not shared between threads.
@@ -68,7 +79,7 @@ pub fn refresh(
         match (account.held_at(now), worker) {
             (Some((until, reason)), _) if !plan.force => Done::Held(until, reason),
             (_, Err(err)) => Done::Unrecorded(format!("could not open the store: {err}")),
-            (_, Ok(store)) => refresh_one(store.as_ref(), client, account, plan.want, ttl, clock),
+            (_, Ok(store)) => refresh_one(store.as_ref(), client, account, want, ttl, clock),
         }
     })
 }
@@ -164,8 +175,10 @@ fn fetch_claimed(
 ) -> Done {
     let due = |kind: Credential| -> Result<(bool, Option<String>), StoreError> {
         let newest = store.latest_token(&account.key, kind)?;
-        let due = policy::needs_fetch(
-            newest.as_ref().map(|t| (t.fetched_at, t.expires_at)),
+        let asked = account.fetch_due && kind == Credential::AccessToken;
+        let due = freshness::needs_fetch(
+            newest.as_ref().map(|t| (t.id, t.stored())),
+            asked,
             now,
             want,
         );
@@ -189,6 +202,11 @@ fn fetch_claimed(
         (false, _) if tickets_due.is_empty() => return Done::Fresh,
         (false, Some(token)) => token,
         _ => {
+            if let Err(err) = store.begin_fetch(account.id, now) {
+                return Done::Unrecorded(format!(
+                    "could not note that a fetch starts, so nothing was fetched: {err}"
+                ));
+            }
             let outcome = client.fetch_token(&credentials(account), false);
             match record(store, account, Credential::AccessToken, outcome) {
                 (Done::Refreshed, Some(token)) => token,
@@ -239,19 +257,52 @@ fn record(
         }
         _ => None,
     };
+    warn_about_clock(outcome.clock_offset);
     let record = FetchRecord {
         account_id: account.id,
         kind,
         outcome,
         hold,
+        secret: account.secret.clone(),
     };
-    let recorded = store.record_fetch(&record);
+    // A failed record is tried again a few times: on the classic API the fetched token has
+    // already doomed the stored one.
+    let mut tries = 0;
+    let recorded = loop {
+        tries += 1;
+        match store.record_fetch(&record) {
+            Err(err) if tries < RECORD_TRIES => {
+                log::warn!(
+                    "{}: could not record the fetch (try {tries}): {err}",
+                    account.key
+                );
+                std::thread::sleep(RECORD_PAUSE * tries);
+            }
+            recorded => break recorded,
+        }
+    };
     let outcome = record.outcome;
+    let doomed = kind == Credential::AccessToken
+        && account.api == Api::Token
+        && (outcome.result.is_ok() || outcome.unsure);
     match (outcome.result, recorded) {
-        (_, Err(err)) => (
-            Done::Unrecorded(format!("could not record the fetch: {err}")),
-            None,
-        ),
+        (_, Err(err)) => {
+            let consequence = if doomed {
+                format!(
+                    "; WeChat has replaced the stored token, which dies within 5 minutes: \
+                     fix the database and run `wxtoken refresh --appid {}` at once",
+                    account.key
+                )
+            } else {
+                String::new()
+            };
+            (
+                Done::Unrecorded(format!(
+                    "could not record the fetch after {tries} tries: {err}{consequence}"
+                )),
+                None,
+            )
+        }
         (Ok(fetched), Ok(recorded)) => {
             log::info!(
                 "{}: {} {} valid for {}s (tries: {}{})",
@@ -275,6 +326,35 @@ fn record(
     }
 }
 
+/// How often recording a fetch is tried before giving up, and the pause between tries.
+const RECORD_TRIES: u32 = 3;
+const RECORD_PAUSE: Duration = Duration::from_millis(500);
+
+/// Says once per process when WeChat's clock and ours differ by more than a minute: every
+/// expiry is judged by the local clock, so a wrong one serves dead tokens or wastes fresh
+/// ones.
+fn warn_about_clock(offset: Option<i64>) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Some(offset) = freshness::clock_warning(offset)
+        && !WARNED.swap(true, Ordering::SeqCst)
+    {
+        eprintln!("wxtoken: warning: {}", clock_text(offset));
+    }
+}
+
+/// The clock warning, in the same words on stderr and in `status`.
+pub fn clock_text(offset: i64) -> String {
+    let (way, by) = if offset > 0 {
+        ("behind", offset)
+    } else {
+        ("ahead of", -offset)
+    };
+    format!(
+        "this machine's clock is {by} s {way} WeChat's (the Date header of its reply); \
+         token lifetimes are judged by the local clock: fix its time synchronisation (NTP)"
+    )
+}
+
 /// `get --reject`: a token other than `rejected`, with at least `min_ttl` left: the
 /// newest one if someone already replaced it, else one fetched now. Only the claim holder
 /// fetches, so N callers rejecting one token cause one fetch; the others wait for its row.
@@ -287,7 +367,7 @@ pub fn renew(
     clock: Clock,
 ) -> Result<TokenRow> {
     let good = |row: Option<TokenRow>, now| {
-        row.filter(|r| r.token != rejected && policy::usable(r.expires_at, now, min_ttl))
+        row.filter(|r| r.token != rejected && freshness::usable(&r.stored(), now, min_ttl))
     };
     let Some(account) = store.account(key)? else {
         return Err(fail(
@@ -374,6 +454,7 @@ fn fetch_replacing(
     now: i64,
 ) -> Result<Outcome> {
     let creds = credentials(account);
+    store.begin_fetch(account.id, now)?;
     let outcome = client.fetch_token(&creds, false);
     let same = matches!(&outcome.result, Ok(f) if f.token == rejected);
     if !(same && account.api == Api::Stable) {

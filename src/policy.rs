@@ -3,17 +3,6 @@
 
 use std::time::Duration;
 
-/// Seconds a token has left at `now`; negative once it has expired.
-pub fn remaining(expires_at: i64, now: i64) -> i64 {
-    expires_at - now
-}
-
-/// Whether a token may be handed out: not expired, and at least `min_ttl` seconds left.
-pub fn usable(expires_at: i64, now: i64, min_ttl: i64) -> bool {
-    let left = remaining(expires_at, now);
-    left > 0 && left >= min_ttl
-}
-
 /// How long to wait before retry number `retry` (1 = the first retry).
 /// Exponential from `base`, with full jitter in [50 %, 100 %] so that many accounts that
 /// failed together do not retry together. `jitter` is a number in [0, 1).
@@ -58,37 +47,12 @@ pub fn claim_ttl(timeout_secs: u64) -> i64 {
     MAX_TRIES as i64 * timeout_secs as i64 + 10
 }
 
-/// `refresh` leaves alone a token younger than this: another run just fetched it, and a
-/// second fetch would only burn quota (and, on the classic API, invalidate it).
-pub const MIN_AGE: i64 = 60;
-
 /// `held_until` for a hold that lasts until the configuration changes.
 pub const UNTIL_FIXED: i64 = i64::MAX;
 
 /// WeChat allows 20 forced stable-token refreshes a day, at least 30 s apart.
 pub const FORCE_PER_DAY: i64 = 20;
 pub const FORCE_GAP: i64 = 30;
-
-/// Which accounts a refresh fetches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Want {
-    /// Every account whose newest token is at least `MIN_AGE` old (the default).
-    Stale,
-    /// Only accounts whose newest token expires within this many seconds.
-    ExpiringWithin(i64),
-    /// Every account, whatever its newest token (`--force`).
-    Always,
-}
-
-/// Whether an account whose newest token was fetched at `fetched_at` and expires at
-/// `expires_at` (if it has one) should be fetched now.
-pub fn needs_fetch(newest: Option<(i64, i64)>, now: i64, want: Want) -> bool {
-    match (newest, want) {
-        (_, Want::Always) | (None, _) => true,
-        (Some((fetched_at, _)), Want::Stale) => now - fetched_at >= MIN_AGE,
-        (Some((_, expires_at)), Want::ExpiringWithin(window)) => expires_at - now <= window,
-    }
-}
 
 /// Whether a forced refresh is allowed now, given the times of earlier ones; else why not.
 pub fn force_allowed(earlier: &[i64], now: i64) -> Result<(), String> {
@@ -244,19 +208,6 @@ mod tests {
     }
 
     #[test]
-    fn expiry() {
-        assert!(usable(1000, 999, 0));
-        assert!(
-            !usable(1000, 1000, 0),
-            "a token is dead at its expiry instant"
-        );
-        assert!(!usable(1000, 1001, 0));
-        assert!(usable(1000, 700, 300));
-        assert!(!usable(1000, 701, 300));
-        assert_eq!(remaining(1000, 400), 600);
-    }
-
-    #[test]
     fn backoff_grows_and_jitters() {
         let base = Duration::from_millis(200);
         assert_eq!(backoff(base, 1, 1.0), Duration::from_millis(200));
@@ -275,31 +226,6 @@ mod tests {
         assert_eq!(next_china_midnight(1_795_276_799), 1_795_276_800);
         // Exactly at the reset the next one is a day away.
         assert_eq!(next_china_midnight(1_795_276_800), 1_795_276_800 + 86_400);
-    }
-
-    #[test]
-    fn refresh_decisions() {
-        let now = 10_000;
-        assert!(needs_fetch(None, now, Want::Stale));
-        assert!(needs_fetch(None, now, Want::ExpiringWithin(300)));
-        assert!(!needs_fetch(Some((now - 59, now + 7000)), now, Want::Stale));
-        assert!(needs_fetch(Some((now - 60, now + 7000)), now, Want::Stale));
-        assert!(needs_fetch(Some((now, now + 7000)), now, Want::Always));
-        assert!(!needs_fetch(
-            Some((now - 7000, now + 301)),
-            now,
-            Want::ExpiringWithin(300)
-        ));
-        assert!(needs_fetch(
-            Some((now - 7000, now + 300)),
-            now,
-            Want::ExpiringWithin(300)
-        ));
-        assert!(needs_fetch(
-            Some((now - 9000, now - 10)),
-            now,
-            Want::ExpiringWithin(300)
-        ));
     }
 
     #[test]

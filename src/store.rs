@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_claims_holds.sql"),
     include_str!("../migrations/0003_tickets.sql"),
     include_str!("../migrations/0004_quota.sql"),
+    include_str!("../migrations/0005_intents.sql"),
 ];
 
 /// Why a store operation failed. `exit.rs` turns each into an exit code.
@@ -104,9 +105,14 @@ pub trait ReadStore {
     /// Every account, ordered by appid then agent.
     fn accounts(&self) -> Result<Vec<Account>>;
     fn account(&self, key: &AccountKey) -> Result<Option<Account>>;
-    /// The newest row of an account's credential, valid or not. `Ok(None)` means there is
-    /// none; `get` tells an unknown account apart with `account`.
+    /// The newest row of an account's credential, valid or not, with the start of an
+    /// unfinished fetch of the account if one is open (for an access token). `Ok(None)`
+    /// means there is none; `get` tells an unknown account apart with `account`.
     fn latest_token(&self, key: &AccountKey, kind: Credential) -> Result<Option<TokenRow>>;
+    /// The largest token row id now: rows above it were inserted later.
+    fn newest_token_id(&self) -> Result<i64>;
+    /// The ids of accounts with a fetch that started and was never recorded.
+    fn unfinished_fetches(&self) -> Result<Vec<i64>>;
     /// The newest attempt at an account's credential, if any.
     fn last_attempt(&self, account_id: i64, kind: Credential) -> Result<Option<Attempt>>;
     /// How many token requests wxtoken sent per account since `since` (accounts without
@@ -131,10 +137,10 @@ pub trait Store: ReadStore + Send {
     fn add_account(&self, new: &NewAccount, now: i64) -> Result<()>;
     /// Removes an account with its whole history.
     fn remove_account(&self, key: &AccountKey) -> Result<()>;
-    /// Enabling or disabling also lifts a hold.
+    /// Enabling or disabling also lifts a hold; enabling makes the account due.
     fn set_enabled(&self, key: &AccountKey, enabled: bool, now: i64) -> Result<()>;
     fn set_tickets(&self, key: &AccountKey, tickets: &[Ticket], now: i64) -> Result<()>;
-    /// A new secret also lifts a hold.
+    /// A new secret also lifts a hold and makes the account due.
     fn set_secret(&self, key: &AccountKey, secret: &Secret, now: i64) -> Result<()>;
 
     /// Claims an account for fetching, atomically across processes. A claim that expired,
@@ -142,8 +148,14 @@ pub trait Store: ReadStore + Send {
     fn claim(&self, account_id: i64, now: i64, ttl: i64) -> Result<Claim>;
     /// Gives this process's claim back.
     fn release(&self, account_id: i64) -> Result<()>;
+    /// Notes that this process is about to send a token request for the account. Written
+    /// before the request leaves: if the outcome is never recorded, readers know that the
+    /// stored token may have been replaced at WeChat.
+    fn begin_fetch(&self, account_id: i64, now: i64) -> Result<()>;
     /// Records a fetch all at once: the new row (unless WeChat handed back the newest one
-    /// again), the attempt, and for an access token the account's hold.
+    /// again), the attempt, and for an access token the account's hold and due flag (only
+    /// while its secret is still the one the fetch used) and the end of this process's
+    /// intent (unless the request may have created a token we never saw).
     fn record_fetch(&self, record: &FetchRecord) -> Result<Recorded>;
 
     /// When this account's forced refreshes happened, over the retention window.
@@ -362,7 +374,7 @@ impl Sqlite {
         tx.commit()
     }
 
-    const ACCOUNT_COLUMNS: &'static str = "id, appid, agent, api, secret, enabled, created_at, updated_at, held_until, held_reason, tickets";
+    const ACCOUNT_COLUMNS: &'static str = "id, appid, agent, api, secret, enabled, created_at, updated_at, held_until, held_reason, tickets, fetch_due";
 
     fn account_from_row(row: &rusqlite::Row) -> rusqlite::Result<Account> {
         let api: String = row.get(3)?;
@@ -380,6 +392,7 @@ impl Sqlite {
             held_until: row.get(8)?,
             held_reason: row.get(9)?,
             tickets: parse_tickets(&row.get::<_, String>(10)?),
+            fetch_due: row.get(11)?,
         })
     }
 
@@ -443,8 +456,8 @@ impl Sqlite {
         self.conn
             .prepare_cached(
                 "INSERT INTO attempts (account_id, kind, started_at, duration_ms, tries, outcome,
-                                       errcode, errmsg, http_status, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                       errcode, errmsg, http_status, detail, clock_offset)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
             .execute(params![
                 account_id,
@@ -456,7 +469,8 @@ impl Sqlite {
                 errcode,
                 errmsg,
                 http_status,
-                detail
+                detail,
+                o.clock_offset
             ])?;
         Ok(())
     }
@@ -489,27 +503,49 @@ impl ReadStore for Sqlite {
     }
 
     fn latest_token(&self, key: &AccountKey, kind: Credential) -> Result<Option<TokenRow>> {
+        // One descent of tokens_newest and one primary-key lookup in intents: `get` stays
+        // one query.
         let mut stmt = self.conn.prepare_cached(
-            "SELECT t.token, t.expires_in, t.fetched_at, t.expires_at
+            "SELECT t.id, t.token, t.expires_in, t.fetched_at, t.expires_at, i.started_at,
+                    a.api = 'token'
              FROM accounts a JOIN tokens t ON t.account_id = a.id AND t.kind = ?3
+             LEFT JOIN intents i ON i.account_id = a.id AND ?3 = 'access_token'
              WHERE a.appid = ?1 AND a.agent = ?2
              ORDER BY t.id DESC LIMIT 1",
         )?;
         Ok(stmt
             .query_row(params![key.appid, key.agent, kind.as_str()], |r| {
                 Ok(TokenRow {
-                    token: r.get(0)?,
-                    expires_in: r.get(1)?,
-                    fetched_at: r.get(2)?,
-                    expires_at: r.get(3)?,
+                    id: r.get(0)?,
+                    token: r.get(1)?,
+                    expires_in: r.get(2)?,
+                    fetched_at: r.get(3)?,
+                    expires_at: r.get(4)?,
+                    unfinished_fetch: r.get(5)?,
+                    classic: r.get(6)?,
                 })
             })
             .optional()?)
     }
 
+    fn newest_token_id(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT coalesce(max(id), 0) FROM tokens", [], |r| r.get(0))?)
+    }
+
+    fn unfinished_fetches(&self) -> Result<Vec<i64>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT account_id FROM intents ORDER BY started_at")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     fn last_attempt(&self, account_id: i64, kind: Credential) -> Result<Option<Attempt>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT started_at, duration_ms, tries, outcome, errcode, errmsg, http_status, detail
+            "SELECT started_at, duration_ms, tries, outcome, errcode, errmsg, http_status, detail,
+                    clock_offset
              FROM attempts WHERE account_id = ?1 AND kind = ?2 ORDER BY id DESC LIMIT 1",
         )?;
         Ok(stmt
@@ -538,6 +574,7 @@ impl ReadStore for Sqlite {
                     duration_ms: r.get(1)?,
                     tries: r.get(2)?,
                     result,
+                    clock_offset: r.get(8)?,
                 })
             })
             .optional()?)
@@ -606,7 +643,7 @@ impl Store for Sqlite {
     fn set_enabled(&self, key: &AccountKey, enabled: bool, now: i64) -> Result<()> {
         self.change_account(
             key,
-            "UPDATE accounts SET enabled = ?3, updated_at = ?4,
+            "UPDATE accounts SET enabled = ?3, updated_at = ?4, fetch_due = ?3,
                     held_until = NULL, held_reason = NULL
              WHERE appid = ?1 AND agent = ?2",
             &[&enabled, &now],
@@ -625,7 +662,7 @@ impl Store for Sqlite {
     fn set_secret(&self, key: &AccountKey, secret: &Secret, now: i64) -> Result<()> {
         self.change_account(
             key,
-            "UPDATE accounts SET secret = ?3, updated_at = ?4,
+            "UPDATE accounts SET secret = ?3, updated_at = ?4, fetch_due = 1,
                     held_until = NULL, held_reason = NULL
              WHERE appid = ?1 AND agent = ?2",
             &[&secret.expose(), &now],
@@ -672,12 +709,22 @@ impl Store for Sqlite {
         Ok(())
     }
 
+    fn begin_fetch(&self, account_id: i64, now: i64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO intents (account_id, holder, started_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![account_id, self.holder.id, now])?;
+        Ok(())
+    }
+
     fn record_fetch(&self, record: &FetchRecord) -> Result<Recorded> {
         let FetchRecord {
             account_id,
             kind,
             outcome,
             hold,
+            secret,
         } = record;
         let (account_id, kind) = (*account_id, *kind);
         let tx = Transaction::immediate(&self.conn, &self.path)?;
@@ -707,15 +754,24 @@ impl Store for Sqlite {
             recorded == Recorded::Unchanged,
         )?;
         if kind == Credential::AccessToken {
+            // An outcome computed with a secret that has since been replaced says nothing
+            // about the new one.
             self.conn
                 .prepare_cached(
-                    "UPDATE accounts SET held_until = ?2, held_reason = ?3 WHERE id = ?1",
+                    "UPDATE accounts SET held_until = ?2, held_reason = ?3, fetch_due = 0
+                     WHERE id = ?1 AND secret = ?4",
                 )?
                 .execute(params![
                     account_id,
                     hold.as_ref().map(|h| h.0),
-                    hold.as_ref().map(|h| h.1.as_str())
+                    hold.as_ref().map(|h| h.1.as_str()),
+                    secret.expose()
                 ])?;
+            if !outcome.may_have_issued() {
+                self.conn
+                    .prepare_cached("DELETE FROM intents WHERE account_id = ?1 AND holder = ?2")?
+                    .execute(params![account_id, self.holder.id])?;
+            }
         }
         tx.commit()?;
         Ok(recorded)

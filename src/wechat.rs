@@ -11,6 +11,30 @@ use crate::domain::{Api, Failure, Fetched, Outcome, Secret, Ticket};
 use crate::policy::{self, MAX_TRIES};
 use crate::secret;
 
+/// WeChat's documented lifetime of tokens and tickets. A reply that claims more is not
+/// believed: serving a token past its real end is the one thing wxtoken must not do.
+pub const MAX_EXPIRES_IN: i64 = 7200;
+
+/// One request and what came of it.
+pub(crate) struct Try<T> {
+    result: Result<T, Failure>,
+    /// The request may have reached the server (it was not refused before sending).
+    reached: bool,
+    /// WeChat's `Date` header minus the local clock, in seconds.
+    clock_offset: Option<i64>,
+}
+
+/// A call that does not tell whether it reached the server counts as one that did.
+impl<T> From<Result<T, Failure>> for Try<T> {
+    fn from(result: Result<T, Failure>) -> Try<T> {
+        Try {
+            result,
+            reached: true,
+            clock_offset: None,
+        }
+    }
+}
+
 mod quota;
 pub use quota::Quota;
 
@@ -159,22 +183,27 @@ impl Client {
                 &self.api_base
             };
             let response = request.query("access_token", token).call();
-            parse_reply(read_body(base, response)?, "ticket")
+            exchange(base, response, "ticket")
         })
     }
 
-    fn with_retries<T>(
+    fn with_retries<T, R: Into<Try<T>>>(
         &self,
         secret: &Secret,
-        mut once: impl FnMut() -> Result<T, Failure>,
+        mut once: impl FnMut() -> R,
     ) -> Outcome<T> {
         let started = Instant::now();
         let started_at = unix_now();
         let mut tries = 0;
+        let mut unsure = false;
         loop {
             tries += 1;
             let sent_at = unix_now();
-            let result = once().map_err(|f| scrub_failure(f, secret));
+            let attempt: Try<T> = once().into();
+            let result = attempt.result.map_err(|f| scrub_failure(f, secret));
+            // An errcode is WeChat saying it issued nothing; anything else that got there
+            // leaves the question open.
+            unsure |= attempt.reached && !matches!(result, Ok(_) | Err(Failure::WeChat { .. }));
             match &result {
                 Err(failure) if failure.is_transient() && tries < MAX_TRIES => {
                     let wait = policy::backoff(self.retry_base, tries, jitter());
@@ -188,13 +217,15 @@ impl Client {
                         sent_at,
                         started_at,
                         duration_ms: started.elapsed().as_millis() as i64,
+                        unsure,
+                        clock_offset: attempt.clock_offset,
                     };
                 }
             }
         }
     }
 
-    fn token_once(&self, creds: &Credentials, force: bool) -> Result<Fetched, Failure> {
+    fn token_once(&self, creds: &Credentials, force: bool) -> Try<Fetched> {
         let secret = creds.secret.expose();
         let response = match creds.api {
             Api::Token => self
@@ -228,7 +259,50 @@ impl Client {
         } else {
             &self.api_base
         };
-        parse_reply(read_body(base, response)?, "access_token")
+        exchange(base, response, "access_token")
+    }
+}
+
+/// Turns one HTTP exchange into a `Try`: the parsed reply, whether the request may have
+/// reached the server, and how far WeChat's clock is from ours.
+fn exchange(
+    base: &str,
+    response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    field: &str,
+) -> Try<Fetched> {
+    let reached = !matches!(&response, Err(e) if never_sent(e));
+    let clock_offset = response.as_ref().ok().and_then(|r| {
+        let date = r.headers().get("date")?.to_str().ok()?;
+        let at = chrono::DateTime::parse_from_rfc2822(date).ok()?;
+        Some(at.timestamp() - unix_now())
+    });
+    Try {
+        result: read_body(base, response).and_then(|body| parse_reply(body, field)),
+        reached,
+        clock_offset,
+    }
+}
+
+/// Errors that happen before a request leaves: nothing can have been issued.
+fn never_sent(err: &ureq::Error) -> bool {
+    use std::io::ErrorKind;
+    use ureq::Timeout;
+    match err {
+        ureq::Error::HostNotFound
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::BadUri(_)
+        | ureq::Error::Http(_)
+        | ureq::Error::InvalidProxyUrl
+        | ureq::Error::ConnectProxyFailed(_)
+        | ureq::Error::Timeout(Timeout::Resolve | Timeout::Connect) => true,
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            ErrorKind::ConnectionRefused
+                | ErrorKind::AddrNotAvailable
+                | ErrorKind::NetworkUnreachable
+                | ErrorKind::HostUnreachable
+        ),
+        _ => false,
     }
 }
 
@@ -297,9 +371,9 @@ fn parse_reply(body: String, field: &str) -> Result<Fetched, Failure> {
     let expires_in = reply
         .expires_in
         .ok_or_else(|| Failure::Invalid("no expires_in in the reply".to_string()))?;
-    if !(1..=366 * 86_400).contains(&expires_in) {
+    if !(1..=MAX_EXPIRES_IN).contains(&expires_in) {
         return Err(Failure::Invalid(format!(
-            "expires_in {expires_in} is out of range"
+            "expires_in {expires_in} is out of range (WeChat's tokens live at most {MAX_EXPIRES_IN} s)"
         )));
     }
     Ok(Fetched { token, expires_in })

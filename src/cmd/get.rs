@@ -9,7 +9,7 @@ use crate::config::GetConfig;
 use crate::domain::{AccountKey, Credential, TokenRow};
 use crate::engine;
 use crate::exit::{Exit, fail};
-use crate::policy;
+use crate::freshness;
 use crate::store::ReadStore;
 use crate::text::{held_text, human, rfc3339};
 
@@ -61,9 +61,10 @@ fn render(key: &AccountKey, kind: Credential, row: &TokenRow, json: bool, now: i
     let mut obj = json!({
         "appid": key.appid,
         field: row.token,
-        "expires_in": policy::remaining(row.expires_at, now),
+        "expires_in": row.stored().left(now).unwrap_or(0),
         "fetched_at": rfc3339(row.fetched_at),
-        "expires_at": rfc3339(row.expires_at),
+        // The end get believes in: an unrecorded classic fetch may have brought it forward.
+        "expires_at": rfc3339(row.stored().trusted_until()),
     });
     if key.is_wecom() {
         obj["agentid"] = json!(key.agent);
@@ -82,20 +83,38 @@ fn usable_or_reason(
     now: i64,
 ) -> Result<TokenRow> {
     let (key, kind, min_ttl) = (&cfg.key, cfg.kind, cfg.min_ttl);
-    let reason = match row {
-        Some(row) if policy::usable(row.expires_at, now, min_ttl) => return Ok(row),
-        Some(row) if row.expires_at <= now => format!(
-            "the newest one expired {} ago, at {}; check `wxtoken status` and that cron runs `wxtoken refresh`",
-            human(now - row.expires_at),
-            rfc3339(row.expires_at)
+    let stored = row.as_ref().map(TokenRow::stored);
+    let reason = match (row, stored) {
+        (Some(row), Some(s)) if freshness::usable(&s, now, min_ttl) => return Ok(row),
+        (Some(row), Some(s)) if s.fetched_in_the_future(now) => format!(
+            "the newest one was fetched at {}, {} in the future: the clock stepped back since; \
+             run `wxtoken refresh` to fetch a token this clock can judge",
+            rfc3339(row.fetched_at),
+            human(row.fetched_at - now)
         ),
-        Some(row) => format!(
-            "the newest one has {} left, less than --min-ttl {}",
-            human(row.expires_at - now),
-            human(min_ttl)
+        (Some(_), Some(s)) if s.cut_short() && s.trusted_until() <= now => format!(
+            "a fetch that started at {} was never recorded (the refresher died or could not \
+             write), and WeChat retires the old token 5 minutes after a new fetch; run \
+             `wxtoken refresh` (see `wxtoken status`)",
+            rfc3339(s.unfinished_fetch.unwrap_or_default())
+        ),
+        (Some(_), Some(s)) if s.trusted_until() <= now => format!(
+            "the newest one expired {} ago, at {}; check `wxtoken status` and that cron runs `wxtoken refresh`",
+            human(now - s.trusted_until()),
+            rfc3339(s.trusted_until())
+        ),
+        (Some(_), Some(s)) => format!(
+            "the newest one has {} left, less than --min-ttl {}{}",
+            human(s.left(now).unwrap_or(0)),
+            human(min_ttl),
+            if s.cut_short() {
+                " (an unrecorded fetch shortened its life)"
+            } else {
+                ""
+            }
         ),
         // Only on this failure path do we spend a second query to tell the cases apart.
-        None => match store.account(key)? {
+        _ => match store.account(key)? {
             None => "no such account (see wxtoken account list)".to_string(),
             Some(a) => match (a.held_at(now), kind) {
                 (Some((until, reason)), _) => format!(

@@ -10,7 +10,7 @@ use super::{Context, emit, stdin_line};
 use crate::config::{ApiConfig, QuotaConfig};
 use crate::domain::{Account, AccountKey, Api, Credential, Failure};
 use crate::exit::{Exit, fail};
-use crate::policy;
+use crate::freshness;
 use crate::quota::{self, RESETS_PER_MONTH};
 use crate::store::{ReadStore, StoreError};
 use crate::wechat::{Client, Quota};
@@ -139,7 +139,7 @@ fn check(store: &dyn ReadStore, client: &Client, account: &Account, now: i64) ->
     };
     let token = store
         .latest_token(&account.key, Credential::AccessToken)?
-        .filter(|t| policy::usable(t.expires_at, now, 0));
+        .filter(|t| freshness::usable(&t.stored(), now, 0));
     let Some(token) = token else {
         return Ok(Checked::Skipped(Skip {
             text: "no valid token stored; the quota check uses the stored token and never \

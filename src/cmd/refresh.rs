@@ -8,7 +8,8 @@ use crate::config::RefreshConfig;
 use crate::domain::{Account, AccountKey};
 use crate::engine::{self, Done, Plan};
 use crate::exit::{Exit, fail};
-use crate::policy::{ATTEMPT_RETENTION, DEFAULT_KEEP, Want};
+use crate::freshness::Want;
+use crate::policy::{ATTEMPT_RETENTION, DEFAULT_KEEP};
 use crate::store::{ReadStore, StoreError};
 use crate::text::held_text;
 
@@ -102,9 +103,17 @@ fn report(accounts: &[Account], results: &[Done], quiet: bool, report_holds: boo
     exit
 }
 
-/// The accounts to refresh: every enabled one, or the named ones.
+/// The accounts to refresh: every enabled one, or the named ones; those with a fetch that
+/// was never recorded first, oldest first, since it may have doomed their stored token.
 fn targets(store: &dyn ReadStore, named: &[AccountKey]) -> Result<Vec<Account>> {
-    let all = store.accounts()?;
+    let mut all = store.accounts()?;
+    let unfinished = store.unfinished_fetches()?;
+    all.sort_by_key(|a| {
+        unfinished
+            .iter()
+            .position(|&id| id == a.id)
+            .unwrap_or(usize::MAX)
+    });
     if named.is_empty() {
         return Ok(all.into_iter().filter(|a| a.enabled).collect());
     }

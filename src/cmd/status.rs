@@ -6,7 +6,9 @@ use serde_json::{Value, json};
 
 use super::{Context, emit};
 use crate::domain::{Account, Attempt, AttemptResult, Credential, Failure, TokenRow};
+use crate::engine;
 use crate::exit::Exit;
+use crate::freshness;
 use crate::policy;
 use crate::quota;
 use crate::text::{held_text, human, rfc3339};
@@ -75,16 +77,7 @@ fn account_text(a: &Account, lines: &[Line], today: i64, now: i64) -> String {
         let label = line.kind.label();
         let state = match &line.newest {
             None => format!("no {label} yet"),
-            Some(t) if t.expires_at <= now => format!(
-                "{label} fetched {} ago, EXPIRED {} ago",
-                human(now - t.fetched_at),
-                human(now - t.expires_at)
-            ),
-            Some(t) => format!(
-                "{label} fetched {} ago, {} left",
-                human(now - t.fetched_at),
-                human(t.expires_at - now)
-            ),
+            Some(t) => token_state(&label, t, now),
         };
         text += &format!("    {state}\n");
         if let Some(at) = &line.attempt {
@@ -93,9 +86,40 @@ fn account_text(a: &Account, lines: &[Line], today: i64, now: i64) -> String {
                 human(now - at.started_at),
                 attempt_text(at, line.kind)
             );
+            if let Some(offset) = freshness::clock_warning(at.clock_offset) {
+                text += &format!("      CLOCK: {}\n", engine::clock_text(offset));
+            }
         }
     }
     text
+}
+
+/// One token's line: its age and what is left, in the words `get` would use.
+fn token_state(label: &str, t: &TokenRow, now: i64) -> String {
+    let s = t.stored();
+    let Some(left) = s.left(now) else {
+        return format!(
+            "{label} fetched at {}, {} IN THE FUTURE: the clock stepped back; refresh fetches it anew",
+            rfc3339(t.fetched_at),
+            human(t.fetched_at - now)
+        );
+    };
+    let cut = match s.unfinished_fetch.filter(|_| s.cut_short()) {
+        Some(at) => format!(
+            " (a fetch started {} ago was never recorded: WeChat retires this token 5 minutes after it)",
+            human(now - at)
+        ),
+        None => String::new(),
+    };
+    let age = human(now - t.fetched_at);
+    if left <= 0 {
+        format!(
+            "{label} fetched {age} ago, EXPIRED {} ago{cut}",
+            human(-left)
+        )
+    } else {
+        format!("{label} fetched {age} ago, {} left{cut}", human(left))
+    }
 }
 
 fn account_json(a: &Account, lines: &[Line], today: i64, now: i64) -> Value {
@@ -113,8 +137,10 @@ fn account_json(a: &Account, lines: &[Line], today: i64, now: i64) -> Value {
             "newest": line.newest.as_ref().map(|t| json!({
                 "fetched_at": rfc3339(t.fetched_at),
                 "expires_at": rfc3339(t.expires_at),
-                "expires_in": policy::remaining(t.expires_at, now),
-                "valid": policy::usable(t.expires_at, now, 0),
+                "expires_in": t.stored().left(now),
+                "valid": freshness::usable(&t.stored(), now, 0),
+                "fetched_in_the_future": t.stored().fetched_in_the_future(now),
+                "unfinished_fetch_at": t.unfinished_fetch.map(rfc3339),
             })),
             "last_attempt": line.attempt.as_ref().map(|a| attempt_json(a, line.kind)),
         });
@@ -197,6 +223,8 @@ fn attempt_json(a: &Attempt, kind: Credential) -> Value {
         "hint": errcode.and_then(|c| hint(c, errmsg.unwrap_or(""), kind)),
         "http_status": status,
         "detail": detail,
+        "clock_offset": a.clock_offset,
+        "clock_warning": freshness::clock_warning(a.clock_offset).map(engine::clock_text),
     })
 }
 

@@ -132,6 +132,8 @@ struct State {
     /// Quota resets per appid, and the limit (`None`: [`RESETS_PER_MONTH`]).
     resets: HashMap<String, u64>,
     reset_limit: Option<u64>,
+    /// Seconds added to the real time in the `Date` header of every reply.
+    date_skew: i64,
 }
 
 struct Shared {
@@ -286,6 +288,12 @@ impl StandIn {
     }
 
     /// Invalidates a token early, as WeCom may do.
+    /// Makes the `Date` header of every reply this far from the real time, like a server
+    /// whose clock (or the client's) is off.
+    pub fn set_date_skew(&self, secs: i64) {
+        self.state().date_skew = secs;
+    }
+
     pub fn revoke(&self, token: &str) {
         self.state().live.remove(token);
     }
@@ -420,7 +428,7 @@ fn serve(sh: &Shared, stream: TcpStream) -> io::Result<()> {
         let (req, close) = match read_request(&mut reader) {
             Ok(Some(parsed)) => parsed,
             Ok(None) => break,
-            Err(e) => return write_response(&mut out, 400, "text/plain", e.to_string(), true),
+            Err(e) => return write_response(&mut out, 400, "text/plain", e.to_string(), true, 0),
         };
         if !handle(sh, req, &mut out, close)? || close {
             break;
@@ -662,6 +670,7 @@ fn send(
     reply: Reply,
     close: bool,
 ) -> io::Result<bool> {
+    let skew = lock(&sh.state).date_skew;
     let (code, ctype, body) = match reply {
         Reply::Drop => {
             let _ = out.shutdown(Shutdown::Both);
@@ -677,7 +686,7 @@ fn send(
             }
             return send(sh, out, route, *then, close);
         }
-        Reply::Oversized(n) => return stream_oversized(out, n, close).map(|()| true),
+        Reply::Oversized(n) => return stream_oversized(out, n, close, skew).map(|()| true),
         Reply::Status(code, body) => (code, "text/html; charset=utf-8", body),
         Reply::Token { token, expires_in } => {
             const OK: &str = r#""errcode":0,"errmsg":"ok","#;
@@ -700,7 +709,7 @@ fn send(
         Reply::Body(body) => (200, JSON, body),
         Reply::Empty => (200, JSON, String::new()),
     };
-    write_response(out, code, ctype, body, close).map(|()| true)
+    write_response(out, code, ctype, body, close, skew).map(|()| true)
 }
 
 fn write_response(
@@ -709,8 +718,9 @@ fn write_response(
     ctype: &str,
     body: String,
     close: bool,
+    skew: i64,
 ) -> io::Result<()> {
-    write_head(out, code, ctype, body.len() as u64, close)?;
+    write_head(out, code, ctype, body.len() as u64, close, skew)?;
     out.write_all(body.as_bytes())?;
     out.flush()
 }
@@ -721,20 +731,56 @@ fn write_head(
     ctype: &str,
     len: u64,
     close: bool,
+    skew: i64,
 ) -> io::Result<()> {
     // Clients ignore the reason phrase; any token will do.
     let reason = if code == 200 { "OK" } else { "Error" };
     let conn = if close { "close" } else { "keep-alive" };
     let head = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\nConnection: {conn}\r\n\r\n"
+        "HTTP/1.1 {code} {reason}\r\nDate: {}\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\nConnection: {conn}\r\n\r\n",
+        http_date(unix_now() + skew)
     );
     out.write_all(head.as_bytes())
 }
 
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// An HTTP date (RFC 7231 IMF-fixdate) for Unix time `t`, without a date library: the
+/// stand-in uses the standard library only.
+pub fn http_date(t: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
+        DAYS[days.rem_euclid(7) as usize],
+        MONTHS[(month - 1) as usize],
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 /// Streams `n` bytes that start like a token reply, without holding them in memory.
 /// A client that hangs up early ends the stream with an error, which the caller ignores.
-fn stream_oversized(out: &mut TcpStream, n: u64, close: bool) -> io::Result<()> {
-    write_head(out, 200, JSON, n, close)?;
+fn stream_oversized(out: &mut TcpStream, n: u64, close: bool, skew: i64) -> io::Result<()> {
+    write_head(out, 200, JSON, n, close, skew)?;
     let prefix = br#"{"access_token":""#;
     let mut chunk = vec![b'A'; 64 * 1024];
     let lead = prefix.len().min(n as usize);

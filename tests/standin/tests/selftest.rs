@@ -504,3 +504,16 @@ fn an_unused_scripted_reply_fails_the_test_on_drop() {
     s.discard_scripts();
     drop(s);
 }
+
+#[test]
+fn http_dates_are_imf_fixdate() {
+    assert_eq!(standin::http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+    assert_eq!(
+        standin::http_date(1_795_276_800),
+        "Sat, 21 Nov 2026 16:00:00 GMT"
+    );
+    assert_eq!(
+        standin::http_date(951_782_400),
+        "Tue, 29 Feb 2000 00:00:00 GMT"
+    );
+}

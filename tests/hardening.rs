@@ -1,0 +1,333 @@
+//! Never serve a dead token (issue 9): what `refresh` fetches, fetches that were never
+//! recorded, the clock, set-secret during a fetch, and hostile input. The real binary, a real
+//! SQLite file and the loopback stand-in; processes are synchronised through the stand-in's
+//! hit counts and gates, never through sleeps.
+
+mod support;
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::standin::{Reply, STABLE_TOKEN, TOKEN};
+use support::{Out, TestEnv, json, now, status_block, wait};
+
+const SECRET: &str = "Hz3kSecretQ8vLm1NpR7tWx5YcBd2FgJ";
+const NEW_SECRET: &str = "Pw4nNewSecretA9sDf6GhJk2LzXc8VbM";
+/// Long enough for anything that should happen; only a failing test waits this long.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+// ---- helpers ------------------------------------------------------------------------------
+
+/// A fresh environment with these classic-API accounts, each with SECRET.
+fn setup(appids: &[&str]) -> TestEnv {
+    let env = TestEnv::new();
+    for appid in appids {
+        add(&env, appid, "token");
+    }
+    env
+}
+
+fn add(env: &TestEnv, appid: &str, api: &str) {
+    let args = ["account", "add", "--appid", appid, "--api", api];
+    env.run_with_stdin(&args, &format!("{SECRET}\n"))
+        .assert_code(0);
+}
+
+/// Runs the binary and checks the exit code.
+#[track_caller]
+fn run(env: &TestEnv, args: &[&str], code: i32) -> Out {
+    env.run(args).assert_code(code).clone()
+}
+
+/// `get --json` of a token that must be there.
+#[track_caller]
+fn get_json(env: &TestEnv, appid: &str) -> Value {
+    json(&run(env, &["get", "--appid", appid, "--json"], 0).stdout)
+}
+
+/// Seconds left by `get --json`.
+#[track_caller]
+fn left(env: &TestEnv, appid: &str) -> i64 {
+    let doc = get_json(env, appid);
+    doc["expires_in"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no expires_in: {doc}"))
+}
+
+/// Waits for a spawned process; kills it and fails if it outlives PATIENCE.
+#[track_caller]
+fn finish(mut child: Child) -> Out {
+    let deadline = Instant::now() + PATIENCE;
+    while child.try_wait().expect("poll wxtoken").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("wxtoken still ran after {PATIENCE:?}: {:?}", wait(child));
+        }
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+    wait(child)
+}
+
+/// Starts `refresh` with `args` against a gated token route and waits until `n` requests
+/// are held at the gate.
+#[track_caller]
+fn refresh_held_at_gate(env: &TestEnv, args: &[&str], n: usize) -> Child {
+    env.api.gate(TOKEN);
+    let child = env.spawn(&[&["refresh"], args].concat());
+    assert!(
+        env.api.wait_for_hits(TOKEN, n, PATIENCE),
+        "{n} requests never arrived"
+    );
+    child
+}
+
+// ---- refresh does what it is told ---------------------------------------------------------
+
+#[test]
+fn a_manual_refresh_after_another_run_fetches_again() {
+    let env = setup(&["wxagain"]);
+    run(&env, &["refresh"], 0);
+    let out = run(&env, &["refresh"], 0);
+    out.assert_stderr_has(&["refreshed 1 of 1 accounts"]);
+    assert_eq!(env.api.hits(TOKEN), 2, "the second run fetched");
+}
+
+#[test]
+fn a_refresh_against_a_dead_server_fails() {
+    let env = setup(&["wxdead"]);
+    run(&env, &["refresh"], 0);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let out = run(&env, &["refresh", "--api-base", &url], 4);
+    out.assert_stderr_has(&["wxdead", "network error", "1 failed"]);
+    // Refused before sending: nothing can have been issued, so the token stays served.
+    assert!(left(&env, "wxdead") > 7000);
+}
+
+#[test]
+fn set_secret_and_enable_make_the_account_due_for_either_kind_of_run() {
+    let env = setup(&["wxsecret", "wxenable"]);
+    env.api.register("wxsecret", SECRET);
+    env.api.register("wxsecret", NEW_SECRET);
+    env.api.register("wxenable", SECRET);
+    run(&env, &["refresh"], 0);
+    env.run_with_stdin(
+        &["account", "set-secret", "--appid", "wxsecret"],
+        &format!("{NEW_SECRET}\n"),
+    )
+    .assert_code(0);
+    run(&env, &["account", "disable", "--appid", "wxenable"], 0);
+    run(&env, &["account", "enable", "--appid", "wxenable"], 0);
+    // Both tokens have two hours left: only the changes make them due.
+    let out = run(&env, &["refresh", "--if-expiring-within", "5m"], 0);
+    out.assert_stderr_has(&["refreshed 2 of 2 accounts"]);
+    let secrets: Vec<String> = env.requests_to(TOKEN)[2..]
+        .iter()
+        .map(|r| r.query["secret"].clone())
+        .collect();
+    assert!(secrets.contains(&NEW_SECRET.to_string()), "{secrets:?}");
+    // Done: the next refresh-ahead run leaves them alone.
+    let out = run(&env, &["refresh", "--if-expiring-within", "5m"], 0);
+    out.assert_stderr_has(&["refreshed 0 of 2 accounts; 2 already fresh"]);
+    assert_eq!(env.api.hits(TOKEN), 4);
+}
+
+// ---- fetches that were never recorded -----------------------------------------------------
+
+/// An account whose stored token is fresh, and a refresh killed (-9) while its next fetch
+/// of that account was at WeChat.
+fn killed_mid_fetch(api: &str) -> TestEnv {
+    let env = TestEnv::new();
+    add(&env, "wxkilled", api);
+    run(&env, &["refresh"], 0);
+    let route = if api == "stable" { STABLE_TOKEN } else { TOKEN };
+    env.api.gate(route);
+    let mut child = env.spawn(&["refresh", "--force"]);
+    assert!(env.api.wait_for_hits(route, 2, PATIENCE), "fetch arrived");
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+    env.api.open_gate(route);
+    env
+}
+
+#[test]
+fn an_unrecorded_classic_fetch_caps_the_old_token_at_five_minutes() {
+    let env = killed_mid_fetch("token");
+    let doc = get_json(&env, "wxkilled");
+    let secs = doc["expires_in"].as_i64().expect("expires_in");
+    assert!((1..=300).contains(&secs), "capped at 300 s: {doc}");
+    let out = run(&env, &["get", "--appid", "wxkilled", "--min-ttl", "301"], 3);
+    out.assert_stderr_has(&["less than --min-ttl", "unrecorded fetch"]);
+    let status = run(&env, &["status"], 0).stdout;
+    let block = status_block(&status, "wxkilled");
+    assert!(block.contains("never recorded"), "{block}");
+    let entry = &json(&run(&env, &["status", "--json"], 0).stdout)["accounts"][0];
+    assert!(
+        entry["token"]["expires_in"].as_i64().unwrap() <= 300,
+        "{entry}"
+    );
+    // The next refresh of either kind fetches it, and the new token is served in full.
+    run(&env, &["refresh", "--if-expiring-within", "1m"], 0);
+    assert_eq!(env.api.hits(TOKEN), 3);
+    assert!(left(&env, "wxkilled") > 7000);
+}
+
+#[test]
+fn an_unrecorded_stable_fetch_leaves_the_old_token_alone() {
+    let env = killed_mid_fetch("stable");
+    assert!(left(&env, "wxkilled") > 7000);
+}
+
+#[test]
+fn a_lost_answer_caps_the_classic_token_but_a_wechat_error_does_not() {
+    let env = setup(&["wxlost"]);
+    run(&env, &["refresh"], 0);
+    // WeChat answered with an errcode: it issued nothing.
+    env.api
+        .push(TOKEN, Reply::errcode(45011, "api minute-quota reach limit"));
+    run(&env, &["refresh"], 4);
+    assert!(left(&env, "wxlost") > 7000);
+    // The request got there, the answer did not: a token may have been issued.
+    for _ in 0..3 {
+        env.api.push(TOKEN, Reply::Drop);
+    }
+    run(&env, &["refresh"], 4);
+    let secs = left(&env, "wxlost");
+    assert!(secs <= 300, "capped: {secs}");
+}
+
+// ---- the clock ----------------------------------------------------------------------------
+
+/// One account with a token whose row says it was fetched `ahead` seconds from now, as a
+/// clock stepped back since the fetch would have it.
+fn fetched_ahead(appid: &str, ahead: i64) -> TestEnv {
+    let env = setup(&[appid]);
+    run(&env, &["refresh"], 0);
+    let t = now() + ahead;
+    env.open_db()
+        .execute(
+            "UPDATE tokens SET fetched_at = ?1, expires_at = ?2
+             WHERE id = (SELECT max(id) FROM tokens)",
+            [t, t + 7200],
+        )
+        .expect("shift the row");
+    env
+}
+
+#[test]
+fn time_left_is_never_more_than_the_tokens_lifetime() {
+    // Fetched 50 s "from now" (within the slack): the clock stepped back a little.
+    let env = fetched_ahead("wxclock", 50);
+    let secs = left(&env, "wxclock");
+    assert!(secs <= 7200, "{secs}");
+    run(&env, &["get", "--appid", "wxclock", "--min-ttl", "7201"], 3);
+}
+
+#[test]
+fn a_token_fetched_in_the_future_is_not_served_and_is_due() {
+    let env = fetched_ahead("wxfuture", 3600);
+    env.get(&["--appid", "wxfuture"])
+        .assert_no_value(&["in the future", "clock stepped back"]);
+    let status = run(&env, &["status"], 0).stdout;
+    assert!(status.contains("IN THE FUTURE"), "{status}");
+    run(&env, &["refresh", "--if-expiring-within", "5m"], 0);
+    assert_eq!(env.api.hits(TOKEN), 2, "due even for the refresh-ahead run");
+    env.get(&["--appid", "wxfuture"]).value();
+}
+
+#[test]
+fn a_skewed_date_header_warns_on_stderr_and_in_status() {
+    let env = setup(&["wxskew"]);
+    env.api.set_date_skew(-600);
+    let out = run(&env, &["-q", "refresh"], 0);
+    out.assert_stderr_has(&["warning", "clock is 600 s ahead of WeChat's"]);
+    let status = run(&env, &["status"], 0).stdout;
+    assert!(
+        status.contains("CLOCK: this machine's clock is 600 s ahead"),
+        "{status}"
+    );
+    let entry = &json(&run(&env, &["status", "--json"], 0).stdout)["accounts"][0];
+    let offset = entry["last_attempt"]["clock_offset"].as_i64().unwrap();
+    assert!((-602..=-598).contains(&offset), "{entry}");
+    // Within a minute: silence.
+    env.api.set_date_skew(30);
+    let out = run(&env, &["-q", "refresh"], 0);
+    assert_eq!(out.stderr, "");
+}
+
+// ---- set-secret during a fetch ------------------------------------------------------------
+
+#[test]
+fn an_outcome_of_a_replaced_secret_never_holds_the_new_one() {
+    let env = setup(&["wxrace"]);
+    env.api
+        .push(TOKEN, Reply::errcode(40125, "invalid appsecret"));
+    let child = refresh_held_at_gate(&env, &[], 1);
+    env.run_with_stdin(
+        &["account", "set-secret", "--appid", "wxrace"],
+        &format!("{NEW_SECRET}\n"),
+    )
+    .assert_code(0);
+    env.api.open_gate(TOKEN);
+    finish(child).assert_code(4).assert_stderr_has(&["40125"]);
+    let status = run(&env, &["status"], 0).stdout;
+    assert!(!status.contains("SKIPPED"), "{status}");
+    run(&env, &["refresh", "--if-expiring-within", "5m"], 0);
+    let last = env.requests_to(TOKEN).pop().expect("a request");
+    assert_eq!(last.query["secret"], NEW_SECRET);
+}
+
+// ---- bad input ----------------------------------------------------------------------------
+
+/// A usage error: exit 2, one line on stderr, nothing on stdout.
+#[track_caller]
+fn usage_error(env: &TestEnv, args: &[&str], words: &[&str]) -> Out {
+    let out = run(env, args, 2);
+    assert_eq!(out.stdout, "");
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    out.assert_stderr_has(words);
+    out
+}
+
+#[test]
+fn durations_that_do_not_fit_are_usage_errors() {
+    let env = setup(&["wxttl"]);
+    run(&env, &["refresh"], 0);
+    for big in ["9223372036854775808", "106751991167301d"] {
+        usage_error(
+            &env,
+            &["get", "--appid", "wxttl", "--min-ttl", big],
+            &["too large"],
+        );
+        usage_error(
+            &env,
+            &["refresh", "--if-expiring-within", big],
+            &["too large"],
+        );
+    }
+    assert_eq!(env.api.hits(TOKEN), 1);
+}
+
+#[test]
+fn refresh_appid_is_validated_and_never_echoed_raw() {
+    let env = setup(&["wxvalid"]);
+    for bad in ["wx\nINJECTED", "wx\u{1b}[31mred", "corp/agent/x", "a b"] {
+        let out = run(&env, &["refresh", "--appid", bad], 2);
+        assert_eq!(out.stderr.lines().count(), 1, "{:?}", out.stderr);
+        assert!(!out.stderr.contains('\u{1b}'), "{:?}", out.stderr);
+    }
+    assert_eq!(env.api.hits(TOKEN), 0);
+}
+
+#[test]
+fn an_absurd_lifetime_is_an_invalid_reply() {
+    let env = setup(&["wxyear"]);
+    env.api
+        .push(TOKEN, Reply::token("A_YEAR_LONG_TOKEN", 365 * 86_400));
+    let out = run(&env, &["refresh"], 4);
+    out.assert_stderr_has(&["invalid reply", "expires_in"]);
+    env.get(&["--appid", "wxyear"])
+        .assert_no_value(&["no token"]);
+}
