@@ -16,7 +16,8 @@ use crate::domain::{Api, DEFAULT_API_BASE, DEFAULT_WORK_API_BASE, Ticket};
   TOKEN=$(wxtoken get --appid wx1234567890abcdef) || exit 1
 
 Exit codes: 0 ok, 1 unexpected error, 2 bad arguments, 3 no valid token,
-4 a call to WeChat failed, 5 database problem, 6 no such account / already exists.")]
+4 a call to WeChat failed, 5 database problem, 6 no such account / already exists,
+8 interrupted by a signal.")]
 pub struct Cli {
     /// SQLite database [default: ~/.local/share/wxtoken/wxtoken.db]
     #[arg(

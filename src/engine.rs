@@ -4,7 +4,7 @@
 //! when the token a caller rejected is still the newest.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -16,6 +16,7 @@ use crate::exit::{Exit, fail};
 use crate::freshness::{self, Want};
 use crate::policy::{self, Hold};
 use crate::secret::fingerprint;
+use crate::signals;
 use crate::store::{Claim, Recorded, Store, StoreError};
 use crate::text;
 use crate::wechat::{Client, Credentials};
@@ -38,6 +39,36 @@ pub enum Done {
     TicketFailed(Ticket, Failure),
     /// The store failed; the fetch may have worked but is not recorded.
     Unrecorded(String),
+    /// Not tried: a stop signal came, or the database is locked (see `Stop`).
+    NotTried,
+}
+
+/// Why a run stops starting fetches: another process holds the database's write lock (one
+/// busy timeout is all a run waits, whatever the number of accounts), or a stop signal.
+#[derive(Default)]
+pub struct Stop {
+    locked: AtomicBool,
+}
+
+impl Stop {
+    pub fn now(&self) -> bool {
+        self.locked() || signals::caught().is_some()
+    }
+
+    /// Whether a store operation gave up on another process's lock.
+    pub fn locked(&self) -> bool {
+        self.locked.load(Ordering::SeqCst)
+    }
+
+    /// Turns a store failure into `NotTried` (and stops the run) when it is the lock.
+    fn failed(&self, err: &StoreError, done: impl FnOnce() -> Done) -> Done {
+        if matches!(err, StoreError::Busy(_)) {
+            self.locked.store(true, Ordering::SeqCst);
+            Done::NotTried
+        } else {
+            done()
+        }
+    }
 }
 
 /// What a refresh run fetches.
@@ -50,13 +81,15 @@ pub struct Plan {
 }
 
 /// Refreshes every account on up to `plan.jobs` threads, each with its own handle on the
-/// store; results in account order.
+/// store; results in account order. Once `stop` says so, no new fetch starts; the ones in
+/// flight are finished and recorded.
 pub fn refresh(
     store: &dyn Store,
     client: &Client,
     accounts: &[Account],
     plan: Plan,
     clock: Clock,
+    stop: &Stop,
 ) -> Vec<Done> {
     let now = clock();
     // Rows above the newest id now were inserted by a run that fetched after this one
@@ -64,7 +97,11 @@ pub fn refresh(
     let want = match (plan.want, store.newest_token_id()) {
         (Want::Due { .. }, Ok(newest_at_start)) => Want::Due { newest_at_start },
         (Want::Due { .. }, Err(err)) => {
-            let done = || Done::Unrecorded(format!("could not read the newest token id: {err}"));
+            let done = || {
+                stop.failed(&err, || {
+                    Done::Unrecorded(format!("could not read the newest token id: {err}"))
+                })
+            };
             return accounts.iter().map(|_| done()).collect();
         }
         (want, _) => want,
@@ -77,9 +114,10 @@ pub fn refresh(
         .collect();
     run_pool(accounts, workers, |worker, account| {
         match (account.held_at(now), worker) {
+            _ if stop.now() => Done::NotTried,
             (Some((until, reason)), _) if !plan.force => Done::Held(until, reason),
             (_, Err(err)) => Done::Unrecorded(format!("could not open the store: {err}")),
-            (_, Ok(store)) => refresh_one(store.as_ref(), client, account, want, ttl, clock),
+            (_, Ok(store)) => refresh_one(store.as_ref(), client, account, want, ttl, clock, stop),
         }
     })
 }
@@ -146,13 +184,16 @@ fn refresh_one(
     want: Want,
     ttl: i64,
     clock: Clock,
+    stop: &Stop,
 ) -> Done {
     let now = clock();
     let claimed = with_claim(store, account.id, now, ttl, || {
-        fetch_claimed(store, client, account, want, now)
+        fetch_claimed(store, client, account, want, now, stop)
     });
     match claimed {
-        Err(err) => Done::Unrecorded(format!("could not claim the account: {err}")),
+        Err(err) => stop.failed(&err, || {
+            Done::Unrecorded(format!("could not claim the account: {err}"))
+        }),
         Ok(Claimed::Busy(other)) => {
             log::info!("{}: {other} is fetching it; skipping", account.key);
             Done::Busy
@@ -172,6 +213,7 @@ fn fetch_claimed(
     account: &Account,
     want: Want,
     now: i64,
+    stop: &Stop,
 ) -> Done {
     let due = |kind: Credential| -> Result<(bool, Option<String>), StoreError> {
         let newest = store.latest_token(&account.key, kind)?;
@@ -202,10 +244,16 @@ fn fetch_claimed(
         (false, _) if tickets_due.is_empty() => return Done::Fresh,
         (false, Some(token)) => token,
         _ => {
+            // Checked again here: a claim may have waited out the lock or a signal.
+            if stop.now() {
+                return Done::NotTried;
+            }
             if let Err(err) = store.begin_fetch(account.id, now) {
-                return Done::Unrecorded(format!(
-                    "could not note that a fetch starts, so nothing was fetched: {err}"
-                ));
+                return stop.failed(&err, || {
+                    Done::Unrecorded(format!(
+                        "could not note that a fetch starts, so nothing was fetched: {err}"
+                    ))
+                });
             }
             let outcome = client.fetch_token(&credentials(account), false);
             match record(store, account, Credential::AccessToken, outcome) {

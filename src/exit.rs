@@ -15,11 +15,13 @@ pub enum Exit {
     FetchFailed,
     Database,
     Account,
+    /// 7 is reserved for a missing or wrong secret key (issue 10).
+    Interrupted,
 }
 
 impl Exit {
     #[cfg(test)]
-    pub const ALL: [Exit; 7] = [
+    pub const ALL: [Exit; 8] = [
         Exit::Ok,
         Exit::Error,
         Exit::Usage,
@@ -27,9 +29,10 @@ impl Exit {
         Exit::FetchFailed,
         Exit::Database,
         Exit::Account,
+        Exit::Interrupted,
     ];
 
-    pub fn code(self) -> u8 {
+    pub const fn code(self) -> u8 {
         match self {
             Exit::Ok => 0,
             Exit::Error => 1,
@@ -38,6 +41,7 @@ impl Exit {
             Exit::FetchFailed => 4,
             Exit::Database => 5,
             Exit::Account => 6,
+            Exit::Interrupted => 8,
         }
     }
 
@@ -52,7 +56,8 @@ impl Exit {
             Exit::Account => 3,
             Exit::Usage => 4,
             Exit::Database => 5,
-            Exit::Error => 6,
+            Exit::Interrupted => 6,
+            Exit::Error => 7,
         }
     }
 
@@ -92,6 +97,10 @@ impl Exit {
                 "An account command named an account that does not exist, or one that \
                  already exists."
             }
+            Exit::Interrupted => {
+                "`refresh` was stopped by SIGTERM, SIGINT or SIGHUP: it started no new fetch, \
+                 recorded the ones in flight and printed its summary."
+            }
         }
     }
 
@@ -106,6 +115,7 @@ impl Exit {
             Exit::FetchFailed => "a call to WeChat failed",
             Exit::Database => "database problem",
             Exit::Account => "no such account / already exists",
+            Exit::Interrupted => "interrupted by a signal",
         }
     }
 }
@@ -163,9 +173,10 @@ mod tests {
 
     #[test]
     fn codes_are_distinct_and_in_order() {
-        for (i, e) in Exit::ALL.iter().enumerate() {
-            assert_eq!(usize::from(e.code()), i, "{e:?}");
+        for pair in Exit::ALL.windows(2) {
+            assert!(pair[0].code() < pair[1].code(), "{pair:?}");
         }
+        assert_eq!(Exit::ALL[0].code(), 0);
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod logging;
 mod policy;
 mod quota;
 mod secret;
+mod signals;
 mod store;
 mod text;
 mod wechat;

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -330,4 +330,130 @@ fn an_absurd_lifetime_is_an_invalid_reply() {
     out.assert_stderr_has(&["invalid reply", "expires_in"]);
     env.get(&["--appid", "wxyear"])
         .assert_no_value(&["no token"]);
+}
+
+// ---- a locked database --------------------------------------------------------------------
+
+#[test]
+fn a_locked_database_fails_the_run_after_one_busy_timeout() {
+    let ids: Vec<String> = (0..20).map(|i| format!("wxlock{i:02}")).collect();
+    let env = setup(&ids.iter().map(String::as_str).collect::<Vec<_>>());
+    let lock = env.open_db();
+    lock.execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    let started = Instant::now();
+    let out = run(&env, &["-q", "refresh"], 5);
+    let took = started.elapsed();
+    lock.execute_batch("ROLLBACK").expect("release");
+    out.assert_stderr_has(&["is locked by another process", "20 not tried"]);
+    assert_eq!(out.stderr.lines().count(), 2, "{}", out.stderr);
+    assert_eq!(env.api.hits(TOKEN), 0);
+    // Serially, one busy timeout (10 s) per account would be 200 s.
+    assert!(took < Duration::from_secs(40), "took {took:?}");
+}
+
+// ---- signals ------------------------------------------------------------------------------
+
+/// Sends a signal to a spawned process.
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{sig}");
+}
+
+#[test]
+fn sigterm_finishes_the_fetch_in_flight_and_starts_no_other() {
+    for sig in ["TERM", "INT", "HUP"] {
+        let env = setup(&["wxsig1", "wxsig2", "wxsig3"]);
+        let child = refresh_held_at_gate(&env, &["--jobs", "1"], 1);
+        signal(&child, sig);
+        env.api.open_gate(TOKEN);
+        let out = finish(child);
+        out.assert_code(8).assert_stderr_has(&[
+            "refreshed 1 of 3",
+            &format!("stopped by SIG{sig}"),
+            "2 not tried",
+        ]);
+        assert_eq!(env.api.hits(TOKEN), 1, "{sig}: no new fetch");
+        env.get(&["--appid", "wxsig1"]).value();
+        let claims = env.query_i64("SELECT count(*) FROM claims");
+        assert_eq!(claims, 0, "claims released");
+        assert_eq!(env.query_i64("SELECT count(*) FROM intents"), 0);
+    }
+}
+
+#[test]
+fn a_second_signal_ends_the_run_at_once() {
+    let env = setup(&["wxtwice"]);
+    let child = refresh_held_at_gate(&env, &[], 1);
+    signal(&child, "TERM");
+    signal(&child, "TERM");
+    // The gate stays closed: only the second signal can end it.
+    let out = finish(child);
+    env.api.open_gate(TOKEN);
+    out.assert_code(8);
+}
+
+// ---- the secret -------------------------------------------------------------------------
+
+#[test]
+fn a_secret_over_64_kib_is_refused_not_cut() {
+    let env = TestEnv::new();
+    let long = "s".repeat(64 * 1024 + 1);
+    let out = env.run_with_stdin(
+        &["account", "add", "--appid", "wxlong"],
+        &format!("{long}\n"),
+    );
+    out.assert_code(2)
+        .assert_stderr_has(&["longer than 64 KiB"]);
+    let listed = run(&env, &["account", "list"], 0).stdout;
+    assert!(!listed.contains("wxlong"), "{listed}");
+}
+
+#[test]
+fn ctrl_c_at_the_secret_prompt_restores_echo() {
+    let env = TestEnv::new();
+    // In a pseudo-terminal: the prompt, Ctrl-C, then the terminal's settings as left. The
+    // shell ignores SIGINT to live on and show them; wxtoken gets the default back.
+    let inner = format!(
+        "trap '' INT; (trap - INT; exec {} account add --appid wxprompt); stty -a",
+        env!("CARGO_BIN_EXE_wxtoken")
+    );
+    let mut child = Command::new("script")
+        .args(["-qfec", &format!("sh -c \"{inner}\""), "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("WXTOKEN_DB", env.db())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run script(1) from util-linux (bsdutils)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let (chunks, seen) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut buf) {
+            if chunks.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    // wxtoken turns echo off before it shows the prompt: Ctrl-C after the prompt comes while
+    // echo is off, as when a user presses it while typing.
+    let mut text = String::new();
+    while !text.contains("secret for wxprompt") {
+        let chunk = seen.recv_timeout(PATIENCE).expect("the prompt appears");
+        text += &String::from_utf8_lossy(&chunk);
+    }
+    std::io::Write::write_all(&mut stdin, b"\x03").expect("send Ctrl-C");
+    while let Ok(chunk) = seen.recv_timeout(PATIENCE) {
+        text += &String::from_utf8_lossy(&chunk);
+    }
+    let _ = child.wait();
+    assert!(text.contains(" echo "), "echo restored:\n{text}");
+    assert!(!text.contains("-echo "), "echo left off:\n{text}");
 }

@@ -1,6 +1,6 @@
 //! `wxtoken account ...`: add, list, remove, enable, disable, set-secret.
 
-use std::io::{self, BufRead, IsTerminal, Write};
+use std::io::{self, BufRead, IsTerminal, Read, Write};
 
 use anyhow::{Context as _, Result};
 use serde_json::json;
@@ -129,6 +129,7 @@ fn read_secret(secret_env: Option<&str>, key: &AccountKey) -> Result<Secret> {
     } else {
         stdin_line("the secret")?
     };
+    super::check_length("the secret", &raw)?;
     let value = raw.trim();
     if value.is_empty() {
         return Err(fail(
@@ -145,22 +146,19 @@ fn read_secret(secret_env: Option<&str>, key: &AccountKey) -> Result<Secret> {
     Ok(Secret::new(value.to_string()))
 }
 
-/// Turns terminal echo off with stty for the duration of one line.
+/// Reads one line from the terminal on stdin with echo off. A signal meanwhile (Ctrl-C)
+/// turns echo back on before the process dies, so the shell is not left typing blind.
+/// Echo goes off before the prompt shows, so that whatever is typed after it is hidden.
 fn prompt_without_echo(prompt: &str) -> Result<String> {
-    let stty = |arg: &str| {
-        std::process::Command::new("stty")
-            .arg(arg)
-            .stdin(std::fs::File::open("/dev/tty")?)
-            .status()
-    };
+    let guard = crate::signals::echo_off(0);
     eprint!("{prompt}");
     io::stderr().flush().ok();
-    let echo_off = stty("-echo").map(|s| s.success()).unwrap_or(false);
     let mut line = String::new();
-    let read = io::stdin().lock().read_line(&mut line);
-    if echo_off {
-        let _ = stty("echo");
-    }
+    let read = io::stdin()
+        .lock()
+        .take(super::STDIN_LIMIT + 1)
+        .read_line(&mut line);
+    drop(guard);
     eprintln!();
     read.context("could not read the secret from the terminal")?;
     Ok(line)

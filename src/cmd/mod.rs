@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result};
 
 use crate::config::{ApiConfig, Cmd, Config};
 use crate::engine::Clock;
-use crate::exit::Exit;
+use crate::exit::{Exit, fail};
 use crate::store::{self, Location, ReadStore, Store};
 use crate::wechat::{self, Client};
 
@@ -75,17 +75,35 @@ pub fn run(config: Config) -> Result<Exit> {
     }
 }
 
-/// The first line of stdin (at most 64 KiB of it, so a wrong redirect cannot eat memory),
-/// untrimmed; `what` names it in errors.
+/// The longest line read from stdin, so that a wrong redirect cannot eat memory.
+pub const STDIN_LIMIT: u64 = 64 * 1024;
+
+/// The first line of stdin, untrimmed; `what` names it in errors. A line longer than
+/// `STDIN_LIMIT` is refused, never cut: a cut secret would fail later with a wrong errcode.
 pub fn stdin_line(what: &str) -> Result<String> {
     use std::io::{BufRead, Read};
     let mut line = String::new();
     io::stdin()
         .lock()
-        .take(64 * 1024)
+        .take(STDIN_LIMIT + 1)
         .read_line(&mut line)
         .with_context(|| format!("could not read {what} from stdin"))?;
+    check_length(what, &line)?;
     Ok(line)
+}
+
+/// Refuses a value longer than `STDIN_LIMIT` (its line end aside).
+pub fn check_length(what: &str, value: &str) -> Result<()> {
+    if value.trim_end_matches(['\n', '\r']).len() as u64 > STDIN_LIMIT {
+        return Err(fail(
+            Exit::Usage,
+            format!(
+                "{what} is longer than {} KiB; refusing it",
+                STDIN_LIMIT / 1024
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Writes data to stdout. A reader that went away (`| head`) is not an error.

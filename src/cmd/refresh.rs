@@ -6,14 +6,16 @@ use anyhow::Result;
 use super::Context;
 use crate::config::RefreshConfig;
 use crate::domain::{Account, AccountKey};
-use crate::engine::{self, Done, Plan};
+use crate::engine::{self, Done, Plan, Stop};
 use crate::exit::{Exit, fail};
 use crate::freshness::Want;
-use crate::policy::{ATTEMPT_RETENTION, DEFAULT_KEEP};
+use crate::policy::{ATTEMPT_RETENTION, BUSY_TIMEOUT, DEFAULT_KEEP};
+use crate::signals;
 use crate::store::{ReadStore, StoreError};
 use crate::text::held_text;
 
 pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
+    signals::catch_stop_signals();
     let client = ctx.client(&cfg.api);
     let store = ctx.store()?;
     let now = ctx.now();
@@ -31,20 +33,37 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
         force: cfg.force,
         jobs: cfg.jobs,
     };
-    let results = engine::refresh(store.as_ref(), &client, &accounts, plan, ctx.clock);
-    if let Err(err) = store.prune(ctx.now(), DEFAULT_KEEP, now - ATTEMPT_RETENTION) {
+    let stop = Stop::default();
+    let results = engine::refresh(store.as_ref(), &client, &accounts, plan, ctx.clock, &stop);
+    // Pruning would wait out the lock once more, or delay an exit that was asked for.
+    if !stop.now()
+        && let Err(err) = store.prune(ctx.now(), DEFAULT_KEEP, now - ATTEMPT_RETENTION)
+    {
         log::warn!("could not prune old rows: {err}");
     }
     // The frequent refresh-ahead run leaves held accounts to the hourly run to report, or
     // a crontab with both would mail the same hold every four minutes.
     let report_holds = !matches!(cfg.want, Want::ExpiringWithin(_));
-    Ok(report(&accounts, &results, ctx.quiet, report_holds))
+    let exit = report(&accounts, &results, ctx.quiet, report_holds);
+    if stop.locked() && signals::caught().is_none() {
+        let db = store.location();
+        return Err(fail(
+            Exit::Database,
+            format!(
+                "database {db} is locked by another process (gave up after {} s); accounts not \
+                 tried are left for the next run: find the process with `fuser {db}` and let \
+                 it finish",
+                BUSY_TIMEOUT.as_secs()
+            ),
+        ));
+    }
+    Ok(exit)
 }
 
 fn report(accounts: &[Account], results: &[Done], quiet: bool, report_holds: bool) -> Exit {
     let mut failed = Vec::new();
     let mut tickets_failed = Vec::new();
-    let (mut refreshed, mut fresh, mut busy, mut held) = (0, 0, 0, 0);
+    let (mut refreshed, mut fresh, mut busy, mut held, mut not_tried) = (0, 0, 0, 0, 0);
     let mut exit = Exit::Ok;
     for (account, done) in accounts.iter().zip(results) {
         let key = &account.key;
@@ -52,6 +71,7 @@ fn report(accounts: &[Account], results: &[Done], quiet: bool, report_holds: boo
             Done::Refreshed => refreshed += 1,
             Done::Fresh => fresh += 1,
             Done::Busy => busy += 1,
+            Done::NotTried => not_tried += 1,
             Done::Held(..) if !report_holds => held += 1,
             Done::Held(until, reason) => {
                 eprintln!("wxtoken: {key}: skipped {}: {reason}", held_text(*until));
@@ -96,6 +116,16 @@ fn report(accounts: &[Account], results: &[Done], quiet: bool, report_holds: boo
     }
     if !tickets_failed.is_empty() {
         line += &format!("; failed tickets: {}", tickets_failed.join(", "));
+    }
+    if let Some(signal) = signals::caught() {
+        line += &format!("; stopped by {signal}");
+        if not_tried > 0 {
+            line += &format!(", {not_tried} not tried");
+        }
+        exit = Exit::Interrupted;
+    } else if not_tried > 0 {
+        line += &format!("; {not_tried} not tried: the database is locked");
+        exit = exit.merge(Exit::Database);
     }
     if exit != Exit::Ok || !quiet {
         eprintln!("{line}");
