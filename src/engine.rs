@@ -198,6 +198,11 @@ fn refresh_one(
             log::info!("{}: {other} is fetching it; skipping", account.key);
             Done::Busy
         }
+        // What happened to the fetch matters more; a claim left behind expires on its own.
+        Ok(Claimed::Done(done @ Done::Unrecorded(_), Err(err))) => {
+            log::info!("{}: could not release the claim: {err}", account.key);
+            done
+        }
         Ok(Claimed::Done(_, Err(err))) => {
             Done::Unrecorded(format!("could not release the claim: {err}"))
         }

@@ -6,6 +6,7 @@ mod config;
 mod domain;
 mod engine;
 mod exit;
+mod filesafety;
 mod freshness;
 mod logging;
 mod policy;

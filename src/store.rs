@@ -15,6 +15,7 @@ use crate::domain::{
     Account, AccountKey, Api, Attempt, AttemptResult, Credential, Failure, FetchRecord, Fetched,
     NewAccount, Outcome, Secret, Ticket, TokenRow,
 };
+use crate::filesafety::{self, Access};
 use crate::policy;
 
 /// Every migration, in order. The schema version is `PRAGMA user_version` = how many of
@@ -102,6 +103,11 @@ pub enum Recorded {
 pub trait ReadStore {
     /// Where the data lives, for people: a path, or a URL without its password.
     fn location(&self) -> String;
+    /// False when what was read may be torn by a writer that came by meanwhile (a file
+    /// read in place, without locks): read again.
+    fn consistent(&self) -> bool {
+        true
+    }
     /// Every account, ordered by appid then agent.
     fn accounts(&self) -> Result<Vec<Account>>;
     fn account(&self, key: &AccountKey) -> Result<Option<Account>>;
@@ -233,36 +239,76 @@ struct Sqlite {
     conn: Connection,
     path: PathBuf,
     holder: Holder,
+    /// For a database read in place without SQLite's shared memory (a read-only directory
+    /// or mount): the file's size and modification time when it was opened.
+    immutable: Option<FileStamp>,
+}
+
+/// What tells a changed file: its size and its modification time, to the nanosecond.
+type FileStamp = (u64, i64, i64);
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.mtime(), m.mtime_nsec()))
 }
 
 impl Sqlite {
     /// Opens the database for writing, creating it (mode 0600) if it does not exist, and
-    /// applies pending migrations.
+    /// applies pending migrations. A file that is not this user's alone is refused (see
+    /// `filesafety`), and so is a zero-byte file: wxtoken never leaves one, so someone else
+    /// put it there.
     fn open(path: &Path, holder: Holder) -> Result<Sqlite> {
         check_dir(path)?;
-        if !path.exists() {
-            // Created here, not by SQLite, so that it is 0600 from its first byte.
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .or_else(|e| match e.kind() {
-                    std::io::ErrorKind::AlreadyExists => OpenOptions::new().read(true).open(path),
-                    _ => Err(e),
-                })
-                .map_err(|e| {
-                    StoreError::Io(format!(
-                        "could not use database {}: could not create database {}: {e}",
-                        path.display(),
-                        path.display()
-                    ))
-                })?;
+        let is_link = match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                create(path)?;
+                false
+            }
+            Err(e) => return Err(io_error(e, path)),
+            Ok(meta) => meta.file_type().is_symlink(),
+        };
+        filesafety::check(path, Access::Write).map_err(StoreError::Io)?;
+        if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+            return Err(StoreError::Io(format!(
+                "refusing {}: it is an empty file that wxtoken did not create; if it is yours, \
+                 remove it and run the command again",
+                path.display()
+            )));
         }
         let store = Sqlite::connect(path, holder, true)?;
-        store.configure(true)?;
+        let version = store.configure(true)?;
+        if is_link && version != MIGRATIONS.len() as i64 {
+            return Err(StoreError::Io(format!(
+                "refusing {}: it is a symbolic link, and wxtoken creates and migrates a \
+                 database only at its real path; point --db / WXTOKEN_DB at the file itself",
+                path.display()
+            )));
+        }
         store.migrate()?;
         Ok(store)
+    }
+
+    /// Opens the file read-only with SQLite's `immutable` flag: no lock, no -shm.
+    fn open_in_place(path: &Path) -> Result<Sqlite> {
+        let before = stamp(path);
+        let mut uri = std::ffi::OsString::from("file:");
+        // A URI path: percent-encode what would end or confuse it.
+        for &byte in path.as_os_str().as_encoded_bytes() {
+            uri.push(uri_char(byte));
+        }
+        uri.push("?mode=ro&immutable=1");
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(PathBuf::from(uri), flags)
+            .map_err(|e| db_error(e, path))?;
+        Ok(Sqlite {
+            conn,
+            path: path.to_path_buf(),
+            holder: Holder::nobody(),
+            immutable: before,
+        })
     }
 
     fn connect(path: &Path, holder: Holder, write: bool) -> Result<Sqlite> {
@@ -277,14 +323,28 @@ impl Sqlite {
             conn,
             path: path.to_path_buf(),
             holder,
+            immutable: None,
         })
     }
 
     /// Opens an existing database read-only, for `get`: no migration, no write, no lock.
     fn open_readonly(path: &Path) -> Result<Sqlite> {
         require_file(path)?;
-        let store = Sqlite::connect(path, Holder::nobody(), false)?;
-        let version = store.configure(false)?;
+        filesafety::check(path, Access::Read).map_err(StoreError::Io)?;
+        let mut store = Sqlite::connect(path, Holder::nobody(), false)?;
+        let version = match store.configure(false) {
+            Ok(version) => version,
+            // SQLite needs a -shm beside a WAL database, and cannot create one in a
+            // read-only directory or mount. With no -wal there, every committed write is in
+            // the file itself, which can then be read as it is; `consistent` tells the
+            // caller whether a writer came by meanwhile.
+            Err(err) if !filesafety::companions(path)[1].exists() => {
+                log::debug!("reading {} in place: {err}", path.display());
+                store = Sqlite::open_in_place(path)?;
+                store.configure(false)?
+            }
+            Err(err) => return Err(err),
+        };
         if version != MIGRATIONS.len() as i64 {
             store.check_version(version)?;
             return Err(StoreError::Schema(format!(
@@ -479,6 +539,15 @@ impl Sqlite {
 impl ReadStore for Sqlite {
     fn location(&self) -> String {
         self.path.display().to_string()
+    }
+
+    fn consistent(&self) -> bool {
+        match self.immutable {
+            None => true,
+            Some(before) => {
+                stamp(&self.path) == Some(before) && !filesafety::companions(&self.path)[1].exists()
+            }
+        }
     }
 
     fn accounts(&self) -> Result<Vec<Account>> {
@@ -894,6 +963,57 @@ impl Drop for Transaction<'_> {
     }
 }
 
+/// One byte of a path as URI text (paths are bytes; SQLite decodes them back).
+fn uri_char(byte: u8) -> String {
+    if (byte.is_ascii_graphic() || byte == b' ') && !matches!(byte, b'%' | b'?' | b'#') {
+        (byte as char).to_string()
+    } else {
+        format!("%{byte:02X}")
+    }
+}
+
+/// Creates a new database at `path` without ever showing an empty file there: it is built
+/// and migrated under a temporary name beside it (0600 from its first byte), then linked
+/// into place, which fails rather than replaces if anything appeared at `path` meanwhile.
+fn create(path: &Path) -> Result<()> {
+    let name = path
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_string_lossy());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = path.with_file_name(format!(".{name}.new-{}-{nanos}", std::process::id()));
+    let built = (|| -> Result<()> {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io_error(e, path))?;
+        let store = Sqlite::connect(&tmp, Holder::nobody(), true)?;
+        store.configure(true)?;
+        store.migrate()?;
+        // Closing the last connection checkpoints and removes the temporary -wal / -shm.
+        store.conn.close().map_err(|(_, e)| db_error(e, path))?;
+        match std::fs::hard_link(&tmp, path) {
+            // Another process created it first: use theirs, checked like any other.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            other => other.map_err(|e| io_error(e, path)),
+        }
+    })();
+    for file in filesafety::companions(&tmp) {
+        let _ = std::fs::remove_file(file);
+    }
+    built
+}
+
+fn io_error(err: std::io::Error, path: &Path) -> StoreError {
+    StoreError::Io(format!(
+        "could not create database {}: {err}",
+        path.display()
+    ))
+}
+
 /// Unknown names are dropped: a newer wxtoken may know more kinds than this one.
 fn parse_tickets(list: &str) -> Vec<Ticket> {
     list.split(',').filter_map(Ticket::parse).collect()
@@ -973,7 +1093,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("wxtoken-store-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        dir.join("wxtoken.db")
+        // Private from its first byte, as wxtoken would create it: the store refuses a
+        // database others may read.
+        let path = dir.join("wxtoken.db");
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .unwrap();
+        path
     }
 
     #[test]

@@ -930,6 +930,8 @@ fn an_sqlite_file_of_another_program_is_left_untouched() {
     conn.execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('mine');")
         .expect("someone else's table");
     drop(conn);
+    // Private, as it should be: what is refused here is the content.
+    std::fs::set_permissions(env.db(), std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let before = schema(&env);
     for args in [&["status"][..], &["refresh"], &["account", "list"]] {
         let out = run(&env, args, 5);
@@ -975,6 +977,8 @@ fn a_file_that_is_not_sqlite_is_left_untouched() {
     for content in [&b"hello, world\n"[..], &long] {
         let env = TestEnv::new();
         std::fs::write(env.db(), content).expect("write");
+        // Private, as it should be: what is refused here is the content.
+        std::fs::set_permissions(env.db(), std::fs::Permissions::from_mode(0o600)).expect("chmod");
         for args in [&["status"][..], &["get", "--appid", APPID], &["refresh"]] {
             let out = run(&env, args, 5);
             out.assert_stderr_has(&["not an SQLite database", &env.db().display().to_string()]);

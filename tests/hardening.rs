@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -456,4 +458,233 @@ fn ctrl_c_at_the_secret_prompt_restores_echo() {
     let _ = child.wait();
     assert!(text.contains(" echo "), "echo restored:\n{text}");
     assert!(!text.contains("-echo "), "echo left off:\n{text}");
+}
+
+// ---- root-only cases ----------------------------------------------------------------------
+
+/// Another user, by number: nobody needs to exist with it.
+const STRANGER: u32 = 54_321;
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Whether a root-only case can run; says so visibly when it cannot.
+fn root_or_skip(what: &str) -> bool {
+    let root = is_root();
+    if !root {
+        eprintln!("SKIPPED (needs root): {what}");
+    }
+    root
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn chown(path: &Path, uid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(uid)).expect("chown");
+}
+
+fn companion(db: &Path, suffix: &str) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+// ---- a failed record ----------------------------------------------------------------------
+
+/// A small tmpfs, unmounted on drop.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(env: &TestEnv) -> SmallDisk {
+        let dir = env.dir.join("small");
+        std::fs::create_dir(&dir).expect("mkdir");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount a tmpfs");
+        SmallDisk(dir)
+    }
+
+    /// Writes a file until the disk is full.
+    fn fill(&self) {
+        let mut filler = std::fs::File::create(self.0.join("filler")).expect("filler");
+        let chunk = vec![0u8; 4096];
+        while std::io::Write::write_all(&mut filler, &chunk).is_ok() {}
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_at_record_time_says_the_stored_token_dies_and_caps_it() {
+    if !root_or_skip("full-disk test on a small tmpfs") {
+        return;
+    }
+    let env = TestEnv::new();
+    let disk = SmallDisk::mount(&env);
+    env.set_env(
+        "WXTOKEN_DB",
+        &disk.0.join("wxtoken.db").display().to_string(),
+    );
+    add(&env, "wxfull", "token");
+    run(&env, &["refresh"], 0);
+    let child = refresh_held_at_gate(&env, &[], 2);
+    disk.fill();
+    env.api.open_gate(TOKEN);
+    finish(child).assert_code(5).assert_stderr_has(&[
+        "wxfull",
+        "could not record",
+        "dies within 5 minutes",
+        "refresh --appid wxfull",
+    ]);
+    std::fs::remove_file(disk.0.join("filler")).expect("make room");
+    let secs = left(&env, "wxfull");
+    assert!(secs <= 300, "capped: {secs}");
+}
+
+// ---- the database file is ours alone ------------------------------------------------------
+
+#[test]
+fn a_file_planted_by_another_user_is_refused() {
+    if !root_or_skip("another user's file") {
+        return;
+    }
+    let env = TestEnv::new();
+    let db = env.db();
+    std::fs::write(&db, b"").expect("plant");
+    chmod(&db, 0o666);
+    chown(&db, STRANGER);
+    let out = env.run_with_stdin(
+        &["account", "add", "--appid", "wxplant"],
+        &format!("{SECRET}\n"),
+    );
+    out.assert_code(5).assert_stderr_has(&[
+        &db.display().to_string(),
+        &format!("owner uid {STRANGER}"),
+        "mode 0666",
+        "another user",
+    ]);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "left untouched");
+}
+
+#[test]
+fn an_empty_file_or_a_symlink_is_never_migrated() {
+    let env = TestEnv::new();
+    let db = env.db();
+    // An empty file of our own that wxtoken did not create.
+    std::fs::write(&db, b"").expect("touch");
+    chmod(&db, 0o600);
+    run(&env, &["status"], 5).assert_stderr_has(&["empty file that wxtoken did not create"]);
+    std::fs::remove_file(&db).expect("rm");
+    // A symlink to an existing empty file.
+    let target = env.dir.join("victim");
+    std::fs::write(&target, b"").expect("victim");
+    chmod(&target, 0o600);
+    std::os::unix::fs::symlink(&target, &db).expect("symlink");
+    run(&env, &["status"], 5).assert_stderr_has(&[&db.display().to_string()]);
+    let size = std::fs::metadata(&target).unwrap().len();
+    assert_eq!(size, 0, "target untouched");
+    std::fs::remove_file(&db).expect("rm");
+    // A symlink to a file that is not there yet is not followed to create it either.
+    std::os::unix::fs::symlink(env.dir.join("elsewhere"), &db).expect("symlink");
+    run(&env, &["status"], 5);
+    assert!(!env.dir.join("elsewhere").exists());
+}
+
+#[test]
+fn modes_that_let_others_in_are_refused_and_0640_is_allowed() {
+    let env = setup(&["wxmode"]);
+    run(&env, &["refresh"], 0);
+    let db = env.db();
+    chmod(&db, 0o640);
+    run(&env, &["status"], 0);
+    env.get(&["--appid", "wxmode"]).value();
+    for mode in [0o644, 0o660, 0o602] {
+        chmod(&db, mode);
+        for args in [&["status"][..], &["get", "--appid", "wxmode"]] {
+            run(&env, args, 5).assert_stderr_has(&[
+                &db.display().to_string(),
+                &format!("mode {mode:04o}"),
+                "chmod 600",
+            ]);
+        }
+    }
+    chmod(&db, 0o600);
+    // A leftover -wal of the wrong mode is named, not "readonly database".
+    let wal = companion(&db, "-wal");
+    std::fs::write(&wal, b"").expect("wal");
+    chmod(&wal, 0o666);
+    run(&env, &["status"], 5).assert_stderr_has(&[&wal.display().to_string(), "mode 0666"]);
+}
+
+#[test]
+fn a_leftover_shm_of_another_user_is_named() {
+    if !root_or_skip("another user's -shm") {
+        return;
+    }
+    let env = setup(&["wxshm"]);
+    let shm = companion(&env.db(), "-shm");
+    std::fs::write(&shm, b"").expect("shm");
+    chmod(&shm, 0o600);
+    chown(&shm, STRANGER);
+    run(&env, &["refresh"], 5)
+        .assert_stderr_has(&[&shm.display().to_string(), &format!("owner uid {STRANGER}")]);
+}
+
+#[test]
+fn get_works_in_a_read_only_directory_of_another_user() {
+    if !root_or_skip("get as another user in a read-only directory") {
+        return;
+    }
+    let env = setup(&["wxro"]);
+    env.api.push(TOKEN, Reply::token("READONLY_TOKEN", 7200));
+    run(&env, &["refresh"], 0);
+    let dir = env.dir.join("ro");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let db = dir.join("wxtoken.db");
+    std::fs::rename(env.db(), &db).expect("move the database");
+    chown(&db, STRANGER);
+    chown(&dir, STRANGER);
+    chmod(&dir, 0o555);
+    let stranger = STRANGER.to_string();
+    let out = Command::new("setpriv")
+        .args(["--reuid", &stranger, "--regid", &stranger, "--clear-groups"])
+        .args([env!("CARGO_BIN_EXE_wxtoken"), "get", "--appid", "wxro"])
+        .env_clear()
+        .env("WXTOKEN_DB", &db)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run setpriv (util-linux)");
+    chmod(&dir, 0o755);
+    let out = Out::from_output(out);
+    assert_eq!(out.value(), "READONLY_TOKEN");
+    let shm = companion(&db, "-shm");
+    assert!(!shm.exists(), "nothing written beside it");
+}
+
+#[test]
+fn corruption_found_after_opening_exits_5_with_the_path() {
+    let env = setup(&["wxcorrupt"]);
+    run(&env, &["refresh"], 0);
+    let db = env.db();
+    // Keep the header (page 1), wreck the pages of the tables.
+    let mut bytes = std::fs::read(&db).expect("read");
+    assert!(bytes.len() > 8192, "more than one page");
+    for b in &mut bytes[4096..] {
+        *b = 0xA5;
+    }
+    std::fs::write(&db, &bytes).expect("write");
+    for args in [&["status"][..], &["get", "--appid", "wxcorrupt"]] {
+        run(&env, args, 5).assert_stderr_has(&[&db.display().to_string()]);
+    }
 }

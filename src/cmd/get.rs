@@ -17,9 +17,17 @@ pub fn run(ctx: &Context, cfg: &GetConfig) -> Result<Exit> {
     let key = &cfg.key;
     let row = match &cfg.reject {
         None => {
-            let store = ctx.read_store()?;
-            let row = store.latest_token(key, cfg.kind)?;
-            usable_or_reason(store.as_ref(), cfg, row, ctx.now())?
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let store = ctx.read_store()?;
+                let row = store.latest_token(key, cfg.kind)?;
+                // Read in place in a read-only directory: a writer that came by meanwhile
+                // may have torn what we read, so read again.
+                if store.consistent() || tries == 3 {
+                    break usable_or_reason(store.as_ref(), cfg, row, ctx.now())?;
+                }
+            }
         }
         Some((rejected, api)) => {
             let rejected = if rejected == "-" {

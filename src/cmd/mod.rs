@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result};
 use crate::config::{ApiConfig, Cmd, Config};
 use crate::engine::Clock;
 use crate::exit::{Exit, fail};
-use crate::store::{self, Location, ReadStore, Store};
+use crate::store::{self, Location, ReadStore, Store, StoreError};
 use crate::wechat::{self, Client};
 
 /// What every command may use. Stores open on demand, in the role the command needs.
@@ -65,13 +65,31 @@ pub fn run(config: Config) -> Result<Exit> {
         quiet: config.quiet,
         db: config.db,
     };
-    match config.command {
+    let result = match config.command {
         Cmd::Account(op) => account::run(&ctx, op),
         Cmd::Get(cfg) => get::run(&ctx, &cfg),
         Cmd::Refresh(cfg) => refresh::run(&ctx, &cfg),
         Cmd::Prune { keep } => prune::run(&ctx, keep),
         Cmd::Quota(cfg) => quota::run(&ctx, &cfg),
         Cmd::Status { json } => status::run(&ctx, json),
+    };
+    result.map_err(|err| name_the_database(err, &ctx.db))
+}
+
+/// A store failure found after opening (a damaged page, a full disk) names the file, like
+/// every failure to open it does.
+fn name_the_database(err: anyhow::Error, db: &Location) -> anyhow::Error {
+    let path = db.path.display().to_string();
+    let unnamed = err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<StoreError>(),
+            Some(StoreError::Corrupt(m) | StoreError::Io(m) | StoreError::Busy(m)) if !m.contains(&path)
+        )
+    });
+    if unnamed {
+        err.context(format!("database {path}"))
+    } else {
+        err
     }
 }
 
