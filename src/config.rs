@@ -12,6 +12,7 @@ use crate::exit::{Exit, fail};
 use crate::freshness::Want;
 use crate::policy;
 use crate::store::Location;
+use crate::wechat;
 
 pub struct Config {
     pub db: Location,
@@ -241,21 +242,65 @@ fn seconds(flag: &str, d: Duration) -> Result<i64> {
 /// Longest duration a flag accepts: a century, far beyond any token's life.
 const MAX_SECONDS: i64 = 100 * 366 * 86_400;
 
-/// Checks that an API base is an http(s) URL, so that a typo fails before any request.
+/// Checks that an API base is a usable http(s) URL, so that a typo fails before any
+/// request rather than as three retried network errors. The message never shows a password
+/// the URL carries.
 fn check_base(name: &str, url: &str) -> Result<(), String> {
-    let rest = url
+    check_base_url(url).map_err(|why| {
+        format!(
+            "{name} '{}' is not a usable http:// or https:// URL: {why}",
+            policy::one_line(&redact_base(url), 80)
+        )
+    })
+}
+
+/// Whether a base URL can be used: http(s), a host, a port that fits.
+fn check_base_url(url: &str) -> Result<(), String> {
+    let Some(rest) = url
         .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"));
-    match rest {
-        Some(host)
-            if !host.is_empty() && !host.starts_with('/') && !url.contains(char::is_whitespace) =>
-        {
-            Ok(())
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return Err("it must start with http:// or https://".into());
+    };
+    if url.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err("it contains spaces or control characters".into());
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(v6) => {
+            let (addr, after) = v6.split_once(']').ok_or("an IPv6 address lacks its ']'")?;
+            addr.parse::<std::net::Ipv6Addr>()
+                .map_err(|_| format!("'{addr}' is not an IPv6 address"))?;
+            match after {
+                "" => (addr, None),
+                _ => (addr, Some(after.strip_prefix(':').ok_or("junk after ']'")?)),
+            }
         }
-        _ => Err(format!(
-            "{name} '{}' is not an http:// or https:// URL",
-            policy::one_line(url, 80)
-        )),
+        None => match host_port.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        },
+    };
+    if host.is_empty() || host.contains(['[', ']', '@']) {
+        return Err("it has no usable host".into());
+    }
+    if let Some(port) = port
+        && !port.parse::<u16>().is_ok_and(|p| p > 0)
+    {
+        return Err(format!("port '{port}' is not a number from 1 to 65535"));
+    }
+    Ok(())
+}
+
+/// The base URL with any password replaced by `***`, for messages.
+fn redact_base(base: &str) -> String {
+    match wechat::userinfo(base) {
+        Some(info) => {
+            let user = info.split(':').next().unwrap_or("");
+            base.replacen(info, &format!("{user}:***"), 1)
+        }
+        None => base.to_string(),
     }
 }
 
@@ -331,9 +376,21 @@ mod tests {
             "http:///x",
             "https://a b",
             "ftp://x",
+            "http://[::1",
+            "http://127.0.0.1:70000",
+            "http://127.0.0.1:",
+            "http://:80",
         ] {
             assert!(check_base("--api-base", bad).is_err(), "{bad}");
         }
+        for good in ["http://[::1]:8080", "http://ops:pw@proxy.internal:3128"] {
+            assert_eq!(check_base("--api-base", good), Ok(()), "{good}");
+        }
+        let err = check_base("--api-base", "http://ops:hunter2@[::1").unwrap_err();
+        assert!(
+            err.contains("ops:***@") && !err.contains("hunter2"),
+            "{err}"
+        );
         // Plain get never calls WeChat, so a bad base does not stop it.
         assert!(parse(&["get", "--appid", "wx1", "--api-base", "x"]).is_ok());
         assert!(parse(&["get", "--appid", "wx1", "--reject", "T", "--api-base", "x"]).is_err());

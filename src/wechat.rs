@@ -119,6 +119,8 @@ pub struct Client {
     agent: ureq::Agent,
     api_base: String,
     work_api_base: String,
+    /// Credentials in the base URLs, scrubbed from failures like a secret.
+    hidden: Vec<Secret>,
     retry_base: Duration,
     timeout: Duration,
 }
@@ -143,6 +145,11 @@ impl Client {
             agent: config.into(),
             api_base: api_base.trim_end_matches('/').to_string(),
             work_api_base: work_api_base.trim_end_matches('/').to_string(),
+            hidden: [api_base, work_api_base]
+                .into_iter()
+                .filter_map(userinfo)
+                .map(|info| Secret::new(info.to_string()))
+                .collect(),
             retry_base: Duration::from_millis(200),
             timeout,
         }
@@ -200,7 +207,10 @@ impl Client {
             tries += 1;
             let sent_at = unix_now();
             let attempt: Try<T> = once().into();
-            let result = attempt.result.map_err(|f| scrub_failure(f, secret));
+            let result = attempt.result.map_err(|f| {
+                let hidden = std::iter::once(secret).chain(&self.hidden);
+                scrub_failure(f, &hidden.collect::<Vec<_>>())
+            });
             // An errcode is WeChat saying it issued nothing; anything else that got there
             // leaves the question open.
             unsure |= attempt.reached && !matches!(result, Ok(_) | Err(Failure::WeChat { .. }));
@@ -306,11 +316,30 @@ fn never_sent(err: &ureq::Error) -> bool {
     }
 }
 
+/// The host part of a base URL, without any `user:password@` in it, for messages.
+fn display_host(base: &str) -> &str {
+    let rest = base.split_once("://").map_or(base, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
+}
+
+/// The `user:password` of a base URL, if it has one: kept out of every message.
+pub fn userinfo(base: &str) -> Option<&str> {
+    let rest = base.split_once("://").map_or(base, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority
+        .rsplit_once('@')
+        .map(|(info, _)| info)
+        .filter(|i| !i.is_empty())
+}
+
 fn read_body(
     base: &str,
     response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
 ) -> Result<String, Failure> {
-    let host = base.split_once("://").map_or(base, |(_, rest)| rest);
+    let host = display_host(base);
     let transport = |err: ureq::Error| {
         Failure::Transport(match err {
             ureq::Error::Timeout(_) => format!("{host}: timed out"),
@@ -406,8 +435,11 @@ fn check_errcode(errcode: Option<i64>, errmsg: Option<String>) -> Result<(), Fai
 /// Makes a failure's text safe to show: the secret scrubbed out first (library errors can
 /// quote the request URL, and a hostile reply can quote anything), then one bounded line.
 /// In that order: a text cut first could keep a piece of the secret that no longer matches.
-fn scrub_failure(failure: Failure, secret: &Secret) -> Failure {
-    let clean = |text: &str, max| policy::one_line(&secret::scrub(text, secret), max);
+fn scrub_failure(failure: Failure, secrets: &[&Secret]) -> Failure {
+    let clean = |text: &str, max| {
+        let scrubbed = (secrets.iter()).fold(text.to_string(), |t, s| secret::scrub(&t, s));
+        policy::one_line(&scrubbed, max)
+    };
     match failure {
         Failure::WeChat { errcode, errmsg } => Failure::WeChat {
             errcode,

@@ -688,3 +688,48 @@ fn corruption_found_after_opening_exits_5_with_the_path() {
         run(&env, args, 5).assert_stderr_has(&[&db.display().to_string()]);
     }
 }
+
+// ---- the API base ---------------------------------------------------------------------------
+
+#[test]
+fn credentials_in_the_api_base_are_never_shown_or_stored() {
+    let env = setup(&["wxcreds"]);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!(
+        "http://ops:hunter2secret@{}",
+        closed.local_addr().expect("addr")
+    );
+    drop(closed);
+    let out = run(&env, &["refresh", "--api-base", &url], 4);
+    let status = run(&env, &["status", "--json"], 0);
+    let attempts = env.open_db().query_row(
+        "SELECT group_concat(coalesce(detail, '') || coalesce(errmsg, '')) FROM attempts",
+        [],
+        |r| r.get::<_, Option<String>>(0),
+    );
+    let stored = attempts.expect("attempts").unwrap_or_default();
+    for text in [&out.stderr, &out.stdout, &status.stdout, &stored] {
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+    let out = usage_error(
+        &env,
+        &["refresh", "--api-base", "http://ops:hunter2secret@[::1"],
+        &["IPv6"],
+    );
+    assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
+}
+
+#[test]
+fn a_malformed_api_base_fails_before_any_request() {
+    let env = setup(&["wxurl"]);
+    for bad in [
+        "http://[::1",
+        "http://127.0.0.1:70000",
+        "http://127.0.0.1:",
+        "http://:80",
+    ] {
+        usage_error(&env, &["refresh", "--api-base", bad], &["--api-base"]);
+    }
+    let attempts = env.query_i64("SELECT count(*) FROM attempts");
+    assert_eq!(attempts, 0, "nothing was tried");
+}
