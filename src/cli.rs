@@ -59,9 +59,10 @@ pub enum Command {
   wxtoken refresh --if-expiring-within 5m   # every 4 minutes: stable and WeCom accounts
   WXTOKEN_API_BASE=http://127.0.0.1:8080 wxtoken refresh   # through a proxy or stand-in
 
-Skips accounts whose token is under a minute old, held after an error (see status),
-or being fetched by another run. Prints one summary line on stderr.
-Exits 0 when every account succeeded, 4 when any failed or is held.")]
+Skips accounts another run fetched after this one started, held after an error
+(see status), or being fetched by another run. Prints one summary line on stderr.
+Exits 0 when every account succeeded, 4 when any failed or is held, 5 when the
+database is locked, 8 when stopped by SIGTERM/SIGINT/SIGHUP (a second one: at once).")]
     Refresh(RefreshArgs),
     /// Print the newest valid token of an account on stdout, and nothing else
     #[command(after_help = "Examples:
