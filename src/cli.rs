@@ -18,7 +18,8 @@ use crate::wechat::{Api, Ticket};
   TOKEN=$(wxtoken get --appid wx1234567890abcdef) || exit 1
 
 Exit codes: 0 ok, 1 unexpected error, 2 bad arguments, 3 no valid token,
-4 a fetch from WeChat failed, 5 database problem, 6 no such account / already exists.")]
+4 a fetch from WeChat failed, 5 database problem, 6 no such account or sink / already exists,
+9 publishing to a sink failed.")]
 pub struct Cli {
     /// SQLite database [default: ~/.local/share/wxtoken/wxtoken.db]
     #[arg(
@@ -85,6 +86,9 @@ Exits 3, printing nothing on stdout, when there is no valid token
         after_help = "Example:\n  wxtoken prune --keep 24\n\nEvery token still valid is kept, whatever --keep says. Attempts older than 30 days go."
     )]
     Prune(PruneArgs),
+    /// Publish tokens where applications already look: Redis in an SDK's format, or a hook
+    #[command(subcommand)]
+    Sink(SinkCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -367,4 +371,71 @@ pub fn usage_error_line(err: &clap::Error) -> String {
         }
     }
     parts.join(" ")
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SinkCommand {
+    /// Add a sink: refresh publishes every valid token to it after each run
+    #[command(after_help = "Examples:
+  wxtoken sink add cache --redis redis://127.0.0.1:6379/0 --format wxjava
+  wxtoken sink add py --redis redis://10.0.0.5/1 --format wechatpy --appid wx1234567890abcdef
+  REDIS_URL=redis://app:PASSWORD@10.0.0.5/2 wxtoken sink add php --redis-env REDIS_URL --format easywechat
+  printf '%s\\n' \"$REDIS_URL\" | wxtoken sink add node --redis - --format json --key 'wx:{appid}:{kind}'
+  wxtoken sink add deploy --exec '/usr/local/bin/push-token' --appid ww1234567890abcdef/1000002
+
+Formats: wxjava, silenceper, easywechat, wechatpy, powerwechat (each SDK's own keys and
+values; --prefix for its configurable prefix), plain and json (with --key). A URL with a
+password must come from --redis-env or stdin (--redis -), never from an argument.
+A hook gets the token on stdin and WXTOKEN_APPID, WXTOKEN_AGENTID, WXTOKEN_KIND,
+WXTOKEN_EXPIRES_AT, WXTOKEN_EXPIRES_IN and WXTOKEN_SINK in its environment.")]
+    Add(SinkAddArgs),
+    /// List sinks (passwords masked)
+    #[command(after_help = "Example:\n  wxtoken sink list --json")]
+    List(ListArgs),
+    /// Remove a sink (what it published stays in Redis until it expires)
+    #[command(after_help = "Example:\n  wxtoken sink remove cache")]
+    Remove(SinkName),
+    /// Publish the current valid tokens to a sink now, and report per key
+    #[command(after_help = "Example:\n  wxtoken sink test cache\n\nExits 9 when any write failed.")]
+    Test(SinkName),
+}
+
+#[derive(Args, Debug)]
+pub struct SinkName {
+    /// The sink's name
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["redis", "redis_env", "exec"])))]
+pub struct SinkAddArgs {
+    /// A name for the sink: letters, digits, '.', '_' or '-'
+    pub name: String,
+    /// Redis URL: redis://[USER@]HOST[:PORT][/DB], rediss:// for TLS, or - to read it from
+    /// stdin (needed when it has a password)
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// Read the Redis URL from this environment variable (for a URL with a password)
+    #[arg(long, value_name = "VAR")]
+    pub redis_env: Option<String>,
+    /// Run this shell command for each new token, the token on its stdin
+    #[arg(long, value_name = "COMMAND")]
+    pub exec: Option<String>,
+    /// Key and value layout in Redis: wxjava, silenceper, easywechat, wechatpy, powerwechat,
+    /// plain or json
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
+    /// The SDK's key prefix or cache namespace, when the application changed the default
+    #[arg(long, value_name = "PREFIX")]
+    pub prefix: Option<String>,
+    /// Key template for plain and json, with {appid}, {agentid} and {kind}
+    #[arg(long = "key", value_name = "TEMPLATE")]
+    pub key_template: Option<String>,
+    /// Publish only this account's tokens (repeatable; a WeCom app as CORPID/AGENTID);
+    /// default: every account
+    #[arg(long, value_name = "APPID")]
+    pub appid: Vec<String>,
+    /// Give up on the Redis connection or the command after this many seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=120))]
+    pub timeout: i64,
 }

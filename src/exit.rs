@@ -15,8 +15,11 @@ pub const NO_TOKEN: u8 = 3;
 pub const FETCH_FAILED: u8 = 4;
 /// The database could not be opened, is not a wxtoken database, or is newer than this binary.
 pub const DATABASE: u8 = 5;
-/// An account command named an account that does not exist, or one that already exists.
+/// An account or sink command named one that does not exist, or one that already exists.
 pub const ACCOUNT: u8 = 6;
+/// `refresh`, `sink test`: publishing to a sink failed (and nothing worse happened). The
+/// tokens are stored; ops can tell "Redis failed" from "WeChat failed".
+pub const PUBLISH_FAILED: u8 = 9;
 
 /// An error that carries the exit code `main` should use. Attach context around it freely:
 /// `main` finds it anywhere in the chain.

@@ -5,7 +5,9 @@ mod cmd;
 mod exit;
 mod logging;
 mod policy;
+mod publish;
 mod secret;
+mod sink;
 mod store;
 mod wechat;
 

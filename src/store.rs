@@ -14,12 +14,16 @@ use crate::exit::{self, fail};
 use crate::secret::Secret;
 use crate::wechat::{Api, Failure, Fetched, Outcome, Ticket};
 
+mod sinks;
+pub use sinks::{NewestRow, SinkResult, SinkRow};
+
 /// Every migration, in order. The schema version is `PRAGMA user_version` = how many of
 /// these have been applied.
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_claims_holds.sql"),
     include_str!("../migrations/0003_tickets.sql"),
+    include_str!("../migrations/0004_sinks.sql"),
 ];
 
 /// How long a connection waits for another process's write before giving up.
@@ -309,7 +313,7 @@ impl Store {
                 "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at, tickets)
                  VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6)
                  ON CONFLICT (appid, agent) DO NOTHING",
-                params![key.appid, key.agent, api.as_str(), secret.expose(), now, tickets.join(",")],
+                params![key.appid, key.agent, api.as_str(), seal_secret(secret), now, tickets.join(",")],
             )
             .map_err(|e| db_error(e, &self.path))?;
         if inserted == 0 {
@@ -337,7 +341,7 @@ impl Store {
                 agent: row.get(2)?,
             },
             api: Api::parse(&api).unwrap_or(Api::Token),
-            secret: Secret::new(row.get(4)?),
+            secret: open_secret(row.get(4)?),
             enabled: row.get(5)?,
             created_at: row.get(6)?,
             updated_at: row.get(7)?,
@@ -417,7 +421,7 @@ impl Store {
             "UPDATE accounts SET secret = ?3, updated_at = ?4,
                     held_until = NULL, held_reason = NULL
              WHERE appid = ?1 AND agent = ?2",
-            params![key.appid, key.agent, secret.expose(), now],
+            params![key.appid, key.agent, seal_secret(secret), now],
         )?;
         if n == 0 {
             return Err(no_such_account(key));
@@ -702,6 +706,17 @@ impl Drop for Transaction<'_> {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
     }
+}
+
+/// How a secret is written to its column. AppSecrets and sink passwords (Redis) both go
+/// through this pair, so that protecting secrets at rest covers every one of them.
+fn seal_secret(secret: &Secret) -> String {
+    secret.expose().to_string()
+}
+
+/// The inverse of [`seal_secret`].
+fn open_secret(stored: String) -> Secret {
+    Secret::new(stored)
 }
 
 /// Unknown names are dropped: a newer wxtoken may know more kinds than this one.

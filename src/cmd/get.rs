@@ -42,11 +42,28 @@ pub fn run(db: &Path, key: &AccountKey, args: &GetArgs) -> Result<u8> {
                     "--reject needs the token that failed, or - to read it from stdin",
                 ));
             }
-            renew(Store::open(db)?, key, rejected, args, min_ttl)?
+            let row = renew(Store::open(db)?, key, rejected, args, min_ttl)?;
+            publish_renewed(db, key);
+            row
         }
     };
     emit(&render(key, kind, &row, args.json, wechat::unix_now()))?;
     Ok(exit::OK)
+}
+
+/// Publishes the account's tokens after `--reject`. The caller gets its token either way:
+/// a failure is a warning here, recorded on the sink, and retried by the next refresh.
+fn publish_renewed(db: &Path, key: &AccountKey) {
+    let result = Store::open(db).and_then(|store| {
+        let accounts: Vec<_> = store.account(key)?.into_iter().collect();
+        crate::publish::publish_all(&store, &accounts, wechat::unix_now())
+    });
+    match result {
+        Ok(reports) => {
+            crate::publish::report_failures(&reports, "warning: ");
+        }
+        Err(err) => eprintln!("wxtoken: warning: could not publish to the sinks: {err:#}"),
+    }
 }
 
 fn render(key: &AccountKey, kind: &str, row: &TokenRow, json: bool, now: i64) -> String {

@@ -5,6 +5,7 @@ mod account;
 mod get;
 mod prune;
 mod refresh;
+mod sink;
 mod status;
 
 use std::io::{self, Write};
@@ -45,6 +46,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         }
         Command::Prune(args) => prune::run(&open()?, &args, now, cli.quiet),
         Command::Status(args) => status::run(&open()?, args.json, now),
+        Command::Sink(cmd) => sink::run(&open()?, cmd, now, cli.quiet),
     }
 }
 

@@ -60,13 +60,22 @@ pub fn run(store: Store, client: &Client, args: &RefreshArgs, quiet: bool) -> Re
         }
     });
     let store = store.into_inner().unwrap_or_else(|e| e.into_inner());
+    // After every row is committed: the new tokens, and every still-valid one, so that a
+    // flushed Redis is whole again after one run.
+    let failed_sinks = match crate::publish::publish_all(&store, &accounts, wechat::unix_now()) {
+        Ok(reports) => crate::publish::report_failures(&reports, ""),
+        Err(err) => {
+            eprintln!("wxtoken: could not publish to the sinks: {err:#}");
+            vec!["(database)".to_string()]
+        }
+    };
     if let Err(err) = store.prune(wechat::unix_now(), DEFAULT_KEEP, now - ATTEMPT_RETENTION) {
         log::warn!("could not prune old rows: {err:#}");
     }
     // The frequent refresh-ahead run leaves held accounts to the hourly run to report, or
     // a crontab with both would mail the same hold every four minutes.
     let report_holds = !matches!(want, Want::ExpiringWithin(_));
-    report(&accounts, &results, quiet, report_holds)
+    report(&accounts, &results, quiet, report_holds, &failed_sinks)
 }
 
 /// Runs `work` over every account on up to `jobs` threads; results in account order.
@@ -91,7 +100,13 @@ fn run_pool<T: Sync, R: Send>(items: &[T], jobs: usize, work: impl Fn(&T) -> R +
         .collect()
 }
 
-fn report(accounts: &[Account], results: &[Done], quiet: bool, report_holds: bool) -> Result<u8> {
+fn report(
+    accounts: &[Account],
+    results: &[Done],
+    quiet: bool,
+    report_holds: bool,
+    failed_sinks: &[String],
+) -> Result<u8> {
     let mut failed = Vec::new();
     let mut tickets_failed = Vec::new();
     let (mut refreshed, mut fresh, mut busy, mut held) = (0, 0, 0, 0);
@@ -146,6 +161,13 @@ fn report(accounts: &[Account], results: &[Done], quiet: bool, report_holds: boo
     }
     if !tickets_failed.is_empty() {
         line += &format!("; failed tickets: {}", tickets_failed.join(", "));
+    }
+    if !failed_sinks.is_empty() {
+        line += &format!("; publish failed: {}", failed_sinks.join(", "));
+        // Only when nothing worse happened: a WeChat or database failure says more.
+        if code == exit::OK {
+            code = exit::PUBLISH_FAILED;
+        }
     }
     if code != exit::OK || !quiet {
         eprintln!("{line}");

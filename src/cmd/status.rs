@@ -35,7 +35,8 @@ pub fn run(store: &Store, json_out: bool, now: i64) -> Result<u8> {
             .iter()
             .map(|(a, lines)| account_json(a, lines, now))
             .collect();
-        let doc = json!({ "database": store.path().display().to_string(), "accounts": accounts });
+        let sinks = super::sink::status_json(store, now)?;
+        let doc = json!({ "database": store.path().display().to_string(), "accounts": accounts, "sinks": sinks });
         format!("{doc}\n")
     } else {
         let mut text = format!("database {}\n", store.path().display());
@@ -45,7 +46,7 @@ pub fn run(store: &Store, json_out: bool, now: i64) -> Result<u8> {
         for (a, lines) in &rows {
             text += &account_text(a, lines, now);
         }
-        text
+        text + &super::sink::status_text(store, now)?
     };
     emit(&text)?;
     Ok(exit::OK)
