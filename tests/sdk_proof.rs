@@ -221,3 +221,65 @@ fn which(name: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
 }
+
+#[test]
+fn the_wechatpy_adapter_hands_a_rejected_token_back_to_wxtoken() {
+    let python = sdk_dir().join("venv/bin/python");
+    if skip_without("the wechatpy venv (<target>/sdk/venv)", python.is_file()) {
+        return;
+    }
+    let env = TestEnv::new();
+    let Some(redis) = Redis::start(&env.dir, &[]) else {
+        return;
+    };
+    env.run_with_stdin(
+        &["account", "add", "--appid", OA],
+        &format!("{OA_SECRET}\n"),
+    )
+    .assert_code(0);
+    run(
+        &env,
+        &[
+            "sink",
+            "add",
+            "py",
+            "--redis",
+            &redis.url(0),
+            "--format",
+            "wechatpy",
+        ],
+        0,
+    );
+    run(&env, &["refresh"], 0);
+    let old = token_of(&env, &["get", "--appid", OA]);
+    // Something else fetched a token: WeChat now rejects the published one with 40001.
+    env.api.revoke(&old);
+    let fetched = fetches(&env);
+
+    let mut cmd = Command::new(&python);
+    cmd.arg(script("wechatpy_reject.py"))
+        .args([env.url(), redis.port.to_string(), OA.into()])
+        .env_clear()
+        .env("OA_SECRET", OA_SECRET)
+        .env("WXTOKEN_BIN", env!("CARGO_BIN_EXE_wxtoken"))
+        .env("WXTOKEN_DB", env.db())
+        .env("WXTOKEN_API_BASE", env.url())
+        .env("NO_PROXY", "127.0.0.1");
+    let got = sdk_output(cmd);
+
+    let new = token_of(&env, &["get", "--appid", OA]);
+    assert_ne!(new, old);
+    assert_eq!(got["before"], old.as_str());
+    assert_eq!(
+        got["after"],
+        new.as_str(),
+        "the SDK reads the republished key"
+    );
+    assert_eq!(
+        got["menu"]["errcode"], 0,
+        "the retried call succeeded: {got}"
+    );
+    // One fetch, by wxtoken's get --reject; two business calls (40001, then ok).
+    assert_eq!(fetches(&env), fetched + 1);
+    assert_eq!(env.api.hits(standin::MENU_GET), 2);
+}
