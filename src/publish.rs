@@ -177,43 +177,46 @@ fn publish_redis(
             };
         }
     };
-    let set = |e: &Entry| {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(&e.key).arg(&e.value).arg("EX").arg(e.ttl);
-        cmd
-    };
-    if mode == Mode::Run {
-        // One round trip for every key: this runs at the end of every refresh.
-        let mut pipe = redis::pipe();
-        for (entry, _) in &writes {
-            pipe.add_command(set(entry)).ignore();
-        }
-        let outcome = pipe.query::<()>(&mut con);
-        let error = outcome
-            .err()
-            .map(|e| scrub(format!("Redis refused the writes: {e}")));
-        let published = if error.is_some() { 0 } else { total };
-        log::info!("sink {}: {published} of {total} keys written", sink.name);
-        return Report {
-            name: sink.name.clone(),
-            result: result(published, error),
-            lines,
-        };
+    // One round trip for every key (this runs at the end of every refresh), with one
+    // result per key, so that a refused key does not hide the others.
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for (e, _) in &writes {
+        pipe.cmd("SET")
+            .arg(&e.key)
+            .arg(&e.value)
+            .arg("EX")
+            .arg(e.ttl);
     }
+    let results: Vec<redis::RedisResult<()>> = match pipe.query(&mut con) {
+        Ok(results) => results,
+        Err(e) => {
+            let error = scrub(format!("Redis refused the writes: {e}"));
+            return Report {
+                name: sink.name.clone(),
+                result: result(0, Some(error)),
+                lines,
+            };
+        }
+    };
     let mut published = 0;
     let mut first_error = None;
-    for (entry, shown) in &writes {
-        match set(entry).query::<()>(&mut con) {
+    for ((entry, shown), outcome) in writes.iter().zip(results) {
+        match outcome {
             Ok(()) => {
                 published += 1;
                 lines.push(format!("{shown}  ok, expires in {}s", entry.ttl));
             }
             Err(e) => {
-                let error = scrub(format!("Redis refused the write: {e}"));
+                let error = scrub(format!("Redis refused a write: {e}"));
                 lines.push(format!("{shown}  FAILED: {error}"));
                 first_error.get_or_insert(error);
             }
         }
+    }
+    log::info!("sink {}: {published} of {total} keys written", sink.name);
+    if mode == Mode::Run {
+        lines.clear();
     }
     Report {
         name: sink.name.clone(),

@@ -313,9 +313,11 @@ fn easywechat_keys_embed_the_secret_and_values_are_php_serialized() {
             ),
         ],
     );
-    // Those keys are secrets: `sink test` describes them without printing them.
+    // Those keys are secrets: `sink test` describes them without printing them, and no
+    // log level shows them.
     let out = run(&env, &["sink", "test", "s"], 0);
-    for text in [&out.stdout, &out.stderr] {
+    let verbose = run(&env, &["-vvv", "refresh", "--force"], 0);
+    for text in [&out.stdout, &out.stderr, &verbose.stdout, &verbose.stderr] {
         assert!(
             !text.contains(OA_SECRET) && !text.contains(APP_SECRET),
             "{text}"
@@ -425,9 +427,15 @@ fn wechatpy_json_values_and_expires_at_keys() {
 
 #[test]
 fn powerwechat_md5_keys_and_json_objects_with_a_numeric_expires_in() {
-    let Some((_env, redis, r)) = published("powerwechat", &["--appid", OA, "--appid", APP]) else {
+    let Some((env, redis, r)) = published("powerwechat", &["--appid", OA, "--appid", APP]) else {
         return;
     };
+    // The keys are derived from the secret: never shown.
+    let out = run(&env, &["-vvv", "sink", "test", "s"], 0);
+    assert!(
+        !out.stdout.contains(OA_MD5) && !out.stderr.contains(OA_MD5),
+        "{out:?}"
+    );
     let now = unix_now();
     for (key, row) in [
         (format!("powerwechat.access_token.{OA_MD5}"), &r.oa),
@@ -840,6 +848,101 @@ fn an_acl_user_and_a_database_number() {
     assert!(
         list.contains(&format!("redis://wxtoken:***@127.0.0.1:{}/5", redis.port)),
         "{list}"
+    );
+}
+
+#[test]
+fn rediss_verifies_the_server_certificate() {
+    let env = with_accounts();
+    let Some(redis) = Redis::start_tls(&env.dir) else {
+        return;
+    };
+    let url = format!("rediss://localhost:{}/0", redis.port);
+    run(
+        &env,
+        &[
+            "sink", "add", "tls", "--redis", &url, "--format", "wxjava", "--appid", OA,
+        ],
+        0,
+    );
+    // A certificate from a CA the system does not trust: refused, reported, exit 9.
+    let out = run(&env, &["refresh"], 9);
+    assert!(
+        out.stderr.contains("sink tls: publish failed"),
+        "{}",
+        out.stderr
+    );
+    assert!(redis.keys(0).is_empty());
+    // Trusting that CA (rustls-native-certs reads SSL_CERT_FILE): published over TLS.
+    env.set_env(
+        "SSL_CERT_FILE",
+        &redis.ca.as_ref().unwrap().display().to_string(),
+    );
+    run(&env, &["refresh"], 0);
+    assert_eq!(redis.keys(0).len(), 3);
+}
+
+#[test]
+fn a_partly_refused_publish_counts_each_key() {
+    let env = with_accounts();
+    let Some(redis) = start_redis(&env) else {
+        return;
+    };
+    // This user may write access tokens, not tickets.
+    redis::cmd("ACL")
+        .arg(
+            &[
+                "SETUSER",
+                "tok",
+                "on",
+                ">tok-pass-3",
+                "~wx:access_token:*",
+                "+set",
+                "+select",
+            ][..],
+        )
+        .query::<()>(&mut redis.conn(0))
+        .unwrap();
+    env.set_env(
+        "REDIS_URL",
+        &format!("redis://tok:tok-pass-3@127.0.0.1:{}/0", redis.port),
+    );
+    run(
+        &env,
+        &[
+            "sink",
+            "add",
+            "s",
+            "--redis-env",
+            "REDIS_URL",
+            "--format",
+            "wxjava",
+            "--appid",
+            OA,
+        ],
+        0,
+    );
+    let out = run(&env, &["refresh"], 9);
+    assert!(
+        out.stderr
+            .contains("sink s: publish failed (2 of 3 not published"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("NoPerm"), "{}", out.stderr);
+    assert_eq!(redis.keys(0), [format!("wx:access_token:{OA}")]);
+    let test = run(&env, &["sink", "test", "s"], 9);
+    let lines: Vec<&str> = test.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", test.stdout);
+    assert!(
+        lines[0].starts_with(&format!("wx:access_token:{OA}  ok, expires in ")),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with(&format!("wx:ticket:key:{OA}:jsapi  FAILED: ")),
+        "{}",
+        lines[1]
     );
 }
 

@@ -13,6 +13,8 @@ pub struct Redis {
     dir: PathBuf,
     extra: Vec<String>,
     child: Option<Child>,
+    /// TLS only: the CA that signed the server's certificate (for localhost and 127.0.0.1).
+    pub ca: Option<PathBuf>,
 }
 
 /// The server binary, if installed.
@@ -45,6 +47,10 @@ impl Redis {
     /// Starts a server with `extra` arguments (like `--requirepass x`); `None` when the test
     /// should be skipped.
     pub fn start(dir: &Path, extra: &[&str]) -> Option<Redis> {
+        Redis::start_with(dir, extra, None)
+    }
+
+    fn start_with(dir: &Path, extra: &[&str], ca: Option<PathBuf>) -> Option<Redis> {
         if skip_without("redis-server", server_binary().is_some()) {
             return None;
         }
@@ -59,18 +65,79 @@ impl Redis {
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
+            ca,
         };
         redis.spawn();
         Some(redis)
     }
 
+    /// A server that speaks TLS only, with a certificate from a CA made for this test
+    /// (`openssl`); `None` when the test should be skipped.
+    pub fn start_tls(dir: &Path) -> Option<Redis> {
+        let have_openssl = Command::new("openssl")
+            .arg("version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if skip_without("openssl", have_openssl) {
+            return None;
+        }
+        let certs = dir.join("certs");
+        std::fs::create_dir_all(&certs).expect("certs dir");
+        let sh = format!(
+            "set -e; cd '{}'
+             openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=wxtoken-test-ca \
+                 -keyout ca.key -out ca.crt 2>/dev/null
+             openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key \
+                 -out server.csr 2>/dev/null
+             printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > ext.cnf
+             openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+                 -extfile ext.cnf -out server.crt 2>/dev/null",
+            certs.display()
+        );
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(&sh)
+            .status()
+            .expect("run openssl");
+        assert!(ok.success(), "openssl could not make the test certificates");
+        let c = |f: &str| certs.join(f).display().to_string();
+        Redis::start_with(
+            dir,
+            &[
+                "--tls-port-from-port",
+                "--tls-cert-file",
+                &c("server.crt"),
+                "--tls-key-file",
+                &c("server.key"),
+                "--tls-ca-cert-file",
+                &c("ca.crt"),
+                "--tls-auth-clients",
+                "no",
+            ],
+            Some(certs.join("ca.crt")),
+        )
+    }
+
     fn spawn(&mut self) {
-        let child = Command::new(server_binary().expect("redis-server"))
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let tls = self
+            .extra
+            .first()
+            .is_some_and(|a| a == "--tls-port-from-port");
+        let (port_flag, extra) = match tls {
+            true => ("--tls-port", &self.extra[1..]),
+            false => ("--port", &self.extra[..]),
+        };
+        let mut cmd = Command::new(server_binary().expect("redis-server"));
+        if tls {
+            cmd.args(["--port", "0"]);
+        }
+        let child = cmd
+            .args([port_flag, &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir)
-            .args(&self.extra)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -91,8 +158,22 @@ impl Redis {
         }
     }
 
+    /// A client for the test's own checks: over TLS it trusts the test's CA.
+    fn client(&self) -> redis::RedisResult<redis::Client> {
+        match &self.ca {
+            Some(ca) => redis::Client::build_with_tls(
+                format!("rediss://localhost:{}/0", self.port),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(ca).expect("read the test CA")),
+                },
+            ),
+            None => redis::Client::open(self.admin_url()),
+        }
+    }
+
     fn ping(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.admin_url()) else {
+        let Ok(client) = self.client() else {
             return false;
         };
         client
@@ -116,7 +197,8 @@ impl Redis {
 
     /// A connection for checks, on database `db`.
     pub fn conn(&self, db: u8) -> redis::Connection {
-        let mut c = redis::Client::open(self.admin_url())
+        let mut c = self
+            .client()
             .and_then(|c| c.get_connection())
             .expect("connect to the test redis");
         redis::cmd("SELECT")
