@@ -54,6 +54,39 @@ fn fetches(env: &TestEnv) -> usize {
         .sum()
 }
 
+/// Runs `wxtoken` with the words of `line` (none has a space), `stdin` on its input.
+#[track_caller]
+fn words(env: &TestEnv, line: &str, stdin: &str) {
+    let args: Vec<&str> = line.split_whitespace().collect();
+    env.run_with_stdin(&args, stdin).assert_code(0);
+}
+
+/// An Official Account with its jsapi ticket and a WeCom app with both tickets, a sink
+/// added with `sink_args` on a fresh Redis, and one refresh; `None` to skip.
+fn published(sink_args: &str) -> Option<(TestEnv, Redis)> {
+    let env = TestEnv::new();
+    let redis = Redis::start(&env.dir, &[])?;
+    words(
+        &env,
+        &format!("account add --appid {OA} --ticket jsapi"),
+        &format!("{OA_SECRET}\n"),
+    );
+    words(
+        &env,
+        &format!(
+            "account add --corpid {CORP} --agentid 1000002 --ticket jsapi --ticket agent_config"
+        ),
+        &format!("{APP_SECRET}\n"),
+    );
+    words(
+        &env,
+        &format!("sink add s --redis {} {sink_args}", redis.url(0)),
+        "",
+    );
+    words(&env, "refresh", "");
+    Some((env, redis))
+}
+
 fn sdk_output(mut cmd: Command) -> Value {
     let out = cmd.output().expect("run the SDK script");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -71,45 +104,9 @@ fn wechatpy_uses_the_published_token_and_tickets_without_fetching() {
     if skip_without("the wechatpy venv (<target>/sdk/venv)", python.is_file()) {
         return;
     }
-    let env = TestEnv::new();
-    let Some(redis) = Redis::start(&env.dir, &[]) else {
+    let Some((env, redis)) = published("--format wechatpy") else {
         return;
     };
-    env.run_with_stdin(
-        &["account", "add", "--appid", OA, "--ticket", "jsapi"],
-        &format!("{OA_SECRET}\n"),
-    )
-    .assert_code(0);
-    env.run_with_stdin(
-        &[
-            "account",
-            "add",
-            "--corpid",
-            CORP,
-            "--agentid",
-            "1000002",
-            "--ticket",
-            "jsapi",
-            "--ticket",
-            "agent_config",
-        ],
-        &format!("{APP_SECRET}\n"),
-    )
-    .assert_code(0);
-    run(
-        &env,
-        &[
-            "sink",
-            "add",
-            "py",
-            "--redis",
-            &redis.url(0),
-            "--format",
-            "wechatpy",
-        ],
-        0,
-    );
-    run(&env, &["refresh"], 0);
     let fetched = fetches(&env);
     let tickets = env.api.hits(standin::TICKET) + env.api.hits(standin::WORK_CORP_TICKET);
 
@@ -165,31 +162,9 @@ fn wechat_api_callbacks_use_the_published_token_without_fetching() {
     if skip_without("node, redis-cli or wechat-api (<target>/sdk/node)", present) {
         return;
     }
-    let env = TestEnv::new();
-    let Some(redis) = Redis::start(&env.dir, &[]) else {
+    let Some((env, redis)) = published("--format json --key wxtoken:{appid}:{kind}") else {
         return;
     };
-    env.run_with_stdin(
-        &["account", "add", "--appid", OA, "--ticket", "jsapi"],
-        &format!("{OA_SECRET}\n"),
-    )
-    .assert_code(0);
-    run(
-        &env,
-        &[
-            "sink",
-            "add",
-            "node",
-            "--redis",
-            &redis.url(0),
-            "--format",
-            "json",
-            "--key",
-            "wxtoken:{appid}:{kind}",
-        ],
-        0,
-    );
-    run(&env, &["refresh"], 0);
     let fetched = fetches(&env);
     let tickets = env.api.hits(standin::TICKET);
 
@@ -228,29 +203,9 @@ fn the_wechatpy_adapter_hands_a_rejected_token_back_to_wxtoken() {
     if skip_without("the wechatpy venv (<target>/sdk/venv)", python.is_file()) {
         return;
     }
-    let env = TestEnv::new();
-    let Some(redis) = Redis::start(&env.dir, &[]) else {
+    let Some((env, redis)) = published("--format wechatpy") else {
         return;
     };
-    env.run_with_stdin(
-        &["account", "add", "--appid", OA],
-        &format!("{OA_SECRET}\n"),
-    )
-    .assert_code(0);
-    run(
-        &env,
-        &[
-            "sink",
-            "add",
-            "py",
-            "--redis",
-            &redis.url(0),
-            "--format",
-            "wechatpy",
-        ],
-        0,
-    );
-    run(&env, &["refresh"], 0);
     let old = token_of(&env, &["get", "--appid", OA]);
     // Something else fetched a token: WeChat now rejects the published one with 40001.
     env.api.revoke(&old);

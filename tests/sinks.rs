@@ -269,50 +269,36 @@ fn silenceper_keys_with_the_double_underscore() {
     );
 }
 
+/// What EasyWeChat 6 reads, in the cache namespace `ns` (with its `:`): keys from
+/// `sprintf('%s.access_token.%s.%s.%s', prefix, appId, secret, (int) stable)` and friends,
+/// values from PHP `serialize()` of a string.
+fn easywechat_expected(ns: &str, r: &Rows) -> Vec<(String, String, i64)> {
+    let ser = |row: &Row| format!("s:{}:\"{}\";", row.value.len(), row.value);
+    [
+        (
+            format!("official_account.access_token.{OA}.{OA_SECRET}.0"),
+            &r.oa,
+        ),
+        (format!("official_account.jsapi_ticket.{OA}"), &r.oa_jsapi),
+        (
+            format!("official_account.access_token.{MP}.{MP_SECRET}.1"),
+            &r.mp,
+        ),
+        (format!("work.access_token.{CORP}.{APP_SECRET}"), &r.app),
+        (format!("work.jsapi_ticket.{CORP}"), &r.app_jsapi),
+        (format!("work.jsapi_ticket.{CORP}.1000002"), &r.app_agent),
+    ]
+    .into_iter()
+    .map(|(key, row)| e(format!("{ns}{key}"), ser(row), row))
+    .collect()
+}
+
 #[test]
 fn easywechat_keys_embed_the_secret_and_values_are_php_serialized() {
     let Some((env, redis, r)) = published("easywechat", &[]) else {
         return;
     };
-    let ser = |row: &Row| format!("s:{}:\"{}\";", row.value.len(), row.value);
-    assert_published(
-        &redis,
-        1,
-        &[
-            // sprintf('%s.access_token.%s.%s.%s', prefix, appId, secret, (int) stable), in the
-            // cache namespace "easywechat".
-            e(
-                format!("easywechat:official_account.access_token.{OA}.{OA_SECRET}.0"),
-                ser(&r.oa),
-                &r.oa,
-            ),
-            e(
-                format!("easywechat:official_account.jsapi_ticket.{OA}"),
-                ser(&r.oa_jsapi),
-                &r.oa_jsapi,
-            ),
-            e(
-                format!("easywechat:official_account.access_token.{MP}.{MP_SECRET}.1"),
-                ser(&r.mp),
-                &r.mp,
-            ),
-            e(
-                format!("easywechat:work.access_token.{CORP}.{APP_SECRET}"),
-                ser(&r.app),
-                &r.app,
-            ),
-            e(
-                format!("easywechat:work.jsapi_ticket.{CORP}"),
-                ser(&r.app_jsapi),
-                &r.app_jsapi,
-            ),
-            e(
-                format!("easywechat:work.jsapi_ticket.{CORP}.1000002"),
-                ser(&r.app_agent),
-                &r.app_agent,
-            ),
-        ],
-    );
+    assert_published(&redis, 1, &easywechat_expected("easywechat:", &r));
     // Those keys are secrets: `sink test` describes them without printing them, and no
     // log level shows them.
     let out = run(&env, &["sink", "test", "s"], 0);
@@ -336,23 +322,9 @@ fn easywechat_without_a_namespace() {
     let Some((_env, redis, r)) = published("easywechat", &["--prefix", "", "--appid", OA]) else {
         return;
     };
-    let ser = |row: &Row| format!("s:{}:\"{}\";", row.value.len(), row.value);
-    assert_published(
-        &redis,
-        1,
-        &[
-            e(
-                format!("official_account.access_token.{OA}.{OA_SECRET}.0"),
-                ser(&r.oa),
-                &r.oa,
-            ),
-            e(
-                format!("official_account.jsapi_ticket.{OA}"),
-                ser(&r.oa_jsapi),
-                &r.oa_jsapi,
-            ),
-        ],
-    );
+    let mut expected = easywechat_expected("", &r);
+    expected.retain(|(key, _, _)| key.contains(OA));
+    assert_published(&redis, 1, &expected);
 }
 
 #[test]
@@ -360,69 +332,53 @@ fn wechatpy_json_values_and_expires_at_keys() {
     let Some((_env, redis, r)) = published("wechatpy", &[]) else {
         return;
     };
-    let q = |row: &Row| format!("\"{}\"", row.value);
-    let at = |row: &Row| row.expires_at.to_string();
     let head = &APP_SECRET[..10];
-    assert_published(
-        &redis,
-        1,
-        &[
-            // RedisStorage: "{prefix}:{key}", json.dumps(value).
-            e(format!("wechatpy:{OA}_access_token"), q(&r.oa), &r.oa),
+    // RedisStorage: "{prefix}:{key}", json.dumps(value); each value with the
+    // "..._expires_at" key (a JSON integer) that the SDK's readers check.
+    let pair = |key: String, expires_key: String, row: &Row| {
+        [
+            e(format!("wechatpy:{key}"), format!("\"{}\"", row.value), row),
             e(
-                format!("wechatpy:{OA}_access_token_expires_at"),
-                at(&r.oa),
-                &r.oa,
+                format!("wechatpy:{expires_key}_expires_at"),
+                row.expires_at.to_string(),
+                row,
             ),
-            e(
-                format!("wechatpy:{OA}_jsapi_ticket"),
-                q(&r.oa_jsapi),
-                &r.oa_jsapi,
-            ),
-            e(
-                format!("wechatpy:{OA}_jsapi_ticket_expires_at"),
-                at(&r.oa_jsapi),
-                &r.oa_jsapi,
-            ),
-            e(format!("wechatpy:{MP}_access_token"), q(&r.mp), &r.mp),
-            e(
-                format!("wechatpy:{MP}_access_token_expires_at"),
-                at(&r.mp),
-                &r.mp,
-            ),
-            // WeCom: "{corp_id}_{secret[:10]}_access_token".
-            e(
-                format!("wechatpy:{CORP}_{head}_access_token"),
-                q(&r.app),
-                &r.app,
-            ),
-            e(
-                format!("wechatpy:{CORP}_access_token_expires_at"),
-                at(&r.app),
-                &r.app,
-            ),
-            e(
-                format!("wechatpy:{CORP}_jsapi_ticket"),
-                q(&r.app_jsapi),
-                &r.app_jsapi,
-            ),
-            e(
-                format!("wechatpy:{CORP}_jsapi_ticket_expires_at"),
-                at(&r.app_jsapi),
-                &r.app_jsapi,
-            ),
-            e(
-                format!("wechatpy:{CORP}_agent_jsapi_ticket"),
-                q(&r.app_agent),
-                &r.app_agent,
-            ),
-            e(
-                format!("wechatpy:{CORP}_agent_jsapi_ticket_expires_at"),
-                at(&r.app_agent),
-                &r.app_agent,
-            ),
-        ],
-    );
+        ]
+    };
+    let expected = [
+        pair(
+            format!("{OA}_access_token"),
+            format!("{OA}_access_token"),
+            &r.oa,
+        ),
+        pair(
+            format!("{OA}_jsapi_ticket"),
+            format!("{OA}_jsapi_ticket"),
+            &r.oa_jsapi,
+        ),
+        pair(
+            format!("{MP}_access_token"),
+            format!("{MP}_access_token"),
+            &r.mp,
+        ),
+        // WeCom: "{corp_id}_{secret[:10]}_access_token", expiry under the corp id.
+        pair(
+            format!("{CORP}_{head}_access_token"),
+            format!("{CORP}_access_token"),
+            &r.app,
+        ),
+        pair(
+            format!("{CORP}_jsapi_ticket"),
+            format!("{CORP}_jsapi_ticket"),
+            &r.app_jsapi,
+        ),
+        pair(
+            format!("{CORP}_agent_jsapi_ticket"),
+            format!("{CORP}_agent_jsapi_ticket"),
+            &r.app_agent,
+        ),
+    ];
+    assert_published(&redis, 1, &expected.concat());
 }
 
 #[test]
@@ -707,22 +663,7 @@ fn a_password_is_never_an_argument_and_never_shown() {
     );
     assert!(!out.stderr.contains(REDIS_PASSWORD));
     // From an environment variable, and from stdin.
-    env.set_env("REDIS_URL", &with_password);
-    run(
-        &env,
-        &[
-            "sink",
-            "add",
-            "s",
-            "--redis-env",
-            "REDIS_URL",
-            "--format",
-            "wxjava",
-            "--appid",
-            OA,
-        ],
-        0,
-    );
+    wxjava_sink_from_env(&env, &with_password, &["--appid", OA]);
     let out = env.run_with_stdin(
         &[
             "sink",
@@ -776,23 +717,8 @@ fn a_wrong_password_is_a_publish_failure_that_does_not_show_it() {
     let Some(redis) = Redis::start(&env.dir, &["--requirepass", REDIS_PASSWORD]) else {
         return;
     };
-    env.set_env(
-        "REDIS_URL",
-        &format!("redis://:not-{REDIS_PASSWORD}@127.0.0.1:{}/0", redis.port),
-    );
-    run(
-        &env,
-        &[
-            "sink",
-            "add",
-            "s",
-            "--redis-env",
-            "REDIS_URL",
-            "--format",
-            "wxjava",
-        ],
-        0,
-    );
+    let url = format!("redis://:not-{REDIS_PASSWORD}@127.0.0.1:{}/0", redis.port);
+    wxjava_sink_from_env(&env, &url, &[]);
     let out = run(&env, &["refresh"], 9);
     assert!(
         out.stderr.contains("sink s: publish failed"),
@@ -808,40 +734,7 @@ fn an_acl_user_and_a_database_number() {
     let Some(redis) = start_redis(&env) else {
         return;
     };
-    redis::cmd("ACL")
-        .arg(
-            &[
-                "SETUSER",
-                "wxtoken",
-                "on",
-                ">user-pass-9",
-                "~wx:*",
-                "+set",
-                "+select",
-                "+ping",
-            ][..],
-        )
-        .query::<()>(&mut redis.conn(0))
-        .unwrap();
-    env.set_env(
-        "REDIS_URL",
-        &format!("redis://wxtoken:user-pass-9@127.0.0.1:{}/5", redis.port),
-    );
-    run(
-        &env,
-        &[
-            "sink",
-            "add",
-            "s",
-            "--redis-env",
-            "REDIS_URL",
-            "--format",
-            "wxjava",
-            "--appid",
-            OA,
-        ],
-        0,
-    );
+    sink_as_user(&env, &redis, "wxtoken", "~wx:*", 5);
     run(&env, &["refresh"], 0);
     assert_eq!(redis.keys(5).len(), 3);
     let list = run(&env, &["sink", "list"], 0).stdout;
@@ -889,39 +782,7 @@ fn a_partly_refused_publish_counts_each_key() {
         return;
     };
     // This user may write access tokens, not tickets.
-    redis::cmd("ACL")
-        .arg(
-            &[
-                "SETUSER",
-                "tok",
-                "on",
-                ">tok-pass-3",
-                "~wx:access_token:*",
-                "+set",
-                "+select",
-            ][..],
-        )
-        .query::<()>(&mut redis.conn(0))
-        .unwrap();
-    env.set_env(
-        "REDIS_URL",
-        &format!("redis://tok:tok-pass-3@127.0.0.1:{}/0", redis.port),
-    );
-    run(
-        &env,
-        &[
-            "sink",
-            "add",
-            "s",
-            "--redis-env",
-            "REDIS_URL",
-            "--format",
-            "wxjava",
-            "--appid",
-            OA,
-        ],
-        0,
-    );
+    sink_as_user(&env, &redis, "tok", "~wx:access_token:*", 0);
     let out = run(&env, &["refresh"], 9);
     assert!(
         out.stderr
@@ -944,6 +805,38 @@ fn a_partly_refused_publish_counts_each_key() {
         "{}",
         lines[1]
     );
+}
+
+/// `sink add s --redis-env REDIS_URL --format wxjava EXTRA...`, with REDIS_URL = `url`
+/// (a URL with a password never goes on the command line).
+fn wxjava_sink_from_env(env: &TestEnv, url: &str, extra: &[&str]) {
+    env.set_env("REDIS_URL", url);
+    let mut args = vec![
+        "sink",
+        "add",
+        "s",
+        "--redis-env",
+        "REDIS_URL",
+        "--format",
+        "wxjava",
+    ];
+    args.extend_from_slice(extra);
+    run(env, &args, 0);
+}
+
+/// Creates the Redis user `user` with password `pass`, allowed SET on keys matching
+/// `pattern`, and a wxjava sink for the Official Account that logs in as it on `db`.
+fn sink_as_user(env: &TestEnv, redis: &Redis, user: &str, pattern: &str, db: u8) {
+    let acl = [
+        &["SETUSER", user, "on", ">pass-of-user", pattern][..],
+        &["+set", "+select", "+ping"],
+    ];
+    redis::cmd("ACL")
+        .arg(&acl.concat()[..])
+        .query::<()>(&mut redis.conn(0))
+        .unwrap();
+    let url = format!("redis://{user}:pass-of-user@127.0.0.1:{}/{db}", redis.port);
+    wxjava_sink_from_env(env, &url, &["--appid", OA]);
 }
 
 // ---- hooks ----
