@@ -63,7 +63,9 @@ pub enum Command {
 
 Skips accounts whose token is under a minute old, held after an error (see status),
 or being fetched by another run. Prints one summary line on stderr.
-Exits 0 when every account succeeded, 4 when any failed or is held.")]
+Then publishes every valid token to the sinks (wxtoken sink --help).
+Exits 0 when every account succeeded, 4 when any failed or is held,
+9 when only publishing to a sink failed (the tokens are stored).")]
     Refresh(RefreshArgs),
     /// Print the newest valid token of an account on stdout, and nothing else
     #[command(after_help = "Examples:
