@@ -134,7 +134,6 @@ fn publish_redis(
         }
     }
     let total = writes.len() as i64;
-    let mut lines = Vec::new();
     let scrub = |text: String| -> String {
         let mut text = text;
         for (entry, shown) in &writes {
@@ -152,29 +151,28 @@ fn publish_redis(
         }
         text
     };
-    let result = |published: i64, error: Option<String>| SinkResult {
-        at: now,
-        ok: error.is_none(),
-        published,
-        failed: total - published,
-        error,
+    let report = |published: i64, error: Option<String>, lines: Vec<String>| Report {
+        name: sink.name.clone(),
+        result: SinkResult {
+            at: now,
+            ok: error.is_none(),
+            published,
+            failed: total - published,
+            error,
+        },
+        lines,
     };
     if writes.is_empty() {
-        return Report {
-            name: sink.name.clone(),
-            result: result(0, None),
-            lines,
-        };
+        return report(0, None, Vec::new());
     }
     let mut con = match connect(sink, timeout) {
         Ok(con) => con,
         Err(e) => {
-            let error = scrub(format!("could not connect to Redis: {e}"));
-            return Report {
-                name: sink.name.clone(),
-                result: result(0, Some(error)),
-                lines,
-            };
+            return report(
+                0,
+                Some(scrub(format!("could not connect to Redis: {e}"))),
+                Vec::new(),
+            );
         }
     };
     // One round trip for every key (this runs at the end of every refresh), with one
@@ -191,14 +189,14 @@ fn publish_redis(
     let results: Vec<redis::RedisResult<()>> = match pipe.query(&mut con) {
         Ok(results) => results,
         Err(e) => {
-            let error = scrub(format!("Redis refused the writes: {e}"));
-            return Report {
-                name: sink.name.clone(),
-                result: result(0, Some(error)),
-                lines,
-            };
+            return report(
+                0,
+                Some(scrub(format!("Redis refused the writes: {e}"))),
+                Vec::new(),
+            );
         }
     };
+    let mut lines = Vec::new();
     let mut published = 0;
     let mut first_error = None;
     for ((entry, shown), outcome) in writes.iter().zip(results) {
@@ -218,11 +216,7 @@ fn publish_redis(
     if mode == Mode::Run {
         lines.clear();
     }
-    Report {
-        name: sink.name.clone(),
-        result: result(published, first_error),
-        lines,
-    }
+    report(published, first_error, lines)
 }
 
 fn connect(sink: &SinkRow, timeout: Duration) -> redis::RedisResult<redis::Connection> {
