@@ -619,6 +619,32 @@ fn get_reject_publishes_the_new_token() {
 }
 
 #[test]
+fn get_reject_prints_the_token_and_only_warns_when_publishing_fails() {
+    let env = with_accounts();
+    let Some(mut redis) = start_redis(&env) else {
+        return;
+    };
+    add_sink(&env, "s", &redis.url(0), "wxjava", &["--appid", OA]);
+    run(&env, &["refresh", "--appid", OA], 0);
+    let old = row(&env, OA, "access_token").value;
+    redis.stop();
+    let out = run(&env, &["get", "--appid", OA, "--reject", &old], 0);
+    let new = row(&env, OA, "access_token").value;
+    assert_ne!(new, old);
+    assert_eq!(out.stdout, format!("{new}\n"));
+    assert!(
+        out.stderr
+            .starts_with("wxtoken: warning: sink s: publish failed"),
+        "{}",
+        out.stderr
+    );
+    // The next refresh publishes it.
+    redis.restart_empty();
+    run(&env, &["refresh", "--appid", OA], 0);
+    assert_eq!(redis.get(0, &format!("wx:access_token:{OA}")), Some(new));
+}
+
+#[test]
 fn sinks_publish_only_the_accounts_they_select() {
     let env = with_accounts();
     let Some(redis) = start_redis(&env) else {
