@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use redis::IntoConnectionInfo;
 
-use crate::secret::{Secret, fingerprint};
+use crate::domain::{Account, Credential, Secret};
+use crate::secret::fingerprint;
 use crate::sink::{self, Entry, Format, Item, Layout};
-use crate::store::{ACCESS_TOKEN, Account, NewestRow, SinkResult, SinkRow, Store};
+use crate::store::{NewestRow, SinkResult, SinkRow, Store};
 
 /// What one publish to one sink did.
 #[derive(Debug)]
@@ -36,12 +37,12 @@ pub enum Mode {
 /// A valid row of one account, ready to publish.
 struct Valid<'a> {
     account: &'a Account,
-    kind: String,
+    kind: Credential,
     row: NewestRow,
 }
 
 /// Publishes to every sink that selects any of `accounts` and records each outcome.
-pub fn publish_all(store: &Store, accounts: &[Account], now: i64) -> Result<Vec<Report>> {
+pub fn publish_all(store: &dyn Store, accounts: &[Account], now: i64) -> Result<Vec<Report>> {
     let mut reports = Vec::new();
     for sink in store.sinks()? {
         if !accounts.iter().any(|a| selects(&sink, a)) {
@@ -54,7 +55,7 @@ pub fn publish_all(store: &Store, accounts: &[Account], now: i64) -> Result<Vec<
 
 /// Publishes to one sink and records the outcome on it.
 pub fn publish_sink(
-    store: &Store,
+    store: &dyn Store,
     sink: &SinkRow,
     accounts: &[Account],
     mode: Mode,
@@ -62,16 +63,11 @@ pub fn publish_sink(
 ) -> Result<Report> {
     let mut valid = Vec::new();
     for account in accounts.iter().filter(|a| selects(sink, a)) {
-        let kinds = std::iter::once(ACCESS_TOKEN).chain(account.tickets.iter().map(|t| t.as_str()));
-        for kind in kinds {
+        for kind in account.credentials() {
             if let Some(row) = store.newest_row(account.id, kind)?
                 && row.expires_at > now
             {
-                valid.push(Valid {
-                    account,
-                    kind: kind.to_string(),
-                    row,
-                });
+                valid.push(Valid { account, kind, row });
             }
         }
     }
@@ -107,7 +103,7 @@ fn item<'a>(v: &'a Valid) -> Item<'a> {
         key: &v.account.key,
         api: v.account.api,
         secret: &v.account.secret,
-        kind: &v.kind,
+        kind: v.kind,
         value: &v.row.token,
         expires_at: v.row.expires_at,
     }
@@ -235,7 +231,7 @@ fn connect(sink: &SinkRow, timeout: Duration) -> redis::RedisResult<redis::Conne
 }
 
 fn publish_exec(
-    store: &Store,
+    store: &dyn Store,
     sink: &SinkRow,
     valid: &[Valid],
     mode: Mode,
@@ -245,14 +241,14 @@ fn publish_exec(
     let mut lines = Vec::new();
     let (mut published, mut failed, mut first_error) = (0, 0, None);
     for v in valid {
-        let already = store.published_row(sink.id, v.account.id, &v.kind)?;
+        let already = store.published_row(sink.id, v.account.id, v.kind)?;
         if mode == Mode::Run && already == Some(v.row.id) {
             continue;
         }
-        let what = format!("{} {}", v.account.key, v.kind);
+        let what = format!("{} {}", v.account.key, v.kind.as_str());
         match run_hook(sink, v, timeout, now) {
             Ok(()) => {
-                store.note_published(sink.id, v.account.id, &v.kind, v.row.id)?;
+                store.note_published(sink.id, v.account.id, v.kind, v.row.id)?;
                 published += 1;
                 log::info!(
                     "sink {}: {what} {} delivered",
@@ -291,7 +287,7 @@ fn run_hook(sink: &SinkRow, v: &Valid, timeout: Duration, now: i64) -> Result<()
         .env("WXTOKEN_SINK", &sink.name)
         .env("WXTOKEN_APPID", &v.account.key.appid)
         .env("WXTOKEN_AGENTID", &v.account.key.agent)
-        .env("WXTOKEN_KIND", &v.kind)
+        .env("WXTOKEN_KIND", v.kind.as_str())
         .env("WXTOKEN_EXPIRES_AT", v.row.expires_at.to_string())
         .env("WXTOKEN_EXPIRES_IN", (v.row.expires_at - now).to_string())
         .stdin(Stdio::piped())

@@ -4,9 +4,12 @@
 
 use std::fmt;
 
-use crate::secret::Secret;
-use crate::store::{ACCESS_TOKEN, AccountKey};
-use crate::wechat::Api;
+use crate::domain::{AccountKey, Api, Credential, Secret, Ticket};
+
+const TOKEN: Credential = Credential::AccessToken;
+const JSAPI: Credential = Credential::Ticket(Ticket::Jsapi);
+const WX_CARD: Credential = Credential::Ticket(Ticket::WxCard);
+const AGENT_CONFIG: Credential = Credential::Ticket(Ticket::AgentConfig);
 
 /// How a Redis sink lays out keys and values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,8 +79,7 @@ pub struct Item<'a> {
     pub key: &'a AccountKey,
     pub api: Api,
     pub secret: &'a Secret,
-    /// `access_token`, or a ticket kind (`jsapi`, `wx_card`, `agent_config`).
-    pub kind: &'a str,
+    pub kind: Credential,
     pub value: &'a str,
     pub expires_at: i64,
 }
@@ -98,7 +100,8 @@ impl Entry {
         if self.secret_key {
             format!(
                 "<key of {} {}: embeds the secret, not shown>",
-                item.key, item.kind
+                item.key,
+                item.kind.as_str()
             )
         } else {
             self.key.clone()
@@ -153,17 +156,17 @@ pub fn entries(layout: &Layout, item: &Item, now: i64) -> Vec<Entry> {
         Format::Plain | Format::Json => {
             let template = layout.key_template.as_deref().unwrap_or("");
             // Without {kind}, tickets would overwrite the token under the same key.
-            if item.kind != ACCESS_TOKEN && !template.contains("{kind}") {
+            if item.kind != TOKEN && !template.contains("{kind}") {
                 return Vec::new();
             }
             let key = template
                 .replace("{appid}", &item.key.appid)
                 .replace("{agentid}", &item.key.agent)
-                .replace("{kind}", item.kind);
+                .replace("{kind}", item.kind.as_str());
             let value = if layout.format == Format::Plain {
                 item.value.to_string()
             } else {
-                let field = if item.kind == ACCESS_TOKEN {
+                let field = if item.kind == TOKEN {
                     "access_token"
                 } else {
                     "ticket"
@@ -207,17 +210,17 @@ fn wxjava_key(prefix: Option<&str>, item: &Item, work: bool) -> Option<String> {
             None => id.clone(),
         };
         let name = match item.kind {
-            ACCESS_TOKEN => "wechat_cp_access_token_key",
-            "jsapi" => "wechat_cp_jsapi_ticket_key",
-            "agent_config" => "wechat_cp_agent_jsapi_ticket_key",
+            TOKEN => "wechat_cp_access_token_key",
+            JSAPI => "wechat_cp_jsapi_ticket_key",
+            AGENT_CONFIG => "wechat_cp_agent_jsapi_ticket_key",
             _ => return None,
         };
         return Some(format!("{p}:{name}:{ukey}"));
     }
     let p = prefix.unwrap_or("wx");
     match item.kind {
-        ACCESS_TOKEN => Some(format!("{p}:access_token:{id}")),
-        "jsapi" | "wx_card" => Some(format!("{p}:ticket:key:{id}:{}", item.kind)),
+        TOKEN => Some(format!("{p}:access_token:{id}")),
+        JSAPI | WX_CARD => Some(format!("{p}:ticket:key:{id}:{}", item.kind.as_str())),
         _ => None,
     }
 }
@@ -233,16 +236,16 @@ fn silenceper_key(prefix: Option<&str>, item: &Item, work: bool) -> Option<Strin
             None => format!("{p}_{what}_{id}"),
         };
         return match item.kind {
-            ACCESS_TOKEN => Some(with_agent("access_token")),
-            "jsapi" => Some(format!("{p}_corp_jsapi_ticket_{id}")),
-            "agent_config" => Some(with_agent("agent_jsapi_ticket")),
+            TOKEN => Some(with_agent("access_token")),
+            JSAPI => Some(format!("{p}_corp_jsapi_ticket_{id}")),
+            AGENT_CONFIG => Some(with_agent("agent_jsapi_ticket")),
             _ => None,
         };
     }
     let p = prefix.unwrap_or("gowechat_officialaccount_");
     match item.kind {
-        ACCESS_TOKEN => Some(format!("{p}_access_token_{id}")),
-        "jsapi" => Some(format!("{p}_jsapi_ticket_{id}")),
+        TOKEN => Some(format!("{p}_access_token_{id}")),
+        JSAPI => Some(format!("{p}_jsapi_ticket_{id}")),
         _ => None,
     }
 }
@@ -253,19 +256,19 @@ fn easywechat_key(item: &Item, work: bool) -> Option<(String, bool)> {
     let secret = item.secret.expose();
     if work {
         return match item.kind {
-            ACCESS_TOKEN => Some((format!("work.access_token.{id}.{secret}"), true)),
-            "jsapi" => Some((format!("work.jsapi_ticket.{id}"), false)),
-            "agent_config" => Some((format!("work.jsapi_ticket.{id}.{}", item.key.agent), false)),
+            TOKEN => Some((format!("work.access_token.{id}.{secret}"), true)),
+            JSAPI => Some((format!("work.jsapi_ticket.{id}"), false)),
+            AGENT_CONFIG => Some((format!("work.jsapi_ticket.{id}.{}", item.key.agent), false)),
             _ => None,
         };
     }
     let stable = u8::from(item.api == Api::Stable);
     match item.kind {
-        ACCESS_TOKEN => Some((
+        TOKEN => Some((
             format!("official_account.access_token.{id}.{secret}.{stable}"),
             true,
         )),
-        "jsapi" => Some((format!("official_account.jsapi_ticket.{id}"), false)),
+        JSAPI => Some((format!("official_account.jsapi_ticket.{id}"), false)),
         _ => None,
     }
 }
@@ -277,12 +280,12 @@ fn wechatpy_entries(prefix: Option<&str>, item: &Item, work: bool, ttl: i64) -> 
     let p = prefix.unwrap_or("wechatpy");
     let id = &item.key.appid;
     let (key, expires_key, secret_key) = match (work, item.kind) {
-        (false, ACCESS_TOKEN) => (
+        (false, TOKEN) => (
             format!("{id}_access_token"),
             format!("{id}_access_token"),
             false,
         ),
-        (true, ACCESS_TOKEN) => {
+        (true, TOKEN) => {
             let head: String = item.secret.expose().chars().take(10).collect();
             (
                 format!("{id}_{head}_access_token"),
@@ -290,12 +293,12 @@ fn wechatpy_entries(prefix: Option<&str>, item: &Item, work: bool, ttl: i64) -> 
                 true,
             )
         }
-        (_, "jsapi") => (
+        (_, JSAPI) => (
             format!("{id}_jsapi_ticket"),
             format!("{id}_jsapi_ticket"),
             false,
         ),
-        (true, "agent_config") => (
+        (true, AGENT_CONFIG) => (
             format!("{id}_agent_jsapi_ticket"),
             format!("{id}_agent_jsapi_ticket"),
             false,
@@ -323,7 +326,7 @@ fn wechatpy_entries(prefix: Option<&str>, item: &Item, work: bool, ttl: i64) -> 
 fn powerwechat_entry(prefix: Option<&str>, item: &Item, work: bool, ttl: i64) -> Option<Entry> {
     let id = &item.key.appid;
     match (work, item.kind) {
-        (_, ACCESS_TOKEN) => {
+        (_, TOKEN) => {
             let p = prefix.unwrap_or("powerwechat.access_token.");
             let hash = md5_hex(format!("{id}{}", item.secret.expose()).as_bytes());
             let value = format!(
@@ -337,8 +340,11 @@ fn powerwechat_entry(prefix: Option<&str>, item: &Item, work: bool, ttl: i64) ->
                 secret_key: true,
             })
         }
-        (false, "jsapi" | "wx_card") => Some(Entry {
-            key: format!("powerwechat.basic_service.jssdk.ticket.{}.{id}", item.kind),
+        (false, JSAPI | WX_CARD) => Some(Entry {
+            key: format!(
+                "powerwechat.basic_service.jssdk.ticket.{}.{id}",
+                item.kind.as_str()
+            ),
             value: format!(
                 r#"{{"errcode":0,"errmsg":"ok","expires_in":{ttl},"ticket":{}}}"#,
                 quote(item.value)
@@ -500,7 +506,7 @@ mod tests {
         }
     }
 
-    fn publish(layout: &Layout, key: &AccountKey, api: Api, kind: &str) -> Vec<Entry> {
+    fn publish(layout: &Layout, key: &AccountKey, api: Api, kind: Credential) -> Vec<Entry> {
         let secret = Secret::new(SECRET.into());
         let item = Item {
             key,
@@ -531,11 +537,11 @@ mod tests {
 
     #[test]
     fn every_entry_expires_when_the_token_does() {
-        let oa = AccountKey::appid("wx1");
+        let oa = AccountKey::appid("wx1").unwrap();
         for format in Format::ALL {
             let mut l = layout(format);
             l.key_template = Some("t:{appid}".into());
-            for e in publish(&l, &oa, Api::Token, ACCESS_TOKEN) {
+            for e in publish(&l, &oa, Api::Token, TOKEN) {
                 assert_eq!(e.ttl, 7000, "{format}");
             }
         }
@@ -544,7 +550,7 @@ mod tests {
             key: &oa,
             api: Api::Token,
             secret: &secret,
-            kind: ACCESS_TOKEN,
+            kind: TOKEN,
             value: "T",
             expires_at: NOW,
         };
@@ -553,29 +559,23 @@ mod tests {
 
     #[test]
     fn sdk_keys_for_official_accounts() {
-        let oa = AccountKey::appid("wx1");
+        let oa = AccountKey::appid("wx1").unwrap();
         let k = |f, kind| publish(&layout(f), &oa, Api::Token, kind);
+        assert_eq!(keys(&k(Format::Wxjava, TOKEN)), ["wx:access_token:wx1"]);
+        assert_eq!(keys(&k(Format::Wxjava, JSAPI)), ["wx:ticket:key:wx1:jsapi"]);
         assert_eq!(
-            keys(&k(Format::Wxjava, ACCESS_TOKEN)),
-            ["wx:access_token:wx1"]
-        );
-        assert_eq!(
-            keys(&k(Format::Wxjava, "jsapi")),
-            ["wx:ticket:key:wx1:jsapi"]
-        );
-        assert_eq!(
-            keys(&k(Format::Silenceper, ACCESS_TOKEN)),
+            keys(&k(Format::Silenceper, TOKEN)),
             ["gowechat_officialaccount__access_token_wx1"]
         );
-        assert!(k(Format::Silenceper, "wx_card").is_empty());
-        let ew = k(Format::Easywechat, ACCESS_TOKEN);
+        assert!(k(Format::Silenceper, WX_CARD).is_empty());
+        let ew = k(Format::Easywechat, TOKEN);
         assert_eq!(
             keys(&ew),
             [format!("easywechat:official_account.access_token.wx1.{SECRET}.0").as_str()]
         );
         assert_eq!(ew[0].value, "s:3:\"TOK\";");
         assert!(ew[0].secret_key);
-        let py = k(Format::Wechatpy, ACCESS_TOKEN);
+        let py = k(Format::Wechatpy, TOKEN);
         assert_eq!(
             keys(&py),
             [
@@ -585,14 +585,14 @@ mod tests {
         );
         assert_eq!(py[0].value, "\"TOK\"");
         assert_eq!(py[1].value, (NOW + 7000).to_string());
-        let pw = k(Format::Powerwechat, ACCESS_TOKEN);
+        let pw = k(Format::Powerwechat, TOKEN);
         let hash = md5_hex(format!("wx1{SECRET}").as_bytes());
         assert_eq!(
             keys(&pw),
             [format!("powerwechat.access_token.{hash}").as_str()]
         );
         assert_eq!(pw[0].value, r#"{"access_token":"TOK","expires_in":7000}"#);
-        let stable = publish(&layout(Format::Easywechat), &oa, Api::Stable, ACCESS_TOKEN);
+        let stable = publish(&layout(Format::Easywechat), &oa, Api::Stable, TOKEN);
         assert!(stable[0].key.ends_with(".1"));
     }
 
@@ -608,32 +608,32 @@ mod tests {
         };
         let k = |f, key: &AccountKey, kind| publish(&layout(f), key, Api::Work, kind);
         assert_eq!(
-            keys(&k(Format::Wxjava, &app, ACCESS_TOKEN)),
+            keys(&k(Format::Wxjava, &app, TOKEN)),
             ["wx:cp:wechat_cp_access_token_key:ww1:1000002"]
         );
         assert_eq!(
-            keys(&k(Format::Wxjava, &contacts, ACCESS_TOKEN)),
+            keys(&k(Format::Wxjava, &contacts, TOKEN)),
             ["wx:cp:wechat_cp_access_token_key:ww1"]
         );
         assert_eq!(
-            keys(&k(Format::Silenceper, &app, "agent_config")),
+            keys(&k(Format::Silenceper, &app, AGENT_CONFIG)),
             ["gowechat_work__agent_jsapi_ticket_ww1_1000002"]
         );
-        let py = k(Format::Wechatpy, &app, ACCESS_TOKEN);
+        let py = k(Format::Wechatpy, &app, TOKEN);
         assert_eq!(py[0].key, "wechatpy:ww1_0a1b2c3d4e_access_token");
         assert!(py[0].secret_key);
         assert_eq!(
-            keys(&k(Format::Easywechat, &app, "agent_config")),
+            keys(&k(Format::Easywechat, &app, AGENT_CONFIG)),
             ["easywechat:work.jsapi_ticket.ww1.1000002"]
         );
     }
 
     #[test]
     fn templates_and_prefixes() {
-        let oa = AccountKey::appid("wx1");
+        let oa = AccountKey::appid("wx1").unwrap();
         let mut l = layout(Format::Json);
         l.key_template = Some("tok:{appid}:{kind}".into());
-        let e = publish(&l, &oa, Api::Token, "jsapi");
+        let e = publish(&l, &oa, Api::Token, JSAPI);
         assert_eq!(e[0].key, "tok:wx1:jsapi");
         assert_eq!(
             e[0].value,
@@ -643,17 +643,17 @@ mod tests {
             )
         );
         l.key_template = Some("tok:{appid}".into());
-        assert!(publish(&l, &oa, Api::Token, "jsapi").is_empty());
+        assert!(publish(&l, &oa, Api::Token, JSAPI).is_empty());
         let mut l = layout(Format::Wxjava);
         l.prefix = Some("wa".into());
         assert_eq!(
-            keys(&publish(&l, &oa, Api::Token, ACCESS_TOKEN)),
+            keys(&publish(&l, &oa, Api::Token, TOKEN)),
             ["wa:access_token:wx1"]
         );
         let mut l = layout(Format::Easywechat);
         l.prefix = Some(String::new());
         assert!(
-            publish(&l, &oa, Api::Token, "jsapi")[0]
+            publish(&l, &oa, Api::Token, JSAPI)[0]
                 .key
                 .starts_with("official_account.")
         );

@@ -3,23 +3,35 @@
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use super::{emit, human, rfc3339, stdin_line};
+use super::{Context, emit, stdin_line};
 use crate::cli::{SinkAddArgs, SinkCommand};
-use crate::exit::{self, fail};
+use crate::domain::{AccountKey, Secret};
+use crate::exit::{Exit, fail};
 use crate::publish::{self, Mode};
-use crate::secret::Secret;
 use crate::sink::{self, Format};
-use crate::store::{AccountKey, SinkRow, Store};
+use crate::store::{SinkRow, Store};
+use crate::text::{human, rfc3339};
 
-pub fn run(store: &Store, cmd: SinkCommand, now: i64, quiet: bool) -> Result<u8> {
+pub fn run(ctx: &Context, cmd: SinkCommand) -> Result<Exit> {
+    let store = ctx.store()?;
+    let store = store.as_ref();
+    let (now, quiet) = (ctx.now(), ctx.quiet);
     match cmd {
         SinkCommand::Add(args) => {
             let row = new_sink(store, &args, now)?;
-            store.add_sink(&row)?;
+            if !store.add_sink(&row)? {
+                return Err(fail(
+                    Exit::Account,
+                    format!(
+                        "sink {} already exists; remove it first (wxtoken sink remove)",
+                        row.name
+                    ),
+                ));
+            }
             if !quiet {
                 eprintln!("added sink {}: {}", row.name, describe(&row));
             }
-            Ok(exit::OK)
+            Ok(Exit::Ok)
         }
         SinkCommand::List(args) => {
             let sinks = store.sinks()?;
@@ -38,17 +50,21 @@ pub fn run(store: &Store, cmd: SinkCommand, now: i64, quiet: bool) -> Result<u8>
                 eprintln!("no sinks; add one with `wxtoken sink add`");
             }
             emit(&text)?;
-            Ok(exit::OK)
+            Ok(Exit::Ok)
         }
         SinkCommand::Remove(args) => {
-            store.remove_sink(&args.name)?;
+            if !store.remove_sink(&args.name)? {
+                return Err(no_such_sink(&args.name));
+            }
             if !quiet {
                 eprintln!("removed sink {}", args.name);
             }
-            Ok(exit::OK)
+            Ok(Exit::Ok)
         }
         SinkCommand::Test(args) => {
-            let sink = store.require_sink(&args.name)?;
+            let sink = store
+                .sink(&args.name)?
+                .ok_or_else(|| no_such_sink(&args.name))?;
             let accounts = store.accounts()?;
             let report = publish::publish_sink(store, &sink, &accounts, Mode::Test, now)?;
             let mut text: String = report.lines.iter().map(|l| format!("{l}\n")).collect();
@@ -58,20 +74,27 @@ pub fn run(store: &Store, cmd: SinkCommand, now: i64, quiet: bool) -> Result<u8>
             }
             emit(&text)?;
             if publish::report_failures(std::slice::from_ref(&report), "").is_empty() {
-                Ok(exit::OK)
+                Ok(Exit::Ok)
             } else {
-                Ok(exit::PUBLISH_FAILED)
+                Ok(Exit::PublishFailed)
             }
         }
     }
 }
 
 fn usage(message: impl Into<String>) -> anyhow::Error {
-    fail(exit::USAGE, message)
+    fail(Exit::Usage, message)
+}
+
+fn no_such_sink(name: &str) -> anyhow::Error {
+    fail(
+        Exit::Account,
+        format!("no such sink {name} (see wxtoken sink list)"),
+    )
 }
 
 /// Checks the arguments and builds the row to store.
-fn new_sink(store: &Store, args: &SinkAddArgs, now: i64) -> Result<SinkRow> {
+fn new_sink(store: &dyn Store, args: &SinkAddArgs, now: i64) -> Result<SinkRow> {
     let name = &args.name;
     if name.is_empty()
         || name.len() > 64
@@ -84,15 +107,12 @@ fn new_sink(store: &Store, args: &SinkAddArgs, now: i64) -> Result<SinkRow> {
             crate::policy::one_line(name, 40)
         )));
     }
+    // The same selectors as `refresh --appid`, stored the way `AccountKey` prints them.
+    let mut accounts = Vec::new();
     for selector in &args.appid {
-        let key = match selector.split_once('/') {
-            Some((corp, agent)) => AccountKey {
-                appid: corp.to_string(),
-                agent: agent.to_string(),
-            },
-            None => AccountKey::appid(selector),
-        };
+        let key = AccountKey::parse(selector).map_err(usage)?;
         store.require_account(&key)?;
+        accounts.push(key.to_string());
     }
     let mut row = SinkRow {
         id: 0,
@@ -103,7 +123,7 @@ fn new_sink(store: &Store, args: &SinkAddArgs, now: i64) -> Result<SinkRow> {
         format: None,
         prefix: None,
         key_template: None,
-        accounts: args.appid.clone(),
+        accounts,
         timeout: args.timeout,
         created_at: now,
         last: None,
@@ -247,7 +267,7 @@ fn sink_json(s: &SinkRow, now: i64) -> Value {
 }
 
 /// The sinks block of `status`: each sink and the outcome of its newest publish.
-pub fn status_text(store: &Store, now: i64) -> Result<String> {
+pub fn status_text(store: &dyn Store, now: i64) -> Result<String> {
     let mut text = String::new();
     for s in store.sinks()? {
         text += &format!("sink {}  {}\n", s.name, describe(&s));
@@ -271,7 +291,7 @@ pub fn status_text(store: &Store, now: i64) -> Result<String> {
     Ok(text)
 }
 
-pub fn status_json(store: &Store, now: i64) -> Result<Value> {
+pub fn status_json(store: &dyn Store, now: i64) -> Result<Value> {
     Ok(Value::Array(
         store.sinks()?.iter().map(|s| sink_json(s, now)).collect(),
     ))

@@ -1,12 +1,10 @@
 //! The sinks' SQL: their configuration, the outcome of the newest publish to each, and
 //! which token row each exec sink last received.
 
-use anyhow::Result;
 use rusqlite::{OptionalExtension, params};
 
-use super::{Store, open_secret, seal_secret};
-use crate::exit::{self, fail};
-use crate::secret::Secret;
+use super::{Result, Sqlite, open_secret, seal_secret};
+use crate::domain::{Credential, Secret};
 
 /// A sink as stored.
 #[derive(Debug, Clone)]
@@ -77,9 +75,33 @@ fn sink_from_row(row: &rusqlite::Row) -> rusqlite::Result<SinkRow> {
     })
 }
 
-impl Store {
-    pub fn add_sink(&self, sink: &SinkRow) -> Result<()> {
-        let accounts = serde_json::to_string(&sink.accounts)?;
+/// What the sink commands and publishing need from the store.
+pub trait Sinks {
+    /// Adds a sink; false if one of that name exists already.
+    fn add_sink(&self, sink: &SinkRow) -> Result<bool>;
+    /// Every sink, by name.
+    fn sinks(&self) -> Result<Vec<SinkRow>>;
+    fn sink(&self, name: &str) -> Result<Option<SinkRow>>;
+    /// Removes a sink; false if there is none of that name.
+    fn remove_sink(&self, name: &str) -> Result<bool>;
+    fn record_sink_result(&self, sink_id: i64, result: &SinkResult) -> Result<()>;
+    /// The newest row of this credential for an account, valid or not, with its id.
+    fn newest_row(&self, account_id: i64, kind: Credential) -> Result<Option<NewestRow>>;
+    /// The token row an exec sink last received for this account and credential.
+    fn published_row(&self, sink_id: i64, account_id: i64, kind: Credential)
+    -> Result<Option<i64>>;
+    fn note_published(
+        &self,
+        sink_id: i64,
+        account_id: i64,
+        kind: Credential,
+        token_id: i64,
+    ) -> Result<()>;
+}
+
+impl Sinks for Sqlite {
+    fn add_sink(&self, sink: &SinkRow) -> Result<bool> {
+        let accounts = serde_json::Value::from(sink.accounts.clone()).to_string();
         let inserted = self.conn.execute(
             "INSERT INTO sinks (name, kind, target, password, format, prefix, key_template,
                                 accounts, timeout, created_at)
@@ -98,20 +120,10 @@ impl Store {
                 sink.created_at
             ],
         )?;
-        if inserted == 0 {
-            return Err(fail(
-                exit::ACCOUNT,
-                format!(
-                    "sink {} already exists; remove it first (wxtoken sink remove)",
-                    sink.name
-                ),
-            ));
-        }
-        Ok(())
+        Ok(inserted == 1)
     }
 
-    /// Every sink, by name.
-    pub fn sinks(&self) -> Result<Vec<SinkRow>> {
+    fn sinks(&self) -> Result<Vec<SinkRow>> {
         let mut stmt = self
             .conn
             .prepare(&format!("SELECT {COLUMNS} FROM sinks ORDER BY name"))?;
@@ -119,30 +131,22 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// The sink, or the "no such sink" error (exit 6).
-    pub fn require_sink(&self, name: &str) -> Result<SinkRow> {
-        self.conn
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM sinks WHERE name = ?1"),
-                params![name],
-                sink_from_row,
-            )
-            .optional()?
-            .ok_or_else(|| no_such_sink(name))
-    }
-
-    pub fn remove_sink(&self, name: &str) -> Result<()> {
-        if self
+    fn sink(&self, name: &str) -> Result<Option<SinkRow>> {
+        let sql = format!("SELECT {COLUMNS} FROM sinks WHERE name = ?1");
+        Ok(self
             .conn
-            .execute("DELETE FROM sinks WHERE name = ?1", params![name])?
-            == 0
-        {
-            return Err(no_such_sink(name));
-        }
-        Ok(())
+            .query_row(&sql, params![name], sink_from_row)
+            .optional()?)
     }
 
-    pub fn record_sink_result(&self, sink_id: i64, r: &SinkResult) -> Result<()> {
+    fn remove_sink(&self, name: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .execute("DELETE FROM sinks WHERE name = ?1", params![name])?;
+        Ok(n == 1)
+    }
+
+    fn record_sink_result(&self, sink_id: i64, r: &SinkResult) -> Result<()> {
         self.conn
             .prepare_cached(
                 "UPDATE sinks SET last_at = ?2, last_ok = ?3, last_published = ?4,
@@ -153,15 +157,14 @@ impl Store {
         Ok(())
     }
 
-    /// The newest row of this kind for an account, valid or not.
-    pub fn newest_row(&self, account_id: i64, kind: &str) -> Result<Option<NewestRow>> {
+    fn newest_row(&self, account_id: i64, kind: Credential) -> Result<Option<NewestRow>> {
         Ok(self
             .conn
             .prepare_cached(
                 "SELECT id, token, expires_at FROM tokens WHERE account_id = ?1 AND kind = ?2
                  ORDER BY id DESC LIMIT 1",
             )?
-            .query_row(params![account_id, kind], |r| {
+            .query_row(params![account_id, kind.as_str()], |r| {
                 Ok(NewestRow {
                     id: r.get(0)?,
                     token: r.get(1)?,
@@ -171,23 +174,27 @@ impl Store {
             .optional()?)
     }
 
-    /// The token row an exec sink last received for this account and kind.
-    pub fn published_row(&self, sink_id: i64, account_id: i64, kind: &str) -> Result<Option<i64>> {
+    fn published_row(
+        &self,
+        sink_id: i64,
+        account_id: i64,
+        kind: Credential,
+    ) -> Result<Option<i64>> {
         Ok(self
             .conn
             .prepare_cached(
                 "SELECT token_id FROM sink_published
                  WHERE sink_id = ?1 AND account_id = ?2 AND kind = ?3",
             )?
-            .query_row(params![sink_id, account_id, kind], |r| r.get(0))
+            .query_row(params![sink_id, account_id, kind.as_str()], |r| r.get(0))
             .optional()?)
     }
 
-    pub fn note_published(
+    fn note_published(
         &self,
         sink_id: i64,
         account_id: i64,
-        kind: &str,
+        kind: Credential,
         token_id: i64,
     ) -> Result<()> {
         self.conn
@@ -195,14 +202,7 @@ impl Store {
                 "INSERT OR REPLACE INTO sink_published (sink_id, account_id, kind, token_id)
                  VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![sink_id, account_id, kind, token_id])?;
+            .execute(params![sink_id, account_id, kind.as_str(), token_id])?;
         Ok(())
     }
-}
-
-fn no_such_sink(name: &str) -> anyhow::Error {
-    fail(
-        exit::ACCOUNT,
-        format!("no such sink {name} (see wxtoken sink list)"),
-    )
 }
