@@ -4,6 +4,7 @@ mod cli;
 mod cmd;
 mod exit;
 mod logging;
+mod metrics;
 mod policy;
 mod secret;
 mod store;
@@ -23,6 +24,11 @@ fn main() -> ExitCode {
         }
         Err(err) => {
             let line = cli::usage_error_line(&err);
+            if cmd::check::wanted(&std::env::args_os().collect::<Vec<_>>()) {
+                // A monitoring plugin reports bad arguments as UNKNOWN, on stdout.
+                println!("{}", cmd::check::unknown(&line).1);
+                return ExitCode::from(cmd::check::State::Unknown as u8);
+            }
             eprintln!("wxtoken: error: {line} (see wxtoken --help)");
             return ExitCode::from(exit::USAGE);
         }

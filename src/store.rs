@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_claims_holds.sql"),
     include_str!("../migrations/0003_tickets.sql"),
+    include_str!("../migrations/0004_runs.sql"),
 ];
 
 /// How long a connection waits for another process's write before giving up.
@@ -766,6 +767,94 @@ fn db_error(err: impl fmt::Display, path: &Path) -> anyhow::Error {
         exit::DATABASE,
         format!("could not use database {}: {reason}", path.display()),
     )
+}
+
+/// One `refresh` run, as monitoring sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunRow {
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub duration_ms: i64,
+    /// `all` (every enabled account), `ahead` (--if-expiring-within) or `named` (--appid).
+    pub scope: String,
+    pub accounts: i64,
+    pub refreshed: i64,
+    pub fresh: i64,
+    pub busy: i64,
+    pub held: i64,
+    pub failed: i64,
+}
+
+impl RunRow {
+    /// A run counts as a success when it covered every enabled account (not only named
+    /// ones) and none of them failed or was held.
+    pub fn is_success(&self) -> bool {
+        self.scope != "named" && self.failed == 0 && self.held == 0
+    }
+}
+
+const RUN_COLUMNS: &str =
+    "started_at, finished_at, duration_ms, scope, accounts, refreshed, fresh, busy, held, failed";
+
+// Runs: for monitoring (metrics, status --check).
+impl Store {
+    /// Records a run, and forgets runs older than `before`, except the newest success:
+    /// its time is what the main alert watches.
+    pub fn record_run(&self, run: &RunRow, before: i64) -> Result<()> {
+        let tx = Transaction::immediate(&self.conn, &self.path)?;
+        self.conn.execute(
+            &format!(
+                "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            ),
+            params![
+                run.started_at,
+                run.finished_at,
+                run.duration_ms,
+                run.scope,
+                run.accounts,
+                run.refreshed,
+                run.fresh,
+                run.busy,
+                run.held,
+                run.failed
+            ],
+        )?;
+        self.conn.execute(
+            "DELETE FROM runs WHERE started_at < ?1 AND id NOT IN (
+                 SELECT max(id) FROM runs
+                 WHERE failed = 0 AND held = 0 AND scope <> 'named')",
+            params![before],
+        )?;
+        tx.commit()
+    }
+
+    /// The newest run, and the newest successful one (see [`RunRow::is_success`]).
+    pub fn last_runs(&self) -> Result<(Option<RunRow>, Option<RunRow>)> {
+        let one = |filter: &str| -> Result<Option<RunRow>> {
+            let sql = format!("SELECT {RUN_COLUMNS} FROM runs {filter} ORDER BY id DESC LIMIT 1");
+            Ok(self
+                .conn
+                .query_row(&sql, [], |r| {
+                    Ok(RunRow {
+                        started_at: r.get(0)?,
+                        finished_at: r.get(1)?,
+                        duration_ms: r.get(2)?,
+                        scope: r.get(3)?,
+                        accounts: r.get(4)?,
+                        refreshed: r.get(5)?,
+                        fresh: r.get(6)?,
+                        busy: r.get(7)?,
+                        held: r.get(8)?,
+                        failed: r.get(9)?,
+                    })
+                })
+                .optional()?)
+        };
+        Ok((
+            one("")?,
+            one("WHERE failed = 0 AND held = 0 AND scope <> 'named'")?,
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -2,9 +2,14 @@
 //! the clock) and hands each command only what it needs.
 
 mod account;
+pub mod check;
+mod dry_run;
+mod generate;
 mod get;
+mod metrics;
 mod prune;
 mod refresh;
+mod refresh_out;
 mod status;
 
 use std::io::{self, Write};
@@ -19,6 +24,15 @@ use crate::store::Store;
 use crate::wechat::{self, Client};
 
 pub fn run(cli: Cli) -> Result<u8> {
+    match &cli.command {
+        Command::Completions { shell } => return generate::completions(*shell),
+        Command::Manpage => return generate::manpage(),
+        Command::Status(args) if args.check => {
+            let db = database_path(cli.db.clone()).map(|(db, _)| db);
+            return Ok(check::run(db, args, wechat::unix_now()));
+        }
+        _ => {}
+    }
     let (db, is_default) = database_path(cli.db)?;
     let now = wechat::unix_now();
     // Only commands that write may create the default directory; `get` creates nothing.
@@ -44,7 +58,9 @@ pub fn run(cli: Cli) -> Result<u8> {
             refresh::run(open()?, &client, &args, cli.quiet)
         }
         Command::Prune(args) => prune::run(&open()?, &args, now, cli.quiet),
-        Command::Status(args) => status::run(&open()?, args.json, now),
+        Command::Status(args) => status::run(&open()?, &args, now),
+        Command::Metrics => metrics::run(&Store::open_readonly(&db)?, now),
+        Command::Completions { .. } | Command::Manpage => unreachable!("handled above"),
     }
 }
 

@@ -1,12 +1,14 @@
 //! `wxtoken refresh`: fetch a fresh token for each enabled account, insert a row each,
 //! and report every failure with what to do about it.
 
+use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Result;
 
 use super::held_text;
+use super::refresh_out::Progress;
 use crate::cli::{DEFAULT_KEEP, RefreshArgs};
 use crate::exit::{self, fail};
 use crate::policy::{self, Hold, Want};
@@ -41,8 +43,9 @@ pub fn run(store: Store, client: &Client, args: &RefreshArgs, quiet: bool) -> Re
         (false, Some(d)) => Want::ExpiringWithin(d.as_secs() as i64),
         (false, None) => Want::Stale,
     };
+    let started = std::time::Instant::now();
     let accounts = targets(&store, &args.appid)?;
-    if accounts.is_empty() {
+    if accounts.is_empty() && !args.allow_empty {
         // Even with -q: a cron line whose WXTOKEN_DB has a typo refreshes an empty new
         // database every hour, and silence would hide that until the tokens run out.
         eprintln!(
@@ -50,15 +53,22 @@ pub fn run(store: Store, client: &Client, args: &RefreshArgs, quiet: bool) -> Re
             store.path().display()
         );
     }
+    if args.dry_run {
+        return super::dry_run::run(&store, &accounts, want, now, args.json);
+    }
     let holder = Holder::current();
     let ttl = claim_ttl(args.api.timeout);
     let store = Mutex::new(store);
+    let progress = Progress::new(accounts.len(), !quiet && std::io::stderr().is_terminal());
     let results = run_pool(&accounts, args.jobs, |account| {
-        match account.held_until.filter(|&t| t > now && !args.force) {
+        let done = match account.held_until.filter(|&t| t > now && !args.force) {
             Some(until) => Done::Held(until, account.held_reason.clone().unwrap_or_default()),
             None => refresh_one(&store, client, account, &holder, want, ttl),
-        }
+        };
+        progress.tick(&done);
+        done
     });
+    progress.finish();
     let store = store.into_inner().unwrap_or_else(|e| e.into_inner());
     if let Err(err) = store.prune(wechat::unix_now(), DEFAULT_KEEP, now - ATTEMPT_RETENTION) {
         log::warn!("could not prune old rows: {err:#}");
@@ -66,7 +76,8 @@ pub fn run(store: Store, client: &Client, args: &RefreshArgs, quiet: bool) -> Re
     // The frequent refresh-ahead run leaves held accounts to the hourly run to report, or
     // a crontab with both would mail the same hold every four minutes.
     let report_holds = !matches!(want, Want::ExpiringWithin(_));
-    report(&accounts, &results, quiet, report_holds)
+    let code = report(&accounts, &results, quiet, report_holds)?;
+    super::refresh_out::after_run(&store, &accounts, &results, args, now, started, code)
 }
 
 /// Runs `work` over every account on up to `jobs` threads; results in account order.
@@ -154,7 +165,7 @@ fn report(accounts: &[Account], results: &[Done], quiet: bool, report_holds: boo
 }
 
 /// The accounts to refresh: every enabled one, or the named ones.
-fn targets(store: &Store, named: &[String]) -> Result<Vec<Account>> {
+pub fn targets(store: &Store, named: &[String]) -> Result<Vec<Account>> {
     let all = store.accounts()?;
     if named.is_empty() {
         return Ok(all.into_iter().filter(|a| a.enabled).collect());

@@ -5,6 +5,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use super::{emit, held_text, human, rfc3339};
+use crate::cli::StatusArgs;
 use crate::exit;
 use crate::policy;
 use crate::store::{ACCESS_TOKEN, Account, AttemptRow, Store, TokenRow};
@@ -16,9 +17,15 @@ struct Line {
     attempt: Option<AttemptRow>,
 }
 
-pub fn run(store: &Store, json_out: bool, now: i64) -> Result<u8> {
+pub fn run(store: &Store, args: &StatusArgs, now: i64) -> Result<u8> {
+    let json_out = args.json;
+    // --appid picks accounts as refresh does; without it, disabled accounts show too.
+    let accounts = match args.appid.is_empty() {
+        true => store.accounts()?,
+        false => super::refresh::targets(store, &args.appid)?,
+    };
     let mut rows = Vec::new();
-    for account in store.accounts()? {
+    for account in accounts {
         let kinds = std::iter::once(ACCESS_TOKEN).chain(account.tickets.iter().map(|t| t.as_str()));
         let mut lines = Vec::new();
         for kind in kinds {
