@@ -72,6 +72,53 @@ fn seconds(ms: i64) -> String {
     format!("{:.3}", ms as f64 / 1000.0)
 }
 
+/// A sample of a per-account family: an `outcome` label if it has one, and the value;
+/// `None` leaves the account out of the family.
+type AccountSample<'a> = Option<(Option<&'a str>, i64)>;
+
+/// A per-account family: name, help, and the sample of one account.
+type Family = (
+    &'static str,
+    &'static str,
+    fn(&AccountMetrics) -> AccountSample<'_>,
+);
+
+const ACCOUNT_FAMILIES: [Family; 5] = [
+    (
+        "wxtoken_token_expiry_timestamp_seconds",
+        "When the account's newest valid access token expires (0: it has none).",
+        |a| Some((None, a.expiry.unwrap_or(0))),
+    ),
+    (
+        "wxtoken_account_held",
+        "1 while refresh skips the account after an error that retrying cannot fix.",
+        |a| Some((None, i64::from(a.held))),
+    ),
+    (
+        "wxtoken_account_last_attempt_timestamp_seconds",
+        "When the account's last token fetch started.",
+        |a| a.last_attempt.as_ref().map(|(at, _, _)| (None, *at)),
+    ),
+    (
+        "wxtoken_account_last_attempt_success",
+        "1 if the account's last token fetch succeeded; outcome says how it ended.",
+        |a| {
+            let (_, outcome, _) = a.last_attempt.as_ref()?;
+            let ok = matches!(outcome.as_str(), "ok" | "unchanged");
+            Some((Some(outcome.as_str()), i64::from(ok)))
+        },
+    ),
+    (
+        "wxtoken_account_last_attempt_errcode",
+        "The WeChat errcode of the account's last token fetch (0: none).",
+        |a| {
+            a.last_attempt
+                .as_ref()
+                .map(|(_, _, e)| (None, e.unwrap_or(0)))
+        },
+    ),
+];
+
 pub fn render(snap: &Snapshot) -> String {
     let mut o = Out(String::new());
     o.head(
@@ -135,70 +182,21 @@ pub fn render(snap: &Snapshot) -> String {
         "The earliest expiry of any enabled account's newest valid token (0: one has none).",
         min,
     );
-    o.head(
-        "wxtoken_token_expiry_timestamp_seconds",
-        "When the account's newest valid access token expires (0: it has none).",
-    );
-    for a in &snap.accounts {
-        let labels = [("account", a.name.as_str())];
-        o.sample(
-            "wxtoken_token_expiry_timestamp_seconds",
-            &labels,
-            a.expiry.unwrap_or(0),
-        );
-    }
-    o.head(
-        "wxtoken_account_held",
-        "1 while refresh skips the account after an error that retrying cannot fix.",
-    );
-    for a in &snap.accounts {
-        o.sample(
-            "wxtoken_account_held",
-            &[("account", a.name.as_str())],
-            u8::from(a.held),
-        );
-    }
-    let attempted: Vec<_> = snap
-        .accounts
-        .iter()
-        .filter_map(|a| a.last_attempt.as_ref().map(|at| (a.name.as_str(), at)))
-        .collect();
-    if attempted.is_empty() {
-        return o.0;
-    }
-    o.head(
-        "wxtoken_account_last_attempt_timestamp_seconds",
-        "When the account's last token fetch started.",
-    );
-    for (name, (at, _, _)) in &attempted {
-        o.sample(
-            "wxtoken_account_last_attempt_timestamp_seconds",
-            &[("account", name)],
-            at,
-        );
-    }
-    o.head(
-        "wxtoken_account_last_attempt_success",
-        "1 if the account's last token fetch succeeded; outcome says how it ended.",
-    );
-    for (name, (_, outcome, _)) in &attempted {
-        let ok = matches!(outcome.as_str(), "ok" | "unchanged");
-        o.sample(
-            "wxtoken_account_last_attempt_success",
-            &[("account", name), ("outcome", outcome)],
-            u8::from(ok),
-        );
-    }
-    o.head(
-        "wxtoken_account_last_attempt_errcode",
-        "The WeChat errcode of the account's last token fetch (0: none).",
-    );
-    for (name, (_, _, errcode)) in &attempted {
-        o.sample(
-            "wxtoken_account_last_attempt_errcode",
-            &[("account", name)],
-            errcode.unwrap_or(0),
-        );
+    for (name, help, value) in ACCOUNT_FAMILIES {
+        let rows: Vec<_> = snap
+            .accounts
+            .iter()
+            .filter_map(|a| value(a).map(|v| (a, v)))
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        o.head(name, help);
+        for (a, (outcome, v)) in rows {
+            let mut labels = vec![("account", a.name.as_str())];
+            labels.extend(outcome.map(|o| ("outcome", o)));
+            o.sample(name, &labels, v);
+        }
     }
     o.0
 }
