@@ -95,9 +95,15 @@ Exits 3, printing nothing on stdout, when there is no valid token
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page, in roff (for packagers)
+    /// Print the man page wxtoken(1), or a subcommand's page, in roff (for packagers)
     #[command(hide = true)]
-    Manpage,
+    Manpage {
+        /// The page: wxtoken-refresh, wxtoken-account-add, ...
+        page: Option<String>,
+        /// List every page's name, one a line
+        #[arg(long, conflicts_with = "page")]
+        list: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -481,16 +481,38 @@ fn generators_are_hidden_and_the_man_page_renders() {
     let file = generated(&env, &["manpage"]);
     let roff = std::fs::read_to_string(&file).unwrap();
     assert!(roff.contains(".TH wxtoken 1"), "{roff}");
-    for sub in ["refresh", "status", "metrics"] {
-        assert!(roff.contains(sub), "{sub} missing from the man page");
+    // wxtoken(1) refers to a page per subcommand; each of those exists and documents its
+    // own options.
+    let list = env
+        .run(&["manpage", "--list"])
+        .assert_code(0)
+        .stdout
+        .clone();
+    let pages: Vec<&str> = list.lines().collect();
+    for sub in ["refresh", "status", "metrics", "account"] {
+        let page = format!("wxtoken-{sub}");
+        let listed = format!("wxtoken\\-{sub}(1)"); // roff escapes the hyphen
+        assert!(roff.contains(&listed), "{page} not listed in wxtoken(1)");
+        assert!(pages.contains(&page.as_str()), "no page {page}: {list}");
     }
+    assert!(pages.contains(&"wxtoken-account-add"), "{list}");
+    let refresh = generated(&env, &["manpage", "wxtoken-refresh"]);
+    let refresh_roff = std::fs::read_to_string(&refresh).unwrap();
+    assert!(
+        refresh_roff.contains(".TH wxtoken-refresh 1"),
+        "{refresh_roff}"
+    );
+    assert!(refresh_roff.contains("dry\\-run"), "{refresh_roff}");
+    env.run(&["manpage", "wxtoken-nosuch"]).assert_code(2);
     if Path::new("/usr/bin/groff").exists() {
-        let out = Command::new("groff")
-            .args(["-man", "-Tutf8", "-ww", &file])
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        assert!(String::from_utf8_lossy(&out.stdout).contains("wxtoken"));
-        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "groff warnings");
+        for file in [&file, &refresh] {
+            let out = Command::new("groff")
+                .args(["-man", "-Tutf8", "-ww", file])
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            assert!(String::from_utf8_lossy(&out.stdout).contains("wxtoken"));
+            assert_eq!(String::from_utf8_lossy(&out.stderr), "", "groff warnings");
+        }
     }
 }

@@ -26,7 +26,7 @@ use crate::wechat::{self, Client};
 pub fn run(cli: Cli) -> Result<u8> {
     match &cli.command {
         Command::Completions { shell } => return generate::completions(*shell),
-        Command::Manpage => return generate::manpage(),
+        Command::Manpage { page, list } => return generate::manpage(page.as_deref(), *list),
         Command::Status(args) if args.check => {
             let db = database_path(cli.db.clone()).map(|(db, _)| db);
             return Ok(check::run(db, args, wechat::unix_now()));
@@ -60,7 +60,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Prune(args) => prune::run(&open()?, &args, now, cli.quiet),
         Command::Status(args) => status::run(&open()?, &args, now),
         Command::Metrics => metrics::run(&Store::open_readonly(&db)?, now),
-        Command::Completions { .. } | Command::Manpage => unreachable!("handled above"),
+        Command::Completions { .. } | Command::Manpage { .. } => unreachable!("handled above"),
     }
 }
 
