@@ -59,6 +59,8 @@ pub enum Command {
   wxtoken refresh --appid wx1234567890abcdef
   wxtoken refresh --if-expiring-within 5m   # every 4 minutes: stable and WeCom accounts
   WXTOKEN_API_BASE=http://127.0.0.1:8080 wxtoken refresh   # through a proxy or stand-in
+  wxtoken refresh --dry-run              # what is due and why; fetches nothing
+  wxtoken refresh --json --metrics-file /var/lib/prometheus/node-exporter/wxtoken.prom
 
 Skips accounts whose token is under a minute old, held after an error (see status),
 or being fetched by another run. Prints one summary line on stderr.
@@ -78,7 +80,8 @@ Exits 3, printing nothing on stdout, when there is no valid token
     /// Show every account: its API, its newest token's age and the last attempt's outcome
     #[command(after_help = "Examples:
   wxtoken status
-  wxtoken status --json | jq '.accounts[] | select(.last_attempt.outcome != \"ok\")'")]
+  wxtoken status --json | jq '.accounts[] | select(.last_attempt.outcome != \"ok\")'
+  wxtoken status --check --warn 30m --crit 10m   # Nagios/Icinga: exits 0, 1, 2 or 3")]
     Status(StatusArgs),
     /// Delete old token rows and attempts (refresh also does this after every run)
     #[command(
