@@ -330,13 +330,8 @@ pub struct RefreshArgs {
     #[arg(long)]
     pub json: bool,
     /// After the run, write the metrics (as `wxtoken metrics` prints them) to this file,
-    /// for node_exporter's textfile collector
-    #[arg(
-        long,
-        env = "WXTOKEN_METRICS_FILE",
-        value_name = "PATH",
-        conflicts_with = "dry_run"
-    )]
+    /// for node_exporter's textfile collector (a dry run writes none)
+    #[arg(long, env = "WXTOKEN_METRICS_FILE", value_name = "PATH")]
     pub metrics_file: Option<PathBuf>,
     /// No warning when there is no enabled account (for packaged units and cron files,
     /// which run before any account is added)

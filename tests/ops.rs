@@ -347,7 +347,13 @@ fn dry_run_lists_what_is_due_and_never_calls_wechat() {
     );
     assert_eq!(lines[1]["type"], "summary");
     assert_eq!(lines[1]["due"], 0);
+    // With the metrics file set in the environment, as /etc/default/wxtoken may do: a dry
+    // run still works, and writes no file.
+    let prom = env.dir.join("wxtoken.prom");
+    env.set_env("WXTOKEN_METRICS_FILE", prom.to_str().unwrap());
     let out = env.run(&["refresh", "--dry-run", "--force"]);
+    out.assert_code(0);
+    assert!(!prom.exists(), "a dry run wrote the metrics file");
     assert!(out.stdout.contains("due: --force"), "{out:?}");
     let out = env.run(&["refresh", "--dry-run", "--if-expiring-within", "5m"]);
     assert!(
