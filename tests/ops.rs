@@ -522,3 +522,68 @@ fn generators_are_hidden_and_the_man_page_renders() {
         }
     }
 }
+
+// ---- packaging ------------------------------------------------------------------------------
+
+/// The wxtoken arguments of every command the packaged units and cron.d file run.
+fn packaged_commands() -> Vec<(String, Vec<String>)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging");
+    let mut found = Vec::new();
+    for unit in [
+        "systemd/wxtoken.service",
+        "systemd/ahead/wxtoken-ahead.service",
+    ] {
+        let text = std::fs::read_to_string(root.join(unit)).unwrap();
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart=/usr/bin/wxtoken "))
+            .unwrap_or_else(|| panic!("no ExecStart in {unit}"));
+        found.push((
+            unit.to_string(),
+            line.split_whitespace().map(String::from).collect(),
+        ));
+    }
+    let cron = std::fs::read_to_string(root.join("cron.d/wxtoken")).unwrap();
+    for line in cron
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit() || c == '*'))
+    {
+        let args = line
+            .split("exec wxtoken ")
+            .nth(1)
+            .and_then(|rest| rest.strip_suffix('\''))
+            .unwrap_or_else(|| panic!("unexpected cron.d line: {line}"));
+        assert!(
+            line.contains("[ ! -d /run/systemd/system ]"),
+            "no systemd guard: {line}"
+        );
+        assert!(line.contains("flock -n "), "no flock: {line}");
+        found.push((
+            "cron.d".to_string(),
+            args.split_whitespace().map(String::from).collect(),
+        ));
+    }
+    found
+}
+
+#[test]
+fn packaged_commands_run_quietly_on_an_empty_database_and_refresh_when_there_are_accounts() {
+    let commands = packaged_commands();
+    assert_eq!(commands.len(), 4, "{commands:?}");
+    for (origin, args) in &commands {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // What the package's first start does: no accounts yet, so silence and exit 0.
+        let env = TestEnv::new();
+        let out = env.run(&args);
+        out.assert_code(0);
+        assert_eq!(
+            (out.stdout.as_str(), out.stderr.as_str()),
+            ("", ""),
+            "{origin}"
+        );
+        // With an account, the same command fetches its token (refresh-ahead: none yet).
+        add(&env, APPID);
+        env.run(&args).assert_code(0);
+        assert_eq!(env.api.hits(TOKEN), 1, "{origin}: {args:?}");
+    }
+}
