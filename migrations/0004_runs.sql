@@ -1,8 +1,9 @@
 -- One row per `refresh` run (not dry runs), for monitoring: the metrics textfile and
 -- `status --check` read the last run and the last successful one from here, so that the
 -- time of the last success survives a failed run and a restart.
+-- IF NOT EXISTS: a database rolled back to an older schema version may keep the table.
 -- scope: 'all' (every enabled account), 'ahead' (--if-expiring-within), 'named' (--appid).
-CREATE TABLE runs (
+CREATE TABLE IF NOT EXISTS runs (
     id           INTEGER PRIMARY KEY,
     started_at   INTEGER NOT NULL,
     finished_at  INTEGER NOT NULL,
@@ -15,4 +16,4 @@ CREATE TABLE runs (
     held         INTEGER NOT NULL,
     failed       INTEGER NOT NULL
 );
-CREATE INDEX runs_success ON runs (failed, held, scope, id DESC);
+CREATE INDEX IF NOT EXISTS runs_success ON runs (failed, held, scope, id DESC);

@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::policy::parse_duration;
-use crate::store::AccountKey;
-use crate::wechat::{Api, Ticket};
+use crate::domain::{Api, DEFAULT_API_BASE, DEFAULT_WORK_API_BASE, Ticket};
 
 /// Central refresher for WeChat access tokens: one place fetches, everything else reads.
 #[derive(Parser, Debug)]
@@ -160,37 +158,6 @@ pub struct AccountArgs {
     pub agentid: Option<String>,
 }
 
-impl AccountArgs {
-    pub fn key(&self) -> Result<AccountKey, String> {
-        let key = match (&self.appid, &self.corpid, &self.agentid) {
-            (Some(appid), None, None) => AccountKey::appid(appid),
-            (None, Some(corpid), Some(agent)) => AccountKey {
-                appid: corpid.clone(),
-                agent: agent.clone(),
-            },
-            _ => return Err("name an account with --appid, or with --corpid and --agentid".into()),
-        };
-        check_identifier("appid/corpid", &key.appid)?;
-        if self.agentid.is_some() {
-            check_identifier("agentid", &key.agent)?;
-        }
-        Ok(key)
-    }
-}
-
-fn check_identifier(what: &str, value: &str) -> Result<(), String> {
-    if value.is_empty() {
-        return Err(format!("{what} is empty"));
-    }
-    if value.len() > 128 || !value.bytes().all(|b| b.is_ascii_graphic()) || value.contains('/') {
-        return Err(format!(
-            "{what} '{}' is not valid: use up to 128 printable ASCII characters, no spaces or '/'",
-            crate::policy::one_line(value, 40)
-        ));
-    }
-    Ok(())
-}
-
 /// Where a secret comes from.
 #[derive(Args, Debug)]
 pub struct SecretSource {
@@ -288,23 +255,15 @@ pub struct ApiArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
     pub timeout: u64,
     /// WeChat API base URL (http:// works, for proxies and tests)
-    #[arg(long, env = "WXTOKEN_API_BASE", value_name = "URL", default_value = crate::wechat::DEFAULT_API_BASE)]
+    #[arg(long, env = "WXTOKEN_API_BASE", value_name = "URL", default_value = DEFAULT_API_BASE)]
     pub api_base: String,
     /// WeCom API base URL
-    #[arg(long, env = "WXTOKEN_WORK_API_BASE", value_name = "URL", default_value = crate::wechat::DEFAULT_WORK_API_BASE)]
+    #[arg(long, env = "WXTOKEN_WORK_API_BASE", value_name = "URL", default_value = DEFAULT_WORK_API_BASE)]
     pub work_api_base: String,
 }
 
-impl ApiArgs {
-    pub fn timeout(&self) -> Duration {
-        Duration::from_secs(self.timeout)
-    }
-}
-
-/// How many fetches `refresh` runs at once unless `--jobs` says otherwise.
-pub const DEFAULT_JOBS: usize = 8;
-/// How many token rows per account `prune` keeps (besides every still-valid one).
-pub const DEFAULT_KEEP: i64 = 48;
+// The defaults below are `policy::DEFAULT_JOBS` and `policy::DEFAULT_KEEP`, written out so
+// that the CLI types depend on the domain only; a test in config.rs pins them together.
 
 #[derive(Args, Debug)]
 pub struct RefreshArgs {
@@ -313,7 +272,7 @@ pub struct RefreshArgs {
     #[arg(long, value_name = "APPID")]
     pub appid: Vec<String>,
     /// Run up to this many fetches at once
-    #[arg(long, short = 'j', value_name = "N", default_value_t = DEFAULT_JOBS, value_parser = parse_jobs)]
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 8, value_parser = parse_jobs)]
     pub jobs: usize,
     /// Fetch only accounts whose newest token expires within DURATION (or that have none),
     /// like 5m; for cron every few minutes
@@ -344,7 +303,7 @@ pub struct RefreshArgs {
 #[derive(Args, Debug)]
 pub struct PruneArgs {
     /// Keep this many newest token rows per account, besides every token still valid
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_KEEP, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 48, value_parser = clap::value_parser!(i64).range(1..))]
     pub keep: i64,
 }
 
@@ -370,22 +329,24 @@ pub struct GetArgs {
     pub api: ApiArgs,
 }
 
-/// Checks that an API base is an http(s) URL, so that a typo fails before any request.
-pub fn check_base(name: &str, url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"));
-    match rest {
-        Some(host)
-            if !host.is_empty() && !host.starts_with('/') && !url.contains(char::is_whitespace) =>
-        {
-            Ok(())
-        }
-        _ => Err(format!(
-            "{name} '{}' is not an http:// or https:// URL",
-            crate::policy::one_line(url, 80)
-        )),
-    }
+/// Parses `90s`, `5m`, `1h`, `2d`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let bad =
+        || format!("invalid duration '{text}': use a number with s, m, h or d, like 90s, 5m or 1h");
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(scale)
+        .map(Duration::from_secs)
+        .ok_or_else(bad)
 }
 
 fn parse_jobs(text: &str) -> Result<usize, String> {
@@ -419,4 +380,22 @@ pub fn usage_error_line(err: &clap::Error) -> String {
         }
     }
     parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        for bad in ["", "m", "5x", "-5m", "1.5h", "5 m", "99999999999999999999d"] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains(&format!("'{bad}'")), "{err}");
+        }
+    }
 }

@@ -2,19 +2,27 @@
 
 mod cli;
 mod cmd;
+mod config;
+mod domain;
+mod engine;
 mod exit;
 mod logging;
 mod metrics;
 mod policy;
 mod secret;
 mod store;
+mod text;
 mod wechat;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
+use exit::Exit;
+
 fn main() -> ExitCode {
+    // `status --check` is a monitoring plugin: every failure is UNKNOWN, even bad arguments.
+    let check = cmd::check::wanted(&std::env::args_os().collect::<Vec<_>>());
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => {
@@ -24,21 +32,21 @@ fn main() -> ExitCode {
         }
         Err(err) => {
             let line = cli::usage_error_line(&err);
-            if cmd::check::wanted(&std::env::args_os().collect::<Vec<_>>()) {
-                // A monitoring plugin reports bad arguments as UNKNOWN, on stdout.
-                println!("{}", cmd::check::unknown(&line).1);
-                return ExitCode::from(cmd::check::State::Unknown as u8);
+            if check {
+                return ExitCode::from(cmd::check::print_unknown(&line));
             }
             eprintln!("wxtoken: error: {line} (see wxtoken --help)");
-            return ExitCode::from(exit::USAGE);
+            return ExitCode::from(Exit::Usage.code());
         }
     };
     logging::init(cli.verbose, cli.quiet);
-    match cmd::run(cli) {
-        Ok(code) => ExitCode::from(code),
+    match config::Config::from_cli(cli).and_then(cmd::run) {
+        Ok(exit) => ExitCode::from(exit.code()),
+        // A monitoring plugin reports even bad arguments as UNKNOWN, on stdout.
+        Err(err) if check => ExitCode::from(cmd::check::print_unknown(&format!("{err:#}"))),
         Err(err) => {
             eprintln!("wxtoken: error: {err:#}");
-            ExitCode::from(exit::code_of(&err))
+            ExitCode::from(exit::of(&err).code())
         }
     }
 }

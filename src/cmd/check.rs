@@ -4,14 +4,16 @@
 //! worse, so this command bypasses wxtoken's own exit-code table entirely.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::{emit, human, refresh};
-use crate::cli::StatusArgs;
+use super::{Context, emit, refresh};
+use crate::config::CheckConfig;
+use crate::domain::{AccountKey, AttemptResult, Credential};
+use crate::exit::Exit;
 use crate::policy;
-use crate::store::{ACCESS_TOKEN, Store};
+use crate::store::ReadStore;
+use crate::text::human;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum State {
@@ -129,21 +131,25 @@ pub fn evaluate(subjects: &[Subject], warn: i64, crit: i64) -> (State, String) {
     (state, format!("WXTOKEN {} - {text} | {perf}", state.word()))
 }
 
-/// Runs the check; never fails: every error is an UNKNOWN line.
-pub fn run(db: Result<PathBuf>, args: &StatusArgs, now: i64) -> u8 {
-    let result = db.and_then(|db| {
-        let store = Store::open_readonly(&db)?;
-        let subjects = gather(&store, &args.appid, now)?;
-        Ok(evaluate(
-            &subjects,
-            args.warn.as_secs() as i64,
-            args.crit.as_secs() as i64,
-        ))
+/// Runs the check; never fails: every error is an UNKNOWN line. Opens the store
+/// read-only: a check creates, migrates and locks nothing.
+pub fn run(ctx: &Context, cfg: &CheckConfig) -> Exit {
+    let result = ctx.read_store().and_then(|store| {
+        let subjects = gather(store.as_ref(), &cfg.accounts, ctx.now())?;
+        Ok(evaluate(&subjects, cfg.warn, cfg.crit))
     });
     let (state, line) = match result {
         Ok(verdict) => verdict,
         Err(err) => unknown(&format!("{err:#}")),
     };
+    let _ = emit(&format!("{line}\n"));
+    Exit::Plugin(state as u8)
+}
+
+/// Prints the UNKNOWN line for an error met before the check could run (bad arguments,
+/// no HOME) and returns its exit code.
+pub fn print_unknown(message: &str) -> u8 {
+    let (state, line) = unknown(message);
     let _ = emit(&format!("{line}\n"));
     state as u8
 }
@@ -163,41 +169,34 @@ pub fn wanted(args: &[OsString]) -> bool {
     args.iter().any(|a| a == "status") && args.iter().any(|a| a == "--check")
 }
 
-fn gather(store: &Store, named: &[String], now: i64) -> Result<Vec<Subject>> {
+fn gather(store: &dyn ReadStore, named: &[AccountKey], now: i64) -> Result<Vec<Subject>> {
     let mut subjects = Vec::new();
     for account in refresh::targets(store, named)? {
         // The credential with the least time left; no valid row at all counts as least.
-        let mut worst: Option<(Option<i64>, String)> = None;
-        let kinds = std::iter::once(ACCESS_TOKEN).chain(account.tickets.iter().map(|t| t.as_str()));
-        for kind in kinds {
+        let mut worst: Option<(Option<i64>, Credential)> = None;
+        for kind in account.credentials() {
             let left = store
                 .latest_token(&account.key, kind)?
                 .map(|t| policy::remaining(t.expires_at, now))
                 .filter(|&left| left > 0);
             let rank = |l: Option<i64>| l.unwrap_or(i64::MIN);
-            if worst.as_ref().is_none_or(|(w, _)| rank(left) < rank(*w)) {
-                let what = if kind == ACCESS_TOKEN {
-                    "token".to_string()
-                } else {
-                    format!("{kind} ticket")
-                };
-                worst = Some((left, what));
+            if worst.is_none_or(|(w, _)| rank(left) < rank(w)) {
+                worst = Some((left, kind));
             }
         }
-        let (ttl, what) = worst.unwrap_or((None, "token".to_string()));
-        let last_failure = store
-            .last_attempt(account.id, ACCESS_TOKEN)?
-            .filter(|a| !matches!(a.outcome.as_str(), "ok" | "unchanged"))
-            .map(|a| match (a.errcode, a.http_status) {
-                (Some(code), _) => code.to_string(),
-                (None, Some(status)) => format!("http {status}"),
-                (None, None) => a.outcome,
-            });
+        let (ttl, kind) = worst.unwrap_or((None, Credential::AccessToken));
+        let last_failure = match store.last_attempt(account.id, Credential::AccessToken)? {
+            Some(a) => match a.result {
+                AttemptResult::Failed(f) => Some(f.label()),
+                AttemptResult::Ok | AttemptResult::Unchanged => None,
+            },
+            None => None,
+        };
         subjects.push(Subject {
             name: account.key.to_string(),
             ttl,
-            what,
-            held: account.held_until.is_some_and(|t| t > now),
+            what: kind.label(),
+            held: account.held_at(now).is_some(),
             last_failure,
         });
     }

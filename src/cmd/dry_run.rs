@@ -5,18 +5,21 @@
 use anyhow::Result;
 use serde_json::json;
 
-use super::{emit, held_text, human};
-use crate::exit;
+use super::emit;
+use crate::config::RefreshConfig;
+use crate::domain::{Account, TokenRow};
+use crate::exit::Exit;
 use crate::policy::{self, MIN_AGE, Want};
-use crate::store::{ACCESS_TOKEN, Account, Store, TokenRow};
+use crate::store::ReadStore;
+use crate::text::{held_text, human};
 
 pub fn run(
-    store: &Store,
+    store: &dyn ReadStore,
     accounts: &[Account],
-    want: Want,
+    cfg: &RefreshConfig,
     now: i64,
-    json_out: bool,
-) -> Result<u8> {
+) -> Result<Exit> {
+    let (want, json_out) = (cfg.want, cfg.json);
     let mut text = String::new();
     let mut due_count = 0;
     for account in accounts {
@@ -47,31 +50,32 @@ pub fn run(
         text += &format!("{line}\n");
     }
     emit(&text)?;
-    Ok(exit::OK)
+    Ok(Exit::Ok)
 }
 
 /// Whether refresh would fetch this account now, and why, tickets included.
-fn account_due(store: &Store, account: &Account, want: Want, now: i64) -> Result<(bool, String)> {
-    if let Some(until) = account.held_until.filter(|&t| t > now)
+fn account_due(
+    store: &dyn ReadStore,
+    account: &Account,
+    want: Want,
+    now: i64,
+) -> Result<(bool, String)> {
+    if let Some((until, reason)) = account.held_at(now)
         && want != Want::Always
     {
-        let reason = account.held_reason.as_deref().unwrap_or("");
         return Ok((false, format!("held {}: {reason}", held_text(until))));
     }
-    let newest = store.latest_token(&account.key, ACCESS_TOKEN)?;
-    let (due, reason) = due_reason("token", newest.as_ref(), now, want);
-    if due {
-        return Ok((true, reason));
-    }
-    for ticket in &account.tickets {
-        let newest = store.latest_token(&account.key, ticket.as_str())?;
-        let what = format!("{} ticket", ticket.as_str());
-        let (due, why) = due_reason(&what, newest.as_ref(), now, want);
+    let mut first = None;
+    for kind in account.credentials() {
+        let newest = store.latest_token(&account.key, kind)?;
+        let (due, reason) = due_reason(&kind.label(), newest.as_ref(), now, want);
         if due {
-            return Ok((true, why));
+            return Ok((true, reason));
         }
+        // Not due: the token's reason speaks for the account.
+        first.get_or_insert(reason);
     }
-    Ok((false, reason))
+    Ok((false, first.unwrap_or_default()))
 }
 
 /// Why a credential (`what`: "token", "jsapi ticket") is due or not under `want`; the same

@@ -7,18 +7,18 @@ use clap::CommandFactory;
 
 use super::emit;
 use crate::cli::Cli;
-use crate::exit::{self, fail};
+use crate::exit::{Exit, fail};
 
-pub fn completions(shell: clap_complete::Shell) -> Result<u8> {
+pub fn completions(shell: clap_complete::Shell) -> Result<Exit> {
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "wxtoken", &mut out);
     emit(&String::from_utf8_lossy(&out))?;
-    Ok(exit::OK)
+    Ok(Exit::Ok)
 }
 
 /// wxtoken(1) lists its subcommands as wxtoken-refresh(1) and so on, as clap_mangen names
 /// them: `page` picks one of those, `list` names them all (for the package build).
-pub fn manpage(page: Option<&str>, list: bool) -> Result<u8> {
+pub fn manpage(page: Option<&str>, list: bool) -> Result<Exit> {
     let mut root = Cli::command();
     // Building names every subcommand `wxtoken-refresh` and the like, as the pages are.
     root.build();
@@ -27,7 +27,7 @@ pub fn manpage(page: Option<&str>, list: bool) -> Result<u8> {
     if list {
         let names: Vec<String> = pages.iter().map(page_name).collect();
         emit(&format!("{}\n", names.join("\n")))?;
-        return Ok(exit::OK);
+        return Ok(Exit::Ok);
     }
     let wanted = page.unwrap_or("wxtoken");
     let cmd = pages
@@ -35,7 +35,7 @@ pub fn manpage(page: Option<&str>, list: bool) -> Result<u8> {
         .find(|c| page_name(c) == wanted)
         .ok_or_else(|| {
             fail(
-                exit::USAGE,
+                Exit::Usage,
                 format!("no man page {wanted} (see wxtoken manpage --list)"),
             )
         })?;
@@ -44,7 +44,7 @@ pub fn manpage(page: Option<&str>, list: bool) -> Result<u8> {
         .render(&mut out)
         .context("could not render the man page")?;
     emit(&String::from_utf8_lossy(&out))?;
-    Ok(exit::OK)
+    Ok(Exit::Ok)
 }
 
 fn collect(cmd: &clap::Command, pages: &mut Vec<clap::Command>) {

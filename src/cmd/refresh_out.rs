@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use super::refresh::Done;
-use super::{emit, rfc3339};
-use crate::cli::RefreshArgs;
-use crate::exit;
+use super::{Context, emit};
+use crate::config::RefreshConfig;
+use crate::domain::{Account, Credential, Failure, TokenRow};
+use crate::engine::Done;
+use crate::exit::Exit;
 use crate::policy;
-use crate::store::{ACCESS_TOKEN, Account, RunRow, Store, TokenRow};
+use crate::store::{RunRow, Store};
+use crate::text::rfc3339;
 
 /// Runs last this long in the `runs` table (the newest success stays whatever its age).
 const RUN_RETENTION: i64 = 30 * 86_400;
@@ -22,52 +24,52 @@ const RUN_RETENTION: i64 = 30 * 86_400;
 /// writes the metrics file. Returns the exit code, raised to 1 if the metrics file could
 /// not be written (a monitoring gap must not pass in silence).
 pub fn after_run(
-    store: &Store,
+    ctx: &Context,
+    store: &dyn Store,
     accounts: &[Account],
     results: &[Done],
-    args: &RefreshArgs,
-    now: i64,
+    cfg: &RefreshConfig,
     started: Instant,
-    code: u8,
-) -> Result<u8> {
+    exit: Exit,
+) -> Result<Exit> {
+    let started_at = ctx.now() - started.elapsed().as_secs() as i64;
     let mut run = RunRow {
-        started_at: now,
-        finished_at: crate::wechat::unix_now(),
+        started_at,
+        finished_at: ctx.now(),
         duration_ms: started.elapsed().as_millis() as i64,
-        scope: match (args.appid.is_empty(), args.if_expiring_within) {
+        scope: match (cfg.accounts.is_empty(), cfg.want) {
             (false, _) => "named",
-            (true, Some(_)) => "ahead",
-            (true, None) => "all",
+            (true, policy::Want::ExpiringWithin(_)) => "ahead",
+            (true, _) => "all",
         }
         .to_string(),
         ..RunRow::default()
     };
     tally(results, &mut run);
-    if let Err(err) = store.record_run(&run, now - RUN_RETENTION) {
-        log::warn!("could not record the run for monitoring: {err:#}");
+    if let Err(err) = store.record_run(&run, run.started_at - RUN_RETENTION) {
+        log::warn!("could not record the run for monitoring: {err}");
     }
-    if args.json {
-        let finished = crate::wechat::unix_now();
+    if cfg.json {
+        let now = ctx.now();
         let mut text = String::new();
         for (account, done) in accounts.iter().zip(results) {
-            let newest = store.latest_token(&account.key, ACCESS_TOKEN)?;
-            text += &format!(
-                "{}\n",
-                account_line(account, done, newest.as_ref(), finished)
-            );
+            let newest = store.latest_token(&account.key, Credential::AccessToken)?;
+            text += &format!("{}\n", account_line(account, done, newest.as_ref(), now));
         }
-        text += &format!("{}\n", summary_line(&run, code));
+        text += &format!("{}\n", summary_line(&run, exit));
         emit(&text)?;
     }
-    if let Some(path) = &args.metrics_file {
-        let written = super::metrics::text(store, crate::wechat::unix_now())
+    if let Some(path) = &cfg.metrics_file {
+        let written = super::metrics::text(store, ctx.now())
             .and_then(|text| crate::metrics::write_atomic(path, &text));
         if let Err(err) = written {
             eprintln!("wxtoken: error: {err:#}");
-            return Ok(code.max(exit::ERROR));
+            // A run that worked but left monitoring blind is not a success; a failed
+            // run keeps its own code.
+            return Ok(if exit == Exit::Ok { Exit::Error } else { exit });
         }
     }
-    Ok(code)
+    Ok(exit)
 }
 
 /// The run's counts, for the `runs` table: held and failed apart, whatever the mode.
@@ -97,9 +99,7 @@ pub fn account_line(account: &Account, done: &Done, newest: Option<&TokenRow>, n
         Done::Unrecorded(_) => ("unrecorded", None, None, None),
     };
     let (errcode, errmsg) = match failure {
-        Some(crate::wechat::Failure::WeChat { errcode, errmsg }) => {
-            (Some(*errcode), Some(errmsg.as_str()))
-        }
+        Some(Failure::WeChat { errcode, errmsg }) => (Some(*errcode), Some(errmsg.as_str())),
         _ => (None, None),
     };
     let hint = errcode.and_then(|code| {
@@ -136,7 +136,7 @@ pub fn account_line(account: &Account, done: &Done, newest: Option<&TokenRow>, n
 }
 
 /// The `--json` summary line that ends a run.
-pub fn summary_line(run: &RunRow, code: u8) -> Value {
+pub fn summary_line(run: &RunRow, exit: Exit) -> Value {
     json!({
         "type": "summary",
         "scope": run.scope,
@@ -148,7 +148,7 @@ pub fn summary_line(run: &RunRow, code: u8) -> Value {
         "failed": run.failed,
         "started_at": rfc3339(run.started_at),
         "duration_ms": run.duration_ms,
-        "exit_code": code,
+        "exit_code": exit.code(),
     })
 }
 
