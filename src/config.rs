@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::cli::{AccountArgs, AccountCommand, ApiArgs, Cli, Command};
+use crate::cli::{AccountArgs, AccountCommand, ApiArgs, Cli, Command, QuotaCommand};
 use crate::domain::{AccountKey, Api, Credential, Ticket};
 use crate::exit::{Exit, fail};
 use crate::policy::{self, Want};
@@ -38,6 +38,7 @@ pub enum Cmd {
         page: Option<String>,
         list: bool,
     },
+    Quota(QuotaConfig),
 }
 
 /// `status --check`: thresholds in seconds.
@@ -46,6 +47,21 @@ pub struct CheckConfig {
     pub accounts: Vec<AccountKey>,
     pub warn: i64,
     pub crit: i64,
+}
+
+/// `quota` (check the named accounts, or every enabled one) or `quota reset`.
+pub enum QuotaConfig {
+    Check {
+        accounts: Vec<AccountKey>,
+        json: bool,
+        api: ApiConfig,
+    },
+    Reset {
+        key: AccountKey,
+        /// Confirmed on the command line: no question asked.
+        yes: bool,
+        api: ApiConfig,
+    },
 }
 
 pub enum AccountOp {
@@ -156,6 +172,18 @@ impl Config {
             Command::Metrics => Cmd::Metrics,
             Command::Completions { shell } => Cmd::Completions(shell),
             Command::Manpage { page, list } => Cmd::Manpage { page, list },
+            Command::Quota(a) => Cmd::Quota(match a.reset {
+                Some(QuotaCommand::Reset(r)) => QuotaConfig::Reset {
+                    key: AccountKey::parse(&r.appid).map_err(usage)?,
+                    yes: r.yes,
+                    api: api(&r.api)?,
+                },
+                None => QuotaConfig::Check {
+                    accounts: account_keys(&a.appid)?,
+                    json: a.json,
+                    api: api(&a.api)?,
+                },
+            }),
         };
         Ok(Config {
             db,

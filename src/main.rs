@@ -9,6 +9,7 @@ mod exit;
 mod logging;
 mod metrics;
 mod policy;
+mod quota;
 mod secret;
 mod store;
 mod text;

@@ -9,6 +9,7 @@ mod generate;
 mod get;
 mod metrics;
 mod prune;
+mod quota;
 mod refresh;
 mod refresh_out;
 mod status;
@@ -79,6 +80,7 @@ pub fn run(config: Config) -> Result<Exit> {
         Cmd::Metrics => metrics::run(&ctx),
         Cmd::Completions(shell) => generate::completions(shell),
         Cmd::Manpage { page, list } => generate::manpage(page.as_deref(), list),
+        Cmd::Quota(cfg) => quota::run(&ctx, &cfg),
     }
 }
 
