@@ -16,7 +16,7 @@ use crate::domain::{Api, DEFAULT_API_BASE, DEFAULT_WORK_API_BASE, Ticket};
   TOKEN=$(wxtoken get --appid wx1234567890abcdef) || exit 1
 
 Exit codes: 0 ok, 1 unexpected error, 2 bad arguments, 3 no valid token,
-4 a fetch from WeChat failed, 5 database problem, 6 no such account or sink / already exists,
+4 a call to WeChat failed, 5 database problem, 6 no such account or sink / already exists,
 9 publishing to a sink failed.")]
 pub struct Cli {
     /// SQLite database [default: ~/.local/share/wxtoken/wxtoken.db]
@@ -58,6 +58,8 @@ pub enum Command {
   wxtoken refresh --appid wx1234567890abcdef
   wxtoken refresh --if-expiring-within 5m   # every 4 minutes: stable and WeCom accounts
   WXTOKEN_API_BASE=http://127.0.0.1:8080 wxtoken refresh   # through a proxy or stand-in
+  wxtoken refresh --dry-run              # what is due and why; fetches nothing
+  wxtoken refresh --json --metrics-file /var/lib/prometheus/node-exporter/wxtoken.prom
 
 Skips accounts whose token is under a minute old, held after an error (see status),
 or being fetched by another run. Prints one summary line on stderr.
@@ -79,8 +81,24 @@ Exits 3, printing nothing on stdout, when there is no valid token
     /// Show every account: its API, its newest token's age and the last attempt's outcome
     #[command(after_help = "Examples:
   wxtoken status
-  wxtoken status --json | jq '.accounts[] | select(.last_attempt.outcome != \"ok\")'")]
+  wxtoken status --json | jq '.accounts[] | select(.last_attempt.outcome != \"ok\")'
+  wxtoken status --check --warn 30m --crit 10m   # Nagios/Icinga: exits 0, 1, 2 or 3")]
     Status(StatusArgs),
+    /// Show today's token quota as WeChat counts it, next to wxtoken's own fetches; or reset it
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:
+  wxtoken quota                                  # every enabled Official Account / Mini Program
+  wxtoken quota --appid wx1234567890abcdef --json
+  wxtoken quota reset --appid wx1234567890abcdef # asks first; --yes in scripts
+
+Uses each account's stored token and costs no token fetch; an account without a valid
+token is skipped. WeCom apps have no such quota and are skipped. When WeChat counts
+clearly more fetches than wxtoken made, another program fetches tokens for the appid.
+Exits 0 when every account was checked, 3 when one had no valid token, 4 when a call to
+WeChat failed."
+    )]
+    Quota(QuotaArgs),
     /// Delete old token rows and attempts (refresh also does this after every run)
     #[command(
         after_help = "Example:\n  wxtoken prune --keep 24\n\nEvery token still valid is kept, whatever --keep says. Attempts older than 30 days go."
@@ -89,6 +107,25 @@ Exits 3, printing nothing on stdout, when there is no valid token
     /// Publish tokens where applications already look: Redis in an SDK's format, or a hook
     #[command(subcommand)]
     Sink(SinkCommand),
+    /// Print the monitoring metrics (Prometheus text format) that refresh --metrics-file writes
+    #[command(after_help = "Example:
+  wxtoken metrics | sponge /var/lib/prometheus/node-exporter/wxtoken.prom")]
+    Metrics,
+    /// Print a shell completion script (for packagers)
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page wxtoken(1), or a subcommand's page, in roff (for packagers)
+    #[command(hide = true)]
+    Manpage {
+        /// The page: wxtoken-refresh, wxtoken-account-add, ...
+        page: Option<String>,
+        /// List every page's name, one a line
+        #[arg(long, conflicts_with = "page")]
+        list: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -213,8 +250,23 @@ pub struct ListArgs {
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     /// One JSON object on stdout
-    #[arg(long)]
+    #[arg(long, conflicts_with = "check")]
     pub json: bool,
+    /// Act as a monitoring plugin (Nagios, Icinga): one line on stdout, exit 0 OK,
+    /// 1 WARNING, 2 CRITICAL, 3 UNKNOWN
+    #[arg(long)]
+    pub check: bool,
+    /// With --check: WARNING when an enabled account's newest valid token has less than
+    /// this left
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30m", requires = "check")]
+    pub warn: Duration,
+    /// With --check: CRITICAL when an enabled account's newest valid token has less than
+    /// this left, or there is none
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10m", requires = "check")]
+    pub crit: Duration,
+    /// Only this account (repeatable; a WeCom app as CORPID/AGENTID)
+    #[arg(long, value_name = "APPID")]
+    pub appid: Vec<String>,
 }
 
 /// How to reach WeChat: shared by every command that may fetch.
@@ -250,6 +302,62 @@ pub struct RefreshArgs {
     /// Fetch even accounts that are held after an error, or whose token is fresh
     #[arg(long, conflicts_with = "if_expiring_within")]
     pub force: bool,
+    /// List which accounts are due and why, on stdout, without fetching (a fetch rotates
+    /// the token) or writing anything
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print one JSON line per account and a summary line on stdout, for log shippers
+    #[arg(long)]
+    pub json: bool,
+    /// After the run, write the metrics (as `wxtoken metrics` prints them) to this file,
+    /// for node_exporter's textfile collector (a dry run writes none)
+    #[arg(long, env = "WXTOKEN_METRICS_FILE", value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+    /// No warning when there is no enabled account (for packaged units and cron files,
+    /// which run before any account is added)
+    #[arg(long)]
+    pub allow_empty: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct QuotaArgs {
+    #[command(subcommand)]
+    pub reset: Option<QuotaCommand>,
+    /// Check only this account (repeatable); default: every enabled Official Account and
+    /// Mini Program
+    #[arg(long, value_name = "APPID")]
+    pub appid: Vec<String>,
+    /// One JSON object on stdout
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QuotaCommand {
+    /// Clear an account's API call counts for today (WeChat allows 10 resets a month)
+    #[command(after_help = "Examples:
+  wxtoken quota reset --appid wx1234567890abcdef        # asks for confirmation
+  wxtoken quota reset --appid wx1234567890abcdef --yes  # from a script
+
+Calls WeChat's clear_quota/v2 with the account's secret (in the request body). It works
+when the token quota is exhausted, and releases an account that refresh holds after 45009.
+Exits 0 when WeChat confirmed the reset, 2 when it was not confirmed here, 4 when WeChat
+refused it (48006: the month's resets are spent).")]
+    Reset(ResetArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ResetArgs {
+    /// The account's appid
+    #[arg(long, value_name = "APPID")]
+    pub appid: String,
+    /// Reset without asking; needed when stdin is not a terminal
+    #[arg(long)]
+    pub yes: bool,
     #[command(flatten)]
     pub api: ApiArgs,
 }

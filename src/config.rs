@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::cli::{AccountArgs, AccountCommand, ApiArgs, Cli, Command};
+use crate::cli::{AccountArgs, AccountCommand, ApiArgs, Cli, Command, QuotaCommand};
 use crate::domain::{AccountKey, Api, Credential, Ticket};
 use crate::exit::{Exit, fail};
 use crate::policy::{self, Want};
@@ -23,14 +23,47 @@ pub enum Cmd {
     Account(AccountOp),
     Refresh(RefreshConfig),
     Get(GetConfig),
+    /// Checked by `cmd::sink`, which also reads the Redis URL from stdin or the environment.
+    Sink(crate::cli::SinkCommand),
+    /// `accounts` empty: every account (disabled ones too).
     Status {
         json: bool,
+        accounts: Vec<AccountKey>,
     },
+    Check(CheckConfig),
     Prune {
         keep: i64,
     },
-    /// Checked by `cmd::sink`, which also reads the Redis URL from stdin or the environment.
-    Sink(crate::cli::SinkCommand),
+    Metrics,
+    Completions(clap_complete::Shell),
+    Manpage {
+        page: Option<String>,
+        list: bool,
+    },
+    Quota(QuotaConfig),
+}
+
+/// `status --check`: thresholds in seconds.
+pub struct CheckConfig {
+    /// Empty: every enabled account.
+    pub accounts: Vec<AccountKey>,
+    pub warn: i64,
+    pub crit: i64,
+}
+
+/// `quota` (check the named accounts, or every enabled one) or `quota reset`.
+pub enum QuotaConfig {
+    Check {
+        accounts: Vec<AccountKey>,
+        json: bool,
+        api: ApiConfig,
+    },
+    Reset {
+        key: AccountKey,
+        /// Confirmed on the command line: no question asked.
+        yes: bool,
+        api: ApiConfig,
+    },
 }
 
 pub enum AccountOp {
@@ -72,6 +105,14 @@ pub struct RefreshConfig {
     /// Also fetch held accounts.
     pub force: bool,
     pub api: ApiConfig,
+    /// List what is due, fetch nothing.
+    pub dry_run: bool,
+    /// NDJSON on stdout.
+    pub json: bool,
+    /// The node_exporter textfile to write after the run.
+    pub metrics_file: Option<PathBuf>,
+    /// No warning when there is no enabled account.
+    pub allow_empty: bool,
 }
 
 pub struct GetConfig {
@@ -94,17 +135,16 @@ impl Config {
                     (false, Some(d)) => Want::ExpiringWithin(d.as_secs() as i64),
                     (false, None) => Want::Stale,
                 };
-                let accounts = a
-                    .appid
-                    .iter()
-                    .map(|name| AccountKey::parse(name).map_err(usage))
-                    .collect::<Result<_>>()?;
                 Cmd::Refresh(RefreshConfig {
-                    accounts,
+                    accounts: account_keys(&a.appid)?,
                     jobs: a.jobs,
                     want,
                     force: a.force,
                     api: api(&a.api)?,
+                    dry_run: a.dry_run,
+                    json: a.json,
+                    metrics_file: a.metrics_file,
+                    allow_empty: a.allow_empty,
                 })
             }
             Command::Get(a) => {
@@ -121,9 +161,32 @@ impl Config {
                     reject,
                 })
             }
-            Command::Status(a) => Cmd::Status { json: a.json },
+            Command::Status(a) if a.check => Cmd::Check(CheckConfig {
+                accounts: account_keys(&a.appid)?,
+                warn: a.warn.as_secs() as i64,
+                crit: a.crit.as_secs() as i64,
+            }),
+            Command::Status(a) => Cmd::Status {
+                json: a.json,
+                accounts: account_keys(&a.appid)?,
+            },
             Command::Prune(a) => Cmd::Prune { keep: a.keep },
             Command::Sink(c) => Cmd::Sink(c),
+            Command::Metrics => Cmd::Metrics,
+            Command::Completions { shell } => Cmd::Completions(shell),
+            Command::Manpage { page, list } => Cmd::Manpage { page, list },
+            Command::Quota(a) => Cmd::Quota(match a.reset {
+                Some(QuotaCommand::Reset(r)) => QuotaConfig::Reset {
+                    key: AccountKey::parse(&r.appid).map_err(usage)?,
+                    yes: r.yes,
+                    api: api(&r.api)?,
+                },
+                None => QuotaConfig::Check {
+                    accounts: account_keys(&a.appid)?,
+                    json: a.json,
+                    api: api(&a.api)?,
+                },
+            }),
         };
         Ok(Config {
             db,
@@ -131,6 +194,14 @@ impl Config {
             command,
         })
     }
+}
+
+/// `--appid` values as refresh takes them: an appid, or CORPID/AGENTID.
+fn account_keys(names: &[String]) -> Result<Vec<AccountKey>> {
+    names
+        .iter()
+        .map(|name| AccountKey::parse(name).map_err(usage))
+        .collect()
 }
 
 fn usage(message: String) -> anyhow::Error {

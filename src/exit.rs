@@ -17,6 +17,9 @@ pub enum Exit {
     Account,
     /// Publishing to a sink failed, and nothing worse happened: the tokens are stored.
     PublishFailed,
+    /// `status --check`, a monitoring plugin: its own 0 OK, 1 WARNING, 2 CRITICAL,
+    /// 3 UNKNOWN, outside the table above (monitoring systems know no other codes).
+    Plugin(u8),
 }
 
 impl Exit {
@@ -43,6 +46,7 @@ impl Exit {
             Exit::Account => 6,
             // 7 and 8 are reserved (secret key, interrupted by a signal).
             Exit::PublishFailed => 9,
+            Exit::Plugin(code) => code,
         }
     }
 
@@ -61,6 +65,8 @@ impl Exit {
             Exit::Usage => 5,
             Exit::Database => 6,
             Exit::Error => 7,
+            // Never merged: a check reports one state.
+            Exit::Plugin(_) => 0,
         }
     }
 
@@ -79,13 +85,18 @@ impl Exit {
         match self {
             Exit::Ok => "Everything worked.",
             Exit::Error => "An unexpected failure: I/O, a bug, anything not classified below.",
-            Exit::Usage => "Bad arguments or bad input (clap uses 2 for its own usage errors too).",
+            Exit::Usage => {
+                "Bad arguments or bad input (clap uses 2 for its own usage errors too); a \
+                 `quota reset` not confirmed (no `--yes` off a terminal, or not answered yes)."
+            }
             Exit::NoToken => {
                 "`get`: there is no valid token to print (unknown account, none fetched yet, \
-                 expired, or less than `--min-ttl` left)."
+                 expired, or less than `--min-ttl` left); `quota`: an account has no valid \
+                 stored token to ask with."
             }
             Exit::FetchFailed => {
-                "`refresh`, `get --reject`: at least one fetch from WeChat failed."
+                "`refresh`, `get --reject`: at least one fetch from WeChat failed; `quota`, \
+                 `quota reset`: a call to WeChat failed."
             }
             Exit::Database => {
                 "The database could not be opened, is not a wxtoken database, or is newer \
@@ -99,6 +110,7 @@ impl Exit {
                 "`refresh`, `sink test`: publishing to a sink failed and nothing worse \
                  happened; the tokens are stored (see [sinks](#publishing-to-redis-and-hooks-sinks))."
             }
+            Exit::Plugin(_) => "`status --check`: its own codes, not in the table.",
         }
     }
 
@@ -110,10 +122,11 @@ impl Exit {
             Exit::Error => "unexpected error",
             Exit::Usage => "bad arguments",
             Exit::NoToken => "no valid token",
-            Exit::FetchFailed => "a fetch from WeChat failed",
+            Exit::FetchFailed => "a call to WeChat failed",
             Exit::Database => "database problem",
             Exit::Account => "no such account or sink / already exists",
             Exit::PublishFailed => "publishing to a sink failed",
+            Exit::Plugin(_) => "status --check",
         }
     }
 }

@@ -3,6 +3,7 @@
 //! write. SQLite is the first backend and this module the only one that knows it: no SQL,
 //! path, PRAGMA or process probe leaks out, so a second backend is one module beside it.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -25,7 +26,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_claims_holds.sql"),
     include_str!("../migrations/0003_tickets.sql"),
-    include_str!("../migrations/0004_sinks.sql"),
+    include_str!("../migrations/0004_quota.sql"),
+    include_str!("../migrations/0005_runs.sql"),
+    include_str!("../migrations/0006_sinks.sql"),
 ];
 
 /// Why a store operation failed. `exit.rs` turns each into an exit code.
@@ -111,6 +114,15 @@ pub trait ReadStore {
     fn latest_token(&self, key: &AccountKey, kind: Credential) -> Result<Option<TokenRow>>;
     /// The newest attempt at an account's credential, if any.
     fn last_attempt(&self, account_id: i64, kind: Credential) -> Result<Option<Attempt>>;
+    /// The newest `refresh` run, and the newest successful one (see
+    /// [`RunRow::is_success`]), for monitoring.
+    fn last_runs(&self) -> Result<(Option<RunRow>, Option<RunRow>)>;
+    /// How many token requests wxtoken sent per account since `since` (accounts without
+    /// any are absent): the tries of access-token attempts, plus one for each forced stable
+    /// refresh, whose normal-mode call before it is not recorded as an attempt of its own.
+    fn fetches_since(&self, since: i64) -> Result<HashMap<i64, i64>>;
+    /// How many quota resets WeChat confirmed for an account since `since`.
+    fn quota_resets_since(&self, account_id: i64, since: i64) -> Result<i64>;
 
     /// The account, or `NotFound`.
     fn require_account(&self, key: &AccountKey) -> Result<Account> {
@@ -146,10 +158,24 @@ pub trait Store: ReadStore + Sinks + Send {
     fn forced_refreshes(&self, account_id: i64, now: i64) -> Result<Vec<i64>>;
     fn note_forced_refresh(&self, account_id: i64, now: i64) -> Result<()>;
 
+    /// Records a quota reset (`failure`: its errcode, if any, and the message shown);
+    /// after a successful one, releases the account's hold if its last token fetch failed
+    /// with 45009 (the daily quota), all at once. Returns whether a hold was released.
+    fn record_quota_reset(
+        &self,
+        account_id: i64,
+        at: i64,
+        failure: Option<(Option<i64>, &str)>,
+    ) -> Result<bool>;
+
     /// Deletes token rows beyond the newest `keep` per account and kind, except those still
     /// valid; attempts older than `attempts_before`; old forced-refresh records; expired
     /// claims. Returns (tokens, attempts) deleted.
     fn prune(&self, now: i64, keep: i64, attempts_before: i64) -> Result<(usize, usize)>;
+
+    /// Records a `refresh` run, and forgets runs older than `before`, except the newest
+    /// success: its time is what the main alert watches.
+    fn record_run(&self, run: &RunRow, before: i64) -> Result<()>;
 }
 
 /// Where the database is, and whether it is the default one (whose directory a writing
@@ -449,6 +475,10 @@ impl Sqlite {
 }
 
 impl ReadStore for Sqlite {
+    fn last_runs(&self) -> Result<(Option<RunRow>, Option<RunRow>)> {
+        Ok((self.run_rows("")?, self.run_rows(SUCCESSFUL_RUNS)?))
+    }
+
     fn location(&self) -> String {
         self.path.display().to_string()
     }
@@ -528,9 +558,62 @@ impl ReadStore for Sqlite {
             })
             .optional()?)
     }
+
+    /// One pass over the rows since `since` through the `attempts_age` index, for every
+    /// account at once: a query per account would read each one's 30 days of attempts.
+    fn fetches_since(&self, since: i64) -> Result<HashMap<i64, i64>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT account_id, sum(n) FROM (
+                 SELECT account_id, tries AS n FROM attempts
+                 WHERE started_at >= ?1 AND kind = ?2
+                 UNION ALL
+                 SELECT account_id, 1 FROM forced_refreshes WHERE at >= ?1)
+             GROUP BY account_id",
+        )?;
+        let rows = stmt.query_map(params![since, Credential::AccessToken.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn quota_resets_since(&self, account_id: i64, since: i64) -> Result<i64> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT count(*) FROM quota_resets WHERE account_id = ?1 AND ok = 1 AND at >= ?2",
+        )?;
+        Ok(stmt.query_row(params![account_id, since], |r| r.get(0))?)
+    }
 }
 
 impl Store for Sqlite {
+    fn record_run(&self, run: &RunRow, before: i64) -> Result<()> {
+        let tx = Transaction::immediate(&self.conn, &self.path)?;
+        self.conn.execute(
+            &format!(
+                "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            ),
+            params![
+                run.started_at,
+                run.finished_at,
+                run.duration_ms,
+                run.scope,
+                run.accounts,
+                run.refreshed,
+                run.fresh,
+                run.busy,
+                run.held,
+                run.failed
+            ],
+        )?;
+        self.conn.execute(
+            &format!(
+                "DELETE FROM runs WHERE started_at < ?1
+                 AND id NOT IN (SELECT max(id) FROM runs {SUCCESSFUL_RUNS})"
+            ),
+            params![before],
+        )?;
+        tx.commit()
+    }
+
     fn another(&self) -> Result<Box<dyn Store>> {
         let store = Sqlite::connect(&self.path, self.holder.clone(), true)?;
         store.configure(true)?;
@@ -700,6 +783,41 @@ impl Store for Sqlite {
         Ok(())
     }
 
+    fn record_quota_reset(
+        &self,
+        account_id: i64,
+        at: i64,
+        failure: Option<(Option<i64>, &str)>,
+    ) -> Result<bool> {
+        let tx = Transaction::immediate(&self.conn, &self.path)?;
+        let (errcode, detail) = failure.unzip();
+        self.conn
+            .prepare_cached(
+                "INSERT INTO quota_resets (account_id, at, ok, errcode, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                account_id,
+                at,
+                failure.is_none(),
+                errcode.flatten(),
+                detail
+            ])?;
+        let released = failure.is_none()
+            && self
+                .conn
+                .prepare_cached(
+                    "UPDATE accounts SET held_until = NULL, held_reason = NULL
+                     WHERE id = ?1 AND held_until IS NOT NULL
+                       AND (SELECT errcode FROM attempts WHERE account_id = ?1 AND kind = ?2
+                            ORDER BY id DESC LIMIT 1) = 45009",
+                )?
+                .execute(params![account_id, Credential::AccessToken.as_str()])?
+                > 0;
+        tx.commit()?;
+        Ok(released)
+    }
+
     fn prune(&self, now: i64, keep: i64, attempts_before: i64) -> Result<(usize, usize)> {
         let tx = Transaction::immediate(&self.conn, &self.path)?;
         let tokens = self.conn.execute(
@@ -846,6 +964,60 @@ fn db_error(err: rusqlite::Error, path: &Path) -> StoreError {
         format!("could not use database {}: {reason}", path.display()),
     )
 }
+
+/// One `refresh` run, as monitoring sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunRow {
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub duration_ms: i64,
+    /// `all` (every enabled account), `ahead` (--if-expiring-within) or `named` (--appid).
+    pub scope: String,
+    pub accounts: i64,
+    pub refreshed: i64,
+    pub fresh: i64,
+    pub busy: i64,
+    pub held: i64,
+    pub failed: i64,
+}
+
+impl RunRow {
+    /// A run counts as a success when it covered every enabled account (not only named
+    /// ones) and none of them failed or was held.
+    pub fn is_success(&self) -> bool {
+        self.scope != "named" && self.failed == 0 && self.held == 0
+    }
+}
+
+const RUN_COLUMNS: &str =
+    "started_at, finished_at, duration_ms, scope, accounts, refreshed, fresh, busy, held, failed";
+
+// Runs: for monitoring (metrics, status --check).
+impl Sqlite {
+    fn run_rows(&self, filter: &str) -> Result<Option<RunRow>> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs {filter} ORDER BY id DESC LIMIT 1");
+        Ok(self
+            .conn
+            .query_row(&sql, [], |r| {
+                Ok(RunRow {
+                    started_at: r.get(0)?,
+                    finished_at: r.get(1)?,
+                    duration_ms: r.get(2)?,
+                    scope: r.get(3)?,
+                    accounts: r.get(4)?,
+                    refreshed: r.get(5)?,
+                    fresh: r.get(6)?,
+                    busy: r.get(7)?,
+                    held: r.get(8)?,
+                    failed: r.get(9)?,
+                })
+            })
+            .optional()?)
+    }
+}
+
+/// The runs that count as a success (see [`RunRow::is_success`]), in SQL.
+const SUCCESSFUL_RUNS: &str = "WHERE failed = 0 AND held = 0 AND scope <> 'named'";
 
 #[cfg(test)]
 mod tests {

@@ -114,6 +114,10 @@ run wxtoken -q refresh
 say "Each account's API, the age of its newest token and the outcome of its last attempt"
 run wxtoken status
 
+say "WeChat's count of today's token fetches, next to wxtoken's own: when WeChat counts"
+printf '# %s\n' "clearly more, another program fetches tokens for the appid (and causes 40001)"
+run wxtoken quota
+
 say "Shell scripts take the token from stdout; a non-zero exit means there is no valid one"
 printf '+ %s\n' "TOKEN=\$(wxtoken get --appid $appid_classic --min-ttl 5m) || exit 1"
 TOKEN=$(wxtoken get --appid "$appid_classic" --min-ttl 5m) || die "get failed"
@@ -152,4 +156,15 @@ cat <<'EOF'
 #   fi
 EOF
 
-say "Done: the demo database and the stand-in are being removed. Next: README.md, crontab.example"
+say "Monitoring: a Nagios/Icinga check (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)"
+run wxtoken status --check
+
+say "What a refresh would do, without calling WeChat (a fetch rotates the token)"
+run wxtoken refresh --dry-run --if-expiring-within 5m
+
+say "One JSON line per account and a summary, for log shippers, and the Prometheus textfile"
+run wxtoken refresh --json --force --metrics-file "$tmp/wxtoken.prom"
+printf '+ %s\n' "grep -E '^wxtoken_(last_success|token_expiry)' $tmp/wxtoken.prom"
+grep -E '^wxtoken_(last_success|token_expiry)' "$tmp/wxtoken.prom" || die "no metrics in the textfile"
+
+say "Done: the demo database and the stand-in are being removed. Next: README.md (Operating wxtoken), crontab.example"

@@ -5,9 +5,10 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use super::{Context, emit};
-use crate::domain::{Account, Attempt, AttemptResult, Credential, Failure, TokenRow};
+use crate::domain::{Account, AccountKey, Attempt, AttemptResult, Credential, Failure, TokenRow};
 use crate::exit::Exit;
 use crate::policy;
+use crate::quota;
 use crate::text::{held_text, human, rfc3339};
 
 /// One credential of an account: its access token or one of its tickets.
@@ -19,11 +20,17 @@ struct Line {
 
 /// Opens the store for writing, as before: a writing open is what upgrades an older
 /// schema, and the README tells people to run `status` for that.
-pub fn run(ctx: &Context, json_out: bool) -> Result<Exit> {
+pub fn run(ctx: &Context, json_out: bool, named: &[AccountKey]) -> Result<Exit> {
     let store = ctx.store()?;
     let now = ctx.now();
+    // --appid picks accounts as refresh does; without it, disabled accounts show too.
+    let accounts = match named.is_empty() {
+        true => store.accounts()?,
+        false => super::refresh::targets(store.as_ref(), named)?,
+    };
     let mut rows = Vec::new();
-    for account in store.accounts()? {
+    let fetched = store.fetches_since(quota::day_start(now))?;
+    for account in accounts {
         let mut lines = Vec::new();
         for kind in account.credentials() {
             lines.push(Line {
@@ -32,12 +39,13 @@ pub fn run(ctx: &Context, json_out: bool) -> Result<Exit> {
                 attempt: store.last_attempt(account.id, kind)?,
             });
         }
-        rows.push((account, lines));
+        let today = fetched.get(&account.id).copied().unwrap_or(0);
+        rows.push((account, lines, today));
     }
     let text = if json_out {
         let accounts: Vec<Value> = rows
             .iter()
-            .map(|(a, lines)| account_json(a, lines, now))
+            .map(|(a, lines, today)| account_json(a, lines, *today, now))
             .collect();
         let sinks = super::sink::status_json(store.as_ref(), now)?;
         let doc = json!({ "database": store.location(), "accounts": accounts, "sinks": sinks });
@@ -47,8 +55,8 @@ pub fn run(ctx: &Context, json_out: bool) -> Result<Exit> {
         if rows.is_empty() {
             text += "no accounts; add one with `wxtoken account add`\n";
         }
-        for (a, lines) in &rows {
-            text += &account_text(a, lines, now);
+        for (a, lines, today) in &rows {
+            text += &account_text(a, lines, *today, now);
         }
         text + &super::sink::status_text(store.as_ref(), now)?
     };
@@ -56,7 +64,7 @@ pub fn run(ctx: &Context, json_out: bool) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
-fn account_text(a: &Account, lines: &[Line], now: i64) -> String {
+fn account_text(a: &Account, lines: &[Line], today: i64, now: i64) -> String {
     let mut text = format!(
         "{}  api={} {}\n",
         a.key,
@@ -66,6 +74,9 @@ fn account_text(a: &Account, lines: &[Line], now: i64) -> String {
     if let Some((until, reason)) = held(a, now) {
         text += &format!("    SKIPPED by refresh {until}: {reason}\n");
     }
+    text += &format!(
+        "    fetches today: {today} (wxtoken's own token requests since midnight China time)\n"
+    );
     for line in lines {
         let label = line.kind.label();
         let state = match &line.newest {
@@ -93,13 +104,14 @@ fn account_text(a: &Account, lines: &[Line], now: i64) -> String {
     text
 }
 
-fn account_json(a: &Account, lines: &[Line], now: i64) -> Value {
+fn account_json(a: &Account, lines: &[Line], today: i64, now: i64) -> Value {
     let mut obj = json!({
         "appid": a.key.appid,
         "agentid": a.key.is_wecom().then_some(&a.key.agent),
         "api": a.api.as_str(),
         "enabled": a.enabled,
         "held": held(a, now).map(|(until, reason)| json!({"until": until, "reason": reason})),
+        "fetches_today": today,
     });
     let mut tickets = serde_json::Map::new();
     for line in lines {
@@ -131,7 +143,7 @@ fn held(a: &Account, now: i64) -> Option<(String, String)> {
 
 /// The columns an attempt had in the database: outcome, errcode, errmsg, HTTP status and
 /// detail, as `status --json` has always shown them.
-type Columns<'a> = (
+pub(super) type Columns<'a> = (
     &'static str,
     Option<i64>,
     Option<&'a str>,
@@ -139,7 +151,7 @@ type Columns<'a> = (
     Option<&'a str>,
 );
 
-fn columns(a: &Attempt) -> Columns<'_> {
+pub(super) fn columns(a: &Attempt) -> Columns<'_> {
     match &a.result {
         AttemptResult::Ok => ("ok", None, None, None, None),
         AttemptResult::Unchanged => ("unchanged", None, None, None, None),
