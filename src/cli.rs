@@ -16,8 +16,8 @@ use crate::domain::{Api, DEFAULT_API_BASE, DEFAULT_WORK_API_BASE, Ticket};
   TOKEN=$(wxtoken get --appid wx1234567890abcdef) || exit 1
 
 Exit codes: 0 ok, 1 unexpected error, 2 bad arguments, 3 no valid token,
-4 a call to WeChat failed, 5 database problem, 6 no such account / already exists,
-8 interrupted by a signal.")]
+4 a call to WeChat failed, 5 database problem, 6 no such account or sink / already exists,
+8 interrupted by a signal, 9 publishing to a sink failed.")]
 pub struct Cli {
     /// SQLite database [default: ~/.local/share/wxtoken/wxtoken.db]
     #[arg(
@@ -58,11 +58,15 @@ pub enum Command {
   wxtoken refresh --appid wx1234567890abcdef
   wxtoken refresh --if-expiring-within 5m   # every 4 minutes: stable and WeCom accounts
   WXTOKEN_API_BASE=http://127.0.0.1:8080 wxtoken refresh   # through a proxy or stand-in
+  wxtoken refresh --dry-run              # what is due and why; fetches nothing
+  wxtoken refresh --json --metrics-file /var/lib/prometheus/node-exporter/wxtoken.prom
 
 Skips accounts another run fetched after this one started, held after an error
 (see status), or being fetched by another run. Prints one summary line on stderr.
+Then publishes every valid token to the sinks (wxtoken sink --help).
 Exits 0 when every account succeeded, 4 when any failed or is held, 5 when the
-database is locked, 8 when stopped by SIGTERM/SIGINT/SIGHUP (a second one: at once).")]
+database is locked, 8 when stopped by SIGTERM/SIGINT/SIGHUP (a second one: at once),
+9 when only publishing to a sink failed (the tokens are stored).")]
     Refresh(RefreshArgs),
     /// Print the newest valid token of an account on stdout, and nothing else
     #[command(after_help = "Examples:
@@ -78,7 +82,8 @@ Exits 3, printing nothing on stdout, when there is no valid token
     /// Show every account: its API, its newest token's age and the last attempt's outcome
     #[command(after_help = "Examples:
   wxtoken status
-  wxtoken status --json | jq '.accounts[] | select(.last_attempt.outcome != \"ok\")'")]
+  wxtoken status --json | jq '.accounts[] | select(.last_attempt.outcome != \"ok\")'
+  wxtoken status --check --warn 30m --crit 10m   # Nagios/Icinga: exits 0, 1, 2 or 3")]
     Status(StatusArgs),
     /// Show today's token quota as WeChat counts it, next to wxtoken's own fetches; or reset it
     #[command(
@@ -100,6 +105,28 @@ WeChat failed."
         after_help = "Example:\n  wxtoken prune --keep 24\n\nEvery token still valid is kept, whatever --keep says. Attempts older than 30 days go."
     )]
     Prune(PruneArgs),
+    /// Publish tokens where applications already look: Redis in an SDK's format, or a hook
+    #[command(subcommand)]
+    Sink(SinkCommand),
+    /// Print the monitoring metrics (Prometheus text format) that refresh --metrics-file writes
+    #[command(after_help = "Example:
+  wxtoken metrics | sponge /var/lib/prometheus/node-exporter/wxtoken.prom")]
+    Metrics,
+    /// Print a shell completion script (for packagers)
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page wxtoken(1), or a subcommand's page, in roff (for packagers)
+    #[command(hide = true)]
+    Manpage {
+        /// The page: wxtoken-refresh, wxtoken-account-add, ...
+        page: Option<String>,
+        /// List every page's name, one a line
+        #[arg(long, conflicts_with = "page")]
+        list: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -224,8 +251,23 @@ pub struct ListArgs {
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     /// One JSON object on stdout
-    #[arg(long)]
+    #[arg(long, conflicts_with = "check")]
     pub json: bool,
+    /// Act as a monitoring plugin (Nagios, Icinga): one line on stdout, exit 0 OK,
+    /// 1 WARNING, 2 CRITICAL, 3 UNKNOWN
+    #[arg(long)]
+    pub check: bool,
+    /// With --check: WARNING when an enabled account's newest valid token has less than
+    /// this left
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30m", requires = "check")]
+    pub warn: Duration,
+    /// With --check: CRITICAL when an enabled account's newest valid token has less than
+    /// this left, or there is none
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10m", requires = "check")]
+    pub crit: Duration,
+    /// Only this account (repeatable; a WeCom app as CORPID/AGENTID)
+    #[arg(long, value_name = "APPID")]
+    pub appid: Vec<String>,
 }
 
 /// How to reach WeChat: shared by every command that may fetch.
@@ -261,6 +303,21 @@ pub struct RefreshArgs {
     /// Fetch even accounts that are held after an error, or whose token is fresh
     #[arg(long, conflicts_with = "if_expiring_within")]
     pub force: bool,
+    /// List which accounts are due and why, on stdout, without fetching (a fetch rotates
+    /// the token) or writing anything
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print one JSON line per account and a summary line on stdout, for log shippers
+    #[arg(long)]
+    pub json: bool,
+    /// After the run, write the metrics (as `wxtoken metrics` prints them) to this file,
+    /// for node_exporter's textfile collector (a dry run writes none)
+    #[arg(long, env = "WXTOKEN_METRICS_FILE", value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+    /// No warning when there is no enabled account (for packaged units and cron files,
+    /// which run before any account is added)
+    #[arg(long)]
+    pub allow_empty: bool,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -404,4 +461,71 @@ mod tests {
             assert!(err.contains(&format!("'{bad}'")), "{err}");
         }
     }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SinkCommand {
+    /// Add a sink: refresh publishes every valid token to it after each run
+    #[command(after_help = "Examples:
+  wxtoken sink add cache --redis redis://127.0.0.1:6379/0 --format wxjava
+  wxtoken sink add py --redis redis://10.0.0.5/1 --format wechatpy --appid wx1234567890abcdef
+  REDIS_URL=redis://app:PASSWORD@10.0.0.5/2 wxtoken sink add php --redis-env REDIS_URL --format easywechat
+  printf '%s\\n' \"$REDIS_URL\" | wxtoken sink add node --redis - --format json --key 'wx:{appid}:{kind}'
+  wxtoken sink add deploy --exec '/usr/local/bin/push-token' --appid ww1234567890abcdef/1000002
+
+Formats: wxjava, silenceper, easywechat, wechatpy, powerwechat (each SDK's own keys and
+values; --prefix for its configurable prefix), plain and json (with --key). A URL with a
+password must come from --redis-env or stdin (--redis -), never from an argument.
+A hook gets the token on stdin and WXTOKEN_APPID, WXTOKEN_AGENTID, WXTOKEN_KIND,
+WXTOKEN_EXPIRES_AT, WXTOKEN_EXPIRES_IN and WXTOKEN_SINK in its environment.")]
+    Add(SinkAddArgs),
+    /// List sinks (passwords masked)
+    #[command(after_help = "Example:\n  wxtoken sink list --json")]
+    List(ListArgs),
+    /// Remove a sink (what it published stays in Redis until it expires)
+    #[command(after_help = "Example:\n  wxtoken sink remove cache")]
+    Remove(SinkName),
+    /// Publish the current valid tokens to a sink now, and report per key
+    #[command(after_help = "Example:\n  wxtoken sink test cache\n\nExits 9 when any write failed.")]
+    Test(SinkName),
+}
+
+#[derive(Args, Debug)]
+pub struct SinkName {
+    /// The sink's name
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["redis", "redis_env", "exec"])))]
+pub struct SinkAddArgs {
+    /// A name for the sink: letters, digits, '.', '_' or '-'
+    pub name: String,
+    /// Redis URL: redis://[USER@]HOST[:PORT][/DB], rediss:// for TLS, or - to read it from
+    /// stdin (needed when it has a password)
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// Read the Redis URL from this environment variable (for a URL with a password)
+    #[arg(long, value_name = "VAR")]
+    pub redis_env: Option<String>,
+    /// Run this shell command for each new token, the token on its stdin
+    #[arg(long, value_name = "COMMAND")]
+    pub exec: Option<String>,
+    /// Key and value layout in Redis: wxjava, silenceper, easywechat, wechatpy, powerwechat,
+    /// plain or json
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
+    /// The SDK's key prefix or cache namespace, when the application changed the default
+    #[arg(long, value_name = "PREFIX")]
+    pub prefix: Option<String>,
+    /// Key template for plain and json, with {appid}, {agentid} and {kind}
+    #[arg(long = "key", value_name = "TEMPLATE")]
+    pub key_template: Option<String>,
+    /// Publish only this account's tokens (repeatable; a WeCom app as CORPID/AGENTID);
+    /// default: every account
+    #[arg(long, value_name = "APPID")]
+    pub appid: Vec<String>,
+    /// Give up on the Redis connection or the command after this many seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=120))]
+    pub timeout: i64,
 }

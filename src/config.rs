@@ -25,9 +25,32 @@ pub enum Cmd {
     Account(AccountOp),
     Refresh(RefreshConfig),
     Get(GetConfig),
-    Status { json: bool },
-    Prune { keep: i64 },
+    /// Checked by `cmd::sink`, which also reads the Redis URL from stdin or the environment.
+    Sink(crate::cli::SinkCommand),
+    /// `accounts` empty: every account (disabled ones too).
+    Status {
+        json: bool,
+        accounts: Vec<AccountKey>,
+    },
+    Check(CheckConfig),
+    Prune {
+        keep: i64,
+    },
+    Metrics,
+    Completions(clap_complete::Shell),
+    Manpage {
+        page: Option<String>,
+        list: bool,
+    },
     Quota(QuotaConfig),
+}
+
+/// `status --check`: thresholds in seconds.
+pub struct CheckConfig {
+    /// Empty: every enabled account.
+    pub accounts: Vec<AccountKey>,
+    pub warn: i64,
+    pub crit: i64,
 }
 
 /// `quota` (check the named accounts, or every enabled one) or `quota reset`.
@@ -84,6 +107,14 @@ pub struct RefreshConfig {
     /// Also fetch held accounts.
     pub force: bool,
     pub api: ApiConfig,
+    /// List what is due, fetch nothing.
+    pub dry_run: bool,
+    /// NDJSON on stdout.
+    pub json: bool,
+    /// The node_exporter textfile to write after the run.
+    pub metrics_file: Option<PathBuf>,
+    /// No warning when there is no enabled account.
+    pub allow_empty: bool,
 }
 
 pub struct GetConfig {
@@ -107,13 +138,16 @@ impl Config {
                     // The store's newest row id is read when the run starts (engine::refresh).
                     (false, None) => Want::Due { newest_at_start: 0 },
                 };
-                let accounts = account_keys(&a.appid)?;
                 Cmd::Refresh(RefreshConfig {
-                    accounts,
+                    accounts: account_keys(&a.appid)?,
                     jobs: a.jobs,
                     want,
                     force: a.force,
                     api: api(&a.api)?,
+                    dry_run: a.dry_run,
+                    json: a.json,
+                    metrics_file: a.metrics_file,
+                    allow_empty: a.allow_empty,
                 })
             }
             Command::Get(a) => {
@@ -130,8 +164,20 @@ impl Config {
                     reject,
                 })
             }
-            Command::Status(a) => Cmd::Status { json: a.json },
+            Command::Status(a) if a.check => Cmd::Check(CheckConfig {
+                accounts: account_keys(&a.appid)?,
+                warn: a.warn.as_secs() as i64,
+                crit: a.crit.as_secs() as i64,
+            }),
+            Command::Status(a) => Cmd::Status {
+                json: a.json,
+                accounts: account_keys(&a.appid)?,
+            },
             Command::Prune(a) => Cmd::Prune { keep: a.keep },
+            Command::Sink(c) => Cmd::Sink(c),
+            Command::Metrics => Cmd::Metrics,
+            Command::Completions { shell } => Cmd::Completions(shell),
+            Command::Manpage { page, list } => Cmd::Manpage { page, list },
             Command::Quota(a) => Cmd::Quota(match a.reset {
                 Some(QuotaCommand::Reset(r)) => QuotaConfig::Reset {
                     key: AccountKey::parse(&r.appid).map_err(usage)?,
@@ -153,16 +199,16 @@ impl Config {
     }
 }
 
-fn usage(message: String) -> anyhow::Error {
-    fail(Exit::Usage, message)
-}
-
-/// Accounts named with a repeatable `--appid` (a WeCom app as CORPID/AGENTID).
+/// `--appid` values as refresh takes them: an appid, or CORPID/AGENTID.
 fn account_keys(names: &[String]) -> Result<Vec<AccountKey>> {
     names
         .iter()
         .map(|name| AccountKey::parse(name).map_err(usage))
         .collect()
+}
+
+fn usage(message: String) -> anyhow::Error {
+    fail(Exit::Usage, message)
 }
 
 fn account_op(op: AccountCommand) -> Result<AccountOp> {
@@ -248,7 +294,7 @@ const MAX_SECONDS: i64 = 100 * 366 * 86_400;
 fn check_base(name: &str, url: &str) -> Result<(), String> {
     check_base_url(url).map_err(|why| {
         format!(
-            "{name} '{}' is not a usable http:// or https:// URL: {why}",
+            "{name} '{}' is not an http:// or https:// URL wxtoken can use: {why}",
             policy::one_line(&redact_base(url), 80)
         )
     })

@@ -82,7 +82,8 @@ pub struct Plan {
 
 /// Refreshes every account on up to `plan.jobs` threads, each with its own handle on the
 /// store; results in account order. Once `stop` says so, no new fetch starts; the ones in
-/// flight are finished and recorded.
+/// flight are finished and recorded. `on_done` is called from the worker as each account
+/// finishes (for a progress display).
 pub fn refresh(
     store: &dyn Store,
     client: &Client,
@@ -90,6 +91,7 @@ pub fn refresh(
     plan: Plan,
     clock: Clock,
     stop: &Stop,
+    on_done: &(dyn Fn(&Done) + Sync),
 ) -> Vec<Done> {
     let now = clock();
     // Rows above the newest id now were inserted by a run that fetched after this one
@@ -113,12 +115,14 @@ pub fn refresh(
         .map(|_| store.another())
         .collect();
     run_pool(accounts, workers, |worker, account| {
-        match (account.held_at(now), worker) {
+        let done = match (account.held_at(now), worker) {
             _ if stop.now() => Done::NotTried,
             (Some((until, reason)), _) if !plan.force => Done::Held(until, reason),
             (_, Err(err)) => Done::Unrecorded(format!("could not open the store: {err}")),
             (_, Ok(store)) => refresh_one(store.as_ref(), client, account, want, ttl, clock, stop),
-        }
+        };
+        on_done(&done);
+        done
     })
 }
 

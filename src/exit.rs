@@ -15,13 +15,19 @@ pub enum Exit {
     FetchFailed,
     Database,
     Account,
-    /// 7 is reserved for a missing or wrong secret key (issue 10).
+    /// `refresh` stopped by a signal (7 is reserved for a missing or wrong secret key,
+    /// issue 10).
     Interrupted,
+    /// Publishing to a sink failed, and nothing worse happened: the tokens are stored.
+    PublishFailed,
+    /// `status --check`, a monitoring plugin: its own 0 OK, 1 WARNING, 2 CRITICAL,
+    /// 3 UNKNOWN, outside the table above (monitoring systems know no other codes).
+    Plugin(u8),
 }
 
 impl Exit {
     #[cfg(test)]
-    pub const ALL: [Exit; 8] = [
+    pub const ALL: [Exit; 9] = [
         Exit::Ok,
         Exit::Error,
         Exit::Usage,
@@ -30,6 +36,7 @@ impl Exit {
         Exit::Database,
         Exit::Account,
         Exit::Interrupted,
+        Exit::PublishFailed,
     ];
 
     pub const fn code(self) -> u8 {
@@ -41,7 +48,10 @@ impl Exit {
             Exit::FetchFailed => 4,
             Exit::Database => 5,
             Exit::Account => 6,
+            // 7 is reserved (secret key).
             Exit::Interrupted => 8,
+            Exit::PublishFailed => 9,
+            Exit::Plugin(code) => code,
         }
     }
 
@@ -51,13 +61,19 @@ impl Exit {
     fn severity(self) -> u8 {
         match self {
             Exit::Ok => 0,
-            Exit::NoToken => 1,
-            Exit::FetchFailed => 2,
-            Exit::Account => 3,
-            Exit::Usage => 4,
-            Exit::Database => 5,
-            Exit::Interrupted => 6,
-            Exit::Error => 7,
+            // "Redis failed" is the mildest failure: every token is stored and served, and
+            // a WeChat failure in the same run says more.
+            Exit::PublishFailed => 1,
+            Exit::NoToken => 2,
+            Exit::FetchFailed => 3,
+            Exit::Account => 4,
+            Exit::Usage => 5,
+            Exit::Database => 6,
+            // A run stopped by a signal says so whatever else happened, but not over a bug.
+            Exit::Interrupted => 7,
+            Exit::Error => 8,
+            // Never merged: a check reports one state.
+            Exit::Plugin(_) => 0,
         }
     }
 
@@ -94,13 +110,18 @@ impl Exit {
                  than this binary."
             }
             Exit::Account => {
-                "An account command named an account that does not exist, or one that \
+                "An account or sink command named one that does not exist, or one that \
                  already exists."
             }
             Exit::Interrupted => {
                 "`refresh` was stopped by SIGTERM, SIGINT or SIGHUP: it started no new fetch, \
                  recorded the ones in flight and printed its summary."
             }
+            Exit::PublishFailed => {
+                "`refresh`, `sink test`: publishing to a sink failed and nothing worse \
+                 happened; the tokens are stored (see [sinks](#publishing-to-redis-and-hooks-sinks))."
+            }
+            Exit::Plugin(_) => "`status --check`: its own codes, not in the table.",
         }
     }
 
@@ -114,8 +135,10 @@ impl Exit {
             Exit::NoToken => "no valid token",
             Exit::FetchFailed => "a call to WeChat failed",
             Exit::Database => "database problem",
-            Exit::Account => "no such account / already exists",
+            Exit::Account => "no such account or sink / already exists",
             Exit::Interrupted => "interrupted by a signal",
+            Exit::PublishFailed => "publishing to a sink failed",
+            Exit::Plugin(_) => "status --check",
         }
     }
 }
@@ -173,10 +196,11 @@ mod tests {
 
     #[test]
     fn codes_are_distinct_and_in_order() {
-        for pair in Exit::ALL.windows(2) {
-            assert!(pair[0].code() < pair[1].code(), "{pair:?}");
+        for (i, e) in Exit::ALL.iter().enumerate().take(7) {
+            assert_eq!(usize::from(e.code()), i, "{e:?}");
         }
-        assert_eq!(Exit::ALL[0].code(), 0);
+        assert_eq!(Exit::Interrupted.code(), 8);
+        assert_eq!(Exit::PublishFailed.code(), 9);
     }
 
     #[test]
@@ -188,6 +212,16 @@ mod tests {
         assert_eq!(Exit::Account.merge(Exit::Error), Exit::Error);
         // 3 < 4 numerically, and also in severity; 6 > 5 numerically, but not in severity.
         assert_eq!(Exit::Account.merge(Exit::Database), Exit::Database);
+        // A publish failure never hides a failed fetch, and shows when nothing else failed.
+        assert_eq!(
+            Exit::PublishFailed.merge(Exit::FetchFailed),
+            Exit::FetchFailed
+        );
+        assert_eq!(
+            Exit::FetchFailed.merge(Exit::PublishFailed),
+            Exit::FetchFailed
+        );
+        assert_eq!(Exit::Ok.merge(Exit::PublishFailed), Exit::PublishFailed);
         for e in Exit::ALL {
             assert_eq!(Exit::Ok.merge(e), e);
             assert_eq!(e.merge(e), e);

@@ -18,6 +18,9 @@ use crate::domain::{
 use crate::filesafety::{self, Access};
 use crate::policy;
 
+mod sinks;
+pub use sinks::{NewestRow, SinkResult, SinkRow, Sinks};
+
 /// Every migration, in order. The schema version is `PRAGMA user_version` = how many of
 /// these have been applied.
 const MIGRATIONS: &[&str] = &[
@@ -25,7 +28,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_claims_holds.sql"),
     include_str!("../migrations/0003_tickets.sql"),
     include_str!("../migrations/0004_quota.sql"),
-    include_str!("../migrations/0005_intents.sql"),
+    include_str!("../migrations/0005_runs.sql"),
+    include_str!("../migrations/0006_sinks.sql"),
+    include_str!("../migrations/0007_intents.sql"),
 ];
 
 /// Why a store operation failed. `exit.rs` turns each into an exit code.
@@ -121,6 +126,9 @@ pub trait ReadStore {
     fn unfinished_fetches(&self) -> Result<Vec<i64>>;
     /// The newest attempt at an account's credential, if any.
     fn last_attempt(&self, account_id: i64, kind: Credential) -> Result<Option<Attempt>>;
+    /// The newest `refresh` run, and the newest successful one (see
+    /// [`RunRow::is_success`]), for monitoring.
+    fn last_runs(&self) -> Result<(Option<RunRow>, Option<RunRow>)>;
     /// How many token requests wxtoken sent per account since `since` (accounts without
     /// any are absent): the tries of access-token attempts, plus one for each forced stable
     /// refresh, whose normal-mode call before it is not recorded as an attempt of its own.
@@ -136,7 +144,7 @@ pub trait ReadStore {
 }
 
 /// What refresh, `get --reject` and the account commands write.
-pub trait Store: ReadStore + Send {
+pub trait Store: ReadStore + Sinks + Send {
     /// Another handle on the same data, for a worker thread.
     fn another(&self) -> Result<Box<dyn Store>>;
 
@@ -182,6 +190,10 @@ pub trait Store: ReadStore + Send {
     /// valid; attempts older than `attempts_before`; old forced-refresh records; expired
     /// claims. Returns (tokens, attempts) deleted.
     fn prune(&self, now: i64, keep: i64, attempts_before: i64) -> Result<(usize, usize)>;
+
+    /// Records a `refresh` run, and forgets runs older than `before`, except the newest
+    /// success: its time is what the main alert watches.
+    fn record_run(&self, run: &RunRow, before: i64) -> Result<()>;
 }
 
 /// Where the database is, and whether it is the default one (whose directory a writing
@@ -445,7 +457,7 @@ impl Sqlite {
                 agent: row.get(2)?,
             },
             api: Api::parse(&api).unwrap_or(Api::Token),
-            secret: Secret::new(row.get(4)?),
+            secret: open_secret(row.get(4)?),
             enabled: row.get(5)?,
             created_at: row.get(6)?,
             updated_at: row.get(7)?,
@@ -537,6 +549,10 @@ impl Sqlite {
 }
 
 impl ReadStore for Sqlite {
+    fn last_runs(&self) -> Result<(Option<RunRow>, Option<RunRow>)> {
+        Ok((self.run_rows("")?, self.run_rows(SUCCESSFUL_RUNS)?))
+    }
+
     fn location(&self) -> String {
         self.path.display().to_string()
     }
@@ -675,6 +691,35 @@ impl ReadStore for Sqlite {
 }
 
 impl Store for Sqlite {
+    fn record_run(&self, run: &RunRow, before: i64) -> Result<()> {
+        let tx = Transaction::immediate(&self.conn, &self.path)?;
+        self.conn.execute(
+            &format!(
+                "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            ),
+            params![
+                run.started_at,
+                run.finished_at,
+                run.duration_ms,
+                run.scope,
+                run.accounts,
+                run.refreshed,
+                run.fresh,
+                run.busy,
+                run.held,
+                run.failed
+            ],
+        )?;
+        self.conn.execute(
+            &format!(
+                "DELETE FROM runs WHERE started_at < ?1
+                 AND id NOT IN (SELECT max(id) FROM runs {SUCCESSFUL_RUNS})"
+            ),
+            params![before],
+        )?;
+        tx.commit()
+    }
+
     fn another(&self) -> Result<Box<dyn Store>> {
         let store = Sqlite::connect(&self.path, self.holder.clone(), true)?;
         store.configure(true)?;
@@ -693,7 +738,7 @@ impl Store for Sqlite {
             "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at, tickets)
              VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6)
              ON CONFLICT (appid, agent) DO NOTHING",
-            params![key.appid, key.agent, api.as_str(), secret.expose(), now, tickets.join(",")],
+            params![key.appid, key.agent, api.as_str(), seal_secret(secret), now, tickets.join(",")],
         )?;
         if inserted == 0 {
             return Err(StoreError::AlreadyExists(key.clone()));
@@ -734,7 +779,7 @@ impl Store for Sqlite {
             "UPDATE accounts SET secret = ?3, updated_at = ?4, fetch_due = 1,
                     held_until = NULL, held_reason = NULL
              WHERE appid = ?1 AND agent = ?2",
-            &[&secret.expose(), &now],
+            &[&seal_secret(secret), &now],
         )
     }
 
@@ -1056,6 +1101,17 @@ fn check_dir(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How a secret is written to its column. AppSecrets and sink passwords (Redis) both go
+/// through this pair, so that protecting secrets at rest covers every one of them.
+fn seal_secret(secret: &Secret) -> String {
+    secret.expose().to_string()
+}
+
+/// The inverse of [`seal_secret`].
+fn open_secret(stored: String) -> Secret {
+    Secret::new(stored)
+}
+
 /// Creates the default directory (0700: the database in it holds secrets). A directory
 /// named with --db must exist already, so that a typo does not scatter databases around.
 fn create_private_dir(dir: &Path) -> Result<()> {
@@ -1084,6 +1140,60 @@ fn db_error(err: rusqlite::Error, path: &Path) -> StoreError {
         format!("could not use database {}: {reason}", path.display()),
     )
 }
+
+/// One `refresh` run, as monitoring sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunRow {
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub duration_ms: i64,
+    /// `all` (every enabled account), `ahead` (--if-expiring-within) or `named` (--appid).
+    pub scope: String,
+    pub accounts: i64,
+    pub refreshed: i64,
+    pub fresh: i64,
+    pub busy: i64,
+    pub held: i64,
+    pub failed: i64,
+}
+
+impl RunRow {
+    /// A run counts as a success when it covered every enabled account (not only named
+    /// ones) and none of them failed or was held.
+    pub fn is_success(&self) -> bool {
+        self.scope != "named" && self.failed == 0 && self.held == 0
+    }
+}
+
+const RUN_COLUMNS: &str =
+    "started_at, finished_at, duration_ms, scope, accounts, refreshed, fresh, busy, held, failed";
+
+// Runs: for monitoring (metrics, status --check).
+impl Sqlite {
+    fn run_rows(&self, filter: &str) -> Result<Option<RunRow>> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs {filter} ORDER BY id DESC LIMIT 1");
+        Ok(self
+            .conn
+            .query_row(&sql, [], |r| {
+                Ok(RunRow {
+                    started_at: r.get(0)?,
+                    finished_at: r.get(1)?,
+                    duration_ms: r.get(2)?,
+                    scope: r.get(3)?,
+                    accounts: r.get(4)?,
+                    refreshed: r.get(5)?,
+                    fresh: r.get(6)?,
+                    busy: r.get(7)?,
+                    held: r.get(8)?,
+                    failed: r.get(9)?,
+                })
+            })
+            .optional()?)
+    }
+}
+
+/// The runs that count as a success (see [`RunRow::is_success`]), in SQL.
+const SUCCESSFUL_RUNS: &str = "WHERE failed = 0 AND held = 0 AND scope <> 'named'";
 
 #[cfg(test)]
 mod tests {

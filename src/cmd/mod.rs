@@ -3,10 +3,16 @@
 //! configuration, and returns its outcome.
 
 mod account;
+pub mod check;
+mod dry_run;
+mod generate;
 mod get;
+mod metrics;
 mod prune;
 mod quota;
 mod refresh;
+mod refresh_out;
+mod sink;
 mod status;
 
 use std::io::{self, Write};
@@ -70,8 +76,13 @@ pub fn run(config: Config) -> Result<Exit> {
         Cmd::Get(cfg) => get::run(&ctx, &cfg),
         Cmd::Refresh(cfg) => refresh::run(&ctx, &cfg),
         Cmd::Prune { keep } => prune::run(&ctx, keep),
+        Cmd::Sink(cmd) => sink::run(&ctx, cmd),
+        Cmd::Status { json, accounts } => status::run(&ctx, json, &accounts),
+        Cmd::Check(cfg) => Ok(check::run(&ctx, &cfg)),
+        Cmd::Metrics => metrics::run(&ctx),
+        Cmd::Completions(shell) => generate::completions(shell),
+        Cmd::Manpage { page, list } => generate::manpage(page.as_deref(), list),
         Cmd::Quota(cfg) => quota::run(&ctx, &cfg),
-        Cmd::Status { json } => status::run(&ctx, json),
     };
     result.map_err(|err| name_the_database(err, &ctx.db))
 }

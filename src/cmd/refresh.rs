@@ -1,9 +1,12 @@
 //! `wxtoken refresh`: fetch a fresh token for each enabled account (the engine does the
 //! fetching), prune, and report every failure with what to do about it.
 
+use std::io::IsTerminal;
+
 use anyhow::Result;
 
 use super::Context;
+use super::refresh_out::Progress;
 use crate::config::RefreshConfig;
 use crate::domain::{Account, AccountKey};
 use crate::engine::{self, Done, Plan, Stop};
@@ -19,8 +22,9 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
     let client = ctx.client(&cfg.api);
     let store = ctx.store()?;
     let now = ctx.now();
+    let started = std::time::Instant::now();
     let accounts = targets(store.as_ref(), &cfg.accounts)?;
-    if accounts.is_empty() {
+    if accounts.is_empty() && !cfg.allow_empty {
         // Even with -q: a cron line whose WXTOKEN_DB has a typo refreshes an empty new
         // database every hour, and silence would hide that until the tokens run out.
         eprintln!(
@@ -28,14 +32,44 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
             store.location()
         );
     }
+    if cfg.dry_run {
+        return super::dry_run::run(store.as_ref(), &accounts, cfg, now);
+    }
     let plan = Plan {
         want: cfg.want,
         force: cfg.force,
         jobs: cfg.jobs,
     };
+    let progress = Progress::new(
+        accounts.len(),
+        !ctx.quiet && std::io::stderr().is_terminal(),
+    );
     let stop = Stop::default();
-    let results = engine::refresh(store.as_ref(), &client, &accounts, plan, ctx.clock, &stop);
-    // Pruning would wait out the lock once more, or delay an exit that was asked for.
+    let results = engine::refresh(
+        store.as_ref(),
+        &client,
+        &accounts,
+        plan,
+        ctx.clock,
+        &stop,
+        &|done| progress.tick(done),
+    );
+    progress.finish();
+    // Publishing and pruning write: on a locked database they would wait out the lock once
+    // more, and after a signal they would delay an exit that was asked for.
+    let failed_sinks = if stop.now() {
+        Vec::new()
+    } else {
+        // After every row is committed: the new tokens, and every still-valid one, so that
+        // a flushed Redis is whole again after one run.
+        match crate::publish::publish_all(store.as_ref(), &accounts, ctx.now()) {
+            Ok(reports) => crate::publish::report_failures(&reports, ""),
+            Err(err) => {
+                eprintln!("wxtoken: could not publish to the sinks: {err:#}");
+                vec!["(database)".to_string()]
+            }
+        }
+    };
     if !stop.now()
         && let Err(err) = store.prune(ctx.now(), DEFAULT_KEEP, now - ATTEMPT_RETENTION)
     {
@@ -44,7 +78,7 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
     // The frequent refresh-ahead run leaves held accounts to the hourly run to report, or
     // a crontab with both would mail the same hold every four minutes.
     let report_holds = !matches!(cfg.want, Want::ExpiringWithin(_));
-    let exit = report(&accounts, &results, ctx.quiet, report_holds);
+    let exit = report(&accounts, &results, ctx.quiet, report_holds, &failed_sinks);
     if stop.locked() && signals::caught().is_none() {
         let db = store.location();
         return Err(fail(
@@ -57,10 +91,16 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
             ),
         ));
     }
-    Ok(exit)
+    super::refresh_out::after_run(ctx, store.as_ref(), &accounts, &results, cfg, started, exit)
 }
 
-fn report(accounts: &[Account], results: &[Done], quiet: bool, report_holds: bool) -> Exit {
+fn report(
+    accounts: &[Account],
+    results: &[Done],
+    quiet: bool,
+    report_holds: bool,
+    failed_sinks: &[String],
+) -> Exit {
     let mut failed = Vec::new();
     let mut tickets_failed = Vec::new();
     let (mut refreshed, mut fresh, mut busy, mut held, mut not_tried) = (0, 0, 0, 0, 0);
@@ -117,6 +157,11 @@ fn report(accounts: &[Account], results: &[Done], quiet: bool, report_holds: boo
     if !tickets_failed.is_empty() {
         line += &format!("; failed tickets: {}", tickets_failed.join(", "));
     }
+    if !failed_sinks.is_empty() {
+        line += &format!("; publish failed: {}", failed_sinks.join(", "));
+        // Merged by severity: a WeChat or database failure in the same run says more.
+        exit = exit.merge(Exit::PublishFailed);
+    }
     if let Some(signal) = signals::caught() {
         line += &format!("; stopped by {signal}");
         if not_tried > 0 {
@@ -135,7 +180,7 @@ fn report(accounts: &[Account], results: &[Done], quiet: bool, report_holds: boo
 
 /// The accounts to refresh: every enabled one, or the named ones; those with a fetch that
 /// was never recorded first, oldest first, since it may have doomed their stored token.
-fn targets(store: &dyn ReadStore, named: &[AccountKey]) -> Result<Vec<Account>> {
+pub fn targets(store: &dyn ReadStore, named: &[AccountKey]) -> Result<Vec<Account>> {
     let mut all = store.accounts()?;
     let unfinished = store.unfinished_fetches()?;
     all.sort_by_key(|a| {
