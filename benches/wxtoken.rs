@@ -123,8 +123,10 @@ fn get_vs_floor(plan: &Plan, dir: &Path) {
         mib(file_size(&small)),
     );
 
-    let query = "SELECT t.token, t.expires_in, t.fetched_at, t.expires_at \
+    let query = "SELECT t.id, t.token, t.expires_in, t.fetched_at, t.expires_at, i.started_at, \
+                 a.api = 'token' \
                  FROM accounts a JOIN tokens t ON t.account_id = a.id AND t.kind = 'access_token' \
+                 LEFT JOIN intents i ON i.account_id = a.id \
                  WHERE a.appid = '{APPID}' AND a.agent = '' ORDER BY t.id DESC LIMIT 1;";
     // Another build (say, the main branch's), copied in like this one, to compare two
     // versions of `get` in one run.

@@ -135,6 +135,49 @@ pub fn check_length(what: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// Buffered stdout that goes quiet once the reader has gone away (`| head`).
+pub struct Stream {
+    out: std::io::BufWriter<std::io::StdoutLock<'static>>,
+    gone: bool,
+}
+
+impl Stream {
+    pub fn new() -> Stream {
+        Stream {
+            out: std::io::BufWriter::new(std::io::stdout().lock()),
+            gone: false,
+        }
+    }
+
+    pub fn write(&mut self, text: &str) -> Result<()> {
+        use std::io::Write;
+        if !self.gone {
+            let written = self.out.write_all(text.as_bytes());
+            self.check(written)?;
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<()> {
+        use std::io::Write;
+        if !self.gone {
+            let flushed = self.out.flush();
+            self.check(flushed)?;
+        }
+        Ok(())
+    }
+
+    fn check(&mut self, result: std::io::Result<()>) -> Result<()> {
+        match result {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.gone = true;
+                Ok(())
+            }
+            other => other.context("could not write to stdout"),
+        }
+    }
+}
+
 /// Writes data to stdout. A reader that went away (`| head`) is not an error.
 pub fn emit(text: &str) -> Result<()> {
     let mut out = io::stdout().lock();

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use super::{Context, emit};
+use super::{Context, Stream};
 use crate::domain::{Account, AccountKey, Attempt, AttemptResult, Credential, Failure, TokenRow};
 use crate::engine;
 use crate::exit::Exit;
@@ -30,9 +30,20 @@ pub fn run(ctx: &Context, json_out: bool, named: &[AccountKey]) -> Result<Exit> 
         true => store.accounts()?,
         false => super::refresh::targets(store.as_ref(), named)?,
     };
-    let mut rows = Vec::new();
     let fetched = store.fetches_since(quota::day_start(now))?;
-    for account in accounts {
+    // Streamed: one account is read, rendered and written at a time, so that memory does
+    // not grow with the number of accounts. The JSON document is the one `json!` would
+    // build (keys in the same, sorted, order), written piece by piece.
+    let mut out = Stream::new();
+    if json_out {
+        out.write("{\"accounts\":[")?;
+    } else {
+        out.write(&format!("database {}\n", store.location()))?;
+        if accounts.is_empty() {
+            out.write("no accounts; add one with `wxtoken account add`\n")?;
+        }
+    }
+    for (i, account) in accounts.iter().enumerate() {
         let mut lines = Vec::new();
         for kind in account.credentials() {
             lines.push(Line {
@@ -42,27 +53,24 @@ pub fn run(ctx: &Context, json_out: bool, named: &[AccountKey]) -> Result<Exit> 
             });
         }
         let today = fetched.get(&account.id).copied().unwrap_or(0);
-        rows.push((account, lines, today));
+        if json_out {
+            let sep = if i == 0 { "" } else { "," };
+            out.write(&format!(
+                "{sep}{}",
+                account_json(account, &lines, today, now)
+            ))?;
+        } else {
+            out.write(&account_text(account, &lines, today, now))?;
+        }
     }
-    let text = if json_out {
-        let accounts: Vec<Value> = rows
-            .iter()
-            .map(|(a, lines, today)| account_json(a, lines, *today, now))
-            .collect();
+    if json_out {
         let sinks = super::sink::status_json(store.as_ref(), now)?;
-        let doc = json!({ "database": store.location(), "accounts": accounts, "sinks": sinks });
-        format!("{doc}\n")
+        let database = Value::from(store.location());
+        out.write(&format!("],\"database\":{database},\"sinks\":{sinks}}}\n"))?;
     } else {
-        let mut text = format!("database {}\n", store.location());
-        if rows.is_empty() {
-            text += "no accounts; add one with `wxtoken account add`\n";
-        }
-        for (a, lines, today) in &rows {
-            text += &account_text(a, lines, *today, now);
-        }
-        text + &super::sink::status_text(store.as_ref(), now)?
-    };
-    emit(&text)?;
+        out.write(&super::sink::status_text(store.as_ref(), now)?)?;
+    }
+    out.finish()?;
     Ok(Exit::Ok)
 }
 
