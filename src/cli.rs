@@ -17,7 +17,7 @@ use crate::domain::{Api, DEFAULT_API_BASE, DEFAULT_WORK_API_BASE, Ticket};
 
 Exit codes: 0 ok, 1 unexpected error, 2 bad arguments, 3 no valid token,
 4 a call to WeChat failed, 5 database problem, 6 no such account or sink / already exists,
-9 publishing to a sink failed.")]
+7 secret key missing or wrong, 9 publishing to a sink failed.")]
 pub struct Cli {
     /// SQLite database [default: ~/.local/share/wxtoken/wxtoken.db]
     #[arg(
@@ -28,6 +28,17 @@ pub struct Cli {
         help_heading = "Global options"
     )]
     pub db: Option<PathBuf>,
+
+    /// The key file that encrypts the secrets; only commands that store or use a secret
+    /// read it [default: $CREDENTIALS_DIRECTORY/wxtoken.key, else ~/.config/wxtoken/key]
+    #[arg(
+        long,
+        global = true,
+        env = "WXTOKEN_KEY_FILE",
+        value_name = "PATH",
+        help_heading = "Global options"
+    )]
+    pub key_file: Option<PathBuf>,
 
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG works too
     #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = "Global options")]
@@ -45,6 +56,19 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Subcommand, Debug, Clone, Copy)]
+pub enum KeyCommand {
+    /// Re-encrypt every secret under a new key; the old key file is kept as KEYFILE.old
+    #[command(after_help = "Example:
+  wxtoken key rotate
+
+Writes the new key next to the old one first, re-encrypts every secret in one
+transaction, then leaves only the new key in the key file: an interruption at any
+point leaves a database that the key file opens. Back up the new key file; delete
+KEYFILE.old once the backups hold the new one.")]
+    Rotate,
 }
 
 #[derive(Subcommand, Debug)]
@@ -99,6 +123,9 @@ Exits 0 when every account was checked, 3 when one had no valid token, 4 when a 
 WeChat failed."
     )]
     Quota(QuotaArgs),
+    /// The key that encrypts the secrets in the database
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Delete old token rows and attempts (refresh also does this after every run)
     #[command(
         after_help = "Example:\n  wxtoken prune --keep 24\n\nEvery token still valid is kept, whatever --keep says. Attempts older than 30 days go."

@@ -14,6 +14,8 @@ use crate::store::Location;
 
 pub struct Config {
     pub db: Location,
+    /// `--key-file` / `WXTOKEN_KEY_FILE`; `keyfile` resolves the default.
+    pub key_file: Option<std::path::PathBuf>,
     pub quiet: bool,
     pub command: Cmd,
 }
@@ -41,6 +43,7 @@ pub enum Cmd {
         list: bool,
     },
     Quota(QuotaConfig),
+    Key(crate::cli::KeyCommand),
 }
 
 /// `status --check`: thresholds in seconds.
@@ -127,6 +130,7 @@ pub struct GetConfig {
 impl Config {
     pub fn from_cli(cli: Cli) -> Result<Config> {
         let db = location(cli.db)?;
+        let key_file = cli.key_file;
         let command = match cli.command {
             Command::Account(op) => Cmd::Account(account_op(op)?),
             Command::Refresh(a) => {
@@ -175,6 +179,7 @@ impl Config {
             Command::Metrics => Cmd::Metrics,
             Command::Completions { shell } => Cmd::Completions(shell),
             Command::Manpage { page, list } => Cmd::Manpage { page, list },
+            Command::Key(k) => Cmd::Key(k),
             Command::Quota(a) => Cmd::Quota(match a.reset {
                 Some(QuotaCommand::Reset(r)) => QuotaConfig::Reset {
                     key: AccountKey::parse(&r.appid).map_err(usage)?,
@@ -190,6 +195,7 @@ impl Config {
         };
         Ok(Config {
             db,
+            key_file,
             quiet: cli.quiet,
             command,
         })

@@ -15,6 +15,8 @@ pub enum Exit {
     FetchFailed,
     Database,
     Account,
+    /// The secret key file is missing, unsafe or wrong, or a stored secret does not open.
+    Key,
     /// Publishing to a sink failed, and nothing worse happened: the tokens are stored.
     PublishFailed,
     /// `status --check`, a monitoring plugin: its own 0 OK, 1 WARNING, 2 CRITICAL,
@@ -24,7 +26,7 @@ pub enum Exit {
 
 impl Exit {
     #[cfg(test)]
-    pub const ALL: [Exit; 8] = [
+    pub const ALL: [Exit; 9] = [
         Exit::Ok,
         Exit::Error,
         Exit::Usage,
@@ -32,6 +34,7 @@ impl Exit {
         Exit::FetchFailed,
         Exit::Database,
         Exit::Account,
+        Exit::Key,
         Exit::PublishFailed,
     ];
 
@@ -44,7 +47,8 @@ impl Exit {
             Exit::FetchFailed => 4,
             Exit::Database => 5,
             Exit::Account => 6,
-            // 7 and 8 are reserved (secret key, interrupted by a signal).
+            Exit::Key => 7,
+            // 8 is reserved (interrupted by a signal).
             Exit::PublishFailed => 9,
             Exit::Plugin(code) => code,
         }
@@ -62,6 +66,7 @@ impl Exit {
             Exit::NoToken => 2,
             Exit::FetchFailed => 3,
             Exit::Account => 4,
+            Exit::Key => 5,
             Exit::Usage => 5,
             Exit::Database => 6,
             Exit::Error => 7,
@@ -106,6 +111,11 @@ impl Exit {
                 "An account or sink command named one that does not exist, or one that \
                  already exists."
             }
+            Exit::Key => {
+                "The secret key file is missing, unsafe (another owner, or readable by group \
+                 or others) or not the one that encrypted a stored secret; nothing was changed \
+                 (see [secrets at rest](#secrets-at-rest))."
+            }
             Exit::PublishFailed => {
                 "`refresh`, `sink test`: publishing to a sink failed and nothing worse \
                  happened; the tokens are stored (see [sinks](#publishing-to-redis-and-hooks-sinks))."
@@ -125,6 +135,7 @@ impl Exit {
             Exit::FetchFailed => "a call to WeChat failed",
             Exit::Database => "database problem",
             Exit::Account => "no such account or sink / already exists",
+            Exit::Key => "secret key missing or wrong",
             Exit::PublishFailed => "publishing to a sink failed",
             Exit::Plugin(_) => "status --check",
         }
@@ -159,6 +170,7 @@ pub fn fail(exit: Exit, message: impl Into<String>) -> anyhow::Error {
 pub fn of_store(err: &StoreError) -> Exit {
     match err {
         StoreError::NotFound(_) | StoreError::AlreadyExists(_) => Exit::Account,
+        StoreError::Key(_) => Exit::Key,
         StoreError::Schema(_)
         | StoreError::Busy(_)
         | StoreError::Io(_)

@@ -3,9 +3,11 @@
 mod cli;
 mod cmd;
 mod config;
+mod crypto;
 mod domain;
 mod engine;
 mod exit;
+mod keyfile;
 mod logging;
 mod metrics;
 mod policy;
@@ -15,6 +17,7 @@ mod secret;
 mod sink;
 mod store;
 mod text;
+mod vault;
 mod wechat;
 
 use std::process::ExitCode;

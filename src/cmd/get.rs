@@ -35,6 +35,7 @@ pub fn run(ctx: &Context, cfg: &GetConfig) -> Result<Exit> {
                 ));
             }
             let store = ctx.existing_store()?;
+            ctx.unlock(store.as_ref(), false)?;
             let client = ctx.client(api);
             let row = engine::renew(
                 store.as_ref(),

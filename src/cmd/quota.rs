@@ -209,6 +209,7 @@ fn find(all: &[Account], key: &AccountKey) -> Result<Account> {
 
 fn reset(ctx: &Context, key: &AccountKey, yes: bool, api: &ApiConfig) -> Result<Exit> {
     let store = ctx.store()?;
+    ctx.unlock(store.as_ref(), false)?;
     let now = ctx.now();
     let account = find(&store.accounts()?, key)?;
     if account.api == Api::Work {

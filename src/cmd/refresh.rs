@@ -18,6 +18,11 @@ use crate::text::held_text;
 pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
     let client = ctx.client(&cfg.api);
     let store = ctx.store()?;
+    // Before the accounts are read: their secrets open only once the key is loaded. A dry
+    // run uses no secret, and changes nothing.
+    if !cfg.dry_run {
+        ctx.unlock(store.as_ref(), false)?;
+    }
     let now = ctx.now();
     let started = std::time::Instant::now();
     let accounts = targets(store.as_ref(), &cfg.accounts)?;
