@@ -69,6 +69,20 @@ transaction, then leaves only the new key in the key file: an interruption at an
 point leaves a database that the key file opens. Back up the new key file; delete
 KEYFILE.old once the backups hold the new one.")]
     Rotate,
+    /// The key file is lost: forget every encrypted secret, so that new ones can be set
+    #[command(after_help = "Example:
+  wxtoken key reset --yes
+  wxtoken account set-secret --appid wx1234567890abcdef < secret.txt
+
+Only when no key file exists at the path wxtoken uses. Tokens already fetched are
+kept and served until they expire. Each account is held until its secret is set
+again with `account set-secret`; the first one creates a new key file. A sink whose
+password was forgotten must be removed and added again.")]
+    Reset {
+        /// Confirm: every encrypted secret is forgotten
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

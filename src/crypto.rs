@@ -19,6 +19,8 @@ use crate::secret::Secret;
 pub const SCHEME: &str = "wxs1";
 /// What `key reset` leaves in place of a secret whose key was lost.
 pub const LOST: &str = "wxs0:lost";
+/// The key id a forgotten secret shows as (`account list`: `LOST`).
+pub const LOST_KID: &str = "LOST";
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 const KEY_LEN: usize = 32;

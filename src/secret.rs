@@ -18,6 +18,7 @@ pub fn fingerprint(token: &str) -> String {
 /// length: that would say something about a secret a reader must not learn.
 pub fn mask(secret: &Secret) -> String {
     match secret.locked_kid() {
+        Some(crate::crypto::LOST_KID) => "LOST".to_string(),
         Some(kid) => format!("encrypted:{kid}"),
         None => "PLAINTEXT".to_string(),
     }

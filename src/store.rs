@@ -152,6 +152,10 @@ pub trait Store: ReadStore + Sinks + Send {
     /// transaction, and leaves no old copy in free pages or the -wal. Returns how many it
     /// encrypted. A sealed secret the keys do not open is an error, and nothing changes.
     fn reseal(&self, all: bool) -> Result<usize>;
+    /// Forgets every encrypted secret (their key is lost): each becomes `crypto::LOST`,
+    /// its account held (`reason`) until its secret is set again. Tokens stay. Returns how
+    /// many accounts and sinks lost theirs.
+    fn forget_sealed(&self, reason: &str) -> Result<(usize, usize)>;
 
     /// Claims an account for fetching, atomically across processes. A claim that expired,
     /// or whose holder is known to be gone, is taken over.
@@ -414,7 +418,7 @@ impl Sqlite {
             .collect::<rusqlite::Result<_>>()?;
         let mut n = 0;
         for (id, appid, agent, stored) in accounts {
-            if !all && !is_plaintext(&stored) {
+            if (!all && !is_plaintext(&stored)) || stored == crate::crypto::LOST {
                 continue;
             }
             let owner = crate::crypto::account_owner(&AccountKey { appid, agent });
@@ -431,7 +435,7 @@ impl Sqlite {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
         for (id, name, stored) in sinks {
-            if !all && !is_plaintext(&stored) {
+            if (!all && !is_plaintext(&stored)) || stored == crate::crypto::LOST {
                 continue;
             }
             let owner = crate::crypto::sink_owner(&name);
@@ -744,6 +748,29 @@ impl Store for Sqlite {
         })
     }
 
+    fn forget_sealed(&self, reason: &str) -> Result<(usize, usize)> {
+        let n = self.zeroing(|| {
+            let tx = Transaction::immediate(&self.conn, &self.path)?;
+            let accounts = self.conn.execute(
+                "UPDATE accounts SET secret = ?1, held_until = ?2, held_reason = ?3
+                 WHERE secret LIKE 'wxs1:%'",
+                params![crate::crypto::LOST, policy::UNTIL_FIXED, reason],
+            )?;
+            let sinks = self.conn.execute(
+                "UPDATE sinks SET password = ?1 WHERE password LIKE 'wxs1:%'",
+                params![crate::crypto::LOST],
+            )?;
+            tx.commit()?;
+            Ok((accounts, sinks))
+        })?;
+        if n != (0, 0) {
+            self.conn.execute_batch("VACUUM")?;
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        }
+        Ok(n)
+    }
+
     fn reseal(&self, all: bool) -> Result<usize> {
         let n = self.zeroing(|| self.reseal_in_tx(all))?;
         if n > 0 {
@@ -1009,15 +1036,7 @@ fn check_dir(path: &Path) -> Result<()> {
 /// sink passwords (Redis) both go through this pair. A command that stores a secret
 /// unlocks the vault first; without a key nothing is written in plain text.
 fn seal_secret(owner: &[u8], secret: &Secret) -> Result<String> {
-    crate::vault::with_keys(|keys| {
-        match keys {
-        Some(ring) => Ok(ring.seal(owner, secret).as_str().to_string()),
-        None => Err(StoreError::Key(
-            "no key loaded to encrypt a secret with (a bug: this command should unlock the key file first)"
-                .to_string(),
-        )),
-    }
-    })
+    crate::vault::seal(owner, secret).map_err(StoreError::Key)
 }
 
 /// The inverse of [`seal_secret`]. A plaintext value (written before encryption) comes back
@@ -1027,6 +1046,9 @@ fn open_secret(owner: &[u8], stored: String) -> Secret {
     let stored = crate::crypto::Stored::new(stored);
     if stored.is_plaintext() {
         return Secret::new(stored.as_str().to_string());
+    }
+    if stored.as_str() == crate::crypto::LOST {
+        return Secret::locked(crate::crypto::LOST_KID.to_string());
     }
     // A scheme this version does not know (a newer one) stays locked too.
     let kid = stored.kid().unwrap_or("unknown").to_string();

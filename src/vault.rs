@@ -3,12 +3,13 @@
 //! that store or use a password) do before touching one. Plain `get`, `status`,
 //! `account list` and `prune` never come here, and never read the key.
 
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 use anyhow::Result;
 
 use crate::crypto::Keyring;
-use crate::domain::{AccountKey, Secret};
+use crate::domain::{Account, AccountKey, Secret};
+use crate::exit::{Exit, fail};
 use crate::keyfile::KeyFile;
 use crate::store::Store;
 
@@ -20,6 +21,31 @@ static KEYS: RwLock<Option<Keyring>> = RwLock::new(None);
 pub fn with_keys<T>(f: impl FnOnce(Option<&Keyring>) -> T) -> T {
     let keys = KEYS.read().unwrap_or_else(|e| e.into_inner());
     f(keys.as_ref())
+}
+
+/// The key file to create when the first secret is sealed: set by `unlock` for a command
+/// that stores one while no key file exists (and no secret needs one). Created only then,
+/// so that a command refused before it stores anything leaves no key file behind.
+static CREATE: Mutex<Option<KeyFile>> = Mutex::new(None);
+
+/// Seals a secret for `owner` with the current key, creating the key file first when
+/// `unlock` left that to the first secret.
+pub fn seal(owner: &[u8], secret: &Secret) -> Result<String, String> {
+    if let Some(sealed) = with_keys(|keys| keys.map(|ring| ring.seal(owner, secret))) {
+        return Ok(sealed.as_str().to_string());
+    }
+    let file = CREATE.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let Some(file) = file else {
+        return Err(
+            "no key loaded to encrypt a secret with (a bug: this command should \
+                    unlock the key file first)"
+                .to_string(),
+        );
+    };
+    let ring = file.create().map_err(|e| format!("{e:#}"))?;
+    let sealed = ring.seal(owner, secret);
+    install(ring);
+    Ok(sealed.as_str().to_string())
 }
 
 /// Replaces the process's keys (`key rotate`).
@@ -55,7 +81,10 @@ pub fn unlock(
                     },
                 )));
             }
-            if census.plaintext == 0 && !will_store {
+            if census.plaintext == 0 {
+                if will_store {
+                    *CREATE.lock().unwrap_or_else(|e| e.into_inner()) = Some(file.clone());
+                }
                 return Ok(());
             }
             file.create()?
@@ -85,6 +114,22 @@ pub fn unlock(
     Ok(())
 }
 
+/// A secret that stayed locked after `unlock` was forgotten with a lost key (`key reset`):
+/// one line saying what to do, exiting 7, instead of sending WeChat an empty secret.
+pub fn require_open(account: &Account) -> Result<()> {
+    if account.secret.locked_kid().is_none() {
+        return Ok(());
+    }
+    Err(fail(
+        Exit::Key,
+        format!(
+            "the secret of {} was forgotten with its lost key (wxtoken key reset); set it \
+             again with `wxtoken account set-secret`",
+            account.key
+        ),
+    ))
+}
+
 /// What the store holds: how many secrets are in plain text, and which stay locked (whose,
 /// and under which key).
 struct Census {
@@ -100,6 +145,8 @@ impl Census {
             sealed: Vec::new(),
         };
         let mut count = |owner: String, secret: &Secret| match secret.locked_kid() {
+            // Forgotten with a lost key (`key reset`): no key opens it, none is needed.
+            Some(crate::crypto::LOST_KID) => {}
             Some(kid) => census.sealed.push((owner, kid.to_string())),
             // Before the keys are loaded, an open secret is a plaintext one; after, it may
             // be either, and `reseal` tells them apart.

@@ -435,3 +435,46 @@ fn an_interrupted_rotation_leaves_a_database_the_key_file_opens() {
     env.run(&["refresh", "--force"]).assert_code(0);
     assert_eq!(env.api.requests().len(), 2);
 }
+#[test]
+fn key_reset_after_losing_the_key_keeps_tokens_and_takes_new_secrets() {
+    let env = TestEnv::new();
+    add(&env, APPID, SECRET);
+    env.run(&["refresh"]).assert_code(0);
+    let out = env.run(&["key", "reset"]);
+    assert_one_error_line(&out, 2, &["--yes"]);
+    let out = env.run(&["key", "reset", "--yes"]);
+    assert_one_error_line(&out, 7, &["exists"]);
+    std::fs::remove_file(env.key_file()).unwrap();
+    let out = env.run(&["key", "reset", "--yes"]);
+    out.assert_code(0);
+    assert!(
+        out.stderr
+            .contains("forgot the encrypted secrets of 1 account(s)"),
+        "{}",
+        out.stderr
+    );
+    // The token is still served; refresh holds the account until its secret is set again.
+    env.run(&["get", "--appid", APPID]).assert_code(0);
+    let list = env.run(&["account", "list", "--json"]);
+    assert!(list.stdout.contains("\"LOST\""), "{}", list.stdout);
+    let out = env.run(&["get", "--appid", APPID, "--reject", "old"]);
+    assert_one_error_line(&out, 7, &[APPID, "set-secret"]);
+    let out = env.run(&["refresh", "--force"]);
+    assert_one_error_line(&out, 7, &[APPID, "set-secret"]);
+    let out = env.run(&["refresh"]);
+    out.assert_code(4);
+    assert!(out.stderr.contains("set-secret"), "{}", out.stderr);
+    assert_eq!(env.api.requests().len(), 1);
+    let out = env.run_with_stdin(
+        &["account", "set-secret", "--appid", APPID],
+        &format!("{SECRET}\n"),
+    );
+    out.assert_code(0);
+    assert!(
+        out.stderr.contains("created the key file"),
+        "{}",
+        out.stderr
+    );
+    env.run(&["refresh", "--force"]).assert_code(0);
+    assert_eq!(env.api.requests().len(), 2);
+}

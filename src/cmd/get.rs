@@ -36,6 +36,9 @@ pub fn run(ctx: &Context, cfg: &GetConfig) -> Result<Exit> {
             }
             let store = ctx.existing_store()?;
             ctx.unlock(store.as_ref(), false)?;
+            if let Some(account) = store.account(key)? {
+                crate::vault::require_open(&account)?;
+            }
             let client = ctx.client(api);
             let row = engine::renew(
                 store.as_ref(),

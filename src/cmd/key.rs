@@ -1,15 +1,22 @@
-//! `wxtoken key rotate`: every secret under a new key, the key file replaced atomically.
+//! `wxtoken key rotate`: every secret under a new key, the key file replaced atomically;
+//! `wxtoken key reset`: the key is lost, forget what it encrypted.
 
 use anyhow::Result;
 
 use super::Context;
 use crate::cli::KeyCommand;
-use crate::exit::Exit;
+use crate::exit::{Exit, fail};
 use crate::vault;
 
 pub fn run(ctx: &Context, cmd: KeyCommand) -> Result<Exit> {
     match cmd {
         KeyCommand::Rotate => rotate(ctx),
+        KeyCommand::Reset { yes: false } => Err(fail(
+            Exit::Usage,
+            "key reset forgets every encrypted secret; if the key file is really lost, run it \
+             again with --yes",
+        )),
+        KeyCommand::Reset { yes: true } => reset(ctx),
     }
 }
 
@@ -39,6 +46,30 @@ fn rotate(ctx: &Context) -> Result<Exit> {
         next.current().kid,
         file.path.display(),
         file.old_path().display()
+    ));
+    Ok(Exit::Ok)
+}
+
+fn reset(ctx: &Context) -> Result<Exit> {
+    let file = ctx.key_file()?;
+    if file.load()?.is_some() {
+        return Err(file.error(
+            "exists: key reset is for a lost key file. If this one is the wrong file, move it \
+             away (or point --key-file at the right one) first"
+                .to_string(),
+        ));
+    }
+    let store = ctx.store()?;
+    let (accounts, sinks) = store.forget_sealed(
+        "its secret was forgotten with a lost key (wxtoken key reset): set it again with \
+         `wxtoken account set-secret`",
+    )?;
+    ctx.say(&format!(
+        "wxtoken: forgot the encrypted secrets of {accounts} account(s) and the passwords of \
+         {sinks} sink(s). Their tokens are served until they expire; set each secret again \
+         with `wxtoken account set-secret` (the first one creates a new key file at {}), and \
+         remove and add each such sink again",
+        file.path.display()
     ));
     Ok(Exit::Ok)
 }

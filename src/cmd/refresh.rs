@@ -37,6 +37,13 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
     if cfg.dry_run {
         return super::dry_run::run(store.as_ref(), &accounts, cfg, now);
     }
+    // A secret forgotten with a lost key: its account is held until the secret is set
+    // again, unless --force would fetch it anyway.
+    for account in &accounts {
+        if cfg.force || account.held_until.is_none() {
+            crate::vault::require_open(account)?;
+        }
+    }
     let plan = Plan {
         want: cfg.want,
         force: cfg.force,
