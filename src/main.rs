@@ -4,9 +4,15 @@ mod cli;
 mod cmd;
 mod exit;
 mod logging;
+#[cfg(feature = "postgres")]
+mod pgconf;
+#[cfg(feature = "postgres")]
+mod pgconn;
 mod policy;
 mod secret;
 mod store;
+#[cfg(feature = "postgres")]
+mod store_pg;
 mod wechat;
 
 use std::process::ExitCode;

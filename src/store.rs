@@ -82,19 +82,34 @@ pub struct Holder {
 }
 
 impl Holder {
+    /// This process, on this host: `WXTOKEN_HOST` if set (for hosts that share a
+    /// hostname, such as containers, against one PostgreSQL store), else the hostname.
     pub fn current() -> Holder {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-            .map(|h| h.trim().to_string())
+        let host = std::env::var("WXTOKEN_HOST")
             .ok()
+            .filter(|h| !h.trim().is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+                    .ok()
+            })
+            .map(|h| h.trim().to_string())
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "localhost".to_string());
-        let pid = std::process::id();
+        Holder::new(host, std::process::id())
+    }
+
+    pub fn new(host: String, pid: u32) -> Holder {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         let id = format!("{host}:{pid}:{nanos:08x}");
         Holder { host, pid, id }
+    }
+
+    /// `host:pid:nonce`: unique to this run.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 }
 
@@ -710,7 +725,7 @@ fn parse_tickets(list: &str) -> Vec<Ticket> {
 }
 
 /// Whether a process runs on this host. A zombie (killed, not yet reaped) counts as dead.
-fn pid_alive(pid: i64) -> bool {
+pub(crate) fn pid_alive(pid: i64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name, which may itself hold ')'.
         Ok(stat) => {
