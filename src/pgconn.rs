@@ -342,4 +342,146 @@ mod tests {
         let err = policy("postgres://h/d?sslmode=verify-full", None).unwrap_err();
         assert!(err.contains("sslrootcert"), "{err}");
     }
+
+    /// A CA and a server certificate for `localhost` signed by it, made with the openssl
+    /// command; (ca.pem, server.crt, server.key) in `dir`.
+    fn make_certs(dir: &std::path::Path, ca_name: &str) -> (PathBuf, PathBuf, PathBuf) {
+        std::fs::create_dir_all(dir).unwrap();
+        let script = format!(
+            "set -e; cd '{}'
+             openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \\
+                 -keyout ca.key -out ca.pem -days 2 -subj /CN={ca_name} 2>/dev/null
+             openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \\
+                 -keyout server.key -out server.csr -subj /CN=localhost 2>/dev/null
+             printf 'subjectAltName=DNS:localhost\\n' > ext
+             openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \\
+                 -out server.crt -days 2 -extfile ext 2>/dev/null",
+            dir.display()
+        );
+        let ok = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .status();
+        assert!(
+            ok.is_ok_and(|s| s.success()),
+            "openssl could not make test certificates"
+        );
+        (
+            dir.join("ca.pem"),
+            dir.join("server.crt"),
+            dir.join("server.key"),
+        )
+    }
+
+    fn encrypted(url: &str) -> Result<bool, String> {
+        let var = |_: &str| None;
+        let env = Env {
+            var: &var,
+            home: None,
+            login: Some("postgres".into()),
+        };
+        let mut client = connect(&PgConfig::parse(url, &env)?)?;
+        let row = client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(row.get(0))
+    }
+
+    #[test]
+    fn sslmodes_against_a_real_tls_server() {
+        use crate::store_pg::pgtest::{Options, PgServer, find_bindir};
+        if find_bindir().is_none() || which("openssl").is_none() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI needs postgresql and openssl"
+            );
+            eprintln!("NOTE: PostgreSQL or openssl missing: skipping the TLS test");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("wxtoken-tls-{}", std::process::id()));
+        let (ca, cert, key) = make_certs(&dir.join("good"), "wxtoken-test-ca");
+        let (other_ca, _, _) = make_certs(&dir.join("other"), "someone-else");
+        let server = PgServer::start(&Options {
+            tcp: true,
+            tls: Some((cert, key)),
+        })
+        .unwrap();
+        let port = server.port.unwrap();
+        let url = |host: &str, params: &str| {
+            format!("postgres://postgres@{host}:{port}/postgres?{params}")
+        };
+        let ca = ca.display();
+        assert_eq!(
+            encrypted(&url("127.0.0.1", "")),
+            Ok(true),
+            "default is prefer = TLS"
+        );
+        assert_eq!(encrypted(&url("127.0.0.1", "sslmode=require")), Ok(true));
+        assert_eq!(encrypted(&url("127.0.0.1", "sslmode=disable")), Ok(false));
+        assert_eq!(
+            encrypted(&url(
+                "localhost",
+                &format!("sslmode=verify-full&sslrootcert={ca}")
+            )),
+            Ok(true)
+        );
+        // The certificate names localhost, not 127.0.0.1: only verify-ca accepts that.
+        assert_eq!(
+            encrypted(&url(
+                "127.0.0.1",
+                &format!("sslmode=verify-ca&sslrootcert={ca}")
+            )),
+            Ok(true)
+        );
+        let err = encrypted(&url(
+            "127.0.0.1",
+            &format!("sslmode=verify-full&sslrootcert={ca}"),
+        ))
+        .unwrap_err();
+        assert!(err.contains("certificate"), "{err}");
+        let other = other_ca.display();
+        for mode in ["verify-ca", "verify-full", "require"] {
+            let err = encrypted(&url(
+                "localhost",
+                &format!("sslmode={mode}&sslrootcert={other}"),
+            ))
+            .unwrap_err();
+            assert!(err.contains("certificate"), "{mode}: {err}");
+        }
+        drop(server);
+
+        // A server without TLS: no silent plaintext on TCP, unless asked for.
+        let plain = PgServer::start(&Options {
+            tcp: true,
+            tls: None,
+        })
+        .unwrap();
+        let port = plain.port.unwrap();
+        let url =
+            |params: &str| format!("postgres://postgres:pw@127.0.0.1:{port}/postgres?{params}");
+        for mode in ["", "sslmode=allow", "sslmode=prefer", "sslmode=require"] {
+            let err = encrypted(&url(mode)).unwrap_err();
+            assert!(
+                err.contains("never falls back to plaintext"),
+                "{mode}: {err}"
+            );
+            assert!(
+                err.contains("sslmode=disable") && !err.contains("pw@"),
+                "{err}"
+            );
+        }
+        assert_eq!(encrypted(&url("sslmode=disable")), Ok(false));
+        drop(plain);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn which(program: &str) -> Option<PathBuf> {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(program))
+                .find(|p| p.is_file())
+        })
+    }
 }

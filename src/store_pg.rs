@@ -733,7 +733,7 @@ fn no_such_account(key: &AccountKey) -> anyhow::Error {
 
 #[cfg(test)]
 #[path = "../tests/support/pg.rs"]
-mod pgtest;
+pub(crate) mod pgtest;
 
 #[cfg(test)]
 mod tests {
