@@ -18,8 +18,7 @@
 //!    database after a simulated year of hourly refreshes of 100 accounts with pruning.
 //! 4. What a user would write instead: a bash loop of curl + sqlite3 over 100 accounts.
 
-#[path = "../tests/support/standin.rs"]
-mod standin;
+use wxtoken_standin as standin;
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::policy::parse_duration;
-use crate::store::AccountKey;
-use crate::wechat::{Api, Ticket};
+use crate::domain::{Api, DEFAULT_API_BASE, DEFAULT_WORK_API_BASE, Ticket};
 
 /// Central refresher for WeChat access tokens: one place fetches, everything else reads.
 #[derive(Parser, Debug)]
@@ -20,12 +18,13 @@ use crate::wechat::{Api, Ticket};
 Exit codes: 0 ok, 1 unexpected error, 2 bad arguments, 3 no valid token,
 4 a fetch from WeChat failed, 5 database problem, 6 no such account / already exists.")]
 pub struct Cli {
-    /// SQLite database [default: ~/.local/share/wxtoken/wxtoken.db]
+    /// SQLite database path, or postgres:// URL (its password only in WXTOKEN_DB, PGPASSWORD
+    /// or ~/.pgpass) [default: ~/.local/share/wxtoken/wxtoken.db]
     #[arg(
         long,
         global = true,
         env = "WXTOKEN_DB",
-        value_name = "PATH",
+        value_name = "PATH|URL",
         help_heading = "Global options"
     )]
     pub db: Option<PathBuf>,
@@ -85,6 +84,44 @@ Exits 3, printing nothing on stdout, when there is no valid token
         after_help = "Example:\n  wxtoken prune --keep 24\n\nEvery token still valid is kept, whatever --keep says. Attempts older than 30 days go."
     )]
     Prune(PruneArgs),
+    /// Move the store, or let a PostgreSQL role read tokens
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Copy accounts (secrets as stored), holds and each account's newest valid tokens
+    /// and tickets into another, empty store
+    #[command(after_help = "Examples:
+  WXTOKEN_COPY_TO='postgresql://wxtoken@db.example.com/wxtoken' wxtoken store copy
+  wxtoken store copy --to 'postgresql://wxtoken@db.example.com/wxtoken?sslmode=verify-full'
+  WXTOKEN_DB=postgres://... wxtoken store copy --to /var/lib/wxtoken/wxtoken.db
+
+The target may be a PostgreSQL URL or an SQLite path; a target with any account is
+refused. A password goes in WXTOKEN_COPY_TO, PGPASSWORD or ~/.pgpass, never in argv.")]
+    Copy(CopyArgs),
+    /// PostgreSQL: let ROLE read tokens (the latest_tokens view) and nothing else
+    #[command(after_help = "Example:
+  psql -c 'CREATE ROLE app_reader LOGIN' && wxtoken store grant-reader app_reader
+
+Prints the GRANT statements it applied. The role can then run `wxtoken get` or select
+from latest_tokens; it cannot read any secret, even encrypted, nor write.")]
+    GrantReader(GrantReaderArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// The empty store to fill: a postgres:// URL or an SQLite path
+    #[arg(long, env = "WXTOKEN_COPY_TO", value_name = "URL|PATH")]
+    pub to: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct GrantReaderArgs {
+    /// An existing PostgreSQL role
+    #[arg(value_name = "ROLE")]
+    pub role: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -136,37 +173,6 @@ pub struct AccountArgs {
     /// WeCom: the app's agentid, or a name for a module without one, such as `contacts`
     #[arg(long, requires = "corpid")]
     pub agentid: Option<String>,
-}
-
-impl AccountArgs {
-    pub fn key(&self) -> Result<AccountKey, String> {
-        let key = match (&self.appid, &self.corpid, &self.agentid) {
-            (Some(appid), None, None) => AccountKey::appid(appid),
-            (None, Some(corpid), Some(agent)) => AccountKey {
-                appid: corpid.clone(),
-                agent: agent.clone(),
-            },
-            _ => return Err("name an account with --appid, or with --corpid and --agentid".into()),
-        };
-        check_identifier("appid/corpid", &key.appid)?;
-        if self.agentid.is_some() {
-            check_identifier("agentid", &key.agent)?;
-        }
-        Ok(key)
-    }
-}
-
-fn check_identifier(what: &str, value: &str) -> Result<(), String> {
-    if value.is_empty() {
-        return Err(format!("{what} is empty"));
-    }
-    if value.len() > 128 || !value.bytes().all(|b| b.is_ascii_graphic()) || value.contains('/') {
-        return Err(format!(
-            "{what} '{}' is not valid: use up to 128 printable ASCII characters, no spaces or '/'",
-            crate::policy::one_line(value, 40)
-        ));
-    }
-    Ok(())
 }
 
 /// Where a secret comes from.
@@ -251,23 +257,19 @@ pub struct ApiArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
     pub timeout: u64,
     /// WeChat API base URL (http:// works, for proxies and tests)
-    #[arg(long, env = "WXTOKEN_API_BASE", value_name = "URL", default_value = crate::wechat::DEFAULT_API_BASE)]
+    #[arg(long, env = "WXTOKEN_API_BASE", value_name = "URL", default_value = DEFAULT_API_BASE)]
     pub api_base: String,
     /// WeCom API base URL
-    #[arg(long, env = "WXTOKEN_WORK_API_BASE", value_name = "URL", default_value = crate::wechat::DEFAULT_WORK_API_BASE)]
+    #[arg(long, env = "WXTOKEN_WORK_API_BASE", value_name = "URL", default_value = DEFAULT_WORK_API_BASE)]
     pub work_api_base: String,
+    /// How long a claim on an account lasts: after that, another process or host may
+    /// take the account over [default: 3 x --timeout + 10 s]
+    #[arg(long, env = "WXTOKEN_CLAIM_TTL", value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub claim_ttl: Option<u64>,
 }
 
-impl ApiArgs {
-    pub fn timeout(&self) -> Duration {
-        Duration::from_secs(self.timeout)
-    }
-}
-
-/// How many fetches `refresh` runs at once unless `--jobs` says otherwise.
-pub const DEFAULT_JOBS: usize = 8;
-/// How many token rows per account `prune` keeps (besides every still-valid one).
-pub const DEFAULT_KEEP: i64 = 48;
+// The defaults below are `policy::DEFAULT_JOBS` and `policy::DEFAULT_KEEP`, written out so
+// that the CLI types depend on the domain only; a test in config.rs pins them together.
 
 #[derive(Args, Debug)]
 pub struct RefreshArgs {
@@ -276,7 +278,7 @@ pub struct RefreshArgs {
     #[arg(long, value_name = "APPID")]
     pub appid: Vec<String>,
     /// Run up to this many fetches at once
-    #[arg(long, short = 'j', value_name = "N", default_value_t = DEFAULT_JOBS, value_parser = parse_jobs)]
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 8, value_parser = parse_jobs)]
     pub jobs: usize,
     /// Fetch only accounts whose newest token expires within DURATION (or that have none),
     /// like 5m; for cron every few minutes
@@ -292,7 +294,7 @@ pub struct RefreshArgs {
 #[derive(Args, Debug)]
 pub struct PruneArgs {
     /// Keep this many newest token rows per account, besides every token still valid
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_KEEP, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 48, value_parser = clap::value_parser!(i64).range(1..))]
     pub keep: i64,
 }
 
@@ -318,22 +320,24 @@ pub struct GetArgs {
     pub api: ApiArgs,
 }
 
-/// Checks that an API base is an http(s) URL, so that a typo fails before any request.
-pub fn check_base(name: &str, url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"));
-    match rest {
-        Some(host)
-            if !host.is_empty() && !host.starts_with('/') && !url.contains(char::is_whitespace) =>
-        {
-            Ok(())
-        }
-        _ => Err(format!(
-            "{name} '{}' is not an http:// or https:// URL",
-            crate::policy::one_line(url, 80)
-        )),
-    }
+/// Parses `90s`, `5m`, `1h`, `2d`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let bad =
+        || format!("invalid duration '{text}': use a number with s, m, h or d, like 90s, 5m or 1h");
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(scale)
+        .map(Duration::from_secs)
+        .ok_or_else(bad)
 }
 
 fn parse_jobs(text: &str) -> Result<usize, String> {
@@ -367,4 +371,22 @@ pub fn usage_error_line(err: &clap::Error) -> String {
         }
     }
     parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        for bad in ["", "m", "5x", "-5m", "1.5h", "5 m", "99999999999999999999d"] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains(&format!("'{bad}'")), "{err}");
+        }
+    }
 }

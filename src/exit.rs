@@ -1,28 +1,115 @@
-//! Every exit code wxtoken uses, in one place. The README's table mirrors this file.
+//! Every exit code wxtoken uses, in one place. The README's table and the help text are
+//! checked against this file by the tests below.
 
 use std::fmt;
 
-/// Everything worked.
-pub const OK: u8 = 0;
-/// An unexpected failure: I/O, a bug, anything not classified below.
-pub const ERROR: u8 = 1;
-/// Bad arguments or bad input (clap uses 2 for its own usage errors too).
-pub const USAGE: u8 = 2;
-/// `get`: there is no valid token to print (unknown account, none fetched yet, expired,
-/// or less than `--min-ttl` left).
-pub const NO_TOKEN: u8 = 3;
-/// `refresh`, `get --reject`: at least one fetch from WeChat failed.
-pub const FETCH_FAILED: u8 = 4;
-/// The database could not be opened, is not a wxtoken database, or is newer than this binary.
-pub const DATABASE: u8 = 5;
-/// An account command named an account that does not exist, or one that already exists.
-pub const ACCOUNT: u8 = 6;
+use crate::store::StoreError;
+
+/// How a run ended, as the shell sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Ok,
+    Error,
+    Usage,
+    NoToken,
+    FetchFailed,
+    Database,
+    Account,
+}
+
+impl Exit {
+    #[cfg(test)]
+    pub const ALL: [Exit; 7] = [
+        Exit::Ok,
+        Exit::Error,
+        Exit::Usage,
+        Exit::NoToken,
+        Exit::FetchFailed,
+        Exit::Database,
+        Exit::Account,
+    ];
+
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Ok => 0,
+            Exit::Error => 1,
+            Exit::Usage => 2,
+            Exit::NoToken => 3,
+            Exit::FetchFailed => 4,
+            Exit::Database => 5,
+            Exit::Account => 6,
+        }
+    }
+
+    /// Which of two outcomes a run that saw both reports. Not the numeric order: a run
+    /// whose database failed lost fetches that worked, which is worse than a failed fetch;
+    /// an unexpected error outranks everything because nothing about the run is known.
+    fn severity(self) -> u8 {
+        match self {
+            Exit::Ok => 0,
+            Exit::NoToken => 1,
+            Exit::FetchFailed => 2,
+            Exit::Account => 3,
+            Exit::Usage => 4,
+            Exit::Database => 5,
+            Exit::Error => 6,
+        }
+    }
+
+    /// The more severe of the two.
+    pub fn merge(self, other: Exit) -> Exit {
+        if other.severity() > self.severity() {
+            other
+        } else {
+            self
+        }
+    }
+
+    /// The README's table row.
+    #[cfg(test)]
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Exit::Ok => "Everything worked.",
+            Exit::Error => "An unexpected failure: I/O, a bug, anything not classified below.",
+            Exit::Usage => "Bad arguments or bad input (clap uses 2 for its own usage errors too).",
+            Exit::NoToken => {
+                "`get`: there is no valid token to print (unknown account, none fetched yet, \
+                 expired, or less than `--min-ttl` left)."
+            }
+            Exit::FetchFailed => {
+                "`refresh`, `get --reject`: at least one fetch from WeChat failed."
+            }
+            Exit::Database => {
+                "The database could not be opened, is not a wxtoken database, or is newer \
+                 than this binary."
+            }
+            Exit::Account => {
+                "An account command named an account that does not exist, or one that \
+                 already exists."
+            }
+        }
+    }
+
+    /// The few words `--help` gives it.
+    #[cfg(test)]
+    pub fn summary(self) -> &'static str {
+        match self {
+            Exit::Ok => "ok",
+            Exit::Error => "unexpected error",
+            Exit::Usage => "bad arguments",
+            Exit::NoToken => "no valid token",
+            Exit::FetchFailed => "a fetch from WeChat failed",
+            Exit::Database => "database problem",
+            Exit::Account => "no such account / already exists",
+        }
+    }
+}
 
 /// An error that carries the exit code `main` should use. Attach context around it freely:
 /// `main` finds it anywhere in the chain.
 #[derive(Debug)]
 pub struct Coded {
-    pub code: u8,
+    pub exit: Exit,
     pub message: String,
 }
 
@@ -34,18 +121,107 @@ impl fmt::Display for Coded {
 
 impl std::error::Error for Coded {}
 
-/// Build an error that exits with `code`.
-pub fn fail(code: u8, message: impl Into<String>) -> anyhow::Error {
+/// Build an error that exits with `exit`.
+pub fn fail(exit: Exit, message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(Coded {
-        code,
+        exit,
         message: message.into(),
     })
 }
 
-/// The exit code for an error: the innermost `Coded` in its chain, else `ERROR`.
-pub fn code_of(err: &anyhow::Error) -> u8 {
+/// What a store failure means to the shell.
+pub fn of_store(err: &StoreError) -> Exit {
+    match err {
+        StoreError::NotFound(_) | StoreError::AlreadyExists(_) => Exit::Account,
+        StoreError::Schema(_)
+        | StoreError::Busy(_)
+        | StoreError::Io(_)
+        | StoreError::Corrupt(_) => Exit::Database,
+    }
+}
+
+/// The exit code for an error: the innermost coded error in its chain, else `Error`.
+pub fn of(err: &anyhow::Error) -> Exit {
     err.chain()
-        .filter_map(|e| e.downcast_ref::<Coded>())
+        .filter_map(|e| {
+            e.downcast_ref::<Coded>()
+                .map(|c| c.exit)
+                .or_else(|| e.downcast_ref::<StoreError>().map(of_store))
+        })
         .last()
-        .map_or(ERROR, |c| c.code)
+        .unwrap_or(Exit::Error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_distinct_and_in_order() {
+        for (i, e) in Exit::ALL.iter().enumerate() {
+            assert_eq!(usize::from(e.code()), i, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn merging_follows_severity_not_numbers() {
+        assert_eq!(Exit::Ok.merge(Exit::FetchFailed), Exit::FetchFailed);
+        assert_eq!(Exit::FetchFailed.merge(Exit::Ok), Exit::FetchFailed);
+        assert_eq!(Exit::FetchFailed.merge(Exit::Database), Exit::Database);
+        assert_eq!(Exit::Database.merge(Exit::FetchFailed), Exit::Database);
+        assert_eq!(Exit::Account.merge(Exit::Error), Exit::Error);
+        // 3 < 4 numerically, and also in severity; 6 > 5 numerically, but not in severity.
+        assert_eq!(Exit::Account.merge(Exit::Database), Exit::Database);
+        for e in Exit::ALL {
+            assert_eq!(Exit::Ok.merge(e), e);
+            assert_eq!(e.merge(e), e);
+        }
+    }
+
+    #[test]
+    fn the_innermost_coded_error_wins() {
+        let err = fail(Exit::NoToken, "inner").context("outer");
+        assert_eq!(of(&err), Exit::NoToken);
+        assert_eq!(of(&anyhow::anyhow!("plain")), Exit::Error);
+        let store = anyhow::Error::new(StoreError::Busy("locked".into())).context("claim");
+        assert_eq!(of(&store), Exit::Database);
+    }
+
+    /// The README's exit-code table lists exactly these codes with exactly these meanings.
+    #[test]
+    fn readme_table_agrees() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("## Exit codes")
+            .nth(1)
+            .expect("README has an exit-code section");
+        let rows: Vec<(u8, String)> = section
+            .lines()
+            .take_while(|l| !l.starts_with("## "))
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let code = cells.get(1)?.parse().ok()?;
+                Some((code, cells.get(2)?.to_string()))
+            })
+            .collect();
+        let want: Vec<(u8, String)> = Exit::ALL
+            .iter()
+            .map(|e| (e.code(), e.meaning().to_string()))
+            .collect();
+        assert_eq!(rows, want);
+    }
+
+    /// `wxtoken --help` names every code with its summary, in order.
+    #[test]
+    fn help_text_agrees() {
+        use clap::CommandFactory;
+        let help = crate::cli::Cli::command().render_long_help().to_string();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        let list: Vec<String> = Exit::ALL
+            .iter()
+            .map(|e| format!("{} {}", e.code(), e.summary()))
+            .collect();
+        let want = format!("Exit codes: {}.", list.join(", "));
+        assert!(help.contains(&want), "help lacks {want:?}:\n{help}");
+    }
 }

@@ -2,6 +2,9 @@
 
 mod cli;
 mod cmd;
+mod config;
+mod domain;
+mod engine;
 mod exit;
 mod logging;
 #[cfg(feature = "postgres")]
@@ -13,11 +16,14 @@ mod secret;
 mod store;
 #[cfg(feature = "postgres")]
 mod store_pg;
+mod text;
 mod wechat;
 
 use std::process::ExitCode;
 
 use clap::Parser;
+
+use exit::Exit;
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -30,15 +36,15 @@ fn main() -> ExitCode {
         Err(err) => {
             let line = cli::usage_error_line(&err);
             eprintln!("wxtoken: error: {line} (see wxtoken --help)");
-            return ExitCode::from(exit::USAGE);
+            return ExitCode::from(Exit::Usage.code());
         }
     };
     logging::init(cli.verbose, cli.quiet);
-    match cmd::run(cli) {
-        Ok(code) => ExitCode::from(code),
+    match config::Config::from_cli(cli).and_then(cmd::run) {
+        Ok(exit) => ExitCode::from(exit.code()),
         Err(err) => {
             eprintln!("wxtoken: error: {err:#}");
-            ExitCode::from(exit::code_of(&err))
+            ExitCode::from(exit::of(&err).code())
         }
     }
 }

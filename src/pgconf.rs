@@ -13,11 +13,6 @@ use std::time::Duration;
 pub const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 const DEFAULT_PORT: u16 = 5432;
 
-/// Whether `--db` names a PostgreSQL server rather than an SQLite file.
-pub fn is_url(db: &str) -> bool {
-    db.starts_with("postgres://") || db.starts_with("postgresql://")
-}
-
 /// Where the server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {
@@ -218,14 +213,6 @@ impl PgConfig {
         }
         p.complete(env)
     }
-
-    /// The socket file for a Unix-socket host, as the server names it.
-    pub fn socket_file(&self) -> Option<PathBuf> {
-        match &self.host {
-            Host::Socket(dir) => Some(dir.join(format!(".s.PGSQL.{}", self.port))),
-            Host::Tcp(_) => None,
-        }
-    }
 }
 
 impl fmt::Display for PgConfig {
@@ -247,30 +234,6 @@ impl fmt::Display for PgConfig {
             Host::Tcp(_) => write!(f, "?sslmode={}", self.sslmode.as_str()),
         }
     }
-}
-
-/// A connection string for messages when it could not even be parsed: everything between
-/// `://` and the last `@` (the user and password) is replaced.
-pub fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let after = &url[scheme_end + 3..];
-    let authority_end = after.find(['/', '?']).unwrap_or(after.len());
-    let mut out = url[..scheme_end + 3].to_string();
-    match after[..authority_end].rfind('@') {
-        Some(at) => {
-            out.push_str("***");
-            out.push_str(&after[at..]);
-        }
-        None => out.push_str(after),
-    }
-    // A password may also hide in the query.
-    if let Some(q) = out.find("password=") {
-        let end = out[q..].find('&').map_or(out.len(), |e| q + e);
-        out.replace_range(q + "password=".len()..end, "***");
-    }
-    out
 }
 
 /// What the URL said, before defaults.
@@ -594,15 +557,6 @@ mod tests {
     }
 
     #[test]
-    fn recognises_both_schemes_and_nothing_else() {
-        assert!(is_url("postgres://h/db"));
-        assert!(is_url("postgresql://h/db"));
-        assert!(!is_url("/var/lib/wxtoken.db"));
-        assert!(!is_url("postgres.db"));
-        assert!(!is_url("mysql://h/db"));
-    }
-
-    #[test]
     fn full_url() {
         let c = parse(
             "postgresql://wx%40app:p%3Ass@db.example.com:6432/tokens?sslmode=verify-full&sslrootcert=/etc/ca.pem&application_name=wx&connect_timeout=5",
@@ -669,17 +623,9 @@ mod tests {
     #[test]
     fn unix_socket_hosts() {
         let c = parse("postgresql://%2Ftmp%2Fpg/db");
-        assert_eq!(c.host, Host::Socket("/tmp/pg".into()));
-        assert_eq!(
-            c.socket_file(),
-            Some(PathBuf::from("/tmp/pg/.s.PGSQL.5432"))
-        );
+        assert_eq!((c.host, c.port), (Host::Socket("/tmp/pg".into()), 5432));
         let c = parse("postgresql:///db?host=/run/pg&port=5433");
-        assert_eq!(c.host, Host::Socket("/run/pg".into()));
-        assert_eq!(
-            c.socket_file(),
-            Some(PathBuf::from("/run/pg/.s.PGSQL.5433"))
-        );
+        assert_eq!((c.host, c.port), (Host::Socket("/run/pg".into()), 5433));
     }
 
     #[test]
@@ -725,16 +671,6 @@ mod tests {
             c.to_string(),
             "postgresql://op@/d?host=%2Frun%2Fpg&port=5432"
         );
-    }
-
-    #[test]
-    fn redact_hides_userinfo_and_password_parameters() {
-        assert_eq!(redact("postgres://u:pw@h/d"), "postgres://***@h/d");
-        assert_eq!(
-            redact("postgres://h/d?password=pw&x=1"),
-            "postgres://h/d?password=***&x=1"
-        );
-        assert_eq!(redact("postgres://h/d"), "postgres://h/d");
     }
 
     #[test]

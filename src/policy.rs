@@ -3,26 +3,6 @@
 
 use std::time::Duration;
 
-/// Parses `90s`, `5m`, `1h`, `2d`, or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let bad =
-        || format!("invalid duration '{text}': use a number with s, m, h or d, like 90s, 5m or 1h");
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let scale = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(scale)
-        .map(Duration::from_secs)
-        .ok_or_else(bad)
-}
-
 /// Seconds a token has left at `now`; negative once it has expired.
 pub fn remaining(expires_at: i64, now: i64) -> i64 {
     expires_at - now
@@ -47,6 +27,35 @@ pub fn next_china_midnight(now: i64) -> i64 {
     const OFFSET: i64 = 8 * 3600;
     const DAY: i64 = 86_400;
     ((now + OFFSET).div_euclid(DAY) + 1) * DAY - OFFSET
+}
+
+/// At most this many tries per fetch, transient failures only.
+pub const MAX_TRIES: u32 = 3;
+
+/// How many fetches `refresh` runs at once unless `--jobs` says otherwise. The CLI spells
+/// it out as its default; a test in config.rs keeps the two equal.
+#[cfg_attr(not(test), allow(dead_code))]
+pub const DEFAULT_JOBS: usize = 8;
+
+/// How many token rows per account and kind pruning keeps (besides every still-valid one).
+pub const DEFAULT_KEEP: i64 = 48;
+
+/// Attempts older than this are pruned after every refresh, and by `prune`.
+pub const ATTEMPT_RETENTION: i64 = 30 * 86_400;
+
+/// Forced stable-token refreshes are remembered this long: enough to count a China day.
+pub const FORCED_REFRESH_RETENTION: i64 = 2 * 86_400;
+
+/// How long a store operation waits for another process's write before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often `get --reject` looks again while another process fetches the account.
+pub const RENEW_POLL: Duration = Duration::from_millis(25);
+
+/// How long a claim lasts: long enough for every try of one fetch, short enough that a
+/// holder that died on another host blocks nobody for long.
+pub fn claim_ttl(timeout_secs: u64) -> i64 {
+    MAX_TRIES as i64 * timeout_secs as i64 + 10
 }
 
 /// `refresh` leaves alone a token younger than this: another run just fetched it, and a
@@ -228,16 +237,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
-        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
-        for bad in ["", "m", "5x", "-5m", "1.5h", "5 m", "99999999999999999999d"] {
-            let err = parse_duration(bad).unwrap_err();
-            assert!(err.contains(&format!("'{bad}'")), "{err}");
-        }
+    fn a_claim_outlives_every_try() {
+        assert_eq!(claim_ttl(10), 40);
+        assert!(claim_ttl(1) > MAX_TRIES as i64);
     }
 
     #[test]

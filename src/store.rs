@@ -1,18 +1,20 @@
-//! The store: the only module that owns SQL. One SQLite file holds accounts, the
-//! insert-only token history and every fetch attempt.
+//! The store: where accounts, the insert-only token history and every fetch attempt live.
+//! `ReadStore` is what `get` needs, `Store` adds what refresh and the account commands
+//! write. SQLite is the first backend and this module the only one that knows it: no SQL,
+//! path, PRAGMA or process probe leaks out, so a second backend is one module beside it.
 
 use std::fmt;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use anyhow::{Context, Result};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use crate::exit::{self, fail};
-use crate::secret::Secret;
-use crate::wechat::{Api, Failure, Fetched, Outcome, Ticket};
+use crate::domain::{
+    Account, AccountKey, Api, Attempt, AttemptResult, Credential, Failure, Fetched, Outcome,
+    Secret, Ticket, TokenRow,
+};
+use crate::policy;
 
 /// Every migration, in order. The schema version is `PRAGMA user_version` = how many of
 /// these have been applied.
@@ -22,96 +24,59 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_tickets.sql"),
 ];
 
-/// How long a connection waits for another process's write before giving up.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The kind of every access token row; tickets get kinds of their own.
-pub const ACCESS_TOKEN: &str = "access_token";
-
-/// How an account is addressed: an appid, or a WeCom corpid plus agentid (or module name).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct AccountKey {
-    pub appid: String,
-    /// Empty for Official Accounts and Mini Programs.
-    pub agent: String,
+/// Why a store operation failed. `exit.rs` turns each into an exit code.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The named account does not exist.
+    NotFound(AccountKey),
+    /// The account to add exists already.
+    AlreadyExists(AccountKey),
+    /// Not a wxtoken database, or one of another schema version, or none at all.
+    Schema(String),
+    /// Another process kept the database locked for longer than the busy timeout.
+    Busy(String),
+    /// The database could not be read or written.
+    Io(String),
+    /// The file is not a database, or a damaged one.
+    Corrupt(String),
 }
 
-impl AccountKey {
-    pub fn appid(appid: &str) -> AccountKey {
-        AccountKey {
-            appid: appid.to_string(),
-            agent: String::new(),
-        }
-    }
-}
-
-impl fmt::Display for AccountKey {
+impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.agent.is_empty() {
-            f.write_str(&self.appid)
-        } else {
-            write!(f, "{}/{}", self.appid, self.agent)
+        match self {
+            StoreError::NotFound(key) => {
+                write!(f, "no such account {key} (see wxtoken account list)")
+            }
+            StoreError::AlreadyExists(key) => write!(
+                f,
+                "account {key} already exists; use `wxtoken account set-secret` to change its secret"
+            ),
+            StoreError::Schema(m)
+            | StoreError::Busy(m)
+            | StoreError::Io(m)
+            | StoreError::Corrupt(m) => f.write_str(m),
         }
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct Account {
-    pub id: i64,
-    pub key: AccountKey,
-    pub api: Api,
-    pub secret: Secret,
-    pub enabled: bool,
-    pub created_at: i64,
-    pub updated_at: i64,
-    /// Refresh skips the account until this Unix time (`policy::UNTIL_FIXED`: until its
-    /// configuration changes).
-    pub held_until: Option<i64>,
-    pub held_reason: Option<String>,
-    /// The JS-SDK tickets fetched right after each new token.
-    pub tickets: Vec<Ticket>,
-}
+impl std::error::Error for StoreError {}
 
-/// Who holds a claim: this process on this host. The nonce tells apart two runs that got
-/// the same pid after a reboot.
-#[derive(Debug, Clone)]
-pub struct Holder {
-    pub host: String,
-    pub pid: u32,
-    id: String,
-}
-
-impl Holder {
-    /// This process, on this host: `WXTOKEN_HOST` if set (for hosts that share a
-    /// hostname, such as containers, against one PostgreSQL store), else the hostname.
-    pub fn current() -> Holder {
-        let host = std::env::var("WXTOKEN_HOST")
-            .ok()
-            .filter(|h| !h.trim().is_empty())
-            .or_else(|| {
-                std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-                    .ok()
-            })
-            .map(|h| h.trim().to_string())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "localhost".to_string());
-        Holder::new(host, std::process::id())
-    }
-
-    pub fn new(host: String, pid: u32) -> Holder {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let id = format!("{host}:{pid}:{nanos:08x}");
-        Holder { host, pid, id }
-    }
-
-    /// `host:pid:nonce`: unique to this run.
-    pub fn id(&self) -> &str {
-        &self.id
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> StoreError {
+        classify(err.sqlite_error_code(), err.to_string())
     }
 }
+
+fn classify(code: Option<rusqlite::ErrorCode>, text: String) -> StoreError {
+    use rusqlite::ErrorCode as C;
+    match code {
+        Some(C::DatabaseBusy | C::DatabaseLocked) => StoreError::Busy(text),
+        Some(C::NotADatabase | C::DatabaseCorrupt) => StoreError::Corrupt(text),
+        _ => StoreError::Io(text),
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// The result of trying to claim an account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,37 +95,183 @@ pub enum Recorded {
     Failed,
 }
 
-/// One row of the token history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenRow {
-    pub token: String,
-    pub expires_in: i64,
-    pub fetched_at: i64,
-    pub expires_at: i64,
+/// What every command may read.
+pub trait ReadStore {
+    /// Where the data lives, for people: a path, or a URL without its password.
+    fn location(&self) -> String;
+    /// Every account, ordered by appid then agent.
+    fn accounts(&self) -> Result<Vec<Account>>;
+    fn account(&self, key: &AccountKey) -> Result<Option<Account>>;
+    /// The newest row of an account's credential, valid or not. `Ok(None)` means there is
+    /// none; `get` tells an unknown account apart with `account`.
+    fn latest_token(&self, key: &AccountKey, kind: Credential) -> Result<Option<TokenRow>>;
+    /// The newest attempt at an account's credential, if any.
+    fn last_attempt(&self, account_id: i64, kind: Credential) -> Result<Option<Attempt>>;
+
+    /// Everything `store copy` moves: each account with its secret (as stored) and hold,
+    /// and its newest token and tickets if still valid at `now`.
+    fn export(&self, now: i64) -> Result<Vec<Exported>>;
+
+    /// The account, or `NotFound`.
+    fn require_account(&self, key: &AccountKey) -> Result<Account> {
+        self.account(key)?
+            .ok_or_else(|| StoreError::NotFound(key.clone()))
+    }
 }
 
-/// The newest attempt of an account, as `status` shows it.
+/// What refresh, `get --reject` and the account commands write.
+pub trait Store: ReadStore + Send {
+    /// Another handle on the same data, for a worker thread.
+    fn another(&self) -> Result<Box<dyn Store>>;
+
+    fn add_account(
+        &self,
+        key: &AccountKey,
+        api: Api,
+        secret: &Secret,
+        tickets: &[Ticket],
+        now: i64,
+    ) -> Result<()>;
+    /// Removes an account with its whole history.
+    fn remove_account(&self, key: &AccountKey) -> Result<()>;
+    /// Enabling or disabling also lifts a hold.
+    fn set_enabled(&self, key: &AccountKey, enabled: bool, now: i64) -> Result<()>;
+    fn set_tickets(&self, key: &AccountKey, tickets: &[Ticket], now: i64) -> Result<()>;
+    /// A new secret also lifts a hold.
+    fn set_secret(&self, key: &AccountKey, secret: &Secret, now: i64) -> Result<()>;
+
+    /// Claims an account for fetching, atomically across processes. A claim that expired,
+    /// or whose holder is known to be gone, is taken over.
+    fn claim(&self, account_id: i64, now: i64, ttl: i64) -> Result<Claim>;
+    /// Gives this process's claim back.
+    fn release(&self, account_id: i64) -> Result<()>;
+    /// Records a fetch all at once: the new row (unless WeChat handed back the newest one
+    /// again), the attempt, and for an access token the account's hold (`None` lifts it).
+    fn record_fetch(
+        &self,
+        account_id: i64,
+        kind: Credential,
+        outcome: &Outcome,
+        hold: Option<(i64, &str)>,
+    ) -> Result<Recorded>;
+
+    /// When this account's forced refreshes happened, over the retention window.
+    fn forced_refreshes(&self, account_id: i64, now: i64) -> Result<Vec<i64>>;
+    fn note_forced_refresh(&self, account_id: i64, now: i64) -> Result<()>;
+
+    /// Deletes token rows beyond the newest `keep` per account and kind, except those still
+    /// valid; attempts older than `attempts_before`; old forced-refresh records; expired
+    /// claims. Returns (tokens, attempts) deleted.
+    fn prune(&self, now: i64, keep: i64, attempts_before: i64) -> Result<(usize, usize)>;
+
+    /// Fills an empty store with what `export` gave, all or nothing; a store that has any
+    /// account is refused.
+    fn import(&self, items: &[Exported]) -> Result<()>;
+}
+
+/// One account as `store copy` moves it.
 #[derive(Debug, Clone)]
-pub struct AttemptRow {
-    pub started_at: i64,
-    pub duration_ms: i64,
-    pub tries: i64,
-    pub outcome: String,
-    pub errcode: Option<i64>,
-    pub errmsg: Option<String>,
-    pub http_status: Option<i64>,
-    pub detail: Option<String>,
+pub struct Exported {
+    pub account: Account,
+    /// (kind, row): the newest valid row of the token and of each ticket.
+    pub tokens: Vec<(String, TokenRow)>,
 }
 
-pub struct Store {
+/// What `import` says about a store that is not empty.
+pub(crate) fn not_empty(location: &str, accounts: i64) -> StoreError {
+    StoreError::Schema(format!(
+        "{location} already has {accounts} account(s); store copy only fills an empty store"
+    ))
+}
+
+/// Where the data is: an SQLite file, and whether it is the default one (whose directory
+/// a writing command may create), or a PostgreSQL server.
+#[derive(Debug, Clone)]
+pub enum Location {
+    File {
+        path: PathBuf,
+        is_default: bool,
+    },
+    #[cfg(feature = "postgres")]
+    Postgres(crate::pgconf::PgConfig),
+}
+
+/// Opens the store for reading only: never creates, migrates or locks anything.
+pub fn open_read(at: &Location) -> Result<Box<dyn ReadStore>> {
+    match at {
+        Location::File { path, .. } => Ok(Box::new(Sqlite::open_readonly(path)?)),
+        #[cfg(feature = "postgres")]
+        Location::Postgres(config) => Ok(Box::new(crate::store_pg::Postgres::open_read(config)?)),
+    }
+}
+
+/// Opens the store for writing, creating it if `create` (and its default directory).
+/// Without `create`, a missing database is the same error as for reading. A PostgreSQL
+/// database must exist; its tables are created either way.
+pub fn open_write(at: &Location, create: bool) -> Result<Box<dyn Store>> {
+    match at {
+        Location::File { path, is_default } => {
+            if !create {
+                require_file(path)?;
+            } else if *is_default {
+                create_private_dir(path.parent().unwrap_or(path))?;
+            }
+            Ok(Box::new(Sqlite::open(path, Holder::current())?))
+        }
+        #[cfg(feature = "postgres")]
+        Location::Postgres(config) => Ok(Box::new(crate::store_pg::Postgres::open(
+            config,
+            Holder::current(),
+        )?)),
+    }
+}
+
+/// Who holds a claim: this process on this host. The nonce tells apart two runs that got
+/// the same pid after a reboot.
+#[derive(Debug, Clone)]
+pub(crate) struct Holder {
+    pub(crate) host: String,
+    pub(crate) pid: u32,
+    pub(crate) id: String,
+}
+
+impl Holder {
+    /// This process, on this host: `WXTOKEN_HOST` if set (for hosts that share a hostname,
+    /// such as containers, against one PostgreSQL store), else the hostname.
+    pub(crate) fn current() -> Holder {
+        let host = std::env::var("WXTOKEN_HOST")
+            .ok()
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+                    .ok()
+            })
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_string());
+        Holder::new(host, std::process::id())
+    }
+
+    pub(crate) fn new(host: String, pid: u32) -> Holder {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let id = format!("{host}:{pid}:{nanos:08x}");
+        Holder { host, pid, id }
+    }
+}
+
+/// The SQLite backend: one file.
+struct Sqlite {
     conn: Connection,
     path: PathBuf,
+    holder: Holder,
 }
 
-impl Store {
+impl Sqlite {
     /// Opens the database for writing, creating it (mode 0600) if it does not exist, and
     /// applies pending migrations.
-    pub fn open(path: &Path) -> Result<Store> {
+    fn open(path: &Path, holder: Holder) -> Result<Sqlite> {
         check_dir(path)?;
         if !path.exists() {
             // Created here, not by SQLite, so that it is 0600 from its first byte.
@@ -173,55 +284,50 @@ impl Store {
                     std::io::ErrorKind::AlreadyExists => OpenOptions::new().read(true).open(path),
                     _ => Err(e),
                 })
-                .with_context(|| format!("could not create database {}", path.display()))
-                .map_err(|e| db_error(e, path))?;
+                .map_err(|e| {
+                    StoreError::Io(format!(
+                        "could not use database {}: could not create database {}: {e}",
+                        path.display(),
+                        path.display()
+                    ))
+                })?;
         }
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).map_err(|e| db_error(e, path))?;
-        let store = Store {
-            conn,
-            path: path.to_path_buf(),
-        };
+        let store = Sqlite::connect(path, holder, true)?;
         store.configure(true)?;
         store.migrate()?;
         Ok(store)
     }
 
-    /// Opens an existing database read-only, for `get`: no migration, no write, no lock.
-    pub fn open_readonly(path: &Path) -> Result<Store> {
-        if !path.exists() {
-            return Err(fail(
-                exit::DATABASE,
-                format!(
-                    "database {} does not exist; add an account first (wxtoken account add)",
-                    path.display()
-                ),
-            ));
-        }
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).map_err(|e| db_error(e, path))?;
-        let store = Store {
+    fn connect(path: &Path, holder: Holder, write: bool) -> Result<Sqlite> {
+        let mode = if write {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+        };
+        let conn = Connection::open_with_flags(path, mode | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(|e| db_error(e, path))?;
+        Ok(Sqlite {
             conn,
             path: path.to_path_buf(),
-        };
+            holder,
+        })
+    }
+
+    /// Opens an existing database read-only, for `get`: no migration, no write, no lock.
+    fn open_readonly(path: &Path) -> Result<Sqlite> {
+        require_file(path)?;
+        let store = Sqlite::connect(path, Holder::nobody(), false)?;
         let version = store.configure(false)?;
         if version != MIGRATIONS.len() as i64 {
             store.check_version(version)?;
-            return Err(fail(
-                exit::DATABASE,
-                format!(
-                    "database {} has schema version {version}, this wxtoken needs {}; \
-                     run any writing command (e.g. wxtoken status) once to upgrade it",
-                    path.display(),
-                    MIGRATIONS.len()
-                ),
-            ));
+            return Err(StoreError::Schema(format!(
+                "database {} has schema version {version}, this wxtoken needs {}; \
+                 run any writing command (e.g. wxtoken status) once to upgrade it",
+                path.display(),
+                MIGRATIONS.len()
+            )));
         }
         Ok(store)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Sets the connection up and returns the schema version. Reading the version first
@@ -229,7 +335,7 @@ impl Store {
     fn configure(&self, write: bool) -> Result<i64> {
         let path = &self.path;
         self.conn
-            .busy_timeout(BUSY_TIMEOUT)
+            .busy_timeout(policy::BUSY_TIMEOUT)
             .map_err(|e| db_error(e, path))?;
         let version = self.user_version()?;
         if write {
@@ -254,15 +360,12 @@ impl Store {
 
     fn check_version(&self, version: i64) -> Result<()> {
         if version > MIGRATIONS.len() as i64 {
-            return Err(fail(
-                exit::DATABASE,
-                format!(
-                    "database {} has schema version {version}, newer than this wxtoken \
-                     understands ({}); upgrade wxtoken",
-                    self.path.display(),
-                    MIGRATIONS.len()
-                ),
-            ));
+            return Err(StoreError::Schema(format!(
+                "database {} has schema version {version}, newer than this wxtoken \
+                 understands ({}); upgrade wxtoken",
+                self.path.display(),
+                MIGRATIONS.len()
+            )));
         }
         Ok(())
     }
@@ -287,58 +390,21 @@ impl Store {
                 )
                 .map_err(|e| db_error(e, path))?;
             if tables > 0 {
-                return Err(fail(
-                    exit::DATABASE,
-                    format!(
-                        "{} is an SQLite database but not a wxtoken one; refusing to touch it",
-                        path.display()
-                    ),
-                ));
+                return Err(StoreError::Schema(format!(
+                    "{} is an SQLite database but not a wxtoken one; refusing to touch it",
+                    path.display()
+                )));
             }
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             self.conn
                 .execute_batch(sql)
-                .with_context(|| format!("migration {} failed", i + 1))?;
+                .map_err(|e| StoreError::Schema(format!("migration {} failed: {e}", i + 1)))?;
         }
         self.conn
             .pragma_update(None, "user_version", MIGRATIONS.len() as i64)
             .map_err(|e| db_error(e, path))?;
         tx.commit()
-    }
-
-    // ---- accounts ----
-
-    pub fn add_account(
-        &self,
-        key: &AccountKey,
-        api: Api,
-        secret: &Secret,
-        tickets: &[Ticket],
-        now: i64,
-    ) -> Result<()> {
-        let tickets: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
-        let inserted = self
-            .conn
-            .execute(
-                "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at, tickets)
-                 VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6)
-                 ON CONFLICT (appid, agent) DO NOTHING",
-                params![key.appid, key.agent, api.as_str(), secret.expose(), now, tickets.join(",")],
-            )
-            .map_err(|e| db_error(e, &self.path))?;
-        if inserted == 0 {
-            return Err(already_exists(key));
-        }
-        Ok(())
-    }
-
-    /// Fails with the "already exists" error if the account exists.
-    pub fn ensure_absent(&self, key: &AccountKey) -> Result<()> {
-        match self.account(key)? {
-            Some(_) => Err(already_exists(key)),
-            None => Ok(()),
-        }
     }
 
     const ACCOUNT_COLUMNS: &'static str = "id, appid, agent, api, secret, enabled, created_at, updated_at, held_until, held_reason, tickets";
@@ -362,247 +428,20 @@ impl Store {
         })
     }
 
-    /// Every account, ordered by appid then agent.
-    pub fn accounts(&self) -> Result<Vec<Account>> {
-        let sql = format!(
-            "SELECT {} FROM accounts ORDER BY appid, agent",
-            Self::ACCOUNT_COLUMNS
-        );
-        let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt.query_map([], Self::account_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    pub fn account(&self, key: &AccountKey) -> Result<Option<Account>> {
-        let sql = format!(
-            "SELECT {} FROM accounts WHERE appid = ?1 AND agent = ?2",
-            Self::ACCOUNT_COLUMNS
-        );
-        Ok(self
-            .conn
-            .query_row(&sql, params![key.appid, key.agent], Self::account_from_row)
-            .optional()?)
-    }
-
-    /// The account, or the "no such account" error every account command gives.
-    pub fn require_account(&self, key: &AccountKey) -> Result<Account> {
-        self.account(key)?.ok_or_else(|| no_such_account(key))
-    }
-
-    /// Removes an account with its whole history.
-    pub fn remove_account(&self, key: &AccountKey) -> Result<()> {
-        let n = self.conn.execute(
-            "DELETE FROM accounts WHERE appid = ?1 AND agent = ?2",
-            params![key.appid, key.agent],
-        )?;
-        if n == 0 {
-            return Err(no_such_account(key));
-        }
-        Ok(())
-    }
-
-    pub fn set_enabled(&self, key: &AccountKey, enabled: bool, now: i64) -> Result<()> {
-        let n = self.conn.execute(
-            "UPDATE accounts SET enabled = ?3, updated_at = ?4,
-                    held_until = NULL, held_reason = NULL
-             WHERE appid = ?1 AND agent = ?2",
-            params![key.appid, key.agent, enabled, now],
-        )?;
-        if n == 0 {
-            return Err(no_such_account(key));
-        }
-        Ok(())
-    }
-
-    /// Sets which JS-SDK tickets refresh fetches for this account.
-    pub fn set_tickets(&self, key: &AccountKey, tickets: &[Ticket], now: i64) -> Result<()> {
-        let list: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
-        let n = self.conn.execute(
-            "UPDATE accounts SET tickets = ?3, updated_at = ?4 WHERE appid = ?1 AND agent = ?2",
-            params![key.appid, key.agent, list.join(","), now],
-        )?;
-        if n == 0 {
-            return Err(no_such_account(key));
-        }
-        Ok(())
-    }
-
-    pub fn set_secret(&self, key: &AccountKey, secret: &Secret, now: i64) -> Result<()> {
-        let n = self.conn.execute(
-            "UPDATE accounts SET secret = ?3, updated_at = ?4,
-                    held_until = NULL, held_reason = NULL
-             WHERE appid = ?1 AND agent = ?2",
-            params![key.appid, key.agent, secret.expose(), now],
-        )?;
-        if n == 0 {
-            return Err(no_such_account(key));
-        }
-        Ok(())
-    }
-
-    // ---- tokens ----
-
-    /// The newest token of an account (of `kind`), valid or not. `Ok(None)` means the
-    /// account has none; `get` tells an unknown account apart with `account`.
-    pub fn latest_token(&self, key: &AccountKey, kind: &str) -> Result<Option<TokenRow>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT t.token, t.expires_in, t.fetched_at, t.expires_at
-             FROM accounts a JOIN tokens t ON t.account_id = a.id AND t.kind = ?3
-             WHERE a.appid = ?1 AND a.agent = ?2
-             ORDER BY t.id DESC LIMIT 1",
-        )?;
-        Ok(stmt
-            .query_row(params![key.appid, key.agent, kind], |r| {
-                Ok(TokenRow {
-                    token: r.get(0)?,
-                    expires_in: r.get(1)?,
-                    fetched_at: r.get(2)?,
-                    expires_at: r.get(3)?,
-                })
-            })
-            .optional()?)
-    }
-
-    /// Records a fetch in one transaction, so that a crash leaves all of it or none: the
-    /// new row (unless WeChat handed back the newest one again), the attempt, for a token
-    /// the account's hold (`None` clears it), and the release of the claim if asked.
-    pub fn record_fetch(
+    /// Runs an UPDATE or DELETE of one account; `NotFound` if it touched none.
+    fn change_account(
         &self,
-        account_id: i64,
-        kind: &str,
-        outcome: &Outcome,
-        hold: Option<(i64, &str)>,
-        release: Option<&Holder>,
-    ) -> Result<Recorded> {
-        let tx = Transaction::immediate(&self.conn, &self.path)?;
-        let recorded = match &outcome.result {
-            Ok(fetched) => {
-                let newest: Option<String> = self
-                    .conn
-                    .prepare_cached(
-                        "SELECT token FROM tokens WHERE account_id = ?1 AND kind = ?2
-                         ORDER BY id DESC LIMIT 1",
-                    )?
-                    .query_row(params![account_id, kind], |r| r.get(0))
-                    .optional()?;
-                if newest.as_deref() == Some(fetched.token.as_str()) {
-                    Recorded::Unchanged
-                } else {
-                    self.insert_token(account_id, kind, fetched, outcome.sent_at)?;
-                    Recorded::Inserted
-                }
-            }
-            Err(_) => Recorded::Failed,
-        };
-        self.insert_attempt(account_id, kind, outcome, recorded == Recorded::Unchanged)?;
-        if kind == ACCESS_TOKEN {
-            self.conn
-                .prepare_cached(
-                    "UPDATE accounts SET held_until = ?2, held_reason = ?3 WHERE id = ?1",
-                )?
-                .execute(params![account_id, hold.map(|h| h.0), hold.map(|h| h.1)])?;
+        key: &AccountKey,
+        sql: &str,
+        rest: &[&dyn rusqlite::ToSql],
+    ) -> Result<()> {
+        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&key.appid, &key.agent];
+        values.extend_from_slice(rest);
+        let n = self.conn.execute(sql, values.as_slice())?;
+        if n == 0 {
+            return Err(StoreError::NotFound(key.clone()));
         }
-        if let Some(holder) = release {
-            self.release_in_tx(account_id, holder)?;
-        }
-        tx.commit()?;
-        Ok(recorded)
-    }
-
-    // ---- claims ----
-
-    /// Claims an account for fetching, atomically across processes. A claim that expired,
-    /// or whose holder on this host is no longer running, is taken over.
-    pub fn claim(&self, account_id: i64, holder: &Holder, now: i64, ttl: i64) -> Result<Claim> {
-        let tx = Transaction::immediate(&self.conn, &self.path)?;
-        let current: Option<(String, String, i64, i64)> = self
-            .conn
-            .prepare_cached(
-                "SELECT holder, host, pid, expires_at FROM claims WHERE account_id = ?1",
-            )?
-            .query_row(params![account_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
-            .optional()?;
-        if let Some((id, host, pid, expires_at)) = current {
-            let dead = host == holder.host && !pid_alive(pid);
-            if expires_at > now && !dead && id != holder.id {
-                return Ok(Claim::Busy(id));
-            }
-            if id != holder.id {
-                log::info!(
-                    "taking over the claim of {id} on account {account_id} (expired or dead)"
-                );
-            }
-        }
-        self.conn
-            .prepare_cached(
-                "INSERT OR REPLACE INTO claims (account_id, holder, host, pid, claimed_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![account_id, holder.id, holder.host, holder.pid, now, now + ttl])?;
-        tx.commit()?;
-        Ok(Claim::Claimed)
-    }
-
-    /// Gives a claim back without recording anything (nothing needed fetching).
-    pub fn release(&self, account_id: i64, holder: &Holder) -> Result<()> {
-        self.release_in_tx(account_id, holder)
-    }
-
-    fn release_in_tx(&self, account_id: i64, holder: &Holder) -> Result<()> {
-        self.conn
-            .prepare_cached("DELETE FROM claims WHERE account_id = ?1 AND holder = ?2")?
-            .execute(params![account_id, holder.id])?;
         Ok(())
-    }
-
-    // ---- forced stable-token refreshes ----
-
-    /// When this account's forced refreshes happened, over the last two days.
-    pub fn forced_refreshes(&self, account_id: i64, now: i64) -> Result<Vec<i64>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT at FROM forced_refreshes WHERE account_id = ?1 AND at > ?2")?;
-        let rows = stmt.query_map(params![account_id, now - 2 * 86_400], |r| r.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    pub fn note_forced_refresh(&self, account_id: i64, now: i64) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO forced_refreshes (account_id, at) VALUES (?1, ?2)",
-            params![account_id, now],
-        )?;
-        Ok(())
-    }
-
-    // ---- retention ----
-
-    /// Deletes token rows beyond the newest `keep` per account and kind, except those still
-    /// valid; attempts older than `attempts_before`; forced-refresh records older than two
-    /// days; expired claims. Returns (tokens, attempts) deleted.
-    pub fn prune(&self, now: i64, keep: i64, attempts_before: i64) -> Result<(usize, usize)> {
-        let tx = Transaction::immediate(&self.conn, &self.path)?;
-        let tokens = self.conn.execute(
-            "DELETE FROM tokens WHERE expires_at <= ?1 AND id IN (
-                 SELECT id FROM (
-                     SELECT id, row_number() OVER (PARTITION BY account_id, kind ORDER BY id DESC) AS n
-                     FROM tokens)
-                 WHERE n > ?2)",
-            params![now, keep],
-        )?;
-        let attempts = self.conn.execute(
-            "DELETE FROM attempts WHERE started_at < ?1",
-            params![attempts_before],
-        )?;
-        self.conn.execute(
-            "DELETE FROM forced_refreshes WHERE at < ?1",
-            params![now - 2 * 86_400],
-        )?;
-        self.conn
-            .execute("DELETE FROM claims WHERE expires_at < ?1", params![now])?;
-        tx.commit()?;
-        Ok((tokens, attempts))
     }
 
     fn insert_token(
@@ -635,17 +474,13 @@ impl Store {
         o: &Outcome,
         unchanged: bool,
     ) -> Result<()> {
-        let (outcome, errcode, errmsg, http_status, detail) = match &o.result {
-            Ok(_) if unchanged => ("unchanged", None, None, None, None),
-            Ok(_) => ("ok", None, None, None, None),
-            Err(Failure::WeChat { errcode, errmsg }) => {
-                ("errcode", Some(*errcode), Some(errmsg.clone()), None, None)
-            }
-            Err(Failure::Http { status }) => ("http", None, None, Some(i64::from(*status)), None),
-            Err(Failure::Transport(d)) => ("transport", None, None, None, Some(d.clone())),
-            Err(Failure::NotJson(d)) => ("not_json", None, None, None, Some(d.clone())),
-            Err(Failure::Invalid(d)) => ("invalid", None, None, None, Some(d.clone())),
-        };
+        let AttemptColumns {
+            outcome,
+            errcode,
+            errmsg,
+            http_status,
+            detail,
+        } = AttemptColumns::of(o, unchanged);
         self.conn
             .prepare_cached(
                 "INSERT INTO attempts (account_id, kind, started_at, duration_ms, tries, outcome,
@@ -666,27 +501,350 @@ impl Store {
             ])?;
         Ok(())
     }
+}
 
-    /// The newest attempt of an account for `kind` (a token or a ticket), if any.
-    pub fn last_attempt(&self, account_id: i64, kind: &str) -> Result<Option<AttemptRow>> {
+impl ReadStore for Sqlite {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn export(&self, now: i64) -> Result<Vec<Exported>> {
+        self.accounts()?
+            .into_iter()
+            .map(|account| {
+                let tokens = self.newest_valid_tokens(account.id, now)?;
+                Ok(Exported { account, tokens })
+            })
+            .collect()
+    }
+
+    fn accounts(&self) -> Result<Vec<Account>> {
+        let sql = format!(
+            "SELECT {} FROM accounts ORDER BY appid, agent",
+            Self::ACCOUNT_COLUMNS
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([], Self::account_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn account(&self, key: &AccountKey) -> Result<Option<Account>> {
+        let sql = format!(
+            "SELECT {} FROM accounts WHERE appid = ?1 AND agent = ?2",
+            Self::ACCOUNT_COLUMNS
+        );
+        Ok(self
+            .conn
+            .query_row(&sql, params![key.appid, key.agent], Self::account_from_row)
+            .optional()?)
+    }
+
+    fn latest_token(&self, key: &AccountKey, kind: Credential) -> Result<Option<TokenRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT t.token, t.expires_in, t.fetched_at, t.expires_at
+             FROM accounts a JOIN tokens t ON t.account_id = a.id AND t.kind = ?3
+             WHERE a.appid = ?1 AND a.agent = ?2
+             ORDER BY t.id DESC LIMIT 1",
+        )?;
+        Ok(stmt
+            .query_row(params![key.appid, key.agent, kind.as_str()], |r| {
+                Ok(TokenRow {
+                    token: r.get(0)?,
+                    expires_in: r.get(1)?,
+                    fetched_at: r.get(2)?,
+                    expires_at: r.get(3)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn last_attempt(&self, account_id: i64, kind: Credential) -> Result<Option<Attempt>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT started_at, duration_ms, tries, outcome, errcode, errmsg, http_status, detail
              FROM attempts WHERE account_id = ?1 AND kind = ?2 ORDER BY id DESC LIMIT 1",
         )?;
         Ok(stmt
-            .query_row(params![account_id, kind], |r| {
-                Ok(AttemptRow {
-                    started_at: r.get(0)?,
-                    duration_ms: r.get(1)?,
-                    tries: r.get(2)?,
+            .query_row(params![account_id, kind.as_str()], |r| {
+                let columns = AttemptColumns {
                     outcome: r.get(3)?,
                     errcode: r.get(4)?,
                     errmsg: r.get(5)?,
                     http_status: r.get(6)?,
                     detail: r.get(7)?,
+                };
+                Ok(Attempt {
+                    started_at: r.get(0)?,
+                    duration_ms: r.get(1)?,
+                    tries: r.get(2)?,
+                    result: columns.result(),
                 })
             })
             .optional()?)
+    }
+}
+
+impl Sqlite {
+    fn newest_valid_tokens(&self, account_id: i64, now: i64) -> Result<Vec<(String, TokenRow)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT kind, token, expires_in, fetched_at, expires_at FROM tokens t
+             WHERE account_id = ?1 AND expires_at > ?2
+               AND id = (SELECT max(id) FROM tokens n
+                         WHERE n.account_id = t.account_id AND n.kind = t.kind)
+             ORDER BY kind",
+        )?;
+        let rows = stmt.query_map(params![account_id, now], |r| {
+            Ok((
+                r.get(0)?,
+                TokenRow {
+                    token: r.get(1)?,
+                    expires_in: r.get(2)?,
+                    fetched_at: r.get(3)?,
+                    expires_at: r.get(4)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+impl Store for Sqlite {
+    fn import(&self, items: &[Exported]) -> Result<()> {
+        let tx = Transaction::immediate(&self.conn, &self.path)?;
+        let accounts: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM accounts", [], |r| r.get(0))?;
+        if accounts > 0 {
+            return Err(not_empty(&self.location(), accounts));
+        }
+        for Exported { account: a, tokens } in items {
+            let tickets: Vec<&str> = a.tickets.iter().map(|t| t.as_str()).collect();
+            self.conn.execute(
+                "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at,
+                                       held_until, held_reason, tickets)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    a.key.appid,
+                    a.key.agent,
+                    a.api.as_str(),
+                    a.secret.expose(),
+                    a.enabled,
+                    a.created_at,
+                    a.updated_at,
+                    a.held_until,
+                    a.held_reason,
+                    tickets.join(",")
+                ],
+            )?;
+            let id = self.conn.last_insert_rowid();
+            for (kind, t) in tokens {
+                self.conn.execute(
+                    "INSERT INTO tokens (account_id, kind, token, expires_in, fetched_at, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![id, kind, t.token, t.expires_in, t.fetched_at, t.expires_at],
+                )?;
+            }
+        }
+        tx.commit()
+    }
+
+    fn another(&self) -> Result<Box<dyn Store>> {
+        let store = Sqlite::connect(&self.path, self.holder.clone(), true)?;
+        store.configure(true)?;
+        Ok(Box::new(store))
+    }
+
+    fn add_account(
+        &self,
+        key: &AccountKey,
+        api: Api,
+        secret: &Secret,
+        tickets: &[Ticket],
+        now: i64,
+    ) -> Result<()> {
+        let tickets: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
+        let inserted = self.conn.execute(
+            "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at, tickets)
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6)
+             ON CONFLICT (appid, agent) DO NOTHING",
+            params![key.appid, key.agent, api.as_str(), secret.expose(), now, tickets.join(",")],
+        )?;
+        if inserted == 0 {
+            return Err(StoreError::AlreadyExists(key.clone()));
+        }
+        Ok(())
+    }
+
+    fn remove_account(&self, key: &AccountKey) -> Result<()> {
+        self.change_account(
+            key,
+            "DELETE FROM accounts WHERE appid = ?1 AND agent = ?2",
+            &[],
+        )
+    }
+
+    fn set_enabled(&self, key: &AccountKey, enabled: bool, now: i64) -> Result<()> {
+        self.change_account(
+            key,
+            "UPDATE accounts SET enabled = ?3, updated_at = ?4,
+                    held_until = NULL, held_reason = NULL
+             WHERE appid = ?1 AND agent = ?2",
+            &[&enabled, &now],
+        )
+    }
+
+    fn set_tickets(&self, key: &AccountKey, tickets: &[Ticket], now: i64) -> Result<()> {
+        let list: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
+        self.change_account(
+            key,
+            "UPDATE accounts SET tickets = ?3, updated_at = ?4 WHERE appid = ?1 AND agent = ?2",
+            &[&list.join(","), &now],
+        )
+    }
+
+    fn set_secret(&self, key: &AccountKey, secret: &Secret, now: i64) -> Result<()> {
+        self.change_account(
+            key,
+            "UPDATE accounts SET secret = ?3, updated_at = ?4,
+                    held_until = NULL, held_reason = NULL
+             WHERE appid = ?1 AND agent = ?2",
+            &[&secret.expose(), &now],
+        )
+    }
+
+    fn claim(&self, account_id: i64, now: i64, ttl: i64) -> Result<Claim> {
+        let holder = &self.holder;
+        let tx = Transaction::immediate(&self.conn, &self.path)?;
+        let current: Option<(String, String, i64, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT holder, host, pid, expires_at FROM claims WHERE account_id = ?1",
+            )?
+            .query_row(params![account_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?;
+        if let Some((id, host, pid, expires_at)) = current {
+            let dead = host == holder.host && !pid_alive(pid);
+            if expires_at > now && !dead && id != holder.id {
+                return Ok(Claim::Busy(id));
+            }
+            if id != holder.id {
+                log::info!(
+                    "taking over the claim of {id} on account {account_id} (expired or dead)"
+                );
+            }
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO claims (account_id, holder, host, pid, claimed_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![account_id, holder.id, holder.host, holder.pid, now, now + ttl])?;
+        tx.commit()?;
+        Ok(Claim::Claimed)
+    }
+
+    fn release(&self, account_id: i64) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM claims WHERE account_id = ?1 AND holder = ?2")?
+            .execute(params![account_id, self.holder.id])?;
+        Ok(())
+    }
+
+    fn record_fetch(
+        &self,
+        account_id: i64,
+        kind: Credential,
+        outcome: &Outcome,
+        hold: Option<(i64, &str)>,
+    ) -> Result<Recorded> {
+        let tx = Transaction::immediate(&self.conn, &self.path)?;
+        let recorded = match &outcome.result {
+            Ok(fetched) => {
+                let newest: Option<String> = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT token FROM tokens WHERE account_id = ?1 AND kind = ?2
+                         ORDER BY id DESC LIMIT 1",
+                    )?
+                    .query_row(params![account_id, kind.as_str()], |r| r.get(0))
+                    .optional()?;
+                if newest.as_deref() == Some(fetched.token.as_str()) {
+                    Recorded::Unchanged
+                } else {
+                    self.insert_token(account_id, kind.as_str(), fetched, outcome.sent_at)?;
+                    Recorded::Inserted
+                }
+            }
+            Err(_) => Recorded::Failed,
+        };
+        self.insert_attempt(
+            account_id,
+            kind.as_str(),
+            outcome,
+            recorded == Recorded::Unchanged,
+        )?;
+        if kind == Credential::AccessToken {
+            self.conn
+                .prepare_cached(
+                    "UPDATE accounts SET held_until = ?2, held_reason = ?3 WHERE id = ?1",
+                )?
+                .execute(params![account_id, hold.map(|h| h.0), hold.map(|h| h.1)])?;
+        }
+        tx.commit()?;
+        Ok(recorded)
+    }
+
+    fn forced_refreshes(&self, account_id: i64, now: i64) -> Result<Vec<i64>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT at FROM forced_refreshes WHERE account_id = ?1 AND at > ?2")?;
+        let since = now - policy::FORCED_REFRESH_RETENTION;
+        let rows = stmt.query_map(params![account_id, since], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn note_forced_refresh(&self, account_id: i64, now: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO forced_refreshes (account_id, at) VALUES (?1, ?2)",
+            params![account_id, now],
+        )?;
+        Ok(())
+    }
+
+    fn prune(&self, now: i64, keep: i64, attempts_before: i64) -> Result<(usize, usize)> {
+        let tx = Transaction::immediate(&self.conn, &self.path)?;
+        let tokens = self.conn.execute(
+            "DELETE FROM tokens WHERE expires_at <= ?1 AND id IN (
+                 SELECT id FROM (
+                     SELECT id, row_number() OVER (PARTITION BY account_id, kind ORDER BY id DESC) AS n
+                     FROM tokens)
+                 WHERE n > ?2)",
+            params![now, keep],
+        )?;
+        let attempts = self.conn.execute(
+            "DELETE FROM attempts WHERE started_at < ?1",
+            params![attempts_before],
+        )?;
+        self.conn.execute(
+            "DELETE FROM forced_refreshes WHERE at < ?1",
+            params![now - policy::FORCED_REFRESH_RETENTION],
+        )?;
+        self.conn
+            .execute("DELETE FROM claims WHERE expires_at < ?1", params![now])?;
+        tx.commit()?;
+        Ok((tokens, attempts))
+    }
+}
+
+impl Holder {
+    /// A read-only store claims nothing.
+    pub(crate) fn nobody() -> Holder {
+        Holder {
+            host: String::new(),
+            pid: 0,
+            id: String::new(),
+        }
     }
 }
 
@@ -719,8 +877,64 @@ impl Drop for Transaction<'_> {
     }
 }
 
+/// How an attempt is stored, in both backends: the outcome's name and its details.
+pub(crate) struct AttemptColumns<S> {
+    pub(crate) outcome: S,
+    pub(crate) errcode: Option<i64>,
+    pub(crate) errmsg: Option<String>,
+    pub(crate) http_status: Option<i64>,
+    pub(crate) detail: Option<String>,
+}
+
+impl AttemptColumns<&'static str> {
+    pub(crate) fn of(o: &Outcome, unchanged: bool) -> Self {
+        let (outcome, errcode, errmsg, http_status, detail) = match &o.result {
+            Ok(_) if unchanged => ("unchanged", None, None, None, None),
+            Ok(_) => ("ok", None, None, None, None),
+            Err(Failure::WeChat { errcode, errmsg }) => {
+                ("errcode", Some(*errcode), Some(errmsg.clone()), None, None)
+            }
+            Err(Failure::Http { status }) => ("http", None, None, Some(i64::from(*status)), None),
+            Err(Failure::Transport(d)) => ("transport", None, None, None, Some(d.clone())),
+            Err(Failure::NotJson(d)) => ("not_json", None, None, None, Some(d.clone())),
+            Err(Failure::Invalid(d)) => ("invalid", None, None, None, Some(d.clone())),
+        };
+        AttemptColumns {
+            outcome,
+            errcode,
+            errmsg,
+            http_status,
+            detail,
+        }
+    }
+}
+
+impl AttemptColumns<String> {
+    pub(crate) fn result(self) -> AttemptResult {
+        let detail = self.detail.unwrap_or_default();
+        match self.outcome.as_str() {
+            "ok" => AttemptResult::Ok,
+            "unchanged" => AttemptResult::Unchanged,
+            "errcode" => AttemptResult::Failed(Failure::WeChat {
+                errcode: self.errcode.unwrap_or(0),
+                errmsg: self.errmsg.unwrap_or_default(),
+            }),
+            "http" => AttemptResult::Failed(Failure::Http {
+                status: u16::try_from(self.http_status.unwrap_or(0)).unwrap_or(0),
+            }),
+            "transport" => AttemptResult::Failed(Failure::Transport(detail)),
+            "not_json" => AttemptResult::Failed(Failure::NotJson(detail)),
+            // A PostgreSQL holder whose lease was taken over while it fetched.
+            "lost_claim" => {
+                AttemptResult::Failed(Failure::Invalid(format!("fetched, but dropped: {detail}")))
+            }
+            _ => AttemptResult::Failed(Failure::Invalid(detail)),
+        }
+    }
+}
+
 /// Unknown names are dropped: a newer wxtoken may know more kinds than this one.
-fn parse_tickets(list: &str) -> Vec<Ticket> {
+pub(crate) fn parse_tickets(list: &str) -> Vec<Ticket> {
     list.split(',').filter_map(Ticket::parse).collect()
 }
 
@@ -735,20 +949,15 @@ pub(crate) fn pid_alive(pid: i64) -> bool {
     }
 }
 
-fn already_exists(key: &AccountKey) -> anyhow::Error {
-    fail(
-        exit::ACCOUNT,
-        format!(
-            "account {key} already exists; use `wxtoken account set-secret` to change its secret"
-        ),
-    )
-}
-
-fn no_such_account(key: &AccountKey) -> anyhow::Error {
-    fail(
-        exit::ACCOUNT,
-        format!("no such account {key} (see wxtoken account list)"),
-    )
+/// A path that must already hold a database: reading never creates one.
+fn require_file(path: &Path) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    Err(StoreError::Schema(format!(
+        "database {} does not exist; add an account first (wxtoken account add)",
+        path.display()
+    )))
 }
 
 /// The directory must exist: a typo in --db should not scatter databases around.
@@ -758,27 +967,39 @@ fn check_dir(path: &Path) -> Result<()> {
         _ => return Ok(()),
     };
     if !dir.is_dir() {
-        return Err(fail(
-            exit::DATABASE,
-            format!(
-                "database directory {} does not exist; create it or choose another path with --db",
-                dir.display()
-            ),
-        ));
+        return Err(StoreError::Io(format!(
+            "database directory {} does not exist; create it or choose another path with --db",
+            dir.display()
+        )));
     }
     Ok(())
 }
 
-/// Every database failure names the file and exits with `DATABASE`.
-fn db_error(err: impl fmt::Display, path: &Path) -> anyhow::Error {
+/// Creates the default directory (0700: the database in it holds secrets). A directory
+/// named with --db must exist already, so that a typo does not scatter databases around.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| StoreError::Io(format!("could not create directory {}: {e}", dir.display())))
+}
+
+/// A failure to open or lock the database names the file.
+fn db_error(err: rusqlite::Error, path: &Path) -> StoreError {
+    let code = err.sqlite_error_code();
     let text = err.to_string();
     let reason = if text.contains("file is not a database") {
         "not an SQLite database (left untouched)".to_string()
     } else {
         text
     };
-    fail(
-        exit::DATABASE,
+    classify(
+        code,
         format!("could not use database {}: {reason}", path.display()),
     )
 }
@@ -786,6 +1007,13 @@ fn db_error(err: impl fmt::Display, path: &Path) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn temp_path(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("wxtoken-store-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("wxtoken.db")
+    }
 
     #[test]
     fn every_migration_applies_to_an_empty_database() {
@@ -801,5 +1029,60 @@ mod tests {
             )
             .unwrap();
         assert!(tables >= 3);
+    }
+
+    /// The real migrate step, from every older version: its transaction applies what is
+    /// missing and bumps the version, and a row written at the old version survives.
+    #[test]
+    fn migrate_upgrades_every_older_version() {
+        for from in 1..MIGRATIONS.len() {
+            let path = temp_path(&format!("migrate-{from}"));
+            {
+                let conn = Connection::open(&path).unwrap();
+                for sql in &MIGRATIONS[..from] {
+                    conn.execute_batch(sql).unwrap();
+                }
+                conn.pragma_update(None, "user_version", from as i64)
+                    .unwrap();
+                conn.execute(
+                    "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at)
+                     VALUES ('wxold', '', 'token', 's', 1, 1, 1)",
+                    [],
+                )
+                .unwrap();
+            }
+            assert!(matches!(
+                Sqlite::open_readonly(&path),
+                Err(StoreError::Schema(m)) if m.contains("run any writing command")
+            ));
+            let store = Sqlite::open(&path, Holder::current()).unwrap();
+            assert_eq!(store.user_version().unwrap(), MIGRATIONS.len() as i64);
+            let key = AccountKey::appid("wxold").unwrap();
+            assert!(store.account(&key).unwrap().is_some(), "from {from}");
+            drop(store);
+            Sqlite::open_readonly(&path).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_failed_migration_leaves_the_old_version() {
+        let path = temp_path("migrate-fails");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            // Makes migration 2 fail halfway: a table it creates exists already.
+            conn.execute_batch("CREATE TABLE claims (x)").unwrap();
+        }
+        let err = Sqlite::open(&path, Holder::current()).err().unwrap();
+        assert!(
+            matches!(err, StoreError::Schema(ref m) if m.contains("migration 2")),
+            "{err}"
+        );
+        let conn = Connection::open(&path).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 1, "rolled back, version unchanged");
     }
 }

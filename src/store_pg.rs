@@ -1,8 +1,8 @@
-//! The PostgreSQL store: the same operations as the SQLite store, for a fleet of hosts
-//! sharing one database. The only other module with SQL besides `store.rs`.
+//! The PostgreSQL backend of the `Store` interface, for a fleet of hosts sharing one
+//! database. The only module with SQL besides `store.rs`.
 //!
 //! What differs from SQLite, and why:
-//! - Every time that decides something (claims, token expiry, `get`'s validity check)
+//! - Every time that decides something (claims, token times, `get`'s validity check)
 //!   comes from the server's clock, `now()`, so clock skew between hosts cannot let two
 //!   holders fetch one account or a reader hand out an expired token.
 //! - A claim is a lease row taken and released in single autocommit statements. No
@@ -12,19 +12,19 @@
 //!   that lost it records a `lost_claim` attempt and drops its token.
 //! - Secrets live in `account_secrets`, which the reader grant never names.
 
-use std::fmt;
+use std::cell::{RefCell, RefMut};
 
-use anyhow::{Context, Result};
 use postgres::Client;
 use postgres::types::{ToSql, Type};
 
-use crate::exit::{self, fail};
-use crate::pgconf::PgConfig;
-use crate::secret::Secret;
-use crate::store::{
-    ACCESS_TOKEN, Account, AccountKey, AttemptRow, Claim, Holder, Recorded, TokenRow,
+use crate::domain::{
+    Account, AccountKey, Api, Attempt, Credential, Outcome, Secret, Ticket, TokenRow,
 };
-use crate::wechat::{Api, Failure, Outcome, Ticket};
+use crate::pgconf::PgConfig;
+use crate::store::{
+    AttemptColumns, Claim, Exported, Holder, ReadStore, Recorded, Result, Store, StoreError,
+    not_empty, parse_tickets, pid_alive,
+};
 
 /// Every PostgreSQL migration, in order; the schema version is how many are applied.
 const MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres/0001_init.sql")];
@@ -36,106 +36,100 @@ const MIGRATION_LOCK: i64 = 0x7778_746f_6b65_6e00; // "wxtoken\0"
 /// The database clock, in the Unix seconds every time column holds.
 const NOW: &str = "extract(epoch from now())::bigint";
 
-pub struct PgStore {
-    client: Client,
+/// A connection to a wxtoken database on a PostgreSQL server.
+pub struct Postgres {
+    client: RefCell<Client>,
     config: PgConfig,
+    holder: Holder,
 }
 
-/// A fetch recorded after this holder's lease was taken over.
-#[derive(Debug)]
-pub struct LostClaim;
-
-impl fmt::Display for LostClaim {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(
-            "the claim expired during the fetch and another refresher took it over; \
-             the token was dropped (raise --timeout's margin if this repeats)",
-        )
+/// A server error as one line (the client's own `Display` says only "db error"), in the
+/// store's error vocabulary.
+fn pg_error(config: &PgConfig, err: &postgres::Error) -> StoreError {
+    let text = match err.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity().to_lowercase(), db.message()),
+        None => err.to_string(),
+    };
+    let message = format!("could not use database {config}: {text}");
+    match err.code().map(|c| c.code()) {
+        // serialization_failure, deadlock_detected, lock_not_available
+        Some("40001" | "40P01" | "55P03") => StoreError::Busy(message),
+        // undefined_table, undefined_column: not (or not yet) a wxtoken database
+        Some("42P01" | "42703") => StoreError::Schema(message),
+        _ => StoreError::Io(message),
     }
 }
 
-impl std::error::Error for LostClaim {}
-
-impl PgStore {
+impl Postgres {
     /// Connects and applies pending migrations.
-    pub fn open(config: &PgConfig) -> Result<PgStore> {
-        let mut store = PgStore::connect(config)?;
+    pub fn open(config: &PgConfig, holder: Holder) -> Result<Postgres> {
+        let store = Postgres::connect(config, holder)?;
         store.migrate()?;
         Ok(store)
     }
 
     /// Connects for reading: no migration, and a schema of another version is refused.
-    pub fn open_readonly(config: &PgConfig) -> Result<PgStore> {
-        let mut store = PgStore::connect(config)?;
+    pub fn open_read(config: &PgConfig) -> Result<Postgres> {
+        let store = Postgres::connect(config, Holder::nobody())?;
         let version = store.version()?;
         if version != MIGRATIONS.len() as i64 {
             store.check_version(version)?;
-            return Err(fail(
-                exit::DATABASE,
-                format!(
-                    "database {} has schema version {version}, this wxtoken needs {}; \
-                     run any writing command (e.g. wxtoken status) once to upgrade it",
-                    store.config,
-                    MIGRATIONS.len()
-                ),
-            ));
+            return Err(StoreError::Schema(format!(
+                "database {config} has schema version {version}, this wxtoken needs {}; \
+                 run any writing command (e.g. wxtoken status) once to upgrade it",
+                MIGRATIONS.len()
+            )));
         }
         Ok(store)
     }
 
-    fn connect(config: &PgConfig) -> Result<PgStore> {
-        let client = crate::pgconn::connect(config).map_err(|e| fail(exit::DATABASE, e))?;
-        Ok(PgStore {
-            client,
+    fn connect(config: &PgConfig, holder: Holder) -> Result<Postgres> {
+        let client = crate::pgconn::connect(config).map_err(StoreError::Io)?;
+        Ok(Postgres {
+            client: RefCell::new(client),
             config: config.clone(),
+            holder,
         })
     }
 
-    /// The server, as `status` shows it: the URL without its password.
-    pub fn describe(&self) -> String {
-        self.config.to_string()
+    /// The connection. Never borrowed across another call of ours.
+    fn c(&self) -> RefMut<'_, Client> {
+        self.client.borrow_mut()
     }
 
-    fn db_error(&self, err: impl Into<DbText>) -> anyhow::Error {
-        fail(
-            exit::DATABASE,
-            format!("could not use database {}: {}", self.config, err.into().0),
-        )
+    fn err(&self, e: postgres::Error) -> StoreError {
+        pg_error(&self.config, &e)
     }
 
     // ---- schema ----
 
     /// The applied schema version: 0 for an empty database.
-    fn version(&mut self) -> Result<i64> {
-        let exists: bool = self
-            .client
+    fn version(&self) -> Result<i64> {
+        let mut c = self.c();
+        let exists: bool = c
             .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
-            .map_err(|e| self.db_error(e))?
+            .map_err(|e| self.err(e))?
             .get(0);
         if !exists {
             return Ok(0);
         }
-        let row = self
-            .client
+        let row = c
             .query_one(
                 "SELECT coalesce(max(version), 0)::bigint FROM schema_migrations",
                 &[],
             )
-            .map_err(|e| self.db_error(e))?;
+            .map_err(|e| self.err(e))?;
         Ok(row.get(0))
     }
 
     fn check_version(&self, version: i64) -> Result<()> {
         if version > MIGRATIONS.len() as i64 {
-            return Err(fail(
-                exit::DATABASE,
-                format!(
-                    "database {} has schema version {version}, newer than this wxtoken \
-                     understands ({}); upgrade wxtoken",
-                    self.config,
-                    MIGRATIONS.len()
-                ),
-            ));
+            return Err(StoreError::Schema(format!(
+                "database {} has schema version {version}, newer than this wxtoken \
+                 understands ({}); upgrade wxtoken",
+                self.config,
+                MIGRATIONS.len()
+            )));
         }
         Ok(())
     }
@@ -143,43 +137,30 @@ impl PgStore {
     /// Applies every pending migration in one transaction that first takes an advisory
     /// lock, so that two hosts upgrading at once run one after the other and the second
     /// finds nothing left to do. DDL is transactional in PostgreSQL: all or nothing.
-    fn migrate(&mut self) -> Result<()> {
+    fn migrate(&self) -> Result<()> {
         if self.version()? == MIGRATIONS.len() as i64 {
             return Ok(());
         }
-        let config = self.config.clone();
-        let dberr = |e: postgres::Error| {
-            fail(
-                exit::DATABASE,
-                format!("could not use database {config}: {}", DbText::from(e).0),
-            )
-        };
-        let mut tx = self.client.transaction().map_err(dberr)?;
+        let config = &self.config;
+        let err = |e: postgres::Error| pg_error(config, &e);
+        let mut c = self.c();
+        let mut tx = c.transaction().map_err(err)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .map_err(dberr)?;
+            .map_err(err)?;
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                  version    integer PRIMARY KEY,
                  applied_at timestamptz NOT NULL DEFAULT now())",
         )
-        .map_err(dberr)?;
+        .map_err(err)?;
         let version: i64 = tx
             .query_one(
                 "SELECT coalesce(max(version), 0)::bigint FROM schema_migrations",
                 &[],
             )
-            .map_err(dberr)?
+            .map_err(err)?
             .get(0);
-        if version > MIGRATIONS.len() as i64 {
-            return Err(fail(
-                exit::DATABASE,
-                format!(
-                    "database {config} has schema version {version}, newer than this wxtoken \
-                     understands ({}); upgrade wxtoken",
-                    MIGRATIONS.len()
-                ),
-            ));
-        }
+        self.check_version(version)?;
         if version == 0 {
             let foreign: i64 = tx
                 .query_one(
@@ -187,81 +168,53 @@ impl PgStore {
                      WHERE schemaname = current_schema() AND tablename = 'accounts'",
                     &[],
                 )
-                .map_err(dberr)?
+                .map_err(err)?
                 .get(0);
             if foreign > 0 {
-                return Err(fail(
-                    exit::DATABASE,
-                    format!(
-                        "{config} already has an accounts table that wxtoken did not create; \
-                         refusing to touch it (use another database or schema)"
-                    ),
-                ));
+                return Err(StoreError::Schema(format!(
+                    "{config} already has an accounts table that wxtoken did not create; \
+                     refusing to touch it (use another database or schema)"
+                )));
             }
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let n = i as i32 + 1;
-            tx.batch_execute(sql)
-                .with_context(|| format!("postgresql migration {n} failed"))?;
+            tx.batch_execute(sql).map_err(|e| {
+                StoreError::Schema(format!(
+                    "postgresql migration {n} failed: {}",
+                    pg_error(config, &e)
+                ))
+            })?;
             tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[&n])
-                .map_err(dberr)?;
+                .map_err(err)?;
         }
-        tx.commit().map_err(dberr)
+        tx.commit().map_err(err)
     }
 
-    /// The server's clock, in Unix seconds.
-    pub fn now(&mut self) -> Result<i64> {
-        let row = self
-            .client
-            .query_one(&format!("SELECT {NOW}"), &[])
-            .map_err(|e| self.db_error(e))?;
-        Ok(row.get(0))
-    }
+    // ---- helpers ----
 
-    // ---- accounts ----
-
-    pub fn add_account(
-        &mut self,
-        key: &AccountKey,
-        api: Api,
-        secret: &Secret,
-        tickets: &[Ticket],
-        now: i64,
-    ) -> Result<()> {
-        let tickets: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
-        let mut tx = self.client.transaction()?;
-        let row = tx.query_opt(
-            "INSERT INTO accounts (appid, agent, api, enabled, created_at, updated_at, tickets)
-             VALUES ($1, $2, $3, true, $4, $4, $5)
-             ON CONFLICT (appid, agent) DO NOTHING RETURNING id",
-            &[
-                &key.appid,
-                &key.agent,
-                &api.as_str(),
-                &now,
-                &tickets.join(","),
-            ],
-        )?;
-        let Some(row) = row else {
-            return Err(already_exists(key));
+    /// Accounts matching `rest` (a WHERE and/or ORDER BY clause). Only a writing handle
+    /// reads the secrets: a reader role may select accounts, never `account_secrets`.
+    fn select_accounts(&self, rest: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Account>> {
+        let (secret, join) = if self.holder.id.is_empty() {
+            ("NULL::text", "")
+        } else {
+            (
+                "s.secret",
+                "LEFT JOIN account_secrets s ON s.account_id = a.id",
+            )
         };
-        let id: i64 = row.get(0);
-        tx.execute(
-            "INSERT INTO account_secrets (account_id, secret) VALUES ($1, $2)",
-            &[&id, &secret.expose()],
-        )?;
-        tx.commit()?;
-        Ok(())
+        let sql = format!(
+            "SELECT a.id, a.appid, a.agent, a.api, {secret}, a.enabled, a.created_at,
+                    a.updated_at, a.held_until, a.held_reason, a.tickets
+             FROM accounts a {join} {rest}"
+        );
+        let rows = self.c().query(&sql, params).map_err(|e| self.err(e))?;
+        Ok(rows.iter().map(Self::account_from_row).collect())
     }
-
-    const ACCOUNT_SELECT: &'static str =
-        "SELECT a.id, a.appid, a.agent, a.api, s.secret, a.enabled, a.created_at,
-                a.updated_at, a.held_until, a.held_reason, a.tickets
-         FROM accounts a LEFT JOIN account_secrets s ON s.account_id = a.id";
 
     fn account_from_row(row: &postgres::Row) -> Account {
         let api: String = row.get(3);
-        let tickets: String = row.get(10);
         Account {
             id: row.get(0),
             key: AccountKey {
@@ -275,156 +228,373 @@ impl PgStore {
             updated_at: row.get(7),
             held_until: row.get(8),
             held_reason: row.get(9),
-            tickets: tickets.split(',').filter_map(Ticket::parse).collect(),
+            tickets: parse_tickets(&row.get::<_, String>(10)),
         }
     }
 
-    /// Every account, ordered by appid then agent.
-    pub fn accounts(&mut self) -> Result<Vec<Account>> {
-        let sql = format!("{} ORDER BY a.appid, a.agent", Self::ACCOUNT_SELECT);
-        let rows = self.client.query(&sql, &[])?;
-        Ok(rows.iter().map(Self::account_from_row).collect())
+    /// Runs an UPDATE of one account (appid $1, agent $2); `NotFound` if it touched none.
+    fn change_account(
+        &self,
+        key: &AccountKey,
+        sql: &str,
+        rest: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<i64>> {
+        let mut values: Vec<&(dyn ToSql + Sync)> = vec![&key.appid, &key.agent];
+        values.extend_from_slice(rest);
+        let row = self.c().query_opt(sql, &values).map_err(|e| self.err(e))?;
+        match row {
+            Some(row) => Ok(Some(row.get(0))),
+            None => Err(StoreError::NotFound(key.clone())),
+        }
     }
 
-    pub fn account(&mut self, key: &AccountKey) -> Result<Option<Account>> {
-        let sql = format!(
-            "{} WHERE a.appid = $1 AND a.agent = $2",
-            Self::ACCOUNT_SELECT
-        );
-        let row = self.client.query_opt(&sql, &[&key.appid, &key.agent])?;
-        Ok(row.as_ref().map(Self::account_from_row))
+    // ---- readers ----
+
+    /// Lets `role` read tokens and nothing else: the newest-token view, the accounts
+    /// (which hold no secret) and the schema version. Never the secrets, never a write.
+    /// Returns the statements applied.
+    pub fn grant_reader(&self, role: &str) -> anyhow::Result<Vec<String>> {
+        let mut c = self.c();
+        let exists = c
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
+            .map_err(|e| self.err(e))?
+            .is_some();
+        if !exists {
+            return Err(crate::exit::fail(
+                crate::exit::Exit::Usage,
+                format!(
+                    "role '{}' does not exist on {}; create it first (CREATE ROLE ... LOGIN)",
+                    crate::policy::one_line(role, 64),
+                    self.config
+                ),
+            ));
+        }
+        let schema: String = c
+            .query_one("SELECT current_schema()", &[])
+            .map_err(|e| self.err(e))?
+            .get(0);
+        let statements = reader_grants(role, &schema);
+        let mut tx = c.transaction().map_err(|e| self.err(e))?;
+        for sql in &statements {
+            tx.batch_execute(sql)
+                .map_err(|e| pg_error(&self.config, &e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(statements)
+    }
+}
+
+impl ReadStore for Postgres {
+    fn location(&self) -> String {
+        self.config.to_string()
     }
 
-    pub fn remove_account(&mut self, key: &AccountKey) -> Result<()> {
-        let n = self.client.execute(
-            "DELETE FROM accounts WHERE appid = $1 AND agent = $2",
+    fn accounts(&self) -> Result<Vec<Account>> {
+        self.select_accounts("ORDER BY a.appid, a.agent", &[])
+    }
+
+    fn account(&self, key: &AccountKey) -> Result<Option<Account>> {
+        let found = self.select_accounts(
+            "WHERE a.appid = $1 AND a.agent = $2",
             &[&key.appid, &key.agent],
         )?;
-        if n == 0 {
-            return Err(no_such_account(key));
-        }
-        Ok(())
+        Ok(found.into_iter().next())
     }
 
-    pub fn set_enabled(&mut self, key: &AccountKey, enabled: bool, now: i64) -> Result<()> {
-        let n = self.client.execute(
-            "UPDATE accounts SET enabled = $3, updated_at = $4, held_until = NULL, held_reason = NULL
-             WHERE appid = $1 AND agent = $2",
-            &[&key.appid, &key.agent, &enabled, &now],
-        )?;
-        if n == 0 {
-            return Err(no_such_account(key));
-        }
-        Ok(())
-    }
-
-    pub fn set_tickets(&mut self, key: &AccountKey, tickets: &[Ticket], now: i64) -> Result<()> {
-        let list: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
-        let n = self.client.execute(
-            "UPDATE accounts SET tickets = $3, updated_at = $4 WHERE appid = $1 AND agent = $2",
-            &[&key.appid, &key.agent, &list.join(","), &now],
-        )?;
-        if n == 0 {
-            return Err(no_such_account(key));
-        }
-        Ok(())
-    }
-
-    pub fn set_secret(&mut self, key: &AccountKey, secret: &Secret, now: i64) -> Result<()> {
-        let mut tx = self.client.transaction()?;
-        let row = tx.query_opt(
-            "UPDATE accounts SET updated_at = $3, held_until = NULL, held_reason = NULL
-             WHERE appid = $1 AND agent = $2 RETURNING id",
-            &[&key.appid, &key.agent, &now],
-        )?;
-        let Some(row) = row else {
-            return Err(no_such_account(key));
-        };
-        let id: i64 = row.get(0);
-        tx.execute(
-            "INSERT INTO account_secrets (account_id, secret) VALUES ($1, $2)
-             ON CONFLICT (account_id) DO UPDATE SET secret = EXCLUDED.secret",
-            &[&id, &secret.expose()],
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    // ---- tokens ----
-
-    /// The newest token of an account (of `kind`), valid or not, and the server's clock to
-    /// judge it by. One round trip, through the reader view, with no named prepared
-    /// statement, so that it works for a reader role and behind a transaction pooler.
-    pub fn latest_token(
-        &mut self,
-        key: &AccountKey,
-        kind: &str,
-    ) -> Result<(Option<TokenRow>, i64)> {
+    /// One round trip, through the reader view, with no named prepared statement (so it
+    /// works for a reader role and behind a transaction pooler). The row's times are
+    /// shifted into this host's clock by the server's: a caller that judges validity with
+    /// its own clock then agrees with the server, however far this host's clock is off.
+    fn latest_token(&self, key: &AccountKey, kind: Credential) -> Result<Option<TokenRow>> {
         let sql = format!(
             "SELECT n.token, n.expires_in, n.fetched_at, n.expires_at, {NOW}
              FROM (SELECT 1) one LEFT JOIN latest_tokens n
                   ON n.appid = $1 AND n.agent = $2 AND n.kind = $3"
         );
+        let kind = kind.as_str();
         let params: [(&(dyn ToSql + Sync), Type); 3] = [
             (&key.appid, Type::TEXT),
             (&key.agent, Type::TEXT),
             (&kind, Type::TEXT),
         ];
-        let row = self
-            .client
+        let rows = self
+            .c()
             .query_typed(&sql, &params)
-            .map_err(|e| self.db_error(e))?
-            .pop()
-            .ok_or_else(|| self.db_error("no row from the clock"))?;
-        let now: i64 = row.get(4);
-        let token = row.get::<_, Option<String>>(0).map(|token| TokenRow {
+            .map_err(|e| self.err(e))?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let server_now: i64 = row.get(4);
+        let skew = crate::wechat::unix_now() - server_now;
+        Ok(row.get::<_, Option<String>>(0).map(|token| TokenRow {
             token,
             expires_in: row.get(1),
-            fetched_at: row.get(2),
-            expires_at: row.get(3),
-        });
-        Ok((token, now))
+            fetched_at: row.get::<_, i64>(2) + skew,
+            expires_at: row.get::<_, i64>(3) + skew,
+        }))
     }
 
-    /// Records a fetch in one transaction, only if `holder` still holds the account's
-    /// lease: the new row (unless WeChat handed back the newest one again), the attempt,
-    /// the hold for a token, and the lease's release if asked. The token's times are the
-    /// lease's `claimed_at` on the server's clock: taken before the request was sent, so
-    /// the stored expiry is never later than WeChat's.
-    pub fn record_fetch(
-        &mut self,
+    fn last_attempt(&self, account_id: i64, kind: Credential) -> Result<Option<Attempt>> {
+        let row = self
+            .c()
+            .query_opt(
+                "SELECT started_at, duration_ms, tries, outcome, errcode, errmsg, http_status, detail
+                 FROM attempts WHERE account_id = $1 AND kind = $2 ORDER BY id DESC LIMIT 1",
+                &[&account_id, &kind.as_str()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(row.map(|r| {
+            let columns = AttemptColumns {
+                outcome: r.get::<_, String>(3),
+                errcode: r.get(4),
+                errmsg: r.get(5),
+                http_status: r.get(6),
+                detail: r.get(7),
+            };
+            Attempt {
+                started_at: r.get(0),
+                duration_ms: r.get(1),
+                tries: r.get(2),
+                result: columns.result(),
+            }
+        }))
+    }
+
+    fn export(&self, _now: i64) -> Result<Vec<Exported>> {
+        let accounts = self.accounts()?;
+        let rows = self
+            .c()
+            .query(
+                &format!(
+                    "SELECT t.account_id, t.kind, t.token, t.expires_in, t.fetched_at, t.expires_at
+                     FROM tokens t
+                     WHERE t.expires_at > {NOW}
+                       AND t.id = (SELECT max(n.id) FROM tokens n
+                                   WHERE n.account_id = t.account_id AND n.kind = t.kind)
+                     ORDER BY t.account_id, t.kind"
+                ),
+                &[],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(accounts
+            .into_iter()
+            .map(|account| {
+                let tokens = rows
+                    .iter()
+                    .filter(|r| r.get::<_, i64>(0) == account.id)
+                    .map(|r| {
+                        let row = TokenRow {
+                            token: r.get(2),
+                            expires_in: r.get(3),
+                            fetched_at: r.get(4),
+                            expires_at: r.get(5),
+                        };
+                        (r.get(1), row)
+                    })
+                    .collect();
+                Exported { account, tokens }
+            })
+            .collect())
+    }
+}
+
+impl Store for Postgres {
+    fn another(&self) -> Result<Box<dyn Store>> {
+        Ok(Box::new(Postgres::connect(
+            &self.config,
+            self.holder.clone(),
+        )?))
+    }
+
+    fn add_account(
+        &self,
+        key: &AccountKey,
+        api: Api,
+        secret: &Secret,
+        tickets: &[Ticket],
+        now: i64,
+    ) -> Result<()> {
+        let tickets: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
+        let config = &self.config;
+        let err = |e: postgres::Error| pg_error(config, &e);
+        let mut c = self.c();
+        let mut tx = c.transaction().map_err(err)?;
+        let row = tx
+            .query_opt(
+                "INSERT INTO accounts (appid, agent, api, enabled, created_at, updated_at, tickets)
+                 VALUES ($1, $2, $3, true, $4, $4, $5)
+                 ON CONFLICT (appid, agent) DO NOTHING RETURNING id",
+                &[
+                    &key.appid,
+                    &key.agent,
+                    &api.as_str(),
+                    &now,
+                    &tickets.join(","),
+                ],
+            )
+            .map_err(err)?;
+        let Some(row) = row else {
+            return Err(StoreError::AlreadyExists(key.clone()));
+        };
+        let id: i64 = row.get(0);
+        tx.execute(
+            "INSERT INTO account_secrets (account_id, secret) VALUES ($1, $2)",
+            &[&id, &secret.expose()],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    fn remove_account(&self, key: &AccountKey) -> Result<()> {
+        let sql = "DELETE FROM accounts WHERE appid = $1 AND agent = $2 RETURNING id";
+        self.change_account(key, sql, &[]).map(drop)
+    }
+
+    fn set_enabled(&self, key: &AccountKey, enabled: bool, now: i64) -> Result<()> {
+        let sql = "UPDATE accounts SET enabled = $3, updated_at = $4,
+                       held_until = NULL, held_reason = NULL
+                   WHERE appid = $1 AND agent = $2 RETURNING id";
+        self.change_account(key, sql, &[&enabled, &now]).map(drop)
+    }
+
+    fn set_tickets(&self, key: &AccountKey, tickets: &[Ticket], now: i64) -> Result<()> {
+        let list: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
+        let sql = "UPDATE accounts SET tickets = $3, updated_at = $4
+                   WHERE appid = $1 AND agent = $2 RETURNING id";
+        self.change_account(key, sql, &[&list.join(","), &now])
+            .map(drop)
+    }
+
+    fn set_secret(&self, key: &AccountKey, secret: &Secret, now: i64) -> Result<()> {
+        let sql = "UPDATE accounts SET updated_at = $3, held_until = NULL, held_reason = NULL
+                   WHERE appid = $1 AND agent = $2 RETURNING id";
+        // Two statements, both idempotent: a crash between them leaves the old secret.
+        let id = self.change_account(key, sql, &[&now])?;
+        self.c()
+            .execute(
+                "INSERT INTO account_secrets (account_id, secret) VALUES ($1, $2)
+                 ON CONFLICT (account_id) DO UPDATE SET secret = EXCLUDED.secret",
+                &[&id, &secret.expose()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Takes the account's lease for `ttl` seconds of server time, in one statement: it
+    /// succeeds when nobody holds it, the lease expired, or we hold it already. A holder
+    /// on this host whose process is gone is taken over at once; one on another host only
+    /// when its lease expires (a pid cannot be probed elsewhere). `now` is not used: the
+    /// server's clock decides.
+    fn claim(&self, account_id: i64, _now: i64, ttl: i64) -> Result<Claim> {
+        let h = &self.holder;
+        let pid = i64::from(h.pid);
+        let taken = self
+            .c()
+            .query_opt(
+                &format!(
+                    "INSERT INTO claims AS c (account_id, holder, host, pid, claimed_at, expires_at)
+                     VALUES ($1, $2, $3, $4, {NOW}, {NOW} + $5::bigint)
+                     ON CONFLICT (account_id) DO UPDATE SET holder = EXCLUDED.holder,
+                         host = EXCLUDED.host, pid = EXCLUDED.pid,
+                         claimed_at = EXCLUDED.claimed_at, expires_at = EXCLUDED.expires_at
+                     WHERE c.expires_at <= EXCLUDED.claimed_at OR c.holder = EXCLUDED.holder
+                     RETURNING claimed_at"
+                ),
+                &[&account_id, &h.id, &h.host, &pid, &ttl],
+            )
+            .map_err(|e| self.err(e))?;
+        if taken.is_some() {
+            return Ok(Claim::Claimed);
+        }
+        let current = self
+            .c()
+            .query_opt(
+                "SELECT holder, host, pid FROM claims WHERE account_id = $1",
+                &[&account_id],
+            )
+            .map_err(|e| self.err(e))?;
+        let Some(current) = current else {
+            // Released between our two statements: try again.
+            return self.claim(account_id, _now, ttl);
+        };
+        let (other, host, other_pid): (String, String, i64) =
+            (current.get(0), current.get(1), current.get(2));
+        if host == h.host && !pid_alive(other_pid) {
+            // Conditional on the dead holder, so that two takers cannot both win.
+            let n = self
+                .c()
+                .execute(
+                    &format!(
+                        "UPDATE claims SET holder = $3, host = $4, pid = $5, claimed_at = {NOW},
+                             expires_at = {NOW} + $6::bigint
+                         WHERE account_id = $1 AND holder = $2"
+                    ),
+                    &[&account_id, &other, &h.id, &h.host, &pid, &ttl],
+                )
+                .map_err(|e| self.err(e))?;
+            if n == 1 {
+                log::info!("taking over the claim of {other} on account {account_id} (dead)");
+                return Ok(Claim::Claimed);
+            }
+        }
+        Ok(Claim::Busy(other))
+    }
+
+    fn release(&self, account_id: i64) -> Result<()> {
+        self.c()
+            .execute(
+                "DELETE FROM claims WHERE account_id = $1 AND holder = $2",
+                &[&account_id, &self.holder.id],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Records a fetch in one transaction, only while this handle's holder still has the
+    /// account's lease (fencing): else a `lost_claim` attempt, and the token is dropped
+    /// (the holder that took over fetched later, and the latest fetch is the valid one).
+    /// The token's times start at the lease's `claimed_at`, on the server's clock: before
+    /// the request was sent, so the stored expiry is never later than WeChat's.
+    fn record_fetch(
+        &self,
         account_id: i64,
-        kind: &str,
+        kind: Credential,
         outcome: &Outcome,
         hold: Option<(i64, &str)>,
-        holder: &Holder,
-        release: bool,
     ) -> Result<Recorded> {
-        let mut tx = self.client.transaction()?;
+        let config = &self.config;
+        let err = |e: postgres::Error| pg_error(config, &e);
+        let kind = kind.as_str();
+        let tries = i64::from(outcome.tries);
+        let mut c = self.c();
+        let mut tx = c.transaction().map_err(err)?;
         // The row lock makes a concurrent takeover wait for this commit, or this check see
-        // the new holder: either way one holder's token is stored.
+        // the new holder: either way only one holder's token is stored.
         let claimed_at: Option<i64> = tx
             .query_opt(
                 "SELECT claimed_at FROM claims WHERE account_id = $1 AND holder = $2 FOR UPDATE",
-                &[&account_id, &holder.id()],
-            )?
+                &[&account_id, &self.holder.id],
+            )
+            .map_err(err)?
             .map(|r| r.get(0));
         let Some(claimed_at) = claimed_at else {
+            let detail = format!(
+                "the claim of {} expired and was taken over during the fetch",
+                self.holder.id
+            );
             tx.execute(
                 &format!(
                     "INSERT INTO attempts (account_id, kind, started_at, duration_ms, tries, outcome, detail)
                      VALUES ($1, $2, {NOW}, $3, $4, 'lost_claim', $5)"
                 ),
-                &[
-                    &account_id,
-                    &kind,
-                    &outcome.duration_ms,
-                    &i64::from(outcome.tries),
-                    &format!("claim of {} taken over", holder.id()),
-                ],
-            )?;
-            tx.commit()?;
-            return Err(anyhow::Error::new(LostClaim));
+                &[&account_id, &kind, &outcome.duration_ms, &tries, &detail],
+            )
+            .map_err(err)?;
+            tx.commit().map_err(err)?;
+            return Err(StoreError::Busy(format!(
+                "{detail}; its token was dropped (a fetch that outlives the claim means the \
+                 claim TTL is too short)"
+            )));
         };
         let recorded = match &outcome.result {
             Ok(fetched) => {
@@ -433,7 +603,8 @@ impl PgStore {
                         "SELECT token FROM tokens WHERE account_id = $1 AND kind = $2
                          ORDER BY id DESC LIMIT 1",
                         &[&account_id, &kind],
-                    )?
+                    )
+                    .map_err(err)?
                     .map(|r| r.get(0));
                 if newest.as_deref() == Some(fetched.token.as_str()) {
                     Recorded::Unchanged
@@ -442,13 +613,14 @@ impl PgStore {
                         "INSERT INTO tokens (account_id, kind, token, expires_in, fetched_at, expires_at)
                          VALUES ($1, $2, $3, $4::bigint, $5::bigint, $5::bigint + $4::bigint)",
                         &[&account_id, &kind, &fetched.token, &fetched.expires_in, &claimed_at],
-                    )?;
+                    )
+                    .map_err(err)?;
                     Recorded::Inserted
                 }
             }
             Err(_) => Recorded::Failed,
         };
-        let a = attempt_columns(outcome, recorded == Recorded::Unchanged);
+        let a = AttemptColumns::of(outcome, recorded == Recorded::Unchanged);
         tx.execute(
             &format!(
                 "INSERT INTO attempts (account_id, kind, started_at, duration_ms, tries, outcome,
@@ -459,219 +631,133 @@ impl PgStore {
                 &account_id,
                 &kind,
                 &outcome.duration_ms,
-                &i64::from(outcome.tries),
-                &a.0,
-                &a.1,
-                &a.2,
-                &a.3,
-                &a.4,
+                &tries,
+                &a.outcome,
+                &a.errcode,
+                &a.errmsg,
+                &a.http_status,
+                &a.detail,
             ],
-        )?;
-        if kind == ACCESS_TOKEN {
+        )
+        .map_err(err)?;
+        if kind == Credential::AccessToken.as_str() {
             tx.execute(
                 "UPDATE accounts SET held_until = $2, held_reason = $3 WHERE id = $1",
                 &[&account_id, &hold.map(|h| h.0), &hold.map(|h| h.1)],
-            )?;
+            )
+            .map_err(err)?;
         }
-        if release {
-            tx.execute(
-                "DELETE FROM claims WHERE account_id = $1 AND holder = $2",
-                &[&account_id, &holder.id()],
-            )?;
-        }
-        tx.commit()?;
+        tx.commit().map_err(err)?;
         Ok(recorded)
     }
 
-    // ---- claims ----
-
-    /// Takes the account's lease for `ttl` seconds of server time, in one statement: it
-    /// succeeds when nobody holds it, the lease expired, or we hold it already. A holder
-    /// on this host whose process is gone is taken over at once; one on another host only
-    /// when its lease expires (there is no way to probe a pid elsewhere).
-    pub fn claim(&mut self, account_id: i64, holder: &Holder, ttl: i64) -> Result<Claim> {
-        let taken = self.client.query_opt(
-            &format!(
-                "INSERT INTO claims AS c (account_id, holder, host, pid, claimed_at, expires_at)
-                 VALUES ($1, $2, $3, $4, {NOW}, {NOW} + $5)
-                 ON CONFLICT (account_id) DO UPDATE SET holder = EXCLUDED.holder,
-                     host = EXCLUDED.host, pid = EXCLUDED.pid,
-                     claimed_at = EXCLUDED.claimed_at, expires_at = EXCLUDED.expires_at
-                 WHERE c.expires_at <= EXCLUDED.claimed_at OR c.holder = EXCLUDED.holder
-                 RETURNING claimed_at"
-            ),
-            &[
-                &account_id,
-                &holder.id(),
-                &holder.host,
-                &i64::from(holder.pid),
-                &ttl,
-            ],
-        )?;
-        if taken.is_some() {
-            return Ok(Claim::Claimed);
-        }
-        let current = self.client.query_opt(
-            "SELECT holder, host, pid FROM claims WHERE account_id = $1",
-            &[&account_id],
-        )?;
-        let Some(current) = current else {
-            // Released between our two statements: try once more.
-            return self.claim(account_id, holder, ttl);
-        };
-        let (other, host, pid): (String, String, i64) =
-            (current.get(0), current.get(1), current.get(2));
-        if host == holder.host && !crate::store::pid_alive(pid) {
-            // Conditional on the dead holder, so that two takers cannot both win.
-            let n = self.client.execute(
-                &format!(
-                    "UPDATE claims SET holder = $3, host = $4, pid = $5, claimed_at = {NOW},
-                         expires_at = {NOW} + $6
-                     WHERE account_id = $1 AND holder = $2"
-                ),
-                &[
-                    &account_id,
-                    &other,
-                    &holder.id(),
-                    &holder.host,
-                    &i64::from(holder.pid),
-                    &ttl,
-                ],
-            )?;
-            if n == 1 {
-                log::info!("taking over the claim of {other} on account {account_id} (dead)");
-                return Ok(Claim::Claimed);
-            }
-        }
-        Ok(Claim::Busy(other))
-    }
-
-    /// Gives a lease back without recording anything.
-    pub fn release(&mut self, account_id: i64, holder: &Holder) -> Result<()> {
-        self.client.execute(
-            "DELETE FROM claims WHERE account_id = $1 AND holder = $2",
-            &[&account_id, &holder.id()],
-        )?;
-        Ok(())
-    }
-
-    // ---- forced stable-token refreshes ----
-
-    pub fn forced_refreshes(&mut self, account_id: i64, now: i64) -> Result<Vec<i64>> {
-        let rows = self.client.query(
-            "SELECT at FROM forced_refreshes WHERE account_id = $1 AND at > $2",
-            &[&account_id, &(now - 2 * 86_400)],
-        )?;
+    fn forced_refreshes(&self, account_id: i64, now: i64) -> Result<Vec<i64>> {
+        let since = now - crate::policy::FORCED_REFRESH_RETENTION;
+        let rows = self
+            .c()
+            .query(
+                "SELECT at FROM forced_refreshes WHERE account_id = $1 AND at > $2",
+                &[&account_id, &since],
+            )
+            .map_err(|e| self.err(e))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    pub fn note_forced_refresh(&mut self, account_id: i64, now: i64) -> Result<()> {
-        self.client.execute(
-            "INSERT INTO forced_refreshes (account_id, at) VALUES ($1, $2)",
-            &[&account_id, &now],
-        )?;
+    fn note_forced_refresh(&self, account_id: i64, now: i64) -> Result<()> {
+        self.c()
+            .execute(
+                "INSERT INTO forced_refreshes (account_id, at) VALUES ($1, $2)",
+                &[&account_id, &now],
+            )
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 
-    // ---- retention ----
-
-    /// As SQLite's prune, on the server's clock: token rows beyond the newest `keep` per
-    /// account and kind unless still valid, attempts older than `attempt_age` seconds,
-    /// old forced-refresh records, expired leases. Returns (tokens, attempts) deleted.
-    pub fn prune(&mut self, keep: i64, attempt_age: i64) -> Result<(usize, usize)> {
-        let mut tx = self.client.transaction()?;
-        let tokens = tx.execute(
-            &format!(
-                "DELETE FROM tokens WHERE expires_at <= {NOW} AND id IN (
-                     SELECT id FROM (
-                         SELECT id, row_number() OVER (PARTITION BY account_id, kind ORDER BY id DESC) AS n
-                         FROM tokens) ranked
-                     WHERE n > $1)"
-            ),
-            &[&keep],
-        )?;
-        let attempts = tx.execute(
-            &format!("DELETE FROM attempts WHERE started_at < {NOW} - $1"),
-            &[&attempt_age],
-        )?;
-        tx.execute(
-            &format!("DELETE FROM forced_refreshes WHERE at < {NOW} - 2 * 86400"),
-            &[],
-        )?;
-        tx.execute(&format!("DELETE FROM claims WHERE expires_at < {NOW}"), &[])?;
-        tx.commit()?;
+    /// As SQLite's prune, except that validity and leases are judged by the server's
+    /// clock; `now` only places the retention windows.
+    fn prune(&self, now: i64, keep: i64, attempts_before: i64) -> Result<(usize, usize)> {
+        let config = &self.config;
+        let err = |e: postgres::Error| pg_error(config, &e);
+        let mut c = self.c();
+        let mut tx = c.transaction().map_err(err)?;
+        let tokens = tx
+            .execute(
+                &format!(
+                    "DELETE FROM tokens WHERE expires_at <= {NOW} AND id IN (
+                         SELECT id FROM (
+                             SELECT id, row_number() OVER (PARTITION BY account_id, kind ORDER BY id DESC) AS n
+                             FROM tokens) ranked
+                         WHERE n > $1)"
+                ),
+                &[&keep],
+            )
+            .map_err(err)?;
+        let attempts = tx
+            .execute(
+                "DELETE FROM attempts WHERE started_at < $1",
+                &[&attempts_before],
+            )
+            .map_err(err)?;
+        let since = now - crate::policy::FORCED_REFRESH_RETENTION;
+        tx.execute("DELETE FROM forced_refreshes WHERE at < $1", &[&since])
+            .map_err(err)?;
+        tx.execute(&format!("DELETE FROM claims WHERE expires_at < {NOW}"), &[])
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
         Ok((tokens as usize, attempts as usize))
     }
 
-    /// The newest attempt of an account for `kind`, if any.
-    pub fn last_attempt(&mut self, account_id: i64, kind: &str) -> Result<Option<AttemptRow>> {
-        let row = self.client.query_opt(
-            "SELECT started_at, duration_ms, tries, outcome, errcode, errmsg, http_status, detail
-             FROM attempts WHERE account_id = $1 AND kind = $2 ORDER BY id DESC LIMIT 1",
-            &[&account_id, &kind],
-        )?;
-        Ok(row.map(|r| AttemptRow {
-            started_at: r.get(0),
-            duration_ms: r.get(1),
-            tries: r.get(2),
-            outcome: r.get(3),
-            errcode: r.get(4),
-            errmsg: r.get(5),
-            http_status: r.get(6),
-            detail: r.get(7),
-        }))
-    }
-
-    // ---- readers ----
-
-    /// Lets `role` read tokens and nothing else: the newest-token view, the accounts
-    /// (which hold no secret) and the schema version. Never the secrets, never a write.
-    /// Returns the statements applied, for the operator's record.
-    pub fn grant_reader(&mut self, role: &str) -> Result<Vec<String>> {
-        let exists = self
-            .client
-            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])?
-            .is_some();
-        if !exists {
-            return Err(fail(
-                exit::USAGE,
-                format!(
-                    "role '{}' does not exist on {}; create it first (CREATE ROLE ... LOGIN)",
-                    crate::policy::one_line(role, 64),
-                    self.config
-                ),
-            ));
-        }
-        let schema: String = self
-            .client
-            .query_one("SELECT current_schema()", &[])?
+    fn import(&self, items: &[Exported]) -> Result<()> {
+        let config = &self.config;
+        let err = |e: postgres::Error| pg_error(config, &e);
+        let mut c = self.c();
+        let mut tx = c.transaction().map_err(err)?;
+        // Two copies into one database at once: the second waits, then finds it full.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .map_err(err)?;
+        let accounts: i64 = tx
+            .query_one("SELECT count(*) FROM accounts", &[])
+            .map_err(err)?
             .get(0);
-        let statements = reader_grants(role, &schema);
-        let mut tx = self.client.transaction()?;
-        for sql in &statements {
-            tx.batch_execute(sql)
-                .with_context(|| format!("could not apply: {sql}"))?;
+        if accounts > 0 {
+            return Err(not_empty(&config.to_string(), accounts));
         }
-        tx.commit()?;
-        Ok(statements)
-    }
-}
-
-/// A server error as one line: the client's own `Display` says only "db error".
-pub struct DbText(pub String);
-
-impl From<postgres::Error> for DbText {
-    fn from(e: postgres::Error) -> DbText {
-        DbText(match e.as_db_error() {
-            Some(db) => format!("{}: {}", db.severity().to_lowercase(), db.message()),
-            None => e.to_string(),
-        })
-    }
-}
-
-impl From<&str> for DbText {
-    fn from(e: &str) -> DbText {
-        DbText(e.to_string())
+        for Exported { account: a, tokens } in items {
+            let tickets: Vec<&str> = a.tickets.iter().map(|t| t.as_str()).collect();
+            let id: i64 = tx
+                .query_one(
+                    "INSERT INTO accounts (appid, agent, api, enabled, created_at, updated_at,
+                                           held_until, held_reason, tickets)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+                    &[
+                        &a.key.appid,
+                        &a.key.agent,
+                        &a.api.as_str(),
+                        &a.enabled,
+                        &a.created_at,
+                        &a.updated_at,
+                        &a.held_until,
+                        &a.held_reason,
+                        &tickets.join(","),
+                    ],
+                )
+                .map_err(err)?
+                .get(0);
+            tx.execute(
+                "INSERT INTO account_secrets (account_id, secret) VALUES ($1, $2)",
+                &[&id, &a.secret.expose()],
+            )
+            .map_err(err)?;
+            for (kind, t) in tokens {
+                tx.execute(
+                    "INSERT INTO tokens (account_id, kind, token, expires_in, fetched_at, expires_at)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    &[&id, kind, &t.token, &t.expires_in, &t.fetched_at, &t.expires_at],
+                )
+                .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
     }
 }
 
@@ -692,45 +778,6 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The columns an attempt row stores for an outcome.
-type AttemptColumns = (
-    &'static str,
-    Option<i64>,
-    Option<String>,
-    Option<i64>,
-    Option<String>,
-);
-
-fn attempt_columns(o: &Outcome, unchanged: bool) -> AttemptColumns {
-    match &o.result {
-        Ok(_) if unchanged => ("unchanged", None, None, None, None),
-        Ok(_) => ("ok", None, None, None, None),
-        Err(Failure::WeChat { errcode, errmsg }) => {
-            ("errcode", Some(*errcode), Some(errmsg.clone()), None, None)
-        }
-        Err(Failure::Http { status }) => ("http", None, None, Some(i64::from(*status)), None),
-        Err(Failure::Transport(d)) => ("transport", None, None, None, Some(d.clone())),
-        Err(Failure::NotJson(d)) => ("not_json", None, None, None, Some(d.clone())),
-        Err(Failure::Invalid(d)) => ("invalid", None, None, None, Some(d.clone())),
-    }
-}
-
-fn already_exists(key: &AccountKey) -> anyhow::Error {
-    fail(
-        exit::ACCOUNT,
-        format!(
-            "account {key} already exists; use `wxtoken account set-secret` to change its secret"
-        ),
-    )
-}
-
-fn no_such_account(key: &AccountKey) -> anyhow::Error {
-    fail(
-        exit::ACCOUNT,
-        format!("no such account {key} (see wxtoken account list)"),
-    )
-}
-
 #[cfg(test)]
 #[path = "../tests/support/pg.rs"]
 pub(crate) mod pgtest;
@@ -739,10 +786,19 @@ pub(crate) mod pgtest;
 mod tests {
     use super::pgtest::{self, PgDb};
     use super::*;
-    use crate::wechat::Fetched;
+    use crate::domain::Fetched;
 
-    fn store(db: &PgDb) -> PgStore {
-        PgStore::open(&PgConfig::from_env(&db.url).unwrap()).unwrap()
+    fn config(url: &str) -> PgConfig {
+        PgConfig::from_env(url).unwrap()
+    }
+
+    /// A writing handle whose claims are made by `host`.
+    fn store_on(db: &PgDb, host: &str) -> Postgres {
+        Postgres::open(
+            &config(&db.url),
+            Holder::new(host.into(), std::process::id()),
+        )
+        .unwrap()
     }
 
     fn outcome(token: &str) -> Outcome {
@@ -758,17 +814,14 @@ mod tests {
         }
     }
 
-    fn with_account(db: &PgDb) -> (PgStore, i64) {
-        let mut s = store(db);
-        let key = AccountKey::appid("wxa");
+    /// One account, `wxa`, added through host `a`'s handle; returns that and the id.
+    fn with_account(db: &PgDb) -> (Postgres, i64) {
+        let s = store_on(db, "a");
+        let key = key("wxa");
         s.add_account(&key, Api::Token, &Secret::new("s3cret".into()), &[], 1)
             .unwrap();
         let id = s.account(&key).unwrap().unwrap().id;
         (s, id)
-    }
-
-    fn host(name: &str) -> Holder {
-        Holder::new(name.to_string(), std::process::id())
     }
 
     macro_rules! pg {
@@ -780,44 +833,56 @@ mod tests {
         };
     }
 
+    const TOKEN: Credential = Credential::AccessToken;
+
+    fn key(appid: &str) -> AccountKey {
+        AccountKey::appid(appid).unwrap()
+    }
+
     #[test]
     fn hosts_migrating_at_once_apply_each_migration_once() {
         let db = pg!();
-        let url = db.url.clone();
         let opened: Vec<bool> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..6)
-                .map(|_| {
-                    let url = url.clone();
-                    scope.spawn(move || PgStore::open(&PgConfig::from_env(&url).unwrap()).is_ok())
+                .map(|i| {
+                    scope.spawn({
+                        let db = &db;
+                        move || {
+                            let holder = Holder::new(format!("h{i}"), 1);
+                            Postgres::open(&config(&db.url), holder).is_ok()
+                        }
+                    })
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert_eq!(opened, vec![true; 6]);
+        let want: Vec<String> = (1..=MIGRATIONS.len()).map(|v| v.to_string()).collect();
         assert_eq!(
-            db.query("SELECT string_agg(version::text, ',') FROM schema_migrations"),
-            (1..=MIGRATIONS.len())
-                .map(|v| v.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
+            db.query(
+                "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"
+            ),
+            want.join(",")
         );
     }
 
     #[test]
-    fn a_newer_schema_is_refused() {
+    fn a_newer_schema_is_refused_and_a_reader_never_migrates() {
         let db = pg!();
-        drop(store(&db));
+        let err = Postgres::open_read(&config(&db.url)).err().unwrap();
+        assert!(matches!(err, StoreError::Schema(_)), "{err}");
+        assert_eq!(db.query("SELECT to_regclass('accounts') IS NULL"), "t");
+        drop(store_on(&db, "a"));
         db.query("INSERT INTO schema_migrations (version) VALUES (99)");
-        let config = PgConfig::from_env(&db.url).unwrap();
-        for err in [
-            PgStore::open(&config).err().unwrap(),
-            PgStore::open_readonly(&config).err().unwrap(),
-        ] {
-            assert_eq!(exit::code_of(&err), exit::DATABASE);
-            assert!(
-                format!("{err:#}").contains("newer than this wxtoken"),
-                "{err:#}"
-            );
+        let errs = [
+            Postgres::open(&config(&db.url), Holder::nobody())
+                .err()
+                .unwrap(),
+            Postgres::open_read(&config(&db.url)).err().unwrap(),
+        ];
+        for err in errs {
+            assert!(matches!(err, StoreError::Schema(_)), "{err}");
+            assert!(err.to_string().contains("newer than this wxtoken"), "{err}");
         }
     }
 
@@ -825,10 +890,10 @@ mod tests {
     fn a_database_with_someone_elses_accounts_table_is_left_alone() {
         let db = pg!();
         db.query("CREATE TABLE accounts (name text)");
-        let err = PgStore::open(&PgConfig::from_env(&db.url).unwrap())
+        let err = Postgres::open(&config(&db.url), Holder::nobody())
             .err()
             .unwrap();
-        assert!(format!("{err:#}").contains("did not create"), "{err:#}");
+        assert!(err.to_string().contains("did not create"), "{err}");
         assert_eq!(db.query("SELECT to_regclass('tokens') IS NULL"), "t");
     }
 
@@ -836,74 +901,79 @@ mod tests {
     fn thirty_hosts_claiming_one_account_get_one_lease() {
         let db = pg!();
         let (_, id) = with_account(&db);
-        let url = db.url.clone();
         let claimed = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..30)
                 .map(|i| {
-                    let url = url.clone();
-                    scope.spawn(move || {
-                        let mut s = PgStore::open(&PgConfig::from_env(&url).unwrap()).unwrap();
-                        s.claim(id, &host(&format!("host{i}")), 60).unwrap() == Claim::Claimed
+                    scope.spawn({
+                        let db = &db;
+                        move || store_on(db, &format!("host{i}")).claim(id, 0, 60).unwrap()
                     })
                 })
                 .collect();
             handles
                 .into_iter()
-                .filter(|_| true)
                 .map(|h| h.join().unwrap())
-                .filter(|&c| c)
+                .filter(|c| *c == Claim::Claimed)
                 .count()
         });
         assert_eq!(claimed, 1);
     }
 
     #[test]
-    fn a_live_lease_on_another_host_blocks_until_it_expires_even_if_its_pid_is_unused() {
+    fn a_lease_on_another_host_blocks_until_it_expires_on_the_servers_clock() {
         let db = pg!();
-        let (mut s, id) = with_account(&db);
-        // A pid that no process has here: only a same-host holder may be probed.
-        let far = Holder::new("far-away".into(), u32::MAX - 1);
-        assert_eq!(s.claim(id, &far, 60).unwrap(), Claim::Claimed);
-        let near = host("near");
-        assert_eq!(
-            s.claim(id, &near, 60).unwrap(),
-            Claim::Busy(far.id().into())
+        let (_, id) = with_account(&db);
+        // A pid that no process has here: only a holder on our own host may be probed.
+        let far =
+            Postgres::open(&config(&db.url), Holder::new("far".into(), u32::MAX - 1)).unwrap();
+        assert_eq!(far.claim(id, 0, 60).unwrap(), Claim::Claimed);
+        let near = store_on(&db, "near");
+        // Whatever this host believes the time is.
+        assert!(
+            matches!(near.claim(id, i64::MAX / 2, 60).unwrap(), Claim::Busy(h) if h == far.holder.id)
         );
-        // Expired on the server's clock: now it can be taken.
         db.query("UPDATE claims SET expires_at = extract(epoch from now())::bigint");
-        assert_eq!(s.claim(id, &near, 60).unwrap(), Claim::Claimed);
+        assert_eq!(near.claim(id, 0, 60).unwrap(), Claim::Claimed);
     }
 
     #[test]
     fn a_dead_holder_on_this_host_is_taken_over_at_once() {
         let db = pg!();
-        let (mut s, id) = with_account(&db);
-        let me = host("here");
-        let dead = Holder::new("here".into(), u32::MAX - 1);
-        assert_eq!(s.claim(id, &dead, 600).unwrap(), Claim::Claimed);
-        assert_eq!(s.claim(id, &me, 600).unwrap(), Claim::Claimed);
-        assert_eq!(db.query("SELECT holder FROM claims"), me.id());
+        let (_, id) = with_account(&db);
+        let dead =
+            Postgres::open(&config(&db.url), Holder::new("here".into(), u32::MAX - 1)).unwrap();
+        assert_eq!(dead.claim(id, 0, 600).unwrap(), Claim::Claimed);
+        let me = store_on(&db, "here");
+        assert_eq!(me.claim(id, 0, 600).unwrap(), Claim::Claimed);
+        assert_eq!(db.query("SELECT holder FROM claims"), me.holder.id);
     }
 
     #[test]
     fn a_holder_that_lost_its_lease_drops_its_token_and_says_so() {
         let db = pg!();
-        let (mut s, id) = with_account(&db);
-        let (a, b) = (host("a"), host("b"));
-        assert_eq!(s.claim(id, &a, 60).unwrap(), Claim::Claimed);
+        let (a, id) = with_account(&db);
+        let b = store_on(&db, "b");
+        assert_eq!(a.claim(id, 0, 60).unwrap(), Claim::Claimed);
         db.query("UPDATE claims SET expires_at = 0");
-        assert_eq!(s.claim(id, &b, 60).unwrap(), Claim::Claimed);
-        let err = s
-            .record_fetch(id, ACCESS_TOKEN, &outcome("TOKEN-A"), None, &a, true)
+        assert_eq!(b.claim(id, 0, 60).unwrap(), Claim::Claimed);
+        let err = a
+            .record_fetch(id, TOKEN, &outcome("TOKEN-A"), None)
             .unwrap_err();
-        assert!(err.downcast_ref::<LostClaim>().is_some(), "{err:#}");
+        assert!(err.to_string().contains("taken over"), "{err}");
         assert_eq!(db.query_i64("SELECT count(*) FROM tokens"), 0);
         assert_eq!(db.query("SELECT outcome FROM attempts"), "lost_claim");
+        // status shows it as a failed attempt.
+        let shown = a.last_attempt(id, TOKEN).unwrap().unwrap();
+        assert!(
+            format!("{:?}", shown.result).contains("dropped"),
+            "{shown:?}"
+        );
         // The lease is still b's, and b records normally.
-        let recorded = s
-            .record_fetch(id, ACCESS_TOKEN, &outcome("TOKEN-B"), None, &b, true)
+        let recorded = b
+            .record_fetch(id, TOKEN, &outcome("TOKEN-B"), None)
             .unwrap();
         assert_eq!(recorded, Recorded::Inserted);
+        b.release(id).unwrap();
         assert_eq!(db.query("SELECT token FROM tokens"), "TOKEN-B");
         assert_eq!(db.query_i64("SELECT count(*) FROM claims"), 0);
     }
@@ -911,52 +981,47 @@ mod tests {
     #[test]
     fn token_times_come_from_the_servers_clock() {
         let db = pg!();
-        let (mut s, id) = with_account(&db);
-        let a = host("a");
-        s.claim(id, &a, 60).unwrap();
+        let (a, id) = with_account(&db);
+        a.claim(id, 0, 60).unwrap();
         // The lease says when the fetch started, whatever this host's clock says.
-        db.query("UPDATE claims SET claimed_at = 1000");
+        let start = db.query_i64("SELECT extract(epoch from now())::bigint") - 100;
+        db.query(&format!("UPDATE claims SET claimed_at = {start}"));
         let mut o = outcome("T");
         o.sent_at = 5_000_000_000;
-        s.record_fetch(id, ACCESS_TOKEN, &o, None, &a, true)
-            .unwrap();
-        let (row, now) = s
-            .latest_token(&AccountKey::appid("wxa"), ACCESS_TOKEN)
-            .unwrap();
-        let row = row.unwrap();
-        assert_eq!((row.fetched_at, row.expires_at), (1000, 8200));
+        a.record_fetch(id, TOKEN, &o, None).unwrap();
         assert_eq!(
-            now,
-            db.query_i64("SELECT extract(epoch from now())::bigint")
+            db.query("SELECT fetched_at, expires_at FROM tokens"),
+            format!("{start}|{}", start + 7200)
         );
-        let (none, _) = s
-            .latest_token(&AccountKey::appid("nope"), ACCESS_TOKEN)
-            .unwrap();
-        assert_eq!(none, None);
+        // Read back in this host's clock: the same instants, shifted by any skew.
+        let row = a.latest_token(&key("wxa"), TOKEN).unwrap().unwrap();
+        let skew = row.fetched_at - start;
+        assert!(skew.abs() <= 2, "same machine, same clock: {skew}");
+        assert_eq!(row.expires_at - row.fetched_at, 7200);
+        assert_eq!(a.latest_token(&key("nope"), TOKEN).unwrap(), None);
     }
 
     #[test]
     fn a_reader_reads_tokens_but_no_secret_and_writes_nothing() {
         let db = pg!();
-        let (mut s, id) = with_account(&db);
-        let a = host("a");
-        s.claim(id, &a, 60).unwrap();
-        s.record_fetch(id, ACCESS_TOKEN, &outcome("TOKEN-1"), None, &a, true)
+        let (a, id) = with_account(&db);
+        a.claim(id, 0, 60).unwrap();
+        a.record_fetch(id, TOKEN, &outcome("TOKEN-1"), None)
             .unwrap();
         let role = format!("{}_reader", db.name);
         db.query(&format!("CREATE ROLE {role} LOGIN"));
-        let applied = s.grant_reader(&role).unwrap();
-        assert!(
-            applied.iter().all(|g| !g.contains("account_secrets")),
-            "{applied:?}"
-        );
+        let applied = a.grant_reader(&role).unwrap();
+        assert!(applied.iter().all(|g| !g.contains("secret")), "{applied:?}");
 
-        let url = format!("{}&user={role}", db.url.replace("&user=postgres", ""));
-        let mut reader = PgStore::open_readonly(&PgConfig::from_env(&url).unwrap()).unwrap();
-        let (row, _) = reader
-            .latest_token(&AccountKey::appid("wxa"), ACCESS_TOKEN)
-            .unwrap();
+        let url = db.url.replace("user=postgres", &format!("user={role}"));
+        let reader = Postgres::open_read(&config(&url)).unwrap();
+        let key = key("wxa");
+        let row = reader.latest_token(&key, TOKEN).unwrap();
         assert_eq!(row.unwrap().token, "TOKEN-1");
+        assert_eq!(reader.account(&key).unwrap().unwrap().secret.expose(), "");
+        // A writing handle as the reader fails on the first write.
+        let writer = Postgres::open(&config(&url), Holder::new("r".into(), 1)).unwrap();
+        assert!(writer.claim(id, 0, 60).is_err());
         for sql in [
             "SELECT secret FROM account_secrets",
             "SELECT * FROM account_secrets",
@@ -969,7 +1034,10 @@ mod tests {
             assert!(!ok && err.contains("permission denied"), "{sql}: {err}");
         }
         let (ok, out, _) = db.server.psql_as(&role, &db.name, "SELECT * FROM accounts");
-        assert!(ok && !out.contains("s3cret"), "{out}");
+        assert!(
+            ok && out.contains("wxa") && !out.contains("s3cret"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -7,106 +7,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
-use crate::policy;
-use crate::secret::{self, Secret};
+use crate::domain::{Api, Failure, Fetched, Outcome, Secret, Ticket};
+use crate::policy::{self, MAX_TRIES};
+use crate::secret;
 
-/// Where WeChat's API lives unless `--api-base` / `WXTOKEN_API_BASE` says otherwise.
-pub const DEFAULT_API_BASE: &str = "https://api.weixin.qq.com";
-/// Where WeCom's API lives unless `--work-api-base` / `WXTOKEN_WORK_API_BASE` says otherwise.
-pub const DEFAULT_WORK_API_BASE: &str = "https://qyapi.weixin.qq.com";
 /// A token reply is well under 1 KiB; anything past this is not WeChat talking.
 const BODY_CAP: u64 = 16 * 1024;
-/// At most this many tries per fetch, transient failures only.
-pub const MAX_TRIES: u32 = 3;
-
-/// Which token endpoint an account uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Api {
-    /// `GET /cgi-bin/token`: each fetch invalidates the previous token after 5 minutes.
-    Token,
-    /// `POST /cgi-bin/stable_token`: isolated from the classic token.
-    Stable,
-    /// WeCom `GET /cgi-bin/gettoken`.
-    Work,
-}
-
-impl Api {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Api::Token => "token",
-            Api::Stable => "stable",
-            Api::Work => "work",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Api> {
-        match s {
-            "token" => Some(Api::Token),
-            "stable" => Some(Api::Stable),
-            "work" => Some(Api::Work),
-            _ => None,
-        }
-    }
-}
-
-/// A JS-SDK ticket, derived from an access token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ticket {
-    /// Official Account `jsapi`, or a WeCom corp's `jsapi` ticket.
-    Jsapi,
-    /// Official Account card ticket.
-    WxCard,
-    /// WeCom app ticket for `wx.agentConfig`.
-    AgentConfig,
-}
-
-impl Ticket {
-    pub const ALL: [Ticket; 3] = [Ticket::Jsapi, Ticket::WxCard, Ticket::AgentConfig];
-
-    /// The name used on the command line and as the row kind in the store.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Ticket::Jsapi => "jsapi",
-            Ticket::WxCard => "wx_card",
-            Ticket::AgentConfig => "agent_config",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Ticket> {
-        Ticket::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-
-    /// Whether accounts of this API have this ticket.
-    pub fn fits(self, api: Api) -> bool {
-        match self {
-            Ticket::Jsapi => true,
-            Ticket::WxCard => api != Api::Work,
-            Ticket::AgentConfig => api == Api::Work,
-        }
-    }
-}
-
-/// A token (or ticket) as WeChat handed it out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fetched {
-    pub token: String,
-    pub expires_in: i64,
-}
-
-/// Why a fetch failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
-    /// WeChat answered with an errcode.
-    WeChat { errcode: i64, errmsg: String },
-    /// The HTTP status was not 200 (a proxy, a load balancer, a wrong base URL).
-    Http { status: u16 },
-    /// No answer: connection refused or dropped, DNS, TLS, timeout.
-    Transport(String),
-    /// An answer that is not a WeChat reply at all: not JSON, empty, too large.
-    NotJson(String),
-    /// JSON, but not a valid token reply: a missing or malformed field.
-    Invalid(String),
-}
 
 impl Failure {
     /// Worth retrying within the same run.
@@ -170,17 +76,6 @@ impl fmt::Display for Failure {
     }
 }
 
-/// One fetch, after retries: the result, how many tries it took, and when the successful
-/// request was sent (Unix seconds).
-#[derive(Debug)]
-pub struct Outcome {
-    pub result: Result<Fetched, Failure>,
-    pub tries: u32,
-    pub sent_at: i64,
-    pub started_at: i64,
-    pub duration_ms: i64,
-}
-
 /// What identifies an account to WeChat.
 pub struct Credentials<'a> {
     pub api: Api,
@@ -193,6 +88,7 @@ pub struct Client {
     api_base: String,
     work_api_base: String,
     retry_base: Duration,
+    timeout: Duration,
 }
 
 impl Client {
@@ -216,7 +112,13 @@ impl Client {
             api_base: api_base.trim_end_matches('/').to_string(),
             work_api_base: work_api_base.trim_end_matches('/').to_string(),
             retry_base: Duration::from_millis(200),
+            timeout,
         }
+    }
+
+    /// How long one request may take; claims last a few of these.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Fetches a token, retrying transient failures with backoff and jitter.

@@ -576,10 +576,6 @@ fn kill_9_at_any_moment_leaves_a_consistent_database() {
 fn readers_never_fail_while_refreshes_write() {
     let ids = names("wxread", 3);
     let env = setup(&ids);
-    let issued: Vec<String> = (0..100).map(|i| format!("issued-{i:03}-token")).collect();
-    for token in &issued {
-        env.api.push(TOKEN, Reply::token(token, 7200));
-    }
     refresh(&env, &[]).assert_code(0);
     env.api.set_latency(Duration::from_millis(20));
 
@@ -599,7 +595,8 @@ fn readers_never_fail_while_refreshes_write() {
             let finished = done.load(Ordering::SeqCst);
             for id in &ids {
                 let token = get(&env, id);
-                assert!(issued.contains(&token), "{id}: unknown token {token:?}");
+                // Whole tokens only: the stand-in issued it, so it is no torn write.
+                assert!(env.api.is_valid(&token), "{id}: unknown token {token:?}");
                 seen.push((id, token));
             }
             if finished {
@@ -613,7 +610,6 @@ fn readers_never_fail_while_refreshes_write() {
     }
     let fetches = env.api.hits(TOKEN);
     assert!(fetches > ids.len(), "the writers fetched: {fetches}");
-    assert!(fetches <= issued.len(), "every fetch got a known token");
     for (id, token) in &seen {
         assert!(token_rows(&env, id).contains(token), "{id} printed {token}");
     }

@@ -518,13 +518,20 @@ fn the_secret_never_appears_in_any_output() {
 /// the cut must not leave a piece of the secret behind.
 #[test]
 fn a_reply_quoting_the_secret_is_not_shown_in_pieces() {
+    // A page that is not JSON is retried (three tries); an errcode is final (one).
     let cases = [
-        Reply::Body(format!("<html>{} {SECRET} </html>", "x".repeat(43))),
-        Reply::errcode(40125, &format!("{}{SECRET} rid: 3", "y".repeat(190))),
+        (
+            Reply::Body(format!("<html>{} {SECRET} </html>", "x".repeat(43))),
+            3,
+        ),
+        (
+            Reply::errcode(40125, &format!("{}{SECRET} rid: 3", "y".repeat(190))),
+            1,
+        ),
     ];
-    for reply in cases {
+    for (reply, tries) in cases {
         let env = with_account();
-        let replies = [reply.clone(), reply.clone(), reply.clone()];
+        let replies = vec![reply.clone(); tries];
         let out = refresh_after(&env, &replies);
         out.assert_code(4);
         assert_no_secret(&format!("{reply:?}"), &out);
@@ -687,6 +694,21 @@ fn get_never_writes_to_the_database() {
     out.assert_code(5);
     assert_stderr_has(&out, &["does not exist"]);
     assert!(!fresh.db().exists(), "get created {}", fresh.db().display());
+
+    // Nor does get --reject, which may write: a mistyped WXTOKEN_DB is refused alike.
+    let out = get(&fresh, APPID, &["--reject", "OLD"]);
+    out.assert_code(5);
+    assert_stderr_has(&out, &["does not exist"]);
+    assert!(
+        !fresh.db().exists(),
+        "get --reject created {}",
+        fresh.db().display()
+    );
+    assert_eq!(
+        fresh.api.hits(TOKEN),
+        0,
+        "nothing is fetched without an account"
+    );
 }
 
 // ---- retries and failures -------------------------------------------------------------------

@@ -3,7 +3,7 @@
 #
 #   bash tests/demo.sh
 #
-# WeChat is replaced by the stand-in in tests/support/standin.rs (127.0.0.1 only), and the
+# WeChat is replaced by the stand-in crate in tests/standin/ (127.0.0.1 only), and the
 # database lives in a temp directory that is deleted at the end. No WeChat credentials,
 # no internet (apart from cargo fetching crates on a first build), nothing left running.
 # Every wxtoken command is printed with a leading "+" before it runs.
@@ -39,9 +39,9 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 say "Building wxtoken and the WeChat stand-in"
-printf '+ %s\n' "cargo build --quiet --bin wxtoken --example standin"
+printf '+ %s\n' "cargo build --quiet --workspace --bin wxtoken --bin standin"
 # Compiler warnings are for developers (CI denies them); show cargo's output only on failure.
-if ! cargo build --quiet --bin wxtoken --example standin 2>"$tmp/build.log"; then
+if ! cargo build --quiet --workspace --bin wxtoken --bin standin 2>"$tmp/build.log"; then
     cat "$tmp/build.log"
     die "cargo build failed"
 fi
@@ -49,7 +49,7 @@ fi
 target=$(cargo metadata --no-deps --format-version 1 2>/dev/null |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p') || true
 bin="${target:-target}/debug"
-[[ -x $bin/wxtoken && -x $bin/examples/standin ]] || die "no binaries in $bin"
+[[ -x $bin/wxtoken && -x $bin/standin ]] || die "no binaries in $bin"
 PATH="$bin:$PATH"
 export PATH
 
@@ -57,7 +57,7 @@ export PATH
 # when that closes. So it ends with this script even if the script is killed with SIGKILL
 # and the trap never runs.
 mkfifo "$tmp/standin.stdin"
-"$bin/examples/standin" --port 0 --exit-on-stdin-eof \
+"$bin/standin" --port 0 --exit-on-stdin-eof \
     <"$tmp/standin.stdin" >"$tmp/standin.url" &
 standin_pid=$!
 exec 3>"$tmp/standin.stdin"

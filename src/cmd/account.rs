@@ -2,60 +2,53 @@
 
 use std::io::{self, BufRead, IsTerminal, Write};
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 use serde_json::json;
 
-use super::{emit, rfc3339, stdin_line};
-use crate::cli::{AccountArgs, AccountCommand, SecretSource};
-use crate::exit::{self, fail};
-use crate::secret::{self, Secret};
-use crate::store::{AccountKey, Store};
-use crate::wechat::{Api, Ticket};
+use super::{Context, emit, stdin_line};
+use crate::config::{AccountOp, check_tickets};
+use crate::domain::{AccountKey, Secret};
+use crate::exit::{Exit, fail};
+use crate::secret;
+use crate::store::{ReadStore, StoreError};
+use crate::text::rfc3339;
 
-/// Confirmations go to stderr unless `quiet`: stdout is for data only.
-pub fn run(store: &Store, cmd: AccountCommand, now: i64, quiet: bool) -> Result<u8> {
-    let say = |text: String| {
-        if !quiet {
-            eprintln!("{text}");
-        }
-    };
-    match cmd {
-        AccountCommand::Add(args) => {
-            let key = key(&args.account)?;
-            let api = if key.agent.is_empty() {
-                Api::from(args.api)
-            } else {
-                Api::Work
-            };
+pub fn run(ctx: &Context, op: AccountOp) -> Result<Exit> {
+    let store = ctx.store()?;
+    let now = ctx.now();
+    match op {
+        AccountOp::Add {
+            key,
+            api,
+            tickets,
+            secret_env,
+        } => {
             // Before asking for the secret, so nobody types it for nothing.
-            store.ensure_absent(&key)?;
-            check_tickets(api, &args.tickets)?;
-            let secret = read_secret(&args.secret, &key)?;
-            store.add_account(&key, api, &secret, &args.tickets, now)?;
-            say(format!("added {key} (api {})", api.as_str()));
+            if store.account(&key)?.is_some() {
+                return Err(StoreError::AlreadyExists(key).into());
+            }
+            let secret = read_secret(secret_env.as_deref(), &key)?;
+            store.add_account(&key, api, &secret, &tickets, now)?;
+            ctx.say(&format!("added {key} (api {})", api.as_str()));
         }
-        AccountCommand::List(args) => list(store, args.json)?,
-        AccountCommand::Remove(a) => {
-            let key = key(&a)?;
+        AccountOp::List { json } => list(store.as_ref(), json)?,
+        AccountOp::Remove(key) => {
             store.remove_account(&key)?;
-            say(format!("removed {key} and its token history"));
+            ctx.say(&format!("removed {key} and its token history"));
         }
-        AccountCommand::Enable(a) => {
-            let key = key(&a)?;
+        AccountOp::Enable(key) => {
             store.set_enabled(&key, true, now)?;
-            say(format!("enabled {key}"));
+            ctx.say(&format!("enabled {key}"));
         }
-        AccountCommand::Disable(a) => {
-            let key = key(&a)?;
+        AccountOp::Disable(key) => {
             store.set_enabled(&key, false, now)?;
-            say(format!("disabled {key}"));
+            ctx.say(&format!("disabled {key}"));
         }
-        AccountCommand::SetTickets(args) => {
-            let key = key(&args.account)?;
-            check_tickets(store.require_account(&key)?.api, &args.tickets)?;
-            store.set_tickets(&key, &args.tickets, now)?;
-            let names: Vec<&str> = args.tickets.iter().map(|t| t.as_str()).collect();
-            say(format!(
+        AccountOp::SetTickets { key, tickets } => {
+            check_tickets(store.require_account(&key)?.api, &tickets)?;
+            store.set_tickets(&key, &tickets, now)?;
+            let names: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
+            ctx.say(&format!(
                 "{key} tickets: {}",
                 if names.is_empty() {
                     "none".to_string()
@@ -64,32 +57,17 @@ pub fn run(store: &Store, cmd: AccountCommand, now: i64, quiet: bool) -> Result<
                 }
             ));
         }
-        AccountCommand::SetSecret(args) => {
-            let key = key(&args.account)?;
+        AccountOp::SetSecret { key, secret_env } => {
             store.require_account(&key)?;
-            let secret = read_secret(&args.secret, &key)?;
+            let secret = read_secret(secret_env.as_deref(), &key)?;
             store.set_secret(&key, &secret, now)?;
-            say(format!("updated the secret of {key}"));
+            ctx.say(&format!("updated the secret of {key}"));
         }
     }
-    Ok(exit::OK)
+    Ok(Exit::Ok)
 }
 
-fn key(args: &AccountArgs) -> Result<AccountKey> {
-    args.key().map_err(|e| fail(exit::USAGE, e))
-}
-
-fn check_tickets(api: Api, tickets: &[Ticket]) -> Result<()> {
-    match tickets.iter().find(|t| !t.fits(api)) {
-        Some(t) => Err(fail(
-            exit::USAGE,
-            format!("a {} account has no {} ticket", api.as_str(), t.as_str()),
-        )),
-        None => Ok(()),
-    }
-}
-
-fn list(store: &Store, json: bool) -> Result<()> {
+fn list(store: &dyn ReadStore, json: bool) -> Result<()> {
     let accounts = store.accounts()?;
     if json {
         let items: Vec<_> = accounts
@@ -97,7 +75,7 @@ fn list(store: &Store, json: bool) -> Result<()> {
             .map(|a| {
                 json!({
                     "appid": a.key.appid,
-                    "agentid": (!a.key.agent.is_empty()).then_some(&a.key.agent),
+                    "agentid": a.key.is_wecom().then_some(&a.key.agent),
                     "api": a.api.as_str(),
                     "enabled": a.enabled,
                     "secret": secret::mask(&a.secret),
@@ -132,11 +110,11 @@ fn list(store: &Store, json: bool) -> Result<()> {
 
 /// Reads a secret from `--secret-env VAR`, or stdin: a prompt without echo on a terminal,
 /// else its first line. Never from argv.
-fn read_secret(source: &SecretSource, key: &AccountKey) -> Result<Secret> {
-    let raw = if let Some(var) = &source.secret_env {
+fn read_secret(secret_env: Option<&str>, key: &AccountKey) -> Result<Secret> {
+    let raw = if let Some(var) = secret_env {
         std::env::var(var).map_err(|_| {
             fail(
-                exit::USAGE,
+                Exit::Usage,
                 format!("environment variable {var} is not set or not UTF-8"),
             )
         })?
@@ -148,13 +126,13 @@ fn read_secret(source: &SecretSource, key: &AccountKey) -> Result<Secret> {
     let value = raw.trim();
     if value.is_empty() {
         return Err(fail(
-            exit::USAGE,
+            Exit::Usage,
             "the secret is empty: give it on stdin (one line) or with --secret-env VAR",
         ));
     }
     if !value.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(fail(
-            exit::USAGE,
+            Exit::Usage,
             "the secret has spaces or non-ASCII characters; WeChat secrets have none",
         ));
     }

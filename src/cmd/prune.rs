@@ -2,15 +2,15 @@
 
 use anyhow::Result;
 
-use super::refresh::ATTEMPT_RETENTION;
-use crate::cli::PruneArgs;
-use crate::exit;
-use crate::store::Store;
+use super::Context;
+use crate::exit::Exit;
+use crate::policy::ATTEMPT_RETENTION;
 
-pub fn run(store: &Store, args: &PruneArgs, now: i64, quiet: bool) -> Result<u8> {
-    let (tokens, attempts) = store.prune(now, args.keep, now - ATTEMPT_RETENTION)?;
-    if !quiet {
-        eprintln!("pruned {tokens} token rows and {attempts} attempts");
-    }
-    Ok(exit::OK)
+pub fn run(ctx: &Context, keep: i64) -> Result<Exit> {
+    let now = ctx.now();
+    let (tokens, attempts) = ctx.store()?.prune(now, keep, now - ATTEMPT_RETENTION)?;
+    ctx.say(&format!(
+        "pruned {tokens} token rows and {attempts} attempts"
+    ));
+    Ok(Exit::Ok)
 }

@@ -4,24 +4,28 @@
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use super::{emit, held_text, human, rfc3339};
-use crate::exit;
+use super::{Context, emit};
+use crate::domain::{Account, Attempt, AttemptResult, Credential, Failure, TokenRow};
+use crate::exit::Exit;
 use crate::policy;
-use crate::store::{ACCESS_TOKEN, Account, AttemptRow, Store, TokenRow};
+use crate::text::{held_text, human, rfc3339};
 
 /// One credential of an account: its access token or one of its tickets.
 struct Line {
-    kind: &'static str,
+    kind: Credential,
     newest: Option<TokenRow>,
-    attempt: Option<AttemptRow>,
+    attempt: Option<Attempt>,
 }
 
-pub fn run(store: &Store, json_out: bool, now: i64) -> Result<u8> {
+/// Opens the store for writing, as before: a writing open is what upgrades an older
+/// schema, and the README tells people to run `status` for that.
+pub fn run(ctx: &Context, json_out: bool) -> Result<Exit> {
+    let store = ctx.store()?;
+    let now = ctx.now();
     let mut rows = Vec::new();
     for account in store.accounts()? {
-        let kinds = std::iter::once(ACCESS_TOKEN).chain(account.tickets.iter().map(|t| t.as_str()));
         let mut lines = Vec::new();
-        for kind in kinds {
+        for kind in account.credentials() {
             lines.push(Line {
                 kind,
                 newest: store.latest_token(&account.key, kind)?,
@@ -35,10 +39,10 @@ pub fn run(store: &Store, json_out: bool, now: i64) -> Result<u8> {
             .iter()
             .map(|(a, lines)| account_json(a, lines, now))
             .collect();
-        let doc = json!({ "database": store.path().display().to_string(), "accounts": accounts });
+        let doc = json!({ "database": store.location(), "accounts": accounts });
         format!("{doc}\n")
     } else {
-        let mut text = format!("database {}\n", store.path().display());
+        let mut text = format!("database {}\n", store.location());
         if rows.is_empty() {
             text += "no accounts; add one with `wxtoken account add`\n";
         }
@@ -48,7 +52,7 @@ pub fn run(store: &Store, json_out: bool, now: i64) -> Result<u8> {
         text
     };
     emit(&text)?;
-    Ok(exit::OK)
+    Ok(Exit::Ok)
 }
 
 fn account_text(a: &Account, lines: &[Line], now: i64) -> String {
@@ -62,11 +66,7 @@ fn account_text(a: &Account, lines: &[Line], now: i64) -> String {
         text += &format!("    SKIPPED by refresh {until}: {reason}\n");
     }
     for line in lines {
-        let label = if line.kind == ACCESS_TOKEN {
-            "token".to_string()
-        } else {
-            format!("{} ticket", line.kind)
-        };
+        let label = line.kind.label();
         let state = match &line.newest {
             None => format!("no {label} yet"),
             Some(t) if t.expires_at <= now => format!(
@@ -95,7 +95,7 @@ fn account_text(a: &Account, lines: &[Line], now: i64) -> String {
 fn account_json(a: &Account, lines: &[Line], now: i64) -> Value {
     let mut obj = json!({
         "appid": a.key.appid,
-        "agentid": (!a.key.agent.is_empty()).then_some(&a.key.agent),
+        "agentid": a.key.is_wecom().then_some(&a.key.agent),
         "api": a.api.as_str(),
         "enabled": a.enabled,
         "held": held(a, now).map(|(until, reason)| json!({"until": until, "reason": reason})),
@@ -111,11 +111,11 @@ fn account_json(a: &Account, lines: &[Line], now: i64) -> Value {
             })),
             "last_attempt": line.attempt.as_ref().map(|a| attempt_json(a, line.kind)),
         });
-        if line.kind == ACCESS_TOKEN {
+        if line.kind == Credential::AccessToken {
             obj["token"] = value["newest"].clone();
             obj["last_attempt"] = value["last_attempt"].clone();
         } else {
-            tickets.insert(line.kind.to_string(), value);
+            tickets.insert(line.kind.as_str().to_string(), value);
         }
     }
     obj["tickets"] = Value::Object(tickets);
@@ -124,54 +124,79 @@ fn account_json(a: &Account, lines: &[Line], now: i64) -> Value {
 
 /// Why refresh skips the account, and until when, if it does.
 fn held(a: &Account, now: i64) -> Option<(String, String)> {
-    let until = a.held_until.filter(|&t| t > now)?;
-    Some((held_text(until), a.held_reason.clone().unwrap_or_default()))
+    a.held_at(now)
+        .map(|(until, reason)| (held_text(until), reason))
 }
 
-fn attempt_text(a: &AttemptRow, kind: &str) -> String {
+/// The columns an attempt had in the database: outcome, errcode, errmsg, HTTP status and
+/// detail, as `status --json` has always shown them.
+type Columns<'a> = (
+    &'static str,
+    Option<i64>,
+    Option<&'a str>,
+    Option<u16>,
+    Option<&'a str>,
+);
+
+fn columns(a: &Attempt) -> Columns<'_> {
+    match &a.result {
+        AttemptResult::Ok => ("ok", None, None, None, None),
+        AttemptResult::Unchanged => ("unchanged", None, None, None, None),
+        AttemptResult::Failed(f) => match f {
+            Failure::WeChat { errcode, errmsg } => {
+                ("errcode", Some(*errcode), Some(errmsg), None, None)
+            }
+            Failure::Http { status } => ("http", None, None, Some(*status), None),
+            Failure::Transport(d) => ("transport", None, None, None, Some(d)),
+            Failure::NotJson(d) => ("not_json", None, None, None, Some(d)),
+            Failure::Invalid(d) => ("invalid", None, None, None, Some(d)),
+        },
+    }
+}
+
+fn attempt_text(a: &Attempt, kind: Credential) -> String {
     let tries = if a.tries > 1 {
         format!(" after {} tries", a.tries)
     } else {
         String::new()
     };
-    match a.outcome.as_str() {
-        "ok" | "unchanged" => format!("{}{tries}", a.outcome),
+    let (outcome, errcode, errmsg, status, detail) = columns(a);
+    let detail = detail.unwrap_or("");
+    match outcome {
+        "ok" | "unchanged" => format!("{outcome}{tries}"),
         "errcode" => {
-            let code = a.errcode.unwrap_or(0);
-            let msg = a.errmsg.as_deref().unwrap_or("");
+            let code = errcode.unwrap_or(0);
+            let msg = errmsg.unwrap_or("");
             match hint(code, msg, kind) {
                 Some(hint) => format!("errcode {code} ({msg}){tries}: {hint}"),
                 None => format!("errcode {code} ({msg}){tries}"),
             }
         }
-        "http" => format!("HTTP status {}{tries}", a.http_status.unwrap_or(0)),
-        "transport" => format!(
-            "network error: {}{tries}",
-            a.detail.as_deref().unwrap_or("")
-        ),
-        other => format!("{other}: {}{tries}", a.detail.as_deref().unwrap_or("")),
+        "http" => format!("HTTP status {}{tries}", status.unwrap_or(0)),
+        "transport" => format!("network error: {detail}{tries}"),
+        other => format!("{other}: {detail}{tries}"),
     }
 }
 
-fn attempt_json(a: &AttemptRow, kind: &str) -> Value {
+fn attempt_json(a: &Attempt, kind: Credential) -> Value {
+    let (outcome, errcode, errmsg, status, detail) = columns(a);
     json!({
         "at": rfc3339(a.started_at),
         "duration_ms": a.duration_ms,
         "tries": a.tries,
-        "outcome": a.outcome,
-        "errcode": a.errcode,
-        "errmsg": a.errmsg,
-        "hint": a.errcode.and_then(|c| hint(c, a.errmsg.as_deref().unwrap_or(""), kind)),
-        "http_status": a.http_status,
-        "detail": a.detail,
+        "outcome": outcome,
+        "errcode": errcode,
+        "errmsg": errmsg,
+        "hint": errcode.and_then(|c| hint(c, errmsg.unwrap_or(""), kind)),
+        "http_status": status,
+        "detail": detail,
     })
 }
 
 /// Errcodes from a ticket fetch mean something else than from a token fetch.
-fn hint(errcode: i64, errmsg: &str, kind: &str) -> Option<String> {
-    if kind == ACCESS_TOKEN {
-        policy::hint(errcode, errmsg)
-    } else {
-        policy::ticket_hint(errcode, errmsg)
+fn hint(errcode: i64, errmsg: &str, kind: Credential) -> Option<String> {
+    match kind {
+        Credential::AccessToken => policy::hint(errcode, errmsg),
+        Credential::Ticket(_) => policy::ticket_hint(errcode, errmsg),
     }
 }

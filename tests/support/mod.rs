@@ -2,7 +2,7 @@
 //! loopback stand-in for WeChat's API and a SQLite file in its own temp directory.
 #![allow(dead_code)]
 
-pub mod standin;
+pub use wxtoken_standin as standin;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

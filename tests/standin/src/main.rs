@@ -3,8 +3,7 @@
 //! Usage: standin [--port N] [--latency-ms N] [--exit-on-stdin-eof]
 //! Prints its base URL on one line, then serves until killed.
 
-#[path = "standin.rs"]
-mod standin;
+use wxtoken_standin as standin;
 
 use std::io::Write;
 use std::process::ExitCode;

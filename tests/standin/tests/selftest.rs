@@ -1,14 +1,12 @@
 //! The stand-in's own tests: raw HTTP over TcpStream, no wxtoken binary involved.
 
-mod support;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::standin::{self, Reply, StandIn};
+use wxtoken_standin::{self as standin, Reply, StandIn};
 
 /// One parsed HTTP response.
 struct Resp {
@@ -484,4 +482,25 @@ fn registered_work_secret_and_revocation() {
     let revoked = get(&s, &format!("/cgi-bin/get_jsapi_ticket?access_token={t}")).body;
     assert_eq!(field(&revoked, "errcode"), "40001");
     assert_ne!(tok(), t, "a revoked token is not handed out again");
+}
+
+#[test]
+fn an_unused_scripted_reply_fails_the_test_on_drop() {
+    let s = StandIn::start();
+    s.push(standin::TOKEN, Reply::errcode(40013, "invalid appid"));
+    assert_eq!(s.unused_scripts().len(), 1);
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(s)));
+    let message = dropped.expect_err("drop must panic");
+    let text = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(text.contains("never consumed"), "{text}");
+    assert!(text.contains(standin::TOKEN), "{text}");
+
+    // Consumed, or discarded on purpose: a quiet drop.
+    let s = StandIn::start();
+    s.push(standin::TOKEN, Reply::errcode(40013, "invalid appid"));
+    s.discard_scripts();
+    drop(s);
 }

@@ -308,9 +308,35 @@ impl StandIn {
     }
 }
 
+impl StandIn {
+    /// The scripted replies nobody consumed, as `(route, key)` with how many are left.
+    pub fn unused_scripts(&self) -> Vec<(String, Option<String>, usize)> {
+        let mut left: Vec<_> = self
+            .state()
+            .scripts
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|((route, key), q)| (route.clone(), key.clone(), q.len()))
+            .collect();
+        left.sort();
+        left
+    }
+
+    /// Forgets every queued reply, for a test that leaves some unused on purpose.
+    pub fn discard_scripts(&self) {
+        self.state().scripts.clear();
+    }
+}
+
 impl Drop for StandIn {
+    /// Stops the server, and fails the test if a scripted reply was never used: a test
+    /// that scripts an answer nobody asks for does not test what it says it does.
     fn drop(&mut self) {
         self.shutdown();
+        let unused = self.unused_scripts();
+        if !unused.is_empty() && !thread::panicking() {
+            panic!("stand-in: scripted replies never consumed (route, account, count): {unused:?}");
+        }
     }
 }
 
@@ -520,7 +546,9 @@ pub fn json_escape(s: &str) -> String {
 
 fn handle(sh: &Shared, req: Request, out: &mut TcpStream, close: bool) -> io::Result<bool> {
     let route = req.path.clone();
-    let key = {
+    // The reply is taken in the same critical section as the hit is counted, unless the
+    // route is gated: a test that saw the hit then knows its scripted reply is spent.
+    let (key, early) = {
         let mut st = lock(&sh.state);
         let key = st.key_for(&req);
         *st.hits.entry(route.clone()).or_default() += 1;
@@ -528,21 +556,17 @@ fn handle(sh: &Shared, req: Request, out: &mut TcpStream, close: bool) -> io::Re
             *st.hits_for.entry((route.clone(), k.clone())).or_default() += 1;
         }
         st.log.push(req.clone());
-        key
+        let early = (!st.gates.contains(&route)).then(|| st.pick(&route, key.as_deref(), &req));
+        (key, early)
     };
     sh.cond.notify_all();
     let (reply, latency) = {
-        let (mut st, _) = sh.wait_until(None, |st| st.stopped || !st.gates.contains(&route));
-        let reply = match st.scripted(&route, key.as_deref()) {
-            Some(reply) => {
-                if let (Reply::Token { token, expires_in }, Some(kind)) = (&reply, kind_of(&route))
-                {
-                    let key = key.as_deref().unwrap_or("");
-                    st.adopt(token, kind, key, "", *expires_in);
-                }
-                reply
-            }
-            None => st.default_reply(&req),
+        let (mut st, _) = sh.wait_until(None, |st| {
+            early.is_some() || st.stopped || !st.gates.contains(&route)
+        });
+        let reply = match early {
+            Some(reply) => reply,
+            None => st.pick(&route, key.as_deref(), &req),
         };
         (reply, st.latency)
     };
@@ -550,6 +574,21 @@ fn handle(sh: &Shared, req: Request, out: &mut TcpStream, close: bool) -> io::Re
         return Ok(false);
     }
     send(sh, out, &route, reply, close)
+}
+
+impl State {
+    /// The next scripted reply for this request, or the default behaviour.
+    fn pick(&mut self, route: &str, key: Option<&str>, req: &Request) -> Reply {
+        match self.scripted(route, key) {
+            Some(reply) => {
+                if let (Reply::Token { token, expires_in }, Some(kind)) = (&reply, kind_of(route)) {
+                    self.adopt(token, kind, key.unwrap_or(""), "", *expires_in);
+                }
+                reply
+            }
+            None => self.default_reply(req),
+        }
+    }
 }
 
 fn kind_of(route: &str) -> Option<Kind> {

@@ -1,0 +1,359 @@
+//! Arguments become a validated configuration here, once: account selectors, API base
+//! URLs, the database location. Commands never see raw clap types.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::cli::{AccountArgs, AccountCommand, ApiArgs, Cli, Command, StoreCommand};
+use crate::domain::{AccountKey, Api, Credential, Ticket};
+use crate::exit::{Exit, fail};
+use crate::policy::{self, Want};
+use crate::store::Location;
+
+pub struct Config {
+    pub db: Location,
+    pub quiet: bool,
+    pub command: Cmd,
+}
+
+/// What to do, with everything already checked.
+pub enum Cmd {
+    Account(AccountOp),
+    Refresh(RefreshConfig),
+    Get(GetConfig),
+    Status {
+        json: bool,
+    },
+    Prune {
+        keep: i64,
+    },
+    /// `store copy`: into this empty store.
+    Copy {
+        to: Location,
+    },
+    /// `store grant-reader`: a PostgreSQL role.
+    GrantReader {
+        role: String,
+    },
+}
+
+pub enum AccountOp {
+    Add {
+        key: AccountKey,
+        api: Api,
+        tickets: Vec<Ticket>,
+        secret_env: Option<String>,
+    },
+    List {
+        json: bool,
+    },
+    Remove(AccountKey),
+    Enable(AccountKey),
+    Disable(AccountKey),
+    SetSecret {
+        key: AccountKey,
+        secret_env: Option<String>,
+    },
+    SetTickets {
+        key: AccountKey,
+        tickets: Vec<Ticket>,
+    },
+}
+
+/// How to reach WeChat.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub api_base: String,
+    pub work_api_base: String,
+    pub timeout: Duration,
+    /// Seconds a claim lasts before others may take the account over.
+    pub claim_ttl: i64,
+}
+
+pub struct RefreshConfig {
+    /// Empty: every enabled account.
+    pub accounts: Vec<AccountKey>,
+    pub jobs: usize,
+    pub want: Want,
+    /// Also fetch held accounts.
+    pub force: bool,
+    pub api: ApiConfig,
+}
+
+pub struct GetConfig {
+    pub key: AccountKey,
+    pub kind: Credential,
+    pub json: bool,
+    pub min_ttl: i64,
+    /// The token that failed, or `-` for stdin; with the API to fetch a new one.
+    pub reject: Option<(String, ApiConfig)>,
+}
+
+impl Config {
+    pub fn from_cli(cli: Cli) -> Result<Config> {
+        let db = location(cli.db, "WXTOKEN_DB")?;
+        let command = match cli.command {
+            Command::Account(op) => Cmd::Account(account_op(op)?),
+            Command::Refresh(a) => {
+                let want = match (a.force, a.if_expiring_within) {
+                    (true, _) => Want::Always,
+                    (false, Some(d)) => Want::ExpiringWithin(d.as_secs() as i64),
+                    (false, None) => Want::Stale,
+                };
+                let accounts = a
+                    .appid
+                    .iter()
+                    .map(|name| AccountKey::parse(name).map_err(usage))
+                    .collect::<Result<_>>()?;
+                Cmd::Refresh(RefreshConfig {
+                    accounts,
+                    jobs: a.jobs,
+                    want,
+                    force: a.force,
+                    api: api(&a.api)?,
+                })
+            }
+            Command::Get(a) => {
+                let key = account_key(&a.account)?;
+                let reject = match a.reject {
+                    Some(token) => Some((token, api(&a.api)?)),
+                    None => None,
+                };
+                Cmd::Get(GetConfig {
+                    key,
+                    kind: a.ticket.map_or(Credential::AccessToken, Credential::Ticket),
+                    json: a.json,
+                    min_ttl: a.min_ttl.as_secs() as i64,
+                    reject,
+                })
+            }
+            Command::Status(a) => Cmd::Status { json: a.json },
+            Command::Prune(a) => Cmd::Prune { keep: a.keep },
+            Command::Store(StoreCommand::Copy(a)) => match location(Some(a.to), "WXTOKEN_COPY_TO")?
+            {
+                Location::File { path, .. } if path.as_os_str() == "-" => {
+                    return Err(usage("store copy --to: name a file or a URL".into()));
+                }
+                to => Cmd::Copy { to },
+            },
+            Command::Store(StoreCommand::GrantReader(a)) => Cmd::GrantReader { role: a.role },
+        };
+        Ok(Config {
+            db,
+            quiet: cli.quiet,
+            command,
+        })
+    }
+}
+
+fn usage(message: String) -> anyhow::Error {
+    fail(Exit::Usage, message)
+}
+
+fn account_op(op: AccountCommand) -> Result<AccountOp> {
+    Ok(match op {
+        AccountCommand::Add(a) => {
+            let key = account_key(&a.account)?;
+            let api = if key.is_wecom() {
+                Api::Work
+            } else {
+                Api::from(a.api)
+            };
+            // Before the secret is asked for, so nobody types it for nothing.
+            check_tickets(api, &a.tickets)?;
+            AccountOp::Add {
+                key,
+                api,
+                tickets: a.tickets,
+                secret_env: a.secret.secret_env,
+            }
+        }
+        AccountCommand::List(a) => AccountOp::List { json: a.json },
+        AccountCommand::Remove(a) => AccountOp::Remove(account_key(&a)?),
+        AccountCommand::Enable(a) => AccountOp::Enable(account_key(&a)?),
+        AccountCommand::Disable(a) => AccountOp::Disable(account_key(&a)?),
+        AccountCommand::SetSecret(a) => AccountOp::SetSecret {
+            key: account_key(&a.account)?,
+            secret_env: a.secret.secret_env,
+        },
+        AccountCommand::SetTickets(a) => AccountOp::SetTickets {
+            key: account_key(&a.account)?,
+            tickets: a.tickets,
+        },
+    })
+}
+
+/// `--appid`, or `--corpid` with `--agentid`, through the one account parser.
+fn account_key(args: &AccountArgs) -> Result<AccountKey> {
+    match (&args.appid, &args.corpid, &args.agentid) {
+        (Some(appid), None, None) => AccountKey::appid(appid),
+        (None, Some(corpid), Some(agent)) => AccountKey::wecom(corpid, agent),
+        _ => Err("name an account with --appid, or with --corpid and --agentid".into()),
+    }
+    .map_err(usage)
+}
+
+/// Whether every ticket exists for accounts of this API.
+pub fn check_tickets(api: Api, tickets: &[Ticket]) -> Result<()> {
+    match tickets.iter().find(|t| !t.fits(api)) {
+        Some(t) => Err(usage(format!(
+            "a {} account has no {} ticket",
+            api.as_str(),
+            t.as_str()
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn api(args: &ApiArgs) -> Result<ApiConfig> {
+    check_base("--api-base", &args.api_base).map_err(usage)?;
+    check_base("--work-api-base", &args.work_api_base).map_err(usage)?;
+    Ok(ApiConfig {
+        api_base: args.api_base.clone(),
+        work_api_base: args.work_api_base.clone(),
+        timeout: Duration::from_secs(args.timeout),
+        claim_ttl: args
+            .claim_ttl
+            .map_or_else(|| policy::claim_ttl(args.timeout), |t| t as i64),
+    })
+}
+
+/// Checks that an API base is an http(s) URL, so that a typo fails before any request.
+fn check_base(name: &str, url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(host)
+            if !host.is_empty() && !host.starts_with('/') && !url.contains(char::is_whitespace) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "{name} '{}' is not an http:// or https:// URL",
+            policy::one_line(url, 80)
+        )),
+    }
+}
+
+/// `--db`, else `WXTOKEN_DB` (clap reads both), else `~/.local/share/wxtoken/wxtoken.db`.
+/// The default depends on HOME only, which cron sets too, so cron and a login shell of the
+/// same user agree on it. `env` is the variable that may also hold the value: a URL with
+/// a password is accepted only from there, never from argv.
+fn location(flag: Option<PathBuf>, env: &str) -> Result<Location> {
+    if let Some(path) = flag {
+        if path.as_os_str().is_empty() {
+            return Err(usage(format!("the database ({env}) is empty")));
+        }
+        if let Some(url) = path.to_str().filter(|p| is_postgres_url(p)) {
+            let from_env = std::env::var_os(env).is_some_and(|v| v == path.as_os_str());
+            return postgres_location(url, env, from_env);
+        }
+        return Ok(Location::File {
+            path,
+            is_default: false,
+        });
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| usage("HOME is not set; pass --db or set WXTOKEN_DB".into()))?;
+    Ok(Location::File {
+        path: PathBuf::from(home).join(".local/share/wxtoken/wxtoken.db"),
+        is_default: true,
+    })
+}
+
+/// `postgres://` and `postgresql://` name a server; anything else is an SQLite path.
+fn is_postgres_url(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
+}
+
+/// The URL completed from libpq's environment (PG* variables, ~/.pgpass). Errors never
+/// quote the URL: it may hold a password.
+#[cfg(feature = "postgres")]
+fn postgres_location(url: &str, env: &str, from_env: bool) -> Result<Location> {
+    let config =
+        crate::pgconf::PgConfig::from_env(url).map_err(|e| usage(format!("{env}: {e}")))?;
+    if !from_env
+        && config
+            .password
+            .as_ref()
+            .is_some_and(|p| p.source == "the URL")
+    {
+        return Err(usage(format!(
+            "a password in a URL on the command line shows in `ps` and shell history; \
+             put the URL in {env}, or the password in PGPASSWORD or ~/.pgpass"
+        )));
+    }
+    Ok(Location::Postgres(config))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn postgres_location(_url: &str, _env: &str, _from_env: bool) -> Result<Location> {
+    Err(usage(
+        "--db / WXTOKEN_DB is a PostgreSQL URL, but this wxtoken was built without the \
+         `postgres` feature; rebuild with default features"
+            .into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<Config> {
+        let mut argv = vec!["wxtoken", "--db", "/nonexistent/x.db"];
+        argv.extend_from_slice(args);
+        Config::from_cli(Cli::try_parse_from(argv).unwrap())
+    }
+
+    #[test]
+    fn cli_defaults_are_the_policy() {
+        let Cmd::Refresh(r) = parse(&["refresh"]).unwrap().command else {
+            panic!("not refresh")
+        };
+        assert_eq!(r.jobs, policy::DEFAULT_JOBS);
+        let Cmd::Prune { keep } = parse(&["prune"]).unwrap().command else {
+            panic!("not prune")
+        };
+        assert_eq!(keep, policy::DEFAULT_KEEP);
+    }
+
+    #[test]
+    fn refresh_selectors_use_the_same_checks() {
+        let Cmd::Refresh(r) = parse(&["refresh", "--appid", "ww1/1000002", "--appid", "wx1"])
+            .unwrap()
+            .command
+        else {
+            panic!("not refresh")
+        };
+        assert_eq!(r.accounts[0], AccountKey::wecom("ww1", "1000002").unwrap());
+        assert_eq!(r.accounts[1], AccountKey::appid("wx1").unwrap());
+        for bad in ["ww1/", "/1000002", "ww1/a/b"] {
+            let err = parse(&["refresh", "--appid", bad]).err().unwrap();
+            assert_eq!(crate::exit::of(&err), Exit::Usage, "{bad}");
+        }
+    }
+
+    #[test]
+    fn bases_must_be_http_urls() {
+        assert!(check_base("--api-base", "https://api.weixin.qq.com").is_ok());
+        assert!(check_base("--api-base", "http://127.0.0.1:8080/").is_ok());
+        for bad in [
+            "",
+            "api.weixin.qq.com",
+            "https://",
+            "http:///x",
+            "https://a b",
+            "ftp://x",
+        ] {
+            assert!(check_base("--api-base", bad).is_err(), "{bad}");
+        }
+        // Plain get never calls WeChat, so a bad base does not stop it.
+        assert!(parse(&["get", "--appid", "wx1", "--api-base", "x"]).is_ok());
+        assert!(parse(&["get", "--appid", "wx1", "--reject", "T", "--api-base", "x"]).is_err());
+    }
+}

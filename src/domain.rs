@@ -1,0 +1,340 @@
+//! The words of the domain: accounts and how they are named, the token APIs, the kinds of
+//! credential, a token row and the record of one fetch. Every other module speaks these;
+//! this module imports nothing of wxtoken's, so that a store, a publisher or a new kind of
+//! credential can be added without dragging the HTTP client or the CLI along.
+
+use std::fmt;
+
+/// Where WeChat's API lives unless `--api-base` / `WXTOKEN_API_BASE` says otherwise.
+pub const DEFAULT_API_BASE: &str = "https://api.weixin.qq.com";
+/// Where WeCom's API lives unless `--work-api-base` / `WXTOKEN_WORK_API_BASE` says otherwise.
+pub const DEFAULT_WORK_API_BASE: &str = "https://qyapi.weixin.qq.com";
+
+/// An AppSecret / corpsecret. `Debug` and `Display` never show it; only `expose` does, and
+/// only the HTTP client and the store call that.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// How an account is addressed: an appid, or a WeCom corpid plus agentid (or module name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AccountKey {
+    pub appid: String,
+    /// Empty for Official Accounts and Mini Programs.
+    pub agent: String,
+}
+
+impl AccountKey {
+    /// An Official Account or Mini Program, checked like every identifier.
+    pub fn appid(appid: &str) -> Result<AccountKey, String> {
+        check_identifier("appid/corpid", appid)?;
+        Ok(AccountKey {
+            appid: appid.to_string(),
+            agent: String::new(),
+        })
+    }
+
+    /// A WeCom app (or a module without an agentid, such as `contacts`).
+    pub fn wecom(corpid: &str, agent: &str) -> Result<AccountKey, String> {
+        check_identifier("appid/corpid", corpid)?;
+        check_identifier("agentid", agent)?;
+        Ok(AccountKey {
+            appid: corpid.to_string(),
+            agent: agent.to_string(),
+        })
+    }
+
+    /// The one parser for an account written as one word: `APPID`, or `CORPID/AGENTID` for
+    /// a WeCom app, the way `Display` writes it.
+    pub fn parse(text: &str) -> Result<AccountKey, String> {
+        match text.split_once('/') {
+            Some((corpid, agent)) => AccountKey::wecom(corpid, agent),
+            None => AccountKey::appid(text),
+        }
+    }
+
+    pub fn is_wecom(&self) -> bool {
+        !self.agent.is_empty()
+    }
+}
+
+impl fmt::Display for AccountKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.agent.is_empty() {
+            f.write_str(&self.appid)
+        } else {
+            write!(f, "{}/{}", self.appid, self.agent)
+        }
+    }
+}
+
+/// Identifiers end up in SQL parameters, URLs and one-line messages: printable ASCII only,
+/// no '/', which separates corpid and agentid.
+fn check_identifier(what: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("{what} is empty"));
+    }
+    if value.len() > 128 || !value.bytes().all(|b| b.is_ascii_graphic()) || value.contains('/') {
+        let shown: String = value
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(40)
+            .collect();
+        let more = if value.chars().count() > 40 {
+            "…"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "{what} '{shown}{more}' is not valid: use up to 128 printable ASCII characters, no spaces or '/'"
+        ));
+    }
+    Ok(())
+}
+
+/// Which token endpoint an account uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `GET /cgi-bin/token`: each fetch invalidates the previous token after 5 minutes.
+    Token,
+    /// `POST /cgi-bin/stable_token`: isolated from the classic token.
+    Stable,
+    /// WeCom `GET /cgi-bin/gettoken`.
+    Work,
+}
+
+impl Api {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Token => "token",
+            Api::Stable => "stable",
+            Api::Work => "work",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Api> {
+        match s {
+            "token" => Some(Api::Token),
+            "stable" => Some(Api::Stable),
+            "work" => Some(Api::Work),
+            _ => None,
+        }
+    }
+}
+
+/// A JS-SDK ticket, derived from an access token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ticket {
+    /// Official Account `jsapi`, or a WeCom corp's `jsapi` ticket.
+    Jsapi,
+    /// Official Account card ticket.
+    WxCard,
+    /// WeCom app ticket for `wx.agentConfig`.
+    AgentConfig,
+}
+
+impl Ticket {
+    pub const ALL: [Ticket; 3] = [Ticket::Jsapi, Ticket::WxCard, Ticket::AgentConfig];
+
+    /// The name used on the command line and as the row kind in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ticket::Jsapi => "jsapi",
+            Ticket::WxCard => "wx_card",
+            Ticket::AgentConfig => "agent_config",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Ticket> {
+        Ticket::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// Whether accounts of this API have this ticket.
+    pub fn fits(self, api: Api) -> bool {
+        match self {
+            Ticket::Jsapi => true,
+            Ticket::WxCard => api != Api::Work,
+            Ticket::AgentConfig => api == Api::Work,
+        }
+    }
+}
+
+/// A kind of credential wxtoken keeps per account: the access token, or a ticket fetched
+/// with it. Each has its own timestamped rows and attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    AccessToken,
+    Ticket(Ticket),
+}
+
+impl Credential {
+    /// The row kind in the store (and the `type` in `get --json` for a ticket).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Credential::AccessToken => "access_token",
+            Credential::Ticket(t) => t.as_str(),
+        }
+    }
+
+    /// How messages name it: `token`, or `jsapi ticket`.
+    pub fn label(self) -> String {
+        match self {
+            Credential::AccessToken => "token".to_string(),
+            Credential::Ticket(t) => format!("{} ticket", t.as_str()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub id: i64,
+    pub key: AccountKey,
+    pub api: Api,
+    pub secret: Secret,
+    pub enabled: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Refresh skips the account until this Unix time (`policy::UNTIL_FIXED`: until its
+    /// configuration changes).
+    pub held_until: Option<i64>,
+    pub held_reason: Option<String>,
+    /// The JS-SDK tickets fetched right after each new token.
+    pub tickets: Vec<Ticket>,
+}
+
+impl Account {
+    /// The hold refresh honours at `now`, if any: until when, and why.
+    pub fn held_at(&self, now: i64) -> Option<(i64, String)> {
+        let until = self.held_until.filter(|&t| t > now)?;
+        Some((until, self.held_reason.clone().unwrap_or_default()))
+    }
+
+    /// Its access token, then its tickets.
+    pub fn credentials(&self) -> impl Iterator<Item = Credential> + '_ {
+        std::iter::once(Credential::AccessToken)
+            .chain(self.tickets.iter().map(|&t| Credential::Ticket(t)))
+    }
+}
+
+/// One row of the token history (a token or a ticket).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    pub token: String,
+    pub expires_in: i64,
+    pub fetched_at: i64,
+    pub expires_at: i64,
+}
+
+/// A token (or ticket) as WeChat handed it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub token: String,
+    pub expires_in: i64,
+}
+
+/// Why a fetch failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// WeChat answered with an errcode.
+    WeChat { errcode: i64, errmsg: String },
+    /// The HTTP status was not 200 (a proxy, a load balancer, a wrong base URL).
+    Http { status: u16 },
+    /// No answer: connection refused or dropped, DNS, TLS, timeout.
+    Transport(String),
+    /// An answer that is not a WeChat reply at all: not JSON, empty, too large.
+    NotJson(String),
+    /// JSON, but not a valid token reply: a missing or malformed field.
+    Invalid(String),
+}
+
+/// One fetch, after retries: the result, how many tries it took, and when the successful
+/// request was sent (Unix seconds).
+#[derive(Debug)]
+pub struct Outcome {
+    pub result: Result<Fetched, Failure>,
+    pub tries: u32,
+    pub sent_at: i64,
+    pub started_at: i64,
+    pub duration_ms: i64,
+}
+
+/// How a recorded attempt ended, as the store gives it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptResult {
+    Ok,
+    /// WeChat handed back the token that was already newest; no row was added.
+    Unchanged,
+    Failed(Failure),
+}
+
+/// The record of one fetch attempt, as `status` shows it.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub started_at: i64,
+    pub duration_ms: i64,
+    pub tries: i64,
+    pub result: AttemptResult,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_debug_and_display_hide_it() {
+        let s = Secret::new("0123456789abcdef0123456789abcdef".into());
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        assert_eq!(format!("{s}"), "***");
+    }
+
+    #[test]
+    fn one_account_parser() {
+        let wx = AccountKey::parse("wx1234567890abcdef").unwrap();
+        assert_eq!(wx.to_string(), "wx1234567890abcdef");
+        assert!(!wx.is_wecom());
+        let wecom = AccountKey::parse("ww0123/1000002").unwrap();
+        assert_eq!(
+            (wecom.appid.as_str(), wecom.agent.as_str()),
+            ("ww0123", "1000002")
+        );
+        assert_eq!(AccountKey::parse(&wecom.to_string()).unwrap(), wecom);
+        for bad in ["", "ww/", "/1000002", "a b", "ww/1/2", "wx\u{7f}"] {
+            assert!(AccountKey::parse(bad).is_err(), "{bad:?}");
+        }
+        let long = "x".repeat(129);
+        assert!(AccountKey::parse(&long).unwrap_err().contains('…'));
+    }
+
+    #[test]
+    fn credential_kinds() {
+        assert_eq!(Credential::AccessToken.as_str(), "access_token");
+        assert_eq!(Credential::Ticket(Ticket::WxCard).as_str(), "wx_card");
+        assert_eq!(Credential::Ticket(Ticket::Jsapi).label(), "jsapi ticket");
+        for t in Ticket::ALL {
+            assert_eq!(Ticket::parse(t.as_str()), Some(t));
+        }
+        assert!(!Ticket::AgentConfig.fits(Api::Token));
+        assert!(!Ticket::WxCard.fits(Api::Work));
+    }
+}

@@ -1,0 +1,408 @@
+//! The path of a fetch, in one place: claim the account → fetch its token, then the
+//! tickets that depend on it → record each → release the claim, on every path. `refresh`
+//! runs it over many accounts on a worker pool; `get --reject` runs it for one account
+//! when the token a caller rejected is still the newest.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::domain::{Account, AccountKey, Api, Credential, Failure, Outcome, Ticket, TokenRow};
+use crate::exit::{Exit, fail};
+use crate::policy::{self, Hold, Want};
+use crate::secret::fingerprint;
+use crate::store::{Claim, Recorded, Store, StoreError};
+use crate::text;
+use crate::wechat::{Client, Credentials};
+
+/// The clock, passed in so that the engine never reads it behind a caller's back.
+pub type Clock = fn() -> i64;
+
+/// How one account's refresh ended.
+#[derive(Debug)]
+pub enum Done {
+    Refreshed,
+    /// Nothing to do: the newest token is fresh enough (maybe fetched by another run).
+    Fresh,
+    /// Another run holds the account's claim and is fetching it right now.
+    Busy,
+    /// Skipped: an earlier error put the account on hold.
+    Held(i64, String),
+    Failed(Failure),
+    /// The token is fine, but this ticket could not be fetched.
+    TicketFailed(Ticket, Failure),
+    /// The store failed; the fetch may have worked but is not recorded.
+    Unrecorded(String),
+}
+
+/// What a refresh run fetches.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub want: Want,
+    /// Fetch held accounts too.
+    pub force: bool,
+    pub jobs: usize,
+    /// Seconds a claim lasts.
+    pub claim_ttl: i64,
+}
+
+/// Refreshes every account on up to `plan.jobs` threads, each with its own handle on the
+/// store; results in account order.
+pub fn refresh(
+    store: &dyn Store,
+    client: &Client,
+    accounts: &[Account],
+    plan: Plan,
+    clock: Clock,
+) -> Vec<Done> {
+    let now = clock();
+    let ttl = plan.claim_ttl;
+    // Handles are opened here, not in the workers: a store handle may be sent to a
+    // thread, but not shared between threads.
+    let workers = (0..plan.jobs.min(accounts.len()))
+        .map(|_| store.another())
+        .collect();
+    run_pool(accounts, workers, |worker, account| {
+        match (account.held_at(now), worker) {
+            (Some((until, reason)), _) if !plan.force => Done::Held(until, reason),
+            (_, Err(err)) => Done::Unrecorded(format!("could not open the store: {err}")),
+            (_, Ok(store)) => refresh_one(store.as_ref(), client, account, plan.want, ttl, clock),
+        }
+    })
+}
+
+/// Runs `work` over every item on one thread per state in `states`, each thread with its
+/// own state; results in item order.
+fn run_pool<T: Sync, S: Send, R: Send>(
+    items: &[T],
+    states: Vec<S>,
+    work: impl Fn(&S, &T) -> R + Sync,
+) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for state in states {
+            let (next, slots, work) = (&next, &slots, &work);
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let result = work(&state, item);
+                    // A poisoned slot only means another worker panicked.
+                    *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|slot| slot.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .map(|r| r.expect("every slot is filled once the scope ends"))
+        .collect()
+}
+
+/// How a piece of work under a claim went.
+enum Claimed<T> {
+    /// Another live holder has the account (its id); nothing was done.
+    Busy(String),
+    /// The work's result, and whether the claim was given back.
+    Done(T, Result<(), StoreError>),
+}
+
+/// The one claim protocol: claim, work, release, whatever the work's result.
+fn with_claim<T>(
+    store: &dyn Store,
+    account_id: i64,
+    now: i64,
+    ttl: i64,
+    work: impl FnOnce() -> T,
+) -> Result<Claimed<T>, StoreError> {
+    match store.claim(account_id, now, ttl)? {
+        Claim::Busy(other) => Ok(Claimed::Busy(other)),
+        Claim::Claimed => {
+            let result = work();
+            Ok(Claimed::Done(result, store.release(account_id)))
+        }
+    }
+}
+
+fn refresh_one(
+    store: &dyn Store,
+    client: &Client,
+    account: &Account,
+    want: Want,
+    ttl: i64,
+    clock: Clock,
+) -> Done {
+    let now = clock();
+    let claimed = with_claim(store, account.id, now, ttl, || {
+        fetch_claimed(store, client, account, want, now)
+    });
+    match claimed {
+        Err(err) => Done::Unrecorded(format!("could not claim the account: {err}")),
+        Ok(Claimed::Busy(other)) => {
+            log::info!("{}: {other} is fetching it; skipping", account.key);
+            Done::Busy
+        }
+        Ok(Claimed::Done(_, Err(err))) => {
+            Done::Unrecorded(format!("could not release the claim: {err}"))
+        }
+        Ok(Claimed::Done(done, Ok(()))) => done,
+    }
+}
+
+/// The part of a refresh that runs under the claim. Nobody else can add a row for the
+/// account meanwhile, so reading "the newest" here is not racy.
+fn fetch_claimed(
+    store: &dyn Store,
+    client: &Client,
+    account: &Account,
+    want: Want,
+    now: i64,
+) -> Done {
+    let due = |kind: Credential| -> Result<(bool, Option<String>), StoreError> {
+        let newest = store.latest_token(&account.key, kind)?;
+        let due = policy::needs_fetch(
+            newest.as_ref().map(|t| (t.fetched_at, t.expires_at)),
+            now,
+            want,
+        );
+        Ok((due, newest.map(|t| t.token)))
+    };
+    let (token_due, newest) = match due(Credential::AccessToken) {
+        Ok(v) => v,
+        Err(err) => return Done::Unrecorded(format!("could not read the newest token: {err}")),
+    };
+    let mut tickets_due = Vec::new();
+    for &ticket in &account.tickets {
+        match due(Credential::Ticket(ticket)) {
+            Ok((true, _)) => tickets_due.push(ticket),
+            Ok(_) => {}
+            Err(err) => {
+                return Done::Unrecorded(format!("could not read the newest ticket: {err}"));
+            }
+        }
+    }
+    let token = match (token_due, newest) {
+        (false, _) if tickets_due.is_empty() => return Done::Fresh,
+        (false, Some(token)) => token,
+        _ => {
+            let outcome = client.fetch_token(&credentials(account), false);
+            match record(store, account, Credential::AccessToken, outcome) {
+                (Done::Refreshed, Some(token)) => token,
+                (done, _) => return done,
+            }
+        }
+    };
+    // A new token gets every ticket anew, fetched with it; else only the due ones.
+    let tickets = if token_due {
+        account.tickets.clone()
+    } else {
+        tickets_due
+    };
+    let mut done = Done::Refreshed;
+    for ticket in tickets {
+        let outcome = client.fetch_ticket(account.api, ticket, &token);
+        let (result, _) = record(store, account, Credential::Ticket(ticket), outcome);
+        if matches!(done, Done::Refreshed) {
+            done = result;
+        }
+    }
+    done
+}
+
+fn credentials(account: &Account) -> Credentials<'_> {
+    Credentials {
+        api: account.api,
+        appid: &account.key.appid,
+        secret: &account.secret,
+    }
+}
+
+/// Records a fetch and turns it into a `Done`, with the new value when there is one.
+fn record(
+    store: &dyn Store,
+    account: &Account,
+    kind: Credential,
+    outcome: Outcome,
+) -> (Done, Option<String>) {
+    // The reason stored with a hold is the whole message, hint included, for `status`.
+    let hold = match (&outcome.result, kind) {
+        (Err(failure @ Failure::WeChat { errcode, .. }), Credential::AccessToken) => {
+            match policy::hold_after(*errcode, outcome.started_at) {
+                Hold::None => None,
+                Hold::Attention => Some((policy::UNTIL_FIXED, failure.to_string())),
+                Hold::Until(t) => Some((t, failure.to_string())),
+            }
+        }
+        _ => None,
+    };
+    let hold_ref = hold.as_ref().map(|(t, r)| (*t, r.as_str()));
+    let recorded = store.record_fetch(account.id, kind, &outcome, hold_ref);
+    match (outcome.result, recorded) {
+        (_, Err(err)) => (
+            Done::Unrecorded(format!("could not record the fetch: {err}")),
+            None,
+        ),
+        (Ok(fetched), Ok(recorded)) => {
+            log::info!(
+                "{}: {} {} valid for {}s (tries: {}{})",
+                account.key,
+                kind.as_str(),
+                fingerprint(&fetched.token),
+                fetched.expires_in,
+                outcome.tries,
+                if recorded == Recorded::Unchanged {
+                    ", unchanged"
+                } else {
+                    ""
+                }
+            );
+            (Done::Refreshed, Some(fetched.token))
+        }
+        (Err(failure), Ok(_)) => match kind {
+            Credential::AccessToken => (Done::Failed(failure), None),
+            Credential::Ticket(t) => (Done::TicketFailed(t, failure), None),
+        },
+    }
+}
+
+/// `get --reject`: a token other than `rejected`, with at least `min_ttl` left: the
+/// newest one if someone already replaced it, else one fetched now. Only the claim holder
+/// fetches, so N callers rejecting one token cause one fetch; the others wait for its row.
+pub fn renew(
+    store: &dyn Store,
+    client: &Client,
+    key: &AccountKey,
+    rejected: &str,
+    min_ttl: i64,
+    ttl: i64,
+    clock: Clock,
+) -> Result<TokenRow> {
+    let good = |row: Option<TokenRow>, now| {
+        row.filter(|r| r.token != rejected && policy::usable(r.expires_at, now, min_ttl))
+    };
+    let Some(account) = store.account(key)? else {
+        return Err(fail(
+            Exit::NoToken,
+            format!("no valid token for {key}: no such account"),
+        ));
+    };
+    let timeout = client.timeout().as_secs();
+    let deadline = Instant::now() + Duration::from_secs(ttl as u64 + timeout);
+    loop {
+        let now = clock();
+        if let Some(row) = good(store.latest_token(key, Credential::AccessToken)?, now) {
+            return Ok(row);
+        }
+        let claimed = with_claim(store, account.id, now, ttl, || -> Result<TokenRow> {
+            // Under the claim: look once more, a holder may have finished just before us.
+            if let Some(row) = good(store.latest_token(key, Credential::AccessToken)?, now) {
+                return Ok(row);
+            }
+            if let Some((until, reason)) = account.held_at(now) {
+                return Err(fail(
+                    Exit::FetchFailed,
+                    format!("{key} is skipped {}: {reason}", text::held_text(until)),
+                ));
+            }
+            let outcome = fetch_replacing(store, client, &account, rejected, now)?;
+            match record(store, &account, Credential::AccessToken, outcome) {
+                (Done::Refreshed, Some(token)) if token == rejected => Err(fail(
+                    Exit::FetchFailed,
+                    format!(
+                        "WeChat handed out the rejected token again for {key}; it considers it valid"
+                    ),
+                )),
+                (Done::Refreshed, _) => good(
+                    store.latest_token(key, Credential::AccessToken)?,
+                    clock(),
+                )
+                .ok_or_else(|| {
+                    fail(
+                        Exit::NoToken,
+                        format!(
+                            "no valid token for {key}: the new token has less than --min-ttl left"
+                        ),
+                    )
+                }),
+                (Done::Failed(failure), _) => Err(fail(
+                    Exit::FetchFailed,
+                    format!("could not fetch a new token for {key}: {failure}"),
+                )),
+                (Done::Unrecorded(err), _) => Err(fail(Exit::Database, format!("{key}: {err}"))),
+                (other, _) => Err(anyhow::anyhow!(
+                    "{key}: unexpected refresh result {other:?}"
+                )),
+            }
+        })?;
+        match claimed {
+            Claimed::Done(row, released) => {
+                let row = row?;
+                released?;
+                return Ok(row);
+            }
+            Claimed::Busy(other) => {
+                if Instant::now() > deadline {
+                    return Err(fail(
+                        Exit::FetchFailed,
+                        format!("gave up waiting for {other} to fetch a new token for {key}"),
+                    ));
+                }
+                std::thread::sleep(policy::RENEW_POLL);
+            }
+        }
+    }
+}
+
+/// Fetches a token to replace `rejected`. A stable account hands back its current token
+/// while it is valid; only force mode replaces it, and WeChat rations that.
+fn fetch_replacing(
+    store: &dyn Store,
+    client: &Client,
+    account: &Account,
+    rejected: &str,
+    now: i64,
+) -> Result<Outcome> {
+    let creds = credentials(account);
+    let outcome = client.fetch_token(&creds, false);
+    let same = matches!(&outcome.result, Ok(f) if f.token == rejected);
+    if !(same && account.api == Api::Stable) {
+        return Ok(outcome);
+    }
+    let key = &account.key;
+    let budget = store.forced_refreshes(account.id, now)?;
+    if let Err(why) = policy::force_allowed(&budget, now) {
+        return Err(fail(
+            Exit::FetchFailed,
+            format!("cannot force a new stable token for {key}: {why}"),
+        ));
+    }
+    store.note_forced_refresh(account.id, now)?;
+    log::warn!("{key}: WeChat still hands out the rejected token; forcing a new one");
+    Ok(client.fetch_token(&creds, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_keeps_order_and_bounds_threads() {
+        let items: Vec<u32> = (0..100).collect();
+        let running = AtomicUsize::new(0);
+        let peak = AtomicUsize::new(0);
+        let out = run_pool(&items, vec![(); 4], |_, &i| {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            std::thread::yield_now();
+            running.fetch_sub(1, Ordering::SeqCst);
+            i * 2
+        });
+        assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+        assert!(peak.load(Ordering::SeqCst) <= 4);
+        assert!(run_pool(&[] as &[u32], vec![()], |_, &i| i).is_empty());
+    }
+}
