@@ -12,7 +12,7 @@
 //!   that lost it records a `lost_claim` attempt and drops its token.
 //! - Secrets live in `account_secrets`, which the reader grant never names.
 
-use std::cell::{RefCell, RefMut};
+use std::cell::{Cell, RefCell, RefMut};
 
 use postgres::Client;
 use postgres::types::{ToSql, Type};
@@ -41,6 +41,9 @@ pub struct Postgres {
     client: RefCell<Client>,
     config: PgConfig,
     holder: Holder,
+    /// Whether the schema version is known to match. A read handle checks it within its
+    /// first query, so that `get` stays one round trip after connecting.
+    verified: Cell<bool>,
 }
 
 /// A server error as one line (the client's own `Display` says only "db error"), in the
@@ -65,22 +68,37 @@ impl Postgres {
     pub fn open(config: &PgConfig, holder: Holder) -> Result<Postgres> {
         let store = Postgres::connect(config, holder)?;
         store.migrate()?;
+        store.verified.set(true);
         Ok(store)
     }
 
-    /// Connects for reading: no migration, and a schema of another version is refused.
+    /// Connects for reading: no migration, and a schema of another version is refused,
+    /// by the first query rather than by one of its own.
     pub fn open_read(config: &PgConfig) -> Result<Postgres> {
-        let store = Postgres::connect(config, Holder::nobody())?;
-        let version = store.version()?;
+        Postgres::connect(config, Holder::nobody())
+    }
+
+    /// Refuses a schema other than this binary's; a reader never migrates.
+    fn require_version(&self, version: i64) -> Result<()> {
         if version != MIGRATIONS.len() as i64 {
-            store.check_version(version)?;
+            self.check_version(version)?;
             return Err(StoreError::Schema(format!(
-                "database {config} has schema version {version}, this wxtoken needs {}; \
+                "database {} has schema version {version}, this wxtoken needs {}; \
                  run any writing command (e.g. wxtoken status) once to upgrade it",
+                self.config,
                 MIGRATIONS.len()
             )));
         }
-        Ok(store)
+        self.verified.set(true);
+        Ok(())
+    }
+
+    /// For read methods other than `latest_token`, which checks within its own query.
+    fn verify(&self) -> Result<()> {
+        if self.verified.get() {
+            return Ok(());
+        }
+        self.require_version(self.version()?)
     }
 
     fn connect(config: &PgConfig, holder: Holder) -> Result<Postgres> {
@@ -89,6 +107,7 @@ impl Postgres {
             client: RefCell::new(client),
             config: config.clone(),
             holder,
+            verified: Cell::new(false),
         })
     }
 
@@ -196,6 +215,7 @@ impl Postgres {
     /// Accounts matching `rest` (a WHERE and/or ORDER BY clause). Only a writing handle
     /// reads the secrets: a reader role may select accounts, never `account_secrets`.
     fn select_accounts(&self, rest: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Account>> {
+        self.verify()?;
         let (secret, join) = if self.holder.id.is_empty() {
             ("NULL::text", "")
         } else {
@@ -307,7 +327,8 @@ impl ReadStore for Postgres {
     /// its own clock then agrees with the server, however far this host's clock is off.
     fn latest_token(&self, key: &AccountKey, kind: Credential) -> Result<Option<TokenRow>> {
         let sql = format!(
-            "SELECT n.token, n.expires_in, n.fetched_at, n.expires_at, {NOW}
+            "SELECT n.token, n.expires_in, n.fetched_at, n.expires_at, {NOW},
+                    (SELECT coalesce(max(version), 0)::bigint FROM schema_migrations)
              FROM (SELECT 1) one LEFT JOIN latest_tokens n
                   ON n.appid = $1 AND n.agent = $2 AND n.kind = $3"
         );
@@ -317,13 +338,19 @@ impl ReadStore for Postgres {
             (&key.agent, Type::TEXT),
             (&kind, Type::TEXT),
         ];
-        let rows = self
-            .c()
-            .query_typed(&sql, &params)
-            .map_err(|e| self.err(e))?;
+        let rows = self.c().query_typed(&sql, &params).map_err(|e| {
+            match e.code().map(|c| c.code()) {
+                // No schema_migrations or latest_tokens: version 0, or someone else's.
+                Some("42P01") => self.require_version(0).err().unwrap_or_else(|| self.err(e)),
+                _ => self.err(e),
+            }
+        })?;
         let Some(row) = rows.first() else {
             return Ok(None);
         };
+        if !self.verified.get() {
+            self.require_version(row.get(5))?;
+        }
         let server_now: i64 = row.get(4);
         let skew = crate::wechat::unix_now() - server_now;
         Ok(row.get::<_, Option<String>>(0).map(|token| TokenRow {
@@ -335,6 +362,7 @@ impl ReadStore for Postgres {
     }
 
     fn last_attempt(&self, account_id: i64, kind: Credential) -> Result<Option<Attempt>> {
+        self.verify()?;
         let row = self
             .c()
             .query_opt(
@@ -869,21 +897,28 @@ mod tests {
     #[test]
     fn a_newer_schema_is_refused_and_a_reader_never_migrates() {
         let db = pg!();
-        let err = Postgres::open_read(&config(&db.url)).err().unwrap();
+        // A reader's first query finds no schema and says so, in the same round trip.
+        let read = |db: &PgDb| {
+            Postgres::open_read(&config(&db.url))
+                .unwrap()
+                .latest_token(&key("wxa"), TOKEN)
+                .unwrap_err()
+        };
+        let err = read(&db);
         assert!(matches!(err, StoreError::Schema(_)), "{err}");
+        assert!(err.to_string().contains("schema version 0"), "{err}");
         assert_eq!(db.query("SELECT to_regclass('accounts') IS NULL"), "t");
         drop(store_on(&db, "a"));
         db.query("INSERT INTO schema_migrations (version) VALUES (99)");
-        let errs = [
-            Postgres::open(&config(&db.url), Holder::nobody())
-                .err()
-                .unwrap(),
-            Postgres::open_read(&config(&db.url)).err().unwrap(),
-        ];
-        for err in errs {
+        let opened = Postgres::open(&config(&db.url), Holder::nobody())
+            .err()
+            .unwrap();
+        for err in [opened, read(&db)] {
             assert!(matches!(err, StoreError::Schema(_)), "{err}");
             assert!(err.to_string().contains("newer than this wxtoken"), "{err}");
         }
+        let reader = Postgres::open_read(&config(&db.url)).unwrap();
+        assert!(matches!(reader.accounts(), Err(StoreError::Schema(_))));
     }
 
     #[test]
