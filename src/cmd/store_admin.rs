@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use super::{Context, emit};
+use super::Context;
 use crate::exit::{Exit, fail};
 use crate::store::{self, Location};
 
@@ -24,22 +24,16 @@ pub fn copy(ctx: &Context, to: &Location) -> Result<Exit> {
 }
 
 /// Applies the reader grants on a PostgreSQL store and prints them on stdout.
+#[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
 pub fn grant_reader(ctx: &Context, role: &str) -> Result<Exit> {
     match ctx.location() {
         #[cfg(feature = "postgres")]
         Location::Postgres(config) => {
             let store = crate::store_pg::Postgres::open(config, store::Holder::current())?;
             let applied = store.grant_reader(role)?;
-            emit(
-                &applied
-                    .iter()
-                    .map(|s| format!("{s};\n"))
-                    .collect::<String>(),
-            )?;
-            ctx.say(&format!(
-                "{role} can now read tokens from {}",
-                store_location(config)
-            ));
+            let sql: String = applied.iter().map(|s| format!("{s};\n")).collect();
+            super::emit(&sql)?;
+            ctx.say(&format!("{role} can now read tokens from {config}"));
             Ok(Exit::Ok)
         }
         Location::File { path, .. } => Err(fail(
@@ -51,9 +45,4 @@ pub fn grant_reader(ctx: &Context, role: &str) -> Result<Exit> {
             ),
         )),
     }
-}
-
-#[cfg(feature = "postgres")]
-fn store_location(config: &crate::pgconf::PgConfig) -> String {
-    config.to_string()
 }
