@@ -3,6 +3,9 @@
 //! ```text
 //! cargo bench --bench wxtoken             # the full run (a few minutes)
 //! cargo bench --bench wxtoken -- quick    # fewer repetitions, for a first look
+//! cargo bench --bench wxtoken -- get      # section 1 only
+//! WXTOKEN_BENCH_OTHER=/path/to/wxtoken cargo bench --bench wxtoken -- get
+//!                                         # and another build's get, in the same run
 //! ```
 //!
 //! A benchmark, not a test: it asserts nothing and prints tables. Machines are shared and
@@ -48,6 +51,8 @@ const LATENCY: Duration = Duration::from_millis(50);
 /// How many repetitions each section does.
 struct Plan {
     quick: bool,
+    /// Section 1 only.
+    get_only: bool,
     /// Iterations of the interleaved `get` comparison (each runs every side once).
     get_runs: usize,
     /// Interleaved pairs for refresh --jobs 16 and --jobs 64 over 1,000 accounts.
@@ -61,6 +66,7 @@ impl Plan {
         let quick = std::env::args().skip(1).any(|a| a == "quick");
         Plan {
             quick,
+            get_only: std::env::args().skip(1).any(|a| a == "get"),
             get_runs: if quick { 30 } else { 200 },
             refresh_runs: if quick { 3 } else { 7 },
             loop_runs: if quick { 2 } else { 5 },
@@ -85,9 +91,11 @@ fn main() {
 
     let api = StandIn::start();
     get_vs_floor(&plan, &dir);
-    refresh_vs_ideal(&plan, &dir, &api);
-    memory_and_size(&dir, &api);
-    user_loop(&plan, &dir, &api);
+    if !plan.get_only {
+        refresh_vs_ideal(&plan, &dir, &api);
+        memory_and_size(&dir, &api);
+        user_loop(&plan, &dir, &api);
+    }
 
     api.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
@@ -118,7 +126,14 @@ fn get_vs_floor(plan: &Plan, dir: &Path) {
     let query = "SELECT t.token, t.expires_in, t.fetched_at, t.expires_at \
                  FROM accounts a JOIN tokens t ON t.account_id = a.id AND t.kind = 'access_token' \
                  WHERE a.appid = '{APPID}' AND a.agent = '' ORDER BY t.id DESC LIMIT 1;";
-    let sides: Vec<(&str, GetSide)> = vec![
+    // Another build (say, the main branch's), copied in like this one, to compare two
+    // versions of `get` in one run.
+    let other = std::env::var_os("WXTOKEN_BENCH_OTHER").map(|from| {
+        let to = dir.join("bin").join("wxtoken-other");
+        std::fs::copy(&from, &to).expect("copy WXTOKEN_BENCH_OTHER");
+        to
+    });
+    let mut sides: Vec<(&str, GetSide)> = vec![
         (
             "sqlite3 DB 'select 1' (baseline)",
             Box::new(|_: &str| sqlite3(&big, "select 1")),
@@ -141,6 +156,12 @@ fn get_vs_floor(plan: &Plan, dir: &Path) {
             Box::new(|appid: &str| wx_get_at(Path::new(WXTOKEN), &big, appid)),
         ),
     ];
+    if let Some(other) = &other {
+        sides.push((
+            "WXTOKEN_BENCH_OTHER get, 1,000 rows/account",
+            Box::new(|appid: &str| wx_get_at(other, &big, appid)),
+        ));
+    }
 
     let warmup = 5;
     let mut times = vec![Vec::new(); sides.len()];
@@ -162,7 +183,7 @@ fn get_vs_floor(plan: &Plan, dir: &Path) {
     }
     let base = median(&times[0]);
     let mut table = Table::new(&["case", "runs", "median", "p25..p75", "ratio", "target"]);
-    let targets = ["", "<= 1.0x", "", "", ""];
+    let targets = ["", "<= 1.0x", "", "", "", ""];
     for (s, (name, _)) in sides.iter().enumerate() {
         let m = median(&times[s]);
         table.row(vec![

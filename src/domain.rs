@@ -237,6 +237,15 @@ impl Account {
     }
 }
 
+/// What `account add` stores.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub key: AccountKey,
+    pub api: Api,
+    pub secret: Secret,
+    pub tickets: Vec<Ticket>,
+}
+
 /// One row of the token history (a token or a ticket).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRow {
@@ -277,6 +286,17 @@ pub struct Outcome {
     pub sent_at: i64,
     pub started_at: i64,
     pub duration_ms: i64,
+}
+
+/// The record of one fetch, as the engine hands it to the store: which credential of which
+/// account, how the fetch went, and for an access token the hold it puts the account on
+/// (`None` lifts any): until when, and why.
+#[derive(Debug)]
+pub struct FetchRecord {
+    pub account_id: i64,
+    pub kind: Credential,
+    pub outcome: Outcome,
+    pub hold: Option<(i64, String)>,
 }
 
 /// How a recorded attempt ended, as the store gives it back.

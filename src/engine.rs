@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::domain::{Account, AccountKey, Api, Credential, Failure, Outcome, Ticket, TokenRow};
+use crate::domain::{
+    Account, AccountKey, Api, Credential, Failure, FetchRecord, Outcome, Ticket, TokenRow,
+};
 use crate::exit::{Exit, fail};
 use crate::policy::{self, Hold, Want};
 use crate::secret::fingerprint;
@@ -239,8 +241,14 @@ fn record(
         }
         _ => None,
     };
-    let hold_ref = hold.as_ref().map(|(t, r)| (*t, r.as_str()));
-    let recorded = store.record_fetch(account.id, kind, &outcome, hold_ref);
+    let record = FetchRecord {
+        account_id: account.id,
+        kind,
+        outcome,
+        hold,
+    };
+    let recorded = store.record_fetch(&record);
+    let outcome = record.outcome;
     match (outcome.result, recorded) {
         (_, Err(err)) => (
             Done::Unrecorded(format!("could not record the fetch: {err}")),
@@ -297,6 +305,7 @@ pub fn renew(
         if let Some(row) = good(store.latest_token(key, Credential::AccessToken)?, now) {
             return Ok(row);
         }
+        log::debug!("{key}: the rejected token is still the newest; claiming the account");
         let claimed = with_claim(store, account.id, now, ttl, || -> Result<TokenRow> {
             // Under the claim: look once more, a holder may have finished just before us.
             if let Some(row) = good(store.latest_token(key, Credential::AccessToken)?, now) {

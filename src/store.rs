@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::domain::{
-    Account, AccountKey, Api, Attempt, AttemptResult, Credential, Failure, Fetched, Outcome,
-    Secret, Ticket, TokenRow,
+    Account, AccountKey, Api, Attempt, AttemptResult, Credential, Failure, FetchRecord, Fetched,
+    NewAccount, Outcome, Secret, Ticket, TokenRow,
 };
 use crate::policy;
 
@@ -124,14 +124,7 @@ pub trait Store: ReadStore + Send {
     /// Another handle on the same data, for a worker thread.
     fn another(&self) -> Result<Box<dyn Store>>;
 
-    fn add_account(
-        &self,
-        key: &AccountKey,
-        api: Api,
-        secret: &Secret,
-        tickets: &[Ticket],
-        now: i64,
-    ) -> Result<()>;
+    fn add_account(&self, new: &NewAccount, now: i64) -> Result<()>;
     /// Removes an account with its whole history.
     fn remove_account(&self, key: &AccountKey) -> Result<()>;
     /// Enabling or disabling also lifts a hold.
@@ -146,14 +139,8 @@ pub trait Store: ReadStore + Send {
     /// Gives this process's claim back.
     fn release(&self, account_id: i64) -> Result<()>;
     /// Records a fetch all at once: the new row (unless WeChat handed back the newest one
-    /// again), the attempt, and for an access token the account's hold (`None` lifts it).
-    fn record_fetch(
-        &self,
-        account_id: i64,
-        kind: Credential,
-        outcome: &Outcome,
-        hold: Option<(i64, &str)>,
-    ) -> Result<Recorded>;
+    /// again), the attempt, and for an access token the account's hold.
+    fn record_fetch(&self, record: &FetchRecord) -> Result<Recorded>;
 
     /// When this account's forced refreshes happened, over the retention window.
     fn forced_refreshes(&self, account_id: i64, now: i64) -> Result<Vec<i64>>;
@@ -653,14 +640,13 @@ impl Store for Sqlite {
         Ok(Box::new(store))
     }
 
-    fn add_account(
-        &self,
-        key: &AccountKey,
-        api: Api,
-        secret: &Secret,
-        tickets: &[Ticket],
-        now: i64,
-    ) -> Result<()> {
+    fn add_account(&self, new: &NewAccount, now: i64) -> Result<()> {
+        let NewAccount {
+            key,
+            api,
+            secret,
+            tickets,
+        } = new;
         let tickets: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
         let inserted = self.conn.execute(
             "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at, tickets)
@@ -751,13 +737,14 @@ impl Store for Sqlite {
         Ok(())
     }
 
-    fn record_fetch(
-        &self,
-        account_id: i64,
-        kind: Credential,
-        outcome: &Outcome,
-        hold: Option<(i64, &str)>,
-    ) -> Result<Recorded> {
+    fn record_fetch(&self, record: &FetchRecord) -> Result<Recorded> {
+        let FetchRecord {
+            account_id,
+            kind,
+            outcome,
+            hold,
+        } = record;
+        let (account_id, kind) = (*account_id, *kind);
         let tx = Transaction::immediate(&self.conn, &self.path)?;
         let recorded = match &outcome.result {
             Ok(fetched) => {
@@ -789,7 +776,11 @@ impl Store for Sqlite {
                 .prepare_cached(
                     "UPDATE accounts SET held_until = ?2, held_reason = ?3 WHERE id = ?1",
                 )?
-                .execute(params![account_id, hold.map(|h| h.0), hold.map(|h| h.1)])?;
+                .execute(params![
+                    account_id,
+                    hold.as_ref().map(|h| h.0),
+                    hold.as_ref().map(|h| h.1.as_str())
+                ])?;
         }
         tx.commit()?;
         Ok(recorded)

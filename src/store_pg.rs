@@ -18,7 +18,8 @@ use postgres::Client;
 use postgres::types::{ToSql, Type};
 
 use crate::domain::{
-    Account, AccountKey, Api, Attempt, Credential, Outcome, Secret, Ticket, TokenRow,
+    Account, AccountKey, Api, Attempt, Credential, FetchRecord, NewAccount, Secret, Ticket,
+    TokenRow,
 };
 use crate::pgconf::PgConfig;
 use crate::store::{
@@ -434,14 +435,13 @@ impl Store for Postgres {
         )?))
     }
 
-    fn add_account(
-        &self,
-        key: &AccountKey,
-        api: Api,
-        secret: &Secret,
-        tickets: &[Ticket],
-        now: i64,
-    ) -> Result<()> {
+    fn add_account(&self, new: &NewAccount, now: i64) -> Result<()> {
+        let NewAccount {
+            key,
+            api,
+            secret,
+            tickets,
+        } = new;
         let tickets: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
         let config = &self.config;
         let err = |e: postgres::Error| pg_error(config, &e);
@@ -583,13 +583,14 @@ impl Store for Postgres {
     /// (the holder that took over fetched later, and the latest fetch is the valid one).
     /// The token's times start at the lease's `claimed_at`, on the server's clock: before
     /// the request was sent, so the stored expiry is never later than WeChat's.
-    fn record_fetch(
-        &self,
-        account_id: i64,
-        kind: Credential,
-        outcome: &Outcome,
-        hold: Option<(i64, &str)>,
-    ) -> Result<Recorded> {
+    fn record_fetch(&self, record: &FetchRecord) -> Result<Recorded> {
+        let FetchRecord {
+            account_id,
+            kind,
+            outcome,
+            hold,
+        } = record;
+        let account_id = *account_id;
         let config = &self.config;
         let err = |e: postgres::Error| pg_error(config, &e);
         let kind = kind.as_str();
@@ -671,7 +672,11 @@ impl Store for Postgres {
         if kind == Credential::AccessToken.as_str() {
             tx.execute(
                 "UPDATE accounts SET held_until = $2, held_reason = $3 WHERE id = $1",
-                &[&account_id, &hold.map(|h| h.0), &hold.map(|h| h.1)],
+                &[
+                    &account_id,
+                    &hold.as_ref().map(|h| h.0),
+                    &hold.as_ref().map(|h| h.1.as_str()),
+                ],
             )
             .map_err(err)?;
         }
@@ -814,7 +819,7 @@ pub(crate) mod pgtest;
 mod tests {
     use super::pgtest::{self, PgDb};
     use super::*;
-    use crate::domain::Fetched;
+    use crate::domain::{Fetched, Outcome};
 
     fn config(url: &str) -> PgConfig {
         PgConfig::from_env(url).unwrap()
@@ -827,6 +832,15 @@ mod tests {
             Holder::new(host.into(), std::process::id()),
         )
         .unwrap()
+    }
+
+    fn fetched(id: i64, token: &str) -> FetchRecord {
+        FetchRecord {
+            account_id: id,
+            kind: TOKEN,
+            outcome: outcome(token),
+            hold: None,
+        }
     }
 
     fn outcome(token: &str) -> Outcome {
@@ -846,8 +860,13 @@ mod tests {
     fn with_account(db: &PgDb) -> (Postgres, i64) {
         let s = store_on(db, "a");
         let key = key("wxa");
-        s.add_account(&key, Api::Token, &Secret::new("s3cret".into()), &[], 1)
-            .unwrap();
+        let new = NewAccount {
+            key: key.clone(),
+            api: Api::Token,
+            secret: Secret::new("s3cret".into()),
+            tickets: vec![],
+        };
+        s.add_account(&new, 1).unwrap();
         let id = s.account(&key).unwrap().unwrap().id;
         (s, id)
     }
@@ -992,7 +1011,7 @@ mod tests {
         db.query("UPDATE claims SET expires_at = 0");
         assert_eq!(b.claim(id, 0, 60).unwrap(), Claim::Claimed);
         let err = a
-            .record_fetch(id, TOKEN, &outcome("TOKEN-A"), None)
+            .record_fetch(&fetched(id, "TOKEN-A"))
             .unwrap_err();
         assert!(err.to_string().contains("taken over"), "{err}");
         assert_eq!(db.query_i64("SELECT count(*) FROM tokens"), 0);
@@ -1005,7 +1024,7 @@ mod tests {
         );
         // The lease is still b's, and b records normally.
         let recorded = b
-            .record_fetch(id, TOKEN, &outcome("TOKEN-B"), None)
+            .record_fetch(&fetched(id, "TOKEN-B"))
             .unwrap();
         assert_eq!(recorded, Recorded::Inserted);
         b.release(id).unwrap();
@@ -1021,9 +1040,9 @@ mod tests {
         // The lease says when the fetch started, whatever this host's clock says.
         let start = db.query_i64("SELECT extract(epoch from now())::bigint") - 100;
         db.query(&format!("UPDATE claims SET claimed_at = {start}"));
-        let mut o = outcome("T");
-        o.sent_at = 5_000_000_000;
-        a.record_fetch(id, TOKEN, &o, None).unwrap();
+        let mut record = fetched(id, "T");
+        record.outcome.sent_at = 5_000_000_000;
+        a.record_fetch(&record).unwrap();
         assert_eq!(
             db.query("SELECT fetched_at, expires_at FROM tokens"),
             format!("{start}|{}", start + 7200)
@@ -1041,7 +1060,7 @@ mod tests {
         let db = pg!();
         let (a, id) = with_account(&db);
         a.claim(id, 0, 60).unwrap();
-        a.record_fetch(id, TOKEN, &outcome("TOKEN-1"), None)
+        a.record_fetch(&fetched(id, "TOKEN-1"))
             .unwrap();
         let role = format!("{}_reader", db.name);
         db.query(&format!("CREATE ROLE {role} LOGIN"));

@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use support::standin::{Reply, TOKEN};
-use support::{Out, TestEnv};
+use support::{Out, TestEnv, json, now};
 
 const APPID: &str = "wx1234567890abcdef";
 /// Distinctive enough that any 8-character piece of it in an output is a leak, not chance.
@@ -47,9 +47,9 @@ fn refresh(env: &TestEnv, extra: &[&str]) -> Out {
     env.run(&[&["refresh"], extra].concat())
 }
 
-/// `get --appid APPID` with extra arguments; the caller checks the outcome.
+/// `get --appid APPID EXTRA`, through the harness's `get`.
 fn get(env: &TestEnv, appid: &str, extra: &[&str]) -> Out {
-    env.run(&[&["get", "--appid", appid], extra].concat())
+    env.get(&[&["--appid", appid], extra].concat())
 }
 
 /// A fresh environment with one account (APPID, SECRET) and no token yet.
@@ -87,21 +87,6 @@ fn schema(env: &TestEnv) -> String {
         .expect("read the schema")
 }
 
-fn unix_now() -> i64 {
-    Utc::now().timestamp()
-}
-
-#[track_caller]
-fn assert_stderr_has(out: &Out, words: &[&str]) {
-    for word in words {
-        assert!(
-            out.stderr.contains(word),
-            "stderr lacks {word:?}\n--- stderr ---\n{}",
-            out.stderr
-        );
-    }
-}
-
 /// A usage error: exit 2, nothing on stdout, exactly one line on stderr.
 #[track_caller]
 fn assert_usage_error(out: &Out, words: &[&str]) {
@@ -113,23 +98,9 @@ fn assert_usage_error(out: &Out, words: &[&str]) {
         "a usage error is one line:\n{}",
         out.stderr
     );
-    assert_stderr_has(out, words);
+    out.assert_stderr_has(words);
 }
 
-/// `get` found no valid token: exit 3, nothing on stdout, and why on stderr.
-#[track_caller]
-fn assert_no_token(out: &Out, words: &[&str]) {
-    out.assert_code(3);
-    assert_eq!(out.stdout, "", "no token means empty stdout");
-    assert_stderr_has(out, words);
-}
-
-#[track_caller]
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-#[track_caller]
 fn rfc3339_z(v: &Value) -> DateTime<Utc> {
     let s = v.as_str().unwrap_or_else(|| panic!("not a string: {v}"));
     assert!(s.ends_with('Z'), "not UTC with Z: {s}");
@@ -191,7 +162,7 @@ fn add_reads_the_secret_from_one_line_of_stdin() {
         0,
     );
     assert_eq!(out.stdout, "");
-    assert_stderr_has(&out, &["added", APPID, "api token"]);
+    out.assert_stderr_has(&["added", APPID, "api token"]);
     // The stand-in knows only SECRET: the fetch proves the stored secret is exactly it.
     refresh(&env, &[]).assert_code(0);
     let requests = env.api.requests();
@@ -211,12 +182,12 @@ fn add_reads_the_secret_from_a_named_environment_variable() {
         "",
         0,
     );
-    assert_stderr_has(&out, &["added", APPID]);
+    out.assert_stderr_has(&["added", APPID]);
     refresh(&env, &[]).assert_code(0);
     assert_eq!(env.api.requests()[0].query["secret"], SECRET);
 
     let missing = add_with(&env, &["--appid", "wxother", "--secret-env", "NOPE"], "", 2);
-    assert_stderr_has(&missing, &["NOPE"]);
+    missing.assert_stderr_has(&["NOPE"]);
 }
 
 #[test]
@@ -283,7 +254,7 @@ fn adding_an_existing_account_fails_before_reading_the_secret() {
 
     out.assert_code(6);
     assert_eq!(out.stdout, "");
-    assert_stderr_has(&out, &[APPID, "already exists", "set-secret"]);
+    out.assert_stderr_has(&[APPID, "already exists", "set-secret"]);
     assert!(
         !out.stderr.contains("secret for"),
         "prompted for a secret: {}",
@@ -335,17 +306,14 @@ fn an_empty_or_invalid_appid_is_refused() {
 fn disabled_accounts_are_not_refreshed_until_enabled() {
     let env = with_account();
     let out = run(&env, &["account", "disable", "--appid", APPID], 0);
-    assert_stderr_has(&out, &["disabled", APPID]);
+    out.assert_stderr_has(&["disabled", APPID]);
 
     let all = refresh(&env, &[]);
     all.assert_code(0);
-    assert_stderr_has(
-        &all,
-        &["refreshed 0 of 0 accounts", "warning: no enabled accounts"],
-    );
+    all.assert_stderr_has(&["refreshed 0 of 0 accounts", "warning: no enabled accounts"]);
     let named = refresh(&env, &["--appid", APPID, "--force"]);
     named.assert_code(6);
-    assert_stderr_has(&named, &[APPID, "is disabled", "account enable"]);
+    named.assert_stderr_has(&[APPID, "is disabled", "account enable"]);
     assert_eq!(env.api.hits(TOKEN), 0, "a disabled account was fetched");
     let status = run(&env, &["status"], 0);
     assert!(status.stdout.contains("DISABLED"), "{}", status.stdout);
@@ -353,7 +321,7 @@ fn disabled_accounts_are_not_refreshed_until_enabled() {
     run(&env, &["account", "enable", "--appid", APPID], 0);
     let out = refresh(&env, &[]);
     out.assert_code(0);
-    assert_stderr_has(&out, &["refreshed 1 of 1 accounts"]);
+    out.assert_stderr_has(&["refreshed 1 of 1 accounts"]);
     assert_eq!(env.api.hits(TOKEN), 1);
 }
 
@@ -362,48 +330,17 @@ fn account_commands_on_an_unknown_account_exit_6() {
     let env = with_account();
     for cmd in ["enable", "disable", "remove"] {
         let out = run(&env, &["account", cmd, "--appid", "wxnobody"], 6);
-        assert_stderr_has(&out, &["no such account", "wxnobody"]);
+        out.assert_stderr_has(&["no such account", "wxnobody"]);
     }
     let out = env.run_with_stdin(
         &["account", "set-secret", "--appid", "wxnobody"],
         &format!("{SECRET}\n"),
     );
     out.assert_code(6);
-    assert_stderr_has(&out, &["no such account", "wxnobody"]);
+    out.assert_stderr_has(&["no such account", "wxnobody"]);
     let out = refresh(&env, &["--appid", "wxnobody"]);
     out.assert_code(6);
     assert_eq!(env.api.hits(TOKEN), 0);
-}
-
-#[test]
-fn set_secret_replaces_the_secret_and_lifts_the_hold() {
-    let env = TestEnv::new();
-    // WeChat knows only the new secret: the stored one was reset in the console.
-    env.api.register(APPID, OTHER_SECRET);
-    add(&env, APPID, SECRET);
-
-    let failed = refresh(&env, &[]);
-    failed.assert_code(4);
-    assert_stderr_has(&failed, &["40125", "set-secret"]);
-    assert_eq!(env.api.hits(TOKEN), 1);
-
-    // Held: no quota is spent on an account that cannot succeed.
-    let held = refresh(&env, &[]);
-    held.assert_code(4);
-    assert_stderr_has(&held, &["skipped", "held"]);
-    assert_eq!(env.api.hits(TOKEN), 1, "a held account was fetched");
-
-    let out = env.run_with_stdin(
-        &["account", "set-secret", "--appid", APPID],
-        &format!("{OTHER_SECRET}\n"),
-    );
-    out.assert_code(0);
-    assert_stderr_has(&out, &["updated the secret", APPID]);
-    refresh(&env, &[]).assert_code(0);
-    assert_eq!(env.api.hits(TOKEN), 2);
-    let last = env.api.requests().pop().expect("a request");
-    assert_eq!(last.query["secret"], OTHER_SECRET);
-    get(&env, APPID, &[]).assert_code(0);
 }
 
 #[test]
@@ -411,15 +348,15 @@ fn remove_deletes_the_account_and_its_tokens() {
     let env = with_token("TOKEN_to_be_removed", 7200);
     assert_eq!(env.query_i64("SELECT count(*) FROM tokens"), 1);
     let out = run(&env, &["account", "remove", "--appid", APPID], 0);
-    assert_stderr_has(&out, &["removed", APPID]);
+    out.assert_stderr_has(&["removed", APPID]);
 
-    assert_no_token(&get(&env, APPID, &[]), &["no such account"]);
+    get(&env, APPID, &[]).assert_no_value(&["no such account"]);
     assert_eq!(env.query_i64("SELECT count(*) FROM tokens"), 0);
     assert_eq!(env.query_i64("SELECT count(*) FROM attempts"), 0);
     run(&env, &["account", "remove", "--appid", APPID], 6);
     // The appid is free again.
     add(&env, APPID, SECRET);
-    assert_no_token(&get(&env, APPID, &[]), &["no token fetched yet"]);
+    get(&env, APPID, &[]).assert_no_value(&["no token fetched yet"]);
 }
 
 // ---- the secret stays inside ----------------------------------------------------------------
@@ -565,7 +502,7 @@ fn refresh_fetches_with_the_stored_credentials_and_reports() {
     let out = refresh(&env, &[]);
     out.assert_code(0);
     assert_eq!(out.stdout, "");
-    assert_stderr_has(&out, &["refreshed 1 of 1 accounts"]);
+    out.assert_stderr_has(&["refreshed 1 of 1 accounts"]);
     let requests = env.api.requests();
     assert_eq!(requests.len(), 1);
     let q = &requests[0].query;
@@ -576,7 +513,7 @@ fn refresh_fetches_with_the_stored_credentials_and_reports() {
     // A token under a minute old is left alone unless --force.
     let again = refresh(&env, &[]);
     again.assert_code(0);
-    assert_stderr_has(&again, &["refreshed 0 of 1 accounts; 1 already fresh"]);
+    again.assert_stderr_has(&["refreshed 0 of 1 accounts; 1 already fresh"]);
     assert_eq!(env.api.hits(TOKEN), 1);
     env.api.push(TOKEN, Reply::token("TOKEN_forced", 7200));
     refresh(&env, &["--force"]).assert_code(0);
@@ -590,7 +527,7 @@ fn refresh_fetches_with_the_stored_credentials_and_reports() {
 
 #[test]
 fn get_json_has_every_field() {
-    let before = unix_now();
+    let before = now();
     let env = with_token("TOKEN_json", 7200);
     let out = get(&env, APPID, &["--json"]);
     out.assert_code(0);
@@ -606,7 +543,7 @@ fn get_json_has_every_field() {
     let fetched = rfc3339_z(&doc["fetched_at"]).timestamp();
     let expires = rfc3339_z(&doc["expires_at"]).timestamp();
     assert!(
-        (before - 1..=unix_now()).contains(&fetched),
+        (before - 1..=now()).contains(&fetched),
         "fetched_at {fetched}"
     );
     assert_eq!(expires - fetched, 7200);
@@ -624,15 +561,12 @@ fn min_ttl_refuses_a_token_with_too_little_left() {
         get(&env, APPID, &["--min-ttl", "1h"]).stdout,
         "TOKEN_short\n"
     );
-    assert_no_token(&get(&env, APPID, &["--min-ttl", "3h"]), &["--min-ttl"]);
-    assert_no_token(&get(&env, APPID, &["--min-ttl", "7201"]), &["--min-ttl"]);
+    get(&env, APPID, &["--min-ttl", "3h"]).assert_no_value(&["--min-ttl"]);
+    get(&env, APPID, &["--min-ttl", "7201"]).assert_no_value(&["--min-ttl"]);
 
     let env = with_token("TOKEN_brief", 120);
     assert_eq!(get(&env, APPID, &[]).stdout, "TOKEN_brief\n");
-    assert_no_token(
-        &get(&env, APPID, &["--min-ttl", "5m", "--json"]),
-        &["--min-ttl"],
-    );
+    get(&env, APPID, &["--min-ttl", "5m", "--json"]).assert_no_value(&["--min-ttl"]);
 }
 
 #[test]
@@ -649,15 +583,15 @@ fn a_bad_duration_is_a_usage_error_naming_it() {
 #[test]
 fn get_without_a_valid_token_exits_3() {
     let env = with_account();
-    assert_no_token(&get(&env, "wxunknown", &[]), &["no such account"]);
-    assert_no_token(&get(&env, APPID, &[]), &["no token fetched yet", "refresh"]);
-    assert_no_token(&get(&env, APPID, &["--json"]), &["no token fetched yet"]);
+    get(&env, "wxunknown", &[]).assert_no_value(&["no such account"]);
+    get(&env, APPID, &[]).assert_no_value(&["no token fetched yet", "refresh"]);
+    get(&env, APPID, &["--json"]).assert_no_value(&["no token fetched yet"]);
 }
 
 #[test]
 fn an_expired_token_is_not_handed_out() {
     let env = with_account();
-    let now = unix_now();
+    let now = now();
     env.open_db()
         .execute(
             "INSERT INTO tokens (account_id, kind, token, expires_in, fetched_at, expires_at)
@@ -666,7 +600,7 @@ fn an_expired_token_is_not_handed_out() {
             rusqlite::params![APPID, now],
         )
         .expect("insert an expired token");
-    assert_no_token(&get(&env, APPID, &[]), &["expired"]);
+    get(&env, APPID, &[]).assert_no_value(&["expired"]);
     let status = run(&env, &["status"], 0);
     assert!(status.stdout.contains("EXPIRED"), "{}", status.stdout);
     // refresh replaces it, and get serves the new one.
@@ -692,13 +626,13 @@ fn get_never_writes_to_the_database() {
     let fresh = TestEnv::new();
     let out = get(&fresh, APPID, &[]);
     out.assert_code(5);
-    assert_stderr_has(&out, &["does not exist"]);
+    out.assert_stderr_has(&["does not exist"]);
     assert!(!fresh.db().exists(), "get created {}", fresh.db().display());
 
     // Nor does get --reject, which may write: a mistyped WXTOKEN_DB is refused alike.
     let out = get(&fresh, APPID, &["--reject", "OLD"]);
     out.assert_code(5);
-    assert_stderr_has(&out, &["does not exist"]);
+    out.assert_stderr_has(&["does not exist"]);
     assert!(
         !fresh.db().exists(),
         "get --reject created {}",
@@ -753,8 +687,8 @@ fn transient_failures_give_up_after_three_tries() {
         let out = refresh_after(&env, &[reply.clone(), reply.clone(), reply.clone()]);
         assert_eq!(out.code, 4, "{reply:?}: {}", out.stderr);
         assert_eq!(env.api.hits(TOKEN), 3, "{reply:?}");
-        assert_stderr_has(&out, &[word, APPID, "refreshed 0 of 1 accounts; 1 failed"]);
-        assert_no_token(&get(&env, APPID, &[]), &["no token fetched yet"]);
+        out.assert_stderr_has(&[word, APPID, "refreshed 0 of 1 accounts; 1 failed"]);
+        get(&env, APPID, &[]).assert_no_value(&["no token fetched yet"]);
     }
 }
 
@@ -779,8 +713,8 @@ fn permanent_errcodes_fail_at_once_with_a_hint() {
         assert_eq!(out.stdout, "");
         assert_eq!(env.api.hits(TOKEN), 1, "errcode {code} was retried");
         let summary = format!("refreshed 0 of 1 accounts; 1 failed: {APPID}({code})");
-        assert_stderr_has(&out, &[&format!("errcode {code}"), &summary]);
-        assert_stderr_has(&out, words);
+        out.assert_stderr_has(&[&format!("errcode {code}"), &summary]);
+        out.assert_stderr_has(words);
     }
 }
 
@@ -790,7 +724,7 @@ fn an_unknown_errcode_is_shown_verbatim() {
     let errmsg = "the moon is in the wrong phase rid: 42";
     let out = refresh_after(&env, &[Reply::errcode(12345, errmsg)]);
     out.assert_code(4);
-    assert_stderr_has(&out, &[&format!("errcode 12345 ({errmsg})")]);
+    out.assert_stderr_has(&[&format!("errcode 12345 ({errmsg})")]);
     assert_eq!(env.api.hits(TOKEN), 1);
 }
 
@@ -799,7 +733,7 @@ fn a_reply_without_access_token_is_invalid_and_not_retried() {
     let env = with_account();
     let out = refresh_after(&env, &[Reply::Body(r#"{"expires_in":7200}"#.into())]);
     out.assert_code(4);
-    assert_stderr_has(&out, &["invalid reply", "access_token"]);
+    out.assert_stderr_has(&["invalid reply", "access_token"]);
     assert_eq!(env.api.hits(TOKEN), 1);
 }
 
@@ -812,9 +746,9 @@ fn a_slow_answer_times_out() {
     }
     let out = refresh(&env, &["--timeout", "1"]);
     out.assert_code(4);
-    assert_stderr_has(&out, &["timed out", APPID]);
+    out.assert_stderr_has(&["timed out", APPID]);
     assert_eq!(env.api.hits(TOKEN), 3, "timeouts are retried");
-    assert_no_token(&get(&env, APPID, &[]), &["no token fetched yet"]);
+    get(&env, APPID, &[]).assert_no_value(&["no token fetched yet"]);
 }
 
 #[test]
@@ -825,8 +759,8 @@ fn an_oversized_body_is_refused() {
     }
     let out = refresh(&env, &[]);
     out.assert_code(4);
-    assert_stderr_has(&out, &["larger than", APPID]);
-    assert_no_token(&get(&env, APPID, &[]), &["no token fetched yet"]);
+    out.assert_stderr_has(&["larger than", APPID]);
+    get(&env, APPID, &[]).assert_no_value(&["no token fetched yet"]);
 }
 
 #[test]
@@ -853,7 +787,7 @@ fn one_failing_account_does_not_stop_the_others_nor_lose_its_token() {
         .push_for(TOKEN, "wxb", Reply::errcode(40164, IP_ERRMSG));
     let out = refresh(&env, &["--force"]);
     out.assert_code(4);
-    assert_stderr_has(&out, &["refreshed 2 of 3 accounts; 1 failed: wxb(40164)"]);
+    out.assert_stderr_has(&["refreshed 2 of 3 accounts; 1 failed: wxb(40164)"]);
     assert_eq!(env.api.hits_for(TOKEN, "wxb"), 2);
 
     assert_eq!(get(&env, "wxa", &[]).stdout, "TOKEN_wxa_2\n");
@@ -981,11 +915,52 @@ fn a_newer_schema_is_refused() {
     for args in attempts {
         let out = run(&env, args, 5);
         assert_eq!(out.stdout, "", "{args:?}");
-        assert_stderr_has(&out, &["99", "upgrade wxtoken"]);
+        out.assert_stderr_has(&["99", "upgrade wxtoken"]);
     }
     assert_eq!(env.api.hits(TOKEN), 1, "a fetch against a newer schema");
     assert_eq!(env.query_i64("PRAGMA user_version"), 99);
     assert_eq!(schema(&env), before);
+}
+
+#[test]
+fn an_sqlite_file_of_another_program_is_left_untouched() {
+    let env = TestEnv::new();
+    let conn = rusqlite::Connection::open(env.db()).expect("create");
+    conn.execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('mine');")
+        .expect("someone else's table");
+    drop(conn);
+    let before = schema(&env);
+    for args in [&["status"][..], &["refresh"], &["account", "list"]] {
+        let out = run(&env, args, 5);
+        assert_eq!(out.stdout, "", "{args:?}");
+        out.assert_stderr_has(&["not a wxtoken one", &env.db().display().to_string()]);
+    }
+    add_with(&env, &["--appid", APPID], &format!("{SECRET}\n"), 5)
+        .assert_stderr_has(&["not a wxtoken one"]);
+    assert_eq!(schema(&env), before);
+    assert_eq!(env.query_i64("PRAGMA user_version"), 0);
+    assert_eq!(env.query_i64("SELECT count(*) FROM notes"), 1);
+}
+
+/// A database of an older wxtoken: plain `get` refuses it without touching it, any writing
+/// command upgrades it, keeping its accounts and tokens.
+#[test]
+fn an_older_schema_is_refused_by_get_and_upgraded_by_a_writing_command() {
+    let env = with_token("TOKEN_from_v1", 7200);
+    // Back to schema version 2: what migration 3 adds, undone.
+    env.open_db()
+        .execute_batch("ALTER TABLE accounts DROP COLUMN tickets; PRAGMA user_version = 2;")
+        .expect("downgrade");
+    let before = schema(&env);
+    let out = get(&env, APPID, &[]);
+    out.assert_code(5);
+    assert_eq!(out.stdout, "");
+    out.assert_stderr_has(&["schema version 2", "run any writing command"]);
+    assert_eq!(schema(&env), before, "get changed an older database");
+
+    run(&env, &["status"], 0);
+    assert!(env.query_i64("PRAGMA user_version") > 2);
+    assert_eq!(get(&env, APPID, &[]).value(), "TOKEN_from_v1");
 }
 
 #[test]
@@ -996,13 +971,10 @@ fn a_file_that_is_not_sqlite_is_left_untouched() {
         std::fs::write(env.db(), content).expect("write");
         for args in [&["status"][..], &["get", "--appid", APPID], &["refresh"]] {
             let out = run(&env, args, 5);
-            assert_stderr_has(
-                &out,
-                &["not an SQLite database", &env.db().display().to_string()],
-            );
+            out.assert_stderr_has(&["not an SQLite database", &env.db().display().to_string()]);
         }
         let out = add_with(&env, &["--appid", APPID], &format!("{SECRET}\n"), 5);
-        assert_stderr_has(&out, &["not an SQLite database"]);
+        out.assert_stderr_has(&["not an SQLite database"]);
         assert_eq!(std::fs::read(env.db()).expect("read"), content);
     }
 }
@@ -1015,10 +987,10 @@ fn a_missing_database_directory_is_named() {
     let db = db.to_str().expect("utf-8 path");
     for args in [&["status"][..], &["account", "list"], &["refresh"]] {
         let out = run(&env, &[&["--db", db], args].concat(), 5);
-        assert_stderr_has(&out, &[&dir.display().to_string(), "does not exist"]);
+        out.assert_stderr_has(&[&dir.display().to_string(), "does not exist"]);
     }
     let out = run(&env, &["--db", db, "get", "--appid", APPID], 5);
-    assert_stderr_has(&out, &[&dir.display().to_string()]);
+    out.assert_stderr_has(&[&dir.display().to_string()]);
     assert!(!dir.exists(), "created {}", dir.display());
 }
 
@@ -1135,7 +1107,7 @@ fn the_api_base_flag_beats_the_environment() {
 
     let out = refresh(&env, &["--force"]);
     out.assert_code(4);
-    assert_stderr_has(&out, &["network error"]);
+    out.assert_stderr_has(&["network error"]);
     assert_eq!(env.api.hits(TOKEN), 1);
 }
 
@@ -1162,10 +1134,7 @@ fn a_refresh_with_no_accounts_warns_even_when_quiet() {
     let env = TestEnv::new();
     let out = run(&env, &["-q", "refresh"], 0);
     let db = env.db().display().to_string();
-    assert_stderr_has(
-        &out,
-        &["warning: no enabled accounts in", &db, "WXTOKEN_DB"],
-    );
+    out.assert_stderr_has(&["warning: no enabled accounts in", &db, "WXTOKEN_DB"]);
     assert_eq!(env.api.hits(TOKEN), 0);
 }
 
@@ -1176,7 +1145,7 @@ fn an_empty_rejected_token_is_a_usage_error() {
         let out = env.run_with_stdin(&[&["get", "--appid", APPID][..], args].concat(), stdin);
         out.assert_code(2);
         assert_eq!(out.stdout, "");
-        assert_stderr_has(&out, &["--reject"]);
+        out.assert_stderr_has(&["--reject"]);
     }
     assert_eq!(
         env.api.hits(TOKEN),
@@ -1196,7 +1165,7 @@ fn the_default_database_is_under_home_and_get_creates_nothing() {
 
     let out = get(&env, APPID, &[]);
     out.assert_code(5);
-    assert_stderr_has(&out, &[&db.display().to_string(), "does not exist"]);
+    out.assert_stderr_has(&[&db.display().to_string(), "does not exist"]);
     assert!(!home.join(".local").exists(), "get created a directory");
 
     add(&env, APPID, SECRET);

@@ -5,7 +5,7 @@ mod support;
 
 use serde_json::Value;
 use support::standin::{self, Reply, Request};
-use support::{Out, TestEnv};
+use support::{Out, TestEnv, assert_has, json, now, unix_of};
 
 const CORP: &str = "ww7a3c5e9b1d2f4a6c";
 /// `--corpid CORP --agentid 1000002`: a self-built app.
@@ -24,14 +24,19 @@ const OA_SECRET: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
 
 // ---- helpers ----
 
-/// Runs `wxtoken` with the words of `line` as arguments (none of them has a space).
+/// The words of `line` (none of them has a space).
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+/// Runs `wxtoken` with the words of `line` as arguments.
 fn run(env: &TestEnv, line: &str) -> Out {
-    env.run(&line.split_whitespace().collect::<Vec<_>>())
+    env.run(&words(line))
 }
 
 /// Like [`run`], with `stdin` on standard input.
 fn run_in(env: &TestEnv, line: &str, stdin: &str) -> Out {
-    env.run_with_stdin(&line.split_whitespace().collect::<Vec<_>>(), stdin)
+    env.run_with_stdin(&words(line), stdin)
 }
 
 /// `account add WHO EXTRA` with the secret on stdin; must succeed.
@@ -44,48 +49,6 @@ fn add(env: &TestEnv, who_and_extra: &str, secret: &str) -> Out {
     );
     out.assert_code(0);
     out
-}
-
-/// `get ARGS`, which must print one value and a newline; returns the value.
-#[track_caller]
-fn get(env: &TestEnv, args: &str) -> String {
-    let out = run(env, &format!("get {args}"));
-    out.assert_code(0);
-    let value = out
-        .stdout
-        .strip_suffix('\n')
-        .unwrap_or_else(|| panic!("no newline after the value: {:?}", out.stdout));
-    assert!(
-        !value.is_empty() && !value.contains(['\n', ' ']),
-        "stdout is not one value: {:?}",
-        out.stdout
-    );
-    value.to_string()
-}
-
-/// `get ARGS`, which must exit 3 with nothing on stdout; returns stderr.
-#[track_caller]
-fn get_none(env: &TestEnv, args: &str) -> String {
-    let out = run(env, &format!("get {args}"));
-    out.assert_code(3);
-    assert_eq!(out.stdout, "", "nothing on stdout when there is no value");
-    out.stderr
-}
-
-#[track_caller]
-fn assert_has(text: &str, words: &[&str]) {
-    for word in words {
-        assert!(text.contains(word), "{word:?} missing from:\n{text}");
-    }
-}
-
-#[track_caller]
-fn json(text: &str) -> Value {
-    assert!(
-        text.ends_with('\n') && text.trim_end().lines().count() == 1,
-        "not one line: {text:?}"
-    );
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 /// `status --json`, the entry of the account whose appid/corpid and agentid these are.
@@ -118,40 +81,6 @@ fn ask_standin(env: &TestEnv, path_and_query: &str) -> Value {
     let mut resp = ureq::get(&url).call().expect("stand-in answers");
     let body = resp.body_mut().read_to_string().expect("a body");
     serde_json::from_str(&body).expect("a JSON body")
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
-
-fn rfc3339(value: &Value) -> i64 {
-    let text = value
-        .as_str()
-        .unwrap_or_else(|| panic!("not a string: {value}"));
-    chrono::DateTime::parse_from_rfc3339(text)
-        .unwrap_or_else(|e| panic!("{text}: {e}"))
-        .timestamp()
-}
-
-/// The status text block of one account: its header line up to the next account.
-fn status_block(env: &TestEnv, key: &str) -> String {
-    let text = run(env, "status").assert_code(0).stdout.clone();
-    let mut block = String::new();
-    let mut inside = false;
-    for line in text.lines() {
-        if !line.starts_with(' ') {
-            inside = line.starts_with(&format!("{key}  "));
-        }
-        if inside {
-            block += line;
-            block.push('\n');
-        }
-    }
-    assert!(!block.is_empty(), "{key} not in status:\n{text}");
-    block
 }
 
 /// The status line of one credential (`token`, `jsapi ticket`, ...) and its last-attempt line.
@@ -191,8 +120,8 @@ fn two_apps_of_one_corp_get_their_own_tokens() {
     );
     assert!(sent.iter().all(|r| q(r, "corpid") == CORP));
 
-    let app = get(&env, APP);
-    let contacts = get(&env, CONTACTS);
+    let app = env.get(&words(APP)).value();
+    let contacts = env.get(&words(CONTACTS)).value();
     assert_ne!(app, contacts, "two apps of one corp must not share a token");
     // WeCom hands back the current token of a secret while it is valid: ask it which one
     // belongs to which secret.
@@ -269,8 +198,8 @@ fn account_commands_address_a_wecom_app_by_corpid_and_agentid() {
     let sent = requests_to(&env, standin::WORK_TOKEN);
     assert_eq!(sent.len(), 1);
     assert_eq!(q(&sent[0], "corpsecret"), APP_SECRET);
-    get(&env, APP);
-    get_none(&env, CONTACTS);
+    env.get(&words(APP)).value();
+    env.get(&words(CONTACTS)).assert_no_value(&[]);
 
     // enable: refreshed again.
     let out = run(&env, &format!("account enable {CONTACTS}"));
@@ -280,7 +209,7 @@ fn account_commands_address_a_wecom_app_by_corpid_and_agentid() {
     let sent = requests_to(&env, standin::WORK_TOKEN);
     assert_eq!(sent.len(), 2);
     assert_eq!(q(&sent[1], "corpsecret"), CONTACTS_SECRET);
-    let contacts = get(&env, CONTACTS);
+    let contacts = env.get(&words(CONTACTS)).value();
 
     // set-secret: the next fetch of that app uses the new secret; the other app keeps its own.
     let new_secret = "ContactsSecretRotated-7hG3kQ9zXw2Lm5Rt8Yp";
@@ -298,7 +227,7 @@ fn account_commands_address_a_wecom_app_by_corpid_and_agentid() {
     let sent = requests_to(&env, standin::WORK_TOKEN);
     assert_eq!(sent.len(), 3);
     assert_eq!(q(&sent[2], "corpsecret"), new_secret);
-    assert_ne!(get(&env, CONTACTS), contacts);
+    assert_ne!(env.get(&words(CONTACTS)).value(), contacts);
 
     // status shows each app under its own key.
     let status = run(&env, "status").assert_code(0).stdout.clone();
@@ -319,10 +248,16 @@ fn account_commands_address_a_wecom_app_by_corpid_and_agentid() {
     assert_has(&out.stderr, &[&format!("removed {CONTACTS_KEY}")]);
     let list = run(&env, "account list").assert_code(0).stdout.clone();
     assert_eq!(list, format!("{header}{}", row(APP_KEY, "yes", APP_SECRET)));
-    assert_has(&get_none(&env, CONTACTS), &["no such account"]);
+    assert_has(
+        &env.get(&words(CONTACTS))
+            .assert_no_value(&[])
+            .stderr
+            .clone(),
+        &["no such account"],
+    );
     run(&env, &format!("account remove {CONTACTS}")).assert_code(6);
     run(&env, &format!("refresh --appid {CONTACTS_KEY}")).assert_code(6);
-    get(&env, APP);
+    env.get(&words(APP)).value();
 }
 
 #[test]
@@ -532,11 +467,8 @@ fn an_invalid_wecom_secret_holds_the_app_until_set_secret() {
         1,
         "a held app sends no request"
     );
-    assert_has(
-        &status_block(&env, APP_KEY),
-        &["SKIPPED by refresh", "40091"],
-    );
-    get_none(&env, APP);
+    assert_has(&env.status_block(APP_KEY), &["SKIPPED by refresh", "40091"]);
+    env.get(&words(APP)).assert_no_value(&[]);
 
     let out = run_in(
         &env,
@@ -548,7 +480,7 @@ fn an_invalid_wecom_secret_holds_the_app_until_set_secret() {
     let sent = requests_to(&env, standin::WORK_TOKEN);
     assert_eq!(sent.len(), 2);
     assert_eq!(q(&sent[1], "corpsecret"), APP_SECRET);
-    let token = get(&env, APP);
+    let token = env.get(&words(APP)).value();
     assert!(env.api.is_valid(&token));
 }
 
@@ -573,7 +505,7 @@ fn tickets_are_fetched_right_after_their_token_with_it() {
     );
 
     run(&env, "refresh").assert_code(0);
-    let token = get(&env, OA);
+    let token = env.get(&words(OA)).value();
     let sent = env.api.requests();
     let shape: Vec<(&str, &str)> = sent
         .iter()
@@ -609,7 +541,7 @@ fn tickets_are_fetched_right_after_their_token_with_it() {
             .stdout,
         "card-ticket-HoagFKDcsGMVCIY2vOjf9\n"
     );
-    let block = status_block(&env, APPID);
+    let block = env.status_block(APPID);
     for label in ["token", "jsapi ticket", "wx_card ticket"] {
         let (head, attempt) = status_lines(&block, label);
         assert_has(&head, &[&format!("{label} fetched")]);
@@ -644,8 +576,8 @@ fn get_ticket_json_names_the_ticket_and_its_times() {
         doc.get("access_token").is_none(),
         "a ticket is not a token: {doc}"
     );
-    let fetched_at = rfc3339(&doc["fetched_at"]);
-    let expires_at = rfc3339(&doc["expires_at"]);
+    let fetched_at = unix_of(&doc["fetched_at"]);
+    let expires_at = unix_of(&doc["expires_at"]);
     assert!((before..=after).contains(&fetched_at), "{doc}");
     assert_eq!(expires_at - fetched_at, 7200);
     let expires_in = doc["expires_in"].as_i64().expect("expires_in is a number");
@@ -663,7 +595,11 @@ fn min_ttl_applies_to_tickets() {
         .push(standin::TICKET, Reply::token("short-lived-ticket", 200));
     run(&env, "refresh").assert_code(0);
 
-    let stderr = get_none(&env, &format!("{OA} --ticket jsapi --min-ttl 5m"));
+    let stderr = env
+        .get(&words(&format!("{OA} --ticket jsapi --min-ttl 5m")))
+        .assert_no_value(&[])
+        .stderr
+        .clone();
     assert_has(&stderr, &["jsapi ticket", APPID, "--min-ttl"]);
     assert_eq!(
         run(&env, &format!("get {OA} --ticket jsapi --min-ttl 1m"))
@@ -672,7 +608,7 @@ fn min_ttl_applies_to_tickets() {
         "short-lived-ticket\n"
     );
     // The token itself has its full lifetime.
-    get(&env, &format!("{OA} --min-ttl 5m"));
+    env.get(&words(&format!("{OA} --min-ttl 5m"))).value();
 }
 
 #[test]
@@ -682,7 +618,7 @@ fn a_ticket_expiring_soon_is_renewed_with_the_current_token() {
     env.api
         .push(standin::TICKET, Reply::token("short-lived-ticket", 200));
     run(&env, "refresh").assert_code(0);
-    let token = get(&env, OA);
+    let token = env.get(&words(OA)).value();
 
     // The token has two hours left, the ticket under five minutes: only the ticket is due.
     env.api
@@ -718,7 +654,7 @@ fn wecom_tickets_use_the_wecom_paths() {
     );
 
     run(&env, "refresh").assert_code(0);
-    let token = get(&env, APP);
+    let token = env.get(&words(APP)).value();
     let sent = env.api.requests();
     let paths: Vec<&str> = sent.iter().map(|r| r.path.as_str()).collect();
     assert_eq!(
@@ -769,9 +705,11 @@ fn wecom_tickets_from_the_standin_defaults_are_accepted() {
         APP_SECRET,
     );
     run(&env, "refresh").assert_code(0);
-    let token = get(&env, APP);
-    let corp = get(&env, &format!("{APP} --ticket jsapi"));
-    let agent = get(&env, &format!("{APP} --ticket agent_config"));
+    let token = env.get(&words(APP)).value();
+    let corp = env.get(&words(&format!("{APP} --ticket jsapi"))).value();
+    let agent = env
+        .get(&words(&format!("{APP} --ticket agent_config")))
+        .value();
     assert!(env.api.is_valid(&token));
     assert!(corp != agent && corp != token && agent != token);
 }
@@ -854,7 +792,7 @@ fn set_tickets_turns_tickets_on_and_off() {
     out.assert_code(0);
     assert_has(&out.stderr, &[&format!("{APPID} tickets: wx_card")]);
     run(&env, "refresh").assert_code(0);
-    let token = get(&env, OA);
+    let token = env.get(&words(OA)).value();
     assert_eq!(
         env.api.hits(standin::TOKEN),
         2,
@@ -864,7 +802,7 @@ fn set_tickets_turns_tickets_on_and_off() {
     assert_eq!(sent.len(), 2);
     assert_eq!(q(&sent[1], "type"), "wx_card");
     assert_eq!(q(&sent[1], "access_token"), token);
-    get(&env, &format!("{OA} --ticket wx_card"));
+    env.get(&words(&format!("{OA} --ticket wx_card"))).value();
 
     run(
         &env,
@@ -872,7 +810,7 @@ fn set_tickets_turns_tickets_on_and_off() {
     )
     .assert_code(0);
     run(&env, "refresh --force").assert_code(0);
-    let token = get(&env, OA);
+    let token = env.get(&words(OA)).value();
     let sent = requests_to(&env, standin::TICKET);
     let types: Vec<&str> = sent[2..].iter().map(|r| q(r, "type")).collect();
     assert_eq!(types, ["jsapi", "wx_card"]);
@@ -886,7 +824,7 @@ fn a_failed_ticket_is_reported_and_keeps_the_new_token_and_the_old_ticket() {
     env.api
         .push(standin::TICKET, Reply::token("first-jsapi-ticket", 7200));
     run(&env, "refresh").assert_code(0);
-    let first = get(&env, OA);
+    let first = env.get(&words(OA)).value();
 
     let errmsg = "invalid credential, access_token is invalid or not latest";
     env.api.push(standin::TICKET, Reply::errcode(40001, errmsg));
@@ -902,7 +840,7 @@ fn a_failed_ticket_is_reported_and_keeps_the_new_token_and_the_old_ticket() {
     );
 
     // The token fetched in that run is served; the earlier ticket, still valid, too.
-    let second = get(&env, OA);
+    let second = env.get(&words(OA)).value();
     assert_ne!(second, first);
     let last = env.api.requests().pop().expect("a request");
     assert_eq!(last.path, standin::TICKET);
@@ -925,9 +863,9 @@ fn a_failed_ticket_is_reported_and_keeps_the_new_token_and_the_old_ticket() {
     assert_eq!(ticket["outcome"], "errcode");
     assert_eq!(ticket["errcode"], 40001);
     assert_eq!(ticket["errmsg"], errmsg);
-    let (_, attempt) = status_lines(&status_block(&env, APPID), "jsapi ticket");
+    let (_, attempt) = status_lines(&env.status_block(APPID), "jsapi ticket");
     assert_has(&attempt, &["last attempt", "errcode 40001"]);
-    let (_, attempt) = status_lines(&status_block(&env, APPID), "token");
+    let (_, attempt) = status_lines(&env.status_block(APPID), "token");
     assert_has(&attempt, &[": ok"]);
 }
 
@@ -947,9 +885,12 @@ fn a_ticket_that_hits_its_quota_is_fetched_on_the_next_run_with_the_same_token()
             &format!("refreshed 1 of 1 accounts; failed tickets: {APP_KEY}(agent_config 45009)"),
         ],
     );
-    let token = get(&env, APP);
+    let token = env.get(&words(APP)).value();
     assert_has(
-        &get_none(&env, &format!("{APP} --ticket agent_config")),
+        &env.get(&words(&format!("{APP} --ticket agent_config")))
+            .assert_no_value(&[])
+            .stderr
+            .clone(),
         &["agent_config ticket"],
     );
     let entry = status_of(&env, CORP, Some("1000002"));
@@ -965,7 +906,8 @@ fn a_ticket_that_hits_its_quota_is_fetched_on_the_next_run_with_the_same_token()
     let sent = requests_to(&env, standin::WORK_AGENT_TICKET);
     assert_eq!(sent.len(), 2);
     assert_eq!(q(&sent[1], "access_token"), token);
-    get(&env, &format!("{APP} --ticket agent_config"));
+    env.get(&words(&format!("{APP} --ticket agent_config")))
+        .value();
 }
 
 #[test]
@@ -1029,8 +971,10 @@ fn no_ticket_is_requested_when_the_token_fetch_fails() {
     ] {
         assert_eq!(env.api.hits(route), 0, "{route}");
     }
-    get_none(&env, &format!("{OA} --ticket jsapi"));
-    get_none(&env, &format!("{APP} --ticket agent_config"));
+    env.get(&words(&format!("{OA} --ticket jsapi")))
+        .assert_no_value(&[]);
+    env.get(&words(&format!("{APP} --ticket agent_config")))
+        .assert_no_value(&[]);
 }
 
 #[test]
@@ -1038,11 +982,11 @@ fn wecom_hands_back_the_same_token_and_no_row_is_added() {
     let env = TestEnv::new();
     add(&env, APP, APP_SECRET);
     run(&env, "refresh").assert_code(0);
-    let first = get(&env, APP);
+    let first = env.get(&words(APP)).value();
     run(&env, "refresh --force").assert_code(0);
     assert_eq!(env.api.hits(standin::WORK_TOKEN), 2);
     assert_eq!(
-        get(&env, APP),
+        env.get(&words(APP)).value(),
         first,
         "WeCom returns the same token while it is valid"
     );
@@ -1060,13 +1004,13 @@ fn wecom_hands_back_the_same_token_and_no_row_is_added() {
             .expect("rows")
     };
     assert_eq!(outcomes, ["ok", "unchanged"]);
-    let (_, attempt) = status_lines(&status_block(&env, APP_KEY), "token");
+    let (_, attempt) = status_lines(&env.status_block(APP_KEY), "token");
     assert_has(&attempt, &["unchanged"]);
 
     // WeCom may still invalidate a token early; then the next fetch brings a new one.
     env.api.revoke(&first);
     run(&env, "refresh --force").assert_code(0);
-    let second = get(&env, APP);
+    let second = env.get(&words(APP)).value();
     assert_ne!(second, first);
     assert!(env.api.is_valid(&second));
     assert_eq!(env.query_i64(rows), 2);
@@ -1079,21 +1023,37 @@ fn get_ticket_without_one_exits_3_and_names_it() {
     add(&env, &format!("{APP} --ticket agent_config"), APP_SECRET);
 
     // Configured, not fetched yet.
-    let stderr = get_none(&env, &format!("{APP} --ticket agent_config"));
+    let stderr = env
+        .get(&words(&format!("{APP} --ticket agent_config")))
+        .assert_no_value(&[])
+        .stderr
+        .clone();
     assert_has(&stderr, &["agent_config ticket", APP_KEY]);
 
     run(&env, &format!("refresh --appid {APPID}")).assert_code(0);
-    get(&env, OA);
+    env.get(&words(OA)).value();
     // Never turned on: the message says how.
-    let stderr = get_none(&env, &format!("{OA} --ticket jsapi"));
+    let stderr = env
+        .get(&words(&format!("{OA} --ticket jsapi")))
+        .assert_no_value(&[])
+        .stderr
+        .clone();
     assert_has(
         &stderr,
         &["jsapi ticket", APPID, "set-tickets", "--ticket jsapi"],
     );
-    let stderr = get_none(&env, &format!("{OA} --ticket wx_card --json"));
+    let stderr = env
+        .get(&words(&format!("{OA} --ticket wx_card --json")))
+        .assert_no_value(&[])
+        .stderr
+        .clone();
     assert_has(&stderr, &["wx_card ticket"]);
     // An unknown account says so.
-    let stderr = get_none(&env, "--appid wx0000000000000000 --ticket jsapi");
+    let stderr = env
+        .get(&words("--appid wx0000000000000000 --ticket jsapi"))
+        .assert_no_value(&[])
+        .stderr
+        .clone();
     assert_has(&stderr, &["no such account"]);
 }
 
@@ -1163,5 +1123,5 @@ fn prune_applies_the_same_retention_to_ticket_rows() {
             .stdout,
         "newest-ticket\n"
     );
-    get(&env, OA);
+    env.get(&words(OA)).value();
 }

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::{Context, emit, stdin_line};
 use crate::config::{AccountOp, check_tickets};
-use crate::domain::{AccountKey, Secret};
+use crate::domain::{AccountKey, NewAccount, Secret};
 use crate::exit::{Exit, fail};
 use crate::secret;
 use crate::store::{ReadStore, StoreError};
@@ -28,8 +28,14 @@ pub fn run(ctx: &Context, op: AccountOp) -> Result<Exit> {
                 return Err(StoreError::AlreadyExists(key).into());
             }
             let secret = read_secret(secret_env.as_deref(), &key)?;
-            store.add_account(&key, api, &secret, &tickets, now)?;
-            ctx.say(&format!("added {key} (api {})", api.as_str()));
+            let new = NewAccount {
+                key,
+                api,
+                secret,
+                tickets,
+            };
+            store.add_account(&new, now)?;
+            ctx.say(&format!("added {} (api {})", new.key, api.as_str()));
         }
         AccountOp::List { json } => list(store.as_ref(), json)?,
         AccountOp::Remove(key) => {

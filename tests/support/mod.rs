@@ -44,6 +44,73 @@ impl Out {
         );
         self
     }
+
+    /// The one value a successful `get` printed: exit 0, one line, no spaces.
+    #[track_caller]
+    pub fn value(&self) -> String {
+        self.assert_code(0);
+        let value = self
+            .stdout
+            .strip_suffix('\n')
+            .unwrap_or_else(|| panic!("no newline after the value: {:?}", self.stdout));
+        assert!(
+            !value.is_empty() && !value.contains(['\n', ' ']),
+            "stdout is not one value: {:?}",
+            self.stdout
+        );
+        value.to_string()
+    }
+
+    /// Panics unless stderr has every one of `words`.
+    #[track_caller]
+    pub fn assert_stderr_has(&self, words: &[&str]) -> &Out {
+        assert_has(&self.stderr, words);
+        self
+    }
+
+    /// `get` found nothing to print: exit 3, empty stdout, and `words` in the reason.
+    #[track_caller]
+    pub fn assert_no_value(&self, words: &[&str]) -> &Out {
+        self.assert_code(3);
+        assert_eq!(self.stdout, "", "nothing on stdout when there is no value");
+        self.assert_stderr_has(words)
+    }
+}
+
+/// Panics, showing `text`, unless it has every one of `words`.
+#[track_caller]
+pub fn assert_has(text: &str, words: &[&str]) {
+    for word in words {
+        assert!(text.contains(word), "{word:?} missing from:\n{text}");
+    }
+}
+
+/// One JSON document on one line, as `--json` prints it.
+#[track_caller]
+pub fn json(text: &str) -> serde_json::Value {
+    assert!(
+        text.ends_with('\n') && text.trim_end().lines().count() == 1,
+        "not one line: {text:?}"
+    );
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// The wall clock in Unix seconds, as the binary reads it.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Unix seconds from an RFC 3339 string in a JSON document.
+#[track_caller]
+pub fn unix_of(value: &serde_json::Value) -> i64 {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a string: {value}"));
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+        .timestamp()
 }
 
 /// A temp directory, a stand-in API and the environment the binary runs with.
@@ -134,6 +201,20 @@ impl TestEnv {
         self.run_with_stdin(args, "")
     }
 
+    /// `wxtoken get ARGS`; the caller checks the outcome (`value`, `assert_no_value`).
+    pub fn get(&self, args: &[&str]) -> Out {
+        self.run(&[&["get"], args].concat())
+    }
+
+    /// The lines `wxtoken status` prints about one account (`APPID` or `CORPID/AGENTID`):
+    /// its own line and the indented ones below it.
+    #[track_caller]
+    pub fn status_block(&self, account: &str) -> String {
+        let out = self.run(&["status"]);
+        out.assert_code(0);
+        status_block(&out.stdout, account)
+    }
+
     pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Out {
         let mut child = self.spawn(args);
         let mut pipe = child.stdin.take().expect("child stdin");
@@ -180,13 +261,13 @@ pub fn wait(mut child: Child) -> Out {
     Out::from_output(child.wait_with_output().expect("wait for wxtoken"))
 }
 
-/// The lines `wxtoken status` prints about one account: its own line and the indented ones
-/// below it. Panics, showing the whole output, if the account is not there.
+/// The lines of `status` output about one account. Panics, showing the whole output, if the
+/// account is not there.
 #[track_caller]
 pub fn status_block(stdout: &str, account: &str) -> String {
     let mut lines = stdout
         .lines()
-        .skip_while(|l| !l.starts_with(&format!("{account} ")));
+        .skip_while(|l| !l.starts_with(&format!("{account}  ")));
     let head = lines
         .next()
         .unwrap_or_else(|| panic!("no {account} in status:\n{stdout}"));
