@@ -1010,9 +1010,7 @@ mod tests {
         assert_eq!(a.claim(id, 0, 60).unwrap(), Claim::Claimed);
         db.query("UPDATE claims SET expires_at = 0");
         assert_eq!(b.claim(id, 0, 60).unwrap(), Claim::Claimed);
-        let err = a
-            .record_fetch(&fetched(id, "TOKEN-A"))
-            .unwrap_err();
+        let err = a.record_fetch(&fetched(id, "TOKEN-A")).unwrap_err();
         assert!(err.to_string().contains("taken over"), "{err}");
         assert_eq!(db.query_i64("SELECT count(*) FROM tokens"), 0);
         assert_eq!(db.query("SELECT outcome FROM attempts"), "lost_claim");
@@ -1023,9 +1021,7 @@ mod tests {
             "{shown:?}"
         );
         // The lease is still b's, and b records normally.
-        let recorded = b
-            .record_fetch(&fetched(id, "TOKEN-B"))
-            .unwrap();
+        let recorded = b.record_fetch(&fetched(id, "TOKEN-B")).unwrap();
         assert_eq!(recorded, Recorded::Inserted);
         b.release(id).unwrap();
         assert_eq!(db.query("SELECT token FROM tokens"), "TOKEN-B");
@@ -1060,8 +1056,7 @@ mod tests {
         let db = pg!();
         let (a, id) = with_account(&db);
         a.claim(id, 0, 60).unwrap();
-        a.record_fetch(&fetched(id, "TOKEN-1"))
-            .unwrap();
+        a.record_fetch(&fetched(id, "TOKEN-1")).unwrap();
         let role = format!("{}_reader", db.name);
         db.query(&format!("CREATE ROLE {role} LOGIN"));
         let applied = a.grant_reader(&role).unwrap();
