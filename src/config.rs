@@ -245,7 +245,7 @@ fn check_base(name: &str, url: &str) -> Result<(), String> {
 fn location(flag: Option<PathBuf>, env: &str) -> Result<Location> {
     if let Some(path) = flag {
         if path.as_os_str().is_empty() {
-            return Err(usage(format!("the database ({env}) is empty")));
+            return Err(usage(format!("{} is empty", source_name(env))));
         }
         if let Some(url) = path.to_str().filter(|p| is_postgres_url(p)) {
             let from_env = std::env::var_os(env).is_some_and(|v| v == path.as_os_str());
@@ -265,6 +265,14 @@ fn location(flag: Option<PathBuf>, env: &str) -> Result<Location> {
     })
 }
 
+/// How messages name the option that `env` also sets.
+fn source_name(env: &str) -> &'static str {
+    match env {
+        "WXTOKEN_COPY_TO" => "--to / WXTOKEN_COPY_TO",
+        _ => "--db / WXTOKEN_DB",
+    }
+}
+
 /// `postgres://` and `postgresql://` name a server; anything else is an SQLite path.
 fn is_postgres_url(db: &str) -> bool {
     db.starts_with("postgres://") || db.starts_with("postgresql://")
@@ -274,8 +282,8 @@ fn is_postgres_url(db: &str) -> bool {
 /// quote the URL: it may hold a password.
 #[cfg(feature = "postgres")]
 fn postgres_location(url: &str, env: &str, from_env: bool) -> Result<Location> {
-    let config =
-        crate::pgconf::PgConfig::from_env(url).map_err(|e| usage(format!("{env}: {e}")))?;
+    let config = crate::pgconf::PgConfig::from_env(url)
+        .map_err(|e| usage(format!("{}: {e}", source_name(env))))?;
     if !from_env
         && config
             .password

@@ -531,3 +531,22 @@ fn store_copy_moves_everything_between_backends_and_refuses_a_full_target() {
         .run(&["--db", back.to_str().unwrap(), "get", "--appid", APPID]);
     assert_eq!(out.assert_code(0).stdout, "COPIED\n");
 }
+
+#[test]
+fn a_bad_postgres_url_is_a_usage_error_that_names_the_setting_but_not_the_password() {
+    let env = TestEnv::new();
+    for (url, words) in [
+        ("postgres://u:pw5ecret@h/d?sslmode=bogus", "sslmode 'bogus'"),
+        (
+            "postgres://u:pw5ecret@h/d?sslcert=/x",
+            "'sslcert' is not supported",
+        ),
+        ("postgresql://u:pw5ecret@h1,h2/d", "several hosts"),
+    ] {
+        env.set_env("WXTOKEN_DB", url);
+        let out = env.run(&["get", "--appid", APPID]);
+        out.assert_code(2);
+        assert_has(&out, &["--db / WXTOKEN_DB", words]);
+        assert!(!out.stderr.contains("pw5ecret"), "{}", out.stderr);
+    }
+}
