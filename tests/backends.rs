@@ -385,7 +385,7 @@ fn a_host_killed_mid_fetch_blocks_the_account_only_until_its_claim_expires() {
     let Some(f) = postgres() else { return };
     f.add(&["--appid", APPID]);
     f.env.api.gate(TOKEN);
-    let mut a = refresher(&f, "host-a", 4, &[]);
+    let mut a = refresher(&f, "host-a", 6, &[]);
     assert!(
         f.env.api.wait_for_hits(TOKEN, 1, PATIENCE),
         "host-a never fetched"
