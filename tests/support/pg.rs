@@ -50,17 +50,6 @@ pub fn server() -> Option<&'static PgServer> {
         .as_ref()
 }
 
-/// Skips the calling test (with the note `server()` printed) when there is no server.
-#[macro_export]
-macro_rules! pg_or_skip {
-    () => {
-        match support::pg::server() {
-            Some(s) => s,
-            None => return,
-        }
-    };
-}
-
 /// The directory with `initdb`, `pg_ctl`, `postgres` and `psql`: the newest
 /// /usr/lib/postgresql/N/bin (Debian keeps them off PATH), else `pg_config --bindir`.
 pub fn find_bindir() -> Option<PathBuf> {
