@@ -16,7 +16,7 @@ use crate::domain::{Api, DEFAULT_API_BASE, DEFAULT_WORK_API_BASE, Ticket};
   TOKEN=$(wxtoken get --appid wx1234567890abcdef) || exit 1
 
 Exit codes: 0 ok, 1 unexpected error, 2 bad arguments, 3 no valid token,
-4 a fetch from WeChat failed, 5 database problem, 6 no such account / already exists.")]
+4 a call to WeChat failed, 5 database problem, 6 no such account / already exists.")]
 pub struct Cli {
     /// SQLite database path, or postgres:// URL (its password only in WXTOKEN_DB, PGPASSWORD
     /// or ~/.pgpass) [default: ~/.local/share/wxtoken/wxtoken.db]
@@ -79,6 +79,21 @@ Exits 3, printing nothing on stdout, when there is no valid token
   wxtoken status
   wxtoken status --json | jq '.accounts[] | select(.last_attempt.outcome != \"ok\")'")]
     Status(StatusArgs),
+    /// Show today's token quota as WeChat counts it, next to wxtoken's own fetches; or reset it
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:
+  wxtoken quota                                  # every enabled Official Account / Mini Program
+  wxtoken quota --appid wx1234567890abcdef --json
+  wxtoken quota reset --appid wx1234567890abcdef # asks first; --yes in scripts
+
+Uses each account's stored token and costs no token fetch; an account without a valid
+token is skipped. WeCom apps have no such quota and are skipped. When WeChat counts
+clearly more fetches than wxtoken made, another program fetches tokens for the appid.
+Exits 0 when every account was checked, 3 when one had no valid token, 4 when a call to
+WeChat failed."
+    )]
+    Quota(QuotaArgs),
     /// Delete old token rows and attempts (refresh also does this after every run)
     #[command(
         after_help = "Example:\n  wxtoken prune --keep 24\n\nEvery token still valid is kept, whatever --keep says. Attempts older than 30 days go."
@@ -287,6 +302,47 @@ pub struct RefreshArgs {
     /// Fetch even accounts that are held after an error, or whose token is fresh
     #[arg(long, conflicts_with = "if_expiring_within")]
     pub force: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct QuotaArgs {
+    #[command(subcommand)]
+    pub reset: Option<QuotaCommand>,
+    /// Check only this account (repeatable); default: every enabled Official Account and
+    /// Mini Program
+    #[arg(long, value_name = "APPID")]
+    pub appid: Vec<String>,
+    /// One JSON object on stdout
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QuotaCommand {
+    /// Clear an account's API call counts for today (WeChat allows 10 resets a month)
+    #[command(after_help = "Examples:
+  wxtoken quota reset --appid wx1234567890abcdef        # asks for confirmation
+  wxtoken quota reset --appid wx1234567890abcdef --yes  # from a script
+
+Calls WeChat's clear_quota/v2 with the account's secret (in the request body). It works
+when the token quota is exhausted, and releases an account that refresh holds after 45009.
+Exits 0 when WeChat confirmed the reset, 2 when it was not confirmed here, 4 when WeChat
+refused it (48006: the month's resets are spent).")]
+    Reset(ResetArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ResetArgs {
+    /// The account's appid
+    #[arg(long, value_name = "APPID")]
+    pub appid: String,
+    /// Reset without asking; needed when stdin is not a terminal
+    #[arg(long)]
+    pub yes: bool,
     #[command(flatten)]
     pub api: ApiArgs,
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::cli::{AccountArgs, AccountCommand, ApiArgs, Cli, Command, StoreCommand};
+use crate::cli::{AccountArgs, AccountCommand, ApiArgs, Cli, Command, QuotaCommand, StoreCommand};
 use crate::domain::{AccountKey, Api, Credential, Ticket};
 use crate::exit::{Exit, fail};
 use crate::policy::{self, Want};
@@ -29,6 +29,7 @@ pub enum Cmd {
     Prune {
         keep: i64,
     },
+    Quota(QuotaConfig),
     /// `store copy`: into this empty store.
     Copy {
         to: Location,
@@ -36,6 +37,21 @@ pub enum Cmd {
     /// `store grant-reader`: a PostgreSQL role.
     GrantReader {
         role: String,
+    },
+}
+
+/// `quota` (check the named accounts, or every enabled one) or `quota reset`.
+pub enum QuotaConfig {
+    Check {
+        accounts: Vec<AccountKey>,
+        json: bool,
+        api: ApiConfig,
+    },
+    Reset {
+        key: AccountKey,
+        /// Confirmed on the command line: no question asked.
+        yes: bool,
+        api: ApiConfig,
     },
 }
 
@@ -102,11 +118,7 @@ impl Config {
                     (false, Some(d)) => Want::ExpiringWithin(d.as_secs() as i64),
                     (false, None) => Want::Stale,
                 };
-                let accounts = a
-                    .appid
-                    .iter()
-                    .map(|name| AccountKey::parse(name).map_err(usage))
-                    .collect::<Result<_>>()?;
+                let accounts = account_keys(&a.appid)?;
                 Cmd::Refresh(RefreshConfig {
                     accounts,
                     jobs: a.jobs,
@@ -139,6 +151,18 @@ impl Config {
                 to => Cmd::Copy { to },
             },
             Command::Store(StoreCommand::GrantReader(a)) => Cmd::GrantReader { role: a.role },
+            Command::Quota(a) => Cmd::Quota(match a.reset {
+                Some(QuotaCommand::Reset(r)) => QuotaConfig::Reset {
+                    key: AccountKey::parse(&r.appid).map_err(usage)?,
+                    yes: r.yes,
+                    api: api(&r.api)?,
+                },
+                None => QuotaConfig::Check {
+                    accounts: account_keys(&a.appid)?,
+                    json: a.json,
+                    api: api(&a.api)?,
+                },
+            }),
         };
         Ok(Config {
             db,
@@ -150,6 +174,14 @@ impl Config {
 
 fn usage(message: String) -> anyhow::Error {
     fail(Exit::Usage, message)
+}
+
+/// Accounts named with a repeatable `--appid` (a WeCom app as CORPID/AGENTID).
+fn account_keys(names: &[String]) -> Result<Vec<AccountKey>> {
+    names
+        .iter()
+        .map(|name| AccountKey::parse(name).map_err(usage))
+        .collect()
 }
 
 fn account_op(op: AccountCommand) -> Result<AccountOp> {

@@ -277,11 +277,11 @@ pub enum Failure {
     Invalid(String),
 }
 
-/// One fetch, after retries: the result, how many tries it took, and when the successful
-/// request was sent (Unix seconds).
+/// One call, after retries: the result (a token, unless the call is about something
+/// else), how many tries it took, and when the successful request was sent (Unix seconds).
 #[derive(Debug)]
-pub struct Outcome {
-    pub result: Result<Fetched, Failure>,
+pub struct Outcome<T = Fetched> {
+    pub result: Result<T, Failure>,
     pub tries: u32,
     pub sent_at: i64,
     pub started_at: i64,

@@ -71,13 +71,18 @@ impl Exit {
         match self {
             Exit::Ok => "Everything worked.",
             Exit::Error => "An unexpected failure: I/O, a bug, anything not classified below.",
-            Exit::Usage => "Bad arguments or bad input (clap uses 2 for its own usage errors too).",
+            Exit::Usage => {
+                "Bad arguments or bad input (clap uses 2 for its own usage errors too); a \
+                 `quota reset` not confirmed (no `--yes` off a terminal, or not answered yes)."
+            }
             Exit::NoToken => {
                 "`get`: there is no valid token to print (unknown account, none fetched yet, \
-                 expired, or less than `--min-ttl` left)."
+                 expired, or less than `--min-ttl` left); `quota`: an account has no valid \
+                 stored token to ask with."
             }
             Exit::FetchFailed => {
-                "`refresh`, `get --reject`: at least one fetch from WeChat failed."
+                "`refresh`, `get --reject`: at least one fetch from WeChat failed; `quota`, \
+                 `quota reset`: a call to WeChat failed."
             }
             Exit::Database => {
                 "The database could not be opened, is not a wxtoken database, or is newer \
@@ -98,7 +103,7 @@ impl Exit {
             Exit::Error => "unexpected error",
             Exit::Usage => "bad arguments",
             Exit::NoToken => "no valid token",
-            Exit::FetchFailed => "a fetch from WeChat failed",
+            Exit::FetchFailed => "a call to WeChat failed",
             Exit::Database => "database problem",
             Exit::Account => "no such account / already exists",
         }

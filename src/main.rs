@@ -12,6 +12,7 @@ mod pgconf;
 #[cfg(feature = "postgres")]
 mod pgconn;
 mod policy;
+mod quota;
 mod secret;
 mod store;
 #[cfg(feature = "postgres")]

@@ -180,7 +180,8 @@ pub fn hint(errcode: i64, errmsg: &str) -> Option<String> {
                           check the account with `wxtoken account list`"
             .to_string(),
         45009 => "the daily quota is used up; it resets at midnight China time (UTC+8), \
-                  or clear it in the console"
+                  or clear it with `wxtoken quota reset` (10 a month); `wxtoken quota` shows \
+                  whether another program spends it"
             .to_string(),
         45011 => "the per-minute quota is used up; the next run tries again".to_string(),
         89501 => "an administrator has not yet confirmed this IP; try again later".to_string(),

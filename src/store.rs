@@ -3,6 +3,7 @@
 //! write. SQLite is the first backend and this module the only one that knows it: no SQL,
 //! path, PRAGMA or process probe leaks out, so a second backend is one module beside it.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -22,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_claims_holds.sql"),
     include_str!("../migrations/0003_tickets.sql"),
+    include_str!("../migrations/0004_quota.sql"),
 ];
 
 /// Why a store operation failed. `exit.rs` turns each into an exit code.
@@ -107,6 +109,12 @@ pub trait ReadStore {
     fn latest_token(&self, key: &AccountKey, kind: Credential) -> Result<Option<TokenRow>>;
     /// The newest attempt at an account's credential, if any.
     fn last_attempt(&self, account_id: i64, kind: Credential) -> Result<Option<Attempt>>;
+    /// How many token requests wxtoken sent per account since `since` (accounts without
+    /// any are absent): the tries of access-token attempts, plus one for each forced stable
+    /// refresh, whose normal-mode call before it is not recorded as an attempt of its own.
+    fn fetches_since(&self, since: i64) -> Result<HashMap<i64, i64>>;
+    /// How many quota resets WeChat confirmed for an account since `since`.
+    fn quota_resets_since(&self, account_id: i64, since: i64) -> Result<i64>;
 
     /// Everything `store copy` moves: each account with its secret (as stored) and hold,
     /// and its newest token and tickets if still valid at `now`.
@@ -145,6 +153,16 @@ pub trait Store: ReadStore + Send {
     /// When this account's forced refreshes happened, over the retention window.
     fn forced_refreshes(&self, account_id: i64, now: i64) -> Result<Vec<i64>>;
     fn note_forced_refresh(&self, account_id: i64, now: i64) -> Result<()>;
+
+    /// Records a quota reset (`failure`: its errcode, if any, and the message shown);
+    /// after a successful one, releases the account's hold if its last token fetch failed
+    /// with 45009 (the daily quota), all at once. Returns whether a hold was released.
+    fn record_quota_reset(
+        &self,
+        account_id: i64,
+        at: i64,
+        failure: Option<(Option<i64>, &str)>,
+    ) -> Result<bool>;
 
     /// Deletes token rows beyond the newest `keep` per account and kind, except those still
     /// valid; attempts older than `attempts_before`; old forced-refresh records; expired
@@ -568,6 +586,30 @@ impl ReadStore for Sqlite {
             })
             .optional()?)
     }
+
+    /// One pass over the rows since `since` through the `attempts_age` index, for every
+    /// account at once: a query per account would read each one's 30 days of attempts.
+    fn fetches_since(&self, since: i64) -> Result<HashMap<i64, i64>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT account_id, sum(n) FROM (
+                 SELECT account_id, tries AS n FROM attempts
+                 WHERE started_at >= ?1 AND kind = ?2
+                 UNION ALL
+                 SELECT account_id, 1 FROM forced_refreshes WHERE at >= ?1)
+             GROUP BY account_id",
+        )?;
+        let rows = stmt.query_map(params![since, Credential::AccessToken.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn quota_resets_since(&self, account_id: i64, since: i64) -> Result<i64> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT count(*) FROM quota_resets WHERE account_id = ?1 AND ok = 1 AND at >= ?2",
+        )?;
+        Ok(stmt.query_row(params![account_id, since], |r| r.get(0))?)
+    }
 }
 
 impl Sqlite {
@@ -801,6 +843,41 @@ impl Store for Sqlite {
             params![account_id, now],
         )?;
         Ok(())
+    }
+
+    fn record_quota_reset(
+        &self,
+        account_id: i64,
+        at: i64,
+        failure: Option<(Option<i64>, &str)>,
+    ) -> Result<bool> {
+        let tx = Transaction::immediate(&self.conn, &self.path)?;
+        let (errcode, detail) = failure.unzip();
+        self.conn
+            .prepare_cached(
+                "INSERT INTO quota_resets (account_id, at, ok, errcode, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                account_id,
+                at,
+                failure.is_none(),
+                errcode.flatten(),
+                detail
+            ])?;
+        let released = failure.is_none()
+            && self
+                .conn
+                .prepare_cached(
+                    "UPDATE accounts SET held_until = NULL, held_reason = NULL
+                     WHERE id = ?1 AND held_until IS NOT NULL
+                       AND (SELECT errcode FROM attempts WHERE account_id = ?1 AND kind = ?2
+                            ORDER BY id DESC LIMIT 1) = 45009",
+                )?
+                .execute(params![account_id, Credential::AccessToken.as_str()])?
+                > 0;
+        tx.commit()?;
+        Ok(released)
     }
 
     fn prune(&self, now: i64, keep: i64, attempts_before: i64) -> Result<(usize, usize)> {

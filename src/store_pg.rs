@@ -13,6 +13,7 @@
 //! - Secrets live in `account_secrets`, which the reader grant never names.
 
 use std::cell::{Cell, RefCell, RefMut};
+use std::collections::HashMap;
 
 use postgres::Client;
 use postgres::types::{ToSql, Type};
@@ -28,7 +29,10 @@ use crate::store::{
 };
 
 /// Every PostgreSQL migration, in order; the schema version is how many are applied.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/postgres/0001_init.sql"),
+    include_str!("../migrations/postgres/0002_quota.sql"),
+];
 
 /// The key of the advisory lock that serialises migrations. Advisory locks are per
 /// database, so other wxtoken databases on the server do not contend for it.
@@ -389,6 +393,35 @@ impl ReadStore for Postgres {
         }))
     }
 
+    fn fetches_since(&self, since: i64) -> Result<HashMap<i64, i64>> {
+        self.verify()?;
+        let rows = self
+            .c()
+            .query(
+                "SELECT account_id, sum(n)::bigint FROM (
+                     SELECT account_id, tries AS n FROM attempts
+                     WHERE started_at >= $1 AND kind = $2
+                     UNION ALL
+                     SELECT account_id, 1 FROM forced_refreshes WHERE at >= $1) counted
+                 GROUP BY account_id",
+                &[&since, &Credential::AccessToken.as_str()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn quota_resets_since(&self, account_id: i64, since: i64) -> Result<i64> {
+        self.verify()?;
+        let row = self
+            .c()
+            .query_one(
+                "SELECT count(*) FROM quota_resets WHERE account_id = $1 AND ok AND at >= $2",
+                &[&account_id, &since],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(row.get(0))
+    }
+
     fn export(&self, _now: i64) -> Result<Vec<Exported>> {
         let accounts = self.accounts()?;
         let rows = self
@@ -704,6 +737,44 @@ impl Store for Postgres {
             )
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    fn record_quota_reset(
+        &self,
+        account_id: i64,
+        at: i64,
+        failure: Option<(Option<i64>, &str)>,
+    ) -> Result<bool> {
+        let config = &self.config;
+        let err = |e: postgres::Error| pg_error(config, &e);
+        let (errcode, detail) = failure.unzip();
+        let mut c = self.c();
+        let mut tx = c.transaction().map_err(err)?;
+        tx.execute(
+            "INSERT INTO quota_resets (account_id, at, ok, errcode, detail)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &account_id,
+                &at,
+                &failure.is_none(),
+                &errcode.flatten(),
+                &detail,
+            ],
+        )
+        .map_err(err)?;
+        let released = failure.is_none()
+            && tx
+                .execute(
+                    "UPDATE accounts SET held_until = NULL, held_reason = NULL
+                     WHERE id = $1 AND held_until IS NOT NULL
+                       AND (SELECT errcode FROM attempts WHERE account_id = $1 AND kind = $2
+                            ORDER BY id DESC LIMIT 1) = 45009",
+                    &[&account_id, &Credential::AccessToken.as_str()],
+                )
+                .map_err(err)?
+                > 0;
+        tx.commit().map_err(err)?;
+        Ok(released)
     }
 
     /// As SQLite's prune, except that validity and leases are judged by the server's

@@ -11,6 +11,9 @@ use crate::domain::{Api, Failure, Fetched, Outcome, Secret, Ticket};
 use crate::policy::{self, MAX_TRIES};
 use crate::secret;
 
+mod quota;
+pub use quota::Quota;
+
 /// A token reply is well under 1 KiB; anything past this is not WeChat talking.
 const BODY_CAP: u64 = 16 * 1024;
 
@@ -41,8 +44,13 @@ impl Failure {
     /// The message for a ticket fetch, whose errcodes mean something else (40001 there is
     /// about the token, not the secret).
     pub fn for_ticket(&self) -> String {
+        self.explained(policy::ticket_hint)
+    }
+
+    /// The message for a call whose errcodes `hint` explains (a ticket, a quota tool).
+    pub fn explained(&self, hint: impl Fn(i64, &str) -> Option<String>) -> String {
         match self {
-            Failure::WeChat { errcode, errmsg } => match policy::ticket_hint(*errcode, errmsg) {
+            Failure::WeChat { errcode, errmsg } => match hint(*errcode, errmsg) {
                 Some(hint) => format!("WeChat errcode {errcode} ({errmsg}): {hint}"),
                 None => format!("WeChat errcode {errcode} ({errmsg})"),
             },
@@ -155,11 +163,11 @@ impl Client {
         })
     }
 
-    fn with_retries(
+    fn with_retries<T>(
         &self,
         secret: &Secret,
-        mut once: impl FnMut() -> Result<Fetched, Failure>,
-    ) -> Outcome {
+        mut once: impl FnMut() -> Result<T, Failure>,
+    ) -> Outcome<T> {
         let started = Instant::now();
         let started_at = unix_now();
         let mut tries = 0;
@@ -273,20 +281,8 @@ struct Reply {
 
 /// Strict parsing of a reply: a WeChat error, or a well-formed `field` with `expires_in`.
 fn parse_reply(body: String, field: &str) -> Result<Fetched, Failure> {
-    if body.trim().is_empty() {
-        return Err(Failure::NotJson("empty body".to_string()));
-    }
-    let reply: Reply = match serde_json::from_str(&body) {
-        Ok(reply) => reply,
-        Err(e) if e.is_syntax() || e.is_eof() => {
-            return Err(Failure::NotJson(body));
-        }
-        Err(e) => return Err(Failure::Invalid(e.to_string())),
-    };
-    if let Some(errcode) = reply.errcode.filter(|&c| c != 0) {
-        let errmsg = reply.errmsg.unwrap_or_default();
-        return Err(Failure::WeChat { errcode, errmsg });
-    }
+    let reply: Reply = decode(body)?;
+    check_errcode(reply.errcode, reply.errmsg)?;
     let value = if field == "ticket" {
         reply.ticket
     } else {
@@ -307,6 +303,30 @@ fn parse_reply(body: String, field: &str) -> Result<Fetched, Failure> {
         )));
     }
     Ok(Fetched { token, expires_in })
+}
+
+/// A reply body as JSON of type `T`. A body that is not JSON at all (a proxy's error page)
+/// is `NotJson`, which is transient; JSON of the wrong shape is `Invalid`, which is not.
+fn decode<T: serde::de::DeserializeOwned>(body: String) -> Result<T, Failure> {
+    if body.trim().is_empty() {
+        return Err(Failure::NotJson("empty body".to_string()));
+    }
+    match serde_json::from_str(&body) {
+        Ok(reply) => Ok(reply),
+        Err(e) if e.is_syntax() || e.is_eof() => Err(Failure::NotJson(body)),
+        Err(e) => Err(Failure::Invalid(e.to_string())),
+    }
+}
+
+/// A non-zero errcode as a failure; no errcode or 0 is fine.
+fn check_errcode(errcode: Option<i64>, errmsg: Option<String>) -> Result<(), Failure> {
+    match errcode.filter(|&c| c != 0) {
+        Some(errcode) => Err(Failure::WeChat {
+            errcode,
+            errmsg: errmsg.unwrap_or_default(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Makes a failure's text safe to show: the secret scrubbed out first (library errors can

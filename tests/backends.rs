@@ -312,6 +312,26 @@ both! {
     }
 }
 
+both! {
+    /// Today's fetches are counted from the attempts; a quota reset is recorded and lifts
+    /// the 45009 hold.
+    fn quota(f) {
+        f.add(&["--appid", APPID]);
+        f.env.api.push(TOKEN, Reply::errcode(-1, "system error"));
+        f.run(&["refresh"], 0);
+        let status: serde_json::Value =
+            serde_json::from_str(&f.run(&["status", "--json"], 0).stdout).unwrap();
+        assert_eq!(status["accounts"][0]["fetches_today"], 2, "{status}");
+        f.env.api.push(TOKEN, Reply::errcode(45009, "reach max api daily quota limit"));
+        f.env.run(&["refresh", "--force"]).assert_code(4);
+        assert_has(&f.env.run(&["refresh"]), &["skipped until", "45009"]);
+        let reset = f.run(&["quota", "reset", "--appid", APPID, "--yes"], 0);
+        assert_has(&reset, &["released"]);
+        assert_eq!(f.count("SELECT count(*) FROM quota_resets"), 1);
+        f.run(&["refresh", "--force"], 0);
+    }
+}
+
 // ---- PostgreSQL only ---------------------------------------------------------------------
 
 fn postgres() -> Option<Fixture> {

@@ -114,6 +114,10 @@ run wxtoken -q refresh
 say "Each account's API, the age of its newest token and the outcome of its last attempt"
 run wxtoken status
 
+say "WeChat's count of today's token fetches, next to wxtoken's own: when WeChat counts"
+printf '# %s\n' "clearly more, another program fetches tokens for the appid (and causes 40001)"
+run wxtoken quota
+
 say "Shell scripts take the token from stdout; a non-zero exit means there is no valid one"
 printf '+ %s\n' "TOKEN=\$(wxtoken get --appid $appid_classic --min-ttl 5m) || exit 1"
 TOKEN=$(wxtoken get --appid "$appid_classic" --min-ttl 5m) || die "get failed"

@@ -62,15 +62,6 @@ fn status_of(env: &TestEnv, appid: &str, agent: Option<&str>) -> Value {
         .unwrap_or_else(|| panic!("{appid} {agent:?} not in status: {doc}"))
 }
 
-/// Requests the stand-in received on `route`, in arrival order.
-fn requests_to(env: &TestEnv, route: &str) -> Vec<Request> {
-    env.api
-        .requests()
-        .into_iter()
-        .filter(|r| r.path == route)
-        .collect()
-}
-
 fn q<'r>(req: &'r Request, key: &str) -> &'r str {
     req.query.get(key).map_or("", String::as_str)
 }
@@ -108,7 +99,7 @@ fn two_apps_of_one_corp_get_their_own_tokens() {
     out.assert_code(0);
     assert_has(&out.stderr, &["refreshed 2 of 2 accounts"]);
 
-    let sent = requests_to(&env, standin::WORK_TOKEN);
+    let sent = env.requests_to(standin::WORK_TOKEN);
     assert_eq!(sent.len(), 2);
     let mut secrets: Vec<&str> = sent.iter().map(|r| q(r, "corpsecret")).collect();
     secrets.sort_unstable();
@@ -195,7 +186,7 @@ fn account_commands_address_a_wecom_app_by_corpid_and_agentid() {
     let out = run(&env, "refresh");
     out.assert_code(0);
     assert_has(&out.stderr, &["refreshed 1 of 1 accounts"]);
-    let sent = requests_to(&env, standin::WORK_TOKEN);
+    let sent = env.requests_to(standin::WORK_TOKEN);
     assert_eq!(sent.len(), 1);
     assert_eq!(q(&sent[0], "corpsecret"), APP_SECRET);
     env.get(&words(APP)).value();
@@ -206,7 +197,7 @@ fn account_commands_address_a_wecom_app_by_corpid_and_agentid() {
     out.assert_code(0);
     assert_has(&out.stderr, &[&format!("enabled {CONTACTS_KEY}")]);
     run(&env, &format!("refresh --appid {CONTACTS_KEY}")).assert_code(0);
-    let sent = requests_to(&env, standin::WORK_TOKEN);
+    let sent = env.requests_to(standin::WORK_TOKEN);
     assert_eq!(sent.len(), 2);
     assert_eq!(q(&sent[1], "corpsecret"), CONTACTS_SECRET);
     let contacts = env.get(&words(CONTACTS)).value();
@@ -224,7 +215,7 @@ fn account_commands_address_a_wecom_app_by_corpid_and_agentid() {
         &[&format!("updated the secret of {CONTACTS_KEY}")],
     );
     run(&env, &format!("refresh --force --appid {CONTACTS_KEY}")).assert_code(0);
-    let sent = requests_to(&env, standin::WORK_TOKEN);
+    let sent = env.requests_to(standin::WORK_TOKEN);
     assert_eq!(sent.len(), 3);
     assert_eq!(q(&sent[2], "corpsecret"), new_secret);
     assert_ne!(env.get(&words(CONTACTS)).value(), contacts);
@@ -369,7 +360,7 @@ fn the_corpsecret_never_appears_in_any_output() {
         record(run(&env, &format!("-vvv {line}"))).assert_code(0);
     }
 
-    assert_eq!(requests_to(&env, standin::WORK_TOKEN).len(), 8);
+    assert_eq!(env.requests_to(standin::WORK_TOKEN).len(), 8);
     for out in &outs {
         for (name, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
             assert!(
@@ -477,7 +468,7 @@ fn an_invalid_wecom_secret_holds_the_app_until_set_secret() {
     );
     out.assert_code(0);
     run(&env, "refresh").assert_code(0);
-    let sent = requests_to(&env, standin::WORK_TOKEN);
+    let sent = env.requests_to(standin::WORK_TOKEN);
     assert_eq!(sent.len(), 2);
     assert_eq!(q(&sent[1], "corpsecret"), APP_SECRET);
     let token = env.get(&words(APP)).value();
@@ -625,7 +616,7 @@ fn a_ticket_expiring_soon_is_renewed_with_the_current_token() {
         .push(standin::TICKET, Reply::token("renewed-ticket", 7200));
     run(&env, "refresh --if-expiring-within 5m").assert_code(0);
     assert_eq!(env.api.hits(standin::TOKEN), 1);
-    let sent = requests_to(&env, standin::TICKET);
+    let sent = env.requests_to(standin::TICKET);
     assert_eq!(sent.len(), 2);
     assert_eq!(q(&sent[1], "access_token"), token);
     assert_eq!(
@@ -798,7 +789,7 @@ fn set_tickets_turns_tickets_on_and_off() {
         2,
         "the token is under a minute old"
     );
-    let sent = requests_to(&env, standin::TICKET);
+    let sent = env.requests_to(standin::TICKET);
     assert_eq!(sent.len(), 2);
     assert_eq!(q(&sent[1], "type"), "wx_card");
     assert_eq!(q(&sent[1], "access_token"), token);
@@ -811,7 +802,7 @@ fn set_tickets_turns_tickets_on_and_off() {
     .assert_code(0);
     run(&env, "refresh --force").assert_code(0);
     let token = env.get(&words(OA)).value();
-    let sent = requests_to(&env, standin::TICKET);
+    let sent = env.requests_to(standin::TICKET);
     let types: Vec<&str> = sent[2..].iter().map(|r| q(r, "type")).collect();
     assert_eq!(types, ["jsapi", "wx_card"]);
     assert!(sent[2..].iter().all(|r| q(r, "access_token") == token));
@@ -903,7 +894,7 @@ fn a_ticket_that_hits_its_quota_is_fetched_on_the_next_run_with_the_same_token()
     // The token is under a minute old: only the missing ticket is fetched, with that token.
     run(&env, "refresh").assert_code(0);
     assert_eq!(env.api.hits(standin::WORK_TOKEN), 1);
-    let sent = requests_to(&env, standin::WORK_AGENT_TICKET);
+    let sent = env.requests_to(standin::WORK_AGENT_TICKET);
     assert_eq!(sent.len(), 2);
     assert_eq!(q(&sent[1], "access_token"), token);
     env.get(&words(&format!("{APP} --ticket agent_config")))

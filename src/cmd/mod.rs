@@ -5,6 +5,7 @@
 mod account;
 mod get;
 mod prune;
+mod quota;
 mod refresh;
 mod status;
 mod store_admin;
@@ -75,6 +76,7 @@ pub fn run(config: Config) -> Result<Exit> {
         Cmd::Get(cfg) => get::run(&ctx, &cfg),
         Cmd::Refresh(cfg) => refresh::run(&ctx, &cfg),
         Cmd::Prune { keep } => prune::run(&ctx, keep),
+        Cmd::Quota(cfg) => quota::run(&ctx, &cfg),
         Cmd::Status { json } => status::run(&ctx, json),
         Cmd::Copy { to } => store_admin::copy(&ctx, &to),
         Cmd::GrantReader { role } => store_admin::grant_reader(&ctx, &role),

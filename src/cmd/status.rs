@@ -8,6 +8,7 @@ use super::{Context, emit};
 use crate::domain::{Account, Attempt, AttemptResult, Credential, Failure, TokenRow};
 use crate::exit::Exit;
 use crate::policy;
+use crate::quota;
 use crate::text::{held_text, human, rfc3339};
 
 /// One credential of an account: its access token or one of its tickets.
@@ -23,6 +24,7 @@ pub fn run(ctx: &Context, json_out: bool) -> Result<Exit> {
     let store = ctx.store()?;
     let now = ctx.now();
     let mut rows = Vec::new();
+    let fetched = store.fetches_since(quota::day_start(now))?;
     for account in store.accounts()? {
         let mut lines = Vec::new();
         for kind in account.credentials() {
@@ -32,12 +34,13 @@ pub fn run(ctx: &Context, json_out: bool) -> Result<Exit> {
                 attempt: store.last_attempt(account.id, kind)?,
             });
         }
-        rows.push((account, lines));
+        let today = fetched.get(&account.id).copied().unwrap_or(0);
+        rows.push((account, lines, today));
     }
     let text = if json_out {
         let accounts: Vec<Value> = rows
             .iter()
-            .map(|(a, lines)| account_json(a, lines, now))
+            .map(|(a, lines, today)| account_json(a, lines, *today, now))
             .collect();
         let doc = json!({ "database": store.location(), "accounts": accounts });
         format!("{doc}\n")
@@ -46,8 +49,8 @@ pub fn run(ctx: &Context, json_out: bool) -> Result<Exit> {
         if rows.is_empty() {
             text += "no accounts; add one with `wxtoken account add`\n";
         }
-        for (a, lines) in &rows {
-            text += &account_text(a, lines, now);
+        for (a, lines, today) in &rows {
+            text += &account_text(a, lines, *today, now);
         }
         text
     };
@@ -55,7 +58,7 @@ pub fn run(ctx: &Context, json_out: bool) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
-fn account_text(a: &Account, lines: &[Line], now: i64) -> String {
+fn account_text(a: &Account, lines: &[Line], today: i64, now: i64) -> String {
     let mut text = format!(
         "{}  api={} {}\n",
         a.key,
@@ -65,6 +68,9 @@ fn account_text(a: &Account, lines: &[Line], now: i64) -> String {
     if let Some((until, reason)) = held(a, now) {
         text += &format!("    SKIPPED by refresh {until}: {reason}\n");
     }
+    text += &format!(
+        "    fetches today: {today} (wxtoken's own token requests since midnight China time)\n"
+    );
     for line in lines {
         let label = line.kind.label();
         let state = match &line.newest {
@@ -92,13 +98,14 @@ fn account_text(a: &Account, lines: &[Line], now: i64) -> String {
     text
 }
 
-fn account_json(a: &Account, lines: &[Line], now: i64) -> Value {
+fn account_json(a: &Account, lines: &[Line], today: i64, now: i64) -> Value {
     let mut obj = json!({
         "appid": a.key.appid,
         "agentid": a.key.is_wecom().then_some(&a.key.agent),
         "api": a.api.as_str(),
         "enabled": a.enabled,
         "held": held(a, now).map(|(until, reason)| json!({"until": until, "reason": reason})),
+        "fetches_today": today,
     });
     let mut tickets = serde_json::Map::new();
     for line in lines {

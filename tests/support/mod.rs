@@ -206,6 +206,12 @@ impl TestEnv {
         self.run(&[&["get"], args].concat())
     }
 
+    /// Requests the stand-in received on `route`, in arrival order.
+    pub fn requests_to(&self, route: &str) -> Vec<standin::Request> {
+        let all = self.api.requests().into_iter();
+        all.filter(|r| r.path == route).collect()
+    }
+
     /// The lines `wxtoken status` prints about one account (`APPID` or `CORPID/AGENTID`):
     /// its own line and the indented ones below it.
     #[track_caller]

@@ -18,6 +18,19 @@ pub const WORK_TOKEN: &str = "/cgi-bin/gettoken";
 pub const TICKET: &str = "/cgi-bin/ticket/getticket";
 pub const WORK_CORP_TICKET: &str = "/cgi-bin/get_jsapi_ticket";
 pub const WORK_AGENT_TICKET: &str = "/cgi-bin/ticket/get";
+pub const QUOTA_GET: &str = "/cgi-bin/openapi/quota/get";
+pub const CLEAR_QUOTA: &str = "/cgi-bin/clear_quota/v2";
+
+/// The daily limit of a token path unless a test sets another ([`StandIn::set_daily_limit`]).
+pub fn default_daily_limit(path: &str) -> u64 {
+    match path {
+        TOKEN => 2000,
+        STABLE_TOKEN => 500_000,
+        _ => 100_000,
+    }
+}
+/// Quota resets WeChat allows an account per month, unless a test sets another limit.
+pub const RESETS_PER_MONTH: u64 = 10;
 
 /// Lifetime the platform gives every new token and ticket, in seconds.
 const LIFETIME: u64 = 7200;
@@ -112,6 +125,13 @@ struct State {
     hits_for: HashMap<(String, String), usize>,
     log: Vec<Request>,
     live: HashMap<String, Live>,
+    /// Daily quota per (appid, path) set by tests; else [`default_daily_limit`].
+    limits: HashMap<(String, String), u64>,
+    /// Calls counted against the quota per (appid, path) since the last reset.
+    used: HashMap<(String, String), u64>,
+    /// Quota resets per appid, and the limit (`None`: [`RESETS_PER_MONTH`]).
+    resets: HashMap<String, u64>,
+    reset_limit: Option<u64>,
 }
 
 struct Shared {
@@ -268,6 +288,34 @@ impl StandIn {
     /// Invalidates a token early, as WeCom may do.
     pub fn revoke(&self, token: &str) {
         self.state().live.remove(token);
+    }
+
+    /// Sets the daily quota of `path` for `appid`; token fetches beyond it get 45009.
+    pub fn set_daily_limit(&self, appid: &str, path: &str, limit: u64) {
+        let k = (appid.to_string(), path.to_string());
+        self.state().limits.insert(k, limit);
+    }
+
+    /// Counts `n` calls to `path` for `appid` that wxtoken did not make: another fetcher.
+    pub fn add_used(&self, appid: &str, path: &str, n: u64) {
+        let k = (appid.to_string(), path.to_string());
+        *self.state().used.entry(k).or_default() += n;
+    }
+
+    /// Calls counted against `appid`'s quota of `path` since its last reset.
+    pub fn used(&self, appid: &str, path: &str) -> u64 {
+        let k = (appid.to_string(), path.to_string());
+        self.state().used.get(&k).copied().unwrap_or(0)
+    }
+
+    /// How many quota resets WeChat allows per account (the month never ends here).
+    pub fn set_reset_limit(&self, n: u64) {
+        self.state().reset_limit = Some(n);
+    }
+
+    /// Successful quota resets of `appid` so far.
+    pub fn resets(&self, appid: &str) -> u64 {
+        self.state().resets.get(appid).copied().unwrap_or(0)
     }
 
     /// Whether the stand-in would accept this access token now.
@@ -554,6 +602,10 @@ fn handle(sh: &Shared, req: Request, out: &mut TcpStream, close: bool) -> io::Re
         *st.hits.entry(route.clone()).or_default() += 1;
         if let Some(k) = &key {
             *st.hits_for.entry((route.clone(), k.clone())).or_default() += 1;
+            // Every call to a token path counts against the appid's quota, as on WeChat.
+            if matches!(route.as_str(), TOKEN | STABLE_TOKEN) {
+                *st.used.entry((k.clone(), route.clone())).or_default() += 1;
+            }
         }
         st.log.push(req.clone());
         let early = (!st.gates.contains(&route)).then(|| st.pick(&route, key.as_deref(), &req));
@@ -704,7 +756,7 @@ impl State {
         match req.path.as_str() {
             TOKEN => q("appid"),
             WORK_TOKEN => q("corpid"),
-            STABLE_TOKEN => parse_flat_json(&req.body)?
+            STABLE_TOKEN | CLEAR_QUOTA => parse_flat_json(&req.body)?
                 .remove("appid")
                 .filter(|v| !v.is_empty()),
             _ => Some(self.live.get(&q("access_token")?)?.key.clone()),
@@ -817,6 +869,8 @@ impl State {
             TICKET => self.ticket(q("access_token"), Some(&["jsapi", "wx_card"]), q("type")),
             WORK_AGENT_TICKET => self.ticket(q("access_token"), Some(&["agent_config"]), q("type")),
             WORK_CORP_TICKET => self.ticket(q("access_token"), None, ""),
+            QUOTA_GET => self.quota_get(req),
+            CLEAR_QUOTA => self.clear_quota(req),
             _ => Err(Reply::Status(404, format!("no such path: {}\n", req.path))),
         };
         result.unwrap_or_else(|e| e)
@@ -827,6 +881,7 @@ impl State {
             return Err(self.err(40002, "invalid grant_type"));
         }
         self.check_creds(appid, secret, false)?;
+        self.within_quota(appid, TOKEN)?;
         // Each fetch invalidates older tokens; only the newest overlaps with the one issued now.
         let newest = self.current(Kind::Classic, appid, None).map(|(t, _)| t);
         let retired = |t: &String, l: &Live| {
@@ -837,18 +892,14 @@ impl State {
     }
 
     fn stable(&mut self, req: &Request) -> Result<Reply, Reply> {
-        if req.method != "POST" {
-            return Err(self.err(43002, "require POST method"));
-        }
-        let Some(body) = parse_flat_json(&req.body) else {
-            return Err(self.err(47001, "data format error"));
-        };
+        let body = self.json_post(req)?;
         let b = |k: &str| body.get(k).map_or("", String::as_str);
         if b("grant_type") != "client_credential" {
             return Err(self.err(40002, "invalid grant_type"));
         }
         let (appid, secret) = (b("appid"), b("secret"));
         self.check_creds(appid, secret, false)?;
+        self.within_quota(appid, STABLE_TOKEN)?;
         if b("force_refresh") == "true" {
             self.live
                 .retain(|_, l| !(l.kind == Kind::Stable && l.key == appid));
@@ -861,6 +912,80 @@ impl State {
             });
         }
         Ok(self.issue(Kind::Stable, appid, secret))
+    }
+
+    /// The flat JSON body of a POST; WeChat answers 43002 to another method.
+    fn json_post(&mut self, req: &Request) -> Result<HashMap<String, String>, Reply> {
+        if req.method != "POST" {
+            return Err(self.err(43002, "require POST method"));
+        }
+        parse_flat_json(&req.body).ok_or_else(|| self.err(47001, "data format error"))
+    }
+
+    fn limit(&self, appid: &str, path: &str) -> u64 {
+        let k = (appid.to_string(), path.to_string());
+        self.limits
+            .get(&k)
+            .copied()
+            .unwrap_or_else(|| default_daily_limit(path))
+    }
+
+    /// 45009 once the calls counted today (this one included) exceed the daily limit.
+    fn within_quota(&mut self, appid: &str, path: &str) -> Result<(), Reply> {
+        let used = self.used.get(&(appid.to_string(), path.to_string()));
+        if used.copied().unwrap_or(0) > self.limit(appid, path) {
+            return Err(self.err(45009, "reach max api daily quota limit"));
+        }
+        Ok(())
+    }
+
+    /// `getApiQuota`: POST with the token in the query and `{"cgi_path": ...}` as the body.
+    fn quota_get(&mut self, req: &Request) -> Result<Reply, Reply> {
+        let body = self.json_post(req)?;
+        let token = req.query.get("access_token").map_or("", String::as_str);
+        if token.is_empty() {
+            return Err(self.err(41001, "access_token missing"));
+        }
+        let owner = match self.live.get(token) {
+            Some(l) if l.expires_at > self.now && l.kind != Kind::Work => l.key.clone(),
+            _ => {
+                let msg = "invalid credential, access_token is invalid or not latest";
+                return Err(self.err(40001, msg));
+            }
+        };
+        let path = body.get("cgi_path").map_or("", String::as_str);
+        if !path.starts_with('/') {
+            return Err(self.err(76003, "invalid cgi_path"));
+        }
+        if !matches!(
+            path,
+            TOKEN | STABLE_TOKEN | TICKET | "/cgi-bin/message/custom/send"
+        ) {
+            return Err(self.err(76021, "cgi_path not found, please check"));
+        }
+        let limit = self.limit(&owner, path);
+        let used = self.used.get(&(owner, path.to_string()));
+        let used = used.copied().unwrap_or(0).min(limit);
+        let remain = limit - used;
+        Ok(Reply::Body(format!(
+            r#"{{"errcode":0,"errmsg":"ok","quota":{{"daily_limit":{limit},"used":{used},"remain":{remain}}},"rate_limit":{{"call_count":100,"refresh_second":60}}}}"#
+        )))
+    }
+
+    /// `clearQuotaByAppSecret`: POST with appid and appsecret in a JSON body.
+    fn clear_quota(&mut self, req: &Request) -> Result<Reply, Reply> {
+        let body = self.json_post(req)?;
+        let b = |k: &str| body.get(k).map_or("", String::as_str);
+        let (appid, secret) = (b("appid"), b("appsecret"));
+        self.check_creds(appid, secret, false)?;
+        let done = self.resets.get(appid).copied().unwrap_or(0);
+        if done >= self.reset_limit.unwrap_or(RESETS_PER_MONTH) {
+            let msg = "forbid to clear quota because of reaching the limit";
+            return Err(self.err(48006, msg));
+        }
+        self.resets.insert(appid.to_string(), done + 1);
+        self.used.retain(|(id, _), _| id != appid);
+        Ok(Reply::Body(r#"{"errcode":0,"errmsg":"ok"}"#.to_string()))
     }
 
     fn work(&mut self, corpid: &str, secret: &str) -> Result<Reply, Reply> {
