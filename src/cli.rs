@@ -58,6 +58,8 @@ pub enum Command {
   wxtoken refresh --appid wx1234567890abcdef
   wxtoken refresh --if-expiring-within 5m   # every 4 minutes: stable and WeCom accounts
   WXTOKEN_API_BASE=http://127.0.0.1:8080 wxtoken refresh   # through a proxy or stand-in
+  wxtoken refresh --dry-run              # what is due and why; fetches nothing
+  wxtoken refresh --json --metrics-file /var/lib/prometheus/node-exporter/wxtoken.prom
 
 Skips accounts whose token is under a minute old, held after an error (see status),
 or being fetched by another run. Prints one summary line on stderr.
@@ -77,7 +79,8 @@ Exits 3, printing nothing on stdout, when there is no valid token
     /// Show every account: its API, its newest token's age and the last attempt's outcome
     #[command(after_help = "Examples:
   wxtoken status
-  wxtoken status --json | jq '.accounts[] | select(.last_attempt.outcome != \"ok\")'")]
+  wxtoken status --json | jq '.accounts[] | select(.last_attempt.outcome != \"ok\")'
+  wxtoken status --check --warn 30m --crit 10m   # Nagios/Icinga: exits 0, 1, 2 or 3")]
     Status(StatusArgs),
     /// Show today's token quota as WeChat counts it, next to wxtoken's own fetches; or reset it
     #[command(
@@ -99,6 +102,25 @@ WeChat failed."
         after_help = "Example:\n  wxtoken prune --keep 24\n\nEvery token still valid is kept, whatever --keep says. Attempts older than 30 days go."
     )]
     Prune(PruneArgs),
+    /// Print the monitoring metrics (Prometheus text format) that refresh --metrics-file writes
+    #[command(after_help = "Example:
+  wxtoken metrics | sponge /var/lib/prometheus/node-exporter/wxtoken.prom")]
+    Metrics,
+    /// Print a shell completion script (for packagers)
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page wxtoken(1), or a subcommand's page, in roff (for packagers)
+    #[command(hide = true)]
+    Manpage {
+        /// The page: wxtoken-refresh, wxtoken-account-add, ...
+        page: Option<String>,
+        /// List every page's name, one a line
+        #[arg(long, conflicts_with = "page")]
+        list: bool,
+    },
     /// Move the store, or let a PostgreSQL role read tokens
     #[command(subcommand)]
     Store(StoreCommand),
@@ -261,8 +283,23 @@ pub struct ListArgs {
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     /// One JSON object on stdout
-    #[arg(long)]
+    #[arg(long, conflicts_with = "check")]
     pub json: bool,
+    /// Act as a monitoring plugin (Nagios, Icinga): one line on stdout, exit 0 OK,
+    /// 1 WARNING, 2 CRITICAL, 3 UNKNOWN
+    #[arg(long)]
+    pub check: bool,
+    /// With --check: WARNING when an enabled account's newest valid token has less than
+    /// this left
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30m", requires = "check")]
+    pub warn: Duration,
+    /// With --check: CRITICAL when an enabled account's newest valid token has less than
+    /// this left, or there is none
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10m", requires = "check")]
+    pub crit: Duration,
+    /// Only this account (repeatable; a WeCom app as CORPID/AGENTID)
+    #[arg(long, value_name = "APPID")]
+    pub appid: Vec<String>,
 }
 
 /// How to reach WeChat: shared by every command that may fetch.
@@ -302,6 +339,21 @@ pub struct RefreshArgs {
     /// Fetch even accounts that are held after an error, or whose token is fresh
     #[arg(long, conflicts_with = "if_expiring_within")]
     pub force: bool,
+    /// List which accounts are due and why, on stdout, without fetching (a fetch rotates
+    /// the token) or writing anything
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print one JSON line per account and a summary line on stdout, for log shippers
+    #[arg(long)]
+    pub json: bool,
+    /// After the run, write the metrics (as `wxtoken metrics` prints them) to this file,
+    /// for node_exporter's textfile collector (a dry run writes none)
+    #[arg(long, env = "WXTOKEN_METRICS_FILE", value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+    /// No warning when there is no enabled account (for packaged units and cron files,
+    /// which run before any account is added)
+    #[arg(long)]
+    pub allow_empty: bool,
     #[command(flatten)]
     pub api: ApiArgs,
 }

@@ -23,11 +23,20 @@ pub enum Cmd {
     Account(AccountOp),
     Refresh(RefreshConfig),
     Get(GetConfig),
+    /// `accounts` empty: every account (disabled ones too).
     Status {
         json: bool,
+        accounts: Vec<AccountKey>,
     },
+    Check(CheckConfig),
     Prune {
         keep: i64,
+    },
+    Metrics,
+    Completions(clap_complete::Shell),
+    Manpage {
+        page: Option<String>,
+        list: bool,
     },
     Quota(QuotaConfig),
     /// `store copy`: into this empty store.
@@ -38,6 +47,14 @@ pub enum Cmd {
     GrantReader {
         role: String,
     },
+}
+
+/// `status --check`: thresholds in seconds.
+pub struct CheckConfig {
+    /// Empty: every enabled account.
+    pub accounts: Vec<AccountKey>,
+    pub warn: i64,
+    pub crit: i64,
 }
 
 /// `quota` (check the named accounts, or every enabled one) or `quota reset`.
@@ -96,6 +113,14 @@ pub struct RefreshConfig {
     /// Also fetch held accounts.
     pub force: bool,
     pub api: ApiConfig,
+    /// List what is due, fetch nothing.
+    pub dry_run: bool,
+    /// NDJSON on stdout.
+    pub json: bool,
+    /// The node_exporter textfile to write after the run.
+    pub metrics_file: Option<PathBuf>,
+    /// No warning when there is no enabled account.
+    pub allow_empty: bool,
 }
 
 pub struct GetConfig {
@@ -118,13 +143,16 @@ impl Config {
                     (false, Some(d)) => Want::ExpiringWithin(d.as_secs() as i64),
                     (false, None) => Want::Stale,
                 };
-                let accounts = account_keys(&a.appid)?;
                 Cmd::Refresh(RefreshConfig {
-                    accounts,
+                    accounts: account_keys(&a.appid)?,
                     jobs: a.jobs,
                     want,
                     force: a.force,
                     api: api(&a.api)?,
+                    dry_run: a.dry_run,
+                    json: a.json,
+                    metrics_file: a.metrics_file,
+                    allow_empty: a.allow_empty,
                 })
             }
             Command::Get(a) => {
@@ -141,7 +169,15 @@ impl Config {
                     reject,
                 })
             }
-            Command::Status(a) => Cmd::Status { json: a.json },
+            Command::Status(a) if a.check => Cmd::Check(CheckConfig {
+                accounts: account_keys(&a.appid)?,
+                warn: a.warn.as_secs() as i64,
+                crit: a.crit.as_secs() as i64,
+            }),
+            Command::Status(a) => Cmd::Status {
+                json: a.json,
+                accounts: account_keys(&a.appid)?,
+            },
             Command::Prune(a) => Cmd::Prune { keep: a.keep },
             Command::Store(StoreCommand::Copy(a)) => match location(Some(a.to), "WXTOKEN_COPY_TO")?
             {
@@ -151,6 +187,9 @@ impl Config {
                 to => Cmd::Copy { to },
             },
             Command::Store(StoreCommand::GrantReader(a)) => Cmd::GrantReader { role: a.role },
+            Command::Metrics => Cmd::Metrics,
+            Command::Completions { shell } => Cmd::Completions(shell),
+            Command::Manpage { page, list } => Cmd::Manpage { page, list },
             Command::Quota(a) => Cmd::Quota(match a.reset {
                 Some(QuotaCommand::Reset(r)) => QuotaConfig::Reset {
                     key: AccountKey::parse(&r.appid).map_err(usage)?,
@@ -172,16 +211,16 @@ impl Config {
     }
 }
 
-fn usage(message: String) -> anyhow::Error {
-    fail(Exit::Usage, message)
-}
-
-/// Accounts named with a repeatable `--appid` (a WeCom app as CORPID/AGENTID).
+/// `--appid` values as refresh takes them: an appid, or CORPID/AGENTID.
 fn account_keys(names: &[String]) -> Result<Vec<AccountKey>> {
     names
         .iter()
         .map(|name| AccountKey::parse(name).map_err(usage))
         .collect()
+}
+
+fn usage(message: String) -> anyhow::Error {
+    fail(Exit::Usage, message)
 }
 
 fn account_op(op: AccountCommand) -> Result<AccountOp> {

@@ -52,12 +52,14 @@ pub struct Plan {
 
 /// Refreshes every account on up to `plan.jobs` threads, each with its own handle on the
 /// store; results in account order.
+/// `on_done` is called from the worker as each account finishes (for a progress display).
 pub fn refresh(
     store: &dyn Store,
     client: &Client,
     accounts: &[Account],
     plan: Plan,
     clock: Clock,
+    on_done: &(dyn Fn(&Done) + Sync),
 ) -> Vec<Done> {
     let now = clock();
     let ttl = plan.claim_ttl;
@@ -67,11 +69,13 @@ pub fn refresh(
         .map(|_| store.another())
         .collect();
     run_pool(accounts, workers, |worker, account| {
-        match (account.held_at(now), worker) {
+        let done = match (account.held_at(now), worker) {
             (Some((until, reason)), _) if !plan.force => Done::Held(until, reason),
             (_, Err(err)) => Done::Unrecorded(format!("could not open the store: {err}")),
             (_, Ok(store)) => refresh_one(store.as_ref(), client, account, plan.want, ttl, clock),
-        }
+        };
+        on_done(&done);
+        done
     })
 }
 

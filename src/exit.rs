@@ -15,6 +15,9 @@ pub enum Exit {
     FetchFailed,
     Database,
     Account,
+    /// `status --check`, a monitoring plugin: its own 0 OK, 1 WARNING, 2 CRITICAL,
+    /// 3 UNKNOWN, outside the table above (monitoring systems know no other codes).
+    Plugin(u8),
 }
 
 impl Exit {
@@ -38,6 +41,7 @@ impl Exit {
             Exit::FetchFailed => 4,
             Exit::Database => 5,
             Exit::Account => 6,
+            Exit::Plugin(code) => code,
         }
     }
 
@@ -53,6 +57,8 @@ impl Exit {
             Exit::Usage => 4,
             Exit::Database => 5,
             Exit::Error => 6,
+            // Never merged: a check reports one state.
+            Exit::Plugin(_) => 0,
         }
     }
 
@@ -92,6 +98,7 @@ impl Exit {
                 "An account command named an account that does not exist, or one that \
                  already exists."
             }
+            Exit::Plugin(_) => "`status --check`: its own codes, not in the table.",
         }
     }
 
@@ -106,6 +113,7 @@ impl Exit {
             Exit::FetchFailed => "a call to WeChat failed",
             Exit::Database => "database problem",
             Exit::Account => "no such account / already exists",
+            Exit::Plugin(_) => "status --check",
         }
     }
 }

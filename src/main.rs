@@ -7,6 +7,7 @@ mod domain;
 mod engine;
 mod exit;
 mod logging;
+mod metrics;
 #[cfg(feature = "postgres")]
 mod pgconf;
 #[cfg(feature = "postgres")]
@@ -27,6 +28,8 @@ use clap::Parser;
 use exit::Exit;
 
 fn main() -> ExitCode {
+    // `status --check` is a monitoring plugin: every failure is UNKNOWN, even bad arguments.
+    let check = cmd::check::wanted(&std::env::args_os().collect::<Vec<_>>());
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => {
@@ -36,6 +39,9 @@ fn main() -> ExitCode {
         }
         Err(err) => {
             let line = cli::usage_error_line(&err);
+            if check {
+                return ExitCode::from(cmd::check::print_unknown(&line));
+            }
             eprintln!("wxtoken: error: {line} (see wxtoken --help)");
             return ExitCode::from(Exit::Usage.code());
         }
@@ -43,6 +49,8 @@ fn main() -> ExitCode {
     logging::init(cli.verbose, cli.quiet);
     match config::Config::from_cli(cli).and_then(cmd::run) {
         Ok(exit) => ExitCode::from(exit.code()),
+        // A monitoring plugin reports even bad arguments as UNKNOWN, on stdout.
+        Err(err) if check => ExitCode::from(cmd::check::print_unknown(&format!("{err:#}"))),
         Err(err) => {
             eprintln!("wxtoken: error: {err:#}");
             ExitCode::from(exit::of(&err).code())

@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_claims_holds.sql"),
     include_str!("../migrations/0003_tickets.sql"),
     include_str!("../migrations/0004_quota.sql"),
+    include_str!("../migrations/0005_runs.sql"),
 ];
 
 /// Why a store operation failed. `exit.rs` turns each into an exit code.
@@ -109,6 +110,9 @@ pub trait ReadStore {
     fn latest_token(&self, key: &AccountKey, kind: Credential) -> Result<Option<TokenRow>>;
     /// The newest attempt at an account's credential, if any.
     fn last_attempt(&self, account_id: i64, kind: Credential) -> Result<Option<Attempt>>;
+    /// The newest `refresh` run, and the newest successful one (see
+    /// [`RunRow::is_success`]), for monitoring.
+    fn last_runs(&self) -> Result<(Option<RunRow>, Option<RunRow>)>;
     /// How many token requests wxtoken sent per account since `since` (accounts without
     /// any are absent): the tries of access-token attempts, plus one for each forced stable
     /// refresh, whose normal-mode call before it is not recorded as an attempt of its own.
@@ -172,6 +176,9 @@ pub trait Store: ReadStore + Send {
     /// Fills an empty store with what `export` gave, all or nothing; a store that has any
     /// account is refused.
     fn import(&self, items: &[Exported]) -> Result<()>;
+    /// Records a `refresh` run, and forgets runs older than `before`, except the newest
+    /// success: its time is what the main alert watches.
+    fn record_run(&self, run: &RunRow, before: i64) -> Result<()>;
 }
 
 /// One account as `store copy` moves it.
@@ -509,6 +516,10 @@ impl Sqlite {
 }
 
 impl ReadStore for Sqlite {
+    fn last_runs(&self) -> Result<(Option<RunRow>, Option<RunRow>)> {
+        Ok((self.run_rows("")?, self.run_rows(SUCCESSFUL_RUNS)?))
+    }
+
     fn location(&self) -> String {
         self.path.display().to_string()
     }
@@ -673,6 +684,35 @@ impl Store for Sqlite {
                 )?;
             }
         }
+        tx.commit()
+    }
+
+    fn record_run(&self, run: &RunRow, before: i64) -> Result<()> {
+        let tx = Transaction::immediate(&self.conn, &self.path)?;
+        self.conn.execute(
+            &format!(
+                "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            ),
+            params![
+                run.started_at,
+                run.finished_at,
+                run.duration_ms,
+                run.scope,
+                run.accounts,
+                run.refreshed,
+                run.fresh,
+                run.busy,
+                run.held,
+                run.failed
+            ],
+        )?;
+        self.conn.execute(
+            &format!(
+                "DELETE FROM runs WHERE started_at < ?1
+                 AND id NOT IN (SELECT max(id) FROM runs {SUCCESSFUL_RUNS})"
+            ),
+            params![before],
+        )?;
         tx.commit()
     }
 
@@ -1071,6 +1111,60 @@ fn db_error(err: rusqlite::Error, path: &Path) -> StoreError {
         format!("could not use database {}: {reason}", path.display()),
     )
 }
+
+/// One `refresh` run, as monitoring sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunRow {
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub duration_ms: i64,
+    /// `all` (every enabled account), `ahead` (--if-expiring-within) or `named` (--appid).
+    pub scope: String,
+    pub accounts: i64,
+    pub refreshed: i64,
+    pub fresh: i64,
+    pub busy: i64,
+    pub held: i64,
+    pub failed: i64,
+}
+
+impl RunRow {
+    /// A run counts as a success when it covered every enabled account (not only named
+    /// ones) and none of them failed or was held.
+    pub fn is_success(&self) -> bool {
+        self.scope != "named" && self.failed == 0 && self.held == 0
+    }
+}
+
+pub(crate) const RUN_COLUMNS: &str =
+    "started_at, finished_at, duration_ms, scope, accounts, refreshed, fresh, busy, held, failed";
+
+// Runs: for monitoring (metrics, status --check).
+impl Sqlite {
+    fn run_rows(&self, filter: &str) -> Result<Option<RunRow>> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs {filter} ORDER BY id DESC LIMIT 1");
+        Ok(self
+            .conn
+            .query_row(&sql, [], |r| {
+                Ok(RunRow {
+                    started_at: r.get(0)?,
+                    finished_at: r.get(1)?,
+                    duration_ms: r.get(2)?,
+                    scope: r.get(3)?,
+                    accounts: r.get(4)?,
+                    refreshed: r.get(5)?,
+                    fresh: r.get(6)?,
+                    busy: r.get(7)?,
+                    held: r.get(8)?,
+                    failed: r.get(9)?,
+                })
+            })
+            .optional()?)
+    }
+}
+
+/// The runs that count as a success (see [`RunRow::is_success`]), in SQL.
+pub(crate) const SUCCESSFUL_RUNS: &str = "WHERE failed = 0 AND held = 0 AND scope <> 'named'";
 
 #[cfg(test)]
 mod tests {

@@ -24,14 +24,15 @@ use crate::domain::{
 };
 use crate::pgconf::PgConfig;
 use crate::store::{
-    AttemptColumns, Claim, Exported, Holder, ReadStore, Recorded, Result, Store, StoreError,
-    not_empty, parse_tickets, pid_alive,
+    AttemptColumns, Claim, Exported, Holder, RUN_COLUMNS, ReadStore, Recorded, Result, RunRow,
+    SUCCESSFUL_RUNS, Store, StoreError, not_empty, parse_tickets, pid_alive,
 };
 
 /// Every PostgreSQL migration, in order; the schema version is how many are applied.
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
     include_str!("../migrations/postgres/0002_quota.sql"),
+    include_str!("../migrations/postgres/0003_runs.sql"),
 ];
 
 /// The key of the advisory lock that serialises migrations. Advisory locks are per
@@ -273,6 +274,25 @@ impl Postgres {
         }
     }
 
+    /// The newest run matching `filter` (a WHERE clause or nothing).
+    fn run_row(&self, filter: &str) -> Result<Option<RunRow>> {
+        self.verify()?;
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs {filter} ORDER BY id DESC LIMIT 1");
+        let row = self.c().query_opt(&sql, &[]).map_err(|e| self.err(e))?;
+        Ok(row.map(|r| RunRow {
+            started_at: r.get(0),
+            finished_at: r.get(1),
+            duration_ms: r.get(2),
+            scope: r.get(3),
+            accounts: r.get(4),
+            refreshed: r.get(5),
+            fresh: r.get(6),
+            busy: r.get(7),
+            held: r.get(8),
+            failed: r.get(9),
+        }))
+    }
+
     // ---- readers ----
 
     /// Lets `role` read tokens and nothing else: the newest-token view, the accounts
@@ -420,6 +440,10 @@ impl ReadStore for Postgres {
             )
             .map_err(|e| self.err(e))?;
         Ok(row.get(0))
+    }
+
+    fn last_runs(&self) -> Result<(Option<RunRow>, Option<RunRow>)> {
+        Ok((self.run_row("")?, self.run_row(SUCCESSFUL_RUNS)?))
     }
 
     fn export(&self, _now: i64) -> Result<Vec<Exported>> {
@@ -775,6 +799,40 @@ impl Store for Postgres {
                 > 0;
         tx.commit().map_err(err)?;
         Ok(released)
+    }
+
+    fn record_run(&self, run: &RunRow, before: i64) -> Result<()> {
+        let config = &self.config;
+        let err = |e: postgres::Error| pg_error(config, &e);
+        let mut c = self.c();
+        let mut tx = c.transaction().map_err(err)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            ),
+            &[
+                &run.started_at,
+                &run.finished_at,
+                &run.duration_ms,
+                &run.scope,
+                &run.accounts,
+                &run.refreshed,
+                &run.fresh,
+                &run.busy,
+                &run.held,
+                &run.failed,
+            ],
+        )
+        .map_err(err)?;
+        tx.execute(
+            &format!(
+                "DELETE FROM runs WHERE started_at < $1
+                 AND id NOT IN (SELECT max(id) FROM runs {SUCCESSFUL_RUNS})"
+            ),
+            &[&before],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)
     }
 
     /// As SQLite's prune, except that validity and leases are judged by the server's

@@ -332,6 +332,22 @@ both! {
     }
 }
 
+both! {
+    /// Each refresh run is recorded for monitoring: metrics show the last run and success.
+    fn runs_for_monitoring(f) {
+        f.add(&["--appid", APPID]);
+        let before = f.run(&["metrics"], 0);
+        assert!(!before.stdout.contains("wxtoken_last_run_success"), "{}", before.stdout);
+        f.run(&["refresh"], 0);
+        let after = f.run(&["metrics"], 0);
+        assert_has(
+            &after,
+            &["wxtoken_last_run_success 1", "wxtoken_last_success_timestamp_seconds"],
+        );
+        assert_eq!(f.count("SELECT count(*) FROM runs"), 1);
+    }
+}
+
 // ---- PostgreSQL only ---------------------------------------------------------------------
 
 fn postgres() -> Option<Fixture> {

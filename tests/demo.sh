@@ -149,4 +149,15 @@ cat <<'EOF'
 #   fi
 EOF
 
-say "Done: the demo database and the stand-in are being removed. Next: README.md, crontab.example"
+say "Monitoring: a Nagios/Icinga check (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)"
+run wxtoken status --check
+
+say "What a refresh would do, without calling WeChat (a fetch rotates the token)"
+run wxtoken refresh --dry-run --if-expiring-within 5m
+
+say "One JSON line per account and a summary, for log shippers, and the Prometheus textfile"
+run wxtoken refresh --json --force --metrics-file "$tmp/wxtoken.prom"
+printf '+ %s\n' "grep -E '^wxtoken_(last_success|token_expiry)' $tmp/wxtoken.prom"
+grep -E '^wxtoken_(last_success|token_expiry)' "$tmp/wxtoken.prom" || die "no metrics in the textfile"
+
+say "Done: the demo database and the stand-in are being removed. Next: README.md (Operating wxtoken), crontab.example"

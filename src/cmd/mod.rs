@@ -3,10 +3,15 @@
 //! configuration, and returns its outcome.
 
 mod account;
+pub mod check;
+mod dry_run;
+mod generate;
 mod get;
+mod metrics;
 mod prune;
 mod quota;
 mod refresh;
+mod refresh_out;
 mod status;
 mod store_admin;
 
@@ -76,8 +81,12 @@ pub fn run(config: Config) -> Result<Exit> {
         Cmd::Get(cfg) => get::run(&ctx, &cfg),
         Cmd::Refresh(cfg) => refresh::run(&ctx, &cfg),
         Cmd::Prune { keep } => prune::run(&ctx, keep),
+        Cmd::Status { json, accounts } => status::run(&ctx, json, &accounts),
+        Cmd::Check(cfg) => Ok(check::run(&ctx, &cfg)),
+        Cmd::Metrics => metrics::run(&ctx),
+        Cmd::Completions(shell) => generate::completions(shell),
+        Cmd::Manpage { page, list } => generate::manpage(page.as_deref(), list),
         Cmd::Quota(cfg) => quota::run(&ctx, &cfg),
-        Cmd::Status { json } => status::run(&ctx, json),
         Cmd::Copy { to } => store_admin::copy(&ctx, &to),
         Cmd::GrantReader { role } => store_admin::grant_reader(&ctx, &role),
     }

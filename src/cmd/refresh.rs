@@ -1,9 +1,12 @@
 //! `wxtoken refresh`: fetch a fresh token for each enabled account (the engine does the
 //! fetching), prune, and report every failure with what to do about it.
 
+use std::io::IsTerminal;
+
 use anyhow::Result;
 
 use super::Context;
+use super::refresh_out::Progress;
 use crate::config::RefreshConfig;
 use crate::domain::{Account, AccountKey};
 use crate::engine::{self, Done, Plan};
@@ -16,8 +19,9 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
     let client = ctx.client(&cfg.api);
     let store = ctx.store()?;
     let now = ctx.now();
+    let started = std::time::Instant::now();
     let accounts = targets(store.as_ref(), &cfg.accounts)?;
-    if accounts.is_empty() {
+    if accounts.is_empty() && !cfg.allow_empty {
         // Even with -q: a cron line whose WXTOKEN_DB has a typo refreshes an empty new
         // database every hour, and silence would hide that until the tokens run out.
         eprintln!(
@@ -25,20 +29,36 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
             store.location()
         );
     }
+    if cfg.dry_run {
+        return super::dry_run::run(store.as_ref(), &accounts, cfg, now);
+    }
     let plan = Plan {
         want: cfg.want,
         force: cfg.force,
         jobs: cfg.jobs,
         claim_ttl: cfg.api.claim_ttl,
     };
-    let results = engine::refresh(store.as_ref(), &client, &accounts, plan, ctx.clock);
+    let progress = Progress::new(
+        accounts.len(),
+        !ctx.quiet && std::io::stderr().is_terminal(),
+    );
+    let results = engine::refresh(
+        store.as_ref(),
+        &client,
+        &accounts,
+        plan,
+        ctx.clock,
+        &|done| progress.tick(done),
+    );
+    progress.finish();
     if let Err(err) = store.prune(ctx.now(), DEFAULT_KEEP, now - ATTEMPT_RETENTION) {
         log::warn!("could not prune old rows: {err}");
     }
     // The frequent refresh-ahead run leaves held accounts to the hourly run to report, or
     // a crontab with both would mail the same hold every four minutes.
     let report_holds = !matches!(cfg.want, Want::ExpiringWithin(_));
-    Ok(report(&accounts, &results, ctx.quiet, report_holds))
+    let exit = report(&accounts, &results, ctx.quiet, report_holds);
+    super::refresh_out::after_run(ctx, store.as_ref(), &accounts, &results, cfg, started, exit)
 }
 
 fn report(accounts: &[Account], results: &[Done], quiet: bool, report_holds: bool) -> Exit {
@@ -104,7 +124,7 @@ fn report(accounts: &[Account], results: &[Done], quiet: bool, report_holds: boo
 }
 
 /// The accounts to refresh: every enabled one, or the named ones.
-fn targets(store: &dyn ReadStore, named: &[AccountKey]) -> Result<Vec<Account>> {
+pub fn targets(store: &dyn ReadStore, named: &[AccountKey]) -> Result<Vec<Account>> {
     let all = store.accounts()?;
     if named.is_empty() {
         return Ok(all.into_iter().filter(|a| a.enabled).collect());

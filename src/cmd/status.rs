@@ -5,7 +5,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use super::{Context, emit};
-use crate::domain::{Account, Attempt, AttemptResult, Credential, Failure, TokenRow};
+use crate::domain::{Account, AccountKey, Attempt, AttemptResult, Credential, Failure, TokenRow};
 use crate::exit::Exit;
 use crate::policy;
 use crate::quota;
@@ -20,12 +20,17 @@ struct Line {
 
 /// Opens the store for writing, as before: a writing open is what upgrades an older
 /// schema, and the README tells people to run `status` for that.
-pub fn run(ctx: &Context, json_out: bool) -> Result<Exit> {
+pub fn run(ctx: &Context, json_out: bool, named: &[AccountKey]) -> Result<Exit> {
     let store = ctx.store()?;
     let now = ctx.now();
+    // --appid picks accounts as refresh does; without it, disabled accounts show too.
+    let accounts = match named.is_empty() {
+        true => store.accounts()?,
+        false => super::refresh::targets(store.as_ref(), named)?,
+    };
     let mut rows = Vec::new();
     let fetched = store.fetches_since(quota::day_start(now))?;
-    for account in store.accounts()? {
+    for account in accounts {
         let mut lines = Vec::new();
         for kind in account.credentials() {
             lines.push(Line {
@@ -137,7 +142,7 @@ fn held(a: &Account, now: i64) -> Option<(String, String)> {
 
 /// The columns an attempt had in the database: outcome, errcode, errmsg, HTTP status and
 /// detail, as `status --json` has always shown them.
-type Columns<'a> = (
+pub(super) type Columns<'a> = (
     &'static str,
     Option<i64>,
     Option<&'a str>,
@@ -145,7 +150,7 @@ type Columns<'a> = (
     Option<&'a str>,
 );
 
-fn columns(a: &Attempt) -> Columns<'_> {
+pub(super) fn columns(a: &Attempt) -> Columns<'_> {
     match &a.result {
         AttemptResult::Ok => ("ok", None, None, None, None),
         AttemptResult::Unchanged => ("unchanged", None, None, None, None),

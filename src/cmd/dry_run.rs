@@ -1,0 +1,156 @@
+//! `refresh --dry-run`: which accounts a refresh would fetch now, and why. It never calls
+//! WeChat, because a fetch rotates the token (the classic API invalidates the previous
+//! one), and writes nothing: no claim, no attempt, no run.
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::emit;
+use crate::config::RefreshConfig;
+use crate::domain::{Account, TokenRow};
+use crate::exit::Exit;
+use crate::policy::{self, MIN_AGE, Want};
+use crate::store::ReadStore;
+use crate::text::{held_text, human};
+
+pub fn run(
+    store: &dyn ReadStore,
+    accounts: &[Account],
+    cfg: &RefreshConfig,
+    now: i64,
+) -> Result<Exit> {
+    let (want, json_out) = (cfg.want, cfg.json);
+    let mut text = String::new();
+    let mut due_count = 0;
+    for account in accounts {
+        let (due, reason) = account_due(store, account, want, now)?;
+        due_count += usize::from(due);
+        if json_out {
+            let line = json!({
+                "type": "account",
+                "account": account.key.to_string(),
+                "appid": account.key.appid,
+                "agentid": (!account.key.agent.is_empty()).then_some(&account.key.agent),
+                "due": due,
+                "reason": reason,
+            });
+            text += &format!("{line}\n");
+        } else {
+            let word = if due { "due" } else { "not due" };
+            text += &format!("{}  {word}: {reason}\n", account.key);
+        }
+    }
+    if json_out {
+        let line = json!({
+            "type": "summary",
+            "dry_run": true,
+            "accounts": accounts.len(),
+            "due": due_count,
+        });
+        text += &format!("{line}\n");
+    }
+    emit(&text)?;
+    Ok(Exit::Ok)
+}
+
+/// Whether refresh would fetch this account now, and why, tickets included.
+fn account_due(
+    store: &dyn ReadStore,
+    account: &Account,
+    want: Want,
+    now: i64,
+) -> Result<(bool, String)> {
+    if let Some((until, reason)) = account.held_at(now)
+        && want != Want::Always
+    {
+        return Ok((false, format!("held {}: {reason}", held_text(until))));
+    }
+    let mut first = None;
+    for kind in account.credentials() {
+        let newest = store.latest_token(&account.key, kind)?;
+        let (due, reason) = due_reason(&kind.label(), newest.as_ref(), now, want);
+        if due {
+            return Ok((true, reason));
+        }
+        // Not due: the token's reason speaks for the account.
+        first.get_or_insert(reason);
+    }
+    Ok((false, first.unwrap_or_default()))
+}
+
+/// Why a credential (`what`: "token", "jsapi ticket") is due or not under `want`; the same
+/// decision as `policy::needs_fetch`, in words.
+pub fn due_reason(what: &str, newest: Option<&TokenRow>, now: i64, want: Want) -> (bool, String) {
+    let due = policy::needs_fetch(newest.map(|t| (t.fetched_at, t.expires_at)), now, want);
+    let Some(t) = newest else {
+        return (due, format!("no {what} yet"));
+    };
+    let left = policy::remaining(t.expires_at, now);
+    let left_text = if left > 0 {
+        format!("{} left", human(left))
+    } else {
+        format!("expired {} ago", human(-left))
+    };
+    let age = now - t.fetched_at;
+    let reason = match want {
+        Want::Always => format!("--force fetches every account ({what} {left_text})"),
+        Want::Stale if due => format!("newest {what} fetched {} ago, {left_text}", human(age)),
+        Want::Stale => format!(
+            "newest {what} fetched {} ago, under {}s: another run just fetched it",
+            human(age),
+            MIN_AGE
+        ),
+        Want::ExpiringWithin(w) if due => {
+            format!("newest {what} {left_text}, within {}", human(w))
+        }
+        Want::ExpiringWithin(w) => format!("newest {what} {left_text}, more than {}", human(w)),
+    };
+    (due, reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(fetched_at: i64, expires_at: i64) -> TokenRow {
+        TokenRow {
+            token: String::new(),
+            expires_in: expires_at - fetched_at,
+            fetched_at,
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn reasons() {
+        let now = 10_000;
+        assert_eq!(
+            due_reason("token", None, now, Want::Stale),
+            (true, "no token yet".into())
+        );
+        let old = row(now - 3600, now + 3600);
+        assert_eq!(
+            due_reason("token", Some(&old), now, Want::Stale),
+            (true, "newest token fetched 1h00m ago, 1h00m left".into())
+        );
+        let young = row(now - 10, now + 7190);
+        let (due, why) = due_reason("token", Some(&young), now, Want::Stale);
+        assert!(!due && why.contains("under 60s"), "{why}");
+        let (due, why) = due_reason("token", Some(&old), now, Want::ExpiringWithin(300));
+        assert!(!due && why.contains("more than 5m"), "{why}");
+        let ending = row(now - 7000, now + 200);
+        let (due, why) = due_reason(
+            "jsapi ticket",
+            Some(&ending),
+            now,
+            Want::ExpiringWithin(300),
+        );
+        assert!(
+            due && why == "newest jsapi ticket 3m left, within 5m",
+            "{why}"
+        );
+        let gone = row(now - 9000, now - 1800);
+        let (due, why) = due_reason("token", Some(&gone), now, Want::Always);
+        assert!(due && why.contains("expired 30m ago"), "{why}");
+    }
+}
