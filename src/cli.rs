@@ -16,7 +16,8 @@ use crate::domain::{Api, DEFAULT_API_BASE, DEFAULT_WORK_API_BASE, Ticket};
   TOKEN=$(wxtoken get --appid wx1234567890abcdef) || exit 1
 
 Exit codes: 0 ok, 1 unexpected error, 2 bad arguments, 3 no valid token,
-4 a call to WeChat failed, 5 database problem, 6 no such account / already exists.")]
+4 a call to WeChat failed, 5 database problem, 6 no such account or sink / already exists,
+9 publishing to a sink failed.")]
 pub struct Cli {
     /// SQLite database path, or postgres:// URL (its password only in WXTOKEN_DB, PGPASSWORD
     /// or ~/.pgpass) [default: ~/.local/share/wxtoken/wxtoken.db]
@@ -63,7 +64,9 @@ pub enum Command {
 
 Skips accounts whose token is under a minute old, held after an error (see status),
 or being fetched by another run. Prints one summary line on stderr.
-Exits 0 when every account succeeded, 4 when any failed or is held.")]
+Then publishes every valid token to the sinks (wxtoken sink --help).
+Exits 0 when every account succeeded, 4 when any failed or is held,
+9 when only publishing to a sink failed (the tokens are stored).")]
     Refresh(RefreshArgs),
     /// Print the newest valid token of an account on stdout, and nothing else
     #[command(after_help = "Examples:
@@ -102,6 +105,9 @@ WeChat failed."
         after_help = "Example:\n  wxtoken prune --keep 24\n\nEvery token still valid is kept, whatever --keep says. Attempts older than 30 days go."
     )]
     Prune(PruneArgs),
+    /// Publish tokens where applications already look: Redis in an SDK's format, or a hook
+    #[command(subcommand)]
+    Sink(SinkCommand),
     /// Print the monitoring metrics (Prometheus text format) that refresh --metrics-file writes
     #[command(after_help = "Example:
   wxtoken metrics | sponge /var/lib/prometheus/node-exporter/wxtoken.prom")]
@@ -497,4 +503,71 @@ mod tests {
             assert!(err.contains(&format!("'{bad}'")), "{err}");
         }
     }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SinkCommand {
+    /// Add a sink: refresh publishes every valid token to it after each run
+    #[command(after_help = "Examples:
+  wxtoken sink add cache --redis redis://127.0.0.1:6379/0 --format wxjava
+  wxtoken sink add py --redis redis://10.0.0.5/1 --format wechatpy --appid wx1234567890abcdef
+  REDIS_URL=redis://app:PASSWORD@10.0.0.5/2 wxtoken sink add php --redis-env REDIS_URL --format easywechat
+  printf '%s\\n' \"$REDIS_URL\" | wxtoken sink add node --redis - --format json --key 'wx:{appid}:{kind}'
+  wxtoken sink add deploy --exec '/usr/local/bin/push-token' --appid ww1234567890abcdef/1000002
+
+Formats: wxjava, silenceper, easywechat, wechatpy, powerwechat (each SDK's own keys and
+values; --prefix for its configurable prefix), plain and json (with --key). A URL with a
+password must come from --redis-env or stdin (--redis -), never from an argument.
+A hook gets the token on stdin and WXTOKEN_APPID, WXTOKEN_AGENTID, WXTOKEN_KIND,
+WXTOKEN_EXPIRES_AT, WXTOKEN_EXPIRES_IN and WXTOKEN_SINK in its environment.")]
+    Add(SinkAddArgs),
+    /// List sinks (passwords masked)
+    #[command(after_help = "Example:\n  wxtoken sink list --json")]
+    List(ListArgs),
+    /// Remove a sink (what it published stays in Redis until it expires)
+    #[command(after_help = "Example:\n  wxtoken sink remove cache")]
+    Remove(SinkName),
+    /// Publish the current valid tokens to a sink now, and report per key
+    #[command(after_help = "Example:\n  wxtoken sink test cache\n\nExits 9 when any write failed.")]
+    Test(SinkName),
+}
+
+#[derive(Args, Debug)]
+pub struct SinkName {
+    /// The sink's name
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["redis", "redis_env", "exec"])))]
+pub struct SinkAddArgs {
+    /// A name for the sink: letters, digits, '.', '_' or '-'
+    pub name: String,
+    /// Redis URL: redis://[USER@]HOST[:PORT][/DB], rediss:// for TLS, or - to read it from
+    /// stdin (needed when it has a password)
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// Read the Redis URL from this environment variable (for a URL with a password)
+    #[arg(long, value_name = "VAR")]
+    pub redis_env: Option<String>,
+    /// Run this shell command for each new token, the token on its stdin
+    #[arg(long, value_name = "COMMAND")]
+    pub exec: Option<String>,
+    /// Key and value layout in Redis: wxjava, silenceper, easywechat, wechatpy, powerwechat,
+    /// plain or json
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
+    /// The SDK's key prefix or cache namespace, when the application changed the default
+    #[arg(long, value_name = "PREFIX")]
+    pub prefix: Option<String>,
+    /// Key template for plain and json, with {appid}, {agentid} and {kind}
+    #[arg(long = "key", value_name = "TEMPLATE")]
+    pub key_template: Option<String>,
+    /// Publish only this account's tokens (repeatable; a WeCom app as CORPID/AGENTID);
+    /// default: every account
+    #[arg(long, value_name = "APPID")]
+    pub appid: Vec<String>,
+    /// Give up on the Redis connection or the command after this many seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=120))]
+    pub timeout: i64,
 }

@@ -23,6 +23,8 @@ pub enum Cmd {
     Account(AccountOp),
     Refresh(RefreshConfig),
     Get(GetConfig),
+    /// Checked by `cmd::sink`, which also reads the Redis URL from stdin or the environment.
+    Sink(crate::cli::SinkCommand),
     /// `accounts` empty: every account (disabled ones too).
     Status {
         json: bool,
@@ -187,6 +189,7 @@ impl Config {
                 to => Cmd::Copy { to },
             },
             Command::Store(StoreCommand::GrantReader(a)) => Cmd::GrantReader { role: a.role },
+            Command::Sink(c) => Cmd::Sink(c),
             Command::Metrics => Cmd::Metrics,
             Command::Completions { shell } => Cmd::Completions(shell),
             Command::Manpage { page, list } => Cmd::Manpage { page, list },

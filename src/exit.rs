@@ -15,6 +15,8 @@ pub enum Exit {
     FetchFailed,
     Database,
     Account,
+    /// Publishing to a sink failed, and nothing worse happened: the tokens are stored.
+    PublishFailed,
     /// `status --check`, a monitoring plugin: its own 0 OK, 1 WARNING, 2 CRITICAL,
     /// 3 UNKNOWN, outside the table above (monitoring systems know no other codes).
     Plugin(u8),
@@ -22,7 +24,7 @@ pub enum Exit {
 
 impl Exit {
     #[cfg(test)]
-    pub const ALL: [Exit; 7] = [
+    pub const ALL: [Exit; 8] = [
         Exit::Ok,
         Exit::Error,
         Exit::Usage,
@@ -30,6 +32,7 @@ impl Exit {
         Exit::FetchFailed,
         Exit::Database,
         Exit::Account,
+        Exit::PublishFailed,
     ];
 
     pub fn code(self) -> u8 {
@@ -41,6 +44,8 @@ impl Exit {
             Exit::FetchFailed => 4,
             Exit::Database => 5,
             Exit::Account => 6,
+            // 7 and 8 are reserved (secret key, interrupted by a signal).
+            Exit::PublishFailed => 9,
             Exit::Plugin(code) => code,
         }
     }
@@ -51,12 +56,15 @@ impl Exit {
     fn severity(self) -> u8 {
         match self {
             Exit::Ok => 0,
-            Exit::NoToken => 1,
-            Exit::FetchFailed => 2,
-            Exit::Account => 3,
-            Exit::Usage => 4,
-            Exit::Database => 5,
-            Exit::Error => 6,
+            // "Redis failed" is the mildest failure: every token is stored and served, and
+            // a WeChat failure in the same run says more.
+            Exit::PublishFailed => 1,
+            Exit::NoToken => 2,
+            Exit::FetchFailed => 3,
+            Exit::Account => 4,
+            Exit::Usage => 5,
+            Exit::Database => 6,
+            Exit::Error => 7,
             // Never merged: a check reports one state.
             Exit::Plugin(_) => 0,
         }
@@ -95,8 +103,12 @@ impl Exit {
                  than this binary."
             }
             Exit::Account => {
-                "An account command named an account that does not exist, or one that \
+                "An account or sink command named one that does not exist, or one that \
                  already exists."
+            }
+            Exit::PublishFailed => {
+                "`refresh`, `sink test`: publishing to a sink failed and nothing worse \
+                 happened; the tokens are stored (see [sinks](#publishing-to-redis-and-hooks-sinks))."
             }
             Exit::Plugin(_) => "`status --check`: its own codes, not in the table.",
         }
@@ -112,7 +124,8 @@ impl Exit {
             Exit::NoToken => "no valid token",
             Exit::FetchFailed => "a call to WeChat failed",
             Exit::Database => "database problem",
-            Exit::Account => "no such account / already exists",
+            Exit::Account => "no such account or sink / already exists",
+            Exit::PublishFailed => "publishing to a sink failed",
             Exit::Plugin(_) => "status --check",
         }
     }
@@ -171,9 +184,10 @@ mod tests {
 
     #[test]
     fn codes_are_distinct_and_in_order() {
-        for (i, e) in Exit::ALL.iter().enumerate() {
+        for (i, e) in Exit::ALL.iter().enumerate().take(7) {
             assert_eq!(usize::from(e.code()), i, "{e:?}");
         }
+        assert_eq!(Exit::PublishFailed.code(), 9);
     }
 
     #[test]
@@ -185,6 +199,16 @@ mod tests {
         assert_eq!(Exit::Account.merge(Exit::Error), Exit::Error);
         // 3 < 4 numerically, and also in severity; 6 > 5 numerically, but not in severity.
         assert_eq!(Exit::Account.merge(Exit::Database), Exit::Database);
+        // A publish failure never hides a failed fetch, and shows when nothing else failed.
+        assert_eq!(
+            Exit::PublishFailed.merge(Exit::FetchFailed),
+            Exit::FetchFailed
+        );
+        assert_eq!(
+            Exit::FetchFailed.merge(Exit::PublishFailed),
+            Exit::FetchFailed
+        );
+        assert_eq!(Exit::Ok.merge(Exit::PublishFailed), Exit::PublishFailed);
         for e in Exit::ALL {
             assert_eq!(Exit::Ok.merge(e), e);
             assert_eq!(e.merge(e), e);

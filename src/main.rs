@@ -13,8 +13,10 @@ mod pgconf;
 #[cfg(feature = "postgres")]
 mod pgconn;
 mod policy;
+mod publish;
 mod quota;
 mod secret;
+mod sink;
 mod store;
 #[cfg(feature = "postgres")]
 mod store_pg;

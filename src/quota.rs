@@ -23,6 +23,18 @@ pub const FOREIGN_MIN_SHARE: i64 = 10;
 /// enough left to act (find the other fetcher, or reset) before 45009 stops every fetch.
 pub const WARN_SHARE: i64 = 80;
 
+/// The daily token quota WeChat documents for an account's token path (2,000 a day for
+/// `/cgi-bin/token`, 500,000 for `/cgi-bin/stable_token`); `None` for WeCom apps. WeChat's
+/// live figure, which `quota` asks for, may differ: `status --check` uses this one because
+/// it makes no call to WeChat.
+pub fn documented_daily_limit(api: Api) -> Option<i64> {
+    match api {
+        Api::Token => Some(2_000),
+        Api::Stable => Some(500_000),
+        Api::Work => None,
+    }
+}
+
 const CHINA: i32 = 8 * 3600;
 
 /// Unix seconds of the last midnight China time (UTC+8): the start of the quota day.

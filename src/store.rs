@@ -17,6 +17,9 @@ use crate::domain::{
 };
 use crate::policy;
 
+mod sinks;
+pub use sinks::{NewestRow, SinkResult, SinkRow, Sinks};
+
 /// Every migration, in order. The schema version is `PRAGMA user_version` = how many of
 /// these have been applied.
 const MIGRATIONS: &[&str] = &[
@@ -25,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_tickets.sql"),
     include_str!("../migrations/0004_quota.sql"),
     include_str!("../migrations/0005_runs.sql"),
+    include_str!("../migrations/0006_sinks.sql"),
 ];
 
 /// Why a store operation failed. `exit.rs` turns each into an exit code.
@@ -132,7 +136,7 @@ pub trait ReadStore {
 }
 
 /// What refresh, `get --reject` and the account commands write.
-pub trait Store: ReadStore + Send {
+pub trait Store: ReadStore + Sinks + Send {
     /// Another handle on the same data, for a worker thread.
     fn another(&self) -> Result<Box<dyn Store>>;
 
@@ -430,7 +434,7 @@ impl Sqlite {
                 agent: row.get(2)?,
             },
             api: Api::parse(&api).unwrap_or(Api::Token),
-            secret: Secret::new(row.get(4)?),
+            secret: open_secret(row.get(4)?),
             enabled: row.get(5)?,
             created_at: row.get(6)?,
             updated_at: row.get(7)?,
@@ -734,7 +738,7 @@ impl Store for Sqlite {
             "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at, tickets)
              VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6)
              ON CONFLICT (appid, agent) DO NOTHING",
-            params![key.appid, key.agent, api.as_str(), secret.expose(), now, tickets.join(",")],
+            params![key.appid, key.agent, api.as_str(), seal_secret(secret), now, tickets.join(",")],
         )?;
         if inserted == 0 {
             return Err(StoreError::AlreadyExists(key.clone()));
@@ -775,7 +779,7 @@ impl Store for Sqlite {
             "UPDATE accounts SET secret = ?3, updated_at = ?4,
                     held_until = NULL, held_reason = NULL
              WHERE appid = ?1 AND agent = ?2",
-            &[&secret.expose(), &now],
+            &[&seal_secret(secret), &now],
         )
     }
 
@@ -1081,6 +1085,17 @@ fn check_dir(path: &Path) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// How a secret is written to its column. AppSecrets and sink passwords (Redis) both go
+/// through this pair, so that protecting secrets at rest covers every one of them.
+pub(crate) fn seal_secret(secret: &Secret) -> String {
+    secret.expose().to_string()
+}
+
+/// The inverse of [`seal_secret`].
+pub(crate) fn open_secret(stored: String) -> Secret {
+    Secret::new(stored)
 }
 
 /// Creates the default directory (0700: the database in it holds secrets). A directory

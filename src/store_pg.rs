@@ -24,8 +24,9 @@ use crate::domain::{
 };
 use crate::pgconf::PgConfig;
 use crate::store::{
-    AttemptColumns, Claim, Exported, Holder, RUN_COLUMNS, ReadStore, Recorded, Result, RunRow,
-    SUCCESSFUL_RUNS, Store, StoreError, not_empty, parse_tickets, pid_alive,
+    AttemptColumns, Claim, Exported, Holder, NewestRow, RUN_COLUMNS, ReadStore, Recorded, Result,
+    RunRow, SUCCESSFUL_RUNS, SinkResult, SinkRow, Sinks, Store, StoreError, not_empty, open_secret,
+    parse_tickets, pid_alive, seal_secret,
 };
 
 /// Every PostgreSQL migration, in order; the schema version is how many are applied.
@@ -33,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
     include_str!("../migrations/postgres/0002_quota.sql"),
     include_str!("../migrations/postgres/0003_runs.sql"),
+    include_str!("../migrations/postgres/0004_sinks.sql"),
 ];
 
 /// The key of the advisory lock that serialises migrations. Advisory locks are per
@@ -920,6 +922,153 @@ impl Store for Postgres {
             }
         }
         tx.commit().map_err(err)
+    }
+}
+
+/// The sinks' SQL, as `store/sinks.rs` has it for SQLite.
+impl Sinks for Postgres {
+    fn add_sink(&self, sink: &SinkRow) -> Result<bool> {
+        let accounts = serde_json::Value::from(sink.accounts.clone()).to_string();
+        let password = sink.password.as_ref().map(seal_secret);
+        let n = self
+            .c()
+            .execute(
+                "INSERT INTO sinks (name, kind, target, password, format, prefix, key_template,
+                                    accounts, timeout, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT (name) DO NOTHING",
+                &[
+                    &sink.name,
+                    &sink.kind,
+                    &sink.target,
+                    &password,
+                    &sink.format,
+                    &sink.prefix,
+                    &sink.key_template,
+                    &accounts,
+                    &sink.timeout,
+                    &sink.created_at,
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
+    }
+
+    fn sinks(&self) -> Result<Vec<SinkRow>> {
+        let sql = format!("SELECT {SINK_COLUMNS} FROM sinks ORDER BY name");
+        let rows = self.c().query(&sql, &[]).map_err(|e| self.err(e))?;
+        Ok(rows.iter().map(sink_from_row).collect())
+    }
+
+    fn sink(&self, name: &str) -> Result<Option<SinkRow>> {
+        let sql = format!("SELECT {SINK_COLUMNS} FROM sinks WHERE name = $1");
+        let row = self
+            .c()
+            .query_opt(&sql, &[&name])
+            .map_err(|e| self.err(e))?;
+        Ok(row.as_ref().map(sink_from_row))
+    }
+
+    fn remove_sink(&self, name: &str) -> Result<bool> {
+        let n = self
+            .c()
+            .execute("DELETE FROM sinks WHERE name = $1", &[&name])
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
+    }
+
+    fn record_sink_result(&self, sink_id: i64, r: &SinkResult) -> Result<()> {
+        self.c()
+            .execute(
+                "UPDATE sinks SET last_at = $2, last_ok = $3, last_published = $4,
+                                  last_failed = $5, last_error = $6
+                 WHERE id = $1",
+                &[&sink_id, &r.at, &r.ok, &r.published, &r.failed, &r.error],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// With `expires_at` in this host's clock, judged by the server's, as `latest_token`.
+    fn newest_row(&self, account_id: i64, kind: Credential) -> Result<Option<NewestRow>> {
+        let row = self
+            .c()
+            .query_opt(
+                &format!(
+                    "SELECT id, token, expires_at - {NOW} FROM tokens
+                     WHERE account_id = $1 AND kind = $2 ORDER BY id DESC LIMIT 1"
+                ),
+                &[&account_id, &kind.as_str()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(row.map(|r| NewestRow {
+            id: r.get(0),
+            token: r.get(1),
+            expires_at: crate::wechat::unix_now() + r.get::<_, i64>(2),
+        }))
+    }
+
+    fn published_row(
+        &self,
+        sink_id: i64,
+        account_id: i64,
+        kind: Credential,
+    ) -> Result<Option<i64>> {
+        let row = self
+            .c()
+            .query_opt(
+                "SELECT token_id FROM sink_published
+                 WHERE sink_id = $1 AND account_id = $2 AND kind = $3",
+                &[&sink_id, &account_id, &kind.as_str()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn note_published(
+        &self,
+        sink_id: i64,
+        account_id: i64,
+        kind: Credential,
+        token_id: i64,
+    ) -> Result<()> {
+        self.c()
+            .execute(
+                "INSERT INTO sink_published (sink_id, account_id, kind, token_id)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (sink_id, account_id, kind) DO UPDATE SET token_id = EXCLUDED.token_id",
+                &[&sink_id, &account_id, &kind.as_str(), &token_id],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}
+
+const SINK_COLUMNS: &str = "id, name, kind, target, password, format, prefix, key_template, \
+     accounts, timeout, created_at, last_at, last_ok, last_published, last_failed, last_error";
+
+fn sink_from_row(row: &postgres::Row) -> SinkRow {
+    let accounts: String = row.get(8);
+    let last_at: Option<i64> = row.get(11);
+    SinkRow {
+        id: row.get(0),
+        name: row.get(1),
+        kind: row.get(2),
+        target: row.get(3),
+        password: row.get::<_, Option<String>>(4).map(open_secret),
+        format: row.get(5),
+        prefix: row.get(6),
+        key_template: row.get(7),
+        accounts: serde_json::from_str(&accounts).unwrap_or_default(),
+        timeout: row.get(9),
+        created_at: row.get(10),
+        last: last_at.map(|at| SinkResult {
+            at,
+            ok: row.get::<_, Option<bool>>(12).unwrap_or(false),
+            published: row.get::<_, Option<i64>>(13).unwrap_or(0),
+            failed: row.get::<_, Option<i64>>(14).unwrap_or(0),
+            error: row.get(15),
+        }),
     }
 }
 

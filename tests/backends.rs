@@ -348,6 +348,23 @@ both! {
     }
 }
 
+both! {
+    /// An exec sink gets each new token once, after the refresh that fetched it.
+    fn exec_sink(f) {
+        f.add(&["--appid", APPID]);
+        let out = f.env.dir.join("hook.out");
+        let hook = format!("cat >> '{}'", out.display());
+        f.run(&["sink", "add", "hook", "--exec", &hook], 0);
+        f.env.api.push(TOKEN, Reply::token("SUNK-1", 7200));
+        f.run(&["refresh"], 0);
+        f.run(&["refresh"], 0);
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "SUNK-1\n", "once per new token");
+        assert_eq!(f.count("SELECT count(*) FROM sink_published"), 1);
+        f.run(&["sink", "remove", "hook"], 0);
+        assert_eq!(f.count("SELECT count(*) FROM sinks"), 0);
+    }
+}
+
 // ---- PostgreSQL only ---------------------------------------------------------------------
 
 fn postgres() -> Option<Fixture> {

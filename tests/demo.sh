@@ -134,6 +134,13 @@ NEW=$(wxtoken get --appid "$appid_classic" --reject "$TOKEN") || die "get --reje
 [[ -n $NEW && $NEW != "$TOKEN" ]] || die "get --reject did not print a new token"
 printf '%s\n' "got a new token: ${NEW:0:16}..."
 
+say "Publish tokens where applications already look: a hook gets each new token on stdin"
+printf '# %s\n' "(a Redis sink writes the key and value an SDK reads: see docs/integrations/)"
+run wxtoken sink add hook --exec "wc -c > $tmp/hook.out" --appid "$appid_classic"
+run wxtoken sink test hook
+[[ -s $tmp/hook.out ]] || die "the hook did not run"
+printf '%s\n' "the hook read $(tr -d ' ' < "$tmp/hook.out") bytes (the token and a newline) from stdin"
+
 say "An appid wxtoken does not know: nothing on stdout, a reason on stderr, exit code 3"
 code=0
 printf '+ %s\n' "wxtoken get --appid wx00000000unknown0"

@@ -102,6 +102,26 @@ fn check_held_account_is_at_least_warning() {
 }
 
 #[test]
+fn check_warns_near_the_daily_token_quota() {
+    let env = with_token(7200);
+    check(&env, &[], 0, "OK");
+    // Another 1,599 token requests today (as a long run of retries would have made them):
+    // with the hourly run's own, 1,600 of the 2,000 a day WeChat documents.
+    env.open_db()
+        .execute(
+            "INSERT INTO attempts (account_id, started_at, duration_ms, tries, outcome)
+             SELECT id, strftime('%s','now'), 1, 1599, 'ok' FROM accounts",
+            [],
+        )
+        .unwrap();
+    let line = check(&env, &[], 1, "WARNING");
+    assert!(
+        line.contains("1600 of 2000 daily token fetches used"),
+        "{line}"
+    );
+}
+
+#[test]
 fn check_unknown_when_the_database_cannot_be_opened_or_arguments_are_bad() {
     let env = TestEnv::new();
     let line = check(&env, &[], 3, "UNKNOWN");

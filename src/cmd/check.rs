@@ -12,6 +12,7 @@ use crate::config::CheckConfig;
 use crate::domain::{AccountKey, AttemptResult, Credential};
 use crate::exit::Exit;
 use crate::policy;
+use crate::quota;
 use crate::store::ReadStore;
 use crate::text::human;
 
@@ -48,6 +49,9 @@ pub struct Subject {
     pub held: bool,
     /// The last token fetch failed: its short label (errcode, `http 502`, `network`).
     pub last_failure: Option<String>,
+    /// wxtoken's own token requests today, and the daily quota WeChat documents for them.
+    pub fetches_today: i64,
+    pub daily_limit: Option<i64>,
 }
 
 /// The state of one account and the words that explain it.
@@ -64,6 +68,15 @@ fn judge(s: &Subject, warn: i64, crit: i64) -> (State, String) {
     }
     if let Some(label) = &s.last_failure {
         extra.push(format!("last fetch failed: {label}"));
+    }
+    if let Some(limit) = s
+        .daily_limit
+        .filter(|&l| quota::near_limit(s.fetches_today, l))
+    {
+        extra.push(format!(
+            "{} of {limit} daily token fetches used",
+            s.fetches_today
+        ));
     }
     if !extra.is_empty() {
         state = state.max(State::Warning);
@@ -171,6 +184,7 @@ pub fn wanted(args: &[OsString]) -> bool {
 
 fn gather(store: &dyn ReadStore, named: &[AccountKey], now: i64) -> Result<Vec<Subject>> {
     let mut subjects = Vec::new();
+    let fetched = store.fetches_since(quota::day_start(now))?;
     for account in refresh::targets(store, named)? {
         // The credential with the least time left; no valid row at all counts as least.
         let mut worst: Option<(Option<i64>, Credential)> = None;
@@ -198,6 +212,8 @@ fn gather(store: &dyn ReadStore, named: &[AccountKey], now: i64) -> Result<Vec<S
             what: kind.label(),
             held: account.held_at(now).is_some(),
             last_failure,
+            fetches_today: fetched.get(&account.id).copied().unwrap_or(0),
+            daily_limit: quota::documented_daily_limit(account.api),
         });
     }
     Ok(subjects)
@@ -214,6 +230,8 @@ mod tests {
             what: "token".to_string(),
             held: false,
             last_failure: None,
+            fetches_today: 0,
+            daily_limit: Some(2_000),
         }
     }
 
@@ -255,6 +273,23 @@ mod tests {
         let (state, line) = evaluate(&[failing], 1800, 600);
         assert_eq!(state, State::Warning);
         assert!(line.contains("last fetch failed: 40164"), "{line}");
+    }
+
+    #[test]
+    fn near_the_daily_quota_is_a_warning() {
+        let mut busy = subject("wxQ", Some(7000));
+        busy.fetches_today = 1_599;
+        assert_eq!(
+            evaluate(std::slice::from_ref(&busy), 1800, 600).0,
+            State::Ok
+        );
+        busy.fetches_today = 1_600;
+        let (state, line) = evaluate(&[busy], 1800, 600);
+        assert_eq!(state, State::Warning);
+        assert!(
+            line.contains("1600 of 2000 daily token fetches used"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::domain::{AccountKey, Credential, TokenRow};
 use crate::engine;
 use crate::exit::{Exit, fail};
 use crate::policy;
-use crate::store::ReadStore;
+use crate::store::{ReadStore, Store};
 use crate::text::{held_text, human, rfc3339};
 
 pub fn run(ctx: &Context, cfg: &GetConfig) -> Result<Exit> {
@@ -36,7 +36,7 @@ pub fn run(ctx: &Context, cfg: &GetConfig) -> Result<Exit> {
             }
             let store = ctx.existing_store()?;
             let client = ctx.client(api);
-            engine::renew(
+            let row = engine::renew(
                 store.as_ref(),
                 &client,
                 key,
@@ -44,11 +44,31 @@ pub fn run(ctx: &Context, cfg: &GetConfig) -> Result<Exit> {
                 cfg.min_ttl,
                 api.claim_ttl,
                 ctx.clock,
-            )?
+            )?;
+            publish_renewed(store.as_ref(), key, ctx.now());
+            row
         }
     };
     emit(&render(key, cfg.kind, &row, cfg.json, ctx.now()))?;
     Ok(Exit::Ok)
+}
+
+/// Publishes the account's tokens after `--reject`. The caller gets its token either way:
+/// a failure is a warning here, recorded on the sink, and retried by the next refresh.
+fn publish_renewed(store: &dyn Store, key: &AccountKey, now: i64) {
+    let result = store
+        .account(key)
+        .map_err(anyhow::Error::from)
+        .and_then(|account| {
+            let accounts: Vec<_> = account.into_iter().collect();
+            crate::publish::publish_all(store, &accounts, now)
+        });
+    match result {
+        Ok(reports) => {
+            crate::publish::report_failures(&reports, "warning: ");
+        }
+        Err(err) => eprintln!("wxtoken: warning: could not publish to the sinks: {err:#}"),
+    }
 }
 
 fn render(key: &AccountKey, kind: Credential, row: &TokenRow, json: bool, now: i64) -> String {

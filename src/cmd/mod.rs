@@ -12,6 +12,7 @@ mod prune;
 mod quota;
 mod refresh;
 mod refresh_out;
+mod sink;
 mod status;
 mod store_admin;
 
@@ -81,6 +82,7 @@ pub fn run(config: Config) -> Result<Exit> {
         Cmd::Get(cfg) => get::run(&ctx, &cfg),
         Cmd::Refresh(cfg) => refresh::run(&ctx, &cfg),
         Cmd::Prune { keep } => prune::run(&ctx, keep),
+        Cmd::Sink(cmd) => sink::run(&ctx, cmd),
         Cmd::Status { json, accounts } => status::run(&ctx, json, &accounts),
         Cmd::Check(cfg) => Ok(check::run(&ctx, &cfg)),
         Cmd::Metrics => metrics::run(&ctx),

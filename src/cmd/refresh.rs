@@ -51,17 +51,32 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
         &|done| progress.tick(done),
     );
     progress.finish();
+    // After every row is committed: the new tokens, and every still-valid one, so that a
+    // flushed Redis is whole again after one run.
+    let failed_sinks = match crate::publish::publish_all(store.as_ref(), &accounts, ctx.now()) {
+        Ok(reports) => crate::publish::report_failures(&reports, ""),
+        Err(err) => {
+            eprintln!("wxtoken: could not publish to the sinks: {err:#}");
+            vec!["(database)".to_string()]
+        }
+    };
     if let Err(err) = store.prune(ctx.now(), DEFAULT_KEEP, now - ATTEMPT_RETENTION) {
         log::warn!("could not prune old rows: {err}");
     }
     // The frequent refresh-ahead run leaves held accounts to the hourly run to report, or
     // a crontab with both would mail the same hold every four minutes.
     let report_holds = !matches!(cfg.want, Want::ExpiringWithin(_));
-    let exit = report(&accounts, &results, ctx.quiet, report_holds);
+    let exit = report(&accounts, &results, ctx.quiet, report_holds, &failed_sinks);
     super::refresh_out::after_run(ctx, store.as_ref(), &accounts, &results, cfg, started, exit)
 }
 
-fn report(accounts: &[Account], results: &[Done], quiet: bool, report_holds: bool) -> Exit {
+fn report(
+    accounts: &[Account],
+    results: &[Done],
+    quiet: bool,
+    report_holds: bool,
+    failed_sinks: &[String],
+) -> Exit {
     let mut failed = Vec::new();
     let mut tickets_failed = Vec::new();
     let (mut refreshed, mut fresh, mut busy, mut held) = (0, 0, 0, 0);
@@ -116,6 +131,11 @@ fn report(accounts: &[Account], results: &[Done], quiet: bool, report_holds: boo
     }
     if !tickets_failed.is_empty() {
         line += &format!("; failed tickets: {}", tickets_failed.join(", "));
+    }
+    if !failed_sinks.is_empty() {
+        line += &format!("; publish failed: {}", failed_sinks.join(", "));
+        // Merged by severity: a WeChat or database failure in the same run says more.
+        exit = exit.merge(Exit::PublishFailed);
     }
     if exit != Exit::Ok || !quiet {
         eprintln!("{line}");

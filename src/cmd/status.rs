@@ -47,7 +47,8 @@ pub fn run(ctx: &Context, json_out: bool, named: &[AccountKey]) -> Result<Exit> 
             .iter()
             .map(|(a, lines, today)| account_json(a, lines, *today, now))
             .collect();
-        let doc = json!({ "database": store.location(), "accounts": accounts });
+        let sinks = super::sink::status_json(store.as_ref(), now)?;
+        let doc = json!({ "database": store.location(), "accounts": accounts, "sinks": sinks });
         format!("{doc}\n")
     } else {
         let mut text = format!("database {}\n", store.location());
@@ -57,7 +58,7 @@ pub fn run(ctx: &Context, json_out: bool, named: &[AccountKey]) -> Result<Exit> 
         for (a, lines, today) in &rows {
             text += &account_text(a, lines, *today, now);
         }
-        text
+        text + &super::sink::status_text(store.as_ref(), now)?
     };
     emit(&text)?;
     Ok(Exit::Ok)

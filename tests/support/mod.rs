@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod redis_server;
 pub use wxtoken_standin as standin;
 
 use std::io::Write;

@@ -18,6 +18,10 @@ pub const WORK_TOKEN: &str = "/cgi-bin/gettoken";
 pub const TICKET: &str = "/cgi-bin/ticket/getticket";
 pub const WORK_CORP_TICKET: &str = "/cgi-bin/get_jsapi_ticket";
 pub const WORK_AGENT_TICKET: &str = "/cgi-bin/ticket/get";
+/// Business calls that only check the access_token they are given, for tests where an SDK
+/// makes a call with the token wxtoken published: an Official Account's and a WeCom app's.
+pub const MENU_GET: &str = "/cgi-bin/menu/get";
+pub const WORK_USER_GET: &str = "/cgi-bin/user/get";
 pub const QUOTA_GET: &str = "/cgi-bin/openapi/quota/get";
 pub const CLEAR_QUOTA: &str = "/cgi-bin/clear_quota/v2";
 
@@ -869,6 +873,7 @@ impl State {
             TICKET => self.ticket(q("access_token"), Some(&["jsapi", "wx_card"]), q("type")),
             WORK_AGENT_TICKET => self.ticket(q("access_token"), Some(&["agent_config"]), q("type")),
             WORK_CORP_TICKET => self.ticket(q("access_token"), None, ""),
+            MENU_GET | WORK_USER_GET => self.business(q("access_token")),
             QUOTA_GET => self.quota_get(req),
             CLEAR_QUOTA => self.clear_quota(req),
             _ => Err(Reply::Status(404, format!("no such path: {}\n", req.path))),
@@ -994,6 +999,17 @@ impl State {
             Some((token, expires_in)) => Reply::Token { token, expires_in },
             None => self.issue(Kind::Work, corpid, secret),
         })
+    }
+
+    fn business(&mut self, token: &str) -> Result<Reply, Reply> {
+        if token.is_empty() {
+            return Err(self.err(41001, "access_token missing"));
+        }
+        if !self.valid(token) {
+            let msg = "invalid credential, access_token is invalid or not latest";
+            return Err(self.err(40001, msg));
+        }
+        Ok(Reply::Body(r#"{"errcode":0,"errmsg":"ok"}"#.to_string()))
     }
 
     fn ticket(&mut self, token: &str, types: Option<&[&str]>, ty: &str) -> Result<Reply, Reply> {

@@ -1,0 +1,298 @@
+//! `wxtoken sink`: where refresh publishes tokens (Redis in an SDK's format, or a hook).
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use super::{Context, emit, stdin_line};
+use crate::cli::{SinkAddArgs, SinkCommand};
+use crate::domain::{AccountKey, Secret};
+use crate::exit::{Exit, fail};
+use crate::publish::{self, Mode};
+use crate::sink::{self, Format};
+use crate::store::{SinkRow, Store};
+use crate::text::{human, rfc3339};
+
+pub fn run(ctx: &Context, cmd: SinkCommand) -> Result<Exit> {
+    let store = ctx.store()?;
+    let store = store.as_ref();
+    let (now, quiet) = (ctx.now(), ctx.quiet);
+    match cmd {
+        SinkCommand::Add(args) => {
+            let row = new_sink(store, &args, now)?;
+            if !store.add_sink(&row)? {
+                return Err(fail(
+                    Exit::Account,
+                    format!(
+                        "sink {} already exists; remove it first (wxtoken sink remove)",
+                        row.name
+                    ),
+                ));
+            }
+            if !quiet {
+                eprintln!("added sink {}: {}", row.name, describe(&row));
+            }
+            Ok(Exit::Ok)
+        }
+        SinkCommand::List(args) => {
+            let sinks = store.sinks()?;
+            let text = if args.json {
+                let list: Vec<Value> = sinks.iter().map(|s| sink_json(s, now)).collect();
+                format!("{}\n", json!({ "sinks": list }))
+            } else if sinks.is_empty() {
+                String::new()
+            } else {
+                sinks
+                    .iter()
+                    .map(|s| format!("{}  {}\n", s.name, describe(s)))
+                    .collect()
+            };
+            if sinks.is_empty() && !args.json && !quiet {
+                eprintln!("no sinks; add one with `wxtoken sink add`");
+            }
+            emit(&text)?;
+            Ok(Exit::Ok)
+        }
+        SinkCommand::Remove(args) => {
+            if !store.remove_sink(&args.name)? {
+                return Err(no_such_sink(&args.name));
+            }
+            if !quiet {
+                eprintln!("removed sink {}", args.name);
+            }
+            Ok(Exit::Ok)
+        }
+        SinkCommand::Test(args) => {
+            let sink = store
+                .sink(&args.name)?
+                .ok_or_else(|| no_such_sink(&args.name))?;
+            let accounts = store.accounts()?;
+            let report = publish::publish_sink(store, &sink, &accounts, Mode::Test, now)?;
+            let mut text: String = report.lines.iter().map(|l| format!("{l}\n")).collect();
+            if report.lines.is_empty() && report.result.ok {
+                text = String::new();
+                eprintln!("sink {}: no valid token to publish", sink.name);
+            }
+            emit(&text)?;
+            if publish::report_failures(std::slice::from_ref(&report), "").is_empty() {
+                Ok(Exit::Ok)
+            } else {
+                Ok(Exit::PublishFailed)
+            }
+        }
+    }
+}
+
+fn usage(message: impl Into<String>) -> anyhow::Error {
+    fail(Exit::Usage, message)
+}
+
+fn no_such_sink(name: &str) -> anyhow::Error {
+    fail(
+        Exit::Account,
+        format!("no such sink {name} (see wxtoken sink list)"),
+    )
+}
+
+/// Checks the arguments and builds the row to store.
+fn new_sink(store: &dyn Store, args: &SinkAddArgs, now: i64) -> Result<SinkRow> {
+    let name = &args.name;
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(usage(format!(
+            "sink name '{}' is not valid: use up to 64 letters, digits, '.', '_' or '-'",
+            crate::policy::one_line(name, 40)
+        )));
+    }
+    // The same selectors as `refresh --appid`, stored the way `AccountKey` prints them.
+    let mut accounts = Vec::new();
+    for selector in &args.appid {
+        let key = AccountKey::parse(selector).map_err(usage)?;
+        store.require_account(&key)?;
+        accounts.push(key.to_string());
+    }
+    let mut row = SinkRow {
+        id: 0,
+        name: name.clone(),
+        kind: "redis".into(),
+        target: String::new(),
+        password: None,
+        format: None,
+        prefix: None,
+        key_template: None,
+        accounts,
+        timeout: args.timeout,
+        created_at: now,
+        last: None,
+    };
+    if let Some(command) = &args.exec {
+        if args.format.is_some() || args.prefix.is_some() || args.key_template.is_some() {
+            return Err(usage(
+                "--format, --prefix and --key are for --redis sinks, not --exec",
+            ));
+        }
+        if command.trim().is_empty() {
+            return Err(usage("--exec needs a command"));
+        }
+        row.kind = "exec".into();
+        row.target = command.clone();
+        return Ok(row);
+    }
+    let url = redis_url(args)?;
+    let format = args.format.as_deref().ok_or_else(|| {
+        usage("--redis needs --format: wxjava, silenceper, easywechat, wechatpy, powerwechat, plain or json")
+    })?;
+    let format = Format::parse(format).ok_or_else(|| {
+        usage(format!(
+            "unknown format '{}': use wxjava, silenceper, easywechat, wechatpy, powerwechat, plain or json",
+            crate::policy::one_line(format, 40)
+        ))
+    })?;
+    match (format.templated(), &args.key_template, &args.prefix) {
+        (true, None, _) => {
+            return Err(usage(format!(
+                "--format {format} needs --key, like --key 'wx:{{appid}}:{{kind}}'"
+            )));
+        }
+        (true, Some(template), None) => {
+            sink::check_template(template).map_err(usage)?;
+            // One fixed key for several accounts would make them overwrite each other.
+            if !template.contains("{appid}") && args.appid.len() != 1 {
+                return Err(usage(
+                    "--key without {appid} needs exactly one --appid: several accounts would share the key",
+                ));
+            }
+        }
+        (true, Some(_), Some(_)) => {
+            return Err(usage("--prefix is for the SDK formats; put it in --key"));
+        }
+        (false, Some(_), _) => {
+            return Err(usage(format!(
+                "--key is for plain and json; {format} uses its SDK's keys (change them with --prefix)"
+            )));
+        }
+        (false, None, _) => {}
+    }
+    if let Some(prefix) = &args.prefix
+        && prefix.contains(char::is_whitespace)
+    {
+        return Err(usage("--prefix must not contain spaces"));
+    }
+    // Check the URL the way the Redis client will read it, before storing it.
+    redis::Client::open(url.url.as_str())
+        .map_err(|e| usage(format!("the Redis URL is not valid: {e}")))?;
+    row.target = url.url;
+    row.password = url.password.map(Secret::new);
+    row.format = Some(format.as_str().to_string());
+    row.prefix = args.prefix.clone();
+    row.key_template = args.key_template.clone();
+    Ok(row)
+}
+
+/// The URL from --redis, --redis-env or stdin, with its password split off. A password in
+/// an argument is refused: argv shows in `ps` and in shell history.
+fn redis_url(args: &SinkAddArgs) -> Result<sink::RedisUrl> {
+    let (text, from_argv) = match (&args.redis, &args.redis_env) {
+        (Some(url), _) if url == "-" => (stdin_line("the Redis URL")?.trim().to_string(), false),
+        (Some(url), _) => (url.clone(), true),
+        (None, Some(var)) => {
+            let value = std::env::var(var)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .ok_or_else(|| usage(format!("environment variable {var} is not set or empty")))?;
+            (value.trim().to_string(), false)
+        }
+        (None, None) => return Err(usage("name a target with --redis, --redis-env or --exec")),
+    };
+    // The error never repeats the URL: it may hold the password.
+    let url = sink::split_redis_url(&text).map_err(usage)?;
+    if from_argv && url.password.is_some() {
+        return Err(usage(
+            "a Redis URL with a password must not be an argument (ps and shell history show it); \
+             pass it with --redis-env VAR or on stdin with --redis -",
+        ));
+    }
+    Ok(url)
+}
+
+/// One line about a sink, for `sink list` and `status`.
+fn describe(s: &SinkRow) -> String {
+    let accounts = if s.accounts.is_empty() {
+        "every account".to_string()
+    } else {
+        s.accounts.join(",")
+    };
+    if s.kind == "exec" {
+        return format!(
+            "exec {:?} accounts={accounts} timeout={}s",
+            s.target, s.timeout
+        );
+    }
+    let mut text = format!(
+        "redis {} format={}",
+        sink::shown_url(&s.target, s.password.is_some()),
+        s.format.as_deref().unwrap_or("")
+    );
+    if let Some(p) = &s.prefix {
+        text += &format!(" prefix={p:?}");
+    }
+    if let Some(k) = &s.key_template {
+        text += &format!(" key={k}");
+    }
+    text + &format!(" accounts={accounts} timeout={}s", s.timeout)
+}
+
+fn sink_json(s: &SinkRow, now: i64) -> Value {
+    json!({
+        "name": s.name,
+        "kind": s.kind,
+        "target": if s.kind == "exec" { s.target.clone() } else { sink::shown_url(&s.target, s.password.is_some()) },
+        "format": s.format,
+        "prefix": s.prefix,
+        "key": s.key_template,
+        "accounts": s.accounts,
+        "timeout": s.timeout,
+        "last_publish": s.last.as_ref().map(|l| json!({
+            "at": rfc3339(l.at),
+            "age": now - l.at,
+            "ok": l.ok,
+            "published": l.published,
+            "failed": l.failed,
+            "error": l.error,
+        })),
+    })
+}
+
+/// The sinks block of `status`: each sink and the outcome of its newest publish.
+pub fn status_text(store: &dyn Store, now: i64) -> Result<String> {
+    let mut text = String::new();
+    for s in store.sinks()? {
+        text += &format!("sink {}  {}\n", s.name, describe(&s));
+        let last = match &s.last {
+            None => "never published yet".to_string(),
+            Some(l) if l.ok => format!(
+                "last publish {} ago: ok, {} written",
+                human(now - l.at),
+                l.published
+            ),
+            Some(l) => format!(
+                "last publish {} ago: FAILED, {} of {} not published: {}",
+                human(now - l.at),
+                l.failed,
+                l.failed + l.published,
+                l.error.as_deref().unwrap_or("")
+            ),
+        };
+        text += &format!("    {last}\n");
+    }
+    Ok(text)
+}
+
+pub fn status_json(store: &dyn Store, now: i64) -> Result<Value> {
+    Ok(Value::Array(
+        store.sinks()?.iter().map(|s| sink_json(s, now)).collect(),
+    ))
+}

@@ -1,0 +1,379 @@
+//! Publishing committed tokens to sinks: Redis keys in each SDK's format, and exec hooks.
+//! Runs only after the rows are committed, and never touches them: a failed publish is
+//! recorded on the sink, reported, and retried by the next run.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use redis::IntoConnectionInfo;
+
+use crate::domain::{Account, Credential, Secret};
+use crate::secret::fingerprint;
+use crate::sink::{self, Entry, Format, Item, Layout};
+use crate::store::{NewestRow, SinkResult, SinkRow, Store};
+
+/// What one publish to one sink did.
+#[derive(Debug)]
+pub struct Report {
+    pub name: String,
+    pub result: SinkResult,
+    /// Per key (Redis) or per token (exec), for `sink test`; keys that embed a secret are
+    /// described, never shown.
+    pub lines: Vec<String>,
+}
+
+/// Which tokens a publish sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// After a refresh or `get --reject`: every valid token to Redis (a flushed Redis is
+    /// whole again after one run), and to hooks only the tokens they have not received.
+    Run,
+    /// `sink test`: every valid token, key by key.
+    Test,
+}
+
+/// A valid row of one account, ready to publish.
+struct Valid<'a> {
+    account: &'a Account,
+    kind: Credential,
+    row: NewestRow,
+}
+
+/// Publishes to every sink that selects any of `accounts` and records each outcome.
+pub fn publish_all(store: &dyn Store, accounts: &[Account], now: i64) -> Result<Vec<Report>> {
+    let mut reports = Vec::new();
+    for sink in store.sinks()? {
+        if !accounts.iter().any(|a| selects(&sink, a)) {
+            continue;
+        }
+        reports.push(publish_sink(store, &sink, accounts, Mode::Run, now)?);
+    }
+    Ok(reports)
+}
+
+/// Publishes to one sink and records the outcome on it.
+pub fn publish_sink(
+    store: &dyn Store,
+    sink: &SinkRow,
+    accounts: &[Account],
+    mode: Mode,
+    now: i64,
+) -> Result<Report> {
+    let mut valid = Vec::new();
+    for account in accounts.iter().filter(|a| selects(sink, a)) {
+        for kind in account.credentials() {
+            if let Some(row) = store.newest_row(account.id, kind)?
+                && row.expires_at > now
+            {
+                valid.push(Valid { account, kind, row });
+            }
+        }
+    }
+    let timeout = Duration::from_secs(sink.timeout.clamp(1, 120) as u64);
+    let report = if sink.kind == "exec" {
+        publish_exec(store, sink, &valid, mode, timeout, now)?
+    } else {
+        publish_redis(sink, &valid, mode, timeout, now)
+    };
+    store.record_sink_result(sink.id, &report.result)?;
+    Ok(report)
+}
+
+/// Whether the sink publishes this account's tokens.
+pub fn selects(sink: &SinkRow, account: &Account) -> bool {
+    sink.accounts.is_empty() || sink.accounts.iter().any(|s| *s == account.key.to_string())
+}
+
+pub fn layout(sink: &SinkRow) -> Layout {
+    Layout {
+        format: sink
+            .format
+            .as_deref()
+            .and_then(Format::parse)
+            .unwrap_or(Format::Plain),
+        prefix: sink.prefix.clone(),
+        key_template: sink.key_template.clone(),
+    }
+}
+
+fn item<'a>(v: &'a Valid) -> Item<'a> {
+    Item {
+        key: &v.account.key,
+        api: v.account.api,
+        secret: &v.account.secret,
+        kind: v.kind,
+        value: &v.row.token,
+        expires_at: v.row.expires_at,
+    }
+}
+
+fn publish_redis(
+    sink: &SinkRow,
+    valid: &[Valid],
+    mode: Mode,
+    timeout: Duration,
+    now: i64,
+) -> Report {
+    let layout = layout(sink);
+    let mut writes: Vec<(Entry, String)> = Vec::new();
+    let mut secrets: Vec<&str> = Vec::new();
+    for v in valid {
+        let it = item(v);
+        for entry in sink::entries(&layout, &it, now) {
+            let shown = entry.shown(&it);
+            if entry.secret_key {
+                secrets.push(v.account.secret.expose());
+            }
+            writes.push((entry, shown));
+        }
+    }
+    let total = writes.len() as i64;
+    let scrub = |text: String| -> String {
+        let mut text = text;
+        for (entry, shown) in &writes {
+            if entry.secret_key {
+                text = text.replace(&entry.key, shown);
+            }
+        }
+        for s in secrets
+            .iter()
+            .chain(sink.password.as_ref().map(Secret::expose).iter())
+        {
+            if !s.is_empty() {
+                text = text.replace(s, "***");
+            }
+        }
+        text
+    };
+    let report = |published: i64, error: Option<String>, lines: Vec<String>| Report {
+        name: sink.name.clone(),
+        result: SinkResult {
+            at: now,
+            ok: error.is_none(),
+            published,
+            failed: total - published,
+            error,
+        },
+        lines,
+    };
+    if writes.is_empty() {
+        return report(0, None, Vec::new());
+    }
+    let mut con = match connect(sink, timeout) {
+        Ok(con) => con,
+        Err(e) => {
+            return report(
+                0,
+                Some(scrub(format!("could not connect to Redis: {e}"))),
+                Vec::new(),
+            );
+        }
+    };
+    // One round trip for every key (this runs at the end of every refresh), with one
+    // result per key, so that a refused key does not hide the others.
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for (e, _) in &writes {
+        pipe.cmd("SET")
+            .arg(&e.key)
+            .arg(&e.value)
+            .arg("EX")
+            .arg(e.ttl);
+    }
+    let results: Vec<redis::RedisResult<()>> = match pipe.query(&mut con) {
+        Ok(results) => results,
+        Err(e) => {
+            return report(
+                0,
+                Some(scrub(format!("Redis refused the writes: {e}"))),
+                Vec::new(),
+            );
+        }
+    };
+    let mut lines = Vec::new();
+    let mut published = 0;
+    let mut first_error = None;
+    for ((entry, shown), outcome) in writes.iter().zip(results) {
+        match outcome {
+            Ok(()) => {
+                published += 1;
+                lines.push(format!("{shown}  ok, expires in {}s", entry.ttl));
+            }
+            Err(e) => {
+                let error = scrub(format!("Redis refused a write: {e}"));
+                lines.push(format!("{shown}  FAILED: {error}"));
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    log::info!("sink {}: {published} of {total} keys written", sink.name);
+    if mode == Mode::Run {
+        lines.clear();
+    }
+    report(published, first_error, lines)
+}
+
+fn connect(sink: &SinkRow, timeout: Duration) -> redis::RedisResult<redis::Connection> {
+    let info = sink.target.as_str().into_connection_info()?;
+    // The password is stored apart from the URL (it is a secret); CLIENT SETINFO is one
+    // round trip wxtoken does not need.
+    let mut settings = info.redis_settings().clone().set_skip_set_lib_name();
+    if let Some(password) = &sink.password {
+        settings = settings.set_password(password.expose());
+    }
+    let client = redis::Client::open(info.set_redis_settings(settings))?;
+    let con = client.get_connection_with_timeout(timeout)?;
+    con.set_read_timeout(Some(timeout))?;
+    con.set_write_timeout(Some(timeout))?;
+    Ok(con)
+}
+
+fn publish_exec(
+    store: &dyn Store,
+    sink: &SinkRow,
+    valid: &[Valid],
+    mode: Mode,
+    timeout: Duration,
+    now: i64,
+) -> Result<Report> {
+    let mut lines = Vec::new();
+    let (mut published, mut failed, mut first_error) = (0, 0, None);
+    for v in valid {
+        let already = store.published_row(sink.id, v.account.id, v.kind)?;
+        if mode == Mode::Run && already == Some(v.row.id) {
+            continue;
+        }
+        let what = format!("{} {}", v.account.key, v.kind.as_str());
+        match run_hook(sink, v, timeout, now) {
+            Ok(()) => {
+                store.note_published(sink.id, v.account.id, v.kind, v.row.id)?;
+                published += 1;
+                log::info!(
+                    "sink {}: {what} {} delivered",
+                    sink.name,
+                    fingerprint(&v.row.token)
+                );
+                lines.push(format!("{what}  ok"));
+            }
+            Err(why) => {
+                failed += 1;
+                lines.push(format!("{what}  FAILED: {why}"));
+                first_error.get_or_insert(format!("{what}: {why}"));
+            }
+        }
+    }
+    Ok(Report {
+        name: sink.name.clone(),
+        result: SinkResult {
+            at: now,
+            ok: failed == 0,
+            published,
+            failed,
+            error: first_error,
+        },
+        lines,
+    })
+}
+
+/// Runs the hook for one token: the token on stdin (never in argv or the environment, where
+/// `ps` and /proc show it), what it is in `WXTOKEN_*` variables.
+fn run_hook(sink: &SinkRow, v: &Valid, timeout: Duration, now: i64) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&sink.target)
+        .env("WXTOKEN_SINK", &sink.name)
+        .env("WXTOKEN_APPID", &v.account.key.appid)
+        .env("WXTOKEN_AGENTID", &v.account.key.agent)
+        .env("WXTOKEN_KIND", v.kind.as_str())
+        .env("WXTOKEN_EXPIRES_AT", v.row.expires_at.to_string())
+        .env("WXTOKEN_EXPIRES_IN", (v.row.expires_at - now).to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        // Its own process group, so that a timeout ends whatever the shell started too.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("could not start the command: {e}"))?;
+    let mut stdin = child.stdin.take();
+    let token = format!("{}\n", v.row.token);
+    // A hook that never reads stdin must not block us: write from a thread.
+    let writer = std::thread::spawn(move || {
+        if let Some(pipe) = stdin.as_mut() {
+            let _ = pipe.write_all(token.as_bytes());
+        }
+    });
+    let mut stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(pipe) = stderr.as_mut() {
+            let _ = pipe.take(64 * 1024).read_to_string(&mut text);
+        }
+        text
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() >= deadline => break None,
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(format!("could not wait for the command: {e}")),
+        }
+    };
+    let Some(status) = status else {
+        kill_group(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!(
+            "timed out after {}s and was killed",
+            timeout.as_secs()
+        ));
+    };
+    let _ = writer.join();
+    let stderr = reader.join().unwrap_or_default();
+    if status.success() {
+        return Ok(());
+    }
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| {
+            let l = l
+                .replace(&v.row.token, "***")
+                .replace(v.account.secret.expose(), "***");
+            format!(": {}", crate::policy::one_line(&l, 200))
+        })
+        .unwrap_or_default();
+    Err(match status.code() {
+        Some(code) => format!("the command exited with status {code}{last}"),
+        None => format!("the command was killed by a signal{last}"),
+    })
+}
+
+fn kill_group(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// One line per failed sink on stderr; returns the names of the sinks that failed.
+pub fn report_failures(reports: &[Report], prefix: &str) -> Vec<String> {
+    let mut failed = Vec::new();
+    for r in reports.iter().filter(|r| !r.result.ok) {
+        let total = r.result.published + r.result.failed;
+        eprintln!(
+            "wxtoken: {prefix}sink {}: publish failed ({} of {total} not published; the tokens \
+             are stored, the next refresh retries): {}",
+            r.name,
+            r.result.failed,
+            r.result.error.as_deref().unwrap_or("unknown error")
+        );
+        failed.push(r.name.clone());
+    }
+    failed
+}

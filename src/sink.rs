@@ -1,0 +1,682 @@
+//! Where a token is published, and in which shape: the Redis key and value each SDK reads,
+//! as its own source writes them (`shared/sdk-storage.md` and `docs/integrations/`). Pure
+//! logic: no I/O, `now` passed in.
+
+use std::fmt;
+
+use crate::domain::{AccountKey, Api, Credential, Secret, Ticket};
+
+const TOKEN: Credential = Credential::AccessToken;
+const JSAPI: Credential = Credential::Ticket(Ticket::Jsapi);
+const WX_CARD: Credential = Credential::Ticket(Ticket::WxCard);
+const AGENT_CONFIG: Credential = Credential::Ticket(Ticket::AgentConfig);
+
+/// How a Redis sink lays out keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The bare token under `--key`.
+    Plain,
+    /// `{"access_token"|"ticket":…,"expires_in":N,"expires_at":EPOCH}` under `--key`.
+    Json,
+    Wxjava,
+    Silenceper,
+    Easywechat,
+    Wechatpy,
+    Powerwechat,
+}
+
+impl Format {
+    pub const ALL: [Format; 7] = [
+        Format::Plain,
+        Format::Json,
+        Format::Wxjava,
+        Format::Silenceper,
+        Format::Easywechat,
+        Format::Wechatpy,
+        Format::Powerwechat,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Plain => "plain",
+            Format::Json => "json",
+            Format::Wxjava => "wxjava",
+            Format::Silenceper => "silenceper",
+            Format::Easywechat => "easywechat",
+            Format::Wechatpy => "wechatpy",
+            Format::Powerwechat => "powerwechat",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Format> {
+        Format::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+
+    /// Whether keys come from a `--key` template rather than an SDK's rule.
+    pub fn templated(self) -> bool {
+        matches!(self, Format::Plain | Format::Json)
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A Redis sink's layout: its format, and the SDK prefix or the key template.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub format: Format,
+    /// The SDK's configurable prefix or cache namespace; `None` means the SDK's default.
+    pub prefix: Option<String>,
+    /// `--key` for `plain` and `json`.
+    pub key_template: Option<String>,
+}
+
+/// One valid token or ticket of one account, ready to publish.
+pub struct Item<'a> {
+    pub key: &'a AccountKey,
+    pub api: Api,
+    pub secret: &'a Secret,
+    pub kind: Credential,
+    pub value: &'a str,
+    pub expires_at: i64,
+}
+
+/// One `SET key value EX ttl`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: String,
+    pub ttl: i64,
+    /// The key embeds the AppSecret (or part of it, or a hash of it): never shown or logged.
+    pub secret_key: bool,
+}
+
+impl Entry {
+    /// The key as it may be shown: keys that embed the secret are described, not printed.
+    pub fn shown(&self, item: &Item) -> String {
+        if self.secret_key {
+            format!(
+                "<key of {} {}: embeds the secret, not shown>",
+                item.key,
+                item.kind.as_str()
+            )
+        } else {
+            self.key.clone()
+        }
+    }
+}
+
+/// The placeholders a `--key` template may use.
+pub const PLACEHOLDERS: [&str; 3] = ["{appid}", "{agentid}", "{kind}"];
+
+/// Checks a `--key` template: no unknown `{...}`, not empty.
+pub fn check_template(template: &str) -> Result<(), String> {
+    if template.is_empty() || template.contains(char::is_whitespace) {
+        return Err("--key must be a non-empty key template without spaces".into());
+    }
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..].find('}').map(|c| open + c + 1);
+        let Some(close) = close else {
+            return Err(format!("--key '{template}' has an unclosed '{{'"));
+        };
+        let name = &rest[open..close];
+        if !PLACEHOLDERS.contains(&name) {
+            return Err(format!(
+                "--key '{template}' has an unknown placeholder {name}: use {{appid}}, {{agentid}} or {{kind}}"
+            ));
+        }
+        rest = &rest[close..];
+    }
+    Ok(())
+}
+
+/// The writes that publish `item`, in `layout`: none when that SDK does not read this kind
+/// for this kind of account, or when the item has expired. The TTL is the time the token
+/// has left, never more: an SDK must never see a token WeChat no longer accepts.
+pub fn entries(layout: &Layout, item: &Item, now: i64) -> Vec<Entry> {
+    let ttl = item.expires_at - now;
+    if ttl <= 0 {
+        return Vec::new();
+    }
+    let work = item.api == Api::Work;
+    let prefix = layout.prefix.as_deref();
+    let entry = |key: String, value: String, secret_key: bool| Entry {
+        key,
+        value,
+        ttl,
+        secret_key,
+    };
+    let plain = |key: Option<String>| key.map(|k| entry(k, item.value.to_string(), false));
+    let one = |e: Option<Entry>| e.into_iter().collect();
+    match layout.format {
+        Format::Plain | Format::Json => {
+            let template = layout.key_template.as_deref().unwrap_or("");
+            // Without {kind}, tickets would overwrite the token under the same key.
+            if item.kind != TOKEN && !template.contains("{kind}") {
+                return Vec::new();
+            }
+            let key = template
+                .replace("{appid}", &item.key.appid)
+                .replace("{agentid}", &item.key.agent)
+                .replace("{kind}", item.kind.as_str());
+            let value = if layout.format == Format::Plain {
+                item.value.to_string()
+            } else {
+                let field = if item.kind == TOKEN {
+                    "access_token"
+                } else {
+                    "ticket"
+                };
+                serde_json::json!({ field: item.value, "expires_in": ttl, "expires_at": item.expires_at })
+                    .to_string()
+            };
+            vec![entry(key, value, false)]
+        }
+        Format::Wxjava => one(plain(wxjava_key(prefix, item, work))),
+        Format::Silenceper => one(plain(silenceper_key(prefix, item, work))),
+        Format::Easywechat => one(easywechat_key(item, work).map(|(key, secret_key)| {
+            let key = match prefix.unwrap_or("easywechat") {
+                "" => key,
+                ns => format!("{ns}:{key}"),
+            };
+            // PHP serialize() of a string, which Symfony's and Laravel's caches write.
+            let value = format!("s:{}:\"{}\";", item.value.len(), item.value);
+            entry(key, value, secret_key)
+        })),
+        Format::Wechatpy => wechatpy_entries(prefix, item, work, ttl),
+        Format::Powerwechat => one(powerwechat_entry(prefix, item, work, ttl)),
+    }
+}
+
+/// A WeCom agent that WxJava and silenceper can name: a numeric agentid. A module such as
+/// `contacts` has none, and those SDKs then key by the corp alone.
+fn numeric_agent(key: &AccountKey) -> Option<&str> {
+    let a = key.agent.as_str();
+    (!a.is_empty() && a.bytes().all(|b| b.is_ascii_digit())).then_some(a)
+}
+
+/// WxJava: `WxMpRedisConfigImpl` / `WxMaRedisBetterConfigImpl` and
+/// `AbstractWxCpInRedisConfigImpl`.
+fn wxjava_key(prefix: Option<&str>, item: &Item, work: bool) -> Option<String> {
+    let id = &item.key.appid;
+    if work {
+        let p = prefix.unwrap_or("wx:cp");
+        let ukey = match numeric_agent(item.key) {
+            Some(agent) => format!("{id}:{agent}"),
+            None => id.clone(),
+        };
+        let name = match item.kind {
+            TOKEN => "wechat_cp_access_token_key",
+            JSAPI => "wechat_cp_jsapi_ticket_key",
+            AGENT_CONFIG => "wechat_cp_agent_jsapi_ticket_key",
+            _ => return None,
+        };
+        return Some(format!("{p}:{name}:{ukey}"));
+    }
+    let p = prefix.unwrap_or("wx");
+    match item.kind {
+        TOKEN => Some(format!("{p}:access_token:{id}")),
+        JSAPI | WX_CARD => Some(format!("{p}:ticket:key:{id}:{}", item.kind.as_str())),
+        _ => None,
+    }
+}
+
+/// silenceper/wechat v2: `credential/default_access_token.go`, `default_js_ticket.go`. The
+/// prefix already ends in `_` and the format adds another, hence the double underscore.
+fn silenceper_key(prefix: Option<&str>, item: &Item, work: bool) -> Option<String> {
+    let id = &item.key.appid;
+    if work {
+        let p = prefix.unwrap_or("gowechat_work_");
+        let with_agent = |what: &str| match numeric_agent(item.key) {
+            Some(agent) => format!("{p}_{what}_{id}_{agent}"),
+            None => format!("{p}_{what}_{id}"),
+        };
+        return match item.kind {
+            TOKEN => Some(with_agent("access_token")),
+            JSAPI => Some(format!("{p}_corp_jsapi_ticket_{id}")),
+            AGENT_CONFIG => Some(with_agent("agent_jsapi_ticket")),
+            _ => None,
+        };
+    }
+    let p = prefix.unwrap_or("gowechat_officialaccount_");
+    match item.kind {
+        TOKEN => Some(format!("{p}_access_token_{id}")),
+        JSAPI => Some(format!("{p}_jsapi_ticket_{id}")),
+        _ => None,
+    }
+}
+
+/// EasyWeChat 6 cache keys (before the store's namespace), and whether they embed the secret.
+fn easywechat_key(item: &Item, work: bool) -> Option<(String, bool)> {
+    let id = &item.key.appid;
+    let secret = item.secret.expose();
+    if work {
+        return match item.kind {
+            TOKEN => Some((format!("work.access_token.{id}.{secret}"), true)),
+            JSAPI => Some((format!("work.jsapi_ticket.{id}"), false)),
+            AGENT_CONFIG => Some((format!("work.jsapi_ticket.{id}.{}", item.key.agent), false)),
+            _ => None,
+        };
+    }
+    let stable = u8::from(item.api == Api::Stable);
+    match item.kind {
+        TOKEN => Some((
+            format!("official_account.access_token.{id}.{secret}.{stable}"),
+            true,
+        )),
+        JSAPI => Some((format!("official_account.jsapi_ticket.{id}"), false)),
+        _ => None,
+    }
+}
+
+/// wechatpy's `RedisStorage` (`{prefix}:{key}`, JSON values) with the keys of
+/// `client/base.py`, `client/api/jsapi.py` and `enterprise/`: the value, plus the
+/// `_expires_at` key that its ticket readers require and its master branch reads for tokens.
+fn wechatpy_entries(prefix: Option<&str>, item: &Item, work: bool, ttl: i64) -> Vec<Entry> {
+    let p = prefix.unwrap_or("wechatpy");
+    let id = &item.key.appid;
+    let (key, expires_key, secret_key) = match (work, item.kind) {
+        (false, TOKEN) => (
+            format!("{id}_access_token"),
+            format!("{id}_access_token"),
+            false,
+        ),
+        (true, TOKEN) => {
+            let head: String = item.secret.expose().chars().take(10).collect();
+            (
+                format!("{id}_{head}_access_token"),
+                format!("{id}_access_token"),
+                true,
+            )
+        }
+        (_, JSAPI) => (
+            format!("{id}_jsapi_ticket"),
+            format!("{id}_jsapi_ticket"),
+            false,
+        ),
+        (true, AGENT_CONFIG) => (
+            format!("{id}_agent_jsapi_ticket"),
+            format!("{id}_agent_jsapi_ticket"),
+            false,
+        ),
+        _ => return Vec::new(),
+    };
+    vec![
+        Entry {
+            key: format!("{p}:{key}"),
+            value: serde_json::Value::from(item.value).to_string(),
+            ttl,
+            secret_key,
+        },
+        Entry {
+            key: format!("{p}:{expires_key}_expires_at"),
+            value: item.expires_at.to_string(),
+            ttl,
+            secret_key: false,
+        },
+    ]
+}
+
+/// PowerWeChat: `kernel/accessToken.go` (md5 of appid + secret) and the JSSDK ticket key. Go's
+/// `json.Marshal` of a map sorts the keys, so these are the bytes it writes itself.
+fn powerwechat_entry(prefix: Option<&str>, item: &Item, work: bool, ttl: i64) -> Option<Entry> {
+    let id = &item.key.appid;
+    match (work, item.kind) {
+        (_, TOKEN) => {
+            let p = prefix.unwrap_or("powerwechat.access_token.");
+            let hash = md5_hex(format!("{id}{}", item.secret.expose()).as_bytes());
+            let value = format!(
+                r#"{{"access_token":{},"expires_in":{ttl}}}"#,
+                quote(item.value)
+            );
+            Some(Entry {
+                key: format!("{p}{hash}"),
+                value,
+                ttl,
+                secret_key: true,
+            })
+        }
+        (false, JSAPI | WX_CARD) => Some(Entry {
+            key: format!(
+                "powerwechat.basic_service.jssdk.ticket.{}.{id}",
+                item.kind.as_str()
+            ),
+            value: format!(
+                r#"{{"errcode":0,"errmsg":"ok","expires_in":{ttl},"ticket":{}}}"#,
+                quote(item.value)
+            ),
+            ttl,
+            secret_key: false,
+        }),
+        _ => None,
+    }
+}
+
+fn quote(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+/// MD5 as lowercase hex (RFC 1321). PowerWeChat names its cache key with it; a dozen lines
+/// here beat a crate for one hash of one short string per token.
+pub fn md5_hex(input: &[u8]) -> String {
+    const S: [u32; 64] = [
+        7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 5, 9, 14, 20, 5, 9, 14, 20, 5,
+        9, 14, 20, 5, 9, 14, 20, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 6, 10,
+        15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21,
+    ];
+    let k: Vec<u32> = (0..64)
+        .map(|i| ((i as f64 + 1.0).sin().abs() * 4_294_967_296.0) as u32)
+        .collect();
+    let mut msg = input.to_vec();
+    msg.push(0x80);
+    while msg.len() % 64 != 56 {
+        msg.push(0);
+    }
+    msg.extend_from_slice(&((input.len() as u64).wrapping_mul(8)).to_le_bytes());
+    let mut h: [u32; 4] = [0x6745_2301, 0xefcd_ab89, 0x98ba_dcfe, 0x1032_5476];
+    for chunk in msg.chunks(64) {
+        let m: Vec<u32> = chunk
+            .chunks(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect();
+        let [mut a, mut b, mut c, mut d] = h;
+        for i in 0..64 {
+            let (f, g) = match i / 16 {
+                0 => ((b & c) | (!b & d), i),
+                1 => ((d & b) | (!d & c), (5 * i + 1) % 16),
+                2 => (b ^ c ^ d, (3 * i + 5) % 16),
+                _ => (c ^ (b | !d), (7 * i) % 16),
+            };
+            let f = f.wrapping_add(a).wrapping_add(k[i]).wrapping_add(m[g]);
+            a = d;
+            d = c;
+            c = b;
+            b = b.wrapping_add(f.rotate_left(S[i]));
+        }
+        for (x, y) in h.iter_mut().zip([a, b, c, d]) {
+            *x = x.wrapping_add(y);
+        }
+    }
+    h.iter()
+        .flat_map(|x| x.to_le_bytes())
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A Redis URL split into what may be stored and shown, and its password (a secret).
+#[derive(Debug, PartialEq, Eq)]
+pub struct RedisUrl {
+    /// The URL without the password (`redis://user@host:6379/2`).
+    pub url: String,
+    pub password: Option<String>,
+}
+
+/// Splits the password out of `redis://[user[:password]@]host[:port][/db]` (also
+/// `rediss://`, `redis+unix://`, `unix://`). The password is percent-decoded.
+pub fn split_redis_url(text: &str) -> Result<RedisUrl, String> {
+    let bad = || {
+        "the Redis URL is not redis://[USER[:PASSWORD]@]HOST[:PORT][/DB], rediss://... or \
+         redis+unix:///PATH"
+            .to_string()
+    };
+    let (scheme, rest) = text.split_once("://").ok_or_else(bad)?;
+    if !matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix")
+        || text.contains(char::is_whitespace)
+    {
+        return Err(bad());
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return Ok(RedisUrl {
+            url: text.to_string(),
+            password: None,
+        });
+    };
+    let (user, password) = match userinfo.split_once(':') {
+        Some((u, p)) => (u, Some(percent_decode(p))),
+        None => (userinfo, None),
+    };
+    let url = if user.is_empty() {
+        format!("{scheme}://{host}{tail}")
+    } else {
+        format!("{scheme}://{user}@{host}{tail}")
+    };
+    Ok(RedisUrl {
+        url,
+        password: password.filter(|p| !p.is_empty()),
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The URL as shown by `sink list` and `status`: the stored one, with `:***` where the
+/// password goes when there is one.
+pub fn shown_url(url: &str, has_password: bool) -> String {
+    if !has_password {
+        return url.to_string();
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rsplit_once('@') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{}", &rest[user.len() + 1..]),
+        None => format!("{scheme}://:***@{rest}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000;
+    const SECRET: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
+
+    fn layout(format: Format) -> Layout {
+        Layout {
+            format,
+            prefix: None,
+            key_template: None,
+        }
+    }
+
+    fn publish(layout: &Layout, key: &AccountKey, api: Api, kind: Credential) -> Vec<Entry> {
+        let secret = Secret::new(SECRET.into());
+        let item = Item {
+            key,
+            api,
+            secret: &secret,
+            kind,
+            value: "TOK",
+            expires_at: NOW + 7000,
+        };
+        entries(layout, &item, NOW)
+    }
+
+    fn keys(entries: &[Entry]) -> Vec<&str> {
+        entries.iter().map(|e| e.key.as_str()).collect()
+    }
+
+    #[test]
+    fn md5_matches_rfc_1321() {
+        assert_eq!(md5_hex(b""), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(md5_hex(b"abc"), "900150983cd24fb0d6963f7d28e17f72");
+        assert_eq!(
+            md5_hex(
+                b"12345678901234567890123456789012345678901234567890123456789012345678901234567890"
+            ),
+            "57edf4a22be3c955ac49da2e2107b67a"
+        );
+    }
+
+    #[test]
+    fn every_entry_expires_when_the_token_does() {
+        let oa = AccountKey::appid("wx1").unwrap();
+        for format in Format::ALL {
+            let mut l = layout(format);
+            l.key_template = Some("t:{appid}".into());
+            for e in publish(&l, &oa, Api::Token, TOKEN) {
+                assert_eq!(e.ttl, 7000, "{format}");
+            }
+        }
+        let secret = Secret::new(SECRET.into());
+        let expired = Item {
+            key: &oa,
+            api: Api::Token,
+            secret: &secret,
+            kind: TOKEN,
+            value: "T",
+            expires_at: NOW,
+        };
+        assert!(entries(&layout(Format::Wxjava), &expired, NOW).is_empty());
+    }
+
+    #[test]
+    fn sdk_keys_for_official_accounts() {
+        let oa = AccountKey::appid("wx1").unwrap();
+        let k = |f, kind| publish(&layout(f), &oa, Api::Token, kind);
+        assert_eq!(keys(&k(Format::Wxjava, TOKEN)), ["wx:access_token:wx1"]);
+        assert_eq!(keys(&k(Format::Wxjava, JSAPI)), ["wx:ticket:key:wx1:jsapi"]);
+        assert_eq!(
+            keys(&k(Format::Silenceper, TOKEN)),
+            ["gowechat_officialaccount__access_token_wx1"]
+        );
+        assert!(k(Format::Silenceper, WX_CARD).is_empty());
+        let ew = k(Format::Easywechat, TOKEN);
+        assert_eq!(
+            keys(&ew),
+            [format!("easywechat:official_account.access_token.wx1.{SECRET}.0").as_str()]
+        );
+        assert_eq!(ew[0].value, "s:3:\"TOK\";");
+        assert!(ew[0].secret_key);
+        let py = k(Format::Wechatpy, TOKEN);
+        assert_eq!(
+            keys(&py),
+            [
+                "wechatpy:wx1_access_token",
+                "wechatpy:wx1_access_token_expires_at"
+            ]
+        );
+        assert_eq!(py[0].value, "\"TOK\"");
+        assert_eq!(py[1].value, (NOW + 7000).to_string());
+        let pw = k(Format::Powerwechat, TOKEN);
+        let hash = md5_hex(format!("wx1{SECRET}").as_bytes());
+        assert_eq!(
+            keys(&pw),
+            [format!("powerwechat.access_token.{hash}").as_str()]
+        );
+        assert_eq!(pw[0].value, r#"{"access_token":"TOK","expires_in":7000}"#);
+        let stable = publish(&layout(Format::Easywechat), &oa, Api::Stable, TOKEN);
+        assert!(stable[0].key.ends_with(".1"));
+    }
+
+    #[test]
+    fn sdk_keys_for_wecom_apps() {
+        let app = AccountKey {
+            appid: "ww1".into(),
+            agent: "1000002".into(),
+        };
+        let contacts = AccountKey {
+            appid: "ww1".into(),
+            agent: "contacts".into(),
+        };
+        let k = |f, key: &AccountKey, kind| publish(&layout(f), key, Api::Work, kind);
+        assert_eq!(
+            keys(&k(Format::Wxjava, &app, TOKEN)),
+            ["wx:cp:wechat_cp_access_token_key:ww1:1000002"]
+        );
+        assert_eq!(
+            keys(&k(Format::Wxjava, &contacts, TOKEN)),
+            ["wx:cp:wechat_cp_access_token_key:ww1"]
+        );
+        assert_eq!(
+            keys(&k(Format::Silenceper, &app, AGENT_CONFIG)),
+            ["gowechat_work__agent_jsapi_ticket_ww1_1000002"]
+        );
+        let py = k(Format::Wechatpy, &app, TOKEN);
+        assert_eq!(py[0].key, "wechatpy:ww1_0a1b2c3d4e_access_token");
+        assert!(py[0].secret_key);
+        assert_eq!(
+            keys(&k(Format::Easywechat, &app, AGENT_CONFIG)),
+            ["easywechat:work.jsapi_ticket.ww1.1000002"]
+        );
+    }
+
+    #[test]
+    fn templates_and_prefixes() {
+        let oa = AccountKey::appid("wx1").unwrap();
+        let mut l = layout(Format::Json);
+        l.key_template = Some("tok:{appid}:{kind}".into());
+        let e = publish(&l, &oa, Api::Token, JSAPI);
+        assert_eq!(e[0].key, "tok:wx1:jsapi");
+        assert_eq!(
+            e[0].value,
+            format!(
+                r#"{{"expires_at":{},"expires_in":7000,"ticket":"TOK"}}"#,
+                NOW + 7000
+            )
+        );
+        l.key_template = Some("tok:{appid}".into());
+        assert!(publish(&l, &oa, Api::Token, JSAPI).is_empty());
+        let mut l = layout(Format::Wxjava);
+        l.prefix = Some("wa".into());
+        assert_eq!(
+            keys(&publish(&l, &oa, Api::Token, TOKEN)),
+            ["wa:access_token:wx1"]
+        );
+        let mut l = layout(Format::Easywechat);
+        l.prefix = Some(String::new());
+        assert!(
+            publish(&l, &oa, Api::Token, JSAPI)[0]
+                .key
+                .starts_with("official_account.")
+        );
+        assert!(check_template("t:{appid}:{agentid}").is_ok());
+        assert!(check_template("t:{app}").is_err());
+        assert!(check_template("t:{appid").is_err());
+    }
+
+    #[test]
+    fn redis_urls_lose_their_password() {
+        let u = split_redis_url("redis://app:p%40ss@127.0.0.1:6380/2").unwrap();
+        assert_eq!(u.url, "redis://app@127.0.0.1:6380/2");
+        assert_eq!(u.password.as_deref(), Some("p@ss"));
+        let u = split_redis_url("rediss://:pw@h/0").unwrap();
+        assert_eq!(
+            (u.url.as_str(), u.password.as_deref()),
+            ("rediss://h/0", Some("pw"))
+        );
+        let u = split_redis_url("redis://h:6379").unwrap();
+        assert_eq!((u.url.as_str(), u.password), ("redis://h:6379", None));
+        assert!(split_redis_url("http://h").is_err());
+        assert_eq!(shown_url("redis://app@h/2", true), "redis://app:***@h/2");
+        assert_eq!(shown_url("redis://h/2", true), "redis://:***@h/2");
+        assert_eq!(shown_url("redis://h/2", false), "redis://h/2");
+    }
+}
