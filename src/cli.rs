@@ -19,12 +19,13 @@ Exit codes: 0 ok, 1 unexpected error, 2 bad arguments, 3 no valid token,
 4 a call to WeChat failed, 5 database problem, 6 no such account or sink / already exists,
 7 secret key missing or wrong, 9 publishing to a sink failed.")]
 pub struct Cli {
-    /// SQLite database [default: ~/.local/share/wxtoken/wxtoken.db]
+    /// SQLite database path, or postgres:// URL (its password only in WXTOKEN_DB, PGPASSWORD
+    /// or ~/.pgpass) [default: ~/.local/share/wxtoken/wxtoken.db]
     #[arg(
         long,
         global = true,
         env = "WXTOKEN_DB",
-        value_name = "PATH",
+        value_name = "PATH|URL",
         help_heading = "Global options"
     )]
     pub db: Option<PathBuf>,
@@ -167,6 +168,44 @@ WeChat failed."
         #[arg(long, conflicts_with = "page")]
         list: bool,
     },
+    /// Move the store, or let a PostgreSQL role read tokens
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Copy accounts (secrets as stored), holds and each account's newest valid tokens
+    /// and tickets into another, empty store
+    #[command(after_help = "Examples:
+  WXTOKEN_COPY_TO='postgresql://wxtoken@db.example.com/wxtoken' wxtoken store copy
+  wxtoken store copy --to 'postgresql://wxtoken@db.example.com/wxtoken?sslmode=verify-full'
+  WXTOKEN_DB=postgres://... wxtoken store copy --to /var/lib/wxtoken/wxtoken.db
+
+The target may be a PostgreSQL URL or an SQLite path; a target with any account is
+refused. A password goes in WXTOKEN_COPY_TO, PGPASSWORD or ~/.pgpass, never in argv.")]
+    Copy(CopyArgs),
+    /// PostgreSQL: let ROLE read tokens (the latest_tokens view) and nothing else
+    #[command(after_help = "Example:
+  psql -c 'CREATE ROLE app_reader LOGIN' && wxtoken store grant-reader app_reader
+
+Prints the GRANT statements it applied. The role can then run `wxtoken get` or select
+from latest_tokens; it cannot read any secret, even encrypted, nor write.")]
+    GrantReader(GrantReaderArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// The empty store to fill: a postgres:// URL or an SQLite path
+    #[arg(long, env = "WXTOKEN_COPY_TO", value_name = "URL|PATH")]
+    pub to: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct GrantReaderArgs {
+    /// An existing PostgreSQL role
+    #[arg(value_name = "ROLE")]
+    pub role: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -322,6 +361,10 @@ pub struct ApiArgs {
     /// WeCom API base URL
     #[arg(long, env = "WXTOKEN_WORK_API_BASE", value_name = "URL", default_value = DEFAULT_WORK_API_BASE)]
     pub work_api_base: String,
+    /// How long a claim on an account lasts: after that, another process or host may
+    /// take the account over [default: 3 x --timeout + 10 s]
+    #[arg(long, env = "WXTOKEN_CLAIM_TTL", value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub claim_ttl: Option<u64>,
 }
 
 // The defaults below are `policy::DEFAULT_JOBS` and `policy::DEFAULT_KEEP`, written out so

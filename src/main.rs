@@ -10,12 +10,18 @@ mod exit;
 mod keyfile;
 mod logging;
 mod metrics;
+#[cfg(feature = "postgres")]
+mod pgconf;
+#[cfg(feature = "postgres")]
+mod pgconn;
 mod policy;
 mod publish;
 mod quota;
 mod secret;
 mod sink;
 mod store;
+#[cfg(feature = "postgres")]
+mod store_pg;
 mod text;
 mod vault;
 mod wechat;

@@ -127,6 +127,10 @@ pub trait ReadStore {
     /// How many quota resets WeChat confirmed for an account since `since`.
     fn quota_resets_since(&self, account_id: i64, since: i64) -> Result<i64>;
 
+    /// Everything `store copy` moves: each account with its secret (as stored) and hold,
+    /// and its newest token and tickets if still valid at `now`.
+    fn export(&self, now: i64) -> Result<Vec<Exported>>;
+
     /// The account, or `NotFound`.
     fn require_account(&self, key: &AccountKey) -> Result<Account> {
         self.account(key)?
@@ -185,53 +189,98 @@ pub trait Store: ReadStore + Sinks + Send {
     /// claims. Returns (tokens, attempts) deleted.
     fn prune(&self, now: i64, keep: i64, attempts_before: i64) -> Result<(usize, usize)>;
 
+    /// Fills an empty store with what `export` gave, all or nothing; a store that has any
+    /// account is refused.
+    fn import(&self, items: &[Exported]) -> Result<()>;
     /// Records a `refresh` run, and forgets runs older than `before`, except the newest
     /// success: its time is what the main alert watches.
     fn record_run(&self, run: &RunRow, before: i64) -> Result<()>;
 }
 
-/// Where the database is, and whether it is the default one (whose directory a writing
-/// command may create).
+/// One account as `store copy` moves it.
 #[derive(Debug, Clone)]
-pub struct Location {
-    pub path: PathBuf,
-    pub is_default: bool,
+pub struct Exported {
+    pub account: Account,
+    /// (kind, row): the newest valid row of the token and of each ticket.
+    pub tokens: Vec<(String, TokenRow)>,
+}
+
+/// What `import` says about a store that is not empty.
+pub(crate) fn not_empty(location: &str, accounts: i64) -> StoreError {
+    StoreError::Schema(format!(
+        "{location} already has {accounts} account(s); store copy only fills an empty store"
+    ))
+}
+
+/// Where the data is: an SQLite file, and whether it is the default one (whose directory
+/// a writing command may create), or a PostgreSQL server.
+#[derive(Debug, Clone)]
+pub enum Location {
+    File {
+        path: PathBuf,
+        is_default: bool,
+    },
+    #[cfg(feature = "postgres")]
+    Postgres(crate::pgconf::PgConfig),
 }
 
 /// Opens the store for reading only: never creates, migrates or locks anything.
 pub fn open_read(at: &Location) -> Result<Box<dyn ReadStore>> {
-    Ok(Box::new(Sqlite::open_readonly(&at.path)?))
+    match at {
+        Location::File { path, .. } => Ok(Box::new(Sqlite::open_readonly(path)?)),
+        #[cfg(feature = "postgres")]
+        Location::Postgres(config) => Ok(Box::new(crate::store_pg::Postgres::open_read(config)?)),
+    }
 }
 
 /// Opens the store for writing, creating it if `create` (and its default directory).
-/// Without `create`, a missing database is the same error as for reading.
+/// Without `create`, a missing database is the same error as for reading. A PostgreSQL
+/// database must exist; its tables are created either way.
 pub fn open_write(at: &Location, create: bool) -> Result<Box<dyn Store>> {
-    if !create {
-        require_file(&at.path)?;
-    } else if at.is_default {
-        create_private_dir(at.path.parent().unwrap_or(&at.path))?;
+    match at {
+        Location::File { path, is_default } => {
+            if !create {
+                require_file(path)?;
+            } else if *is_default {
+                create_private_dir(path.parent().unwrap_or(path))?;
+            }
+            Ok(Box::new(Sqlite::open(path, Holder::current())?))
+        }
+        #[cfg(feature = "postgres")]
+        Location::Postgres(config) => Ok(Box::new(crate::store_pg::Postgres::open(
+            config,
+            Holder::current(),
+        )?)),
     }
-    Ok(Box::new(Sqlite::open(&at.path, Holder::current())?))
 }
 
 /// Who holds a claim: this process on this host. The nonce tells apart two runs that got
 /// the same pid after a reboot.
 #[derive(Debug, Clone)]
-struct Holder {
-    host: String,
-    pid: u32,
-    id: String,
+pub(crate) struct Holder {
+    pub(crate) host: String,
+    pub(crate) pid: u32,
+    pub(crate) id: String,
 }
 
 impl Holder {
-    fn current() -> Holder {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-            .map(|h| h.trim().to_string())
+    /// This process, on this host: `WXTOKEN_HOST` if set (for hosts that share a hostname,
+    /// such as containers, against one PostgreSQL store), else the hostname.
+    pub(crate) fn current() -> Holder {
+        let host = std::env::var("WXTOKEN_HOST")
             .ok()
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+                    .ok()
+            })
+            .map(|h| h.trim().to_string())
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "localhost".to_string());
-        let pid = std::process::id();
+        Holder::new(host, std::process::id())
+    }
+
+    pub(crate) fn new(host: String, pid: u32) -> Holder {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -506,17 +555,13 @@ impl Sqlite {
         o: &Outcome,
         unchanged: bool,
     ) -> Result<()> {
-        let (outcome, errcode, errmsg, http_status, detail) = match &o.result {
-            Ok(_) if unchanged => ("unchanged", None, None, None, None),
-            Ok(_) => ("ok", None, None, None, None),
-            Err(Failure::WeChat { errcode, errmsg }) => {
-                ("errcode", Some(*errcode), Some(errmsg.clone()), None, None)
-            }
-            Err(Failure::Http { status }) => ("http", None, None, Some(i64::from(*status)), None),
-            Err(Failure::Transport(d)) => ("transport", None, None, None, Some(d.clone())),
-            Err(Failure::NotJson(d)) => ("not_json", None, None, None, Some(d.clone())),
-            Err(Failure::Invalid(d)) => ("invalid", None, None, None, Some(d.clone())),
-        };
+        let AttemptColumns {
+            outcome,
+            errcode,
+            errmsg,
+            http_status,
+            detail,
+        } = AttemptColumns::of(o, unchanged);
         self.conn
             .prepare_cached(
                 "INSERT INTO attempts (account_id, kind, started_at, duration_ms, tries, outcome,
@@ -546,6 +591,16 @@ impl ReadStore for Sqlite {
 
     fn location(&self) -> String {
         self.path.display().to_string()
+    }
+
+    fn export(&self, now: i64) -> Result<Vec<Exported>> {
+        self.accounts()?
+            .into_iter()
+            .map(|account| {
+                let tokens = self.newest_valid_tokens(account.id, now)?;
+                Ok(Exported { account, tokens })
+            })
+            .collect()
     }
 
     fn accounts(&self) -> Result<Vec<Account>> {
@@ -595,30 +650,18 @@ impl ReadStore for Sqlite {
         )?;
         Ok(stmt
             .query_row(params![account_id, kind.as_str()], |r| {
-                let outcome: String = r.get(3)?;
-                let errcode: Option<i64> = r.get(4)?;
-                let errmsg: Option<String> = r.get(5)?;
-                let status: Option<i64> = r.get(6)?;
-                let detail: String = r.get::<_, Option<String>>(7)?.unwrap_or_default();
-                let result = match outcome.as_str() {
-                    "ok" => AttemptResult::Ok,
-                    "unchanged" => AttemptResult::Unchanged,
-                    "errcode" => AttemptResult::Failed(Failure::WeChat {
-                        errcode: errcode.unwrap_or(0),
-                        errmsg: errmsg.unwrap_or_default(),
-                    }),
-                    "http" => AttemptResult::Failed(Failure::Http {
-                        status: u16::try_from(status.unwrap_or(0)).unwrap_or(0),
-                    }),
-                    "transport" => AttemptResult::Failed(Failure::Transport(detail)),
-                    "not_json" => AttemptResult::Failed(Failure::NotJson(detail)),
-                    _ => AttemptResult::Failed(Failure::Invalid(detail)),
+                let columns = AttemptColumns {
+                    outcome: r.get(3)?,
+                    errcode: r.get(4)?,
+                    errmsg: r.get(5)?,
+                    http_status: r.get(6)?,
+                    detail: r.get(7)?,
                 };
                 Ok(Attempt {
                     started_at: r.get(0)?,
                     duration_ms: r.get(1)?,
                     tries: r.get(2)?,
-                    result,
+                    result: columns.result(),
                 })
             })
             .optional()?)
@@ -649,7 +692,71 @@ impl ReadStore for Sqlite {
     }
 }
 
+impl Sqlite {
+    fn newest_valid_tokens(&self, account_id: i64, now: i64) -> Result<Vec<(String, TokenRow)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT kind, token, expires_in, fetched_at, expires_at FROM tokens t
+             WHERE account_id = ?1 AND expires_at > ?2
+               AND id = (SELECT max(id) FROM tokens n
+                         WHERE n.account_id = t.account_id AND n.kind = t.kind)
+             ORDER BY kind",
+        )?;
+        let rows = stmt.query_map(params![account_id, now], |r| {
+            Ok((
+                r.get(0)?,
+                TokenRow {
+                    token: r.get(1)?,
+                    expires_in: r.get(2)?,
+                    fetched_at: r.get(3)?,
+                    expires_at: r.get(4)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
 impl Store for Sqlite {
+    fn import(&self, items: &[Exported]) -> Result<()> {
+        let tx = Transaction::immediate(&self.conn, &self.path)?;
+        let accounts: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM accounts", [], |r| r.get(0))?;
+        if accounts > 0 {
+            return Err(not_empty(&self.location(), accounts));
+        }
+        for Exported { account: a, tokens } in items {
+            let tickets: Vec<&str> = a.tickets.iter().map(|t| t.as_str()).collect();
+            let secret = stored_form(&a.key, &a.secret)?;
+            self.conn.execute(
+                "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at,
+                                       held_until, held_reason, tickets)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    a.key.appid,
+                    a.key.agent,
+                    a.api.as_str(),
+                    secret,
+                    a.enabled,
+                    a.created_at,
+                    a.updated_at,
+                    a.held_until,
+                    a.held_reason,
+                    tickets.join(",")
+                ],
+            )?;
+            let id = self.conn.last_insert_rowid();
+            for (kind, t) in tokens {
+                self.conn.execute(
+                    "INSERT INTO tokens (account_id, kind, token, expires_in, fetched_at, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![id, kind, t.token, t.expires_in, t.fetched_at, t.expires_at],
+                )?;
+            }
+        }
+        tx.commit()
+    }
+
     fn record_run(&self, run: &RunRow, before: i64) -> Result<()> {
         let tx = Transaction::immediate(&self.conn, &self.path)?;
         self.conn.execute(
@@ -951,7 +1058,7 @@ impl Store for Sqlite {
 
 impl Holder {
     /// A read-only store claims nothing.
-    fn nobody() -> Holder {
+    pub(crate) fn nobody() -> Holder {
         Holder {
             host: String::new(),
             pid: 0,
@@ -989,13 +1096,69 @@ impl Drop for Transaction<'_> {
     }
 }
 
+/// How an attempt is stored, in both backends: the outcome's name and its details.
+pub(crate) struct AttemptColumns<S> {
+    pub(crate) outcome: S,
+    pub(crate) errcode: Option<i64>,
+    pub(crate) errmsg: Option<String>,
+    pub(crate) http_status: Option<i64>,
+    pub(crate) detail: Option<String>,
+}
+
+impl AttemptColumns<&'static str> {
+    pub(crate) fn of(o: &Outcome, unchanged: bool) -> Self {
+        let (outcome, errcode, errmsg, http_status, detail) = match &o.result {
+            Ok(_) if unchanged => ("unchanged", None, None, None, None),
+            Ok(_) => ("ok", None, None, None, None),
+            Err(Failure::WeChat { errcode, errmsg }) => {
+                ("errcode", Some(*errcode), Some(errmsg.clone()), None, None)
+            }
+            Err(Failure::Http { status }) => ("http", None, None, Some(i64::from(*status)), None),
+            Err(Failure::Transport(d)) => ("transport", None, None, None, Some(d.clone())),
+            Err(Failure::NotJson(d)) => ("not_json", None, None, None, Some(d.clone())),
+            Err(Failure::Invalid(d)) => ("invalid", None, None, None, Some(d.clone())),
+        };
+        AttemptColumns {
+            outcome,
+            errcode,
+            errmsg,
+            http_status,
+            detail,
+        }
+    }
+}
+
+impl AttemptColumns<String> {
+    pub(crate) fn result(self) -> AttemptResult {
+        let detail = self.detail.unwrap_or_default();
+        match self.outcome.as_str() {
+            "ok" => AttemptResult::Ok,
+            "unchanged" => AttemptResult::Unchanged,
+            "errcode" => AttemptResult::Failed(Failure::WeChat {
+                errcode: self.errcode.unwrap_or(0),
+                errmsg: self.errmsg.unwrap_or_default(),
+            }),
+            "http" => AttemptResult::Failed(Failure::Http {
+                status: u16::try_from(self.http_status.unwrap_or(0)).unwrap_or(0),
+            }),
+            "transport" => AttemptResult::Failed(Failure::Transport(detail)),
+            "not_json" => AttemptResult::Failed(Failure::NotJson(detail)),
+            // A PostgreSQL holder whose lease was taken over while it fetched.
+            "lost_claim" => {
+                AttemptResult::Failed(Failure::Invalid(format!("fetched, but dropped: {detail}")))
+            }
+            _ => AttemptResult::Failed(Failure::Invalid(detail)),
+        }
+    }
+}
+
 /// Unknown names are dropped: a newer wxtoken may know more kinds than this one.
-fn parse_tickets(list: &str) -> Vec<Ticket> {
+pub(crate) fn parse_tickets(list: &str) -> Vec<Ticket> {
     list.split(',').filter_map(Ticket::parse).collect()
 }
 
 /// Whether a process runs on this host. A zombie (killed, not yet reaped) counts as dead.
-fn pid_alive(pid: i64) -> bool {
+pub(crate) fn pid_alive(pid: i64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name, which may itself hold ')'.
         Ok(stat) => {
@@ -1035,14 +1198,14 @@ fn check_dir(path: &Path) -> Result<()> {
 /// bound to its `owner` (`crypto::account_owner`, `crypto::sink_owner`). AppSecrets and
 /// sink passwords (Redis) both go through this pair. A command that stores a secret
 /// unlocks the vault first; without a key nothing is written in plain text.
-fn seal_secret(owner: &[u8], secret: &Secret) -> Result<String> {
+pub(crate) fn seal_secret(owner: &[u8], secret: &Secret) -> Result<String> {
     crate::vault::seal(owner, secret).map_err(StoreError::Key)
 }
 
 /// The inverse of [`seal_secret`]. A plaintext value (written before encryption) comes back
 /// as it is; a sealed one is opened with the process's key, or stays locked when there is
 /// no key (readers) or the key does not open it (`vault::unlock` reports that).
-fn open_secret(owner: &[u8], stored: String) -> Secret {
+pub(crate) fn open_secret(owner: &[u8], stored: String) -> Secret {
     let stored = crate::crypto::Stored::new(stored);
     if stored.is_plaintext() {
         return Secret::new(stored.as_str().to_string());
@@ -1058,8 +1221,20 @@ fn open_secret(owner: &[u8], stored: String) -> Secret {
     })
 }
 
+/// What an opened account secret is stored as in another store (`store copy`): sealed
+/// again with the same key, or the marker of a secret forgotten with a lost key.
+pub(crate) fn stored_form(key: &AccountKey, secret: &Secret) -> Result<String> {
+    match secret.locked_kid() {
+        Some(crate::crypto::LOST_KID) => Ok(crate::crypto::LOST.to_string()),
+        Some(kid) => Err(StoreError::Key(format!(
+            "the secret of {key} (key {kid}) is not open: cannot copy it"
+        ))),
+        None => seal_secret(&crate::crypto::account_owner(key), secret),
+    }
+}
+
 /// `open_secret` for rewriting: a secret that stays locked is an error, never rewritten.
-fn open_or_fail(owner: &[u8], stored: String) -> Result<Secret> {
+pub(crate) fn open_or_fail(owner: &[u8], stored: String) -> Result<Secret> {
     let secret = open_secret(owner, stored);
     match secret.locked_kid() {
         Some(kid) => Err(StoreError::Key(format!(
@@ -1070,7 +1245,7 @@ fn open_or_fail(owner: &[u8], stored: String) -> Result<Secret> {
 }
 
 /// Whether a stored value is a secret left in plain text by a version before encryption.
-fn is_plaintext(stored: &str) -> bool {
+pub(crate) fn is_plaintext(stored: &str) -> bool {
     crate::crypto::Stored::new(stored.to_string()).is_plaintext()
 }
 
@@ -1127,7 +1302,7 @@ impl RunRow {
     }
 }
 
-const RUN_COLUMNS: &str =
+pub(crate) const RUN_COLUMNS: &str =
     "started_at, finished_at, duration_ms, scope, accounts, refreshed, fresh, busy, held, failed";
 
 // Runs: for monitoring (metrics, status --check).
@@ -1155,7 +1330,7 @@ impl Sqlite {
 }
 
 /// The runs that count as a success (see [`RunRow::is_success`]), in SQL.
-const SUCCESSFUL_RUNS: &str = "WHERE failed = 0 AND held = 0 AND scope <> 'named'";
+pub(crate) const SUCCESSFUL_RUNS: &str = "WHERE failed = 0 AND held = 0 AND scope <> 'named'";
 
 #[cfg(test)]
 mod tests {

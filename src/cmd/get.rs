@@ -46,6 +46,7 @@ pub fn run(ctx: &Context, cfg: &GetConfig) -> Result<Exit> {
                 key,
                 rejected,
                 cfg.min_ttl,
+                api.claim_ttl,
                 ctx.clock,
             )?;
             publish_renewed(store.as_ref(), key, ctx.now());

@@ -15,6 +15,7 @@ mod refresh;
 mod refresh_out;
 mod sink;
 mod status;
+mod store_admin;
 
 use std::io::{self, Write};
 
@@ -80,6 +81,11 @@ impl Context {
         KeyFile::locate(self.key_file.clone())
     }
 
+    /// Where the store is, for commands that deal with the store itself.
+    pub fn location(&self) -> &Location {
+        &self.db
+    }
+
     pub fn client(&self, api: &ApiConfig) -> Client {
         Client::new(&api.api_base, &api.work_api_base, api.timeout)
     }
@@ -112,6 +118,8 @@ pub fn run(config: Config) -> Result<Exit> {
         Cmd::Manpage { page, list } => generate::manpage(page.as_deref(), list),
         Cmd::Quota(cfg) => quota::run(&ctx, &cfg),
         Cmd::Key(cmd) => key::run(&ctx, cmd),
+        Cmd::Copy { to } => store_admin::copy(&ctx, &to),
+        Cmd::GrantReader { role } => store_admin::grant_reader(&ctx, &role),
     }
 }
 

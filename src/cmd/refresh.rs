@@ -48,6 +48,7 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
         want: cfg.want,
         force: cfg.force,
         jobs: cfg.jobs,
+        claim_ttl: cfg.api.claim_ttl,
     };
     let progress = Progress::new(
         accounts.len(),

@@ -2,6 +2,7 @@
 //! loopback stand-in for WeChat's API and a SQLite file in its own temp directory.
 #![allow(dead_code)]
 
+pub mod pg;
 pub mod redis_server;
 pub use wxtoken_standin as standin;
 
