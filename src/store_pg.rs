@@ -1234,6 +1234,7 @@ mod tests {
 
     /// One account, `wxa`, added through host `a`'s handle; returns that and the id.
     fn with_account(db: &PgDb) -> (Postgres, i64) {
+        crate::vault::install_test_key();
         let s = store_on(db, "a");
         let key = key("wxa");
         let new = NewAccount {

@@ -48,6 +48,15 @@ pub fn seal(owner: &[u8], secret: &Secret) -> Result<String, String> {
     Ok(sealed.as_str().to_string())
 }
 
+/// Unit tests that store secrets without a key file: a fresh key for the test process.
+#[cfg(test)]
+pub fn install_test_key() {
+    let mut keys = KEYS.write().unwrap_or_else(|e| e.into_inner());
+    if keys.is_none() {
+        *keys = Some(Keyring::new(vec![crate::crypto::Key::generate()]));
+    }
+}
+
 /// Replaces the process's keys (`key rotate`).
 pub fn install(ring: Keyring) {
     *KEYS.write().unwrap_or_else(|e| e.into_inner()) = Some(ring);

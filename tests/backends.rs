@@ -563,9 +563,11 @@ fn store_copy_moves_everything_between_backends_and_refuses_a_full_target() {
         "{}",
         status.stdout
     );
-    assert_eq!(
-        db.query("SELECT secret FROM account_secrets ORDER BY account_id LIMIT 1"),
-        SECRET
+    // Sealed again with the source's key on the way, never stored in plain text.
+    let stored = db.query("SELECT secret FROM account_secrets ORDER BY account_id LIMIT 1");
+    assert!(
+        stored.starts_with(&format!("wxs1:{}:", lite.env.kid())) && !stored.contains(SECRET),
+        "{stored}"
     );
 
     // A second copy into the now full target is refused, and changes nothing.
@@ -576,7 +578,9 @@ fn store_copy_moves_everything_between_backends_and_refuses_a_full_target() {
     assert_has(&refused, &["already has 2 account(s)"]);
     assert_eq!(db.query("SELECT count(*) FROM accounts"), "2");
 
-    // And back: PostgreSQL to a new SQLite file.
+    // And back: PostgreSQL to a new SQLite file, with the key that sealed the secrets.
+    pg.env
+        .set_env("WXTOKEN_KEY_FILE", lite.env.key_file().to_str().unwrap());
     let back = pg.env.dir.join("back.db");
     pg.run(&["store", "copy", "--to", back.to_str().unwrap()], 0);
     let out = pg
