@@ -17,17 +17,29 @@ use crate::domain::{Api, DEFAULT_API_BASE, DEFAULT_WORK_API_BASE, Ticket};
 
 Exit codes: 0 ok, 1 unexpected error, 2 bad arguments, 3 no valid token,
 4 a call to WeChat failed, 5 database problem, 6 no such account or sink / already exists,
-8 interrupted by a signal, 9 publishing to a sink failed.")]
+7 secret key missing or wrong, 8 interrupted by a signal, 9 publishing to a sink failed.")]
 pub struct Cli {
-    /// SQLite database [default: ~/.local/share/wxtoken/wxtoken.db]
+    /// SQLite database path, or postgres:// URL (its password only in WXTOKEN_DB, PGPASSWORD
+    /// or ~/.pgpass) [default: ~/.local/share/wxtoken/wxtoken.db]
     #[arg(
         long,
         global = true,
         env = "WXTOKEN_DB",
-        value_name = "PATH",
+        value_name = "PATH|URL",
         help_heading = "Global options"
     )]
     pub db: Option<PathBuf>,
+
+    /// The key file that encrypts the secrets; only commands that store or use a secret
+    /// read it [default: $CREDENTIALS_DIRECTORY/wxtoken.key, else ~/.config/wxtoken/key]
+    #[arg(
+        long,
+        global = true,
+        env = "WXTOKEN_KEY_FILE",
+        value_name = "PATH",
+        help_heading = "Global options"
+    )]
+    pub key_file: Option<PathBuf>,
 
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG works too
     #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = "Global options")]
@@ -45,6 +57,33 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Subcommand, Debug, Clone, Copy)]
+pub enum KeyCommand {
+    /// Re-encrypt every secret under a new key; the old key file is kept as KEYFILE.old
+    #[command(after_help = "Example:
+  wxtoken key rotate
+
+Writes the new key next to the old one first, re-encrypts every secret in one
+transaction, then leaves only the new key in the key file: an interruption at any
+point leaves a database that the key file opens. Back up the new key file; delete
+KEYFILE.old once the backups hold the new one.")]
+    Rotate,
+    /// The key file is lost: forget every encrypted secret, so that new ones can be set
+    #[command(after_help = "Example:
+  wxtoken key reset --yes
+  wxtoken account set-secret --appid wx1234567890abcdef < secret.txt
+
+Only when no key file exists at the path wxtoken uses. Tokens already fetched are
+kept and served until they expire. Each account is held until its secret is set
+again with `account set-secret`; the first one creates a new key file. A sink whose
+password was forgotten must be removed and added again.")]
+    Reset {
+        /// Confirm: every encrypted secret is forgotten
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -100,6 +139,9 @@ Exits 0 when every account was checked, 3 when one had no valid token, 4 when a 
 WeChat failed."
     )]
     Quota(QuotaArgs),
+    /// The key that encrypts the secrets in the database
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Delete old token rows and attempts (refresh also does this after every run)
     #[command(
         after_help = "Example:\n  wxtoken prune --keep 24\n\nEvery token still valid is kept, whatever --keep says. Attempts older than 30 days go."
@@ -127,6 +169,44 @@ WeChat failed."
         #[arg(long, conflicts_with = "page")]
         list: bool,
     },
+    /// Move the store, or let a PostgreSQL role read tokens
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Copy accounts (secrets as stored), holds and each account's newest valid tokens
+    /// and tickets into another, empty store
+    #[command(after_help = "Examples:
+  WXTOKEN_COPY_TO='postgresql://wxtoken@db.example.com/wxtoken' wxtoken store copy
+  wxtoken store copy --to 'postgresql://wxtoken@db.example.com/wxtoken?sslmode=verify-full'
+  WXTOKEN_DB=postgres://... wxtoken store copy --to /var/lib/wxtoken/wxtoken.db
+
+The target may be a PostgreSQL URL or an SQLite path; a target with any account is
+refused. A password goes in WXTOKEN_COPY_TO, PGPASSWORD or ~/.pgpass, never in argv.")]
+    Copy(CopyArgs),
+    /// PostgreSQL: let ROLE read tokens (the latest_tokens view) and nothing else
+    #[command(after_help = "Example:
+  psql -c 'CREATE ROLE app_reader LOGIN' && wxtoken store grant-reader app_reader
+
+Prints the GRANT statements it applied. The role can then run `wxtoken get` or select
+from latest_tokens; it cannot read any secret, even encrypted, nor write.")]
+    GrantReader(GrantReaderArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// The empty store to fill: a postgres:// URL or an SQLite path
+    #[arg(long, env = "WXTOKEN_COPY_TO", value_name = "URL|PATH")]
+    pub to: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct GrantReaderArgs {
+    /// An existing PostgreSQL role
+    #[arg(value_name = "ROLE")]
+    pub role: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -282,6 +362,10 @@ pub struct ApiArgs {
     /// WeCom API base URL
     #[arg(long, env = "WXTOKEN_WORK_API_BASE", value_name = "URL", default_value = DEFAULT_WORK_API_BASE)]
     pub work_api_base: String,
+    /// How long a claim on an account lasts: after that, another process or host may
+    /// take the account over [default: 3 x --timeout + 10 s]
+    #[arg(long, env = "WXTOKEN_CLAIM_TTL", value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub claim_ttl: Option<u64>,
 }
 
 // The defaults below are `policy::DEFAULT_JOBS` and `policy::DEFAULT_KEEP`, written out so

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::cli::{AccountArgs, AccountCommand, ApiArgs, Cli, Command, QuotaCommand};
+use crate::cli::{AccountArgs, AccountCommand, ApiArgs, Cli, Command, QuotaCommand, StoreCommand};
 use crate::domain::{AccountKey, Api, Credential, Ticket};
 use crate::exit::{Exit, fail};
 use crate::freshness::Want;
@@ -16,6 +16,8 @@ use crate::wechat;
 
 pub struct Config {
     pub db: Location,
+    /// `--key-file` / `WXTOKEN_KEY_FILE`; `keyfile` resolves the default.
+    pub key_file: Option<std::path::PathBuf>,
     pub quiet: bool,
     pub command: Cmd,
 }
@@ -43,6 +45,15 @@ pub enum Cmd {
         list: bool,
     },
     Quota(QuotaConfig),
+    Key(crate::cli::KeyCommand),
+    /// `store copy`: into this empty store.
+    Copy {
+        to: Location,
+    },
+    /// `store grant-reader`: a PostgreSQL role.
+    GrantReader {
+        role: String,
+    },
 }
 
 /// `status --check`: thresholds in seconds.
@@ -97,6 +108,8 @@ pub struct ApiConfig {
     pub api_base: String,
     pub work_api_base: String,
     pub timeout: Duration,
+    /// Seconds a claim lasts before others may take the account over.
+    pub claim_ttl: i64,
 }
 
 pub struct RefreshConfig {
@@ -128,7 +141,8 @@ pub struct GetConfig {
 
 impl Config {
     pub fn from_cli(cli: Cli) -> Result<Config> {
-        let db = location(cli.db)?;
+        let db = location(cli.db, "WXTOKEN_DB")?;
+        let key_file = cli.key_file;
         let command = match cli.command {
             Command::Account(op) => Cmd::Account(account_op(op)?),
             Command::Refresh(a) => {
@@ -174,10 +188,19 @@ impl Config {
                 accounts: account_keys(&a.appid)?,
             },
             Command::Prune(a) => Cmd::Prune { keep: a.keep },
+            Command::Store(StoreCommand::Copy(a)) => match location(Some(a.to), "WXTOKEN_COPY_TO")?
+            {
+                Location::File { path, .. } if path.as_os_str() == "-" => {
+                    return Err(usage("store copy --to: name a file or a URL".into()));
+                }
+                to => Cmd::Copy { to },
+            },
+            Command::Store(StoreCommand::GrantReader(a)) => Cmd::GrantReader { role: a.role },
             Command::Sink(c) => Cmd::Sink(c),
             Command::Metrics => Cmd::Metrics,
             Command::Completions { shell } => Cmd::Completions(shell),
             Command::Manpage { page, list } => Cmd::Manpage { page, list },
+            Command::Key(k) => Cmd::Key(k),
             Command::Quota(a) => Cmd::Quota(match a.reset {
                 Some(QuotaCommand::Reset(r)) => QuotaConfig::Reset {
                     key: AccountKey::parse(&r.appid).map_err(usage)?,
@@ -193,6 +216,7 @@ impl Config {
         };
         Ok(Config {
             db,
+            key_file,
             quiet: cli.quiet,
             command,
         })
@@ -273,6 +297,9 @@ fn api(args: &ApiArgs) -> Result<ApiConfig> {
         api_base: args.api_base.clone(),
         work_api_base: args.work_api_base.clone(),
         timeout: Duration::from_secs(args.timeout),
+        claim_ttl: args
+            .claim_ttl
+            .map_or_else(|| policy::claim_ttl(args.timeout), |t| t as i64),
     })
 }
 
@@ -352,13 +379,18 @@ fn redact_base(base: &str) -> String {
 
 /// `--db`, else `WXTOKEN_DB` (clap reads both), else `~/.local/share/wxtoken/wxtoken.db`.
 /// The default depends on HOME only, which cron sets too, so cron and a login shell of the
-/// same user agree on it.
-fn location(flag: Option<PathBuf>) -> Result<Location> {
+/// same user agree on it. `env` is the variable that may also hold the value: a URL with
+/// a password is accepted only from there, never from argv.
+fn location(flag: Option<PathBuf>, env: &str) -> Result<Location> {
     if let Some(path) = flag {
         if path.as_os_str().is_empty() {
-            return Err(usage("--db / WXTOKEN_DB is empty".into()));
+            return Err(usage(format!("{} is empty", source_name(env))));
         }
-        return Ok(Location {
+        if let Some(url) = path.to_str().filter(|p| is_postgres_url(p)) {
+            let from_env = std::env::var_os(env).is_some_and(|v| v == path.as_os_str());
+            return postgres_location(url, env, from_env);
+        }
+        return Ok(Location::File {
             path,
             is_default: false,
         });
@@ -366,10 +398,52 @@ fn location(flag: Option<PathBuf>) -> Result<Location> {
     let home = std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
         .ok_or_else(|| usage("HOME is not set; pass --db or set WXTOKEN_DB".into()))?;
-    Ok(Location {
+    Ok(Location::File {
         path: PathBuf::from(home).join(".local/share/wxtoken/wxtoken.db"),
         is_default: true,
     })
+}
+
+/// How messages name the option that `env` also sets.
+fn source_name(env: &str) -> &'static str {
+    match env {
+        "WXTOKEN_COPY_TO" => "--to / WXTOKEN_COPY_TO",
+        _ => "--db / WXTOKEN_DB",
+    }
+}
+
+/// `postgres://` and `postgresql://` name a server; anything else is an SQLite path.
+fn is_postgres_url(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
+}
+
+/// The URL completed from libpq's environment (PG* variables, ~/.pgpass). Errors never
+/// quote the URL: it may hold a password.
+#[cfg(feature = "postgres")]
+fn postgres_location(url: &str, env: &str, from_env: bool) -> Result<Location> {
+    let config = crate::pgconf::PgConfig::from_env(url)
+        .map_err(|e| usage(format!("{}: {e}", source_name(env))))?;
+    if !from_env
+        && config
+            .password
+            .as_ref()
+            .is_some_and(|p| p.source == "the URL")
+    {
+        return Err(usage(format!(
+            "a password in a URL on the command line shows in `ps` and shell history; \
+             put the URL in {env}, or the password in PGPASSWORD or ~/.pgpass"
+        )));
+    }
+    Ok(Location::Postgres(config))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn postgres_location(_url: &str, _env: &str, _from_env: bool) -> Result<Location> {
+    Err(usage(
+        "--db / WXTOKEN_DB is a PostgreSQL URL, but this wxtoken was built without the \
+         `postgres` feature; rebuild with default features"
+            .into(),
+    ))
 }
 
 #[cfg(test)]

@@ -15,15 +15,28 @@ pub const DEFAULT_WORK_API_BASE: &str = "https://qyapi.weixin.qq.com";
 /// An AppSecret / corpsecret. `Debug` and `Display` never show it; only `expose` does, and
 /// only the HTTP client and the store call that.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret(String, Option<String>);
 
 impl Secret {
     pub fn new(value: String) -> Self {
-        Secret(value)
+        Secret(value, None)
+    }
+
+    /// A secret stored encrypted with key `kid` that this process has not opened: it was
+    /// read without the key (plain `get`, `status`, `account list`), or the key did not
+    /// open it. `expose` gives the empty string; commands that use a secret unlock the
+    /// vault first, which refuses to go on while any secret stays locked.
+    pub fn locked(kid: String) -> Self {
+        Secret(String::new(), Some(kid))
     }
 
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// The id of the key that encrypted this secret, when it is still locked.
+    pub fn locked_kid(&self) -> Option<&str> {
+        self.1.as_deref()
     }
 }
 

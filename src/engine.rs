@@ -78,6 +78,8 @@ pub struct Plan {
     /// Fetch held accounts too.
     pub force: bool,
     pub jobs: usize,
+    /// Seconds a claim lasts.
+    pub claim_ttl: i64,
 }
 
 /// Refreshes every account on up to `plan.jobs` threads, each with its own handle on the
@@ -108,7 +110,7 @@ pub fn refresh(
         }
         (want, _) => want,
     };
-    let ttl = policy::claim_ttl(client.timeout().as_secs());
+    let ttl = plan.claim_ttl;
     // Handles are opened here, not in the workers: a store handle may be sent to a
     // thread, but not shared between threads.
     let workers = (0..plan.jobs.min(accounts.len()))
@@ -421,6 +423,7 @@ pub fn renew(
     key: &AccountKey,
     rejected: &str,
     min_ttl: i64,
+    ttl: i64,
     clock: Clock,
 ) -> Result<TokenRow> {
     let good = |row: Option<TokenRow>, now| {
@@ -433,7 +436,6 @@ pub fn renew(
         ));
     };
     let timeout = client.timeout().as_secs();
-    let ttl = policy::claim_ttl(timeout);
     let deadline = Instant::now() + Duration::from_secs(ttl as u64 + timeout);
     loop {
         let now = clock();

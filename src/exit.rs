@@ -15,8 +15,9 @@ pub enum Exit {
     FetchFailed,
     Database,
     Account,
-    /// `refresh` stopped by a signal (7 is reserved for a missing or wrong secret key,
-    /// issue 10).
+    /// The secret key file is missing, unsafe or wrong, or a stored secret does not open.
+    Key,
+    /// `refresh` stopped by a signal.
     Interrupted,
     /// Publishing to a sink failed, and nothing worse happened: the tokens are stored.
     PublishFailed,
@@ -27,7 +28,7 @@ pub enum Exit {
 
 impl Exit {
     #[cfg(test)]
-    pub const ALL: [Exit; 9] = [
+    pub const ALL: [Exit; 10] = [
         Exit::Ok,
         Exit::Error,
         Exit::Usage,
@@ -35,6 +36,7 @@ impl Exit {
         Exit::FetchFailed,
         Exit::Database,
         Exit::Account,
+        Exit::Key,
         Exit::Interrupted,
         Exit::PublishFailed,
     ];
@@ -48,7 +50,7 @@ impl Exit {
             Exit::FetchFailed => 4,
             Exit::Database => 5,
             Exit::Account => 6,
-            // 7 is reserved (secret key).
+            Exit::Key => 7,
             Exit::Interrupted => 8,
             Exit::PublishFailed => 9,
             Exit::Plugin(code) => code,
@@ -67,6 +69,7 @@ impl Exit {
             Exit::NoToken => 2,
             Exit::FetchFailed => 3,
             Exit::Account => 4,
+            Exit::Key => 5,
             Exit::Usage => 5,
             Exit::Database => 6,
             // A run stopped by a signal says so whatever else happened, but not over a bug.
@@ -113,6 +116,11 @@ impl Exit {
                 "An account or sink command named one that does not exist, or one that \
                  already exists."
             }
+            Exit::Key => {
+                "The secret key file is missing, unsafe (another owner, or readable by group \
+                 or others) or not the one that encrypted a stored secret; nothing was changed \
+                 (see [secrets at rest](#secrets-at-rest))."
+            }
             Exit::Interrupted => {
                 "`refresh` was stopped by SIGTERM, SIGINT or SIGHUP: it started no new fetch, \
                  recorded the ones in flight and printed its summary."
@@ -136,6 +144,7 @@ impl Exit {
             Exit::FetchFailed => "a call to WeChat failed",
             Exit::Database => "database problem",
             Exit::Account => "no such account or sink / already exists",
+            Exit::Key => "secret key missing or wrong",
             Exit::Interrupted => "interrupted by a signal",
             Exit::PublishFailed => "publishing to a sink failed",
             Exit::Plugin(_) => "status --check",
@@ -171,6 +180,7 @@ pub fn fail(exit: Exit, message: impl Into<String>) -> anyhow::Error {
 pub fn of_store(err: &StoreError) -> Exit {
     match err {
         StoreError::NotFound(_) | StoreError::AlreadyExists(_) => Exit::Account,
+        StoreError::Key(_) => Exit::Key,
         StoreError::Schema(_)
         | StoreError::Busy(_)
         | StoreError::Io(_)

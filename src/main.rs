@@ -3,13 +3,19 @@
 mod cli;
 mod cmd;
 mod config;
+mod crypto;
 mod domain;
 mod engine;
 mod exit;
 mod filesafety;
 mod freshness;
+mod keyfile;
 mod logging;
 mod metrics;
+#[cfg(feature = "postgres")]
+mod pgconf;
+#[cfg(feature = "postgres")]
+mod pgconn;
 mod policy;
 mod publish;
 mod quota;
@@ -17,7 +23,10 @@ mod secret;
 mod signals;
 mod sink;
 mod store;
+#[cfg(feature = "postgres")]
+mod store_pg;
 mod text;
+mod vault;
 mod wechat;
 
 use std::process::ExitCode;

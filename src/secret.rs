@@ -13,9 +13,15 @@ pub fn fingerprint(token: &str) -> String {
     format!("tok:{:08x}", hash >> 32)
 }
 
-/// Masks a secret for listings: only its length shows.
+/// How a listing shows a secret: which key encrypted it, or that it is still stored in
+/// plain text (by a version before encryption, until the next writing command). Never its
+/// length: that would say something about a secret a reader must not learn.
 pub fn mask(secret: &Secret) -> String {
-    format!("*** ({} chars)", secret.expose().chars().count())
+    match secret.locked_kid() {
+        Some(crate::crypto::LOST_KID) => "LOST".to_string(),
+        Some(kid) => format!("encrypted:{kid}"),
+        None => "PLAINTEXT".to_string(),
+    }
 }
 
 /// Removes every trace of `secret` from a text that may have come from a library
@@ -48,7 +54,11 @@ mod tests {
     fn mask_hides_the_secret() {
         let s = Secret::new("0123456789abcdef0123456789abcdef".into());
         assert!(!mask(&s).contains("0123"));
-        assert_eq!(mask(&s), "*** (32 chars)");
+        assert_eq!(mask(&s), "PLAINTEXT");
+        assert_eq!(
+            mask(&Secret::locked("a1b2c3d4".into())),
+            "encrypted:a1b2c3d4"
+        );
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub enum StoreError {
     Io(String),
     /// The file is not a database, or a damaged one.
     Corrupt(String),
+    /// A secret could not be encrypted or opened (the key file: see `vault`).
+    Key(String),
 }
 
 impl fmt::Display for StoreError {
@@ -63,7 +65,8 @@ impl fmt::Display for StoreError {
             StoreError::Schema(m)
             | StoreError::Busy(m)
             | StoreError::Io(m)
-            | StoreError::Corrupt(m) => f.write_str(m),
+            | StoreError::Corrupt(m)
+            | StoreError::Key(m) => f.write_str(m),
         }
     }
 }
@@ -136,6 +139,10 @@ pub trait ReadStore {
     /// How many quota resets WeChat confirmed for an account since `since`.
     fn quota_resets_since(&self, account_id: i64, since: i64) -> Result<i64>;
 
+    /// Everything `store copy` moves: each account with its secret (as stored) and hold,
+    /// and its newest token and tickets if still valid at `now`.
+    fn export(&self, now: i64) -> Result<Vec<Exported>>;
+
     /// The account, or `NotFound`.
     fn require_account(&self, key: &AccountKey) -> Result<Account> {
         self.account(key)?
@@ -156,6 +163,15 @@ pub trait Store: ReadStore + Sinks + Send {
     fn set_tickets(&self, key: &AccountKey, tickets: &[Ticket], now: i64) -> Result<()>;
     /// A new secret also lifts a hold and makes the account due.
     fn set_secret(&self, key: &AccountKey, secret: &Secret, now: i64) -> Result<()>;
+    /// Encrypts every secret still stored in plain text (by a version before encryption)
+    /// with the current key, or with `all` every secret (`key rotate`), in one
+    /// transaction, and leaves no old copy in free pages or the -wal. Returns how many it
+    /// encrypted. A sealed secret the keys do not open is an error, and nothing changes.
+    fn reseal(&self, all: bool) -> Result<usize>;
+    /// Forgets every encrypted secret (their key is lost): each becomes `crypto::LOST`,
+    /// its account held (`reason`) until its secret is set again. Tokens stay. Returns how
+    /// many accounts and sinks lost theirs.
+    fn forget_sealed(&self, reason: &str) -> Result<(usize, usize)>;
 
     /// Claims an account for fetching, atomically across processes. A claim that expired,
     /// or whose holder is known to be gone, is taken over.
@@ -191,53 +207,98 @@ pub trait Store: ReadStore + Sinks + Send {
     /// claims. Returns (tokens, attempts) deleted.
     fn prune(&self, now: i64, keep: i64, attempts_before: i64) -> Result<(usize, usize)>;
 
+    /// Fills an empty store with what `export` gave, all or nothing; a store that has any
+    /// account is refused.
+    fn import(&self, items: &[Exported]) -> Result<()>;
     /// Records a `refresh` run, and forgets runs older than `before`, except the newest
     /// success: its time is what the main alert watches.
     fn record_run(&self, run: &RunRow, before: i64) -> Result<()>;
 }
 
-/// Where the database is, and whether it is the default one (whose directory a writing
-/// command may create).
+/// One account as `store copy` moves it.
 #[derive(Debug, Clone)]
-pub struct Location {
-    pub path: PathBuf,
-    pub is_default: bool,
+pub struct Exported {
+    pub account: Account,
+    /// (kind, row): the newest valid row of the token and of each ticket.
+    pub tokens: Vec<(String, TokenRow)>,
+}
+
+/// What `import` says about a store that is not empty.
+pub(crate) fn not_empty(location: &str, accounts: i64) -> StoreError {
+    StoreError::Schema(format!(
+        "{location} already has {accounts} account(s); store copy only fills an empty store"
+    ))
+}
+
+/// Where the data is: an SQLite file, and whether it is the default one (whose directory
+/// a writing command may create), or a PostgreSQL server.
+#[derive(Debug, Clone)]
+pub enum Location {
+    File {
+        path: PathBuf,
+        is_default: bool,
+    },
+    #[cfg(feature = "postgres")]
+    Postgres(crate::pgconf::PgConfig),
 }
 
 /// Opens the store for reading only: never creates, migrates or locks anything.
 pub fn open_read(at: &Location) -> Result<Box<dyn ReadStore>> {
-    Ok(Box::new(Sqlite::open_readonly(&at.path)?))
+    match at {
+        Location::File { path, .. } => Ok(Box::new(Sqlite::open_readonly(path)?)),
+        #[cfg(feature = "postgres")]
+        Location::Postgres(config) => Ok(Box::new(crate::store_pg::Postgres::open_read(config)?)),
+    }
 }
 
 /// Opens the store for writing, creating it if `create` (and its default directory).
-/// Without `create`, a missing database is the same error as for reading.
+/// Without `create`, a missing database is the same error as for reading. A PostgreSQL
+/// database must exist; its tables are created either way.
 pub fn open_write(at: &Location, create: bool) -> Result<Box<dyn Store>> {
-    if !create {
-        require_file(&at.path)?;
-    } else if at.is_default {
-        create_private_dir(at.path.parent().unwrap_or(&at.path))?;
+    match at {
+        Location::File { path, is_default } => {
+            if !create {
+                require_file(path)?;
+            } else if *is_default {
+                create_private_dir(path.parent().unwrap_or(path))?;
+            }
+            Ok(Box::new(Sqlite::open(path, Holder::current())?))
+        }
+        #[cfg(feature = "postgres")]
+        Location::Postgres(config) => Ok(Box::new(crate::store_pg::Postgres::open(
+            config,
+            Holder::current(),
+        )?)),
     }
-    Ok(Box::new(Sqlite::open(&at.path, Holder::current())?))
 }
 
 /// Who holds a claim: this process on this host. The nonce tells apart two runs that got
 /// the same pid after a reboot.
 #[derive(Debug, Clone)]
-struct Holder {
-    host: String,
-    pid: u32,
-    id: String,
+pub(crate) struct Holder {
+    pub(crate) host: String,
+    pub(crate) pid: u32,
+    pub(crate) id: String,
 }
 
 impl Holder {
-    fn current() -> Holder {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-            .map(|h| h.trim().to_string())
+    /// This process, on this host: `WXTOKEN_HOST` if set (for hosts that share a hostname,
+    /// such as containers, against one PostgreSQL store), else the hostname.
+    pub(crate) fn current() -> Holder {
+        let host = std::env::var("WXTOKEN_HOST")
             .ok()
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+                    .ok()
+            })
+            .map(|h| h.trim().to_string())
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "localhost".to_string());
-        let pid = std::process::id();
+        Holder::new(host, std::process::id())
+    }
+
+    pub(crate) fn new(host: String, pid: u32) -> Holder {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -450,14 +511,15 @@ impl Sqlite {
 
     fn account_from_row(row: &rusqlite::Row) -> rusqlite::Result<Account> {
         let api: String = row.get(3)?;
+        let key = AccountKey {
+            appid: row.get(1)?,
+            agent: row.get(2)?,
+        };
         Ok(Account {
             id: row.get(0)?,
-            key: AccountKey {
-                appid: row.get(1)?,
-                agent: row.get(2)?,
-            },
+            secret: open_secret(&crate::crypto::account_owner(&key), row.get(4)?),
+            key,
             api: Api::parse(&api).unwrap_or(Api::Token),
-            secret: open_secret(row.get(4)?),
             enabled: row.get(5)?,
             created_at: row.get(6)?,
             updated_at: row.get(7)?,
@@ -466,6 +528,58 @@ impl Sqlite {
             tickets: parse_tickets(&row.get::<_, String>(10)?),
             fetch_due: row.get(11)?,
         })
+    }
+
+    /// `reseal`'s transaction.
+    fn reseal_in_tx(&self, all: bool) -> Result<usize> {
+        let tx = Transaction::immediate(&self.conn, &self.path)?;
+        let accounts: Vec<(i64, String, String, String)> = self
+            .conn
+            .prepare("SELECT id, appid, agent, secret FROM accounts")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut n = 0;
+        for (id, appid, agent, stored) in accounts {
+            if (!all && !is_plaintext(&stored)) || stored == crate::crypto::LOST {
+                continue;
+            }
+            let owner = crate::crypto::account_owner(&AccountKey { appid, agent });
+            let sealed = seal_secret(&owner, &open_or_fail(&owner, stored)?)?;
+            self.conn.execute(
+                "UPDATE accounts SET secret = ?1 WHERE id = ?2",
+                params![sealed, id],
+            )?;
+            n += 1;
+        }
+        let sinks: Vec<(i64, String, String)> = self
+            .conn
+            .prepare("SELECT id, name, password FROM sinks WHERE password IS NOT NULL")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (id, name, stored) in sinks {
+            if (!all && !is_plaintext(&stored)) || stored == crate::crypto::LOST {
+                continue;
+            }
+            let owner = crate::crypto::sink_owner(&name);
+            let sealed = seal_secret(&owner, &open_or_fail(&owner, stored)?)?;
+            self.conn.execute(
+                "UPDATE sinks SET password = ?1 WHERE id = ?2",
+                params![sealed, id],
+            )?;
+            n += 1;
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Runs `work` with secure_delete FAST: the secret it replaces or deletes is zeroed in
+    /// its page, not left in free space. Only around such statements: on every write it
+    /// cost a large refresh 30 % (issue 10's measurement).
+    fn zeroing<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.conn.pragma_update(None, "secure_delete", "FAST")?;
+        let result = work();
+        self.conn.pragma_update(None, "secure_delete", "OFF")?;
+        result
     }
 
     /// Runs an UPDATE or DELETE of one account; `NotFound` if it touched none.
@@ -514,17 +628,13 @@ impl Sqlite {
         o: &Outcome,
         unchanged: bool,
     ) -> Result<()> {
-        let (outcome, errcode, errmsg, http_status, detail) = match &o.result {
-            Ok(_) if unchanged => ("unchanged", None, None, None, None),
-            Ok(_) => ("ok", None, None, None, None),
-            Err(Failure::WeChat { errcode, errmsg }) => {
-                ("errcode", Some(*errcode), Some(errmsg.clone()), None, None)
-            }
-            Err(Failure::Http { status }) => ("http", None, None, Some(i64::from(*status)), None),
-            Err(Failure::Transport(d)) => ("transport", None, None, None, Some(d.clone())),
-            Err(Failure::NotJson(d)) => ("not_json", None, None, None, Some(d.clone())),
-            Err(Failure::Invalid(d)) => ("invalid", None, None, None, Some(d.clone())),
-        };
+        let AttemptColumns {
+            outcome,
+            errcode,
+            errmsg,
+            http_status,
+            detail,
+        } = AttemptColumns::of(o, unchanged);
         self.conn
             .prepare_cached(
                 "INSERT INTO attempts (account_id, kind, started_at, duration_ms, tries, outcome,
@@ -564,6 +674,16 @@ impl ReadStore for Sqlite {
                 stamp(&self.path) == Some(before) && !filesafety::companions(&self.path)[1].exists()
             }
         }
+    }
+
+    fn export(&self, now: i64) -> Result<Vec<Exported>> {
+        self.accounts()?
+            .into_iter()
+            .map(|account| {
+                let tokens = self.newest_valid_tokens(account.id, now)?;
+                Ok(Exported { account, tokens })
+            })
+            .collect()
     }
 
     fn accounts(&self) -> Result<Vec<Account>> {
@@ -635,30 +755,18 @@ impl ReadStore for Sqlite {
         )?;
         Ok(stmt
             .query_row(params![account_id, kind.as_str()], |r| {
-                let outcome: String = r.get(3)?;
-                let errcode: Option<i64> = r.get(4)?;
-                let errmsg: Option<String> = r.get(5)?;
-                let status: Option<i64> = r.get(6)?;
-                let detail: String = r.get::<_, Option<String>>(7)?.unwrap_or_default();
-                let result = match outcome.as_str() {
-                    "ok" => AttemptResult::Ok,
-                    "unchanged" => AttemptResult::Unchanged,
-                    "errcode" => AttemptResult::Failed(Failure::WeChat {
-                        errcode: errcode.unwrap_or(0),
-                        errmsg: errmsg.unwrap_or_default(),
-                    }),
-                    "http" => AttemptResult::Failed(Failure::Http {
-                        status: u16::try_from(status.unwrap_or(0)).unwrap_or(0),
-                    }),
-                    "transport" => AttemptResult::Failed(Failure::Transport(detail)),
-                    "not_json" => AttemptResult::Failed(Failure::NotJson(detail)),
-                    _ => AttemptResult::Failed(Failure::Invalid(detail)),
+                let columns = AttemptColumns {
+                    outcome: r.get(3)?,
+                    errcode: r.get(4)?,
+                    errmsg: r.get(5)?,
+                    http_status: r.get(6)?,
+                    detail: r.get(7)?,
                 };
                 Ok(Attempt {
                     started_at: r.get(0)?,
                     duration_ms: r.get(1)?,
                     tries: r.get(2)?,
-                    result,
+                    result: columns.result(),
                     clock_offset: r.get(8)?,
                 })
             })
@@ -690,7 +798,75 @@ impl ReadStore for Sqlite {
     }
 }
 
+impl Sqlite {
+    fn newest_valid_tokens(&self, account_id: i64, now: i64) -> Result<Vec<(String, TokenRow)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT kind, token, expires_in, fetched_at, expires_at, id FROM tokens t
+             WHERE account_id = ?1 AND expires_at > ?2
+               AND id = (SELECT max(id) FROM tokens n
+                         WHERE n.account_id = t.account_id AND n.kind = t.kind)
+             ORDER BY kind",
+        )?;
+        let rows = stmt.query_map(params![account_id, now], |r| {
+            Ok((
+                r.get(0)?,
+                TokenRow {
+                    id: r.get(5)?,
+                    token: r.get(1)?,
+                    expires_in: r.get(2)?,
+                    fetched_at: r.get(3)?,
+                    expires_at: r.get(4)?,
+                    // Not copied: the target has no unfinished fetch of its own.
+                    unfinished_fetch: None,
+                    classic: false,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
 impl Store for Sqlite {
+    fn import(&self, items: &[Exported]) -> Result<()> {
+        let tx = Transaction::immediate(&self.conn, &self.path)?;
+        let accounts: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM accounts", [], |r| r.get(0))?;
+        if accounts > 0 {
+            return Err(not_empty(&self.location(), accounts));
+        }
+        for Exported { account: a, tokens } in items {
+            let tickets: Vec<&str> = a.tickets.iter().map(|t| t.as_str()).collect();
+            let secret = stored_form(&a.key, &a.secret)?;
+            self.conn.execute(
+                "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at,
+                                       held_until, held_reason, tickets)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    a.key.appid,
+                    a.key.agent,
+                    a.api.as_str(),
+                    secret,
+                    a.enabled,
+                    a.created_at,
+                    a.updated_at,
+                    a.held_until,
+                    a.held_reason,
+                    tickets.join(",")
+                ],
+            )?;
+            let id = self.conn.last_insert_rowid();
+            for (kind, t) in tokens {
+                self.conn.execute(
+                    "INSERT INTO tokens (account_id, kind, token, expires_in, fetched_at, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![id, kind, t.token, t.expires_in, t.fetched_at, t.expires_at],
+                )?;
+            }
+        }
+        tx.commit()
+    }
+
     fn record_run(&self, run: &RunRow, before: i64) -> Result<()> {
         let tx = Transaction::immediate(&self.conn, &self.path)?;
         self.conn.execute(
@@ -734,11 +910,12 @@ impl Store for Sqlite {
             tickets,
         } = new;
         let tickets: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
+        let sealed = seal_secret(&crate::crypto::account_owner(key), secret)?;
         let inserted = self.conn.execute(
             "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at, tickets)
              VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6)
              ON CONFLICT (appid, agent) DO NOTHING",
-            params![key.appid, key.agent, api.as_str(), seal_secret(secret), now, tickets.join(",")],
+            params![key.appid, key.agent, api.as_str(), sealed, now, tickets.join(",")],
         )?;
         if inserted == 0 {
             return Err(StoreError::AlreadyExists(key.clone()));
@@ -747,11 +924,13 @@ impl Store for Sqlite {
     }
 
     fn remove_account(&self, key: &AccountKey) -> Result<()> {
-        self.change_account(
-            key,
-            "DELETE FROM accounts WHERE appid = ?1 AND agent = ?2",
-            &[],
-        )
+        self.zeroing(|| {
+            self.change_account(
+                key,
+                "DELETE FROM accounts WHERE appid = ?1 AND agent = ?2",
+                &[],
+            )
+        })
     }
 
     fn set_enabled(&self, key: &AccountKey, enabled: bool, now: i64) -> Result<()> {
@@ -774,13 +953,51 @@ impl Store for Sqlite {
     }
 
     fn set_secret(&self, key: &AccountKey, secret: &Secret, now: i64) -> Result<()> {
-        self.change_account(
-            key,
-            "UPDATE accounts SET secret = ?3, updated_at = ?4, fetch_due = 1,
-                    held_until = NULL, held_reason = NULL
-             WHERE appid = ?1 AND agent = ?2",
-            &[&seal_secret(secret), &now],
-        )
+        let sealed = seal_secret(&crate::crypto::account_owner(key), secret)?;
+        self.zeroing(|| {
+            self.change_account(
+                key,
+                "UPDATE accounts SET secret = ?3, updated_at = ?4, fetch_due = 1,
+                        held_until = NULL, held_reason = NULL
+                 WHERE appid = ?1 AND agent = ?2",
+                &[&sealed, &now],
+            )
+        })
+    }
+
+    fn forget_sealed(&self, reason: &str) -> Result<(usize, usize)> {
+        let n = self.zeroing(|| {
+            let tx = Transaction::immediate(&self.conn, &self.path)?;
+            let accounts = self.conn.execute(
+                "UPDATE accounts SET secret = ?1, held_until = ?2, held_reason = ?3
+                 WHERE secret LIKE 'wxs1:%'",
+                params![crate::crypto::LOST, policy::UNTIL_FIXED, reason],
+            )?;
+            let sinks = self.conn.execute(
+                "UPDATE sinks SET password = ?1 WHERE password LIKE 'wxs1:%'",
+                params![crate::crypto::LOST],
+            )?;
+            tx.commit()?;
+            Ok((accounts, sinks))
+        })?;
+        if n != (0, 0) {
+            self.conn.execute_batch("VACUUM")?;
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        }
+        Ok(n)
+    }
+
+    fn reseal(&self, all: bool) -> Result<usize> {
+        let n = self.zeroing(|| self.reseal_in_tx(all))?;
+        if n > 0 {
+            // Free pages and the -wal may still hold the old values: rebuild the file, then
+            // copy the -wal back and truncate it.
+            self.conn.execute_batch("VACUUM")?;
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        }
+        Ok(n)
     }
 
     fn claim(&self, account_id: i64, now: i64, ttl: i64) -> Result<Claim> {
@@ -869,18 +1086,29 @@ impl Store for Sqlite {
         )?;
         if kind == Credential::AccessToken {
             // An outcome computed with a secret that has since been replaced says nothing
-            // about the new one.
-            self.conn
-                .prepare_cached(
-                    "UPDATE accounts SET held_until = ?2, held_reason = ?3, fetch_due = 0
-                     WHERE id = ?1 AND secret = ?4",
-                )?
-                .execute(params![
-                    account_id,
-                    hold.as_ref().map(|h| h.0),
-                    hold.as_ref().map(|h| h.1.as_str()),
-                    secret.expose()
-                ])?;
+            // about the new one. Secrets are sealed with a fresh nonce each time: compare
+            // what the stored one opens to.
+            let stored: Option<(String, String, String)> = self
+                .conn
+                .prepare_cached("SELECT appid, agent, secret FROM accounts WHERE id = ?1")?
+                .query_row(params![account_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()?;
+            if stored.is_some_and(|(appid, agent, now)| {
+                same_secret(&AccountKey { appid, agent }, now, secret)
+            }) {
+                self.conn
+                    .prepare_cached(
+                        "UPDATE accounts SET held_until = ?2, held_reason = ?3, fetch_due = 0
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![
+                        account_id,
+                        hold.as_ref().map(|h| h.0),
+                        hold.as_ref().map(|h| h.1.as_str()),
+                    ])?;
+            }
             if !outcome.may_have_issued() {
                 self.conn
                     .prepare_cached("DELETE FROM intents WHERE account_id = ?1 AND holder = ?2")?
@@ -970,7 +1198,7 @@ impl Store for Sqlite {
 
 impl Holder {
     /// A read-only store claims nothing.
-    fn nobody() -> Holder {
+    pub(crate) fn nobody() -> Holder {
         Holder {
             host: String::new(),
             pid: 0,
@@ -1059,13 +1287,69 @@ fn io_error(err: std::io::Error, path: &Path) -> StoreError {
     ))
 }
 
+/// How an attempt is stored, in both backends: the outcome's name and its details.
+pub(crate) struct AttemptColumns<S> {
+    pub(crate) outcome: S,
+    pub(crate) errcode: Option<i64>,
+    pub(crate) errmsg: Option<String>,
+    pub(crate) http_status: Option<i64>,
+    pub(crate) detail: Option<String>,
+}
+
+impl AttemptColumns<&'static str> {
+    pub(crate) fn of(o: &Outcome, unchanged: bool) -> Self {
+        let (outcome, errcode, errmsg, http_status, detail) = match &o.result {
+            Ok(_) if unchanged => ("unchanged", None, None, None, None),
+            Ok(_) => ("ok", None, None, None, None),
+            Err(Failure::WeChat { errcode, errmsg }) => {
+                ("errcode", Some(*errcode), Some(errmsg.clone()), None, None)
+            }
+            Err(Failure::Http { status }) => ("http", None, None, Some(i64::from(*status)), None),
+            Err(Failure::Transport(d)) => ("transport", None, None, None, Some(d.clone())),
+            Err(Failure::NotJson(d)) => ("not_json", None, None, None, Some(d.clone())),
+            Err(Failure::Invalid(d)) => ("invalid", None, None, None, Some(d.clone())),
+        };
+        AttemptColumns {
+            outcome,
+            errcode,
+            errmsg,
+            http_status,
+            detail,
+        }
+    }
+}
+
+impl AttemptColumns<String> {
+    pub(crate) fn result(self) -> AttemptResult {
+        let detail = self.detail.unwrap_or_default();
+        match self.outcome.as_str() {
+            "ok" => AttemptResult::Ok,
+            "unchanged" => AttemptResult::Unchanged,
+            "errcode" => AttemptResult::Failed(Failure::WeChat {
+                errcode: self.errcode.unwrap_or(0),
+                errmsg: self.errmsg.unwrap_or_default(),
+            }),
+            "http" => AttemptResult::Failed(Failure::Http {
+                status: u16::try_from(self.http_status.unwrap_or(0)).unwrap_or(0),
+            }),
+            "transport" => AttemptResult::Failed(Failure::Transport(detail)),
+            "not_json" => AttemptResult::Failed(Failure::NotJson(detail)),
+            // A PostgreSQL holder whose lease was taken over while it fetched.
+            "lost_claim" => {
+                AttemptResult::Failed(Failure::Invalid(format!("fetched, but dropped: {detail}")))
+            }
+            _ => AttemptResult::Failed(Failure::Invalid(detail)),
+        }
+    }
+}
+
 /// Unknown names are dropped: a newer wxtoken may know more kinds than this one.
-fn parse_tickets(list: &str) -> Vec<Ticket> {
+pub(crate) fn parse_tickets(list: &str) -> Vec<Ticket> {
     list.split(',').filter_map(Ticket::parse).collect()
 }
 
 /// Whether a process runs on this host. A zombie (killed, not yet reaped) counts as dead.
-fn pid_alive(pid: i64) -> bool {
+pub(crate) fn pid_alive(pid: i64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name, which may itself hold ')'.
         Ok(stat) => {
@@ -1101,15 +1385,65 @@ fn check_dir(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// How a secret is written to its column. AppSecrets and sink passwords (Redis) both go
-/// through this pair, so that protecting secrets at rest covers every one of them.
-fn seal_secret(secret: &Secret) -> String {
-    secret.expose().to_string()
+/// How a secret is written to its column: encrypted with the process's key (`vault`),
+/// bound to its `owner` (`crypto::account_owner`, `crypto::sink_owner`). AppSecrets and
+/// sink passwords (Redis) both go through this pair. A command that stores a secret
+/// unlocks the vault first; without a key nothing is written in plain text.
+pub(crate) fn seal_secret(owner: &[u8], secret: &Secret) -> Result<String> {
+    crate::vault::seal(owner, secret).map_err(StoreError::Key)
 }
 
-/// The inverse of [`seal_secret`].
-fn open_secret(stored: String) -> Secret {
-    Secret::new(stored)
+/// The inverse of [`seal_secret`]. A plaintext value (written before encryption) comes back
+/// as it is; a sealed one is opened with the process's key, or stays locked when there is
+/// no key (readers) or the key does not open it (`vault::unlock` reports that).
+pub(crate) fn open_secret(owner: &[u8], stored: String) -> Secret {
+    let stored = crate::crypto::Stored::new(stored);
+    if stored.is_plaintext() {
+        return Secret::new(stored.as_str().to_string());
+    }
+    if stored.as_str() == crate::crypto::LOST {
+        return Secret::locked(crate::crypto::LOST_KID.to_string());
+    }
+    // A scheme this version does not know (a newer one) stays locked too.
+    let kid = stored.kid().unwrap_or("unknown").to_string();
+    crate::vault::with_keys(|keys| match keys.map(|ring| ring.open(owner, &stored)) {
+        Some(Ok(secret)) => secret,
+        _ => Secret::locked(kid),
+    })
+}
+
+/// Whether `stored` (an account's secret column now) is the secret a fetch used.
+pub(crate) fn same_secret(key: &AccountKey, stored: String, used: &Secret) -> bool {
+    let now = open_secret(&crate::crypto::account_owner(key), stored);
+    now.locked_kid().is_none() && used.locked_kid().is_none() && now.expose() == used.expose()
+}
+
+/// What an opened account secret is stored as in another store (`store copy`): sealed
+/// again with the same key, or the marker of a secret forgotten with a lost key.
+pub(crate) fn stored_form(key: &AccountKey, secret: &Secret) -> Result<String> {
+    match secret.locked_kid() {
+        Some(crate::crypto::LOST_KID) => Ok(crate::crypto::LOST.to_string()),
+        Some(kid) => Err(StoreError::Key(format!(
+            "the secret of {key} (key {kid}) is not open: cannot copy it"
+        ))),
+        None => seal_secret(&crate::crypto::account_owner(key), secret),
+    }
+}
+
+/// `open_secret` for rewriting: a secret that stays locked is an error, never rewritten.
+pub(crate) fn open_or_fail(owner: &[u8], stored: String) -> Result<Secret> {
+    let secret = open_secret(owner, stored);
+    match secret.locked_kid() {
+        Some(kid) => Err(StoreError::Key(format!(
+            "a stored secret does not open with the key file (key {kid}); nothing was changed"
+        ))),
+        None => Ok(secret),
+    }
+}
+
+/// Whether a stored value is a secret left in plain text by a version before encryption.
+pub(crate) fn is_plaintext(stored: &str) -> bool {
+    crate::crypto::Stored::new(stored.to_string()).is_plaintext()
 }
 
 /// Creates the default directory (0700: the database in it holds secrets). A directory
@@ -1165,7 +1499,7 @@ impl RunRow {
     }
 }
 
-const RUN_COLUMNS: &str =
+pub(crate) const RUN_COLUMNS: &str =
     "started_at, finished_at, duration_ms, scope, accounts, refreshed, fresh, busy, held, failed";
 
 // Runs: for monitoring (metrics, status --check).
@@ -1193,7 +1527,7 @@ impl Sqlite {
 }
 
 /// The runs that count as a success (see [`RunRow::is_success`]), in SQL.
-const SUCCESSFUL_RUNS: &str = "WHERE failed = 0 AND held = 0 AND scope <> 'named'";
+pub(crate) const SUCCESSFUL_RUNS: &str = "WHERE failed = 0 AND held = 0 AND scope <> 'named'";
 
 #[cfg(test)]
 mod tests {

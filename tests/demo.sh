@@ -83,9 +83,12 @@ unset RUST_LOG
 # stand-in is on loopback, so keep a proxy set in this shell out of the way.
 export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}" no_proxy="127.0.0.1,localhost${no_proxy:+,$no_proxy}"
 export WXTOKEN_DB="$tmp/wxtoken.db"
+# The key file that encrypts the secrets; without this it would be ~/.config/wxtoken/key.
+export WXTOKEN_KEY_FILE="$tmp/wxtoken.key"
 export WXTOKEN_API_BASE="$api_base"
 export WXTOKEN_WORK_API_BASE="$api_base"
 printf '+ export WXTOKEN_DB=%s\n' "$WXTOKEN_DB"
+printf '+ export WXTOKEN_KEY_FILE=%s\n' "$WXTOKEN_KEY_FILE"
 printf '+ export WXTOKEN_API_BASE=%s\n' "$WXTOKEN_API_BASE"
 
 # Made-up credentials: the stand-in accepts any appid and secret.

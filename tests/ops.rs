@@ -415,6 +415,7 @@ fn on_terminal(env: &TestEnv, args: &str) -> String {
     let out = Command::new("script")
         .args(["-qec", &format!("{bin} {args}"), "/dev/null"])
         .env("WXTOKEN_DB", env.db())
+        .env("WXTOKEN_KEY_FILE", env.key_file())
         .env("WXTOKEN_API_BASE", env.url())
         .env("TERM", "xterm")
         .output()

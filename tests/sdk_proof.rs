@@ -218,6 +218,7 @@ fn the_wechatpy_adapter_hands_a_rejected_token_back_to_wxtoken() {
         .env("OA_SECRET", OA_SECRET)
         .env("WXTOKEN_BIN", env!("CARGO_BIN_EXE_wxtoken"))
         .env("WXTOKEN_DB", env.db())
+        .env("WXTOKEN_KEY_FILE", env.key_file())
         .env("WXTOKEN_API_BASE", env.url())
         .env("NO_PROXY", "127.0.0.1");
     let got = sdk_output(cmd);

@@ -737,6 +737,37 @@ fn a_password_is_never_an_argument_and_never_shown() {
         })
         .unwrap();
     assert_eq!(target, format!("redis://127.0.0.1:{}/4", redis.port));
+    // Encrypted at rest, bound to the sink: neither the database nor its -wal or -shm
+    // holds the password's bytes.
+    let stored: String = env
+        .open_db()
+        .query_row("SELECT password FROM sinks WHERE name = 's'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(
+        stored.starts_with(&format!("wxs1:{}:", env.kid())),
+        "{stored}"
+    );
+    for suffix in ["", "-wal", "-shm"] {
+        let file = format!("{}{suffix}", env.db().display());
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(
+            !bytes
+                .windows(REDIS_PASSWORD.len())
+                .any(|w| w == REDIS_PASSWORD.as_bytes()),
+            "the Redis password is in {file}"
+        );
+    }
+    // The ciphertext of one sink does not open as another's.
+    env.open_db()
+        .execute(
+            "UPDATE sinks SET password = (SELECT password FROM sinks WHERE name = 's') WHERE name = 't'",
+            [],
+        )
+        .unwrap();
+    let out = run(&env, &["sink", "test", "s"], 7);
+    assert!(out.stderr.contains("sink t"), "{}", out.stderr);
     // wxjava: the token and two tickets; silenceper: the token and the jsapi ticket.
     assert_eq!(redis.keys(4).len(), 5, "both sinks wrote to database 4");
 }

@@ -27,6 +27,7 @@ pub fn run(ctx: &Context, op: AccountOp) -> Result<Exit> {
             if store.account(&key)?.is_some() {
                 return Err(StoreError::AlreadyExists(key).into());
             }
+            ctx.unlock(store.as_ref(), true)?;
             let secret = read_secret(secret_env.as_deref(), &key)?;
             let new = NewAccount {
                 key,
@@ -65,6 +66,7 @@ pub fn run(ctx: &Context, op: AccountOp) -> Result<Exit> {
         }
         AccountOp::SetSecret { key, secret_env } => {
             store.require_account(&key)?;
+            ctx.unlock_except(store.as_ref(), true, Some(&key))?;
             let secret = read_secret(secret_env.as_deref(), &key)?;
             store.set_secret(&key, &secret, now)?;
             ctx.say(&format!("updated the secret of {key}"));
@@ -94,12 +96,12 @@ fn list(store: &dyn ReadStore, json: bool) -> Result<()> {
         return emit(&format!("{}\n", json!({ "accounts": items })));
     }
     let mut text = String::from(
-        "ACCOUNT                                  API     ENABLED  SECRET           TICKETS\n",
+        "ACCOUNT                                  API     ENABLED  SECRET              TICKETS\n",
     );
     for a in &accounts {
         let tickets: Vec<&str> = a.tickets.iter().map(|t| t.as_str()).collect();
         text += &format!(
-            "{:<40} {:<7} {:<8} {:<16} {}\n",
+            "{:<40} {:<7} {:<8} {:<19} {}\n",
             a.key.to_string(),
             a.api.as_str(),
             if a.enabled { "yes" } else { "no" },

@@ -43,6 +43,10 @@ pub fn run(ctx: &Context, cfg: &GetConfig) -> Result<Exit> {
                 ));
             }
             let store = ctx.existing_store()?;
+            ctx.unlock(store.as_ref(), false)?;
+            if let Some(account) = store.account(key)? {
+                crate::vault::require_open(&account)?;
+            }
             let client = ctx.client(api);
             let row = engine::renew(
                 store.as_ref(),
@@ -50,6 +54,7 @@ pub fn run(ctx: &Context, cfg: &GetConfig) -> Result<Exit> {
                 key,
                 rejected,
                 cfg.min_ttl,
+                api.claim_ttl,
                 ctx.clock,
             )?;
             publish_renewed(store.as_ref(), key, ctx.now());

@@ -7,6 +7,7 @@ pub mod check;
 mod dry_run;
 mod generate;
 mod get;
+mod key;
 mod metrics;
 mod prune;
 mod quota;
@@ -14,15 +15,19 @@ mod refresh;
 mod refresh_out;
 mod sink;
 mod status;
+mod store_admin;
 
 use std::io::{self, Write};
 
 use anyhow::{Context as _, Result};
 
 use crate::config::{ApiConfig, Cmd, Config};
+use crate::domain::AccountKey;
 use crate::engine::Clock;
 use crate::exit::{Exit, fail};
+use crate::keyfile::KeyFile;
 use crate::store::{self, Location, ReadStore, Store, StoreError};
+use crate::vault;
 use crate::wechat::{self, Client};
 
 /// What every command may use. Stores open on demand, in the role the command needs.
@@ -31,6 +36,7 @@ pub struct Context {
     /// `-q`: confirmations and summaries are left out.
     pub quiet: bool,
     db: Location,
+    key_file: Option<std::path::PathBuf>,
 }
 
 impl Context {
@@ -53,6 +59,33 @@ impl Context {
         Ok(store::open_write(&self.db, false)?)
     }
 
+    /// For commands that use or store a secret: loads the key file (see `vault::unlock`).
+    /// `will_store`: the command stores a new secret, so a missing key file may be created.
+    pub fn unlock(&self, store: &dyn Store, will_store: bool) -> Result<()> {
+        self.unlock_except(store, will_store, None)
+    }
+
+    /// `unlock` for `account set-secret`: the secret it replaces need not open (it may be
+    /// the damaged or misplaced one being fixed).
+    pub fn unlock_except(
+        &self,
+        store: &dyn Store,
+        will_store: bool,
+        except: Option<&AccountKey>,
+    ) -> Result<()> {
+        vault::unlock(store, &self.key_file()?, will_store, except)
+    }
+
+    /// Where the key file is (`--key-file`, `WXTOKEN_KEY_FILE` or the defaults).
+    pub fn key_file(&self) -> Result<KeyFile> {
+        KeyFile::locate(self.key_file.clone())
+    }
+
+    /// Where the store is, for commands that deal with the store itself.
+    pub fn location(&self) -> &Location {
+        &self.db
+    }
+
     pub fn client(&self, api: &ApiConfig) -> Client {
         Client::new(&api.api_base, &api.work_api_base, api.timeout)
     }
@@ -70,6 +103,7 @@ pub fn run(config: Config) -> Result<Exit> {
         clock: wechat::unix_now,
         quiet: config.quiet,
         db: config.db,
+        key_file: config.key_file,
     };
     let result = match config.command {
         Cmd::Account(op) => account::run(&ctx, op),
@@ -83,22 +117,29 @@ pub fn run(config: Config) -> Result<Exit> {
         Cmd::Completions(shell) => generate::completions(shell),
         Cmd::Manpage { page, list } => generate::manpage(page.as_deref(), list),
         Cmd::Quota(cfg) => quota::run(&ctx, &cfg),
+        Cmd::Key(cmd) => key::run(&ctx, cmd),
+        Cmd::Copy { to } => store_admin::copy(&ctx, &to),
+        Cmd::GrantReader { role } => store_admin::grant_reader(&ctx, &role),
     };
     result.map_err(|err| name_the_database(err, &ctx.db))
 }
 
-/// A store failure found after opening (a damaged page, a full disk) names the file, like
-/// every failure to open it does.
+/// A store failure found after opening (a damaged page, a full disk) names the database,
+/// like every failure to open it does (a PostgreSQL URL without its password).
 fn name_the_database(err: anyhow::Error, db: &Location) -> anyhow::Error {
-    let path = db.path.display().to_string();
+    let name = match db {
+        Location::File { path, .. } => path.display().to_string(),
+        #[cfg(feature = "postgres")]
+        Location::Postgres(config) => config.to_string(),
+    };
     let unnamed = err.chain().any(|e| {
         matches!(
             e.downcast_ref::<StoreError>(),
-            Some(StoreError::Corrupt(m) | StoreError::Io(m) | StoreError::Busy(m)) if !m.contains(&path)
+            Some(StoreError::Corrupt(m) | StoreError::Io(m) | StoreError::Busy(m)) if !m.contains(&name)
         )
     });
     if unnamed {
-        err.context(format!("database {path}"))
+        err.context(format!("database {name}"))
     } else {
         err
     }

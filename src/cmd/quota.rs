@@ -209,11 +209,13 @@ fn find(all: &[Account], key: &AccountKey) -> Result<Account> {
 
 fn reset(ctx: &Context, key: &AccountKey, yes: bool, api: &ApiConfig) -> Result<Exit> {
     let store = ctx.store()?;
+    ctx.unlock(store.as_ref(), false)?;
     let now = ctx.now();
     let account = find(&store.accounts()?, key)?;
     if account.api == Api::Work {
         return Err(fail(Exit::Usage, format!("{key}: {}", wecom_note())));
     }
+    crate::vault::require_open(&account)?;
     let used = store.quota_resets_since(account.id, quota::month_start(now))?;
     let spent =
         format!("wxtoken has used {used} of this month's {RESETS_PER_MONTH} resets for {key}");

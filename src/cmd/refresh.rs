@@ -21,6 +21,11 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
     signals::catch_stop_signals();
     let client = ctx.client(&cfg.api);
     let store = ctx.store()?;
+    // Before the accounts are read: their secrets open only once the key is loaded. A dry
+    // run uses no secret, and changes nothing.
+    if !cfg.dry_run {
+        ctx.unlock(store.as_ref(), false)?;
+    }
     let now = ctx.now();
     let started = std::time::Instant::now();
     let accounts = targets(store.as_ref(), &cfg.accounts)?;
@@ -35,10 +40,18 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
     if cfg.dry_run {
         return super::dry_run::run(store.as_ref(), &accounts, cfg, now);
     }
+    // A secret forgotten with a lost key: its account is held until the secret is set
+    // again, unless --force would fetch it anyway.
+    for account in &accounts {
+        if cfg.force || account.held_until.is_none() {
+            crate::vault::require_open(account)?;
+        }
+    }
     let plan = Plan {
         want: cfg.want,
         force: cfg.force,
         jobs: cfg.jobs,
+        claim_ttl: cfg.api.claim_ttl,
     };
     let progress = Progress::new(
         accounts.len(),

@@ -19,6 +19,9 @@ pub fn run(ctx: &Context, cmd: SinkCommand) -> Result<Exit> {
     match cmd {
         SinkCommand::Add(args) => {
             let row = new_sink(store, &args, now)?;
+            if row.password.is_some() {
+                ctx.unlock(store, true)?;
+            }
             if !store.add_sink(&row)? {
                 return Err(fail(
                     Exit::Account,
@@ -62,6 +65,7 @@ pub fn run(ctx: &Context, cmd: SinkCommand) -> Result<Exit> {
             Ok(Exit::Ok)
         }
         SinkCommand::Test(args) => {
+            ctx.unlock(store, false)?;
             let sink = store
                 .sink(&args.name)?
                 .ok_or_else(|| no_such_sink(&args.name))?;

@@ -4,6 +4,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::{Result, Sqlite, open_secret, seal_secret};
+use crate::crypto::sink_owner;
 use crate::domain::{Credential, Secret};
 
 /// A sink as stored.
@@ -50,12 +51,15 @@ const COLUMNS: &str = "id, name, kind, target, password, format, prefix, key_tem
 fn sink_from_row(row: &rusqlite::Row) -> rusqlite::Result<SinkRow> {
     let accounts: String = row.get(8)?;
     let last_at: Option<i64> = row.get(11)?;
+    let name: String = row.get(1)?;
     Ok(SinkRow {
         id: row.get(0)?,
-        name: row.get(1)?,
+        name: name.clone(),
         kind: row.get(2)?,
         target: row.get(3)?,
-        password: row.get::<_, Option<String>>(4)?.map(open_secret),
+        password: row
+            .get::<_, Option<String>>(4)?
+            .map(|p| open_secret(&sink_owner(&name), p)),
         format: row.get(5)?,
         prefix: row.get(6)?,
         key_template: row.get(7)?,
@@ -102,6 +106,10 @@ pub trait Sinks {
 impl Sinks for Sqlite {
     fn add_sink(&self, sink: &SinkRow) -> Result<bool> {
         let accounts = serde_json::Value::from(sink.accounts.clone()).to_string();
+        let password = match &sink.password {
+            Some(p) => Some(seal_secret(&sink_owner(&sink.name), p)?),
+            None => None,
+        };
         let inserted = self.conn.execute(
             "INSERT INTO sinks (name, kind, target, password, format, prefix, key_template,
                                 accounts, timeout, created_at)
@@ -111,7 +119,7 @@ impl Sinks for Sqlite {
                 sink.name,
                 sink.kind,
                 sink.target,
-                sink.password.as_ref().map(seal_secret),
+                password,
                 sink.format,
                 sink.prefix,
                 sink.key_template,

@@ -2,6 +2,7 @@
 //! loopback stand-in for WeChat's API and a SQLite file in its own temp directory.
 #![allow(dead_code)]
 
+pub mod pg;
 pub mod redis_server;
 pub use wxtoken_standin as standin;
 
@@ -141,6 +142,22 @@ impl TestEnv {
         self.dir.join("wxtoken.db")
     }
 
+    /// The key file every run uses unless a test unsets `WXTOKEN_KEY_FILE`.
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.join("wxtoken.key")
+    }
+
+    /// The id of the key that seals new secrets: the first key line of the key file.
+    #[track_caller]
+    pub fn kid(&self) -> String {
+        let text = std::fs::read_to_string(self.key_file()).expect("read the key file");
+        text.lines()
+            .find(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .and_then(|l| l.split_whitespace().next())
+            .expect("a key line")
+            .to_string()
+    }
+
     /// A connection to the test database, for checks the CLI does not show; it waits for
     /// a writer like the binary does.
     pub fn open_db(&self) -> rusqlite::Connection {
@@ -183,6 +200,7 @@ impl TestEnv {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxtoken"));
         cmd.args(args).current_dir(&self.dir).env_clear();
         cmd.env("WXTOKEN_DB", self.db());
+        cmd.env("WXTOKEN_KEY_FILE", self.key_file());
         cmd.env("WXTOKEN_API_BASE", self.url());
         cmd.env("WXTOKEN_WORK_API_BASE", self.url());
         if let Some(path) = std::env::var_os("PATH") {

@@ -1,0 +1,306 @@
+//! What PostgreSQL costs and gives, measured with the real release binary as separate
+//! processes (`cargo bench --bench postgres`; not run by CI):
+//!
+//! 1. `wxtoken get` on PostgreSQL against `psql -c 'select 1'` on the same server, over its
+//!    Unix socket (goal: no slower).
+//! 2. `wxtoken get` on SQLite, with and without the `postgres` feature, against
+//!    `sqlite3 DB 'select 1'`, and both binaries' sizes. Needs the feature-less binary:
+//!    `cargo build --release --no-default-features && cp target/release/wxtoken /tmp/wxtoken-nopg`
+//!    then `WXTOKEN_NOPG_BIN=/tmp/wxtoken-nopg cargo bench --bench postgres`.
+//! 3. Two refreshers (two hosts, `--jobs 16` each) sharing 1,000 due accounts on one
+//!    database, against one refresher with `--jobs 32`; 50 ms per WeChat reply. Each run
+//!    must make exactly 1,000 fetches between them.
+//!
+//! Rounds are interleaved (each round runs every side once, the order rotating) and the
+//! figures are medians; trust the ratios, not the absolute milliseconds.
+
+#[path = "../tests/support/pg.rs"]
+mod pg;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wxtoken_standin::{StandIn, TOKEN};
+
+const WXTOKEN: &str = env!("CARGO_BIN_EXE_wxtoken");
+const ACCOUNTS: usize = 1000;
+const ROUNDS: usize = 200;
+
+/// One side of a comparison: its name and how to start one run of it.
+type Side<'a> = (&'a str, Box<dyn Fn() -> Command + 'a>);
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "quick");
+    let rounds = if quick { 40 } else { ROUNDS };
+    let Some(server) = pg::server() else {
+        eprintln!("no PostgreSQL: nothing to measure");
+        return;
+    };
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pgbench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Run installed copies, as users do (see benches/wxtoken.rs on why that matters).
+    let bin = install(&dir, Path::new(WXTOKEN), "wxtoken");
+    let nopg =
+        std::env::var_os("WXTOKEN_NOPG_BIN").map(|p| install(&dir, Path::new(&p), "wxtoken-nopg"));
+    let api = StandIn::start();
+
+    let db = server.create_db();
+    let t = Instant::now();
+    fill(&bin, &db.url, &api);
+    println!(
+        "PostgreSQL database with {ACCOUNTS} accounts x 100 tokens in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    section("1. get on PostgreSQL vs psql -c 'select 1' (same server, Unix socket)");
+    let psql = server.bindir.join("psql");
+    let appid = appid_of(ACCOUNTS / 2);
+    let sides: Vec<Side> = vec![
+        (
+            "psql -X -c 'select 1' (baseline)",
+            Box::new(|| {
+                let mut c = Command::new(&psql);
+                c.args(["-X", "-A", "-t", "-q", "-h"])
+                    .arg(&server.dir)
+                    .args(["-U", "postgres", "-d", &db.name, "-c", "select 1"]);
+                c
+            }),
+        ),
+        (
+            "wxtoken get (PostgreSQL)",
+            Box::new(|| {
+                let mut c = Command::new(&bin);
+                c.env_clear()
+                    .env("WXTOKEN_DB", &db.url)
+                    .args(["get", "--appid", &appid]);
+                c
+            }),
+        ),
+    ];
+    report(&interleave(&sides, rounds));
+
+    section("2. get on SQLite, with and without the postgres feature");
+    let lite = dir.join("lite.db");
+    let mut copy = Command::new(&bin);
+    copy.env_clear()
+        .env("WXTOKEN_DB", &db.url)
+        .env("WXTOKEN_COPY_TO", &lite)
+        .args(["store", "copy"]);
+    assert!(copy.status().unwrap().success(), "store copy to SQLite");
+    println!("binary size: with postgres {} bytes", size(&bin));
+    let mut sides: Vec<Side> = vec![
+        (
+            "sqlite3 DB 'select 1' (baseline)",
+            Box::new(|| {
+                let mut c = Command::new("sqlite3");
+                c.arg(&lite).arg("select 1");
+                c
+            }),
+        ),
+        (
+            "wxtoken get, with postgres",
+            Box::new(|| sqlite_get(&bin, &lite, &appid)),
+        ),
+    ];
+    if let Some(nopg) = &nopg {
+        println!(
+            "binary size: without postgres {} bytes ({:+} bytes with it)",
+            size(nopg),
+            size(&bin) as i64 - size(nopg) as i64
+        );
+        sides.push((
+            "wxtoken get, without postgres",
+            Box::new(|| sqlite_get(nopg, &lite, &appid)),
+        ));
+    } else {
+        println!("(set WXTOKEN_NOPG_BIN to compare with a --no-default-features build)");
+    }
+    report(&interleave(&sides, rounds));
+
+    section("3. two refreshers sharing 1,000 accounts, 50 ms per reply");
+    api.set_latency(Duration::from_millis(50));
+    let runs = if quick { 2 } else { 5 };
+    let mut one = Vec::new();
+    let mut two = Vec::new();
+    for round in 0..runs {
+        for side in [round % 2, 1 - round % 2] {
+            // Every account due again, as at the next hourly run; no --force, which would
+            // fetch an account again after the other host's fetch.
+            server.psql(
+                &db.name,
+                "UPDATE tokens SET fetched_at = fetched_at - 7200, expires_at = expires_at - 7200",
+            );
+            let before = api.hits(TOKEN);
+            let t = Instant::now();
+            let children: Vec<_> = match side {
+                0 => vec![refresher(&bin, &db.url, &api, "host-a", "32")],
+                _ => vec![
+                    refresher(&bin, &db.url, &api, "host-a", "16"),
+                    refresher(&bin, &db.url, &api, "host-b", "16"),
+                ],
+            };
+            let ok = children
+                .into_iter()
+                .all(|mut c| c.wait().is_ok_and(|s| s.success()));
+            let took = t.elapsed().as_secs_f64();
+            let fetched = api.hits(TOKEN) - before;
+            assert!(
+                ok && fetched == ACCOUNTS,
+                "side {side}: ok {ok}, {fetched} fetches"
+            );
+            if side == 0 {
+                one.push(took)
+            } else {
+                two.push(took)
+            }
+        }
+    }
+    let ideal = ACCOUNTS as f64 * 0.050 / 32.0;
+    println!("| side | median | vs ideal ({ideal:.3} s) | fetches per run |");
+    println!("|---|---|---|---|");
+    println!(
+        "| one refresher, --jobs 32 | {:.3} s | {:.3}x | {ACCOUNTS} |",
+        median(&one),
+        median(&one) / ideal
+    );
+    println!(
+        "| two refreshers (2 hosts), --jobs 16 each | {:.3} s | {:.3}x | {ACCOUNTS} between them |",
+        median(&two),
+        median(&two) / ideal
+    );
+
+    api.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn section(title: &str) {
+    println!("\n## {title}\n");
+}
+
+fn install(dir: &Path, from: &Path, name: &str) -> PathBuf {
+    let to = dir.join(name);
+    std::fs::copy(from, &to).expect("copy a binary");
+    to
+}
+
+fn size(p: &Path) -> u64 {
+    std::fs::metadata(p).map_or(0, |m| m.len())
+}
+
+fn appid_of(n: usize) -> String {
+    format!("wx{n:016}")
+}
+
+fn sqlite_get(bin: &Path, db: &Path, appid: &str) -> Command {
+    let mut c = Command::new(bin);
+    c.env_clear()
+        .env("WXTOKEN_DB", db)
+        .args(["get", "--appid", appid]);
+    c
+}
+
+/// Creates the schema with the binary, then 1,000 accounts with 100 hourly tokens each
+/// (the newest valid) in SQL.
+fn fill(bin: &Path, url: &str, api: &StandIn) {
+    let mut add = Command::new(bin);
+    add.env_clear()
+        .env("WXTOKEN_DB", url)
+        .env("WXTOKEN_API_BASE", api.url())
+        .args([
+            "account",
+            "add",
+            "--appid",
+            &appid_of(0),
+            "--secret-env",
+            "S",
+        ])
+        .env("S", "0123456789abcdef0123456789abcdef");
+    assert!(add.status().unwrap().success(), "account add");
+    let sql = format!(
+        "INSERT INTO accounts (appid, created_at, updated_at)
+           SELECT 'wx' || lpad(n::text, 16, '0'), 0, 0 FROM generate_series(1, {last}) n;
+         INSERT INTO account_secrets (account_id, secret)
+           SELECT id, '0123456789abcdef0123456789abcdef' FROM accounts WHERE id NOT IN (SELECT account_id FROM account_secrets);
+         INSERT INTO tokens (account_id, token, expires_in, fetched_at, expires_at)
+           SELECT a.id, md5(a.id::text || h::text) || md5(h::text), 7200,
+                  extract(epoch from now())::bigint - (100 - h) * 3600,
+                  extract(epoch from now())::bigint - (100 - h) * 3600 + 7200
+           FROM accounts a, generate_series(1, 100) h ORDER BY h, a.id;
+         ANALYZE;",
+        last = ACCOUNTS - 1
+    );
+    let server = pg::server().unwrap();
+    let name = url.split("///").nth(1).unwrap().split('?').next().unwrap();
+    server.psql(name, &sql);
+}
+
+fn refresher(bin: &Path, url: &str, api: &StandIn, host: &str, jobs: &str) -> std::process::Child {
+    Command::new(bin)
+        .env_clear()
+        .env("WXTOKEN_DB", url)
+        .env("WXTOKEN_API_BASE", api.url())
+        .env("WXTOKEN_HOST", host)
+        .args(["-q", "refresh", "--jobs", jobs])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn refresh")
+}
+
+/// Runs every side once per round, rotating the order; returns each side's timings.
+fn interleave(sides: &[Side], rounds: usize) -> Vec<(String, Vec<f64>)> {
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
+    for round in 0..rounds {
+        for k in 0..sides.len() {
+            let i = (round + k) % sides.len();
+            let mut cmd = (sides[i].1)();
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let t = Instant::now();
+            let out = cmd.output().expect("spawn");
+            let took = t.elapsed().as_secs_f64();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                sides[i].0,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            times[i].push(took);
+        }
+    }
+    sides
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .zip(times)
+        .collect()
+}
+
+fn report(results: &[(String, Vec<f64>)]) {
+    let base = median(&results[0].1);
+    println!("| side | median | p90 | vs baseline |");
+    println!("|---|---|---|---|");
+    for (name, t) in results {
+        println!(
+            "| {name} | {:.2} ms | {:.2} ms | {:.3}x |",
+            median(t) * 1e3,
+            pct(t, 90.0) * 1e3,
+            median(t) / base
+        );
+    }
+}
+
+fn pct(xs: &[f64], p: f64) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let pos = p / 100.0 * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
+fn median(xs: &[f64]) -> f64 {
+    pct(xs, 50.0)
+}

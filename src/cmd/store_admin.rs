@@ -1,0 +1,50 @@
+//! `wxtoken store ...`: move the whole store, and give PostgreSQL readers their grants.
+
+use anyhow::Result;
+
+use super::Context;
+use crate::exit::{Exit, fail};
+use crate::store::{self, Location};
+
+/// Copies accounts, their secrets (opened with the key file and sealed again with it, so
+/// they are never stored in plain text), holds and the newest valid tokens into an empty
+/// store. The same key file opens both stores afterwards.
+pub fn copy(ctx: &Context, to: &Location) -> Result<Exit> {
+    let from = ctx.store()?;
+    ctx.unlock(from.as_ref(), false)?;
+    let items = from.export(ctx.now())?;
+    let target = store::open_write(to, true)?;
+    target.import(&items)?;
+    let tokens: usize = items.iter().map(|i| i.tokens.len()).sum();
+    ctx.say(&format!(
+        "copied {} account(s) and {tokens} valid token(s) and ticket(s) from {} to {}",
+        items.len(),
+        from.location(),
+        target.location()
+    ));
+    Ok(Exit::Ok)
+}
+
+/// Applies the reader grants on a PostgreSQL store and prints them on stdout.
+#[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+pub fn grant_reader(ctx: &Context, role: &str) -> Result<Exit> {
+    match ctx.location() {
+        #[cfg(feature = "postgres")]
+        Location::Postgres(config) => {
+            let store = crate::store_pg::Postgres::open(config, store::Holder::current())?;
+            let applied = store.grant_reader(role)?;
+            let sql: String = applied.iter().map(|s| format!("{s};\n")).collect();
+            super::emit(&sql)?;
+            ctx.say(&format!("{role} can now read tokens from {config}"));
+            Ok(Exit::Ok)
+        }
+        Location::File { path, .. } => Err(fail(
+            Exit::Usage,
+            format!(
+                "grant-reader is for PostgreSQL stores; {} is an SQLite file (readers need \
+                 read access to the file itself)",
+                path.display()
+            ),
+        )),
+    }
+}

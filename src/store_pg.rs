@@ -1,0 +1,1628 @@
+//! The PostgreSQL backend of the `Store` interface, for a fleet of hosts sharing one
+//! database. The only module with SQL besides `store.rs`.
+//!
+//! What differs from SQLite, and why:
+//! - Every time that decides something (claims, token times, `get`'s validity check)
+//!   comes from the server's clock, `now()`, so clock skew between hosts cannot let two
+//!   holders fetch one account or a reader hand out an expired token.
+//! - A claim is a lease row taken and released in single autocommit statements. No
+//!   transaction or session lock is held across the HTTP request: a host that dies
+//!   mid-fetch blocks the account only until the lease expires.
+//! - Recording a fetch first checks that this holder still has the lease (fencing); one
+//!   that lost it records a `lost_claim` attempt and drops its token.
+//! - Secrets live in `account_secrets`, which the reader grant never names.
+
+use std::cell::{Cell, RefCell, RefMut};
+use std::collections::HashMap;
+
+use postgres::Client;
+use postgres::types::{ToSql, Type};
+
+use crate::domain::{
+    Account, AccountKey, Api, Attempt, Credential, FetchRecord, NewAccount, Secret, Ticket,
+    TokenRow,
+};
+use crate::pgconf::PgConfig;
+use crate::store::{
+    AttemptColumns, Claim, Exported, Holder, NewestRow, RUN_COLUMNS, ReadStore, Recorded, Result,
+    RunRow, SUCCESSFUL_RUNS, SinkResult, SinkRow, Sinks, Store, StoreError, is_plaintext,
+    not_empty, open_or_fail, open_secret, parse_tickets, pid_alive, same_secret, seal_secret,
+    stored_form,
+};
+
+/// Every PostgreSQL migration, in order; the schema version is how many are applied.
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/postgres/0001_init.sql"),
+    include_str!("../migrations/postgres/0002_quota.sql"),
+    include_str!("../migrations/postgres/0003_runs.sql"),
+    include_str!("../migrations/postgres/0004_sinks.sql"),
+    include_str!("../migrations/postgres/0005_intents.sql"),
+];
+
+/// The key of the advisory lock that serialises migrations. Advisory locks are per
+/// database, so other wxtoken databases on the server do not contend for it.
+const MIGRATION_LOCK: i64 = 0x7778_746f_6b65_6e00; // "wxtoken\0"
+/// The advisory lock that recording transactions hold shared and `newest_token_id` takes
+/// alone for an instant.
+const RECORD_LOCK: i64 = 0x7778_746f_6b65_6e01;
+
+/// The database clock, in the Unix seconds every time column holds.
+const NOW: &str = "extract(epoch from now())::bigint";
+
+/// A connection to a wxtoken database on a PostgreSQL server.
+pub struct Postgres {
+    client: RefCell<Client>,
+    config: PgConfig,
+    holder: Holder,
+    /// Whether the schema version is known to match. A read handle checks it within its
+    /// first query, so that `get` stays one round trip after connecting.
+    verified: Cell<bool>,
+}
+
+/// A server error as one line (the client's own `Display` says only "db error"), in the
+/// store's error vocabulary.
+fn pg_error(config: &PgConfig, err: &postgres::Error) -> StoreError {
+    let text = match err.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity().to_lowercase(), db.message()),
+        None => err.to_string(),
+    };
+    let message = format!("could not use database {config}: {text}");
+    match err.code().map(|c| c.code()) {
+        // serialization_failure, deadlock_detected, lock_not_available
+        Some("40001" | "40P01" | "55P03") => StoreError::Busy(message),
+        // undefined_table, undefined_column: not (or not yet) a wxtoken database
+        Some("42P01" | "42703") => StoreError::Schema(message),
+        _ => StoreError::Io(message),
+    }
+}
+
+impl Postgres {
+    /// Connects and applies pending migrations.
+    pub fn open(config: &PgConfig, holder: Holder) -> Result<Postgres> {
+        let store = Postgres::connect(config, holder)?;
+        store.migrate()?;
+        store.verified.set(true);
+        Ok(store)
+    }
+
+    /// Connects for reading: no migration, and a schema of another version is refused,
+    /// by the first query rather than by one of its own.
+    pub fn open_read(config: &PgConfig) -> Result<Postgres> {
+        Postgres::connect(config, Holder::nobody())
+    }
+
+    /// Refuses a schema other than this binary's; a reader never migrates.
+    fn require_version(&self, version: i64) -> Result<()> {
+        if version != MIGRATIONS.len() as i64 {
+            self.check_version(version)?;
+            return Err(StoreError::Schema(format!(
+                "database {} has schema version {version}, this wxtoken needs {}; \
+                 run any writing command (e.g. wxtoken status) once to upgrade it",
+                self.config,
+                MIGRATIONS.len()
+            )));
+        }
+        self.verified.set(true);
+        Ok(())
+    }
+
+    /// For read methods other than `latest_token`, which checks within its own query.
+    fn verify(&self) -> Result<()> {
+        if self.verified.get() {
+            return Ok(());
+        }
+        self.require_version(self.version()?)
+    }
+
+    fn connect(config: &PgConfig, holder: Holder) -> Result<Postgres> {
+        let client = crate::pgconn::connect(config).map_err(StoreError::Io)?;
+        Ok(Postgres {
+            client: RefCell::new(client),
+            config: config.clone(),
+            holder,
+            verified: Cell::new(false),
+        })
+    }
+
+    /// The connection. Never borrowed across another call of ours.
+    fn c(&self) -> RefMut<'_, Client> {
+        self.client.borrow_mut()
+    }
+
+    fn err(&self, e: postgres::Error) -> StoreError {
+        pg_error(&self.config, &e)
+    }
+
+    // ---- schema ----
+
+    /// The applied schema version: 0 for an empty database.
+    fn version(&self) -> Result<i64> {
+        let mut c = self.c();
+        let exists: bool = c
+            .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+            .map_err(|e| self.err(e))?
+            .get(0);
+        if !exists {
+            return Ok(0);
+        }
+        let row = c
+            .query_one(
+                "SELECT coalesce(max(version), 0)::bigint FROM schema_migrations",
+                &[],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(row.get(0))
+    }
+
+    fn check_version(&self, version: i64) -> Result<()> {
+        if version > MIGRATIONS.len() as i64 {
+            return Err(StoreError::Schema(format!(
+                "database {} has schema version {version}, newer than this wxtoken \
+                 understands ({}); upgrade wxtoken",
+                self.config,
+                MIGRATIONS.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Applies every pending migration in one transaction that first takes an advisory
+    /// lock, so that two hosts upgrading at once run one after the other and the second
+    /// finds nothing left to do. DDL is transactional in PostgreSQL: all or nothing.
+    fn migrate(&self) -> Result<()> {
+        if self.version()? == MIGRATIONS.len() as i64 {
+            return Ok(());
+        }
+        let config = &self.config;
+        let err = |e: postgres::Error| pg_error(config, &e);
+        let mut c = self.c();
+        let mut tx = c.transaction().map_err(err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .map_err(err)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version    integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .map_err(err)?;
+        let version: i64 = tx
+            .query_one(
+                "SELECT coalesce(max(version), 0)::bigint FROM schema_migrations",
+                &[],
+            )
+            .map_err(err)?
+            .get(0);
+        self.check_version(version)?;
+        if version == 0 {
+            let foreign: i64 = tx
+                .query_one(
+                    "SELECT count(*) FROM pg_tables
+                     WHERE schemaname = current_schema() AND tablename = 'accounts'",
+                    &[],
+                )
+                .map_err(err)?
+                .get(0);
+            if foreign > 0 {
+                return Err(StoreError::Schema(format!(
+                    "{config} already has an accounts table that wxtoken did not create; \
+                     refusing to touch it (use another database or schema)"
+                )));
+            }
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let n = i as i32 + 1;
+            tx.batch_execute(sql).map_err(|e| {
+                StoreError::Schema(format!(
+                    "postgresql migration {n} failed: {}",
+                    pg_error(config, &e)
+                ))
+            })?;
+            tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[&n])
+                .map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    // ---- helpers ----
+
+    /// Accounts matching `rest` (a WHERE and/or ORDER BY clause). Only a writing handle
+    /// reads the secrets: a reader role may select accounts, never `account_secrets`.
+    fn select_accounts(&self, rest: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Account>> {
+        self.verify()?;
+        let (secret, join) = if self.holder.id.is_empty() {
+            ("NULL::text", "")
+        } else {
+            (
+                "s.secret",
+                "LEFT JOIN account_secrets s ON s.account_id = a.id",
+            )
+        };
+        let sql = format!(
+            "SELECT a.id, a.appid, a.agent, a.api, {secret}, a.enabled, a.created_at,
+                    a.updated_at, a.held_until, a.held_reason, a.tickets, a.fetch_due
+             FROM accounts a {join} {rest}"
+        );
+        let rows = self.c().query(&sql, params).map_err(|e| self.err(e))?;
+        Ok(rows.iter().map(Self::account_from_row).collect())
+    }
+
+    fn account_from_row(row: &postgres::Row) -> Account {
+        let api: String = row.get(3);
+        let key = AccountKey {
+            appid: row.get(1),
+            agent: row.get(2),
+        };
+        // A reader's handle selects no secret (NULL).
+        let secret = match row.get::<_, Option<String>>(4) {
+            Some(stored) => open_secret(&crate::crypto::account_owner(&key), stored),
+            None => Secret::new(String::new()),
+        };
+        Account {
+            id: row.get(0),
+            key,
+            api: Api::parse(&api).unwrap_or(Api::Token),
+            secret,
+            enabled: row.get(5),
+            created_at: row.get(6),
+            updated_at: row.get(7),
+            held_until: row.get(8),
+            held_reason: row.get(9),
+            tickets: parse_tickets(&row.get::<_, String>(10)),
+            fetch_due: row.get(11),
+        }
+    }
+
+    /// Runs an UPDATE of one account (appid $1, agent $2); `NotFound` if it touched none.
+    fn change_account(
+        &self,
+        key: &AccountKey,
+        sql: &str,
+        rest: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<i64>> {
+        let mut values: Vec<&(dyn ToSql + Sync)> = vec![&key.appid, &key.agent];
+        values.extend_from_slice(rest);
+        let row = self.c().query_opt(sql, &values).map_err(|e| self.err(e))?;
+        match row {
+            Some(row) => Ok(Some(row.get(0))),
+            None => Err(StoreError::NotFound(key.clone())),
+        }
+    }
+
+    /// The newest run matching `filter` (a WHERE clause or nothing).
+    fn run_row(&self, filter: &str) -> Result<Option<RunRow>> {
+        self.verify()?;
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs {filter} ORDER BY id DESC LIMIT 1");
+        let row = self.c().query_opt(&sql, &[]).map_err(|e| self.err(e))?;
+        Ok(row.map(|r| RunRow {
+            started_at: r.get(0),
+            finished_at: r.get(1),
+            duration_ms: r.get(2),
+            scope: r.get(3),
+            accounts: r.get(4),
+            refreshed: r.get(5),
+            fresh: r.get(6),
+            busy: r.get(7),
+            held: r.get(8),
+            failed: r.get(9),
+        }))
+    }
+
+    // ---- readers ----
+
+    /// Lets `role` read tokens and nothing else: the newest-token view, the accounts
+    /// (which hold no secret) and the schema version. Never the secrets, never a write.
+    /// Returns the statements applied.
+    pub fn grant_reader(&self, role: &str) -> anyhow::Result<Vec<String>> {
+        let mut c = self.c();
+        let exists = c
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
+            .map_err(|e| self.err(e))?
+            .is_some();
+        if !exists {
+            return Err(crate::exit::fail(
+                crate::exit::Exit::Usage,
+                format!(
+                    "role '{}' does not exist on {}; create it first (CREATE ROLE ... LOGIN)",
+                    crate::policy::one_line(role, 64),
+                    self.config
+                ),
+            ));
+        }
+        let schema: String = c
+            .query_one("SELECT current_schema()", &[])
+            .map_err(|e| self.err(e))?
+            .get(0);
+        let statements = reader_grants(role, &schema);
+        let mut tx = c.transaction().map_err(|e| self.err(e))?;
+        for sql in &statements {
+            tx.batch_execute(sql)
+                .map_err(|e| pg_error(&self.config, &e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(statements)
+    }
+}
+
+impl ReadStore for Postgres {
+    fn location(&self) -> String {
+        self.config.to_string()
+    }
+
+    fn accounts(&self) -> Result<Vec<Account>> {
+        self.select_accounts("ORDER BY a.appid, a.agent", &[])
+    }
+
+    fn account(&self, key: &AccountKey) -> Result<Option<Account>> {
+        let found = self.select_accounts(
+            "WHERE a.appid = $1 AND a.agent = $2",
+            &[&key.appid, &key.agent],
+        )?;
+        Ok(found.into_iter().next())
+    }
+
+    /// One round trip, through the reader view, with no named prepared statement (so it
+    /// works for a reader role and behind a transaction pooler). The row's times are
+    /// shifted into this host's clock by the server's: a caller that judges validity with
+    /// its own clock then agrees with the server, however far this host's clock is off.
+    fn latest_token(&self, key: &AccountKey, kind: Credential) -> Result<Option<TokenRow>> {
+        let sql = format!(
+            "SELECT n.token, n.expires_in, n.fetched_at, n.expires_at, {NOW},
+                    (SELECT coalesce(max(version), 0)::bigint FROM schema_migrations),
+                    n.id, n.unfinished_fetch, n.classic
+             FROM (SELECT 1) one LEFT JOIN latest_tokens n
+                  ON n.appid = $1 AND n.agent = $2 AND n.kind = $3"
+        );
+        let kind = kind.as_str();
+        let params: [(&(dyn ToSql + Sync), Type); 3] = [
+            (&key.appid, Type::TEXT),
+            (&key.agent, Type::TEXT),
+            (&kind, Type::TEXT),
+        ];
+        let rows = self.c().query_typed(&sql, &params).map_err(|e| {
+            match e.code().map(|c| c.code()) {
+                // No schema_migrations or latest_tokens: version 0, or someone else's.
+                Some("42P01") => self.require_version(0).err().unwrap_or_else(|| self.err(e)),
+                _ => self.err(e),
+            }
+        })?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        if !self.verified.get() {
+            self.require_version(row.get(5))?;
+        }
+        let server_now: i64 = row.get(4);
+        let skew = crate::wechat::unix_now() - server_now;
+        Ok(row.get::<_, Option<String>>(0).map(|token| TokenRow {
+            id: row.get(6),
+            token,
+            expires_in: row.get(1),
+            fetched_at: row.get::<_, i64>(2) + skew,
+            expires_at: row.get::<_, i64>(3) + skew,
+            unfinished_fetch: row.get::<_, Option<i64>>(7).map(|t| t + skew),
+            classic: row.get(8),
+        }))
+    }
+
+    /// Waits for every transaction recording a token to commit (they hold the lock shared)
+    /// before reading the largest id. Identity values are handed out before commit, so
+    /// without the wait a row committed after this read could carry a smaller id and look
+    /// fetched before this run started: two hosts would fetch the account twice.
+    fn newest_token_id(&self) -> Result<i64> {
+        self.verify()?;
+        let config = &self.config;
+        let err = |e: postgres::Error| pg_error(config, &e);
+        let mut c = self.c();
+        let mut tx = c.transaction().map_err(err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&RECORD_LOCK])
+            .map_err(err)?;
+        let newest: i64 = tx
+            .query_one("SELECT coalesce(max(id), 0)::bigint FROM tokens", &[])
+            .map_err(err)?
+            .get(0);
+        tx.commit().map_err(err)?;
+        Ok(newest)
+    }
+
+    fn unfinished_fetches(&self) -> Result<Vec<i64>> {
+        self.verify()?;
+        let rows = self
+            .c()
+            .query("SELECT account_id FROM intents ORDER BY started_at", &[])
+            .map_err(|e| self.err(e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn last_attempt(&self, account_id: i64, kind: Credential) -> Result<Option<Attempt>> {
+        self.verify()?;
+        let row = self
+            .c()
+            .query_opt(
+                "SELECT started_at, duration_ms, tries, outcome, errcode, errmsg, http_status, detail,
+                        clock_offset
+                 FROM attempts WHERE account_id = $1 AND kind = $2 ORDER BY id DESC LIMIT 1",
+                &[&account_id, &kind.as_str()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(row.map(|r| {
+            let columns = AttemptColumns {
+                outcome: r.get::<_, String>(3),
+                errcode: r.get(4),
+                errmsg: r.get(5),
+                http_status: r.get(6),
+                detail: r.get(7),
+            };
+            Attempt {
+                started_at: r.get(0),
+                duration_ms: r.get(1),
+                tries: r.get(2),
+                result: columns.result(),
+                clock_offset: r.get(8),
+            }
+        }))
+    }
+
+    fn fetches_since(&self, since: i64) -> Result<HashMap<i64, i64>> {
+        self.verify()?;
+        let rows = self
+            .c()
+            .query(
+                "SELECT account_id, sum(n)::bigint FROM (
+                     SELECT account_id, tries AS n FROM attempts
+                     WHERE started_at >= $1 AND kind = $2
+                     UNION ALL
+                     SELECT account_id, 1 FROM forced_refreshes WHERE at >= $1) counted
+                 GROUP BY account_id",
+                &[&since, &Credential::AccessToken.as_str()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn quota_resets_since(&self, account_id: i64, since: i64) -> Result<i64> {
+        self.verify()?;
+        let row = self
+            .c()
+            .query_one(
+                "SELECT count(*) FROM quota_resets WHERE account_id = $1 AND ok AND at >= $2",
+                &[&account_id, &since],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(row.get(0))
+    }
+
+    fn last_runs(&self) -> Result<(Option<RunRow>, Option<RunRow>)> {
+        Ok((self.run_row("")?, self.run_row(SUCCESSFUL_RUNS)?))
+    }
+
+    fn export(&self, _now: i64) -> Result<Vec<Exported>> {
+        let accounts = self.accounts()?;
+        let rows = self
+            .c()
+            .query(
+                &format!(
+                    "SELECT t.account_id, t.kind, t.token, t.expires_in, t.fetched_at, t.expires_at,
+                            t.id
+                     FROM tokens t
+                     WHERE t.expires_at > {NOW}
+                       AND t.id = (SELECT max(n.id) FROM tokens n
+                                   WHERE n.account_id = t.account_id AND n.kind = t.kind)
+                     ORDER BY t.account_id, t.kind"
+                ),
+                &[],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(accounts
+            .into_iter()
+            .map(|account| {
+                let tokens = rows
+                    .iter()
+                    .filter(|r| r.get::<_, i64>(0) == account.id)
+                    .map(|r| {
+                        let row = TokenRow {
+                            id: r.get(6),
+                            token: r.get(2),
+                            expires_in: r.get(3),
+                            fetched_at: r.get(4),
+                            expires_at: r.get(5),
+                            // Not copied: the target has no unfinished fetch of its own.
+                            unfinished_fetch: None,
+                            classic: false,
+                        };
+                        (r.get(1), row)
+                    })
+                    .collect();
+                Exported { account, tokens }
+            })
+            .collect())
+    }
+}
+
+impl Store for Postgres {
+    fn another(&self) -> Result<Box<dyn Store>> {
+        Ok(Box::new(Postgres::connect(
+            &self.config,
+            self.holder.clone(),
+        )?))
+    }
+
+    fn add_account(&self, new: &NewAccount, now: i64) -> Result<()> {
+        let NewAccount {
+            key,
+            api,
+            secret,
+            tickets,
+        } = new;
+        let tickets: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
+        let sealed = seal_secret(&crate::crypto::account_owner(key), secret)?;
+        let config = &self.config;
+        let err = |e: postgres::Error| pg_error(config, &e);
+        let mut c = self.c();
+        let mut tx = c.transaction().map_err(err)?;
+        let row = tx
+            .query_opt(
+                "INSERT INTO accounts (appid, agent, api, enabled, created_at, updated_at, tickets)
+                 VALUES ($1, $2, $3, true, $4, $4, $5)
+                 ON CONFLICT (appid, agent) DO NOTHING RETURNING id",
+                &[
+                    &key.appid,
+                    &key.agent,
+                    &api.as_str(),
+                    &now,
+                    &tickets.join(","),
+                ],
+            )
+            .map_err(err)?;
+        let Some(row) = row else {
+            return Err(StoreError::AlreadyExists(key.clone()));
+        };
+        let id: i64 = row.get(0);
+        tx.execute(
+            "INSERT INTO account_secrets (account_id, secret) VALUES ($1, $2)",
+            &[&id, &sealed],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    fn remove_account(&self, key: &AccountKey) -> Result<()> {
+        let sql = "DELETE FROM accounts WHERE appid = $1 AND agent = $2 RETURNING id";
+        self.change_account(key, sql, &[]).map(drop)
+    }
+
+    fn set_enabled(&self, key: &AccountKey, enabled: bool, now: i64) -> Result<()> {
+        let sql = "UPDATE accounts SET enabled = $3, updated_at = $4, fetch_due = $3,
+                       held_until = NULL, held_reason = NULL
+                   WHERE appid = $1 AND agent = $2 RETURNING id";
+        self.change_account(key, sql, &[&enabled, &now]).map(drop)
+    }
+
+    fn set_tickets(&self, key: &AccountKey, tickets: &[Ticket], now: i64) -> Result<()> {
+        let list: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
+        let sql = "UPDATE accounts SET tickets = $3, updated_at = $4
+                   WHERE appid = $1 AND agent = $2 RETURNING id";
+        self.change_account(key, sql, &[&list.join(","), &now])
+            .map(drop)
+    }
+
+    fn reseal(&self, all: bool) -> Result<usize> {
+        let config = &self.config;
+        let err = |e: postgres::Error| pg_error(config, &e);
+        let mut c = self.c();
+        let mut tx = c.transaction().map_err(err)?;
+        let mut n = 0;
+        let rows = tx
+            .query(
+                "SELECT s.account_id, a.appid, a.agent, s.secret
+                 FROM account_secrets s JOIN accounts a ON a.id = s.account_id FOR UPDATE",
+                &[],
+            )
+            .map_err(err)?;
+        for row in rows {
+            let stored: String = row.get(3);
+            if (!all && !is_plaintext(&stored)) || stored == crate::crypto::LOST {
+                continue;
+            }
+            let owner = crate::crypto::account_owner(&AccountKey {
+                appid: row.get(1),
+                agent: row.get(2),
+            });
+            let sealed = seal_secret(&owner, &open_or_fail(&owner, stored)?)?;
+            let id: i64 = row.get(0);
+            tx.execute(
+                "UPDATE account_secrets SET secret = $2 WHERE account_id = $1",
+                &[&id, &sealed],
+            )
+            .map_err(err)?;
+            n += 1;
+        }
+        let rows = tx
+            .query(
+                "SELECT id, name, password FROM sinks WHERE password IS NOT NULL FOR UPDATE",
+                &[],
+            )
+            .map_err(err)?;
+        for row in rows {
+            let stored: String = row.get(2);
+            if (!all && !is_plaintext(&stored)) || stored == crate::crypto::LOST {
+                continue;
+            }
+            let owner = crate::crypto::sink_owner(&row.get::<_, String>(1));
+            let sealed = seal_secret(&owner, &open_or_fail(&owner, stored)?)?;
+            let id: i64 = row.get(0);
+            tx.execute(
+                "UPDATE sinks SET password = $2 WHERE id = $1",
+                &[&id, &sealed],
+            )
+            .map_err(err)?;
+            n += 1;
+        }
+        tx.commit().map_err(err)?;
+        Ok(n)
+    }
+
+    fn forget_sealed(&self, reason: &str) -> Result<(usize, usize)> {
+        let config = &self.config;
+        let err = |e: postgres::Error| pg_error(config, &e);
+        let mut c = self.c();
+        let mut tx = c.transaction().map_err(err)?;
+        let accounts = tx
+            .execute(
+                "UPDATE accounts SET held_until = $1, held_reason = $2
+                 WHERE id IN (SELECT account_id FROM account_secrets WHERE secret LIKE 'wxs1:%')",
+                &[&crate::policy::UNTIL_FIXED, &reason],
+            )
+            .map_err(err)?;
+        tx.execute(
+            "UPDATE account_secrets SET secret = $1 WHERE secret LIKE 'wxs1:%'",
+            &[&crate::crypto::LOST],
+        )
+        .map_err(err)?;
+        let sinks = tx
+            .execute(
+                "UPDATE sinks SET password = $1 WHERE password LIKE 'wxs1:%'",
+                &[&crate::crypto::LOST],
+            )
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok((accounts as usize, sinks as usize))
+    }
+
+    fn set_secret(&self, key: &AccountKey, secret: &Secret, now: i64) -> Result<()> {
+        let sql = "UPDATE accounts SET updated_at = $3, fetch_due = true,
+                       held_until = NULL, held_reason = NULL
+                   WHERE appid = $1 AND agent = $2 RETURNING id";
+        let sealed = seal_secret(&crate::crypto::account_owner(key), secret)?;
+        // Two statements, both idempotent: a crash between them leaves the old secret.
+        let id = self.change_account(key, sql, &[&now])?;
+        self.c()
+            .execute(
+                "INSERT INTO account_secrets (account_id, secret) VALUES ($1, $2)
+                 ON CONFLICT (account_id) DO UPDATE SET secret = EXCLUDED.secret",
+                &[&id, &sealed],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Takes the account's lease for `ttl` seconds of server time, in one statement: it
+    /// succeeds when nobody holds it, the lease expired, or we hold it already. A holder
+    /// on this host whose process is gone is taken over at once; one on another host only
+    /// when its lease expires (a pid cannot be probed elsewhere). `now` is not used: the
+    /// server's clock decides.
+    fn claim(&self, account_id: i64, _now: i64, ttl: i64) -> Result<Claim> {
+        let h = &self.holder;
+        let pid = i64::from(h.pid);
+        let taken = self
+            .c()
+            .query_opt(
+                &format!(
+                    "INSERT INTO claims AS c (account_id, holder, host, pid, claimed_at, expires_at)
+                     VALUES ($1, $2, $3, $4, {NOW}, {NOW} + $5::bigint)
+                     ON CONFLICT (account_id) DO UPDATE SET holder = EXCLUDED.holder,
+                         host = EXCLUDED.host, pid = EXCLUDED.pid,
+                         claimed_at = EXCLUDED.claimed_at, expires_at = EXCLUDED.expires_at
+                     WHERE c.expires_at <= EXCLUDED.claimed_at OR c.holder = EXCLUDED.holder
+                     RETURNING claimed_at"
+                ),
+                &[&account_id, &h.id, &h.host, &pid, &ttl],
+            )
+            .map_err(|e| self.err(e))?;
+        if taken.is_some() {
+            return Ok(Claim::Claimed);
+        }
+        let current = self
+            .c()
+            .query_opt(
+                "SELECT holder, host, pid FROM claims WHERE account_id = $1",
+                &[&account_id],
+            )
+            .map_err(|e| self.err(e))?;
+        let Some(current) = current else {
+            // Released between our two statements: try again.
+            return self.claim(account_id, _now, ttl);
+        };
+        let (other, host, other_pid): (String, String, i64) =
+            (current.get(0), current.get(1), current.get(2));
+        if host == h.host && !pid_alive(other_pid) {
+            // Conditional on the dead holder, so that two takers cannot both win.
+            let n = self
+                .c()
+                .execute(
+                    &format!(
+                        "UPDATE claims SET holder = $3, host = $4, pid = $5, claimed_at = {NOW},
+                             expires_at = {NOW} + $6::bigint
+                         WHERE account_id = $1 AND holder = $2"
+                    ),
+                    &[&account_id, &other, &h.id, &h.host, &pid, &ttl],
+                )
+                .map_err(|e| self.err(e))?;
+            if n == 1 {
+                log::info!("taking over the claim of {other} on account {account_id} (dead)");
+                return Ok(Claim::Claimed);
+            }
+        }
+        Ok(Claim::Busy(other))
+    }
+
+    /// The intent, on the server's clock like the lease (readers shift it into theirs).
+    /// Another holder's intent left for the account is replaced: this fetch supersedes it.
+    fn begin_fetch(&self, account_id: i64, _now: i64) -> Result<()> {
+        self.c()
+            .execute(
+                &format!(
+                    "INSERT INTO intents (account_id, holder, started_at) VALUES ($1, $2, {NOW})
+                     ON CONFLICT (account_id) DO UPDATE
+                     SET holder = EXCLUDED.holder, started_at = EXCLUDED.started_at"
+                ),
+                &[&account_id, &self.holder.id],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn release(&self, account_id: i64) -> Result<()> {
+        self.c()
+            .execute(
+                "DELETE FROM claims WHERE account_id = $1 AND holder = $2",
+                &[&account_id, &self.holder.id],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Records a fetch in one transaction, only while this handle's holder still has the
+    /// account's lease (fencing): else a `lost_claim` attempt, and the token is dropped
+    /// (the holder that took over fetched later, and the latest fetch is the valid one).
+    /// The token's times start at the lease's `claimed_at`, on the server's clock: before
+    /// the request was sent, so the stored expiry is never later than WeChat's.
+    fn record_fetch(&self, record: &FetchRecord) -> Result<Recorded> {
+        let FetchRecord {
+            account_id,
+            kind,
+            outcome,
+            hold,
+            secret,
+        } = record;
+        let account_id = *account_id;
+        let config = &self.config;
+        let err = |e: postgres::Error| pg_error(config, &e);
+        let kind = kind.as_str();
+        let tries = i64::from(outcome.tries);
+        let mut c = self.c();
+        let mut tx = c.transaction().map_err(err)?;
+        // Shared: a refresh starting now waits for this commit before it reads the newest
+        // token id (see `newest_token_id`).
+        tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&RECORD_LOCK])
+            .map_err(err)?;
+        // The row lock makes a concurrent takeover wait for this commit, or this check see
+        // the new holder: either way only one holder's token is stored.
+        let claimed_at: Option<i64> = tx
+            .query_opt(
+                "SELECT claimed_at FROM claims WHERE account_id = $1 AND holder = $2 FOR UPDATE",
+                &[&account_id, &self.holder.id],
+            )
+            .map_err(err)?
+            .map(|r| r.get(0));
+        let Some(claimed_at) = claimed_at else {
+            let detail = format!(
+                "the claim of {} expired and was taken over during the fetch",
+                self.holder.id
+            );
+            tx.execute(
+                &format!(
+                    "INSERT INTO attempts (account_id, kind, started_at, duration_ms, tries, outcome, detail)
+                     VALUES ($1, $2, {NOW}, $3, $4, 'lost_claim', $5)"
+                ),
+                &[&account_id, &kind, &outcome.duration_ms, &tries, &detail],
+            )
+            .map_err(err)?;
+            tx.commit().map_err(err)?;
+            return Err(StoreError::Busy(format!(
+                "{detail}; its token was dropped (a fetch that outlives the claim means the \
+                 claim TTL is too short)"
+            )));
+        };
+        let recorded = match &outcome.result {
+            Ok(fetched) => {
+                let newest: Option<String> = tx
+                    .query_opt(
+                        "SELECT token FROM tokens WHERE account_id = $1 AND kind = $2
+                         ORDER BY id DESC LIMIT 1",
+                        &[&account_id, &kind],
+                    )
+                    .map_err(err)?
+                    .map(|r| r.get(0));
+                if newest.as_deref() == Some(fetched.token.as_str()) {
+                    Recorded::Unchanged
+                } else {
+                    tx.execute(
+                        "INSERT INTO tokens (account_id, kind, token, expires_in, fetched_at, expires_at)
+                         VALUES ($1, $2, $3, $4::bigint, $5::bigint, $5::bigint + $4::bigint)",
+                        &[&account_id, &kind, &fetched.token, &fetched.expires_in, &claimed_at],
+                    )
+                    .map_err(err)?;
+                    Recorded::Inserted
+                }
+            }
+            Err(_) => Recorded::Failed,
+        };
+        let a = AttemptColumns::of(outcome, recorded == Recorded::Unchanged);
+        tx.execute(
+            &format!(
+                "INSERT INTO attempts (account_id, kind, started_at, duration_ms, tries, outcome,
+                                       errcode, errmsg, http_status, detail, clock_offset)
+                 VALUES ($1, $2, {NOW} - $3::bigint / 1000, $3, $4, $5, $6, $7, $8, $9, $10)"
+            ),
+            &[
+                &account_id,
+                &kind,
+                &outcome.duration_ms,
+                &tries,
+                &a.outcome,
+                &a.errcode,
+                &a.errmsg,
+                &a.http_status,
+                &a.detail,
+                &outcome.clock_offset,
+            ],
+        )
+        .map_err(err)?;
+        if kind == Credential::AccessToken.as_str() {
+            // An outcome computed with a secret that has since been replaced says nothing
+            // about the new one. The row lock keeps a set-secret from slipping in between
+            // this check and the update.
+            let current = tx
+                .query_opt(
+                    "SELECT a.appid, a.agent, s.secret FROM accounts a
+                     JOIN account_secrets s ON s.account_id = a.id
+                     WHERE a.id = $1 FOR UPDATE OF a",
+                    &[&account_id],
+                )
+                .map_err(err)?;
+            let same = current.is_some_and(|r| {
+                let key = AccountKey {
+                    appid: r.get(0),
+                    agent: r.get(1),
+                };
+                same_secret(&key, r.get(2), secret)
+            });
+            if same {
+                tx.execute(
+                    "UPDATE accounts SET held_until = $2, held_reason = $3, fetch_due = false
+                     WHERE id = $1",
+                    &[
+                        &account_id,
+                        &hold.as_ref().map(|h| h.0),
+                        &hold.as_ref().map(|h| h.1.as_str()),
+                    ],
+                )
+                .map_err(err)?;
+            }
+            if !outcome.may_have_issued() {
+                tx.execute(
+                    "DELETE FROM intents WHERE account_id = $1 AND holder = $2",
+                    &[&account_id, &self.holder.id],
+                )
+                .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(recorded)
+    }
+
+    fn forced_refreshes(&self, account_id: i64, now: i64) -> Result<Vec<i64>> {
+        let since = now - crate::policy::FORCED_REFRESH_RETENTION;
+        let rows = self
+            .c()
+            .query(
+                "SELECT at FROM forced_refreshes WHERE account_id = $1 AND at > $2",
+                &[&account_id, &since],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn note_forced_refresh(&self, account_id: i64, now: i64) -> Result<()> {
+        self.c()
+            .execute(
+                "INSERT INTO forced_refreshes (account_id, at) VALUES ($1, $2)",
+                &[&account_id, &now],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn record_quota_reset(
+        &self,
+        account_id: i64,
+        at: i64,
+        failure: Option<(Option<i64>, &str)>,
+    ) -> Result<bool> {
+        let config = &self.config;
+        let err = |e: postgres::Error| pg_error(config, &e);
+        let (errcode, detail) = failure.unzip();
+        let mut c = self.c();
+        let mut tx = c.transaction().map_err(err)?;
+        tx.execute(
+            "INSERT INTO quota_resets (account_id, at, ok, errcode, detail)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &account_id,
+                &at,
+                &failure.is_none(),
+                &errcode.flatten(),
+                &detail,
+            ],
+        )
+        .map_err(err)?;
+        let released = failure.is_none()
+            && tx
+                .execute(
+                    "UPDATE accounts SET held_until = NULL, held_reason = NULL
+                     WHERE id = $1 AND held_until IS NOT NULL
+                       AND (SELECT errcode FROM attempts WHERE account_id = $1 AND kind = $2
+                            ORDER BY id DESC LIMIT 1) = 45009",
+                    &[&account_id, &Credential::AccessToken.as_str()],
+                )
+                .map_err(err)?
+                > 0;
+        tx.commit().map_err(err)?;
+        Ok(released)
+    }
+
+    fn record_run(&self, run: &RunRow, before: i64) -> Result<()> {
+        let config = &self.config;
+        let err = |e: postgres::Error| pg_error(config, &e);
+        let mut c = self.c();
+        let mut tx = c.transaction().map_err(err)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            ),
+            &[
+                &run.started_at,
+                &run.finished_at,
+                &run.duration_ms,
+                &run.scope,
+                &run.accounts,
+                &run.refreshed,
+                &run.fresh,
+                &run.busy,
+                &run.held,
+                &run.failed,
+            ],
+        )
+        .map_err(err)?;
+        tx.execute(
+            &format!(
+                "DELETE FROM runs WHERE started_at < $1
+                 AND id NOT IN (SELECT max(id) FROM runs {SUCCESSFUL_RUNS})"
+            ),
+            &[&before],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// As SQLite's prune, except that validity and leases are judged by the server's
+    /// clock; `now` only places the retention windows.
+    fn prune(&self, now: i64, keep: i64, attempts_before: i64) -> Result<(usize, usize)> {
+        let config = &self.config;
+        let err = |e: postgres::Error| pg_error(config, &e);
+        let mut c = self.c();
+        let mut tx = c.transaction().map_err(err)?;
+        let tokens = tx
+            .execute(
+                &format!(
+                    "DELETE FROM tokens WHERE expires_at <= {NOW} AND id IN (
+                         SELECT id FROM (
+                             SELECT id, row_number() OVER (PARTITION BY account_id, kind ORDER BY id DESC) AS n
+                             FROM tokens) ranked
+                         WHERE n > $1)"
+                ),
+                &[&keep],
+            )
+            .map_err(err)?;
+        let attempts = tx
+            .execute(
+                "DELETE FROM attempts WHERE started_at < $1",
+                &[&attempts_before],
+            )
+            .map_err(err)?;
+        let since = now - crate::policy::FORCED_REFRESH_RETENTION;
+        tx.execute("DELETE FROM forced_refreshes WHERE at < $1", &[&since])
+            .map_err(err)?;
+        tx.execute(&format!("DELETE FROM claims WHERE expires_at < {NOW}"), &[])
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok((tokens as usize, attempts as usize))
+    }
+
+    fn import(&self, items: &[Exported]) -> Result<()> {
+        let config = &self.config;
+        let err = |e: postgres::Error| pg_error(config, &e);
+        let mut c = self.c();
+        let mut tx = c.transaction().map_err(err)?;
+        // Two copies into one database at once: the second waits, then finds it full.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .map_err(err)?;
+        let accounts: i64 = tx
+            .query_one("SELECT count(*) FROM accounts", &[])
+            .map_err(err)?
+            .get(0);
+        if accounts > 0 {
+            return Err(not_empty(&config.to_string(), accounts));
+        }
+        for Exported { account: a, tokens } in items {
+            let tickets: Vec<&str> = a.tickets.iter().map(|t| t.as_str()).collect();
+            let id: i64 = tx
+                .query_one(
+                    "INSERT INTO accounts (appid, agent, api, enabled, created_at, updated_at,
+                                           held_until, held_reason, tickets)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+                    &[
+                        &a.key.appid,
+                        &a.key.agent,
+                        &a.api.as_str(),
+                        &a.enabled,
+                        &a.created_at,
+                        &a.updated_at,
+                        &a.held_until,
+                        &a.held_reason,
+                        &tickets.join(","),
+                    ],
+                )
+                .map_err(err)?
+                .get(0);
+            let secret = stored_form(&a.key, &a.secret)?;
+            tx.execute(
+                "INSERT INTO account_secrets (account_id, secret) VALUES ($1, $2)",
+                &[&id, &secret],
+            )
+            .map_err(err)?;
+            for (kind, t) in tokens {
+                tx.execute(
+                    "INSERT INTO tokens (account_id, kind, token, expires_in, fetched_at, expires_at)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    &[&id, kind, &t.token, &t.expires_in, &t.fetched_at, &t.expires_at],
+                )
+                .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+}
+
+/// The sinks' SQL, as `store/sinks.rs` has it for SQLite.
+impl Sinks for Postgres {
+    fn add_sink(&self, sink: &SinkRow) -> Result<bool> {
+        let accounts = serde_json::Value::from(sink.accounts.clone()).to_string();
+        let password = match &sink.password {
+            Some(p) => Some(seal_secret(&crate::crypto::sink_owner(&sink.name), p)?),
+            None => None,
+        };
+        let n = self
+            .c()
+            .execute(
+                "INSERT INTO sinks (name, kind, target, password, format, prefix, key_template,
+                                    accounts, timeout, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT (name) DO NOTHING",
+                &[
+                    &sink.name,
+                    &sink.kind,
+                    &sink.target,
+                    &password,
+                    &sink.format,
+                    &sink.prefix,
+                    &sink.key_template,
+                    &accounts,
+                    &sink.timeout,
+                    &sink.created_at,
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
+    }
+
+    fn sinks(&self) -> Result<Vec<SinkRow>> {
+        let sql = format!("SELECT {SINK_COLUMNS} FROM sinks ORDER BY name");
+        let rows = self.c().query(&sql, &[]).map_err(|e| self.err(e))?;
+        Ok(rows.iter().map(sink_from_row).collect())
+    }
+
+    fn sink(&self, name: &str) -> Result<Option<SinkRow>> {
+        let sql = format!("SELECT {SINK_COLUMNS} FROM sinks WHERE name = $1");
+        let row = self
+            .c()
+            .query_opt(&sql, &[&name])
+            .map_err(|e| self.err(e))?;
+        Ok(row.as_ref().map(sink_from_row))
+    }
+
+    fn remove_sink(&self, name: &str) -> Result<bool> {
+        let n = self
+            .c()
+            .execute("DELETE FROM sinks WHERE name = $1", &[&name])
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
+    }
+
+    fn record_sink_result(&self, sink_id: i64, r: &SinkResult) -> Result<()> {
+        self.c()
+            .execute(
+                "UPDATE sinks SET last_at = $2, last_ok = $3, last_published = $4,
+                                  last_failed = $5, last_error = $6
+                 WHERE id = $1",
+                &[&sink_id, &r.at, &r.ok, &r.published, &r.failed, &r.error],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// With `expires_at` in this host's clock, judged by the server's, as `latest_token`.
+    fn newest_row(&self, account_id: i64, kind: Credential) -> Result<Option<NewestRow>> {
+        let row = self
+            .c()
+            .query_opt(
+                &format!(
+                    "SELECT id, token, expires_at - {NOW} FROM tokens
+                     WHERE account_id = $1 AND kind = $2 ORDER BY id DESC LIMIT 1"
+                ),
+                &[&account_id, &kind.as_str()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(row.map(|r| NewestRow {
+            id: r.get(0),
+            token: r.get(1),
+            expires_at: crate::wechat::unix_now() + r.get::<_, i64>(2),
+        }))
+    }
+
+    fn published_row(
+        &self,
+        sink_id: i64,
+        account_id: i64,
+        kind: Credential,
+    ) -> Result<Option<i64>> {
+        let row = self
+            .c()
+            .query_opt(
+                "SELECT token_id FROM sink_published
+                 WHERE sink_id = $1 AND account_id = $2 AND kind = $3",
+                &[&sink_id, &account_id, &kind.as_str()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn note_published(
+        &self,
+        sink_id: i64,
+        account_id: i64,
+        kind: Credential,
+        token_id: i64,
+    ) -> Result<()> {
+        self.c()
+            .execute(
+                "INSERT INTO sink_published (sink_id, account_id, kind, token_id)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (sink_id, account_id, kind) DO UPDATE SET token_id = EXCLUDED.token_id",
+                &[&sink_id, &account_id, &kind.as_str(), &token_id],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}
+
+const SINK_COLUMNS: &str = "id, name, kind, target, password, format, prefix, key_template, \
+     accounts, timeout, created_at, last_at, last_ok, last_published, last_failed, last_error";
+
+fn sink_from_row(row: &postgres::Row) -> SinkRow {
+    let accounts: String = row.get(8);
+    let last_at: Option<i64> = row.get(11);
+    let name: String = row.get(1);
+    SinkRow {
+        id: row.get(0),
+        password: row
+            .get::<_, Option<String>>(4)
+            .map(|p| open_secret(&crate::crypto::sink_owner(&name), p)),
+        name,
+        kind: row.get(2),
+        target: row.get(3),
+        format: row.get(5),
+        prefix: row.get(6),
+        key_template: row.get(7),
+        accounts: serde_json::from_str(&accounts).unwrap_or_default(),
+        timeout: row.get(9),
+        created_at: row.get(10),
+        last: last_at.map(|at| SinkResult {
+            at,
+            ok: row.get::<_, Option<bool>>(12).unwrap_or(false),
+            published: row.get::<_, Option<i64>>(13).unwrap_or(0),
+            failed: row.get::<_, Option<i64>>(14).unwrap_or(0),
+            error: row.get(15),
+        }),
+    }
+}
+
+/// The GRANTs that make `role` a reader of the tables in `schema`. Built as text because
+/// GRANT takes no parameters; names are quoted as identifiers.
+pub fn reader_grants(role: &str, schema: &str) -> Vec<String> {
+    let (role, schema) = (quote_ident(role), quote_ident(schema));
+    vec![
+        format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
+        format!(
+            "GRANT SELECT ON {schema}.latest_tokens, {schema}.accounts, {schema}.schema_migrations TO {role}"
+        ),
+    ]
+}
+
+/// `"name"`, with inner quotes doubled: safe for any role name.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+#[path = "../tests/support/pg.rs"]
+pub(crate) mod pgtest;
+
+#[cfg(test)]
+mod tests {
+    use super::pgtest::{self, PgDb};
+    use super::*;
+    use crate::domain::{Fetched, Outcome};
+
+    fn config(url: &str) -> PgConfig {
+        PgConfig::from_env(url).unwrap()
+    }
+
+    /// A writing handle whose claims are made by `host`.
+    fn store_on(db: &PgDb, host: &str) -> Postgres {
+        Postgres::open(
+            &config(&db.url),
+            Holder::new(host.into(), std::process::id()),
+        )
+        .unwrap()
+    }
+
+    fn fetched(id: i64, token: &str) -> FetchRecord {
+        FetchRecord {
+            account_id: id,
+            kind: TOKEN,
+            outcome: outcome(token),
+            hold: None,
+            secret: Secret::new("s3cret".into()),
+        }
+    }
+
+    fn outcome(token: &str) -> Outcome {
+        Outcome {
+            result: Ok(Fetched {
+                token: token.to_string(),
+                expires_in: 7200,
+            }),
+            tries: 1,
+            sent_at: 0,
+            started_at: 0,
+            duration_ms: 5,
+            unsure: false,
+            clock_offset: None,
+        }
+    }
+
+    /// One account, `wxa`, added through host `a`'s handle; returns that and the id.
+    fn with_account(db: &PgDb) -> (Postgres, i64) {
+        crate::vault::install_test_key();
+        let s = store_on(db, "a");
+        let key = key("wxa");
+        let new = NewAccount {
+            key: key.clone(),
+            api: Api::Token,
+            secret: Secret::new("s3cret".into()),
+            tickets: vec![],
+        };
+        s.add_account(&new, 1).unwrap();
+        let id = s.account(&key).unwrap().unwrap().id;
+        (s, id)
+    }
+
+    macro_rules! pg {
+        () => {
+            match pgtest::server() {
+                Some(s) => s.create_db(),
+                None => return,
+            }
+        };
+    }
+
+    const TOKEN: Credential = Credential::AccessToken;
+
+    fn key(appid: &str) -> AccountKey {
+        AccountKey::appid(appid).unwrap()
+    }
+
+    #[test]
+    fn hosts_migrating_at_once_apply_each_migration_once() {
+        let db = pg!();
+        let opened: Vec<bool> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..6)
+                .map(|i| {
+                    scope.spawn({
+                        let db = &db;
+                        move || {
+                            let holder = Holder::new(format!("h{i}"), 1);
+                            Postgres::open(&config(&db.url), holder).is_ok()
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(opened, vec![true; 6]);
+        let want: Vec<String> = (1..=MIGRATIONS.len()).map(|v| v.to_string()).collect();
+        assert_eq!(
+            db.query(
+                "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"
+            ),
+            want.join(",")
+        );
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_and_a_reader_never_migrates() {
+        let db = pg!();
+        // A reader's first query finds no schema and says so, in the same round trip.
+        let read = |db: &PgDb| {
+            Postgres::open_read(&config(&db.url))
+                .unwrap()
+                .latest_token(&key("wxa"), TOKEN)
+                .unwrap_err()
+        };
+        let err = read(&db);
+        assert!(matches!(err, StoreError::Schema(_)), "{err}");
+        assert!(err.to_string().contains("schema version 0"), "{err}");
+        assert_eq!(db.query("SELECT to_regclass('accounts') IS NULL"), "t");
+        drop(store_on(&db, "a"));
+        db.query("INSERT INTO schema_migrations (version) VALUES (99)");
+        let opened = Postgres::open(&config(&db.url), Holder::nobody())
+            .err()
+            .unwrap();
+        for err in [opened, read(&db)] {
+            assert!(matches!(err, StoreError::Schema(_)), "{err}");
+            assert!(err.to_string().contains("newer than this wxtoken"), "{err}");
+        }
+        let reader = Postgres::open_read(&config(&db.url)).unwrap();
+        assert!(matches!(reader.accounts(), Err(StoreError::Schema(_))));
+    }
+
+    #[test]
+    fn a_database_with_someone_elses_accounts_table_is_left_alone() {
+        let db = pg!();
+        db.query("CREATE TABLE accounts (name text)");
+        let err = Postgres::open(&config(&db.url), Holder::nobody())
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("did not create"), "{err}");
+        assert_eq!(db.query("SELECT to_regclass('tokens') IS NULL"), "t");
+    }
+
+    #[test]
+    fn thirty_hosts_claiming_one_account_get_one_lease() {
+        let db = pg!();
+        let (_, id) = with_account(&db);
+        let claimed = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..30)
+                .map(|i| {
+                    scope.spawn({
+                        let db = &db;
+                        move || store_on(db, &format!("host{i}")).claim(id, 0, 60).unwrap()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .filter(|c| *c == Claim::Claimed)
+                .count()
+        });
+        assert_eq!(claimed, 1);
+    }
+
+    #[test]
+    fn a_lease_on_another_host_blocks_until_it_expires_on_the_servers_clock() {
+        let db = pg!();
+        let (_, id) = with_account(&db);
+        // A pid that no process has here: only a holder on our own host may be probed.
+        let far =
+            Postgres::open(&config(&db.url), Holder::new("far".into(), u32::MAX - 1)).unwrap();
+        assert_eq!(far.claim(id, 0, 60).unwrap(), Claim::Claimed);
+        let near = store_on(&db, "near");
+        // Whatever this host believes the time is.
+        assert!(
+            matches!(near.claim(id, i64::MAX / 2, 60).unwrap(), Claim::Busy(h) if h == far.holder.id)
+        );
+        db.query("UPDATE claims SET expires_at = extract(epoch from now())::bigint");
+        assert_eq!(near.claim(id, 0, 60).unwrap(), Claim::Claimed);
+    }
+
+    #[test]
+    fn a_dead_holder_on_this_host_is_taken_over_at_once() {
+        let db = pg!();
+        let (_, id) = with_account(&db);
+        let dead =
+            Postgres::open(&config(&db.url), Holder::new("here".into(), u32::MAX - 1)).unwrap();
+        assert_eq!(dead.claim(id, 0, 600).unwrap(), Claim::Claimed);
+        let me = store_on(&db, "here");
+        assert_eq!(me.claim(id, 0, 600).unwrap(), Claim::Claimed);
+        assert_eq!(db.query("SELECT holder FROM claims"), me.holder.id);
+    }
+
+    #[test]
+    fn a_holder_that_lost_its_lease_drops_its_token_and_says_so() {
+        let db = pg!();
+        let (a, id) = with_account(&db);
+        let b = store_on(&db, "b");
+        assert_eq!(a.claim(id, 0, 60).unwrap(), Claim::Claimed);
+        db.query("UPDATE claims SET expires_at = 0");
+        assert_eq!(b.claim(id, 0, 60).unwrap(), Claim::Claimed);
+        let err = a.record_fetch(&fetched(id, "TOKEN-A")).unwrap_err();
+        assert!(err.to_string().contains("taken over"), "{err}");
+        assert_eq!(db.query_i64("SELECT count(*) FROM tokens"), 0);
+        assert_eq!(db.query("SELECT outcome FROM attempts"), "lost_claim");
+        // status shows it as a failed attempt.
+        let shown = a.last_attempt(id, TOKEN).unwrap().unwrap();
+        assert!(
+            format!("{:?}", shown.result).contains("dropped"),
+            "{shown:?}"
+        );
+        // The lease is still b's, and b records normally.
+        let recorded = b.record_fetch(&fetched(id, "TOKEN-B")).unwrap();
+        assert_eq!(recorded, Recorded::Inserted);
+        b.release(id).unwrap();
+        assert_eq!(db.query("SELECT token FROM tokens"), "TOKEN-B");
+        assert_eq!(db.query_i64("SELECT count(*) FROM claims"), 0);
+    }
+
+    #[test]
+    fn token_times_come_from_the_servers_clock() {
+        let db = pg!();
+        let (a, id) = with_account(&db);
+        a.claim(id, 0, 60).unwrap();
+        // The lease says when the fetch started, whatever this host's clock says.
+        let start = db.query_i64("SELECT extract(epoch from now())::bigint") - 100;
+        db.query(&format!("UPDATE claims SET claimed_at = {start}"));
+        let mut record = fetched(id, "T");
+        record.outcome.sent_at = 5_000_000_000;
+        a.record_fetch(&record).unwrap();
+        assert_eq!(
+            db.query("SELECT fetched_at, expires_at FROM tokens"),
+            format!("{start}|{}", start + 7200)
+        );
+        // Read back in this host's clock: the same instants, shifted by any skew.
+        let row = a.latest_token(&key("wxa"), TOKEN).unwrap().unwrap();
+        let skew = row.fetched_at - start;
+        assert!(skew.abs() <= 2, "same machine, same clock: {skew}");
+        assert_eq!(row.expires_at - row.fetched_at, 7200);
+        assert_eq!(a.latest_token(&key("nope"), TOKEN).unwrap(), None);
+    }
+
+    #[test]
+    fn a_reader_reads_tokens_but_no_secret_and_writes_nothing() {
+        let db = pg!();
+        let (a, id) = with_account(&db);
+        a.claim(id, 0, 60).unwrap();
+        a.record_fetch(&fetched(id, "TOKEN-1")).unwrap();
+        let role = format!("{}_reader", db.name);
+        db.query(&format!("CREATE ROLE {role} LOGIN"));
+        let applied = a.grant_reader(&role).unwrap();
+        assert!(applied.iter().all(|g| !g.contains("secret")), "{applied:?}");
+
+        let url = db.url.replace("user=postgres", &format!("user={role}"));
+        let reader = Postgres::open_read(&config(&url)).unwrap();
+        let key = key("wxa");
+        let row = reader.latest_token(&key, TOKEN).unwrap();
+        assert_eq!(row.unwrap().token, "TOKEN-1");
+        assert_eq!(reader.account(&key).unwrap().unwrap().secret.expose(), "");
+        // A writing handle as the reader fails on the first write.
+        let writer = Postgres::open(&config(&url), Holder::new("r".into(), 1)).unwrap();
+        assert!(writer.claim(id, 0, 60).is_err());
+        for sql in [
+            "SELECT secret FROM account_secrets",
+            "SELECT * FROM account_secrets",
+            "SELECT token FROM tokens",
+            "INSERT INTO tokens (account_id, token, expires_in, fetched_at, expires_at) VALUES (1, 'x', 1, 1, 1)",
+            "UPDATE accounts SET enabled = false",
+            "DELETE FROM claims",
+        ] {
+            let (ok, _, err) = db.server.psql_as(&role, &db.name, sql);
+            assert!(!ok && err.contains("permission denied"), "{sql}: {err}");
+        }
+        let (ok, out, _) = db.server.psql_as(&role, &db.name, "SELECT * FROM accounts");
+        assert!(
+            ok && out.contains("wxa") && !out.contains("s3cret"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn reader_grants_quote_the_role() {
+        let g = reader_grants("we\"ird", "public");
+        assert_eq!(g[0], "GRANT USAGE ON SCHEMA \"public\" TO \"we\"\"ird\"");
+    }
+
+    #[test]
+    fn an_outcome_with_a_replaced_secret_leaves_the_hold_and_due_flag_alone() {
+        let db = pg!();
+        let (s, id) = with_account(&db);
+        s.set_secret(&key("wxa"), &Secret::new("n3w".into()), 2)
+            .unwrap();
+        assert!(s.account(&key("wxa")).unwrap().unwrap().fetch_due);
+        s.claim(id, 0, 60).unwrap();
+        let mut old = fetched(id, "T1");
+        old.outcome.result = Err(crate::domain::Failure::WeChat {
+            errcode: 40125,
+            errmsg: "invalid appsecret".into(),
+        });
+        old.hold = Some((crate::policy::UNTIL_FIXED, "40125".into()));
+        s.record_fetch(&old).unwrap();
+        let account = s.account(&key("wxa")).unwrap().unwrap();
+        assert_eq!((account.held_until, account.fetch_due), (None, true));
+        // The same outcome with the secret now stored holds the account and clears the flag.
+        old.secret = Secret::new("n3w".into());
+        s.record_fetch(&old).unwrap();
+        let account = s.account(&key("wxa")).unwrap().unwrap();
+        assert_eq!(
+            (account.held_until, account.fetch_due),
+            (Some(crate::policy::UNTIL_FIXED), false)
+        );
+    }
+
+    #[test]
+    fn an_intent_shows_in_the_readers_row_until_its_outcome_is_recorded() {
+        let db = pg!();
+        let (s, id) = with_account(&db);
+        s.claim(id, 0, 60).unwrap();
+        s.record_fetch(&fetched(id, "T1")).unwrap();
+        let before = s.newest_token_id().unwrap();
+        s.begin_fetch(id, 0).unwrap();
+        assert_eq!(s.unfinished_fetches().unwrap(), vec![id]);
+        let reader = Postgres::open_read(&config(&db.url)).unwrap();
+        let row = reader.latest_token(&key("wxa"), TOKEN).unwrap().unwrap();
+        let started = row
+            .unfinished_fetch
+            .expect("the intent is visible to a reader");
+        assert!(
+            (started - crate::wechat::unix_now()).abs() <= 2,
+            "{started}"
+        );
+        assert!(row.classic);
+        assert_eq!(row.id, before);
+        s.record_fetch(&fetched(id, "T2")).unwrap();
+        assert!(s.unfinished_fetches().unwrap().is_empty());
+        let row = reader.latest_token(&key("wxa"), TOKEN).unwrap().unwrap();
+        assert_eq!((row.token.as_str(), row.unfinished_fetch), ("T2", None));
+        assert!(row.id > before && s.newest_token_id().unwrap() == row.id);
+    }
+}

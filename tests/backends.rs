@@ -1,0 +1,609 @@
+//! One set of behaviours, run against both backends: each `both!` test runs once on an
+//! SQLite file and once on a PostgreSQL database of a real server that the harness starts
+//! (tests/support/pg.rs). Then what only a shared server has: refreshers on two hosts,
+//! one of them killed mid-fetch, reader roles, and `store copy` between the backends.
+//!
+//! Without PostgreSQL installed the `postgres` variants print a note and pass; under
+//! CI=true they fail instead.
+
+mod support;
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use support::pg::{self, PgDb};
+use support::standin::{self, Reply, TOKEN, WORK_TOKEN};
+use support::{Out, TestEnv, status_block, wait};
+
+const APPID: &str = "wx1234567890abcdef";
+const SECRET: &str = "Qx7vSecretK9mWp2LzR4tYh8NbJ3cFdG";
+/// Long enough for anything that should happen; only a failing test waits this long.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A test environment on one backend.
+struct Fixture {
+    env: TestEnv,
+    /// The PostgreSQL database, for the `postgres` variant.
+    pg: Option<PgDb<'static>>,
+}
+
+impl Fixture {
+    /// `None` (after a note) when the backend is PostgreSQL and none is installed.
+    fn new(backend: Backend) -> Option<Fixture> {
+        let env = TestEnv::new();
+        let pg = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => {
+                let db = pg::server()?.create_db();
+                env.set_env("WXTOKEN_DB", &db.url);
+                Some(db)
+            }
+        };
+        Some(Fixture { env, pg })
+    }
+
+    fn backend(&self) -> Backend {
+        match self.pg {
+            Some(_) => Backend::Postgres,
+            None => Backend::Sqlite,
+        }
+    }
+
+    /// One integer from the store, by SQL that both dialects understand.
+    #[track_caller]
+    fn count(&self, sql: &str) -> i64 {
+        match &self.pg {
+            Some(db) => db.query_i64(sql),
+            None => self.env.query_i64(sql),
+        }
+    }
+
+    #[track_caller]
+    fn run(&self, args: &[&str], code: i32) -> Out {
+        self.env.run(args).assert_code(code).clone()
+    }
+
+    #[track_caller]
+    fn add(&self, args: &[&str]) {
+        let args = [&["account", "add"], args].concat();
+        self.env
+            .run_with_stdin(&args, &format!("{SECRET}\n"))
+            .assert_code(0);
+    }
+
+    fn get(&self, args: &[&str]) -> Out {
+        self.env.run(&[&["get", "--appid", APPID], args].concat())
+    }
+}
+
+/// Defines `NAME::sqlite` and `NAME::postgres`, both running `body` with `$f: Fixture`.
+macro_rules! both {
+    ($(#[$doc:meta])* fn $name:ident($f:ident) $body:block) => {
+        $(#[$doc])*
+        mod $name {
+            use super::*;
+
+            fn body($f: Fixture) $body
+
+            #[test]
+            fn sqlite() {
+                body(Fixture::new(Backend::Sqlite).expect("sqlite is always there"));
+            }
+
+            #[test]
+            fn postgres() {
+                if let Some(f) = Fixture::new(Backend::Postgres) {
+                    body(f);
+                }
+            }
+        }
+    };
+}
+
+#[track_caller]
+fn assert_has(out: &Out, words: &[&str]) {
+    for w in words {
+        assert!(
+            out.stderr.contains(w) || out.stdout.contains(w),
+            "{w:?} missing\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+}
+
+/// Fails if any 8-character piece of the secret shows in either stream.
+#[track_caller]
+fn assert_no_secret(out: &Out) {
+    for i in 0..=SECRET.len() - 8 {
+        let piece = &SECRET[i..i + 8];
+        assert!(
+            !out.stdout.contains(piece) && !out.stderr.contains(piece),
+            "secret piece {piece:?} leaked:\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+}
+
+// ---- the shared behaviours ---------------------------------------------------------------
+
+both! {
+    /// add, list (masked), duplicates and unknown accounts (exit 6), disable/enable, remove.
+    fn accounts(f) {
+        f.add(&["--appid", APPID]);
+        let list = f.run(&["account", "list"], 0);
+        assert!(list.stdout.contains(APPID), "{}", list.stdout);
+        assert_no_secret(&list);
+        let again = f.env.run_with_stdin(&["account", "add", "--appid", APPID], "x\n");
+        again.assert_code(6);
+        assert_has(&again, &["already exists"]);
+        f.run(&["account", "disable", "--appid", APPID], 0);
+        f.run(&["refresh"], 0);
+        assert_eq!(f.env.api.hits(TOKEN), 0, "a disabled account was fetched");
+        f.run(&["account", "enable", "--appid", APPID], 0);
+        f.run(&["refresh"], 0);
+        assert_eq!(f.env.api.hits(TOKEN), 1);
+        f.run(&["account", "remove", "--appid", APPID], 0);
+        assert_eq!(f.count("SELECT count(*) FROM tokens"), 0);
+        assert_has(&f.run(&["account", "remove", "--appid", APPID], 6), &["no such account"]);
+    }
+}
+
+both! {
+    /// refresh stores what WeChat handed out; get prints exactly that, or its JSON.
+    fn refresh_and_get(f) {
+        f.add(&["--appid", APPID]);
+        let none = f.get(&[]);
+        none.assert_code(3);
+        assert_eq!(none.stdout, "");
+        f.env.api.push(TOKEN, Reply::token("TOKEN-ONE", 7200));
+        f.run(&["refresh"], 0);
+        assert_eq!(f.get(&[]).assert_code(0).stdout, "TOKEN-ONE\n");
+        let json: serde_json::Value =
+            serde_json::from_str(&f.get(&["--json"]).assert_code(0).stdout).unwrap();
+        assert_eq!(json["access_token"], "TOKEN-ONE");
+        let left = json["expires_in"].as_i64().unwrap();
+        assert!((7100..=7200).contains(&left), "{json}");
+        f.get(&["--min-ttl", "3h"]).assert_code(3);
+        // A second run within the minute leaves the fresh token alone.
+        f.run(&["refresh"], 0);
+        assert_eq!(f.env.api.hits(TOKEN), 1);
+        let unknown = f.env.run(&["get", "--appid", "wxunknown0000000"]);
+        unknown.assert_code(3);
+        assert_has(&unknown, &["no such account"]);
+    }
+}
+
+both! {
+    /// A wrong secret: exit 4 with the errcode and what to do, a hold that refresh honours,
+    /// lifted by set-secret; the secret never shows, not even at -vvv.
+    fn errors_holds_and_secrets(f) {
+        f.add(&["--appid", APPID]);
+        f.env.api.push(TOKEN, Reply::errcode(40125, "invalid appsecret"));
+        let failed = f.env.run(&["-vvv", "refresh"]);
+        failed.assert_code(4);
+        assert_has(&failed, &["40125", "set-secret"]);
+        assert_no_secret(&failed);
+        let held = f.env.run(&["refresh"]);
+        held.assert_code(4);
+        assert_eq!(f.env.api.hits(TOKEN), 1, "a held account was fetched");
+        let status = f.run(&["status"], 0);
+        assert!(status_block(&status.stdout, APPID).contains("SKIPPED"), "{}", status.stdout);
+        assert_no_secret(&status);
+        f.env
+            .run_with_stdin(&["account", "set-secret", "--appid", APPID], &format!("{SECRET}\n"))
+            .assert_code(0);
+        f.run(&["refresh"], 0);
+        assert_eq!(f.env.api.hits(TOKEN), 2);
+        for args in [&["account", "list", "--json"][..], &["status", "--json"], &["-vvv", "get", "--appid", APPID]] {
+            assert_no_secret(&f.env.run(args));
+        }
+    }
+}
+
+both! {
+    /// Two refreshes at once fetch an account once: the second sees the claim and skips.
+    fn claims(f) {
+        f.add(&["--appid", APPID]);
+        f.env.api.gate(TOKEN);
+        let first = f.env.spawn(&["refresh"]);
+        assert!(f.env.api.wait_for_hits(TOKEN, 1, PATIENCE), "first refresh never fetched");
+        let second = f.env.run(&["refresh"]);
+        second.assert_code(0);
+        f.env.api.open_gate(TOKEN);
+        wait(first).assert_code(0);
+        assert_eq!(f.env.api.hits(TOKEN), 1);
+        assert_eq!(f.count("SELECT count(*) FROM tokens"), 1);
+        assert_eq!(f.count("SELECT count(*) FROM claims"), 0, "a claim was left behind");
+    }
+}
+
+both! {
+    /// Twelve callers reject the same token at once: one fetch, and all get the new one.
+    fn get_reject_with_twelve_callers(f) {
+        f.add(&["--appid", APPID]);
+        f.env.api.push(TOKEN, Reply::token("OLD", 7200));
+        f.run(&["refresh"], 0);
+        f.env.api.push(TOKEN, Reply::delay(Duration::from_millis(300), Reply::token("NEW", 7200)));
+        let callers: Vec<Child> = (0..12)
+            .map(|_| f.env.spawn(&["get", "--appid", APPID, "--reject", "OLD"]))
+            .collect();
+        for caller in callers {
+            assert_eq!(wait(caller).assert_code(0).stdout, "NEW\n");
+        }
+        assert_eq!(f.env.api.hits(TOKEN), 2, "one fetch for the twelve rejections");
+    }
+}
+
+both! {
+    /// refresh --if-expiring-within fetches only what expires within the window.
+    fn refresh_ahead(f) {
+        f.add(&["--appid", APPID]);
+        f.env.api.push(TOKEN, Reply::token("SHORT", 200));
+        f.run(&["refresh"], 0);
+        f.run(&["refresh", "--if-expiring-within", "1m"], 0);
+        assert_eq!(f.env.api.hits(TOKEN), 1, "a token with 200 s left is not due within 1m");
+        f.run(&["refresh", "--if-expiring-within", "5m"], 0);
+        assert_eq!(f.env.api.hits(TOKEN), 2);
+    }
+}
+
+both! {
+    /// prune keeps the newest N rows and every valid one, and drops the rest.
+    fn retention(f) {
+        f.add(&["--appid", APPID]);
+        for token in ["A", "B", "C"] {
+            f.env.api.push(TOKEN, Reply::token(token, 7200));
+            f.run(&["refresh", "--force"], 0);
+        }
+        // Expire the two older rows; prune must keep the newest anyway.
+        let expire = "UPDATE tokens SET expires_at = 1 WHERE token IN ('A', 'B')";
+        match &f.pg {
+            Some(db) => { db.query(expire); }
+            None => { f.env.open_db().execute(expire, []).unwrap(); }
+        }
+        f.run(&["prune", "--keep", "1"], 0);
+        assert_eq!(f.count("SELECT count(*) FROM tokens"), 1);
+        assert_eq!(f.get(&[]).assert_code(0).stdout, "C\n");
+    }
+}
+
+both! {
+    /// JS-SDK tickets are fetched with each new token and read with get --ticket.
+    fn tickets(f) {
+        f.add(&["--appid", APPID, "--ticket", "jsapi"]);
+        f.env.api.push(TOKEN, Reply::token("TOKEN-T", 7200));
+        f.env.api.push(standin::TICKET, Reply::token("TICKET-J", 7200));
+        f.run(&["refresh"], 0);
+        assert_eq!(f.get(&["--ticket", "jsapi"]).assert_code(0).stdout, "TICKET-J\n");
+        let wrong = f.get(&["--ticket", "wx_card"]);
+        wrong.assert_code(3);
+    }
+}
+
+both! {
+    /// A WeCom app: corpid plus agentid, its own token from gettoken.
+    fn wecom(f) {
+        f.add(&["--corpid", "ww0123456789abcdef", "--agentid", "1000002"]);
+        f.env.api.push(WORK_TOKEN, Reply::token("WORK-1", 7200));
+        f.run(&["refresh"], 0);
+        let got = f.run(&["get", "--corpid", "ww0123456789abcdef", "--agentid", "1000002"], 0);
+        assert_eq!(got.stdout, "WORK-1\n");
+        assert_eq!(f.env.api.hits(WORK_TOKEN), 1);
+    }
+}
+
+both! {
+    /// status names the store; on PostgreSQL without the password.
+    fn status_names_the_store(f) {
+        f.add(&["--appid", APPID]);
+        let status = f.run(&["status"], 0);
+        match f.backend() {
+            Backend::Sqlite => assert_has(&status, &["wxtoken.db"]),
+            Backend::Postgres => assert_has(&status, &["postgresql://postgres@"]),
+        }
+    }
+}
+
+both! {
+    /// Today's fetches are counted from the attempts; a quota reset is recorded and lifts
+    /// the 45009 hold.
+    fn quota(f) {
+        f.add(&["--appid", APPID]);
+        f.env.api.push(TOKEN, Reply::errcode(-1, "system error"));
+        f.run(&["refresh"], 0);
+        let status: serde_json::Value =
+            serde_json::from_str(&f.run(&["status", "--json"], 0).stdout).unwrap();
+        assert_eq!(status["accounts"][0]["fetches_today"], 2, "{status}");
+        f.env.api.push(TOKEN, Reply::errcode(45009, "reach max api daily quota limit"));
+        f.env.run(&["refresh", "--force"]).assert_code(4);
+        assert_has(&f.env.run(&["refresh"]), &["skipped until", "45009"]);
+        let reset = f.run(&["quota", "reset", "--appid", APPID, "--yes"], 0);
+        assert_has(&reset, &["released"]);
+        assert_eq!(f.count("SELECT count(*) FROM quota_resets"), 1);
+        f.run(&["refresh", "--force"], 0);
+    }
+}
+
+both! {
+    /// Each refresh run is recorded for monitoring: metrics show the last run and success.
+    fn runs_for_monitoring(f) {
+        f.add(&["--appid", APPID]);
+        let before = f.run(&["metrics"], 0);
+        assert!(!before.stdout.contains("wxtoken_last_run_success"), "{}", before.stdout);
+        f.run(&["refresh"], 0);
+        let after = f.run(&["metrics"], 0);
+        assert_has(
+            &after,
+            &["wxtoken_last_run_success 1", "wxtoken_last_success_timestamp_seconds"],
+        );
+        assert_eq!(f.count("SELECT count(*) FROM runs"), 1);
+    }
+}
+
+both! {
+    /// An exec sink gets each new token once, after the refresh that fetched it.
+    fn exec_sink(f) {
+        f.add(&["--appid", APPID]);
+        let out = f.env.dir.join("hook.out");
+        let hook = format!("cat >> '{}'", out.display());
+        f.run(&["sink", "add", "hook", "--exec", &hook], 0);
+        f.env.api.push(TOKEN, Reply::token("SUNK-1", 7200));
+        f.run(&["refresh"], 0);
+        f.run(&["refresh"], 0);
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "SUNK-1\n", "once per new token");
+        assert_eq!(f.count("SELECT count(*) FROM sink_published"), 1);
+        f.run(&["sink", "remove", "hook"], 0);
+        assert_eq!(f.count("SELECT count(*) FROM sinks"), 0);
+    }
+}
+
+// ---- PostgreSQL only ---------------------------------------------------------------------
+
+fn postgres() -> Option<Fixture> {
+    Fixture::new(Backend::Postgres)
+}
+
+/// Runs `refresh` as a process on `host` (WXTOKEN_HOST), with a claim TTL of `ttl` s.
+fn refresher(f: &Fixture, host: &str, ttl: u32, extra: &[&str]) -> Child {
+    let ttl = ttl.to_string();
+    let mut cmd = f
+        .env
+        .command(&[&["refresh", "--claim-ttl", &ttl], extra].concat());
+    cmd.env("WXTOKEN_HOST", host)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd.spawn().expect("spawn wxtoken")
+}
+
+/// N from refresh's "refreshed N of M accounts".
+fn refreshed(out: &Out) -> usize {
+    let rest = out
+        .stderr
+        .split("refreshed ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no summary: {}", out.stderr));
+    rest.split(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn two_hosts_on_one_schedule_make_one_fetch_per_account() {
+    let Some(f) = postgres() else { return };
+    let appids: Vec<String> = (0..40).map(|i| format!("wx{i:016}")).collect();
+    for appid in &appids {
+        f.add(&["--appid", appid]);
+    }
+    // Hold the first requests until both hosts have four fetches in flight, so that both
+    // are certainly working at once.
+    f.env.api.gate(TOKEN);
+    let a = refresher(&f, "host-a", 60, &["-j", "4"]);
+    let b = refresher(&f, "host-b", 60, &["-j", "4"]);
+    assert!(
+        f.env.api.wait_for_hits(TOKEN, 8, PATIENCE),
+        "both hosts never got going"
+    );
+    f.env.api.open_gate(TOKEN);
+    let (a, b) = (wait(a), wait(b));
+    a.assert_code(0);
+    b.assert_code(0);
+    assert!(
+        refreshed(&a) >= 4 && refreshed(&b) >= 4,
+        "{}\n{}",
+        a.stderr,
+        b.stderr
+    );
+    assert_eq!(refreshed(&a) + refreshed(&b), appids.len());
+    assert_eq!(f.env.api.hits(TOKEN), appids.len(), "one fetch per account");
+    for appid in &appids {
+        assert_eq!(f.env.api.hits_for(TOKEN, appid), 1, "{appid}");
+    }
+    assert_eq!(f.count("SELECT count(*) FROM tokens"), appids.len() as i64);
+    assert_eq!(
+        f.count("SELECT count(*) FROM claims"),
+        0,
+        "a claim was left behind"
+    );
+}
+
+#[test]
+fn a_host_killed_mid_fetch_blocks_the_account_only_until_its_claim_expires() {
+    let Some(f) = postgres() else { return };
+    f.add(&["--appid", APPID]);
+    f.env.api.gate(TOKEN);
+    let mut a = refresher(&f, "host-a", 6, &[]);
+    assert!(
+        f.env.api.wait_for_hits(TOKEN, 1, PATIENCE),
+        "host-a never fetched"
+    );
+    a.kill().expect("SIGKILL host-a");
+    let _ = a.wait();
+    f.env.api.open_gate(TOKEN);
+    // host-b cannot probe host-a's pid: while the lease lives, the account is busy...
+    assert_eq!(
+        f.pg.as_ref().unwrap().query("SELECT host FROM claims"),
+        "host-a"
+    );
+    let blocked = wait(refresher(&f, "host-b", 60, &[]));
+    assert_has(&blocked, &["being refreshed by another run"]);
+    assert_eq!(f.env.api.hits(TOKEN), 1);
+    // ...and host-b fetches it once the lease has expired on the server's clock.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let out = wait(refresher(&f, "host-b", 60, &[]));
+        if f.env.api.hits(TOKEN) == 2 {
+            out.assert_code(0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "host-b never took the account over"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(f.count("SELECT count(*) FROM tokens"), 1);
+    f.get(&[]).assert_code(0);
+}
+
+#[test]
+fn a_reader_role_gets_tokens_and_nothing_else() {
+    let Some(f) = postgres() else { return };
+    let db = f.pg.as_ref().unwrap();
+    f.add(&["--appid", APPID]);
+    f.env.api.push(TOKEN, Reply::token("READ-ME", 7200));
+    f.run(&["refresh"], 0);
+    let role = format!("{}_app", db.name);
+    db.query(&format!("CREATE ROLE {role} LOGIN"));
+    let granted = f.run(&["store", "grant-reader", &role], 0);
+    assert!(
+        granted.stdout.contains("GRANT SELECT"),
+        "{}",
+        granted.stdout
+    );
+    assert!(!granted.stdout.contains("secret"), "{}", granted.stdout);
+    f.run(&["store", "grant-reader", "no_such_role"], 2);
+
+    let reader_url = db.url.replace("user=postgres", &format!("user={role}"));
+    f.env.set_env("WXTOKEN_DB", &reader_url);
+    assert_eq!(f.get(&[]).assert_code(0).stdout, "READ-ME\n");
+    // The same role cannot do what a refresher does.
+    let refused = f.env.run(&["refresh", "--force"]);
+    assert_ne!(refused.code, 0);
+    assert_has(&refused, &["permission denied"]);
+    for sql in [
+        "SELECT secret FROM account_secrets",
+        "INSERT INTO tokens (account_id, token, expires_in, fetched_at, expires_at) VALUES (1, 'x', 1, 1, 1)",
+    ] {
+        let (ok, _, err) = db.server.psql_as(&role, &db.name, sql);
+        assert!(!ok && err.contains("permission denied"), "{sql}: {err}");
+    }
+    assert_eq!(db.query("SELECT count(*) FROM tokens"), "1");
+}
+
+#[test]
+fn a_password_in_a_url_on_the_command_line_is_refused() {
+    let Some(f) = postgres() else { return };
+    let db = f.pg.as_ref().unwrap();
+    let url = db
+        .url
+        .replace("user=postgres", "user=postgres&password=hunter2secret");
+    let out = f.env.run(&["--db", &url, "status"]);
+    out.assert_code(2);
+    assert_has(&out, &["ps", "WXTOKEN_DB"]);
+    assert!(!out.stderr.contains("hunter2secret"), "{}", out.stderr);
+    // The same URL in WXTOKEN_DB works (trust authentication ignores the password), and
+    // status shows it without the password.
+    f.env.set_env("WXTOKEN_DB", &url);
+    let status = f.run(&["status"], 0);
+    assert!(!status.stdout.contains("hunter2secret") && !status.stderr.contains("hunter2secret"));
+}
+
+#[test]
+fn store_copy_moves_everything_between_backends_and_refuses_a_full_target() {
+    let Some(pg) = postgres() else { return };
+    let db = pg.pg.as_ref().unwrap();
+    // Build the source on SQLite.
+    let lite = Fixture::new(Backend::Sqlite).unwrap();
+    lite.add(&["--appid", APPID, "--ticket", "jsapi"]);
+    lite.add(&["--appid", "wxheld00000000000"]);
+    lite.env.api.push(TOKEN, Reply::token("COPIED", 7200));
+    lite.env
+        .api
+        .push(standin::TICKET, Reply::token("COPIED-TICKET", 7200));
+    lite.env.api.push_for(
+        TOKEN,
+        "wxheld00000000000",
+        Reply::errcode(40013, "invalid appid"),
+    );
+    lite.env.run(&["refresh"]).assert_code(4);
+
+    let mut copy = lite.env.command(&["store", "copy"]);
+    copy.env("WXTOKEN_COPY_TO", &db.url);
+    let out = Out::from_output(copy.output().unwrap());
+    out.assert_code(0);
+    assert_has(&out, &["copied 2 account(s)"]);
+    assert_no_secret(&out);
+
+    // The PostgreSQL store now serves the same tokens, the hold and the secret.
+    assert_eq!(pg.get(&[]).assert_code(0).stdout, "COPIED\n");
+    assert_eq!(
+        pg.get(&["--ticket", "jsapi"]).assert_code(0).stdout,
+        "COPIED-TICKET\n"
+    );
+    let status = pg.run(&["status"], 0);
+    assert!(
+        status_block(&status.stdout, "wxheld00000000000").contains("SKIPPED"),
+        "{}",
+        status.stdout
+    );
+    // Sealed again with the source's key on the way, never stored in plain text.
+    let stored = db.query("SELECT secret FROM account_secrets ORDER BY account_id LIMIT 1");
+    assert!(
+        stored.starts_with(&format!("wxs1:{}:", lite.env.kid())) && !stored.contains(SECRET),
+        "{stored}"
+    );
+
+    // A second copy into the now full target is refused, and changes nothing.
+    let mut again = lite.env.command(&["store", "copy"]);
+    again.env("WXTOKEN_COPY_TO", &db.url);
+    let refused = Out::from_output(again.output().unwrap());
+    refused.assert_code(5);
+    assert_has(&refused, &["already has 2 account(s)"]);
+    assert_eq!(db.query("SELECT count(*) FROM accounts"), "2");
+
+    // And back: PostgreSQL to a new SQLite file, with the key that sealed the secrets.
+    pg.env
+        .set_env("WXTOKEN_KEY_FILE", lite.env.key_file().to_str().unwrap());
+    let back = pg.env.dir.join("back.db");
+    pg.run(&["store", "copy", "--to", back.to_str().unwrap()], 0);
+    let out = pg
+        .env
+        .run(&["--db", back.to_str().unwrap(), "get", "--appid", APPID]);
+    assert_eq!(out.assert_code(0).stdout, "COPIED\n");
+}
+
+#[test]
+fn a_bad_postgres_url_is_a_usage_error_that_names_the_setting_but_not_the_password() {
+    let env = TestEnv::new();
+    for (url, words) in [
+        ("postgres://u:pw5ecret@h/d?sslmode=bogus", "sslmode 'bogus'"),
+        (
+            "postgres://u:pw5ecret@h/d?sslcert=/x",
+            "'sslcert' is not supported",
+        ),
+        ("postgresql://u:pw5ecret@h1,h2/d", "several hosts"),
+    ] {
+        env.set_env("WXTOKEN_DB", url);
+        let out = env.run(&["get", "--appid", APPID]);
+        out.assert_code(2);
+        assert_has(&out, &["--db / WXTOKEN_DB", words]);
+        assert!(!out.stderr.contains("pw5ecret"), "{}", out.stderr);
+    }
+}
