@@ -126,13 +126,12 @@ fn main() {
     let mut two = Vec::new();
     for round in 0..runs {
         for side in [round % 2, 1 - round % 2] {
-            // Every account due again, as at the next hourly run; no --force, which would
-            // fetch an account again after the other host's fetch.
-            server.psql(
-                &db.name,
-                "UPDATE tokens SET fetched_at = fetched_at - 7200, expires_at = expires_at - 7200",
-            );
+            // Every refresh fetches every account, unless another run recorded its newest
+            // token after this one started (no --force, which would fetch it regardless).
+            // Both hosts must have started before either records anything, as two cron
+            // runs on one schedule do: the first 32 requests wait at a gate on both sides.
             let before = api.hits(TOKEN);
+            api.gate(TOKEN);
             let t = Instant::now();
             let children: Vec<_> = match side {
                 0 => vec![refresher(&bin, &db.url, &api, "host-a", "32")],
@@ -141,6 +140,11 @@ fn main() {
                     refresher(&bin, &db.url, &api, "host-b", "16"),
                 ],
             };
+            assert!(
+                api.wait_for_hits(TOKEN, before + 32, Duration::from_secs(60)),
+                "side {side}: the refreshers never got going"
+            );
+            api.open_gate(TOKEN);
             let ok = children
                 .into_iter()
                 .all(|mut c| c.wait().is_ok_and(|s| s.success()));

@@ -172,9 +172,15 @@ both! {
         let left = json["expires_in"].as_i64().unwrap();
         assert!((7100..=7200).contains(&left), "{json}");
         f.get(&["--min-ttl", "3h"]).assert_code(3);
-        // A second run within the minute leaves the fresh token alone.
+        // A second run fetches again: a refresh fetches every account that no other run
+        // fetched after it started. One that only wants what expires within the hour
+        // leaves the fresh token alone.
+        f.env.api.push(TOKEN, Reply::token("TOKEN-TWO", 7200));
         f.run(&["refresh"], 0);
-        assert_eq!(f.env.api.hits(TOKEN), 1);
+        assert_eq!(f.env.api.hits(TOKEN), 2);
+        assert_eq!(f.get(&[]).assert_code(0).stdout, "TOKEN-TWO\n");
+        f.run(&["refresh", "--if-expiring-within", "1h"], 0);
+        assert_eq!(f.env.api.hits(TOKEN), 2);
         let unknown = f.env.run(&["get", "--appid", "wxunknown0000000"]);
         unknown.assert_code(3);
         assert_has(&unknown, &["no such account"]);
@@ -357,7 +363,10 @@ both! {
         f.run(&["sink", "add", "hook", "--exec", &hook], 0);
         f.env.api.push(TOKEN, Reply::token("SUNK-1", 7200));
         f.run(&["refresh"], 0);
+        // The second run fetches again and WeChat hands back the same token: nothing new.
+        f.env.api.push(TOKEN, Reply::token("SUNK-1", 7200));
         f.run(&["refresh"], 0);
+        assert_eq!(f.env.api.hits(TOKEN), 2);
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "SUNK-1\n", "once per new token");
         assert_eq!(f.count("SELECT count(*) FROM sink_published"), 1);
         f.run(&["sink", "remove", "hook"], 0);
@@ -470,6 +479,65 @@ fn a_host_killed_mid_fetch_blocks_the_account_only_until_its_claim_expires() {
     }
     assert_eq!(f.count("SELECT count(*) FROM tokens"), 1);
     f.get(&[]).assert_code(0);
+}
+
+/// The intent rule on PostgreSQL: a host killed (-9) while its classic fetch is held at
+/// WeChat leaves an intent on the server. Every reader (`get`, `--min-ttl`, `status`, the
+/// README's plain SQL) caps the older token at 300 s after that fetch started, and the next
+/// refresh, even one with `--if-expiring-within`, fetches the account first.
+#[test]
+fn a_host_killed_mid_fetch_caps_the_old_token_at_five_minutes_for_every_reader() {
+    let Some(f) = postgres() else { return };
+    let db = f.pg.as_ref().unwrap();
+    f.add(&["--appid", APPID]);
+    f.run(&["refresh"], 0);
+    assert!(get_left(&f) > 7000);
+    f.env.api.gate(TOKEN);
+    let mut a = refresher(&f, "host-a", 60, &[]);
+    assert!(
+        f.env.api.wait_for_hits(TOKEN, 2, PATIENCE),
+        "host-a never fetched"
+    );
+    a.kill().expect("SIGKILL host-a");
+    let _ = a.wait();
+    f.env.api.open_gate(TOKEN);
+    assert_eq!(f.count("SELECT count(*) FROM intents"), 1);
+    let left = get_left(&f);
+    assert!((1..=300).contains(&left), "capped at 300 s: {left}");
+    let short = f.get(&["--min-ttl", "301"]);
+    short.assert_code(3);
+    assert_has(&short, &["less than --min-ttl", "unrecorded fetch"]);
+    let block = f.env.status_block(APPID);
+    assert!(block.contains("never recorded"), "{block}");
+    let doc = support::json(&f.run(&["status", "--json"], 0).stdout);
+    let listed = doc["accounts"][0]["token"]["expires_in"].as_i64().unwrap();
+    assert!(listed <= 300, "{doc}");
+    // The README's SQL for services that read PostgreSQL directly agrees.
+    let plain: i64 = db
+        .query(&format!(
+            "SELECT least(expires_at, CASE WHEN classic AND unfinished_fetch IS NOT NULL
+                                           THEN unfinished_fetch + 300 END)
+                    - extract(epoch from now())::bigint
+             FROM latest_tokens
+             WHERE appid = '{APPID}' AND agent = '' AND kind = 'access_token'"
+        ))
+        .parse()
+        .unwrap();
+    assert!((1..=300).contains(&plain), "plain SQL: {plain}");
+    // host-a's own pid is gone, so its next run takes the claim over at once, and fetches
+    // the account although its token is not expiring within the minute.
+    let next = wait(refresher(&f, "host-a", 60, &["--if-expiring-within", "1m"]));
+    next.assert_code(0);
+    assert_eq!(f.env.api.hits(TOKEN), 3);
+    assert!(get_left(&f) > 7000);
+    assert_eq!(f.count("SELECT count(*) FROM intents"), 0);
+}
+
+/// Seconds left by `get --json`.
+#[track_caller]
+fn get_left(f: &Fixture) -> i64 {
+    let doc = support::json(&f.get(&["--json"]).assert_code(0).stdout);
+    doc["expires_in"].as_i64().unwrap()
 }
 
 #[test]

@@ -428,6 +428,7 @@ fn ctrl_c_at_the_secret_prompt_restores_echo() {
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("WXTOKEN_DB", env.db())
+        .env("WXTOKEN_KEY_FILE", env.key_file())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
