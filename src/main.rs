@@ -17,6 +17,7 @@ mod pgconn;
 mod policy;
 mod publish;
 mod quota;
+mod readers;
 mod secret;
 mod sink;
 mod store;

@@ -296,6 +296,14 @@ struct Sqlite {
     holder: Holder,
 }
 
+impl Drop for Sqlite {
+    fn drop(&mut self) {
+        if !self.conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
+            crate::readers::empty_wal_on_close(&self.conn);
+        }
+    }
+}
+
 impl Sqlite {
     /// Opens the database for writing, creating it (mode 0600) if it does not exist, and
     /// applies pending migrations.
@@ -321,8 +329,12 @@ impl Sqlite {
                 })?;
         }
         let store = Sqlite::connect(path, holder, true)?;
+        if let Some(refusal) = crate::readers::read_only_refusal(&store.conn, path) {
+            return Err(StoreError::Io(refusal));
+        }
         store.configure(true)?;
         store.migrate()?;
+        crate::readers::align_sidecars(path);
         Ok(store)
     }
 
@@ -345,7 +357,9 @@ impl Sqlite {
     fn open_readonly(path: &Path) -> Result<Sqlite> {
         require_file(path)?;
         let store = Sqlite::connect(path, Holder::nobody(), false)?;
-        let version = store.configure(false)?;
+        let version = store.configure(false).map_err(|e| {
+            crate::readers::explain_open_error(&e.to_string(), path).map_or(e, StoreError::Io)
+        })?;
         if version != MIGRATIONS.len() as i64 {
             store.check_version(version)?;
             return Err(StoreError::Schema(format!(
@@ -367,6 +381,14 @@ impl Sqlite {
             .map_err(|e| db_error(e, path))?;
         let version = self.user_version()?;
         if write {
+            // A persistent WAL, so that readers in the database's group find the -wal and
+            // -shm they cannot create (see `readers`).
+            crate::readers::persist_wal(&self.conn).map_err(|rc| {
+                StoreError::Io(format!(
+                    "could not use database {}: cannot keep the WAL (code {rc})",
+                    path.display()
+                ))
+            })?;
             for (pragma, value) in [
                 ("journal_mode", "WAL"),
                 ("synchronous", "NORMAL"),
