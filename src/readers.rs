@@ -108,19 +108,27 @@ pub fn empty_wal_on_close(conn: &rusqlite::Connection) {
     let _ = conn.pragma_update(None, "journal_size_limit", 0);
 }
 
-/// Why a writing command cannot use `db`, if SQLite opened it read-only because this
-/// user may only read it (a reader in the database's group, say): said at once, rather
-/// than at the first write.
-pub fn read_only_refusal(conn: &rusqlite::Connection, db: &Path) -> Option<String> {
-    conn.is_readonly(rusqlite::MAIN_DB)
-        .unwrap_or(false)
-        .then(|| {
-            format!(
+/// Why a writing command cannot use `db`, if this user may only read it (a reader in the
+/// database's group, say), or it is on a read-only mount: said at once, before any other
+/// check on the file, rather than at the first write (SQLite quietly opens such a file
+/// read-only). Opening for writing without creating or truncating changes nothing.
+pub fn read_only_refusal(db: &Path) -> Option<String> {
+    use std::io::ErrorKind;
+    match fs::OpenOptions::new().write(true).open(db) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
+            Some(format!(
                 "database {} is read-only for this user: only its owner runs writing \
                  commands; readers use `wxtoken get`",
                 db.display()
-            )
-        })
+            ))
+        }
+        _ => None,
+    }
 }
 
 /// A reader's open error, with what to do when the reason is a missing `-wal` or `-shm`.

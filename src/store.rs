@@ -308,6 +308,9 @@ impl Sqlite {
     /// Opens the database for writing, creating it (mode 0600) if it does not exist, and
     /// applies pending migrations.
     fn open(path: &Path, holder: Holder) -> Result<Sqlite> {
+        if let Some(refusal) = crate::readers::read_only_refusal(path) {
+            return Err(StoreError::Io(refusal));
+        }
         check_dir(path)?;
         if !path.exists() {
             // Created here, not by SQLite, so that it is 0600 from its first byte.
@@ -329,9 +332,6 @@ impl Sqlite {
                 })?;
         }
         let store = Sqlite::connect(path, holder, true)?;
-        if let Some(refusal) = crate::readers::read_only_refusal(&store.conn, path) {
-            return Err(StoreError::Io(refusal));
-        }
         store.configure(true)?;
         store.migrate()?;
         crate::readers::align_sidecars(path);
