@@ -114,6 +114,10 @@ pub fn empty_wal_on_close(conn: &rusqlite::Connection) {
 /// read-only). Opening for writing without creating or truncating changes nothing.
 pub fn read_only_refusal(db: &Path) -> Option<String> {
     use std::io::ErrorKind;
+    // Only a regular file: opening a FIFO for writing would wait for a reader.
+    if !fs::metadata(db).is_ok_and(|m| m.is_file()) {
+        return None;
+    }
     match fs::OpenOptions::new().write(true).open(db) {
         Err(e)
             if matches!(
