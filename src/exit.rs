@@ -110,7 +110,8 @@ impl Exit {
             }
             Exit::Database => {
                 "The database could not be opened, is not a wxtoken database, or is newer \
-                 than this binary."
+                 than this binary; or a writing command was run by a user who may only read \
+                 it ([readers in a group](#readers-in-a-group))."
             }
             Exit::Account => {
                 "An account or sink command named one that does not exist, or one that \

@@ -19,6 +19,7 @@ mod pgconn;
 mod policy;
 mod publish;
 mod quota;
+mod readers;
 mod secret;
 mod signals;
 mod sink;

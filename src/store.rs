@@ -326,12 +326,23 @@ fn stamp(path: &Path) -> Option<FileStamp> {
     Some((m.len(), m.mtime(), m.mtime_nsec()))
 }
 
+impl Drop for Sqlite {
+    fn drop(&mut self) {
+        if !self.conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
+            crate::readers::empty_wal_on_close(&self.conn);
+        }
+    }
+}
+
 impl Sqlite {
     /// Opens the database for writing, creating it (mode 0600) if it does not exist, and
     /// applies pending migrations. A file that is not this user's alone is refused (see
     /// `filesafety`), and so is a zero-byte file: wxtoken never leaves one, so someone else
     /// put it there.
     fn open(path: &Path, holder: Holder) -> Result<Sqlite> {
+        if let Some(refusal) = crate::readers::read_only_refusal(path) {
+            return Err(StoreError::Io(refusal));
+        }
         check_dir(path)?;
         let is_link = match std::fs::symlink_metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -359,6 +370,7 @@ impl Sqlite {
             )));
         }
         store.migrate()?;
+        crate::readers::align_sidecars(path);
         Ok(store)
     }
 
@@ -416,7 +428,10 @@ impl Sqlite {
                 store = Sqlite::open_in_place(path)?;
                 store.configure(false)?
             }
-            Err(err) => return Err(err),
+            Err(e) => {
+                return Err(crate::readers::explain_open_error(&e.to_string(), path)
+                    .map_or(e, StoreError::Io));
+            }
         };
         if version != MIGRATIONS.len() as i64 {
             store.check_version(version)?;
@@ -439,6 +454,14 @@ impl Sqlite {
             .map_err(|e| db_error(e, path))?;
         let version = self.user_version()?;
         if write {
+            // A persistent WAL, so that readers in the database's group find the -wal and
+            // -shm they cannot create (see `readers`).
+            crate::readers::persist_wal(&self.conn).map_err(|rc| {
+                StoreError::Io(format!(
+                    "could not use database {}: cannot keep the WAL (code {rc})",
+                    path.display()
+                ))
+            })?;
             for (pragma, value) in [
                 ("journal_mode", "WAL"),
                 ("synchronous", "NORMAL"),
@@ -1266,8 +1289,9 @@ fn create(path: &Path) -> Result<()> {
         let store = Sqlite::connect(&tmp, Holder::nobody(), true)?;
         store.configure(true)?;
         store.migrate()?;
-        // Closing the last connection checkpoints and removes the temporary -wal / -shm.
-        store.conn.close().map_err(|(_, e)| db_error(e, path))?;
+        // Closing the last connection checkpoints the -wal into the file; the temporary
+        // -wal / -shm are removed below.
+        drop(store);
         match std::fs::hard_link(&tmp, path) {
             // Another process created it first: use theirs, checked like any other.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),

@@ -1,11 +1,13 @@
-//! Secrets at rest: the key file, what needs it, migrating plaintext databases, and key
-//! rotation.
+//! Secrets at rest and readers in a group: the key file, what needs it, migrating
+//! plaintext databases, key rotation, and a reader running as another user.
 
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
+use support::standin::TOKEN;
 use support::{Out, TestEnv, wait};
 
 const APPID: &str = "wx1111111111111111";
@@ -477,4 +479,275 @@ fn key_reset_after_losing_the_key_keeps_tokens_and_takes_new_secrets() {
     );
     env.run(&["refresh", "--force"]).assert_code(0);
     assert_eq!(env.api.requests().len(), 2);
+}
+// ---- readers in a group ----
+
+const WRITER: u32 = 61_017;
+const READER: u32 = 61_018;
+const GROUP: u32 = 61_019;
+
+/// The copy of the binary that the other users run: the build directory may be out of
+/// their reach (a checkout under /root, say).
+fn shared_binary(env: &TestEnv) -> PathBuf {
+    env.dir.join("bin/wxtoken")
+}
+
+/// Runs `program` as `uid` with `GROUP` as a supplementary group, in the sealed environment.
+fn as_user(env: &TestEnv, uid: u32, program: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", &uid.to_string(), "--regid", &uid.to_string()])
+        .args(["--groups", &GROUP.to_string(), "--"])
+        .arg(program)
+        .args(args)
+        .current_dir(&env.dir)
+        .env_clear()
+        .env("WXTOKEN_DB", env.db())
+        .env("WXTOKEN_API_BASE", env.url())
+        .env("NO_PROXY", "127.0.0.1");
+    if let Some(path) = std::env::var_os("PATH") {
+        cmd.env("PATH", path);
+    }
+    cmd
+}
+
+fn wxtoken_as(env: &TestEnv, uid: u32, args: &[&str], stdin: &str) -> Out {
+    use std::io::Write;
+    let bin = shared_binary(env);
+    let mut cmd = as_user(env, uid, bin.to_str().unwrap(), args);
+    if uid == WRITER {
+        cmd.env("WXTOKEN_KEY_FILE", env.key_file());
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn setpriv");
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    Out::from_output(child.wait_with_output().expect("wait"))
+}
+
+/// Whether this test can switch users: root, with setpriv, and a binary every user can
+/// reach. Prints why not, so that a skip is visible.
+fn can_switch_users(env: &TestEnv) -> bool {
+    if support_uid() != 0 {
+        eprintln!("SKIPPED: readers-in-a-group test needs root to switch users (setpriv)");
+        return false;
+    }
+    let bin = shared_binary(env);
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_wxtoken"), &bin).expect("copy the binary");
+    let probe = as_user(env, READER, bin.to_str().unwrap(), &["--version"]).output();
+    match probe {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => {
+            eprintln!(
+                "SKIPPED: another user cannot run the test binary: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            false
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: setpriv is not available: {e}");
+            false
+        }
+    }
+}
+
+#[test]
+fn a_reader_in_the_group_gets_tokens_but_never_secrets_nor_writes() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // Under the system temp directory, which every user can reach.
+    let env = TestEnv::new_in(&std::env::temp_dir());
+    if !can_switch_users(&env) {
+        return;
+    }
+    // The host setup from the README: a directory of the writer's, setgid to the readers'
+    // group, the database 0640 in that group, the key 0600 with the writer.
+    std::os::unix::fs::chown(&env.dir, Some(WRITER), Some(GROUP)).unwrap();
+    std::fs::set_permissions(&env.dir, std::fs::Permissions::from_mode(0o2750)).unwrap();
+    env.api.register(APPID, SECRET);
+    let out = wxtoken_as(
+        &env,
+        WRITER,
+        &["account", "add", "--appid", APPID],
+        &format!("{SECRET}\n"),
+    );
+    out.assert_code(0);
+    std::fs::set_permissions(env.db(), std::fs::Permissions::from_mode(0o640)).unwrap();
+    wxtoken_as(&env, WRITER, &["refresh"], "").assert_code(0);
+    // The -wal and -shm stay after the writer exits, with the database's group and mode.
+    for file in files(&env.db()) {
+        let meta = std::fs::metadata(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (WRITER, GROUP),
+            "{}",
+            file.display()
+        );
+        assert_eq!(meta.mode() & 0o777, 0o640, "{}", file.display());
+    }
+    // The writer left the -wal empty: a reader has no stale frames to replay.
+    assert_eq!(std::fs::metadata(&files(&env.db())[1]).unwrap().len(), 0);
+    assert_eq!(mode(&env.key_file()), 0o600);
+    let token = wxtoken_as(&env, READER, &["get", "--appid", APPID], "");
+    token.assert_code(0);
+    let token = token.stdout.trim().to_string();
+    assert!(!token.is_empty());
+
+    // While a refresh is under way (its request held at the stand-in's gate), and while
+    // a write transaction is open, the reader still gets the committed token.
+    env.api.gate(TOKEN);
+    let refresh = as_user(
+        &env,
+        WRITER,
+        shared_binary(&env).to_str().unwrap(),
+        &["refresh", "--force"],
+    )
+    .env("WXTOKEN_KEY_FILE", env.key_file())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("spawn refresh");
+    assert!(env.api.wait_for_hits(TOKEN, 1, Duration::from_secs(10)));
+    let during = wxtoken_as(&env, READER, &["get", "--appid", APPID], "");
+    during.assert_code(0);
+    assert_eq!(during.stdout.trim(), token);
+    env.api.open_gate(TOKEN);
+    let done = Out::from_output(refresh.wait_with_output().unwrap());
+    done.assert_code(0);
+    let newest = wxtoken_as(&env, READER, &["get", "--appid", APPID], "");
+    newest.assert_code(0);
+    assert_ne!(newest.stdout.trim(), token, "the reader sees the new token");
+    let token = newest.stdout.trim().to_string();
+
+    let writer = env.open_db();
+    writer
+        .execute_batch(
+            "BEGIN IMMEDIATE;
+             INSERT INTO tokens (account_id, kind, token, expires_in, fetched_at, expires_at)
+             SELECT id, 'access_token', 'UNCOMMITTED', 7200, 0, 4102444800 FROM accounts;",
+        )
+        .unwrap();
+    let during = wxtoken_as(&env, READER, &["get", "--appid", APPID], "");
+    during.assert_code(0);
+    assert_eq!(during.stdout.trim(), token);
+    writer.execute_batch("ROLLBACK").unwrap();
+
+    // The reader can neither write through wxtoken, nor open the key, nor the files.
+    let rows = token_rows(&env);
+    let out = wxtoken_as(&env, READER, &["refresh", "--force"], "");
+    assert_one_error_line(&out, 5, &["read-only for this user"]);
+    let out = wxtoken_as(
+        &env,
+        READER,
+        &["get", "--appid", APPID, "--reject", &token],
+        "",
+    );
+    assert_one_error_line(&out, 5, &["read-only for this user"]);
+    let key = env.key_file();
+    let out = wxtoken_as(
+        &env,
+        READER,
+        &["--key-file", key.to_str().unwrap(), "refresh"],
+        "",
+    );
+    out.assert_code(5);
+    let cat = as_user(&env, READER, "cat", &[key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!cat.status.success(), "the reader read the key file");
+    for file in files(&env.db()) {
+        let w = as_user(
+            &env,
+            READER,
+            "sh",
+            &["-c", &format!("echo x >> '{}'", file.display())],
+        )
+        .output()
+        .unwrap();
+        assert!(
+            !w.status.success(),
+            "the reader could write {}",
+            file.display()
+        );
+    }
+    let touch = as_user(
+        &env,
+        READER,
+        "touch",
+        &[env.dir.join("planted").to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        !touch.status.success(),
+        "the reader could create files beside the database"
+    );
+
+    // The README's read-only SQL works for the reader; a write through SQLite fails, and
+    // the secret column holds only ciphertext.
+    if Command::new("sqlite3").arg("--version").output().is_ok() {
+        let uri = format!("file:{}?mode=ro", env.db().display());
+        let sql = format!(
+            "SELECT t.token FROM accounts a JOIN tokens t ON t.account_id = a.id AND t.kind = 'access_token' \
+             WHERE a.appid = '{APPID}' AND a.agent = '' ORDER BY t.id DESC LIMIT 1;"
+        );
+        let read = as_user(&env, READER, "sqlite3", &["-bail", &uri, &sql])
+            .output()
+            .unwrap();
+        assert!(
+            read.status.success(),
+            "{}",
+            String::from_utf8_lossy(&read.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&read.stdout).trim(), token);
+        let secret = as_user(
+            &env,
+            READER,
+            "sqlite3",
+            &[&uri, "SELECT secret FROM accounts"],
+        )
+        .output()
+        .unwrap();
+        let secret = String::from_utf8_lossy(&secret.stdout).to_string();
+        assert!(
+            secret.starts_with("wxs1:") && !secret.contains(SECRET),
+            "{secret}"
+        );
+        let path = env.db().display().to_string();
+        let insert = "INSERT INTO tokens (account_id, kind, token, expires_in, fetched_at, expires_at) \
+                      SELECT id, 'access_token', 'PLANTED', 7200, 0, 4102444800 FROM accounts;";
+        let write = as_user(&env, READER, "sqlite3", &["-bail", &path, insert])
+            .output()
+            .unwrap();
+        assert!(!write.status.success(), "the reader inserted a token");
+    } else {
+        eprintln!("note: no sqlite3 command; the reader's SQL checks are skipped");
+    }
+    assert_eq!(
+        token_rows(&env),
+        rows,
+        "the reader changed the token history"
+    );
+    let still = wxtoken_as(&env, READER, &["get", "--appid", APPID], "");
+    assert_eq!(still.stdout.trim(), token);
+    assert_nowhere(&env.db(), &[SECRET]);
+
+    // Another tool that deleted the -wal and -shm: with no -wal, every committed write is
+    // in the file, and the reader, who cannot create a -shm here, reads it in place (issue
+    // 9's read-only rule); the next wxtoken write puts them back.
+    drop(writer);
+    for file in &files(&env.db())[1..] {
+        let _ = std::fs::remove_file(file);
+    }
+    let out = wxtoken_as(&env, READER, &["get", "--appid", APPID], "");
+    out.assert_code(0);
+    assert_eq!(out.stdout.trim(), token);
+    wxtoken_as(&env, WRITER, &["status"], "").assert_code(0);
+    let back = wxtoken_as(&env, READER, &["get", "--appid", APPID], "");
+    back.assert_code(0);
+    assert_eq!(back.stdout.trim(), token);
+    // Give the directory back to the test's own user, so that it can be cleaned up.
+    std::os::unix::fs::chown(&env.dir, Some(0), Some(0)).unwrap();
 }

@@ -124,12 +124,17 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub fn new() -> TestEnv {
+        TestEnv::new_in(Path::new(env!("CARGO_TARGET_TMPDIR")))
+    }
+
+    /// A test environment whose directory is created under `base`.
+    pub fn new_in(base: &Path) -> TestEnv {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
         let name = format!("wxtoken-{}-{n}-{nanos}", std::process::id());
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+        let dir = base.join(name);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         TestEnv {
             dir,
