@@ -1,11 +1,18 @@
 //! Integration-test harness: a sealed environment that runs the real `wxtoken` binary against a
-//! loopback stand-in for WeChat's API and a SQLite file in its own temp directory.
+//! loopback stand-in for WeChat's API and a SQLite file in its own temp directory, or, for a
+//! test run through [`on_postgres`], a database of its own on a real PostgreSQL server
+//! (support/pg.rs).
+//!
+//! A test file runs its shared-server behaviours on both backends from one body each:
+//! `also_on_postgres!(test_a, test_b);` adds `on_postgres::test_a` and so on, which run the
+//! same function with `WXTOKEN_DB` set to a fresh PostgreSQL database.
 #![allow(dead_code)]
 
 pub mod pg;
 pub mod redis_server;
 pub use wxtoken_standin as standin;
 
+use std::cell::Cell;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -16,6 +23,45 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use standin::StandIn;
 
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Set by [`on_postgres`] for the test running on this thread.
+    static ON_POSTGRES: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `test` with every [`TestEnv`] it makes on a new database of the shared PostgreSQL
+/// server. Without PostgreSQL installed this prints a note and passes; under CI=true it
+/// fails (support/pg.rs).
+pub fn on_postgres(test: fn()) {
+    if pg::server().is_none() {
+        return;
+    }
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            ON_POSTGRES.with(|c| c.set(false));
+        }
+    }
+    ON_POSTGRES.with(|c| c.set(true));
+    let _reset = Reset;
+    test();
+}
+
+/// `also_on_postgres!(a, b)` defines `on_postgres::a` and `on_postgres::b`: the tests `a` and
+/// `b` of this file, run again on PostgreSQL.
+#[macro_export]
+macro_rules! also_on_postgres {
+    ($($name:ident),* $(,)?) => {
+        mod on_postgres {
+            $(
+                #[test]
+                fn $name() {
+                    $crate::support::on_postgres(super::$name);
+                }
+            )*
+        }
+    };
+}
 
 /// What one run of the binary produced.
 #[derive(Debug, Clone)]
@@ -120,6 +166,8 @@ pub struct TestEnv {
     pub api: StandIn,
     /// Extra variables; `None` removes one the harness sets by default.
     extra: Mutex<Vec<(String, Option<String>)>>,
+    /// The PostgreSQL database this environment's runs use, under [`on_postgres`].
+    pub pg: Option<pg::PgDb<'static>>,
 }
 
 impl TestEnv {
@@ -136,10 +184,17 @@ impl TestEnv {
         let name = format!("wxtoken-{}-{n}-{nanos}", std::process::id());
         let dir = base.join(name);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let pg = if ON_POSTGRES.with(Cell::get) {
+            let server = pg::server().expect("on_postgres checked the server");
+            Some(server.create_db())
+        } else {
+            None
+        };
         TestEnv {
             dir,
             api: StandIn::start(),
             extra: Mutex::default(),
+            pg,
         }
     }
 
@@ -163,21 +218,90 @@ impl TestEnv {
             .to_string()
     }
 
-    /// A connection to the test database, for checks the CLI does not show; it waits for
-    /// a writer like the binary does.
+    pub fn is_postgres(&self) -> bool {
+        self.pg.is_some()
+    }
+
+    /// What the binary's `WXTOKEN_DB` is: the SQLite path, or the PostgreSQL URL.
+    pub fn store(&self) -> String {
+        match &self.pg {
+            Some(db) => db.url.clone(),
+            None => self.db().display().to_string(),
+        }
+    }
+
+    /// A connection to the SQLite test database, for checks the CLI does not show; it waits
+    /// for a writer like the binary does. Backend-neutral tests use [`TestEnv::query_i64`],
+    /// [`TestEnv::query`] and [`TestEnv::execute`] instead.
+    #[track_caller]
     pub fn open_db(&self) -> rusqlite::Connection {
+        assert!(
+            self.pg.is_none(),
+            "open_db reads the SQLite file; this test runs on PostgreSQL"
+        );
         let conn = rusqlite::Connection::open(self.db()).expect("open the test database");
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .expect("busy timeout");
         conn
     }
 
-    /// One integer from the test database.
+    /// One integer from the test store, by SQL both dialects understand.
     #[track_caller]
     pub fn query_i64(&self, sql: &str) -> i64 {
+        if let Some(db) = &self.pg {
+            return db.query_i64(sql);
+        }
         self.open_db()
             .query_row(sql, [], |r| r.get(0))
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The rows of a query, one line each, columns joined by `|` (as psql prints them),
+    /// NULL as an empty string.
+    #[track_caller]
+    pub fn query(&self, sql: &str) -> String {
+        if let Some(db) = &self.pg {
+            return db.query(sql);
+        }
+        let conn = self.open_db();
+        let mut stmt = conn
+            .prepare(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let n = stmt.column_count();
+        let rows = stmt
+            .query_map([], |r| {
+                (0..n)
+                    .map(|i| {
+                        Ok(match r.get_ref(i)? {
+                            rusqlite::types::ValueRef::Null => String::new(),
+                            rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+                            rusqlite::types::ValueRef::Real(v) => v.to_string(),
+                            rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                                String::from_utf8_lossy(t).into_owned()
+                            }
+                        })
+                    })
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map(|v| v.join("|"))
+            })
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        rows.map(|r| r.unwrap_or_else(|e| panic!("{sql}: {e}")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Runs SQL statements that return no rows on the test store.
+    #[track_caller]
+    pub fn execute(&self, sql: &str) {
+        match &self.pg {
+            Some(db) => {
+                db.query(sql);
+            }
+            None => self
+                .open_db()
+                .execute_batch(sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+        }
     }
 
     /// Base URL of the stand-in.
@@ -204,7 +328,7 @@ impl TestEnv {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxtoken"));
         cmd.args(args).current_dir(&self.dir).env_clear();
-        cmd.env("WXTOKEN_DB", self.db());
+        cmd.env("WXTOKEN_DB", self.store());
         cmd.env("WXTOKEN_KEY_FILE", self.key_file());
         cmd.env("WXTOKEN_API_BASE", self.url());
         cmd.env("WXTOKEN_WORK_API_BASE", self.url());
