@@ -264,9 +264,7 @@ impl TestEnv {
             return db.query(sql);
         }
         let conn = self.open_db();
-        let mut stmt = conn
-            .prepare(sql)
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let mut stmt = conn.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
         let n = stmt.column_count();
         let rows = stmt
             .query_map([], |r| {
@@ -276,7 +274,8 @@ impl TestEnv {
                             rusqlite::types::ValueRef::Null => String::new(),
                             rusqlite::types::ValueRef::Integer(v) => v.to_string(),
                             rusqlite::types::ValueRef::Real(v) => v.to_string(),
-                            rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                            rusqlite::types::ValueRef::Text(t)
+                            | rusqlite::types::ValueRef::Blob(t) => {
                                 String::from_utf8_lossy(t).into_owned()
                             }
                         })
