@@ -92,6 +92,20 @@ impl Postgres {
         Ok(store)
     }
 
+    /// Connects and applies pending migrations to a wxtoken database, but refuses an empty
+    /// one as a reader does: `get --reject` upgrades a store, never creates one (as on
+    /// SQLite, where it needs the file to exist).
+    pub fn open_existing(config: &PgConfig, holder: Holder) -> Result<Postgres> {
+        let store = Postgres::connect(config, holder)?;
+        if store.version()? == 0 {
+            store.require_version(0)?;
+        }
+        store.migrate()?;
+        store.verified.set(true);
+        store.require_writer()?;
+        Ok(store)
+    }
+
     /// Refuses, in one line that names the missing grant, a role that may only read
     /// tokens (what `store grant-reader` gives): a writing handle would otherwise fail
     /// later, on whichever table it reached first.
@@ -415,12 +429,17 @@ impl ReadStore for Postgres {
             (&key.agent, Type::TEXT),
             (&kind, Type::TEXT),
         ];
-        let rows = self.c().query_typed(&sql, &params).map_err(|e| {
-            match e.code().map(|c| c.code()) {
-                // No schema_migrations or latest_tokens: version 0, or someone else's.
-                Some("42P01") => self.require_version(0).err().unwrap_or_else(|| self.err(e)),
-                _ => self.err(e),
-            }
+        let result = self.c().query_typed(&sql, &params);
+        let rows = result.map_err(|e| match e.code().map(|c| c.code()) {
+            // No schema_migrations or latest_tokens (version 0, or someone else's), or a
+            // view of another version without a column this one reads: say which version
+            // it is and what to do, as the other commands do.
+            Some("42P01" | "42703") => self
+                .version()
+                .ok()
+                .and_then(|v| self.require_version(v).err())
+                .unwrap_or_else(|| self.err(e)),
+            _ => self.err(e),
         })?;
         let Some(row) = rows.first() else {
             return Ok(None);
