@@ -256,7 +256,7 @@ pub enum Location {
         is_default: bool,
     },
     #[cfg(feature = "postgres")]
-    Postgres(crate::pgconf::PgConfig),
+    Postgres(Box<crate::pgconf::PgConfig>),
 }
 
 /// Opens the store for reading only: never creates, migrates or locks anything.
