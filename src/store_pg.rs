@@ -182,6 +182,15 @@ impl Postgres {
 
     // ---- schema ----
 
+    /// The server clock's now, in Unix seconds.
+    fn server_now(&self) -> Result<i64> {
+        let row = self
+            .c()
+            .query_one(&format!("SELECT {NOW}"), &[])
+            .map_err(|e| self.err(e))?;
+        Ok(row.get(0))
+    }
+
     /// The applied schema version: 0 for an empty database.
     fn version(&self) -> Result<i64> {
         let mut c = self.c();
@@ -533,8 +542,10 @@ impl ReadStore for Postgres {
         }))
     }
 
-    fn fetches_since(&self, since: i64) -> Result<HashMap<i64, i64>> {
+    /// On the server's clock, which stamps the attempts; `now` is not used.
+    fn fetches_today(&self, _now: i64) -> Result<HashMap<i64, i64>> {
         self.verify()?;
+        let since = crate::quota::day_start(self.server_now()?);
         let rows = self
             .c()
             .query(
@@ -550,8 +561,10 @@ impl ReadStore for Postgres {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    fn quota_resets_since(&self, account_id: i64, since: i64) -> Result<i64> {
+    /// On the server's clock, which stamps the resets; `now` is not used.
+    fn quota_resets_this_month(&self, account_id: i64, _now: i64) -> Result<i64> {
         self.verify()?;
+        let since = crate::quota::month_start(self.server_now()?);
         let row = self
             .c()
             .query_one(
@@ -1040,10 +1053,11 @@ impl Store for Postgres {
         Ok(())
     }
 
+    /// At the server's now, as `quota_resets_this_month` counts them; `at` is not used.
     fn record_quota_reset(
         &self,
         account_id: i64,
-        at: i64,
+        _at: i64,
         failure: Option<(Option<i64>, &str)>,
     ) -> Result<bool> {
         let config = &self.config;
@@ -1052,15 +1066,11 @@ impl Store for Postgres {
         let mut c = self.c();
         let mut tx = c.transaction().map_err(err)?;
         tx.execute(
-            "INSERT INTO quota_resets (account_id, at, ok, errcode, detail)
-             VALUES ($1, $2, $3, $4, $5)",
-            &[
-                &account_id,
-                &at,
-                &failure.is_none(),
-                &errcode.flatten(),
-                &detail,
-            ],
+            &format!(
+                "INSERT INTO quota_resets (account_id, at, ok, errcode, detail)
+                 VALUES ($1, {NOW}, $2, $3, $4)"
+            ),
+            &[&account_id, &failure.is_none(), &errcode.flatten(), &detail],
         )
         .map_err(err)?;
         let released = failure.is_none()

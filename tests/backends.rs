@@ -736,6 +736,35 @@ fn a_host_with_a_wrong_clock_can_neither_shorten_nor_escape_a_hold() {
     assert!(block.contains("SKIPPED"), "{block}");
 }
 
+/// WeChat's quota day and month are China time on the server's clock, which stamps the
+/// attempts and resets: a host a day ahead still counts this morning's fetch, and resets
+/// made from hosts 40 days behind and ahead fall in one month.
+#[test]
+fn a_host_with_a_wrong_clock_counts_todays_fetches_and_this_months_resets_by_the_server() {
+    let Some(f) = postgres() else { return };
+    let Some(lib) = support::faketime_lib() else {
+        return;
+    };
+    f.add(&["--appid", APPID]);
+    f.run(&["refresh"], 0);
+    let status = on_skewed_host(&f, &lib, "+1d", &["status", "--json"]);
+    let doc = support::json(&status.assert_code(0).stdout);
+    assert_eq!(doc["accounts"][0]["fetches_today"], 1, "{doc}");
+
+    for (offset, used) in [("-40d", 1), ("+40d", 2)] {
+        let out = on_skewed_host(
+            &f,
+            &lib,
+            offset,
+            &["quota", "reset", "--appid", APPID, "--yes"],
+        );
+        out.assert_code(0);
+        assert_has(&out, &[&format!("now used {used} of this month's 10")]);
+    }
+    let apart = f.count("SELECT max(at) - min(at) FROM quota_resets");
+    assert!(apart <= 5, "stamped {apart} s apart");
+}
+
 /// WeChat's budget of forced stable-token refreshes (30 s apart, 20 a day) is noted and
 /// judged on the server's clock: a host two hours ahead cannot force again seconds after
 /// one two hours behind did.
