@@ -579,6 +579,8 @@ impl ReadStore for Postgres {
         Ok((self.run_row("")?, self.run_row(SUCCESSFUL_RUNS)?))
     }
 
+    /// Token times, like holds (see `account_from_row`), moved into this host's clock: the
+    /// target judges them by its own, which on SQLite is this host's.
     fn export(&self, _now: i64) -> Result<Vec<Exported>> {
         let accounts = self.accounts()?;
         let rows = self
@@ -586,7 +588,7 @@ impl ReadStore for Postgres {
             .query(
                 &format!(
                     "SELECT t.account_id, t.kind, t.token, t.expires_in, t.fetched_at, t.expires_at,
-                            t.id
+                            t.id, {NOW}
                      FROM tokens t
                      WHERE t.expires_at > {NOW}
                        AND t.id = (SELECT max(n.id) FROM tokens n
@@ -603,12 +605,13 @@ impl ReadStore for Postgres {
                     .iter()
                     .filter(|r| r.get::<_, i64>(0) == account.id)
                     .map(|r| {
+                        let skew = crate::wechat::unix_now() - r.get::<_, i64>(7);
                         let row = TokenRow {
                             id: r.get(6),
                             token: r.get(2),
                             expires_in: r.get(3),
-                            fetched_at: r.get(4),
-                            expires_at: r.get(5),
+                            fetched_at: r.get::<_, i64>(4) + skew,
+                            expires_at: r.get::<_, i64>(5) + skew,
                             // Not copied: the target has no unfinished fetch of its own.
                             unfinished_fetch: None,
                             classic: false,
@@ -1171,7 +1174,8 @@ impl Store for Postgres {
         if accounts > 0 {
             return Err(not_empty(&config.to_string(), accounts));
         }
-        // Holds come in this host's clock (as `accounts` gives them): into the server's.
+        // Holds and token times come in this host's clock (as `accounts` and `export` give
+        // them): into the server's, which judges them.
         let server_now: i64 = tx
             .query_one(&format!("SELECT {NOW}"), &[])
             .map_err(err)?
@@ -1209,7 +1213,14 @@ impl Store for Postgres {
                 tx.execute(
                     "INSERT INTO tokens (account_id, kind, token, expires_in, fetched_at, expires_at)
                      VALUES ($1, $2, $3, $4, $5, $6)",
-                    &[&id, kind, &t.token, &t.expires_in, &t.fetched_at, &t.expires_at],
+                    &[
+                        &id,
+                        kind,
+                        &t.token,
+                        &t.expires_in,
+                        &(t.fetched_at + skew),
+                        &(t.expires_at + skew),
+                    ],
                 )
                 .map_err(err)?;
             }

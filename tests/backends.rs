@@ -765,6 +765,47 @@ fn a_host_with_a_wrong_clock_counts_todays_fetches_and_this_months_resets_by_the
     assert!(apart <= 5, "stamped {apart} s apart");
 }
 
+/// `store copy` moves token times between the server's clock and the copying host's, as
+/// it moves holds: a token copied out of PostgreSQL onto a host whose clock is off has the
+/// same time left there as on the server, and one copied in from such a host has the
+/// same time left on the server as it had there.
+#[test]
+fn store_copy_keeps_a_tokens_time_left_on_a_host_with_a_wrong_clock() {
+    let Some(f) = postgres() else { return };
+    let Some(lib) = support::faketime_lib() else {
+        return;
+    };
+    let left = |out: &Out, token: &str| {
+        let doc = support::json(&out.assert_code(0).stdout);
+        assert_eq!(doc["access_token"], token, "{doc}");
+        doc["expires_in"].as_i64().expect("expires_in")
+    };
+    f.add(&["--appid", APPID]);
+    f.env.api.push(TOKEN, Reply::token("ON-PG", 7200));
+    f.run(&["refresh"], 0);
+    for offset in ["-3h", "+3h"] {
+        let file = f.env.dir.join(format!("copy{offset}.db"));
+        let file = file.to_str().unwrap();
+        on_skewed_host(&f, &lib, offset, &["store", "copy", "--to", file]).assert_code(0);
+        let args = ["--db", file, "get", "--appid", APPID, "--json"];
+        let secs = left(&on_skewed_host(&f, &lib, offset, &args), "ON-PG");
+        assert!((7190..=7200).contains(&secs), "{offset}: {secs} s left");
+    }
+
+    let lite = Fixture::new(Backend::Sqlite).unwrap();
+    lite.add(&["--appid", APPID]);
+    lite.env.api.push(TOKEN, Reply::token("ON-LITE", 7200));
+    on_skewed_host(&lite, &lib, "-3h", &["refresh"]).assert_code(0);
+    let target = Fixture::new(Backend::Postgres).unwrap();
+    let to = target.pg.as_ref().unwrap().url.clone();
+    on_skewed_host(&lite, &lib, "-3h", &["store", "copy", "--to", &to]).assert_code(0);
+    target
+        .env
+        .set_env("WXTOKEN_KEY_FILE", lite.env.key_file().to_str().unwrap());
+    let secs = left(&target.get(&["--json"]), "ON-LITE");
+    assert!((7190..=7200).contains(&secs), "{secs} s left on the server");
+}
+
 /// WeChat's budget of forced stable-token refreshes (30 s apart, 20 a day) is noted and
 /// judged on the server's clock: a host two hours ahead cannot force again seconds after
 /// one two hours behind did.
