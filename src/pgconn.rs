@@ -9,7 +9,7 @@ use std::time::Duration;
 use postgres::Client;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
@@ -206,18 +206,24 @@ fn client_config(tls: &Tls, identity: Option<&ClientCert>) -> Result<ClientConfi
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup failed: {e}"))?;
+    let relaxed = |check| -> Arc<dyn ServerCertVerifier> {
+        Arc::new(Relaxed {
+            check,
+            algorithms: provider.signature_verification_algorithms,
+        })
+    };
     let verifier: Arc<dyn ServerCertVerifier> = match tls {
         Tls::Off => unreachable!("plaintext needs no TLS configuration"),
-        Tls::Unverified => Arc::new(NoCheck(provider)),
+        Tls::Unverified => relaxed(CertCheck::Nothing),
         Tls::Verified { roots, name } => {
             let roots = Arc::new(load_roots(roots)?);
-            let inner = WebPkiServerVerifier::builder_with_provider(roots, provider)
+            let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
                 .build()
                 .map_err(|e| format!("TLS setup failed: {e}"))?;
             if *name {
                 inner
             } else {
-                Arc::new(ChainOnly(inner))
+                relaxed(CertCheck::ChainOnly(inner))
             }
         }
     };
@@ -261,61 +267,25 @@ fn load_roots(roots: &RootCert) -> Result<RootCertStore, String> {
     }
 }
 
-/// libpq's `require`: encrypted, but any certificate is accepted. The handshake signature
-/// is still checked, so the peer holds the key of the certificate it sent.
+/// What a relaxed mode checks of the server's certificate.
 #[derive(Debug)]
-struct NoCheck(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoCheck {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+enum CertCheck {
+    /// libpq's `require`: encrypted, but any certificate is accepted.
+    Nothing,
+    /// libpq's `verify-ca`: the chain must lead to a trusted root, the name may differ.
+    ChainOnly(Arc<WebPkiServerVerifier>),
 }
 
-/// libpq's `verify-ca`: the chain must lead to a trusted root, the name may differ.
+/// The verifier for the modes rustls has none for. Either way the handshake signature is
+/// checked as rustls' own verifier checks it, so the peer holds the key of the
+/// certificate it sent.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct Relaxed {
+    check: CertCheck,
+    algorithms: WebPkiSupportedAlgorithms,
+}
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Relaxed {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -324,10 +294,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let CertCheck::ChainOnly(inner) = &self.check else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -341,7 +311,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -350,11 +320,11 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 
