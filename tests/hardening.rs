@@ -757,8 +757,9 @@ fn a_malformed_api_base_fails_before_any_request() {
     assert_eq!(attempts, 0, "nothing was tried");
 }
 
-// Every test again on PostgreSQL, but those about the SQLite file itself: a locked database,
-// a full disk under it, its owner and mode, a read-only directory, and a corrupted file.
+// Every test again on PostgreSQL, but the eight about the SQLite file itself: a locked
+// database, a full disk under it, its owner and mode (and its -wal's and -shm's), an empty
+// file or a symlink in its place, a read-only directory, and a corrupted file.
 also_on_postgres!(
     a_manual_refresh_after_another_run_fetches_again,
     a_refresh_against_a_dead_server_fails,
