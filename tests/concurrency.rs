@@ -1,8 +1,9 @@
-//! Concurrency and crash safety: several real `wxtoken` processes against one SQLite file and
-//! the loopback stand-in. Processes are synchronised through the stand-in (hit counts, gates,
-//! `wait_for_hits`), never through sleeps. The only timed waits are bounded negative checks,
-//! a watchdog that turns a stuck process into a failure, and one poll of /proc for a process
-//! that waits on a lock the test holds.
+//! Concurrency and crash safety: several real `wxtoken` processes against one store (a
+//! SQLite file, and under `on_postgres` a PostgreSQL database) and the loopback stand-in.
+//! Processes are synchronised through the stand-in (hit counts, gates, `wait_for_hits`),
+//! never through sleeps. The only timed waits are bounded negative checks, a watchdog that
+//! turns a stuck process into a failure, and, on PostgreSQL, one poll of the server's
+//! activity for a process that waits on a lock the test holds.
 
 mod support;
 
