@@ -253,7 +253,7 @@ pub fn open_read(at: &Location) -> Result<Box<dyn ReadStore>> {
 
 /// Opens the store for writing, creating it if `create` (and its default directory).
 /// Without `create`, a missing database is the same error as for reading. A PostgreSQL
-/// database must exist; its tables are created either way.
+/// database must exist; its tables are created only with `create`.
 pub fn open_write(at: &Location, create: bool) -> Result<Box<dyn Store>> {
     match at {
         Location::File { path, is_default } => {
@@ -265,10 +265,14 @@ pub fn open_write(at: &Location, create: bool) -> Result<Box<dyn Store>> {
             Ok(Box::new(Sqlite::open(path, Holder::current())?))
         }
         #[cfg(feature = "postgres")]
-        Location::Postgres(config) => Ok(Box::new(crate::store_pg::Postgres::open(
-            config,
-            Holder::current(),
-        )?)),
+        Location::Postgres(config) => {
+            let holder = Holder::current();
+            Ok(Box::new(if create {
+                crate::store_pg::Postgres::open(config, holder)?
+            } else {
+                crate::store_pg::Postgres::open_existing(config, holder)?
+            }))
+        }
     }
 }
 

@@ -88,6 +88,19 @@ impl Postgres {
         Ok(store)
     }
 
+    /// Connects and applies pending migrations to a wxtoken database, but refuses an empty
+    /// one as a reader does: `get --reject` upgrades a store, never creates one (as on
+    /// SQLite, where it needs the file to exist).
+    pub fn open_existing(config: &PgConfig, holder: Holder) -> Result<Postgres> {
+        let store = Postgres::connect(config, holder)?;
+        if store.version()? == 0 {
+            store.require_version(0)?;
+        }
+        store.migrate()?;
+        store.verified.set(true);
+        Ok(store)
+    }
+
     /// Connects for reading: no migration, and a schema of another version is refused,
     /// by the first query rather than by one of its own.
     pub fn open_read(config: &PgConfig) -> Result<Postgres> {
@@ -381,12 +394,17 @@ impl ReadStore for Postgres {
             (&key.agent, Type::TEXT),
             (&kind, Type::TEXT),
         ];
-        let rows = self.c().query_typed(&sql, &params).map_err(|e| {
-            match e.code().map(|c| c.code()) {
-                // No schema_migrations or latest_tokens: version 0, or someone else's.
-                Some("42P01") => self.require_version(0).err().unwrap_or_else(|| self.err(e)),
-                _ => self.err(e),
-            }
+        let result = self.c().query_typed(&sql, &params);
+        let rows = result.map_err(|e| match e.code().map(|c| c.code()) {
+            // No schema_migrations or latest_tokens (version 0, or someone else's), or a
+            // view of another version without a column this one reads: say which version
+            // it is and what to do, as the other commands do.
+            Some("42P01" | "42703") => self
+                .version()
+                .ok()
+                .and_then(|v| self.require_version(v).err())
+                .unwrap_or_else(|| self.err(e)),
+            _ => self.err(e),
         })?;
         let Some(row) = rows.first() else {
             return Ok(None);

@@ -1,6 +1,8 @@
-//! One set of behaviours, run against both backends: each `both!` test runs once on an
-//! SQLite file and once on a PostgreSQL database of a real server that the harness starts
-//! (tests/support/pg.rs). Then what only a shared server has: refreshers on two hosts,
+//! Behaviours run against both backends: each `both!` test runs once on an SQLite file and
+//! once on a PostgreSQL database of a real server that the harness starts
+//! (tests/support/pg.rs). Accounts, refresh and get, errors and holds, retention, tickets,
+//! WeCom and status run on both from tests/core.rs and tests/wecom_tickets.rs
+//! (`also_on_postgres!`). Then what only a shared server has: refreshers on two hosts,
 //! one of them killed mid-fetch, reader roles, and `store copy` between the backends.
 //!
 //! Without PostgreSQL installed the `postgres` variants print a note and pass; under
@@ -12,7 +14,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use support::pg::{self, PgDb};
-use support::standin::{self, Reply, TOKEN, WORK_TOKEN};
+use support::standin::{self, Reply, TOKEN};
 use support::{Out, TestEnv, status_block, wait};
 
 const APPID: &str = "wx1234567890abcdef";
@@ -46,13 +48,6 @@ impl Fixture {
             }
         };
         Some(Fixture { env, pg })
-    }
-
-    fn backend(&self) -> Backend {
-        match self.pg {
-            Some(_) => Backend::Postgres,
-            None => Backend::Sqlite,
-        }
     }
 
     /// One integer from the store, by SQL that both dialects understand.
@@ -135,86 +130,6 @@ fn assert_no_secret(out: &Out) {
 // ---- the shared behaviours ---------------------------------------------------------------
 
 both! {
-    /// add, list (masked), duplicates and unknown accounts (exit 6), disable/enable, remove.
-    fn accounts(f) {
-        f.add(&["--appid", APPID]);
-        let list = f.run(&["account", "list"], 0);
-        assert!(list.stdout.contains(APPID), "{}", list.stdout);
-        assert_no_secret(&list);
-        let again = f.env.run_with_stdin(&["account", "add", "--appid", APPID], "x\n");
-        again.assert_code(6);
-        assert_has(&again, &["already exists"]);
-        f.run(&["account", "disable", "--appid", APPID], 0);
-        f.run(&["refresh"], 0);
-        assert_eq!(f.env.api.hits(TOKEN), 0, "a disabled account was fetched");
-        f.run(&["account", "enable", "--appid", APPID], 0);
-        f.run(&["refresh"], 0);
-        assert_eq!(f.env.api.hits(TOKEN), 1);
-        f.run(&["account", "remove", "--appid", APPID], 0);
-        assert_eq!(f.count("SELECT count(*) FROM tokens"), 0);
-        assert_has(&f.run(&["account", "remove", "--appid", APPID], 6), &["no such account"]);
-    }
-}
-
-both! {
-    /// refresh stores what WeChat handed out; get prints exactly that, or its JSON.
-    fn refresh_and_get(f) {
-        f.add(&["--appid", APPID]);
-        let none = f.get(&[]);
-        none.assert_code(3);
-        assert_eq!(none.stdout, "");
-        f.env.api.push(TOKEN, Reply::token("TOKEN-ONE", 7200));
-        f.run(&["refresh"], 0);
-        assert_eq!(f.get(&[]).assert_code(0).stdout, "TOKEN-ONE\n");
-        let json: serde_json::Value =
-            serde_json::from_str(&f.get(&["--json"]).assert_code(0).stdout).unwrap();
-        assert_eq!(json["access_token"], "TOKEN-ONE");
-        let left = json["expires_in"].as_i64().unwrap();
-        assert!((7100..=7200).contains(&left), "{json}");
-        f.get(&["--min-ttl", "3h"]).assert_code(3);
-        // A second run fetches again: a refresh fetches every account that no other run
-        // fetched after it started. One that only wants what expires within the hour
-        // leaves the fresh token alone.
-        f.env.api.push(TOKEN, Reply::token("TOKEN-TWO", 7200));
-        f.run(&["refresh"], 0);
-        assert_eq!(f.env.api.hits(TOKEN), 2);
-        assert_eq!(f.get(&[]).assert_code(0).stdout, "TOKEN-TWO\n");
-        f.run(&["refresh", "--if-expiring-within", "1h"], 0);
-        assert_eq!(f.env.api.hits(TOKEN), 2);
-        let unknown = f.env.run(&["get", "--appid", "wxunknown0000000"]);
-        unknown.assert_code(3);
-        assert_has(&unknown, &["no such account"]);
-    }
-}
-
-both! {
-    /// A wrong secret: exit 4 with the errcode and what to do, a hold that refresh honours,
-    /// lifted by set-secret; the secret never shows, not even at -vvv.
-    fn errors_holds_and_secrets(f) {
-        f.add(&["--appid", APPID]);
-        f.env.api.push(TOKEN, Reply::errcode(40125, "invalid appsecret"));
-        let failed = f.env.run(&["-vvv", "refresh"]);
-        failed.assert_code(4);
-        assert_has(&failed, &["40125", "set-secret"]);
-        assert_no_secret(&failed);
-        let held = f.env.run(&["refresh"]);
-        held.assert_code(4);
-        assert_eq!(f.env.api.hits(TOKEN), 1, "a held account was fetched");
-        let status = f.run(&["status"], 0);
-        assert!(status_block(&status.stdout, APPID).contains("SKIPPED"), "{}", status.stdout);
-        assert_no_secret(&status);
-        f.env
-            .run_with_stdin(&["account", "set-secret", "--appid", APPID], &format!("{SECRET}\n"))
-            .assert_code(0);
-        f.run(&["refresh"], 0);
-        assert_eq!(f.env.api.hits(TOKEN), 2);
-        for args in [&["account", "list", "--json"][..], &["status", "--json"], &["-vvv", "get", "--appid", APPID]] {
-            assert_no_secret(&f.env.run(args));
-        }
-    }
-}
-
-both! {
     /// Two refreshes at once fetch an account once: the second sees the claim and skips.
     fn claims(f) {
         f.add(&["--appid", APPID]);
@@ -258,63 +173,6 @@ both! {
         assert_eq!(f.env.api.hits(TOKEN), 1, "a token with 200 s left is not due within 1m");
         f.run(&["refresh", "--if-expiring-within", "5m"], 0);
         assert_eq!(f.env.api.hits(TOKEN), 2);
-    }
-}
-
-both! {
-    /// prune keeps the newest N rows and every valid one, and drops the rest.
-    fn retention(f) {
-        f.add(&["--appid", APPID]);
-        for token in ["A", "B", "C"] {
-            f.env.api.push(TOKEN, Reply::token(token, 7200));
-            f.run(&["refresh", "--force"], 0);
-        }
-        // Expire the two older rows; prune must keep the newest anyway.
-        let expire = "UPDATE tokens SET expires_at = 1 WHERE token IN ('A', 'B')";
-        match &f.pg {
-            Some(db) => { db.query(expire); }
-            None => { f.env.open_db().execute(expire, []).unwrap(); }
-        }
-        f.run(&["prune", "--keep", "1"], 0);
-        assert_eq!(f.count("SELECT count(*) FROM tokens"), 1);
-        assert_eq!(f.get(&[]).assert_code(0).stdout, "C\n");
-    }
-}
-
-both! {
-    /// JS-SDK tickets are fetched with each new token and read with get --ticket.
-    fn tickets(f) {
-        f.add(&["--appid", APPID, "--ticket", "jsapi"]);
-        f.env.api.push(TOKEN, Reply::token("TOKEN-T", 7200));
-        f.env.api.push(standin::TICKET, Reply::token("TICKET-J", 7200));
-        f.run(&["refresh"], 0);
-        assert_eq!(f.get(&["--ticket", "jsapi"]).assert_code(0).stdout, "TICKET-J\n");
-        let wrong = f.get(&["--ticket", "wx_card"]);
-        wrong.assert_code(3);
-    }
-}
-
-both! {
-    /// A WeCom app: corpid plus agentid, its own token from gettoken.
-    fn wecom(f) {
-        f.add(&["--corpid", "ww0123456789abcdef", "--agentid", "1000002"]);
-        f.env.api.push(WORK_TOKEN, Reply::token("WORK-1", 7200));
-        f.run(&["refresh"], 0);
-        let got = f.run(&["get", "--corpid", "ww0123456789abcdef", "--agentid", "1000002"], 0);
-        assert_eq!(got.stdout, "WORK-1\n");
-        assert_eq!(f.env.api.hits(WORK_TOKEN), 1);
-    }
-}
-
-both! {
-    /// status names the store; on PostgreSQL without the password.
-    fn status_names_the_store(f) {
-        f.add(&["--appid", APPID]);
-        let status = f.run(&["status"], 0);
-        match f.backend() {
-            Backend::Sqlite => assert_has(&status, &["wxtoken.db"]),
-            Backend::Postgres => assert_has(&status, &["postgresql://postgres@"]),
-        }
     }
 }
 
