@@ -46,8 +46,11 @@ const MIGRATION_LOCK: i64 = 0x7778_746f_6b65_6e00; // "wxtoken\0"
 /// alone for an instant.
 const RECORD_LOCK: i64 = 0x7778_746f_6b65_6e01;
 
-/// The database clock, in the Unix seconds every time column holds.
-const NOW: &str = "extract(epoch from now())::bigint";
+/// The database clock, in the Unix seconds every time column holds: whole seconds cut
+/// down, as a host reads its own clock. (A plain `::bigint` cast rounds, which put the
+/// server up to half a second ahead: a reader on the same clock saw every time shifted by
+/// one second, and a token's expiry a second early.)
+const NOW: &str = "floor(extract(epoch from now()))::bigint";
 
 /// A connection to a wxtoken database on a PostgreSQL server.
 pub struct Postgres {
@@ -1567,7 +1570,7 @@ mod tests {
         assert!(
             matches!(near.claim(id, i64::MAX / 2, 60).unwrap(), Claim::Busy(h) if h == far.holder.id)
         );
-        db.query("UPDATE claims SET expires_at = extract(epoch from now())::bigint");
+        db.query(&format!("UPDATE claims SET expires_at = {NOW}"));
         assert_eq!(near.claim(id, 0, 60).unwrap(), Claim::Claimed);
     }
 
@@ -1610,12 +1613,24 @@ mod tests {
     }
 
     #[test]
+    fn the_servers_clock_is_read_in_whole_seconds_cut_down() {
+        let db = pg!();
+        let at = |t: &str| {
+            let sql = NOW.replace("now()", &format!("timestamptz '{t}'"));
+            db.query_i64(&format!("SELECT {sql}"))
+        };
+        assert_eq!(at("2020-01-01 00:00:00.4+00"), 1_577_836_800);
+        assert_eq!(at("2020-01-01 00:00:00.6+00"), 1_577_836_800);
+        assert_eq!(at("1969-12-31 23:59:59.5+00"), -1);
+    }
+
+    #[test]
     fn token_times_come_from_the_servers_clock() {
         let db = pg!();
         let (a, id) = with_account(&db);
         a.claim(id, 0, 60).unwrap();
         // The lease says when the fetch started, whatever this host's clock says.
-        let start = db.query_i64("SELECT extract(epoch from now())::bigint") - 100;
+        let start = db.query_i64(&format!("SELECT {NOW}")) - 100;
         db.query(&format!("UPDATE claims SET claimed_at = {start}"));
         let mut record = fetched(id, "T");
         record.outcome.sent_at = 5_000_000_000;
@@ -1626,8 +1641,9 @@ mod tests {
         );
         // Read back in this host's clock: the same instants, shifted by any skew.
         let row = a.latest_token(&key("wxa"), TOKEN).unwrap().unwrap();
+        // The host reads its clock after the server did: the same second, or the next.
         let skew = row.fetched_at - start;
-        assert!(skew.abs() <= 2, "same machine, same clock: {skew}");
+        assert!((0..=1).contains(&skew), "same machine, same clock: {skew}");
         assert_eq!(row.expires_at - row.fetched_at, 7200);
         assert_eq!(a.latest_token(&key("nope"), TOKEN).unwrap(), None);
     }
