@@ -10,6 +10,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -419,10 +420,67 @@ fn a_reader_role_gets_tokens_and_nothing_else() {
     let reader_url = db.url.replace("user=postgres", &format!("user={role}"));
     f.env.set_env("WXTOKEN_DB", &reader_url);
     assert_eq!(f.get(&[]).assert_code(0).stdout, "READ-ME\n");
-    // The same role cannot do what a refresher does.
-    let refused = f.env.run(&["refresh", "--force"]);
-    assert_ne!(refused.code, 0);
-    assert_has(&refused, &["permission denied"]);
+    // What the grant allows besides `get`: the accounts, without their secrets, and which
+    // of them a refresh would fetch.
+    let list = f.run(&["account", "list"], 0);
+    assert!(
+        list.stdout.contains(APPID) && list.stdout.contains("(no access)"),
+        "{}",
+        list.stdout
+    );
+    assert_no_secret(&list);
+    let dry = f.run(&["refresh", "--dry-run"], 0);
+    assert!(
+        dry.stdout.starts_with(&format!("{APPID}  ")),
+        "{}",
+        dry.stdout
+    );
+    let json = f.run(&["refresh", "--dry-run", "--json"], 0);
+    let summary = support::json(
+        json.stdout
+            .lines()
+            .last()
+            .map(|l| format!("{l}\n"))
+            .as_deref()
+            .unwrap(),
+    );
+    assert_eq!(
+        (summary["dry_run"].as_bool(), summary["accounts"].as_i64()),
+        (Some(true), Some(1))
+    );
+    // The rest needs a refresher's role: one line that says so and names the missing grant.
+    let reject: &[&str] = &["get", "--appid", APPID, "--reject", "READ-ME"];
+    for args in [
+        &["refresh", "--force"][..],
+        &["status"],
+        &["status", "--json"],
+        &["prune"],
+        &["account", "disable", "--appid", APPID],
+        reject,
+    ] {
+        let refused = f.env.run(args);
+        refused.assert_code(5);
+        assert_eq!(refused.stdout, "", "{args:?}");
+        assert_eq!(
+            refused.stderr.lines().count(),
+            1,
+            "{args:?}: {}",
+            refused.stderr
+        );
+        assert_has(
+            &refused,
+            &["may only read tokens", "no INSERT on tokens", &role],
+        );
+    }
+    // A command that reads beyond the grant names the table it may not read.
+    let metrics = f.env.run(&["metrics"]);
+    metrics.assert_code(5);
+    assert_eq!(metrics.stderr.lines().count(), 1, "{}", metrics.stderr);
+    assert_has(
+        &metrics,
+        &["permission denied for table runs", "store grant-reader"],
+    );
+    assert_eq!(f.env.api.hits(TOKEN), 1, "a reader fetched");
     for sql in [
         "SELECT secret FROM account_secrets",
         "INSERT INTO tokens (account_id, token, expires_in, fetched_at, expires_at) VALUES (1, 'x', 1, 1, 1)",
@@ -532,4 +590,123 @@ fn a_bad_postgres_url_is_a_usage_error_that_names_the_setting_but_not_the_passwo
         assert_has(&out, &["--db / WXTOKEN_DB", words]);
         assert!(!out.stderr.contains("pw5ecret"), "{}", out.stderr);
     }
+}
+
+/// Runs wxtoken as on a host whose clock is `offset` off (libfaketime: "+2h", "-2h").
+fn on_skewed_host(f: &Fixture, lib: &Path, offset: &str, args: &[&str]) -> Out {
+    let mut cmd = f.env.command(args);
+    support::skew_clock(&mut cmd, lib, offset);
+    Out::from_output(cmd.output().expect("run wxtoken"))
+}
+
+/// Holds are stored and judged on the server's clock: a host two hours behind cannot
+/// write a hold that has already ended, and one two hours ahead does not see a fresh hold
+/// as over.
+#[test]
+fn a_host_with_a_wrong_clock_can_neither_shorten_nor_escape_a_hold() {
+    let Some(f) = postgres() else { return };
+    let Some(lib) = support::faketime_lib() else {
+        return;
+    };
+    let db = f.pg.as_ref().unwrap();
+    f.add(&["--appid", APPID]);
+    f.env.api.push(
+        TOKEN,
+        Reply::errcode(89507, "risk control, retry in an hour"),
+    );
+    let behind = on_skewed_host(&f, &lib, "-2h", &["refresh"]);
+    behind.assert_code(4);
+    assert_has(&behind, &["89507", "behind WeChat's"]);
+    let left = db.query_i64("SELECT held_until - extract(epoch from now())::bigint FROM accounts");
+    assert!(
+        (3590..=3600).contains(&left),
+        "held for {left} s of server time"
+    );
+    // Neither a host with the right clock nor one two hours ahead fetches it meanwhile.
+    let right = f.env.run(&["refresh"]);
+    let ahead = on_skewed_host(&f, &lib, "+2h", &["refresh"]);
+    for out in [&right, &ahead] {
+        out.assert_code(4);
+        assert_has(out, &["skipped until", "89507"]);
+    }
+    assert_eq!(f.env.api.hits(TOKEN), 1, "a held account was fetched");
+    let status = on_skewed_host(&f, &lib, "+2h", &["status"]);
+    let block = status_block(&status.assert_code(0).stdout, APPID);
+    assert!(block.contains("SKIPPED"), "{block}");
+}
+
+/// WeChat's budget of forced stable-token refreshes (30 s apart, 20 a day) is noted and
+/// judged on the server's clock: a host two hours ahead cannot force again seconds after
+/// one two hours behind did.
+#[test]
+fn a_host_with_a_wrong_clock_cannot_overspend_the_forced_refresh_budget() {
+    let Some(f) = postgres() else { return };
+    let Some(lib) = support::faketime_lib() else {
+        return;
+    };
+    f.add(&["--appid", APPID, "--api", "stable"]);
+    f.run(&["refresh"], 0);
+    let first = f.get(&[]).value();
+    let reject = |token: &str, offset: &str| {
+        on_skewed_host(
+            &f,
+            &lib,
+            offset,
+            &["get", "--appid", APPID, "--reject", token],
+        )
+    };
+    let second = reject(&first, "-2h").value();
+    assert_ne!(second, first, "a forced refresh replaces the token");
+    assert_eq!(f.count("SELECT count(*) FROM forced_refreshes"), 1);
+    let before = f.env.api.hits(standin::STABLE_TOKEN);
+    let refused = reject(&second, "+2h");
+    refused.assert_code(4);
+    assert_eq!(refused.stdout, "");
+    assert_has(&refused, &["cannot force", "30s between"]);
+    assert_eq!(
+        f.env.api.hits(standin::STABLE_TOKEN),
+        before + 1,
+        "only the normal request went out, no forced one"
+    );
+    assert_eq!(f.count("SELECT count(*) FROM forced_refreshes"), 1);
+    assert_eq!(f.get(&[]).value(), second);
+}
+
+/// A fetch that outlives its claim, which another host then took over: its token is
+/// dropped, recorded once as lost (no retries), and `get --reject` and `refresh` exit 4,
+/// the fetch gave them nothing to hand out, not 5: the database is fine.
+#[test]
+fn a_claim_lost_mid_fetch_is_a_failed_fetch_not_a_database_error() {
+    let Some(f) = postgres() else { return };
+    let db = f.pg.as_ref().unwrap();
+    f.add(&["--appid", APPID]);
+    f.env.api.push(TOKEN, Reply::token("OLD", 7200));
+    f.run(&["refresh"], 0);
+    let reject: &[&str] = &["get", "--appid", APPID, "--reject", "OLD"];
+    for (i, args) in [reject, &["refresh"]].into_iter().enumerate() {
+        f.env.api.gate(TOKEN);
+        let child = f.env.spawn(args);
+        assert!(
+            f.env.api.wait_for_hits(TOKEN, 2 + i, PATIENCE),
+            "{args:?} never fetched"
+        );
+        // Its claim expired and another host took the account over.
+        db.query("UPDATE claims SET holder = 'host-b:1:x', host = 'host-b', pid = 1");
+        f.env.api.open_gate(TOKEN);
+        let out = wait(child);
+        out.assert_code(4);
+        assert_eq!(out.stdout, "", "{args:?}");
+        assert_has(&out, &["expired and was taken over", "--claim-ttl"]);
+        db.query("DELETE FROM claims");
+    }
+    assert_eq!(
+        f.count("SELECT count(*) FROM attempts WHERE outcome = 'lost_claim'"),
+        2,
+        "one lost attempt each, no retries"
+    );
+    assert_eq!(
+        f.count("SELECT count(*) FROM tokens"),
+        1,
+        "the late tokens are dropped"
+    );
 }

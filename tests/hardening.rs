@@ -377,7 +377,7 @@ fn signal_pending(pid: u32) -> bool {
     let pending = |status: &str, field: &str| {
         status.lines().any(|l| {
             l.strip_prefix(field)
-                .is_some_and(|mask| mask.trim().trim_start_matches('0') != "")
+                .is_some_and(|mask| !mask.trim().trim_start_matches('0').is_empty())
         })
     };
     let proc = PathBuf::from(format!("/proc/{pid}"));

@@ -454,3 +454,33 @@ pub fn status_block(stdout: &str, account: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// libfaketime's preload library, which shifts a process's wall clock: how a test plays a
+/// host whose clock is off, with no clock override in wxtoken itself. `None`, after a
+/// note, when the `faketime` package is missing; under CI=true that fails instead
+/// (.ci/run installs it).
+pub fn faketime_lib() -> Option<PathBuf> {
+    let found = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "libfaketime is not installed, and CI must not skip its tests (.ci/run installs faketime)"
+        );
+        eprintln!("note: libfaketime is not installed (apt-get install faketime); skipping");
+    }
+    found
+}
+
+/// Runs `command` as on a host whose wall clock is `offset` off (libfaketime's syntax:
+/// "+2h", "-2h"); monotonic clocks, which time-outs use, are left alone.
+pub fn skew_clock(command: &mut Command, lib: &Path, offset: &str) {
+    command
+        .env("LD_PRELOAD", lib)
+        .env("FAKETIME", offset)
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+}
