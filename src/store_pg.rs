@@ -46,8 +46,30 @@ const MIGRATION_LOCK: i64 = 0x7778_746f_6b65_6e00; // "wxtoken\0"
 /// alone for an instant.
 const RECORD_LOCK: i64 = 0x7778_746f_6b65_6e01;
 
-/// The database clock, in the Unix seconds every time column holds.
-const NOW: &str = "extract(epoch from now())::bigint";
+/// The database clock, in the Unix seconds every time column holds: whole seconds cut
+/// down, as a host reads its own clock. (A plain `::bigint` cast rounds, which put the
+/// server up to half a second ahead: a reader on the same clock saw every time shifted by
+/// one second, a token's expiry a second early, and a sink a TTL a second longer than the
+/// token's lifetime.)
+const NOW: &str = "floor(extract(epoch from now()))::bigint";
+/// The database clock to the microsecond, for [`host_offset`].
+const NOW_EXACT: &str = "extract(epoch from now())::float8";
+
+/// This host's clock, to the microsecond.
+fn host_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// How many whole seconds this host's clock is ahead of the server's: the server's `now()`
+/// against the middle of the round trip (`sent`..`received`) that read it. Rounded from the
+/// exact times, so two clocks that agree give 0 and a stored time reads back as the same
+/// second; whole seconds taken at two instants were off by one whenever a second began
+/// between them, and a published `expires_at` then differed from the stored one.
+fn host_offset(sent: f64, server_now: f64, received: f64) -> i64 {
+    ((sent + received) / 2.0 - server_now).round() as i64
+}
 
 /// A connection to a wxtoken database on a PostgreSQL server.
 pub struct Postgres {
@@ -426,7 +448,7 @@ impl ReadStore for Postgres {
     /// its own clock then agrees with the server, however far this host's clock is off.
     fn latest_token(&self, key: &AccountKey, kind: Credential) -> Result<Option<TokenRow>> {
         let sql = format!(
-            "SELECT n.token, n.expires_in, n.fetched_at, n.expires_at, {NOW},
+            "SELECT n.token, n.expires_in, n.fetched_at, n.expires_at, {NOW_EXACT},
                     (SELECT coalesce(max(version), 0)::bigint FROM schema_migrations),
                     n.id, n.unfinished_fetch, n.classic
              FROM (SELECT 1) one LEFT JOIN latest_tokens n
@@ -438,7 +460,9 @@ impl ReadStore for Postgres {
             (&key.agent, Type::TEXT),
             (&kind, Type::TEXT),
         ];
+        let sent = host_now();
         let result = self.c().query_typed(&sql, &params);
+        let received = host_now();
         let rows = result.map_err(|e| match e.code().map(|c| c.code()) {
             // No schema_migrations or latest_tokens (version 0, or someone else's), or a
             // view of another version without a column this one reads: say which version
@@ -456,8 +480,7 @@ impl ReadStore for Postgres {
         if !self.verified.get() {
             self.require_version(row.get(5))?;
         }
-        let server_now: i64 = row.get(4);
-        let skew = crate::wechat::unix_now() - server_now;
+        let skew = host_offset(sent, row.get(4), received);
         Ok(row.get::<_, Option<String>>(0).map(|token| TokenRow {
             id: row.get(6),
             token,
@@ -1298,20 +1321,22 @@ impl Sinks for Postgres {
 
     /// With `expires_at` in this host's clock, judged by the server's, as `latest_token`.
     fn newest_row(&self, account_id: i64, kind: Credential) -> Result<Option<NewestRow>> {
+        let sent = host_now();
         let row = self
             .c()
             .query_opt(
                 &format!(
-                    "SELECT id, token, expires_at - {NOW} FROM tokens
+                    "SELECT id, token, expires_at, {NOW_EXACT} FROM tokens
                      WHERE account_id = $1 AND kind = $2 ORDER BY id DESC LIMIT 1"
                 ),
                 &[&account_id, &kind.as_str()],
             )
             .map_err(|e| self.err(e))?;
+        let received = host_now();
         Ok(row.map(|r| NewestRow {
             id: r.get(0),
             token: r.get(1),
-            expires_at: crate::wechat::unix_now() + r.get::<_, i64>(2),
+            expires_at: r.get::<_, i64>(2) + host_offset(sent, r.get(3), received),
         }))
     }
 
@@ -1418,6 +1443,17 @@ mod tests {
     use super::pgtest::{self, PgDb};
     use super::*;
     use crate::domain::{Fetched, Outcome};
+
+    #[test]
+    fn the_host_offset_is_whole_seconds_from_exact_times() {
+        // The server read its clock within the round trip: the same clock, whatever the
+        // fractions (whole seconds would say 1 for the second: 101 received, 100 read).
+        assert_eq!(host_offset(100.60, 100.61, 100.62), 0);
+        assert_eq!(host_offset(100.99, 100.995, 101.01), 0);
+        // A host 30 s ahead, or 600 s behind.
+        assert_eq!(host_offset(130.2, 100.25, 130.3), 30);
+        assert_eq!(host_offset(100.0, 700.4, 100.1), -600);
+    }
 
     fn config(url: &str) -> PgConfig {
         PgConfig::from_env(url).unwrap()
@@ -1588,7 +1624,7 @@ mod tests {
         assert!(
             matches!(near.claim(id, i64::MAX / 2, 60).unwrap(), Claim::Busy(h) if h == far.holder.id)
         );
-        db.query("UPDATE claims SET expires_at = extract(epoch from now())::bigint");
+        db.query(&format!("UPDATE claims SET expires_at = {NOW}"));
         assert_eq!(near.claim(id, 0, 60).unwrap(), Claim::Claimed);
     }
 
@@ -1631,12 +1667,24 @@ mod tests {
     }
 
     #[test]
+    fn the_servers_clock_is_read_in_whole_seconds_cut_down() {
+        let db = pg!();
+        let at = |t: &str| {
+            let sql = NOW.replace("now()", &format!("timestamptz '{t}'"));
+            db.query_i64(&format!("SELECT {sql}"))
+        };
+        assert_eq!(at("2020-01-01 00:00:00.4+00"), 1_577_836_800);
+        assert_eq!(at("2020-01-01 00:00:00.6+00"), 1_577_836_800);
+        assert_eq!(at("1969-12-31 23:59:59.5+00"), -1);
+    }
+
+    #[test]
     fn token_times_come_from_the_servers_clock() {
         let db = pg!();
         let (a, id) = with_account(&db);
         a.claim(id, 0, 60).unwrap();
         // The lease says when the fetch started, whatever this host's clock says.
-        let start = db.query_i64("SELECT extract(epoch from now())::bigint") - 100;
+        let start = db.query_i64(&format!("SELECT {NOW}")) - 100;
         db.query(&format!("UPDATE claims SET claimed_at = {start}"));
         let mut record = fetched(id, "T");
         record.outcome.sent_at = 5_000_000_000;
@@ -1647,9 +1695,10 @@ mod tests {
         );
         // Read back in this host's clock: the same instants, shifted by any skew.
         let row = a.latest_token(&key("wxa"), TOKEN).unwrap().unwrap();
-        let skew = row.fetched_at - start;
-        assert!(skew.abs() <= 2, "same machine, same clock: {skew}");
-        assert_eq!(row.expires_at - row.fetched_at, 7200);
+        // Same machine, same clock: exactly the stored seconds, every time.
+        assert_eq!((row.fetched_at, row.expires_at), (start, start + 7200));
+        let newest = a.newest_row(id, TOKEN).unwrap().unwrap();
+        assert_eq!(newest.expires_at, start + 7200, "what a sink publishes");
         assert_eq!(a.latest_token(&key("nope"), TOKEN).unwrap(), None);
     }
 

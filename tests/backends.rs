@@ -376,7 +376,7 @@ fn a_host_killed_mid_fetch_caps_the_old_token_at_five_minutes_for_every_reader()
         .query(&format!(
             "SELECT least(expires_at, CASE WHEN classic AND unfinished_fetch IS NOT NULL
                                            THEN unfinished_fetch + 300 END)
-                    - extract(epoch from now())::bigint
+                    - floor(extract(epoch from now()))::bigint
              FROM latest_tokens
              WHERE appid = '{APPID}' AND agent = '' AND kind = 'access_token'"
         ))

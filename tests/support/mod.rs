@@ -303,6 +303,31 @@ impl TestEnv {
         }
     }
 
+    /// What `get` must not change. SQLite: the database's bytes and mtime, and the size of
+    /// its WAL (0 when absent); the shared-memory index is left out, since every WAL reader
+    /// maps it. PostgreSQL: every row of every table with its xmin and ctid, which any
+    /// insert, update or delete changes, even one that writes back the same values.
+    #[track_caller]
+    pub fn written_state(&self) -> Vec<u8> {
+        if self.is_postgres() {
+            let rows = self.query(
+                "SELECT tablename, query_to_xml(format('SELECT xmin, ctid, * FROM %I ORDER BY ctid',
+                                                       tablename), true, false, '')
+                 FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename",
+            );
+            return rows.into_bytes();
+        }
+        let db = self.db();
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        let meta = std::fs::metadata(&db).expect("database metadata");
+        let mut state = std::fs::read(&db).expect("read database");
+        let wal_len = std::fs::metadata(wal).map_or(0, |m| m.len());
+        let mtime = meta.modified().expect("mtime");
+        state.extend(format!("{mtime:?} {wal_len}").bytes());
+        state
+    }
+
     /// Base URL of the stand-in.
     pub fn url(&self) -> String {
         self.api.url()
