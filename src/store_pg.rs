@@ -606,12 +606,13 @@ impl ReadStore for Postgres {
     /// target judges them by its own, which on SQLite is this host's.
     fn export(&self, _now: i64) -> Result<Vec<Exported>> {
         let accounts = self.accounts()?;
+        let sent = host_now();
         let rows = self
             .c()
             .query(
                 &format!(
                     "SELECT t.account_id, t.kind, t.token, t.expires_in, t.fetched_at, t.expires_at,
-                            t.id, {NOW}
+                            t.id, {NOW_EXACT}
                      FROM tokens t
                      WHERE t.expires_at > {NOW}
                        AND t.id = (SELECT max(n.id) FROM tokens n
@@ -621,6 +622,7 @@ impl ReadStore for Postgres {
                 &[],
             )
             .map_err(|e| self.err(e))?;
+        let received = host_now();
         Ok(accounts
             .into_iter()
             .map(|account| {
@@ -628,7 +630,7 @@ impl ReadStore for Postgres {
                     .iter()
                     .filter(|r| r.get::<_, i64>(0) == account.id)
                     .map(|r| {
-                        let skew = crate::wechat::unix_now() - r.get::<_, i64>(7);
+                        let skew = host_offset(sent, r.get(7), received);
                         let row = TokenRow {
                             id: r.get(6),
                             token: r.get(2),
@@ -1199,11 +1201,12 @@ impl Store for Postgres {
         }
         // Holds and token times come in this host's clock (as `accounts` and `export` give
         // them): into the server's, which judges them.
-        let server_now: i64 = tx
-            .query_one(&format!("SELECT {NOW}"), &[])
+        let sent = host_now();
+        let server_now: f64 = tx
+            .query_one(&format!("SELECT {NOW_EXACT}"), &[])
             .map_err(err)?
             .get(0);
-        let skew = server_now - crate::wechat::unix_now();
+        let skew = -host_offset(sent, server_now, host_now());
         for Exported { account: a, tokens } in items {
             let held_until = a.held_until.map(|t| to_host(t, skew));
             let tickets: Vec<&str> = a.tickets.iter().map(|t| t.as_str()).collect();
