@@ -202,6 +202,23 @@ impl Postgres {
         pg_error(&self.config, &e)
     }
 
+    /// Runs a query whose rows end in a column `server_now` ([`NOW_EXACT`]), and says how
+    /// far this host's clock is ahead of the server's ([`host_offset`], 0 without rows):
+    /// what the rows' times need to be shown in this host's clock, as token times are.
+    fn query_timed(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<(Vec<postgres::Row>, i64)> {
+        let sent = host_now();
+        let rows = self.c().query(sql, params).map_err(|e| self.err(e))?;
+        let received = host_now();
+        let skew = rows.first().map_or(0, |r| {
+            host_offset(sent, r.get::<_, f64>("server_now"), received)
+        });
+        Ok((rows, skew))
+    }
+
     // ---- schema ----
 
     /// The server clock's now, in Unix seconds.
@@ -317,18 +334,22 @@ impl Postgres {
         };
         let sql = format!(
             "SELECT a.id, a.appid, a.agent, a.api, {secret}, a.enabled, a.created_at,
-                    a.updated_at, a.held_until, a.held_reason, a.tickets, a.fetch_due, {NOW}
+                    a.updated_at, a.held_until, a.held_reason, a.tickets, a.fetch_due,
+                    {NOW_EXACT} AS server_now
              FROM accounts a {join} {rest}"
         );
-        let rows = self.c().query(&sql, params).map_err(|e| self.err(e))?;
-        Ok(rows.iter().map(Self::account_from_row).collect())
+        let (rows, skew) = self.query_timed(&sql, params)?;
+        Ok(rows
+            .iter()
+            .map(|r| Self::account_from_row(r, skew))
+            .collect())
     }
 
-    /// An account, its hold moved into this host's clock by the server's (as
-    /// `latest_token` moves token times): a caller that judges the hold by its own clock
+    /// An account, its times (the hold, when it was added and changed, all stamped by the
+    /// server) moved into this host's clock by `skew` (see `query_timed`), as
+    /// `latest_token` moves token times: a caller that judges the hold by its own clock
     /// then agrees with the server, however far this host's clock is off.
-    fn account_from_row(row: &postgres::Row) -> Account {
-        let skew = crate::wechat::unix_now() - row.get::<_, i64>(12);
+    fn account_from_row(row: &postgres::Row, skew: i64) -> Account {
         let api: String = row.get(3);
         let key = AccountKey {
             appid: row.get(1),
@@ -345,8 +366,8 @@ impl Postgres {
             api: Api::parse(&api).unwrap_or(Api::Token),
             secret,
             enabled: row.get(5),
-            created_at: row.get(6),
-            updated_at: row.get(7),
+            created_at: row.get::<_, i64>(6) + skew,
+            updated_at: row.get::<_, i64>(7) + skew,
             held_until: row.get::<_, Option<i64>>(8).map(|t| to_host(t, skew)),
             held_reason: row.get(9),
             tickets: parse_tickets(&row.get::<_, String>(10)),
@@ -370,14 +391,18 @@ impl Postgres {
         }
     }
 
-    /// The newest run matching `filter` (a WHERE clause or nothing).
+    /// The newest run matching `filter` (a WHERE clause or nothing), its times (stamped by
+    /// the server, see `record_run`) in this host's clock.
     fn run_row(&self, filter: &str) -> Result<Option<RunRow>> {
         self.verify()?;
-        let sql = format!("SELECT {RUN_COLUMNS} FROM runs {filter} ORDER BY id DESC LIMIT 1");
-        let row = self.c().query_opt(&sql, &[]).map_err(|e| self.err(e))?;
-        Ok(row.map(|r| RunRow {
-            started_at: r.get(0),
-            finished_at: r.get(1),
+        let sql = format!(
+            "SELECT {RUN_COLUMNS}, {NOW_EXACT} AS server_now
+             FROM runs {filter} ORDER BY id DESC LIMIT 1"
+        );
+        let (rows, skew) = self.query_timed(&sql, &[])?;
+        Ok(rows.first().map(|r| RunRow {
+            started_at: r.get::<_, i64>(0) + skew,
+            finished_at: r.get::<_, i64>(1) + skew,
             duration_ms: r.get(2),
             scope: r.get(3),
             accounts: r.get(4),
@@ -536,18 +561,18 @@ impl ReadStore for Postgres {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    /// Its start (stamped by the server) in this host's clock, as token times.
     fn last_attempt(&self, account_id: i64, kind: Credential) -> Result<Option<Attempt>> {
         self.verify()?;
-        let row = self
-            .c()
-            .query_opt(
+        let (rows, skew) = self.query_timed(
+            &format!(
                 "SELECT started_at, duration_ms, tries, outcome, errcode, errmsg, http_status, detail,
-                        clock_offset
-                 FROM attempts WHERE account_id = $1 AND kind = $2 ORDER BY id DESC LIMIT 1",
-                &[&account_id, &kind.as_str()],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(row.map(|r| {
+                        clock_offset, {NOW_EXACT} AS server_now
+                 FROM attempts WHERE account_id = $1 AND kind = $2 ORDER BY id DESC LIMIT 1"
+            ),
+            &[&account_id, &kind.as_str()],
+        )?;
+        Ok(rows.first().map(|r| {
             let columns = AttemptColumns {
                 outcome: r.get::<_, String>(3),
                 errcode: r.get(4),
@@ -556,7 +581,7 @@ impl ReadStore for Postgres {
                 detail: r.get(7),
             };
             Attempt {
-                started_at: r.get(0),
+                started_at: r.get::<_, i64>(0) + skew,
                 duration_ms: r.get(1),
                 tries: r.get(2),
                 result: columns.result(),
@@ -658,7 +683,8 @@ impl Store for Postgres {
         )?))
     }
 
-    fn add_account(&self, new: &NewAccount, now: i64) -> Result<()> {
+    /// Stamped by the server's clock, as every time on PostgreSQL; `now` is not used.
+    fn add_account(&self, new: &NewAccount, _now: i64) -> Result<()> {
         let NewAccount {
             key,
             api,
@@ -673,16 +699,12 @@ impl Store for Postgres {
         let mut tx = c.transaction().map_err(err)?;
         let row = tx
             .query_opt(
-                "INSERT INTO accounts (appid, agent, api, enabled, created_at, updated_at, tickets)
-                 VALUES ($1, $2, $3, true, $4, $4, $5)
-                 ON CONFLICT (appid, agent) DO NOTHING RETURNING id",
-                &[
-                    &key.appid,
-                    &key.agent,
-                    &api.as_str(),
-                    &now,
-                    &tickets.join(","),
-                ],
+                &format!(
+                    "INSERT INTO accounts (appid, agent, api, enabled, created_at, updated_at, tickets)
+                     VALUES ($1, $2, $3, true, {NOW}, {NOW}, $4)
+                     ON CONFLICT (appid, agent) DO NOTHING RETURNING id"
+                ),
+                &[&key.appid, &key.agent, &api.as_str(), &tickets.join(",")],
             )
             .map_err(err)?;
         let Some(row) = row else {
@@ -702,19 +724,24 @@ impl Store for Postgres {
         self.change_account(key, sql, &[]).map(drop)
     }
 
-    fn set_enabled(&self, key: &AccountKey, enabled: bool, now: i64) -> Result<()> {
-        let sql = "UPDATE accounts SET enabled = $3, updated_at = $4, fetch_due = $3,
-                       held_until = NULL, held_reason = NULL
-                   WHERE appid = $1 AND agent = $2 RETURNING id";
-        self.change_account(key, sql, &[&enabled, &now]).map(drop)
+    /// At the server's now, as `add_account`.
+    fn set_enabled(&self, key: &AccountKey, enabled: bool, _now: i64) -> Result<()> {
+        let sql = format!(
+            "UPDATE accounts SET enabled = $3, updated_at = {NOW}, fetch_due = $3,
+                 held_until = NULL, held_reason = NULL
+             WHERE appid = $1 AND agent = $2 RETURNING id"
+        );
+        self.change_account(key, &sql, &[&enabled]).map(drop)
     }
 
-    fn set_tickets(&self, key: &AccountKey, tickets: &[Ticket], now: i64) -> Result<()> {
+    /// At the server's now, as `add_account`.
+    fn set_tickets(&self, key: &AccountKey, tickets: &[Ticket], _now: i64) -> Result<()> {
         let list: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
-        let sql = "UPDATE accounts SET tickets = $3, updated_at = $4
-                   WHERE appid = $1 AND agent = $2 RETURNING id";
-        self.change_account(key, sql, &[&list.join(","), &now])
-            .map(drop)
+        let sql = format!(
+            "UPDATE accounts SET tickets = $3, updated_at = {NOW}
+             WHERE appid = $1 AND agent = $2 RETURNING id"
+        );
+        self.change_account(key, &sql, &[&list.join(",")]).map(drop)
     }
 
     fn reseal(&self, all: bool) -> Result<usize> {
@@ -800,13 +827,16 @@ impl Store for Postgres {
         Ok((accounts as usize, sinks as usize))
     }
 
-    fn set_secret(&self, key: &AccountKey, secret: &Secret, now: i64) -> Result<()> {
-        let sql = "UPDATE accounts SET updated_at = $3, fetch_due = true,
-                       held_until = NULL, held_reason = NULL
-                   WHERE appid = $1 AND agent = $2 RETURNING id";
+    /// At the server's now, as `add_account`.
+    fn set_secret(&self, key: &AccountKey, secret: &Secret, _now: i64) -> Result<()> {
+        let sql = format!(
+            "UPDATE accounts SET updated_at = {NOW}, fetch_due = true,
+                 held_until = NULL, held_reason = NULL
+             WHERE appid = $1 AND agent = $2 RETURNING id"
+        );
         let sealed = seal_secret(&crate::crypto::account_owner(key), secret)?;
         // Two statements, both idempotent: a crash between them leaves the old secret.
-        let id = self.change_account(key, sql, &[&now])?;
+        let id = self.change_account(key, &sql, &[])?;
         self.c()
             .execute(
                 "INSERT INTO account_secrets (account_id, secret) VALUES ($1, $2)
@@ -1116,18 +1146,23 @@ impl Store for Postgres {
         Ok(released)
     }
 
+    /// Ends at the server's now and lasts as long as it did on this host's clock, so that
+    /// runs from hosts whose clocks differ share one clock, the attempts'; the retention
+    /// window (`before`, this many seconds before the run's start) is counted back from it.
     fn record_run(&self, run: &RunRow, before: i64) -> Result<()> {
         let config = &self.config;
         let err = |e: postgres::Error| pg_error(config, &e);
+        let lasted = run.finished_at - run.started_at;
+        let keep = run.started_at - before;
         let mut c = self.c();
         let mut tx = c.transaction().map_err(err)?;
         tx.execute(
             &format!(
-                "INSERT INTO runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                "INSERT INTO runs ({RUN_COLUMNS})
+                 VALUES ({NOW} - $1::bigint, {NOW}, $2, $3, $4, $5, $6, $7, $8, $9)"
             ),
             &[
-                &run.started_at,
-                &run.finished_at,
+                &lasted,
                 &run.duration_ms,
                 &run.scope,
                 &run.accounts,
@@ -1141,17 +1176,17 @@ impl Store for Postgres {
         .map_err(err)?;
         tx.execute(
             &format!(
-                "DELETE FROM runs WHERE started_at < $1
+                "DELETE FROM runs WHERE started_at < {NOW} - $1::bigint - $2::bigint
                  AND id NOT IN (SELECT max(id) FROM runs {SUCCESSFUL_RUNS})"
             ),
-            &[&before],
+            &[&lasted, &keep],
         )
         .map_err(err)?;
         tx.commit().map_err(err)
     }
 
-    /// As SQLite's prune, except that validity and leases are judged by the server's
-    /// clock; `now` only places the retention windows.
+    /// As SQLite's prune, except that validity, leases and the retention windows are
+    /// judged by the server's clock.
     fn prune(&self, now: i64, keep: i64, attempts_before: i64) -> Result<(usize, usize)> {
         let config = &self.config;
         let err = |e: postgres::Error| pg_error(config, &e);
@@ -1169,15 +1204,20 @@ impl Store for Postgres {
                 &[&keep],
             )
             .map_err(err)?;
+        // The windows' lengths come from `now`, their ends from the server's clock, which
+        // stamps attempts and forced refreshes: a host a day ahead must not prune today's
+        // forced refreshes out of the budget.
         let attempts = tx
             .execute(
-                "DELETE FROM attempts WHERE started_at < $1",
-                &[&attempts_before],
+                &format!("DELETE FROM attempts WHERE started_at < {NOW} - $1::bigint"),
+                &[&(now - attempts_before)],
             )
             .map_err(err)?;
-        let since = now - crate::policy::FORCED_REFRESH_RETENTION;
-        tx.execute("DELETE FROM forced_refreshes WHERE at < $1", &[&since])
-            .map_err(err)?;
+        tx.execute(
+            &format!("DELETE FROM forced_refreshes WHERE at < {NOW} - $1::bigint"),
+            &[&crate::policy::FORCED_REFRESH_RETENTION],
+        )
+        .map_err(err)?;
         tx.execute(&format!("DELETE FROM claims WHERE expires_at < {NOW}"), &[])
             .map_err(err)?;
         tx.commit().map_err(err)?;
@@ -1199,8 +1239,8 @@ impl Store for Postgres {
         if accounts > 0 {
             return Err(not_empty(&config.to_string(), accounts));
         }
-        // Holds and token times come in this host's clock (as `accounts` and `export` give
-        // them): into the server's, which judges them.
+        // Holds, token times and when accounts were added come in this host's clock (as
+        // `accounts` and `export` give them): into the server's, which judges them.
         let sent = host_now();
         let server_now: f64 = tx
             .query_one(&format!("SELECT {NOW_EXACT}"), &[])
@@ -1220,8 +1260,8 @@ impl Store for Postgres {
                         &a.key.agent,
                         &a.api.as_str(),
                         &a.enabled,
-                        &a.created_at,
-                        &a.updated_at,
+                        &(a.created_at + skew),
+                        &(a.updated_at + skew),
                         &held_until,
                         &a.held_reason,
                         &tickets.join(","),
@@ -1266,10 +1306,12 @@ impl Sinks for Postgres {
         let n = self
             .c()
             .execute(
-                "INSERT INTO sinks (name, kind, target, password, format, prefix, key_template,
-                                    accounts, timeout, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                 ON CONFLICT (name) DO NOTHING",
+                &format!(
+                    "INSERT INTO sinks (name, kind, target, password, format, prefix, key_template,
+                                        accounts, timeout, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {NOW})
+                     ON CONFLICT (name) DO NOTHING"
+                ),
                 &[
                     &sink.name,
                     &sink.kind,
@@ -1280,7 +1322,6 @@ impl Sinks for Postgres {
                     &sink.key_template,
                     &accounts,
                     &sink.timeout,
-                    &sink.created_at,
                 ],
             )
             .map_err(|e| self.err(e))?;
@@ -1288,18 +1329,17 @@ impl Sinks for Postgres {
     }
 
     fn sinks(&self) -> Result<Vec<SinkRow>> {
-        let sql = format!("SELECT {SINK_COLUMNS} FROM sinks ORDER BY name");
-        let rows = self.c().query(&sql, &[]).map_err(|e| self.err(e))?;
-        Ok(rows.iter().map(sink_from_row).collect())
+        let sql =
+            format!("SELECT {SINK_COLUMNS}, {NOW_EXACT} AS server_now FROM sinks ORDER BY name");
+        let (rows, skew) = self.query_timed(&sql, &[])?;
+        Ok(rows.iter().map(|r| sink_from_row(r, skew)).collect())
     }
 
     fn sink(&self, name: &str) -> Result<Option<SinkRow>> {
-        let sql = format!("SELECT {SINK_COLUMNS} FROM sinks WHERE name = $1");
-        let row = self
-            .c()
-            .query_opt(&sql, &[&name])
-            .map_err(|e| self.err(e))?;
-        Ok(row.as_ref().map(sink_from_row))
+        let sql =
+            format!("SELECT {SINK_COLUMNS}, {NOW_EXACT} AS server_now FROM sinks WHERE name = $1");
+        let (rows, skew) = self.query_timed(&sql, &[&name])?;
+        Ok(rows.first().map(|r| sink_from_row(r, skew)))
     }
 
     fn remove_sink(&self, name: &str) -> Result<bool> {
@@ -1310,13 +1350,16 @@ impl Sinks for Postgres {
         Ok(n == 1)
     }
 
+    /// At the server's now, as every time on PostgreSQL; `r.at` is not used.
     fn record_sink_result(&self, sink_id: i64, r: &SinkResult) -> Result<()> {
         self.c()
             .execute(
-                "UPDATE sinks SET last_at = $2, last_ok = $3, last_published = $4,
-                                  last_failed = $5, last_error = $6
-                 WHERE id = $1",
-                &[&sink_id, &r.at, &r.ok, &r.published, &r.failed, &r.error],
+                &format!(
+                    "UPDATE sinks SET last_at = {NOW}, last_ok = $2, last_published = $3,
+                                      last_failed = $4, last_error = $5
+                     WHERE id = $1"
+                ),
+                &[&sink_id, &r.ok, &r.published, &r.failed, &r.error],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -1382,7 +1425,8 @@ impl Sinks for Postgres {
 const SINK_COLUMNS: &str = "id, name, kind, target, password, format, prefix, key_template, \
      accounts, timeout, created_at, last_at, last_ok, last_published, last_failed, last_error";
 
-fn sink_from_row(row: &postgres::Row) -> SinkRow {
+/// A sink, its times (stamped by the server) moved into this host's clock by `skew`.
+fn sink_from_row(row: &postgres::Row, skew: i64) -> SinkRow {
     let accounts: String = row.get(8);
     let last_at: Option<i64> = row.get(11);
     let name: String = row.get(1);
@@ -1399,9 +1443,9 @@ fn sink_from_row(row: &postgres::Row) -> SinkRow {
         key_template: row.get(7),
         accounts: serde_json::from_str(&accounts).unwrap_or_default(),
         timeout: row.get(9),
-        created_at: row.get(10),
+        created_at: row.get::<_, i64>(10) + skew,
         last: last_at.map(|at| SinkResult {
-            at,
+            at: at + skew,
             ok: row.get::<_, Option<bool>>(12).unwrap_or(false),
             published: row.get::<_, Option<i64>>(13).unwrap_or(0),
             failed: row.get::<_, Option<i64>>(14).unwrap_or(0),

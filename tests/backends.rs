@@ -736,6 +736,100 @@ fn a_host_with_a_wrong_clock_can_neither_shorten_nor_escape_a_hold() {
     assert!(block.contains("SKIPPED"), "{block}");
 }
 
+/// Every time a command prints is in the clock of the host that prints it: the server
+/// stamps attempts, runs, sinks and accounts (as it stamps tokens and holds), and each is
+/// read back converted into the host's clock, as token times are. A host two hours off
+/// shows the attempt, the run, the publish and the account as made just now, at the
+/// token's own fetch time, whichever host made them.
+#[test]
+fn a_host_with_a_wrong_clock_shows_every_time_in_its_own_clock() {
+    let Some(f) = postgres() else { return };
+    let Some(lib) = support::faketime_lib() else {
+        return;
+    };
+    f.env.set_env("APP_SECRET", SECRET);
+    let add = [
+        "account",
+        "add",
+        "--appid",
+        APPID,
+        "--secret-env",
+        "APP_SECRET",
+    ];
+    on_skewed_host(&f, &lib, "-2h", &add).assert_code(0);
+    let hook = format!("cat > '{}'", f.env.dir.join("hook.out").display());
+    on_skewed_host(&f, &lib, "+2h", &["sink", "add", "hook", "--exec", &hook]).assert_code(0);
+    on_skewed_host(&f, &lib, "-2h", &["refresh"]).assert_code(0);
+    for (offset, ahead) in [("+2h", 7200), ("-2h", -7200), ("+0", 0)] {
+        let host_now = support::now() + ahead;
+        let near = |what: &str, t: i64| {
+            assert!(
+                (t - host_now).abs() <= 10,
+                "{offset}: {what} {t} is not this host's now {host_now}"
+            );
+        };
+        let doc = support::json(
+            &on_skewed_host(&f, &lib, offset, &["status", "--json"])
+                .assert_code(0)
+                .stdout,
+        );
+        let account = &doc["accounts"][0];
+        let fetched = support::unix_of(&account["token"]["fetched_at"]);
+        let attempted = support::unix_of(&account["last_attempt"]["at"]);
+        near("the token's fetch", fetched);
+        assert!(
+            (attempted - fetched).abs() <= 1,
+            "{offset}: attempt {attempted}, token {fetched}"
+        );
+        let sink = &doc["sinks"][0]["last_publish"];
+        near("the sink's publish", support::unix_of(&sink["at"]));
+        let age = sink["age"].as_i64().unwrap();
+        assert!((0..=10).contains(&age), "{offset}: published {age} s ago");
+
+        // Plain status: "last attempt 0s ago", "last publish 1s ago", not two hours.
+        let text = on_skewed_host(&f, &lib, offset, &["status"]);
+        let text = &text.assert_code(0).stdout;
+        for what in ["last attempt ", "last publish "] {
+            let secs = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(what)?.split_once("s ago"))
+                .and_then(|(secs, _)| secs.parse::<i64>().ok())
+                .unwrap_or_else(|| panic!("{offset}: no '{what}Ns ago' in {text}"));
+            assert!((0..=10).contains(&secs), "{offset}: {what}{secs}s ago");
+        }
+
+        let metrics = on_skewed_host(&f, &lib, offset, &["metrics"])
+            .assert_code(0)
+            .stdout
+            .clone();
+        let metric = |name: &str| -> i64 {
+            let line = metrics
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("{offset}: no {name} in {metrics}"));
+            line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as i64
+        };
+        near(
+            "the last attempt (metrics)",
+            metric("wxtoken_account_last_attempt_timestamp_seconds"),
+        );
+        near(
+            "the last run (metrics)",
+            metric("wxtoken_last_run_start_timestamp_seconds"),
+        );
+
+        let list = support::json(
+            &on_skewed_host(&f, &lib, offset, &["account", "list", "--json"])
+                .assert_code(0)
+                .stdout,
+        );
+        near(
+            "the account's creation",
+            support::unix_of(&list["accounts"][0]["created_at"]),
+        );
+    }
+}
+
 /// WeChat's quota day and month are China time on the server's clock, which stamps the
 /// attempts and resets: a host a day ahead still counts this morning's fetch, and resets
 /// made from hosts 40 days behind and ahead fall in one month.
