@@ -372,16 +372,7 @@ fn a_host_killed_mid_fetch_caps_the_old_token_at_five_minutes_for_every_reader()
     let listed = doc["accounts"][0]["token"]["expires_in"].as_i64().unwrap();
     assert!(listed <= 300, "{doc}");
     // The README's SQL for services that read PostgreSQL directly agrees.
-    let plain: i64 = db
-        .query(&format!(
-            "SELECT least(expires_at, CASE WHEN classic AND unfinished_fetch IS NOT NULL
-                                           THEN unfinished_fetch + 300 END)
-                    - floor(extract(epoch from now()))::bigint
-             FROM latest_tokens
-             WHERE appid = '{APPID}' AND agent = '' AND kind = 'access_token'"
-        ))
-        .parse()
-        .unwrap();
+    let (_, plain) = readme_read(db, "postgres", &db.name, APPID).expect("a valid token");
     assert!((1..=300).contains(&plain), "plain SQL: {plain}");
     // host-a's own pid is gone, so its next run takes the claim over at once, and fetches
     // the account although its token is not expiring within the minute.
@@ -489,6 +480,151 @@ fn a_reader_role_gets_tokens_and_nothing_else() {
         assert!(!ok && err.contains("permission denied"), "{sql}: {err}");
     }
     assert_eq!(db.query("SELECT count(*) FROM tokens"), "1");
+}
+
+/// The README's PostgreSQL section, and its statements and commands outside SQL blocks.
+fn readme_pg() -> String {
+    support::readme_section("## PostgreSQL")
+}
+
+/// The SQL of `psql -c "..."` in a line of the README.
+fn psql_statements(line: &str) -> Vec<String> {
+    line.split("-c \"")
+        .skip(1)
+        .map(|part| part.split('"').next().unwrap().to_string())
+        .collect()
+}
+
+/// Runs the README's plain SQL for services that read PostgreSQL directly, exactly as
+/// written (a prepared statement binds its `$1`), as `role` on `dbname`: the token and its
+/// seconds left, or `None` for no row (no valid token).
+#[track_caller]
+fn readme_read(db: &PgDb, role: &str, dbname: &str, appid: &str) -> Option<(String, i64)> {
+    let blocks = support::fenced_blocks(&readme_pg(), "sql");
+    assert_eq!(
+        blocks.len(),
+        1,
+        "the README's PostgreSQL section has one SQL block"
+    );
+    let sql = blocks[0].trim().trim_end_matches(';');
+    let run = format!("PREPARE readme(text) AS {sql}; EXECUTE readme('{appid}');");
+    let (ok, out, err) = db.server.psql_as(role, dbname, &run);
+    assert!(ok, "the README's SQL failed as {role}: {err}");
+    assert!(out.lines().count() <= 1, "{out}");
+    let (token, left) = out.split_once('|')?;
+    Some((token.to_string(), left.parse().expect("expires_in")))
+}
+
+/// The README's PostgreSQL recipes run as written, with only the names changed: the
+/// superuser's `psql` lines make the refresher's role and database, the `ALTER ROLE`
+/// limits apply to it, wxtoken refreshes as that role, the reader's `psql` and
+/// `store grant-reader` lines make a reader, and the README's plain SQL, run by that reader,
+/// returns the token and expires_in (±1 s) that `get --json` gives, also when an
+/// unrecorded classic fetch caps the token at 300 s, and no row once that cap has passed.
+#[test]
+fn the_readmes_postgres_recipes_work_as_written() {
+    let Some(f) = postgres() else { return };
+    let db = f.pg.as_ref().unwrap();
+    let readme = readme_pg();
+    // Roles are the server's, not a database's: names of this test's own.
+    let writer = format!("{}_wxtoken", db.name);
+    let reader = format!("{}_app_reader", db.name);
+
+    // "once, as a PostgreSQL superuser: a database and the roles"
+    let setup = &support::fenced_blocks(&readme, "")[0];
+    let made: Vec<String> = setup.lines().flat_map(psql_statements).collect();
+    assert_eq!(made.len(), 2, "{setup}");
+    for sql in made {
+        db.server.psql("postgres", &sql.replace("wxtoken", &writer));
+    }
+    // The server-side limits the README gives the refresher's role.
+    let limits: Vec<&str> = readme
+        .split('`')
+        .filter(|s| s.starts_with("ALTER ROLE wxtoken SET"))
+        .collect();
+    assert_eq!(limits.len(), 2, "the README's ALTER ROLE limits");
+    for sql in &limits {
+        db.server.psql("postgres", &sql.replace("wxtoken", &writer));
+    }
+    let (_, shown, _) = db.server.psql_as(
+        &writer,
+        &writer,
+        "SELECT current_setting('statement_timeout') || ' ' || current_setting('idle_in_transaction_session_timeout')",
+    );
+    assert_eq!(shown, "30s 1min");
+    let url = |role: &str| {
+        db.server
+            .socket_url(&writer)
+            .replace("user=postgres", &format!("user={role}"))
+    };
+    f.env.set_env("WXTOKEN_DB", &url(&writer));
+    f.add(&["--appid", APPID]);
+    f.env.api.push(TOKEN, Reply::token("FROM-README", 7200));
+    f.run(&["refresh"], 0);
+
+    // "Readers.": the psql line and the grant-reader command, as written.
+    let readers = &readme[readme.find("**Readers.**").expect("a Readers paragraph")..];
+    let block = &support::fenced_blocks(readers, "")[0];
+    let mut steps = 0;
+    for line in block.lines() {
+        let line = line.replace("app_reader", &reader);
+        for sql in psql_statements(&line) {
+            db.server.psql("postgres", &sql);
+            steps += 1;
+        }
+        if let Some((_, args)) = line.split_once(" wxtoken ") {
+            let args: Vec<&str> = args.split_whitespace().collect();
+            f.run(&args, 0);
+            steps += 1;
+        }
+    }
+    assert_eq!(steps, 2, "{block}");
+
+    let read = |db: &PgDb| readme_read(db, &reader, &writer, APPID);
+    f.env.set_env("WXTOKEN_DB", &url(&reader));
+    let get = |code: i32| {
+        let out = f.get(&["--json"]).assert_code(code).clone();
+        (code == 0).then(|| {
+            let doc = support::json(&out.stdout);
+            let token = doc["access_token"].as_str().unwrap().to_string();
+            (token, doc["expires_in"].as_i64().unwrap())
+        })
+    };
+    let agree = |what: &str| {
+        let (token, left) =
+            read(db).unwrap_or_else(|| panic!("{what}: the README's SQL found no token"));
+        let (want, want_left) = get(0).unwrap();
+        assert_eq!(token, want, "{what}");
+        assert!(
+            (left - want_left).abs() <= 1,
+            "{what}: the README's SQL {left} s, get {want_left} s"
+        );
+        left
+    };
+    let left = agree("a fresh token");
+    assert!((7190..=7200).contains(&left), "{left}");
+    // A host died with its classic fetch at WeChat 100 s ago: 200 s left, for both.
+    let intent = |ago: i64| {
+        db.server.psql(
+            &writer,
+            &format!(
+                "DELETE FROM intents;
+                 INSERT INTO intents (account_id, holder, started_at)
+                 SELECT id, 'gone-host:1', floor(extract(epoch from now()))::bigint - {ago}
+                 FROM accounts"
+            ),
+        );
+    };
+    intent(100);
+    let left = agree("an unfinished fetch 100 s ago");
+    assert!(
+        (195..=200).contains(&left),
+        "capped at 300 s after the fetch: {left}"
+    );
+    // 400 s ago: WeChat retired the token 100 s ago; no row, and get has none either.
+    intent(400);
+    assert_eq!(read(db), None, "the README's SQL returned a retired token");
+    get(3);
 }
 
 #[test]

@@ -484,3 +484,43 @@ pub fn skew_clock(command: &mut Command, lib: &Path, offset: &str) {
         .env("FAKETIME", offset)
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
 }
+
+/// README.md's text under the heading that starts with `heading` ("## PostgreSQL"), up to
+/// the next heading of that level: what a test takes the README's recipes from, so that the
+/// README and the tests cannot drift apart.
+pub fn readme_section(heading: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let level = heading.split(' ').next().unwrap_or("##").to_string() + " ";
+    let mut lines = readme.lines().skip_while(|l| !l.starts_with(heading));
+    let first = lines
+        .next()
+        .unwrap_or_else(|| panic!("README.md has no heading '{heading}'"));
+    let rest: Vec<&str> = lines.take_while(|l| !l.starts_with(&level)).collect();
+    format!("{first}\n{}\n", rest.join("\n"))
+}
+
+/// The fenced blocks of `text` whose info string is `lang` ("sql", or "" for a bare
+/// fence), in order.
+pub fn fenced_blocks(text: &str, lang: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    // Inside a block: whether it is one of ours, and its lines so far.
+    let mut open: Option<(bool, Vec<&str>)> = None;
+    for line in text.lines() {
+        let fence = line.trim_start().strip_prefix("```");
+        match (open.take(), fence) {
+            (None, Some(info)) => open = Some((info.trim() == lang, Vec::new())),
+            (None, None) => {}
+            (Some((ours, lines)), Some(_)) => {
+                if ours {
+                    blocks.push(lines.join("\n"));
+                }
+            }
+            (Some((ours, mut lines)), None) => {
+                lines.push(line);
+                open = Some((ours, lines));
+            }
+        }
+    }
+    blocks
+}
