@@ -233,6 +233,80 @@ both! {
     }
 }
 
+/// The README's query for reading the SQLite file directly ("Using the token from other
+/// languages"), run as written on the file opened read-only, judged by the README's rules:
+/// it agrees with `get --json` (token, and expires_in ±1 s) for a fresh token and for one
+/// an unfinished classic fetch caps at 300 s, and finds it unusable past that cap.
+#[test]
+fn the_readmes_sqlite_query_agrees_with_get() {
+    let f = Fixture::new(Backend::Sqlite).unwrap();
+    f.add(&["--appid", APPID]);
+    f.env.api.push(TOKEN, Reply::token("FROM-FILE", 7200));
+    f.run(&["refresh"], 0);
+    let section = support::readme_section("## Using the token from other languages");
+    let blocks = support::fenced_blocks(&section, "sql");
+    assert_eq!(blocks.len(), 1, "{section}");
+    let read = || -> Option<(String, i64)> {
+        let uri = format!("file:{}?mode=ro", f.env.db().display());
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+        let conn = rusqlite::Connection::open_with_flags(uri, flags).unwrap();
+        let row = conn
+            .query_row(
+                &blocks[0],
+                rusqlite::named_params! {":appid": APPID, ":agent": ""},
+                |r| {
+                    Ok((
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, Option<i64>>(5)?,
+                        r.get::<_, bool>(6)?,
+                    ))
+                },
+            )
+            .expect("the README's query found the newest token");
+        let (token, expires_in, fetched_at, expires_at, started_at, classic) = row;
+        // The README's rules, one by one.
+        let now = support::now();
+        if fetched_at > now + 60 {
+            return None;
+        }
+        let mut end = expires_at.min(fetched_at + expires_in);
+        if let (true, Some(started)) = (classic, started_at) {
+            end = end.min(started + 300);
+        }
+        let left = (end - now).min(expires_in);
+        (left > 0).then_some((token, left))
+    };
+    let agree = |what: &str| {
+        let (token, left) = read().unwrap_or_else(|| panic!("{what}: no valid token"));
+        let doc = support::json(&f.get(&["--json"]).assert_code(0).stdout);
+        assert_eq!(doc["access_token"], token.as_str(), "{what}");
+        let want = doc["expires_in"].as_i64().unwrap();
+        assert!(
+            (left - want).abs() <= 1,
+            "{what}: the README's query {left} s, get {want} s"
+        );
+        left
+    };
+    assert!((7190..=7200).contains(&agree("a fresh token")));
+    let intent = |ago: i64| {
+        f.env.execute(&format!(
+            "DELETE FROM intents;
+             INSERT INTO intents (account_id, holder, started_at)
+             SELECT id, 'gone-host:1', CAST(strftime('%s', 'now') AS INTEGER) - {ago} FROM accounts"
+        ));
+    };
+    intent(100);
+    let left = agree("an unfinished fetch 100 s ago");
+    assert!((195..=200).contains(&left), "{left}");
+    intent(400);
+    assert_eq!(read(), None);
+    f.get(&["--json"]).assert_code(3);
+}
+
 // ---- PostgreSQL only ---------------------------------------------------------------------
 
 fn postgres() -> Option<Fixture> {
