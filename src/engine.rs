@@ -330,7 +330,8 @@ fn record(
     let recorded = loop {
         tries += 1;
         match store.record_fetch(&record) {
-            Err(err) if tries < RECORD_TRIES => {
+            // A commit whose outcome is unknown is never sent again: it may have landed.
+            Err(err) if tries < RECORD_TRIES && !matches!(err, StoreError::Unsure(_)) => {
                 log::warn!(
                     "{}: could not record the fetch (try {tries}): {err}",
                     account.key
