@@ -53,6 +53,11 @@ pub enum StoreError {
     Corrupt(String),
     /// A secret could not be encrypted or opened (the key file: see `vault`).
     Key(String),
+    /// This user or role may only read the database, and the command needs more.
+    ReadOnly(String),
+    /// The fetch outlived this holder's claim and another holder took the account over:
+    /// the fetch was recorded as lost and its token dropped. Final, not worth a retry.
+    LostClaim(String),
 }
 
 impl fmt::Display for StoreError {
@@ -70,7 +75,9 @@ impl fmt::Display for StoreError {
             | StoreError::Io(m)
             | StoreError::Unsure(m)
             | StoreError::Corrupt(m)
-            | StoreError::Key(m) => f.write_str(m),
+            | StoreError::Key(m)
+            | StoreError::ReadOnly(m)
+            | StoreError::LostClaim(m) => f.write_str(m),
         }
     }
 }
@@ -136,12 +143,16 @@ pub trait ReadStore {
     /// The newest `refresh` run, and the newest successful one (see
     /// [`RunRow::is_success`]), for monitoring.
     fn last_runs(&self) -> Result<(Option<RunRow>, Option<RunRow>)>;
-    /// How many token requests wxtoken sent per account since `since` (accounts without
-    /// any are absent): the tries of access-token attempts, plus one for each forced stable
-    /// refresh, whose normal-mode call before it is not recorded as an attempt of its own.
-    fn fetches_since(&self, since: i64) -> Result<HashMap<i64, i64>>;
-    /// How many quota resets WeChat confirmed for an account since `since`.
-    fn quota_resets_since(&self, account_id: i64, since: i64) -> Result<i64>;
+    /// How many token requests wxtoken sent per account in the quota day (China time) of
+    /// the store clock's now (accounts without any are absent): the tries of access-token
+    /// attempts, plus one for each forced stable refresh, whose normal-mode call before it
+    /// is not recorded as an attempt of its own. The store's clock is `now` on SQLite, the
+    /// server's on PostgreSQL, which stamps attempts with it: a host whose clock is off
+    /// then neither misses this morning's fetches nor counts yesterday's.
+    fn fetches_today(&self, now: i64) -> Result<HashMap<i64, i64>>;
+    /// How many quota resets WeChat confirmed for an account in the month (China time) of
+    /// the store clock's now, as for [`ReadStore::fetches_today`].
+    fn quota_resets_this_month(&self, account_id: i64, now: i64) -> Result<i64>;
 
     /// Everything `store copy` moves: each account with its secret (as stored) and hold,
     /// and its newest token and tickets if still valid at `now`.
@@ -199,11 +210,15 @@ pub trait Store: ReadStore + Sinks + Send {
     /// intent (unless the request may have created a token we never saw).
     fn record_fetch(&self, record: &FetchRecord) -> Result<Recorded>;
 
-    /// When this account's forced refreshes happened, over the retention window.
-    fn forced_refreshes(&self, account_id: i64, now: i64) -> Result<Vec<i64>>;
+    /// When this account's forced refreshes happened, over the retention window, on the
+    /// store's clock, and that clock's now to judge them by: `now` on SQLite, the server's
+    /// on PostgreSQL (so that a host whose clock is off cannot overspend WeChat's budget).
+    fn forced_refreshes(&self, account_id: i64, now: i64) -> Result<ForcedRefreshes>;
+    /// Notes a forced refresh at `now` (on PostgreSQL, at the server's now).
     fn note_forced_refresh(&self, account_id: i64, now: i64) -> Result<()>;
 
-    /// Records a quota reset (`failure`: its errcode, if any, and the message shown);
+    /// Records a quota reset at `at` (on PostgreSQL, at the server's now; `failure`: its
+    /// errcode, if any, and the message shown);
     /// after a successful one, releases the account's hold if its last token fetch failed
     /// with 45009 (the daily quota), all at once. Returns whether a hold was released.
     fn record_quota_reset(
@@ -224,6 +239,13 @@ pub trait Store: ReadStore + Sinks + Send {
     /// Records a `refresh` run, and forgets runs older than `before`, except the newest
     /// success: its time is what the main alert watches.
     fn record_run(&self, run: &RunRow, before: i64) -> Result<()>;
+}
+
+/// An account's recent forced refreshes, with the store clock's now they are judged by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForcedRefreshes {
+    pub at: Vec<i64>,
+    pub now: i64,
 }
 
 /// One account as `store copy` moves it.
@@ -250,7 +272,7 @@ pub enum Location {
         is_default: bool,
     },
     #[cfg(feature = "postgres")]
-    Postgres(crate::pgconf::PgConfig),
+    Postgres(Box<crate::pgconf::PgConfig>),
 }
 
 /// Opens the store for reading only: never creates, migrates or locks anything.
@@ -811,9 +833,10 @@ impl ReadStore for Sqlite {
             .optional()?)
     }
 
-    /// One pass over the rows since `since` through the `attempts_age` index, for every
+    /// One pass over the rows since the day's start through the `attempts_age` index, for every
     /// account at once: a query per account would read each one's 30 days of attempts.
-    fn fetches_since(&self, since: i64) -> Result<HashMap<i64, i64>> {
+    fn fetches_today(&self, now: i64) -> Result<HashMap<i64, i64>> {
+        let since = crate::quota::day_start(now);
         let mut stmt = self.conn.prepare_cached(
             "SELECT account_id, sum(n) FROM (
                  SELECT account_id, tries AS n FROM attempts
@@ -828,7 +851,8 @@ impl ReadStore for Sqlite {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn quota_resets_since(&self, account_id: i64, since: i64) -> Result<i64> {
+    fn quota_resets_this_month(&self, account_id: i64, now: i64) -> Result<i64> {
+        let since = crate::quota::month_start(now);
         let mut stmt = self.conn.prepare_cached(
             "SELECT count(*) FROM quota_resets WHERE account_id = ?1 AND ok = 1 AND at >= ?2",
         )?;
@@ -1136,16 +1160,19 @@ impl Store for Sqlite {
             if stored.is_some_and(|(appid, agent, now)| {
                 same_secret(&AccountKey { appid, agent }, now, secret)
             }) {
+                // One host, one clock: the hold starts when the fetch did.
+                let (until, reason) = hold
+                    .as_ref()
+                    .and_then(|(h, reason)| {
+                        Some((policy::held_until(*h, outcome.started_at)?, reason))
+                    })
+                    .unzip();
                 self.conn
                     .prepare_cached(
                         "UPDATE accounts SET held_until = ?2, held_reason = ?3, fetch_due = 0
                          WHERE id = ?1",
                     )?
-                    .execute(params![
-                        account_id,
-                        hold.as_ref().map(|h| h.0),
-                        hold.as_ref().map(|h| h.1.as_str()),
-                    ])?;
+                    .execute(params![account_id, until, reason.map(String::as_str)])?;
             }
             if !outcome.may_have_issued() {
                 self.conn
@@ -1157,13 +1184,14 @@ impl Store for Sqlite {
         Ok(recorded)
     }
 
-    fn forced_refreshes(&self, account_id: i64, now: i64) -> Result<Vec<i64>> {
+    fn forced_refreshes(&self, account_id: i64, now: i64) -> Result<ForcedRefreshes> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT at FROM forced_refreshes WHERE account_id = ?1 AND at > ?2")?;
         let since = now - policy::FORCED_REFRESH_RETENTION;
         let rows = stmt.query_map(params![account_id, since], |r| r.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let at = rows.collect::<rusqlite::Result<_>>()?;
+        Ok(ForcedRefreshes { at, now })
     }
 
     fn note_forced_refresh(&self, account_id: i64, now: i64) -> Result<()> {

@@ -10,6 +10,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -375,7 +376,7 @@ fn a_host_killed_mid_fetch_caps_the_old_token_at_five_minutes_for_every_reader()
         .query(&format!(
             "SELECT least(expires_at, CASE WHEN classic AND unfinished_fetch IS NOT NULL
                                            THEN unfinished_fetch + 300 END)
-                    - extract(epoch from now())::bigint
+                    - floor(extract(epoch from now()))::bigint
              FROM latest_tokens
              WHERE appid = '{APPID}' AND agent = '' AND kind = 'access_token'"
         ))
@@ -419,10 +420,67 @@ fn a_reader_role_gets_tokens_and_nothing_else() {
     let reader_url = db.url.replace("user=postgres", &format!("user={role}"));
     f.env.set_env("WXTOKEN_DB", &reader_url);
     assert_eq!(f.get(&[]).assert_code(0).stdout, "READ-ME\n");
-    // The same role cannot do what a refresher does.
-    let refused = f.env.run(&["refresh", "--force"]);
-    assert_ne!(refused.code, 0);
-    assert_has(&refused, &["permission denied"]);
+    // What the grant allows besides `get`: the accounts, without their secrets, and which
+    // of them a refresh would fetch.
+    let list = f.run(&["account", "list"], 0);
+    assert!(
+        list.stdout.contains(APPID) && list.stdout.contains("(no access)"),
+        "{}",
+        list.stdout
+    );
+    assert_no_secret(&list);
+    let dry = f.run(&["refresh", "--dry-run"], 0);
+    assert!(
+        dry.stdout.starts_with(&format!("{APPID}  ")),
+        "{}",
+        dry.stdout
+    );
+    let json = f.run(&["refresh", "--dry-run", "--json"], 0);
+    let summary = support::json(
+        json.stdout
+            .lines()
+            .last()
+            .map(|l| format!("{l}\n"))
+            .as_deref()
+            .unwrap(),
+    );
+    assert_eq!(
+        (summary["dry_run"].as_bool(), summary["accounts"].as_i64()),
+        (Some(true), Some(1))
+    );
+    // The rest needs a refresher's role: one line that says so and names the missing grant.
+    let reject: &[&str] = &["get", "--appid", APPID, "--reject", "READ-ME"];
+    for args in [
+        &["refresh", "--force"][..],
+        &["status"],
+        &["status", "--json"],
+        &["prune"],
+        &["account", "disable", "--appid", APPID],
+        reject,
+    ] {
+        let refused = f.env.run(args);
+        refused.assert_code(5);
+        assert_eq!(refused.stdout, "", "{args:?}");
+        assert_eq!(
+            refused.stderr.lines().count(),
+            1,
+            "{args:?}: {}",
+            refused.stderr
+        );
+        assert_has(
+            &refused,
+            &["may only read tokens", "no INSERT on tokens", &role],
+        );
+    }
+    // A command that reads beyond the grant names the table it may not read.
+    let metrics = f.env.run(&["metrics"]);
+    metrics.assert_code(5);
+    assert_eq!(metrics.stderr.lines().count(), 1, "{}", metrics.stderr);
+    assert_has(
+        &metrics,
+        &["permission denied for table runs", "store grant-reader"],
+    );
+    assert_eq!(f.env.api.hits(TOKEN), 1, "a reader fetched");
     for sql in [
         "SELECT secret FROM account_secrets",
         "INSERT INTO tokens (account_id, token, expires_in, fetched_at, expires_at) VALUES (1, 'x', 1, 1, 1)",
@@ -521,8 +579,8 @@ fn a_bad_postgres_url_is_a_usage_error_that_names_the_setting_but_not_the_passwo
     for (url, words) in [
         ("postgres://u:pw5ecret@h/d?sslmode=bogus", "sslmode 'bogus'"),
         (
-            "postgres://u:pw5ecret@h/d?sslcert=/x",
-            "'sslcert' is not supported",
+            "postgres://u:pw5ecret@h/d?sslcrl=/x",
+            "'sslcrl' is not supported",
         ),
         ("postgresql://u:pw5ecret@h1,h2/d", "several hosts"),
     ] {
@@ -532,6 +590,296 @@ fn a_bad_postgres_url_is_a_usage_error_that_names_the_setting_but_not_the_passwo
         assert_has(&out, &["--db / WXTOKEN_DB", words]);
         assert!(!out.stderr.contains("pw5ecret"), "{}", out.stderr);
     }
+}
+
+/// A server that logs users in by client certificate (pg_hba `cert`, CN = the role):
+/// wxtoken presents the one that `sslcert`/`sslkey`, `PGSSLCERT`/`PGSSLKEY` or libpq's
+/// default files name. Without one, with another role's, or with a key that others can
+/// read, it is refused in one line, exit 5, and the key never shows.
+#[test]
+fn a_client_certificate_logs_in_where_the_server_demands_one() {
+    use std::os::unix::fs::PermissionsExt;
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI needs openssl"
+        );
+        eprintln!("NOTE: openssl missing: skipping the client certificate test");
+        return;
+    }
+    let env = TestEnv::new();
+    let certs = pg::make_certs(&env.dir.join("certs"), "wxtoken-test-ca");
+    let (cert, key) = certs.client("postgres");
+    let (other_cert, other_key) = certs.client("someone");
+    let Some(server) = pg::PgServer::start(&pg::Options {
+        tcp: true,
+        tls: Some((certs.server_cert.clone(), certs.server_key.clone())),
+        client_ca: Some(certs.ca.clone()),
+    }) else {
+        return;
+    };
+    let url = format!(
+        "postgresql://postgres@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+        server.port.unwrap(),
+        certs.ca.display()
+    );
+    let with = |cert: &Path, key: &Path| {
+        format!("{url}&sslcert={}&sslkey={}", cert.display(), key.display())
+    };
+    let key_text = std::fs::read_to_string(&key).unwrap();
+    let key_body = key_text.lines().nth(1).expect("a PEM body line");
+    let refused = |out: &Out, words: &[&str]| {
+        out.assert_code(5);
+        assert_eq!(out.stdout, "");
+        assert_eq!(out.stderr.lines().count(), 1, "one line: {}", out.stderr);
+        assert_has(out, words);
+        assert!(!out.stderr.contains(key_body), "{}", out.stderr);
+    };
+
+    env.set_env("WXTOKEN_DB", &url);
+    let out = env.run(&["account", "list"]);
+    refused(
+        &out,
+        &["client certificate", "sslcert and sslkey", "PGSSLCERT"],
+    );
+    env.set_env("WXTOKEN_DB", &with(&other_cert, &other_key));
+    let out = env.run(&["account", "list"]);
+    refused(&out, &["certificate authentication failed", "postgres"]);
+
+    // In the URL.
+    env.set_env("WXTOKEN_DB", &with(&cert, &key));
+    env.run_with_stdin(
+        &["account", "add", "--appid", APPID],
+        &format!("{SECRET}\n"),
+    )
+    .assert_code(0);
+    env.run(&["refresh"]).assert_code(0);
+    let token = env.get(&["--appid", APPID]).value();
+    // In the environment.
+    env.set_env("WXTOKEN_DB", &url);
+    env.set_env("PGSSLCERT", cert.to_str().unwrap());
+    env.set_env("PGSSLKEY", key.to_str().unwrap());
+    assert_eq!(env.get(&["--appid", APPID]).value(), token);
+    // libpq's defaults in the home directory.
+    env.unset_env("PGSSLCERT");
+    env.unset_env("PGSSLKEY");
+    let home = env.dir.join("home");
+    let dot = home.join(".postgresql");
+    std::fs::create_dir_all(&dot).unwrap();
+    std::fs::copy(&cert, dot.join("postgresql.crt")).unwrap();
+    std::fs::copy(&key, dot.join("postgresql.key")).unwrap();
+    env.set_env("HOME", home.to_str().unwrap());
+    assert_eq!(env.get(&["--appid", APPID]).value(), token);
+
+    // A key that group or others can read is refused, as libpq refuses it.
+    let default_key = dot.join("postgresql.key");
+    std::fs::set_permissions(&default_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env.get(&["--appid", APPID]);
+    refused(
+        &out,
+        &[
+            default_key.to_str().unwrap(),
+            "group or world access",
+            "0600",
+        ],
+    );
+    // A certificate named but missing is an error, not a login without one.
+    env.set_env("PGSSLCERT", "/nonexistent/client.crt");
+    let out = env.get(&["--appid", APPID]);
+    refused(&out, &["sslcert /nonexistent/client.crt"]);
+}
+
+/// Runs wxtoken as on a host whose clock is `offset` off (libfaketime: "+2h", "-2h").
+fn on_skewed_host(f: &Fixture, lib: &Path, offset: &str, args: &[&str]) -> Out {
+    let mut cmd = f.env.command(args);
+    support::skew_clock(&mut cmd, lib, offset);
+    Out::from_output(cmd.output().expect("run wxtoken"))
+}
+
+/// Holds are stored and judged on the server's clock: a host two hours behind cannot
+/// write a hold that has already ended, and one two hours ahead does not see a fresh hold
+/// as over.
+#[test]
+fn a_host_with_a_wrong_clock_can_neither_shorten_nor_escape_a_hold() {
+    let Some(f) = postgres() else { return };
+    let Some(lib) = support::faketime_lib() else {
+        return;
+    };
+    let db = f.pg.as_ref().unwrap();
+    f.add(&["--appid", APPID]);
+    f.env.api.push(
+        TOKEN,
+        Reply::errcode(89507, "risk control, retry in an hour"),
+    );
+    let behind = on_skewed_host(&f, &lib, "-2h", &["refresh"]);
+    behind.assert_code(4);
+    assert_has(&behind, &["89507", "behind WeChat's"]);
+    let left = db.query_i64("SELECT held_until - extract(epoch from now())::bigint FROM accounts");
+    assert!(
+        (3590..=3600).contains(&left),
+        "held for {left} s of server time"
+    );
+    // Neither a host with the right clock nor one two hours ahead fetches it meanwhile.
+    let right = f.env.run(&["refresh"]);
+    let ahead = on_skewed_host(&f, &lib, "+2h", &["refresh"]);
+    for out in [&right, &ahead] {
+        out.assert_code(4);
+        assert_has(out, &["skipped until", "89507"]);
+    }
+    assert_eq!(f.env.api.hits(TOKEN), 1, "a held account was fetched");
+    let status = on_skewed_host(&f, &lib, "+2h", &["status"]);
+    let block = status_block(&status.assert_code(0).stdout, APPID);
+    assert!(block.contains("SKIPPED"), "{block}");
+}
+
+/// WeChat's quota day and month are China time on the server's clock, which stamps the
+/// attempts and resets: a host a day ahead still counts this morning's fetch, and resets
+/// made from hosts 40 days behind and ahead fall in one month.
+#[test]
+fn a_host_with_a_wrong_clock_counts_todays_fetches_and_this_months_resets_by_the_server() {
+    let Some(f) = postgres() else { return };
+    let Some(lib) = support::faketime_lib() else {
+        return;
+    };
+    f.add(&["--appid", APPID]);
+    f.run(&["refresh"], 0);
+    let status = on_skewed_host(&f, &lib, "+1d", &["status", "--json"]);
+    let doc = support::json(&status.assert_code(0).stdout);
+    assert_eq!(doc["accounts"][0]["fetches_today"], 1, "{doc}");
+
+    for (offset, used) in [("-40d", 1), ("+40d", 2)] {
+        let out = on_skewed_host(
+            &f,
+            &lib,
+            offset,
+            &["quota", "reset", "--appid", APPID, "--yes"],
+        );
+        out.assert_code(0);
+        assert_has(&out, &[&format!("now used {used} of this month's 10")]);
+    }
+    let apart = f.count("SELECT max(at) - min(at) FROM quota_resets");
+    assert!(apart <= 5, "stamped {apart} s apart");
+}
+
+/// `store copy` moves token times between the server's clock and the copying host's, as
+/// it moves holds: a token copied out of PostgreSQL onto a host whose clock is off has the
+/// same time left there as on the server, and one copied in from such a host has the
+/// same time left on the server as it had there.
+#[test]
+fn store_copy_keeps_a_tokens_time_left_on_a_host_with_a_wrong_clock() {
+    let Some(f) = postgres() else { return };
+    let Some(lib) = support::faketime_lib() else {
+        return;
+    };
+    let left = |out: &Out, token: &str| {
+        let doc = support::json(&out.assert_code(0).stdout);
+        assert_eq!(doc["access_token"], token, "{doc}");
+        doc["expires_in"].as_i64().expect("expires_in")
+    };
+    f.add(&["--appid", APPID]);
+    f.env.api.push(TOKEN, Reply::token("ON-PG", 7200));
+    f.run(&["refresh"], 0);
+    for offset in ["-3h", "+3h"] {
+        let file = f.env.dir.join(format!("copy{offset}.db"));
+        let file = file.to_str().unwrap();
+        on_skewed_host(&f, &lib, offset, &["store", "copy", "--to", file]).assert_code(0);
+        let args = ["--db", file, "get", "--appid", APPID, "--json"];
+        let secs = left(&on_skewed_host(&f, &lib, offset, &args), "ON-PG");
+        assert!((7190..=7200).contains(&secs), "{offset}: {secs} s left");
+    }
+
+    let lite = Fixture::new(Backend::Sqlite).unwrap();
+    lite.add(&["--appid", APPID]);
+    lite.env.api.push(TOKEN, Reply::token("ON-LITE", 7200));
+    on_skewed_host(&lite, &lib, "-3h", &["refresh"]).assert_code(0);
+    let target = Fixture::new(Backend::Postgres).unwrap();
+    let to = target.pg.as_ref().unwrap().url.clone();
+    on_skewed_host(&lite, &lib, "-3h", &["store", "copy", "--to", &to]).assert_code(0);
+    target
+        .env
+        .set_env("WXTOKEN_KEY_FILE", lite.env.key_file().to_str().unwrap());
+    let secs = left(&target.get(&["--json"]), "ON-LITE");
+    assert!((7190..=7200).contains(&secs), "{secs} s left on the server");
+}
+
+/// WeChat's budget of forced stable-token refreshes (30 s apart, 20 a day) is noted and
+/// judged on the server's clock: a host two hours ahead cannot force again seconds after
+/// one two hours behind did.
+#[test]
+fn a_host_with_a_wrong_clock_cannot_overspend_the_forced_refresh_budget() {
+    let Some(f) = postgres() else { return };
+    let Some(lib) = support::faketime_lib() else {
+        return;
+    };
+    f.add(&["--appid", APPID, "--api", "stable"]);
+    f.run(&["refresh"], 0);
+    let first = f.get(&[]).value();
+    let reject = |token: &str, offset: &str| {
+        on_skewed_host(
+            &f,
+            &lib,
+            offset,
+            &["get", "--appid", APPID, "--reject", token],
+        )
+    };
+    let second = reject(&first, "-2h").value();
+    assert_ne!(second, first, "a forced refresh replaces the token");
+    assert_eq!(f.count("SELECT count(*) FROM forced_refreshes"), 1);
+    let before = f.env.api.hits(standin::STABLE_TOKEN);
+    let refused = reject(&second, "+2h");
+    refused.assert_code(4);
+    assert_eq!(refused.stdout, "");
+    assert_has(&refused, &["cannot force", "30s between"]);
+    assert_eq!(
+        f.env.api.hits(standin::STABLE_TOKEN),
+        before + 1,
+        "only the normal request went out, no forced one"
+    );
+    assert_eq!(f.count("SELECT count(*) FROM forced_refreshes"), 1);
+    assert_eq!(f.get(&[]).value(), second);
+}
+
+/// A fetch that outlives its claim, which another host then took over: its token is
+/// dropped, recorded once as lost (no retries), and `get --reject` and `refresh` exit 4,
+/// the fetch gave them nothing to hand out, not 5: the database is fine.
+#[test]
+fn a_claim_lost_mid_fetch_is_a_failed_fetch_not_a_database_error() {
+    let Some(f) = postgres() else { return };
+    let db = f.pg.as_ref().unwrap();
+    f.add(&["--appid", APPID]);
+    f.env.api.push(TOKEN, Reply::token("OLD", 7200));
+    f.run(&["refresh"], 0);
+    let reject: &[&str] = &["get", "--appid", APPID, "--reject", "OLD"];
+    for (i, args) in [reject, &["refresh"]].into_iter().enumerate() {
+        f.env.api.gate(TOKEN);
+        let child = f.env.spawn(args);
+        assert!(
+            f.env.api.wait_for_hits(TOKEN, 2 + i, PATIENCE),
+            "{args:?} never fetched"
+        );
+        // Its claim expired and another host took the account over.
+        db.query("UPDATE claims SET holder = 'host-b:1:x', host = 'host-b', pid = 1");
+        f.env.api.open_gate(TOKEN);
+        let out = wait(child);
+        out.assert_code(4);
+        assert_eq!(out.stdout, "", "{args:?}");
+        assert_has(&out, &["expired and was taken over", "--claim-ttl"]);
+        db.query("DELETE FROM claims");
+    }
+    assert_eq!(
+        f.count("SELECT count(*) FROM attempts WHERE outcome = 'lost_claim'"),
+        2,
+        "one lost attempt each, no retries"
+    );
+    assert_eq!(
+        f.count("SELECT count(*) FROM tokens"),
+        1,
+        "the late tokens are dropped"
+    );
 }
 
 // ---- network loss and server restarts ------------------------------------------------------

@@ -186,30 +186,6 @@ fn closed_port_url() -> String {
     format!("http://127.0.0.1:{port}")
 }
 
-/// What `get` must not change. SQLite: the database's bytes and mtime, and the size of its
-/// WAL (0 when absent); the shared-memory index is left out, since every WAL reader maps it.
-/// PostgreSQL: every row of every table with its xmin and ctid, which any insert, update
-/// or delete changes, even one that writes back the same values.
-fn written_state(env: &TestEnv) -> Vec<u8> {
-    if env.is_postgres() {
-        let rows = env.query(
-            "SELECT tablename, query_to_xml(format('SELECT xmin, ctid, * FROM %I ORDER BY ctid',
-                                                   tablename), true, false, '')
-             FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename",
-        );
-        return rows.into_bytes();
-    }
-    let db = env.db();
-    let mut wal = db.as_os_str().to_owned();
-    wal.push("-wal");
-    let meta = std::fs::metadata(&db).expect("database metadata");
-    let mut state = std::fs::read(&db).expect("read database");
-    let wal_len = std::fs::metadata(wal).map_or(0, |m| m.len());
-    let mtime = meta.modified().expect("mtime");
-    state.extend(format!("{mtime:?} {wal_len}").bytes());
-    state
-}
-
 // ---- accounts -----------------------------------------------------------------------------
 
 #[test]
@@ -678,12 +654,12 @@ fn an_expired_token_is_not_handed_out() {
 #[test]
 fn get_never_writes_to_the_database() {
     let env = with_token("TOKEN_ro", 7200);
-    let before = written_state(&env);
+    let before = env.written_state();
     for args in [&[][..], &["--json"], &["--min-ttl", "3h"], &["-vvv"]] {
         get(&env, APPID, args);
     }
     get(&env, "wxunknown", &[]).assert_code(3);
-    assert!(before == written_state(&env), "get changed the database");
+    assert!(before == env.written_state(), "get changed the database");
 
     // Without a database (on PostgreSQL: an empty one), get says so and creates none.
     let fresh = TestEnv::new();
