@@ -333,7 +333,12 @@ fn record(
     let recorded = loop {
         tries += 1;
         match store.record_fetch(&record) {
-            Err(err) if tries < RECORD_TRIES && !matches!(err, StoreError::LostClaim(_)) => {
+            // A lost claim stays lost; a commit whose outcome is unknown is never sent
+            // again: it may have landed (the intent it would have cleared covers readers).
+            Err(err)
+                if tries < RECORD_TRIES
+                    && !matches!(err, StoreError::LostClaim(_) | StoreError::Unsure(_)) =>
+            {
                 log::warn!(
                     "{}: could not record the fetch (try {tries}): {err}",
                     account.key

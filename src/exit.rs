@@ -189,6 +189,7 @@ pub fn of_store(err: &StoreError) -> Exit {
         StoreError::Schema(_)
         | StoreError::Busy(_)
         | StoreError::Io(_)
+        | StoreError::Unsure(_)
         | StoreError::ReadOnly(_)
         | StoreError::Corrupt(_) => Exit::Database,
     }

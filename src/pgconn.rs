@@ -24,6 +24,9 @@ use crate::pgconf::{Host, PgConfig, RootCert, SslMode};
 const KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
 const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVES_RETRIES: u32 = 3;
+/// Keepalives only probe an idle connection; a request sent into a dead network is
+/// retransmitted for the kernel's 15 minutes and more unless this ends it sooner.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 /// When the URL gives no `connect_timeout`: a cron run must not hang on a dead host.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -140,6 +143,7 @@ pub fn connect(config: &PgConfig) -> Result<Client, String> {
         .keepalives_idle(KEEPALIVES_IDLE)
         .keepalives_interval(KEEPALIVES_INTERVAL)
         .keepalives_retries(KEEPALIVES_RETRIES)
+        .tcp_user_timeout(TCP_USER_TIMEOUT)
         .connect_timeout(config.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT));
     match &config.host {
         Host::Tcp(h) => pg.host(h),

@@ -46,6 +46,9 @@ pub enum StoreError {
     Busy(String),
     /// The database could not be read or written.
     Io(String),
+    /// The connection was lost while a transaction committed: whether it did is unknown,
+    /// so it is not tried again (the intent it would have cleared still covers readers).
+    Unsure(String),
     /// The file is not a database, or a damaged one.
     Corrupt(String),
     /// A secret could not be encrypted or opened (the key file: see `vault`).
@@ -70,6 +73,7 @@ impl fmt::Display for StoreError {
             StoreError::Schema(m)
             | StoreError::Busy(m)
             | StoreError::Io(m)
+            | StoreError::Unsure(m)
             | StoreError::Corrupt(m)
             | StoreError::Key(m)
             | StoreError::ReadOnly(m)
@@ -165,6 +169,13 @@ pub trait ReadStore {
 pub trait Store: ReadStore + Sinks + Send {
     /// Another handle on the same data, for a worker thread.
     fn another(&self) -> Result<Box<dyn Store>>;
+
+    /// Makes sure that a handle that sat idle still reaches the database, replacing a
+    /// connection the server or the network dropped meanwhile (PostgreSQL; a file always
+    /// does). Called before work that follows a long wait, never inside a unit of work.
+    fn revive(&self) -> Result<()> {
+        Ok(())
+    }
 
     fn add_account(&self, new: &NewAccount, now: i64) -> Result<()>;
     /// Removes an account with its whole history.

@@ -71,9 +71,14 @@ fn host_offset(sent: f64, server_now: f64, received: f64) -> i64 {
     ((sent + received) / 2.0 - server_now).round() as i64
 }
 
+/// How long `revive` waits for the server to answer an empty query.
+const REVIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A connection to a wxtoken database on a PostgreSQL server.
 pub struct Postgres {
     client: RefCell<Client>,
+    /// Why the last reconnect failed, while the connection stays lost (see `c`).
+    lost: RefCell<Option<String>>,
     config: PgConfig,
     holder: Holder,
     /// Whether the schema version is known to match. A read handle checks it within its
@@ -187,6 +192,7 @@ impl Postgres {
         let client = crate::pgconn::connect(config).map_err(StoreError::Io)?;
         Ok(Postgres {
             client: RefCell::new(client),
+            lost: RefCell::new(None),
             config: config.clone(),
             holder,
             verified: Cell::new(false),
@@ -194,12 +200,65 @@ impl Postgres {
     }
 
     /// The connection. Never borrowed across another call of ours.
+    ///
+    /// One that was lost (a server restart, a network cut) is replaced by a new one first:
+    /// every method is a unit of work of its own, so nothing half-done carries over, and
+    /// the holder id, hence any lease, stays the same. A failure ends the method with the
+    /// old, closed connection, and `err` tells why the new one could not be made. Only a
+    /// commit cut off in flight is not simply retried (`StoreError::Unsure`).
     fn c(&self) -> RefMut<'_, Client> {
-        self.client.borrow_mut()
+        let mut client = self.client.borrow_mut();
+        if client.is_closed() {
+            self.reconnect(&mut client);
+        }
+        client
+    }
+
+    fn reconnect(&self, client: &mut Client) {
+        match crate::pgconn::connect(&self.config) {
+            Ok(new) => {
+                log::info!("reconnected to {} after losing the connection", self.config);
+                *client = new;
+                self.lost.replace(None);
+            }
+            Err(reason) => {
+                self.lost.replace(Some(reason));
+            }
+        }
+    }
+
+    /// Whether a statement failed because the session is gone (a restart, a cut): the
+    /// next `c` connects again.
+    fn session_lost(&self, e: &postgres::Error) -> bool {
+        e.is_closed() || self.client.borrow().is_closed()
     }
 
     fn err(&self, e: postgres::Error) -> StoreError {
-        pg_error(&self.config, &e)
+        let err = pg_error(&self.config, &e);
+        match (&err, self.lost.borrow().as_deref()) {
+            (StoreError::Io(m), Some(reason)) if e.is_closed() => {
+                // The reason repeats the server's name that `m` has given already.
+                let prefix = format!("could not connect to {}: ", self.config);
+                let reason = reason.strip_prefix(&prefix).unwrap_or(reason);
+                StoreError::Io(format!("{m}, and connecting again failed: {reason}"))
+            }
+            _ => err,
+        }
+    }
+
+    /// A failed commit: refused by the server (known not to have happened), or cut off
+    /// with the connection, when whether it happened is unknown.
+    fn commit_err(&self, e: postgres::Error) -> StoreError {
+        // An ERROR rolled the transaction back; a FATAL (the session ended: a restart,
+        // an administrator) may have come after the commit.
+        if e.as_db_error().is_some_and(|db| db.severity() == "ERROR") {
+            return self.err(e);
+        }
+        StoreError::Unsure(format!(
+            "the connection to {} was lost while committing ({e}): whether the commit \
+             happened is unknown",
+            self.config
+        ))
     }
 
     /// Runs a query whose rows end in a column `server_now` ([`NOW_EXACT`]), and says how
@@ -683,6 +742,20 @@ impl Store for Postgres {
         )?))
     }
 
+    /// One round trip (an empty query) on a connection that sat idle; a lost one is
+    /// replaced, and a failure to connect again is the error.
+    fn revive(&self) -> Result<()> {
+        let mut client = self.client.borrow_mut();
+        if client.is_valid(REVIVE_TIMEOUT).is_ok() {
+            return Ok(());
+        }
+        self.reconnect(&mut client);
+        match self.lost.borrow().as_deref() {
+            Some(reason) => Err(StoreError::Io(reason.to_string())),
+            None => Ok(()),
+        }
+    }
+
     /// Stamped by the server's clock, as every time on PostgreSQL; `now` is not used.
     fn add_account(&self, new: &NewAccount, _now: i64) -> Result<()> {
         let NewAccount {
@@ -855,9 +928,11 @@ impl Store for Postgres {
     fn claim(&self, account_id: i64, _now: i64, ttl: i64) -> Result<Claim> {
         let h = &self.holder;
         let pid = i64::from(h.pid);
-        let taken = self
-            .c()
-            .query_opt(
+        // The first statement of each account: on a connection a server restart or a cut
+        // ended while this worker was busy elsewhere, it fails at once; taking a lease is
+        // idempotent for its holder, so it is tried once more on a new connection.
+        let take = || {
+            self.c().query_opt(
                 &format!(
                     "INSERT INTO claims AS c (account_id, holder, host, pid, claimed_at, expires_at)
                      VALUES ($1, $2, $3, $4, {NOW}, {NOW} + $5::bigint)
@@ -869,7 +944,18 @@ impl Store for Postgres {
                 ),
                 &[&account_id, &h.id, &h.host, &pid, &ttl],
             )
-            .map_err(|e| self.err(e))?;
+        };
+        let taken = match take() {
+            Err(e) if self.session_lost(&e) => {
+                log::info!(
+                    "lost the connection to {} ({e}); connecting again",
+                    self.config
+                );
+                take()
+            }
+            first => first,
+        }
+        .map_err(|e| self.err(e))?;
         if taken.is_some() {
             return Ok(Claim::Claimed);
         }
@@ -947,8 +1033,7 @@ impl Store for Postgres {
             secret,
         } = record;
         let account_id = *account_id;
-        let config = &self.config;
-        let err = |e: postgres::Error| pg_error(config, &e);
+        let err = |e: postgres::Error| self.err(e);
         let kind = kind.as_str();
         let tries = i64::from(outcome.tries);
         let mut c = self.c();
@@ -982,7 +1067,7 @@ impl Store for Postgres {
                 &[&account_id, &kind, &outcome.duration_ms, &tries, &detail],
             )
             .map_err(err)?;
-            tx.commit().map_err(err)?;
+            tx.commit().map_err(|e| self.commit_err(e))?;
             return Err(StoreError::LostClaim(format!(
                 "{detail}; its token was dropped (a fetch that outlives its claim means the \
                  claim TTL is too short: raise --claim-ttl)"
@@ -1076,7 +1161,7 @@ impl Store for Postgres {
                 .map_err(err)?;
             }
         }
-        tx.commit().map_err(err)?;
+        tx.commit().map_err(|e| self.commit_err(e))?;
         Ok(recorded)
     }
 

@@ -634,6 +634,29 @@ fn packaged_commands_run_quietly_on_an_empty_database_and_refresh_when_there_are
 }
 
 // Left SQLite-only: completions and the man page, which never open a store.
+/// Each refresh run is recorded for monitoring: `metrics` shows no last run before the
+/// first, then its success, from one `runs` row.
+#[test]
+fn metrics_show_the_last_run_once_a_refresh_recorded_one() {
+    let env = TestEnv::new();
+    add(&env, APPID);
+    let before = env.run(&["metrics"]).assert_code(0).clone();
+    assert!(
+        !before.stdout.contains("wxtoken_last_run_success"),
+        "{}",
+        before.stdout
+    );
+    env.run(&["refresh"]).assert_code(0);
+    let after = env.run(&["metrics"]).assert_code(0).clone();
+    assert_eq!(sample(&after.stdout, "wxtoken_last_run_success"), 1.0);
+    assert!(
+        after
+            .stdout
+            .contains("wxtoken_last_success_timestamp_seconds")
+    );
+    assert_eq!(env.query_i64("SELECT count(*) FROM runs"), 1);
+}
+
 also_on_postgres!(
     check_ok_warning_critical_by_time_left,
     check_without_a_valid_token_is_critical,
@@ -642,6 +665,7 @@ also_on_postgres!(
     check_unknown_when_the_database_cannot_be_opened_or_arguments_are_bad,
     check_appid_selects_accounts,
     refresh_writes_the_metrics_textfile_atomically,
+    metrics_show_the_last_run_once_a_refresh_recorded_one,
     metrics_show_a_held_account_and_an_unwritable_file_fails,
     refresh_json_prints_a_line_per_account_and_a_summary,
     dry_run_lists_what_is_due_and_never_calls_wechat,

@@ -146,7 +146,7 @@ fn name_the_database(err: anyhow::Error, db: &Location) -> anyhow::Error {
     let unnamed = err.chain().any(|e| {
         matches!(
             e.downcast_ref::<StoreError>(),
-            Some(StoreError::Corrupt(m) | StoreError::Io(m) | StoreError::Busy(m)) if !m.contains(&name)
+            Some(StoreError::Corrupt(m) | StoreError::Io(m) | StoreError::Unsure(m) | StoreError::Busy(m)) if !m.contains(&name)
         )
     });
     if unnamed {

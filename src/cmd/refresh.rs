@@ -60,10 +60,16 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
         &|done| progress.tick(done),
     );
     progress.finish();
+    // The run's own handle sat idle while the workers fetched: a server restart or a
+    // network cut meanwhile ended its connection, which is made anew here; if that fails,
+    // publishing and pruning are skipped (the database is out of reach).
+    let revived = if stop.now() { Ok(()) } else { store.revive() };
     // Publishing and pruning write: on a locked database they would wait out the lock once
     // more, and after a signal they would delay an exit that was asked for.
     let failed_sinks = if stop.now() {
         Vec::new()
+    } else if revived.is_err() {
+        vec!["(database)".to_string()]
     } else {
         // After every row is committed: the new tokens, and every still-valid one, so that
         // a flushed Redis is whole again after one run.
@@ -76,14 +82,24 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
         }
     };
     if !stop.now()
+        && revived.is_ok()
         && let Err(err) = store.prune(ctx.now(), DEFAULT_KEEP, now - ATTEMPT_RETENTION)
     {
         log::warn!("could not prune old rows: {err}");
     }
+    // An account whose fetch went unrecorded has said why already.
+    if let Err(err) = &revived
+        && !results.iter().any(|d| matches!(d, Done::Unrecorded(_)))
+    {
+        eprintln!("wxtoken: could not publish to the sinks: {err}");
+    }
     // The frequent refresh-ahead run leaves held accounts to the hourly run to report, or
     // a crontab with both would mail the same hold every four minutes.
     let report_holds = !matches!(cfg.want, Want::ExpiringWithin(_));
-    let exit = report(&accounts, &results, ctx.quiet, report_holds, &failed_sinks);
+    let mut exit = report(&accounts, &results, ctx.quiet, report_holds, &failed_sinks);
+    if revived.is_err() {
+        exit = exit.merge(Exit::Database);
+    }
     if stop.locked() && signals::caught().is_none() {
         let db = store.location();
         return Err(fail(

@@ -10,6 +10,7 @@
 
 pub mod pg;
 pub mod redis_server;
+pub mod relay;
 pub use wxtoken_standin as standin;
 
 use std::cell::Cell;

@@ -193,6 +193,32 @@ impl PgServer {
         Some(server)
     }
 
+    /// `pg_ctl restart -m fast`: every session is ended at once, as in a server restart
+    /// in production; returns once the server accepts connections again.
+    pub fn restart(&self) {
+        self.pg_ctl(&["-m", "fast", "restart"]);
+    }
+
+    /// `pg_ctl stop -m fast`: the server is down until [`PgServer::restart`].
+    pub fn stop(&self) {
+        self.pg_ctl(&["-m", "fast", "stop"]);
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let data = self.dir.join("data");
+        let log = self.dir.join("log");
+        let mut all: Vec<&std::ffi::OsStr> = vec![
+            "-D".as_ref(),
+            data.as_os_str(),
+            // Without a log file the server would keep our output pipe open.
+            "-l".as_ref(),
+            log.as_os_str(),
+            "-w".as_ref(),
+        ];
+        all.extend(args.iter().map(std::ffi::OsStr::new));
+        self.run_checked("pg_ctl", &all);
+    }
+
     /// Runs a server program (as `postgres` when we are root) and panics, with its
     /// output, if it fails.
     fn run_checked(&self, program: &str, args: &[&std::ffi::OsStr]) {
@@ -223,7 +249,7 @@ impl PgServer {
     }
 
     /// Stops the server when this process ends: a detached watcher polls for our pid.
-    fn stop_when_process_exits(&self) {
+    pub fn stop_when_process_exits(&self) {
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 0.2; done; {stop}; rm -rf '{dir}'",
             pid = std::process::id(),
@@ -253,9 +279,15 @@ impl PgServer {
     /// A URL for a database on the Unix socket, as user `postgres` (trust authentication).
     pub fn socket_url(&self, db: &str) -> String {
         format!(
-            "postgresql:///{db}?host={}&user=postgres",
-            self.dir.display()
+            "postgresql:///{db}?host={}&user=postgres{}",
+            self.dir.display(),
+            self.port.map_or(String::new(), |p| format!("&port={p}"))
         )
+    }
+
+    /// The socket's port number (its file name has it): the TCP port when there is one.
+    fn port_arg(&self) -> String {
+        self.port.unwrap_or(5432).to_string()
     }
 
     /// A new, empty database for one test; returns its URL on the Unix socket.
@@ -283,6 +315,7 @@ impl PgServer {
         let out = Command::new(self.bindir.join("psql"))
             .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.dir)
+            .args(["-p", &self.port_arg()])
             .args(["-U", user, "-d", db, "-c", sql])
             .env_remove("PGPASSWORD")
             .stdin(Stdio::null())
@@ -411,6 +444,7 @@ impl PgDb<'_> {
         let mut child = Command::new(self.server.bindir.join("psql"))
             .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.server.dir)
+            .args(["-p", &self.server.port_arg()])
             .args(["-U", "postgres", "-d", &self.name])
             .env_remove("PGPASSWORD")
             .stdin(Stdio::piped())
