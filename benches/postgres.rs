@@ -11,6 +11,11 @@
 //!    database, against one refresher with `--jobs 32`; 50 ms per WeChat reply. Each run
 //!    must make exactly 1,000 fetches between them.
 //!
+//! 4. `refresh --if-expiring-within 600` with nothing due, 1,000 accounts, on PostgreSQL
+//!    and on SQLite: this build against an earlier one (`WXTOKEN_BEFORE_BIN`), to show what
+//!    the pre-filter (one read of every newest row, no claim per account) saves.
+//!    `cargo bench --bench postgres -- ahead` runs only this section.
+//!
 //! Rounds are interleaved (each round runs every side once, the order rotating) and the
 //! figures are medians; trust the ratios, not the absolute milliseconds.
 
@@ -32,6 +37,7 @@ type Side<'a> = (&'a str, Box<dyn Fn() -> Command + 'a>);
 
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
+    let only_ahead = std::env::args().any(|a| a == "ahead");
     let rounds = if quick { 40 } else { ROUNDS };
     let Some(server) = pg::server() else {
         eprintln!("no PostgreSQL: nothing to measure");
@@ -40,10 +46,13 @@ fn main() {
     let dir =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pgbench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    KEY_FILE.set(dir.join("wxtoken.key")).unwrap();
     // Run installed copies, as users do (see benches/wxtoken.rs on why that matters).
     let bin = install(&dir, Path::new(WXTOKEN), "wxtoken");
     let nopg =
         std::env::var_os("WXTOKEN_NOPG_BIN").map(|p| install(&dir, Path::new(&p), "wxtoken-nopg"));
+    let before = std::env::var_os("WXTOKEN_BEFORE_BIN")
+        .map(|p| install(&dir, Path::new(&p), "wxtoken-before"));
     let api = StandIn::start();
 
     let db = server.create_db();
@@ -53,6 +62,15 @@ fn main() {
         "PostgreSQL database with {ACCOUNTS} accounts x 100 tokens in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+
+    if only_ahead {
+        let lite = dir.join("lite.db");
+        copy_to_sqlite(&bin, &db.url, &lite);
+        ahead(&bin, before.as_deref(), &db.url, &lite, &api, quick);
+        api.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
 
     section("1. get on PostgreSQL vs psql -c 'select 1' (same server, Unix socket)");
     let psql = server.bindir.join("psql");
@@ -73,6 +91,7 @@ fn main() {
             Box::new(|| {
                 let mut c = Command::new(&bin);
                 c.env_clear()
+                    .env("WXTOKEN_KEY_FILE", key_file())
                     .env("WXTOKEN_DB", &db.url)
                     .args(["get", "--appid", &appid]);
                 c
@@ -83,12 +102,7 @@ fn main() {
 
     section("2. get on SQLite, with and without the postgres feature");
     let lite = dir.join("lite.db");
-    let mut copy = Command::new(&bin);
-    copy.env_clear()
-        .env("WXTOKEN_DB", &db.url)
-        .env("WXTOKEN_COPY_TO", &lite)
-        .args(["store", "copy"]);
-    assert!(copy.status().unwrap().success(), "store copy to SQLite");
+    copy_to_sqlite(&bin, &db.url, &lite);
     println!("binary size: with postgres {} bytes", size(&bin));
     let mut sides: Vec<Side> = vec![
         (
@@ -175,8 +189,67 @@ fn main() {
         median(&two) / ideal
     );
 
+    ahead(&bin, before.as_deref(), &db.url, &lite, &api, quick);
+
     api.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Section 4: a refresh-ahead run that finds nothing due (every newest token has an hour
+/// or more left), before and after the pre-filter, on both backends.
+fn ahead(bin: &Path, before: Option<&Path>, url: &str, lite: &Path, api: &StandIn, quick: bool) {
+    section("4. refresh --if-expiring-within 600, nothing due, 1,000 accounts");
+    let Some(before) = before else {
+        println!("(set WXTOKEN_BEFORE_BIN to an earlier build to compare)");
+        return;
+    };
+    api.set_latency(Duration::ZERO);
+    let fetches = api.hits(TOKEN);
+    let rounds = if quick { 4 } else { 15 };
+    let lite = lite.display().to_string();
+    for (backend, store) in [("PostgreSQL", url), ("SQLite", lite.as_str())] {
+        let run = |bin: &Path| {
+            let mut c = Command::new(bin);
+            c.env_clear()
+                .env("WXTOKEN_KEY_FILE", key_file())
+                .env("WXTOKEN_DB", store)
+                .env("WXTOKEN_API_BASE", api.url())
+                .args(["-q", "refresh", "--if-expiring-within", "600"]);
+            c
+        };
+        // Once each first: the first run prunes the history down to what refresh keeps.
+        for b in [before, bin] {
+            assert!(run(b).status().unwrap().success(), "{backend}: warm-up run");
+        }
+        let sides: Vec<Side> = vec![
+            ("before (claims every account)", Box::new(|| run(before))),
+            ("after (one read, no claims)", Box::new(|| run(bin))),
+        ];
+        println!("\n{backend}:\n");
+        report(&interleave(&sides, rounds));
+    }
+    assert_eq!(
+        api.hits(TOKEN),
+        fetches,
+        "nothing was due, yet something was fetched"
+    );
+}
+
+fn copy_to_sqlite(bin: &Path, url: &str, lite: &Path) {
+    let mut copy = Command::new(bin);
+    copy.env_clear()
+        .env("WXTOKEN_KEY_FILE", key_file())
+        .env("WXTOKEN_DB", url)
+        .env("WXTOKEN_COPY_TO", lite)
+        .args(["store", "copy"]);
+    assert!(copy.status().unwrap().success(), "store copy to SQLite");
+}
+
+/// The key file every run of wxtoken uses (created by the first `account add`).
+static KEY_FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+fn key_file() -> &'static Path {
+    KEY_FILE.get().expect("set at the start of main")
 }
 
 fn section(title: &str) {
@@ -200,6 +273,7 @@ fn appid_of(n: usize) -> String {
 fn sqlite_get(bin: &Path, db: &Path, appid: &str) -> Command {
     let mut c = Command::new(bin);
     c.env_clear()
+        .env("WXTOKEN_KEY_FILE", key_file())
         .env("WXTOKEN_DB", db)
         .args(["get", "--appid", appid]);
     c
@@ -210,6 +284,7 @@ fn sqlite_get(bin: &Path, db: &Path, appid: &str) -> Command {
 fn fill(bin: &Path, url: &str, api: &StandIn) {
     let mut add = Command::new(bin);
     add.env_clear()
+        .env("WXTOKEN_KEY_FILE", key_file())
         .env("WXTOKEN_DB", url)
         .env("WXTOKEN_API_BASE", api.url())
         .args([
@@ -243,6 +318,7 @@ fn fill(bin: &Path, url: &str, api: &StandIn) {
 fn refresher(bin: &Path, url: &str, api: &StandIn, host: &str, jobs: &str) -> std::process::Child {
     Command::new(bin)
         .env_clear()
+        .env("WXTOKEN_KEY_FILE", key_file())
         .env("WXTOKEN_DB", url)
         .env("WXTOKEN_API_BASE", api.url())
         .env("WXTOKEN_HOST", host)

@@ -101,7 +101,8 @@ pub enum Command {
   wxtoken refresh --json --metrics-file /var/lib/prometheus/node-exporter/wxtoken.prom
 
 Skips accounts another run fetched after this one started, held after an error
-(see status), or being fetched by another run. Prints one summary line on stderr.
+(see status), or being fetched by another run. Prints one line per failed account
+and a summary line on stderr (naming at most 10 failed accounts; --json lists all).
 Then publishes every valid token to the sinks (wxtoken sink --help).
 Exits 0 when every account succeeded, 4 when any failed or is held, 5 when the
 database is locked, 8 when stopped by SIGTERM/SIGINT/SIGHUP (a second one: at once),

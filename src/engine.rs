@@ -3,6 +3,7 @@
 //! runs it over many accounts on a worker pool; `get --reject` runs it for one account
 //! when the token a caller rejected is still the newest.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use crate::freshness::{self, Want};
 use crate::policy::{self, Hold};
 use crate::secret::fingerprint;
 use crate::signals;
-use crate::store::{Claim, Recorded, Store, StoreError};
+use crate::store::{Claim, Newest, Recorded, Store, StoreError};
 use crate::text;
 use crate::wechat::{Client, Credentials};
 
@@ -114,12 +115,19 @@ pub fn refresh(
         (want, _) => want,
     };
     let ttl = plan.claim_ttl;
+    let skip = not_due_before_claiming(store, accounts, plan, clock);
+    let todo: Vec<&Account> = accounts
+        .iter()
+        .zip(&skip)
+        .filter(|(_, skip)| !**skip)
+        .map(|(account, _)| account)
+        .collect();
     // Handles are opened here, not in the workers: a store handle may be sent to a
     // thread, but not shared between threads.
-    let workers = (0..plan.jobs.min(accounts.len()))
+    let workers = (0..plan.jobs.min(todo.len()))
         .map(|_| store.another())
         .collect();
-    run_pool(accounts, workers, |worker, account| {
+    let mut results = run_pool(&todo, workers, |worker, account| {
         let done = match (account.held_at(now), worker) {
             _ if stop.now() => Done::NotTried,
             (Some((until, reason)), _) if !plan.force => Done::Held(until, reason),
@@ -129,6 +137,75 @@ pub fn refresh(
         on_done(&done);
         done
     })
+    .into_iter();
+    skip.into_iter()
+        .map(|skip| {
+            if !skip {
+                return results.next().expect("one result per account not skipped");
+            }
+            on_done(&Done::Fresh);
+            Done::Fresh
+        })
+        .collect()
+}
+
+/// Refresh-ahead (`--if-expiring-within`) runs every few minutes and mostly finds nothing
+/// due. One read of every account's newest rows spares each account that is clearly not
+/// due its claim and release (on PostgreSQL round trips, on SQLite write transactions).
+/// The decision is [`credential_due`]'s, the one the claim path makes, on one snapshot:
+/// an account skipped here is one the claim path would have called fresh at this instant.
+/// Every account not skipped is read again under its claim. Held accounts are left to the
+/// pool, which reports them; on a failed read nothing is skipped.
+fn not_due_before_claiming(
+    store: &dyn Store,
+    accounts: &[Account],
+    plan: Plan,
+    clock: Clock,
+) -> Vec<bool> {
+    let none = || vec![false; accounts.len()];
+    if !matches!(plan.want, Want::ExpiringWithin(_)) || accounts.is_empty() {
+        return none();
+    }
+    let rows = match store.all_newest() {
+        Ok(rows) => rows,
+        Err(err) => {
+            log::info!("could not read the newest tokens at once, claiming every account: {err}");
+            return none();
+        }
+    };
+    let now = clock();
+    let mut newest: HashMap<i64, Vec<Newest>> = HashMap::new();
+    for row in rows {
+        newest.entry(row.account_id).or_default().push(row);
+    }
+    accounts
+        .iter()
+        .map(|account| {
+            let rows = newest.get(&account.id).map_or(&[][..], Vec::as_slice);
+            let row = |kind: Credential| {
+                rows.iter()
+                    .find(|r| r.kind == kind)
+                    .map(|r| (r.id, r.stored))
+            };
+            let held = account.held_at(now).is_some() && !plan.force;
+            let mut kinds = std::iter::once(Credential::AccessToken)
+                .chain(account.tickets.iter().map(|&t| Credential::Ticket(t)));
+            !held && kinds.all(|kind| !credential_due(account, kind, row(kind), now, plan.want))
+        })
+        .collect()
+}
+
+/// Whether an account's credential should be fetched now, given its newest row: the one
+/// decision both the claim path and refresh-ahead's pre-filter make.
+fn credential_due(
+    account: &Account,
+    kind: Credential,
+    newest: Option<(i64, freshness::Stored)>,
+    now: i64,
+    want: Want,
+) -> bool {
+    let asked = account.fetch_due && kind == Credential::AccessToken;
+    freshness::needs_fetch(newest, asked, now, want)
 }
 
 /// Runs `work` over every item on one thread per state in `states`, each thread with its
@@ -231,10 +308,10 @@ fn fetch_claimed(
 ) -> Done {
     let due = |kind: Credential| -> Result<(bool, Option<String>), StoreError> {
         let newest = store.latest_token(&account.key, kind)?;
-        let asked = account.fetch_due && kind == Credential::AccessToken;
-        let due = freshness::needs_fetch(
+        let due = credential_due(
+            account,
+            kind,
             newest.as_ref().map(|t| (t.id, t.stored())),
-            asked,
             now,
             want,
         );

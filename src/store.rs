@@ -16,6 +16,7 @@ use crate::domain::{
     NewAccount, Outcome, Secret, Ticket, TokenRow,
 };
 use crate::filesafety::{self, Access};
+use crate::freshness::Stored;
 use crate::policy;
 
 mod sinks;
@@ -109,6 +110,28 @@ pub enum Claim {
     Busy(String),
 }
 
+/// The newest row of one credential of one account, as [`Store::all_newest`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Newest {
+    pub account_id: i64,
+    pub kind: Credential,
+    /// The row's id.
+    pub id: i64,
+    pub stored: Stored,
+}
+
+/// Every row kind, access token first, for the queries that read all of them at once.
+pub(crate) fn all_kinds() -> Vec<Credential> {
+    std::iter::once(Credential::AccessToken)
+        .chain(Ticket::ALL.map(Credential::Ticket))
+        .collect()
+}
+
+/// The credential a row kind names.
+pub(crate) fn parse_kind(kind: &str) -> Option<Credential> {
+    all_kinds().into_iter().find(|k| k.as_str() == kind)
+}
+
 /// What a recorded fetch did to the token history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
@@ -200,6 +223,11 @@ pub trait Store: ReadStore + Sinks + Send {
     fn claim(&self, account_id: i64, now: i64, ttl: i64) -> Result<Claim>;
     /// Gives this process's claim back.
     fn release(&self, account_id: i64) -> Result<()>;
+    /// The newest row of every credential of every enabled account, with the start of an
+    /// unfinished fetch for an access token, in one query: what refresh-ahead looks at
+    /// before it claims anything (the claim path reads each account again under its claim).
+    /// Times are in this host's clock, as `latest_token` gives them.
+    fn all_newest(&self) -> Result<Vec<Newest>>;
     /// Notes that this process is about to send a token request for the account. Written
     /// before the request leaves: if the outcome is never recorded, readers know that the
     /// stored token may have been replaced at WeChat.
@@ -1100,6 +1128,53 @@ impl Store for Sqlite {
             .prepare_cached("DELETE FROM claims WHERE account_id = ?1 AND holder = ?2")?
             .execute(params![account_id, self.holder.id])?;
         Ok(())
+    }
+
+    fn all_newest(&self) -> Result<Vec<Newest>> {
+        // One descent of tokens_newest per account and kind, and a primary-key lookup in
+        // intents: no scan of the token history, however long it is.
+        let kinds = all_kinds()
+            .iter()
+            .map(|k| format!("('{}')", k.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "WITH k(kind) AS (VALUES {kinds})
+             SELECT a.id, k.kind, t.id, t.expires_in, t.fetched_at, t.expires_at, i.started_at,
+                    a.api = 'token'
+             FROM accounts a CROSS JOIN k
+             JOIN tokens t ON t.id = (SELECT n.id FROM tokens n
+                                      WHERE n.account_id = a.id AND n.kind = k.kind
+                                      ORDER BY n.id DESC LIMIT 1)
+             LEFT JOIN intents i ON i.account_id = a.id AND k.kind = 'access_token'
+             WHERE a.enabled"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(1)?,
+                Newest {
+                    account_id: r.get(0)?,
+                    kind: Credential::AccessToken,
+                    id: r.get(2)?,
+                    stored: Stored {
+                        expires_in: r.get(3)?,
+                        fetched_at: r.get(4)?,
+                        expires_at: r.get(5)?,
+                        unfinished_fetch: r.get(6)?,
+                        classic: r.get(7)?,
+                    },
+                },
+            ))
+        })?;
+        let mut all = Vec::new();
+        for row in rows {
+            let (kind, newest) = row?;
+            if let Some(kind) = parse_kind(&kind) {
+                all.push(Newest { kind, ..newest });
+            }
+        }
+        Ok(all)
     }
 
     fn begin_fetch(&self, account_id: i64, now: i64) -> Result<()> {

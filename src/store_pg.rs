@@ -24,10 +24,10 @@ use crate::domain::{
 };
 use crate::pgconf::PgConfig;
 use crate::store::{
-    AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, NewestRow, RUN_COLUMNS, ReadStore,
-    Recorded, Result, RunRow, SUCCESSFUL_RUNS, SinkResult, SinkRow, Sinks, Store, StoreError,
-    is_plaintext, not_empty, open_or_fail, open_secret, parse_tickets, pid_alive, same_secret,
-    seal_secret, stored_form,
+    AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, NewestRow, RUN_COLUMNS,
+    ReadStore, Recorded, Result, RunRow, SUCCESSFUL_RUNS, SinkResult, SinkRow, Sinks, Store,
+    StoreError, all_kinds, is_plaintext, not_empty, open_or_fail, open_secret, parse_tickets,
+    pid_alive, same_secret, seal_secret, stored_form,
 };
 
 /// Every PostgreSQL migration, in order; the schema version is how many are applied.
@@ -1007,6 +1007,50 @@ impl Store for Postgres {
             )
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// One round trip (an unnamed statement): per enabled account and kind, one descent of
+    /// tokens_newest. Times are shifted into this host's clock as `latest_token` does.
+    fn all_newest(&self) -> Result<Vec<Newest>> {
+        let kinds: Vec<&str> = all_kinds().iter().map(|k| k.as_str()).collect();
+        let sql = format!(
+            "SELECT a.id, k.kind, t.id, t.expires_in, t.fetched_at, t.expires_at, i.started_at,
+                    a.api = 'token', {NOW_EXACT}
+             FROM accounts a CROSS JOIN unnest($1::text[]) AS k(kind)
+             CROSS JOIN LATERAL (SELECT n.id, n.expires_in, n.fetched_at, n.expires_at
+                                 FROM tokens n WHERE n.account_id = a.id AND n.kind = k.kind
+                                 ORDER BY n.id DESC LIMIT 1) t
+             LEFT JOIN intents i ON i.account_id = a.id AND k.kind = 'access_token'
+             WHERE a.enabled"
+        );
+        let sent = host_now();
+        let rows = self
+            .c()
+            .query_typed(&sql, &[(&kinds, Type::TEXT_ARRAY)])
+            .map_err(|e| self.err(e))?;
+        let received = host_now();
+        let Some(first) = rows.first() else {
+            return Ok(Vec::new());
+        };
+        let skew = host_offset(sent, first.get(8), received);
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let kind = crate::store::parse_kind(r.get(1))?;
+                Some(Newest {
+                    account_id: r.get(0),
+                    kind,
+                    id: r.get(2),
+                    stored: crate::freshness::Stored {
+                        expires_in: r.get(3),
+                        fetched_at: r.get::<_, i64>(4) + skew,
+                        expires_at: r.get::<_, i64>(5) + skew,
+                        unfinished_fetch: r.get::<_, Option<i64>>(6).map(|t| t + skew),
+                        classic: r.get(7),
+                    },
+                })
+            })
+            .collect())
     }
 
     fn release(&self, account_id: i64) -> Result<()> {

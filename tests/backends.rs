@@ -1286,3 +1286,33 @@ fn a_server_restart_mid_run_is_reconnected_and_nothing_is_recorded_twice() {
     server.restart();
     f.get(&[]).assert_code(0);
 }
+
+/// A hold reads back as the second the server stored on a host whose clock is a fraction
+/// of a second off: the offset comes from exact readings of both clocks. (From whole-second
+/// readings, a host 0.3 s ahead saw it one second late whenever its own second had begun
+/// before the server's: about one run in three.)
+#[test]
+fn a_hold_reads_back_to_the_second_on_a_host_a_fraction_of_a_second_off() {
+    let Some(f) = postgres() else { return };
+    let Some(lib) = support::faketime_lib() else {
+        return;
+    };
+    let db = f.pg.as_ref().unwrap();
+    f.add(&["--appid", APPID]);
+    let until = db.query_i64("SELECT floor(extract(epoch from now()))::bigint + 3600");
+    db.query(&format!(
+        "UPDATE accounts SET held_until = {until}, held_reason = 'held by the test'"
+    ));
+    let want = chrono::DateTime::from_timestamp(until, 0)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for _ in 0..12 {
+        let status = on_skewed_host(&f, &lib, "+0.3", &["status", "--json"]);
+        let doc = support::json(&status.assert_code(0).stdout);
+        assert_eq!(
+            doc["accounts"][0]["held"]["until"],
+            format!("until {want}"),
+            "{doc}"
+        );
+    }
+}

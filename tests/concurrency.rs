@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
-use support::standin::{self, Reply, STABLE_TOKEN, TOKEN};
+use support::standin::{self, Reply, STABLE_TOKEN, TICKET, TOKEN};
 use support::{Out, TestEnv, now, wait};
 
 /// Long enough for anything that should happen; only a failing test waits this long.
@@ -797,6 +797,75 @@ fn refresh_ahead_of_a_stable_token_that_is_still_current_adds_no_row() {
     assert_eq!(count(&env, "SELECT count(*) FROM attempts"), 2);
 }
 
+/// A refresh-ahead run claims no account that is clearly not due: it reads every newest
+/// row at once first. Live claims of another host on the fresh accounts would show as
+/// "being refreshed by another run" if it tried. What is due is still fetched, under its
+/// claim, by the same rules: a short-lived token or ticket, a fetch asked for (set-secret,
+/// enable), an unfinished fetch; and a due account whose claim another host holds is left
+/// to it.
+#[test]
+fn refresh_ahead_claims_only_what_is_due() {
+    let (fresh, soon, asked, unfinished, taken) =
+        ("wxfresh", "wxsoon", "wxasked", "wxunfinished", "wxtaken");
+    let env = setup(&[fresh, soon, asked, unfinished, taken]);
+    let ticket = "wxticket";
+    let args = ["account", "add", "--appid", ticket, "--ticket", "jsapi"];
+    env.run_with_stdin(&args, "secret-wxticket\n")
+        .assert_code(0);
+    for appid in [soon, taken] {
+        env.api
+            .push_for(TOKEN, appid, Reply::token(&format!("{appid}-1"), 200));
+    }
+    refresh(&env, &[]).assert_code(0);
+    for appid in [fresh, taken] {
+        insert_claim(
+            &env,
+            account_id(&env, appid),
+            "other-host.invalid",
+            1,
+            now() + 3600,
+        );
+    }
+    env.execute(&format!(
+        "UPDATE accounts SET fetch_due = true WHERE appid = '{asked}';
+         UPDATE tokens SET expires_at = {} WHERE kind = 'jsapi';
+         INSERT INTO intents (account_id, holder, started_at)
+         VALUES ({}, 'other-host.invalid:1:test', {});",
+        now() + 100,
+        account_id(&env, unfinished),
+        now() - 10
+    ));
+
+    let out = refresh(&env, &["--if-expiring-within", "5m"]);
+    out.assert_code(0);
+    let s = summary(&out);
+    assert_eq!((s.refreshed, s.fresh, s.busy), (4, 1, 1), "{}", out.stderr);
+    for (appid, fetches) in [
+        (fresh, 1),
+        (soon, 2),
+        (asked, 2),
+        (unfinished, 2),
+        (taken, 1),
+    ] {
+        assert_eq!(env.api.hits_for(TOKEN, appid), fetches, "{appid}");
+    }
+    // The token is fresh and only the ticket due: the ticket alone is fetched again.
+    assert_eq!(env.api.hits_for(TOKEN, ticket), 1);
+    assert_eq!(env.api.hits(TICKET), 2);
+    // The other host's claims are as they were; this run left none behind.
+    assert_eq!(
+        lines(env.query("SELECT host FROM claims ORDER BY account_id")),
+        ["other-host.invalid", "other-host.invalid"]
+    );
+
+    // Nothing due now but the account another host holds: no claim is tried but its.
+    let out = refresh(&env, &["--if-expiring-within", "5m"]);
+    out.assert_code(0);
+    let s = summary(&out);
+    assert_eq!((s.refreshed, s.fresh, s.busy), (0, 5, 1), "{}", out.stderr);
+    assert_eq!(env.api.hits(TICKET), 2);
+}
+
 // ---- holds ----
 
 /// One refresh of `appid` that WeChat answers with `errcode`; returns its output.
@@ -1043,6 +1112,7 @@ also_on_postgres!(
     forced_refreshes_stay_within_wechats_budget,
     refresh_ahead_fetches_only_what_expires_soon,
     refresh_ahead_of_a_stable_token_that_is_still_current_adds_no_row,
+    refresh_ahead_claims_only_what_is_due,
     configuration_errors_hold_until_the_configuration_changes,
     quota_and_ip_rejections_hold_for_a_while,
     whitelist_and_per_minute_errors_do_not_hold,

@@ -807,6 +807,40 @@ fn an_oversized_body_is_refused() {
     get(&env, APPID, &[]).assert_no_value(&["no token fetched yet"]);
 }
 
+/// With WeChat down or the whitelist changed, every account fails at once: the summary
+/// line (what cron mails) names the first ten and counts the rest; each failure keeps its
+/// own line, and `--json` lists every account.
+#[test]
+fn the_summary_line_names_ten_failed_accounts_and_counts_the_rest() {
+    let env = TestEnv::new();
+    let appids: Vec<String> = (0..12).map(|i| format!("wxfail{i:02}")).collect();
+    for appid in &appids {
+        add(&env, appid, SECRET);
+        env.api
+            .push_for(TOKEN, appid, Reply::errcode(40164, IP_ERRMSG));
+    }
+    let out = refresh(&env, &["--json"]);
+    out.assert_code(4);
+    let named: Vec<String> = appids[..10].iter().map(|a| format!("{a}(40164)")).collect();
+    let summary = format!(
+        "refreshed 0 of 12 accounts; 12 failed: {} and 2 more",
+        named.join(", ")
+    );
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert_eq!(last, summary, "{}", out.stderr);
+    for appid in &appids {
+        out.assert_stderr_has(&[&format!("wxtoken: {appid}: ")]);
+    }
+    let failed: Vec<String> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line"))
+        .filter(|l| l["type"] == "account" && l["outcome"] == "failed")
+        .map(|l| l["account"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(failed, appids);
+}
+
 #[test]
 fn one_failing_account_does_not_stop_the_others_nor_lose_its_token() {
     let env = TestEnv::new();
@@ -1274,6 +1308,7 @@ fn the_default_database_is_under_home_and_get_creates_nothing() {
 // Every test again on PostgreSQL, but those about the SQLite file itself: its mode, a file
 // that is not SQLite, a missing directory, and the default path under HOME.
 also_on_postgres!(
+    the_summary_line_names_ten_failed_accounts_and_counts_the_rest,
     add_reads_the_secret_from_one_line_of_stdin,
     add_reads_the_secret_from_a_named_environment_variable,
     the_secret_is_never_an_argument,

@@ -178,10 +178,10 @@ fn report(
         line += &format!("; {held} held after an error (see wxtoken status)");
     }
     if !failed.is_empty() {
-        line += &format!("; {} failed: {}", failed.len(), failed.join(", "));
+        line += &format!("; {} failed: {}", failed.len(), some_of(&failed));
     }
     if !tickets_failed.is_empty() {
-        line += &format!("; failed tickets: {}", tickets_failed.join(", "));
+        line += &format!("; failed tickets: {}", some_of(&tickets_failed));
     }
     if !failed_sinks.is_empty() {
         line += &format!("; publish failed: {}", failed_sinks.join(", "));
@@ -202,6 +202,20 @@ fn report(
         eprintln!("{line}");
     }
     exit
+}
+
+/// How many failed accounts the summary line names; the rest it counts.
+const SUMMARY_NAMES: usize = 10;
+
+/// The first few names, then how many more: with WeChat down or the IP whitelist changed,
+/// hundreds of accounts fail at once, and cron mails the summary as one line. Each failure
+/// still has its own line above it, and `--json` and `status` list every account.
+fn some_of(names: &[String]) -> String {
+    let shown = names[..names.len().min(SUMMARY_NAMES)].join(", ");
+    match names.len().saturating_sub(SUMMARY_NAMES) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
 }
 
 /// `targets`, with a warning when there is none to refresh.
@@ -246,4 +260,24 @@ pub fn targets(store: &dyn ReadStore, named: &[AccountKey]) -> Result<Vec<Accoun
         }
     }
     Ok(picked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_names_ten_and_counts_the_rest() {
+        let names = |n: usize| (1..=n).map(|i| format!("wx{i}(-1)")).collect::<Vec<_>>();
+        assert_eq!(some_of(&names(1)), "wx1(-1)");
+        assert_eq!(some_of(&names(10)), names(10).join(", "));
+        assert_eq!(
+            some_of(&names(11)),
+            format!("{} and 1 more", names(10).join(", "))
+        );
+        assert_eq!(
+            some_of(&names(500)),
+            format!("{} and 490 more", names(10).join(", "))
+        );
+    }
 }
