@@ -335,15 +335,31 @@ impl<T> Outcome<T> {
     }
 }
 
+/// What a failed fetch means for the account beyond the attempt: how long refresh skips it.
+/// A length, not an end: the store ends it on its own clock (the server's, on PostgreSQL),
+/// so that a host whose clock is off can neither cut a hold short nor stretch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Nothing: the next run tries again as usual.
+    None,
+    /// The configuration is wrong; skip the account until its secret changes, it is
+    /// re-enabled, or `refresh --force` is given.
+    Attention,
+    /// Until the next midnight in China (UTC+8), when WeChat's daily quotas reset.
+    UntilQuotaReset,
+    /// For this many seconds.
+    For(i64),
+}
+
 /// The record of one fetch, as the engine hands it to the store: which credential of which
 /// account, how the fetch went, and for an access token the hold it puts the account on
-/// (`None` lifts any): until when, and why.
+/// (`None` lifts any): for how long, and why.
 #[derive(Debug)]
 pub struct FetchRecord {
     pub account_id: i64,
     pub kind: Credential,
     pub outcome: Outcome,
-    pub hold: Option<(i64, String)>,
+    pub hold: Option<(Hold, String)>,
     /// The secret the fetch used: its outcome changes the account's hold and due flag only
     /// while that is still the account's secret.
     pub secret: Secret,

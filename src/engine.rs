@@ -39,6 +39,9 @@ pub enum Done {
     TicketFailed(Ticket, Failure),
     /// The store failed; the fetch may have worked but is not recorded.
     Unrecorded(String),
+    /// The fetch outlived the claim and another run took the account over: its token was
+    /// dropped (PostgreSQL's fencing). Why, with what to do.
+    LostClaim(String),
     /// Not tried: a stop signal came, or the database is locked (see `Stop`).
     NotTried,
 }
@@ -307,12 +310,12 @@ fn record(
     outcome: Outcome,
 ) -> (Done, Option<String>) {
     // The reason stored with a hold is the whole message, hint included, for `status`.
+    // The store ends the hold on its own clock.
     let hold = match (&outcome.result, kind) {
         (Err(failure @ Failure::WeChat { errcode, .. }), Credential::AccessToken) => {
-            match policy::hold_after(*errcode, outcome.started_at) {
+            match policy::hold_after(*errcode) {
                 Hold::None => None,
-                Hold::Attention => Some((policy::UNTIL_FIXED, failure.to_string())),
-                Hold::Until(t) => Some((t, failure.to_string())),
+                hold => Some((hold, failure.to_string())),
             }
         }
         _ => None,
@@ -331,7 +334,7 @@ fn record(
     let recorded = loop {
         tries += 1;
         match store.record_fetch(&record) {
-            Err(err) if tries < RECORD_TRIES => {
+            Err(err) if tries < RECORD_TRIES && !matches!(err, StoreError::LostClaim(_)) => {
                 log::warn!(
                     "{}: could not record the fetch (try {tries}): {err}",
                     account.key
@@ -346,6 +349,7 @@ fn record(
         && account.api == Api::Token
         && (outcome.result.is_ok() || outcome.unsure);
     match (outcome.result, recorded) {
+        (_, Err(StoreError::LostClaim(why))) => (Done::LostClaim(why), None),
         (_, Err(err)) => {
             let consequence = if doomed {
                 format!(
@@ -479,6 +483,11 @@ pub fn renew(
                     Exit::FetchFailed,
                     format!("could not fetch a new token for {key}: {failure}"),
                 )),
+                // Nothing this process may hand out; the run that took over has the token.
+                (Done::LostClaim(why), _) => Err(fail(
+                    Exit::FetchFailed,
+                    format!("could not fetch a new token for {key}: {why}"),
+                )),
                 (Done::Unrecorded(err), _) => Err(fail(Exit::Database, format!("{key}: {err}"))),
                 (other, _) => Err(anyhow::anyhow!(
                     "{key}: unexpected refresh result {other:?}"
@@ -521,8 +530,9 @@ fn fetch_replacing(
         return Ok(outcome);
     }
     let key = &account.key;
+    // Judged on the store's clock: on PostgreSQL the server's, whatever this host's says.
     let budget = store.forced_refreshes(account.id, now)?;
-    if let Err(why) = policy::force_allowed(&budget, now) {
+    if let Err(why) = policy::force_allowed(&budget.at, budget.now) {
         return Err(fail(
             Exit::FetchFailed,
             format!("cannot force a new stable token for {key}: {why}"),

@@ -105,13 +105,15 @@ impl Exit {
                  stored token to ask with."
             }
             Exit::FetchFailed => {
-                "`refresh`, `get --reject`: at least one fetch from WeChat failed; `quota`, \
+                "`refresh`, `get --reject`: at least one fetch from WeChat failed, or on \
+                 PostgreSQL outlived its claim and its token was dropped; `quota`, \
                  `quota reset`: a call to WeChat failed."
             }
             Exit::Database => {
                 "The database could not be opened, is not a wxtoken database, or is newer \
                  than this binary; or a writing command was run by a user who may only read \
-                 it ([readers in a group](#readers-in-a-group))."
+                 it ([readers in a group](#readers-in-a-group)), or by a PostgreSQL reader \
+                 role, which may run only `get`, `account list` and `refresh --dry-run`."
             }
             Exit::Account => {
                 "An account or sink command named one that does not exist, or one that \
@@ -182,9 +184,12 @@ pub fn of_store(err: &StoreError) -> Exit {
     match err {
         StoreError::NotFound(_) | StoreError::AlreadyExists(_) => Exit::Account,
         StoreError::Key(_) => Exit::Key,
+        // The fetch produced no token this process may hand out.
+        StoreError::LostClaim(_) => Exit::FetchFailed,
         StoreError::Schema(_)
         | StoreError::Busy(_)
         | StoreError::Io(_)
+        | StoreError::ReadOnly(_)
         | StoreError::Corrupt(_) => Exit::Database,
     }
 }

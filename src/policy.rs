@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+pub use crate::domain::Hold;
+
 /// How long to wait before retry number `retry` (1 = the first retry).
 /// Exponential from `base`, with full jitter in [50 %, 100 %] so that many accounts that
 /// failed together do not retry together. `jitter` is a number in [0, 1).
@@ -73,18 +75,6 @@ pub fn force_allowed(earlier: &[i64], now: i64) -> Result<(), String> {
     Ok(())
 }
 
-/// What a failed fetch means for the account, beyond this one attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hold {
-    /// Nothing: the next run tries again as usual.
-    None,
-    /// The configuration is wrong; skip the account until its secret changes, it is
-    /// re-enabled, or `refresh --force` is given.
-    Attention,
-    /// Skip the account until this Unix time.
-    Until(i64),
-}
-
 /// Whether an errcode is worth retrying within the same run.
 pub fn errcode_is_transient(errcode: i64) -> bool {
     errcode == -1
@@ -96,13 +86,23 @@ pub fn http_status_is_transient(status: u16) -> bool {
 }
 
 /// What an errcode from a token fetch means for later runs.
-pub fn hold_after(errcode: i64, now: i64) -> Hold {
+pub fn hold_after(errcode: i64) -> Hold {
     match errcode {
         40001 | 40013 | 40125 | 41002 | 41004 | 40091 => Hold::Attention,
-        45009 => Hold::Until(next_china_midnight(now)),
-        89506 => Hold::Until(now + 24 * 3600),
-        89507 => Hold::Until(now + 3600),
+        45009 => Hold::UntilQuotaReset,
+        89506 => Hold::For(24 * 3600),
+        89507 => Hold::For(3600),
         _ => Hold::None,
+    }
+}
+
+/// `held_until` for a hold that starts at `now` on the store's clock; `None` for no hold.
+pub fn held_until(hold: Hold, now: i64) -> Option<i64> {
+    match hold {
+        Hold::None => None,
+        Hold::Attention => Some(UNTIL_FIXED),
+        Hold::UntilQuotaReset => Some(next_china_midnight(now)),
+        Hold::For(secs) => Some(now.saturating_add(secs)),
     }
 }
 
@@ -247,17 +247,23 @@ mod tests {
 
     #[test]
     fn holds() {
-        assert_eq!(hold_after(40125, 0), Hold::Attention);
-        assert_eq!(hold_after(40001, 0), Hold::Attention);
-        assert_eq!(hold_after(89507, 100), Hold::Until(3700));
-        assert_eq!(hold_after(89506, 100), Hold::Until(86_500));
+        assert_eq!(hold_after(40125), Hold::Attention);
+        assert_eq!(hold_after(40001), Hold::Attention);
+        assert_eq!(held_until(hold_after(40001), 100), Some(UNTIL_FIXED));
+        assert_eq!(held_until(hold_after(89507), 100), Some(3700));
+        assert_eq!(held_until(hold_after(89506), 100), Some(86_500));
         assert_eq!(
-            hold_after(40164, 100),
+            hold_after(40164),
             Hold::None,
             "ops may fix the whitelist any time"
         );
-        assert_eq!(hold_after(45011, 100), Hold::None);
-        assert!(matches!(hold_after(45009, 100), Hold::Until(t) if t > 100));
+        assert_eq!(held_until(hold_after(45011), 100), None);
+        // 45009: until the next midnight in China, wherever in the day it came.
+        let now = 1_700_000_000;
+        assert_eq!(
+            held_until(hold_after(45009), now),
+            Some(next_china_midnight(now))
+        );
     }
 
     #[test]

@@ -15,11 +15,13 @@ pub fn fingerprint(token: &str) -> String {
 
 /// How a listing shows a secret: which key encrypted it, or that it is still stored in
 /// plain text (by a version before encryption, until the next writing command). Never its
-/// length: that would say something about a secret a reader must not learn.
+/// length: that would say something about a secret a reader must not learn. A PostgreSQL
+/// reader role never reads the secrets: "(no access)".
 pub fn mask(secret: &Secret) -> String {
     match secret.locked_kid() {
         Some(crate::crypto::LOST_KID) => "LOST".to_string(),
         Some(kid) => format!("encrypted:{kid}"),
+        None if secret.expose().is_empty() => "(no access)".to_string(),
         None => "PLAINTEXT".to_string(),
     }
 }
@@ -55,6 +57,7 @@ mod tests {
         let s = Secret::new("0123456789abcdef0123456789abcdef".into());
         assert!(!mask(&s).contains("0123"));
         assert_eq!(mask(&s), "PLAINTEXT");
+        assert_eq!(mask(&Secret::new(String::new())), "(no access)");
         assert_eq!(
             mask(&Secret::locked("a1b2c3d4".into())),
             "encrypted:a1b2c3d4"

@@ -50,6 +50,11 @@ pub enum StoreError {
     Corrupt(String),
     /// A secret could not be encrypted or opened (the key file: see `vault`).
     Key(String),
+    /// This user or role may only read the database, and the command needs more.
+    ReadOnly(String),
+    /// The fetch outlived this holder's claim and another holder took the account over:
+    /// the fetch was recorded as lost and its token dropped. Final, not worth a retry.
+    LostClaim(String),
 }
 
 impl fmt::Display for StoreError {
@@ -66,7 +71,9 @@ impl fmt::Display for StoreError {
             | StoreError::Busy(m)
             | StoreError::Io(m)
             | StoreError::Corrupt(m)
-            | StoreError::Key(m) => f.write_str(m),
+            | StoreError::Key(m)
+            | StoreError::ReadOnly(m)
+            | StoreError::LostClaim(m) => f.write_str(m),
         }
     }
 }
@@ -193,8 +200,11 @@ pub trait Store: ReadStore + Sinks + Send {
     /// intent (unless the request may have created a token we never saw).
     fn record_fetch(&self, record: &FetchRecord) -> Result<Recorded>;
 
-    /// When this account's forced refreshes happened, over the retention window.
-    fn forced_refreshes(&self, account_id: i64, now: i64) -> Result<Vec<i64>>;
+    /// When this account's forced refreshes happened, over the retention window, on the
+    /// store's clock, and that clock's now to judge them by: `now` on SQLite, the server's
+    /// on PostgreSQL (so that a host whose clock is off cannot overspend WeChat's budget).
+    fn forced_refreshes(&self, account_id: i64, now: i64) -> Result<ForcedRefreshes>;
+    /// Notes a forced refresh at `now` (on PostgreSQL, at the server's now).
     fn note_forced_refresh(&self, account_id: i64, now: i64) -> Result<()>;
 
     /// Records a quota reset (`failure`: its errcode, if any, and the message shown);
@@ -218,6 +228,13 @@ pub trait Store: ReadStore + Sinks + Send {
     /// Records a `refresh` run, and forgets runs older than `before`, except the newest
     /// success: its time is what the main alert watches.
     fn record_run(&self, run: &RunRow, before: i64) -> Result<()>;
+}
+
+/// An account's recent forced refreshes, with the store clock's now they are judged by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForcedRefreshes {
+    pub at: Vec<i64>,
+    pub now: i64,
 }
 
 /// One account as `store copy` moves it.
@@ -258,7 +275,7 @@ pub fn open_read(at: &Location) -> Result<Box<dyn ReadStore>> {
 
 /// Opens the store for writing, creating it if `create` (and its default directory).
 /// Without `create`, a missing database is the same error as for reading. A PostgreSQL
-/// database must exist; its tables are created either way.
+/// database must exist; its tables are created only with `create`.
 pub fn open_write(at: &Location, create: bool) -> Result<Box<dyn Store>> {
     match at {
         Location::File { path, is_default } => {
@@ -270,10 +287,14 @@ pub fn open_write(at: &Location, create: bool) -> Result<Box<dyn Store>> {
             Ok(Box::new(Sqlite::open(path, Holder::current())?))
         }
         #[cfg(feature = "postgres")]
-        Location::Postgres(config) => Ok(Box::new(crate::store_pg::Postgres::open(
-            config,
-            Holder::current(),
-        )?)),
+        Location::Postgres(config) => {
+            let holder = Holder::current();
+            Ok(Box::new(if create {
+                crate::store_pg::Postgres::open(config, holder)?
+            } else {
+                crate::store_pg::Postgres::open_existing(config, holder)?
+            }))
+        }
     }
 }
 
@@ -1129,16 +1150,19 @@ impl Store for Sqlite {
             if stored.is_some_and(|(appid, agent, now)| {
                 same_secret(&AccountKey { appid, agent }, now, secret)
             }) {
+                // One host, one clock: the hold starts when the fetch did.
+                let (until, reason) = hold
+                    .as_ref()
+                    .and_then(|(h, reason)| {
+                        Some((policy::held_until(*h, outcome.started_at)?, reason))
+                    })
+                    .unzip();
                 self.conn
                     .prepare_cached(
                         "UPDATE accounts SET held_until = ?2, held_reason = ?3, fetch_due = 0
                          WHERE id = ?1",
                     )?
-                    .execute(params![
-                        account_id,
-                        hold.as_ref().map(|h| h.0),
-                        hold.as_ref().map(|h| h.1.as_str()),
-                    ])?;
+                    .execute(params![account_id, until, reason.map(String::as_str)])?;
             }
             if !outcome.may_have_issued() {
                 self.conn
@@ -1150,13 +1174,14 @@ impl Store for Sqlite {
         Ok(recorded)
     }
 
-    fn forced_refreshes(&self, account_id: i64, now: i64) -> Result<Vec<i64>> {
+    fn forced_refreshes(&self, account_id: i64, now: i64) -> Result<ForcedRefreshes> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT at FROM forced_refreshes WHERE account_id = ?1 AND at > ?2")?;
         let since = now - policy::FORCED_REFRESH_RETENTION;
         let rows = stmt.query_map(params![account_id, since], |r| r.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let at = rows.collect::<rusqlite::Result<_>>()?;
+        Ok(ForcedRefreshes { at, now })
     }
 
     fn note_forced_refresh(&self, account_id: i64, now: i64) -> Result<()> {

@@ -24,10 +24,10 @@ use crate::domain::{
 };
 use crate::pgconf::PgConfig;
 use crate::store::{
-    AttemptColumns, Claim, Exported, Holder, NewestRow, Opener, RUN_COLUMNS, ReadStore, Recorded,
-    Result, RunRow, SUCCESSFUL_RUNS, SinkResult, SinkRow, Sinks, Store, StoreError, is_plaintext,
-    not_empty, open_or_fail, open_secret, parse_tickets, pid_alive, same_secret, seal_secret,
-    stored_form,
+    AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, NewestRow, Opener, RUN_COLUMNS,
+    ReadStore, Recorded, Result, RunRow, SUCCESSFUL_RUNS, SinkResult, SinkRow, Sinks, Store,
+    StoreError, is_plaintext, not_empty, open_or_fail, open_secret, parse_tickets, pid_alive,
+    same_secret, seal_secret, stored_form,
 };
 
 /// Every PostgreSQL migration, in order; the schema version is how many are applied.
@@ -46,8 +46,30 @@ const MIGRATION_LOCK: i64 = 0x7778_746f_6b65_6e00; // "wxtoken\0"
 /// alone for an instant.
 const RECORD_LOCK: i64 = 0x7778_746f_6b65_6e01;
 
-/// The database clock, in the Unix seconds every time column holds.
-const NOW: &str = "extract(epoch from now())::bigint";
+/// The database clock, in the Unix seconds every time column holds: whole seconds cut
+/// down, as a host reads its own clock. (A plain `::bigint` cast rounds, which put the
+/// server up to half a second ahead: a reader on the same clock saw every time shifted by
+/// one second, a token's expiry a second early, and a sink a TTL a second longer than the
+/// token's lifetime.)
+const NOW: &str = "floor(extract(epoch from now()))::bigint";
+/// The database clock to the microsecond, for [`host_offset`].
+const NOW_EXACT: &str = "extract(epoch from now())::float8";
+
+/// This host's clock, to the microsecond.
+fn host_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// How many whole seconds this host's clock is ahead of the server's: the server's `now()`
+/// against the middle of the round trip (`sent`..`received`) that read it. Rounded from the
+/// exact times, so two clocks that agree give 0 and a stored time reads back as the same
+/// second; whole seconds taken at two instants were off by one whenever a second began
+/// between them, and a published `expires_at` then differed from the stored one.
+fn host_offset(sent: f64, server_now: f64, received: f64) -> i64 {
+    ((sent + received) / 2.0 - server_now).round() as i64
+}
 
 /// A parameter whose PostgreSQL type is known without asking the server. The refresh path
 /// sends its statements with `query_typed`: one round trip each (parse, bind and execute
@@ -108,6 +130,12 @@ fn pg_error(config: &PgConfig, err: &postgres::Error) -> StoreError {
         Some("40001" | "40P01" | "55P03") => StoreError::Busy(message),
         // undefined_table, undefined_column: not (or not yet) a wxtoken database
         Some("42P01" | "42703") => StoreError::Schema(message),
+        // insufficient_privilege: a role short of a grant, most likely a reader's
+        Some("42501") => StoreError::ReadOnly(format!(
+            "{message} (this role lacks that grant: a reader made by `wxtoken store \
+             grant-reader` can run `get`, `account list` and `refresh --dry-run`; run the rest \
+             with the refresher's role)"
+        )),
         _ => StoreError::Io(message),
     }
 }
@@ -118,7 +146,48 @@ impl Postgres {
         let store = Postgres::connect(config, holder)?;
         store.migrate()?;
         store.verified.set(true);
+        store.require_writer()?;
         Ok(store)
+    }
+
+    /// Connects and applies pending migrations to a wxtoken database, but refuses an empty
+    /// one as a reader does: `get --reject` upgrades a store, never creates one (as on
+    /// SQLite, where it needs the file to exist).
+    pub fn open_existing(config: &PgConfig, holder: Holder) -> Result<Postgres> {
+        let store = Postgres::connect(config, holder)?;
+        if store.version()? == 0 {
+            store.require_version(0)?;
+        }
+        store.migrate()?;
+        store.verified.set(true);
+        store.require_writer()?;
+        Ok(store)
+    }
+
+    /// Refuses, in one line that names the missing grant, a role that may only read
+    /// tokens (what `store grant-reader` gives): a writing handle would otherwise fail
+    /// later, on whichever table it reached first.
+    fn require_writer(&self) -> Result<()> {
+        let row = self
+            .c()
+            .query_one(
+                "SELECT current_user::text, has_table_privilege('tokens', 'INSERT'),
+                        has_table_privilege('account_secrets', 'SELECT')",
+                &[],
+            )
+            .map_err(|e| self.err(e))?;
+        let (role, insert, secrets): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
+        let missing = match (insert, secrets) {
+            (true, true) => return Ok(()),
+            (false, _) => "INSERT on tokens",
+            (true, false) => "SELECT on account_secrets",
+        };
+        Err(StoreError::ReadOnly(format!(
+            "role {role} may only read tokens on {} (it has no {missing}, like a role made by \
+             `wxtoken store grant-reader`): this command needs the refresher's role; a reader \
+             can run `get`, `account list` and `refresh --dry-run`",
+            self.config
+        )))
     }
 
     /// Connects for reading: no migration, and a schema of another version is refused,
@@ -275,14 +344,18 @@ impl Postgres {
         };
         let sql = format!(
             "SELECT a.id, a.appid, a.agent, a.api, {secret}, a.enabled, a.created_at,
-                    a.updated_at, a.held_until, a.held_reason, a.tickets, a.fetch_due
+                    a.updated_at, a.held_until, a.held_reason, a.tickets, a.fetch_due, {NOW}
              FROM accounts a {join} {rest}"
         );
         let rows = self.c().query(&sql, params).map_err(|e| self.err(e))?;
         Ok(rows.iter().map(Self::account_from_row).collect())
     }
 
+    /// An account, its hold moved into this host's clock by the server's (as
+    /// `latest_token` moves token times): a caller that judges the hold by its own clock
+    /// then agrees with the server, however far this host's clock is off.
     fn account_from_row(row: &postgres::Row) -> Account {
+        let skew = crate::wechat::unix_now() - row.get::<_, i64>(12);
         let api: String = row.get(3);
         let key = AccountKey {
             appid: row.get(1),
@@ -301,7 +374,7 @@ impl Postgres {
             enabled: row.get(5),
             created_at: row.get(6),
             updated_at: row.get(7),
-            held_until: row.get(8),
+            held_until: row.get::<_, Option<i64>>(8).map(|t| to_host(t, skew)),
             held_reason: row.get(9),
             tickets: parse_tickets(&row.get::<_, String>(10)),
             fetch_due: row.get(11),
@@ -402,7 +475,7 @@ impl ReadStore for Postgres {
     /// its own clock then agrees with the server, however far this host's clock is off.
     fn latest_token(&self, key: &AccountKey, kind: Credential) -> Result<Option<TokenRow>> {
         let sql = format!(
-            "SELECT n.token, n.expires_in, n.fetched_at, n.expires_at, {NOW},
+            "SELECT n.token, n.expires_in, n.fetched_at, n.expires_at, {NOW_EXACT},
                     (SELECT coalesce(max(version), 0)::bigint FROM schema_migrations),
                     n.id, n.unfinished_fetch, n.classic
              FROM (SELECT 1) one LEFT JOIN latest_tokens n
@@ -414,12 +487,19 @@ impl ReadStore for Postgres {
             (&key.agent, Type::TEXT),
             (&kind, Type::TEXT),
         ];
-        let rows = self.c().query_typed(&sql, &params).map_err(|e| {
-            match e.code().map(|c| c.code()) {
-                // No schema_migrations or latest_tokens: version 0, or someone else's.
-                Some("42P01") => self.require_version(0).err().unwrap_or_else(|| self.err(e)),
-                _ => self.err(e),
-            }
+        let sent = host_now();
+        let result = self.c().query_typed(&sql, &params);
+        let received = host_now();
+        let rows = result.map_err(|e| match e.code().map(|c| c.code()) {
+            // No schema_migrations or latest_tokens (version 0, or someone else's), or a
+            // view of another version without a column this one reads: say which version
+            // it is and what to do, as the other commands do.
+            Some("42P01" | "42703") => self
+                .version()
+                .ok()
+                .and_then(|v| self.require_version(v).err())
+                .unwrap_or_else(|| self.err(e)),
+            _ => self.err(e),
         })?;
         let Some(row) = rows.first() else {
             return Ok(None);
@@ -427,8 +507,7 @@ impl ReadStore for Postgres {
         if !self.verified.get() {
             self.require_version(row.get(5))?;
         }
-        let server_now: i64 = row.get(4);
-        let skew = crate::wechat::unix_now() - server_now;
+        let skew = host_offset(sent, row.get(4), received);
         Ok(row.get::<_, Option<String>>(0).map(|token| TokenRow {
             id: row.get(6),
             token,
@@ -452,8 +531,18 @@ impl ReadStore for Postgres {
         let mut tx = c.transaction().map_err(err)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&RECORD_LOCK])
             .map_err(err)?;
+        // A reader's handle (`refresh --dry-run`) may not select `tokens`; the newest row of
+        // all is the newest of its account and kind, so the view has it too.
+        let table = if self.holder.id.is_empty() {
+            "latest_tokens"
+        } else {
+            "tokens"
+        };
         let newest: i64 = tx
-            .query_one("SELECT coalesce(max(id), 0)::bigint FROM tokens", &[])
+            .query_one(
+                &format!("SELECT coalesce(max(id), 0)::bigint FROM {table}"),
+                &[],
+            )
             .map_err(err)?
             .get(0);
         tx.commit().map_err(err)?;
@@ -462,10 +551,15 @@ impl ReadStore for Postgres {
 
     fn unfinished_fetches(&self) -> Result<Vec<i64>> {
         self.verify()?;
-        let rows = self
-            .c()
-            .query("SELECT account_id FROM intents ORDER BY started_at", &[])
-            .map_err(|e| self.err(e))?;
+        // A reader's handle may not select `intents`: the view shows them with the tokens.
+        let sql = if self.holder.id.is_empty() {
+            "SELECT a.id FROM accounts a JOIN latest_tokens n
+                 ON n.appid = a.appid AND n.agent = a.agent AND n.kind = 'access_token'
+             WHERE n.unfinished_fetch IS NOT NULL ORDER BY n.unfinished_fetch"
+        } else {
+            "SELECT account_id FROM intents ORDER BY started_at"
+        };
+        let rows = self.c().query(sql, &[]).map_err(|e| self.err(e))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
@@ -857,7 +951,8 @@ impl Store for Postgres {
         // of the account (no other statement locks an account row and then its claim).
         let row = tx
             .query_typed_opt(
-                "SELECT (SELECT claimed_at FROM claims
+                &format!(
+                    "SELECT {NOW}, (SELECT claimed_at FROM claims
                          WHERE account_id = $1 AND holder = $2 FOR UPDATE),
                         (SELECT token FROM tokens WHERE account_id = $1 AND kind = $3
                          ORDER BY id DESC LIMIT 1),
@@ -865,12 +960,13 @@ impl Store for Postgres {
                  FROM (SELECT pg_advisory_xact_lock_shared($4)) l,
                       accounts a JOIN account_secrets s ON s.account_id = a.id
                  WHERE a.id = $1
-                 FOR UPDATE OF a",
+                 FOR UPDATE OF a"
+                ),
                 &typed(&[&account_id, &self.holder.id, &kind, &RECORD_LOCK]),
             )
             .map_err(err)?;
         // No row: the account was removed, and its claim with it.
-        let claimed_at = row.as_ref().and_then(|r| r.get::<_, Option<i64>>(0));
+        let claimed_at = row.as_ref().and_then(|r| r.get::<_, Option<i64>>(1));
         let (Some(row), Some(claimed_at)) = (row, claimed_at) else {
             let detail = format!(
                 "the claim of {} expired and was taken over during the fetch",
@@ -885,12 +981,13 @@ impl Store for Postgres {
             )
             .map_err(err)?;
             tx.commit().map_err(err)?;
-            return Err(StoreError::Busy(format!(
-                "{detail}; its token was dropped (a fetch that outlives the claim means the \
-                 claim TTL is too short)"
+            return Err(StoreError::LostClaim(format!(
+                "{detail}; its token was dropped (a fetch that outlives its claim means the \
+                 claim TTL is too short: raise --claim-ttl)"
             )));
         };
-        let newest: Option<String> = row.get(1);
+        let server_now: i64 = row.get(0);
+        let newest: Option<String> = row.get(2);
         let (recorded, token, expires_in) = match &outcome.result {
             Ok(f) if newest.as_deref() == Some(f.token.as_str()) => {
                 (Recorded::Unchanged, None, None)
@@ -906,15 +1003,21 @@ impl Store for Postgres {
         // about the new one.
         let same = access && {
             let key = AccountKey {
-                appid: row.get(2),
-                agent: row.get(3),
+                appid: row.get(3),
+                agent: row.get(4),
             };
-            same_secret(&key, row.get(4), secret)
+            same_secret(&key, row.get(5), secret)
         };
         let clear_intent = access && !outcome.may_have_issued();
         let a = AttemptColumns::of(outcome, recorded == Recorded::Unchanged);
-        let held_until = hold.as_ref().map(|h| h.0);
-        let held_reason = hold.as_ref().map(|h| h.1.as_str());
+        // On the server's clock: a host whose clock is off can neither cut the hold short
+        // nor stretch it.
+        let (held_until, held_reason) = hold
+            .as_ref()
+            .and_then(|(h, reason)| {
+                Some((crate::policy::held_until(*h, server_now)?, reason.as_str()))
+            })
+            .unzip();
         // One statement for every row the outcome writes; each part is switched by its
         // own flag, decided above.
         tx.execute_typed(
@@ -961,23 +1064,32 @@ impl Store for Postgres {
         Ok(recorded)
     }
 
-    fn forced_refreshes(&self, account_id: i64, now: i64) -> Result<Vec<i64>> {
-        let since = now - crate::policy::FORCED_REFRESH_RETENTION;
+    /// On the server's clock, times and now alike; `now` is not used.
+    fn forced_refreshes(&self, account_id: i64, _now: i64) -> Result<ForcedRefreshes> {
+        // One row even without forced refreshes, to carry the server's now.
         let rows = self
             .c()
             .query(
-                "SELECT at FROM forced_refreshes WHERE account_id = $1 AND at > $2",
-                &[&account_id, &since],
+                &format!(
+                    "SELECT {NOW}, f.at FROM (SELECT 1) one
+                     LEFT JOIN forced_refreshes f
+                       ON f.account_id = $1 AND f.at > {NOW} - $2::bigint"
+                ),
+                &[&account_id, &crate::policy::FORCED_REFRESH_RETENTION],
             )
             .map_err(|e| self.err(e))?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        Ok(ForcedRefreshes {
+            now: rows.first().map_or(0, |r| r.get(0)),
+            at: rows.iter().filter_map(|r| r.get(1)).collect(),
+        })
     }
 
-    fn note_forced_refresh(&self, account_id: i64, now: i64) -> Result<()> {
+    /// At the server's now; `now` is not used.
+    fn note_forced_refresh(&self, account_id: i64, _now: i64) -> Result<()> {
         self.c()
             .execute(
-                "INSERT INTO forced_refreshes (account_id, at) VALUES ($1, $2)",
-                &[&account_id, &now],
+                &format!("INSERT INTO forced_refreshes (account_id, at) VALUES ($1, {NOW})"),
+                &[&account_id],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -1104,7 +1216,14 @@ impl Store for Postgres {
         if accounts > 0 {
             return Err(not_empty(&config.to_string(), accounts));
         }
+        // Holds come in this host's clock (as `accounts` gives them): into the server's.
+        let server_now: i64 = tx
+            .query_one(&format!("SELECT {NOW}"), &[])
+            .map_err(err)?
+            .get(0);
+        let skew = server_now - crate::wechat::unix_now();
         for Exported { account: a, tokens } in items {
+            let held_until = a.held_until.map(|t| to_host(t, skew));
             let tickets: Vec<&str> = a.tickets.iter().map(|t| t.as_str()).collect();
             let id: i64 = tx
                 .query_one(
@@ -1118,7 +1237,7 @@ impl Store for Postgres {
                         &a.enabled,
                         &a.created_at,
                         &a.updated_at,
-                        &a.held_until,
+                        &held_until,
                         &a.held_reason,
                         &tickets.join(","),
                     ],
@@ -1213,20 +1332,22 @@ impl Sinks for Postgres {
 
     /// With `expires_at` in this host's clock, judged by the server's, as `latest_token`.
     fn newest_row(&self, account_id: i64, kind: Credential) -> Result<Option<NewestRow>> {
+        let sent = host_now();
         let row = self
             .c()
             .query_opt(
                 &format!(
-                    "SELECT id, token, expires_at - {NOW} FROM tokens
+                    "SELECT id, token, expires_at, {NOW_EXACT} FROM tokens
                      WHERE account_id = $1 AND kind = $2 ORDER BY id DESC LIMIT 1"
                 ),
                 &[&account_id, &kind.as_str()],
             )
             .map_err(|e| self.err(e))?;
+        let received = host_now();
         Ok(row.map(|r| NewestRow {
             id: r.get(0),
             token: r.get(1),
-            expires_at: crate::wechat::unix_now() + r.get::<_, i64>(2),
+            expires_at: r.get::<_, i64>(2) + host_offset(sent, r.get(3), received),
         }))
     }
 
@@ -1297,6 +1418,16 @@ fn sink_from_row(row: &postgres::Row) -> SinkRow {
     }
 }
 
+/// A time moved from one clock to another (`skew`: how far the target's is ahead), except
+/// "until fixed", which is no time.
+fn to_host(t: i64, skew: i64) -> i64 {
+    if t == crate::policy::UNTIL_FIXED {
+        t
+    } else {
+        t.saturating_add(skew)
+    }
+}
+
 /// The GRANTs that make `role` a reader of the tables in `schema`. Built as text because
 /// GRANT takes no parameters; names are quoted as identifiers.
 pub fn reader_grants(role: &str, schema: &str) -> Vec<String> {
@@ -1323,6 +1454,17 @@ mod tests {
     use super::pgtest::{self, PgDb};
     use super::*;
     use crate::domain::{Fetched, Outcome};
+
+    #[test]
+    fn the_host_offset_is_whole_seconds_from_exact_times() {
+        // The server read its clock within the round trip: the same clock, whatever the
+        // fractions (whole seconds would say 1 for the second: 101 received, 100 read).
+        assert_eq!(host_offset(100.60, 100.61, 100.62), 0);
+        assert_eq!(host_offset(100.99, 100.995, 101.01), 0);
+        // A host 30 s ahead, or 600 s behind.
+        assert_eq!(host_offset(130.2, 100.25, 130.3), 30);
+        assert_eq!(host_offset(100.0, 700.4, 100.1), -600);
+    }
 
     fn config(url: &str) -> PgConfig {
         PgConfig::from_env(url).unwrap()
@@ -1493,7 +1635,7 @@ mod tests {
         assert!(
             matches!(near.claim(id, i64::MAX / 2, 60).unwrap(), Claim::Busy(h) if h == far.holder.id)
         );
-        db.query("UPDATE claims SET expires_at = extract(epoch from now())::bigint");
+        db.query(&format!("UPDATE claims SET expires_at = {NOW}"));
         assert_eq!(near.claim(id, 0, 60).unwrap(), Claim::Claimed);
     }
 
@@ -1536,12 +1678,24 @@ mod tests {
     }
 
     #[test]
+    fn the_servers_clock_is_read_in_whole_seconds_cut_down() {
+        let db = pg!();
+        let at = |t: &str| {
+            let sql = NOW.replace("now()", &format!("timestamptz '{t}'"));
+            db.query_i64(&format!("SELECT {sql}"))
+        };
+        assert_eq!(at("2020-01-01 00:00:00.4+00"), 1_577_836_800);
+        assert_eq!(at("2020-01-01 00:00:00.6+00"), 1_577_836_800);
+        assert_eq!(at("1969-12-31 23:59:59.5+00"), -1);
+    }
+
+    #[test]
     fn token_times_come_from_the_servers_clock() {
         let db = pg!();
         let (a, id) = with_account(&db);
         a.claim(id, 0, 60).unwrap();
         // The lease says when the fetch started, whatever this host's clock says.
-        let start = db.query_i64("SELECT extract(epoch from now())::bigint") - 100;
+        let start = db.query_i64(&format!("SELECT {NOW}")) - 100;
         db.query(&format!("UPDATE claims SET claimed_at = {start}"));
         let mut record = fetched(id, "T");
         record.outcome.sent_at = 5_000_000_000;
@@ -1552,10 +1706,47 @@ mod tests {
         );
         // Read back in this host's clock: the same instants, shifted by any skew.
         let row = a.latest_token(&key("wxa"), TOKEN).unwrap().unwrap();
-        let skew = row.fetched_at - start;
-        assert!(skew.abs() <= 2, "same machine, same clock: {skew}");
-        assert_eq!(row.expires_at - row.fetched_at, 7200);
+        // Same machine, same clock: exactly the stored seconds, every time.
+        assert_eq!((row.fetched_at, row.expires_at), (start, start + 7200));
+        let newest = a.newest_row(id, TOKEN).unwrap().unwrap();
+        assert_eq!(newest.expires_at, start + 7200, "what a sink publishes");
         assert_eq!(a.latest_token(&key("nope"), TOKEN).unwrap(), None);
+    }
+
+    #[test]
+    fn holds_and_forced_refreshes_run_on_the_servers_clock() {
+        let db = pg!();
+        let (a, id) = with_account(&db);
+        let server_now = || db.query_i64("SELECT extract(epoch from now())::bigint");
+        // A fetch whose host clock said 1970: the hold still ends an hour after the
+        // server's now, and reads back in this host's clock.
+        a.claim(id, 0, 60).unwrap();
+        let mut record = fetched(id, "unused");
+        record.outcome.result = Err(crate::domain::Failure::WeChat {
+            errcode: 89507,
+            errmsg: "risk control".into(),
+        });
+        record.outcome.started_at = 0;
+        record.hold = Some((crate::domain::Hold::For(3600), "89507".into()));
+        a.record_fetch(&record).unwrap();
+        let stored = db.query_i64("SELECT held_until FROM accounts") - server_now();
+        assert!((3598..=3600).contains(&stored), "{stored}");
+        let until = a.account(&key("wxa")).unwrap().unwrap().held_until.unwrap();
+        let left = until - crate::wechat::unix_now();
+        assert!((3598..=3601).contains(&left), "{left}");
+        // A hold until fixed is no time, and is not shifted.
+        db.query(&format!("UPDATE accounts SET held_until = {}", i64::MAX));
+        let account = a.account(&key("wxa")).unwrap().unwrap();
+        assert_eq!(account.held_until, Some(i64::MAX));
+
+        // Forced refreshes: noted and judged by the server's now, not the one passed.
+        a.note_forced_refresh(id, 0).unwrap();
+        let budget = a.forced_refreshes(id, 0).unwrap();
+        assert!((budget.now - server_now()).abs() <= 1, "{budget:?}");
+        assert_eq!(budget.at.len(), 1);
+        assert!((budget.at[0] - budget.now).abs() <= 1, "{budget:?}");
+        let other = a.forced_refreshes(id + 1, 0).unwrap();
+        assert!(other.at.is_empty() && other.now >= budget.now, "{other:?}");
     }
 
     #[test]
@@ -1575,9 +1766,25 @@ mod tests {
         let row = reader.latest_token(&key, TOKEN).unwrap();
         assert_eq!(row.unwrap().token, "TOKEN-1");
         assert_eq!(reader.account(&key).unwrap().unwrap().secret.expose(), "");
-        // A writing handle as the reader fails on the first write.
-        let writer = Postgres::open(&config(&url), Holder::new("r".into(), 1)).unwrap();
-        assert!(writer.claim(id, 0, 60).is_err());
+        // What `refresh --dry-run` reads, from the view.
+        assert_eq!(
+            reader.newest_token_id().unwrap(),
+            db.query_i64("SELECT max(id) FROM tokens")
+        );
+        assert_eq!(reader.unfinished_fetches().unwrap(), Vec::<i64>::new());
+        a.begin_fetch(id, 0).unwrap();
+        assert_eq!(reader.unfinished_fetches().unwrap(), [id]);
+        // A writing handle as the reader is refused at once, naming the missing grant.
+        let refused = Postgres::open(&config(&url), Holder::new("r".into(), 1)).err();
+        match refused {
+            Some(StoreError::ReadOnly(m)) => {
+                assert!(
+                    m.contains("no INSERT on tokens") && m.contains(&role),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
         for sql in [
             "SELECT secret FROM account_secrets",
             "SELECT * FROM account_secrets",
@@ -1615,7 +1822,7 @@ mod tests {
             errcode: 40125,
             errmsg: "invalid appsecret".into(),
         });
-        old.hold = Some((crate::policy::UNTIL_FIXED, "40125".into()));
+        old.hold = Some((crate::domain::Hold::Attention, "40125".into()));
         s.record_fetch(&old).unwrap();
         let account = s.account(&key("wxa")).unwrap().unwrap();
         assert_eq!((account.held_until, account.fetch_due), (None, true));

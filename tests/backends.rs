@@ -1,6 +1,8 @@
-//! One set of behaviours, run against both backends: each `both!` test runs once on an
-//! SQLite file and once on a PostgreSQL database of a real server that the harness starts
-//! (tests/support/pg.rs). Then what only a shared server has: refreshers on two hosts,
+//! Behaviours run against both backends: each `both!` test runs once on an SQLite file and
+//! once on a PostgreSQL database of a real server that the harness starts
+//! (tests/support/pg.rs). Accounts, refresh and get, errors and holds, retention, tickets,
+//! WeCom and status run on both from tests/core.rs and tests/wecom_tickets.rs
+//! (`also_on_postgres!`). Then what only a shared server has: refreshers on two hosts,
 //! one of them killed mid-fetch, reader roles, and `store copy` between the backends.
 //!
 //! Without PostgreSQL installed the `postgres` variants print a note and pass; under
@@ -8,11 +10,12 @@
 
 mod support;
 
+use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
 use support::pg::{self, PgDb};
-use support::standin::{self, Reply, TOKEN, WORK_TOKEN};
+use support::standin::{self, Reply, TOKEN};
 use support::{Out, TestEnv, status_block, wait};
 
 const APPID: &str = "wx1234567890abcdef";
@@ -46,13 +49,6 @@ impl Fixture {
             }
         };
         Some(Fixture { env, pg })
-    }
-
-    fn backend(&self) -> Backend {
-        match self.pg {
-            Some(_) => Backend::Postgres,
-            None => Backend::Sqlite,
-        }
     }
 
     /// One integer from the store, by SQL that both dialects understand.
@@ -135,86 +131,6 @@ fn assert_no_secret(out: &Out) {
 // ---- the shared behaviours ---------------------------------------------------------------
 
 both! {
-    /// add, list (masked), duplicates and unknown accounts (exit 6), disable/enable, remove.
-    fn accounts(f) {
-        f.add(&["--appid", APPID]);
-        let list = f.run(&["account", "list"], 0);
-        assert!(list.stdout.contains(APPID), "{}", list.stdout);
-        assert_no_secret(&list);
-        let again = f.env.run_with_stdin(&["account", "add", "--appid", APPID], "x\n");
-        again.assert_code(6);
-        assert_has(&again, &["already exists"]);
-        f.run(&["account", "disable", "--appid", APPID], 0);
-        f.run(&["refresh"], 0);
-        assert_eq!(f.env.api.hits(TOKEN), 0, "a disabled account was fetched");
-        f.run(&["account", "enable", "--appid", APPID], 0);
-        f.run(&["refresh"], 0);
-        assert_eq!(f.env.api.hits(TOKEN), 1);
-        f.run(&["account", "remove", "--appid", APPID], 0);
-        assert_eq!(f.count("SELECT count(*) FROM tokens"), 0);
-        assert_has(&f.run(&["account", "remove", "--appid", APPID], 6), &["no such account"]);
-    }
-}
-
-both! {
-    /// refresh stores what WeChat handed out; get prints exactly that, or its JSON.
-    fn refresh_and_get(f) {
-        f.add(&["--appid", APPID]);
-        let none = f.get(&[]);
-        none.assert_code(3);
-        assert_eq!(none.stdout, "");
-        f.env.api.push(TOKEN, Reply::token("TOKEN-ONE", 7200));
-        f.run(&["refresh"], 0);
-        assert_eq!(f.get(&[]).assert_code(0).stdout, "TOKEN-ONE\n");
-        let json: serde_json::Value =
-            serde_json::from_str(&f.get(&["--json"]).assert_code(0).stdout).unwrap();
-        assert_eq!(json["access_token"], "TOKEN-ONE");
-        let left = json["expires_in"].as_i64().unwrap();
-        assert!((7100..=7200).contains(&left), "{json}");
-        f.get(&["--min-ttl", "3h"]).assert_code(3);
-        // A second run fetches again: a refresh fetches every account that no other run
-        // fetched after it started. One that only wants what expires within the hour
-        // leaves the fresh token alone.
-        f.env.api.push(TOKEN, Reply::token("TOKEN-TWO", 7200));
-        f.run(&["refresh"], 0);
-        assert_eq!(f.env.api.hits(TOKEN), 2);
-        assert_eq!(f.get(&[]).assert_code(0).stdout, "TOKEN-TWO\n");
-        f.run(&["refresh", "--if-expiring-within", "1h"], 0);
-        assert_eq!(f.env.api.hits(TOKEN), 2);
-        let unknown = f.env.run(&["get", "--appid", "wxunknown0000000"]);
-        unknown.assert_code(3);
-        assert_has(&unknown, &["no such account"]);
-    }
-}
-
-both! {
-    /// A wrong secret: exit 4 with the errcode and what to do, a hold that refresh honours,
-    /// lifted by set-secret; the secret never shows, not even at -vvv.
-    fn errors_holds_and_secrets(f) {
-        f.add(&["--appid", APPID]);
-        f.env.api.push(TOKEN, Reply::errcode(40125, "invalid appsecret"));
-        let failed = f.env.run(&["-vvv", "refresh"]);
-        failed.assert_code(4);
-        assert_has(&failed, &["40125", "set-secret"]);
-        assert_no_secret(&failed);
-        let held = f.env.run(&["refresh"]);
-        held.assert_code(4);
-        assert_eq!(f.env.api.hits(TOKEN), 1, "a held account was fetched");
-        let status = f.run(&["status"], 0);
-        assert!(status_block(&status.stdout, APPID).contains("SKIPPED"), "{}", status.stdout);
-        assert_no_secret(&status);
-        f.env
-            .run_with_stdin(&["account", "set-secret", "--appid", APPID], &format!("{SECRET}\n"))
-            .assert_code(0);
-        f.run(&["refresh"], 0);
-        assert_eq!(f.env.api.hits(TOKEN), 2);
-        for args in [&["account", "list", "--json"][..], &["status", "--json"], &["-vvv", "get", "--appid", APPID]] {
-            assert_no_secret(&f.env.run(args));
-        }
-    }
-}
-
-both! {
     /// Two refreshes at once fetch an account once: the second sees the claim and skips.
     fn claims(f) {
         f.add(&["--appid", APPID]);
@@ -258,63 +174,6 @@ both! {
         assert_eq!(f.env.api.hits(TOKEN), 1, "a token with 200 s left is not due within 1m");
         f.run(&["refresh", "--if-expiring-within", "5m"], 0);
         assert_eq!(f.env.api.hits(TOKEN), 2);
-    }
-}
-
-both! {
-    /// prune keeps the newest N rows and every valid one, and drops the rest.
-    fn retention(f) {
-        f.add(&["--appid", APPID]);
-        for token in ["A", "B", "C"] {
-            f.env.api.push(TOKEN, Reply::token(token, 7200));
-            f.run(&["refresh", "--force"], 0);
-        }
-        // Expire the two older rows; prune must keep the newest anyway.
-        let expire = "UPDATE tokens SET expires_at = 1 WHERE token IN ('A', 'B')";
-        match &f.pg {
-            Some(db) => { db.query(expire); }
-            None => { f.env.open_db().execute(expire, []).unwrap(); }
-        }
-        f.run(&["prune", "--keep", "1"], 0);
-        assert_eq!(f.count("SELECT count(*) FROM tokens"), 1);
-        assert_eq!(f.get(&[]).assert_code(0).stdout, "C\n");
-    }
-}
-
-both! {
-    /// JS-SDK tickets are fetched with each new token and read with get --ticket.
-    fn tickets(f) {
-        f.add(&["--appid", APPID, "--ticket", "jsapi"]);
-        f.env.api.push(TOKEN, Reply::token("TOKEN-T", 7200));
-        f.env.api.push(standin::TICKET, Reply::token("TICKET-J", 7200));
-        f.run(&["refresh"], 0);
-        assert_eq!(f.get(&["--ticket", "jsapi"]).assert_code(0).stdout, "TICKET-J\n");
-        let wrong = f.get(&["--ticket", "wx_card"]);
-        wrong.assert_code(3);
-    }
-}
-
-both! {
-    /// A WeCom app: corpid plus agentid, its own token from gettoken.
-    fn wecom(f) {
-        f.add(&["--corpid", "ww0123456789abcdef", "--agentid", "1000002"]);
-        f.env.api.push(WORK_TOKEN, Reply::token("WORK-1", 7200));
-        f.run(&["refresh"], 0);
-        let got = f.run(&["get", "--corpid", "ww0123456789abcdef", "--agentid", "1000002"], 0);
-        assert_eq!(got.stdout, "WORK-1\n");
-        assert_eq!(f.env.api.hits(WORK_TOKEN), 1);
-    }
-}
-
-both! {
-    /// status names the store; on PostgreSQL without the password.
-    fn status_names_the_store(f) {
-        f.add(&["--appid", APPID]);
-        let status = f.run(&["status"], 0);
-        match f.backend() {
-            Backend::Sqlite => assert_has(&status, &["wxtoken.db"]),
-            Backend::Postgres => assert_has(&status, &["postgresql://postgres@"]),
-        }
     }
 }
 
@@ -517,7 +376,7 @@ fn a_host_killed_mid_fetch_caps_the_old_token_at_five_minutes_for_every_reader()
         .query(&format!(
             "SELECT least(expires_at, CASE WHEN classic AND unfinished_fetch IS NOT NULL
                                            THEN unfinished_fetch + 300 END)
-                    - extract(epoch from now())::bigint
+                    - floor(extract(epoch from now()))::bigint
              FROM latest_tokens
              WHERE appid = '{APPID}' AND agent = '' AND kind = 'access_token'"
         ))
@@ -561,10 +420,67 @@ fn a_reader_role_gets_tokens_and_nothing_else() {
     let reader_url = db.url.replace("user=postgres", &format!("user={role}"));
     f.env.set_env("WXTOKEN_DB", &reader_url);
     assert_eq!(f.get(&[]).assert_code(0).stdout, "READ-ME\n");
-    // The same role cannot do what a refresher does.
-    let refused = f.env.run(&["refresh", "--force"]);
-    assert_ne!(refused.code, 0);
-    assert_has(&refused, &["permission denied"]);
+    // What the grant allows besides `get`: the accounts, without their secrets, and which
+    // of them a refresh would fetch.
+    let list = f.run(&["account", "list"], 0);
+    assert!(
+        list.stdout.contains(APPID) && list.stdout.contains("(no access)"),
+        "{}",
+        list.stdout
+    );
+    assert_no_secret(&list);
+    let dry = f.run(&["refresh", "--dry-run"], 0);
+    assert!(
+        dry.stdout.starts_with(&format!("{APPID}  ")),
+        "{}",
+        dry.stdout
+    );
+    let json = f.run(&["refresh", "--dry-run", "--json"], 0);
+    let summary = support::json(
+        json.stdout
+            .lines()
+            .last()
+            .map(|l| format!("{l}\n"))
+            .as_deref()
+            .unwrap(),
+    );
+    assert_eq!(
+        (summary["dry_run"].as_bool(), summary["accounts"].as_i64()),
+        (Some(true), Some(1))
+    );
+    // The rest needs a refresher's role: one line that says so and names the missing grant.
+    let reject: &[&str] = &["get", "--appid", APPID, "--reject", "READ-ME"];
+    for args in [
+        &["refresh", "--force"][..],
+        &["status"],
+        &["status", "--json"],
+        &["prune"],
+        &["account", "disable", "--appid", APPID],
+        reject,
+    ] {
+        let refused = f.env.run(args);
+        refused.assert_code(5);
+        assert_eq!(refused.stdout, "", "{args:?}");
+        assert_eq!(
+            refused.stderr.lines().count(),
+            1,
+            "{args:?}: {}",
+            refused.stderr
+        );
+        assert_has(
+            &refused,
+            &["may only read tokens", "no INSERT on tokens", &role],
+        );
+    }
+    // A command that reads beyond the grant names the table it may not read.
+    let metrics = f.env.run(&["metrics"]);
+    metrics.assert_code(5);
+    assert_eq!(metrics.stderr.lines().count(), 1, "{}", metrics.stderr);
+    assert_has(
+        &metrics,
+        &["permission denied for table runs", "store grant-reader"],
+    );
+    assert_eq!(f.env.api.hits(TOKEN), 1, "a reader fetched");
     for sql in [
         "SELECT secret FROM account_secrets",
         "INSERT INTO tokens (account_id, token, expires_in, fetched_at, expires_at) VALUES (1, 'x', 1, 1, 1)",
@@ -674,4 +590,123 @@ fn a_bad_postgres_url_is_a_usage_error_that_names_the_setting_but_not_the_passwo
         assert_has(&out, &["--db / WXTOKEN_DB", words]);
         assert!(!out.stderr.contains("pw5ecret"), "{}", out.stderr);
     }
+}
+
+/// Runs wxtoken as on a host whose clock is `offset` off (libfaketime: "+2h", "-2h").
+fn on_skewed_host(f: &Fixture, lib: &Path, offset: &str, args: &[&str]) -> Out {
+    let mut cmd = f.env.command(args);
+    support::skew_clock(&mut cmd, lib, offset);
+    Out::from_output(cmd.output().expect("run wxtoken"))
+}
+
+/// Holds are stored and judged on the server's clock: a host two hours behind cannot
+/// write a hold that has already ended, and one two hours ahead does not see a fresh hold
+/// as over.
+#[test]
+fn a_host_with_a_wrong_clock_can_neither_shorten_nor_escape_a_hold() {
+    let Some(f) = postgres() else { return };
+    let Some(lib) = support::faketime_lib() else {
+        return;
+    };
+    let db = f.pg.as_ref().unwrap();
+    f.add(&["--appid", APPID]);
+    f.env.api.push(
+        TOKEN,
+        Reply::errcode(89507, "risk control, retry in an hour"),
+    );
+    let behind = on_skewed_host(&f, &lib, "-2h", &["refresh"]);
+    behind.assert_code(4);
+    assert_has(&behind, &["89507", "behind WeChat's"]);
+    let left = db.query_i64("SELECT held_until - extract(epoch from now())::bigint FROM accounts");
+    assert!(
+        (3590..=3600).contains(&left),
+        "held for {left} s of server time"
+    );
+    // Neither a host with the right clock nor one two hours ahead fetches it meanwhile.
+    let right = f.env.run(&["refresh"]);
+    let ahead = on_skewed_host(&f, &lib, "+2h", &["refresh"]);
+    for out in [&right, &ahead] {
+        out.assert_code(4);
+        assert_has(out, &["skipped until", "89507"]);
+    }
+    assert_eq!(f.env.api.hits(TOKEN), 1, "a held account was fetched");
+    let status = on_skewed_host(&f, &lib, "+2h", &["status"]);
+    let block = status_block(&status.assert_code(0).stdout, APPID);
+    assert!(block.contains("SKIPPED"), "{block}");
+}
+
+/// WeChat's budget of forced stable-token refreshes (30 s apart, 20 a day) is noted and
+/// judged on the server's clock: a host two hours ahead cannot force again seconds after
+/// one two hours behind did.
+#[test]
+fn a_host_with_a_wrong_clock_cannot_overspend_the_forced_refresh_budget() {
+    let Some(f) = postgres() else { return };
+    let Some(lib) = support::faketime_lib() else {
+        return;
+    };
+    f.add(&["--appid", APPID, "--api", "stable"]);
+    f.run(&["refresh"], 0);
+    let first = f.get(&[]).value();
+    let reject = |token: &str, offset: &str| {
+        on_skewed_host(
+            &f,
+            &lib,
+            offset,
+            &["get", "--appid", APPID, "--reject", token],
+        )
+    };
+    let second = reject(&first, "-2h").value();
+    assert_ne!(second, first, "a forced refresh replaces the token");
+    assert_eq!(f.count("SELECT count(*) FROM forced_refreshes"), 1);
+    let before = f.env.api.hits(standin::STABLE_TOKEN);
+    let refused = reject(&second, "+2h");
+    refused.assert_code(4);
+    assert_eq!(refused.stdout, "");
+    assert_has(&refused, &["cannot force", "30s between"]);
+    assert_eq!(
+        f.env.api.hits(standin::STABLE_TOKEN),
+        before + 1,
+        "only the normal request went out, no forced one"
+    );
+    assert_eq!(f.count("SELECT count(*) FROM forced_refreshes"), 1);
+    assert_eq!(f.get(&[]).value(), second);
+}
+
+/// A fetch that outlives its claim, which another host then took over: its token is
+/// dropped, recorded once as lost (no retries), and `get --reject` and `refresh` exit 4,
+/// the fetch gave them nothing to hand out, not 5: the database is fine.
+#[test]
+fn a_claim_lost_mid_fetch_is_a_failed_fetch_not_a_database_error() {
+    let Some(f) = postgres() else { return };
+    let db = f.pg.as_ref().unwrap();
+    f.add(&["--appid", APPID]);
+    f.env.api.push(TOKEN, Reply::token("OLD", 7200));
+    f.run(&["refresh"], 0);
+    let reject: &[&str] = &["get", "--appid", APPID, "--reject", "OLD"];
+    for (i, args) in [reject, &["refresh"]].into_iter().enumerate() {
+        f.env.api.gate(TOKEN);
+        let child = f.env.spawn(args);
+        assert!(
+            f.env.api.wait_for_hits(TOKEN, 2 + i, PATIENCE),
+            "{args:?} never fetched"
+        );
+        // Its claim expired and another host took the account over.
+        db.query("UPDATE claims SET holder = 'host-b:1:x', host = 'host-b', pid = 1");
+        f.env.api.open_gate(TOKEN);
+        let out = wait(child);
+        out.assert_code(4);
+        assert_eq!(out.stdout, "", "{args:?}");
+        assert_has(&out, &["expired and was taken over", "--claim-ttl"]);
+        db.query("DELETE FROM claims");
+    }
+    assert_eq!(
+        f.count("SELECT count(*) FROM attempts WHERE outcome = 'lost_claim'"),
+        2,
+        "one lost attempt each, no retries"
+    );
+    assert_eq!(
+        f.count("SELECT count(*) FROM tokens"),
+        1,
+        "the late tokens are dropped"
+    );
 }

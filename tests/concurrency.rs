@@ -1,8 +1,9 @@
-//! Concurrency and crash safety: several real `wxtoken` processes against one SQLite file and
-//! the loopback stand-in. Processes are synchronised through the stand-in (hit counts, gates,
-//! `wait_for_hits`), never through sleeps. The only timed waits are bounded negative checks,
-//! a watchdog that turns a stuck process into a failure, and one poll of /proc for a process
-//! that waits on a lock the test holds.
+//! Concurrency and crash safety: several real `wxtoken` processes against one store (a
+//! SQLite file, and under `on_postgres` a PostgreSQL database) and the loopback stand-in.
+//! Processes are synchronised through the stand-in (hit counts, gates, `wait_for_hits`),
+//! never through sleeps. The only timed waits are bounded negative checks, a watchdog that
+//! turns a stuck process into a failure, and, on PostgreSQL, one poll of the server's
+//! activity for a process that waits on a lock the test holds.
 
 mod support;
 
@@ -11,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
 use support::standin::{self, Reply, STABLE_TOKEN, TOKEN};
 use support::{Out, TestEnv, now, wait};
 
@@ -152,91 +152,79 @@ fn documented_default(subcommand: &str, flag: &str) -> usize {
     rest.split(']').next().unwrap().parse().unwrap()
 }
 
-fn account_id(conn: &Connection, appid: &str) -> i64 {
-    let sql = "SELECT id FROM accounts WHERE appid = ?1";
-    conn.query_row(sql, [appid], |r| r.get(0)).unwrap()
+fn account_id(env: &TestEnv, appid: &str) -> i64 {
+    env.query_i64(&format!("SELECT id FROM accounts WHERE appid = '{appid}'"))
+}
+
+/// The lines of a query's result; none for no rows.
+fn lines(text: String) -> Vec<String> {
+    text.lines().map(str::to_string).collect()
 }
 
 /// Every stored token of an account, oldest first.
 fn token_rows(env: &TestEnv, appid: &str) -> Vec<String> {
-    let conn = env.open_db();
-    let mut stmt = conn
-        .prepare(
-            "SELECT t.token FROM tokens t JOIN accounts a ON a.id = t.account_id
-             WHERE a.appid = ?1 AND t.kind = 'access_token' ORDER BY t.id",
-        )
-        .unwrap();
-    let rows = stmt.query_map([appid], |r| r.get(0)).unwrap();
-    rows.collect::<rusqlite::Result<_>>().unwrap()
+    lines(env.query(&format!(
+        "SELECT t.token FROM tokens t JOIN accounts a ON a.id = t.account_id
+         WHERE a.appid = '{appid}' AND t.kind = 'access_token' ORDER BY t.id"
+    )))
 }
 
 fn held_until(env: &TestEnv, appid: &str) -> Option<i64> {
-    let sql = "SELECT held_until FROM accounts WHERE appid = ?1";
-    env.open_db().query_row(sql, [appid], |r| r.get(0)).unwrap()
+    let sql = format!("SELECT held_until FROM accounts WHERE appid = '{appid}'");
+    let value = env.query(&sql);
+    (!value.is_empty()).then(|| value.parse().unwrap_or_else(|_| panic!("{sql}: {value}")))
 }
 
-fn count(conn: &Connection, sql: &str) -> i64 {
-    conn.query_row(sql, [], |r| r.get(0))
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+fn count(env: &TestEnv, sql: &str) -> i64 {
+    env.query_i64(sql)
 }
 
 /// The newest attempt's outcome of an account.
 fn last_outcome(env: &TestEnv, appid: &str) -> String {
-    let conn = env.open_db();
-    let id = account_id(&conn, appid);
-    let sql = "SELECT outcome FROM attempts WHERE account_id = ?1 AND kind = 'access_token'
-               ORDER BY id DESC LIMIT 1";
-    conn.query_row(sql, [id], |r| r.get(0)).unwrap()
+    let id = account_id(env, appid);
+    env.query(&format!(
+        "SELECT outcome FROM attempts WHERE account_id = {id} AND kind = 'access_token'
+         ORDER BY id DESC LIMIT 1"
+    ))
 }
 
-fn insert_token(conn: &Connection, account: i64, token: &str, fetched_at: i64, expires_in: i64) {
-    conn.execute(
+fn insert_token_sql(account: i64, token: &str, fetched_at: i64, expires_in: i64) -> String {
+    format!(
         "INSERT INTO tokens (account_id, token, expires_in, fetched_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            account,
-            token,
-            expires_in,
-            fetched_at,
-            fetched_at + expires_in
-        ],
+         VALUES ({account}, '{token}', {expires_in}, {fetched_at}, {});",
+        fetched_at + expires_in
     )
-    .unwrap();
 }
 
-fn insert_attempt(conn: &Connection, account: i64, started_at: i64) {
-    conn.execute(
+fn insert_token(env: &TestEnv, account: i64, token: &str, fetched_at: i64, expires_in: i64) {
+    env.execute(&insert_token_sql(account, token, fetched_at, expires_in));
+}
+
+fn insert_attempt(env: &TestEnv, account: i64, started_at: i64) {
+    env.execute(&format!(
         "INSERT INTO attempts (account_id, started_at, duration_ms, tries, outcome)
-         VALUES (?1, ?2, 5, 1, 'ok')",
-        params![account, started_at],
-    )
-    .unwrap();
+         VALUES ({account}, {started_at}, 5, 1, 'ok')"
+    ));
 }
 
-fn insert_claim(conn: &Connection, account: i64, host: &str, pid: i64, expires_at: i64) {
-    conn.execute(
-        "INSERT OR REPLACE INTO claims (account_id, holder, host, pid, claimed_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            account,
-            format!("{host}:{pid}:test"),
-            host,
-            pid,
-            now() - 100,
-            expires_at
-        ],
-    )
-    .unwrap();
+/// Puts a claim on the account as if `pid` on `host` held it until `expires_at`.
+fn insert_claim(env: &TestEnv, account: i64, host: &str, pid: i64, expires_at: i64) {
+    env.execute(&format!(
+        "DELETE FROM claims WHERE account_id = {account};
+         INSERT INTO claims (account_id, holder, host, pid, claimed_at, expires_at)
+         VALUES ({account}, '{host}:{pid}:test', '{host}', {pid}, {}, {expires_at});",
+        now() - 100
+    ));
 }
 
 /// Who holds an account's claim: (host, pid).
 fn claim_of(env: &TestEnv, appid: &str) -> Option<(String, i64)> {
-    let conn = env.open_db();
-    let id = account_id(&conn, appid);
-    let sql = "SELECT host, pid FROM claims WHERE account_id = ?1";
-    conn.query_row(sql, [id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()
-        .unwrap()
+    let id = account_id(env, appid);
+    let row = env.query(&format!(
+        "SELECT host, pid FROM claims WHERE account_id = {id}"
+    ));
+    let (host, pid) = row.split_once('|')?;
+    Some((host.to_string(), pid.parse().unwrap()))
 }
 
 /// `force_refresh` of every stable-token request for `appid` since request number `since`.
@@ -250,25 +238,27 @@ fn stable_requests(env: &TestEnv, appid: &str, since: usize) -> Vec<String> {
         .collect()
 }
 
-/// What must hold after any crash: SQLite's own check, and no row that is half there.
+/// What must hold after any crash: the store's own checks, and no row that is half there.
 #[track_caller]
 fn assert_db_sane(env: &TestEnv) {
-    let conn = env.open_db();
-    let check: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(check, "ok");
-    let orphans = count(&conn, "SELECT count(*) FROM pragma_foreign_key_check");
-    assert_eq!(orphans, 0, "rows pointing at no account");
+    if env.is_postgres() {
+        // PostgreSQL enforces the foreign keys itself, and a killed client cannot tear a
+        // page of the server's; what is left is wxtoken's own consistency below.
+    } else {
+        let check = env.query("PRAGMA integrity_check");
+        assert_eq!(check, "ok");
+        let orphans = count(env, "SELECT count(*) FROM pragma_foreign_key_check");
+        assert_eq!(orphans, 0, "rows pointing at no account");
+    }
     let bad_tokens = count(
-        &conn,
+        env,
         "SELECT count(*) FROM tokens WHERE token IS NULL OR token = '' OR expires_in IS NULL
          OR expires_in <= 0 OR fetched_at IS NULL OR expires_at IS NULL
          OR expires_at <> fetched_at + expires_in",
     );
     assert_eq!(bad_tokens, 0, "malformed token rows");
     let bad_attempts = count(
-        &conn,
+        env,
         "SELECT count(*) FROM attempts WHERE outcome IS NULL
          OR outcome NOT IN ('ok', 'unchanged', 'errcode', 'http', 'transport', 'not_json',
                             'invalid', 'skipped')
@@ -280,7 +270,7 @@ fn assert_db_sane(env: &TestEnv) {
     assert_eq!(bad_attempts, 0, "malformed attempt rows");
     // A token row and its attempt are written in one transaction: both or neither.
     let unmatched = count(
-        &conn,
+        env,
         "SELECT count(*) FROM accounts a
          WHERE (SELECT count(*) FROM tokens t
                 WHERE t.account_id = a.id AND kind = 'access_token')
@@ -463,9 +453,9 @@ fn host_in_claims() -> String {
 fn live_claims_are_respected_and_expired_foreign_ones_taken_over() {
     let this_host = host_in_claims();
     let env = setup(&["wxclaim"]);
-    let id = account_id(&env.open_db(), "wxclaim");
+    let id = account_id(&env, "wxclaim");
     let busy = |host: &str, pid: i64| {
-        insert_claim(&env.open_db(), id, host, pid, now() + 3600);
+        insert_claim(&env, id, host, pid, now() + 3600);
         let out = refresh(&env, &[]);
         out.assert_code(0);
         assert!(
@@ -479,7 +469,7 @@ fn live_claims_are_respected_and_expired_foreign_ones_taken_over() {
     busy(&this_host, i64::from(std::process::id()));
     busy("other-host.invalid", 1);
 
-    insert_claim(&env.open_db(), id, "other-host.invalid", 1, now() - 1);
+    insert_claim(&env, id, "other-host.invalid", 1, now() - 1);
     assert_next_run_takes_over(&env, "wxclaim", 1);
 }
 
@@ -610,6 +600,12 @@ fn reject_fetches_only_while_the_token_is_newest() {
     assert_eq!(token_rows(&env, a), [first, second, third]);
 }
 
+/// A test's own open write transaction on the store.
+enum Writer {
+    Sqlite(rusqlite::Connection),
+    Postgres(support::pg::PgSession),
+}
+
 #[test]
 fn reject_hands_out_a_token_recorded_while_it_waited_for_the_claim() {
     let a = "wxrace";
@@ -617,13 +613,30 @@ fn reject_hands_out_a_token_recorded_while_it_waited_for_the_claim() {
     refresh(&env, &[]).assert_code(0);
     let old = env.get(&["--appid", a]).value();
     // Another fetcher is committing a newer token: `get --reject` still reads `old` as the
-    // newest, then waits for the write lock to claim the account.
-    let conn = env.open_db();
-    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-    insert_token(&conn, account_id(&conn, a), "newer-token", now(), 7200);
+    // newest, then waits for that commit to claim the account. On SQLite the commit holds
+    // the write lock; on PostgreSQL, the other holder's claim row, which its transaction
+    // locks, records into and releases.
+    let id = account_id(&env, a);
+    let newer = insert_token_sql(id, "newer-token", now(), 7200);
+    let mut other = match &env.pg {
+        Some(db) => {
+            insert_claim(&env, id, "other-host.invalid", 1, now() + 3600);
+            let mut session = db.session();
+            session.run(&format!(
+                "BEGIN; SELECT holder FROM claims WHERE account_id = {id} FOR UPDATE; {newer}"
+            ));
+            Writer::Postgres(session)
+        }
+        None => {
+            let conn = env.open_db();
+            conn.execute_batch(&format!("BEGIN IMMEDIATE; {newer}"))
+                .unwrap();
+            Writer::Sqlite(conn)
+        }
+    };
     let mut child = env.spawn(&["-vv", "get", "--appid", a, "--reject", &old]);
     // Synchronise on what the child says: once it has found `old` still the newest, it
-    // goes for the claim, which waits for our write lock.
+    // goes for the claim, which waits for the other writer.
     let stderr = child.stderr.take().expect("piped stderr");
     let mut lines = std::io::BufReader::new(stderr);
     let mut said = String::new();
@@ -634,7 +647,24 @@ fn reject_hands_out_a_token_recorded_while_it_waited_for_the_claim() {
         said += &line;
     }
     child.stderr = Some(lines.into_inner());
-    conn.execute_batch("COMMIT").unwrap();
+    match &mut other {
+        Writer::Sqlite(conn) => conn.execute_batch("COMMIT").unwrap(),
+        Writer::Postgres(session) => {
+            // The server shows the wait: the child's claim queues behind the row lock.
+            let waiting = "SELECT count(*) FROM pg_stat_activity
+                           WHERE datname = current_database() AND wait_event_type = 'Lock'";
+            let deadline = std::time::Instant::now() + PATIENCE;
+            while env.query_i64(waiting) == 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the claim never waited"
+                );
+            }
+            session.run(&format!(
+                "DELETE FROM claims WHERE account_id = {id}; COMMIT;"
+            ));
+        }
+    }
     // Under the claim it finds the newer token: it hands that out without a fetch.
     assert_eq!(finish(child).value(), "newer-token");
     assert_eq!(env.api.hits(TOKEN), 1);
@@ -689,8 +719,7 @@ fn stable_reject_falls_back_to_a_forced_refresh() {
     );
     assert_eq!(env.get(&["--appid", a]).value(), new);
     assert_eq!(token_rows(&env, a), [current, new]);
-    let conn = env.open_db();
-    let forced = count(&conn, "SELECT count(*) FROM forced_refreshes");
+    let forced = count(&env, "SELECT count(*) FROM forced_refreshes");
     assert_eq!(forced, 1);
 }
 
@@ -706,15 +735,11 @@ fn forced_refreshes_stay_within_wechats_budget() {
     // second is midnight in China, one run in 86,400); another one five seconds ago is too
     // recent for the 30 s gap.
     let t = now();
-    let conn = env.open_db();
-    let sql = "INSERT INTO forced_refreshes (account_id, at) VALUES (?1, ?2)";
-    for _ in 0..20 {
-        conn.execute(sql, params![account_id(&conn, spent), t - 1])
-            .unwrap();
-    }
-    conn.execute(sql, params![account_id(&conn, recent), t - 5])
-        .unwrap();
-    drop(conn);
+    let force = |appid: &str, at: i64| {
+        let id = account_id(&env, appid);
+        format!("INSERT INTO forced_refreshes (account_id, at) VALUES ({id}, {at});")
+    };
+    env.execute(&(force(spent, t - 1).repeat(20) + &force(recent, t - 5)));
 
     for (appid, words) in [
         (spent, &["20 forced refreshes", "per day"][..]),
@@ -769,8 +794,7 @@ fn refresh_ahead_of_a_stable_token_that_is_still_current_adds_no_row() {
     assert_eq!(env.api.hits_for(STABLE_TOKEN, a), 2);
     assert_eq!(token_rows(&env, a), ["stable-1"]);
     assert_eq!(last_outcome(&env, a), "unchanged");
-    let conn = env.open_db();
-    assert_eq!(count(&conn, "SELECT count(*) FROM attempts"), 2);
+    assert_eq!(count(&env, "SELECT count(*) FROM attempts"), 2);
 }
 
 // ---- holds ----
@@ -910,33 +934,28 @@ fn prune_keeps_the_newest_and_every_valid_token() {
     let a = "wxprune";
     let env = setup(&[a]);
     let t = now();
-    let conn = env.open_db();
-    let id = account_id(&conn, a);
-    insert_token(&conn, id, "still-valid", t - 3000, 7200);
+    let id = account_id(&env, a);
+    insert_token(&env, id, "still-valid", t - 3000, 7200);
     for k in (1..=3).rev() {
-        insert_token(&conn, id, &format!("expired-{k}"), t - k * DAY, 7200);
+        insert_token(&env, id, &format!("expired-{k}"), t - k * DAY, 7200);
     }
-    drop(conn);
     refresh(&env, &[]).assert_code(0);
     let fetched = env.get(&["--appid", a]).value();
 
-    let conn = env.open_db();
-    insert_attempt(&conn, id, t - 31 * DAY);
-    insert_attempt(&conn, id, t - 29 * DAY);
-    drop(conn);
+    insert_attempt(&env, id, t - 31 * DAY);
+    insert_attempt(&env, id, t - 29 * DAY);
     let out = env.run(&["prune", "--keep", "2"]);
     out.assert_code(0);
     for word in ["2 token rows", "1 attempt"] {
         assert!(out.stderr.contains(word), "{word:?} in {}", out.stderr);
     }
     assert_eq!(token_rows(&env, a), ["still-valid", "expired-1", &fetched]);
-    let conn = env.open_db();
     let old = format!(
         "SELECT count(*) FROM attempts WHERE started_at < {}",
         t - 30 * DAY
     );
-    assert_eq!(count(&conn, &old), 0);
-    assert_eq!(count(&conn, "SELECT count(*) FROM attempts"), 2);
+    assert_eq!(count(&env, &old), 0);
+    assert_eq!(count(&env, "SELECT count(*) FROM attempts"), 2);
 }
 
 #[test]
@@ -945,14 +964,14 @@ fn refresh_prunes_automatically() {
     let keep = documented_default("prune", "--keep");
     let env = setup(&[a]);
     let t = now();
-    let conn = env.open_db();
-    let id = account_id(&conn, a);
-    for k in (1..=keep as i64 + 10).rev() {
-        insert_token(&conn, id, &format!("expired-{k}"), t - DAY - k * 3600, 7200);
-    }
-    insert_attempt(&conn, id, t - 31 * DAY);
-    insert_attempt(&conn, id, t - 29 * DAY);
-    drop(conn);
+    let id = account_id(&env, a);
+    let expired: String = (1..=keep as i64 + 10)
+        .rev()
+        .map(|k| insert_token_sql(id, &format!("expired-{k}"), t - DAY - k * 3600, 7200))
+        .collect();
+    env.execute(&expired);
+    insert_attempt(&env, id, t - 31 * DAY);
+    insert_attempt(&env, id, t - 29 * DAY);
 
     refresh(&env, &[]).assert_code(0);
     let rows = token_rows(&env, a);
@@ -963,8 +982,7 @@ fn refresh_prunes_automatically() {
         format!("expired-{}", keep - 1),
         "the newest ones stay"
     );
-    let conn = env.open_db();
-    assert_eq!(count(&conn, "SELECT count(*) FROM attempts"), 2);
+    assert_eq!(count(&env, "SELECT count(*) FROM attempts"), 2);
 }
 
 #[test]
@@ -1006,3 +1024,29 @@ fn the_refresh_ahead_run_leaves_holds_to_the_hourly_run() {
         hourly.stderr
     );
 }
+
+// Every behaviour here applies to a shared server; none is left SQLite-only.
+also_on_postgres!(
+    refresh_jobs_bounds_the_fetches_in_flight,
+    refresh_default_jobs_is_the_documented_one,
+    overlapping_gated_refreshes_fetch_each_account_once,
+    overlapping_slow_refreshes_fetch_each_account_once,
+    a_run_arriving_while_another_fetches_skips_its_accounts,
+    a_killed_holder_does_not_block_the_next_run,
+    live_claims_are_respected_and_expired_foreign_ones_taken_over,
+    kill_9_at_any_moment_leaves_a_consistent_database,
+    readers_never_fail_while_refreshes_write,
+    reject_fetches_only_while_the_token_is_newest,
+    reject_hands_out_a_token_recorded_while_it_waited_for_the_claim,
+    twelve_concurrent_rejects_cause_one_fetch,
+    stable_reject_falls_back_to_a_forced_refresh,
+    forced_refreshes_stay_within_wechats_budget,
+    refresh_ahead_fetches_only_what_expires_soon,
+    refresh_ahead_of_a_stable_token_that_is_still_current_adds_no_row,
+    configuration_errors_hold_until_the_configuration_changes,
+    quota_and_ip_rejections_hold_for_a_while,
+    whitelist_and_per_minute_errors_do_not_hold,
+    prune_keeps_the_newest_and_every_valid_token,
+    refresh_prunes_automatically,
+    the_refresh_ahead_run_leaves_holds_to_the_hourly_run,
+);

@@ -75,16 +75,66 @@ fn refresh_after(env: &TestEnv, replies: &[Reply]) -> Out {
     refresh(env, &["--force"])
 }
 
-/// The schema as SQLite stores it: every object's SQL, in a stable order.
+/// The schema as the store keeps it: every object's definition, in a stable order.
 fn schema(env: &TestEnv) -> String {
-    env.open_db()
-        .query_row(
-            "SELECT group_concat(type || ' ' || name || ': ' || ifnull(sql, ''), char(10))
-             FROM (SELECT * FROM sqlite_master ORDER BY type, name)",
-            [],
-            |r| r.get(0),
-        )
-        .expect("read the schema")
+    if env.is_postgres() {
+        return env.query(
+            "SELECT line FROM (
+                 SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type
+                        || ' ' || is_nullable || ' ' || coalesce(column_default, '') AS line
+                 FROM information_schema.columns WHERE table_schema = current_schema()
+                 UNION ALL SELECT 'index ' || indexname || ': ' || indexdef
+                 FROM pg_indexes WHERE schemaname = current_schema()
+                 UNION ALL SELECT 'view ' || viewname || ': ' || definition
+                 FROM pg_views WHERE schemaname = current_schema()
+             ) s ORDER BY line",
+        );
+    }
+    env.query(
+        "SELECT type || ' ' || name || ': ' || ifnull(sql, '')
+         FROM sqlite_master ORDER BY type, name",
+    )
+}
+
+/// The schema version: SQLite's `user_version`, PostgreSQL's newest `schema_migrations` row.
+fn schema_version(env: &TestEnv) -> i64 {
+    if env.is_postgres() {
+        env.query_i64("SELECT coalesce(max(version), 0) FROM schema_migrations")
+    } else {
+        env.query_i64("PRAGMA user_version")
+    }
+}
+
+/// Whether the store has any table: whether a command created (or migrated) it.
+fn store_created(env: &TestEnv) -> bool {
+    if env.is_postgres() {
+        let sql = "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()";
+        env.query_i64(sql) > 0
+    } else {
+        env.db().exists()
+    }
+}
+
+/// How `status` and the warnings name the store: the SQLite path, or the PostgreSQL URL in
+/// wxtoken's own spelling (user, database, socket directory and port; never a password).
+fn store_shown(env: &TestEnv) -> String {
+    let Some(pg) = &env.pg else {
+        return env.db().display().to_string();
+    };
+    let dir = pg.server.dir.display().to_string();
+    let encoded: String = dir
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    format!(
+        "postgresql://postgres@/{}?host={encoded}&port=5432",
+        pg.name
+    )
 }
 
 /// A usage error: exit 2, nothing on stdout, exactly one line on stderr.
@@ -134,19 +184,6 @@ fn closed_port_url() -> String {
     let port = listener.local_addr().expect("addr").port();
     drop(listener);
     format!("http://127.0.0.1:{port}")
-}
-
-/// What `get` must not change: the database's bytes and mtime, and the size of its WAL
-/// (0 when absent). The shared-memory index is left out: every WAL reader maps it.
-fn disk_state(db: &Path) -> (Vec<u8>, std::time::SystemTime, u64) {
-    let mut wal = db.as_os_str().to_owned();
-    wal.push("-wal");
-    let meta = std::fs::metadata(db).expect("database metadata");
-    (
-        std::fs::read(db).expect("read database"),
-        meta.modified().expect("mtime"),
-        std::fs::metadata(wal).map_or(0, |m| m.len()),
-    )
 }
 
 // ---- accounts -----------------------------------------------------------------------------
@@ -599,14 +636,12 @@ fn get_without_a_valid_token_exits_3() {
 fn an_expired_token_is_not_handed_out() {
     let env = with_account();
     let now = now();
-    env.open_db()
-        .execute(
-            "INSERT INTO tokens (account_id, kind, token, expires_in, fetched_at, expires_at)
-             SELECT id, 'access_token', 'TOKEN_stale', 7200, ?2 - 7300, ?2 - 100
-             FROM accounts WHERE appid = ?1",
-            rusqlite::params![APPID, now],
-        )
-        .expect("insert an expired token");
+    env.execute(&format!(
+        "INSERT INTO tokens (account_id, kind, token, expires_in, fetched_at, expires_at)
+         SELECT id, 'access_token', 'TOKEN_stale', 7200, {} - 7300, {} - 100
+         FROM accounts WHERE appid = '{APPID}'",
+        now, now
+    ));
     get(&env, APPID, &[]).assert_no_value(&["expired"]);
     let status = run(&env, &["status"], 0);
     assert!(status.stdout.contains("EXPIRED"), "{}", status.stdout);
@@ -619,31 +654,33 @@ fn an_expired_token_is_not_handed_out() {
 #[test]
 fn get_never_writes_to_the_database() {
     let env = with_token("TOKEN_ro", 7200);
-    let before = disk_state(&env.db());
+    let before = env.written_state();
     for args in [&[][..], &["--json"], &["--min-ttl", "3h"], &["-vvv"]] {
         get(&env, APPID, args);
     }
     get(&env, "wxunknown", &[]).assert_code(3);
-    assert!(
-        before == disk_state(&env.db()),
-        "get changed the database files"
-    );
+    assert!(before == env.written_state(), "get changed the database");
 
-    // Without a database, get says so and creates none.
+    // Without a database (on PostgreSQL: an empty one), get says so and creates none.
     let fresh = TestEnv::new();
+    let missing = if fresh.is_postgres() {
+        "schema version 0"
+    } else {
+        "does not exist"
+    };
     let out = get(&fresh, APPID, &[]);
     out.assert_code(5);
-    out.assert_stderr_has(&["does not exist"]);
-    assert!(!fresh.db().exists(), "get created {}", fresh.db().display());
+    out.assert_stderr_has(&[missing]);
+    assert!(!store_created(&fresh), "get created {}", fresh.store());
 
     // Nor does get --reject, which may write: a mistyped WXTOKEN_DB is refused alike.
     let out = get(&fresh, APPID, &["--reject", "OLD"]);
     out.assert_code(5);
-    out.assert_stderr_has(&["does not exist"]);
+    out.assert_stderr_has(&[missing]);
     assert!(
-        !fresh.db().exists(),
+        !store_created(&fresh),
         "get --reject created {}",
-        fresh.db().display()
+        fresh.store()
     );
     assert_eq!(
         fresh.api.hits(TOKEN),
@@ -814,7 +851,7 @@ fn status_shows_the_database_and_each_accounts_last_attempt() {
     refresh(&env, &[]).assert_code(4);
 
     let out = run(&env, &["status"], 0);
-    let db = env.db().display().to_string();
+    let db = store_shown(&env);
     assert!(
         out.stdout.starts_with(&format!("database {db}\n")),
         "{}",
@@ -866,7 +903,7 @@ fn status_shows_the_database_and_each_accounts_last_attempt() {
 fn status_without_accounts_says_how_to_add_one() {
     let env = TestEnv::new();
     let out = run(&env, &["status"], 0);
-    let db = env.db().display().to_string();
+    let db = store_shown(&env);
     assert_eq!(
         out.stdout,
         format!("database {db}\nno accounts; add one with `wxtoken account add`\n")
@@ -888,7 +925,7 @@ fn the_database_is_created_private() {
 #[test]
 fn migrations_run_once() {
     let env = with_account();
-    let version = env.query_i64("PRAGMA user_version");
+    let version = schema_version(&env);
     assert!(version > 0);
     let before = schema(&env);
     let commands: [&[&str]; 6] = [
@@ -902,16 +939,18 @@ fn migrations_run_once() {
     for args in commands {
         run(&env, args, 0);
     }
-    assert_eq!(env.query_i64("PRAGMA user_version"), version);
+    assert_eq!(schema_version(&env), version);
     assert_eq!(schema(&env), before);
 }
 
 #[test]
 fn a_newer_schema_is_refused() {
     let env = with_token("TOKEN_v99", 7200);
-    env.open_db()
-        .pragma_update(None, "user_version", 99)
-        .expect("set version");
+    env.execute(if env.is_postgres() {
+        "INSERT INTO schema_migrations (version) VALUES (99)"
+    } else {
+        "PRAGMA user_version = 99"
+    });
     let before = schema(&env);
     let attempts: [&[&str]; 4] = [
         &["status"],
@@ -925,30 +964,40 @@ fn a_newer_schema_is_refused() {
         out.assert_stderr_has(&["99", "upgrade wxtoken"]);
     }
     assert_eq!(env.api.hits(TOKEN), 1, "a fetch against a newer schema");
-    assert_eq!(env.query_i64("PRAGMA user_version"), 99);
+    assert_eq!(schema_version(&env), 99);
     assert_eq!(schema(&env), before);
 }
 
+/// A store of another program is refused and left as it was. SQLite: a file with any other
+/// table. PostgreSQL, where one database often serves several programs: one whose
+/// `accounts` table wxtoken did not make.
 #[test]
-fn an_sqlite_file_of_another_program_is_left_untouched() {
+fn a_store_of_another_program_is_left_untouched() {
     let env = TestEnv::new();
-    let conn = rusqlite::Connection::open(env.db()).expect("create");
-    conn.execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('mine');")
-        .expect("someone else's table");
-    drop(conn);
-    // Private, as it should be: what is refused here is the content.
-    std::fs::set_permissions(env.db(), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (table, refusal) = if env.is_postgres() {
+        ("accounts", "did not create")
+    } else {
+        let conn = rusqlite::Connection::open(env.db()).expect("create");
+        drop(conn);
+        // Private, as it should be: what is refused here is the content.
+        std::fs::set_permissions(env.db(), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        ("notes", "not a wxtoken one")
+    };
+    env.execute(&format!(
+        "CREATE TABLE {table} (body TEXT); INSERT INTO {table} VALUES ('mine');"
+    ));
     let before = schema(&env);
     for args in [&["status"][..], &["refresh"], &["account", "list"]] {
         let out = run(&env, args, 5);
         assert_eq!(out.stdout, "", "{args:?}");
-        out.assert_stderr_has(&["not a wxtoken one", &env.db().display().to_string()]);
+        out.assert_stderr_has(&[refusal, &store_shown(&env)]);
     }
-    add_with(&env, &["--appid", APPID], &format!("{SECRET}\n"), 5)
-        .assert_stderr_has(&["not a wxtoken one"]);
+    add_with(&env, &["--appid", APPID], &format!("{SECRET}\n"), 5).assert_stderr_has(&[refusal]);
     assert_eq!(schema(&env), before);
-    assert_eq!(env.query_i64("PRAGMA user_version"), 0);
-    assert_eq!(env.query_i64("SELECT count(*) FROM notes"), 1);
+    if !env.is_postgres() {
+        assert_eq!(env.query_i64("PRAGMA user_version"), 0);
+    }
+    assert_eq!(env.query(&format!("SELECT body FROM {table}")), "mine");
 }
 
 /// A database of an older wxtoken: plain `get` refuses it without touching it, any writing
@@ -956,16 +1005,26 @@ fn an_sqlite_file_of_another_program_is_left_untouched() {
 #[test]
 fn an_older_schema_is_refused_by_get_and_upgraded_by_a_writing_command() {
     let env = with_token("TOKEN_from_v1", 7200);
-    // Back to schema version 2: what migrations 3 to 7 add, undone (0005's runs table is
-    // created IF NOT EXISTS, so it may stay).
-    env.open_db()
-        .execute_batch(
-            "DROP TABLE intents; ALTER TABLE accounts DROP COLUMN fetch_due;
-             ALTER TABLE attempts DROP COLUMN clock_offset;
-             DROP TABLE sink_published; DROP TABLE sinks; DROP TABLE quota_resets;
-             ALTER TABLE accounts DROP COLUMN tickets; PRAGMA user_version = 2;",
-        )
-        .expect("downgrade");
+    // Back to schema version 2. SQLite: what migrations 3 to 7 add, undone (0005's runs
+    // table is created IF NOT EXISTS, so it may stay). PostgreSQL: migrations 3 to 5, with
+    // the reader view as migration 1 made it.
+    env.execute(if env.is_postgres() {
+        "DROP VIEW latest_tokens; DROP TABLE intents;
+         CREATE VIEW latest_tokens AS
+         SELECT a.appid, a.agent, t.kind, t.token, t.expires_in, t.fetched_at, t.expires_at
+         FROM accounts a JOIN tokens t ON t.account_id = a.id
+         WHERE t.id = (SELECT max(n.id) FROM tokens n
+                       WHERE n.account_id = t.account_id AND n.kind = t.kind);
+         ALTER TABLE accounts DROP COLUMN fetch_due;
+         ALTER TABLE attempts DROP COLUMN clock_offset;
+         DROP TABLE sink_published; DROP TABLE sinks; DROP TABLE runs;
+         DELETE FROM schema_migrations WHERE version > 2;"
+    } else {
+        "DROP TABLE intents; ALTER TABLE accounts DROP COLUMN fetch_due;
+         ALTER TABLE attempts DROP COLUMN clock_offset;
+         DROP TABLE sink_published; DROP TABLE sinks; DROP TABLE quota_resets;
+         ALTER TABLE accounts DROP COLUMN tickets; PRAGMA user_version = 2;"
+    });
     let before = schema(&env);
     let out = get(&env, APPID, &[]);
     out.assert_code(5);
@@ -974,7 +1033,7 @@ fn an_older_schema_is_refused_by_get_and_upgraded_by_a_writing_command() {
     assert_eq!(schema(&env), before, "get changed an older database");
 
     run(&env, &["status"], 0);
-    assert!(env.query_i64("PRAGMA user_version") > 2);
+    assert!(schema_version(&env) > 2);
     assert_eq!(get(&env, APPID, &[]).value(), "TOKEN_from_v1");
 }
 
@@ -1014,18 +1073,30 @@ fn a_missing_database_directory_is_named() {
 #[test]
 fn the_db_flag_beats_the_environment() {
     let env = TestEnv::new();
-    let flagged = env.dir.join("flagged.db");
-    let flagged = flagged.to_str().expect("utf-8 path");
+    // On PostgreSQL the flag names the test's database and the environment an SQLite file
+    // (the flag's URL has no password, so it may be on the command line).
+    let (flagged, shown, unused) = if env.is_postgres() {
+        let unused = env.db();
+        env.set_env("WXTOKEN_DB", &unused.display().to_string());
+        (env.store(), store_shown(&env), unused)
+    } else {
+        let flagged = env.dir.join("flagged.db").display().to_string();
+        (flagged.clone(), flagged, env.db())
+    };
     let out = env.run_with_stdin(
-        &["account", "add", "--db", flagged, "--appid", APPID],
+        &["account", "add", "--db", &flagged, "--appid", APPID],
         &format!("{SECRET}\n"),
     );
     out.assert_code(0);
-    assert!(Path::new(flagged).exists());
-    assert!(!env.db().exists(), "WXTOKEN_DB was used despite --db");
-    let status = run(&env, &["--db", flagged, "status"], 0);
+    if env.is_postgres() {
+        assert_eq!(env.query_i64("SELECT count(*) FROM accounts"), 1);
+    } else {
+        assert!(Path::new(&flagged).exists());
+    }
+    assert!(!unused.exists(), "WXTOKEN_DB was used despite --db");
+    let status = run(&env, &["--db", &flagged, "status"], 0);
     assert!(
-        status.stdout.starts_with(&format!("database {flagged}\n")),
+        status.stdout.starts_with(&format!("database {shown}\n")),
         "{}",
         status.stdout
     );
@@ -1111,7 +1182,7 @@ fn every_subcommand_has_help_with_an_example() {
         );
         assert_eq!(out.stderr, "", "{args:?}");
     }
-    assert!(!env.db().exists(), "--help touched the database");
+    assert!(!store_created(&env), "--help touched the database");
 }
 
 #[test]
@@ -1150,7 +1221,7 @@ fn a_refresh_with_no_accounts_warns_even_when_quiet() {
     // A cron line with a mistyped WXTOKEN_DB refreshes an empty database: that must show.
     let env = TestEnv::new();
     let out = run(&env, &["-q", "refresh"], 0);
-    let db = env.db().display().to_string();
+    let db = store_shown(&env);
     out.assert_stderr_has(&["warning: no enabled accounts in", &db, "WXTOKEN_DB"]);
     assert_eq!(env.api.hits(TOKEN), 0);
 }
@@ -1199,3 +1270,51 @@ fn the_default_database_is_under_home_and_get_creates_nothing() {
         status.stdout
     );
 }
+
+// Every test again on PostgreSQL, but those about the SQLite file itself: its mode, a file
+// that is not SQLite, a missing directory, and the default path under HOME.
+also_on_postgres!(
+    add_reads_the_secret_from_one_line_of_stdin,
+    add_reads_the_secret_from_a_named_environment_variable,
+    the_secret_is_never_an_argument,
+    list_shows_accounts_with_masked_secrets,
+    adding_an_existing_account_fails_before_reading_the_secret,
+    an_existing_account_keeps_its_secret_when_added_again,
+    an_empty_secret_is_refused,
+    an_empty_or_invalid_appid_is_refused,
+    disabled_accounts_are_not_refreshed_until_enabled,
+    account_commands_on_an_unknown_account_exit_6,
+    remove_deletes_the_account_and_its_tokens,
+    the_secret_never_appears_in_any_output,
+    a_reply_quoting_the_secret_is_not_shown_in_pieces,
+    get_prints_exactly_the_fetched_token,
+    refresh_fetches_with_the_stored_credentials_and_reports,
+    get_json_has_every_field,
+    min_ttl_refuses_a_token_with_too_little_left,
+    a_bad_duration_is_a_usage_error_naming_it,
+    get_without_a_valid_token_exits_3,
+    an_expired_token_is_not_handed_out,
+    get_never_writes_to_the_database,
+    transient_failures_are_retried_until_one_succeeds,
+    transient_failures_give_up_after_three_tries,
+    permanent_errcodes_fail_at_once_with_a_hint,
+    an_unknown_errcode_is_shown_verbatim,
+    a_reply_without_access_token_is_invalid_and_not_retried,
+    a_slow_answer_times_out,
+    an_oversized_body_is_refused,
+    one_failing_account_does_not_stop_the_others_nor_lose_its_token,
+    status_shows_the_database_and_each_accounts_last_attempt,
+    status_without_accounts_says_how_to_add_one,
+    migrations_run_once,
+    a_newer_schema_is_refused,
+    a_store_of_another_program_is_left_untouched,
+    an_older_schema_is_refused_by_get_and_upgraded_by_a_writing_command,
+    the_db_flag_beats_the_environment,
+    bad_arguments_exit_2_with_one_line,
+    a_missing_argument_is_named,
+    every_subcommand_has_help_with_an_example,
+    the_api_base_flag_beats_the_environment,
+    an_api_base_that_is_not_a_url_is_a_usage_error,
+    a_refresh_with_no_accounts_warns_even_when_quiet,
+    an_empty_rejected_token_is_a_usage_error,
+);

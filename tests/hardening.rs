@@ -208,13 +208,11 @@ fn fetched_ahead(appid: &str, ahead: i64) -> TestEnv {
     let env = setup(&[appid]);
     run(&env, &["refresh"], 0);
     let t = now() + ahead;
-    env.open_db()
-        .execute(
-            "UPDATE tokens SET fetched_at = ?1, expires_at = ?2
-             WHERE id = (SELECT max(id) FROM tokens)",
-            [t, t + 7200],
-        )
-        .expect("shift the row");
+    env.execute(&format!(
+        "UPDATE tokens SET fetched_at = {t}, expires_at = {}
+         WHERE id = (SELECT max(id) FROM tokens)",
+        t + 7200
+    ));
     env
 }
 
@@ -356,13 +354,42 @@ fn a_locked_database_fails_the_run_after_one_busy_timeout() {
 
 // ---- signals ------------------------------------------------------------------------------
 
-/// Sends a signal to a spawned process.
+/// Sends a signal to a spawned process and waits until it has been delivered: `kill`
+/// returns while the signal may still be pending, and a busy machine could let the run
+/// get its answer and start another fetch before its handler ran (or merge two signals).
+#[track_caller]
 fn signal(child: &Child, sig: &str) {
     let status = Command::new("kill")
         .args([&format!("-{sig}"), &child.id().to_string()])
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -{sig}");
+    let deadline = Instant::now() + PATIENCE;
+    while signal_pending(child.id()) {
+        assert!(Instant::now() < deadline, "SIG{sig} never delivered");
+        std::thread::yield_now();
+    }
+}
+
+/// Whether a signal is pending for the process `pid` or any of its threads (a process
+/// that has exited has none).
+fn signal_pending(pid: u32) -> bool {
+    let pending = |status: &str, field: &str| {
+        status.lines().any(|l| {
+            l.strip_prefix(field)
+                .is_some_and(|mask| !mask.trim().trim_start_matches('0').is_empty())
+        })
+    };
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let shared = std::fs::read_to_string(proc.join("status")).unwrap_or_default();
+    let Ok(tasks) = std::fs::read_dir(proc.join("task")) else {
+        return false;
+    };
+    pending(&shared, "ShdPnd:")
+        || tasks.flatten().any(|task| {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            pending(&status, "SigPnd:")
+        })
 }
 
 #[test]
@@ -427,7 +454,7 @@ fn ctrl_c_at_the_secret_prompt_restores_echo() {
         .args(["-qfec", &format!("sh -c \"{inner}\""), "/dev/null"])
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("WXTOKEN_DB", env.db())
+        .env("WXTOKEN_DB", env.store())
         .env("WXTOKEN_KEY_FILE", env.key_file())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -703,12 +730,7 @@ fn credentials_in_the_api_base_are_never_shown_or_stored() {
     drop(closed);
     let out = run(&env, &["refresh", "--api-base", &url], 4);
     let status = run(&env, &["status", "--json"], 0);
-    let attempts = env.open_db().query_row(
-        "SELECT group_concat(coalesce(detail, '') || coalesce(errmsg, '')) FROM attempts",
-        [],
-        |r| r.get::<_, Option<String>>(0),
-    );
-    let stored = attempts.expect("attempts").unwrap_or_default();
+    let stored = env.query("SELECT coalesce(detail, '') || coalesce(errmsg, '') FROM attempts");
     for text in [&out.stderr, &out.stdout, &status.stdout, &stored] {
         assert!(!text.contains("hunter2"), "{text}");
     }
@@ -734,3 +756,28 @@ fn a_malformed_api_base_fails_before_any_request() {
     let attempts = env.query_i64("SELECT count(*) FROM attempts");
     assert_eq!(attempts, 0, "nothing was tried");
 }
+
+// Every test again on PostgreSQL, but the eight about the SQLite file itself: a locked
+// database, a full disk under it, its owner and mode (and its -wal's and -shm's), an empty
+// file or a symlink in its place, a read-only directory, and a corrupted file.
+also_on_postgres!(
+    a_manual_refresh_after_another_run_fetches_again,
+    a_refresh_against_a_dead_server_fails,
+    set_secret_and_enable_make_the_account_due_for_either_kind_of_run,
+    an_unrecorded_classic_fetch_caps_the_old_token_at_five_minutes,
+    an_unrecorded_stable_fetch_leaves_the_old_token_alone,
+    a_lost_answer_caps_the_classic_token_but_a_wechat_error_does_not,
+    time_left_is_never_more_than_the_tokens_lifetime,
+    a_token_fetched_in_the_future_is_not_served_and_is_due,
+    a_skewed_date_header_warns_on_stderr_and_in_status,
+    an_outcome_of_a_replaced_secret_never_holds_the_new_one,
+    durations_that_do_not_fit_are_usage_errors,
+    refresh_appid_is_validated_and_never_echoed_raw,
+    an_absurd_lifetime_is_an_invalid_reply,
+    sigterm_finishes_the_fetch_in_flight_and_starts_no_other,
+    a_second_signal_ends_the_run_at_once,
+    a_secret_over_64_kib_is_refused_not_cut,
+    ctrl_c_at_the_secret_prompt_restores_echo,
+    credentials_in_the_api_base_are_never_shown_or_stored,
+    a_malformed_api_base_fails_before_any_request,
+);

@@ -107,13 +107,11 @@ fn check_warns_near_the_daily_token_quota() {
     check(&env, &[], 0, "OK");
     // Another 1,599 token requests today (as a long run of retries would have made them):
     // with the hourly run's own, 1,600 of the 2,000 a day WeChat documents.
-    env.open_db()
-        .execute(
-            "INSERT INTO attempts (account_id, started_at, duration_ms, tries, outcome)
-             SELECT id, strftime('%s','now'), 1, 1599, 'ok' FROM accounts",
-            [],
-        )
-        .unwrap();
+    env.execute(&format!(
+        "INSERT INTO attempts (account_id, started_at, duration_ms, tries, outcome)
+         SELECT id, {}, 1, 1599, 'ok' FROM accounts",
+        support::now()
+    ));
     let line = check(&env, &[], 1, "WARNING");
     assert!(
         line.contains("1600 of 2000 daily token fetches used"),
@@ -125,10 +123,22 @@ fn check_warns_near_the_daily_token_quota() {
 fn check_unknown_when_the_database_cannot_be_opened_or_arguments_are_bad() {
     let env = TestEnv::new();
     let line = check(&env, &[], 3, "UNKNOWN");
-    assert!(line.contains("does not exist"), "{line}");
-    assert!(!env.db().exists(), "the check created the database");
-    std::fs::write(env.db(), "not a database at all, just text").unwrap();
-    check(&env, &[], 3, "UNKNOWN");
+    if let Some(db) = &env.pg {
+        // An empty database: the check says what it lacks and leaves it empty. A missing
+        // one: it says so.
+        assert!(line.contains("schema version 0"), "{line}");
+        let tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'";
+        assert_eq!(env.query_i64(tables), 0, "the check created tables");
+        let missing = db.url.replace(&db.name, &format!("{}_missing", db.name));
+        env.set_env("WXTOKEN_DB", &missing);
+        let line = check(&env, &[], 3, "UNKNOWN");
+        assert!(line.contains("does not exist"), "{line}");
+    } else {
+        assert!(line.contains("does not exist"), "{line}");
+        assert!(!env.db().exists(), "the check created the database");
+        std::fs::write(env.db(), "not a database at all, just text").unwrap();
+        check(&env, &[], 3, "UNKNOWN");
+    }
 
     let env = with_token(7200);
     for bad in [
@@ -414,7 +424,7 @@ fn on_terminal(env: &TestEnv, args: &str) -> String {
     let bin = env!("CARGO_BIN_EXE_wxtoken");
     let out = Command::new("script")
         .args(["-qec", &format!("{bin} {args}"), "/dev/null"])
-        .env("WXTOKEN_DB", env.db())
+        .env("WXTOKEN_DB", env.store())
         .env("WXTOKEN_KEY_FILE", env.key_file())
         .env("WXTOKEN_API_BASE", env.url())
         .env("TERM", "xterm")
@@ -622,3 +632,20 @@ fn packaged_commands_run_quietly_on_an_empty_database_and_refresh_when_there_are
         assert_eq!(env.api.hits(TOKEN), 1, "{origin}: {args:?}");
     }
 }
+
+// Left SQLite-only: completions and the man page, which never open a store.
+also_on_postgres!(
+    check_ok_warning_critical_by_time_left,
+    check_without_a_valid_token_is_critical,
+    check_held_account_is_at_least_warning,
+    check_warns_near_the_daily_token_quota,
+    check_unknown_when_the_database_cannot_be_opened_or_arguments_are_bad,
+    check_appid_selects_accounts,
+    refresh_writes_the_metrics_textfile_atomically,
+    metrics_show_a_held_account_and_an_unwritable_file_fails,
+    refresh_json_prints_a_line_per_account_and_a_summary,
+    dry_run_lists_what_is_due_and_never_calls_wechat,
+    allow_empty_silences_the_no_accounts_warning,
+    progress_shows_on_a_terminal_only,
+    packaged_commands_run_quietly_on_an_empty_database_and_refresh_when_there_are_accounts,
+);

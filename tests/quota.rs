@@ -40,6 +40,10 @@ fn with_token() -> TestEnv {
     env
 }
 
+fn account_id(env: &TestEnv, appid: &str) -> i64 {
+    env.query_i64(&format!("SELECT id FROM accounts WHERE appid = '{appid}'"))
+}
+
 /// A request's JSON body.
 #[track_caller]
 fn body(request: &Request) -> Value {
@@ -108,14 +112,13 @@ fn status_counts_todays_fetches_from_the_attempts() {
     env.api.push(TOKEN, Reply::errcode(-1, "system error"));
     run(&env, "refresh --force").assert_code(0);
     // Yesterday's fetches (China time) do not count; a ticket is another API's quota.
-    let db = env.open_db();
+    let id = account_id(&env, APPID);
     let yesterday = china_midnight() - 1;
-    db.execute(
+    env.execute(&format!(
         "INSERT INTO attempts (account_id, kind, started_at, duration_ms, tries, outcome)
-         VALUES (1, 'access_token', ?1, 5, 7, 'ok'), (1, 'jsapi', ?2, 5, 1, 'ok')",
-        [yesterday, now()],
-    )
-    .expect("insert attempts");
+         VALUES ({id}, 'access_token', {yesterday}, 5, 7, 'ok'), ({id}, 'jsapi', {}, 5, 1, 'ok')",
+        now()
+    ));
 
     let out = run(&env, "status").assert_code(0).clone();
     let block = support::status_block(&out.stdout, APPID);
@@ -127,12 +130,11 @@ fn status_counts_todays_fetches_from_the_attempts() {
     assert_eq!(doc["accounts"][0]["fetches_today"], 3, "{doc}");
 
     // A fetch at the first second of the quota day counts.
-    db.execute(
+    env.execute(&format!(
         "INSERT INTO attempts (account_id, kind, started_at, duration_ms, tries, outcome)
-         VALUES (1, 'access_token', ?1, 5, 1, 'ok')",
-        [china_midnight()],
-    )
-    .expect("insert attempt");
+         VALUES ({id}, 'access_token', {}, 5, 1, 'ok')",
+        china_midnight()
+    ));
     let doc = json(&run(&env, "status --json").assert_code(0).stdout);
     assert_eq!(doc["accounts"][0]["fetches_today"], 4, "{doc}");
 }
@@ -273,9 +275,7 @@ fn an_account_without_a_valid_token_is_skipped_without_a_fetch() {
     let env = with_token();
     add(&env, "--appid wxnotokenyet000000", SECRET);
     // APPID's token has expired.
-    env.open_db()
-        .execute("UPDATE tokens SET expires_at = fetched_at", [])
-        .expect("expire");
+    env.execute("UPDATE tokens SET expires_at = fetched_at");
     let out = run(&env, "quota").assert_code(3).clone();
     assert_eq!(out.stdout, "");
     for appid in [APPID, "wxnotokenyet000000"] {
@@ -461,19 +461,19 @@ fn a_reset_posts_the_secret_in_the_body_and_counts_the_month() {
             .unwrap()
             .timestamp()
     };
-    env.open_db()
-        .execute(
-            "INSERT INTO quota_resets (account_id, at, ok, errcode, detail)
-             VALUES (1, ?1, 1, NULL, NULL), (1, ?2, 0, 48006, 'refused'), (1, ?2, 1, NULL, NULL)",
-            [month_start - 1, month_start],
-        )
-        .expect("insert resets");
+    let id = account_id(&env, APPID);
+    env.execute(&format!(
+        "INSERT INTO quota_resets (account_id, at, ok, errcode, detail)
+         VALUES ({id}, {}, TRUE, NULL, NULL), ({id}, {month_start}, FALSE, 48006, 'refused'),
+                ({id}, {month_start}, TRUE, NULL, NULL)",
+        month_start - 1
+    ));
     let out = run(&env, &format!("quota reset --appid {APPID} --yes"))
         .assert_code(0)
         .clone();
     assert_has(&out.stderr, &["now used 3 of this month's 10"]);
     assert_eq!(
-        env.query_i64("SELECT count(*) FROM quota_resets WHERE ok = 1"),
+        env.query_i64("SELECT count(*) FROM quota_resets WHERE ok = TRUE"),
         4
     );
 }
@@ -497,7 +497,7 @@ fn a_reset_beyond_the_monthly_limit_gets_48006() {
         ],
     );
     assert_eq!(
-        env.query_i64("SELECT count(*) FROM quota_resets WHERE ok = 0 AND errcode = 48006"),
+        env.query_i64("SELECT count(*) FROM quota_resets WHERE ok = FALSE AND errcode = 48006"),
         1
     );
     // The failed one is not counted: the next message still says 1.
@@ -542,9 +542,7 @@ fn a_reset_releases_the_45009_hold_and_only_that() {
     assert!(!out.stderr.contains("released"), "{}", out.stderr);
 
     // An hour later (the token is no longer fresh), refresh fetches APPID again.
-    env.open_db()
-        .execute("UPDATE tokens SET fetched_at = fetched_at - 3600", [])
-        .expect("age the token");
+    env.execute("UPDATE tokens SET fetched_at = fetched_at - 3600");
     let out = run(&env, "refresh").assert_code(4).clone();
     assert!(
         !out.stderr.contains(&format!("{APPID}: skipped")),
@@ -605,14 +603,8 @@ fn reset_errors_are_explained_and_never_show_the_secret() {
         assert_has(&out.stderr, words);
         assert_eq!(leaked(&out), None, "the secret shows in\n{}", out.stderr);
     }
-    let details: String = env
-        .open_db()
-        .query_row(
-            "SELECT group_concat(detail, '|') FROM quota_resets",
-            [],
-            |r| r.get(0),
-        )
-        .expect("details");
+    let details = env.query("SELECT detail FROM quota_resets");
+    assert_eq!(details.lines().count(), 5, "{details}");
     assert!(!details.contains(&SECRET[..8]), "{details}");
     assert_eq!(env.api.resets(APPID), 0);
 
@@ -626,3 +618,22 @@ fn reset_errors_are_explained_and_never_show_the_secret() {
     assert_eq!(env.api.hits(CLEAR_QUOTA), before + 2);
     assert_eq!(leaked(&out), None, "{}", out.stderr);
 }
+
+// Every behaviour here applies to a shared server; none is left SQLite-only.
+also_on_postgres!(
+    status_counts_todays_fetches_from_the_attempts,
+    a_forced_stable_refresh_counts_the_call_before_it,
+    quota_asks_wechat_with_the_stored_token_and_fetches_none,
+    another_fetcher_is_named_once_wechat_counts_clearly_more,
+    quota_warns_near_the_daily_limit,
+    a_stable_account_is_checked_on_the_stable_path,
+    an_account_without_a_valid_token_is_skipped_without_a_fetch,
+    wecom_apps_are_skipped_and_cannot_be_reset,
+    quota_errors_are_explained,
+    a_reset_needs_yes_when_stdin_is_not_a_terminal,
+    a_reset_asks_on_a_terminal,
+    a_reset_posts_the_secret_in_the_body_and_counts_the_month,
+    a_reset_beyond_the_monthly_limit_gets_48006,
+    a_reset_releases_the_45009_hold_and_only_that,
+    reset_errors_are_explained_and_never_show_the_secret,
+);

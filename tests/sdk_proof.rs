@@ -217,7 +217,7 @@ fn the_wechatpy_adapter_hands_a_rejected_token_back_to_wxtoken() {
         .env_clear()
         .env("OA_SECRET", OA_SECRET)
         .env("WXTOKEN_BIN", env!("CARGO_BIN_EXE_wxtoken"))
-        .env("WXTOKEN_DB", env.db())
+        .env("WXTOKEN_DB", env.store())
         .env("WXTOKEN_KEY_FILE", env.key_file())
         .env("WXTOKEN_API_BASE", env.url())
         .env("NO_PROXY", "127.0.0.1");
@@ -239,3 +239,11 @@ fn the_wechatpy_adapter_hands_a_rejected_token_back_to_wxtoken() {
     assert_eq!(fetches(&env), fetched + 1);
     assert_eq!(env.api.hits(standin::MENU_GET), 2);
 }
+
+// Every proof again on PostgreSQL: the SDKs read what a refresh against it published, and
+// `get --reject` replaces the token there.
+also_on_postgres!(
+    wechatpy_uses_the_published_token_and_tickets_without_fetching,
+    wechat_api_callbacks_use_the_published_token_without_fetching,
+    the_wechatpy_adapter_hands_a_rejected_token_back_to_wxtoken,
+);

@@ -85,21 +85,22 @@ struct Row {
     expires_at: i64,
 }
 
+#[track_caller]
 fn row(env: &TestEnv, who: &str, kind: &str) -> Row {
     let (appid, agent) = who.split_once('/').unwrap_or((who, ""));
-    let conn = env.open_db();
-    conn.query_row(
-        "SELECT t.token, t.expires_at FROM tokens t JOIN accounts a ON a.id = t.account_id
-         WHERE a.appid = ?1 AND a.agent = ?2 AND t.kind = ?3 ORDER BY t.id DESC LIMIT 1",
-        [appid, agent, kind],
-        |r| {
-            Ok(Row {
-                value: r.get(0)?,
-                expires_at: r.get(1)?,
-            })
-        },
-    )
-    .unwrap_or_else(|e| panic!("no {kind} row for {who}: {e}"))
+    // The appids, agents and kinds are this file's constants: no quoting needed.
+    let line = env.query(&format!(
+        "SELECT t.expires_at, t.token FROM tokens t JOIN accounts a ON a.id = t.account_id
+         WHERE a.appid = '{appid}' AND a.agent = '{agent}' AND t.kind = '{kind}'
+         ORDER BY t.id DESC LIMIT 1"
+    ));
+    let (expires_at, value) = line
+        .split_once('|')
+        .unwrap_or_else(|| panic!("no {kind} row for {who}: {line:?}"));
+    Row {
+        value: value.to_string(),
+        expires_at: expires_at.parse().expect("expires_at is a number"),
+    }
 }
 
 /// Checks that database `db` holds exactly `expected` (key, value) pairs, each with a TTL of
@@ -730,42 +731,39 @@ fn a_password_is_never_an_argument_and_never_shown() {
         outs[1].stdout
     );
     // The URL is stored without it; the password goes through the secret column.
-    let target: String = env
-        .open_db()
-        .query_row("SELECT target FROM sinks WHERE name = 's'", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let target = env.query("SELECT target FROM sinks WHERE name = 's'");
     assert_eq!(target, format!("redis://127.0.0.1:{}/4", redis.port));
-    // Encrypted at rest, bound to the sink: neither the database nor its -wal or -shm
-    // holds the password's bytes.
-    let stored: String = env
-        .open_db()
-        .query_row("SELECT password FROM sinks WHERE name = 's'", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    // Encrypted at rest, bound to the sink: nothing the store keeps holds the password's
+    // bytes (SQLite: the database, its -wal and -shm; PostgreSQL: every row of every table).
+    let stored = env.query("SELECT password FROM sinks WHERE name = 's'");
     assert!(
         stored.starts_with(&format!("wxs1:{}:", env.kid())),
         "{stored}"
     );
-    for suffix in ["", "-wal", "-shm"] {
-        let file = format!("{}{suffix}", env.db().display());
-        let bytes = std::fs::read(&file).unwrap_or_default();
+    let kept: Vec<(String, Vec<u8>)> = if env.is_postgres() {
+        vec![("the database".into(), env.written_state())]
+    } else {
+        ["", "-wal", "-shm"]
+            .iter()
+            .map(|suffix| {
+                let file = format!("{}{suffix}", env.db().display());
+                let bytes = std::fs::read(&file).unwrap_or_default();
+                (file, bytes)
+            })
+            .collect()
+    };
+    for (what, bytes) in kept {
         assert!(
             !bytes
                 .windows(REDIS_PASSWORD.len())
                 .any(|w| w == REDIS_PASSWORD.as_bytes()),
-            "the Redis password is in {file}"
+            "the Redis password is in {what}"
         );
     }
     // The ciphertext of one sink does not open as another's.
-    env.open_db()
-        .execute(
-            "UPDATE sinks SET password = (SELECT password FROM sinks WHERE name = 's') WHERE name = 't'",
-            [],
-        )
-        .unwrap();
+    env.execute(
+        "UPDATE sinks SET password = (SELECT password FROM sinks WHERE name = 's') WHERE name = 't'",
+    );
     let out = run(&env, &["sink", "test", "s"], 7);
     assert!(out.stderr.contains("sink t"), "{}", out.stderr);
     // wxjava: the token and two tickets; silenceper: the token and the jsapi ticket.
@@ -1131,3 +1129,33 @@ fn sink_list_and_remove() {
     let list = run(&env, &["sink", "list"], 0).stdout;
     assert!(list.starts_with("b  redis"), "{list}");
 }
+
+// Every test again on PostgreSQL: publishing reads the tokens, sinks and their secrets from
+// whichever store holds them.
+also_on_postgres!(
+    wxjava_keys_and_plain_values,
+    wxjava_prefix_is_configurable,
+    silenceper_keys_with_the_double_underscore,
+    easywechat_keys_embed_the_secret_and_values_are_php_serialized,
+    easywechat_without_a_namespace,
+    wechatpy_json_values_and_expires_at_keys,
+    powerwechat_md5_keys_and_json_objects_with_a_numeric_expires_in,
+    plain_and_json_follow_the_key_template,
+    the_ttl_is_the_time_the_token_has_left_never_more,
+    a_flushed_redis_is_whole_again_after_one_run_without_fetching,
+    redis_down_keeps_the_tokens_reports_per_sink_and_exits_9,
+    a_wechat_failure_outranks_a_publish_failure,
+    get_reject_publishes_the_new_token,
+    get_reject_prints_the_token_and_only_warns_when_publishing_fails,
+    sinks_publish_only_the_accounts_they_select,
+    a_password_is_never_an_argument_and_never_shown,
+    a_wrong_password_is_a_publish_failure_that_does_not_show_it,
+    an_acl_user_and_a_database_number,
+    rediss_verifies_the_server_certificate,
+    a_partly_refused_publish_counts_each_key,
+    a_hook_gets_the_token_on_stdin_and_the_rest_in_the_environment,
+    a_failing_hook_is_reported_and_retried_by_the_next_run,
+    a_hook_that_hangs_is_killed_after_its_timeout,
+    sink_add_checks_its_arguments,
+    sink_list_and_remove,
+);

@@ -980,17 +980,9 @@ fn wecom_hands_back_the_same_token_and_no_row_is_added() {
 
     let rows = "SELECT count(*) FROM tokens WHERE kind = 'access_token'";
     assert_eq!(env.query_i64(rows), 1, "an unchanged token adds no row");
-    let outcomes: Vec<String> = {
-        let conn = env.open_db();
-        let mut stmt = conn
-            .prepare("SELECT outcome FROM attempts WHERE kind = 'access_token' ORDER BY id")
-            .expect("prepare");
-        stmt.query_map([], |r| r.get(0))
-            .expect("query")
-            .collect::<Result<_, _>>()
-            .expect("rows")
-    };
-    assert_eq!(outcomes, ["ok", "unchanged"]);
+    let outcomes =
+        env.query("SELECT outcome FROM attempts WHERE kind = 'access_token' ORDER BY id");
+    assert_eq!(outcomes, "ok\nunchanged");
     let (_, attempt) = status_lines(&env.status_block(APP_KEY), "token");
     assert_has(&attempt, &["unchanged"]);
 
@@ -1051,19 +1043,12 @@ fn prune_applies_the_same_retention_to_ticket_rows() {
     // Older history, inserted before the refresh so that its rows are the older ones.
     let t = now();
     {
-        let conn = env.open_db();
-        let id: i64 = conn
-            .query_row("SELECT id FROM accounts WHERE appid = ?1", [APPID], |r| {
-                r.get(0)
-            })
-            .expect("account id");
+        let id = env.query_i64(&format!("SELECT id FROM accounts WHERE appid = '{APPID}'"));
         let insert = |kind: &str, token: &str, fetched_at: i64| {
-            conn.execute(
+            env.execute(&format!(
                 "INSERT INTO tokens (account_id, kind, token, expires_in, fetched_at, expires_at)
-                 VALUES (?1, ?2, ?3, 7200, ?4, ?4 + 7200)",
-                rusqlite::params![id, kind, token, fetched_at],
-            )
-            .expect("insert an old row");
+                 VALUES ({id}, '{kind}', '{token}', 7200, {fetched_at}, {fetched_at} + 7200)"
+            ));
         };
         for (i, days) in [3, 2, 1].into_iter().enumerate() {
             insert("jsapi", &format!("expired-ticket-{i}"), t - days * 86_400);
@@ -1089,17 +1074,8 @@ fn prune_applies_the_same_retention_to_ticket_rows() {
     let out = run(&env, "prune --keep 1");
     out.assert_code(0);
     assert_has(&out.stderr, &["pruned 6 token rows"]);
-    let left: Vec<String> = {
-        let conn = env.open_db();
-        let mut stmt = conn
-            .prepare("SELECT token FROM tokens WHERE kind = 'jsapi' ORDER BY id")
-            .expect("prepare");
-        stmt.query_map([], |r| r.get(0))
-            .expect("query")
-            .collect::<Result<_, _>>()
-            .expect("rows")
-    };
-    assert_eq!(left, ["older-but-valid-ticket", "newest-ticket"]);
+    let left = env.query("SELECT token FROM tokens WHERE kind = 'jsapi' ORDER BY id");
+    assert_eq!(left, "older-but-valid-ticket\nnewest-ticket");
     assert_eq!(
         env.query_i64("SELECT count(*) FROM tokens WHERE kind = 'access_token'"),
         1
@@ -1112,3 +1088,29 @@ fn prune_applies_the_same_retention_to_ticket_rows() {
     );
     env.get(&words(OA)).value();
 }
+
+// Every test again on PostgreSQL: none is about the SQLite file.
+also_on_postgres!(
+    two_apps_of_one_corp_get_their_own_tokens,
+    account_commands_address_a_wecom_app_by_corpid_and_agentid,
+    agentid_without_corpid_is_a_usage_error,
+    agentid_without_corpid_names_the_missing_corpid,
+    the_corpsecret_never_appears_in_any_output,
+    every_wecom_error_gets_its_own_message,
+    an_invalid_wecom_secret_holds_the_app_until_set_secret,
+    tickets_are_fetched_right_after_their_token_with_it,
+    get_ticket_json_names_the_ticket_and_its_times,
+    min_ttl_applies_to_tickets,
+    a_ticket_expiring_soon_is_renewed_with_the_current_token,
+    wecom_tickets_use_the_wecom_paths,
+    wecom_tickets_from_the_standin_defaults_are_accepted,
+    ticket_kinds_that_do_not_fit_the_account_are_usage_errors,
+    set_tickets_turns_tickets_on_and_off,
+    a_failed_ticket_is_reported_and_keeps_the_new_token_and_the_old_ticket,
+    a_ticket_that_hits_its_quota_is_fetched_on_the_next_run_with_the_same_token,
+    a_ticket_40001_is_not_blamed_on_the_secret,
+    no_ticket_is_requested_when_the_token_fetch_fails,
+    wecom_hands_back_the_same_token_and_no_row_is_added,
+    get_ticket_without_one_exits_3_and_names_it,
+    prune_applies_the_same_retention_to_ticket_rows,
+);

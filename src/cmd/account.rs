@@ -14,6 +14,11 @@ use crate::store::{ReadStore, StoreError};
 use crate::text::rfc3339;
 
 pub fn run(ctx: &Context, op: AccountOp) -> Result<Exit> {
+    // Reads only, so a PostgreSQL reader role may list too (without the secrets).
+    if let AccountOp::List { json } = op {
+        list(ctx.store_or_read()?.as_ref(), json)?;
+        return Ok(Exit::Ok);
+    }
     let store = ctx.store()?;
     let now = ctx.now();
     match op {
@@ -38,6 +43,7 @@ pub fn run(ctx: &Context, op: AccountOp) -> Result<Exit> {
             store.add_account(&new, now)?;
             ctx.say(&format!("added {} (api {})", new.key, api.as_str()));
         }
+        // Listed above.
         AccountOp::List { json } => list(store.as_ref(), json)?,
         AccountOp::Remove(key) => {
             store.remove_account(&key)?;

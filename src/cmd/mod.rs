@@ -54,6 +54,17 @@ impl Context {
         Ok(store::open_write(&self.db, true)?)
     }
 
+    /// For commands that only read, yet open for writing as they always did (so that they
+    /// create or upgrade the database): a role that may only read, such as a PostgreSQL
+    /// reader role, gets a reading handle instead.
+    pub fn store_or_read(&self) -> Result<Box<dyn ReadStore>> {
+        match store::open_write(&self.db, true) {
+            Ok(store) => Ok(store),
+            Err(StoreError::ReadOnly(_)) => self.read_store(),
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// For a read path that may write (`get --reject`): never creates a database.
     pub fn existing_store(&self) -> Result<Box<dyn Store>> {
         Ok(store::open_write(&self.db, false)?)

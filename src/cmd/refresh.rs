@@ -18,28 +18,20 @@ use crate::store::{ReadStore, StoreError};
 use crate::text::held_text;
 
 pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
+    if cfg.dry_run {
+        // Reads only, and no secret: a PostgreSQL reader role may ask too.
+        let store = ctx.store_or_read()?;
+        let accounts = targets_or_warn(store.as_ref(), cfg)?;
+        return super::dry_run::run(store.as_ref(), &accounts, cfg, ctx.now());
+    }
     signals::catch_stop_signals();
     let client = ctx.client(&cfg.api);
     let store = ctx.store()?;
-    // Before the accounts are read: their secrets open only once the key is loaded. A dry
-    // run uses no secret, and changes nothing.
-    if !cfg.dry_run {
-        ctx.unlock(store.as_ref(), false)?;
-    }
+    // Before the accounts are read: their secrets open only once the key is loaded.
+    ctx.unlock(store.as_ref(), false)?;
     let now = ctx.now();
     let started = std::time::Instant::now();
-    let accounts = targets(store.as_ref(), &cfg.accounts)?;
-    if accounts.is_empty() && !cfg.allow_empty {
-        // Even with -q: a cron line whose WXTOKEN_DB has a typo refreshes an empty new
-        // database every hour, and silence would hide that until the tokens run out.
-        eprintln!(
-            "wxtoken: warning: no enabled accounts in {}; nothing to refresh (is --db / WXTOKEN_DB right?)",
-            store.location()
-        );
-    }
-    if cfg.dry_run {
-        return super::dry_run::run(store.as_ref(), &accounts, cfg, now);
-    }
+    let accounts = targets_or_warn(store.as_ref(), cfg)?;
     // A secret forgotten with a lost key: its account is held until the secret is set
     // again, unless --force would fetch it anyway.
     for account in &accounts {
@@ -152,6 +144,11 @@ fn report(
                 failed.push(format!("{key}(database)"));
                 exit = exit.merge(Exit::Database);
             }
+            Done::LostClaim(why) => {
+                eprintln!("wxtoken: {key}: {why}");
+                failed.push(format!("{key}(claim lost)"));
+                exit = exit.merge(Exit::FetchFailed);
+            }
         }
     }
     let mut line = format!("refreshed {refreshed} of {} accounts", accounts.len());
@@ -189,6 +186,20 @@ fn report(
         eprintln!("{line}");
     }
     exit
+}
+
+/// `targets`, with a warning when there is none to refresh.
+fn targets_or_warn(store: &dyn ReadStore, cfg: &RefreshConfig) -> Result<Vec<Account>> {
+    let accounts = targets(store, &cfg.accounts)?;
+    if accounts.is_empty() && !cfg.allow_empty {
+        // Even with -q: a cron line whose WXTOKEN_DB has a typo refreshes an empty new
+        // database every hour, and silence would hide that until the tokens run out.
+        eprintln!(
+            "wxtoken: warning: no enabled accounts in {}; nothing to refresh (is --db / WXTOKEN_DB right?)",
+            store.location()
+        );
+    }
+    Ok(accounts)
 }
 
 /// The accounts to refresh: every enabled one, or the named ones; those with a fetch that

@@ -81,7 +81,9 @@ pub fn tally(results: &[Done], run: &mut RunRow) {
             Done::Fresh => run.fresh += 1,
             Done::Busy => run.busy += 1,
             Done::Held(..) => run.held += 1,
-            Done::Failed(_) | Done::TicketFailed(..) | Done::Unrecorded(_) => run.failed += 1,
+            Done::Failed(_) | Done::TicketFailed(..) | Done::Unrecorded(_) | Done::LostClaim(_) => {
+                run.failed += 1
+            }
             // Neither fetched nor failed: left to the next run.
             Done::NotTried => {}
         }
@@ -99,6 +101,7 @@ pub fn account_line(account: &Account, done: &Done, newest: Option<&TokenRow>, n
         Done::Failed(f) => ("failed", Some(f), None, None),
         Done::TicketFailed(t, f) => ("ticket_failed", Some(f), Some(t.as_str()), None),
         Done::Unrecorded(_) => ("unrecorded", None, None, None),
+        Done::LostClaim(_) => ("lost_claim", None, None, None),
         Done::NotTried => ("not_tried", None, None, None),
     };
     let (errcode, errmsg) = match failure {
@@ -117,7 +120,7 @@ pub fn account_line(account: &Account, done: &Done, newest: Option<&TokenRow>, n
         Done::Held(_, reason) => Some(reason.clone()),
         Done::Failed(f) => Some(f.to_string()),
         Done::TicketFailed(_, f) => Some(f.for_ticket()),
-        Done::Unrecorded(e) => Some(e.clone()),
+        Done::Unrecorded(e) | Done::LostClaim(e) => Some(e.clone()),
         _ => None,
     };
     let valid = newest.filter(|t| crate::freshness::usable(&t.stored(), now, 0));
@@ -190,7 +193,11 @@ impl Progress {
         s.done += 1;
         if matches!(
             done,
-            Done::Failed(_) | Done::TicketFailed(..) | Done::Unrecorded(_) | Done::Held(..)
+            Done::Failed(_)
+                | Done::TicketFailed(..)
+                | Done::Unrecorded(_)
+                | Done::LostClaim(_)
+                | Done::Held(..)
         ) {
             s.failed += 1;
         }

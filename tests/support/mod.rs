@@ -303,6 +303,31 @@ impl TestEnv {
         }
     }
 
+    /// What `get` must not change. SQLite: the database's bytes and mtime, and the size of
+    /// its WAL (0 when absent); the shared-memory index is left out, since every WAL reader
+    /// maps it. PostgreSQL: every row of every table with its xmin and ctid, which any
+    /// insert, update or delete changes, even one that writes back the same values.
+    #[track_caller]
+    pub fn written_state(&self) -> Vec<u8> {
+        if self.is_postgres() {
+            let rows = self.query(
+                "SELECT tablename, query_to_xml(format('SELECT xmin, ctid, * FROM %I ORDER BY ctid',
+                                                       tablename), true, false, '')
+                 FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename",
+            );
+            return rows.into_bytes();
+        }
+        let db = self.db();
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        let meta = std::fs::metadata(&db).expect("database metadata");
+        let mut state = std::fs::read(&db).expect("read database");
+        let wal_len = std::fs::metadata(wal).map_or(0, |m| m.len());
+        let mtime = meta.modified().expect("mtime");
+        state.extend(format!("{mtime:?} {wal_len}").bytes());
+        state
+    }
+
     /// Base URL of the stand-in.
     pub fn url(&self) -> String {
         self.api.url()
@@ -428,4 +453,34 @@ pub fn status_block(stdout: &str, account: &str) -> String {
         .chain(rest)
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// libfaketime's preload library, which shifts a process's wall clock: how a test plays a
+/// host whose clock is off, with no clock override in wxtoken itself. `None`, after a
+/// note, when the `faketime` package is missing; under CI=true that fails instead
+/// (.ci/run installs it).
+pub fn faketime_lib() -> Option<PathBuf> {
+    let found = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "libfaketime is not installed, and CI must not skip its tests (.ci/run installs faketime)"
+        );
+        eprintln!("note: libfaketime is not installed (apt-get install faketime); skipping");
+    }
+    found
+}
+
+/// Runs `command` as on a host whose wall clock is `offset` off (libfaketime's syntax:
+/// "+2h", "-2h"); monotonic clocks, which time-outs use, are left alone.
+pub fn skew_clock(command: &mut Command, lib: &Path, offset: &str) {
+    command
+        .env("LD_PRELOAD", lib)
+        .env("FAKETIME", offset)
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
 }

@@ -314,3 +314,70 @@ impl PgDb<'_> {
             .unwrap_or_else(|_| panic!("{sql}: not a number: {out:?}"))
     }
 }
+
+/// An open psql session on one test database. Statements run as they are sent, so a test
+/// can hold a transaction, and its locks, open while wxtoken runs.
+pub struct PgSession {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    sent: usize,
+}
+
+impl PgDb<'_> {
+    /// A psql session on this database, as the superuser; it stops on the first error.
+    pub fn session(&self) -> PgSession {
+        let mut child = Command::new(self.server.bindir.join("psql"))
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.server.dir)
+            .args(["-U", "postgres", "-d", &self.name])
+            .env_remove("PGPASSWORD")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run psql");
+        PgSession {
+            stdin: child.stdin.take(),
+            stdout: std::io::BufReader::new(child.stdout.take().expect("psql stdout")),
+            child,
+            sent: 0,
+        }
+    }
+}
+
+impl PgSession {
+    /// Runs `sql` and returns once psql has run it, with what it printed.
+    #[track_caller]
+    pub fn run(&mut self, sql: &str) -> String {
+        use std::io::{BufRead, Read, Write};
+        self.sent += 1;
+        let marker = format!("psql-session-done-{}", self.sent);
+        let stdin = self.stdin.as_mut().expect("session open");
+        writeln!(stdin, "{sql}\nSELECT '{marker}';").expect("write to psql");
+        stdin.flush().expect("flush psql's stdin");
+        let mut printed = String::new();
+        loop {
+            let mut line = String::new();
+            if self.stdout.read_line(&mut line).expect("read psql") == 0 {
+                let mut stderr = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = e.read_to_string(&mut stderr);
+                }
+                panic!("psql ended on {sql}:\n{printed}{stderr}");
+            }
+            if line.trim_end() == marker {
+                return printed;
+            }
+            printed += &line;
+        }
+    }
+}
+
+impl Drop for PgSession {
+    fn drop(&mut self) {
+        // End of input: psql disconnects, and the server rolls back what is still open.
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+}
