@@ -958,7 +958,7 @@ impl Store for Postgres {
                          ORDER BY id DESC LIMIT 1),
                         a.appid, a.agent, s.secret
                  FROM (SELECT pg_advisory_xact_lock_shared($4)) l,
-                      accounts a JOIN account_secrets s ON s.account_id = a.id
+                      accounts a LEFT JOIN account_secrets s ON s.account_id = a.id
                  WHERE a.id = $1
                  FOR UPDATE OF a"
                 ),
@@ -1001,13 +1001,14 @@ impl Store for Postgres {
         };
         // An outcome computed with a secret that has since been replaced says nothing
         // about the new one.
-        let same = access && {
-            let key = AccountKey {
-                appid: row.get(3),
-                agent: row.get(4),
-            };
-            same_secret(&key, row.get(5), secret)
-        };
+        let same = access
+            && row.get::<_, Option<String>>(5).is_some_and(|stored| {
+                let key = AccountKey {
+                    appid: row.get(3),
+                    agent: row.get(4),
+                };
+                same_secret(&key, stored, secret)
+            });
         let clear_intent = access && !outcome.may_have_issued();
         let a = AttemptColumns::of(outcome, recorded == Recorded::Unchanged);
         // On the server's clock: a host whose clock is off can neither cut the hold short
