@@ -434,7 +434,7 @@ fn postgres_location(url: &str, env: &str, from_env: bool) -> Result<Location> {
              put the URL in {env}, or the password in PGPASSWORD or ~/.pgpass"
         )));
     }
-    Ok(Location::Postgres(config))
+    Ok(Location::Postgres(Box::new(config)))
 }
 
 #[cfg(not(feature = "postgres"))]

@@ -20,6 +20,13 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// libpq's rule for a private key file (a TLS client key): refused if its owner is `me`
+/// and group or others have any access, or if its owner is root and it is more open than
+/// 0640 (a key a root-run package manager installs for a group).
+pub fn key_too_open(mode: u32, owner: u32, me: u32) -> bool {
+    (owner == me && mode & 0o077 != 0) || (owner == 0 && mode & 0o037 != 0)
+}
+
 /// The database file and its SQLite companions, in the order they are checked.
 pub fn companions(db: &Path) -> [PathBuf; 3] {
     let with = |suffix: &str| {
@@ -88,6 +95,28 @@ fn problem(meta: &Metadata, access: Access, me: u32) -> Option<String> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn client_keys_follow_libpq() {
+        let me = 1000;
+        for (mode, owner, refused) in [
+            (0o100600, me, false),
+            (0o100400, me, false),
+            (0o100640, me, true),
+            (0o100604, me, true),
+            (0o100640, 0, false),
+            (0o100660, 0, true),
+            (0o100644, 0, true),
+            // Another owner: libpq does not judge it (the open may fail instead).
+            (0o100644, 1001, false),
+        ] {
+            assert_eq!(key_too_open(mode, owner, me), refused, "{mode:o} {owner}");
+        }
+        assert!(
+            key_too_open(0o100644, 0, 0),
+            "root's own key, readable by all"
+        );
+    }
 
     #[test]
     fn modes_and_owners() {

@@ -115,6 +115,12 @@ pub struct PgConfig {
     /// `sslrootcert` as given (URL or `PGSSLROOTCERT`); `None` means libpq's default file,
     /// `~/.postgresql/root.crt`, if it exists.
     pub sslrootcert: Option<RootCert>,
+    /// The client certificate (PEM) as given (`sslcert` or `PGSSLCERT`); `None` means
+    /// libpq's default, `~/.postgresql/postgresql.crt`, used only if it exists.
+    pub sslcert: Option<PathBuf>,
+    /// Its private key (PEM, unencrypted) as given (`sslkey` or `PGSSLKEY`); `None` means
+    /// `~/.postgresql/postgresql.key`.
+    pub sslkey: Option<PathBuf>,
     pub application_name: Option<String>,
     pub connect_timeout: Option<Duration>,
     /// The password file to consult when no password is given (`passfile`, `PGPASSFILE`,
@@ -246,6 +252,8 @@ struct Params {
     dbname: Option<String>,
     sslmode: Option<String>,
     sslrootcert: Option<String>,
+    sslcert: Option<String>,
+    sslkey: Option<String>,
     application_name: Option<String>,
     connect_timeout: Option<String>,
     passfile: Option<String>,
@@ -261,14 +269,16 @@ impl Params {
             "dbname" => &mut self.dbname,
             "sslmode" => &mut self.sslmode,
             "sslrootcert" => &mut self.sslrootcert,
+            "sslcert" => &mut self.sslcert,
+            "sslkey" => &mut self.sslkey,
             "application_name" => &mut self.application_name,
             "connect_timeout" => &mut self.connect_timeout,
             "passfile" => &mut self.passfile,
             _ => {
                 return Err(format!(
                     "URL parameter '{}' is not supported by wxtoken (supported: host, port, user, \
-                     password, dbname, sslmode, sslrootcert, application_name, connect_timeout, \
-                     passfile)",
+                     password, dbname, sslmode, sslrootcert, sslcert, sslkey, application_name, \
+                     connect_timeout, passfile)",
                     crate::policy::one_line(key, 30)
                 ));
             }
@@ -331,6 +341,13 @@ impl Params {
                     "system" => RootCert::System,
                     _ => RootCert::File(expand_home(&r, env.home.as_deref())),
                 });
+        let file = |given: Option<String>, var_name: &str| {
+            given
+                .or_else(|| var(var_name))
+                .map(|f| expand_home(&f, env.home.as_deref()))
+        };
+        let sslcert = file(self.sslcert, "PGSSLCERT");
+        let sslkey = file(self.sslkey, "PGSSLKEY");
         if sslmode == SslMode::Disable && sslrootcert.is_some() {
             log::debug!("sslrootcert is ignored with sslmode=disable");
         }
@@ -362,6 +379,8 @@ impl Params {
             password,
             sslmode,
             sslrootcert,
+            sslcert,
+            sslkey,
             application_name: self.application_name.or_else(|| var("PGAPPNAME")),
             connect_timeout,
             passfile,
@@ -583,6 +602,7 @@ mod tests {
         assert_eq!(c.password, None);
         assert_eq!(c.sslmode, SslMode::Prefer);
         assert_eq!(c.passfile, Some(PathBuf::from("/home/op/.pgpass")));
+        assert_eq!((c.sslcert, c.sslkey), (None, None));
     }
 
     #[test]
@@ -597,6 +617,8 @@ mod tests {
             ("PGSSLROOTCERT", "~/ca.pem"),
             ("PGAPPNAME", "envapp"),
             ("PGPASSFILE", "/etc/pgpass"),
+            ("PGSSLCERT", "~/me.crt"),
+            ("PGSSLKEY", "/etc/me.key"),
         ];
         let c = parse_with("postgres://", &vars).unwrap();
         assert_eq!(c.host, Host::Tcp("envhost".into()));
@@ -612,8 +634,16 @@ mod tests {
         );
         assert_eq!(c.application_name.as_deref(), Some("envapp"));
         assert_eq!(c.passfile, Some(PathBuf::from("/etc/pgpass")));
+        assert_eq!(c.sslcert, Some(PathBuf::from("/home/op/me.crt")));
+        assert_eq!(c.sslkey, Some(PathBuf::from("/etc/me.key")));
 
-        let c = parse_with("postgres://u:urlpw@h:1/d?sslmode=disable", &vars).unwrap();
+        let c = parse_with(
+            "postgres://u:urlpw@h:1/d?sslmode=disable&sslcert=/c.pem&sslkey=~/k.pem",
+            &vars,
+        )
+        .unwrap();
+        assert_eq!(c.sslcert, Some(PathBuf::from("/c.pem")));
+        assert_eq!(c.sslkey, Some(PathBuf::from("/home/op/k.pem")));
         assert_eq!(c.host, Host::Tcp("h".into()));
         assert_eq!((c.port, c.user.as_str(), c.dbname.as_str()), (1, "u", "d"));
         assert_eq!(c.password.as_ref().unwrap().expose(), "urlpw");
@@ -641,7 +671,7 @@ mod tests {
         for (url, words) in [
             ("postgres://u:s3cret@h:99999/d", "port"),
             ("postgres://u:s3cret@h/d?sslmode=maybe", "sslmode"),
-            ("postgres://u:s3cret@h/d?sslcert=/x", "not supported"),
+            ("postgres://u:s3cret@h/d?sslcrl=/x", "not supported"),
             ("postgres://u:s3cret@h1,h2/d", "several hosts"),
             ("postgres://u:s3c%ZZret@h/d", "bad %-escape"),
             ("postgres://u:s3cret@h/d?sslmode", "no value"),

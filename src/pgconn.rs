@@ -2,15 +2,16 @@
 //! since the Rust client knows only disable/prefer/require and its rustls connector always
 //! behaves like `verify-full`. See `pgconf::SslMode` for what each mode means here.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use postgres::Client;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
@@ -60,10 +61,75 @@ pub fn tls_policy(config: &PgConfig, default_root: Option<RootCert>) -> Result<T
     })
 }
 
+/// The client certificate and key to present, as libpq picks them: `sslcert` and
+/// `sslkey` (or `PGSSLCERT`, `PGSSLKEY`), else `~/.postgresql/postgresql.crt` and `.key`,
+/// that certificate only if it exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Which client certificate `config` presents, if any; `home` is the home directory.
+/// A certificate named in the URL or the environment must exist (libpq would connect
+/// without it and leave the server to refuse, or not); the default one is optional.
+pub fn client_cert(config: &PgConfig, home: Option<&Path>) -> Option<ClientCert> {
+    let default = |name: &str| home.map(|h| h.join(".postgresql").join(name));
+    let cert = config
+        .sslcert
+        .clone()
+        .or_else(|| default("postgresql.crt").filter(|p| p.is_file()))?;
+    let key = config
+        .sslkey
+        .clone()
+        .or_else(|| default("postgresql.key"))
+        .unwrap_or_else(|| PathBuf::from("~/.postgresql/postgresql.key"));
+    Some(ClientCert { cert, key })
+}
+
+/// The certificate chain and key of `files`, checked as libpq checks them. Messages name
+/// the files, never what the key holds.
+fn load_client_cert(
+    files: &ClientCert,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    use std::os::unix::fs::MetadataExt;
+    let cert = files.cert.display();
+    let chain = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("could not read sslcert {cert}: {e}"))?;
+    if chain.is_empty() {
+        return Err(format!("sslcert {cert} holds no PEM certificate"));
+    }
+    let key = files.key.display();
+    let meta = std::fs::metadata(&files.key).map_err(|e| {
+        format!(
+            "certificate {cert} present, but no private key file {key} ({e}): set sslkey \
+             in the URL or PGSSLKEY"
+        )
+    })?;
+    if crate::filesafety::key_too_open(meta.mode(), meta.uid(), crate::filesafety::euid()) {
+        return Err(format!(
+            "private key file {key} has group or world access; it must be u=rw (0600) or less \
+             if owned by this user, or u=rw,g=r (0640) or less if owned by root"
+        ));
+    }
+    let private = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| match e {
+        rustls::pki_types::pem::Error::Io(e) => format!("could not read sslkey {key}: {e}"),
+        // The parser's other messages may quote a line of the file: never shown.
+        _ => format!(
+            "sslkey {key} holds no unencrypted PEM private key (wxtoken reads no encrypted \
+             keys: decrypt it with `openssl pkey`)"
+        ),
+    })?;
+    Ok((chain, private))
+}
+
 /// Connects, with every message naming the server without its password.
 pub fn connect(config: &PgConfig) -> Result<Client, String> {
-    let default_root = std::env::var_os("HOME")
-        .map(|h| std::path::PathBuf::from(h).join(".postgresql/root.crt"))
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let default_root = home
+        .as_ref()
+        .map(|h| h.join(".postgresql/root.crt"))
         .filter(|p| p.is_file())
         .map(RootCert::File);
     let tls = tls_policy(config, default_root)?;
@@ -91,7 +157,10 @@ pub fn connect(config: &PgConfig) -> Result<Client, String> {
             .connect(postgres::NoTls),
         _ => pg
             .ssl_mode(postgres::config::SslMode::Require)
-            .connect(MakeRustlsConnect::new(client_config(&tls)?)),
+            .connect(MakeRustlsConnect::new(client_config(
+                &tls,
+                client_cert(config, home.as_deref()).as_ref(),
+            )?)),
     };
     result.map_err(|e| connect_error(&e, config, &tls))
 }
@@ -118,6 +187,12 @@ fn connect_error(err: &postgres::Error, config: &PgConfig, tls: &Tls) -> String 
             Some(pw) => format!(" (password from {})", pw.source),
             None => " (no password given: set PGPASSWORD, a ~/.pgpass line, or put it in WXTOKEN_DB, never in argv)".to_string(),
         }
+    } else if text.contains("client certificate")
+        || text.contains("certificate authentication failed")
+    {
+        " (the server wants a client certificate signed by a CA it trusts, for this user: \
+         set sslcert and sslkey in the URL, or PGSSLCERT and PGSSLKEY)"
+            .to_string()
     } else if *tls != Tls::Off && text.contains("certificate") {
         " (check sslrootcert and sslmode)".to_string()
     } else {
@@ -126,30 +201,48 @@ fn connect_error(err: &postgres::Error, config: &PgConfig, tls: &Tls) -> String 
     format!("could not connect to {config}: {text}{hint}")
 }
 
-fn client_config(tls: &Tls) -> Result<ClientConfig, String> {
+fn client_config(tls: &Tls, identity: Option<&ClientCert>) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup failed: {e}"))?;
+    let relaxed = |check| -> Arc<dyn ServerCertVerifier> {
+        Arc::new(Relaxed {
+            check,
+            algorithms: provider.signature_verification_algorithms,
+        })
+    };
     let verifier: Arc<dyn ServerCertVerifier> = match tls {
         Tls::Off => unreachable!("plaintext needs no TLS configuration"),
-        Tls::Unverified => Arc::new(NoCheck(provider)),
+        Tls::Unverified => relaxed(CertCheck::Nothing),
         Tls::Verified { roots, name } => {
             let roots = Arc::new(load_roots(roots)?);
-            let inner = WebPkiServerVerifier::builder_with_provider(roots, provider)
+            let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
                 .build()
                 .map_err(|e| format!("TLS setup failed: {e}"))?;
             if *name {
                 inner
             } else {
-                Arc::new(ChainOnly(inner))
+                relaxed(CertCheck::ChainOnly(inner))
             }
         }
     };
-    Ok(builder
+    let builder = builder
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth())
+        .with_custom_certificate_verifier(verifier);
+    match identity {
+        None => Ok(builder.with_no_client_auth()),
+        Some(files) => {
+            let (chain, key) = load_client_cert(files)?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                format!(
+                    "sslcert {} with sslkey {}: {e}",
+                    files.cert.display(),
+                    files.key.display()
+                )
+            })
+        }
+    }
 }
 
 fn load_roots(roots: &RootCert) -> Result<RootCertStore, String> {
@@ -174,61 +267,25 @@ fn load_roots(roots: &RootCert) -> Result<RootCertStore, String> {
     }
 }
 
-/// libpq's `require`: encrypted, but any certificate is accepted. The handshake signature
-/// is still checked, so the peer holds the key of the certificate it sent.
+/// What a relaxed mode checks of the server's certificate.
 #[derive(Debug)]
-struct NoCheck(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoCheck {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+enum CertCheck {
+    /// libpq's `require`: encrypted, but any certificate is accepted.
+    Nothing,
+    /// libpq's `verify-ca`: the chain must lead to a trusted root, the name may differ.
+    ChainOnly(Arc<WebPkiServerVerifier>),
 }
 
-/// libpq's `verify-ca`: the chain must lead to a trusted root, the name may differ.
+/// The verifier for the modes rustls has none for. Either way the handshake signature is
+/// checked as rustls' own verifier checks it, so the peer holds the key of the
+/// certificate it sent.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct Relaxed {
+    check: CertCheck,
+    algorithms: WebPkiSupportedAlgorithms,
+}
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Relaxed {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -237,10 +294,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let CertCheck::ChainOnly(inner) = &self.check else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -254,7 +311,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -263,11 +320,11 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 
@@ -348,35 +405,6 @@ mod tests {
         assert!(err.contains("sslrootcert"), "{err}");
     }
 
-    /// A CA and a server certificate for `localhost` signed by it, made with the openssl
-    /// command; (ca.pem, server.crt, server.key) in `dir`.
-    fn make_certs(dir: &std::path::Path, ca_name: &str) -> (PathBuf, PathBuf, PathBuf) {
-        std::fs::create_dir_all(dir).unwrap();
-        let script = format!(
-            "set -e; cd '{}'
-             openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \\
-                 -keyout ca.key -out ca.pem -days 2 -subj /CN={ca_name} 2>/dev/null
-             openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \\
-                 -keyout server.key -out server.csr -subj /CN=localhost 2>/dev/null
-             printf 'subjectAltName=DNS:localhost\\n' > ext
-             openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \\
-                 -out server.crt -days 2 -extfile ext 2>/dev/null",
-            dir.display()
-        );
-        let ok = std::process::Command::new("sh")
-            .args(["-c", &script])
-            .status();
-        assert!(
-            ok.is_ok_and(|s| s.success()),
-            "openssl could not make test certificates"
-        );
-        (
-            dir.join("ca.pem"),
-            dir.join("server.crt"),
-            dir.join("server.key"),
-        )
-    }
-
     fn encrypted(url: &str) -> Result<bool, String> {
         let var = |_: &str| None;
         let env = Env {
@@ -396,7 +424,7 @@ mod tests {
 
     #[test]
     fn sslmodes_against_a_real_tls_server() {
-        use crate::store_pg::pgtest::{Options, PgServer, find_bindir};
+        use crate::store_pg::pgtest::{Options, PgServer, find_bindir, make_certs};
         if find_bindir().is_none() || which("openssl").is_none() {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
@@ -406,11 +434,13 @@ mod tests {
             return;
         }
         let dir = std::env::temp_dir().join(format!("wxtoken-tls-{}", std::process::id()));
-        let (ca, cert, key) = make_certs(&dir.join("good"), "wxtoken-test-ca");
-        let (other_ca, _, _) = make_certs(&dir.join("other"), "someone-else");
+        let certs = make_certs(&dir.join("good"), "wxtoken-test-ca");
+        let other_ca = make_certs(&dir.join("other"), "someone-else").ca;
+        let ca = certs.ca.clone();
         let server = PgServer::start(&Options {
             tcp: true,
-            tls: Some((cert, key)),
+            tls: Some((certs.server_cert, certs.server_key)),
+            ..Options::default()
         })
         .unwrap();
         let port = server.port.unwrap();
@@ -460,7 +490,7 @@ mod tests {
         // A server without TLS: no silent plaintext on TCP, unless asked for.
         let plain = PgServer::start(&Options {
             tcp: true,
-            tls: None,
+            ..Options::default()
         })
         .unwrap();
         let port = plain.port.unwrap();

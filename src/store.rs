@@ -139,12 +139,16 @@ pub trait ReadStore {
     /// The newest `refresh` run, and the newest successful one (see
     /// [`RunRow::is_success`]), for monitoring.
     fn last_runs(&self) -> Result<(Option<RunRow>, Option<RunRow>)>;
-    /// How many token requests wxtoken sent per account since `since` (accounts without
-    /// any are absent): the tries of access-token attempts, plus one for each forced stable
-    /// refresh, whose normal-mode call before it is not recorded as an attempt of its own.
-    fn fetches_since(&self, since: i64) -> Result<HashMap<i64, i64>>;
-    /// How many quota resets WeChat confirmed for an account since `since`.
-    fn quota_resets_since(&self, account_id: i64, since: i64) -> Result<i64>;
+    /// How many token requests wxtoken sent per account in the quota day (China time) of
+    /// the store clock's now (accounts without any are absent): the tries of access-token
+    /// attempts, plus one for each forced stable refresh, whose normal-mode call before it
+    /// is not recorded as an attempt of its own. The store's clock is `now` on SQLite, the
+    /// server's on PostgreSQL, which stamps attempts with it: a host whose clock is off
+    /// then neither misses this morning's fetches nor counts yesterday's.
+    fn fetches_today(&self, now: i64) -> Result<HashMap<i64, i64>>;
+    /// How many quota resets WeChat confirmed for an account in the month (China time) of
+    /// the store clock's now, as for [`ReadStore::fetches_today`].
+    fn quota_resets_this_month(&self, account_id: i64, now: i64) -> Result<i64>;
 
     /// Everything `store copy` moves: each account with its secret (as stored) and hold,
     /// and its newest token and tickets if still valid at `now`.
@@ -207,7 +211,8 @@ pub trait Store: ReadStore + Sinks + Send {
     /// Notes a forced refresh at `now` (on PostgreSQL, at the server's now).
     fn note_forced_refresh(&self, account_id: i64, now: i64) -> Result<()>;
 
-    /// Records a quota reset (`failure`: its errcode, if any, and the message shown);
+    /// Records a quota reset at `at` (on PostgreSQL, at the server's now; `failure`: its
+    /// errcode, if any, and the message shown);
     /// after a successful one, releases the account's hold if its last token fetch failed
     /// with 45009 (the daily quota), all at once. Returns whether a hold was released.
     fn record_quota_reset(
@@ -261,7 +266,7 @@ pub enum Location {
         is_default: bool,
     },
     #[cfg(feature = "postgres")]
-    Postgres(crate::pgconf::PgConfig),
+    Postgres(Box<crate::pgconf::PgConfig>),
 }
 
 /// Opens the store for reading only: never creates, migrates or locks anything.
@@ -822,9 +827,10 @@ impl ReadStore for Sqlite {
             .optional()?)
     }
 
-    /// One pass over the rows since `since` through the `attempts_age` index, for every
+    /// One pass over the rows since the day's start through the `attempts_age` index, for every
     /// account at once: a query per account would read each one's 30 days of attempts.
-    fn fetches_since(&self, since: i64) -> Result<HashMap<i64, i64>> {
+    fn fetches_today(&self, now: i64) -> Result<HashMap<i64, i64>> {
+        let since = crate::quota::day_start(now);
         let mut stmt = self.conn.prepare_cached(
             "SELECT account_id, sum(n) FROM (
                  SELECT account_id, tries AS n FROM attempts
@@ -839,7 +845,8 @@ impl ReadStore for Sqlite {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn quota_resets_since(&self, account_id: i64, since: i64) -> Result<i64> {
+    fn quota_resets_this_month(&self, account_id: i64, now: i64) -> Result<i64> {
+        let since = crate::quota::month_start(now);
         let mut stmt = self.conn.prepare_cached(
             "SELECT count(*) FROM quota_resets WHERE account_id = ?1 AND ok = 1 AND at >= ?2",
         )?;

@@ -240,6 +240,15 @@ impl Postgres {
 
     // ---- schema ----
 
+    /// The server clock's now, in Unix seconds.
+    fn server_now(&self) -> Result<i64> {
+        let row = self
+            .c()
+            .query_one(&format!("SELECT {NOW}"), &[])
+            .map_err(|e| self.err(e))?;
+        Ok(row.get(0))
+    }
+
     /// The applied schema version: 0 for an empty database.
     fn version(&self) -> Result<i64> {
         let mut c = self.c();
@@ -592,8 +601,10 @@ impl ReadStore for Postgres {
         }))
     }
 
-    fn fetches_since(&self, since: i64) -> Result<HashMap<i64, i64>> {
+    /// On the server's clock, which stamps the attempts; `now` is not used.
+    fn fetches_today(&self, _now: i64) -> Result<HashMap<i64, i64>> {
         self.verify()?;
+        let since = crate::quota::day_start(self.server_now()?);
         let rows = self
             .c()
             .query(
@@ -609,8 +620,10 @@ impl ReadStore for Postgres {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    fn quota_resets_since(&self, account_id: i64, since: i64) -> Result<i64> {
+    /// On the server's clock, which stamps the resets; `now` is not used.
+    fn quota_resets_this_month(&self, account_id: i64, _now: i64) -> Result<i64> {
         self.verify()?;
+        let since = crate::quota::month_start(self.server_now()?);
         let row = self
             .c()
             .query_one(
@@ -625,14 +638,17 @@ impl ReadStore for Postgres {
         Ok((self.run_row("")?, self.run_row(SUCCESSFUL_RUNS)?))
     }
 
+    /// Token times, like holds (see `account_from_row`), moved into this host's clock: the
+    /// target judges them by its own, which on SQLite is this host's.
     fn export(&self, _now: i64) -> Result<Vec<Exported>> {
         let accounts = self.accounts()?;
+        let sent = host_now();
         let rows = self
             .c()
             .query(
                 &format!(
                     "SELECT t.account_id, t.kind, t.token, t.expires_in, t.fetched_at, t.expires_at,
-                            t.id
+                            t.id, {NOW_EXACT}
                      FROM tokens t
                      WHERE t.expires_at > {NOW}
                        AND t.id = (SELECT max(n.id) FROM tokens n
@@ -642,6 +658,7 @@ impl ReadStore for Postgres {
                 &[],
             )
             .map_err(|e| self.err(e))?;
+        let received = host_now();
         Ok(accounts
             .into_iter()
             .map(|account| {
@@ -649,12 +666,13 @@ impl ReadStore for Postgres {
                     .iter()
                     .filter(|r| r.get::<_, i64>(0) == account.id)
                     .map(|r| {
+                        let skew = host_offset(sent, r.get(7), received);
                         let row = TokenRow {
                             id: r.get(6),
                             token: r.get(2),
                             expires_in: r.get(3),
-                            fetched_at: r.get(4),
-                            expires_at: r.get(5),
+                            fetched_at: r.get::<_, i64>(4) + skew,
+                            expires_at: r.get::<_, i64>(5) + skew,
                             // Not copied: the target has no unfinished fetch of its own.
                             unfinished_fetch: None,
                             classic: false,
@@ -1096,10 +1114,11 @@ impl Store for Postgres {
         Ok(())
     }
 
+    /// At the server's now, as `quota_resets_this_month` counts them; `at` is not used.
     fn record_quota_reset(
         &self,
         account_id: i64,
-        at: i64,
+        _at: i64,
         failure: Option<(Option<i64>, &str)>,
     ) -> Result<bool> {
         let config = &self.config;
@@ -1108,15 +1127,11 @@ impl Store for Postgres {
         let mut c = self.c();
         let mut tx = c.transaction().map_err(err)?;
         tx.execute(
-            "INSERT INTO quota_resets (account_id, at, ok, errcode, detail)
-             VALUES ($1, $2, $3, $4, $5)",
-            &[
-                &account_id,
-                &at,
-                &failure.is_none(),
-                &errcode.flatten(),
-                &detail,
-            ],
+            &format!(
+                "INSERT INTO quota_resets (account_id, at, ok, errcode, detail)
+                 VALUES ($1, {NOW}, $2, $3, $4)"
+            ),
+            &[&account_id, &failure.is_none(), &errcode.flatten(), &detail],
         )
         .map_err(err)?;
         let released = failure.is_none()
@@ -1217,12 +1232,14 @@ impl Store for Postgres {
         if accounts > 0 {
             return Err(not_empty(&config.to_string(), accounts));
         }
-        // Holds come in this host's clock (as `accounts` gives them): into the server's.
-        let server_now: i64 = tx
-            .query_one(&format!("SELECT {NOW}"), &[])
+        // Holds and token times come in this host's clock (as `accounts` and `export` give
+        // them): into the server's, which judges them.
+        let sent = host_now();
+        let server_now: f64 = tx
+            .query_one(&format!("SELECT {NOW_EXACT}"), &[])
             .map_err(err)?
             .get(0);
-        let skew = server_now - crate::wechat::unix_now();
+        let skew = -host_offset(sent, server_now, host_now());
         for Exported { account: a, tokens } in items {
             let held_until = a.held_until.map(|t| to_host(t, skew));
             let tickets: Vec<&str> = a.tickets.iter().map(|t| t.as_str()).collect();
@@ -1255,7 +1272,14 @@ impl Store for Postgres {
                 tx.execute(
                     "INSERT INTO tokens (account_id, kind, token, expires_in, fetched_at, expires_at)
                      VALUES ($1, $2, $3, $4, $5, $6)",
-                    &[&id, kind, &t.token, &t.expires_in, &t.fetched_at, &t.expires_at],
+                    &[
+                        &id,
+                        kind,
+                        &t.token,
+                        &t.expires_in,
+                        &(t.fetched_at + skew),
+                        &(t.expires_at + skew),
+                    ],
                 )
                 .map_err(err)?;
             }

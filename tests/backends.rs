@@ -579,8 +579,8 @@ fn a_bad_postgres_url_is_a_usage_error_that_names_the_setting_but_not_the_passwo
     for (url, words) in [
         ("postgres://u:pw5ecret@h/d?sslmode=bogus", "sslmode 'bogus'"),
         (
-            "postgres://u:pw5ecret@h/d?sslcert=/x",
-            "'sslcert' is not supported",
+            "postgres://u:pw5ecret@h/d?sslcrl=/x",
+            "'sslcrl' is not supported",
         ),
         ("postgresql://u:pw5ecret@h1,h2/d", "several hosts"),
     ] {
@@ -590,6 +590,107 @@ fn a_bad_postgres_url_is_a_usage_error_that_names_the_setting_but_not_the_passwo
         assert_has(&out, &["--db / WXTOKEN_DB", words]);
         assert!(!out.stderr.contains("pw5ecret"), "{}", out.stderr);
     }
+}
+
+/// A server that logs users in by client certificate (pg_hba `cert`, CN = the role):
+/// wxtoken presents the one that `sslcert`/`sslkey`, `PGSSLCERT`/`PGSSLKEY` or libpq's
+/// default files name. Without one, with another role's, or with a key that others can
+/// read, it is refused in one line, exit 5, and the key never shows.
+#[test]
+fn a_client_certificate_logs_in_where_the_server_demands_one() {
+    use std::os::unix::fs::PermissionsExt;
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI needs openssl"
+        );
+        eprintln!("NOTE: openssl missing: skipping the client certificate test");
+        return;
+    }
+    let env = TestEnv::new();
+    let certs = pg::make_certs(&env.dir.join("certs"), "wxtoken-test-ca");
+    let (cert, key) = certs.client("postgres");
+    let (other_cert, other_key) = certs.client("someone");
+    let Some(server) = pg::PgServer::start(&pg::Options {
+        tcp: true,
+        tls: Some((certs.server_cert.clone(), certs.server_key.clone())),
+        client_ca: Some(certs.ca.clone()),
+    }) else {
+        return;
+    };
+    let url = format!(
+        "postgresql://postgres@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+        server.port.unwrap(),
+        certs.ca.display()
+    );
+    let with = |cert: &Path, key: &Path| {
+        format!("{url}&sslcert={}&sslkey={}", cert.display(), key.display())
+    };
+    let key_text = std::fs::read_to_string(&key).unwrap();
+    let key_body = key_text.lines().nth(1).expect("a PEM body line");
+    let refused = |out: &Out, words: &[&str]| {
+        out.assert_code(5);
+        assert_eq!(out.stdout, "");
+        assert_eq!(out.stderr.lines().count(), 1, "one line: {}", out.stderr);
+        assert_has(out, words);
+        assert!(!out.stderr.contains(key_body), "{}", out.stderr);
+    };
+
+    env.set_env("WXTOKEN_DB", &url);
+    let out = env.run(&["account", "list"]);
+    refused(
+        &out,
+        &["client certificate", "sslcert and sslkey", "PGSSLCERT"],
+    );
+    env.set_env("WXTOKEN_DB", &with(&other_cert, &other_key));
+    let out = env.run(&["account", "list"]);
+    refused(&out, &["certificate authentication failed", "postgres"]);
+
+    // In the URL.
+    env.set_env("WXTOKEN_DB", &with(&cert, &key));
+    env.run_with_stdin(
+        &["account", "add", "--appid", APPID],
+        &format!("{SECRET}\n"),
+    )
+    .assert_code(0);
+    env.run(&["refresh"]).assert_code(0);
+    let token = env.get(&["--appid", APPID]).value();
+    // In the environment.
+    env.set_env("WXTOKEN_DB", &url);
+    env.set_env("PGSSLCERT", cert.to_str().unwrap());
+    env.set_env("PGSSLKEY", key.to_str().unwrap());
+    assert_eq!(env.get(&["--appid", APPID]).value(), token);
+    // libpq's defaults in the home directory.
+    env.unset_env("PGSSLCERT");
+    env.unset_env("PGSSLKEY");
+    let home = env.dir.join("home");
+    let dot = home.join(".postgresql");
+    std::fs::create_dir_all(&dot).unwrap();
+    std::fs::copy(&cert, dot.join("postgresql.crt")).unwrap();
+    std::fs::copy(&key, dot.join("postgresql.key")).unwrap();
+    env.set_env("HOME", home.to_str().unwrap());
+    assert_eq!(env.get(&["--appid", APPID]).value(), token);
+
+    // A key that group or others can read is refused, as libpq refuses it.
+    let default_key = dot.join("postgresql.key");
+    std::fs::set_permissions(&default_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env.get(&["--appid", APPID]);
+    refused(
+        &out,
+        &[
+            default_key.to_str().unwrap(),
+            "group or world access",
+            "0600",
+        ],
+    );
+    // A certificate named but missing is an error, not a login without one.
+    env.set_env("PGSSLCERT", "/nonexistent/client.crt");
+    let out = env.get(&["--appid", APPID]);
+    refused(&out, &["sslcert /nonexistent/client.crt"]);
 }
 
 /// Runs wxtoken as on a host whose clock is `offset` off (libfaketime: "+2h", "-2h").
@@ -633,6 +734,76 @@ fn a_host_with_a_wrong_clock_can_neither_shorten_nor_escape_a_hold() {
     let status = on_skewed_host(&f, &lib, "+2h", &["status"]);
     let block = status_block(&status.assert_code(0).stdout, APPID);
     assert!(block.contains("SKIPPED"), "{block}");
+}
+
+/// WeChat's quota day and month are China time on the server's clock, which stamps the
+/// attempts and resets: a host a day ahead still counts this morning's fetch, and resets
+/// made from hosts 40 days behind and ahead fall in one month.
+#[test]
+fn a_host_with_a_wrong_clock_counts_todays_fetches_and_this_months_resets_by_the_server() {
+    let Some(f) = postgres() else { return };
+    let Some(lib) = support::faketime_lib() else {
+        return;
+    };
+    f.add(&["--appid", APPID]);
+    f.run(&["refresh"], 0);
+    let status = on_skewed_host(&f, &lib, "+1d", &["status", "--json"]);
+    let doc = support::json(&status.assert_code(0).stdout);
+    assert_eq!(doc["accounts"][0]["fetches_today"], 1, "{doc}");
+
+    for (offset, used) in [("-40d", 1), ("+40d", 2)] {
+        let out = on_skewed_host(
+            &f,
+            &lib,
+            offset,
+            &["quota", "reset", "--appid", APPID, "--yes"],
+        );
+        out.assert_code(0);
+        assert_has(&out, &[&format!("now used {used} of this month's 10")]);
+    }
+    let apart = f.count("SELECT max(at) - min(at) FROM quota_resets");
+    assert!(apart <= 5, "stamped {apart} s apart");
+}
+
+/// `store copy` moves token times between the server's clock and the copying host's, as
+/// it moves holds: a token copied out of PostgreSQL onto a host whose clock is off has the
+/// same time left there as on the server, and one copied in from such a host has the
+/// same time left on the server as it had there.
+#[test]
+fn store_copy_keeps_a_tokens_time_left_on_a_host_with_a_wrong_clock() {
+    let Some(f) = postgres() else { return };
+    let Some(lib) = support::faketime_lib() else {
+        return;
+    };
+    let left = |out: &Out, token: &str| {
+        let doc = support::json(&out.assert_code(0).stdout);
+        assert_eq!(doc["access_token"], token, "{doc}");
+        doc["expires_in"].as_i64().expect("expires_in")
+    };
+    f.add(&["--appid", APPID]);
+    f.env.api.push(TOKEN, Reply::token("ON-PG", 7200));
+    f.run(&["refresh"], 0);
+    for offset in ["-3h", "+3h"] {
+        let file = f.env.dir.join(format!("copy{offset}.db"));
+        let file = file.to_str().unwrap();
+        on_skewed_host(&f, &lib, offset, &["store", "copy", "--to", file]).assert_code(0);
+        let args = ["--db", file, "get", "--appid", APPID, "--json"];
+        let secs = left(&on_skewed_host(&f, &lib, offset, &args), "ON-PG");
+        assert!((7190..=7200).contains(&secs), "{offset}: {secs} s left");
+    }
+
+    let lite = Fixture::new(Backend::Sqlite).unwrap();
+    lite.add(&["--appid", APPID]);
+    lite.env.api.push(TOKEN, Reply::token("ON-LITE", 7200));
+    on_skewed_host(&lite, &lib, "-3h", &["refresh"]).assert_code(0);
+    let target = Fixture::new(Backend::Postgres).unwrap();
+    let to = target.pg.as_ref().unwrap().url.clone();
+    on_skewed_host(&lite, &lib, "-3h", &["store", "copy", "--to", &to]).assert_code(0);
+    target
+        .env
+        .set_env("WXTOKEN_KEY_FILE", lite.env.key_file().to_str().unwrap());
+    let secs = left(&target.get(&["--json"]), "ON-LITE");
+    assert!((7190..=7200).contains(&secs), "{secs} s left on the server");
 }
 
 /// WeChat's budget of forced stable-token refreshes (30 s apart, 20 a day) is noted and

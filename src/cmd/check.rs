@@ -184,7 +184,7 @@ pub fn wanted(args: &[OsString]) -> bool {
 
 fn gather(store: &dyn ReadStore, named: &[AccountKey], now: i64) -> Result<Vec<Subject>> {
     let mut subjects = Vec::new();
-    let fetched = store.fetches_since(quota::day_start(now))?;
+    let fetched = store.fetches_today(now)?;
     for account in refresh::targets(store, named)? {
         // The credential with the least time left; no valid row at all counts as least.
         let mut worst: Option<(Option<i64>, Credential)> = None;

@@ -34,7 +34,7 @@ fn check_all(ctx: &Context, named: &[AccountKey], json_out: bool, api: &ApiConfi
     let mut exit = Exit::Ok;
     let mut text = String::new();
     let mut entries = Vec::new();
-    let fetched = store.fetches_since(quota::day_start(now))?;
+    let fetched = store.fetches_today(now)?;
     for account in targets(store.as_ref(), named)? {
         let own = fetched.get(&account.id).copied().unwrap_or(0);
         let checked = check(store.as_ref(), &client, &account, now)?;
@@ -216,7 +216,7 @@ fn reset(ctx: &Context, key: &AccountKey, yes: bool, api: &ApiConfig) -> Result<
         return Err(fail(Exit::Usage, format!("{key}: {}", wecom_note())));
     }
     crate::vault::require_open(&account)?;
-    let used = store.quota_resets_since(account.id, quota::month_start(now))?;
+    let used = store.quota_resets_this_month(account.id, now)?;
     let spent =
         format!("wxtoken has used {used} of this month's {RESETS_PER_MONTH} resets for {key}");
     if !yes {

@@ -10,7 +10,6 @@ use crate::engine;
 use crate::exit::Exit;
 use crate::freshness;
 use crate::policy;
-use crate::quota;
 use crate::text::{held_text, human, rfc3339};
 
 /// One credential of an account: its access token or one of its tickets.
@@ -30,7 +29,7 @@ pub fn run(ctx: &Context, json_out: bool, named: &[AccountKey]) -> Result<Exit> 
         true => store.accounts()?,
         false => super::refresh::targets(store.as_ref(), named)?,
     };
-    let fetched = store.fetches_since(quota::day_start(now))?;
+    let fetched = store.fetches_today(now)?;
     // Streamed: one account is read, rendered and written at a time, so that memory does
     // not grow with the number of accounts. The JSON document is the one `json!` would
     // build (keys in the same, sorted, order), written piece by piece.

@@ -36,6 +36,9 @@ pub struct Options {
     pub tcp: bool,
     /// Serve TLS on that port with this certificate and key (PEM files).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// With `tls`: on that port, accept only clients that present a certificate signed by
+    /// this CA (PEM) whose CN is the user (pg_hba `cert`).
+    pub client_ca: Option<PathBuf>,
 }
 
 /// The shared server of this test binary, or `None` (after a note on stderr) when
@@ -147,7 +150,11 @@ impl PgServer {
         }
         if let Some((cert, key)) = &options.tls {
             // The server insists that its key is private and its own.
-            for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+            let client_ca = options.client_ca.iter().map(|ca| (ca, "client_ca.crt"));
+            for (from, to) in [(cert, "server.crt"), (key, "server.key")]
+                .into_iter()
+                .chain(client_ca)
+            {
                 use std::os::unix::fs::PermissionsExt;
                 let to = data.join(to);
                 std::fs::copy(from, &to).expect("copy TLS files");
@@ -160,6 +167,14 @@ impl PgServer {
                 }
             }
             settings.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+            if options.client_ca.is_some() {
+                settings.push_str(" -c ssl_ca_file=client_ca.crt");
+                // The first matching line wins: TCP needs a certificate, the socket trusts.
+                let hba = data.join("pg_hba.conf");
+                let rest = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+                std::fs::write(&hba, format!("hostssl all all 127.0.0.1/32 cert\n{rest}"))
+                    .expect("write pg_hba.conf");
+            }
         }
         let log = server.dir.join("log");
         server.run_checked(
@@ -291,6 +306,72 @@ impl Drop for PgServer {
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Test certificates made with the openssl command: a CA, and a server certificate for
+/// `localhost` that it signed.
+pub struct Certs {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+/// Makes a CA named `ca_name` and a server certificate for `localhost` in `dir`.
+pub fn make_certs(dir: &std::path::Path, ca_name: &str) -> Certs {
+    openssl(
+        dir,
+        &format!(
+            "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \\
+                 -keyout ca.key -out ca.pem -days 2 -subj /CN={ca_name}
+             openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \\
+                 -keyout server.key -out server.csr -subj /CN=localhost
+             printf 'subjectAltName=DNS:localhost\\n' > ext
+             openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \\
+                 -out server.crt -days 2 -extfile ext"
+        ),
+    );
+    Certs {
+        dir: dir.to_path_buf(),
+        ca: dir.join("ca.pem"),
+        server_cert: dir.join("server.crt"),
+        server_key: dir.join("server.key"),
+    }
+}
+
+impl Certs {
+    /// A client certificate for `cn` signed by this CA: (`CN.crt`, `CN.key`), the key
+    /// mode 0600.
+    pub fn client(&self, cn: &str) -> (PathBuf, PathBuf) {
+        openssl(
+            &self.dir,
+            &format!(
+                "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \\
+                     -keyout {cn}.key -out {cn}.csr -subj /CN={cn}
+                 printf 'extendedKeyUsage=clientAuth\\n' > {cn}.ext
+                 openssl x509 -req -in {cn}.csr -CA ca.pem -CAkey ca.key -CAcreateserial \\
+                     -out {cn}.crt -days 2 -extfile {cn}.ext
+                 chmod 600 {cn}.key"
+            ),
+        );
+        (
+            self.dir.join(format!("{cn}.crt")),
+            self.dir.join(format!("{cn}.key")),
+        )
+    }
+}
+
+fn openssl(dir: &std::path::Path, script: &str) {
+    std::fs::create_dir_all(dir).expect("create the certificate directory");
+    let out = Command::new("sh")
+        .args(["-c", &format!("set -e; {script}")])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output();
+    assert!(
+        out.as_ref().is_ok_and(|o| o.status.success()),
+        "openssl could not make test certificates: {out:?}"
+    );
 }
 
 /// One test's database.
