@@ -9,7 +9,11 @@
 //!    then `WXTOKEN_NOPG_BIN=/tmp/wxtoken-nopg cargo bench --bench postgres`.
 //! 3. Two refreshers (two hosts, `--jobs 16` each) sharing 1,000 due accounts on one
 //!    database, against one refresher with `--jobs 32`; 50 ms per WeChat reply. Each run
-//!    must make exactly 1,000 fetches between them.
+//!    must make exactly 1,000 fetches between them. `WXTOKEN_PG_OTHER_BIN=/path/to/wxtoken`
+//!    runs another build's refreshers too, interleaved with this one's (before/after).
+//!
+//! Every account's secret is encrypted with a key file in the scratch directory, as a
+//! real store's are, so `refresh` opens each one as it would in production.
 //!
 //! 4. `refresh --if-expiring-within 600` with nothing due, 1,000 accounts, on PostgreSQL
 //!    and on SQLite: this build against an earlier one (`WXTOKEN_BEFORE_BIN`), to show what
@@ -53,11 +57,14 @@ fn main() {
         std::env::var_os("WXTOKEN_NOPG_BIN").map(|p| install(&dir, Path::new(&p), "wxtoken-nopg"));
     let before = std::env::var_os("WXTOKEN_BEFORE_BIN")
         .map(|p| install(&dir, Path::new(&p), "wxtoken-before"));
+    let other = std::env::var_os("WXTOKEN_PG_OTHER_BIN")
+        .map(|p| install(&dir, Path::new(&p), "wxtoken-other"));
+    let key = dir.join("wxtoken.key");
     let api = StandIn::start();
 
     let db = server.create_db();
     let t = Instant::now();
-    fill(&bin, &db.url, &api);
+    fill(&bin, &db.url, &api, &key);
     println!(
         "PostgreSQL database with {ACCOUNTS} accounts x 100 tokens in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -136,10 +143,18 @@ fn main() {
     section("3. two refreshers sharing 1,000 accounts, 50 ms per reply");
     api.set_latency(Duration::from_millis(50));
     let runs = if quick { 2 } else { 5 };
-    let mut one = Vec::new();
-    let mut two = Vec::new();
+    let mut builds = vec![("this build", &bin)];
+    if let Some(other) = &other {
+        builds.push(("WXTOKEN_PG_OTHER_BIN", other));
+    }
+    // Each side: (build, hosts); one refresher with --jobs 32, or two with --jobs 16.
+    let sides: Vec<(usize, usize)> = (0..builds.len()).flat_map(|b| [(b, 1), (b, 2)]).collect();
+    let mut times = vec![Vec::new(); sides.len()];
     for round in 0..runs {
-        for side in [round % 2, 1 - round % 2] {
+        for k in 0..sides.len() {
+            let i = (round + k) % sides.len();
+            let (b, hosts) = sides[i];
+            let exe = builds[b].1;
             // Every refresh fetches every account, unless another run recorded its newest
             // token after this one started (no --force, which would fetch it regardless).
             // Both hosts must have started before either records anything, as two cron
@@ -147,16 +162,16 @@ fn main() {
             let before = api.hits(TOKEN);
             api.gate(TOKEN);
             let t = Instant::now();
-            let children: Vec<_> = match side {
-                0 => vec![refresher(&bin, &db.url, &api, "host-a", "32")],
+            let children: Vec<_> = match hosts {
+                1 => vec![refresher(exe, &db.url, &api, &key, "host-a", "32")],
                 _ => vec![
-                    refresher(&bin, &db.url, &api, "host-a", "16"),
-                    refresher(&bin, &db.url, &api, "host-b", "16"),
+                    refresher(exe, &db.url, &api, &key, "host-a", "16"),
+                    refresher(exe, &db.url, &api, &key, "host-b", "16"),
                 ],
             };
             assert!(
                 api.wait_for_hits(TOKEN, before + 32, Duration::from_secs(60)),
-                "side {side}: the refreshers never got going"
+                "side {i}: the refreshers never got going"
             );
             api.open_gate(TOKEN);
             let ok = children
@@ -166,28 +181,33 @@ fn main() {
             let fetched = api.hits(TOKEN) - before;
             assert!(
                 ok && fetched == ACCOUNTS,
-                "side {side}: ok {ok}, {fetched} fetches"
+                "side {i}: ok {ok}, {fetched} fetches"
             );
-            if side == 0 {
-                one.push(took)
-            } else {
-                two.push(took)
-            }
+            times[i].push(took);
         }
     }
     let ideal = ACCOUNTS as f64 * 0.050 / 32.0;
-    println!("| side | median | vs ideal ({ideal:.3} s) | fetches per run |");
-    println!("|---|---|---|---|");
+    let base = median(&times[0]);
     println!(
-        "| one refresher, --jobs 32 | {:.3} s | {:.3}x | {ACCOUNTS} |",
-        median(&one),
-        median(&one) / ideal
+        "| build | side | median | vs ideal ({ideal:.3} s) | vs this build's one refresher | fetches per run |"
     );
-    println!(
-        "| two refreshers (2 hosts), --jobs 16 each | {:.3} s | {:.3}x | {ACCOUNTS} between them |",
-        median(&two),
-        median(&two) / ideal
-    );
+    println!("|---|---|---|---|---|---|");
+    for (i, &(b, hosts)) in sides.iter().enumerate() {
+        let (side, fetches) = match hosts {
+            1 => ("one refresher, --jobs 32", format!("{ACCOUNTS}")),
+            _ => (
+                "two refreshers (2 hosts), --jobs 16 each",
+                format!("{ACCOUNTS} between them"),
+            ),
+        };
+        let m = median(&times[i]);
+        println!(
+            "| {} | {side} | {m:.3} s | {:.3}x | {:.3}x | {fetches} |",
+            builds[b].0,
+            m / ideal,
+            m / base
+        );
+    }
 
     ahead(&bin, before.as_deref(), &db.url, &lite, &api, quick);
 
@@ -280,12 +300,14 @@ fn sqlite_get(bin: &Path, db: &Path, appid: &str) -> Command {
 }
 
 /// Creates the schema with the binary, then 1,000 accounts with 100 hourly tokens each
-/// (the newest valid) in SQL.
-fn fill(bin: &Path, url: &str, api: &StandIn) {
+/// (the newest valid) in SQL, and has the binary encrypt every secret (`key rotate`), so
+/// the store is what a real one is: no secret in plain text.
+fn fill(bin: &Path, url: &str, api: &StandIn, key: &Path) {
     let mut add = Command::new(bin);
     add.env_clear()
         .env("WXTOKEN_KEY_FILE", key_file())
         .env("WXTOKEN_DB", url)
+        .env("WXTOKEN_KEY_FILE", key)
         .env("WXTOKEN_API_BASE", api.url())
         .args([
             "account",
@@ -313,13 +335,33 @@ fn fill(bin: &Path, url: &str, api: &StandIn) {
     let server = pg::server().unwrap();
     let name = url.split("///").nth(1).unwrap().split('?').next().unwrap();
     server.psql(name, &sql);
+    let mut rotate = Command::new(bin);
+    rotate
+        .env_clear()
+        .env("WXTOKEN_DB", url)
+        .env("WXTOKEN_KEY_FILE", key)
+        .args(["-q", "key", "rotate"]);
+    assert!(rotate.status().unwrap().success(), "key rotate");
+    let plain = server.psql(
+        name,
+        "SELECT count(*) FROM account_secrets WHERE secret NOT LIKE 'wxs1:%'",
+    );
+    assert_eq!(plain, "0", "every secret is encrypted");
 }
 
-fn refresher(bin: &Path, url: &str, api: &StandIn, host: &str, jobs: &str) -> std::process::Child {
+fn refresher(
+    bin: &Path,
+    url: &str,
+    api: &StandIn,
+    key: &Path,
+    host: &str,
+    jobs: &str,
+) -> std::process::Child {
     Command::new(bin)
         .env_clear()
         .env("WXTOKEN_KEY_FILE", key_file())
         .env("WXTOKEN_DB", url)
+        .env("WXTOKEN_KEY_FILE", key)
         .env("WXTOKEN_API_BASE", api.url())
         .env("WXTOKEN_HOST", host)
         .args(["-q", "refresh", "--jobs", jobs])

@@ -576,6 +576,8 @@ fn simulated_year(dir: &Path) {
 
 /// The loop a user would write without wxtoken: read the accounts, curl each token,
 /// pull it out of the JSON, insert it. Sequential; no attempts, no retries, no claims.
+/// It sends the secret as stored (encrypted here; the stand-in checks no secret, since
+/// the bench registers none), which costs it the same as a plaintext one would.
 const USER_LOOP: &str = r#"#!/usr/bin/env bash
 set -u
 db=$1 base=$2
@@ -706,7 +708,8 @@ fn token_text(n: i64) -> String {
 /// Builds a database the way wxtoken would have it: the binary creates it and applies its
 /// migrations (adding the first account, secret on stdin), then the other accounts and
 /// `tokens_per` token rows per account are inserted in one transaction, hour by hour and
-/// account by account as hourly refreshes would have, the newest fetched now.
+/// account by account as hourly refreshes would have, the newest fetched now; finally
+/// `wxtoken key rotate` encrypts every secret, as they are in a real store.
 fn build_db(dir: &Path, name: &str, accounts: usize, tokens_per: usize) -> PathBuf {
     let db = dir.join(name);
     for f in [db.clone(), wal_of(&db), dir.join(format!("{name}-shm"))] {
@@ -773,6 +776,25 @@ fn build_db(dir: &Path, name: &str, accounts: usize, tokens_per: usize) -> PathB
         }
     }
     tx.commit().expect("commit");
+    // Real stores hold no secret in plain text: the binary encrypts every one with the
+    // key file the first `account add` created (in HOME, which every run here shares).
+    let mut rotate = wx(&db);
+    rotate.args(["-q", "key", "rotate"]);
+    let out = rotate.output().expect("run wxtoken key rotate");
+    let plain: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM accounts WHERE secret NOT LIKE 'wxs1:%'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count plaintext secrets");
+    if !out.status.success() || plain != 0 {
+        eprintln!(
+            "wxtoken key rotate left {plain} secret(s) in plain text: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::process::exit(1);
+    }
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
         .expect("checkpoint");
     db

@@ -122,12 +122,11 @@ pub fn refresh(
         .filter(|(_, skip)| !**skip)
         .map(|(account, _)| account)
         .collect();
-    // Handles are opened here, not in the workers: a store handle may be sent to a
-    // thread, but not shared between threads.
-    let workers = (0..plan.jobs.min(todo.len()))
-        .map(|_| store.another())
-        .collect();
-    let mut results = run_pool(&todo, workers, |worker, account| {
+    // Each worker opens its own handle (a handle may be sent to a thread, but not shared
+    // between threads), all at once rather than one after another.
+    let open = store.opener();
+    let workers = plan.jobs.min(todo.len());
+    let mut results = run_pool(&todo, workers, &open, |worker, account| {
         let done = match (account.held_at(now), worker) {
             _ if stop.now() => Done::NotTried,
             (Some((until, reason)), _) if !plan.force => Done::Held(until, reason),
@@ -208,19 +207,21 @@ fn credential_due(
     freshness::needs_fetch(newest, asked, now, want)
 }
 
-/// Runs `work` over every item on one thread per state in `states`, each thread with its
-/// own state; results in item order.
-fn run_pool<T: Sync, S: Send, R: Send>(
+/// Runs `work` over every item on `threads` threads, each with its own state made by
+/// `init` on that thread; results in item order.
+fn run_pool<T: Sync, S, R: Send>(
     items: &[T],
-    states: Vec<S>,
+    threads: usize,
+    init: impl Fn() -> S + Sync,
     work: impl Fn(&S, &T) -> R + Sync,
 ) -> Vec<R> {
     let next = AtomicUsize::new(0);
     let slots: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
     std::thread::scope(|scope| {
-        for state in states {
-            let (next, slots, work) = (&next, &slots, &work);
+        for _ in 0..threads {
+            let (next, slots, init, work) = (&next, &slots, &init, &work);
             scope.spawn(move || {
+                let state = init();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(item) = items.get(i) else { break };
@@ -633,7 +634,9 @@ mod tests {
         let items: Vec<u32> = (0..100).collect();
         let running = AtomicUsize::new(0);
         let peak = AtomicUsize::new(0);
-        let out = run_pool(&items, vec![(); 4], |_, &i| {
+        let opened = AtomicUsize::new(0);
+        let init = || opened.fetch_add(1, Ordering::SeqCst);
+        let out = run_pool(&items, 4, init, |_, &i| {
             let now = running.fetch_add(1, Ordering::SeqCst) + 1;
             peak.fetch_max(now, Ordering::SeqCst);
             std::thread::yield_now();
@@ -642,6 +645,8 @@ mod tests {
         });
         assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
         assert!(peak.load(Ordering::SeqCst) <= 4);
-        assert!(run_pool(&[] as &[u32], vec![()], |_, &i| i).is_empty());
+        // One state per thread, each made once.
+        assert_eq!(opened.load(Ordering::SeqCst), 4);
+        assert!(run_pool(&[] as &[u32], 1, || (), |_, &i| i).is_empty());
     }
 }

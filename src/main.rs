@@ -32,14 +32,12 @@ mod wechat;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use exit::Exit;
 
 fn main() -> ExitCode {
     // `status --check` is a monitoring plugin: every failure is UNKNOWN, even bad arguments.
     let check = cmd::check::wanted(&std::env::args_os().collect::<Vec<_>>());
-    let cli = match cli::Cli::try_parse() {
+    let cli = match cli::Cli::parse_args() {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => {
             // --help and --version: clap prints them on stdout.

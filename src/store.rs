@@ -188,10 +188,15 @@ pub trait ReadStore {
     }
 }
 
+/// Opens another handle on a store's data, from any thread.
+pub type Opener = Box<dyn Fn() -> Result<Box<dyn Store>> + Send + Sync>;
+
 /// What refresh, `get --reject` and the account commands write.
 pub trait Store: ReadStore + Sinks + Send {
-    /// Another handle on the same data, for a worker thread.
-    fn another(&self) -> Result<Box<dyn Store>>;
+    /// Opens handles on the same data, one per worker thread. The workers call it
+    /// themselves, so that their handles open in parallel: on PostgreSQL each is a
+    /// connection (a backend process and a runtime), a few milliseconds apiece.
+    fn opener(&self) -> Opener;
 
     /// Makes sure that a handle that sat idle still reaches the database, replacing a
     /// connection the server or the network dropped meanwhile (PostgreSQL; a file always
@@ -986,10 +991,13 @@ impl Store for Sqlite {
         tx.commit()
     }
 
-    fn another(&self) -> Result<Box<dyn Store>> {
-        let store = Sqlite::connect(&self.path, self.holder.clone(), true)?;
-        store.configure(true)?;
-        Ok(Box::new(store))
+    fn opener(&self) -> Opener {
+        let (path, holder) = (self.path.clone(), self.holder.clone());
+        Box::new(move || {
+            let store = Sqlite::connect(&path, holder.clone(), true)?;
+            store.configure(true)?;
+            Ok(Box::new(store))
+        })
     }
 
     fn add_account(&self, new: &NewAccount, now: i64) -> Result<()> {

@@ -24,10 +24,10 @@ use crate::domain::{
 };
 use crate::pgconf::PgConfig;
 use crate::store::{
-    AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, NewestRow, RUN_COLUMNS,
-    ReadStore, Recorded, Result, RunRow, SUCCESSFUL_RUNS, SinkResult, SinkRow, Sinks, Store,
-    StoreError, all_kinds, is_plaintext, not_empty, open_or_fail, open_secret, parse_tickets,
-    pid_alive, same_secret, seal_secret, stored_form,
+    AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, NewestRow, Opener,
+    RUN_COLUMNS, ReadStore, Recorded, Result, RunRow, SUCCESSFUL_RUNS, SinkResult, SinkRow, Sinks,
+    Store, StoreError, all_kinds, is_plaintext, not_empty, open_or_fail, open_secret,
+    parse_tickets, pid_alive, same_secret, seal_secret, stored_form,
 };
 
 /// Every PostgreSQL migration, in order; the schema version is how many are applied.
@@ -73,6 +73,42 @@ fn host_offset(sent: f64, server_now: f64, received: f64) -> i64 {
 
 /// How long `revive` waits for the server to answer an empty query.
 const REVIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A parameter whose PostgreSQL type is known without asking the server. The refresh path
+/// sends its statements with `query_typed`: one round trip each (parse, bind and execute
+/// together) instead of two (`query` prepares a named statement first), and no named
+/// statement is left on the server, so a transaction pooler in between is fine.
+trait Typed: ToSql + Sync {
+    fn pg_type(&self) -> Type;
+    fn as_sql(&self) -> &(dyn ToSql + Sync);
+}
+
+macro_rules! typed {
+    ($($t:ty => $pg:ident),* $(,)?) => {$(
+        impl Typed for $t {
+            fn pg_type(&self) -> Type {
+                Type::$pg
+            }
+            fn as_sql(&self) -> &(dyn ToSql + Sync) {
+                self
+            }
+        }
+    )*};
+}
+
+typed!(
+    i64 => INT8,
+    Option<i64> => INT8,
+    bool => BOOL,
+    &str => TEXT,
+    Option<&str> => TEXT,
+    String => TEXT,
+    Option<String> => TEXT,
+);
+
+fn typed<'a>(params: &[&'a dyn Typed]) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
+    params.iter().map(|p| (p.as_sql(), p.pg_type())).collect()
+}
 
 /// A connection to a wxtoken database on a PostgreSQL server.
 pub struct Postgres {
@@ -735,11 +771,9 @@ impl ReadStore for Postgres {
 }
 
 impl Store for Postgres {
-    fn another(&self) -> Result<Box<dyn Store>> {
-        Ok(Box::new(Postgres::connect(
-            &self.config,
-            self.holder.clone(),
-        )?))
+    fn opener(&self) -> Opener {
+        let (config, holder) = (self.config.clone(), self.holder.clone());
+        Box::new(move || Ok(Box::new(Postgres::connect(&config, holder.clone())?)))
     }
 
     /// One round trip (an empty query) on a connection that sat idle; a lost one is
@@ -932,7 +966,7 @@ impl Store for Postgres {
         // ended while this worker was busy elsewhere, it fails at once; taking a lease is
         // idempotent for its holder, so it is tried once more on a new connection.
         let take = || {
-            self.c().query_opt(
+            self.c().query_typed_opt(
                 &format!(
                     "INSERT INTO claims AS c (account_id, holder, host, pid, claimed_at, expires_at)
                      VALUES ($1, $2, $3, $4, {NOW}, {NOW} + $5::bigint)
@@ -942,7 +976,7 @@ impl Store for Postgres {
                      WHERE c.expires_at <= EXCLUDED.claimed_at OR c.holder = EXCLUDED.holder
                      RETURNING claimed_at"
                 ),
-                &[&account_id, &h.id, &h.host, &pid, &ttl],
+                &typed(&[&account_id, &h.id, &h.host, &pid, &ttl]),
             )
         };
         let taken = match take() {
@@ -961,9 +995,9 @@ impl Store for Postgres {
         }
         let current = self
             .c()
-            .query_opt(
+            .query_typed_opt(
                 "SELECT holder, host, pid FROM claims WHERE account_id = $1",
-                &[&account_id],
+                &typed(&[&account_id]),
             )
             .map_err(|e| self.err(e))?;
         let Some(current) = current else {
@@ -976,13 +1010,13 @@ impl Store for Postgres {
             // Conditional on the dead holder, so that two takers cannot both win.
             let n = self
                 .c()
-                .execute(
+                .execute_typed(
                     &format!(
                         "UPDATE claims SET holder = $3, host = $4, pid = $5, claimed_at = {NOW},
                              expires_at = {NOW} + $6::bigint
                          WHERE account_id = $1 AND holder = $2"
                     ),
-                    &[&account_id, &other, &h.id, &h.host, &pid, &ttl],
+                    &typed(&[&account_id, &other, &h.id, &h.host, &pid, &ttl]),
                 )
                 .map_err(|e| self.err(e))?;
             if n == 1 {
@@ -997,13 +1031,13 @@ impl Store for Postgres {
     /// Another holder's intent left for the account is replaced: this fetch supersedes it.
     fn begin_fetch(&self, account_id: i64, _now: i64) -> Result<()> {
         self.c()
-            .execute(
+            .execute_typed(
                 &format!(
                     "INSERT INTO intents (account_id, holder, started_at) VALUES ($1, $2, {NOW})
                      ON CONFLICT (account_id) DO UPDATE
                      SET holder = EXCLUDED.holder, started_at = EXCLUDED.started_at"
                 ),
-                &[&account_id, &self.holder.id],
+                &typed(&[&account_id, &self.holder.id]),
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -1055,9 +1089,9 @@ impl Store for Postgres {
 
     fn release(&self, account_id: i64) -> Result<()> {
         self.c()
-            .execute(
+            .execute_typed(
                 "DELETE FROM claims WHERE account_id = $1 AND holder = $2",
-                &[&account_id, &self.holder.id],
+                &typed(&[&account_id, &self.holder.id]),
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -1068,6 +1102,9 @@ impl Store for Postgres {
     /// (the holder that took over fetched later, and the latest fetch is the valid one).
     /// The token's times start at the lease's `claimed_at`, on the server's clock: before
     /// the request was sent, so the stored expiry is never later than WeChat's.
+    ///
+    /// Four round trips: BEGIN, one statement that takes the locks and reads what the
+    /// decisions need, one that writes every row, COMMIT.
     fn record_fetch(&self, record: &FetchRecord) -> Result<Recorded> {
         let FetchRecord {
             account_id,
@@ -1078,37 +1115,46 @@ impl Store for Postgres {
         } = record;
         let account_id = *account_id;
         let err = |e: postgres::Error| self.err(e);
+        let access = *kind == Credential::AccessToken;
         let kind = kind.as_str();
         let tries = i64::from(outcome.tries);
         let mut c = self.c();
         let mut tx = c.transaction().map_err(err)?;
-        // Shared: a refresh starting now waits for this commit before it reads the newest
-        // token id (see `newest_token_id`).
-        tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&RECORD_LOCK])
-            .map_err(err)?;
-        // The row lock makes a concurrent takeover wait for this commit, or this check see
-        // the new holder: either way only one holder's token is stored.
-        let claimed: Option<(i64, i64)> = tx
-            .query_opt(
+        // The shared advisory lock: a refresh starting now waits for this commit before it
+        // reads the newest token id (see `newest_token_id`). The claim's row lock makes a
+        // concurrent takeover wait for this commit, or this check see the new holder:
+        // either way only one holder's token is stored. The account's row lock keeps a
+        // set-secret from slipping in between the same-secret check below and the update
+        // of the account (no other statement locks an account row and then its claim).
+        let row = tx
+            .query_typed_opt(
                 &format!(
-                    "SELECT claimed_at, {NOW} FROM claims
-                     WHERE account_id = $1 AND holder = $2 FOR UPDATE"
+                    "SELECT {NOW}, (SELECT claimed_at FROM claims
+                         WHERE account_id = $1 AND holder = $2 FOR UPDATE),
+                        (SELECT token FROM tokens WHERE account_id = $1 AND kind = $3
+                         ORDER BY id DESC LIMIT 1),
+                        a.appid, a.agent, s.secret
+                 FROM (SELECT pg_advisory_xact_lock_shared($4)) l,
+                      accounts a LEFT JOIN account_secrets s ON s.account_id = a.id
+                 WHERE a.id = $1
+                 FOR UPDATE OF a"
                 ),
-                &[&account_id, &self.holder.id],
+                &typed(&[&account_id, &self.holder.id, &kind, &RECORD_LOCK]),
             )
-            .map_err(err)?
-            .map(|r| (r.get(0), r.get(1)));
-        let Some((claimed_at, server_now)) = claimed else {
+            .map_err(err)?;
+        // No row: the account was removed, and its claim with it.
+        let claimed_at = row.as_ref().and_then(|r| r.get::<_, Option<i64>>(1));
+        let (Some(row), Some(claimed_at)) = (row, claimed_at) else {
             let detail = format!(
                 "the claim of {} expired and was taken over during the fetch",
                 self.holder.id
             );
-            tx.execute(
+            tx.execute_typed(
                 &format!(
                     "INSERT INTO attempts (account_id, kind, started_at, duration_ms, tries, outcome, detail)
                      VALUES ($1, $2, {NOW}, $3, $4, 'lost_claim', $5)"
                 ),
-                &[&account_id, &kind, &outcome.duration_ms, &tries, &detail],
+                &typed(&[&account_id, &kind, &outcome.duration_ms, &tries, &detail]),
             )
             .map_err(err)?;
             tx.commit().map_err(|e| self.commit_err(e))?;
@@ -1117,38 +1163,60 @@ impl Store for Postgres {
                  claim TTL is too short: raise --claim-ttl)"
             )));
         };
-        let recorded = match &outcome.result {
-            Ok(fetched) => {
-                let newest: Option<String> = tx
-                    .query_opt(
-                        "SELECT token FROM tokens WHERE account_id = $1 AND kind = $2
-                         ORDER BY id DESC LIMIT 1",
-                        &[&account_id, &kind],
-                    )
-                    .map_err(err)?
-                    .map(|r| r.get(0));
-                if newest.as_deref() == Some(fetched.token.as_str()) {
-                    Recorded::Unchanged
-                } else {
-                    tx.execute(
-                        "INSERT INTO tokens (account_id, kind, token, expires_in, fetched_at, expires_at)
-                         VALUES ($1, $2, $3, $4::bigint, $5::bigint, $5::bigint + $4::bigint)",
-                        &[&account_id, &kind, &fetched.token, &fetched.expires_in, &claimed_at],
-                    )
-                    .map_err(err)?;
-                    Recorded::Inserted
-                }
+        let server_now: i64 = row.get(0);
+        let newest: Option<String> = row.get(2);
+        let (recorded, token, expires_in) = match &outcome.result {
+            Ok(f) if newest.as_deref() == Some(f.token.as_str()) => {
+                (Recorded::Unchanged, None, None)
             }
-            Err(_) => Recorded::Failed,
-        };
-        let a = AttemptColumns::of(outcome, recorded == Recorded::Unchanged);
-        tx.execute(
-            &format!(
-                "INSERT INTO attempts (account_id, kind, started_at, duration_ms, tries, outcome,
-                                       errcode, errmsg, http_status, detail, clock_offset)
-                 VALUES ($1, $2, {NOW} - $3::bigint / 1000, $3, $4, $5, $6, $7, $8, $9, $10)"
+            Ok(f) => (
+                Recorded::Inserted,
+                Some(f.token.as_str()),
+                Some(f.expires_in),
             ),
-            &[
+            Err(_) => (Recorded::Failed, None, None),
+        };
+        // An outcome computed with a secret that has since been replaced says nothing
+        // about the new one.
+        let same = access
+            && row.get::<_, Option<String>>(5).is_some_and(|stored| {
+                let key = AccountKey {
+                    appid: row.get(3),
+                    agent: row.get(4),
+                };
+                same_secret(&key, stored, secret)
+            });
+        let clear_intent = access && !outcome.may_have_issued();
+        let a = AttemptColumns::of(outcome, recorded == Recorded::Unchanged);
+        // On the server's clock: a host whose clock is off can neither cut the hold short
+        // nor stretch it.
+        let (held_until, held_reason) = hold
+            .as_ref()
+            .and_then(|(h, reason)| {
+                Some((crate::policy::held_until(*h, server_now)?, reason.as_str()))
+            })
+            .unzip();
+        // One statement for every row the outcome writes; each part is switched by its
+        // own flag, decided above.
+        tx.execute_typed(
+            &format!(
+                "WITH token AS (
+                     INSERT INTO tokens (account_id, kind, token, expires_in, fetched_at, expires_at)
+                     SELECT $1, $2, $11, $12, $13, $13 + $12 WHERE $11 IS NOT NULL
+                 ), attempt AS (
+                     INSERT INTO attempts (account_id, kind, started_at, duration_ms, tries,
+                                           outcome, errcode, errmsg, http_status, detail,
+                                           clock_offset)
+                     VALUES ($1, $2, {NOW} - $3 / 1000, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ), account AS (
+                     UPDATE accounts SET held_until = $14, held_reason = $15, fetch_due = false
+                     WHERE id = $1 AND $16
+                 ), intent AS (
+                     DELETE FROM intents WHERE account_id = $1 AND holder = $18 AND $17
+                 )
+                 SELECT 1"
+            ),
+            &typed(&[
                 &account_id,
                 &kind,
                 &outcome.duration_ms,
@@ -1159,52 +1227,17 @@ impl Store for Postgres {
                 &a.http_status,
                 &a.detail,
                 &outcome.clock_offset,
-            ],
+                &token,
+                &expires_in,
+                &claimed_at,
+                &held_until,
+                &held_reason,
+                &same,
+                &clear_intent,
+                &self.holder.id,
+            ]),
         )
         .map_err(err)?;
-        if kind == Credential::AccessToken.as_str() {
-            // An outcome computed with a secret that has since been replaced says nothing
-            // about the new one. The row lock keeps a set-secret from slipping in between
-            // this check and the update.
-            let current = tx
-                .query_opt(
-                    "SELECT a.appid, a.agent, s.secret FROM accounts a
-                     JOIN account_secrets s ON s.account_id = a.id
-                     WHERE a.id = $1 FOR UPDATE OF a",
-                    &[&account_id],
-                )
-                .map_err(err)?;
-            let same = current.is_some_and(|r| {
-                let key = AccountKey {
-                    appid: r.get(0),
-                    agent: r.get(1),
-                };
-                same_secret(&key, r.get(2), secret)
-            });
-            if same {
-                // On the server's clock: a host whose clock is off can neither cut the
-                // hold short nor stretch it.
-                let (until, reason) = hold
-                    .as_ref()
-                    .and_then(|(h, reason)| {
-                        Some((crate::policy::held_until(*h, server_now)?, reason.as_str()))
-                    })
-                    .unzip();
-                tx.execute(
-                    "UPDATE accounts SET held_until = $2, held_reason = $3, fetch_due = false
-                     WHERE id = $1",
-                    &[&account_id, &until, &reason],
-                )
-                .map_err(err)?;
-            }
-            if !outcome.may_have_issued() {
-                tx.execute(
-                    "DELETE FROM intents WHERE account_id = $1 AND holder = $2",
-                    &[&account_id, &self.holder.id],
-                )
-                .map_err(err)?;
-            }
-        }
         tx.commit().map_err(|e| self.commit_err(e))?;
         Ok(recorded)
     }
