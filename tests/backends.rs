@@ -447,14 +447,7 @@ fn a_reader_role_gets_tokens_and_nothing_else() {
         reject,
     ] {
         let refused = f.env.run(args);
-        refused.assert_code(5);
-        assert_eq!(refused.stdout, "", "{args:?}");
-        assert_eq!(
-            refused.stderr.lines().count(),
-            1,
-            "{args:?}: {}",
-            refused.stderr
-        );
+        refused.assert_one_line_error(5);
         assert_has(
             &refused,
             &["may only read tokens", "no INSERT on tokens", &role],
@@ -462,8 +455,7 @@ fn a_reader_role_gets_tokens_and_nothing_else() {
     }
     // A command that reads beyond the grant names the table it may not read.
     let metrics = f.env.run(&["metrics"]);
-    metrics.assert_code(5);
-    assert_eq!(metrics.stderr.lines().count(), 1, "{}", metrics.stderr);
+    metrics.assert_one_line_error(5);
     assert_has(
         &metrics,
         &["permission denied for table runs", "store grant-reader"],

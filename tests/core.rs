@@ -140,15 +140,7 @@ fn store_shown(env: &TestEnv) -> String {
 /// A usage error: exit 2, nothing on stdout, exactly one line on stderr.
 #[track_caller]
 fn assert_usage_error(out: &Out, words: &[&str]) {
-    out.assert_code(2);
-    assert_eq!(out.stdout, "", "stdout of a usage error");
-    assert_eq!(
-        out.stderr.lines().count(),
-        1,
-        "a usage error is one line:\n{}",
-        out.stderr
-    );
-    out.assert_stderr_has(words);
+    out.assert_one_line_error(2).assert_stderr_has(words);
 }
 
 fn rfc3339_z(v: &Value) -> DateTime<Utc> {

@@ -93,6 +93,21 @@ impl Out {
         self
     }
 
+    /// A refusal as users see it: exit `code`, nothing on stdout, exactly one line on
+    /// stderr.
+    #[track_caller]
+    pub fn assert_one_line_error(&self, code: i32) -> &Out {
+        self.assert_code(code);
+        assert_eq!(self.stdout, "", "stdout of an error");
+        assert_eq!(
+            self.stderr.lines().count(),
+            1,
+            "an error is one line:\n{}",
+            self.stderr
+        );
+        self
+    }
+
     /// The one value a successful `get` printed: exit 0, one line, no spaces.
     #[track_caller]
     pub fn value(&self) -> String {
