@@ -1,5 +1,6 @@
 //! wxtoken: the one place that fetches WeChat access tokens; everything else reads them.
 
+mod atomicfile;
 mod cli;
 mod cmd;
 mod config;

@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::path::Path;
+
 use serde_json::Value;
 use support::redis_server::Redis;
 use support::standin::{self, Reply};
@@ -1005,6 +1007,103 @@ fn a_hook_that_hangs_is_killed_after_its_timeout() {
         out.stderr
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+// ---- files written by name ----
+
+/// Runs `wxtoken ARGS` through a shell that first plants a symlink to `victim` at
+/// `.{name}.PID.tmp` in `dir` (PID: the shell's own, which `exec` hands to wxtoken): the
+/// temporary name a metrics writer with a predictable name would use.
+fn run_with_planted_link(
+    env: &TestEnv,
+    victim: &Path,
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+) -> Out {
+    let inner = env.command(args);
+    let mut sh = std::process::Command::new("/bin/sh");
+    sh.env_clear().current_dir(&env.dir);
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            sh.env(k, v);
+        }
+    }
+    sh.arg("-c")
+        .arg(r#"ln -s "$1" "$2/.$3.$$.tmp" && shift 3 && exec "$@""#)
+        .arg("sh")
+        .arg(victim)
+        .arg(dir)
+        .arg(name)
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    Out::from_output(sh.output().expect("run the shell"))
+}
+
+#[test]
+fn metrics_file_never_writes_through_a_planted_symlink() {
+    use std::os::unix::fs::MetadataExt;
+    let env = with_accounts();
+    let textfile = env.dir.join("textfile");
+    std::fs::create_dir(&textfile).unwrap();
+    let target = textfile.join("wxtoken.prom");
+    let key = env.key_file();
+    let before = std::fs::read(&key).unwrap();
+    let mode = std::fs::metadata(&key).unwrap().mode();
+    // A link at the name a predictable temporary file would have.
+    let out = run_with_planted_link(
+        &env,
+        &key,
+        &textfile,
+        "wxtoken.prom",
+        &["refresh", "--metrics-file", target.to_str().unwrap()],
+    );
+    out.assert_code(0);
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        before,
+        "the key file was overwritten"
+    );
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().mode(),
+        mode,
+        "the key file's mode"
+    );
+    let meta = std::fs::symlink_metadata(&target).unwrap();
+    assert!(meta.is_file(), "the metrics file is a file of its own");
+    assert_eq!(meta.mode() & 0o777, 0o644);
+    assert!(
+        std::fs::read_to_string(&target)
+            .unwrap()
+            .contains("wxtoken_accounts 3\n")
+    );
+    // A link at the target itself is replaced by the file, never written through.
+    std::fs::remove_file(&target).unwrap();
+    std::os::unix::fs::symlink(&key, &target).unwrap();
+    run(
+        &env,
+        &["refresh", "--metrics-file", target.to_str().unwrap()],
+        0,
+    );
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        before,
+        "the key file was overwritten"
+    );
+    assert!(std::fs::symlink_metadata(&target).unwrap().is_file());
+    // Nothing else was left in the directory: the file and the planted link only.
+    let mut left: Vec<String> = std::fs::read_dir(&textfile)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        left[0].starts_with(".wxtoken.prom.") && left[1] == "wxtoken.prom",
+        "{left:?}"
+    );
+    // The secrets still open: the next run works.
+    run(&env, &["refresh"], 0);
 }
 
 // ---- the commands ----
