@@ -574,7 +574,8 @@ pub enum SinkCommand {
 
 Formats: wxjava, silenceper, easywechat, wechatpy, powerwechat (each SDK's own keys and
 values; --prefix for its configurable prefix), plain and json (with --key). A URL with a
-password must come from --redis-env or stdin (--redis -), never from an argument.
+password (or a pass, password or user parameter) must come from --redis-env or stdin
+(--redis -), never from an argument.
 A hook gets the token on stdin and WXTOKEN_APPID, WXTOKEN_AGENTID, WXTOKEN_KIND,
 WXTOKEN_EXPIRES_AT, WXTOKEN_EXPIRES_IN and WXTOKEN_SINK in its environment.")]
     Add(SinkAddArgs),
@@ -600,8 +601,9 @@ pub struct SinkName {
 pub struct SinkAddArgs {
     /// A name for the sink: letters, digits, '.', '_' or '-'
     pub name: String,
-    /// Redis URL: redis://[USER@]HOST[:PORT][/DB], rediss:// for TLS, or - to read it from
-    /// stdin (needed when it has a password)
+    /// Redis URL: redis://[USER@]HOST[:PORT][/DB], rediss:// for TLS, redis+unix:///PATH,
+    /// or - to read it from stdin (needed when it has a password or a pass, password or
+    /// user parameter)
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
     /// Read the Redis URL from this environment variable (for a URL with a password)

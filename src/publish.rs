@@ -137,9 +137,13 @@ fn publish_redis(
                 text = text.replace(&entry.key, shown);
             }
         }
+        let (user, password) =
+            sink::credentials(&sink.target, sink.password.as_ref().map(Secret::expose));
         for s in secrets
             .iter()
-            .chain(sink.password.as_ref().map(Secret::expose).iter())
+            .copied()
+            .chain(user.as_deref())
+            .chain(password.as_deref())
         {
             if !s.is_empty() {
                 text = text.replace(s, "***");
@@ -217,11 +221,16 @@ fn publish_redis(
 
 fn connect(sink: &SinkRow, timeout: Duration) -> redis::RedisResult<redis::Connection> {
     let info = sink.target.as_str().into_connection_info()?;
-    // The password is stored apart from the URL (it is a secret); CLIENT SETINFO is one
-    // round trip wxtoken does not need.
+    // The credentials are stored apart from the URL (they are secrets); CLIENT SETINFO is
+    // one round trip wxtoken does not need.
     let mut settings = info.redis_settings().clone().set_skip_set_lib_name();
-    if let Some(password) = &sink.password {
-        settings = settings.set_password(password.expose());
+    let (user, password) =
+        sink::credentials(&sink.target, sink.password.as_ref().map(Secret::expose));
+    if let Some(user) = user {
+        settings = settings.set_username(user);
+    }
+    if let Some(password) = password {
+        settings = settings.set_password(password);
     }
     let client = redis::Client::open(info.set_redis_settings(settings))?;
     let con = client.get_connection_with_timeout(timeout)?;

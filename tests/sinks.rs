@@ -772,6 +772,143 @@ fn a_password_is_never_an_argument_and_never_shown() {
     assert_eq!(redis.keys(4).len(), 5, "both sinks wrote to database 4");
 }
 
+/// Whether any byte sequence the store keeps (SQLite: the database, its -wal and -shm;
+/// PostgreSQL: every row of every table) contains `needle`.
+fn store_contains(env: &TestEnv, needle: &str) -> Option<String> {
+    let kept: Vec<(String, Vec<u8>)> = if env.is_postgres() {
+        vec![("the database".into(), env.written_state())]
+    } else {
+        ["", "-wal", "-shm"]
+            .iter()
+            .map(|suffix| {
+                let file = format!("{}{suffix}", env.db().display());
+                let bytes = std::fs::read(&file).unwrap_or_default();
+                (file, bytes)
+            })
+            .collect()
+    };
+    kept.into_iter()
+        .find(|(_, bytes)| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        .map(|(what, _)| what)
+}
+
+#[test]
+fn credentials_in_the_query_are_secrets_too() {
+    const ACL_USER: &str = "acl-user-Qz8";
+    const ACL_PASS: &str = "acl-pass-Zq9";
+    let env = with_accounts();
+    let sock = env.dir.join("redis").join("r.sock");
+    let sock_arg = sock.display().to_string();
+    let Some(redis) = Redis::start(
+        &env.dir,
+        &["--requirepass", REDIS_PASSWORD, "--unixsocket", &sock_arg],
+    ) else {
+        return;
+    };
+    redis::cmd("ACL")
+        .arg(
+            &[
+                "SETUSER",
+                ACL_USER,
+                "on",
+                &format!(">{ACL_PASS}"),
+                "~wx:*",
+                "+set",
+                "+select",
+            ][..],
+        )
+        .query::<()>(&mut redis.conn(0))
+        .unwrap();
+    let unix_pass = format!("redis+unix://{sock_arg}?db=3&pass={REDIS_PASSWORD}");
+    let tcp_password = format!(
+        "redis://127.0.0.1:{}/4?password={REDIS_PASSWORD}",
+        redis.port
+    );
+    let unix_user = format!("redis+unix://{sock_arg}?user={ACL_USER}&pass={ACL_PASS}&db=5");
+    let secrets = [REDIS_PASSWORD, ACL_USER, ACL_PASS];
+    let clean = |out: &Out| {
+        for s in secrets {
+            assert!(
+                !out.stdout.contains(s) && !out.stderr.contains(s),
+                "{s} shown: {out:?}"
+            );
+        }
+    };
+    // Refused as arguments, with one line that says how to pass them.
+    for url in [&unix_pass, &tcp_password, &unix_user] {
+        let out = env.run(&["sink", "add", "u", "--redis", url, "--format", "wxjava"]);
+        out.assert_one_line_error(2)
+            .assert_stderr_has(&["must not be an argument", "--redis -"]);
+        clean(&out);
+    }
+    assert_eq!(env.query_i64("SELECT count(*) FROM sinks"), 0);
+    // Taken on stdin.
+    let mut outs = Vec::new();
+    for (name, url, format) in [
+        ("u1", &unix_pass, "wxjava"),
+        ("u2", &tcp_password, "silenceper"),
+        ("u3", &unix_user, "wxjava"),
+    ] {
+        let args = [
+            "sink", "add", name, "--redis", "-", "--format", format, "--appid", OA,
+        ];
+        let out = env.run_with_stdin(&args, &format!("{url}\n"));
+        out.assert_code(0);
+        outs.push(out);
+    }
+    // Every one authenticates (`password` too, which the Redis client alone ignores on TCP).
+    outs.push(run(&env, &["refresh"], 0));
+    assert_eq!(redis.keys(3).len(), 3, "u1 wrote to database 3");
+    assert_eq!(redis.keys(4).len(), 2, "u2 wrote to database 4");
+    assert_eq!(
+        redis.keys(5).len(),
+        3,
+        "u3 wrote to database 5 as {ACL_USER}"
+    );
+    for args in [
+        &["sink", "list"][..],
+        &["sink", "list", "--json"],
+        &["status"],
+        &["status", "--json"],
+        &["-vvv", "sink", "test", "u1"],
+        &["-vvv", "sink", "test", "u3"],
+    ] {
+        outs.push(run(&env, args, 0));
+    }
+    outs.iter().for_each(clean);
+    let list = &outs[4].stdout;
+    assert!(
+        list.contains(&format!("u1  redis redis+unix://{sock_arg}?db=3&pass=*** ")),
+        "{list}"
+    );
+    assert!(
+        list.contains(&format!(
+            "u2  redis redis://:***@127.0.0.1:{}/4 ",
+            redis.port
+        )),
+        "{list}"
+    );
+    assert!(
+        list.contains(&format!(
+            "u3  redis redis+unix://{sock_arg}?user=***&db=5&pass=*** "
+        )),
+        "{list}"
+    );
+    // Sealed at rest: no row of any table holds them.
+    for s in secrets {
+        assert_eq!(store_contains(&env, s), None, "{s} is stored in the clear");
+    }
+    // A wrong password fails the publish without showing it.
+    let wrong = format!("redis+unix://{sock_arg}?pass=not-{REDIS_PASSWORD}");
+    let args = [
+        "sink", "add", "w", "--redis", "-", "--format", "wxjava", "--appid", OA,
+    ];
+    env.run_with_stdin(&args, &format!("{wrong}\n"))
+        .assert_code(0);
+    let out = run(&env, &["sink", "test", "w"], 9);
+    clean(&out);
+}
+
 #[test]
 fn a_wrong_password_is_a_publish_failure_that_does_not_show_it() {
     let env = with_accounts();
@@ -1248,6 +1385,7 @@ also_on_postgres!(
     get_reject_prints_the_token_and_only_warns_when_publishing_fails,
     sinks_publish_only_the_accounts_they_select,
     a_password_is_never_an_argument_and_never_shown,
+    credentials_in_the_query_are_secrets_too,
     a_wrong_password_is_a_publish_failure_that_does_not_show_it,
     an_acl_user_and_a_database_number,
     rediss_verifies_the_server_certificate,
