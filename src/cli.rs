@@ -577,7 +577,8 @@ values; --prefix for its configurable prefix), plain and json (with --key). A UR
 password (or a pass, password or user parameter) must come from --redis-env or stdin
 (--redis -), never from an argument.
 A hook gets the token on stdin and WXTOKEN_APPID, WXTOKEN_AGENTID, WXTOKEN_KIND,
-WXTOKEN_EXPIRES_AT, WXTOKEN_EXPIRES_IN and WXTOKEN_SINK in its environment.")]
+WXTOKEN_EXPIRES_AT, WXTOKEN_EXPIRES_IN and WXTOKEN_SINK in a clean environment (PATH,
+HOME, USER, LOGNAME, LANG, LC_ALL, TZ and TMPDIR are kept; nothing else).")]
     Add(SinkAddArgs),
     /// List sinks (passwords masked)
     #[command(after_help = "Example:\n  wxtoken sink list --json")]
@@ -626,7 +627,8 @@ pub struct SinkAddArgs {
     /// default: every account
     #[arg(long, value_name = "APPID")]
     pub appid: Vec<String>,
-    /// Give up on the Redis connection or the command after this many seconds
+    /// Give up on a publish after this many seconds: the whole Redis exchange (connect,
+    /// login, every reply), or the command with everything it started (killed)
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=120))]
     pub timeout: i64,
 }

@@ -5,6 +5,8 @@
 mod support;
 
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::redis_server::Redis;
@@ -1148,9 +1150,34 @@ fn a_hook_that_hangs_is_killed_after_its_timeout() {
 
 // ---- files written by name ----
 
-/// Runs `wxtoken ARGS` through a shell that first plants a symlink to `victim` at
-/// `.{name}.PID.tmp` in `dir` (PID: the shell's own, which `exec` hands to wxtoken): the
-/// temporary name a metrics writer with a predictable name would use.
+/// Runs `wxtoken ARGS` through `/bin/sh -c 'PRELUDE; exec wxtoken ARGS'`, the shell having
+/// the variables `vars` too: `exec` hands wxtoken the shell's pid (`$$`) and whatever
+/// descriptors the prelude opened.
+fn spawn_via_sh(env: &TestEnv, prelude: &str, vars: &[(&str, &str)], args: &[&str]) -> Child {
+    let inner = env.command(args);
+    let mut sh = Command::new("/bin/sh");
+    sh.env_clear().current_dir(&env.dir);
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            sh.env(k, v);
+        }
+    }
+    sh.envs(vars.iter().copied())
+        .arg("-c")
+        .arg(format!(r#"{prelude}; exec "$@""#))
+        .arg("sh")
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the shell")
+}
+
+/// Runs `wxtoken ARGS` after planting a symlink to `victim` at `.{name}.PID.tmp` in `dir`,
+/// PID being wxtoken's own: the temporary name a metrics writer with a predictable name
+/// would use.
 fn run_with_planted_link(
     env: &TestEnv,
     victim: &Path,
@@ -1158,23 +1185,37 @@ fn run_with_planted_link(
     name: &str,
     args: &[&str],
 ) -> Out {
-    let inner = env.command(args);
-    let mut sh = std::process::Command::new("/bin/sh");
-    sh.env_clear().current_dir(&env.dir);
-    for (k, v) in inner.get_envs() {
-        if let Some(v) = v {
-            sh.env(k, v);
+    let vars = [
+        ("VICTIM", victim.to_str().unwrap()),
+        ("DIR", dir.to_str().unwrap()),
+        ("NAME", name),
+    ];
+    finish(spawn_via_sh(
+        env,
+        r#"ln -s "$VICTIM" "$DIR/.$NAME.$$.tmp""#,
+        &vars,
+        args,
+    ))
+}
+
+/// How long a run may take before a test calls it hung.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits for a spawned process; kills it and fails if it outlives PATIENCE.
+#[track_caller]
+fn finish(mut child: Child) -> Out {
+    let deadline = Instant::now() + PATIENCE;
+    while child.try_wait().expect("poll wxtoken").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "wxtoken still ran after {PATIENCE:?}: {:?}",
+                support::wait(child)
+            );
         }
+        std::thread::park_timeout(Duration::from_millis(5));
     }
-    sh.arg("-c")
-        .arg(r#"ln -s "$1" "$2/.$3.$$.tmp" && shift 3 && exec "$@""#)
-        .arg("sh")
-        .arg(victim)
-        .arg(dir)
-        .arg(name)
-        .arg(inner.get_program())
-        .args(inner.get_args());
-    Out::from_output(sh.output().expect("run the shell"))
+    support::wait(child)
 }
 
 #[test]
@@ -1241,6 +1282,155 @@ fn metrics_file_never_writes_through_a_planted_symlink() {
     );
     // The secrets still open: the next run works.
     run(&env, &["refresh"], 0);
+}
+
+#[test]
+fn a_hook_that_leaves_a_background_child_does_not_hold_refresh() {
+    let env = with_accounts();
+    let pid_file = env.dir.join("background.pid");
+    // What the issue tried: a hook that succeeds and leaves a long sleep behind, which
+    // holds the hook's stderr open.
+    let hook = format!(
+        "read -r t; sleep 200 & echo $! > {}; exit 0",
+        pid_file.display()
+    );
+    run(
+        &env,
+        &[
+            "sink",
+            "add",
+            "h",
+            "--exec",
+            &hook,
+            "--timeout",
+            "2",
+            "--appid",
+            MP,
+        ],
+        0,
+    );
+    let out = finish(env.spawn(&["refresh"]));
+    out.assert_code(0);
+    // The background child was killed with the hook's process group: gone, or a zombie
+    // waiting for init.
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let stat = format!("/proc/{}/stat", pid.trim());
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let alive = std::fs::read_to_string(&stat)
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim().to_string()))
+            .is_some_and(|rest| !rest.starts_with('Z'));
+        if !alive {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hook's background child {pid} survived"
+        );
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_hook_gets_a_clean_environment_and_no_inherited_descriptor() {
+    let env = with_accounts();
+    let env_file = env.dir.join("hook.env");
+    let fd_file = env.dir.join("hook.fds");
+    env.set_env("PGPASSWORD", "pg-Secret-in-env-41");
+    env.set_env("SOME_TOKEN", "other-Secret-42");
+    env.set_env("HOME", "/home/wxtoken-test");
+    env.set_env("LANG", "C.UTF-8");
+    // `ls` lists its own descriptors: 3 is the directory it reads. (A redirection on the
+    // command itself would show the shell's saved copy of stdout too.)
+    let hook = format!(
+        "read -r t; env > {}; exec > {}; exec ls /proc/self/fd",
+        env_file.display(),
+        fd_file.display()
+    );
+    run(
+        &env,
+        &["sink", "add", "h", "--exec", &hook, "--appid", MP],
+        0,
+    );
+    // wxtoken itself inherits descriptor 7 (as from a caller's `flock 7` or a pipe): the
+    // hook must not.
+    let out = finish(spawn_via_sh(&env, "exec 7</dev/null", &[], &["refresh"]));
+    out.assert_code(0);
+    let text = std::fs::read_to_string(&env_file).unwrap();
+    let mut names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .filter(|k| *k != "PWD")
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "HOME",
+            "LANG",
+            "PATH",
+            "WXTOKEN_AGENTID",
+            "WXTOKEN_APPID",
+            "WXTOKEN_EXPIRES_AT",
+            "WXTOKEN_EXPIRES_IN",
+            "WXTOKEN_KIND",
+            "WXTOKEN_SINK",
+        ],
+        "{text}"
+    );
+    assert!(!text.contains("Secret"), "{text}");
+    assert!(
+        !text.contains(&env.store()),
+        "the store's location reached the hook: {text}"
+    );
+    assert_eq!(std::fs::read_to_string(&fd_file).unwrap(), "0\n1\n2\n3\n");
+}
+
+#[test]
+fn a_redis_that_never_answers_or_trickles_costs_one_timeout_per_sink() {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    let env = with_accounts();
+    // Two servers that accept: one never answers, one answers a byte at a time, forever.
+    let mut ports = Vec::new();
+    for trickle in [false, true] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        ports.push(listener.local_addr().unwrap().port());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf);
+                    loop {
+                        if trickle && stream.write_all(b"+").is_err() {
+                            return;
+                        }
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) if !trickle => return,
+                            _ => {}
+                        }
+                        if trickle {
+                            std::thread::park_timeout(Duration::from_millis(200));
+                        }
+                    }
+                });
+            }
+        });
+    }
+    for (name, port) in ["silent", "trickle"].iter().zip(&ports) {
+        let url = format!("redis://127.0.0.1:{port}/0");
+        add_sink(&env, name, &url, "wxjava", &["--timeout", "1"]);
+    }
+    let out = finish(env.spawn(&["refresh"]));
+    out.assert_code(9).assert_stderr_has(&[
+        "sink silent: publish failed",
+        "sink trickle: publish failed",
+        "within 1s",
+    ]);
+    let status = run(&env, &["status", "--json"], 0);
+    assert!(status.stdout.contains("within 1s"), "{}", status.stdout);
 }
 
 // ---- the commands ----
@@ -1393,6 +1583,10 @@ also_on_postgres!(
     a_hook_gets_the_token_on_stdin_and_the_rest_in_the_environment,
     a_failing_hook_is_reported_and_retried_by_the_next_run,
     a_hook_that_hangs_is_killed_after_its_timeout,
+    a_hook_that_leaves_a_background_child_does_not_hold_refresh,
+    a_hook_gets_a_clean_environment_and_no_inherited_descriptor,
+    a_redis_that_never_answers_or_trickles_costs_one_timeout_per_sink,
+    metrics_file_never_writes_through_a_planted_symlink,
     sink_add_checks_its_arguments,
     sink_list_and_remove,
 );
