@@ -1433,6 +1433,39 @@ fn a_redis_that_never_answers_or_trickles_costs_one_timeout_per_sink() {
     assert!(status.stdout.contains("within 1s"), "{}", status.stdout);
 }
 
+#[test]
+fn a_closed_stderr_never_ends_a_run() {
+    let env = with_accounts();
+    // A sink that fails (nothing listens on its port), so that the run has lines to write.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    add_sink(
+        &env,
+        "gone",
+        &format!("redis://127.0.0.1:{port}/0"),
+        "wxjava",
+        &[],
+    );
+    let metrics = env.dir.join("wxtoken.prom");
+    let mut child = env
+        .command(&["-v", "refresh", "--metrics-file", metrics.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Nobody reads stderr: every write to it fails with EPIPE.
+    drop(child.stderr.take());
+    let out = finish(child);
+    out.assert_code(9);
+    let text = std::fs::read_to_string(&metrics).expect("the metrics file was written");
+    assert!(text.contains("wxtoken_accounts 3\n"), "{text}");
+    // The run was recorded as usual.
+    assert_eq!(env.query_i64("SELECT count(*) FROM runs"), 1);
+}
+
 // ---- the commands ----
 
 #[test]
@@ -1587,6 +1620,7 @@ also_on_postgres!(
     a_hook_gets_a_clean_environment_and_no_inherited_descriptor,
     a_redis_that_never_answers_or_trickles_costs_one_timeout_per_sink,
     metrics_file_never_writes_through_a_planted_symlink,
+    a_closed_stderr_never_ends_a_run,
     sink_add_checks_its_arguments,
     sink_list_and_remove,
 );
