@@ -191,8 +191,8 @@ WeChat failed."
 
 #[derive(Subcommand, Debug)]
 pub enum StoreCommand {
-    /// Copy accounts (secrets as stored), holds and each account's newest valid tokens
-    /// and tickets into another, empty store
+    /// Copy accounts (secrets as stored), holds, each account's newest valid tokens and
+    /// tickets, and the sinks into another, empty store
     #[command(after_help = "Examples:
   WXTOKEN_COPY_TO='postgresql://wxtoken@db.example.com/wxtoken' wxtoken store copy
   wxtoken store copy --to 'postgresql://wxtoken@db.example.com/wxtoken?sslmode=verify-full'

@@ -18,6 +18,7 @@ use crate::freshness::Stored;
 use crate::policy;
 
 mod sinks;
+pub(crate) use sinks::stored_password;
 pub use sinks::{NewestRow, SinkResult, SinkRow, Sinks};
 
 /// Every migration, in order. The schema version is `PRAGMA user_version` = how many of
@@ -264,9 +265,9 @@ pub trait Store: ReadStore + Sinks + Send {
     /// claims. Returns (tokens, attempts) deleted.
     fn prune(&self, now: i64, keep: i64, attempts_before: i64) -> Result<(usize, usize)>;
 
-    /// Fills an empty store with what `export` gave, all or nothing; a store that has any
-    /// account is refused.
-    fn import(&self, items: &[Exported]) -> Result<()>;
+    /// Fills an empty store with what `export` gave and the source's sinks (their
+    /// passwords sealed again), all or nothing; a store that has any account is refused.
+    fn import(&self, items: &[Exported], sinks: &[SinkRow]) -> Result<()>;
     /// Records a `refresh` run, and forgets runs older than `before`, except the newest
     /// success: its time is what the main alert watches.
     fn record_run(&self, run: &RunRow, before: i64) -> Result<()>;
@@ -920,7 +921,7 @@ impl Sqlite {
 }
 
 impl Store for Sqlite {
-    fn import(&self, items: &[Exported]) -> Result<()> {
+    fn import(&self, items: &[Exported], sinks: &[SinkRow]) -> Result<()> {
         let tx = Transaction::immediate(&self.conn, &self.path)?;
         let accounts: i64 = self
             .conn
@@ -956,6 +957,9 @@ impl Store for Sqlite {
                     params![id, kind, t.token, t.expires_in, t.fetched_at, t.expires_at],
                 )?;
             }
+        }
+        for sink in sinks {
+            self.add_sink(sink)?;
         }
         tx.commit()
     }

@@ -1466,6 +1466,76 @@ fn a_closed_stderr_never_ends_a_run() {
     assert_eq!(env.query_i64("SELECT count(*) FROM runs"), 1);
 }
 
+#[test]
+fn store_copy_moves_the_sinks_both_ways_with_their_passwords_sealed() {
+    let Some(server) = support::pg::server() else {
+        return;
+    };
+    let env = with_accounts();
+    let Some(redis) = Redis::start(&env.dir, &["--requirepass", REDIS_PASSWORD]) else {
+        return;
+    };
+    let url = format!("redis://:{REDIS_PASSWORD}@127.0.0.1:{}/2\n", redis.port);
+    let args = [
+        "sink", "add", "r", "--redis", "-", "--format", "wxjava", "--appid", OA,
+    ];
+    env.run_with_stdin(&args, &url).assert_code(0);
+    run(
+        &env,
+        &[
+            "sink",
+            "add",
+            "h",
+            "--exec",
+            "cat >/dev/null",
+            "--appid",
+            MP,
+        ],
+        0,
+    );
+    run(&env, &["refresh"], 0);
+    let list = run(&env, &["sink", "list"], 0).stdout;
+    // SQLite to PostgreSQL.
+    let db = server.create_db();
+    let mut copy = env.command(&["store", "copy"]);
+    copy.env("WXTOKEN_COPY_TO", &db.url);
+    let out = Out::from_output(copy.output().unwrap());
+    out.assert_code(0).assert_stderr_has(&["2 sink(s)"]);
+    let stored = db.query("SELECT password FROM sinks WHERE name = 'r'");
+    assert!(
+        stored.starts_with(&format!("wxs1:{}:", env.kid())),
+        "{stored}"
+    );
+    let rows = db.query("SELECT * FROM sinks");
+    assert!(!rows.contains(REDIS_PASSWORD), "{rows}");
+    env.set_env("WXTOKEN_DB", &db.url);
+    assert_eq!(run(&env, &["sink", "list"], 0).stdout, list);
+    // The copy publishes: its password opened with the same key file.
+    redis::cmd("FLUSHALL")
+        .query::<()>(&mut redis.conn(0))
+        .unwrap();
+    run(&env, &["sink", "test", "r"], 0);
+    assert_eq!(redis.keys(2).len(), 3);
+    // And back: PostgreSQL to a new SQLite file.
+    let back = env.dir.join("back.db");
+    let out = run(&env, &["store", "copy", "--to", back.to_str().unwrap()], 0);
+    out.assert_stderr_has(&["2 sink(s)"]);
+    env.set_env("WXTOKEN_DB", back.to_str().unwrap());
+    assert_eq!(run(&env, &["sink", "list"], 0).stdout, list);
+    redis::cmd("FLUSHALL")
+        .query::<()>(&mut redis.conn(0))
+        .unwrap();
+    run(&env, &["sink", "test", "r"], 0);
+    assert_eq!(redis.keys(2).len(), 3);
+    let bytes = std::fs::read(&back).unwrap();
+    assert!(
+        !bytes
+            .windows(REDIS_PASSWORD.len())
+            .any(|w| w == REDIS_PASSWORD.as_bytes()),
+        "the Redis password is in the copied file"
+    );
+}
+
 // ---- the commands ----
 
 #[test]
