@@ -48,6 +48,11 @@ pub fn publish_all(store: &dyn Store, accounts: &[Account], now: i64) -> Result<
         if !accounts.iter().any(|a| selects(&sink, a)) {
             continue;
         }
+        // A stop signal during publishing: the sinks not reached yet get the tokens from
+        // the next run, as after a failed publish.
+        if crate::signals::caught().is_some() {
+            break;
+        }
         reports.push(publish_sink(store, &sink, accounts, Mode::Run, now)?);
     }
     Ok(reports)
@@ -230,12 +235,35 @@ fn write_with_deadline(
     if let Err(e) = spawned {
         return Err(format!("could not start writing to Redis: {e}"));
     }
-    match rx.recv_timeout(timeout) {
+    match wait_until(&rx, Instant::now() + timeout) {
         Ok(outcome) => outcome,
-        Err(_) => Err(format!(
+        Err(Some(signal)) => Err(format!("stopped by {signal} while writing to Redis")),
+        Err(None) => Err(format!(
             "Redis did not take the writes within {}s (the sink's --timeout); gave up",
             timeout.as_secs()
         )),
+    }
+}
+
+/// The next message on `rx`, waiting until `deadline` at most, and not past a stop signal
+/// (SIGTERM and the like): `Err(Some(signal))` then, `Err(None)` at the deadline.
+fn wait_until<T>(
+    rx: &std::sync::mpsc::Receiver<T>,
+    deadline: Instant,
+) -> Result<T, Option<&'static str>> {
+    loop {
+        if let Some(signal) = crate::signals::caught() {
+            return Err(Some(signal));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(None);
+        }
+        match rx.recv_timeout(left.min(Duration::from_millis(50))) {
+            Ok(message) => return Ok(message),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(None),
+        }
     }
 }
 
@@ -270,6 +298,11 @@ fn publish_exec(
     let mut lines = Vec::new();
     let (mut published, mut failed, mut first_error) = (0, 0, None);
     for v in valid {
+        if let Some(signal) = crate::signals::caught() {
+            failed += 1;
+            first_error.get_or_insert(format!("stopped by {signal}; the next run delivers"));
+            continue;
+        }
         let already = store.published_row(sink.id, v.account.id, v.kind)?;
         if mode == Mode::Run && already == Some(v.row.id) {
             continue;
@@ -391,7 +424,9 @@ fn run_hook(sink: &SinkRow, v: &Valid, timeout: Duration, now: i64) -> Result<()
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() >= deadline => break None,
+            Ok(None) if Instant::now() >= deadline || crate::signals::caught().is_some() => {
+                break None;
+            }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => {
                 kill_group(group);
@@ -403,15 +438,17 @@ fn run_hook(sink: &SinkRow, v: &Valid, timeout: Duration, now: i64) -> Result<()
         kill_group(group);
         let _ = child.kill();
         let _ = child.wait();
+        if let Some(signal) = crate::signals::caught() {
+            return Err(format!("stopped by {signal}: killed"));
+        }
         return Err(format!(
             "timed out after {}s and was killed",
             timeout.as_secs()
         ));
     };
     // The shell is gone; whatever it started in the background may still hold stderr.
-    // Wait for the end of it only until the deadline, then end that too.
-    let left = deadline.saturating_duration_since(Instant::now());
-    if eof_rx.recv_timeout(left).is_err() {
+    // Wait for the end of it only until the deadline (or a stop signal), then end that too.
+    if wait_until(&eof_rx, deadline).is_err() {
         kill_group(group);
         log::warn!(
             "sink {}: the command left processes behind that kept its stderr open past \

@@ -1333,6 +1333,39 @@ fn a_hook_that_leaves_a_background_child_does_not_hold_refresh() {
 }
 
 #[test]
+fn sigterm_during_a_hook_stops_it_and_the_run() {
+    let env = with_accounts();
+    let started = env.dir.join("hook.started");
+    let hook = format!("read -r t; touch {}; sleep 200", started.display());
+    run(
+        &env,
+        &[
+            "sink",
+            "add",
+            "h",
+            "--exec",
+            &hook,
+            "--timeout",
+            "120",
+            "--appid",
+            MP,
+        ],
+        0,
+    );
+    let child = env.spawn(&["refresh"]);
+    let deadline = Instant::now() + PATIENCE;
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "the hook never started");
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+    // SAFETY: kill sends a signal to the child this test started.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let out = finish(child);
+    out.assert_code(8)
+        .assert_stderr_has(&["stopped by SIGTERM: killed", "stopped by SIGTERM"]);
+}
+
+#[test]
 fn a_hook_gets_a_clean_environment_and_no_inherited_descriptor() {
     let env = with_accounts();
     let env_file = env.dir.join("hook.env");
@@ -1687,6 +1720,7 @@ also_on_postgres!(
     a_failing_hook_is_reported_and_retried_by_the_next_run,
     a_hook_that_hangs_is_killed_after_its_timeout,
     a_hook_that_leaves_a_background_child_does_not_hold_refresh,
+    sigterm_during_a_hook_stops_it_and_the_run,
     a_hook_gets_a_clean_environment_and_no_inherited_descriptor,
     a_redis_that_never_answers_or_trickles_costs_one_timeout_per_sink,
     metrics_file_never_writes_through_a_planted_symlink,
