@@ -452,6 +452,26 @@ pub fn credentials(url: &str, secret: Option<&str>) -> (Option<String>, Option<S
     (None, Some(secret.to_string()))
 }
 
+/// Whether a stored URL still carries a credential in clear text: written by a version
+/// before credentials were split off (a password in the user info, or a `pass`, `password`
+/// or `user` query parameter other than the `user=***` mark).
+pub fn has_clear_credentials(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let in_user_info = rest[..end]
+        .rsplit_once('@')
+        .is_some_and(|(info, _)| info.contains(':'));
+    in_user_info
+        || query_of(url).is_some_and(|q| {
+            q.split('&').any(|pair| {
+                let key = pair.split('=').next().unwrap_or_default();
+                pair != USER_MARK && (PASSWORD_PARAMS.contains(&key) || key == "user")
+            })
+        })
+}
+
 /// The query of a URL, without its fragment.
 fn query_of(url: &str) -> Option<&str> {
     let query = url.split_once('?')?.1;
@@ -855,5 +875,10 @@ mod tests {
             "redis://h/0?password=***"
         );
         assert_eq!(shown_url("redis://u:PW@h/0", false), "redis://u:***@h/0");
+        assert!(has_clear_credentials("redis+unix:///s?pass=PW"));
+        assert!(has_clear_credentials("redis://u:PW@h/0"));
+        assert!(has_clear_credentials("redis://h/0?db=1&user=u"));
+        assert!(!has_clear_credentials("unix:///s?user=***"));
+        assert!(!has_clear_credentials("redis://u@h/0?protocol=resp3"));
     }
 }

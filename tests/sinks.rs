@@ -909,6 +909,24 @@ fn credentials_in_the_query_are_secrets_too() {
         .assert_code(0);
     let out = run(&env, &["sink", "test", "w"], 9);
     clean(&out);
+    // A sink stored by an older version, its password in the URL: still works, never
+    // shown, and `sink list` says how to have it sealed.
+    env.execute(&format!(
+        "UPDATE sinks SET target = '{unix_pass}', password = NULL WHERE name = 'u1'"
+    ));
+    redis::cmd("FLUSHALL")
+        .query::<()>(&mut redis.conn(0))
+        .unwrap();
+    run(&env, &["sink", "test", "u1"], 0);
+    assert_eq!(redis.keys(3).len(), 3, "u1 wrote to database 3");
+    let out = run(&env, &["sink", "list"], 0);
+    clean(&out);
+    assert!(out.stdout.contains("?db=3&pass=*** "), "{}", out.stdout);
+    out.assert_stderr_has(&[
+        "sink u1 keeps a Redis credential in clear text",
+        "--redis -",
+    ]);
+    assert!(!out.stderr.contains("sink u3"), "{}", out.stderr);
 }
 
 #[test]

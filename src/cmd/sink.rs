@@ -52,6 +52,17 @@ pub fn run(ctx: &Context, cmd: SinkCommand) -> Result<Exit> {
             if sinks.is_empty() && !args.json && !quiet {
                 eprintln!("no sinks; add one with `wxtoken sink add`");
             }
+            for s in sinks
+                .iter()
+                .filter(|s| s.kind == "redis" && sink::has_clear_credentials(&s.target))
+            {
+                eprintln!(
+                    "wxtoken: warning: sink {} keeps a Redis credential in clear text in the \
+                     store (added by an older version): remove it and add it again with \
+                     --redis - to have it sealed",
+                    s.name
+                );
+            }
             emit(&text)?;
             Ok(Exit::Ok)
         }
