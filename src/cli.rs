@@ -191,8 +191,8 @@ WeChat failed."
 
 #[derive(Subcommand, Debug)]
 pub enum StoreCommand {
-    /// Copy accounts (secrets as stored), holds and each account's newest valid tokens
-    /// and tickets into another, empty store
+    /// Copy accounts (secrets as stored), holds, each account's newest valid tokens and
+    /// tickets, and the sinks into another, empty store
     #[command(after_help = "Examples:
   WXTOKEN_COPY_TO='postgresql://wxtoken@db.example.com/wxtoken' wxtoken store copy
   wxtoken store copy --to 'postgresql://wxtoken@db.example.com/wxtoken?sslmode=verify-full'
@@ -574,9 +574,11 @@ pub enum SinkCommand {
 
 Formats: wxjava, silenceper, easywechat, wechatpy, powerwechat (each SDK's own keys and
 values; --prefix for its configurable prefix), plain and json (with --key). A URL with a
-password must come from --redis-env or stdin (--redis -), never from an argument.
+password (or a pass, password or user parameter) must come from --redis-env or stdin
+(--redis -), never from an argument.
 A hook gets the token on stdin and WXTOKEN_APPID, WXTOKEN_AGENTID, WXTOKEN_KIND,
-WXTOKEN_EXPIRES_AT, WXTOKEN_EXPIRES_IN and WXTOKEN_SINK in its environment.")]
+WXTOKEN_EXPIRES_AT, WXTOKEN_EXPIRES_IN and WXTOKEN_SINK in a clean environment (PATH,
+HOME, USER, LOGNAME, LANG, LC_ALL, TZ and TMPDIR are kept; nothing else).")]
     Add(SinkAddArgs),
     /// List sinks (passwords masked)
     #[command(after_help = "Example:\n  wxtoken sink list --json")]
@@ -600,8 +602,9 @@ pub struct SinkName {
 pub struct SinkAddArgs {
     /// A name for the sink: letters, digits, '.', '_' or '-'
     pub name: String,
-    /// Redis URL: redis://[USER@]HOST[:PORT][/DB], rediss:// for TLS, or - to read it from
-    /// stdin (needed when it has a password)
+    /// Redis URL: redis://[USER@]HOST[:PORT][/DB], rediss:// for TLS, redis+unix:///PATH,
+    /// or - to read it from stdin (needed when it has a password or a pass, password or
+    /// user parameter)
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
     /// Read the Redis URL from this environment variable (for a URL with a password)
@@ -624,7 +627,8 @@ pub struct SinkAddArgs {
     /// default: every account
     #[arg(long, value_name = "APPID")]
     pub appid: Vec<String>,
-    /// Give up on the Redis connection or the command after this many seconds
+    /// Give up on a publish after this many seconds: the whole Redis exchange (connect,
+    /// login, every reply), or the command with everything it started (killed)
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=120))]
     pub timeout: i64,
 }

@@ -1,5 +1,17 @@
 //! wxtoken: the one place that fetches WeChat access tokens; everything else reads them.
 
+/// Diagnostics never end a run: std's `eprintln!` panics when stderr is closed or its
+/// reader is gone (EPIPE), and with `panic = "abort"` that is SIGABRT, with no summary and
+/// no metrics file. This one, which every module below sees in place of std's, writes and
+/// ignores the error: a message nobody can read is no reason to stop.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+mod atomicfile;
 mod cli;
 mod cmd;
 mod config;

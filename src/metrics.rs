@@ -7,7 +7,6 @@
 //! account names (appid or corpid/agentid) and fixed words, never a secret, token or errmsg.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -202,39 +201,13 @@ pub fn render(snap: &Snapshot) -> String {
 }
 
 /// Replaces `path` with `text` atomically, the way node_exporter's textfile collector
-/// needs: a temp file in the same directory (same filesystem, so the rename is atomic),
-/// named so that it does not match `*.prom`, made 0644 whatever the umask (the collector
-/// runs as another user), then renamed over the target.
+/// needs: a temporary file in the same directory (same filesystem, so the rename is
+/// atomic), named so that it does not match `*.prom`, made 0644 whatever the umask (the
+/// collector runs as another user), then renamed over the target. The directory may be
+/// writable by others: `atomicfile` never follows a link planted there.
 pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} names no file", path.display()))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("could not write metrics file {}", path.display()))
+    crate::atomicfile::write(path, text.as_bytes(), 0o644)
+        .with_context(|| format!("could not write metrics file {}", path.display()))
 }
 
 #[cfg(test)]

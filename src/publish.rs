@@ -48,6 +48,11 @@ pub fn publish_all(store: &dyn Store, accounts: &[Account], now: i64) -> Result<
         if !accounts.iter().any(|a| selects(&sink, a)) {
             continue;
         }
+        // A stop signal during publishing: the sinks not reached yet get the tokens from
+        // the next run, as after a failed publish.
+        if crate::signals::caught().is_some() {
+            break;
+        }
         reports.push(publish_sink(store, &sink, accounts, Mode::Run, now)?);
     }
     Ok(reports)
@@ -137,9 +142,13 @@ fn publish_redis(
                 text = text.replace(&entry.key, shown);
             }
         }
+        let (user, password) =
+            sink::credentials(&sink.target, sink.password.as_ref().map(Secret::expose));
         for s in secrets
             .iter()
-            .chain(sink.password.as_ref().map(Secret::expose).iter())
+            .copied()
+            .chain(user.as_deref())
+            .chain(password.as_deref())
         {
             if !s.is_empty() {
                 text = text.replace(s, "***");
@@ -161,36 +170,9 @@ fn publish_redis(
     if writes.is_empty() {
         return report(0, None, Vec::new());
     }
-    let mut con = match connect(sink, timeout) {
-        Ok(con) => con,
-        Err(e) => {
-            return report(
-                0,
-                Some(scrub(format!("could not connect to Redis: {e}"))),
-                Vec::new(),
-            );
-        }
-    };
-    // One round trip for every key (this runs at the end of every refresh), with one
-    // result per key, so that a refused key does not hide the others.
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    for (e, _) in &writes {
-        pipe.cmd("SET")
-            .arg(&e.key)
-            .arg(&e.value)
-            .arg("EX")
-            .arg(e.ttl);
-    }
-    let results: Vec<redis::RedisResult<()>> = match pipe.query(&mut con) {
+    let results = match write_with_deadline(sink, &writes, timeout) {
         Ok(results) => results,
-        Err(e) => {
-            return report(
-                0,
-                Some(scrub(format!("Redis refused the writes: {e}"))),
-                Vec::new(),
-            );
-        }
+        Err(why) => return report(0, Some(scrub(why)), Vec::new()),
     };
     let mut lines = Vec::new();
     let mut published = 0;
@@ -215,13 +197,88 @@ fn publish_redis(
     report(published, first_error, lines)
 }
 
+/// Connects and sends every write in one pipeline, all within `timeout`: the connection,
+/// the login and the replies share one deadline, so a Redis that never answers, or answers
+/// a byte at a time, costs at most `timeout` per sink. The I/O runs on a thread of its own,
+/// which is left behind at the deadline (its socket times out on its own, and the process
+/// ends after the run); its late writes are still valid tokens. The error is not scrubbed.
+fn write_with_deadline(
+    sink: &SinkRow,
+    writes: &[(Entry, String)],
+    timeout: Duration,
+) -> Result<Vec<redis::RedisResult<()>>, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = sink.clone();
+    let entries: Vec<Entry> = writes.iter().map(|(e, _)| e.clone()).collect();
+    let spawned = std::thread::Builder::new()
+        .name("redis-publish".into())
+        .spawn(move || {
+            let outcome = (|| {
+                let mut con = connect(&sink, timeout)
+                    .map_err(|e| format!("could not connect to Redis: {e}"))?;
+                // One round trip for every key (this runs at the end of every refresh), with
+                // one result per key, so that a refused key does not hide the others.
+                let mut pipe = redis::pipe();
+                pipe.ignore_errors();
+                for e in &entries {
+                    pipe.cmd("SET")
+                        .arg(&e.key)
+                        .arg(&e.value)
+                        .arg("EX")
+                        .arg(e.ttl);
+                }
+                pipe.query::<Vec<redis::RedisResult<()>>>(&mut con)
+                    .map_err(|e| format!("Redis refused the writes: {e}"))
+            })();
+            let _ = tx.send(outcome);
+        });
+    if let Err(e) = spawned {
+        return Err(format!("could not start writing to Redis: {e}"));
+    }
+    match wait_until(&rx, Instant::now() + timeout) {
+        Ok(outcome) => outcome,
+        Err(Some(signal)) => Err(format!("stopped by {signal} while writing to Redis")),
+        Err(None) => Err(format!(
+            "Redis did not take the writes within {}s (the sink's --timeout); gave up",
+            timeout.as_secs()
+        )),
+    }
+}
+
+/// The next message on `rx`, waiting until `deadline` at most, and not past a stop signal
+/// (SIGTERM and the like): `Err(Some(signal))` then, `Err(None)` at the deadline.
+fn wait_until<T>(
+    rx: &std::sync::mpsc::Receiver<T>,
+    deadline: Instant,
+) -> Result<T, Option<&'static str>> {
+    loop {
+        if let Some(signal) = crate::signals::caught() {
+            return Err(Some(signal));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(None);
+        }
+        match rx.recv_timeout(left.min(Duration::from_millis(50))) {
+            Ok(message) => return Ok(message),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(None),
+        }
+    }
+}
+
 fn connect(sink: &SinkRow, timeout: Duration) -> redis::RedisResult<redis::Connection> {
     let info = sink.target.as_str().into_connection_info()?;
-    // The password is stored apart from the URL (it is a secret); CLIENT SETINFO is one
-    // round trip wxtoken does not need.
+    // The credentials are stored apart from the URL (they are secrets); CLIENT SETINFO is
+    // one round trip wxtoken does not need.
     let mut settings = info.redis_settings().clone().set_skip_set_lib_name();
-    if let Some(password) = &sink.password {
-        settings = settings.set_password(password.expose());
+    let (user, password) =
+        sink::credentials(&sink.target, sink.password.as_ref().map(Secret::expose));
+    if let Some(user) = user {
+        settings = settings.set_username(user);
+    }
+    if let Some(password) = password {
+        settings = settings.set_password(password);
     }
     let client = redis::Client::open(info.set_redis_settings(settings))?;
     let con = client.get_connection_with_timeout(timeout)?;
@@ -241,6 +298,11 @@ fn publish_exec(
     let mut lines = Vec::new();
     let (mut published, mut failed, mut first_error) = (0, 0, None);
     for v in valid {
+        if let Some(signal) = crate::signals::caught() {
+            failed += 1;
+            first_error.get_or_insert(format!("stopped by {signal}; the next run delivers"));
+            continue;
+        }
         let already = store.published_row(sink.id, v.account.id, v.kind)?;
         if mode == Mode::Run && already == Some(v.row.id) {
             continue;
@@ -277,13 +339,35 @@ fn publish_exec(
     })
 }
 
+/// The variables a hook gets from wxtoken's own environment, when set (README, "Sinks"):
+/// nothing else, so that `PGPASSWORD`, a `WXTOKEN_DB` URL with a password in it, or any
+/// other secret of the refresher's environment never reaches a hook.
+const HOOK_ENV: [&str; 8] = [
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR",
+];
+
+/// `PATH` for a hook when wxtoken has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
 /// Runs the hook for one token: the token on stdin (never in argv or the environment, where
-/// `ps` and /proc show it), what it is in `WXTOKEN_*` variables.
+/// `ps` and /proc show it), what it is in `WXTOKEN_*` variables, in a clean environment,
+/// with no descriptor but stdin, stdout and stderr, in a process group of its own. At the
+/// deadline the whole group is killed, whether the shell is still running or only what it
+/// left behind holds its stderr open; nothing waits past it.
 fn run_hook(sink: &SinkRow, v: &Valid, timeout: Duration, now: i64) -> Result<(), String> {
     use std::os::unix::process::CommandExt;
-    let mut child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(&sink.target)
+    let deadline = Instant::now() + timeout;
+    let mut command = Command::new("/bin/sh");
+    command.arg("-c").arg(&sink.target).env_clear();
+    for name in HOOK_ENV {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    if std::env::var_os("PATH").is_none() {
+        command.env("PATH", DEFAULT_PATH);
+    }
+    command
         .env("WXTOKEN_SINK", &sink.name)
         .env("WXTOKEN_APPID", &v.account.key.appid)
         .env("WXTOKEN_AGENTID", &v.account.key.agent)
@@ -294,48 +378,90 @@ fn run_hook(sink: &SinkRow, v: &Valid, timeout: Duration, now: i64) -> Result<()
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         // Its own process group, so that a timeout ends whatever the shell started too.
-        .process_group(0)
+        .process_group(0);
+    // SAFETY: runs in the child between fork and exec, and only calls close_range and
+    // fcntl, which are async-signal-safe; it allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            close_inherited_descriptors();
+            Ok(())
+        });
+    }
+    let mut child = command
         .spawn()
         .map_err(|e| format!("could not start the command: {e}"))?;
+    let group = child.id() as libc::pid_t;
     let mut stdin = child.stdin.take();
     let token = format!("{}\n", v.row.token);
-    // A hook that never reads stdin must not block us: write from a thread.
-    let writer = std::thread::spawn(move || {
+    // A hook that never reads stdin must not block us: write from a thread, never joined
+    // (the pipe holds the few bytes; it ends when the hook's group does).
+    std::thread::spawn(move || {
         if let Some(pipe) = stdin.as_mut() {
             let _ = pipe.write_all(token.as_bytes());
         }
     });
+    // Stderr is read on a thread into a shared buffer, so that what arrived by the deadline
+    // is there even when something the hook left behind keeps the pipe open.
+    let text = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (eof_tx, eof_rx) = std::sync::mpsc::channel::<()>();
     let mut stderr = child.stderr.take();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(pipe) = stderr.as_mut() {
-            let _ = pipe.take(64 * 1024).read_to_string(&mut text);
+    let buffer = text.clone();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Some(pipe) = stderr.as_mut() {
+            match pipe.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let mut b = buffer.lock().unwrap_or_else(|e| e.into_inner());
+                    if b.len() < 64 * 1024 {
+                        b.extend_from_slice(&chunk[..n]);
+                    }
+                }
+            }
         }
-        text
+        let _ = eof_tx.send(());
     });
-    let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() >= deadline => break None,
+            Ok(None) if Instant::now() >= deadline || crate::signals::caught().is_some() => {
+                break None;
+            }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(format!("could not wait for the command: {e}")),
+            Err(e) => {
+                kill_group(group);
+                return Err(format!("could not wait for the command: {e}"));
+            }
         }
     };
     let Some(status) = status else {
-        kill_group(child.id());
+        kill_group(group);
         let _ = child.kill();
         let _ = child.wait();
+        if let Some(signal) = crate::signals::caught() {
+            return Err(format!("stopped by {signal}: killed"));
+        }
         return Err(format!(
             "timed out after {}s and was killed",
             timeout.as_secs()
         ));
     };
-    let _ = writer.join();
-    let stderr = reader.join().unwrap_or_default();
+    // The shell is gone; whatever it started in the background may still hold stderr.
+    // Wait for the end of it only until the deadline (or a stop signal), then end that too.
+    if wait_until(&eof_rx, deadline).is_err() {
+        kill_group(group);
+        log::warn!(
+            "sink {}: the command left processes behind that kept its stderr open past \
+             {}s; they were killed",
+            sink.name,
+            timeout.as_secs()
+        );
+    }
     if status.success() {
         return Ok(());
     }
+    let stderr =
+        String::from_utf8_lossy(&text.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
     let last = stderr
         .lines()
         .rev()
@@ -353,12 +479,32 @@ fn run_hook(sink: &SinkRow, v: &Valid, timeout: Duration, now: i64) -> Result<()
     })
 }
 
-fn kill_group(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pid}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+/// In a hook's child process, before exec: every descriptor above stderr is closed on
+/// exec, whoever opened it (wxtoken's parent, a library), so a hook inherits none.
+fn close_inherited_descriptors() {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range only changes descriptor flags.
+    let done = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if done == 0 {
+        return;
+    }
+    // Kernels before 5.11: one by one, up to a bound no process here reaches.
+    for fd in 3..4096 {
+        // SAFETY: fcntl on a descriptor that may not exist fails harmlessly with EBADF.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
+fn kill_group(group: libc::pid_t) {
+    // SAFETY: kill with a negative pid signals that process group; nothing else.
+    unsafe {
+        libc::kill(-group, libc::SIGKILL);
+    }
 }
 
 /// One line per failed sink on stderr; returns the names of the sinks that failed.

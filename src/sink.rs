@@ -407,16 +407,81 @@ pub fn md5_hex(input: &[u8]) -> String {
         .collect()
 }
 
-/// A Redis URL split into what may be stored and shown, and its password (a secret).
+/// A Redis URL split into what may be stored and shown, and its credentials (secrets).
 #[derive(Debug, PartialEq, Eq)]
 pub struct RedisUrl {
-    /// The URL without the password (`redis://user@host:6379/2`).
+    /// The URL without the password (`redis://user@host:6379/2`), and with `user=***` for
+    /// a `user` query parameter (whose value goes with the password).
     pub url: String,
     pub password: Option<String>,
+    /// The `user` query parameter: a credential too, sealed with the password.
+    pub user: Option<String>,
 }
 
-/// Splits the password out of `redis://[user[:password]@]host[:port][/db]` (also
-/// `rediss://`, `redis+unix://`, `unix://`). The password is percent-decoded.
+/// What the stored URL has in place of a `user` query parameter's value.
+const USER_MARK: &str = "user=***";
+
+/// The query parameters that carry credentials: `pass` (the Redis client's own, for
+/// sockets) and `password` are passwords, `user` the ACL user.
+const PASSWORD_PARAMS: [&str; 2] = ["pass", "password"];
+
+impl RedisUrl {
+    /// What the secret column holds: the password, or (with a `user` query parameter,
+    /// which the stored URL marks) the user and the password as a JSON pair.
+    pub fn secret(&self) -> Option<String> {
+        match (&self.user, &self.password) {
+            (None, None) => None,
+            (None, Some(p)) => Some(p.clone()),
+            (Some(u), p) => Some(
+                serde_json::Value::from(vec![u.clone(), p.clone().unwrap_or_default()]).to_string(),
+            ),
+        }
+    }
+}
+
+/// The user and password to log in with: the inverse of [`RedisUrl::secret`] for a URL as
+/// stored (`url`) and its opened secret column.
+pub fn credentials(url: &str, secret: Option<&str>) -> (Option<String>, Option<String>) {
+    let Some(secret) = secret.filter(|s| !s.is_empty()) else {
+        return (None, None);
+    };
+    let marked = query_of(url).is_some_and(|q| q.split('&').any(|p| p == USER_MARK));
+    if marked && let Ok([user, password]) = serde_json::from_str::<[String; 2]>(secret) {
+        return (Some(user), Some(password).filter(|p| !p.is_empty()));
+    }
+    (None, Some(secret.to_string()))
+}
+
+/// Whether a stored URL still carries a credential in clear text: written by a version
+/// before credentials were split off (a password in the user info, or a `pass`, `password`
+/// or `user` query parameter other than the `user=***` mark).
+pub fn has_clear_credentials(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let in_user_info = rest[..end]
+        .rsplit_once('@')
+        .is_some_and(|(info, _)| info.contains(':'));
+    in_user_info
+        || query_of(url).is_some_and(|q| {
+            q.split('&').any(|pair| {
+                let key = pair.split('=').next().unwrap_or_default();
+                pair != USER_MARK && (PASSWORD_PARAMS.contains(&key) || key == "user")
+            })
+        })
+}
+
+/// The query of a URL, without its fragment.
+fn query_of(url: &str) -> Option<&str> {
+    let query = url.split_once('?')?.1;
+    Some(query.split_once('#').map_or(query, |(q, _)| q))
+}
+
+/// Splits the credentials out of `redis://[user[:password]@]host[:port][/db][?query]`
+/// (also `rediss://`, `redis+unix://`, `unix://`): the user info's password, and the
+/// `pass`, `password` and `user` query parameters. Values are percent-decoded. A URL that
+/// gives a password twice, or a user both ways, is refused.
 pub fn split_redis_url(text: &str) -> Result<RedisUrl, String> {
     let bad = || {
         "the Redis URL is not redis://[USER[:PASSWORD]@]HOST[:PORT][/DB], rediss://... or \
@@ -431,24 +496,64 @@ pub fn split_redis_url(text: &str) -> Result<RedisUrl, String> {
     }
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return Ok(RedisUrl {
-            url: text.to_string(),
-            password: None,
-        });
+    let (user_info, host) = match authority.rsplit_once('@') {
+        Some((info, host)) => (Some(info), host),
+        None => (None, authority),
     };
-    let (user, password) = match userinfo.split_once(':') {
-        Some((u, p)) => (u, Some(percent_decode(p))),
-        None => (userinfo, None),
+    let (user, mut password) = match user_info.map(|i| i.split_once(':')) {
+        Some(Some((u, p))) => (u, Some(percent_decode(p)).filter(|p| !p.is_empty())),
+        Some(None) => (user_info.unwrap_or_default(), None),
+        None => ("", None),
     };
-    let url = if user.is_empty() {
-        format!("{scheme}://{host}{tail}")
+    // The query, without its credentials; `user=***` marks where the user was.
+    let (path, query, fragment) = {
+        let (before, fragment) = match tail.split_once('#') {
+            Some((b, f)) => (b, Some(f)),
+            None => (tail, None),
+        };
+        match before.split_once('?') {
+            Some((p, q)) => (p, Some(q), fragment),
+            None => (before, None, fragment),
+        }
+    };
+    let mut kept = Vec::new();
+    let mut query_user = None;
+    for pair in query.unwrap_or_default().split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(&value.replace('+', " "));
+        if PASSWORD_PARAMS.contains(&key) {
+            if password.is_some() {
+                return Err("the Redis URL gives a password twice; give it once".into());
+            }
+            password = Some(value).filter(|v| !v.is_empty());
+        } else if key == "user" {
+            if query_user.is_some() || !user.is_empty() {
+                return Err("the Redis URL gives the user twice; give it once".into());
+            }
+            query_user = Some(value).filter(|v| !v.is_empty());
+            kept.push(USER_MARK.to_string());
+        } else if !pair.is_empty() {
+            kept.push(pair.to_string());
+        }
+    }
+    if query_user.is_none() {
+        kept.retain(|p| p != USER_MARK);
+    }
+    let mut url = if user.is_empty() {
+        format!("{scheme}://{host}{path}")
     } else {
-        format!("{scheme}://{user}@{host}{tail}")
+        format!("{scheme}://{user}@{host}{path}")
     };
+    if !kept.is_empty() {
+        url += &format!("?{}", kept.join("&"));
+    }
+    if let Some(f) = fragment {
+        url += &format!("#{f}");
+    }
     Ok(RedisUrl {
         url,
-        password: password.filter(|p| !p.is_empty()),
+        password,
+        user: query_user,
     })
 }
 
@@ -475,19 +580,64 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The URL as shown by `sink list` and `status`: the stored one, with `:***` where the
-/// password goes when there is one.
+/// The URL as shown by `sink list` and `status`: the stored one, with `***` where the
+/// password goes when there is one (`redis://user:***@host`, `redis+unix:///s?pass=***`),
+/// and any credential a URL stored by an older version still carries masked.
 pub fn shown_url(url: &str, has_password: bool) -> String {
-    if !has_password {
-        return url.to_string();
-    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..end].rsplit_once('@') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{}", &rest[user.len() + 1..]),
-        None => format!("{scheme}://:***@{rest}"),
+    let masked = match rest.split_once('?') {
+        Some((before, query)) => {
+            let (query, fragment) = match query.split_once('#') {
+                Some((q, f)) => (q, format!("#{f}")),
+                None => (query, String::new()),
+            };
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if PASSWORD_PARAMS.contains(&k) || k == "user" => {
+                        format!("{k}=***")
+                    }
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{before}?{}{fragment}", pairs.join("&"))
+        }
+        None => rest.to_string(),
+    };
+    let end = masked.find(['/', '?', '#']).unwrap_or(masked.len());
+    // A password in the user info of a URL stored before passwords were split off.
+    let masked = match masked[..end].rsplit_once('@') {
+        Some((info, _)) if info.contains(':') => {
+            let user = info.split_once(':').map_or(info, |(u, _)| u);
+            format!("{user}:***@{}", &masked[info.len() + 1..])
+        }
+        _ => masked,
+    };
+    let stored_pass = query_of(&masked).is_some_and(|q| {
+        q.split('&').any(|p| {
+            p.split('=')
+                .next()
+                .is_some_and(|k| PASSWORD_PARAMS.contains(&k))
+        })
+    });
+    let end = masked.find(['/', '?', '#']).unwrap_or(masked.len());
+    if !has_password || stored_pass || masked[..end].contains(":***@") {
+        return format!("{scheme}://{masked}");
+    }
+    if matches!(scheme, "redis+unix" | "unix") {
+        // A socket path has no user info: the password shows as the client's `pass`.
+        let (before, fragment) = match masked.split_once('#') {
+            Some((b, f)) => (b.to_string(), format!("#{f}")),
+            None => (masked.clone(), String::new()),
+        };
+        let sep = if before.contains('?') { '&' } else { '?' };
+        return format!("{scheme}://{before}{sep}pass=***{fragment}");
+    }
+    match masked[..end].rsplit_once('@') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{}", &masked[user.len() + 1..]),
+        None => format!("{scheme}://:***@{masked}"),
     }
 }
 
@@ -678,5 +828,57 @@ mod tests {
         assert_eq!(shown_url("redis://app@h/2", true), "redis://app:***@h/2");
         assert_eq!(shown_url("redis://h/2", true), "redis://:***@h/2");
         assert_eq!(shown_url("redis://h/2", false), "redis://h/2");
+    }
+
+    #[test]
+    fn every_credential_in_the_query_is_split_off() {
+        let u = split_redis_url("redis+unix:///run/r.sock?db=2&pass=P%26W").unwrap();
+        assert_eq!(u.url, "redis+unix:///run/r.sock?db=2");
+        assert_eq!(
+            (u.password.as_deref(), u.user.as_deref()),
+            (Some("P&W"), None)
+        );
+        assert_eq!(u.secret().as_deref(), Some("P&W"));
+        let u = split_redis_url("redis://h:1/0?password=PW&protocol=resp3").unwrap();
+        assert_eq!(u.url, "redis://h:1/0?protocol=resp3");
+        assert_eq!(u.password.as_deref(), Some("PW"));
+        let u = split_redis_url("unix:///s?user=app&pass=PW#x").unwrap();
+        assert_eq!(u.url, "unix:///s?user=***#x");
+        let secret = u.secret().unwrap();
+        assert!(!u.url.contains("app"));
+        assert_eq!(
+            credentials(&u.url, Some(&secret)),
+            (Some("app".into()), Some("PW".into()))
+        );
+        // A password that looks like the pair stays a password without the mark.
+        assert_eq!(
+            credentials("redis://h/0", Some(&secret)),
+            (None, Some(secret.clone()))
+        );
+        assert!(split_redis_url("redis://:a@h/0?pass=b").is_err());
+        assert!(split_redis_url("redis://u@h/0?user=v").is_err());
+        assert_eq!(
+            shown_url("redis+unix:///s?db=1", true),
+            "redis+unix:///s?db=1&pass=***"
+        );
+        assert_eq!(
+            shown_url("unix:///s?user=***", true),
+            "unix:///s?user=***&pass=***"
+        );
+        // URLs stored in the clear by older versions are masked when shown.
+        assert_eq!(
+            shown_url("redis+unix:///s?pass=PW&user=u", false),
+            "redis+unix:///s?pass=***&user=***"
+        );
+        assert_eq!(
+            shown_url("redis://h/0?password=PW", false),
+            "redis://h/0?password=***"
+        );
+        assert_eq!(shown_url("redis://u:PW@h/0", false), "redis://u:***@h/0");
+        assert!(has_clear_credentials("redis+unix:///s?pass=PW"));
+        assert!(has_clear_credentials("redis://u:PW@h/0"));
+        assert!(has_clear_credentials("redis://h/0?db=1&user=u"));
+        assert!(!has_clear_credentials("unix:///s?user=***"));
+        assert!(!has_clear_credentials("redis://u@h/0?protocol=resp3"));
     }
 }

@@ -5,8 +5,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -20,6 +18,7 @@ use crate::freshness::Stored;
 use crate::policy;
 
 mod sinks;
+pub(crate) use sinks::stored_password;
 pub use sinks::{NewestRow, SinkResult, SinkRow, Sinks};
 
 /// Every migration, in order. The schema version is `PRAGMA user_version` = how many of
@@ -266,9 +265,9 @@ pub trait Store: ReadStore + Sinks + Send {
     /// claims. Returns (tokens, attempts) deleted.
     fn prune(&self, now: i64, keep: i64, attempts_before: i64) -> Result<(usize, usize)>;
 
-    /// Fills an empty store with what `export` gave, all or nothing; a store that has any
-    /// account is refused.
-    fn import(&self, items: &[Exported]) -> Result<()>;
+    /// Fills an empty store with what `export` gave and the source's sinks (their
+    /// passwords sealed again), all or nothing; a store that has any account is refused.
+    fn import(&self, items: &[Exported], sinks: &[SinkRow]) -> Result<()>;
     /// Records a `refresh` run, and forgets runs older than `before`, except the newest
     /// success: its time is what the main alert watches.
     fn record_run(&self, run: &RunRow, before: i64) -> Result<()>;
@@ -922,7 +921,7 @@ impl Sqlite {
 }
 
 impl Store for Sqlite {
-    fn import(&self, items: &[Exported]) -> Result<()> {
+    fn import(&self, items: &[Exported], sinks: &[SinkRow]) -> Result<()> {
         let tx = Transaction::immediate(&self.conn, &self.path)?;
         let accounts: i64 = self
             .conn
@@ -958,6 +957,9 @@ impl Store for Sqlite {
                     params![id, kind, t.token, t.expires_in, t.fetched_at, t.expires_at],
                 )?;
             }
+        }
+        for sink in sinks {
+            self.add_sink(sink)?;
         }
         tx.commit()
     }
@@ -1398,20 +1400,12 @@ fn uri_char(byte: u8) -> String {
 /// and migrated under a temporary name beside it (0600 from its first byte), then linked
 /// into place, which fails rather than replaces if anything appeared at `path` meanwhile.
 fn create(path: &Path) -> Result<()> {
-    let name = path
-        .file_name()
-        .map_or_else(Default::default, |n| n.to_string_lossy());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let tmp = path.with_file_name(format!(".{name}.new-{}-{nanos}", std::process::id()));
+    // A random name (not one a planted symlink could wait at for its -wal / -shm, which
+    // SQLite opens by name), created exclusively and never through a link.
+    let (file, tmp) =
+        crate::atomicfile::create_temp(path, ".new", 0o600).map_err(|e| io_error(e, path))?;
+    drop(file);
     let built = (|| -> Result<()> {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| io_error(e, path))?;
         let store = Sqlite::connect(&tmp, Holder::nobody(), true)?;
         store.configure(true)?;
         store.migrate()?;
@@ -1682,6 +1676,8 @@ pub(crate) const SUCCESSFUL_RUNS: &str = "WHERE failed = 0 AND held = 0 AND scop
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::OpenOptionsExt;
 
     fn temp_path(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("wxtoken-store-{}-{name}", std::process::id()));

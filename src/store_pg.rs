@@ -27,7 +27,7 @@ use crate::store::{
     AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, NewestRow, Opener,
     RUN_COLUMNS, ReadStore, Recorded, Result, RunRow, SUCCESSFUL_RUNS, SinkResult, SinkRow, Sinks,
     Store, StoreError, all_kinds, is_plaintext, not_empty, open_or_fail, open_secret,
-    parse_tickets, pid_alive, same_secret, seal_secret, stored_form,
+    parse_tickets, pid_alive, same_secret, seal_secret, stored_form, stored_password,
 };
 
 /// Every PostgreSQL migration, in order; the schema version is how many are applied.
@@ -1386,7 +1386,7 @@ impl Store for Postgres {
         Ok((tokens as usize, attempts as usize))
     }
 
-    fn import(&self, items: &[Exported]) -> Result<()> {
+    fn import(&self, items: &[Exported], sinks: &[SinkRow]) -> Result<()> {
         let config = &self.config;
         let err = |e: postgres::Error| pg_error(config, &e);
         let mut c = self.c();
@@ -1453,6 +1453,10 @@ impl Store for Postgres {
                 .map_err(err)?;
             }
         }
+        for sink in sinks {
+            let password = stored_password(sink)?;
+            insert_sink(&mut tx, sink, password.as_deref()).map_err(err)?;
+        }
         tx.commit().map_err(err)
     }
 }
@@ -1460,33 +1464,8 @@ impl Store for Postgres {
 /// The sinks' SQL, as `store/sinks.rs` has it for SQLite.
 impl Sinks for Postgres {
     fn add_sink(&self, sink: &SinkRow) -> Result<bool> {
-        let accounts = serde_json::Value::from(sink.accounts.clone()).to_string();
-        let password = match &sink.password {
-            Some(p) => Some(seal_secret(&crate::crypto::sink_owner(&sink.name), p)?),
-            None => None,
-        };
-        let n = self
-            .c()
-            .execute(
-                &format!(
-                    "INSERT INTO sinks (name, kind, target, password, format, prefix, key_template,
-                                        accounts, timeout, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {NOW})
-                     ON CONFLICT (name) DO NOTHING"
-                ),
-                &[
-                    &sink.name,
-                    &sink.kind,
-                    &sink.target,
-                    &password,
-                    &sink.format,
-                    &sink.prefix,
-                    &sink.key_template,
-                    &accounts,
-                    &sink.timeout,
-                ],
-            )
-            .map_err(|e| self.err(e))?;
+        let password = stored_password(sink)?;
+        let n = insert_sink(&mut *self.c(), sink, password.as_deref()).map_err(|e| self.err(e))?;
         Ok(n == 1)
     }
 
@@ -1586,6 +1565,35 @@ impl Sinks for Postgres {
 
 const SINK_COLUMNS: &str = "id, name, kind, target, password, format, prefix, key_template, \
      accounts, timeout, created_at, last_at, last_ok, last_published, last_failed, last_error";
+
+/// Inserts a sink unless one of its name exists (0 rows then), with its secret column as
+/// [`stored_password`] gives it; on a connection or inside a transaction (`store copy`).
+fn insert_sink(
+    c: &mut impl postgres::GenericClient,
+    sink: &SinkRow,
+    password: Option<&str>,
+) -> std::result::Result<u64, postgres::Error> {
+    let accounts = serde_json::Value::from(sink.accounts.clone()).to_string();
+    c.execute(
+        &format!(
+            "INSERT INTO sinks (name, kind, target, password, format, prefix, key_template,
+                                accounts, timeout, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {NOW})
+             ON CONFLICT (name) DO NOTHING"
+        ),
+        &[
+            &sink.name,
+            &sink.kind,
+            &sink.target,
+            &password,
+            &sink.format,
+            &sink.prefix,
+            &sink.key_template,
+            &accounts,
+            &sink.timeout,
+        ],
+    )
+}
 
 /// A sink, its times (stamped by the server) moved into this host's clock by `skew`.
 fn sink_from_row(row: &postgres::Row, skew: i64) -> SinkRow {

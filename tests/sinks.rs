@@ -4,6 +4,10 @@
 
 mod support;
 
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
 use serde_json::Value;
 use support::redis_server::Redis;
 use support::standin::{self, Reply};
@@ -770,6 +774,161 @@ fn a_password_is_never_an_argument_and_never_shown() {
     assert_eq!(redis.keys(4).len(), 5, "both sinks wrote to database 4");
 }
 
+/// Whether any byte sequence the store keeps (SQLite: the database, its -wal and -shm;
+/// PostgreSQL: every row of every table) contains `needle`.
+fn store_contains(env: &TestEnv, needle: &str) -> Option<String> {
+    let kept: Vec<(String, Vec<u8>)> = if env.is_postgres() {
+        vec![("the database".into(), env.written_state())]
+    } else {
+        ["", "-wal", "-shm"]
+            .iter()
+            .map(|suffix| {
+                let file = format!("{}{suffix}", env.db().display());
+                let bytes = std::fs::read(&file).unwrap_or_default();
+                (file, bytes)
+            })
+            .collect()
+    };
+    kept.into_iter()
+        .find(|(_, bytes)| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        .map(|(what, _)| what)
+}
+
+#[test]
+fn credentials_in_the_query_are_secrets_too() {
+    const ACL_USER: &str = "acl-user-Qz8";
+    const ACL_PASS: &str = "acl-pass-Zq9";
+    let env = with_accounts();
+    let sock = env.dir.join("redis").join("r.sock");
+    let sock_arg = sock.display().to_string();
+    let Some(redis) = Redis::start(
+        &env.dir,
+        &["--requirepass", REDIS_PASSWORD, "--unixsocket", &sock_arg],
+    ) else {
+        return;
+    };
+    redis::cmd("ACL")
+        .arg(
+            &[
+                "SETUSER",
+                ACL_USER,
+                "on",
+                &format!(">{ACL_PASS}"),
+                "~wx:*",
+                "+set",
+                "+select",
+            ][..],
+        )
+        .query::<()>(&mut redis.conn(0))
+        .unwrap();
+    let unix_pass = format!("redis+unix://{sock_arg}?db=3&pass={REDIS_PASSWORD}");
+    let tcp_password = format!(
+        "redis://127.0.0.1:{}/4?password={REDIS_PASSWORD}",
+        redis.port
+    );
+    let unix_user = format!("redis+unix://{sock_arg}?user={ACL_USER}&pass={ACL_PASS}&db=5");
+    let secrets = [REDIS_PASSWORD, ACL_USER, ACL_PASS];
+    let clean = |out: &Out| {
+        for s in secrets {
+            assert!(
+                !out.stdout.contains(s) && !out.stderr.contains(s),
+                "{s} shown: {out:?}"
+            );
+        }
+    };
+    // Refused as arguments, with one line that says how to pass them.
+    for url in [&unix_pass, &tcp_password, &unix_user] {
+        let out = env.run(&["sink", "add", "u", "--redis", url, "--format", "wxjava"]);
+        out.assert_one_line_error(2)
+            .assert_stderr_has(&["must not be an argument", "--redis -"]);
+        clean(&out);
+    }
+    assert_eq!(env.query_i64("SELECT count(*) FROM sinks"), 0);
+    // Taken on stdin.
+    let mut outs = Vec::new();
+    for (name, url, format) in [
+        ("u1", &unix_pass, "wxjava"),
+        ("u2", &tcp_password, "silenceper"),
+        ("u3", &unix_user, "wxjava"),
+    ] {
+        let args = [
+            "sink", "add", name, "--redis", "-", "--format", format, "--appid", OA,
+        ];
+        let out = env.run_with_stdin(&args, &format!("{url}\n"));
+        out.assert_code(0);
+        outs.push(out);
+    }
+    // Every one authenticates (`password` too, which the Redis client alone ignores on TCP).
+    outs.push(run(&env, &["refresh"], 0));
+    assert_eq!(redis.keys(3).len(), 3, "u1 wrote to database 3");
+    assert_eq!(redis.keys(4).len(), 2, "u2 wrote to database 4");
+    assert_eq!(
+        redis.keys(5).len(),
+        3,
+        "u3 wrote to database 5 as {ACL_USER}"
+    );
+    for args in [
+        &["sink", "list"][..],
+        &["sink", "list", "--json"],
+        &["status"],
+        &["status", "--json"],
+        &["-vvv", "sink", "test", "u1"],
+        &["-vvv", "sink", "test", "u3"],
+    ] {
+        outs.push(run(&env, args, 0));
+    }
+    outs.iter().for_each(clean);
+    let list = &outs[4].stdout;
+    assert!(
+        list.contains(&format!("u1  redis redis+unix://{sock_arg}?db=3&pass=*** ")),
+        "{list}"
+    );
+    assert!(
+        list.contains(&format!(
+            "u2  redis redis://:***@127.0.0.1:{}/4 ",
+            redis.port
+        )),
+        "{list}"
+    );
+    assert!(
+        list.contains(&format!(
+            "u3  redis redis+unix://{sock_arg}?user=***&db=5&pass=*** "
+        )),
+        "{list}"
+    );
+    // Sealed at rest: no row of any table holds them.
+    for s in secrets {
+        assert_eq!(store_contains(&env, s), None, "{s} is stored in the clear");
+    }
+    // A wrong password fails the publish without showing it.
+    let wrong = format!("redis+unix://{sock_arg}?pass=not-{REDIS_PASSWORD}");
+    let args = [
+        "sink", "add", "w", "--redis", "-", "--format", "wxjava", "--appid", OA,
+    ];
+    env.run_with_stdin(&args, &format!("{wrong}\n"))
+        .assert_code(0);
+    let out = run(&env, &["sink", "test", "w"], 9);
+    clean(&out);
+    // A sink stored by an older version, its password in the URL: still works, never
+    // shown, and `sink list` says how to have it sealed.
+    env.execute(&format!(
+        "UPDATE sinks SET target = '{unix_pass}', password = NULL WHERE name = 'u1'"
+    ));
+    redis::cmd("FLUSHALL")
+        .query::<()>(&mut redis.conn(0))
+        .unwrap();
+    run(&env, &["sink", "test", "u1"], 0);
+    assert_eq!(redis.keys(3).len(), 3, "u1 wrote to database 3");
+    let out = run(&env, &["sink", "list"], 0);
+    clean(&out);
+    assert!(out.stdout.contains("?db=3&pass=*** "), "{}", out.stdout);
+    out.assert_stderr_has(&[
+        "sink u1 keeps a Redis credential in clear text",
+        "--redis -",
+    ]);
+    assert!(!out.stderr.contains("sink u3"), "{}", out.stderr);
+}
+
 #[test]
 fn a_wrong_password_is_a_publish_failure_that_does_not_show_it() {
     let env = with_accounts();
@@ -1007,6 +1166,427 @@ fn a_hook_that_hangs_is_killed_after_its_timeout() {
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }
 
+// ---- files written by name ----
+
+/// Runs `wxtoken ARGS` through `/bin/sh -c 'PRELUDE; exec wxtoken ARGS'`, the shell having
+/// the variables `vars` too: `exec` hands wxtoken the shell's pid (`$$`) and whatever
+/// descriptors the prelude opened.
+fn spawn_via_sh(env: &TestEnv, prelude: &str, vars: &[(&str, &str)], args: &[&str]) -> Child {
+    let inner = env.command(args);
+    let mut sh = Command::new("/bin/sh");
+    sh.env_clear().current_dir(&env.dir);
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            sh.env(k, v);
+        }
+    }
+    sh.envs(vars.iter().copied())
+        .arg("-c")
+        .arg(format!(r#"{prelude}; exec "$@""#))
+        .arg("sh")
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the shell")
+}
+
+/// Runs `wxtoken ARGS` after planting a symlink to `victim` at `.{name}.PID.tmp` in `dir`,
+/// PID being wxtoken's own: the temporary name a metrics writer with a predictable name
+/// would use.
+fn run_with_planted_link(
+    env: &TestEnv,
+    victim: &Path,
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+) -> Out {
+    let vars = [
+        ("VICTIM", victim.to_str().unwrap()),
+        ("DIR", dir.to_str().unwrap()),
+        ("NAME", name),
+    ];
+    finish(spawn_via_sh(
+        env,
+        r#"ln -s "$VICTIM" "$DIR/.$NAME.$$.tmp""#,
+        &vars,
+        args,
+    ))
+}
+
+/// How long a run may take before a test calls it hung.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits for a spawned process; kills it and fails if it outlives PATIENCE.
+#[track_caller]
+fn finish(mut child: Child) -> Out {
+    let deadline = Instant::now() + PATIENCE;
+    while child.try_wait().expect("poll wxtoken").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "wxtoken still ran after {PATIENCE:?}: {:?}",
+                support::wait(child)
+            );
+        }
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+    support::wait(child)
+}
+
+#[test]
+fn metrics_file_never_writes_through_a_planted_symlink() {
+    use std::os::unix::fs::MetadataExt;
+    let env = with_accounts();
+    let textfile = env.dir.join("textfile");
+    std::fs::create_dir(&textfile).unwrap();
+    let target = textfile.join("wxtoken.prom");
+    let key = env.key_file();
+    let before = std::fs::read(&key).unwrap();
+    let mode = std::fs::metadata(&key).unwrap().mode();
+    // A link at the name a predictable temporary file would have.
+    let out = run_with_planted_link(
+        &env,
+        &key,
+        &textfile,
+        "wxtoken.prom",
+        &["refresh", "--metrics-file", target.to_str().unwrap()],
+    );
+    out.assert_code(0);
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        before,
+        "the key file was overwritten"
+    );
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().mode(),
+        mode,
+        "the key file's mode"
+    );
+    let meta = std::fs::symlink_metadata(&target).unwrap();
+    assert!(meta.is_file(), "the metrics file is a file of its own");
+    assert_eq!(meta.mode() & 0o777, 0o644);
+    assert!(
+        std::fs::read_to_string(&target)
+            .unwrap()
+            .contains("wxtoken_accounts 3\n")
+    );
+    // A link at the target itself is replaced by the file, never written through.
+    std::fs::remove_file(&target).unwrap();
+    std::os::unix::fs::symlink(&key, &target).unwrap();
+    run(
+        &env,
+        &["refresh", "--metrics-file", target.to_str().unwrap()],
+        0,
+    );
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        before,
+        "the key file was overwritten"
+    );
+    assert!(std::fs::symlink_metadata(&target).unwrap().is_file());
+    // Nothing else was left in the directory: the file and the planted link only.
+    let mut left: Vec<String> = std::fs::read_dir(&textfile)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        left[0].starts_with(".wxtoken.prom.") && left[1] == "wxtoken.prom",
+        "{left:?}"
+    );
+    // The secrets still open: the next run works.
+    run(&env, &["refresh"], 0);
+}
+
+#[test]
+fn a_hook_that_leaves_a_background_child_does_not_hold_refresh() {
+    let env = with_accounts();
+    let pid_file = env.dir.join("background.pid");
+    // What the issue tried: a hook that succeeds and leaves a long sleep behind, which
+    // holds the hook's stderr open.
+    let hook = format!(
+        "read -r t; sleep 200 & echo $! > {}; exit 0",
+        pid_file.display()
+    );
+    run(
+        &env,
+        &[
+            "sink",
+            "add",
+            "h",
+            "--exec",
+            &hook,
+            "--timeout",
+            "2",
+            "--appid",
+            MP,
+        ],
+        0,
+    );
+    let out = finish(env.spawn(&["refresh"]));
+    out.assert_code(0);
+    // The background child was killed with the hook's process group: gone, or a zombie
+    // waiting for init.
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let stat = format!("/proc/{}/stat", pid.trim());
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let alive = std::fs::read_to_string(&stat)
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim().to_string()))
+            .is_some_and(|rest| !rest.starts_with('Z'));
+        if !alive {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hook's background child {pid} survived"
+        );
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn sigterm_during_a_hook_stops_it_and_the_run() {
+    let env = with_accounts();
+    let started = env.dir.join("hook.started");
+    let hook = format!("read -r t; touch {}; sleep 200", started.display());
+    run(
+        &env,
+        &[
+            "sink",
+            "add",
+            "h",
+            "--exec",
+            &hook,
+            "--timeout",
+            "120",
+            "--appid",
+            MP,
+        ],
+        0,
+    );
+    let child = env.spawn(&["refresh"]);
+    let deadline = Instant::now() + PATIENCE;
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "the hook never started");
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+    // SAFETY: kill sends a signal to the child this test started.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let out = finish(child);
+    out.assert_code(8)
+        .assert_stderr_has(&["stopped by SIGTERM: killed", "stopped by SIGTERM"]);
+}
+
+#[test]
+fn a_hook_gets_a_clean_environment_and_no_inherited_descriptor() {
+    let env = with_accounts();
+    let env_file = env.dir.join("hook.env");
+    let fd_file = env.dir.join("hook.fds");
+    env.set_env("PGPASSWORD", "pg-Secret-in-env-41");
+    env.set_env("SOME_TOKEN", "other-Secret-42");
+    env.set_env("HOME", "/home/wxtoken-test");
+    env.set_env("LANG", "C.UTF-8");
+    // `ls` lists its own descriptors: 3 is the directory it reads. (A redirection on the
+    // command itself would show the shell's saved copy of stdout too.)
+    let hook = format!(
+        "read -r t; env > {}; exec > {}; exec ls /proc/self/fd",
+        env_file.display(),
+        fd_file.display()
+    );
+    run(
+        &env,
+        &["sink", "add", "h", "--exec", &hook, "--appid", MP],
+        0,
+    );
+    // wxtoken itself inherits descriptor 7 (as from a caller's `flock 7` or a pipe): the
+    // hook must not.
+    let out = finish(spawn_via_sh(&env, "exec 7</dev/null", &[], &["refresh"]));
+    out.assert_code(0);
+    let text = std::fs::read_to_string(&env_file).unwrap();
+    let mut names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .filter(|k| *k != "PWD")
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "HOME",
+            "LANG",
+            "PATH",
+            "WXTOKEN_AGENTID",
+            "WXTOKEN_APPID",
+            "WXTOKEN_EXPIRES_AT",
+            "WXTOKEN_EXPIRES_IN",
+            "WXTOKEN_KIND",
+            "WXTOKEN_SINK",
+        ],
+        "{text}"
+    );
+    assert!(!text.contains("Secret"), "{text}");
+    assert!(
+        !text.contains(&env.store()),
+        "the store's location reached the hook: {text}"
+    );
+    assert_eq!(std::fs::read_to_string(&fd_file).unwrap(), "0\n1\n2\n3\n");
+}
+
+#[test]
+fn a_redis_that_never_answers_or_trickles_costs_one_timeout_per_sink() {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    let env = with_accounts();
+    // Two servers that accept: one never answers, one answers a byte at a time, forever.
+    let mut ports = Vec::new();
+    for trickle in [false, true] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        ports.push(listener.local_addr().unwrap().port());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf);
+                    loop {
+                        if trickle && stream.write_all(b"+").is_err() {
+                            return;
+                        }
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) if !trickle => return,
+                            _ => {}
+                        }
+                        if trickle {
+                            std::thread::park_timeout(Duration::from_millis(200));
+                        }
+                    }
+                });
+            }
+        });
+    }
+    for (name, port) in ["silent", "trickle"].iter().zip(&ports) {
+        let url = format!("redis://127.0.0.1:{port}/0");
+        add_sink(&env, name, &url, "wxjava", &["--timeout", "1"]);
+    }
+    let out = finish(env.spawn(&["refresh"]));
+    out.assert_code(9).assert_stderr_has(&[
+        "sink silent: publish failed",
+        "sink trickle: publish failed",
+        "within 1s",
+    ]);
+    let status = run(&env, &["status", "--json"], 0);
+    assert!(status.stdout.contains("within 1s"), "{}", status.stdout);
+}
+
+#[test]
+fn a_closed_stderr_never_ends_a_run() {
+    let env = with_accounts();
+    // A sink that fails (nothing listens on its port), so that the run has lines to write.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    add_sink(
+        &env,
+        "gone",
+        &format!("redis://127.0.0.1:{port}/0"),
+        "wxjava",
+        &[],
+    );
+    let metrics = env.dir.join("wxtoken.prom");
+    let mut child = env
+        .command(&["-v", "refresh", "--metrics-file", metrics.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Nobody reads stderr: every write to it fails with EPIPE.
+    drop(child.stderr.take());
+    let out = finish(child);
+    out.assert_code(9);
+    let text = std::fs::read_to_string(&metrics).expect("the metrics file was written");
+    assert!(text.contains("wxtoken_accounts 3\n"), "{text}");
+    // The run was recorded as usual.
+    assert_eq!(env.query_i64("SELECT count(*) FROM runs"), 1);
+}
+
+#[test]
+fn store_copy_moves_the_sinks_both_ways_with_their_passwords_sealed() {
+    let Some(server) = support::pg::server() else {
+        return;
+    };
+    let env = with_accounts();
+    let Some(redis) = Redis::start(&env.dir, &["--requirepass", REDIS_PASSWORD]) else {
+        return;
+    };
+    let url = format!("redis://:{REDIS_PASSWORD}@127.0.0.1:{}/2\n", redis.port);
+    let args = [
+        "sink", "add", "r", "--redis", "-", "--format", "wxjava", "--appid", OA,
+    ];
+    env.run_with_stdin(&args, &url).assert_code(0);
+    run(
+        &env,
+        &[
+            "sink",
+            "add",
+            "h",
+            "--exec",
+            "cat >/dev/null",
+            "--appid",
+            MP,
+        ],
+        0,
+    );
+    run(&env, &["refresh"], 0);
+    let list = run(&env, &["sink", "list"], 0).stdout;
+    // SQLite to PostgreSQL.
+    let db = server.create_db();
+    let mut copy = env.command(&["store", "copy"]);
+    copy.env("WXTOKEN_COPY_TO", &db.url);
+    let out = Out::from_output(copy.output().unwrap());
+    out.assert_code(0).assert_stderr_has(&["2 sink(s)"]);
+    let stored = db.query("SELECT password FROM sinks WHERE name = 'r'");
+    assert!(
+        stored.starts_with(&format!("wxs1:{}:", env.kid())),
+        "{stored}"
+    );
+    let rows = db.query("SELECT * FROM sinks");
+    assert!(!rows.contains(REDIS_PASSWORD), "{rows}");
+    env.set_env("WXTOKEN_DB", &db.url);
+    assert_eq!(run(&env, &["sink", "list"], 0).stdout, list);
+    // The copy publishes: its password opened with the same key file.
+    redis::cmd("FLUSHALL")
+        .query::<()>(&mut redis.conn(0))
+        .unwrap();
+    run(&env, &["sink", "test", "r"], 0);
+    assert_eq!(redis.keys(2).len(), 3);
+    // And back: PostgreSQL to a new SQLite file.
+    let back = env.dir.join("back.db");
+    let out = run(&env, &["store", "copy", "--to", back.to_str().unwrap()], 0);
+    out.assert_stderr_has(&["2 sink(s)"]);
+    env.set_env("WXTOKEN_DB", back.to_str().unwrap());
+    assert_eq!(run(&env, &["sink", "list"], 0).stdout, list);
+    redis::cmd("FLUSHALL")
+        .query::<()>(&mut redis.conn(0))
+        .unwrap();
+    run(&env, &["sink", "test", "r"], 0);
+    assert_eq!(redis.keys(2).len(), 3);
+    let bytes = std::fs::read(&back).unwrap();
+    assert!(
+        !bytes
+            .windows(REDIS_PASSWORD.len())
+            .any(|w| w == REDIS_PASSWORD.as_bytes()),
+        "the Redis password is in the copied file"
+    );
+}
+
 // ---- the commands ----
 
 #[test]
@@ -1149,6 +1729,7 @@ also_on_postgres!(
     get_reject_prints_the_token_and_only_warns_when_publishing_fails,
     sinks_publish_only_the_accounts_they_select,
     a_password_is_never_an_argument_and_never_shown,
+    credentials_in_the_query_are_secrets_too,
     a_wrong_password_is_a_publish_failure_that_does_not_show_it,
     an_acl_user_and_a_database_number,
     rediss_verifies_the_server_certificate,
@@ -1156,6 +1737,12 @@ also_on_postgres!(
     a_hook_gets_the_token_on_stdin_and_the_rest_in_the_environment,
     a_failing_hook_is_reported_and_retried_by_the_next_run,
     a_hook_that_hangs_is_killed_after_its_timeout,
+    a_hook_that_leaves_a_background_child_does_not_hold_refresh,
+    sigterm_during_a_hook_stops_it_and_the_run,
+    a_hook_gets_a_clean_environment_and_no_inherited_descriptor,
+    a_redis_that_never_answers_or_trickles_costs_one_timeout_per_sink,
+    metrics_file_never_writes_through_a_planted_symlink,
+    a_closed_stderr_never_ends_a_run,
     sink_add_checks_its_arguments,
     sink_list_and_remove,
 );

@@ -52,6 +52,17 @@ pub fn run(ctx: &Context, cmd: SinkCommand) -> Result<Exit> {
             if sinks.is_empty() && !args.json && !quiet {
                 eprintln!("no sinks; add one with `wxtoken sink add`");
             }
+            for s in sinks
+                .iter()
+                .filter(|s| s.kind == "redis" && sink::has_clear_credentials(&s.target))
+            {
+                eprintln!(
+                    "wxtoken: warning: sink {} keeps a Redis credential in clear text in the \
+                     store (added by an older version): remove it and add it again with \
+                     --redis - to have it sealed",
+                    s.name
+                );
+            }
             emit(&text)?;
             Ok(Exit::Ok)
         }
@@ -188,16 +199,16 @@ fn new_sink(store: &dyn Store, args: &SinkAddArgs, now: i64) -> Result<SinkRow> 
     // Check the URL the way the Redis client will read it, before storing it.
     redis::Client::open(url.url.as_str())
         .map_err(|e| usage(format!("the Redis URL is not valid: {e}")))?;
+    row.password = url.secret().map(Secret::new);
     row.target = url.url;
-    row.password = url.password.map(Secret::new);
     row.format = Some(format.as_str().to_string());
     row.prefix = args.prefix.clone();
     row.key_template = args.key_template.clone();
     Ok(row)
 }
 
-/// The URL from --redis, --redis-env or stdin, with its password split off. A password in
-/// an argument is refused: argv shows in `ps` and in shell history.
+/// The URL from --redis, --redis-env or stdin, with its credentials split off. A credential
+/// in an argument is refused: argv shows in `ps` and in shell history.
 fn redis_url(args: &SinkAddArgs) -> Result<sink::RedisUrl> {
     let (text, from_argv) = match (&args.redis, &args.redis_env) {
         (Some(url), _) if url == "-" => (stdin_line("the Redis URL")?.trim().to_string(), false),
@@ -213,10 +224,11 @@ fn redis_url(args: &SinkAddArgs) -> Result<sink::RedisUrl> {
     };
     // The error never repeats the URL: it may hold the password.
     let url = sink::split_redis_url(&text).map_err(usage)?;
-    if from_argv && url.password.is_some() {
+    if from_argv && (url.password.is_some() || url.user.is_some()) {
         return Err(usage(
-            "a Redis URL with a password must not be an argument (ps and shell history show it); \
-             pass it with --redis-env VAR or on stdin with --redis -",
+            "a Redis URL with a password (or a pass, password or user parameter) must not be an \
+             argument (ps and shell history show it); pass it with --redis-env VAR or on stdin \
+             with --redis -",
         ));
     }
     Ok(url)

@@ -7,18 +7,21 @@ use crate::exit::{Exit, fail};
 use crate::store::{self, Location};
 
 /// Copies accounts, their secrets (opened with the key file and sealed again with it, so
-/// they are never stored in plain text), holds and the newest valid tokens into an empty
-/// store. The same key file opens both stores afterwards.
+/// they are never stored in plain text), holds, the newest valid tokens and the sinks
+/// (their passwords sealed again the same way) into an empty store. The same key file
+/// opens both stores afterwards.
 pub fn copy(ctx: &Context, to: &Location) -> Result<Exit> {
     let from = ctx.store()?;
     ctx.unlock(from.as_ref(), false)?;
     let items = from.export(ctx.now())?;
+    let sinks = from.sinks()?;
     let target = store::open_write(to, true)?;
-    target.import(&items)?;
+    target.import(&items, &sinks)?;
     let tokens: usize = items.iter().map(|i| i.tokens.len()).sum();
     ctx.say(&format!(
-        "copied {} account(s) and {tokens} valid token(s) and ticket(s) from {} to {}",
+        "copied {} account(s), {tokens} valid token(s) and ticket(s) and {} sink(s) from {} to {}",
         items.len(),
+        sinks.len(),
         from.location(),
         target.location()
     ));

@@ -79,6 +79,23 @@ fn sink_from_row(row: &rusqlite::Row) -> rusqlite::Result<SinkRow> {
     })
 }
 
+/// What a sink's secret column holds in a store: its credentials sealed with the current
+/// key (`store copy` seals again what it opened), the marker of credentials forgotten with
+/// a lost key, or nothing.
+pub(crate) fn stored_password(sink: &SinkRow) -> Result<Option<String>> {
+    let Some(password) = &sink.password else {
+        return Ok(None);
+    };
+    match password.locked_kid() {
+        Some(crate::crypto::LOST_KID) => Ok(Some(crate::crypto::LOST.to_string())),
+        Some(kid) => Err(super::StoreError::Key(format!(
+            "the password of sink {} (key {kid}) is not open: cannot copy it",
+            sink.name
+        ))),
+        None => seal_secret(&sink_owner(&sink.name), password).map(Some),
+    }
+}
+
 /// What the sink commands and publishing need from the store.
 pub trait Sinks {
     /// Adds a sink; false if one of that name exists already.
@@ -106,10 +123,7 @@ pub trait Sinks {
 impl Sinks for Sqlite {
     fn add_sink(&self, sink: &SinkRow) -> Result<bool> {
         let accounts = serde_json::Value::from(sink.accounts.clone()).to_string();
-        let password = match &sink.password {
-            Some(p) => Some(seal_secret(&sink_owner(&sink.name), p)?),
-            None => None,
-        };
+        let password = stored_password(sink)?;
         let inserted = self.conn.execute(
             "INSERT INTO sinks (name, kind, target, password, format, prefix, key_template,
                                 accounts, timeout, created_at)
