@@ -264,6 +264,13 @@ pub fn sink_owner(name: &str) -> Vec<u8> {
     owner
 }
 
+/// `n` random bytes as hex: names nobody can guess (the key file's temporary files).
+pub fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    OsRng.fill_bytes(&mut bytes);
+    hex(&bytes)
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -629,6 +629,64 @@ fn key_reset_after_losing_the_key_keeps_tokens_and_takes_new_secrets() {
     assert_eq!(env.api.requests().len(), 4);
 }
 
+/// The pid of a process that has exited and been reaped.
+fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().expect("spawn true");
+    let pid = child.id();
+    child.wait().expect("wait true");
+    pid
+}
+
+#[test]
+fn key_file_writes_follow_no_planted_link_and_leave_no_key_behind() {
+    let env = TestEnv::new();
+    env.api.register(APPID, SECRET);
+    add(&env, APPID, SECRET);
+    let first = env.kid();
+    let key = env.key_file();
+    let dir = key
+        .parent()
+        .expect("the key file's directory")
+        .to_path_buf();
+    let name = key.file_name().unwrap().to_str().unwrap().to_string();
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    // Links planted where the key goes on its way (`KEYFILE.old`, and the temporary names
+    // of this and older versions), and the temporary file a rotation killed while writing
+    // left behind, key material inside.
+    let (dead, other_dead) = (dead_pid(), dead_pid());
+    let planted = [
+        ".old".to_string(),
+        ".old.tmp".to_string(),
+        format!(".tmp.{dead}"),
+        format!(".tmp.{other_dead}.0011223344556677"),
+    ];
+    for suffix in &planted {
+        std::os::unix::fs::symlink(&victim, dir.join(format!("{name}{suffix}"))).unwrap();
+    }
+    let left = dir.join(format!("{name}.tmp.{dead}.8899aabbccddeeff"));
+    std::fs::copy(&key, &left).unwrap();
+    env.run(&["key", "rotate"]).assert_code(0);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    let old = old_key_file(&env);
+    assert!(
+        !std::fs::symlink_metadata(&old)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(mode(&old), 0o600);
+    assert_eq!(kids(&old), vec![first]);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(&name))
+        .collect();
+    names.sort();
+    assert_eq!(names, [name.clone(), format!("{name}.old")]);
+    env.run(&["refresh"]).assert_code(0);
+}
+
 /// Issue 19's loops, bounded: rotations beside adds and set-secrets. Every secret written
 /// meanwhile must open with the key file left at the end, so that the next refresh fetches
 /// every account.
