@@ -235,7 +235,10 @@ pub trait Store: ReadStore + Sinks + Send {
     fn sealed_sample(&self, except: Option<&AccountKey>) -> Result<Option<SealedSample>>;
     /// The key ids that stored secrets are sealed with.
     fn sealed_kids(&self) -> Result<std::collections::BTreeSet<String>>;
-    /// Whether a secret is still stored in plain text (by a version before encryption).
+    /// Whether secrets are still stored in plain text by a version before encryption,
+    /// judged without reading every row: by the oldest account (until the first command
+    /// that needs the key encrypts them all, every secret of such a database is in plain
+    /// text, the oldest one included) and by the sinks (a few rows).
     fn has_plaintext(&self) -> Result<bool>;
 
     /// Claims an account for fetching, atomically across processes. A claim that expired,
@@ -1207,7 +1210,8 @@ impl Store for Sqlite {
 
     fn has_plaintext(&self) -> Result<bool> {
         Ok(self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM accounts WHERE substr(secret, 1, 3) <> 'wxs')
+            "SELECT coalesce((SELECT substr(secret, 1, 3) <> 'wxs' FROM accounts
+                              ORDER BY id LIMIT 1), 0)
                  OR EXISTS (SELECT 1 FROM sinks
                             WHERE password IS NOT NULL AND substr(password, 1, 3) <> 'wxs')",
             [],

@@ -1017,7 +1017,8 @@ impl Store for Postgres {
         let row = self
             .c()
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM account_secrets WHERE left(secret, 3) <> 'wxs')
+                "SELECT coalesce((SELECT left(secret, 3) <> 'wxs' FROM account_secrets
+                                  ORDER BY account_id LIMIT 1), false)
                      OR EXISTS (SELECT 1 FROM sinks
                                 WHERE password IS NOT NULL AND left(password, 3) <> 'wxs')",
                 &[],
