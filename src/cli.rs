@@ -81,8 +81,9 @@ pub enum KeyCommand {
 
 Writes the new key next to the old one first, re-encrypts every secret in one
 transaction, then leaves only the new key in the key file: an interruption at any
-point leaves a database that the key file opens. Back up the new key file; delete
-KEYFILE.old once the backups hold the new one.")]
+point leaves a database that the key file opens. Safe beside `account add`,
+`set-secret` and `sink add`: they read the key file under the lock rotation holds.
+Back up the new key file; delete KEYFILE.old once the backups hold the new one.")]
     Rotate,
     /// The key file is lost: forget every encrypted secret, so that new ones can be set
     #[command(after_help = "Example:
@@ -91,7 +92,8 @@ KEYFILE.old once the backups hold the new one.")]
 
 Only when no key file exists at the path wxtoken uses. Tokens already fetched are
 kept and served until they expire. Each account is held until its secret is set
-again with `account set-secret`; the first one creates a new key file. A sink whose
+again with `account set-secret` (`account enable` refuses it meanwhile); the first
+one creates a new key file. A sink whose
 password was forgotten must be removed and added again.")]
     Reset {
         /// Confirm: every encrypted secret is forgotten
@@ -242,7 +244,13 @@ The secret is never an argument: argv shows in `ps` and in shell history.")]
     #[command(after_help = "Example:\n  wxtoken account remove --appid wx1234567890abcdef")]
     Remove(AccountArgs),
     /// Let `refresh` fetch tokens for this account again
-    #[command(after_help = "Example:\n  wxtoken account enable --appid wx1234567890abcdef")]
+    #[command(
+        after_help = "Example:\n  wxtoken account enable --appid wx1234567890abcdef
+
+Lifts a hold too. An account whose secret was forgotten with a lost key (`key reset`,
+`account list` shows LOST) is refused: set its secret again with `account set-secret`,
+which lifts the hold."
+    )]
     Enable(AccountArgs),
     /// Stop refreshing this account (its stored tokens stay readable until they expire)
     #[command(after_help = "Example:\n  wxtoken account disable --appid wx1234567890abcdef")]

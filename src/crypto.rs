@@ -130,11 +130,18 @@ impl Keyring {
         Keyring { keys }
     }
 
-    /// Only the sealing key.
-    pub fn current_only(&self) -> Keyring {
+    /// The sealing key and the others that `keep` names: what `key rotate` leaves once no
+    /// stored secret is sealed with the rest.
+    pub fn keeping(&self, keep: impl Fn(&str) -> bool) -> Keyring {
+        let rest = self.keys[1..].iter().filter(|k| keep(&k.kid)).cloned();
         Keyring {
-            keys: vec![self.keys[0].clone()],
+            keys: std::iter::once(self.keys[0].clone()).chain(rest).collect(),
         }
+    }
+
+    /// How many keys it holds.
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
     }
 
     /// Parses a key file: one `KID HEX` line per key (8 and 64 hex digits), the first one
@@ -255,6 +262,13 @@ pub fn sink_owner(name: &str) -> Vec<u8> {
     let mut owner = b"sink\0".to_vec();
     owner.extend_from_slice(name.as_bytes());
     owner
+}
+
+/// `n` random bytes as hex: names nobody can guess (the key file's temporary files).
+pub fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    OsRng.fill_bytes(&mut bytes);
+    hex(&bytes)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -389,9 +403,10 @@ mod tests {
             Err(OpenError::UnknownKey(_))
         ));
         assert_eq!(
-            parsed.current_only().kids(),
+            parsed.keeping(|_| false).kids(),
             vec![parsed.current().kid.as_str()]
         );
+        assert_eq!(parsed.keeping(|_| true).kids(), parsed.kids());
     }
 
     #[test]

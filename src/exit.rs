@@ -122,7 +122,9 @@ impl Exit {
             Exit::Key => {
                 "The secret key file is missing, unsafe (another owner, or readable by group \
                  or others) or not the one that encrypted a stored secret; nothing was changed \
-                 (see [secrets at rest](#secrets-at-rest))."
+                 (see [secrets at rest](#secrets-at-rest)). `refresh`: an account's secret \
+                 does not open (or was forgotten with a lost key); the other accounts were \
+                 refreshed."
             }
             Exit::Interrupted => {
                 "`refresh` was stopped by SIGTERM, SIGINT or SIGHUP: it started no new fetch, \

@@ -90,6 +90,7 @@ impl KeyFile {
                 .create(dir)
                 .map_err(|e| self.error(format!("cannot be created: {e}")))?;
         }
+        self.remove_stale_temps();
         let ring = Keyring::new(vec![Key::generate()]);
         let tmp = self.write_temp(&ring)?;
         // A hard link never replaces an existing file: the first creator wins.
@@ -116,15 +117,19 @@ impl KeyFile {
 
     /// Replaces the key file with `ring` atomically (a rename). With `keep_old`, the file
     /// it replaces stays as `KEYFILE.old`, mode 0600 like every key file.
+    /// Neither step writes through a name that someone else may have planted: the new
+    /// files are created under unpredictable names (see `write_temp`), and `KEYFILE.old`
+    /// is a new link renamed over whatever was there, never opened.
     pub fn replace(&self, ring: &Keyring, keep_old: bool) -> Result<()> {
+        self.remove_stale_temps();
         let tmp = self.write_temp(ring)?;
         if keep_old {
             let old = self.old_path();
-            let old_tmp = self.sibling(".old.tmp");
-            let _ = fs::remove_file(&old_tmp);
+            let old_tmp = self.temp_name(".old");
             let kept =
                 fs::hard_link(&self.path, &old_tmp).and_then(|()| fs::rename(&old_tmp, &old));
             if let Err(e) = kept {
+                let _ = fs::remove_file(&old_tmp);
                 let _ = fs::remove_file(&tmp);
                 return Err(self.error(format!(
                     "could not keep the old key as {}: {e}",
@@ -162,24 +167,80 @@ impl KeyFile {
         PathBuf::from(name)
     }
 
-    /// Writes `ring` to a new temporary file next to the key file (0600, synced).
+    /// Writes `ring` to a new temporary file next to the key file, synced. The file is
+    /// created, never opened: O_CREAT|O_EXCL|O_NOFOLLOW under a name nobody can guess, so
+    /// a symbolic link or a file planted in the directory is never written through; 0600
+    /// from its first byte, and set again on the descriptor whatever the umask.
     fn write_temp(&self, ring: &Keyring) -> Result<PathBuf> {
-        let tmp = self.sibling(&format!(".tmp.{}", std::process::id()));
-        let _ = fs::remove_file(&tmp);
+        let tmp = self.temp_name("");
         let written = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| {
-                f.write_all(ring.to_text().as_bytes())?;
-                f.sync_all()
-            });
+            .open(&tmp);
+        let mut file = written.map_err(|e| self.error(format!("cannot be written: {e}")))?;
+        let written = (|| {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(fs::Permissions::from_mode(0o600))?;
+            file.write_all(ring.to_text().as_bytes())?;
+            file.sync_all()
+        })();
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
             return Err(self.error(format!("cannot be written: {e}")));
         }
         Ok(tmp)
+    }
+
+    /// `KEYFILE{what}.tmp.PID.RANDOM`: this process's, and unpredictable.
+    fn temp_name(&self, what: &str) -> PathBuf {
+        self.sibling(&format!(
+            "{what}.tmp.{}.{}",
+            std::process::id(),
+            crate::crypto::random_hex(8)
+        ))
+    }
+
+    /// Removes the temporary files (they may hold keys) that a process killed while it
+    /// wrote the key file left behind: `KEYFILE.tmp.PID…` and `KEYFILE.old.tmp…` of a
+    /// process that is gone, and links planted under those names. Ours and those of
+    /// processes still running are left alone.
+    fn remove_stale_temps(&self) {
+        let Some(name) = self.path.file_name().and_then(|n| n.to_str()) else {
+            return;
+        };
+        let Ok(entries) = fs::read_dir(self.dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let entry_name = entry.file_name();
+            let Some(rest) = entry_name.to_str().and_then(|n| n.strip_prefix(name)) else {
+                continue;
+            };
+            let (old, rest) = match rest.strip_prefix(".old.tmp") {
+                Some(rest) => (true, rest),
+                None => match rest.strip_prefix(".tmp") {
+                    Some(rest) => (false, rest),
+                    None => continue,
+                },
+            };
+            // `.PID` or `.PID.RANDOM`; an older version's `.old.tmp` names no process.
+            let pid = rest
+                .strip_prefix('.')
+                .and_then(|r| r.split('.').next())
+                .and_then(|p| p.parse::<i64>().ok());
+            let gone = match pid {
+                Some(pid) => pid != i64::from(std::process::id()) && !crate::store::pid_alive(pid),
+                None => old && rest.is_empty(),
+            };
+            let ours = entry
+                .metadata()
+                .is_ok_and(|m| m.file_type().is_symlink() || m.uid() == effective_uid());
+            if gone && ours {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 }
 

@@ -51,6 +51,14 @@ pub fn claim_ttl(timeout_secs: u64) -> i64 {
 
 /// `held_until` for a hold that lasts until the configuration changes.
 pub const UNTIL_FIXED: i64 = i64::MAX;
+/// `held_until` for an account whose secret was forgotten with a lost key (`key reset`):
+/// only a new secret lifts it (neither `account enable` nor `refresh --force` can fetch).
+pub const UNTIL_SECRET: i64 = i64::MAX - 1;
+
+/// Whether a `held_until` is one of the holds above rather than a time.
+pub fn until_fixed(until: i64) -> bool {
+    until >= UNTIL_SECRET
+}
 
 /// WeChat allows 20 forced stable-token refreshes a day, at least 30 s apart.
 pub const FORCE_PER_DAY: i64 = 20;

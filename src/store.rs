@@ -221,6 +221,24 @@ pub trait Store: ReadStore + Sinks + Send {
     /// its account held (`reason`) until its secret is set again. Tokens stay. Returns how
     /// many accounts and sinks lost theirs.
     fn forget_sealed(&self, reason: &str) -> Result<(usize, usize)>;
+    /// Runs `work` holding the secrets lock, which every command that writes a secret or
+    /// replaces the key file takes before it reads the key file: so a secret is sealed
+    /// only with a key the file holds at that moment, and `key rotate` drops a key only
+    /// while nothing can be sealed with it. SQLite: the write lock (one transaction,
+    /// committed when `work` succeeds); PostgreSQL: an advisory lock of this session.
+    fn with_secrets_lock(&self, work: &mut dyn FnMut() -> anyhow::Result<()>)
+    -> anyhow::Result<()>;
+    /// One sealed secret, an account's (except `except`'s) or else a sink's password: what
+    /// a key file is checked against before it seals a new one. One row, found without
+    /// reading the others, so that adding an account costs the same at any size.
+    fn sealed_sample(&self, except: Option<&AccountKey>) -> Result<Option<SealedSample>>;
+    /// The key ids that stored secrets are sealed with.
+    fn sealed_kids(&self) -> Result<std::collections::BTreeSet<String>>;
+    /// Whether secrets are still stored in plain text by a version before encryption,
+    /// judged without reading every row: by the oldest account (until the first command
+    /// that needs the key encrypts them all, every secret of such a database is in plain
+    /// text, the oldest one included) and by the sinks (a few rows).
+    fn has_plaintext(&self) -> Result<bool>;
 
     /// Claims an account for fetching, atomically across processes. A claim that expired,
     /// or whose holder is known to be gone, is taken over.
@@ -271,6 +289,14 @@ pub trait Store: ReadStore + Sinks + Send {
     /// Records a `refresh` run, and forgets runs older than `before`, except the newest
     /// success: its time is what the main alert watches.
     fn record_run(&self, run: &RunRow, before: i64) -> Result<()>;
+}
+
+/// A stored secret to check a key file against: whose it is (for people), the owner it is
+/// bound to (`crypto::account_owner`, `crypto::sink_owner`) and the stored value.
+pub struct SealedSample {
+    pub whose: String,
+    pub owner: Vec<u8>,
+    pub stored: String,
 }
 
 /// An account's recent forced refreshes, with the store clock's now they are judged by.
@@ -384,6 +410,9 @@ struct Sqlite {
     /// For a database read in place without SQLite's shared memory (a read-only directory
     /// or mount): the file's size and modification time when it was opened.
     immutable: Option<FileStamp>,
+    /// Secrets were replaced inside `with_secrets_lock`'s transaction: the file is
+    /// rebuilt (`scrub`) once it commits, since VACUUM cannot run inside it.
+    scrub_after: std::cell::Cell<bool>,
 }
 
 /// What tells a changed file: its size and its modification time, to the nanosecond.
@@ -462,6 +491,7 @@ impl Sqlite {
             path: path.to_path_buf(),
             holder: Holder::nobody(),
             immutable: before,
+            scrub_after: Default::default(),
         })
     }
 
@@ -478,6 +508,7 @@ impl Sqlite {
             path: path.to_path_buf(),
             holder,
             immutable: None,
+            scrub_after: Default::default(),
         })
     }
 
@@ -662,6 +693,20 @@ impl Sqlite {
         }
         tx.commit()?;
         Ok(n)
+    }
+
+    /// Free pages and the -wal may still hold old secrets: rebuilds the file, then copies
+    /// the -wal back and truncates it. Inside `with_secrets_lock`'s transaction, where
+    /// VACUUM cannot run, it is left for the lock's commit.
+    fn scrub(&self) -> Result<()> {
+        if !self.conn.is_autocommit() {
+            self.scrub_after.set(true);
+            return Ok(());
+        }
+        self.conn.execute_batch("VACUUM")?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
     }
 
     /// Runs `work` with secure_delete FAST: the secret it replaces or deletes is zeroed in
@@ -1071,7 +1116,7 @@ impl Store for Sqlite {
             let accounts = self.conn.execute(
                 "UPDATE accounts SET secret = ?1, held_until = ?2, held_reason = ?3
                  WHERE secret LIKE 'wxs1:%'",
-                params![crate::crypto::LOST, policy::UNTIL_FIXED, reason],
+                params![crate::crypto::LOST, policy::UNTIL_SECRET, reason],
             )?;
             let sinks = self.conn.execute(
                 "UPDATE sinks SET password = ?1 WHERE password LIKE 'wxs1:%'",
@@ -1081,9 +1126,7 @@ impl Store for Sqlite {
             Ok((accounts, sinks))
         })?;
         if n != (0, 0) {
-            self.conn.execute_batch("VACUUM")?;
-            self.conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            self.scrub()?;
         }
         Ok(n)
     }
@@ -1091,13 +1134,91 @@ impl Store for Sqlite {
     fn reseal(&self, all: bool) -> Result<usize> {
         let n = self.zeroing(|| self.reseal_in_tx(all))?;
         if n > 0 {
-            // Free pages and the -wal may still hold the old values: rebuild the file, then
-            // copy the -wal back and truncate it.
-            self.conn.execute_batch("VACUUM")?;
-            self.conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            self.scrub()?;
         }
         Ok(n)
+    }
+
+    fn with_secrets_lock(
+        &self,
+        work: &mut dyn FnMut() -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let tx = Transaction::immediate(&self.conn, &self.path)?;
+        work()?;
+        tx.commit()?;
+        if self.scrub_after.replace(false) {
+            self.scrub()?;
+        }
+        Ok(())
+    }
+
+    fn sealed_sample(&self, except: Option<&AccountKey>) -> Result<Option<SealedSample>> {
+        let (appid, agent) = except.map_or(("", ""), |k| (k.appid.as_str(), k.agent.as_str()));
+        let account = self
+            .conn
+            .query_row(
+                "SELECT appid, agent, secret FROM accounts
+                 WHERE substr(secret, 1, 5) = 'wxs1:' AND NOT (appid = ?1 AND agent = ?2)
+                 LIMIT 1",
+                params![appid, agent],
+                |r| {
+                    let key = AccountKey {
+                        appid: r.get(0)?,
+                        agent: r.get(1)?,
+                    };
+                    Ok(SealedSample {
+                        whose: format!("account {key}"),
+                        owner: crate::crypto::account_owner(&key),
+                        stored: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?;
+        if account.is_some() {
+            return Ok(account);
+        }
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT name, password FROM sinks WHERE substr(password, 1, 5) = 'wxs1:' LIMIT 1",
+                [],
+                |r| {
+                    let name: String = r.get(0)?;
+                    Ok(SealedSample {
+                        whose: format!("sink {name}"),
+                        owner: crate::crypto::sink_owner(&name),
+                        stored: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn sealed_kids(&self) -> Result<std::collections::BTreeSet<String>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT secret FROM accounts WHERE substr(secret, 1, 5) = 'wxs1:'
+             UNION ALL
+             SELECT password FROM sinks WHERE substr(password, 1, 5) = 'wxs1:'",
+        )?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut kids = std::collections::BTreeSet::new();
+        for stored in rows {
+            if let Some(kid) = crate::crypto::Stored::new(stored?).kid() {
+                kids.insert(kid.to_string());
+            }
+        }
+        Ok(kids)
+    }
+
+    fn has_plaintext(&self) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT coalesce((SELECT substr(secret, 1, 3) <> 'wxs' FROM accounts
+                              ORDER BY id LIMIT 1), 0)
+                 OR EXISTS (SELECT 1 FROM sinks
+                            WHERE password IS NOT NULL AND substr(password, 1, 3) <> 'wxs')",
+            [],
+            |r| r.get(0),
+        )?)
     }
 
     fn claim(&self, account_id: i64, now: i64, ttl: i64) -> Result<Claim> {
@@ -1359,21 +1480,36 @@ impl Holder {
 }
 
 /// A transaction that takes the write lock up front (BEGIN IMMEDIATE), so that a writer
-/// waits in the busy handler instead of failing halfway. Rolls back on drop.
+/// waits in the busy handler instead of failing halfway. Rolls back on drop. Inside one
+/// already open (`with_secrets_lock`), which holds the write lock, it is a savepoint.
 struct Transaction<'c> {
     conn: &'c Connection,
     done: bool,
+    nested: bool,
 }
 
 impl<'c> Transaction<'c> {
     fn immediate(conn: &'c Connection, path: &Path) -> Result<Transaction<'c>> {
-        conn.execute_batch("BEGIN IMMEDIATE")
-            .map_err(|e| db_error(e, path))?;
-        Ok(Transaction { conn, done: false })
+        let nested = !conn.is_autocommit();
+        conn.execute_batch(if nested {
+            "SAVEPOINT nested"
+        } else {
+            "BEGIN IMMEDIATE"
+        })
+        .map_err(|e| db_error(e, path))?;
+        Ok(Transaction {
+            conn,
+            done: false,
+            nested,
+        })
     }
 
     fn commit(mut self) -> Result<()> {
-        self.conn.execute_batch("COMMIT")?;
+        self.conn.execute_batch(if self.nested {
+            "RELEASE nested"
+        } else {
+            "COMMIT"
+        })?;
         self.done = true;
         Ok(())
     }
@@ -1382,7 +1518,11 @@ impl<'c> Transaction<'c> {
 impl Drop for Transaction<'_> {
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.conn.execute_batch("ROLLBACK");
+            let _ = self.conn.execute_batch(if self.nested {
+                "ROLLBACK TO nested; RELEASE nested"
+            } else {
+                "ROLLBACK"
+            });
         }
     }
 }
@@ -1550,10 +1690,7 @@ pub(crate) fn open_secret(owner: &[u8], stored: String) -> Secret {
     }
     // A scheme this version does not know (a newer one) stays locked too.
     let kid = stored.kid().unwrap_or("unknown").to_string();
-    crate::vault::with_keys(|keys| match keys.map(|ring| ring.open(owner, &stored)) {
-        Some(Ok(secret)) => secret,
-        _ => Secret::locked(kid),
-    })
+    crate::vault::open(owner, &stored).unwrap_or_else(|| Secret::locked(kid))
 }
 
 /// Whether `stored` (an account's secret column now) is the secret a fetch used.

@@ -25,9 +25,9 @@ use crate::domain::{
 use crate::pgconf::PgConfig;
 use crate::store::{
     AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, NewestRow, Opener,
-    RUN_COLUMNS, ReadStore, Recorded, Result, RunRow, SUCCESSFUL_RUNS, SinkResult, SinkRow, Sinks,
-    Store, StoreError, all_kinds, is_plaintext, not_empty, open_or_fail, open_secret,
-    parse_tickets, pid_alive, same_secret, seal_secret, stored_form, stored_password,
+    RUN_COLUMNS, ReadStore, Recorded, Result, RunRow, SUCCESSFUL_RUNS, SealedSample, SinkResult,
+    SinkRow, Sinks, Store, StoreError, all_kinds, is_plaintext, not_empty, open_or_fail,
+    open_secret, parse_tickets, pid_alive, same_secret, seal_secret, stored_form, stored_password,
 };
 
 /// Every PostgreSQL migration, in order; the schema version is how many are applied.
@@ -45,6 +45,10 @@ const MIGRATION_LOCK: i64 = 0x7778_746f_6b65_6e00; // "wxtoken\0"
 /// The advisory lock that recording transactions hold shared and `newest_token_id` takes
 /// alone for an instant.
 const RECORD_LOCK: i64 = 0x7778_746f_6b65_6e01;
+/// The advisory lock that commands writing a secret or replacing the key file hold
+/// (`with_secrets_lock`), for this session: it outlives their transactions, and ends with
+/// the connection if the process dies.
+const SECRETS_LOCK: i64 = 0x7778_746f_6b65_6e02;
 
 /// The database clock, in the Unix seconds every time column holds: whole seconds cut
 /// down, as a host reads its own clock. (A plain `::bigint` cast rounds, which put the
@@ -916,7 +920,7 @@ impl Store for Postgres {
             .execute(
                 "UPDATE accounts SET held_until = $1, held_reason = $2
                  WHERE id IN (SELECT account_id FROM account_secrets WHERE secret LIKE 'wxs1:%')",
-                &[&crate::policy::UNTIL_FIXED, &reason],
+                &[&crate::policy::UNTIL_SECRET, &reason],
             )
             .map_err(err)?;
         tx.execute(
@@ -932,6 +936,95 @@ impl Store for Postgres {
             .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok((accounts as usize, sinks as usize))
+    }
+
+    fn with_secrets_lock(
+        &self,
+        work: &mut dyn FnMut() -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        self.c()
+            .execute("SELECT pg_advisory_lock($1)", &[&SECRETS_LOCK])
+            .map_err(|e| self.err(e))?;
+        let result = work();
+        // A connection lost meanwhile took the lock with it.
+        let _ = self
+            .c()
+            .execute("SELECT pg_advisory_unlock($1)", &[&SECRETS_LOCK]);
+        result
+    }
+
+    fn sealed_sample(&self, except: Option<&AccountKey>) -> Result<Option<SealedSample>> {
+        let (appid, agent) = except.map_or(("", ""), |k| (k.appid.as_str(), k.agent.as_str()));
+        let row = self
+            .c()
+            .query_opt(
+                "SELECT a.appid, a.agent, s.secret
+                 FROM account_secrets s JOIN accounts a ON a.id = s.account_id
+                 WHERE left(s.secret, 5) = 'wxs1:' AND NOT (a.appid = $1 AND a.agent = $2)
+                 LIMIT 1",
+                &[&appid, &agent],
+            )
+            .map_err(|e| self.err(e))?;
+        if let Some(row) = row {
+            let key = AccountKey {
+                appid: row.get(0),
+                agent: row.get(1),
+            };
+            return Ok(Some(SealedSample {
+                whose: format!("account {key}"),
+                owner: crate::crypto::account_owner(&key),
+                stored: row.get(2),
+            }));
+        }
+        let row = self
+            .c()
+            .query_opt(
+                "SELECT name, password FROM sinks WHERE left(password, 5) = 'wxs1:' LIMIT 1",
+                &[],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(row.map(|row| {
+            let name: String = row.get(0);
+            SealedSample {
+                whose: format!("sink {name}"),
+                owner: crate::crypto::sink_owner(&name),
+                stored: row.get(1),
+            }
+        }))
+    }
+
+    fn sealed_kids(&self) -> Result<std::collections::BTreeSet<String>> {
+        let rows = self
+            .c()
+            .query(
+                "SELECT secret FROM account_secrets WHERE left(secret, 5) = 'wxs1:'
+                 UNION ALL
+                 SELECT password FROM sinks WHERE left(password, 5) = 'wxs1:'",
+                &[],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                crate::crypto::Stored::new(row.get(0))
+                    .kid()
+                    .map(str::to_string)
+            })
+            .collect())
+    }
+
+    fn has_plaintext(&self) -> Result<bool> {
+        let row = self
+            .c()
+            .query_one(
+                "SELECT coalesce((SELECT left(secret, 3) <> 'wxs' FROM account_secrets
+                                  ORDER BY account_id LIMIT 1), false)
+                     OR EXISTS (SELECT 1 FROM sinks
+                                WHERE password IS NOT NULL AND left(password, 3) <> 'wxs')",
+                &[],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(row.get(0))
     }
 
     /// At the server's now, as `add_account`.
@@ -1627,7 +1720,7 @@ fn sink_from_row(row: &postgres::Row, skew: i64) -> SinkRow {
 /// A time moved from one clock to another (`skew`: how far the target's is ahead), except
 /// "until fixed", which is no time.
 fn to_host(t: i64, skew: i64) -> i64 {
-    if t == crate::policy::UNTIL_FIXED {
+    if crate::policy::until_fixed(t) {
         t
     } else {
         t.saturating_add(skew)

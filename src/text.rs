@@ -4,7 +4,9 @@ use chrono::{DateTime, SecondsFormat};
 
 /// Until when refresh skips a held account, in the same words everywhere.
 pub fn held_text(until: i64) -> String {
-    if until == crate::policy::UNTIL_FIXED {
+    if until == crate::policy::UNTIL_SECRET {
+        "until its secret is set again (account set-secret)".to_string()
+    } else if until == crate::policy::UNTIL_FIXED {
         "until its secret is updated (account set-secret), it is re-enabled (account enable), \
          or refresh --force"
             .to_string()
@@ -45,6 +47,11 @@ mod tests {
         assert_eq!(human(-180), "-3m");
         assert_eq!(human(3 * 86_400), "3d");
         assert!(held_text(crate::policy::UNTIL_FIXED).contains("set-secret"));
+        let lost = held_text(crate::policy::UNTIL_SECRET);
+        assert!(
+            lost.contains("set-secret") && !lost.contains("enable"),
+            "{lost}"
+        );
         assert_eq!(held_text(0), "until 1970-01-01T00:00:00Z");
     }
 }

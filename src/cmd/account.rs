@@ -12,6 +12,7 @@ use crate::exit::{Exit, fail};
 use crate::secret;
 use crate::store::{ReadStore, StoreError};
 use crate::text::rfc3339;
+use crate::vault;
 
 pub fn run(ctx: &Context, op: AccountOp) -> Result<Exit> {
     // Reads only, so a PostgreSQL reader role may list too (without the secrets).
@@ -32,7 +33,8 @@ pub fn run(ctx: &Context, op: AccountOp) -> Result<Exit> {
             if store.account(&key)?.is_some() {
                 return Err(StoreError::AlreadyExists(key).into());
             }
-            ctx.unlock(store.as_ref(), true)?;
+            let file = ctx.key_file()?;
+            vault::check_for_writing(store.as_ref(), &file, None)?;
             let secret = read_secret(secret_env.as_deref(), &key)?;
             let new = NewAccount {
                 key,
@@ -40,7 +42,11 @@ pub fn run(ctx: &Context, op: AccountOp) -> Result<Exit> {
                 secret,
                 tickets,
             };
-            store.add_account(&new, now)?;
+            // The key file is read again under the lock that `key rotate` takes.
+            store.with_secrets_lock(&mut || {
+                vault::load_for_sealing(store.as_ref(), &file, None)?;
+                Ok(store.add_account(&new, now)?)
+            })?;
             ctx.say(&format!("added {} (api {})", new.key, api.as_str()));
         }
         // Listed above.
@@ -50,6 +56,17 @@ pub fn run(ctx: &Context, op: AccountOp) -> Result<Exit> {
             ctx.say(&format!("removed {key} and its token history"));
         }
         AccountOp::Enable(key) => {
+            // Enabled, it would still have no secret to fetch with.
+            if store.require_account(&key)?.secret.locked_kid() == Some(crate::crypto::LOST_KID) {
+                return Err(fail(
+                    Exit::Key,
+                    format!(
+                        "the secret of {key} was forgotten with its lost key (wxtoken key \
+                         reset): set it again with `wxtoken account set-secret`, which \
+                         lifts the hold; enabling it alone would not"
+                    ),
+                ));
+            }
             store.set_enabled(&key, true, now)?;
             ctx.say(&format!("enabled {key}"));
         }
@@ -72,9 +89,13 @@ pub fn run(ctx: &Context, op: AccountOp) -> Result<Exit> {
         }
         AccountOp::SetSecret { key, secret_env } => {
             store.require_account(&key)?;
-            ctx.unlock_except(store.as_ref(), true, Some(&key))?;
+            let file = ctx.key_file()?;
+            vault::check_for_writing(store.as_ref(), &file, Some(&key))?;
             let secret = read_secret(secret_env.as_deref(), &key)?;
-            store.set_secret(&key, &secret, now)?;
+            store.with_secrets_lock(&mut || {
+                vault::load_for_sealing(store.as_ref(), &file, Some(&key))?;
+                Ok(store.set_secret(&key, &secret, now)?)
+            })?;
             ctx.say(&format!("updated the secret of {key}"));
         }
     }

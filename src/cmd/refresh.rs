@@ -28,17 +28,28 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
     let client = ctx.client(&cfg.api);
     let store = ctx.store()?;
     // Before the accounts are read: their secrets open only once the key is loaded.
-    ctx.unlock(store.as_ref(), false)?;
+    let key_file = ctx.key_file()?;
+    crate::vault::unlock_for_refresh(store.as_ref(), &key_file)?;
     let now = ctx.now();
     let started = std::time::Instant::now();
-    let accounts = targets_or_warn(store.as_ref(), cfg)?;
-    // A secret forgotten with a lost key: its account is held until the secret is set
-    // again, unless --force would fetch it anyway.
-    for account in &accounts {
-        if cfg.force || account.held_until.is_none() {
-            crate::vault::require_open(account)?;
-        }
-    }
+    let all = targets_or_warn(store.as_ref(), cfg)?;
+    // A secret that does not open holds its own account in this run, and only that one;
+    // one forgotten with a lost key (`key reset`) is held in the store already, and left
+    // to the engine to report as such, unless --force would fetch it anyway.
+    let keyless: Vec<Option<String>> = all
+        .iter()
+        .map(|account| {
+            (cfg.force || account.held_until.is_none())
+                .then(|| crate::vault::why_locked(account, &key_file))
+                .flatten()
+        })
+        .collect();
+    let accounts: Vec<Account> = all
+        .iter()
+        .zip(&keyless)
+        .filter(|(_, why)| why.is_none())
+        .map(|(account, _)| account.clone())
+        .collect();
     let plan = Plan {
         want: cfg.want,
         force: cfg.force,
@@ -60,6 +71,18 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
         &|done| progress.tick(done),
     );
     progress.finish();
+    // Back in the order of every target, each keyless one as held until its secret is set.
+    let (accounts, results) = {
+        let mut fetched = results.into_iter();
+        let results: Vec<Done> = keyless
+            .iter()
+            .map(|why| match why {
+                Some(why) => Done::Held(crate::policy::UNTIL_SECRET, why.clone()),
+                None => fetched.next().expect("one result per account fetched"),
+            })
+            .collect();
+        (all, results)
+    };
     // The run's own handle sat idle while the workers fetched: a server restart or a
     // network cut meanwhile ended its connection, which is made anew here; if that fails,
     // publishing and pruning are skipped (the database is out of reach).
@@ -96,7 +119,14 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
     // The frequent refresh-ahead run leaves held accounts to the hourly run to report, or
     // a crontab with both would mail the same hold every four minutes.
     let report_holds = !matches!(cfg.want, Want::ExpiringWithin(_));
-    let mut exit = report(&accounts, &results, ctx.quiet, report_holds, &failed_sinks);
+    let mut exit = report(
+        &accounts,
+        &results,
+        &keyless,
+        ctx.quiet,
+        report_holds,
+        &failed_sinks,
+    );
     if revived.is_err() {
         exit = exit.merge(Exit::Database);
     }
@@ -118,6 +148,7 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
 fn report(
     accounts: &[Account],
     results: &[Done],
+    keyless: &[Option<String>],
     quiet: bool,
     report_holds: bool,
     failed_sinks: &[String],
@@ -126,8 +157,14 @@ fn report(
     let mut tickets_failed = Vec::new();
     let (mut refreshed, mut fresh, mut busy, mut held, mut not_tried) = (0, 0, 0, 0, 0);
     let mut exit = Exit::Ok;
-    for (account, done) in accounts.iter().zip(results) {
+    for ((account, done), keyless) in accounts.iter().zip(results).zip(keyless) {
         let key = &account.key;
+        if let Some(why) = keyless {
+            eprintln!("wxtoken: {key}: {why}");
+            failed.push(format!("{key}(key)"));
+            exit = exit.merge(Exit::Key);
+            continue;
+        }
         match done {
             Done::Refreshed => refreshed += 1,
             Done::Fresh => fresh += 1,

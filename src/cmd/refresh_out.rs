@@ -135,7 +135,7 @@ pub fn account_line(account: &Account, done: &Done, newest: Option<&TokenRow>, n
         "errmsg": errmsg,
         "hint": hint,
         "error": error,
-        "held_until": held_until.filter(|&t| t != policy::UNTIL_FIXED).map(rfc3339),
+        "held_until": held_until.filter(|&t| !policy::until_fixed(t)).map(rfc3339),
         "expires_at": valid.map(|t| rfc3339(t.stored().trusted_until())),
         "expires_in": valid.and_then(|t| t.stored().left(now)),
     })

@@ -19,10 +19,20 @@ pub fn run(ctx: &Context, cmd: SinkCommand) -> Result<Exit> {
     match cmd {
         SinkCommand::Add(args) => {
             let row = new_sink(store, &args, now)?;
-            if row.password.is_some() {
+            let added = if row.password.is_some() {
                 ctx.unlock(store, true)?;
-            }
-            if !store.add_sink(&row)? {
+                // Sealed with the key file read under the lock `key rotate` takes.
+                let (file, mut added) = (ctx.key_file()?, false);
+                store.with_secrets_lock(&mut || {
+                    crate::vault::load_for_sealing(store, &file, None)?;
+                    added = store.add_sink(&row)?;
+                    Ok(())
+                })?;
+                added
+            } else {
+                store.add_sink(&row)?
+            };
+            if !added {
                 return Err(fail(
                     Exit::Account,
                     format!(
