@@ -42,9 +42,17 @@ const MIGRATIONS: &[&str] = &[
 /// The key of the advisory lock that serialises migrations. Advisory locks are per
 /// database, so other wxtoken databases on the server do not contend for it.
 const MIGRATION_LOCK: i64 = 0x7778_746f_6b65_6e00; // "wxtoken\0"
-/// The advisory lock that recording transactions hold shared and `newest_token_id` takes
-/// alone for an instant.
-const RECORD_LOCK: i64 = 0x7778_746f_6b65_6e01;
+/// The row lock that recording transactions hold shared and `newest_token_id` takes alone
+/// for an instant: schema version 1's row, which every wxtoken database has. Not an
+/// advisory lock: any role that can connect may take those (a reader holding it stopped
+/// every refresher), while locking a row needs UPDATE on its table, which only the
+/// refresher's role has.
+const RECORD_LOCK_ROW: &str = "SELECT 1 FROM schema_migrations WHERE version = 1";
+
+/// How long a writing session waits for a lock (another session's transaction) before the
+/// statement fails, unless the role or the database sets its own `lock_timeout`: as long
+/// as SQLite's busy timeout.
+pub const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The database clock, in the Unix seconds every time column holds: whole seconds cut
 /// down, as a host reads its own clock. (A plain `::bigint` cast rounds, which put the
@@ -130,9 +138,14 @@ fn pg_error(config: &PgConfig, err: &postgres::Error) -> StoreError {
         None => err.to_string(),
     };
     let message = format!("could not use database {config}: {text}");
-    match err.code().map(|c| c.code()) {
+    let code = err.code().map(|c| c.code());
+    if code == Some("55P03") && text.contains("lock timeout") {
+        return StoreError::Busy(format!("{message}: {}", lock_holders(config)));
+    }
+    match code {
         // serialization_failure, deadlock_detected, lock_not_available
-        Some("40001" | "40P01" | "55P03") => StoreError::Busy(message),
+        // ... and query_canceled: a wait that a stop signal (or statement_timeout) cut short
+        Some("40001" | "40P01" | "55P03" | "57014") => StoreError::Busy(message),
         // undefined_table, undefined_column: not (or not yet) a wxtoken database
         Some("42P01" | "42703") => StoreError::Schema(message),
         // insufficient_privilege: a role short of a grant, most likely a reader's
@@ -142,6 +155,72 @@ fn pg_error(config: &PgConfig, err: &postgres::Error) -> StoreError {
              with the refresher's role)"
         )),
         _ => StoreError::Io(message),
+    }
+}
+
+/// Who holds the locks that a statement gave up on, asked on a connection of its own (the
+/// session that waited is inside a failed transaction): the sessions with an open
+/// transaction that locked rows of wxtoken's tables, and those holding an advisory lock,
+/// with their pid, role and application name. The session that waited has locked no row.
+fn lock_holders(config: &PgConfig) -> String {
+    let ask = || -> std::result::Result<(String, Vec<String>), String> {
+        let mut c = crate::pgconn::connect(config)?;
+        // This session has not set wxtoken's bound: '0' means it applied.
+        let timeout: String = c
+            .query_one("SELECT current_setting('lock_timeout')", &[])
+            .map_err(|e| e.to_string())?
+            .get(0);
+        let timeout = match timeout.as_str() {
+            "0" => format!("{}s", LOCK_TIMEOUT.as_secs()),
+            _ => timeout,
+        };
+        let rows = c
+            .query(
+                "SELECT DISTINCT a.pid, a.usename::text, a.application_name
+                 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE l.granted AND l.pid <> pg_backend_pid()
+                   AND l.database = (SELECT oid FROM pg_database
+                                     WHERE datname = current_database())
+                   AND ((l.locktype = 'advisory' AND l.classid::bigint = $1)
+                        OR (l.locktype = 'relation' AND l.mode <> 'AccessShareLock'
+                            AND l.relation IN (to_regclass('schema_migrations'),
+                                to_regclass('accounts'), to_regclass('claims'),
+                                to_regclass('tokens'))
+                            AND EXISTS (SELECT 1 FROM pg_locks x
+                                        WHERE x.pid = l.pid AND x.locktype = 'transactionid')))
+                 ORDER BY a.pid LIMIT 5",
+                &[&(MIGRATION_LOCK >> 32)],
+            )
+            .map_err(|e| e.to_string())?;
+        let holders = rows
+            .iter()
+            .map(|r| {
+                let app: Option<String> = r.get(2);
+                format!(
+                    "pid {} (role {}, application {})",
+                    r.get::<_, i32>(0),
+                    crate::text::escaped(&r.get::<_, Option<String>>(1).unwrap_or_default()),
+                    crate::text::escaped(
+                        app.as_deref()
+                            .filter(|a| !a.is_empty())
+                            .unwrap_or("unnamed")
+                    )
+                )
+            })
+            .collect();
+        Ok((timeout, holders))
+    };
+    match ask() {
+        Ok((timeout, holders)) if !holders.is_empty() => format!(
+            "waited {timeout}, the lock is held by {}: end that transaction (or \
+             SELECT pg_terminate_backend(PID))",
+            holders.join(", ")
+        ),
+        Ok((timeout, _)) => format!(
+            "waited {timeout}; its holder has gone (see pg_locks and pg_stat_activity if it \
+             happens again)"
+        ),
+        Err(e) => format!("could not tell who holds the lock: {e}"),
     }
 }
 
@@ -226,13 +305,63 @@ impl Postgres {
 
     fn connect(config: &PgConfig, holder: Holder) -> Result<Postgres> {
         let client = crate::pgconn::connect(config).map_err(StoreError::Io)?;
-        Ok(Postgres {
+        let store = Postgres {
             client: RefCell::new(client),
             lost: RefCell::new(None),
             config: config.clone(),
             holder,
             verified: Cell::new(false),
-        })
+        };
+        store.bound_lock_waits(&mut store.client.borrow_mut())?;
+        Ok(store)
+    }
+
+    /// A writing session waits at most [`LOCK_TIMEOUT`] for a lock, unless the role or the
+    /// database has a `lock_timeout` of its own. Without a bound, any session that kept a
+    /// transaction open on a row wxtoken locks would stop every refresher for as long as
+    /// it liked. A reader's handle takes no locks, and `get` stays one round trip.
+    fn bound_lock_waits(&self, client: &mut Client) -> Result<()> {
+        if self.holder.id.is_empty() {
+            return Ok(());
+        }
+        client
+            .batch_execute(&format!(
+                "SELECT set_config('lock_timeout', '{}s', false)
+                 WHERE current_setting('lock_timeout') = '0'",
+                LOCK_TIMEOUT.as_secs()
+            ))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Runs `statement`, cancelling it on the server if a stop signal comes meanwhile (the
+    /// handler only sets a flag, and a statement waiting for a lock would otherwise make
+    /// `refresh` wait for the lock timeout after SIGTERM).
+    fn cancelled_by_a_stop_signal<T>(
+        &self,
+        token: postgres::CancelToken,
+        statement: impl FnOnce() -> T,
+    ) -> T {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let done = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (done, config) = (done.clone(), self.config.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    if crate::signals::caught().is_some() {
+                        if let Err(e) = crate::pgconn::cancel(&token, &config) {
+                            log::warn!("{e}");
+                        }
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            })
+        };
+        let result = statement();
+        done.store(true, Ordering::SeqCst);
+        let _ = watcher.join();
+        result
     }
 
     /// The connection. Never borrowed across another call of ours.
@@ -256,6 +385,9 @@ impl Postgres {
                 log::info!("reconnected to {} after losing the connection", self.config);
                 *client = new;
                 self.lost.replace(None);
+                if let Err(e) = self.bound_lock_waits(client) {
+                    log::warn!("{e}");
+                }
             }
             Err(reason) => {
                 self.lost.replace(Some(reason));
@@ -620,17 +752,21 @@ impl ReadStore for Postgres {
         self.verify()?;
         let config = &self.config;
         let err = |e: postgres::Error| pg_error(config, &e);
+        let reader = self.holder.id.is_empty();
         let mut c = self.c();
         let mut tx = c.transaction().map_err(err)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&RECORD_LOCK])
+        // A reader's handle (`refresh --dry-run`, which records nothing) may not lock the
+        // row, nor select `tokens`; the newest row of all is the newest of its account and
+        // kind, so the view has it too.
+        if !reader {
+            // Nothing is fetched yet: a stop signal may cut this wait short.
+            let token = tx.cancel_token();
+            self.cancelled_by_a_stop_signal(token, || {
+                tx.execute(&format!("{RECORD_LOCK_ROW} FOR UPDATE"), &[])
+            })
             .map_err(err)?;
-        // A reader's handle (`refresh --dry-run`) may not select `tokens`; the newest row of
-        // all is the newest of its account and kind, so the view has it too.
-        let table = if self.holder.id.is_empty() {
-            "latest_tokens"
-        } else {
-            "tokens"
-        };
+        }
+        let table = if reader { "latest_tokens" } else { "tokens" };
         let newest: i64 = tx
             .query_one(
                 &format!("SELECT coalesce(max(id), 0)::bigint FROM {table}"),
@@ -1120,7 +1256,7 @@ impl Store for Postgres {
         let tries = i64::from(outcome.tries);
         let mut c = self.c();
         let mut tx = c.transaction().map_err(err)?;
-        // The shared advisory lock: a refresh starting now waits for this commit before it
+        // The shared record lock: a refresh starting now waits for this commit before it
         // reads the newest token id (see `newest_token_id`). The claim's row lock makes a
         // concurrent takeover wait for this commit, or this check see the new holder:
         // either way only one holder's token is stored. The account's row lock keeps a
@@ -1134,12 +1270,12 @@ impl Store for Postgres {
                         (SELECT token FROM tokens WHERE account_id = $1 AND kind = $3
                          ORDER BY id DESC LIMIT 1),
                         a.appid, a.agent, s.secret
-                 FROM (SELECT pg_advisory_xact_lock_shared($4)) l,
+                 FROM (SELECT count(*) FROM ({RECORD_LOCK_ROW} FOR KEY SHARE) r) l,
                       accounts a LEFT JOIN account_secrets s ON s.account_id = a.id
                  WHERE a.id = $1
                  FOR UPDATE OF a"
                 ),
-                &typed(&[&account_id, &self.holder.id, &kind, &RECORD_LOCK]),
+                &typed(&[&account_id, &self.holder.id, &kind]),
             )
             .map_err(err)?;
         // No row: the account was removed, and its claim with it.

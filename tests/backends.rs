@@ -1101,6 +1101,129 @@ fn a_claim_lost_mid_fetch_is_a_failed_fetch_not_a_database_error() {
     );
 }
 
+// ---- locks -------------------------------------------------------------------------------
+
+/// The lock wxtoken used to serialise recording with a run's start, as a 64-bit advisory
+/// key: any role that can connect could take it, and every refresher then waited for ever.
+const OLD_RECORD_LOCK: &str = "x'7778746f6b656e01'::bigint";
+
+/// Waits until some session of `db` waits for a lock (the run under test is blocked).
+#[track_caller]
+fn wait_for_a_lock_wait(db: &PgDb) {
+    let deadline = Instant::now() + PATIENCE;
+    while db.query_i64("SELECT count(*) FROM pg_locks WHERE NOT granted") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing ever waited for the lock"
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// A reader role holds every lock it can take, for as long as it likes: refresh and
+/// `get --reject` go on regardless (they used to wait for ever on an advisory lock the
+/// reader held), and the row wxtoken locks instead is out of the reader's reach.
+#[test]
+fn a_reader_role_holding_locks_cannot_stop_the_refreshers() {
+    let Some(f) = postgres() else { return };
+    let db = f.pg.as_ref().unwrap();
+    f.add(&["--appid", APPID]);
+    f.env.api.push(TOKEN, Reply::token("FIRST", 7200));
+    f.run(&["refresh"], 0);
+    let role = format!("{}_app", db.name);
+    db.query(&format!("CREATE ROLE {role} LOGIN"));
+    f.run(&["store", "grant-reader", &role], 0);
+    let mut reader = db.session_as(&role);
+    reader.run(&format!(
+        "SELECT pg_advisory_lock({OLD_RECORD_LOCK}); \
+         SELECT pg_advisory_lock(x'7778746f6b656e00'::bigint); \
+         BEGIN; SELECT count(*) FROM accounts; SELECT count(*) FROM schema_migrations;"
+    ));
+    for lock in ["FOR UPDATE", "FOR SHARE", "FOR KEY SHARE"] {
+        let sql = format!("SELECT 1 FROM schema_migrations WHERE version = 1 {lock}");
+        let (ok, _, err) = db.server.psql_as(&role, &db.name, &sql);
+        assert!(!ok && err.contains("permission denied"), "{sql}: {err}");
+    }
+    f.env.api.push(TOKEN, Reply::token("SECOND", 7200));
+    let refresh = f.env.spawn(&["refresh", "--force"]);
+    wait_unhung(refresh, "refresh beside a reader's locks").assert_code(0);
+    f.env.api.push(TOKEN, Reply::token("THIRD", 7200));
+    let reject = f
+        .env
+        .spawn(&["get", "--appid", APPID, "--reject", "SECOND"]);
+    let out = wait_unhung(reject, "get --reject beside a reader's locks");
+    assert_eq!(out.assert_code(0).stdout, "THIRD\n");
+    drop(reader);
+}
+
+/// A session of the refresher's role (or a superuser) that keeps wxtoken's lock: the run
+/// gives up after the lock timeout (10 s unless the database sets its own) with exit 5 and
+/// one line naming the holder's pid, role and application; nothing is fetched. A stop
+/// signal ends a run blocked at its start at once.
+#[test]
+fn a_lock_held_too_long_is_bounded_and_its_holder_named() {
+    let Some(f) = postgres() else { return };
+    let db = f.pg.as_ref().unwrap();
+    f.add(&["--appid", APPID]);
+    f.env.api.push(TOKEN, Reply::token("FIRST", 7200));
+    f.run(&["refresh"], 0);
+    let mut holder = db.session();
+    holder.run(
+        "SET application_name = 'holdout'; BEGIN; \
+         SELECT 1 FROM schema_migrations WHERE version = 1 FOR UPDATE;",
+    );
+    let started = Instant::now();
+    let out = wait_unhung(f.env.spawn(&["-q", "refresh"]), "refresh");
+    out.assert_code(5);
+    assert_eq!(error_lines(&out).len(), 1, "{out:?}");
+    assert_has(
+        &out,
+        &[
+            "lock timeout",
+            "waited 10s",
+            "held by pid",
+            "role postgres",
+            "application holdout",
+        ],
+    );
+    assert!(started.elapsed() >= Duration::from_secs(10), "{out:?}");
+    assert_eq!(f.env.api.hits(TOKEN), 1, "a blocked run fetched");
+
+    // The database's own bound wins over wxtoken's.
+    db.query(&format!(
+        "ALTER DATABASE {} SET lock_timeout = '1s'",
+        db.name
+    ));
+    let reject = f.env.spawn(&["get", "--appid", APPID, "--reject", "FIRST"]);
+    let out = wait_unhung(reject, "get --reject");
+    out.assert_code(5);
+    assert_eq!(out.stdout, "");
+    assert_has(&out, &["lock timeout", "waited 1s", "application holdout"]);
+
+    // SIGTERM while blocked: the run stops at once, long before any lock timeout.
+    db.query(&format!(
+        "ALTER DATABASE {} SET lock_timeout = '60s'",
+        db.name
+    ));
+    let refresh = f.env.spawn(&["refresh"]);
+    wait_for_a_lock_wait(db);
+    let signalled = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &refresh.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let out = wait_unhung(refresh, "refresh after SIGTERM");
+    out.assert_code(8);
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "SIGTERM took {:?}: {out:?}",
+        signalled.elapsed()
+    );
+    drop(holder);
+    assert_eq!(f.env.api.hits(TOKEN), 2, "only get --reject fetched");
+}
+
 // ---- network loss and server restarts ------------------------------------------------------
 
 /// A server of this test's own, which it may cut off or restart without disturbing the

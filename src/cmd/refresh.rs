@@ -102,6 +102,13 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
     }
     if stop.locked() && signals::caught().is_none() {
         let db = store.location();
+        // PostgreSQL's lock errors say how long they waited and who holds the lock.
+        if let Some(reason) = stop.reason().filter(|r| r.contains("lock timeout")) {
+            return Err(fail(
+                Exit::Database,
+                format!("{reason}; accounts not tried are left for the next run"),
+            ));
+        }
         return Err(fail(
             Exit::Database,
             format!(
