@@ -141,8 +141,13 @@ impl Client {
             .input_buffer_size(16 * 1024)
             .output_buffer_size(4 * 1024)
             .build();
+        // The default chain (TCP, a proxy's CONNECT, TLS), then the marker that notes when
+        // a request's first byte goes out.
+        use ureq::unversioned::transport::Connector;
+        let connector = ureq::unversioned::transport::DefaultConnector::new().chain(sent::Marker);
+        let resolver = ureq::unversioned::resolver::DefaultResolver::default();
         Client {
-            agent: config.into(),
+            agent: ureq::Agent::with_parts(config, connector, resolver),
             api_base: api_base.trim_end_matches('/').to_string(),
             work_api_base: work_api_base.trim_end_matches('/').to_string(),
             hidden: [api_base, work_api_base]
@@ -206,6 +211,7 @@ impl Client {
         loop {
             tries += 1;
             let sent_at = unix_now();
+            sent::reset();
             let attempt: Try<T> = once().into();
             let result = attempt.result.map_err(|f| {
                 let hidden = std::iter::once(secret).chain(&self.hidden);
@@ -280,7 +286,10 @@ fn exchange(
     response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     field: &str,
 ) -> Try<Fetched> {
-    let reached = !matches!(&response, Err(e) if never_sent(e));
+    // Only what failed after the request began to leave may have reached WeChat: not a
+    // name that did not resolve, a refused connection, nor a TLS handshake that failed.
+    let reached =
+        response.is_ok() || (sent::began() && !matches!(&response, Err(e) if never_sent(e)));
     let clock_offset = response.as_ref().ok().and_then(|r| {
         let date = r.headers().get("date")?.to_str().ok()?;
         let at = chrono::DateTime::parse_from_rfc2822(date).ok()?;
@@ -290,6 +299,78 @@ fn exchange(
         result: read_body(base, response).and_then(|body| parse_reply(body, field)),
         reached,
         clock_offset,
+    }
+}
+
+/// Whether this thread's request began to leave: set by the outermost transport (above
+/// TLS) when it first writes, so the TCP connect, a proxy's CONNECT and the TLS handshake
+/// never set it. A request runs on its caller's thread, so the flag is per thread.
+mod sent {
+    use std::cell::Cell;
+
+    use ureq::unversioned::transport::{
+        Buffers, ConnectionDetails, Connector, NextTimeout, Transport,
+    };
+
+    thread_local! {
+        static BEGAN: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Before a request.
+    pub fn reset() {
+        BEGAN.with(|b| b.set(false));
+    }
+
+    /// After it: whether any of its bytes were handed to the connection.
+    pub fn began() -> bool {
+        BEGAN.with(Cell::get)
+    }
+
+    /// Wraps the transport that the rest of the chain made.
+    #[derive(Debug)]
+    pub struct Marker;
+
+    impl<In: Transport> Connector<In> for Marker {
+        type Out = Marked<In>;
+
+        fn connect(
+            &self,
+            _: &ConnectionDetails,
+            chained: Option<In>,
+        ) -> Result<Option<Marked<In>>, ureq::Error> {
+            Ok(chained.map(Marked))
+        }
+    }
+
+    #[derive(Debug)]
+    pub struct Marked<T>(T);
+
+    impl<T: Transport> Transport for Marked<T> {
+        fn buffers(&mut self) -> &mut dyn Buffers {
+            self.0.buffers()
+        }
+
+        fn transmit_output(
+            &mut self,
+            amount: usize,
+            timeout: NextTimeout,
+        ) -> Result<(), ureq::Error> {
+            // Before writing: from the first byte on, the server may have the request.
+            BEGAN.with(|b| b.set(true));
+            self.0.transmit_output(amount, timeout)
+        }
+
+        fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+            self.0.await_input(timeout)
+        }
+
+        fn is_open(&mut self) -> bool {
+            self.0.is_open()
+        }
+
+        fn is_tls(&self) -> bool {
+            self.0.is_tls()
+        }
     }
 }
 

@@ -108,6 +108,29 @@ fn a_refresh_against_a_dead_server_fails() {
     assert!(left(&env, "wxdead") > 7000);
 }
 
+/// A name that does not resolve (`.invalid` never does, and no network is reached) and a
+/// TLS handshake that fails (https to a server that speaks plain HTTP) both end before
+/// the request leaves: nothing can have been issued, so the stored classic token keeps
+/// its time and `get` serves it.
+#[test]
+fn a_failure_before_the_request_leaves_keeps_the_token_served() {
+    let env = setup(&["wxnosend"]);
+    run(&env, &["refresh"], 0);
+    let plain = env.api.url();
+    let https = plain.replacen("http://", "https://", 1);
+    for base in [&https[..], "http://wxtoken-test.invalid"] {
+        let out = run(
+            &env,
+            &["refresh", "--force", "--timeout", "2", "--api-base", base],
+            4,
+        );
+        out.assert_stderr_has(&["wxnosend", "network error", "1 failed"]);
+        let secs = left(&env, "wxnosend");
+        assert!(secs > 7000, "{base}: capped at {secs}");
+        run(&env, &["get", "--appid", "wxnosend"], 0);
+    }
+}
+
 #[test]
 fn set_secret_and_enable_make_the_account_due_for_either_kind_of_run() {
     let env = setup(&["wxsecret", "wxenable"]);
@@ -763,6 +786,7 @@ fn a_malformed_api_base_fails_before_any_request() {
 also_on_postgres!(
     a_manual_refresh_after_another_run_fetches_again,
     a_refresh_against_a_dead_server_fails,
+    a_failure_before_the_request_leaves_keeps_the_token_served,
     set_secret_and_enable_make_the_account_due_for_either_kind_of_run,
     an_unrecorded_classic_fetch_caps_the_old_token_at_five_minutes,
     an_unrecorded_stable_fetch_leaves_the_old_token_alone,
