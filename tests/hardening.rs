@@ -697,7 +697,13 @@ fn get_works_in_a_read_only_directory_of_another_user() {
     if !root_or_skip("get as another user in a read-only directory") {
         return;
     }
-    let env = setup(&["wxro"]);
+    // In the shared temporary directory, with a copy of the binary: the checkout, and the
+    // build in it, may sit where other users cannot go (a clone under /root, mode 0700).
+    let env = TestEnv::new_in(&std::env::temp_dir());
+    add(&env, "wxro", "token");
+    let bin = env.dir.join("bin/wxtoken");
+    std::fs::create_dir_all(bin.parent().unwrap()).expect("mkdir bin");
+    std::fs::copy(env!("CARGO_BIN_EXE_wxtoken"), &bin).expect("copy the binary");
     env.api.push(TOKEN, Reply::token("READONLY_TOKEN", 7200));
     run(&env, &["refresh"], 0);
     let dir = env.dir.join("ro");
@@ -710,7 +716,8 @@ fn get_works_in_a_read_only_directory_of_another_user() {
     let stranger = STRANGER.to_string();
     let out = Command::new("setpriv")
         .args(["--reuid", &stranger, "--regid", &stranger, "--clear-groups"])
-        .args([env!("CARGO_BIN_EXE_wxtoken"), "get", "--appid", "wxro"])
+        .arg(&bin)
+        .args(["get", "--appid", "wxro"])
         .env_clear()
         .env("WXTOKEN_DB", &db)
         .stdin(Stdio::null())
