@@ -1616,6 +1616,8 @@ fn db_error(err: rusqlite::Error, path: &Path) -> StoreError {
     let text = err.to_string();
     let reason = if text.contains("file is not a database") {
         "not an SQLite database (left untouched)".to_string()
+    } else if code == Some(rusqlite::ErrorCode::FileLockingProtocolFailed) {
+        crate::readers::explain_shm_locks(&text, path)
     } else {
         text
     };

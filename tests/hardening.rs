@@ -375,6 +375,47 @@ fn a_locked_database_fails_the_run_after_one_busy_timeout() {
     assert!(took < Duration::from_secs(40), "took {took:?}");
 }
 
+/// A process that may only read the database (a reader in the group) holds a shared lock
+/// on one byte of the `-shm`, SQLite's recovery lock: every write fails with "locking
+/// protocol" after SQLite's retries. The one line names the likely cause and how to find
+/// the process.
+#[test]
+fn a_reader_holding_a_shm_lock_is_named_as_the_likely_cause() {
+    let env = setup(&["wxshm"]);
+    run(&env, &["refresh"], 0);
+    let shm = companion(&env.db(), "-shm");
+    let file = std::fs::File::open(&shm).expect("open the -shm read-only");
+    // SQLite's WAL_RECOVER_LOCK: byte 120 + 2 of the -shm.
+    // SAFETY: a plain flock struct for fcntl on a descriptor this test owns.
+    let locked = unsafe {
+        let mut lock: libc::flock = std::mem::zeroed();
+        lock.l_type = libc::F_RDLCK as libc::c_short;
+        lock.l_whence = libc::SEEK_SET as libc::c_short;
+        lock.l_start = 122;
+        lock.l_len = 1;
+        libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::F_SETLK, &lock)
+    };
+    assert_eq!(locked, 0, "lock the -shm byte");
+    let out = env.run(&["-q", "refresh", "--force"]);
+    drop(file);
+    out.assert_code(5);
+    let shm = shm.display().to_string();
+    out.assert_stderr_has(&[
+        "locking protocol",
+        &format!("another process holds locks on {shm}"),
+        &format!("fuser -v {shm}"),
+        "lsof",
+    ]);
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("wxtoken:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    // Once the reader lets go, the refresh works.
+    run(&env, &["refresh", "--force"], 0);
+}
+
 // ---- signals ------------------------------------------------------------------------------
 
 /// Sends a signal to a spawned process and waits until it has been delivered: `kill`

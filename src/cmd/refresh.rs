@@ -113,8 +113,9 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
             Exit::Database,
             format!(
                 "database {db} is locked by another process (gave up after {} s); accounts not \
-                 tried are left for the next run: find the process with `fuser {db}` and let \
-                 it finish",
+                 tried are left for the next run: find the process with `fuser -v {db} \
+                 {db}-wal {db}-shm` (a reader holding locks on the -shm counts) and let it \
+                 finish",
                 BUSY_TIMEOUT.as_secs()
             ),
         ));
