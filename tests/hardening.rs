@@ -96,6 +96,16 @@ fn a_manual_refresh_after_another_run_fetches_again() {
 }
 
 #[test]
+fn an_account_named_twice_is_fetched_once() {
+    let env = setup(&["wxtwice1", "wxtwice2"]);
+    let args = ["refresh", "--force", "--appid", "wxtwice1", "--appid", "wxtwice2"];
+    let out = run(&env, &[&args[..], &["--appid", "wxtwice1"]].concat(), 0);
+    out.assert_stderr_has(&["refreshed 2 of 2 accounts"]);
+    assert_eq!(env.api.hits_for(TOKEN, "wxtwice1"), 1);
+    assert_eq!(env.api.hits(TOKEN), 2);
+}
+
+#[test]
 fn a_refresh_against_a_dead_server_fails() {
     let env = setup(&["wxdead"]);
     run(&env, &["refresh"], 0);
@@ -834,6 +844,7 @@ fn a_malformed_api_base_fails_before_any_request() {
 also_on_postgres!(
     a_manual_refresh_after_another_run_fetches_again,
     a_refresh_against_a_dead_server_fails,
+    an_account_named_twice_is_fetched_once,
     a_failure_before_the_request_leaves_keeps_the_token_served,
     set_secret_and_enable_make_the_account_due_for_either_kind_of_run,
     an_unrecorded_classic_fetch_caps_the_old_token_at_five_minutes,

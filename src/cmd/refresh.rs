@@ -257,6 +257,8 @@ pub fn targets(store: &dyn ReadStore, named: &[AccountKey]) -> Result<Vec<Accoun
     let mut picked = Vec::new();
     for key in named {
         match all.iter().find(|a| &a.key == key) {
+            // Named twice: fetched once.
+            Some(a) if picked.iter().any(|p: &Account| p.id == a.id) => {}
             Some(a) if a.enabled => picked.push(a.clone()),
             Some(_) => {
                 return Err(fail(
