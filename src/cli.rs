@@ -353,7 +353,7 @@ pub struct StatusArgs {
     #[arg(long)]
     pub check: bool,
     /// With --check: WARNING when an enabled account's newest valid token has less than
-    /// this left
+    /// this left (at least --crit)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30m", requires = "check")]
     pub warn: Duration,
     /// With --check: CRITICAL when an enabled account's newest valid token has less than

@@ -178,11 +178,22 @@ impl Config {
                     reject,
                 })
             }
-            Command::Status(a) if a.check => Cmd::Check(CheckConfig {
-                accounts: account_keys(&a.appid)?,
-                warn: a.warn.as_secs() as i64,
-                crit: a.crit.as_secs() as i64,
-            }),
+            Command::Status(a) if a.check => {
+                let (warn, crit) = (seconds("--warn", a.warn)?, seconds("--crit", a.crit)?);
+                if warn < crit {
+                    return Err(usage(format!(
+                        "--warn ({}) is below --crit ({}): a token would be CRITICAL before it \
+                         ever warned; give --warn the longer time",
+                        crate::text::human(warn),
+                        crate::text::human(crit)
+                    )));
+                }
+                Cmd::Check(CheckConfig {
+                    accounts: account_keys(&a.appid)?,
+                    warn,
+                    crit,
+                })
+            }
             Command::Status(a) => Cmd::Status {
                 json: a.json,
                 accounts: account_keys(&a.appid)?,
