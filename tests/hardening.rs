@@ -800,6 +800,21 @@ fn corruption_found_after_opening_exits_5_with_the_path() {
 
 // ---- the API base ---------------------------------------------------------------------------
 
+/// A percent-escape in the host resolves nowhere: a usage error before any request, not a
+/// network error tried three times.
+#[test]
+fn a_percent_escape_in_the_api_base_host_is_refused() {
+    let env = setup(&["wxpct"]);
+    for base in ["http://api%2eweixin.qq.com", "https://user:pw@wx%41.invalid:443/x"] {
+        let out = env.run(&["refresh", "--api-base", base]);
+        out.assert_one_line_error(2)
+            .assert_stderr_has(&["--api-base", "percent-escape"]);
+        assert!(!out.stderr.contains("pw@"), "{}", out.stderr);
+    }
+    assert_eq!(env.api.hits(TOKEN), 0);
+}
+
+
 #[test]
 fn credentials_in_the_api_base_are_never_shown_or_stored() {
     let env = setup(&["wxcreds"]);
