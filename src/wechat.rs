@@ -221,7 +221,12 @@ impl Client {
             // leaves the question open.
             unsure |= attempt.reached && !matches!(result, Ok(_) | Err(Failure::WeChat { .. }));
             match &result {
-                Err(failure) if failure.is_transient() && tries < MAX_TRIES => {
+                // After a stop signal no new request goes out: the run is ending.
+                Err(failure)
+                    if failure.is_transient()
+                        && tries < MAX_TRIES
+                        && crate::signals::caught().is_none() =>
+                {
                     let wait = policy::backoff(self.retry_base, tries, jitter());
                     log::debug!("try {tries} failed ({failure}); retrying in {wait:?}");
                     std::thread::sleep(wait);

@@ -487,6 +487,20 @@ fn sigterm_finishes_the_fetch_in_flight_and_starts_no_other() {
     }
 }
 
+/// A fetch in flight when the signal came that then times out is not tried again: no new
+/// request after the signal.
+#[test]
+fn after_a_stop_signal_a_fetch_that_times_out_is_not_retried() {
+    let env = setup(&["wxnoretry"]);
+    let child = refresh_held_at_gate(&env, &["--timeout", "2"], 1);
+    signal(&child, "TERM");
+    let out = finish(child);
+    env.api.open_gate(TOKEN);
+    out.assert_code(8)
+        .assert_stderr_has(&["wxnoretry", "timed out", "stopped by SIGTERM"]);
+    assert_eq!(env.api.hits(TOKEN), 1, "a request after the signal");
+}
+
 #[test]
 fn a_second_signal_ends_the_run_at_once() {
     let env = setup(&["wxtwice"]);
