@@ -372,7 +372,9 @@ fn check_base_url(url: &str) -> Result<(), String> {
     // A percent-escape in a host name resolves nowhere (no resolver decodes it): refused
     // here rather than tried three times as a network error.
     if host.contains('%') {
-        return Err(format!("the host '{host}' has a percent-escape (write the name as it is)"));
+        return Err(format!(
+            "the host '{host}' has a percent-escape (write the name as it is)"
+        ));
     }
     if let Some(port) = port
         && !port.parse::<u16>().is_ok_and(|p| p > 0)

@@ -237,6 +237,10 @@ pub trait Store: ReadStore + Sinks + Send {
     /// before the request leaves: if the outcome is never recorded, readers know that the
     /// stored token may have been replaced at WeChat.
     fn begin_fetch(&self, account_id: i64, now: i64) -> Result<()>;
+    /// Ends a token WeChat says is dead (40001 to `quota`) at `now` (on PostgreSQL, the
+    /// server's now), unless it expired already: `get` stops serving it and the next
+    /// refresh finds the account due. The row stays, as every fetch's does.
+    fn retire_token(&self, token_id: i64, now: i64) -> Result<()>;
     /// Records a fetch all at once: the new row (unless WeChat handed back the newest one
     /// again), the attempt, and for an access token the account's hold and due flag (only
     /// while its secret is still the one the fetch used) and the end of this process's
@@ -1191,6 +1195,13 @@ impl Store for Sqlite {
                 "INSERT OR REPLACE INTO intents (account_id, holder, started_at) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![account_id, self.holder.id, now])?;
+        Ok(())
+    }
+
+    fn retire_token(&self, token_id: i64, now: i64) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE tokens SET expires_at = ?2 WHERE id = ?1 AND expires_at > ?2")?
+            .execute(params![token_id, now])?;
         Ok(())
     }
 

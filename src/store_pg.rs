@@ -1179,6 +1179,19 @@ impl Store for Postgres {
         Ok(())
     }
 
+    /// On the server's clock, which judges validity; `now` is not used.
+    fn retire_token(&self, token_id: i64, _now: i64) -> Result<()> {
+        self.c()
+            .execute_typed(
+                &format!(
+                    "UPDATE tokens SET expires_at = {NOW} WHERE id = $1 AND expires_at > {NOW}"
+                ),
+                &typed(&[&token_id]),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// One round trip (an unnamed statement): per enabled account and kind, one descent of
     /// tokens_newest. Times are shifted into this host's clock as `latest_token` does.
     fn all_newest(&self) -> Result<Vec<Newest>> {

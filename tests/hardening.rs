@@ -98,7 +98,9 @@ fn a_manual_refresh_after_another_run_fetches_again() {
 #[test]
 fn an_account_named_twice_is_fetched_once() {
     let env = setup(&["wxtwice1", "wxtwice2"]);
-    let args = ["refresh", "--force", "--appid", "wxtwice1", "--appid", "wxtwice2"];
+    let args = [
+        "refresh", "--force", "--appid", "wxtwice1", "--appid", "wxtwice2",
+    ];
     let out = run(&env, &[&args[..], &["--appid", "wxtwice1"]].concat(), 0);
     out.assert_stderr_has(&["refreshed 2 of 2 accounts"]);
     assert_eq!(env.api.hits_for(TOKEN, "wxtwice1"), 1);
@@ -819,7 +821,10 @@ fn corruption_found_after_opening_exits_5_with_the_path() {
 #[test]
 fn a_percent_escape_in_the_api_base_host_is_refused() {
     let env = setup(&["wxpct"]);
-    for base in ["http://api%2eweixin.qq.com", "https://user:pw@wx%41.invalid:443/x"] {
+    for base in [
+        "http://api%2eweixin.qq.com",
+        "https://user:pw@wx%41.invalid:443/x",
+    ] {
         let out = env.run(&["refresh", "--api-base", base]);
         out.assert_one_line_error(2)
             .assert_stderr_has(&["--api-base", "percent-escape"]);
@@ -827,7 +832,6 @@ fn a_percent_escape_in_the_api_base_host_is_refused() {
     }
     assert_eq!(env.api.hits(TOKEN), 0);
 }
-
 
 #[test]
 fn credentials_in_the_api_base_are_never_shown_or_stored() {
