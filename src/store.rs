@@ -96,6 +96,9 @@ fn classify(code: Option<rusqlite::ErrorCode>, text: String) -> StoreError {
     match code {
         Some(C::DatabaseBusy | C::DatabaseLocked) => StoreError::Busy(text),
         Some(C::NotADatabase | C::DatabaseCorrupt) => StoreError::Corrupt(text),
+        // A file, directory or mount this user may only read: a reading command can still
+        // open it read-only.
+        Some(C::ReadOnly) => StoreError::ReadOnly(text),
         _ => StoreError::Io(text),
     }
 }
@@ -415,7 +418,8 @@ impl Sqlite {
     /// put it there.
     fn open(path: &Path, holder: Holder) -> Result<Sqlite> {
         if let Some(refusal) = crate::readers::read_only_refusal(path) {
-            return Err(StoreError::Io(refusal));
+            // ReadOnly: a command that only reads falls back to a reading handle.
+            return Err(StoreError::ReadOnly(refusal));
         }
         check_dir(path)?;
         let is_link = match std::fs::symlink_metadata(path) {

@@ -780,19 +780,34 @@ fn get_works_in_a_read_only_directory_of_another_user() {
     chown(&db, STRANGER);
     chown(&dir, STRANGER);
     chmod(&dir, 0o555);
-    let stranger = STRANGER.to_string();
-    let out = Command::new("setpriv")
-        .args(["--reuid", &stranger, "--regid", &stranger, "--clear-groups"])
-        .arg(&bin)
-        .args(["get", "--appid", "wxro"])
-        .env_clear()
-        .env("WXTOKEN_DB", &db)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run setpriv (util-linux)");
-    chmod(&dir, 0o755);
-    let out = Out::from_output(out);
+    // As the owner, and as a reader in the owner's group (the database 0640).
+    let as_user = |uid: u32, args: &[&str]| {
+        let (uid, gid) = (uid.to_string(), STRANGER.to_string());
+        let out = Command::new("setpriv")
+            .args(["--reuid", &uid, "--regid", &uid, "--groups", &gid])
+            .arg(&bin)
+            .args(args)
+            .env_clear()
+            .env("WXTOKEN_DB", &db)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run setpriv (util-linux)");
+        Out::from_output(out)
+    };
+    let out = as_user(STRANGER, &["get", "--appid", "wxro"]);
     assert_eq!(out.value(), "READONLY_TOKEN");
+    chmod(&db, 0o640);
+    for uid in [STRANGER, STRANGER + 1] {
+        // What only reads works without write access, as on PostgreSQL with a reader role.
+        let list = as_user(uid, &["account", "list"]);
+        list.assert_code(0);
+        assert!(list.stdout.contains("wxro"), "{uid}: {list:?}");
+        let dry = as_user(uid, &["refresh", "--dry-run"]);
+        dry.assert_code(0);
+        assert!(dry.stdout.starts_with("wxro  "), "{uid}: {dry:?}");
+        as_user(uid, &["refresh"]).assert_one_line_error(5);
+    }
+    chmod(&dir, 0o755);
     let shm = companion(&db, "-shm");
     assert!(!shm.exists(), "nothing written beside it");
 }
