@@ -500,10 +500,23 @@ fn decode<T: serde::de::DeserializeOwned>(body: String) -> Result<T, Failure> {
     if body.trim().is_empty() {
         return Err(Failure::NotJson("empty body".to_string()));
     }
+    // Never the body's own words: an upstream that is not WeChat may echo anything,
+    // the secret in any disguise included. A fixed description, its shape and size.
     match serde_json::from_str(&body) {
         Ok(reply) => Ok(reply),
-        Err(e) if e.is_syntax() || e.is_eof() => Err(Failure::NotJson(body)),
-        Err(e) => Err(Failure::Invalid(e.to_string())),
+        Err(e) if e.is_syntax() || e.is_eof() => {
+            Err(Failure::NotJson(if body.trim_start().starts_with('<') {
+                format!("an HTML page of {} bytes", body.len())
+            } else {
+                format!("{} bytes that are not JSON", body.len())
+            }))
+        }
+        // serde's message quotes the offending value.
+        Err(e) => Err(Failure::Invalid(format!(
+            "JSON of another shape than WeChat's (line {}, column {})",
+            e.line(),
+            e.column()
+        ))),
     }
 }
 
@@ -524,6 +537,9 @@ fn check_errcode(errcode: Option<i64>, errmsg: Option<String>) -> Result<(), Fai
 fn scrub_failure(failure: Failure, secrets: &[&Secret]) -> Failure {
     let clean = |text: &str, max| {
         let scrubbed = (secrets.iter()).fold(text.to_string(), |t, s| secret::scrub(&t, s));
+        if secrets.iter().any(|s| quotes_secret(&scrubbed, s.expose())) {
+            return "(withheld: it quoted the secret, changed or encoded)".to_string();
+        }
         policy::one_line(&scrubbed, max)
     };
     match failure {
@@ -536,6 +552,54 @@ fn scrub_failure(failure: Failure, secrets: &[&Secret]) -> Failure {
         Failure::Invalid(s) => Failure::Invalid(clean(&s, 120)),
         http @ Failure::Http { .. } => http,
     }
+}
+
+/// Whether `text` holds a piece of `secret` that survived the literal scrub: changed in
+/// case, reversed, cut into pieces, or encoded as hex or base64 (what an echoing upstream
+/// may do). Any 8 characters in a row of the secret, or 12 of an encoding, count: a random
+/// secret's pieces are not found in ordinary text by chance.
+fn quotes_secret(text: &str, secret: &str) -> bool {
+    if secret.len() < 8 {
+        return false;
+    }
+    let text = text.to_ascii_lowercase();
+    let lower = secret.to_ascii_lowercase();
+    let reversed: String = lower.chars().rev().collect();
+    let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+    let b64 = base64(secret.as_bytes()).to_ascii_lowercase();
+    let url_b64 = b64.replace('+', "-").replace('/', "_");
+    let found = |variant: &str, window: usize| {
+        let bytes = variant.as_bytes();
+        bytes.len() >= window
+            && bytes
+                .windows(window)
+                .any(|w| std::str::from_utf8(w).is_ok_and(|w| text.contains(w)))
+    };
+    found(&lower, 8)
+        || found(&reversed, 8)
+        || found(&hex, 12)
+        || found(b64.trim_end_matches('='), 12)
+        || found(url_b64.trim_end_matches('='), 12)
+}
+
+/// Standard base64, for [`quotes_secret`].
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 pub fn unix_now() -> i64 {
@@ -558,6 +622,36 @@ fn jitter() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_is_the_standard_one() {
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn a_secret_in_disguise_is_found() {
+        let secret = "Qx7vSecretK9mWp2LzR4tYh8NbJ3cFdG";
+        let reversed: String = secret.chars().rev().collect();
+        let hex: String = secret.bytes().map(|b| format!("{b:02X}")).collect();
+        for text in [
+            secret.to_uppercase(),
+            format!("echo {reversed} done"),
+            format!("{} / {}", &secret[..16], &secret[16..]),
+            hex,
+            base64(secret.as_bytes()),
+            base64(secret.as_bytes())
+                .replace('+', "-")
+                .replace('/', "_"),
+        ] {
+            assert!(quotes_secret(&text, secret), "{text}");
+        }
+        assert!(!quotes_secret(
+            "invalid credential, access_token is invalid or not latest rid: 65a1b2c3-0d1e2f3a",
+            secret
+        ));
+    }
 
     #[test]
     fn parses_success_and_errors() {

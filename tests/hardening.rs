@@ -831,6 +831,77 @@ fn corruption_found_after_opening_exits_5_with_the_path() {
 
 // ---- the API base ---------------------------------------------------------------------------
 
+/// The secret in disguises an echoing upstream might use.
+fn disguises(secret: &str) -> Vec<String> {
+    let reversed: String = secret.chars().rev().collect();
+    let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+    let b64 = {
+        // Standard base64, written out so that the test depends on no crate.
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for c in secret.as_bytes().chunks(3) {
+            let n = c
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+            for i in 0..=c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    };
+    vec![
+        secret.to_lowercase(),
+        secret.to_uppercase(),
+        reversed,
+        format!("{} {}", &secret[..16], &secret[16..]),
+        hex.to_uppercase(),
+        b64,
+    ]
+}
+
+/// An upstream that echoes the secret changed or encoded (in a page that is not JSON, or
+/// in an errmsg): neither stderr, nor `status --json`, nor the attempts table show any of
+/// it. A page that is not WeChat's JSON is described, never quoted.
+#[test]
+fn a_secret_echoed_in_disguise_is_never_shown_nor_stored() {
+    let env = setup(&["wxecho"]);
+    let words = disguises(SECRET);
+    let page = format!("<html>{}</html>", words.join(" | "));
+    let mut outs = Vec::new();
+    for _ in 0..3 {
+        env.api.push(TOKEN, Reply::Body(page.clone()));
+    }
+    outs.push(run(&env, &["refresh"], 4));
+    for word in &words {
+        env.api.push(
+            TOKEN,
+            Reply::errcode(40013, &format!("invalid appid {word}")),
+        );
+        outs.push(run(&env, &["refresh", "--force"], 4));
+    }
+    env.api.push(
+        TOKEN,
+        Reply::Body(format!("{{\"errcode\": \"{SECRET}x\"}}")),
+    );
+    outs.push(run(&env, &["refresh", "--force"], 4));
+    outs.push(run(&env, &["status", "--json"], 0));
+    outs.push(run(&env, &["status"], 0));
+    assert!(outs[0].stderr.contains("an HTML page of"), "{:?}", outs[0]);
+    let attempts =
+        env.query("SELECT coalesce(errmsg, '') || ' ' || coalesce(detail, '') FROM attempts");
+    for word in words.iter().chain([&SECRET.to_string()]) {
+        let piece = &word[..12];
+        for out in &outs {
+            assert!(
+                !out.stderr.contains(piece) && !out.stdout.contains(piece),
+                "{word} shown: {out:?}"
+            );
+        }
+        assert!(!attempts.contains(piece), "{word} stored: {attempts}");
+    }
+}
+
 /// A percent-escape in the host resolves nowhere: a usage error before any request, not a
 /// network error tried three times.
 #[test]
@@ -892,6 +963,7 @@ fn a_malformed_api_base_fails_before_any_request() {
 also_on_postgres!(
     a_manual_refresh_after_another_run_fetches_again,
     a_refresh_against_a_dead_server_fails,
+    a_secret_echoed_in_disguise_is_never_shown_nor_stored,
     an_account_named_twice_is_fetched_once,
     a_failure_before_the_request_leaves_keeps_the_token_served,
     set_secret_and_enable_make_the_account_due_for_either_kind_of_run,
