@@ -96,6 +96,10 @@ fn classify(code: Option<rusqlite::ErrorCode>, text: String) -> StoreError {
     match code {
         Some(C::DatabaseBusy | C::DatabaseLocked) => StoreError::Busy(text),
         Some(C::NotADatabase | C::DatabaseCorrupt) => StoreError::Corrupt(text),
+        Some(C::DiskFull) => StoreError::Io(text.replace(
+            "database or disk is full",
+            "disk full (free some space on the filesystem that holds the database)",
+        )),
         // A file, directory or mount this user may only read: a reading command can still
         // open it read-only.
         Some(C::ReadOnly) => StoreError::ReadOnly(text),
@@ -1633,6 +1637,24 @@ fn db_error(err: rusqlite::Error, path: &Path) -> StoreError {
         "not an SQLite database (left untouched)".to_string()
     } else if code == Some(rusqlite::ErrorCode::FileLockingProtocolFailed) {
         crate::readers::explain_shm_locks(&text, path)
+    } else if let Some(full) = disk_full(code, path) {
+        full
+    } else if text.contains("unable to open database file") {
+        // Whose the file and its directory are, and their modes: what decides who may open.
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = dir.unwrap_or(Path::new("."));
+        let files: Vec<String> = filesafety::companions(path)
+            .iter()
+            .map(PathBuf::as_path)
+            .filter(|f| *f == path || f.exists())
+            .chain([dir])
+            .map(|f| format!("{}: {}", f.display(), filesafety::owner_and_mode(f)))
+            .collect();
+        format!(
+            "{text} ({}; this user is uid {})",
+            files.join("; "),
+            filesafety::euid()
+        )
     } else {
         text
     };
@@ -1640,6 +1662,23 @@ fn db_error(err: rusqlite::Error, path: &Path) -> StoreError {
         code,
         format!("could not use database {}: {reason}", path.display()),
     )
+}
+
+/// "disk full", with the space left, for SQLITE_FULL, and for the I/O error a write on a
+/// full filesystem gives (SQLite reports some of those as "disk I/O error") when the
+/// filesystem has less than 1 MiB left.
+fn disk_full(code: Option<rusqlite::ErrorCode>, path: &Path) -> Option<String> {
+    use rusqlite::ErrorCode as C;
+    let free = filesafety::free_bytes(path);
+    let full = match code {
+        Some(C::DiskFull) => true,
+        Some(C::SystemIoFailure) => free.is_some_and(|f| f < 1024 * 1024),
+        _ => false,
+    };
+    full.then(|| {
+        let left = free.map_or(String::new(), |f| format!(" ({} KiB free)", f / 1024));
+        format!("disk full{left}: free some space on the filesystem that holds it")
+    })
 }
 
 /// One `refresh` run, as monitoring sees it.

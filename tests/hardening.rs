@@ -669,6 +669,93 @@ fn a_full_disk_at_record_time_says_the_stored_token_dies_and_caps_it() {
     assert!(secs <= 300, "capped: {secs}");
 }
 
+/// A disk with a few KiB left, at the moment a new database is made: "disk full", with
+/// what to do, whichever error SQLite met (SQLITE_FULL, or "disk I/O error" for a write
+/// that found no room).
+#[test]
+fn a_nearly_full_disk_says_disk_full() {
+    if !root_or_skip("full-disk test on a small tmpfs") {
+        return;
+    }
+    let env = TestEnv::new();
+    let disk = SmallDisk::mount(&env);
+    let db = disk.0.join("wxtoken.db");
+    env.set_env("WXTOKEN_DB", &db.display().to_string());
+    let mut refused = 0;
+    for kib in [0u64, 4, 8, 16, 24, 40, 60] {
+        // A new database each time: the moment that met "disk I/O error".
+        for file in std::fs::read_dir(&disk.0).expect("list") {
+            std::fs::remove_file(file.expect("entry").path()).expect("clear");
+        }
+        disk.fill();
+        // Give back `kib` KiB: the filler's tail.
+        let filler = disk.0.join("filler");
+        let len = std::fs::metadata(&filler).expect("filler").len();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&filler)
+            .expect("open");
+        file.set_len(len.saturating_sub(kib * 1024))
+            .expect("truncate");
+        drop(file);
+        let out = env.run_with_stdin(
+            &["account", "add", "--appid", "wxnearlyfull"],
+            &format!("{SECRET}\n"),
+        );
+        std::fs::remove_file(&filler).expect("make room");
+        if out.code == 0 {
+            continue;
+        }
+        refused += 1;
+        assert!(
+            out.stderr.contains("disk full") && !out.stderr.contains("disk I/O error"),
+            "{kib} KiB free: {out:?}"
+        );
+        assert_eq!(out.stderr.lines().count(), 1, "{kib} KiB free: {out:?}");
+    }
+    assert!(refused >= 3, "the disk was never full enough: {refused}");
+}
+
+/// "unable to open database file" says whose the files and the directory are, and their
+/// modes, and who is asking: here a reader in the group, whose -wal and -shm are the
+/// owner's alone.
+#[test]
+fn a_database_that_will_not_open_names_owners_and_modes() {
+    if !root_or_skip("another user's database") {
+        return;
+    }
+    let env = TestEnv::new_in(&std::env::temp_dir());
+    add(&env, "wxmodes", "token");
+    run(&env, &["refresh"], 0);
+    let bin = env.dir.join("bin/wxtoken");
+    std::fs::create_dir_all(bin.parent().unwrap()).expect("mkdir bin");
+    std::fs::copy(env!("CARGO_BIN_EXE_wxtoken"), &bin).expect("copy the binary");
+    let db = env.db();
+    std::os::unix::fs::chown(&db, None, Some(STRANGER)).expect("chgrp");
+    chmod(&db, 0o640);
+    for suffix in ["-wal", "-shm"] {
+        chmod(&companion(&db, suffix), 0o600);
+    }
+    let reader = (STRANGER + 1).to_string();
+    let out = Command::new("setpriv")
+        .args(["--reuid", &reader, "--regid", &reader])
+        .args(["--groups", &STRANGER.to_string()])
+        .arg(&bin)
+        .args(["get", "--appid", "wxmodes"])
+        .env_clear()
+        .env("WXTOKEN_DB", &db)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run setpriv (util-linux)");
+    let out = Out::from_output(out);
+    out.assert_one_line_error(5).assert_stderr_has(&[
+        "unable to open database file",
+        &format!("{}: owner uid 0, mode 0640", db.display()),
+        &format!("{}-shm: owner uid 0, mode 0600", db.display()),
+        &format!("this user is uid {reader}"),
+    ]);
+}
+
 // ---- the database file is ours alone ------------------------------------------------------
 
 #[test]
