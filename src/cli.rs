@@ -541,7 +541,20 @@ pub fn usage_error_line(err: &clap::Error) -> String {
             parts.push(line.strip_prefix("error: ").unwrap_or(line));
         }
     }
-    parts.join(" ")
+    // A value quoted back may hold control characters: never printed raw.
+    crate::text::escaped(&parts.join(" "))
+}
+
+/// A name or template printed back in messages and listings: no control characters, which
+/// would reach terminals and logs raw.
+fn printable(text: &str) -> Result<String, String> {
+    if text.chars().any(char::is_control) {
+        return Err(format!(
+            "'{}' has control characters",
+            crate::text::escaped(text)
+        ));
+    }
+    Ok(text.to_string())
 }
 
 #[cfg(test)]
@@ -592,6 +605,7 @@ WXTOKEN_EXPIRES_AT, WXTOKEN_EXPIRES_IN and WXTOKEN_SINK in its environment.")]
 #[derive(Args, Debug)]
 pub struct SinkName {
     /// The sink's name
+    #[arg(value_parser = printable)]
     pub name: String,
 }
 
@@ -599,6 +613,7 @@ pub struct SinkName {
 #[command(group(clap::ArgGroup::new("target").required(true).args(["redis", "redis_env", "exec"])))]
 pub struct SinkAddArgs {
     /// A name for the sink: letters, digits, '.', '_' or '-'
+    #[arg(value_parser = printable)]
     pub name: String,
     /// Redis URL: redis://[USER@]HOST[:PORT][/DB], rediss:// for TLS, or - to read it from
     /// stdin (needed when it has a password)
@@ -618,7 +633,7 @@ pub struct SinkAddArgs {
     #[arg(long, value_name = "PREFIX")]
     pub prefix: Option<String>,
     /// Key template for plain and json, with {appid}, {agentid} and {kind}
-    #[arg(long = "key", value_name = "TEMPLATE")]
+    #[arg(long = "key", value_name = "TEMPLATE", value_parser = printable)]
     pub key_template: Option<String>,
     /// Publish only this account's tokens (repeatable; a WeCom app as CORPID/AGENTID);
     /// default: every account

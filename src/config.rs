@@ -404,6 +404,16 @@ fn location(flag: Option<PathBuf>, env: &str) -> Result<Location> {
         if path.as_os_str().is_empty() {
             return Err(usage(format!("{} is empty", source_name(env))));
         }
+        // Every message names the database: a path with control characters would reach
+        // terminals and logs raw (a URL's password is not at stake: it is refused first).
+        let shown = path.to_string_lossy();
+        if shown.chars().any(char::is_control) && !is_postgres_url(&shown) {
+            return Err(usage(format!(
+                "{} '{}' has control characters",
+                source_name(env),
+                crate::text::escaped(&shown)
+            )));
+        }
         if let Some(url) = path.to_str().filter(|p| is_postgres_url(p)) {
             let from_env = std::env::var_os(env).is_some_and(|v| v == path.as_os_str());
             return postgres_location(url, env, from_env);

@@ -356,6 +356,52 @@ fn refresh_appid_is_validated_and_never_echoed_raw() {
     assert_eq!(env.api.hits(TOKEN), 0);
 }
 
+/// Control characters in a sink name, a `--key` template or a database path: refused in
+/// one line that shows them escaped, never raw (they would reach terminals and logs).
+#[test]
+fn control_characters_in_names_templates_and_paths_are_shown_escaped() {
+    let env = setup(&["wxctl"]);
+    let red = "a\u{1b}[31mb";
+    let db = format!("{}/x\u{1b}[2J.db", env.dir.display());
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["sink", "add", red, "--exec", "true"],
+        vec!["sink", "test", red],
+        vec!["sink", "remove", "x\u{7}"],
+        vec![
+            "sink",
+            "add",
+            "s1",
+            "--redis",
+            "redis://127.0.0.1:1/0",
+            "--format",
+            "plain",
+            "--key",
+            "wx:\u{1b}[2J{appid}",
+        ],
+        vec!["--db", &db, "get", "--appid", "wxctl"],
+        vec!["store", "copy", "--to", &db],
+    ];
+    for args in cases {
+        let out = run(&env, &args, 2);
+        assert_eq!(out.stdout, "", "{args:?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {:?}", out.stderr);
+        assert!(
+            !out.stderr.trim_end().contains(char::is_control),
+            "{args:?}: {:?}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains("control characters"),
+            "{args:?}: {:?}",
+            out.stderr
+        );
+    }
+    env.set_env("WXTOKEN_DB", &db);
+    let out = run(&env, &["status"], 2);
+    assert!(out.stderr.contains("x\\u{1b}[2J.db"), "{:?}", out.stderr);
+    assert!(!std::path::Path::new(&db).exists());
+}
+
 #[test]
 fn an_absurd_lifetime_is_an_invalid_reply() {
     let env = setup(&["wxyear"]);
