@@ -12,7 +12,7 @@
 //!   that lost it records a `lost_claim` attempt and drops its token.
 //! - Secrets live in `account_secrets`, which the reader grant never names.
 
-use std::cell::{Cell, RefCell, RefMut};
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use postgres::Client;
@@ -121,6 +121,8 @@ fn typed<'a>(params: &[&'a dyn Typed]) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
 /// A connection to a wxtoken database on a PostgreSQL server.
 pub struct Postgres {
     client: RefCell<Client>,
+    /// How long its current unit of work has waited for the server (see [`answering`]).
+    watch: std::sync::Arc<answering::Watch>,
     /// Why the last reconnect failed, while the connection stays lost (see `c`).
     lost: RefCell<Option<String>>,
     config: PgConfig,
@@ -155,6 +157,165 @@ fn pg_error(config: &PgConfig, err: &postgres::Error) -> StoreError {
              with the refresher's role)"
         )),
         _ => StoreError::Io(message),
+    }
+}
+
+/// A server that takes a statement and never answers (stopped, or its host frozen, while
+/// the kernel still acknowledges): TCP's timeouts never fire, since nothing goes
+/// unacknowledged. A watchdog thread looks at every handle's unit of work in progress: past
+/// the bound (60 s, or the role's `statement_timeout` and 5 s) it asks the server, on a
+/// connection of its own, for `SELECT 1`. An answer within 10 s means the server is alive
+/// and the work merely long (a big `store copy`): the clock starts again. No answer: the
+/// process ends with exit 5 and one line, as for a database that cannot be reached.
+/// Claims are leases and expire on their own; an intent left behind caps the token as for
+/// any unrecorded fetch.
+mod answering {
+    use std::cell::RefMut;
+    use std::ops::{Deref, DerefMut};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex, OnceLock, Weak};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use postgres::Client;
+
+    use crate::pgconf::PgConfig;
+
+    /// Without a statement_timeout: as long as TCP's user timeout.
+    pub const DEFAULT_BOUND: Duration = Duration::from_secs(60);
+    /// Beyond the statement_timeout, for the server to notice and say so.
+    const SLACK: Duration = Duration::from_secs(5);
+    /// For the server to answer the probe.
+    pub const GRACE: Duration = Duration::from_secs(10);
+
+    static WATCHED: Mutex<Vec<Weak<Watch>>> = Mutex::new(Vec::new());
+    static WATCHDOG: OnceLock<()> = OnceLock::new();
+
+    fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    pub struct Watch {
+        /// When the unit of work in progress began (ms), 0 when none is.
+        since: AtomicU64,
+        bound_ms: AtomicU64,
+        /// A probe of the server is under way.
+        probing: AtomicBool,
+        config: PgConfig,
+    }
+
+    impl Watch {
+        pub fn new(config: &PgConfig) -> Arc<Watch> {
+            let watch = Arc::new(Watch {
+                since: AtomicU64::new(0),
+                bound_ms: AtomicU64::new(DEFAULT_BOUND.as_millis() as u64),
+                probing: AtomicBool::new(false),
+                config: config.clone(),
+            });
+            if let Ok(mut watched) = WATCHED.lock() {
+                watched.retain(|w| w.strong_count() > 0);
+                watched.push(Arc::downgrade(&watch));
+            }
+            WATCHDOG.get_or_init(|| {
+                std::thread::spawn(watchdog);
+            });
+            watch
+        }
+
+        /// The role's statement_timeout (0: none), which sets the bound.
+        pub fn set_statement_timeout(&self, ms: u64) {
+            let bound = match ms {
+                0 => DEFAULT_BOUND.as_millis() as u64,
+                ms => ms + SLACK.as_millis() as u64,
+            };
+            self.bound_ms.store(bound, Ordering::SeqCst);
+        }
+    }
+
+    /// The connection, borrowed for one unit of work, which the watchdog times.
+    pub struct Answering<'a> {
+        client: RefMut<'a, Client>,
+        watch: &'a Watch,
+    }
+
+    impl<'a> Answering<'a> {
+        pub fn start(client: RefMut<'a, Client>, watch: &'a Watch) -> Answering<'a> {
+            watch.since.store(now_ms(), Ordering::SeqCst);
+            Answering { client, watch }
+        }
+    }
+
+    impl Drop for Answering<'_> {
+        fn drop(&mut self) {
+            self.watch.since.store(0, Ordering::SeqCst);
+        }
+    }
+
+    impl Deref for Answering<'_> {
+        type Target = Client;
+        fn deref(&self) -> &Client {
+            &self.client
+        }
+    }
+
+    impl DerefMut for Answering<'_> {
+        fn deref_mut(&mut self) -> &mut Client {
+            &mut self.client
+        }
+    }
+
+    /// Asks the server for `SELECT 1` on a new connection: an answer restarts the clock,
+    /// none within [`GRACE`] ends the process.
+    fn probe(w: &Watch, bound: u64) {
+        let (done, answered) = std::sync::mpsc::channel();
+        let config = w.config.clone();
+        // On a thread of its own: connecting to a frozen server may hang past any timeout.
+        std::thread::spawn(move || {
+            let alive = crate::pgconn::connect(&config)
+                .is_ok_and(|mut c| c.simple_query("SELECT 1").is_ok());
+            let _ = done.send(alive);
+        });
+        if answered.recv_timeout(GRACE) == Ok(true) {
+            // Alive: the work is long, not lost. Unless it ended meanwhile, time it anew.
+            let since = w.since.load(Ordering::SeqCst);
+            if since != 0 {
+                let _ =
+                    w.since
+                        .compare_exchange(since, now_ms(), Ordering::SeqCst, Ordering::SeqCst);
+            }
+            w.probing.store(false, Ordering::SeqCst);
+            return;
+        }
+        eprintln!(
+            "wxtoken: error: database {} did not answer for {} s, nor a new connection \
+             (a server that stopped, or a network that drops its answers); gave up",
+            w.config,
+            (bound + GRACE.as_millis() as u64) / 1000
+        );
+        std::process::exit(i32::from(crate::exit::Exit::Database.code()));
+    }
+
+    fn watchdog() {
+        loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let watched: Vec<Arc<Watch>> = match WATCHED.lock() {
+                Ok(w) => w.iter().filter_map(Weak::upgrade).collect(),
+                Err(_) => return,
+            };
+            let now = now_ms();
+            for w in watched {
+                let since = w.since.load(Ordering::SeqCst);
+                let bound = w.bound_ms.load(Ordering::SeqCst);
+                if since == 0
+                    || now.saturating_sub(since) <= bound
+                    || w.probing.swap(true, Ordering::SeqCst)
+                {
+                    continue;
+                }
+                std::thread::spawn(move || probe(&w, bound));
+            }
+        }
     }
 }
 
@@ -306,6 +467,7 @@ impl Postgres {
     fn connect(config: &PgConfig, holder: Holder) -> Result<Postgres> {
         let client = crate::pgconn::connect(config).map_err(StoreError::Io)?;
         let store = Postgres {
+            watch: answering::Watch::new(config),
             client: RefCell::new(client),
             lost: RefCell::new(None),
             config: config.clone(),
@@ -324,13 +486,23 @@ impl Postgres {
         if self.holder.id.is_empty() {
             return Ok(());
         }
-        client
-            .batch_execute(&format!(
+        // In the same round trip: the statement_timeout the role or database sets, which
+        // a server that stopped answering is then given before the run gives up on it.
+        let messages = client
+            .simple_query(&format!(
                 "SELECT set_config('lock_timeout', '{}s', false)
-                 WHERE current_setting('lock_timeout') = '0'",
+                 WHERE current_setting('lock_timeout') = '0';
+                 SELECT (extract(epoch FROM current_setting('statement_timeout')::interval)
+                         * 1000)::bigint",
                 LOCK_TIMEOUT.as_secs()
             ))
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        let statement_ms = messages.iter().rev().find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse::<u64>().ok(),
+            _ => None,
+        });
+        self.watch.set_statement_timeout(statement_ms.unwrap_or(0));
+        Ok(())
     }
 
     /// Runs `statement`, cancelling it on the server if a stop signal comes meanwhile (the
@@ -371,12 +543,12 @@ impl Postgres {
     /// the holder id, hence any lease, stays the same. A failure ends the method with the
     /// old, closed connection, and `err` tells why the new one could not be made. Only a
     /// commit cut off in flight is not simply retried (`StoreError::Unsure`).
-    fn c(&self) -> RefMut<'_, Client> {
+    fn c(&self) -> answering::Answering<'_> {
         let mut client = self.client.borrow_mut();
         if client.is_closed() {
             self.reconnect(&mut client);
         }
-        client
+        answering::Answering::start(client, &self.watch)
     }
 
     fn reconnect(&self, client: &mut Client) {

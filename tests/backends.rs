@@ -1062,6 +1062,86 @@ fn a_host_with_a_wrong_clock_cannot_overspend_the_forced_refresh_budget() {
     assert_eq!(f.get(&[]).value(), second);
 }
 
+/// The processes of a server this test started: the postmaster and its children.
+fn server_processes(server: &pg::PgServer) -> Vec<String> {
+    let pidfile = std::fs::read_to_string(server.dir.join("data/postmaster.pid"))
+        .expect("read postmaster.pid");
+    let postmaster = pidfile.lines().next().expect("a pid").trim().to_string();
+    let mut pids = vec![postmaster.clone()];
+    for entry in std::fs::read_dir("/proc").expect("list /proc").flatten() {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid ...: the ppid is the second field after the ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1));
+        if ppid == Some(postmaster.as_str()) {
+            pids.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    pids
+}
+
+/// Server processes stopped with SIGSTOP, resumed when dropped (a failing test included).
+struct Frozen(Vec<String>);
+
+impl Frozen {
+    fn stop(pids: Vec<String>) -> Frozen {
+        signal_all(&pids, "STOP");
+        Frozen(pids)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal_all(&self.0, "CONT");
+    }
+}
+
+fn signal_all(pids: &[String], sig: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .args(pids)
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{sig} {pids:?}");
+}
+
+/// A server that takes the statements and never answers (every process of it stopped,
+/// while the kernel still acknowledges): the run ends on its own with exit 5 and one line
+/// that says so, after the role's statement_timeout and the grace for a cancel, instead
+/// of waiting for ever. The intent it wrote before the fetch caps the old token.
+#[test]
+fn a_server_that_stops_answering_ends_the_run_with_exit_5() {
+    let Some(server) = dedicated(false) else {
+        return;
+    };
+    let f = Fixture::on(server);
+    let db = f.pg.as_ref().unwrap();
+    db.query(&format!(
+        "ALTER DATABASE {} SET statement_timeout = '1s'",
+        db.name
+    ));
+    f.add(&["--appid", APPID]);
+    f.run(&["refresh"], 0);
+    f.env.api.gate(TOKEN);
+    let child = f.env.spawn(&["refresh", "--force"]);
+    assert!(f.env.api.wait_for_hits(TOKEN, 2, PATIENCE), "never fetched");
+    let frozen = Frozen::stop(server_processes(server));
+    f.env.api.open_gate(TOKEN);
+    let started = Instant::now();
+    let out = wait_unhung(child, "refresh against a server that stopped answering");
+    drop(frozen);
+    out.assert_code(5);
+    let errors = error_lines(&out);
+    assert_eq!(errors.len(), 1, "{out:?}");
+    assert!(errors[0].contains("did not answer for 16 s"), "{out:?}");
+    assert!(started.elapsed() < PATIENCE, "{:?}", started.elapsed());
+    assert!(
+        get_left(&f) <= 300,
+        "the unrecorded fetch caps the old token"
+    );
+}
+
 /// A fetch that outlives its claim, which another host then took over: its token is
 /// dropped, recorded once as lost (no retries), and `get --reject` and `refresh` exit 4,
 /// the fetch gave them nothing to hand out, not 5: the database is fine.
