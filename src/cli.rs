@@ -361,7 +361,7 @@ pub struct StatusArgs {
     #[arg(long)]
     pub check: bool,
     /// With --check: WARNING when an enabled account's newest valid token has less than
-    /// this left
+    /// this left (at least --crit)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30m", requires = "check")]
     pub warn: Duration,
     /// With --check: CRITICAL when an enabled account's newest valid token has less than
@@ -549,7 +549,20 @@ pub fn usage_error_line(err: &clap::Error) -> String {
             parts.push(line.strip_prefix("error: ").unwrap_or(line));
         }
     }
-    parts.join(" ")
+    // A value quoted back may hold control characters: never printed raw.
+    crate::text::escaped(&parts.join(" "))
+}
+
+/// A name or template printed back in messages and listings: no control characters, which
+/// would reach terminals and logs raw.
+fn printable(text: &str) -> Result<String, String> {
+    if text.chars().any(char::is_control) {
+        return Err(format!(
+            "'{}' has control characters",
+            crate::text::escaped(text)
+        ));
+    }
+    Ok(text.to_string())
 }
 
 #[cfg(test)]
@@ -602,6 +615,7 @@ HOME, USER, LOGNAME, LANG, LC_ALL, TZ and TMPDIR are kept; nothing else).")]
 #[derive(Args, Debug)]
 pub struct SinkName {
     /// The sink's name
+    #[arg(value_parser = printable)]
     pub name: String,
 }
 
@@ -609,6 +623,7 @@ pub struct SinkName {
 #[command(group(clap::ArgGroup::new("target").required(true).args(["redis", "redis_env", "exec"])))]
 pub struct SinkAddArgs {
     /// A name for the sink: letters, digits, '.', '_' or '-'
+    #[arg(value_parser = printable)]
     pub name: String,
     /// Redis URL: redis://[USER@]HOST[:PORT][/DB], rediss:// for TLS, redis+unix:///PATH,
     /// or - to read it from stdin (needed when it has a password or a pass, password or
@@ -629,7 +644,7 @@ pub struct SinkAddArgs {
     #[arg(long, value_name = "PREFIX")]
     pub prefix: Option<String>,
     /// Key template for plain and json, with {appid}, {agentid} and {kind}
-    #[arg(long = "key", value_name = "TEMPLATE")]
+    #[arg(long = "key", value_name = "TEMPLATE", value_parser = printable)]
     pub key_template: Option<String>,
     /// Publish only this account's tokens (repeatable; a WeCom app as CORPID/AGENTID);
     /// default: every account

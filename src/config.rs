@@ -178,11 +178,22 @@ impl Config {
                     reject,
                 })
             }
-            Command::Status(a) if a.check => Cmd::Check(CheckConfig {
-                accounts: account_keys(&a.appid)?,
-                warn: a.warn.as_secs() as i64,
-                crit: a.crit.as_secs() as i64,
-            }),
+            Command::Status(a) if a.check => {
+                let (warn, crit) = (seconds("--warn", a.warn)?, seconds("--crit", a.crit)?);
+                if warn < crit {
+                    return Err(usage(format!(
+                        "--warn ({}) is below --crit ({}): a token would be CRITICAL before it \
+                         ever warned; give --warn the longer time",
+                        crate::text::human(warn),
+                        crate::text::human(crit)
+                    )));
+                }
+                Cmd::Check(CheckConfig {
+                    accounts: account_keys(&a.appid)?,
+                    warn,
+                    crit,
+                })
+            }
             Command::Status(a) => Cmd::Status {
                 json: a.json,
                 accounts: account_keys(&a.appid)?,
@@ -358,6 +369,13 @@ fn check_base_url(url: &str) -> Result<(), String> {
     if host.is_empty() || host.contains(['[', ']', '@']) {
         return Err("it has no usable host".into());
     }
+    // A percent-escape in a host name resolves nowhere (no resolver decodes it): refused
+    // here rather than tried three times as a network error.
+    if host.contains('%') {
+        return Err(format!(
+            "the host '{host}' has a percent-escape (write the name as it is)"
+        ));
+    }
     if let Some(port) = port
         && !port.parse::<u16>().is_ok_and(|p| p > 0)
     {
@@ -385,6 +403,16 @@ fn location(flag: Option<PathBuf>, env: &str) -> Result<Location> {
     if let Some(path) = flag {
         if path.as_os_str().is_empty() {
             return Err(usage(format!("{} is empty", source_name(env))));
+        }
+        // Every message names the database: a path with control characters would reach
+        // terminals and logs raw (a URL's password is not at stake: it is refused first).
+        let shown = path.to_string_lossy();
+        if shown.chars().any(char::is_control) && !is_postgres_url(&shown) {
+            return Err(usage(format!(
+                "{} '{}' has control characters",
+                source_name(env),
+                crate::text::escaped(&shown)
+            )));
         }
         if let Some(url) = path.to_str().filter(|p| is_postgres_url(p)) {
             let from_env = std::env::var_os(env).is_some_and(|v| v == path.as_os_str());

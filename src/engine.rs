@@ -52,6 +52,8 @@ pub enum Done {
 #[derive(Default)]
 pub struct Stop {
     locked: AtomicBool,
+    /// The first lock error, which on PostgreSQL names the lock's holder.
+    reason: Mutex<Option<String>>,
 }
 
 impl Stop {
@@ -64,9 +66,17 @@ impl Stop {
         self.locked.load(Ordering::SeqCst)
     }
 
+    /// The first lock error met, once `locked`.
+    pub fn reason(&self) -> Option<String> {
+        self.reason.lock().map_or(None, |r| r.clone())
+    }
+
     /// Turns a store failure into `NotTried` (and stops the run) when it is the lock.
     fn failed(&self, err: &StoreError, done: impl FnOnce() -> Done) -> Done {
-        if matches!(err, StoreError::Busy(_)) {
+        if let StoreError::Busy(m) = err {
+            if let Ok(mut reason) = self.reason.lock() {
+                reason.get_or_insert_with(|| m.clone());
+            }
             self.locked.store(true, Ordering::SeqCst);
             Done::NotTried
         } else {
@@ -102,9 +112,14 @@ pub fn refresh(
     let now = clock();
     // Rows above the newest id now were inserted by a run that fetched after this one
     // started: those accounts are not due again.
-    let want = match (plan.want, store.newest_token_id()) {
-        (Want::Due { .. }, Ok(newest_at_start)) => Want::Due { newest_at_start },
-        (Want::Due { .. }, Err(err)) => {
+    // Read only when it decides something: it waits for recording transactions.
+    let newest = || store.newest_token_id();
+    let want = match (
+        plan.want,
+        matches!(plan.want, Want::Due { .. }).then(newest),
+    ) {
+        (Want::Due { .. }, Some(Ok(newest_at_start))) => Want::Due { newest_at_start },
+        (Want::Due { .. }, Some(Err(err))) => {
             let done = || {
                 stop.failed(&err, || {
                     Done::Unrecorded(format!("could not read the newest token id: {err}"))

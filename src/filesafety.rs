@@ -28,6 +28,34 @@ pub fn key_too_open(mode: u32, owner: u32, me: u32) -> bool {
 }
 
 /// The database file and its SQLite companions, in the order they are checked.
+/// The bytes an unprivileged user may still write on the filesystem that holds `path`
+/// (its directory, if it does not exist yet).
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = if path.exists() {
+        path
+    } else {
+        path.parent().filter(|p| !p.as_os_str().is_empty())?
+    };
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a NUL-terminated path and a zeroed statvfs for the call to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// `owner uid N, mode 0NNN` of `path`, or why it cannot be read, for messages about a
+/// file that would not open.
+pub fn owner_and_mode(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(m) => format!("owner uid {}, mode {:04o}", m.uid(), m.mode() & 0o7777),
+        Err(e) => format!("{e}"),
+    }
+}
+
 pub fn companions(db: &Path) -> [PathBuf; 3] {
     let with = |suffix: &str| {
         let mut name = db.as_os_str().to_owned();

@@ -169,6 +169,26 @@ pub fn connect(config: &PgConfig) -> Result<Client, String> {
     result.map_err(|e| connect_error(&e, config, &tls))
 }
 
+/// Asks the server to cancel the statement `token`'s session is running, over a connection
+/// made as `connect` makes them (a cancel request carries no password, only the key the
+/// server gave the session).
+pub fn cancel(token: &postgres::CancelToken, config: &PgConfig) -> Result<(), String> {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let default_root = home
+        .as_ref()
+        .map(|h| h.join(".postgresql/root.crt"))
+        .filter(|p| p.is_file())
+        .map(RootCert::File);
+    let done = match tls_policy(config, default_root)? {
+        Tls::Off => token.cancel_query(postgres::NoTls),
+        tls => token.cancel_query(MakeRustlsConnect::new(client_config(
+            &tls,
+            client_cert(config, home.as_deref()).as_ref(),
+        )?)),
+    };
+    done.map_err(|e| format!("could not cancel a statement on {config}: {e}"))
+}
+
 /// One line that says what to do. The client's own text never holds the password.
 fn connect_error(err: &postgres::Error, config: &PgConfig, tls: &Tls) -> String {
     let mut text = format!("{err}");

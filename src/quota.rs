@@ -131,6 +131,12 @@ pub fn confirmed(answer: &str) -> bool {
     matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
+/// Whether a quota check's errcode says the token it used is dead (replaced by another
+/// fetcher's, or expired early), not merely that the call failed.
+pub fn token_is_dead(errcode: i64) -> bool {
+    matches!(errcode, 40001 | 40014 | 42001)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -136,6 +136,19 @@ pub fn read_only_refusal(db: &Path) -> Option<String> {
 }
 
 /// A reader's open error, with what to do when the reason is a missing `-wal` or `-shm`.
+/// SQLite's "locking protocol": another process holds locks in the `-shm` file that SQLite
+/// needs, and it gave up after its retries. Any process that can read the `-shm` (a reader
+/// in the group, a `sqlite3` shell) can do that, for as long as it likes: name the likely
+/// cause and how to find it.
+pub fn explain_shm_locks(text: &str, db: &Path) -> String {
+    let shm = crate::text::escaped(&format!("{}-shm", db.display()));
+    format!(
+        "{text}: another process holds locks on {shm} (any process that can read it, a \
+         reader in the group included, can stop writes this way): find it with \
+         `fuser -v {shm}` or `lsof {shm}`, and stop it"
+    )
+}
+
 pub fn explain_open_error(text: &str, db: &Path) -> Option<String> {
     if !(text.contains("unable to open database file") || text.contains("readonly database")) {
         return None;

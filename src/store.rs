@@ -95,6 +95,13 @@ fn classify(code: Option<rusqlite::ErrorCode>, text: String) -> StoreError {
     match code {
         Some(C::DatabaseBusy | C::DatabaseLocked) => StoreError::Busy(text),
         Some(C::NotADatabase | C::DatabaseCorrupt) => StoreError::Corrupt(text),
+        Some(C::DiskFull) => StoreError::Io(text.replace(
+            "database or disk is full",
+            "disk full (free some space on the filesystem that holds the database)",
+        )),
+        // A file, directory or mount this user may only read: a reading command can still
+        // open it read-only.
+        Some(C::ReadOnly) => StoreError::ReadOnly(text),
         _ => StoreError::Io(text),
     }
 }
@@ -254,6 +261,10 @@ pub trait Store: ReadStore + Sinks + Send {
     /// before the request leaves: if the outcome is never recorded, readers know that the
     /// stored token may have been replaced at WeChat.
     fn begin_fetch(&self, account_id: i64, now: i64) -> Result<()>;
+    /// Ends a token WeChat says is dead (40001 to `quota`) at `now` (on PostgreSQL, the
+    /// server's now), unless it expired already: `get` stops serving it and the next
+    /// refresh finds the account due. The row stays, as every fetch's does.
+    fn retire_token(&self, token_id: i64, now: i64) -> Result<()>;
     /// Records a fetch all at once: the new row (unless WeChat handed back the newest one
     /// again), the attempt, and for an access token the account's hold and due flag (only
     /// while its secret is still the one the fetch used) and the end of this process's
@@ -439,7 +450,8 @@ impl Sqlite {
     /// put it there.
     fn open(path: &Path, holder: Holder) -> Result<Sqlite> {
         if let Some(refusal) = crate::readers::read_only_refusal(path) {
-            return Err(StoreError::Io(refusal));
+            // ReadOnly: a command that only reads falls back to a reading handle.
+            return Err(StoreError::ReadOnly(refusal));
         }
         check_dir(path)?;
         let is_link = match std::fs::symlink_metadata(path) {
@@ -1317,6 +1329,13 @@ impl Store for Sqlite {
         Ok(())
     }
 
+    fn retire_token(&self, token_id: i64, now: i64) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE tokens SET expires_at = ?2 WHERE id = ?1 AND expires_at > ?2")?
+            .execute(params![token_id, now])?;
+        Ok(())
+    }
+
     fn record_fetch(&self, record: &FetchRecord) -> Result<Recorded> {
         let FetchRecord {
             account_id,
@@ -1747,6 +1766,26 @@ fn db_error(err: rusqlite::Error, path: &Path) -> StoreError {
     let text = err.to_string();
     let reason = if text.contains("file is not a database") {
         "not an SQLite database (left untouched)".to_string()
+    } else if code == Some(rusqlite::ErrorCode::FileLockingProtocolFailed) {
+        crate::readers::explain_shm_locks(&text, path)
+    } else if let Some(full) = disk_full(code, path) {
+        full
+    } else if text.contains("unable to open database file") {
+        // Whose the file and its directory are, and their modes: what decides who may open.
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = dir.unwrap_or(Path::new("."));
+        let files: Vec<String> = filesafety::companions(path)
+            .iter()
+            .map(PathBuf::as_path)
+            .filter(|f| *f == path || f.exists())
+            .chain([dir])
+            .map(|f| format!("{}: {}", f.display(), filesafety::owner_and_mode(f)))
+            .collect();
+        format!(
+            "{text} ({}; this user is uid {})",
+            files.join("; "),
+            filesafety::euid()
+        )
     } else {
         text
     };
@@ -1754,6 +1793,23 @@ fn db_error(err: rusqlite::Error, path: &Path) -> StoreError {
         code,
         format!("could not use database {}: {reason}", path.display()),
     )
+}
+
+/// "disk full", with the space left, for SQLITE_FULL, and for the I/O error a write on a
+/// full filesystem gives (SQLite reports some of those as "disk I/O error") when the
+/// filesystem has less than 1 MiB left.
+fn disk_full(code: Option<rusqlite::ErrorCode>, path: &Path) -> Option<String> {
+    use rusqlite::ErrorCode as C;
+    let free = filesafety::free_bytes(path);
+    let full = match code {
+        Some(C::DiskFull) => true,
+        Some(C::SystemIoFailure) => free.is_some_and(|f| f < 1024 * 1024),
+        _ => false,
+    };
+    full.then(|| {
+        let left = free.map_or(String::new(), |f| format!(" ({} KiB free)", f / 1024));
+        format!("disk full{left}: free some space on the filesystem that holds it")
+    })
 }
 
 /// One `refresh` run, as monitoring sees it.

@@ -12,7 +12,7 @@
 //!   that lost it records a `lost_claim` attempt and drops its token.
 //! - Secrets live in `account_secrets`, which the reader grant never names.
 
-use std::cell::{Cell, RefCell, RefMut};
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use postgres::Client;
@@ -42,13 +42,22 @@ const MIGRATIONS: &[&str] = &[
 /// The key of the advisory lock that serialises migrations. Advisory locks are per
 /// database, so other wxtoken databases on the server do not contend for it.
 const MIGRATION_LOCK: i64 = 0x7778_746f_6b65_6e00; // "wxtoken\0"
-/// The advisory lock that recording transactions hold shared and `newest_token_id` takes
-/// alone for an instant.
-const RECORD_LOCK: i64 = 0x7778_746f_6b65_6e01;
 /// The advisory lock that commands writing a secret or replacing the key file hold
 /// (`with_secrets_lock`), for this session: it outlives their transactions, and ends with
-/// the connection if the process dies.
+/// the connection if the process dies. (A role that can connect can take it too, and so
+/// delay those commands; the wait is bounded by `LOCK_TIMEOUT`.)
 const SECRETS_LOCK: i64 = 0x7778_746f_6b65_6e02;
+/// The row lock that recording transactions hold shared and `newest_token_id` takes alone
+/// for an instant: schema version 1's row, which every wxtoken database has. Not an
+/// advisory lock: any role that can connect may take those (a reader holding it stopped
+/// every refresher), while locking a row needs UPDATE on its table, which only the
+/// refresher's role has.
+const RECORD_LOCK_ROW: &str = "SELECT 1 FROM schema_migrations WHERE version = 1";
+
+/// How long a writing session waits for a lock (another session's transaction) before the
+/// statement fails, unless the role or the database sets its own `lock_timeout`: as long
+/// as SQLite's busy timeout.
+pub const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The database clock, in the Unix seconds every time column holds: whole seconds cut
 /// down, as a host reads its own clock. (A plain `::bigint` cast rounds, which put the
@@ -117,6 +126,8 @@ fn typed<'a>(params: &[&'a dyn Typed]) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
 /// A connection to a wxtoken database on a PostgreSQL server.
 pub struct Postgres {
     client: RefCell<Client>,
+    /// How long its current unit of work has waited for the server (see [`answering`]).
+    watch: std::sync::Arc<answering::Watch>,
     /// Why the last reconnect failed, while the connection stays lost (see `c`).
     lost: RefCell<Option<String>>,
     config: PgConfig,
@@ -134,9 +145,14 @@ fn pg_error(config: &PgConfig, err: &postgres::Error) -> StoreError {
         None => err.to_string(),
     };
     let message = format!("could not use database {config}: {text}");
-    match err.code().map(|c| c.code()) {
+    let code = err.code().map(|c| c.code());
+    if code == Some("55P03") && text.contains("lock timeout") {
+        return StoreError::Busy(format!("{message}: {}", lock_holders(config)));
+    }
+    match code {
         // serialization_failure, deadlock_detected, lock_not_available
-        Some("40001" | "40P01" | "55P03") => StoreError::Busy(message),
+        // ... and query_canceled: a wait that a stop signal (or statement_timeout) cut short
+        Some("40001" | "40P01" | "55P03" | "57014") => StoreError::Busy(message),
         // undefined_table, undefined_column: not (or not yet) a wxtoken database
         Some("42P01" | "42703") => StoreError::Schema(message),
         // insufficient_privilege: a role short of a grant, most likely a reader's
@@ -146,6 +162,231 @@ fn pg_error(config: &PgConfig, err: &postgres::Error) -> StoreError {
              with the refresher's role)"
         )),
         _ => StoreError::Io(message),
+    }
+}
+
+/// A server that takes a statement and never answers (stopped, or its host frozen, while
+/// the kernel still acknowledges): TCP's timeouts never fire, since nothing goes
+/// unacknowledged. A watchdog thread looks at every handle's unit of work in progress: past
+/// the bound (60 s, or the role's `statement_timeout` and 5 s) it asks the server, on a
+/// connection of its own, for `SELECT 1`. An answer within 10 s means the server is alive
+/// and the work merely long (a big `store copy`): the clock starts again. No answer: the
+/// process ends with exit 5 and one line, as for a database that cannot be reached.
+/// Claims are leases and expire on their own; an intent left behind caps the token as for
+/// any unrecorded fetch.
+mod answering {
+    use std::cell::RefMut;
+    use std::ops::{Deref, DerefMut};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex, OnceLock, Weak};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use postgres::Client;
+
+    use crate::pgconf::PgConfig;
+
+    /// Without a statement_timeout: as long as TCP's user timeout.
+    pub const DEFAULT_BOUND: Duration = Duration::from_secs(60);
+    /// Beyond the statement_timeout, for the server to notice and say so.
+    const SLACK: Duration = Duration::from_secs(5);
+    /// For the server to answer the probe.
+    pub const GRACE: Duration = Duration::from_secs(10);
+
+    static WATCHED: Mutex<Vec<Weak<Watch>>> = Mutex::new(Vec::new());
+    static WATCHDOG: OnceLock<()> = OnceLock::new();
+
+    fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    pub struct Watch {
+        /// When the unit of work in progress began (ms), 0 when none is.
+        since: AtomicU64,
+        bound_ms: AtomicU64,
+        /// A probe of the server is under way.
+        probing: AtomicBool,
+        config: PgConfig,
+    }
+
+    impl Watch {
+        pub fn new(config: &PgConfig) -> Arc<Watch> {
+            let watch = Arc::new(Watch {
+                since: AtomicU64::new(0),
+                bound_ms: AtomicU64::new(DEFAULT_BOUND.as_millis() as u64),
+                probing: AtomicBool::new(false),
+                config: config.clone(),
+            });
+            if let Ok(mut watched) = WATCHED.lock() {
+                watched.retain(|w| w.strong_count() > 0);
+                watched.push(Arc::downgrade(&watch));
+            }
+            WATCHDOG.get_or_init(|| {
+                std::thread::spawn(watchdog);
+            });
+            watch
+        }
+
+        /// The role's statement_timeout (0: none), which sets the bound.
+        pub fn set_statement_timeout(&self, ms: u64) {
+            let bound = match ms {
+                0 => DEFAULT_BOUND.as_millis() as u64,
+                ms => ms + SLACK.as_millis() as u64,
+            };
+            self.bound_ms.store(bound, Ordering::SeqCst);
+        }
+    }
+
+    /// The connection, borrowed for one unit of work, which the watchdog times.
+    pub struct Answering<'a> {
+        client: RefMut<'a, Client>,
+        watch: &'a Watch,
+    }
+
+    impl<'a> Answering<'a> {
+        pub fn start(client: RefMut<'a, Client>, watch: &'a Watch) -> Answering<'a> {
+            watch.since.store(now_ms(), Ordering::SeqCst);
+            Answering { client, watch }
+        }
+    }
+
+    impl Drop for Answering<'_> {
+        fn drop(&mut self) {
+            self.watch.since.store(0, Ordering::SeqCst);
+        }
+    }
+
+    impl Deref for Answering<'_> {
+        type Target = Client;
+        fn deref(&self) -> &Client {
+            &self.client
+        }
+    }
+
+    impl DerefMut for Answering<'_> {
+        fn deref_mut(&mut self) -> &mut Client {
+            &mut self.client
+        }
+    }
+
+    /// Asks the server for `SELECT 1` on a new connection: an answer restarts the clock,
+    /// none within [`GRACE`] ends the process.
+    fn probe(w: &Watch, bound: u64) {
+        let (done, answered) = std::sync::mpsc::channel();
+        let config = w.config.clone();
+        // On a thread of its own: connecting to a frozen server may hang past any timeout.
+        std::thread::spawn(move || {
+            let alive = crate::pgconn::connect(&config)
+                .is_ok_and(|mut c| c.simple_query("SELECT 1").is_ok());
+            let _ = done.send(alive);
+        });
+        if answered.recv_timeout(GRACE) == Ok(true) {
+            // Alive: the work is long, not lost. Unless it ended meanwhile, time it anew.
+            let since = w.since.load(Ordering::SeqCst);
+            if since != 0 {
+                let _ =
+                    w.since
+                        .compare_exchange(since, now_ms(), Ordering::SeqCst, Ordering::SeqCst);
+            }
+            w.probing.store(false, Ordering::SeqCst);
+            return;
+        }
+        eprintln!(
+            "wxtoken: error: database {} did not answer for {} s, nor a new connection \
+             (a server that stopped, or a network that drops its answers); gave up",
+            w.config,
+            (bound + GRACE.as_millis() as u64) / 1000
+        );
+        std::process::exit(i32::from(crate::exit::Exit::Database.code()));
+    }
+
+    fn watchdog() {
+        loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let watched: Vec<Arc<Watch>> = match WATCHED.lock() {
+                Ok(w) => w.iter().filter_map(Weak::upgrade).collect(),
+                Err(_) => return,
+            };
+            let now = now_ms();
+            for w in watched {
+                let since = w.since.load(Ordering::SeqCst);
+                let bound = w.bound_ms.load(Ordering::SeqCst);
+                if since == 0
+                    || now.saturating_sub(since) <= bound
+                    || w.probing.swap(true, Ordering::SeqCst)
+                {
+                    continue;
+                }
+                std::thread::spawn(move || probe(&w, bound));
+            }
+        }
+    }
+}
+
+/// Who holds the locks that a statement gave up on, asked on a connection of its own (the
+/// session that waited is inside a failed transaction): the sessions with an open
+/// transaction that locked rows of wxtoken's tables, and those holding an advisory lock,
+/// with their pid, role and application name. The session that waited has locked no row.
+fn lock_holders(config: &PgConfig) -> String {
+    let ask = || -> std::result::Result<(String, Vec<String>), String> {
+        let mut c = crate::pgconn::connect(config)?;
+        // This session has not set wxtoken's bound: '0' means it applied.
+        let timeout: String = c
+            .query_one("SELECT current_setting('lock_timeout')", &[])
+            .map_err(|e| e.to_string())?
+            .get(0);
+        let timeout = match timeout.as_str() {
+            "0" => format!("{}s", LOCK_TIMEOUT.as_secs()),
+            _ => timeout,
+        };
+        let rows = c
+            .query(
+                "SELECT DISTINCT a.pid, a.usename::text, a.application_name
+                 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE l.granted AND l.pid <> pg_backend_pid()
+                   AND l.database = (SELECT oid FROM pg_database
+                                     WHERE datname = current_database())
+                   AND ((l.locktype = 'advisory' AND l.classid::bigint = $1)
+                        OR (l.locktype = 'relation' AND l.mode <> 'AccessShareLock'
+                            AND l.relation IN (to_regclass('schema_migrations'),
+                                to_regclass('accounts'), to_regclass('claims'),
+                                to_regclass('tokens'))
+                            AND EXISTS (SELECT 1 FROM pg_locks x
+                                        WHERE x.pid = l.pid AND x.locktype = 'transactionid')))
+                 ORDER BY a.pid LIMIT 5",
+                &[&(MIGRATION_LOCK >> 32)],
+            )
+            .map_err(|e| e.to_string())?;
+        let holders = rows
+            .iter()
+            .map(|r| {
+                let app: Option<String> = r.get(2);
+                format!(
+                    "pid {} (role {}, application {})",
+                    r.get::<_, i32>(0),
+                    crate::text::escaped(&r.get::<_, Option<String>>(1).unwrap_or_default()),
+                    crate::text::escaped(
+                        app.as_deref()
+                            .filter(|a| !a.is_empty())
+                            .unwrap_or("unnamed")
+                    )
+                )
+            })
+            .collect();
+        Ok((timeout, holders))
+    };
+    match ask() {
+        Ok((timeout, holders)) if !holders.is_empty() => format!(
+            "waited {timeout}, the lock is held by {}: end that transaction (or \
+             SELECT pg_terminate_backend(PID))",
+            holders.join(", ")
+        ),
+        Ok((timeout, _)) => format!(
+            "waited {timeout}; its holder has gone (see pg_locks and pg_stat_activity if it \
+             happens again)"
+        ),
+        Err(e) => format!("could not tell who holds the lock: {e}"),
     }
 }
 
@@ -230,13 +471,74 @@ impl Postgres {
 
     fn connect(config: &PgConfig, holder: Holder) -> Result<Postgres> {
         let client = crate::pgconn::connect(config).map_err(StoreError::Io)?;
-        Ok(Postgres {
+        let store = Postgres {
+            watch: answering::Watch::new(config),
             client: RefCell::new(client),
             lost: RefCell::new(None),
             config: config.clone(),
             holder,
             verified: Cell::new(false),
-        })
+        };
+        store.bound_lock_waits(&mut store.client.borrow_mut())?;
+        Ok(store)
+    }
+
+    /// A writing session waits at most [`LOCK_TIMEOUT`] for a lock, unless the role or the
+    /// database has a `lock_timeout` of its own. Without a bound, any session that kept a
+    /// transaction open on a row wxtoken locks would stop every refresher for as long as
+    /// it liked. A reader's handle takes no locks, and `get` stays one round trip.
+    fn bound_lock_waits(&self, client: &mut Client) -> Result<()> {
+        if self.holder.id.is_empty() {
+            return Ok(());
+        }
+        // In the same round trip: the statement_timeout the role or database sets, which
+        // a server that stopped answering is then given before the run gives up on it.
+        let messages = client
+            .simple_query(&format!(
+                "SELECT set_config('lock_timeout', '{}s', false)
+                 WHERE current_setting('lock_timeout') = '0';
+                 SELECT (extract(epoch FROM current_setting('statement_timeout')::interval)
+                         * 1000)::bigint",
+                LOCK_TIMEOUT.as_secs()
+            ))
+            .map_err(|e| self.err(e))?;
+        let statement_ms = messages.iter().rev().find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse::<u64>().ok(),
+            _ => None,
+        });
+        self.watch.set_statement_timeout(statement_ms.unwrap_or(0));
+        Ok(())
+    }
+
+    /// Runs `statement`, cancelling it on the server if a stop signal comes meanwhile (the
+    /// handler only sets a flag, and a statement waiting for a lock would otherwise make
+    /// `refresh` wait for the lock timeout after SIGTERM).
+    fn cancelled_by_a_stop_signal<T>(
+        &self,
+        token: postgres::CancelToken,
+        statement: impl FnOnce() -> T,
+    ) -> T {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let done = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (done, config) = (done.clone(), self.config.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    if crate::signals::caught().is_some() {
+                        if let Err(e) = crate::pgconn::cancel(&token, &config) {
+                            log::warn!("{e}");
+                        }
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            })
+        };
+        let result = statement();
+        done.store(true, Ordering::SeqCst);
+        let _ = watcher.join();
+        result
     }
 
     /// The connection. Never borrowed across another call of ours.
@@ -246,12 +548,12 @@ impl Postgres {
     /// the holder id, hence any lease, stays the same. A failure ends the method with the
     /// old, closed connection, and `err` tells why the new one could not be made. Only a
     /// commit cut off in flight is not simply retried (`StoreError::Unsure`).
-    fn c(&self) -> RefMut<'_, Client> {
+    fn c(&self) -> answering::Answering<'_> {
         let mut client = self.client.borrow_mut();
         if client.is_closed() {
             self.reconnect(&mut client);
         }
-        client
+        answering::Answering::start(client, &self.watch)
     }
 
     fn reconnect(&self, client: &mut Client) {
@@ -260,6 +562,9 @@ impl Postgres {
                 log::info!("reconnected to {} after losing the connection", self.config);
                 *client = new;
                 self.lost.replace(None);
+                if let Err(e) = self.bound_lock_waits(client) {
+                    log::warn!("{e}");
+                }
             }
             Err(reason) => {
                 self.lost.replace(Some(reason));
@@ -624,17 +929,21 @@ impl ReadStore for Postgres {
         self.verify()?;
         let config = &self.config;
         let err = |e: postgres::Error| pg_error(config, &e);
+        let reader = self.holder.id.is_empty();
         let mut c = self.c();
         let mut tx = c.transaction().map_err(err)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&RECORD_LOCK])
+        // A reader's handle (`refresh --dry-run`, which records nothing) may not lock the
+        // row, nor select `tokens`; the newest row of all is the newest of its account and
+        // kind, so the view has it too.
+        if !reader {
+            // Nothing is fetched yet: a stop signal may cut this wait short.
+            let token = tx.cancel_token();
+            self.cancelled_by_a_stop_signal(token, || {
+                tx.execute(&format!("{RECORD_LOCK_ROW} FOR UPDATE"), &[])
+            })
             .map_err(err)?;
-        // A reader's handle (`refresh --dry-run`) may not select `tokens`; the newest row of
-        // all is the newest of its account and kind, so the view has it too.
-        let table = if self.holder.id.is_empty() {
-            "latest_tokens"
-        } else {
-            "tokens"
-        };
+        }
+        let table = if reader { "latest_tokens" } else { "tokens" };
         let newest: i64 = tx
             .query_one(
                 &format!("SELECT coalesce(max(id), 0)::bigint FROM {table}"),
@@ -1136,6 +1445,19 @@ impl Store for Postgres {
         Ok(())
     }
 
+    /// On the server's clock, which judges validity; `now` is not used.
+    fn retire_token(&self, token_id: i64, _now: i64) -> Result<()> {
+        self.c()
+            .execute_typed(
+                &format!(
+                    "UPDATE tokens SET expires_at = {NOW} WHERE id = $1 AND expires_at > {NOW}"
+                ),
+                &typed(&[&token_id]),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// One round trip (an unnamed statement): per enabled account and kind, one descent of
     /// tokens_newest. Times are shifted into this host's clock as `latest_token` does.
     fn all_newest(&self) -> Result<Vec<Newest>> {
@@ -1213,7 +1535,7 @@ impl Store for Postgres {
         let tries = i64::from(outcome.tries);
         let mut c = self.c();
         let mut tx = c.transaction().map_err(err)?;
-        // The shared advisory lock: a refresh starting now waits for this commit before it
+        // The shared record lock: a refresh starting now waits for this commit before it
         // reads the newest token id (see `newest_token_id`). The claim's row lock makes a
         // concurrent takeover wait for this commit, or this check see the new holder:
         // either way only one holder's token is stored. The account's row lock keeps a
@@ -1227,12 +1549,12 @@ impl Store for Postgres {
                         (SELECT token FROM tokens WHERE account_id = $1 AND kind = $3
                          ORDER BY id DESC LIMIT 1),
                         a.appid, a.agent, s.secret
-                 FROM (SELECT pg_advisory_xact_lock_shared($4)) l,
+                 FROM (SELECT count(*) FROM ({RECORD_LOCK_ROW} FOR KEY SHARE) r) l,
                       accounts a LEFT JOIN account_secrets s ON s.account_id = a.id
                  WHERE a.id = $1
                  FOR UPDATE OF a"
                 ),
-                &typed(&[&account_id, &self.holder.id, &kind, &RECORD_LOCK]),
+                &typed(&[&account_id, &self.holder.id, &kind]),
             )
             .map_err(err)?;
         // No row: the account was removed, and its claim with it.

@@ -35,9 +35,32 @@ pub fn human(secs: i64) -> String {
     format!("{sign}{text}")
 }
 
+/// `text` with its control characters escaped (`\n`, `\u{1b}`), so that a name or a path
+/// taken from the user prints on one line and cannot move the cursor or recolour a terminal.
+pub fn escaped(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escaped("plain/äpp"), "plain/äpp");
+        assert_eq!(escaped("a\nb\x1b[31m\t"), "a\\nb\\u{1b}[31m\\t");
+    }
 
     #[test]
     fn formats() {

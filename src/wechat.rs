@@ -141,8 +141,13 @@ impl Client {
             .input_buffer_size(16 * 1024)
             .output_buffer_size(4 * 1024)
             .build();
+        // The default chain (TCP, a proxy's CONNECT, TLS), then the marker that notes when
+        // a request's first byte goes out.
+        use ureq::unversioned::transport::Connector;
+        let connector = ureq::unversioned::transport::DefaultConnector::new().chain(sent::Marker);
+        let resolver = ureq::unversioned::resolver::DefaultResolver::default();
         Client {
-            agent: config.into(),
+            agent: ureq::Agent::with_parts(config, connector, resolver),
             api_base: api_base.trim_end_matches('/').to_string(),
             work_api_base: work_api_base.trim_end_matches('/').to_string(),
             hidden: [api_base, work_api_base]
@@ -206,6 +211,7 @@ impl Client {
         loop {
             tries += 1;
             let sent_at = unix_now();
+            sent::reset();
             let attempt: Try<T> = once().into();
             let result = attempt.result.map_err(|f| {
                 let hidden = std::iter::once(secret).chain(&self.hidden);
@@ -215,7 +221,12 @@ impl Client {
             // leaves the question open.
             unsure |= attempt.reached && !matches!(result, Ok(_) | Err(Failure::WeChat { .. }));
             match &result {
-                Err(failure) if failure.is_transient() && tries < MAX_TRIES => {
+                // After a stop signal no new request goes out: the run is ending.
+                Err(failure)
+                    if failure.is_transient()
+                        && tries < MAX_TRIES
+                        && crate::signals::caught().is_none() =>
+                {
                     let wait = policy::backoff(self.retry_base, tries, jitter());
                     log::debug!("try {tries} failed ({failure}); retrying in {wait:?}");
                     std::thread::sleep(wait);
@@ -280,7 +291,10 @@ fn exchange(
     response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     field: &str,
 ) -> Try<Fetched> {
-    let reached = !matches!(&response, Err(e) if never_sent(e));
+    // Only what failed after the request began to leave may have reached WeChat: not a
+    // name that did not resolve, a refused connection, nor a TLS handshake that failed.
+    let reached =
+        response.is_ok() || (sent::began() && !matches!(&response, Err(e) if never_sent(e)));
     let clock_offset = response.as_ref().ok().and_then(|r| {
         let date = r.headers().get("date")?.to_str().ok()?;
         let at = chrono::DateTime::parse_from_rfc2822(date).ok()?;
@@ -290,6 +304,78 @@ fn exchange(
         result: read_body(base, response).and_then(|body| parse_reply(body, field)),
         reached,
         clock_offset,
+    }
+}
+
+/// Whether this thread's request began to leave: set by the outermost transport (above
+/// TLS) when it first writes, so the TCP connect, a proxy's CONNECT and the TLS handshake
+/// never set it. A request runs on its caller's thread, so the flag is per thread.
+mod sent {
+    use std::cell::Cell;
+
+    use ureq::unversioned::transport::{
+        Buffers, ConnectionDetails, Connector, NextTimeout, Transport,
+    };
+
+    thread_local! {
+        static BEGAN: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Before a request.
+    pub fn reset() {
+        BEGAN.with(|b| b.set(false));
+    }
+
+    /// After it: whether any of its bytes were handed to the connection.
+    pub fn began() -> bool {
+        BEGAN.with(Cell::get)
+    }
+
+    /// Wraps the transport that the rest of the chain made.
+    #[derive(Debug)]
+    pub struct Marker;
+
+    impl<In: Transport> Connector<In> for Marker {
+        type Out = Marked<In>;
+
+        fn connect(
+            &self,
+            _: &ConnectionDetails,
+            chained: Option<In>,
+        ) -> Result<Option<Marked<In>>, ureq::Error> {
+            Ok(chained.map(Marked))
+        }
+    }
+
+    #[derive(Debug)]
+    pub struct Marked<T>(T);
+
+    impl<T: Transport> Transport for Marked<T> {
+        fn buffers(&mut self) -> &mut dyn Buffers {
+            self.0.buffers()
+        }
+
+        fn transmit_output(
+            &mut self,
+            amount: usize,
+            timeout: NextTimeout,
+        ) -> Result<(), ureq::Error> {
+            // Before writing: from the first byte on, the server may have the request.
+            BEGAN.with(|b| b.set(true));
+            self.0.transmit_output(amount, timeout)
+        }
+
+        fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+            self.0.await_input(timeout)
+        }
+
+        fn is_open(&mut self) -> bool {
+            self.0.is_open()
+        }
+
+        fn is_tls(&self) -> bool {
+            self.0.is_tls()
+        }
     }
 }
 
@@ -414,10 +500,23 @@ fn decode<T: serde::de::DeserializeOwned>(body: String) -> Result<T, Failure> {
     if body.trim().is_empty() {
         return Err(Failure::NotJson("empty body".to_string()));
     }
+    // Never the body's own words: an upstream that is not WeChat may echo anything,
+    // the secret in any disguise included. A fixed description, its shape and size.
     match serde_json::from_str(&body) {
         Ok(reply) => Ok(reply),
-        Err(e) if e.is_syntax() || e.is_eof() => Err(Failure::NotJson(body)),
-        Err(e) => Err(Failure::Invalid(e.to_string())),
+        Err(e) if e.is_syntax() || e.is_eof() => {
+            Err(Failure::NotJson(if body.trim_start().starts_with('<') {
+                format!("an HTML page of {} bytes", body.len())
+            } else {
+                format!("{} bytes that are not JSON", body.len())
+            }))
+        }
+        // serde's message quotes the offending value.
+        Err(e) => Err(Failure::Invalid(format!(
+            "JSON of another shape than WeChat's (line {}, column {})",
+            e.line(),
+            e.column()
+        ))),
     }
 }
 
@@ -438,6 +537,9 @@ fn check_errcode(errcode: Option<i64>, errmsg: Option<String>) -> Result<(), Fai
 fn scrub_failure(failure: Failure, secrets: &[&Secret]) -> Failure {
     let clean = |text: &str, max| {
         let scrubbed = (secrets.iter()).fold(text.to_string(), |t, s| secret::scrub(&t, s));
+        if secrets.iter().any(|s| quotes_secret(&scrubbed, s.expose())) {
+            return "(withheld: it quoted the secret, changed or encoded)".to_string();
+        }
         policy::one_line(&scrubbed, max)
     };
     match failure {
@@ -450,6 +552,54 @@ fn scrub_failure(failure: Failure, secrets: &[&Secret]) -> Failure {
         Failure::Invalid(s) => Failure::Invalid(clean(&s, 120)),
         http @ Failure::Http { .. } => http,
     }
+}
+
+/// Whether `text` holds a piece of `secret` that survived the literal scrub: changed in
+/// case, reversed, cut into pieces, or encoded as hex or base64 (what an echoing upstream
+/// may do). Any 8 characters in a row of the secret, or 12 of an encoding, count: a random
+/// secret's pieces are not found in ordinary text by chance.
+fn quotes_secret(text: &str, secret: &str) -> bool {
+    if secret.len() < 8 {
+        return false;
+    }
+    let text = text.to_ascii_lowercase();
+    let lower = secret.to_ascii_lowercase();
+    let reversed: String = lower.chars().rev().collect();
+    let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+    let b64 = base64(secret.as_bytes()).to_ascii_lowercase();
+    let url_b64 = b64.replace('+', "-").replace('/', "_");
+    let found = |variant: &str, window: usize| {
+        let bytes = variant.as_bytes();
+        bytes.len() >= window
+            && bytes
+                .windows(window)
+                .any(|w| std::str::from_utf8(w).is_ok_and(|w| text.contains(w)))
+    };
+    found(&lower, 8)
+        || found(&reversed, 8)
+        || found(&hex, 12)
+        || found(b64.trim_end_matches('='), 12)
+        || found(url_b64.trim_end_matches('='), 12)
+}
+
+/// Standard base64, for [`quotes_secret`].
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 pub fn unix_now() -> i64 {
@@ -472,6 +622,36 @@ fn jitter() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_is_the_standard_one() {
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn a_secret_in_disguise_is_found() {
+        let secret = "Qx7vSecretK9mWp2LzR4tYh8NbJ3cFdG";
+        let reversed: String = secret.chars().rev().collect();
+        let hex: String = secret.bytes().map(|b| format!("{b:02X}")).collect();
+        for text in [
+            secret.to_uppercase(),
+            format!("echo {reversed} done"),
+            format!("{} / {}", &secret[..16], &secret[16..]),
+            hex,
+            base64(secret.as_bytes()),
+            base64(secret.as_bytes())
+                .replace('+', "-")
+                .replace('/', "_"),
+        ] {
+            assert!(quotes_secret(&text, secret), "{text}");
+        }
+        assert!(!quotes_secret(
+            "invalid credential, access_token is invalid or not latest rid: 65a1b2c3-0d1e2f3a",
+            secret
+        ));
+    }
 
     #[test]
     fn parses_success_and_errors() {

@@ -1062,6 +1062,86 @@ fn a_host_with_a_wrong_clock_cannot_overspend_the_forced_refresh_budget() {
     assert_eq!(f.get(&[]).value(), second);
 }
 
+/// The processes of a server this test started: the postmaster and its children.
+fn server_processes(server: &pg::PgServer) -> Vec<String> {
+    let pidfile = std::fs::read_to_string(server.dir.join("data/postmaster.pid"))
+        .expect("read postmaster.pid");
+    let postmaster = pidfile.lines().next().expect("a pid").trim().to_string();
+    let mut pids = vec![postmaster.clone()];
+    for entry in std::fs::read_dir("/proc").expect("list /proc").flatten() {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid ...: the ppid is the second field after the ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1));
+        if ppid == Some(postmaster.as_str()) {
+            pids.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    pids
+}
+
+/// Server processes stopped with SIGSTOP, resumed when dropped (a failing test included).
+struct Frozen(Vec<String>);
+
+impl Frozen {
+    fn stop(pids: Vec<String>) -> Frozen {
+        signal_all(&pids, "STOP");
+        Frozen(pids)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal_all(&self.0, "CONT");
+    }
+}
+
+fn signal_all(pids: &[String], sig: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .args(pids)
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{sig} {pids:?}");
+}
+
+/// A server that takes the statements and never answers (every process of it stopped,
+/// while the kernel still acknowledges): the run ends on its own with exit 5 and one line
+/// that says so, after the role's statement_timeout and the grace for a cancel, instead
+/// of waiting for ever. The intent it wrote before the fetch caps the old token.
+#[test]
+fn a_server_that_stops_answering_ends_the_run_with_exit_5() {
+    let Some(server) = dedicated(false) else {
+        return;
+    };
+    let f = Fixture::on(server);
+    let db = f.pg.as_ref().unwrap();
+    db.query(&format!(
+        "ALTER DATABASE {} SET statement_timeout = '1s'",
+        db.name
+    ));
+    f.add(&["--appid", APPID]);
+    f.run(&["refresh"], 0);
+    f.env.api.gate(TOKEN);
+    let child = f.env.spawn(&["refresh", "--force"]);
+    assert!(f.env.api.wait_for_hits(TOKEN, 2, PATIENCE), "never fetched");
+    let frozen = Frozen::stop(server_processes(server));
+    f.env.api.open_gate(TOKEN);
+    let started = Instant::now();
+    let out = wait_unhung(child, "refresh against a server that stopped answering");
+    drop(frozen);
+    out.assert_code(5);
+    let errors = error_lines(&out);
+    assert_eq!(errors.len(), 1, "{out:?}");
+    assert!(errors[0].contains("did not answer for 16 s"), "{out:?}");
+    assert!(started.elapsed() < PATIENCE, "{:?}", started.elapsed());
+    assert!(
+        get_left(&f) <= 300,
+        "the unrecorded fetch caps the old token"
+    );
+}
+
 /// A fetch that outlives its claim, which another host then took over: its token is
 /// dropped, recorded once as lost (no retries), and `get --reject` and `refresh` exit 4,
 /// the fetch gave them nothing to hand out, not 5: the database is fine.
@@ -1099,6 +1179,129 @@ fn a_claim_lost_mid_fetch_is_a_failed_fetch_not_a_database_error() {
         1,
         "the late tokens are dropped"
     );
+}
+
+// ---- locks -------------------------------------------------------------------------------
+
+/// The lock wxtoken used to serialise recording with a run's start, as a 64-bit advisory
+/// key: any role that can connect could take it, and every refresher then waited for ever.
+const OLD_RECORD_LOCK: &str = "x'7778746f6b656e01'::bigint";
+
+/// Waits until some session of `db` waits for a lock (the run under test is blocked).
+#[track_caller]
+fn wait_for_a_lock_wait(db: &PgDb) {
+    let deadline = Instant::now() + PATIENCE;
+    while db.query_i64("SELECT count(*) FROM pg_locks WHERE NOT granted") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing ever waited for the lock"
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// A reader role holds every lock it can take, for as long as it likes: refresh and
+/// `get --reject` go on regardless (they used to wait for ever on an advisory lock the
+/// reader held), and the row wxtoken locks instead is out of the reader's reach.
+#[test]
+fn a_reader_role_holding_locks_cannot_stop_the_refreshers() {
+    let Some(f) = postgres() else { return };
+    let db = f.pg.as_ref().unwrap();
+    f.add(&["--appid", APPID]);
+    f.env.api.push(TOKEN, Reply::token("FIRST", 7200));
+    f.run(&["refresh"], 0);
+    let role = format!("{}_app", db.name);
+    db.query(&format!("CREATE ROLE {role} LOGIN"));
+    f.run(&["store", "grant-reader", &role], 0);
+    let mut reader = db.session_as(&role);
+    reader.run(&format!(
+        "SELECT pg_advisory_lock({OLD_RECORD_LOCK}); \
+         SELECT pg_advisory_lock(x'7778746f6b656e00'::bigint); \
+         BEGIN; SELECT count(*) FROM accounts; SELECT count(*) FROM schema_migrations;"
+    ));
+    for lock in ["FOR UPDATE", "FOR SHARE", "FOR KEY SHARE"] {
+        let sql = format!("SELECT 1 FROM schema_migrations WHERE version = 1 {lock}");
+        let (ok, _, err) = db.server.psql_as(&role, &db.name, &sql);
+        assert!(!ok && err.contains("permission denied"), "{sql}: {err}");
+    }
+    f.env.api.push(TOKEN, Reply::token("SECOND", 7200));
+    let refresh = f.env.spawn(&["refresh", "--force"]);
+    wait_unhung(refresh, "refresh beside a reader's locks").assert_code(0);
+    f.env.api.push(TOKEN, Reply::token("THIRD", 7200));
+    let reject = f
+        .env
+        .spawn(&["get", "--appid", APPID, "--reject", "SECOND"]);
+    let out = wait_unhung(reject, "get --reject beside a reader's locks");
+    assert_eq!(out.assert_code(0).stdout, "THIRD\n");
+    drop(reader);
+}
+
+/// A session of the refresher's role (or a superuser) that keeps wxtoken's lock: the run
+/// gives up after the lock timeout (10 s unless the database sets its own) with exit 5 and
+/// one line naming the holder's pid, role and application; nothing is fetched. A stop
+/// signal ends a run blocked at its start at once.
+#[test]
+fn a_lock_held_too_long_is_bounded_and_its_holder_named() {
+    let Some(f) = postgres() else { return };
+    let db = f.pg.as_ref().unwrap();
+    f.add(&["--appid", APPID]);
+    f.env.api.push(TOKEN, Reply::token("FIRST", 7200));
+    f.run(&["refresh"], 0);
+    let mut holder = db.session();
+    holder.run(
+        "SET application_name = 'holdout'; BEGIN; \
+         SELECT 1 FROM schema_migrations WHERE version = 1 FOR UPDATE;",
+    );
+    let started = Instant::now();
+    let out = wait_unhung(f.env.spawn(&["-q", "refresh"]), "refresh");
+    out.assert_code(5);
+    assert_eq!(error_lines(&out).len(), 1, "{out:?}");
+    assert_has(
+        &out,
+        &[
+            "lock timeout",
+            "waited 10s",
+            "held by pid",
+            "role postgres",
+            "application holdout",
+        ],
+    );
+    assert!(started.elapsed() >= Duration::from_secs(10), "{out:?}");
+    assert_eq!(f.env.api.hits(TOKEN), 1, "a blocked run fetched");
+
+    // The database's own bound wins over wxtoken's.
+    db.query(&format!(
+        "ALTER DATABASE {} SET lock_timeout = '1s'",
+        db.name
+    ));
+    let reject = f.env.spawn(&["get", "--appid", APPID, "--reject", "FIRST"]);
+    let out = wait_unhung(reject, "get --reject");
+    out.assert_code(5);
+    assert_eq!(out.stdout, "");
+    assert_has(&out, &["lock timeout", "waited 1s", "application holdout"]);
+
+    // SIGTERM while blocked: the run stops at once, long before any lock timeout.
+    db.query(&format!(
+        "ALTER DATABASE {} SET lock_timeout = '60s'",
+        db.name
+    ));
+    let refresh = f.env.spawn(&["refresh"]);
+    wait_for_a_lock_wait(db);
+    let signalled = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &refresh.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let out = wait_unhung(refresh, "refresh after SIGTERM");
+    out.assert_code(8);
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "SIGTERM took {:?}: {out:?}",
+        signalled.elapsed()
+    );
+    drop(holder);
+    assert_eq!(f.env.api.hits(TOKEN), 2, "only get --reject fetched");
 }
 
 // ---- network loss and server restarts ------------------------------------------------------

@@ -546,8 +546,6 @@ fn readers_never_fail_while_refreshes_write() {
             let finished = done.load(Ordering::SeqCst);
             for id in &ids {
                 let token = env.get(&["--appid", id]).value();
-                // Whole tokens only: the stand-in issued it, so it is no torn write.
-                assert!(env.api.is_valid(&token), "{id}: unknown token {token:?}");
                 seen.push((id, token));
             }
             if finished {
@@ -562,7 +560,17 @@ fn readers_never_fail_while_refreshes_write() {
     let fetches = env.api.hits(TOKEN);
     assert!(fetches > ids.len(), "the writers fetched: {fetches}");
     for (id, token) in &seen {
-        assert!(token_rows(&env, id).contains(token), "{id} printed {token}");
+        // Whole tokens only: one the stand-in issued and wxtoken stored, no torn write.
+        let rows = token_rows(&env, id);
+        assert!(rows.contains(token), "{id} printed {token}");
+        // Valid when printed: still valid now, or retired since by a newer fetch (the
+        // stand-in retires a classic token at the second fetch after it, as WeChat does
+        // after 5 minutes). Checked once every fetch is recorded: asked right after each
+        // `get`, a fetch in flight meanwhile made a served token look unknown.
+        assert!(
+            env.api.is_valid(token) || rows.last() != Some(token),
+            "{id}: printed {token:?}, which is the newest and yet not valid"
+        );
     }
 }
 

@@ -96,6 +96,18 @@ fn a_manual_refresh_after_another_run_fetches_again() {
 }
 
 #[test]
+fn an_account_named_twice_is_fetched_once() {
+    let env = setup(&["wxtwice1", "wxtwice2"]);
+    let args = [
+        "refresh", "--force", "--appid", "wxtwice1", "--appid", "wxtwice2",
+    ];
+    let out = run(&env, &[&args[..], &["--appid", "wxtwice1"]].concat(), 0);
+    out.assert_stderr_has(&["refreshed 2 of 2 accounts"]);
+    assert_eq!(env.api.hits_for(TOKEN, "wxtwice1"), 1);
+    assert_eq!(env.api.hits(TOKEN), 2);
+}
+
+#[test]
 fn a_refresh_against_a_dead_server_fails() {
     let env = setup(&["wxdead"]);
     run(&env, &["refresh"], 0);
@@ -106,6 +118,29 @@ fn a_refresh_against_a_dead_server_fails() {
     out.assert_stderr_has(&["wxdead", "network error", "1 failed"]);
     // Refused before sending: nothing can have been issued, so the token stays served.
     assert!(left(&env, "wxdead") > 7000);
+}
+
+/// A name that does not resolve (`.invalid` never does, and no network is reached) and a
+/// TLS handshake that fails (https to a server that speaks plain HTTP) both end before
+/// the request leaves: nothing can have been issued, so the stored classic token keeps
+/// its time and `get` serves it.
+#[test]
+fn a_failure_before_the_request_leaves_keeps_the_token_served() {
+    let env = setup(&["wxnosend"]);
+    run(&env, &["refresh"], 0);
+    let plain = env.api.url();
+    let https = plain.replacen("http://", "https://", 1);
+    for base in [&https[..], "http://wxtoken-test.invalid"] {
+        let out = run(
+            &env,
+            &["refresh", "--force", "--timeout", "2", "--api-base", base],
+            4,
+        );
+        out.assert_stderr_has(&["wxnosend", "network error", "1 failed"]);
+        let secs = left(&env, "wxnosend");
+        assert!(secs > 7000, "{base}: capped at {secs}");
+        run(&env, &["get", "--appid", "wxnosend"], 0);
+    }
 }
 
 #[test]
@@ -321,6 +356,52 @@ fn refresh_appid_is_validated_and_never_echoed_raw() {
     assert_eq!(env.api.hits(TOKEN), 0);
 }
 
+/// Control characters in a sink name, a `--key` template or a database path: refused in
+/// one line that shows them escaped, never raw (they would reach terminals and logs).
+#[test]
+fn control_characters_in_names_templates_and_paths_are_shown_escaped() {
+    let env = setup(&["wxctl"]);
+    let red = "a\u{1b}[31mb";
+    let db = format!("{}/x\u{1b}[2J.db", env.dir.display());
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["sink", "add", red, "--exec", "true"],
+        vec!["sink", "test", red],
+        vec!["sink", "remove", "x\u{7}"],
+        vec![
+            "sink",
+            "add",
+            "s1",
+            "--redis",
+            "redis://127.0.0.1:1/0",
+            "--format",
+            "plain",
+            "--key",
+            "wx:\u{1b}[2J{appid}",
+        ],
+        vec!["--db", &db, "get", "--appid", "wxctl"],
+        vec!["store", "copy", "--to", &db],
+    ];
+    for args in cases {
+        let out = run(&env, &args, 2);
+        assert_eq!(out.stdout, "", "{args:?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {:?}", out.stderr);
+        assert!(
+            !out.stderr.trim_end().contains(char::is_control),
+            "{args:?}: {:?}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains("control characters"),
+            "{args:?}: {:?}",
+            out.stderr
+        );
+    }
+    env.set_env("WXTOKEN_DB", &db);
+    let out = run(&env, &["status"], 2);
+    assert!(out.stderr.contains("x\\u{1b}[2J.db"), "{:?}", out.stderr);
+    assert!(!std::path::Path::new(&db).exists());
+}
+
 #[test]
 fn an_absurd_lifetime_is_an_invalid_reply() {
     let env = setup(&["wxyear"]);
@@ -350,6 +431,47 @@ fn a_locked_database_fails_the_run_after_one_busy_timeout() {
     assert_eq!(env.api.hits(TOKEN), 0);
     // Serially, one busy timeout (10 s) per account would be 200 s.
     assert!(took < Duration::from_secs(40), "took {took:?}");
+}
+
+/// A process that may only read the database (a reader in the group) holds a shared lock
+/// on one byte of the `-shm`, SQLite's recovery lock: every write fails with "locking
+/// protocol" after SQLite's retries. The one line names the likely cause and how to find
+/// the process.
+#[test]
+fn a_reader_holding_a_shm_lock_is_named_as_the_likely_cause() {
+    let env = setup(&["wxshm"]);
+    run(&env, &["refresh"], 0);
+    let shm = companion(&env.db(), "-shm");
+    let file = std::fs::File::open(&shm).expect("open the -shm read-only");
+    // SQLite's WAL_RECOVER_LOCK: byte 120 + 2 of the -shm.
+    // SAFETY: a plain flock struct for fcntl on a descriptor this test owns.
+    let locked = unsafe {
+        let mut lock: libc::flock = std::mem::zeroed();
+        lock.l_type = libc::F_RDLCK as libc::c_short;
+        lock.l_whence = libc::SEEK_SET as libc::c_short;
+        lock.l_start = 122;
+        lock.l_len = 1;
+        libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::F_SETLK, &lock)
+    };
+    assert_eq!(locked, 0, "lock the -shm byte");
+    let out = env.run(&["-q", "refresh", "--force"]);
+    drop(file);
+    out.assert_code(5);
+    let shm = shm.display().to_string();
+    out.assert_stderr_has(&[
+        "locking protocol",
+        &format!("another process holds locks on {shm}"),
+        &format!("fuser -v {shm}"),
+        "lsof",
+    ]);
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("wxtoken:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    // Once the reader lets go, the refresh works.
+    run(&env, &["refresh", "--force"], 0);
 }
 
 // ---- signals ------------------------------------------------------------------------------
@@ -411,6 +533,20 @@ fn sigterm_finishes_the_fetch_in_flight_and_starts_no_other() {
         assert_eq!(claims, 0, "claims released");
         assert_eq!(env.query_i64("SELECT count(*) FROM intents"), 0);
     }
+}
+
+/// A fetch in flight when the signal came that then times out is not tried again: no new
+/// request after the signal.
+#[test]
+fn after_a_stop_signal_a_fetch_that_times_out_is_not_retried() {
+    let env = setup(&["wxnoretry"]);
+    let child = refresh_held_at_gate(&env, &["--timeout", "2"], 1);
+    signal(&child, "TERM");
+    let out = finish(child);
+    env.api.open_gate(TOKEN);
+    out.assert_code(8)
+        .assert_stderr_has(&["wxnoretry", "timed out", "stopped by SIGTERM"]);
+    assert_eq!(env.api.hits(TOKEN), 1, "a request after the signal");
 }
 
 #[test]
@@ -579,6 +715,93 @@ fn a_full_disk_at_record_time_says_the_stored_token_dies_and_caps_it() {
     assert!(secs <= 300, "capped: {secs}");
 }
 
+/// A disk with a few KiB left, at the moment a new database is made: "disk full", with
+/// what to do, whichever error SQLite met (SQLITE_FULL, or "disk I/O error" for a write
+/// that found no room).
+#[test]
+fn a_nearly_full_disk_says_disk_full() {
+    if !root_or_skip("full-disk test on a small tmpfs") {
+        return;
+    }
+    let env = TestEnv::new();
+    let disk = SmallDisk::mount(&env);
+    let db = disk.0.join("wxtoken.db");
+    env.set_env("WXTOKEN_DB", &db.display().to_string());
+    let mut refused = 0;
+    for kib in [0u64, 4, 8, 16, 24, 40, 60] {
+        // A new database each time: the moment that met "disk I/O error".
+        for file in std::fs::read_dir(&disk.0).expect("list") {
+            std::fs::remove_file(file.expect("entry").path()).expect("clear");
+        }
+        disk.fill();
+        // Give back `kib` KiB: the filler's tail.
+        let filler = disk.0.join("filler");
+        let len = std::fs::metadata(&filler).expect("filler").len();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&filler)
+            .expect("open");
+        file.set_len(len.saturating_sub(kib * 1024))
+            .expect("truncate");
+        drop(file);
+        let out = env.run_with_stdin(
+            &["account", "add", "--appid", "wxnearlyfull"],
+            &format!("{SECRET}\n"),
+        );
+        std::fs::remove_file(&filler).expect("make room");
+        if out.code == 0 {
+            continue;
+        }
+        refused += 1;
+        assert!(
+            out.stderr.contains("disk full") && !out.stderr.contains("disk I/O error"),
+            "{kib} KiB free: {out:?}"
+        );
+        assert_eq!(out.stderr.lines().count(), 1, "{kib} KiB free: {out:?}");
+    }
+    assert!(refused >= 3, "the disk was never full enough: {refused}");
+}
+
+/// "unable to open database file" says whose the files and the directory are, and their
+/// modes, and who is asking: here a reader in the group, whose -wal and -shm are the
+/// owner's alone.
+#[test]
+fn a_database_that_will_not_open_names_owners_and_modes() {
+    if !root_or_skip("another user's database") {
+        return;
+    }
+    let env = TestEnv::new_in(&std::env::temp_dir());
+    add(&env, "wxmodes", "token");
+    run(&env, &["refresh"], 0);
+    let bin = env.dir.join("bin/wxtoken");
+    std::fs::create_dir_all(bin.parent().unwrap()).expect("mkdir bin");
+    std::fs::copy(env!("CARGO_BIN_EXE_wxtoken"), &bin).expect("copy the binary");
+    let db = env.db();
+    std::os::unix::fs::chown(&db, None, Some(STRANGER)).expect("chgrp");
+    chmod(&db, 0o640);
+    for suffix in ["-wal", "-shm"] {
+        chmod(&companion(&db, suffix), 0o600);
+    }
+    let reader = (STRANGER + 1).to_string();
+    let out = Command::new("setpriv")
+        .args(["--reuid", &reader, "--regid", &reader])
+        .args(["--groups", &STRANGER.to_string()])
+        .arg(&bin)
+        .args(["get", "--appid", "wxmodes"])
+        .env_clear()
+        .env("WXTOKEN_DB", &db)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run setpriv (util-linux)");
+    let out = Out::from_output(out);
+    out.assert_one_line_error(5).assert_stderr_has(&[
+        "unable to open database file",
+        &format!("{}: owner uid 0, mode 0640", db.display()),
+        &format!("{}-shm: owner uid 0, mode 0600", db.display()),
+        &format!("this user is uid {reader}"),
+    ]);
+}
+
 // ---- the database file is ours alone ------------------------------------------------------
 
 #[test]
@@ -674,7 +897,13 @@ fn get_works_in_a_read_only_directory_of_another_user() {
     if !root_or_skip("get as another user in a read-only directory") {
         return;
     }
-    let env = setup(&["wxro"]);
+    // In the shared temporary directory, with a copy of the binary: the checkout, and the
+    // build in it, may sit where other users cannot go (a clone under /root, mode 0700).
+    let env = TestEnv::new_in(&std::env::temp_dir());
+    add(&env, "wxro", "token");
+    let bin = env.dir.join("bin/wxtoken");
+    std::fs::create_dir_all(bin.parent().unwrap()).expect("mkdir bin");
+    std::fs::copy(env!("CARGO_BIN_EXE_wxtoken"), &bin).expect("copy the binary");
     env.api.push(TOKEN, Reply::token("READONLY_TOKEN", 7200));
     run(&env, &["refresh"], 0);
     let dir = env.dir.join("ro");
@@ -684,18 +913,34 @@ fn get_works_in_a_read_only_directory_of_another_user() {
     chown(&db, STRANGER);
     chown(&dir, STRANGER);
     chmod(&dir, 0o555);
-    let stranger = STRANGER.to_string();
-    let out = Command::new("setpriv")
-        .args(["--reuid", &stranger, "--regid", &stranger, "--clear-groups"])
-        .args([env!("CARGO_BIN_EXE_wxtoken"), "get", "--appid", "wxro"])
-        .env_clear()
-        .env("WXTOKEN_DB", &db)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run setpriv (util-linux)");
-    chmod(&dir, 0o755);
-    let out = Out::from_output(out);
+    // As the owner, and as a reader in the owner's group (the database 0640).
+    let as_user = |uid: u32, args: &[&str]| {
+        let (uid, gid) = (uid.to_string(), STRANGER.to_string());
+        let out = Command::new("setpriv")
+            .args(["--reuid", &uid, "--regid", &uid, "--groups", &gid])
+            .arg(&bin)
+            .args(args)
+            .env_clear()
+            .env("WXTOKEN_DB", &db)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run setpriv (util-linux)");
+        Out::from_output(out)
+    };
+    let out = as_user(STRANGER, &["get", "--appid", "wxro"]);
     assert_eq!(out.value(), "READONLY_TOKEN");
+    chmod(&db, 0o640);
+    for uid in [STRANGER, STRANGER + 1] {
+        // What only reads works without write access, as on PostgreSQL with a reader role.
+        let list = as_user(uid, &["account", "list"]);
+        list.assert_code(0);
+        assert!(list.stdout.contains("wxro"), "{uid}: {list:?}");
+        let dry = as_user(uid, &["refresh", "--dry-run"]);
+        dry.assert_code(0);
+        assert!(dry.stdout.starts_with("wxro  "), "{uid}: {dry:?}");
+        as_user(uid, &["refresh"]).assert_one_line_error(5);
+    }
+    chmod(&dir, 0o755);
     let shm = companion(&db, "-shm");
     assert!(!shm.exists(), "nothing written beside it");
 }
@@ -718,6 +963,94 @@ fn corruption_found_after_opening_exits_5_with_the_path() {
 }
 
 // ---- the API base ---------------------------------------------------------------------------
+
+/// The secret in disguises an echoing upstream might use.
+fn disguises(secret: &str) -> Vec<String> {
+    let reversed: String = secret.chars().rev().collect();
+    let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+    let b64 = {
+        // Standard base64, written out so that the test depends on no crate.
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for c in secret.as_bytes().chunks(3) {
+            let n = c
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+            for i in 0..=c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    };
+    vec![
+        secret.to_lowercase(),
+        secret.to_uppercase(),
+        reversed,
+        format!("{} {}", &secret[..16], &secret[16..]),
+        hex.to_uppercase(),
+        b64,
+    ]
+}
+
+/// An upstream that echoes the secret changed or encoded (in a page that is not JSON, or
+/// in an errmsg): neither stderr, nor `status --json`, nor the attempts table show any of
+/// it. A page that is not WeChat's JSON is described, never quoted.
+#[test]
+fn a_secret_echoed_in_disguise_is_never_shown_nor_stored() {
+    let env = setup(&["wxecho"]);
+    let words = disguises(SECRET);
+    let page = format!("<html>{}</html>", words.join(" | "));
+    let mut outs = Vec::new();
+    for _ in 0..3 {
+        env.api.push(TOKEN, Reply::Body(page.clone()));
+    }
+    outs.push(run(&env, &["refresh"], 4));
+    for word in &words {
+        env.api.push(
+            TOKEN,
+            Reply::errcode(40013, &format!("invalid appid {word}")),
+        );
+        outs.push(run(&env, &["refresh", "--force"], 4));
+    }
+    env.api.push(
+        TOKEN,
+        Reply::Body(format!("{{\"errcode\": \"{SECRET}x\"}}")),
+    );
+    outs.push(run(&env, &["refresh", "--force"], 4));
+    outs.push(run(&env, &["status", "--json"], 0));
+    outs.push(run(&env, &["status"], 0));
+    assert!(outs[0].stderr.contains("an HTML page of"), "{:?}", outs[0]);
+    let attempts =
+        env.query("SELECT coalesce(errmsg, '') || ' ' || coalesce(detail, '') FROM attempts");
+    for word in words.iter().chain([&SECRET.to_string()]) {
+        let piece = &word[..12];
+        for out in &outs {
+            assert!(
+                !out.stderr.contains(piece) && !out.stdout.contains(piece),
+                "{word} shown: {out:?}"
+            );
+        }
+        assert!(!attempts.contains(piece), "{word} stored: {attempts}");
+    }
+}
+
+/// A percent-escape in the host resolves nowhere: a usage error before any request, not a
+/// network error tried three times.
+#[test]
+fn a_percent_escape_in_the_api_base_host_is_refused() {
+    let env = setup(&["wxpct"]);
+    for base in [
+        "http://api%2eweixin.qq.com",
+        "https://user:pw@wx%41.invalid:443/x",
+    ] {
+        let out = env.run(&["refresh", "--api-base", base]);
+        out.assert_one_line_error(2)
+            .assert_stderr_has(&["--api-base", "percent-escape"]);
+        assert!(!out.stderr.contains("pw@"), "{}", out.stderr);
+    }
+    assert_eq!(env.api.hits(TOKEN), 0);
+}
 
 #[test]
 fn credentials_in_the_api_base_are_never_shown_or_stored() {
@@ -763,6 +1096,9 @@ fn a_malformed_api_base_fails_before_any_request() {
 also_on_postgres!(
     a_manual_refresh_after_another_run_fetches_again,
     a_refresh_against_a_dead_server_fails,
+    a_secret_echoed_in_disguise_is_never_shown_nor_stored,
+    an_account_named_twice_is_fetched_once,
+    a_failure_before_the_request_leaves_keeps_the_token_served,
     set_secret_and_enable_make_the_account_due_for_either_kind_of_run,
     an_unrecorded_classic_fetch_caps_the_old_token_at_five_minutes,
     an_unrecorded_stable_fetch_leaves_the_old_token_alone,

@@ -146,6 +146,11 @@ fn check_unknown_when_the_database_cannot_be_opened_or_arguments_are_bad() {
         &["--crit", "-5m"],
         &["--no-such-flag"],
         &["--appid", "wxnosuchaccount"],
+        // Too large for a time: refused, not wrapped to a negative one.
+        &["--warn", "18446744073709551615s"],
+        &["--crit", "18446744073709551615s"],
+        // A warning that could never come before the critical state.
+        &["--warn", "5m", "--crit", "10m"],
     ] {
         let out = env.run(&[&["status", "--check"], bad].concat());
         out.assert_code(3);
@@ -154,7 +159,15 @@ fn check_unknown_when_the_database_cannot_be_opened_or_arguments_are_bad() {
             "{bad:?}: {out:?}"
         );
         assert_eq!(out.stdout.lines().count(), 1, "{out:?}");
+        if bad.len() == 2 && bad[1].starts_with("1844") {
+            assert!(out.stdout.contains("too large"), "{out:?}");
+        }
     }
+    let below = env.run(&["status", "--check", "--warn", "5m", "--crit", "10m"]);
+    assert!(
+        below.stdout.contains("--warn (5m) is below --crit (10m)"),
+        "{below:?}"
+    );
     // No accounts at all: most likely a wrong WXTOKEN_DB, which is not OK.
     let empty = TestEnv::new();
     add(&empty, APPID);

@@ -329,11 +329,49 @@ fn wecom_apps_are_skipped_and_cannot_be_reset() {
     assert_eq!(env.api.hits(CLEAR_QUOTA), 0);
 }
 
+/// WeChat says the stored token is dead (another fetcher replaced it): `quota` explains
+/// it and records it as `get --reject` would, so `get` stops serving the token (exit 3)
+/// and the next refresh fetches the account, although the row said it had time left.
+#[test]
+fn a_token_quota_finds_dead_is_no_longer_served_and_is_due() {
+    let env = with_token();
+    let dead = env.get(&["--appid", APPID]).value();
+    env.api.push(
+        QUOTA_GET,
+        Reply::errcode(
+            40001,
+            "invalid credential, access_token is invalid or not latest",
+        ),
+    );
+    let out = run(&env, "quota").assert_code(4).clone();
+    assert_has(
+        &out.stderr,
+        &["errcode 40001", "something else fetched a newer token"],
+    );
+    env.get(&["--appid", APPID]).assert_no_value(&[APPID]);
+    let fetched = env.api.hits(TOKEN);
+    run(&env, "refresh").assert_code(0);
+    assert_eq!(
+        env.api.hits(TOKEN),
+        fetched + 1,
+        "the next refresh fetches it"
+    );
+    assert_ne!(env.get(&["--appid", APPID]).value(), dead);
+    // Another failure of the check says nothing about the token.
+    env.api.push(
+        QUOTA_GET,
+        Reply::errcode(76021, "cgi_path not found, please check"),
+    );
+    run(&env, "quota").assert_code(4);
+    env.get(&["--appid", APPID]).value();
+}
+
 #[test]
 fn quota_errors_are_explained() {
     let env = with_token();
     // (reply, how many tries it takes: a 502 is retried like a busy WeChat, what to say)
-    let cases: [(Reply, usize, &[&str]); 4] = [
+    // (40001, which retires the token, has a test of its own.)
+    let cases: [(Reply, usize, &[&str]); 3] = [
         (
             Reply::errcode(76021, "cgi_path not found, please check"),
             1,
@@ -343,14 +381,6 @@ fn quota_errors_are_explained() {
             Reply::errcode(76022, "could not use this cgi_path, no permission"),
             1,
             &["errcode 76022", "another kind of account"],
-        ),
-        (
-            Reply::errcode(
-                40001,
-                "invalid credential, access_token is invalid or not latest",
-            ),
-            1,
-            &["errcode 40001", "something else fetched a newer token"],
         ),
         (
             Reply::Status(502, "<html>bad gateway</html>".into()),
@@ -630,6 +660,7 @@ also_on_postgres!(
     an_account_without_a_valid_token_is_skipped_without_a_fetch,
     wecom_apps_are_skipped_and_cannot_be_reset,
     quota_errors_are_explained,
+    a_token_quota_finds_dead_is_no_longer_served_and_is_due,
     a_reset_needs_yes_when_stdin_is_not_a_terminal,
     a_reset_asks_on_a_terminal,
     a_reset_posts_the_secret_in_the_body_and_counts_the_month,

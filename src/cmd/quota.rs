@@ -12,7 +12,7 @@ use crate::domain::{Account, AccountKey, Api, Credential, Failure};
 use crate::exit::{Exit, fail};
 use crate::freshness;
 use crate::quota::{self, RESETS_PER_MONTH};
-use crate::store::{ReadStore, StoreError};
+use crate::store::{ReadStore, Store, StoreError};
 use crate::wechat::{Client, Quota};
 
 pub fn run(ctx: &Context, cfg: &QuotaConfig) -> Result<Exit> {
@@ -130,7 +130,7 @@ struct Skip {
     no_token: bool,
 }
 
-fn check(store: &dyn ReadStore, client: &Client, account: &Account, now: i64) -> Result<Checked> {
+fn check(store: &dyn Store, client: &Client, account: &Account, now: i64) -> Result<Checked> {
     let Some(path) = quota::cgi_path(account.api) else {
         return Ok(Checked::Skipped(Skip {
             text: wecom_note(),
@@ -151,7 +151,16 @@ fn check(store: &dyn ReadStore, client: &Client, account: &Account, now: i64) ->
     let outcome = client.api_quota(&token.token, path);
     Ok(match outcome.result {
         Ok(q) => Checked::Quota(path, q),
-        Err(failure) => Checked::Failed(path, failure),
+        Err(failure) => {
+            if let Failure::WeChat { errcode, .. } = &failure
+                && quota::token_is_dead(*errcode)
+            {
+                // WeChat says the stored token is dead: as `get --reject` would, stop
+                // serving it, and the next refresh fetches the account.
+                store.retire_token(token.id, now)?;
+            }
+            Checked::Failed(path, failure)
+        }
     })
 }
 

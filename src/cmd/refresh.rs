@@ -132,12 +132,20 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
     }
     if stop.locked() && signals::caught().is_none() {
         let db = store.location();
+        // PostgreSQL's lock errors say how long they waited and who holds the lock.
+        if let Some(reason) = stop.reason().filter(|r| r.contains("lock timeout")) {
+            return Err(fail(
+                Exit::Database,
+                format!("{reason}; accounts not tried are left for the next run"),
+            ));
+        }
         return Err(fail(
             Exit::Database,
             format!(
                 "database {db} is locked by another process (gave up after {} s); accounts not \
-                 tried are left for the next run: find the process with `fuser {db}` and let \
-                 it finish",
+                 tried are left for the next run: find the process with `fuser -v {db} \
+                 {db}-wal {db}-shm` (a reader holding locks on the -shm counts) and let it \
+                 finish",
                 BUSY_TIMEOUT.as_secs()
             ),
         ));
@@ -286,6 +294,8 @@ pub fn targets(store: &dyn ReadStore, named: &[AccountKey]) -> Result<Vec<Accoun
     let mut picked = Vec::new();
     for key in named {
         match all.iter().find(|a| &a.key == key) {
+            // Named twice: fetched once.
+            Some(a) if picked.iter().any(|p: &Account| p.id == a.id) => {}
             Some(a) if a.enabled => picked.push(a.clone()),
             Some(_) => {
                 return Err(fail(

@@ -441,11 +441,16 @@ pub struct PgSession {
 impl PgDb<'_> {
     /// A psql session on this database, as the superuser; it stops on the first error.
     pub fn session(&self) -> PgSession {
+        self.session_as("postgres")
+    }
+
+    /// A psql session on this database as `user`; it stops on the first error.
+    pub fn session_as(&self, user: &str) -> PgSession {
         let mut child = Command::new(self.server.bindir.join("psql"))
             .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.server.dir)
             .args(["-p", &self.server.port_arg()])
-            .args(["-U", "postgres", "-d", &self.name])
+            .args(["-U", user, "-d", &self.name])
             .env_remove("PGPASSWORD")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
