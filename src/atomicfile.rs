@@ -15,27 +15,6 @@ use std::path::{Path, PathBuf};
 /// that name first: a planted file, or an astronomically unlikely collision).
 const ATTEMPTS: usize = 16;
 
-/// 16 random hex characters from the kernel, for temporary names nobody can predict.
-pub fn random_suffix() -> io::Result<String> {
-    let mut bytes = [0u8; 8];
-    let mut filled = 0;
-    while filled < bytes.len() {
-        // SAFETY: the pointer and length describe the unfilled tail of `bytes`.
-        let n = unsafe {
-            libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0)
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        filled += n as usize;
-    }
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// The directory a path's file lives in (`.` for a bare name).
 pub fn dir_of(path: &Path) -> &Path {
     match path.parent() {
@@ -55,32 +34,35 @@ pub fn temp_path(path: &Path, tail: &str) -> io::Result<PathBuf> {
     })?;
     let mut temp = OsString::from(".");
     temp.push(name);
-    temp.push(format!(".{}{tail}", random_suffix()?));
+    temp.push(format!(".{}{tail}", crate::crypto::random_hex(8)));
     Ok(dir_of(path).join(temp))
 }
 
-/// Creates a new file beside `path` under a random name: exclusively, never through a
-/// link, close-on-exec, with exactly `mode` whatever the umask. Returns it and its name.
+/// Creates the file `path`, which must not exist: exclusively, never through a link,
+/// close-on-exec, with exactly `mode` whatever the umask (set on the descriptor, which is
+/// the file we created, not whatever the name points at by now).
+pub fn create_exclusive(path: &Path, mode: u32) -> io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(mode)) {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(file)
+}
+
+/// Creates a new file beside `path` under a random name, as `create_exclusive` does.
+/// Returns it and its name.
 pub fn create_temp(path: &Path, tail: &str, mode: u32) -> io::Result<(File, PathBuf)> {
     let mut last = None;
     for _ in 0..ATTEMPTS {
         let temp = temp_path(path, tail)?;
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&temp)
-        {
-            Ok(file) => {
-                // The umask may have taken bits away; set them on this descriptor, which is
-                // the file we created, not whatever the name points at by now.
-                if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(mode)) {
-                    let _ = std::fs::remove_file(&temp);
-                    return Err(e);
-                }
-                return Ok((file, temp));
-            }
+        match create_exclusive(&temp, mode) {
+            Ok(file) => return Ok((file, temp)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
             Err(e) => return Err(e),
         }

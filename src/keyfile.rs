@@ -1,9 +1,9 @@
 //! The key file: where it is, who may own it, creating it once, replacing it atomically.
 //! Its file-mode rules live here, apart from the database's.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -173,19 +173,11 @@ impl KeyFile {
     /// from its first byte, and set again on the descriptor whatever the umask.
     fn write_temp(&self, ring: &Keyring) -> Result<PathBuf> {
         let tmp = self.temp_name("");
-        let written = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .mode(0o600)
-            .open(&tmp);
-        let mut file = written.map_err(|e| self.error(format!("cannot be written: {e}")))?;
-        let written = (|| {
-            use std::os::unix::fs::PermissionsExt;
-            file.set_permissions(fs::Permissions::from_mode(0o600))?;
-            file.write_all(ring.to_text().as_bytes())?;
-            file.sync_all()
-        })();
+        let mut file = crate::atomicfile::create_exclusive(&tmp, 0o600)
+            .map_err(|e| self.error(format!("cannot be written: {e}")))?;
+        let written = file
+            .write_all(ring.to_text().as_bytes())
+            .and_then(|()| file.sync_all());
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
             return Err(self.error(format!("cannot be written: {e}")));
