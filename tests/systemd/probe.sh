@@ -158,6 +158,15 @@ check_text=$(sudo -u wxtoken sh -c 'set -a; . /etc/default/wxtoken; exec wxtoken
 code=$?
 check_match "status --check after the failure" "$code $check_text" '^2 WXTOKEN CRITICAL - .*wx0000000000c0ffee: no valid token, last fetch failed: 40164'
 systemctl reset-failed wxtoken.service
+# Without the key file (the case the units used to skip, unseen): a failed run, exit 7.
+mv /etc/wxtoken/wxtoken.key /etc/wxtoken/wxtoken.key.away
+sed -i "s|^WXTOKEN_API_BASE=.*|WXTOKEN_API_BASE=$STANDIN_URL|" /etc/default/wxtoken
+systemctl start wxtoken.service
+check "systemctl start without the key" "$?" 1
+check "wxtoken.service without the key" "$(state wxtoken.service)" "failed failed exit-code 7"
+check_match "journal: the missing key" "$(journalctl -u wxtoken.service -n 5 --no-pager -o cat)" '/etc/wxtoken/wxtoken.key'
+mv /etc/wxtoken/wxtoken.key.away /etc/wxtoken/wxtoken.key
+systemctl reset-failed wxtoken.service
 
 # ---- 5. the hardening that was on during 3 and 4 -----------------------------------------
 # The unit systemd ran is the packaged file, without drop-ins.
