@@ -46,7 +46,7 @@ trap 'bad probe "ended early, near line $LINENO"; finish' EXIT
 
 # The README's "Debian package" section, and its commands: readme_lines N PATTERN prints
 # the lines of the section's Nth code block (1: build and install, 2: the operator's
-# commands, 3: readers, 4: remove and purge) that match PATTERN. Comments after # are left
+# commands, 3: readers, 4: remove and purge, 5: the upgrade's move) that match PATTERN. Comments after # are left
 # to the shell.
 section=$(awk '/^### Debian package$/ { on = 1; next } on && /^##/ { exit } on' /in/README.md)
 readme_lines() {
@@ -190,6 +190,23 @@ if [[ -n $exposure ]] && awk -v e="$exposure" 'BEGIN { exit !(e <= 1.5) }'; then
 else
     bad "systemd-analyze security" "want <= 1.5, got: $security"
 fi
+
+# ---- upgrading from the package that skipped every run --------------------------------------
+# Its layout: /etc/wxtoken 0750 root:wxtoken, and the key where account add put it. The
+# postinst (run again by dpkg -i) gives the directory to wxtoken; the run fails (exit 7)
+# until the README's move.
+chown root:wxtoken /etc/wxtoken
+chmod 0750 /etc/wxtoken
+install -d -o wxtoken -g wxtoken -m 0700 /var/lib/wxtoken/.config /var/lib/wxtoken/.config/wxtoken
+mv /etc/wxtoken/wxtoken.key /var/lib/wxtoken/.config/wxtoken/key
+dpkg -i "$work"/target/debian/wxtoken_*.deb
+check "upgrade: /etc/wxtoken given to wxtoken" "$(stat -c '%a %U:%G' /etc/wxtoken)" "700 wxtoken:wxtoken"
+systemctl start wxtoken.service
+check "upgrade: the run before the move" "$(state wxtoken.service)" "failed failed exit-code 7"
+systemctl reset-failed wxtoken.service
+run_readme 5 '^sudo -u wxtoken mv ' "README's upgrade move"
+systemctl start wxtoken.service
+check "upgrade: the run after the move" "$(state wxtoken.service)" "inactive dead success 0"
 
 # ---- 6. wxtoken-receive.socket: not tested, the receiver does not exist yet ----------------
 

@@ -13,6 +13,8 @@
 #      file, no drop-ins), and `systemd-analyze security` stays at or under 1.5;
 #   6. (the socket-activated receiver does not exist yet: nothing to test);
 #   7. `apt remove` keeps the database and the key; `apt purge` as the README says.
+# Also: a run without the key file fails (exit 7), and the upgrade from the package whose
+# units skipped every run (its /etc/wxtoken and key location) works as the README says.
 #
 #   sudo bash tests/systemd/run.sh           # WXTOKEN_DEB=path.deb: test that package
 #
