@@ -126,13 +126,15 @@ cleanup() {
     fi
     rm -rf "$run"
     # nspawn's own directories on the host, when this run made them.
-    rmdir /run/systemd/nspawn/propagate/wxtoken-ci 2>/dev/null || true
+    rmdir "/run/systemd/nspawn/propagate/$machine" 2>/dev/null || true
     if [[ $had_nspawn_dir == no ]]; then
         rmdir /run/systemd/nspawn/propagate /run/systemd/nspawn/locks /run/systemd/nspawn \
             2>/dev/null || true
     fi
     return 0
 }
+# A machine name of its own, so that two checkouts can run this at once.
+machine=wxtoken-ci-$$
 had_nspawn_dir=no
 [[ -e /run/systemd/nspawn ]] && had_nspawn_dir=yes
 if findmnt -rn -o TARGET | grep -qF "$run/"; then
@@ -184,7 +186,7 @@ printf 'STANDIN_URL=%s\nFAIL_URL=%s\n' "$standin_url" "$fail_url" >"$run/in/env"
 t=$SECONDS
 set +e
 timeout --kill-after=10 "${WXTOKEN_SYSTEMD_TIMEOUT:-300}" \
-    systemd-nspawn --quiet --keep-unit --register=no --machine=wxtoken-ci \
+    systemd-nspawn --quiet --keep-unit --register=no --machine="$machine" --hostname=wxtoken-ci \
     --directory="$run/rootfs" --bind="$run/out:/out" --bind-ro="$run/in:/in" \
     --console=read-only --boot </dev/null >"$run/console.log" 2>&1 3>&- 4>&-
 code=$?
