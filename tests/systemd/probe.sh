@@ -207,6 +207,13 @@ systemctl reset-failed wxtoken.service
 run_readme 5 '^sudo -u wxtoken mv ' "README's upgrade move"
 systemctl start wxtoken.service
 check "upgrade: the run after the move" "$(state wxtoken.service)" "inactive dead success 0"
+# key rotate, as the wxtoken user, replaces the key in /etc/wxtoken (keeping the old one
+# beside it), and the next run reads the new one.
+sudo -u wxtoken sh -c 'set -a; . /etc/default/wxtoken; exec wxtoken key rotate'
+check "key rotate as the wxtoken user" "$?" 0
+check "key rotate kept the old key" "$(stat -c '%a %U' /etc/wxtoken/wxtoken.key.old 2>&1)" "600 wxtoken"
+systemctl start wxtoken.service
+check "the run after key rotate" "$(state wxtoken.service)" "inactive dead success 0"
 
 # ---- 6. wxtoken-receive.socket: not tested, the receiver does not exist yet ----------------
 
