@@ -179,7 +179,7 @@ ln -sf /dev/null "$etc/systemd/system/apt-daily-upgrade.timer"
 echo wxtoken-ci >"$etc/hostname"
 printf '127.0.1.1\twxtoken-ci\n' >>"$etc/hosts"
 cp README.md tests/systemd/probe.sh "$run/in/"
-cp packaging/systemd/wxtoken.service "$run/in/"
+cp packaging/systemd/wxtoken.service packaging/systemd/ahead/wxtoken-ahead.service "$run/in/"
 cp "$deb" "$run/in/target/debian/"
 printf 'STANDIN_URL=%s\nFAIL_URL=%s\n' "$standin_url" "$fail_url" >"$run/in/env"
 
