@@ -1,5 +1,7 @@
 //! Command-line arguments. The `///` comments are the help text.
 
+use std::ffi::OsString;
+use std::mem::ManuallyDrop;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -19,6 +21,17 @@ Exit codes: 0 ok, 1 unexpected error, 2 bad arguments, 3 no valid token,
 4 a call to WeChat failed, 5 database problem, 6 no such account or sink / already exists,
 7 secret key missing or wrong, 8 interrupted by a signal, 9 publishing to a sink failed.")]
 pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+// The options every subcommand takes. (A `//` comment: a doc comment on a flattened
+// struct would become the program's about text.)
+#[derive(Args, Debug)]
+pub struct Global {
     /// SQLite database path, or postgres:// URL (its password only in WXTOKEN_DB, PGPASSWORD
     /// or ~/.pgpass) [default: ~/.local/share/wxtoken/wxtoken.db]
     #[arg(
@@ -54,22 +67,46 @@ pub struct Cli {
         help_heading = "Global options"
     )]
     pub quiet: bool,
-
-    #[command(subcommand)]
-    pub command: Command,
 }
 
 impl Cli {
-    /// `Cli::try_parse`, minus tearing down what parsing built: clap's tree of every
-    /// subcommand and the matches are left to the process's exit instead of being freed
-    /// one allocation at a time (about 100,000 instructions, 5 % of a whole `get`, under
-    /// callgrind). Both are built once per process.
+    /// `Cli::try_parse`, minus tearing down what parsing built: clap's tree and the matches
+    /// are left to the process's exit instead of being freed one allocation at a time
+    /// (about 100,000 instructions, 5 % of a whole `get`, under callgrind).
     pub fn parse_args() -> Result<Cli, clap::Error> {
         use clap::{CommandFactory, FromArgMatches};
-        let mut command = std::mem::ManuallyDrop::new(Cli::command());
-        let mut matches =
-            std::mem::ManuallyDrop::new(command.try_get_matches_from_mut(std::env::args_os())?);
+        let args: Vec<OsString> = std::env::args_os().collect();
+        if let Some(cli) = Cli::parse_get(&args) {
+            return Ok(cli);
+        }
+        let mut command = ManuallyDrop::new(Cli::command());
+        let mut matches = ManuallyDrop::new(command.try_get_matches_from_mut(args)?);
         Cli::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut command))
+    }
+
+    /// `get` is run once per API call by scripts, and building clap's tree of every
+    /// subcommand was a fifth of its instructions (callgrind: 320,000 of 1.75 M, with the
+    /// parse). Arguments that parse as `get` with a tree of the global options and `get`
+    /// alone give the same `Cli` as the whole tree (the same `Args` build both, tested
+    /// below); anything else (help, a typo, another subcommand) is `None`, and goes to the
+    /// whole tree, so every error and help text is the whole tree's.
+    fn parse_get(args: &[OsString]) -> Option<Cli> {
+        use clap::FromArgMatches;
+        if !args.iter().skip(1).any(|a| a == "get") {
+            return None;
+        }
+        let tree = Global::augment_args(clap::Command::new("wxtoken"))
+            .subcommand(GetArgs::augment_args(clap::Command::new("get")))
+            .subcommand_required(true);
+        let mut tree = ManuallyDrop::new(tree);
+        let matches = ManuallyDrop::new(tree.try_get_matches_from_mut(args).ok()?);
+        let ("get", get) = matches.subcommand()? else {
+            return None;
+        };
+        Some(Cli {
+            global: Global::from_arg_matches(&matches).ok()?,
+            command: Command::Get(GetArgs::from_arg_matches(get).ok()?),
+        })
     }
 }
 
@@ -568,6 +605,87 @@ fn printable(text: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `get`-only tree gives exactly what the whole tree gives, and leaves to the
+    /// whole tree whatever it would refuse or answer with help.
+    #[test]
+    fn get_parses_alike_with_the_small_tree() {
+        use clap::{CommandFactory, FromArgMatches};
+        let whole = |args: &[&str]| {
+            Cli::command()
+                .try_get_matches_from(args)
+                .and_then(|m| Cli::from_arg_matches(&m))
+                .map(|cli| format!("{cli:?}"))
+        };
+        let small = |args: &[&str]| {
+            let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+            Cli::parse_get(&args).map(|cli| format!("{cli:?}"))
+        };
+        for args in [
+            &["wxtoken", "get", "--appid", "wx1234567890abcdef"][..],
+            &[
+                "wxtoken",
+                "--db",
+                "/tmp/x.db",
+                "get",
+                "--appid",
+                "wxa",
+                "--json",
+            ],
+            &[
+                "wxtoken",
+                "get",
+                "--appid",
+                "wxa",
+                "--db",
+                "/tmp/x.db",
+                "-q",
+            ],
+            &[
+                "wxtoken",
+                "-vv",
+                "get",
+                "--corpid",
+                "ww1",
+                "--agentid",
+                "1000002",
+            ],
+            &[
+                "wxtoken",
+                "get",
+                "--appid",
+                "wxa",
+                "--ticket",
+                "jsapi",
+                "--min-ttl",
+                "5m",
+            ],
+            &[
+                "wxtoken",
+                "get",
+                "--appid",
+                "wxa",
+                "--reject",
+                "-",
+                "--timeout",
+                "3",
+            ],
+            &["wxtoken", "--key-file", "/k", "get", "--appid", "get"],
+        ] {
+            assert_eq!(small(args), Some(whole(args).unwrap()), "{args:?}");
+        }
+        for args in [
+            &["wxtoken", "get"][..],
+            &["wxtoken", "get", "--help"],
+            &["wxtoken", "get", "--appid", "wxa", "--bogus"],
+            &["wxtoken", "get", "--appid", "wxa", "-q", "-v"],
+            &["wxtoken", "-V", "get"],
+            &["wxtoken", "status", "--appid", "get"],
+            &["wxtoken", "account", "add", "--appid", "get"],
+        ] {
+            assert_eq!(small(args), None, "{args:?}");
+        }
+    }
 
     #[test]
     fn durations() {

@@ -141,8 +141,8 @@ pub struct GetConfig {
 
 impl Config {
     pub fn from_cli(cli: Cli) -> Result<Config> {
-        let db = location(cli.db, "WXTOKEN_DB")?;
-        let key_file = cli.key_file;
+        let db = location(cli.global.db, "WXTOKEN_DB")?;
+        let key_file = cli.global.key_file;
         let command = match cli.command {
             Command::Account(op) => Cmd::Account(account_op(op)?),
             Command::Refresh(a) => {
@@ -228,7 +228,7 @@ impl Config {
         Ok(Config {
             db,
             key_file,
-            quiet: cli.quiet,
+            quiet: cli.global.quiet,
             command,
         })
     }

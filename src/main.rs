@@ -65,7 +65,7 @@ fn main() -> ExitCode {
             return ExitCode::from(Exit::Usage.code());
         }
     };
-    logging::init(cli.verbose, cli.quiet);
+    logging::init(cli.global.verbose, cli.global.quiet);
     match config::Config::from_cli(cli).and_then(cmd::run) {
         Ok(exit) => ExitCode::from(exit.code()),
         // A monitoring plugin reports even bad arguments as UNKNOWN, on stdout.

@@ -17,6 +17,7 @@ pub fn run(ctx: &Context, cfg: &GetConfig) -> Result<Exit> {
     let key = &cfg.key;
     let row = match &cfg.reject {
         None => {
+            crate::store::lean_sqlite_process();
             let mut tries = 0;
             loop {
                 tries += 1;
