@@ -112,7 +112,7 @@ impl Exit {
             Exit::Database => {
                 "The database could not be opened, is not a wxtoken database, or is newer \
                  than this binary; or a writing command was run by a user who may only read \
-                 it ([readers in a group](#readers-in-a-group)), or by a PostgreSQL reader \
+                 it ([readers in a group](docs/secrets.md#readers-in-a-group)), or by a PostgreSQL reader \
                  role, which may run only `get`, `account list` and `refresh --dry-run`."
             }
             Exit::Account => {
@@ -122,7 +122,7 @@ impl Exit {
             Exit::Key => {
                 "The secret key file is missing, unsafe (another owner, or readable by group \
                  or others) or not the one that encrypted a stored secret; nothing was changed \
-                 (see [secrets at rest](#secrets-at-rest)). `refresh`: an account's secret \
+                 (see [secrets at rest](docs/secrets.md#secrets-at-rest)). `refresh`: an account's secret \
                  does not open (or was forgotten with a lost key); the other accounts were \
                  refreshed."
             }
@@ -132,7 +132,7 @@ impl Exit {
             }
             Exit::PublishFailed => {
                 "`refresh`, `sink test`: publishing to a sink failed and nothing worse \
-                 happened; the tokens are stored (see [sinks](#publishing-to-redis-and-hooks-sinks))."
+                 happened; the tokens are stored (see [sinks](docs/sinks.md#publishing-to-redis-and-hooks-sinks))."
             }
             Exit::Plugin(_) => "`status --check`: its own codes, not in the table.",
         }

@@ -339,7 +339,7 @@ fn publish_exec(
     })
 }
 
-/// The variables a hook gets from wxtoken's own environment, when set (README, "Sinks"):
+/// The variables a hook gets from wxtoken's own environment, when set (docs/sinks.md):
 /// nothing else, so that `PGPASSWORD`, a `WXTOKEN_DB` URL with a password in it, or any
 /// other secret of the refresher's environment never reaches a hook.
 const HOOK_ENV: [&str; 8] = [

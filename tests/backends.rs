@@ -156,8 +156,8 @@ both! {
     }
 }
 
-/// The README's query for reading the SQLite file directly ("Using the token from other
-/// languages"), run as written on the file opened read-only, judged by the README's rules:
+/// The manual's query for reading the SQLite file directly ("Using the token from other
+/// languages"), run as written on the file opened read-only, judged by the manual's rules:
 /// it agrees with `get --json` (token, and expires_in ±1 s) for a fresh token and for one
 /// an unfinished classic fetch caps at 300 s, and finds it unusable past that cap.
 #[test]
@@ -166,7 +166,8 @@ fn the_readmes_sqlite_query_agrees_with_get() {
     f.add(&["--appid", APPID]);
     f.env.api.push(TOKEN, Reply::token("FROM-FILE", 7200));
     f.run(&["refresh"], 0);
-    let section = support::readme_section("## Using the token from other languages");
+    let section =
+        support::manual_section("docs/reading.md", "## Using the token from other languages");
     let blocks = support::fenced_blocks(&section, "sql");
     assert_eq!(blocks.len(), 1, "{section}");
     let read = || -> Option<(String, i64)> {
@@ -189,9 +190,9 @@ fn the_readmes_sqlite_query_agrees_with_get() {
                     ))
                 },
             )
-            .expect("the README's query found the newest token");
+            .expect("the manual's query found the newest token");
         let (token, expires_in, fetched_at, expires_at, started_at, classic) = row;
-        // The README's rules, one by one.
+        // The manual's rules, one by one.
         let now = support::now();
         if fetched_at > now + 60 {
             return None;
@@ -210,7 +211,7 @@ fn the_readmes_sqlite_query_agrees_with_get() {
         let want = doc["expires_in"].as_i64().unwrap();
         assert!(
             (left - want).abs() <= 1,
-            "{what}: the README's query {left} s, get {want} s"
+            "{what}: the manual's query {left} s, get {want} s"
         );
         left
     };
@@ -339,7 +340,7 @@ fn a_host_killed_mid_fetch_blocks_the_account_only_until_its_claim_expires() {
 
 /// The intent rule on PostgreSQL: a host killed (-9) while its classic fetch is held at
 /// WeChat leaves an intent on the server. Every reader (`get`, `--min-ttl`, `status`, the
-/// README's plain SQL) caps the older token at 300 s after that fetch started, and the next
+/// manual's plain SQL) caps the older token at 300 s after that fetch started, and the next
 /// refresh, even one with `--if-expiring-within`, fetches the account first.
 #[test]
 fn a_host_killed_mid_fetch_caps_the_old_token_at_five_minutes_for_every_reader() {
@@ -368,7 +369,7 @@ fn a_host_killed_mid_fetch_caps_the_old_token_at_five_minutes_for_every_reader()
     let doc = support::json(&f.run(&["status", "--json"], 0).stdout);
     let listed = doc["accounts"][0]["token"]["expires_in"].as_i64().unwrap();
     assert!(listed <= 300, "{doc}");
-    // The README's SQL for services that read PostgreSQL directly agrees.
+    // The manual's SQL for services that read PostgreSQL directly agrees.
     let (_, plain) = readme_read(db, "postgres", &db.name, APPID).expect("a valid token");
     assert!((1..=300).contains(&plain), "plain SQL: {plain}");
     // host-a's own pid is gone, so its next run takes the claim over at once, and fetches
@@ -471,9 +472,9 @@ fn a_reader_role_gets_tokens_and_nothing_else() {
     assert_eq!(db.query("SELECT count(*) FROM tokens"), "1");
 }
 
-/// The README's PostgreSQL section, and its statements and commands outside SQL blocks.
+/// The manual's PostgreSQL section, and its statements and commands outside SQL blocks.
 fn readme_pg() -> String {
-    support::readme_section("## PostgreSQL")
+    support::manual_section("docs/postgres.md", "## PostgreSQL")
 }
 
 /// The SQL of `psql -c "..."` in a line of the README.
@@ -484,7 +485,7 @@ fn psql_statements(line: &str) -> Vec<String> {
         .collect()
 }
 
-/// Runs the README's plain SQL for services that read PostgreSQL directly, exactly as
+/// Runs the manual's plain SQL for services that read PostgreSQL directly, exactly as
 /// written (a prepared statement binds its `$1`), as `role` on `dbname`: the token and its
 /// seconds left, or `None` for no row (no valid token).
 #[track_caller]
@@ -493,21 +494,21 @@ fn readme_read(db: &PgDb, role: &str, dbname: &str, appid: &str) -> Option<(Stri
     assert_eq!(
         blocks.len(),
         1,
-        "the README's PostgreSQL section has one SQL block"
+        "the manual's PostgreSQL section has one SQL block"
     );
     let sql = blocks[0].trim().trim_end_matches(';');
     let run = format!("PREPARE readme(text) AS {sql}; EXECUTE readme('{appid}');");
     let (ok, out, err) = db.server.psql_as(role, dbname, &run);
-    assert!(ok, "the README's SQL failed as {role}: {err}");
+    assert!(ok, "the manual's SQL failed as {role}: {err}");
     assert!(out.lines().count() <= 1, "{out}");
     let (token, left) = out.split_once('|')?;
     Some((token.to_string(), left.parse().expect("expires_in")))
 }
 
-/// The README's PostgreSQL recipes run as written, with only the names changed: the
+/// The manual's PostgreSQL recipes run as written, with only the names changed: the
 /// superuser's `psql` lines make the refresher's role and database, the `ALTER ROLE`
 /// limits apply to it, wxtoken refreshes as that role, the reader's `psql` and
-/// `store grant-reader` lines make a reader, and the README's plain SQL, run by that reader,
+/// `store grant-reader` lines make a reader, and the manual's plain SQL, run by that reader,
 /// returns the token and expires_in (±1 s) that `get --json` gives, also when an
 /// unrecorded classic fetch caps the token at 300 s, and no row once that cap has passed.
 #[test]
@@ -526,12 +527,12 @@ fn the_readmes_postgres_recipes_work_as_written() {
     for sql in made {
         db.server.psql("postgres", &sql.replace("wxtoken", &writer));
     }
-    // The server-side limits the README gives the refresher's role.
+    // The server-side limits the manual gives the refresher's role.
     let limits: Vec<&str> = readme
         .split('`')
         .filter(|s| s.starts_with("ALTER ROLE wxtoken SET"))
         .collect();
-    assert_eq!(limits.len(), 2, "the README's ALTER ROLE limits");
+    assert_eq!(limits.len(), 2, "the manual's ALTER ROLE limits");
     for sql in &limits {
         db.server.psql("postgres", &sql.replace("wxtoken", &writer));
     }
@@ -581,12 +582,12 @@ fn the_readmes_postgres_recipes_work_as_written() {
     };
     let agree = |what: &str| {
         let (token, left) =
-            read(db).unwrap_or_else(|| panic!("{what}: the README's SQL found no token"));
+            read(db).unwrap_or_else(|| panic!("{what}: the manual's SQL found no token"));
         let (want, want_left) = get(0).unwrap();
         assert_eq!(token, want, "{what}");
         assert!(
             (left - want_left).abs() <= 1,
-            "{what}: the README's SQL {left} s, get {want_left} s"
+            "{what}: the manual's SQL {left} s, get {want_left} s"
         );
         left
     };
@@ -612,7 +613,7 @@ fn the_readmes_postgres_recipes_work_as_written() {
     );
     // 400 s ago: WeChat retired the token 100 s ago; no row, and get has none either.
     intent(400);
-    assert_eq!(read(db), None, "the README's SQL returned a retired token");
+    assert_eq!(read(db), None, "the manual's SQL returned a retired token");
     get(3);
 }
 

@@ -170,4 +170,4 @@ run wxtoken refresh --json --force --metrics-file "$tmp/wxtoken.prom"
 printf '+ %s\n' "grep -E '^wxtoken_(last_success|token_expiry)' $tmp/wxtoken.prom"
 grep -E '^wxtoken_(last_success|token_expiry)' "$tmp/wxtoken.prom" || die "no metrics in the textfile"
 
-say "Done: the demo database and the stand-in are being removed. Next: README.md (Operating wxtoken), crontab.example"
+say "Done: the demo database and the stand-in are being removed. Next: README.md, docs/operating.md, crontab.example"

@@ -501,17 +501,17 @@ pub fn skew_clock(command: &mut Command, lib: &Path, offset: &str) {
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
 }
 
-/// README.md's text under the heading that starts with `heading` ("## PostgreSQL"), up to
-/// the next heading of that level: what a test takes the README's recipes from, so that the
-/// README and the tests cannot drift apart.
-pub fn readme_section(heading: &str) -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("read README.md");
+/// The text of the manual page `page` ("docs/postgres.md", or "README.md") under the heading
+/// that starts with `heading` ("## PostgreSQL"), up to the next heading of that level: what a
+/// test takes the manual's recipes from, so that the manual and the tests cannot drift apart.
+pub fn manual_section(page: &str, heading: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(page);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {page}: {e}"));
     let level = heading.split(' ').next().unwrap_or("##").to_string() + " ";
-    let mut lines = readme.lines().skip_while(|l| !l.starts_with(heading));
+    let mut lines = text.lines().skip_while(|l| !l.starts_with(heading));
     let first = lines
         .next()
-        .unwrap_or_else(|| panic!("README.md has no heading '{heading}'"));
+        .unwrap_or_else(|| panic!("{page} has no heading '{heading}'"));
     let rest: Vec<&str> = lines.take_while(|l| !l.starts_with(&level)).collect();
     format!("{first}\n{}\n", rest.join("\n"))
 }

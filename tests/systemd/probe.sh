@@ -1,12 +1,12 @@
 #!/bin/bash
 # Runs inside the booted container as wxtoken-probe.service (see run.sh), as root, once
-# the system is up: installs the package and operates it the way README.md's "Debian
-# package" section tells an operator to (its commands are read from /in/README.md), checks
+# the system is up: installs the package and operates it the way docs/operating.md's "Debian
+# package" section tells an operator to (its commands are read from /in/operating.md), checks
 # what systemd did, then powers the container off. Results go to /out/results, one line
 # per check ("ok NAME" or "FAIL NAME: why"), and /out/done when it finished; the journal
 # and the units' states go to /out too, for run.sh to show on failure.
 #
-# /in (read-only): README.md, target/debian/wxtoken_*.deb, the packaged wxtoken.service,
+# /in (read-only): docs/operating.md, target/debian/wxtoken_*.deb, the packaged wxtoken.service,
 # and env (STANDIN_URL: the stand-in on the host's loopback; FAIL_URL: one that answers
 # every request with errcode 40164).
 set -u
@@ -44,11 +44,11 @@ finish() {
 # A probe that stops on its own error still reports, and powers off.
 trap 'bad probe "ended early, near line $LINENO"; finish' EXIT
 
-# The README's "Debian package" section, and its commands: readme_lines N PATTERN prints
+# The manual's "Debian package" section, and its commands: readme_lines N PATTERN prints
 # the lines of the section's Nth code block (1: build and install, 2: the operator's
 # commands, 3: readers, 4: remove and purge, 5: the upgrade's move) that match PATTERN. Comments after # are left
 # to the shell.
-section=$(awk '/^### Debian package$/ { on = 1; next } on && /^##/ { exit } on' /in/README.md)
+section=$(awk '/^### Debian package$/ { on = 1; next } on && /^##/ { exit } on' /in/operating.md)
 readme_lines() {
     awk -v n="$1" -v re="$2" '/^```/ { if (!code) block++; code = !code; next }
         code && block == n && $0 ~ re' <<<"$section"
@@ -62,15 +62,15 @@ run_readme() {
         printf '+ %s\n' "$line"
         eval "$line" </dev/null || { bad "$3" "exit $? from: $line"; return 1; }
     done < <(readme_lines "$1" "$2")
-    ((n > 0)) || { bad "$3" "no line matching /$2/ in code block $1 of the README's Debian package section"; return 1; }
+    ((n > 0)) || { bad "$3" "no line matching /$2/ in code block $1 of the manual's Debian package section"; return 1; }
     ok "$3"
 }
 
 check "systemd is PID 1" "$(ps -o comm= -p 1)" systemd
 systemctl --version | head -n 1
 
-# The operator's working directory: the .deb where the README's build puts it, and the
-# AppSecret in secret.txt, as the README's commands expect.
+# The operator's working directory: the .deb where the manual's build puts it, and the
+# AppSecret in secret.txt, as the manual's commands expect.
 work=$(mktemp -d)
 # apt's prompts ("Do you want to continue?") are answered yes, as the operator would.
 printf 'APT::Get::Assume-Yes "true";\n' >/etc/apt/apt.conf.d/90wxtoken-probe
@@ -80,8 +80,8 @@ cp /in/target/debian/wxtoken_*.deb target/debian/
 printf '%s\n' 'probe0secret0for0the0stand0in0001' >secret.txt
 chmod 0644 secret.txt
 
-# ---- install, as the README says (systemd runs: the timers are enabled and started) ------
-run_readme 1 '^sudo apt install ' "README's install" || finish
+# ---- install, as the manual says (systemd runs: the timers are enabled and started) ------
+run_readme 1 '^sudo apt install ' "manual's install" || finish
 check "package installed" "$(dpkg-query -W -f '${Status}' wxtoken)" "install ok installed"
 
 # ---- 1. sysusers and tmpfiles ------------------------------------------------------------
@@ -109,17 +109,17 @@ check "wxtoken.timer Persistent" "$(prop wxtoken.timer Persistent)" yes
 check "wxtoken-ahead.timer RandomizedDelaySec" "$(prop wxtoken-ahead.timer RandomizedDelayUSec)" 30s
 check "wxtoken-ahead.timer Persistent" "$(prop wxtoken-ahead.timer Persistent)" no
 
-# ---- 3. an account added as the README says; systemd's run fetches its token -------------
+# ---- 3. an account added as the manual says; systemd's run fetches its token -------------
 # The operator points the package's environment at the API (here: the stand-in).
 sed -i "s|^#WXTOKEN_API_BASE=.*|WXTOKEN_API_BASE=$STANDIN_URL|" /etc/default/wxtoken
 check "WXTOKEN_API_BASE set" "$(grep -c "^WXTOKEN_API_BASE=$STANDIN_URL\$" /etc/default/wxtoken)" 1
-run_readme 2 '^sudo -u wxtoken ' "README's wxtoken commands" || finish
+run_readme 2 '^sudo -u wxtoken ' "manual's wxtoken commands" || finish
 check "key file made by account add" "$(stat -c '%a %U:%G' /etc/wxtoken/wxtoken.key 2>&1)" "600 wxtoken:wxtoken"
 # No run has fetched a token yet: monitoring says so.
 check_text=$(sudo -u wxtoken sh -c 'set -a; . /etc/default/wxtoken; exec wxtoken status --check')
 check_match "status --check before any run" "$? $check_text" '^2 WXTOKEN CRITICAL - .*wx1234567890abcdef: no valid token'
 mark=$(date '+%Y-%m-%d %H:%M:%S')
-run_readme 2 '^sudo systemctl start wxtoken.service' "README's systemctl start"
+run_readme 2 '^sudo systemctl start wxtoken.service' "manual's systemctl start"
 check "wxtoken.service run" "$(state wxtoken.service)" "inactive dead success 0"
 check "wxtoken.service condition" "$(prop wxtoken.service ConditionResult)" yes
 check "wxtoken.service ran under its user" "$(prop wxtoken.service User)" wxtoken
@@ -128,10 +128,10 @@ check_match "journal: the run's summary" "$journal" 'refreshed 1 of 1 accounts'
 # The 4-minute unit, under the same hardening: nothing is due, a quiet success.
 systemctl start wxtoken-ahead.service
 check "wxtoken-ahead.service run" "$(state wxtoken-ahead.service)" "inactive dead success 0"
-# A member of the wxtoken group reads the token, as the README says.
+# A member of the wxtoken group reads the token, as the manual says.
 useradd --system --no-create-home --shell /usr/sbin/nologin myapp
 token=
-run_readme 3 '^sudo (usermod|chmod|systemctl) ' "README's reader setup" && {
+run_readme 3 '^sudo (usermod|chmod|systemctl) ' "manual's reader setup" && {
     get=$(readme_lines 3 '^sudo -u myapp ')
     printf '+ %s\n' "$get"
     token=$(eval "$get" </dev/null)
@@ -201,7 +201,7 @@ if cmp -s /lib/systemd/system/wxtoken-ahead.service /in/wxtoken-ahead.service; t
 # ---- upgrading from the package that skipped every run --------------------------------------
 # Its layout: /etc/wxtoken 0750 root:wxtoken, and the key where account add put it. The
 # postinst (run again by dpkg -i) gives the directory to wxtoken; the run fails (exit 7)
-# until the README's move.
+# until the manual's move.
 chown root:wxtoken /etc/wxtoken
 chmod 0750 /etc/wxtoken
 install -d -o wxtoken -g wxtoken -m 0700 /var/lib/wxtoken/.config /var/lib/wxtoken/.config/wxtoken
@@ -211,7 +211,7 @@ check "upgrade: /etc/wxtoken given to wxtoken" "$(stat -c '%a %U:%G' /etc/wxtoke
 systemctl start wxtoken.service
 check "upgrade: the run before the move" "$(state wxtoken.service)" "failed failed exit-code 7"
 systemctl reset-failed wxtoken.service
-run_readme 5 '^sudo -u wxtoken mv ' "README's upgrade move"
+run_readme 5 '^sudo -u wxtoken mv ' "manual's upgrade move"
 systemctl start wxtoken.service
 check "upgrade: the run after the move" "$(state wxtoken.service)" "inactive dead success 0"
 # key rotate, as the wxtoken user, replaces the key in /etc/wxtoken (keeping the old one
@@ -224,8 +224,8 @@ check "the run after key rotate" "$(state wxtoken.service)" "inactive dead succe
 
 # ---- 6. wxtoken-receive.socket: not tested, the receiver does not exist yet ----------------
 
-# ---- 7. remove keeps the database and the key; purge as the README says ------------------
-run_readme 4 '^sudo apt remove ' "README's apt remove" || finish
+# ---- 7. remove keeps the database and the key; purge as the manual says ------------------
+run_readme 4 '^sudo apt remove ' "manual's apt remove" || finish
 check "remove: binary gone" "$(test -e /usr/bin/wxtoken && echo present || echo gone)" gone
 units() {
     systemctl list-unit-files --no-legend wxtoken.service wxtoken.timer wxtoken-ahead.service \
@@ -238,7 +238,7 @@ check "remove: timers stopped" "$(systemctl is-active wxtoken.timer wxtoken-ahea
 check "remove: database kept" "$(stat -c '%U' /var/lib/wxtoken/wxtoken.db 2>&1)" wxtoken
 check "remove: key kept" "$(stat -c '%a %U' /etc/wxtoken/wxtoken.key 2>&1)" "600 wxtoken"
 check "remove: configuration kept" "$(ls /etc/default/wxtoken /etc/cron.d/wxtoken 2>&1 | wc -l)" 2
-run_readme 4 '^sudo apt purge ' "README's apt purge" || finish
+run_readme 4 '^sudo apt purge ' "manual's apt purge" || finish
 check "purge: units gone" "$(units)" ""
 check "purge: configuration gone" "$(ls /etc/default/wxtoken /etc/cron.d/wxtoken 2>/dev/null | wc -l)" 0
 check "purge: database kept" "$(stat -c '%U' /var/lib/wxtoken/wxtoken.db 2>&1)" wxtoken

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The Debian package under a real systemd: boots Debian bookworm in systemd-nspawn, and
-# inside it installs the .deb and operates it exactly as README.md's "Debian package"
-# section says (probe.sh reads the commands from the README), as systemd runs things:
+# inside it installs the .deb and operates it exactly as docs/operating.md's "Debian package"
+# section says (probe.sh reads the commands from docs/operating.md), as systemd runs things:
 #   1. sysusers and tmpfiles ran (the wxtoken user and group, /var/lib/wxtoken 0750);
 #   2. both timers are enabled and scheduled, with their RandomizedDelaySec and Persistent=;
-#   3. an account added as the README says; `systemctl start wxtoken.service` fetches from
+#   3. an account added as the manual says; `systemctl start wxtoken.service` fetches from
 #      the stand-in on the host's loopback, ends inactive (dead) with result success, the
 #      journal holds the summary line, and a member of the wxtoken group gets the token;
 #   4. a run that WeChat refuses (40164) leaves the unit failed with exit status 4 in
@@ -12,9 +12,9 @@
 #   5. every hardening directive was on for 3 and 4 (the unit systemd ran is the packaged
 #      file, no drop-ins), and `systemd-analyze security` stays at or under 1.5;
 #   6. (the socket-activated receiver does not exist yet: nothing to test);
-#   7. `apt remove` keeps the database and the key; `apt purge` as the README says.
+#   7. `apt remove` keeps the database and the key; `apt purge` as the manual says.
 # Also: a run without the key file fails (exit 7), and the upgrade from the package whose
-# units skipped every run (its /etc/wxtoken and key location) works as the README says.
+# units skipped every run (its /etc/wxtoken and key location) works as the manual says.
 #
 #   sudo bash tests/systemd/run.sh           # WXTOKEN_DEB=path.deb: test that package
 #
@@ -178,7 +178,7 @@ ln -sf /dev/null "$etc/systemd/system/apt-daily.timer"
 ln -sf /dev/null "$etc/systemd/system/apt-daily-upgrade.timer"
 echo wxtoken-ci >"$etc/hostname"
 printf '127.0.1.1\twxtoken-ci\n' >>"$etc/hosts"
-cp README.md tests/systemd/probe.sh "$run/in/"
+cp docs/operating.md tests/systemd/probe.sh "$run/in/"
 cp packaging/systemd/wxtoken.service packaging/systemd/ahead/wxtoken-ahead.service "$run/in/"
 cp "$deb" "$run/in/target/debian/"
 printf 'STANDIN_URL=%s\nFAIL_URL=%s\n' "$standin_url" "$fail_url" >"$run/in/env"
