@@ -129,13 +129,7 @@ fn load_client_cert(
 
 /// Connects, with every message naming the server without its password.
 pub fn connect(config: &PgConfig) -> Result<Client, String> {
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let default_root = home
-        .as_ref()
-        .map(|h| h.join(".postgresql/root.crt"))
-        .filter(|p| p.is_file())
-        .map(RootCert::File);
-    let tls = tls_policy(config, default_root)?;
+    let (tls, home) = tls_and_home(config)?;
     let mut pg = postgres::Config::new();
     pg.user(&config.user)
         .dbname(&config.dbname)
@@ -161,30 +155,42 @@ pub fn connect(config: &PgConfig) -> Result<Client, String> {
             .connect(postgres::NoTls),
         _ => pg
             .ssl_mode(postgres::config::SslMode::Require)
-            .connect(MakeRustlsConnect::new(client_config(
-                &tls,
-                client_cert(config, home.as_deref()).as_ref(),
-            )?)),
+            .connect(rustls_connector(&tls, config, home.as_deref())?),
     };
     result.map_err(|e| connect_error(&e, config, &tls))
 }
 
-/// Asks the server to cancel the statement `token`'s session is running, over a connection
-/// made as `connect` makes them (a cancel request carries no password, only the key the
-/// server gave the session).
-pub fn cancel(token: &postgres::CancelToken, config: &PgConfig) -> Result<(), String> {
+/// The TLS policy for `config`, and the home directory whose `~/.postgresql` files (the
+/// default root certificate, the client certificate) it reads, as libpq does.
+fn tls_and_home(config: &PgConfig) -> Result<(Tls, Option<PathBuf>), String> {
     let home = std::env::var_os("HOME").map(PathBuf::from);
     let default_root = home
         .as_ref()
         .map(|h| h.join(".postgresql/root.crt"))
         .filter(|p| p.is_file())
         .map(RootCert::File);
-    let done = match tls_policy(config, default_root)? {
+    Ok((tls_policy(config, default_root)?, home))
+}
+
+fn rustls_connector(
+    tls: &Tls,
+    config: &PgConfig,
+    home: Option<&Path>,
+) -> Result<MakeRustlsConnect, String> {
+    Ok(MakeRustlsConnect::new(client_config(
+        tls,
+        client_cert(config, home).as_ref(),
+    )?))
+}
+
+/// Asks the server to cancel the statement `token`'s session is running, over a connection
+/// made as `connect` makes them (a cancel request carries no password, only the key the
+/// server gave the session).
+pub fn cancel(token: &postgres::CancelToken, config: &PgConfig) -> Result<(), String> {
+    let (tls, home) = tls_and_home(config)?;
+    let done = match tls {
         Tls::Off => token.cancel_query(postgres::NoTls),
-        tls => token.cancel_query(MakeRustlsConnect::new(client_config(
-            &tls,
-            client_cert(config, home.as_deref()).as_ref(),
-        )?)),
+        tls => token.cancel_query(rustls_connector(&tls, config, home.as_deref())?),
     };
     done.map_err(|e| format!("could not cancel a statement on {config}: {e}"))
 }
