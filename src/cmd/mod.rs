@@ -4,15 +4,13 @@
 
 mod account;
 pub mod check;
-mod dry_run;
 mod generate;
 mod get;
 mod key;
-mod metrics;
+pub(crate) mod metrics;
 mod prune;
 mod quota;
 mod refresh;
-mod refresh_out;
 mod sink;
 mod status;
 mod store_admin;

@@ -5,8 +5,10 @@ use std::io::IsTerminal;
 
 use anyhow::Result;
 
+mod dry_run;
+mod out;
+
 use super::Context;
-use super::refresh_out::Progress;
 use crate::config::RefreshConfig;
 use crate::domain::{Account, AccountKey};
 use crate::engine::{self, Done, Plan, Stop};
@@ -16,13 +18,14 @@ use crate::policy::{ATTEMPT_RETENTION, BUSY_TIMEOUT, DEFAULT_KEEP};
 use crate::signals;
 use crate::store::{ReadStore, StoreError};
 use crate::text::held_text;
+use out::Progress;
 
 pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
     if cfg.dry_run {
         // Reads only, and no secret: a PostgreSQL reader role may ask too.
         let store = ctx.store_or_read()?;
         let accounts = targets_or_warn(store.as_ref(), cfg)?;
-        return super::dry_run::run(store.as_ref(), &accounts, cfg, ctx.now());
+        return dry_run::run(store.as_ref(), &accounts, cfg, ctx.now());
     }
     signals::catch_stop_signals();
     let client = ctx.client(&cfg.api);
@@ -150,7 +153,7 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
             ),
         ));
     }
-    super::refresh_out::after_run(ctx, store.as_ref(), &accounts, &results, cfg, started, exit)
+    out::after_run(ctx, store.as_ref(), &accounts, &results, cfg, started, exit)
 }
 
 fn report(
