@@ -18,7 +18,7 @@ use crate::freshness::{self, Want};
 use crate::policy::{self, Hold};
 use crate::secret::fingerprint;
 use crate::signals;
-use crate::store::{Claim, Newest, Recorded, Store, StoreError};
+use crate::store::{Claim, Newest, ReadStore, Recorded, Store, StoreError};
 use crate::text;
 use crate::wechat::{Client, Credentials};
 
@@ -94,6 +94,38 @@ pub struct Plan {
     pub jobs: usize,
     /// Seconds a claim lasts.
     pub claim_ttl: i64,
+}
+
+/// The accounts to refresh: every enabled one, or the named ones; those with a fetch that
+/// was never recorded first, oldest first, since it may have doomed their stored token.
+pub fn targets(store: &dyn ReadStore, named: &[AccountKey]) -> Result<Vec<Account>> {
+    let mut all = store.accounts()?;
+    let unfinished = store.unfinished_fetches()?;
+    all.sort_by_key(|a| {
+        unfinished
+            .iter()
+            .position(|&id| id == a.id)
+            .unwrap_or(usize::MAX)
+    });
+    if named.is_empty() {
+        return Ok(all.into_iter().filter(|a| a.enabled).collect());
+    }
+    let mut picked = Vec::new();
+    for key in named {
+        match all.iter().find(|a| &a.key == key) {
+            // Named twice: fetched once.
+            Some(a) if picked.iter().any(|p: &Account| p.id == a.id) => {}
+            Some(a) if a.enabled => picked.push(a.clone()),
+            Some(_) => {
+                return Err(fail(
+                    Exit::Account,
+                    format!("account {key} is disabled; enable it first (wxtoken account enable)"),
+                ));
+            }
+            None => return Err(StoreError::NotFound(key.clone()).into()),
+        }
+    }
+    Ok(picked)
 }
 
 /// Refreshes every account on up to `plan.jobs` threads, each with its own handle on the

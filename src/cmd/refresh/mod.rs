@@ -10,13 +10,13 @@ mod out;
 
 use super::Context;
 use crate::config::RefreshConfig;
-use crate::domain::{Account, AccountKey};
+use crate::domain::Account;
 use crate::engine::{self, Done, Plan, Stop};
 use crate::exit::{Exit, fail};
 use crate::freshness::Want;
 use crate::policy::{ATTEMPT_RETENTION, BUSY_TIMEOUT, DEFAULT_KEEP};
 use crate::signals;
-use crate::store::{ReadStore, StoreError};
+use crate::store::ReadStore;
 use crate::text::held_text;
 use out::Progress;
 
@@ -268,7 +268,7 @@ fn some_of(names: &[String]) -> String {
 
 /// `targets`, with a warning when there is none to refresh.
 fn targets_or_warn(store: &dyn ReadStore, cfg: &RefreshConfig) -> Result<Vec<Account>> {
-    let accounts = targets(store, &cfg.accounts)?;
+    let accounts = engine::targets(store, &cfg.accounts)?;
     if accounts.is_empty() && !cfg.allow_empty {
         // Even with -q: a cron line whose WXTOKEN_DB has a typo refreshes an empty new
         // database every hour, and silence would hide that until the tokens run out.
@@ -278,38 +278,6 @@ fn targets_or_warn(store: &dyn ReadStore, cfg: &RefreshConfig) -> Result<Vec<Acc
         );
     }
     Ok(accounts)
-}
-
-/// The accounts to refresh: every enabled one, or the named ones; those with a fetch that
-/// was never recorded first, oldest first, since it may have doomed their stored token.
-pub fn targets(store: &dyn ReadStore, named: &[AccountKey]) -> Result<Vec<Account>> {
-    let mut all = store.accounts()?;
-    let unfinished = store.unfinished_fetches()?;
-    all.sort_by_key(|a| {
-        unfinished
-            .iter()
-            .position(|&id| id == a.id)
-            .unwrap_or(usize::MAX)
-    });
-    if named.is_empty() {
-        return Ok(all.into_iter().filter(|a| a.enabled).collect());
-    }
-    let mut picked = Vec::new();
-    for key in named {
-        match all.iter().find(|a| &a.key == key) {
-            // Named twice: fetched once.
-            Some(a) if picked.iter().any(|p: &Account| p.id == a.id) => {}
-            Some(a) if a.enabled => picked.push(a.clone()),
-            Some(_) => {
-                return Err(fail(
-                    Exit::Account,
-                    format!("account {key} is disabled; enable it first (wxtoken account enable)"),
-                ));
-            }
-            None => return Err(StoreError::NotFound(key.clone()).into()),
-        }
-    }
-    Ok(picked)
 }
 
 #[cfg(test)]

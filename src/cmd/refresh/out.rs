@@ -60,7 +60,7 @@ pub fn after_run(
         emit(&text)?;
     }
     if let Some(path) = &cfg.metrics_file {
-        let written = crate::cmd::metrics::text(store, ctx.now())
+        let written = crate::cmd::report::metrics_text(store, ctx.now())
             .and_then(|text| crate::metrics::write_atomic(path, &text));
         if let Err(err) = written {
             eprintln!("wxtoken: error: {err:#}");
