@@ -14,7 +14,7 @@ use crate::domain::Account;
 use crate::engine::{self, Done, Plan, Stop};
 use crate::exit::{Exit, fail};
 use crate::freshness::Want;
-use crate::policy::{ATTEMPT_RETENTION, BUSY_TIMEOUT, DEFAULT_KEEP};
+use crate::policy::{ATTEMPT_RETENTION, BUSY_TIMEOUT};
 use crate::signals;
 use crate::store::ReadStore;
 use crate::text::held_text;
@@ -86,35 +86,18 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
             .collect();
         (all, results)
     };
-    // The run's own handle sat idle while the workers fetched: a server restart or a
-    // network cut meanwhile ended its connection, which is made anew here; if that fails,
-    // publishing and pruning are skipped (the database is out of reach).
-    let revived = if stop.now() { Ok(()) } else { store.revive() };
-    // Publishing and pruning write: on a locked database they would wait out the lock once
-    // more, and after a signal they would delay an exit that was asked for.
-    let failed_sinks = if stop.now() {
-        Vec::new()
-    } else if revived.is_err() {
-        vec!["(database)".to_string()]
-    } else {
-        // After every row is committed: the new tokens, and every still-valid one, so that
-        // a flushed Redis is whole again after one run.
-        match crate::publish::publish_all(store.as_ref(), &accounts, ctx.now()) {
-            Ok(reports) => crate::publish::report_failures(&reports, ""),
-            Err(err) => {
-                eprintln!("wxtoken: could not publish to the sinks: {err:#}");
-                vec!["(database)".to_string()]
-            }
-        }
-    };
-    if !stop.now()
-        && revived.is_ok()
-        && let Err(err) = store.prune(ctx.now(), DEFAULT_KEEP, now - ATTEMPT_RETENTION)
-    {
-        log::warn!("could not prune old rows: {err}");
-    }
+    // Revive, publish, prune: a failed publish counts into the exit code below (9 when
+    // nothing else failed), a database out of reach as a database failure.
+    let settled = engine::settle(
+        store.as_ref(),
+        &accounts,
+        ctx.clock,
+        &stop,
+        Some(now - ATTEMPT_RETENTION),
+        "",
+    );
     // An account whose fetch went unrecorded has said why already.
-    if let Err(err) = &revived
+    if let Some(err) = &settled.unreachable
         && !results.iter().any(|d| matches!(d, Done::Unrecorded(_)))
     {
         eprintln!("wxtoken: could not publish to the sinks: {err}");
@@ -128,9 +111,9 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
         &keyless,
         ctx.quiet,
         report_holds,
-        &failed_sinks,
+        &settled.failed_sinks,
     );
-    if revived.is_err() {
+    if settled.unreachable.is_some() {
         exit = exit.merge(Exit::Database);
     }
     if stop.locked() && signals::caught().is_none() {
