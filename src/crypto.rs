@@ -12,8 +12,7 @@ use chacha20poly1305::aead::rand_core::RngCore;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
-use crate::domain::AccountKey;
-use crate::secret::Secret;
+use crate::domain::{AccountKey, Secret};
 
 /// The prefix of every value this version seals.
 pub const SCHEME: &str = "wxs1";

@@ -1,7 +1,9 @@
 //! The path of a fetch, in one place: claim the account → fetch its token, then the
 //! tickets that depend on it → record each → release the claim, on every path. `refresh`
 //! runs it over many accounts on a worker pool; `get --reject` runs it for one account
-//! when the token a caller rejected is still the newest.
+//! when the token a caller rejected is still the newest. Both then `settle` the same way:
+//! revive the store's handle → publish to the sinks → prune. Which accounts a run takes
+//! (`targets`) is decided here too.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,7 +20,7 @@ use crate::freshness::{self, Want};
 use crate::policy::{self, Hold};
 use crate::secret::fingerprint;
 use crate::signals;
-use crate::store::{Claim, Newest, Recorded, Store, StoreError};
+use crate::store::{Claim, Newest, ReadStore, Recorded, Store, StoreError};
 use crate::text;
 use crate::wechat::{Client, Credentials};
 
@@ -94,6 +96,38 @@ pub struct Plan {
     pub jobs: usize,
     /// Seconds a claim lasts.
     pub claim_ttl: i64,
+}
+
+/// The accounts to refresh: every enabled one, or the named ones; those with a fetch that
+/// was never recorded first, oldest first, since it may have doomed their stored token.
+pub fn targets(store: &dyn ReadStore, named: &[AccountKey]) -> Result<Vec<Account>> {
+    let mut all = store.accounts()?;
+    let unfinished = store.unfinished_fetches()?;
+    all.sort_by_key(|a| {
+        unfinished
+            .iter()
+            .position(|&id| id == a.id)
+            .unwrap_or(usize::MAX)
+    });
+    if named.is_empty() {
+        return Ok(all.into_iter().filter(|a| a.enabled).collect());
+    }
+    let mut picked = Vec::new();
+    for key in named {
+        match all.iter().find(|a| &a.key == key) {
+            // Named twice: fetched once.
+            Some(a) if picked.iter().any(|p: &Account| p.id == a.id) => {}
+            Some(a) if a.enabled => picked.push(a.clone()),
+            Some(_) => {
+                return Err(fail(
+                    Exit::Account,
+                    format!("account {key} is disabled; enable it first (wxtoken account enable)"),
+                ));
+            }
+            None => return Err(StoreError::NotFound(key.clone()).into()),
+        }
+    }
+    Ok(picked)
 }
 
 /// Refreshes every account on up to `plan.jobs` threads, each with its own handle on the
@@ -516,13 +550,69 @@ pub fn clock_text(offset: i64) -> String {
     )
 }
 
+/// What settling after a run's fetches did.
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// The sinks whose publish failed, by name; `(database)` when the rows could not be
+    /// read to publish them, or the database could not be reached again.
+    pub failed_sinks: Vec<String>,
+    /// Why the database could not be reached again after the fetches, if it could not:
+    /// publishing and pruning were skipped.
+    pub unreachable: Option<StoreError>,
+}
+
+/// After a run's fetches are committed, the one way to settle it: make the handle that sat
+/// idle while the fetches ran reach the database again (a server restart or a network cut
+/// meanwhile ended its connection), publish every valid token of `accounts` to the sinks
+/// (the new ones and every still-valid one, so that a flushed Redis is whole again after
+/// one run), then prune old rows if `prune_attempts_before` says from when. A failed
+/// publish never undoes a fetch: it is reported on stderr (its lines begin with
+/// `prefix`), recorded on the sink and retried by the next run; what it means for the
+/// exit code is the caller's to say. After a stop (a signal, a locked database) nothing
+/// is done: these steps write, and would wait out the lock again or delay an exit that
+/// was asked for.
+pub fn settle(
+    store: &dyn Store,
+    accounts: &[Account],
+    clock: Clock,
+    stop: &Stop,
+    prune_attempts_before: Option<i64>,
+    prefix: &str,
+) -> Settled {
+    if stop.now() {
+        return Settled::default();
+    }
+    if let Err(err) = store.revive() {
+        return Settled {
+            failed_sinks: vec!["(database)".to_string()],
+            unreachable: Some(err),
+        };
+    }
+    let failed_sinks = match crate::publish::publish_all(store, accounts, clock()) {
+        Ok(reports) => crate::publish::report_failures(&reports, prefix),
+        Err(err) => {
+            eprintln!("wxtoken: {prefix}could not publish to the sinks: {err:#}");
+            vec!["(database)".to_string()]
+        }
+    };
+    if let Some(before) = prune_attempts_before
+        && let Err(err) = store.prune(clock(), policy::DEFAULT_KEEP, before)
+    {
+        log::warn!("could not prune old rows: {err}");
+    }
+    Settled {
+        failed_sinks,
+        unreachable: None,
+    }
+}
+
 /// `get --reject`: a token other than `rejected`, with at least `min_ttl` left: the
 /// newest one if someone already replaced it, else one fetched now. Only the claim holder
 /// fetches, so N callers rejecting one token cause one fetch; the others wait for its row.
 pub fn renew(
     store: &dyn Store,
     client: &Client,
-    key: &AccountKey,
+    account: &Account,
     rejected: &str,
     min_ttl: i64,
     ttl: i64,
@@ -531,12 +621,7 @@ pub fn renew(
     let good = |row: Option<TokenRow>, now| {
         row.filter(|r| r.token != rejected && freshness::usable(&r.stored(), now, min_ttl))
     };
-    let Some(account) = store.account(key)? else {
-        return Err(fail(
-            Exit::NoToken,
-            format!("no valid token for {key}: no such account"),
-        ));
-    };
+    let key = &account.key;
     let timeout = client.timeout().as_secs();
     let deadline = Instant::now() + Duration::from_secs(ttl as u64 + timeout);
     loop {
@@ -556,8 +641,8 @@ pub fn renew(
                     format!("{key} is skipped {}: {reason}", text::held_text(until)),
                 ));
             }
-            let outcome = fetch_replacing(store, client, &account, rejected, now)?;
-            match record(store, &account, Credential::AccessToken, outcome) {
+            let outcome = fetch_replacing(store, client, account, rejected, now)?;
+            match record(store, account, Credential::AccessToken, outcome) {
                 (Done::Refreshed, Some(token)) if token == rejected => Err(fail(
                     Exit::FetchFailed,
                     format!(

@@ -12,7 +12,7 @@ use redis::IntoConnectionInfo;
 use crate::domain::{Account, Credential, Secret};
 use crate::secret::fingerprint;
 use crate::sink::{self, Entry, Format, Item, Layout};
-use crate::store::{NewestRow, SinkResult, SinkRow, Store};
+use crate::store::{NewestRow, SinkResult, SinkRow, Sinks};
 
 /// What one publish to one sink did.
 #[derive(Debug)]
@@ -41,11 +41,14 @@ struct Valid<'a> {
     row: NewestRow,
 }
 
-/// Publishes to every sink that selects any of `accounts` and records each outcome.
-pub fn publish_all(store: &dyn Store, accounts: &[Account], now: i64) -> Result<Vec<Report>> {
+/// Publishes to every sink that selects any of `accounts` and records each outcome. The
+/// accounts' rows are read once for all the sinks, and only if a sink selects any of them.
+pub fn publish_all(store: &dyn Sinks, accounts: &[Account], now: i64) -> Result<Vec<Report>> {
+    let sinks = store.sinks()?;
+    let mut valid = None;
     let mut reports = Vec::new();
-    for sink in store.sinks()? {
-        if !accounts.iter().any(|a| selects(&sink, a)) {
+    for sink in &sinks {
+        if !accounts.iter().any(|a| selects(sink, a)) {
             continue;
         }
         // A stop signal during publishing: the sinks not reached yet get the tokens from
@@ -53,21 +56,43 @@ pub fn publish_all(store: &dyn Store, accounts: &[Account], now: i64) -> Result<
         if crate::signals::caught().is_some() {
             break;
         }
-        reports.push(publish_sink(store, &sink, accounts, Mode::Run, now)?);
+        let valid = match &mut valid {
+            Some(valid) => valid,
+            None => {
+                let selected = accounts
+                    .iter()
+                    .filter(|a| sinks.iter().any(|s| selects(s, a)));
+                valid.insert(valid_rows(store, selected, now)?)
+            }
+        };
+        reports.push(publish_to(store, sink, valid, Mode::Run, now)?);
     }
     Ok(reports)
 }
 
 /// Publishes to one sink and records the outcome on it.
 pub fn publish_sink(
-    store: &dyn Store,
+    store: &dyn Sinks,
     sink: &SinkRow,
     accounts: &[Account],
     mode: Mode,
     now: i64,
 ) -> Result<Report> {
+    let selected = accounts.iter().filter(|a| selects(sink, a));
+    let valid = valid_rows(store, selected, now)?;
+    publish_to(store, sink, &valid, mode, now)
+}
+
+/// The newest row of each credential of `accounts`, where it is still valid at `now`.
+/// One read per account and credential: the store has no bulk read of newest rows with
+/// their tokens yet (`all_newest` leaves the token out); one would replace this loop.
+fn valid_rows<'a>(
+    store: &dyn Sinks,
+    accounts: impl Iterator<Item = &'a Account>,
+    now: i64,
+) -> Result<Vec<Valid<'a>>> {
     let mut valid = Vec::new();
-    for account in accounts.iter().filter(|a| selects(sink, a)) {
+    for account in accounts {
         for kind in account.credentials() {
             if let Some(row) = store.newest_row(account.id, kind)?
                 && row.expires_at > now
@@ -76,6 +101,18 @@ pub fn publish_sink(
             }
         }
     }
+    Ok(valid)
+}
+
+/// Publishes the rows of `valid` that the sink selects, and records the outcome on it.
+fn publish_to(
+    store: &dyn Sinks,
+    sink: &SinkRow,
+    valid: &[Valid],
+    mode: Mode,
+    now: i64,
+) -> Result<Report> {
+    let valid: Vec<&Valid> = valid.iter().filter(|v| selects(sink, v.account)).collect();
     let timeout = Duration::from_secs(sink.timeout.clamp(1, 120) as u64);
     let report = if sink.kind == "exec" {
         publish_exec(store, sink, &valid, mode, timeout, now)?
@@ -116,7 +153,7 @@ fn item<'a>(v: &'a Valid) -> Item<'a> {
 
 fn publish_redis(
     sink: &SinkRow,
-    valid: &[Valid],
+    valid: &[&Valid],
     mode: Mode,
     timeout: Duration,
     now: i64,
@@ -288,9 +325,9 @@ fn connect(sink: &SinkRow, timeout: Duration) -> redis::RedisResult<redis::Conne
 }
 
 fn publish_exec(
-    store: &dyn Store,
+    store: &dyn Sinks,
     sink: &SinkRow,
-    valid: &[Valid],
+    valid: &[&Valid],
     mode: Mode,
     timeout: Duration,
     now: i64,
@@ -522,4 +559,148 @@ pub fn report_failures(reports: &[Report], prefix: &str) -> Vec<String> {
         failed.push(r.name.clone());
     }
     failed
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::domain::{AccountKey, Api, Ticket};
+    use crate::store::Result as StoreResult;
+
+    /// Sinks over memory that counts the calls publishing makes, by name.
+    #[derive(Default)]
+    struct Counted {
+        sinks: Vec<SinkRow>,
+        rows: BTreeMap<(i64, &'static str), NewestRow>,
+        calls: RefCell<BTreeMap<&'static str, usize>>,
+    }
+
+    impl Counted {
+        fn count(&self, name: &'static str) {
+            *self.calls.borrow_mut().entry(name).or_default() += 1;
+        }
+
+        fn calls(&self) -> usize {
+            self.calls.borrow().values().sum()
+        }
+    }
+
+    impl Sinks for Counted {
+        fn add_sink(&self, _: &SinkRow) -> StoreResult<bool> {
+            unreachable!("publishing adds no sink")
+        }
+        fn sinks(&self) -> StoreResult<Vec<SinkRow>> {
+            self.count("sinks");
+            Ok(self.sinks.clone())
+        }
+        fn sink(&self, _: &str) -> StoreResult<Option<SinkRow>> {
+            unreachable!("publishing reads the sinks all at once")
+        }
+        fn remove_sink(&self, _: &str) -> StoreResult<bool> {
+            unreachable!("publishing removes no sink")
+        }
+        fn record_sink_result(&self, _: i64, _: &SinkResult) -> StoreResult<()> {
+            self.count("record_sink_result");
+            Ok(())
+        }
+        fn newest_row(&self, account_id: i64, kind: Credential) -> StoreResult<Option<NewestRow>> {
+            self.count("newest_row");
+            Ok(self.rows.get(&(account_id, kind.as_str())).cloned())
+        }
+        fn published_row(&self, _: i64, _: i64, _: Credential) -> StoreResult<Option<i64>> {
+            self.count("published_row");
+            Ok(None)
+        }
+        fn note_published(&self, _: i64, _: i64, _: Credential, _: i64) -> StoreResult<()> {
+            self.count("note_published");
+            Ok(())
+        }
+    }
+
+    fn account(id: i64) -> Account {
+        Account {
+            id,
+            key: AccountKey {
+                appid: format!("wx{id:04}"),
+                agent: String::new(),
+            },
+            api: Api::Stable,
+            secret: Secret::new(format!("secret{id}")),
+            enabled: true,
+            created_at: 0,
+            updated_at: 0,
+            held_until: None,
+            held_reason: None,
+            tickets: vec![Ticket::Jsapi],
+            fetch_due: false,
+        }
+    }
+
+    fn sink(id: i64, kind: &str, target: &str, accounts: &[&str]) -> SinkRow {
+        SinkRow {
+            id,
+            name: format!("s{id}"),
+            kind: kind.to_string(),
+            target: target.to_string(),
+            password: None,
+            format: Some("plain".to_string()),
+            prefix: None,
+            key_template: None,
+            accounts: accounts.iter().map(|a| a.to_string()).collect(),
+            timeout: 1,
+            created_at: 0,
+            last: None,
+        }
+    }
+
+    /// `accounts` accounts with a valid token and ticket each, and two Redis sinks (nothing
+    /// listens on their port: a refused connection costs no time) and one hook for one
+    /// account: the shape of a fleet that publishes to two Redis servers.
+    fn fleet(accounts: i64) -> (Counted, Vec<Account>) {
+        let mut store = Counted {
+            sinks: vec![
+                sink(1, "redis", "redis://127.0.0.1:1/", &[]),
+                sink(2, "redis", "redis://127.0.0.1:1/1", &[]),
+                sink(3, "exec", "true", &["wx0001"]),
+            ],
+            ..Counted::default()
+        };
+        let all: Vec<Account> = (1..=accounts).map(account).collect();
+        for a in &all {
+            for kind in a.credentials() {
+                let row = NewestRow {
+                    id: a.id,
+                    token: format!("token-{}-{}", a.id, kind.as_str()),
+                    expires_at: 10_000,
+                };
+                store.rows.insert((a.id, kind.as_str()), row);
+            }
+        }
+        (store, all)
+    }
+
+    #[test]
+    fn a_run_reads_each_row_once_for_every_sink() {
+        let (store, accounts) = fleet(1_000);
+        let reports = publish_all(&store, &accounts, 1_000).unwrap();
+        assert_eq!(reports.len(), 3);
+        let calls = store.calls.borrow().clone();
+        // Each account's token and ticket once, not once per sink (4,002 before).
+        assert_eq!(calls["newest_row"], 2_000);
+        // The hook's one account: whether it has its two rows, and that it got them.
+        assert_eq!((calls["published_row"], calls["note_published"]), (2, 2));
+        assert_eq!((calls["sinks"], calls["record_sink_result"]), (1, 3));
+        assert_eq!(store.calls(), 2_008);
+    }
+
+    #[test]
+    fn no_row_is_read_when_no_sink_selects_the_accounts() {
+        let (mut store, accounts) = fleet(10);
+        store.sinks = vec![sink(1, "exec", "true", &["wx9999"])];
+        assert!(publish_all(&store, &accounts, 1_000).unwrap().is_empty());
+        assert_eq!(store.calls(), 1);
+    }
 }

@@ -7,7 +7,7 @@ use std::ffi::OsString;
 
 use anyhow::Result;
 
-use super::{Context, emit, refresh};
+use super::{Context, emit};
 use crate::config::CheckConfig;
 use crate::domain::{AccountKey, AttemptResult, Credential};
 use crate::exit::Exit;
@@ -185,7 +185,7 @@ pub fn wanted(args: &[OsString]) -> bool {
 fn gather(store: &dyn ReadStore, named: &[AccountKey], now: i64) -> Result<Vec<Subject>> {
     let mut subjects = Vec::new();
     let fetched = store.fetches_today(now)?;
-    for account in refresh::targets(store, named)? {
+    for account in crate::engine::targets(store, named)? {
         // The credential with the least time left; no valid row at all counts as least.
         let mut worst: Option<(Option<i64>, Credential)> = None;
         for kind in account.credentials() {

@@ -7,10 +7,10 @@ use serde_json::json;
 use super::{Context, emit, stdin_line};
 use crate::config::GetConfig;
 use crate::domain::{AccountKey, Credential, TokenRow};
-use crate::engine;
+use crate::engine::{self, Stop};
 use crate::exit::{Exit, fail};
 use crate::freshness;
-use crate::store::{ReadStore, Store};
+use crate::store::ReadStore;
 use crate::text::{held_text, human, rfc3339};
 
 pub fn run(ctx: &Context, cfg: &GetConfig) -> Result<Exit> {
@@ -48,43 +48,43 @@ pub fn run(ctx: &Context, cfg: &GetConfig) -> Result<Exit> {
             }
             let store = ctx.existing_store()?;
             ctx.unlock(store.as_ref(), false)?;
-            if let Some(account) = store.account(key)? {
-                crate::vault::require_open(&account)?;
-            }
+            // Read once, after the key is loaded (its secret opens only then), for the
+            // fetch and the publish alike.
+            let Some(account) = store.account(key)? else {
+                return Err(fail(
+                    Exit::NoToken,
+                    format!("no valid token for {key}: no such account"),
+                ));
+            };
+            crate::vault::require_open(&account)?;
             let client = ctx.client(api);
             let row = engine::renew(
                 store.as_ref(),
                 &client,
-                key,
+                &account,
                 rejected,
                 cfg.min_ttl,
                 api.claim_ttl,
                 ctx.clock,
             )?;
-            publish_renewed(store.as_ref(), key, ctx.now());
+            // The caller gets its token either way: a failed publish is a warning here,
+            // recorded on the sink, and retried by the next refresh. Pruning is left to it.
+            let settled = engine::settle(
+                store.as_ref(),
+                std::slice::from_ref(&account),
+                ctx.clock,
+                &Stop::default(),
+                None,
+                "warning: ",
+            );
+            if let Some(err) = settled.unreachable {
+                eprintln!("wxtoken: warning: could not publish to the sinks: {err}");
+            }
             row
         }
     };
     emit(&render(key, cfg.kind, &row, cfg.json, ctx.now()))?;
     Ok(Exit::Ok)
-}
-
-/// Publishes the account's tokens after `--reject`. The caller gets its token either way:
-/// a failure is a warning here, recorded on the sink, and retried by the next refresh.
-fn publish_renewed(store: &dyn Store, key: &AccountKey, now: i64) {
-    let result = store
-        .account(key)
-        .map_err(anyhow::Error::from)
-        .and_then(|account| {
-            let accounts: Vec<_> = account.into_iter().collect();
-            crate::publish::publish_all(store, &accounts, now)
-        });
-    match result {
-        Ok(reports) => {
-            crate::publish::report_failures(&reports, "warning: ");
-        }
-        Err(err) => eprintln!("wxtoken: warning: could not publish to the sinks: {err:#}"),
-    }
 }
 
 fn render(key: &AccountKey, kind: Credential, row: &TokenRow, json: bool, now: i64) -> String {

@@ -4,7 +4,6 @@
 
 mod account;
 pub mod check;
-mod dry_run;
 mod generate;
 mod get;
 mod key;
@@ -12,7 +11,7 @@ mod metrics;
 mod prune;
 mod quota;
 mod refresh;
-mod refresh_out;
+mod report;
 mod sink;
 mod status;
 mod store_admin;

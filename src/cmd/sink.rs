@@ -3,6 +3,7 @@
 use anyhow::Result;
 use serde_json::{Value, json};
 
+use super::report::{describe, sink_json};
 use super::{Context, emit, stdin_line};
 use crate::cli::{SinkAddArgs, SinkCommand};
 use crate::domain::{AccountKey, Secret};
@@ -10,7 +11,6 @@ use crate::exit::{Exit, fail};
 use crate::publish::{self, Mode};
 use crate::sink::{self, Format};
 use crate::store::{SinkRow, Store};
-use crate::text::{human, rfc3339};
 
 pub fn run(ctx: &Context, cmd: SinkCommand) -> Result<Exit> {
     let store = ctx.store()?;
@@ -242,83 +242,4 @@ fn redis_url(args: &SinkAddArgs) -> Result<sink::RedisUrl> {
         ));
     }
     Ok(url)
-}
-
-/// One line about a sink, for `sink list` and `status`.
-fn describe(s: &SinkRow) -> String {
-    let accounts = if s.accounts.is_empty() {
-        "every account".to_string()
-    } else {
-        s.accounts.join(",")
-    };
-    if s.kind == "exec" {
-        return format!(
-            "exec {:?} accounts={accounts} timeout={}s",
-            s.target, s.timeout
-        );
-    }
-    let mut text = format!(
-        "redis {} format={}",
-        sink::shown_url(&s.target, s.password.is_some()),
-        s.format.as_deref().unwrap_or("")
-    );
-    if let Some(p) = &s.prefix {
-        text += &format!(" prefix={p:?}");
-    }
-    if let Some(k) = &s.key_template {
-        text += &format!(" key={k}");
-    }
-    text + &format!(" accounts={accounts} timeout={}s", s.timeout)
-}
-
-fn sink_json(s: &SinkRow, now: i64) -> Value {
-    json!({
-        "name": s.name,
-        "kind": s.kind,
-        "target": if s.kind == "exec" { s.target.clone() } else { sink::shown_url(&s.target, s.password.is_some()) },
-        "format": s.format,
-        "prefix": s.prefix,
-        "key": s.key_template,
-        "accounts": s.accounts,
-        "timeout": s.timeout,
-        "last_publish": s.last.as_ref().map(|l| json!({
-            "at": rfc3339(l.at),
-            "age": now - l.at,
-            "ok": l.ok,
-            "published": l.published,
-            "failed": l.failed,
-            "error": l.error,
-        })),
-    })
-}
-
-/// The sinks block of `status`: each sink and the outcome of its newest publish.
-pub fn status_text(store: &dyn Store, now: i64) -> Result<String> {
-    let mut text = String::new();
-    for s in store.sinks()? {
-        text += &format!("sink {}  {}\n", s.name, describe(&s));
-        let last = match &s.last {
-            None => "never published yet".to_string(),
-            Some(l) if l.ok => format!(
-                "last publish {} ago: ok, {} written",
-                human(now - l.at),
-                l.published
-            ),
-            Some(l) => format!(
-                "last publish {} ago: FAILED, {} of {} not published: {}",
-                human(now - l.at),
-                l.failed,
-                l.failed + l.published,
-                l.error.as_deref().unwrap_or("")
-            ),
-        };
-        text += &format!("    {last}\n");
-    }
-    Ok(text)
-}
-
-pub fn status_json(store: &dyn Store, now: i64) -> Result<Value> {
-    Ok(Value::Array(
-        store.sinks()?.iter().map(|s| sink_json(s, now)).collect(),
-    ))
 }

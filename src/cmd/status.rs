@@ -4,8 +4,9 @@
 use anyhow::Result;
 use serde_json::{Value, json};
 
+use super::report::{self, columns};
 use super::{Context, Stream};
-use crate::domain::{Account, AccountKey, Attempt, AttemptResult, Credential, Failure, TokenRow};
+use crate::domain::{Account, AccountKey, Attempt, Credential, TokenRow};
 use crate::engine;
 use crate::exit::Exit;
 use crate::freshness;
@@ -27,7 +28,7 @@ pub fn run(ctx: &Context, json_out: bool, named: &[AccountKey]) -> Result<Exit> 
     // --appid picks accounts as refresh does; without it, disabled accounts show too.
     let accounts = match named.is_empty() {
         true => store.accounts()?,
-        false => super::refresh::targets(store.as_ref(), named)?,
+        false => engine::targets(store.as_ref(), named)?,
     };
     let fetched = store.fetches_today(now)?;
     // Streamed: one account is read, rendered and written at a time, so that memory does
@@ -63,11 +64,11 @@ pub fn run(ctx: &Context, json_out: bool, named: &[AccountKey]) -> Result<Exit> 
         }
     }
     if json_out {
-        let sinks = super::sink::status_json(store.as_ref(), now)?;
+        let sinks = report::sinks_json(store.as_ref(), now)?;
         let database = Value::from(store.location());
         out.write(&format!("],\"database\":{database},\"sinks\":{sinks}}}\n"))?;
     } else {
-        out.write(&super::sink::status_text(store.as_ref(), now)?)?;
+        out.write(&report::sinks_text(store.as_ref(), now)?)?;
     }
     out.finish()?;
     Ok(Exit::Ok)
@@ -172,32 +173,6 @@ fn account_json(a: &Account, lines: &[Line], today: i64, now: i64) -> Value {
 fn held(a: &Account, now: i64) -> Option<(String, String)> {
     a.held_at(now)
         .map(|(until, reason)| (held_text(until), reason))
-}
-
-/// The columns an attempt had in the database: outcome, errcode, errmsg, HTTP status and
-/// detail, as `status --json` has always shown them.
-pub(super) type Columns<'a> = (
-    &'static str,
-    Option<i64>,
-    Option<&'a str>,
-    Option<u16>,
-    Option<&'a str>,
-);
-
-pub(super) fn columns(a: &Attempt) -> Columns<'_> {
-    match &a.result {
-        AttemptResult::Ok => ("ok", None, None, None, None),
-        AttemptResult::Unchanged => ("unchanged", None, None, None, None),
-        AttemptResult::Failed(f) => match f {
-            Failure::WeChat { errcode, errmsg } => {
-                ("errcode", Some(*errcode), Some(errmsg), None, None)
-            }
-            Failure::Http { status } => ("http", None, None, Some(*status), None),
-            Failure::Transport(d) => ("transport", None, None, None, Some(d)),
-            Failure::NotJson(d) => ("not_json", None, None, None, Some(d)),
-            Failure::Invalid(d) => ("invalid", None, None, None, Some(d)),
-        },
-    }
 }
 
 fn attempt_text(a: &Attempt, kind: Credential) -> String {

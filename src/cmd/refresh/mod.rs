@@ -5,24 +5,27 @@ use std::io::IsTerminal;
 
 use anyhow::Result;
 
+mod dry_run;
+mod out;
+
 use super::Context;
-use super::refresh_out::Progress;
 use crate::config::RefreshConfig;
-use crate::domain::{Account, AccountKey};
+use crate::domain::Account;
 use crate::engine::{self, Done, Plan, Stop};
 use crate::exit::{Exit, fail};
 use crate::freshness::Want;
-use crate::policy::{ATTEMPT_RETENTION, BUSY_TIMEOUT, DEFAULT_KEEP};
+use crate::policy::{ATTEMPT_RETENTION, BUSY_TIMEOUT};
 use crate::signals;
-use crate::store::{ReadStore, StoreError};
+use crate::store::ReadStore;
 use crate::text::held_text;
+use out::Progress;
 
 pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
     if cfg.dry_run {
         // Reads only, and no secret: a PostgreSQL reader role may ask too.
         let store = ctx.store_or_read()?;
         let accounts = targets_or_warn(store.as_ref(), cfg)?;
-        return super::dry_run::run(store.as_ref(), &accounts, cfg, ctx.now());
+        return dry_run::run(store.as_ref(), &accounts, cfg, ctx.now());
     }
     signals::catch_stop_signals();
     let client = ctx.client(&cfg.api);
@@ -83,35 +86,18 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
             .collect();
         (all, results)
     };
-    // The run's own handle sat idle while the workers fetched: a server restart or a
-    // network cut meanwhile ended its connection, which is made anew here; if that fails,
-    // publishing and pruning are skipped (the database is out of reach).
-    let revived = if stop.now() { Ok(()) } else { store.revive() };
-    // Publishing and pruning write: on a locked database they would wait out the lock once
-    // more, and after a signal they would delay an exit that was asked for.
-    let failed_sinks = if stop.now() {
-        Vec::new()
-    } else if revived.is_err() {
-        vec!["(database)".to_string()]
-    } else {
-        // After every row is committed: the new tokens, and every still-valid one, so that
-        // a flushed Redis is whole again after one run.
-        match crate::publish::publish_all(store.as_ref(), &accounts, ctx.now()) {
-            Ok(reports) => crate::publish::report_failures(&reports, ""),
-            Err(err) => {
-                eprintln!("wxtoken: could not publish to the sinks: {err:#}");
-                vec!["(database)".to_string()]
-            }
-        }
-    };
-    if !stop.now()
-        && revived.is_ok()
-        && let Err(err) = store.prune(ctx.now(), DEFAULT_KEEP, now - ATTEMPT_RETENTION)
-    {
-        log::warn!("could not prune old rows: {err}");
-    }
+    // Revive, publish, prune: a failed publish counts into the exit code below (9 when
+    // nothing else failed), a database out of reach as a database failure.
+    let settled = engine::settle(
+        store.as_ref(),
+        &accounts,
+        ctx.clock,
+        &stop,
+        Some(now - ATTEMPT_RETENTION),
+        "",
+    );
     // An account whose fetch went unrecorded has said why already.
-    if let Err(err) = &revived
+    if let Some(err) = &settled.unreachable
         && !results.iter().any(|d| matches!(d, Done::Unrecorded(_)))
     {
         eprintln!("wxtoken: could not publish to the sinks: {err}");
@@ -125,9 +111,9 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
         &keyless,
         ctx.quiet,
         report_holds,
-        &failed_sinks,
+        &settled.failed_sinks,
     );
-    if revived.is_err() {
+    if settled.unreachable.is_some() {
         exit = exit.merge(Exit::Database);
     }
     if stop.locked() && signals::caught().is_none() {
@@ -150,7 +136,7 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
             ),
         ));
     }
-    super::refresh_out::after_run(ctx, store.as_ref(), &accounts, &results, cfg, started, exit)
+    out::after_run(ctx, store.as_ref(), &accounts, &results, cfg, started, exit)
 }
 
 fn report(
@@ -265,7 +251,7 @@ fn some_of(names: &[String]) -> String {
 
 /// `targets`, with a warning when there is none to refresh.
 fn targets_or_warn(store: &dyn ReadStore, cfg: &RefreshConfig) -> Result<Vec<Account>> {
-    let accounts = targets(store, &cfg.accounts)?;
+    let accounts = engine::targets(store, &cfg.accounts)?;
     if accounts.is_empty() && !cfg.allow_empty {
         // Even with -q: a cron line whose WXTOKEN_DB has a typo refreshes an empty new
         // database every hour, and silence would hide that until the tokens run out.
@@ -275,38 +261,6 @@ fn targets_or_warn(store: &dyn ReadStore, cfg: &RefreshConfig) -> Result<Vec<Acc
         );
     }
     Ok(accounts)
-}
-
-/// The accounts to refresh: every enabled one, or the named ones; those with a fetch that
-/// was never recorded first, oldest first, since it may have doomed their stored token.
-pub fn targets(store: &dyn ReadStore, named: &[AccountKey]) -> Result<Vec<Account>> {
-    let mut all = store.accounts()?;
-    let unfinished = store.unfinished_fetches()?;
-    all.sort_by_key(|a| {
-        unfinished
-            .iter()
-            .position(|&id| id == a.id)
-            .unwrap_or(usize::MAX)
-    });
-    if named.is_empty() {
-        return Ok(all.into_iter().filter(|a| a.enabled).collect());
-    }
-    let mut picked = Vec::new();
-    for key in named {
-        match all.iter().find(|a| &a.key == key) {
-            // Named twice: fetched once.
-            Some(a) if picked.iter().any(|p: &Account| p.id == a.id) => {}
-            Some(a) if a.enabled => picked.push(a.clone()),
-            Some(_) => {
-                return Err(fail(
-                    Exit::Account,
-                    format!("account {key} is disabled; enable it first (wxtoken account enable)"),
-                ));
-            }
-            None => return Err(StoreError::NotFound(key.clone()).into()),
-        }
-    }
-    Ok(picked)
 }
 
 #[cfg(test)]

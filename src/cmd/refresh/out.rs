@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use super::{Context, emit};
+use crate::cmd::{Context, emit};
 use crate::config::RefreshConfig;
 use crate::domain::{Account, Credential, Failure, TokenRow};
 use crate::engine::Done;
@@ -60,7 +60,7 @@ pub fn after_run(
         emit(&text)?;
     }
     if let Some(path) = &cfg.metrics_file {
-        let written = super::metrics::text(store, ctx.now())
+        let written = crate::cmd::report::metrics_text(store, ctx.now())
             .and_then(|text| crate::metrics::write_atomic(path, &text));
         if let Err(err) = written {
             eprintln!("wxtoken: error: {err:#}");

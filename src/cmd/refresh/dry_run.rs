@@ -5,7 +5,7 @@
 use anyhow::Result;
 use serde_json::json;
 
-use super::emit;
+use crate::cmd::emit;
 use crate::config::RefreshConfig;
 use crate::domain::{Account, Credential, TokenRow};
 use crate::exit::Exit;
