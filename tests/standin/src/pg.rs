@@ -5,8 +5,6 @@
 //!
 //! Without PostgreSQL installed, `server()` prints a visible note and returns `None`, so
 //! the test skips; under `CI=true` it panics instead: CI never skips these.
-#![allow(dead_code)]
-
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
