@@ -8,21 +8,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::standin::TOKEN;
-use support::{Out, TestEnv, assert_has, wait};
+use support::{Out, TestEnv, add, assert_has, wait};
 
 const APPID: &str = "wx1111111111111111";
 const OTHER: &str = "wx2222222222222222";
 const SECRET: &str = "f1e2d3c4b5a6978800112233445566aa";
 const OTHER_SECRET: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
-
-fn add(env: &TestEnv, appid: &str, secret: &str) -> Out {
-    let out = env.run_with_stdin(
-        &["account", "add", "--appid", appid],
-        &format!("{secret}\n"),
-    );
-    out.assert_code(0);
-    out
-}
 
 /// The stored (sealed) secret of an account. PostgreSQL keeps secrets in a table of their
 /// own, which a reader role is never granted.
@@ -144,7 +135,7 @@ fn stored_secrets_never_reach_the_files_in_plain_text() {
     let env = TestEnv::new();
     env.api.register(APPID, SECRET);
     env.api.register(OTHER, OTHER_SECRET);
-    let out = add(&env, APPID, SECRET);
+    let out = add(&env, ["--appid", APPID], SECRET);
     // The first secret creates the key file, and says so once, with a backup reminder.
     assert!(
         out.stderr.contains("created the key file"),
@@ -153,7 +144,7 @@ fn stored_secrets_never_reach_the_files_in_plain_text() {
     );
     assert!(out.stderr.contains("Back it up"), "{}", out.stderr);
     assert_eq!(mode(&env.key_file()), 0o600);
-    let again = add(&env, OTHER, OTHER_SECRET);
+    let again = add(&env, ["--appid", OTHER], OTHER_SECRET);
     assert!(!again.stderr.contains("key file"), "{}", again.stderr);
     assert_nowhere(&env, &[SECRET, OTHER_SECRET]);
     let stored = stored_secret(&env, APPID);
@@ -198,7 +189,7 @@ fn stored_secrets_never_reach_the_files_in_plain_text() {
 #[test]
 fn plaintext_secrets_of_an_older_version_are_encrypted_and_scrubbed() {
     let env = TestEnv::new();
-    add(&env, APPID, SECRET);
+    add(&env, ["--appid", APPID], SECRET);
     let gone = "5555aaaa5555aaaa5555aaaa5555aaaa";
     let old = "6666bbbb6666bbbb6666bbbb6666bbbb";
     // What an earlier version leaves: plaintext secrets, a replaced one in a page's free
@@ -263,8 +254,8 @@ fn plaintext_secrets_of_an_older_version_are_encrypted_and_scrubbed() {
 #[test]
 fn a_ciphertext_moved_to_another_account_does_not_open() {
     let env = TestEnv::new();
-    add(&env, APPID, SECRET);
-    add(&env, OTHER, OTHER_SECRET);
+    add(&env, ["--appid", APPID], SECRET);
+    add(&env, ["--appid", OTHER], OTHER_SECRET);
     let copied = stored_secret(&env, APPID);
     let other = account_id(&env, OTHER);
     env.execute(&if env.is_postgres() {
@@ -324,7 +315,7 @@ fn a_ciphertext_moved_to_another_account_does_not_open() {
     assert_one_error_line(&out, 7, &[&key_file, OTHER]);
     // A key file that is not the one that encrypted the stored secrets seals nothing.
     let stranger = TestEnv::new();
-    add(&stranger, APPID, SECRET);
+    add(&stranger, ["--appid", APPID], SECRET);
     let wrong = stranger.key_file().display().to_string();
     let out = env.run_with_stdin(
         &[
@@ -340,7 +331,7 @@ fn a_ciphertext_moved_to_another_account_does_not_open() {
     assert_one_error_line(&out, 7, &[&wrong, "does not open"]);
     // The key file that opens the others seals a new one.
     env.api.register("wx3333333333333333", "s3");
-    add(&env, "wx3333333333333333", "s3");
+    add(&env, ["--appid", "wx3333333333333333"], "s3");
     // The account itself is mended by setting its secret again.
     env.run_with_stdin(
         &["account", "set-secret", "--appid", OTHER],
@@ -355,7 +346,7 @@ fn a_ciphertext_moved_to_another_account_does_not_open() {
 #[test]
 fn without_the_key_refresh_fails_and_changes_nothing_while_get_works() {
     let env = TestEnv::new();
-    add(&env, APPID, SECRET);
+    add(&env, ["--appid", APPID], SECRET);
     env.run(&["refresh"]).assert_code(0);
     let key = std::fs::read(env.key_file()).expect("key");
     std::fs::remove_file(env.key_file()).expect("lose the key");
@@ -393,7 +384,7 @@ fn without_the_key_refresh_fails_and_changes_nothing_while_get_works() {
 
     // A wrong key file (another key): the same exit code, and it names the key id.
     let other = TestEnv::new();
-    add(&other, APPID, SECRET);
+    add(&other, ["--appid", APPID], SECRET);
     std::fs::copy(other.key_file(), env.key_file()).expect("wrong key");
     let out = env.run(&["refresh", "--force"]);
     assert_one_error_line(&out, 7, &[&key_file, APPID, "does not open"]);
@@ -406,7 +397,7 @@ fn without_the_key_refresh_fails_and_changes_nothing_while_get_works() {
 fn unsafe_key_files_are_refused() {
     use std::os::unix::fs::PermissionsExt;
     let env = TestEnv::new();
-    add(&env, APPID, SECRET);
+    add(&env, ["--appid", APPID], SECRET);
     let key_file = env.key_file();
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o640)).unwrap();
     let out = env.run(&["refresh"]);
@@ -439,7 +430,7 @@ fn the_key_file_is_found_in_the_documented_order() {
     std::fs::create_dir(&home).unwrap();
     env.unset_env("WXTOKEN_KEY_FILE");
     env.set_env("HOME", home.to_str().unwrap());
-    add(&env, APPID, SECRET);
+    add(&env, ["--appid", APPID], SECRET);
     let home_key = home.join(".config/wxtoken/key");
     assert_eq!(mode(&home_key), 0o600);
     assert_eq!(mode(home_key.parent().unwrap()), 0o700);
@@ -488,8 +479,8 @@ fn key_rotate_reencrypts_every_secret_and_keeps_the_old_key() {
     let env = TestEnv::new();
     env.api.register(APPID, SECRET);
     env.api.register(OTHER, OTHER_SECRET);
-    add(&env, APPID, SECRET);
-    add(&env, OTHER, OTHER_SECRET);
+    add(&env, ["--appid", APPID], SECRET);
+    add(&env, ["--appid", OTHER], OTHER_SECRET);
     let first = env.kid();
     let out = env.run(&["key", "rotate"]);
     out.assert_code(0);
@@ -518,7 +509,7 @@ fn key_rotate_reencrypts_every_secret_and_keeps_the_old_key() {
 fn an_interrupted_rotation_leaves_a_database_the_key_file_opens() {
     let env = TestEnv::new();
     env.api.register(APPID, SECRET);
-    add(&env, APPID, SECRET);
+    add(&env, ["--appid", APPID], SECRET);
     let first = env.kid();
     // Hold what rotate needs after it wrote the new key beside the old one, and kill it
     // there. PostgreSQL: the rows of the secrets, before re-encrypting them. SQLite:
@@ -572,7 +563,7 @@ fn an_interrupted_rotation_leaves_a_database_the_key_file_opens() {
 #[test]
 fn key_reset_after_losing_the_key_keeps_tokens_and_takes_new_secrets() {
     let env = TestEnv::new();
-    add(&env, APPID, SECRET);
+    add(&env, ["--appid", APPID], SECRET);
     env.run(&["refresh"]).assert_code(0);
     let out = env.run(&["key", "reset"]);
     assert_one_error_line(&out, 2, &["--yes"]);
@@ -610,7 +601,7 @@ fn key_reset_after_losing_the_key_keeps_tokens_and_takes_new_secrets() {
     // A lost secret whose hold was lifted (`account enable` did, before it refused) holds
     // its own account in each refresh, and the others are fetched.
     env.execute("UPDATE accounts SET held_until = NULL, held_reason = NULL");
-    let out = add(&env, OTHER, OTHER_SECRET);
+    let out = add(&env, ["--appid", OTHER], OTHER_SECRET);
     assert!(
         out.stderr.contains("created the key file"),
         "{}",
@@ -641,7 +632,7 @@ fn dead_pid() -> u32 {
 fn key_file_writes_follow_no_planted_link_and_leave_no_key_behind() {
     let env = TestEnv::new();
     env.api.register(APPID, SECRET);
-    add(&env, APPID, SECRET);
+    add(&env, ["--appid", APPID], SECRET);
     let first = env.kid();
     let key = env.key_file();
     let dir = key
@@ -700,7 +691,7 @@ fn key_rotate_beside_secret_writers_loses_no_secret() {
         env.api.register(&appid(i), &secret(i));
     }
     // Account 0 is the one whose secret is set again and again.
-    add(&env, &appid(0), &secret(0));
+    add(&env, ["--appid", &appid(0)], &secret(0));
     std::thread::scope(|s| {
         s.spawn(|| {
             for _ in 0..8 {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::redis_server::Redis;
 use support::standin::{self, Reply};
-use support::{Out, TestEnv};
+use support::{Out, TestEnv, run};
 
 const OA: &str = "wx1234567890abcdef";
 const OA_SECRET: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
@@ -27,13 +27,6 @@ const APP_MD5: &str = "a890e84a8e71b9dab7d2b905c73317d4";
 const REDIS_PASSWORD: &str = "r3dis-Pa55word-7Kq";
 
 // ---- helpers ----
-
-#[track_caller]
-fn run(env: &TestEnv, args: &[&str], code: i32) -> Out {
-    let out = env.run(args);
-    out.assert_code(code);
-    out
-}
 
 /// An Official Account (classic token, jsapi and wx_card tickets), a Mini Program (stable
 /// token) and a WeCom app (jsapi and agent_config tickets).
