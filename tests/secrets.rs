@@ -105,22 +105,6 @@ fn assert_nowhere(env: &TestEnv, needles: &[&str]) {
     assert!(found.is_empty(), "left behind in the files: {found:?}");
 }
 
-#[track_caller]
-fn assert_one_error_line(out: &Out, code: i32, parts: &[&str]) {
-    out.assert_code(code);
-    assert_eq!(out.stdout, "", "stdout must stay empty");
-    let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "one line on stderr:\n{}", out.stderr);
-    assert!(lines[0].starts_with("wxtoken: error: "), "{}", lines[0]);
-    for part in parts {
-        assert!(
-            lines[0].contains(part),
-            "stderr lacks {part:?}: {}",
-            lines[0]
-        );
-    }
-}
-
 fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path)
@@ -312,7 +296,8 @@ fn a_ciphertext_moved_to_another_account_does_not_open() {
     assert_has(&outcome(1, "error"), &["does not open", "set-secret"]);
     assert_eq!(lines[2]["exit_code"], 7, "{}", out.stdout);
     let out = env.run(&["get", "--appid", OTHER, "--reject", "old"]);
-    assert_one_error_line(&out, 7, &[&key_file, OTHER]);
+    out.assert_one_line_error(7)
+        .assert_stderr_has(&[&key_file, OTHER]);
     // A key file that is not the one that encrypted the stored secrets seals nothing.
     let stranger = TestEnv::new();
     add(&stranger, ["--appid", APPID], SECRET);
@@ -328,7 +313,8 @@ fn a_ciphertext_moved_to_another_account_does_not_open() {
         ],
         "s3\n",
     );
-    assert_one_error_line(&out, 7, &[&wrong, "does not open"]);
+    out.assert_one_line_error(7)
+        .assert_stderr_has(&[&wrong, "does not open"]);
     // The key file that opens the others seals a new one.
     env.api.register("wx3333333333333333", "s3");
     add(&env, ["--appid", "wx3333333333333333"], "s3");
@@ -357,13 +343,14 @@ fn without_the_key_refresh_fails_and_changes_nothing_while_get_works() {
 
     let key_file = env.key_file().display().to_string();
     let out = env.run(&["refresh", "--force"]);
-    assert_one_error_line(&out, 7, &[&key_file, APPID, "does not exist", "backup"]);
+    out.assert_one_line_error(7)
+        .assert_stderr_has(&[&key_file, APPID, "does not exist", "backup"]);
     assert!(
         !env.key_file().exists(),
         "never a new key once a secret is encrypted"
     );
     let out = env.run_with_stdin(&["account", "add", "--appid", OTHER], "s\n");
-    assert_one_error_line(&out, 7, &[&key_file]);
+    out.assert_one_line_error(7).assert_stderr_has(&[&key_file]);
     assert!(!env.key_file().exists());
     assert_eq!(
         (
@@ -387,7 +374,8 @@ fn without_the_key_refresh_fails_and_changes_nothing_while_get_works() {
     add(&other, ["--appid", APPID], SECRET);
     std::fs::copy(other.key_file(), env.key_file()).expect("wrong key");
     let out = env.run(&["refresh", "--force"]);
-    assert_one_error_line(&out, 7, &[&key_file, APPID, "does not open"]);
+    out.assert_one_line_error(7)
+        .assert_stderr_has(&[&key_file, APPID, "does not open"]);
 
     std::fs::write(env.key_file(), key).expect("restore the key");
     env.run(&["refresh", "--force"]).assert_code(0);
@@ -401,21 +389,24 @@ fn unsafe_key_files_are_refused() {
     let key_file = env.key_file();
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o640)).unwrap();
     let out = env.run(&["refresh"]);
-    assert_one_error_line(&out, 7, &[&key_file.display().to_string(), "mode 0640"]);
+    out.assert_one_line_error(7)
+        .assert_stderr_has(&[&key_file.display().to_string(), "mode 0640"]);
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     env.run(&["refresh"]).assert_code(0);
 
     if support_uid() == 0 {
         std::os::unix::fs::chown(&key_file, Some(64_321), None).unwrap();
         let out = env.run(&["refresh", "--force"]);
-        assert_one_error_line(&out, 7, &["belongs to uid 64321"]);
+        out.assert_one_line_error(7)
+            .assert_stderr_has(&["belongs to uid 64321"]);
     } else {
         eprintln!("note: not root; the key-owner check is not exercised");
     }
     std::fs::write(&key_file, "not a key\n").unwrap();
     std::os::unix::fs::chown(&key_file, Some(support_uid()), None).unwrap();
     let out = env.run(&["refresh", "--force"]);
-    assert_one_error_line(&out, 7, &["not a wxtoken key file"]);
+    out.assert_one_line_error(7)
+        .assert_stderr_has(&["not a wxtoken key file"]);
 }
 
 fn support_uid() -> u32 {
@@ -457,7 +448,8 @@ fn the_key_file_is_found_in_the_documented_order() {
     fresh.unset_env("WXTOKEN_KEY_FILE");
     fresh.set_env("CREDENTIALS_DIRECTORY", creds.to_str().unwrap());
     let out = fresh.run_with_stdin(&["account", "add", "--appid", APPID], "s\n");
-    assert_one_error_line(&out, 7, &["LoadCredential"]);
+    out.assert_one_line_error(7)
+        .assert_stderr_has(&["LoadCredential"]);
 }
 
 /// The ids of the keys in a key file, in order.
@@ -502,7 +494,8 @@ fn key_rotate_reencrypts_every_secret_and_keeps_the_old_key() {
     // The old key alone no longer opens the database.
     let old = old_key_file(&env);
     let out = env.run(&["--key-file", old.to_str().unwrap(), "refresh", "--force"]);
-    assert_one_error_line(&out, 7, &["does not open", &second]);
+    out.assert_one_line_error(7)
+        .assert_stderr_has(&["does not open", &second]);
 }
 
 #[test]
@@ -566,9 +559,9 @@ fn key_reset_after_losing_the_key_keeps_tokens_and_takes_new_secrets() {
     add(&env, ["--appid", APPID], SECRET);
     env.run(&["refresh"]).assert_code(0);
     let out = env.run(&["key", "reset"]);
-    assert_one_error_line(&out, 2, &["--yes"]);
+    out.assert_one_line_error(2).assert_stderr_has(&["--yes"]);
     let out = env.run(&["key", "reset", "--yes"]);
-    assert_one_error_line(&out, 7, &["exists"]);
+    out.assert_one_line_error(7).assert_stderr_has(&["exists"]);
     std::fs::remove_file(env.key_file()).unwrap();
     let out = env.run(&["key", "reset", "--yes"]);
     out.assert_code(0);
@@ -583,7 +576,8 @@ fn key_reset_after_losing_the_key_keeps_tokens_and_takes_new_secrets() {
     let list = env.run(&["account", "list", "--json"]);
     assert!(list.stdout.contains("\"LOST\""), "{}", list.stdout);
     let out = env.run(&["get", "--appid", APPID, "--reject", "old"]);
-    assert_one_error_line(&out, 7, &[APPID, "set-secret"]);
+    out.assert_one_line_error(7)
+        .assert_stderr_has(&[APPID, "set-secret"]);
     let out = env.run(&["refresh", "--force"]);
     out.assert_code(7);
     assert_has(&out.stderr, &[APPID, "set-secret", "refreshed 0 of 1"]);
@@ -596,7 +590,8 @@ fn key_reset_after_losing_the_key_keeps_tokens_and_takes_new_secrets() {
         assert!(!env.status_block(APPID).contains(lie));
     }
     let out = env.run(&["account", "enable", "--appid", APPID]);
-    assert_one_error_line(&out, 7, &[APPID, "account set-secret"]);
+    out.assert_one_line_error(7)
+        .assert_stderr_has(&[APPID, "account set-secret"]);
     assert_eq!(env.api.requests().len(), 1);
     // A lost secret whose hold was lifted (`account enable` did, before it refused) holds
     // its own account in each refresh, and the others are fetched.
@@ -879,14 +874,16 @@ fn a_reader_in_the_group_gets_tokens_but_never_secrets_nor_writes() {
     // The reader can neither write through wxtoken, nor open the key, nor the files.
     let rows = token_rows(&env);
     let out = wxtoken_as(&env, READER, &["refresh", "--force"], "");
-    assert_one_error_line(&out, 5, &["read-only for this user"]);
+    out.assert_one_line_error(5)
+        .assert_stderr_has(&["read-only for this user"]);
     let out = wxtoken_as(
         &env,
         READER,
         &["get", "--appid", APPID, "--reject", &token],
         "",
     );
-    assert_one_error_line(&out, 5, &["read-only for this user"]);
+    out.assert_one_line_error(5)
+        .assert_stderr_has(&["read-only for this user"]);
     let key = env.key_file();
     let out = wxtoken_as(
         &env,

@@ -180,7 +180,7 @@ impl Out {
     }
 
     /// A refusal as users see it: exit `code`, nothing on stdout, exactly one line on
-    /// stderr.
+    /// stderr, and that line is `wxtoken: error: ...`.
     #[track_caller]
     pub fn assert_one_line_error(&self, code: i32) -> &Out {
         self.assert_code(code);
@@ -189,6 +189,11 @@ impl Out {
             self.stderr.lines().count(),
             1,
             "an error is one line:\n{}",
+            self.stderr
+        );
+        assert!(
+            self.stderr.starts_with("wxtoken: error: "),
+            "not an error line: {}",
             self.stderr
         );
         self
