@@ -41,7 +41,7 @@ fn setup<S: AsRef<str>>(appids: &[S]) -> TestEnv {
     for appid in appids {
         add(
             &env,
-            ["--appid", appid.as_ref(), "--api", "token"],
+            &["--appid", appid.as_ref(), "--api", "token"],
             &format!("secret-{}", appid.as_ref()),
         );
     }

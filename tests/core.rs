@@ -37,7 +37,7 @@ fn get(env: &TestEnv, appid: &str, extra: &[&str]) -> Out {
 /// A fresh environment with one account (APPID, SECRET) and no token yet.
 fn with_account() -> TestEnv {
     let env = TestEnv::new();
-    add(&env, ["--appid", APPID], SECRET);
+    add(&env, &["--appid", APPID], SECRET);
     env
 }
 
@@ -194,8 +194,8 @@ fn the_secret_is_never_an_argument() {
 #[test]
 fn list_shows_accounts_with_masked_secrets() {
     let env = TestEnv::new();
-    add(&env, ["--appid", "wxbbb"], SECRET);
-    add(&env, ["--appid", "wxaaa"], "short1");
+    add(&env, &["--appid", "wxbbb"], SECRET);
+    add(&env, &["--appid", "wxaaa"], "short1");
     run(&env, &["account", "disable", "--appid", "wxbbb"], 0);
 
     let doc = json(&run(&env, &["account", "list", "--json"], 0).stdout);
@@ -353,7 +353,7 @@ fn remove_deletes_the_account_and_its_tokens() {
     assert_eq!(env.query_i64("SELECT count(*) FROM attempts"), 0);
     run(&env, &["account", "remove", "--appid", APPID], 6);
     // The appid is free again.
-    add(&env, ["--appid", APPID], SECRET);
+    add(&env, &["--appid", APPID], SECRET);
     get(&env, APPID, &[]).assert_no_value(&["no token fetched yet"]);
 }
 
@@ -774,7 +774,7 @@ fn the_summary_line_names_ten_failed_accounts_and_counts_the_rest() {
     let env = TestEnv::new();
     let appids: Vec<String> = (0..12).map(|i| format!("wxfail{i:02}")).collect();
     for appid in &appids {
-        add(&env, ["--appid", appid], SECRET);
+        add(&env, &["--appid", appid], SECRET);
         env.api
             .push_for(TOKEN, appid, Reply::errcode(40164, IP_ERRMSG));
     }
@@ -804,7 +804,7 @@ fn the_summary_line_names_ten_failed_accounts_and_counts_the_rest() {
 fn one_failing_account_does_not_stop_the_others_nor_lose_its_token() {
     let env = TestEnv::new();
     for appid in ["wxa", "wxb", "wxc"] {
-        add(&env, ["--appid", appid], SECRET);
+        add(&env, &["--appid", appid], SECRET);
         env.api.push_for(
             TOKEN,
             appid,
@@ -837,8 +837,8 @@ fn one_failing_account_does_not_stop_the_others_nor_lose_its_token() {
 #[test]
 fn status_shows_the_database_and_each_accounts_last_attempt() {
     let env = TestEnv::new();
-    add(&env, ["--appid", "wxgood"], SECRET);
-    add(&env, ["--appid", "wxbad"], SECRET);
+    add(&env, &["--appid", "wxgood"], SECRET);
+    add(&env, &["--appid", "wxbad"], SECRET);
     env.api
         .push_for(TOKEN, "wxbad", Reply::errcode(40164, IP_ERRMSG));
     refresh(&env, &[]).assert_code(4);
@@ -1249,7 +1249,7 @@ fn the_default_database_is_under_home_and_get_creates_nothing() {
     out.assert_stderr_has(&[&db.display().to_string(), "does not exist"]);
     assert!(!home.join(".local").exists(), "get created a directory");
 
-    add(&env, ["--appid", APPID], SECRET);
+    add(&env, &["--appid", APPID], SECRET);
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(db.parent().unwrap()), 0o700);

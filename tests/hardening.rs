@@ -25,7 +25,7 @@ const PATIENCE: Duration = Duration::from_secs(20);
 fn setup(appids: &[&str]) -> TestEnv {
     let env = TestEnv::new();
     for appid in appids {
-        add(&env, ["--appid", appid, "--api", "token"], SECRET);
+        add(&env, &["--appid", appid, "--api", "token"], SECRET);
     }
     env
 }
@@ -165,7 +165,7 @@ fn set_secret_and_enable_make_the_account_due_for_either_kind_of_run() {
 /// of that account was at WeChat.
 fn killed_mid_fetch(api: &str) -> TestEnv {
     let env = TestEnv::new();
-    add(&env, ["--appid", "wxkilled", "--api", api], SECRET);
+    add(&env, &["--appid", "wxkilled", "--api", api], SECRET);
     run(&env, &["refresh"], 0);
     let route = if api == "stable" { STABLE_TOKEN } else { TOKEN };
     env.api.gate(route);
@@ -687,7 +687,7 @@ fn a_full_disk_at_record_time_says_the_stored_token_dies_and_caps_it() {
         "WXTOKEN_DB",
         &disk.0.join("wxtoken.db").display().to_string(),
     );
-    add(&env, ["--appid", "wxfull", "--api", "token"], SECRET);
+    add(&env, &["--appid", "wxfull", "--api", "token"], SECRET);
     run(&env, &["refresh"], 0);
     let child = refresh_held_at_gate(&env, &[], 2);
     disk.fill();
@@ -759,7 +759,7 @@ fn a_database_that_will_not_open_names_owners_and_modes() {
         return;
     }
     let env = TestEnv::new_in(&std::env::temp_dir());
-    add(&env, ["--appid", "wxmodes", "--api", "token"], SECRET);
+    add(&env, &["--appid", "wxmodes", "--api", "token"], SECRET);
     run(&env, &["refresh"], 0);
     let bin = env.dir.join("bin/wxtoken");
     std::fs::create_dir_all(bin.parent().unwrap()).expect("mkdir bin");
@@ -888,7 +888,7 @@ fn get_works_in_a_read_only_directory_of_another_user() {
     // In the shared temporary directory, with a copy of the binary: the checkout, and the
     // build in it, may sit where other users cannot go (a clone under /root, mode 0700).
     let env = TestEnv::new_in(&std::env::temp_dir());
-    add(&env, ["--appid", "wxro", "--api", "token"], SECRET);
+    add(&env, &["--appid", "wxro", "--api", "token"], SECRET);
     let bin = env.dir.join("bin/wxtoken");
     std::fs::create_dir_all(bin.parent().unwrap()).expect("mkdir bin");
     std::fs::copy(env!("CARGO_BIN_EXE_wxtoken"), &bin).expect("copy the binary");

@@ -119,7 +119,7 @@ fn stored_secrets_never_reach_the_files_in_plain_text() {
     let env = TestEnv::new();
     env.api.register(APPID, SECRET);
     env.api.register(OTHER, OTHER_SECRET);
-    let out = add(&env, ["--appid", APPID], SECRET);
+    let out = add(&env, &["--appid", APPID], SECRET);
     // The first secret creates the key file, and says so once, with a backup reminder.
     assert!(
         out.stderr.contains("created the key file"),
@@ -128,7 +128,7 @@ fn stored_secrets_never_reach_the_files_in_plain_text() {
     );
     assert!(out.stderr.contains("Back it up"), "{}", out.stderr);
     assert_eq!(mode(&env.key_file()), 0o600);
-    let again = add(&env, ["--appid", OTHER], OTHER_SECRET);
+    let again = add(&env, &["--appid", OTHER], OTHER_SECRET);
     assert!(!again.stderr.contains("key file"), "{}", again.stderr);
     assert_nowhere(&env, &[SECRET, OTHER_SECRET]);
     let stored = stored_secret(&env, APPID);
@@ -173,7 +173,7 @@ fn stored_secrets_never_reach_the_files_in_plain_text() {
 #[test]
 fn plaintext_secrets_of_an_older_version_are_encrypted_and_scrubbed() {
     let env = TestEnv::new();
-    add(&env, ["--appid", APPID], SECRET);
+    add(&env, &["--appid", APPID], SECRET);
     let gone = "5555aaaa5555aaaa5555aaaa5555aaaa";
     let old = "6666bbbb6666bbbb6666bbbb6666bbbb";
     // What an earlier version leaves: plaintext secrets, a replaced one in a page's free
@@ -238,8 +238,8 @@ fn plaintext_secrets_of_an_older_version_are_encrypted_and_scrubbed() {
 #[test]
 fn a_ciphertext_moved_to_another_account_does_not_open() {
     let env = TestEnv::new();
-    add(&env, ["--appid", APPID], SECRET);
-    add(&env, ["--appid", OTHER], OTHER_SECRET);
+    add(&env, &["--appid", APPID], SECRET);
+    add(&env, &["--appid", OTHER], OTHER_SECRET);
     let copied = stored_secret(&env, APPID);
     let other = account_id(&env, OTHER);
     env.execute(&if env.is_postgres() {
@@ -300,7 +300,7 @@ fn a_ciphertext_moved_to_another_account_does_not_open() {
         .assert_stderr_has(&[&key_file, OTHER]);
     // A key file that is not the one that encrypted the stored secrets seals nothing.
     let stranger = TestEnv::new();
-    add(&stranger, ["--appid", APPID], SECRET);
+    add(&stranger, &["--appid", APPID], SECRET);
     let wrong = stranger.key_file().display().to_string();
     let out = env.run_with_stdin(
         &[
@@ -317,7 +317,7 @@ fn a_ciphertext_moved_to_another_account_does_not_open() {
         .assert_stderr_has(&[&wrong, "does not open"]);
     // The key file that opens the others seals a new one.
     env.api.register("wx3333333333333333", "s3");
-    add(&env, ["--appid", "wx3333333333333333"], "s3");
+    add(&env, &["--appid", "wx3333333333333333"], "s3");
     // The account itself is mended by setting its secret again.
     env.run_with_stdin(
         &["account", "set-secret", "--appid", OTHER],
@@ -332,7 +332,7 @@ fn a_ciphertext_moved_to_another_account_does_not_open() {
 #[test]
 fn without_the_key_refresh_fails_and_changes_nothing_while_get_works() {
     let env = TestEnv::new();
-    add(&env, ["--appid", APPID], SECRET);
+    add(&env, &["--appid", APPID], SECRET);
     env.run(&["refresh"]).assert_code(0);
     let key = std::fs::read(env.key_file()).expect("key");
     std::fs::remove_file(env.key_file()).expect("lose the key");
@@ -371,7 +371,7 @@ fn without_the_key_refresh_fails_and_changes_nothing_while_get_works() {
 
     // A wrong key file (another key): the same exit code, and it names the key id.
     let other = TestEnv::new();
-    add(&other, ["--appid", APPID], SECRET);
+    add(&other, &["--appid", APPID], SECRET);
     std::fs::copy(other.key_file(), env.key_file()).expect("wrong key");
     let out = env.run(&["refresh", "--force"]);
     out.assert_one_line_error(7)
@@ -385,7 +385,7 @@ fn without_the_key_refresh_fails_and_changes_nothing_while_get_works() {
 fn unsafe_key_files_are_refused() {
     use std::os::unix::fs::PermissionsExt;
     let env = TestEnv::new();
-    add(&env, ["--appid", APPID], SECRET);
+    add(&env, &["--appid", APPID], SECRET);
     let key_file = env.key_file();
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o640)).unwrap();
     let out = env.run(&["refresh"]);
@@ -421,7 +421,7 @@ fn the_key_file_is_found_in_the_documented_order() {
     std::fs::create_dir(&home).unwrap();
     env.unset_env("WXTOKEN_KEY_FILE");
     env.set_env("HOME", home.to_str().unwrap());
-    add(&env, ["--appid", APPID], SECRET);
+    add(&env, &["--appid", APPID], SECRET);
     let home_key = home.join(".config/wxtoken/key");
     assert_eq!(mode(&home_key), 0o600);
     assert_eq!(mode(home_key.parent().unwrap()), 0o700);
@@ -471,8 +471,8 @@ fn key_rotate_reencrypts_every_secret_and_keeps_the_old_key() {
     let env = TestEnv::new();
     env.api.register(APPID, SECRET);
     env.api.register(OTHER, OTHER_SECRET);
-    add(&env, ["--appid", APPID], SECRET);
-    add(&env, ["--appid", OTHER], OTHER_SECRET);
+    add(&env, &["--appid", APPID], SECRET);
+    add(&env, &["--appid", OTHER], OTHER_SECRET);
     let first = env.kid();
     let out = env.run(&["key", "rotate"]);
     out.assert_code(0);
@@ -502,7 +502,7 @@ fn key_rotate_reencrypts_every_secret_and_keeps_the_old_key() {
 fn an_interrupted_rotation_leaves_a_database_the_key_file_opens() {
     let env = TestEnv::new();
     env.api.register(APPID, SECRET);
-    add(&env, ["--appid", APPID], SECRET);
+    add(&env, &["--appid", APPID], SECRET);
     let first = env.kid();
     // Hold what rotate needs after it wrote the new key beside the old one, and kill it
     // there. PostgreSQL: the rows of the secrets, before re-encrypting them. SQLite:
@@ -556,7 +556,7 @@ fn an_interrupted_rotation_leaves_a_database_the_key_file_opens() {
 #[test]
 fn key_reset_after_losing_the_key_keeps_tokens_and_takes_new_secrets() {
     let env = TestEnv::new();
-    add(&env, ["--appid", APPID], SECRET);
+    add(&env, &["--appid", APPID], SECRET);
     env.run(&["refresh"]).assert_code(0);
     let out = env.run(&["key", "reset"]);
     out.assert_one_line_error(2).assert_stderr_has(&["--yes"]);
@@ -596,7 +596,7 @@ fn key_reset_after_losing_the_key_keeps_tokens_and_takes_new_secrets() {
     // A lost secret whose hold was lifted (`account enable` did, before it refused) holds
     // its own account in each refresh, and the others are fetched.
     env.execute("UPDATE accounts SET held_until = NULL, held_reason = NULL");
-    let out = add(&env, ["--appid", OTHER], OTHER_SECRET);
+    let out = add(&env, &["--appid", OTHER], OTHER_SECRET);
     assert!(
         out.stderr.contains("created the key file"),
         "{}",
@@ -627,7 +627,7 @@ fn dead_pid() -> u32 {
 fn key_file_writes_follow_no_planted_link_and_leave_no_key_behind() {
     let env = TestEnv::new();
     env.api.register(APPID, SECRET);
-    add(&env, ["--appid", APPID], SECRET);
+    add(&env, &["--appid", APPID], SECRET);
     let first = env.kid();
     let key = env.key_file();
     let dir = key
@@ -686,7 +686,7 @@ fn key_rotate_beside_secret_writers_loses_no_secret() {
         env.api.register(&appid(i), &secret(i));
     }
     // Account 0 is the one whose secret is set again and again.
-    add(&env, ["--appid", &appid(0)], &secret(0));
+    add(&env, &["--appid", &appid(0)], &secret(0));
     std::thread::scope(|s| {
         s.spawn(|| {
             for _ in 0..8 {

@@ -108,7 +108,7 @@ impl<T: Args + ?Sized> Args for &T {
 
 /// Runs `wxtoken ARGS` and checks the exit code.
 #[track_caller]
-pub fn run(env: &TestEnv, args: impl Args, code: i32) -> Out {
+pub fn run(env: &TestEnv, args: &(impl Args + ?Sized), code: i32) -> Out {
     let out = env.run(args);
     out.assert_code(code);
     out
@@ -116,13 +116,13 @@ pub fn run(env: &TestEnv, args: impl Args, code: i32) -> Out {
 
 /// `account add ARGS` with `secret` on stdin as one line; must succeed.
 #[track_caller]
-pub fn add(env: &TestEnv, args: impl Args, secret: &str) -> Out {
+pub fn add(env: &TestEnv, args: &(impl Args + ?Sized), secret: &str) -> Out {
     add_with(env, args, &format!("{secret}\n"), 0)
 }
 
 /// `account add ARGS` with `stdin` as it is, exiting with `code`.
 #[track_caller]
-pub fn add_with(env: &TestEnv, args: impl Args, stdin: &str, code: i32) -> Out {
+pub fn add_with(env: &TestEnv, args: &(impl Args + ?Sized), stdin: &str, code: i32) -> Out {
     let args = [&["account", "add"][..], &args.words()].concat();
     let out = env.run_with_stdin(&args, stdin);
     out.assert_code(code);
@@ -480,13 +480,13 @@ impl TestEnv {
     }
 
     /// Runs `wxtoken ARGS`; the caller checks the outcome (or use [`run`]).
-    pub fn run(&self, args: impl Args) -> Out {
+    pub fn run(&self, args: &(impl Args + ?Sized)) -> Out {
         self.run_with_stdin(args, "")
     }
 
     /// `wxtoken get ARGS`; the caller checks the outcome (`value`, `assert_no_value`).
-    pub fn get(&self, args: impl Args) -> Out {
-        self.run([&["get"][..], &args.words()].concat())
+    pub fn get(&self, args: &(impl Args + ?Sized)) -> Out {
+        self.run(&[&["get"][..], &args.words()].concat())
     }
 
     /// Requests the stand-in received on `route`, in arrival order.
@@ -504,7 +504,7 @@ impl TestEnv {
         status_block(&out.stdout, account)
     }
 
-    pub fn run_with_stdin(&self, args: impl Args, stdin: &str) -> Out {
+    pub fn run_with_stdin(&self, args: &(impl Args + ?Sized), stdin: &str) -> Out {
         let mut child = self.spawn(&args.words());
         let mut pipe = child.stdin.take().expect("child stdin");
         // Write from a thread so a child that never reads stdin cannot deadlock the test.
