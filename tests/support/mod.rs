@@ -293,6 +293,19 @@ impl TestEnv {
         TestEnv::with_store(base, pg)
     }
 
+    /// A test environment on a new database of the shared PostgreSQL server, whichever
+    /// backend the test runs on: for what only a shared server has. `None`, after a note,
+    /// when PostgreSQL is not installed; under CI=true that fails instead.
+    pub fn on_postgres() -> Option<TestEnv> {
+        Some(TestEnv::on_server(pg::server()?))
+    }
+
+    /// A test environment on a new database of `server`.
+    pub fn on_server(server: &'static pg::PgServer) -> TestEnv {
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        TestEnv::with_store(base, Some(server.create_db()))
+    }
+
     fn with_store(base: &Path, pg: Option<pg::PgDb<'static>>) -> TestEnv {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
