@@ -48,10 +48,31 @@ fn entry(doc: &Value, appid: &str) -> Value {
         .clone()
 }
 
-/// Midnight China time (UTC+8) today, in Unix seconds: where WeChat's quota day starts.
+/// The date in Beijing (UTC+8) at `unix`: `YYYY-MM-DD`.
+fn china_date(unix: i64) -> String {
+    let beijing = chrono::FixedOffset::east_opt(8 * 3600).expect("UTC+8");
+    let at = chrono::DateTime::from_timestamp(unix, 0).expect("a valid instant");
+    at.with_timezone(&beijing).format("%Y-%m-%d").to_string()
+}
+
+/// Unix seconds of 00:00 in Beijing on `date` (`YYYY-MM-DD`).
+fn china_midnight_on(date: &str) -> i64 {
+    let midnight = format!("{date}T00:00:00+08:00");
+    chrono::DateTime::parse_from_rfc3339(&midnight)
+        .unwrap_or_else(|e| panic!("{midnight}: {e}"))
+        .timestamp()
+}
+
+/// Midnight China time of the day `unix` falls in there: where WeChat's quota day starts.
+/// Written the way a person reads it (the date in Beijing, at 00:00 +08:00), not the way
+/// wxtoken computes it.
+fn china_midnight_of(unix: i64) -> i64 {
+    china_midnight_on(&china_date(unix))
+}
+
+/// Midnight China time today.
 fn china_midnight() -> i64 {
-    const CHINA: i64 = 8 * 3600;
-    (now() + CHINA).div_euclid(86_400) * 86_400 - CHINA
+    china_midnight_of(now())
 }
 
 /// Runs `wxtoken ARGS` on a pseudo-terminal (util-linux `script`), typing `answer`.
@@ -87,6 +108,15 @@ fn run_on_tty(env: &TestEnv, args: &str, answer: &str) -> (i32, String) {
 
 #[test]
 fn status_counts_todays_fetches_from_the_attempts() {
+    // The quota day of fixed instants: 2024-03-01 00:00 in Beijing is 2024-02-29 16:00 UTC.
+    for (unix, midnight) in [
+        (1_709_222_399, 1_709_136_000), // 2024-02-29 23:59:59 +08:00
+        (1_709_222_400, 1_709_222_400), // 2024-03-01 00:00:00 +08:00
+        (1_709_308_799, 1_709_222_400), // 2024-03-01 23:59:59 +08:00
+        (0, -28_800),                   // 1970-01-01 08:00:00 +08:00
+    ] {
+        assert_eq!(china_midnight_of(unix), midnight, "{unix}");
+    }
     let env = with_token();
     // A busy reply then a token: one attempt of two tries, both sent to WeChat.
     env.api.push(TOKEN, Reply::errcode(-1, "system error"));
@@ -456,15 +486,7 @@ fn a_reset_posts_the_secret_in_the_body_and_counts_the_month() {
     assert_eq!(body["appsecret"], SECRET);
 
     // Last month's resets (China time) and failed ones do not count.
-    let month_start = {
-        let china = chrono::FixedOffset::east_opt(8 * 3600).unwrap();
-        let now = chrono::TimeZone::timestamp_opt(&china, now(), 0).unwrap();
-        let first = chrono::Datelike::with_day(&now.date_naive(), 1).unwrap();
-        let midnight = first.and_hms_opt(0, 0, 0).unwrap();
-        chrono::TimeZone::from_local_datetime(&china, &midnight)
-            .unwrap()
-            .timestamp()
-    };
+    let month_start = china_midnight_on(&format!("{}-01", &china_date(now())[..7]));
     let id = account_id(&env, APPID);
     env.execute(&format!(
         "INSERT INTO quota_resets (account_id, at, ok, errcode, detail)
