@@ -690,11 +690,7 @@ fn a_client_certificate_logs_in_where_the_server_demands_one() {
 
     // In the URL.
     env.set_env("WXTOKEN_DB", &with(&cert, &key));
-    env.run_with_stdin(
-        &["account", "add", "--appid", APPID],
-        &format!("{SECRET}\n"),
-    )
-    .assert_code(0);
+    add(&env, &["--appid", APPID], SECRET);
     env.run(&["refresh"]).assert_code(0);
     let token = env.get(&["--appid", APPID]).value();
     // In the environment.

@@ -831,9 +831,11 @@ fn refresh_ahead_claims_only_what_is_due() {
         ("wxfresh", "wxsoon", "wxasked", "wxunfinished", "wxtaken");
     let env = setup(&[fresh, soon, asked, unfinished, taken]);
     let ticket = "wxticket";
-    let args = ["account", "add", "--appid", ticket, "--ticket", "jsapi"];
-    env.run_with_stdin(&args, "secret-wxticket\n")
-        .assert_code(0);
+    add(
+        &env,
+        &["--appid", ticket, "--ticket", "jsapi"],
+        "secret-wxticket",
+    );
     for appid in [soon, taken] {
         env.api
             .push_for(TOKEN, appid, Reply::token(&format!("{appid}-1"), 200));

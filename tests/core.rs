@@ -1076,11 +1076,7 @@ fn the_db_flag_beats_the_environment() {
         let flagged = env.dir.join("flagged.db").display().to_string();
         (flagged.clone(), flagged, env.db())
     };
-    let out = env.run_with_stdin(
-        &["account", "add", "--db", &flagged, "--appid", APPID],
-        &format!("{SECRET}\n"),
-    );
-    out.assert_code(0);
+    add(&env, &["--db", &flagged, "--appid", APPID], SECRET);
     if env.is_postgres() {
         assert_eq!(env.query_i64("SELECT count(*) FROM accounts"), 1);
     } else {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::standin::{Reply, STABLE_TOKEN, TOKEN};
-use support::{Out, TestEnv, add, json, now, run, status_block, wait};
+use support::{Out, TestEnv, add, add_with, json, now, run, status_block, wait};
 
 const SECRET: &str = "Hz3kSecretQ8vLm1NpR7tWx5YcBd2FgJ";
 const NEW_SECRET: &str = "Pw4nNewSecretA9sDf6GhJk2LzXc8VbM";
@@ -555,11 +555,7 @@ fn a_second_signal_ends_the_run_at_once() {
 fn a_secret_over_64_kib_is_refused_not_cut() {
     let env = TestEnv::new();
     let long = "s".repeat(64 * 1024 + 1);
-    let out = env.run_with_stdin(
-        &["account", "add", "--appid", "wxlong"],
-        &format!("{long}\n"),
-    );
-    out.assert_code(2)
+    add_with(&env, &["--appid", "wxlong"], &format!("{long}\n"), 2)
         .assert_stderr_has(&["longer than 64 KiB"]);
     let listed = run(&env, &["account", "list"], 0).stdout;
     assert!(!listed.contains("wxlong"), "{listed}");
@@ -802,11 +798,8 @@ fn a_file_planted_by_another_user_is_refused() {
     std::fs::write(&db, b"").expect("plant");
     chmod(&db, 0o666);
     chown(&db, STRANGER);
-    let out = env.run_with_stdin(
-        &["account", "add", "--appid", "wxplant"],
-        &format!("{SECRET}\n"),
-    );
-    out.assert_code(5).assert_stderr_has(&[
+    let out = add_with(&env, &["--appid", "wxplant"], &format!("{SECRET}\n"), 5);
+    out.assert_stderr_has(&[
         &db.display().to_string(),
         &format!("owner uid {STRANGER}"),
         "mode 0666",

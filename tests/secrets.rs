@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::standin::TOKEN;
-use support::{Out, TestEnv, add, assert_has, wait};
+use support::{Out, TestEnv, add, add_with, assert_has, wait};
 
 const APPID: &str = "wx1111111111111111";
 const OTHER: &str = "wx2222222222222222";
@@ -349,7 +349,7 @@ fn without_the_key_refresh_fails_and_changes_nothing_while_get_works() {
         !env.key_file().exists(),
         "never a new key once a secret is encrypted"
     );
-    let out = env.run_with_stdin(&["account", "add", "--appid", OTHER], "s\n");
+    let out = add_with(&env, &["--appid", OTHER], "s\n", 7);
     out.assert_one_line_error(7).assert_stderr_has(&[&key_file]);
     assert!(!env.key_file().exists());
     assert_eq!(
@@ -447,7 +447,7 @@ fn the_key_file_is_found_in_the_documented_order() {
     let fresh = TestEnv::new();
     fresh.unset_env("WXTOKEN_KEY_FILE");
     fresh.set_env("CREDENTIALS_DIRECTORY", creds.to_str().unwrap());
-    let out = fresh.run_with_stdin(&["account", "add", "--appid", APPID], "s\n");
+    let out = add_with(&fresh, &["--appid", APPID], "s\n", 7);
     out.assert_one_line_error(7)
         .assert_stderr_has(&["LoadCredential"]);
 }
