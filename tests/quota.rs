@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use support::standin::{CLEAR_QUOTA, QUOTA_GET, Reply, Request, STABLE_TOKEN, TOKEN, WORK_TOKEN};
-use support::{TestEnv, add, assert_has, json, leaked_piece, now, run};
+use support::{TestEnv, add, assert_has, assert_no_secret, json, now, run};
 
 const APPID: &str = "wx1234567890abcdef";
 /// Distinctive enough that any 8-character piece of it in an output is a leak, not chance.
@@ -330,7 +330,7 @@ fn wecom_apps_are_skipped_and_cannot_be_reset() {
     )
     .clone();
     assert_has(&out.stderr, &[note]);
-    let out = run(&env, &format!("quota reset --appid {CORP} --yes"), 6).clone();
+    let out = run(&env, &format!("quota reset --appid {CORP} --yes"), 6);
     assert_has(&out.stderr, &["is a WeCom corp", note]);
     assert_eq!(env.api.hits(CLEAR_QUOTA), 0);
 }
@@ -457,7 +457,7 @@ fn a_reset_asks_on_a_terminal() {
 fn a_reset_posts_the_secret_in_the_body_and_counts_the_month() {
     let env = with_token();
     env.api.add_used(APPID, TOKEN, 40);
-    let out = run(&env, &format!("quota reset --appid {APPID} --yes"), 0).clone();
+    let out = run(&env, &format!("quota reset --appid {APPID} --yes"), 0);
     assert_eq!(out.stdout, "");
     assert_has(
         &out.stderr,
@@ -494,7 +494,7 @@ fn a_reset_posts_the_secret_in_the_body_and_counts_the_month() {
                 ({id}, {month_start}, TRUE, NULL, NULL)",
         month_start - 1
     ));
-    let out = run(&env, &format!("quota reset --appid {APPID} --yes"), 0).clone();
+    let out = run(&env, &format!("quota reset --appid {APPID} --yes"), 0);
     assert_has(&out.stderr, &["now used 3 of this month's 10"]);
     assert_eq!(
         env.query_i64("SELECT count(*) FROM quota_resets WHERE ok = TRUE"),
@@ -507,7 +507,7 @@ fn a_reset_beyond_the_monthly_limit_gets_48006() {
     let env = with_token();
     env.api.set_reset_limit(1);
     run(&env, &format!("quota reset --appid {APPID} --yes"), 0);
-    let out = run(&env, &format!("quota reset --appid {APPID} --yes"), 4).clone();
+    let out = run(&env, &format!("quota reset --appid {APPID} --yes"), 4);
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
     assert_has(
         &out.stderr,
@@ -523,7 +523,7 @@ fn a_reset_beyond_the_monthly_limit_gets_48006() {
         1
     );
     // The failed one is not counted: the next message still says 1.
-    let out = run(&env, &format!("quota reset --appid {APPID} --yes"), 4).clone();
+    let out = run(&env, &format!("quota reset --appid {APPID} --yes"), 4);
     assert_has(
         &out.stderr,
         &["wxtoken has used 1 of this month's 10 resets"],
@@ -547,14 +547,14 @@ fn a_reset_releases_the_45009_hold_and_only_that() {
     );
     let fetched = env.api.hits(TOKEN);
 
-    let out = run(&env, &format!("quota reset --appid {APPID} --yes"), 0).clone();
+    let out = run(&env, &format!("quota reset --appid {APPID} --yes"), 0);
     assert_has(
         &out.stderr,
         &[&format!(
             "released {APPID} from its hold after errcode 45009"
         )],
     );
-    let out = run(&env, &format!("quota reset --appid {other} --yes"), 0).clone();
+    let out = run(&env, &format!("quota reset --appid {other} --yes"), 0);
     assert!(!out.stderr.contains("released"), "{}", out.stderr);
 
     // An hour later (the token is no longer fresh), refresh fetches APPID again.
@@ -614,15 +614,9 @@ fn reset_errors_are_explained_and_never_show_the_secret() {
         for reply in replies {
             env.api.push(CLEAR_QUOTA, reply);
         }
-        let out = env.run(&format!("-vvv quota reset --appid {APPID} --yes"));
-        out.assert_code(4);
+        let out = run(&env, &format!("-vvv quota reset --appid {APPID} --yes"), 4);
         assert_has(&out.stderr, words);
-        assert_eq!(
-            leaked_piece(&out, SECRET),
-            None,
-            "the secret shows in\n{}",
-            out.stderr
-        );
+        assert_no_secret("quota reset", &out, &[SECRET]);
     }
     let details = env.query("SELECT detail FROM quota_resets");
     assert_eq!(details.lines().count(), 5, "{details}");
@@ -633,9 +627,9 @@ fn reset_errors_are_explained_and_never_show_the_secret() {
     env.api
         .push(CLEAR_QUOTA, Reply::errcode(-1, "system error"));
     let before = env.api.hits(CLEAR_QUOTA);
-    let out = run(&env, &format!("-vvv quota reset --appid {APPID} --yes"), 0).clone();
+    let out = run(&env, &format!("-vvv quota reset --appid {APPID} --yes"), 0);
     assert_eq!(env.api.hits(CLEAR_QUOTA), before + 2);
-    assert_eq!(leaked_piece(&out, SECRET), None, "{}", out.stderr);
+    assert_no_secret("quota reset", &out, &[SECRET]);
 }
 
 // Every behaviour here applies to a shared server; none is left SQLite-only.

@@ -100,12 +100,6 @@ impl Args for Vec<&str> {
     }
 }
 
-impl<T: Args + ?Sized> Args for &T {
-    fn words(&self) -> Vec<&str> {
-        (**self).words()
-    }
-}
-
 /// Runs `wxtoken ARGS` and checks the exit code.
 #[track_caller]
 pub fn run(env: &TestEnv, args: &(impl Args + ?Sized), code: i32) -> Out {
