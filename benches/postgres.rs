@@ -23,14 +23,11 @@
 //! Rounds are interleaved (each round runs every side once, the order rotating) and the
 //! figures are medians; trust the ratios, not the absolute milliseconds.
 
-#[path = "../tests/support/pg.rs"]
-mod pg;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use wxtoken_standin::{StandIn, TOKEN};
+use wxtoken_standin::{StandIn, TOKEN, pg};
 
 const WXTOKEN: &str = env!("CARGO_BIN_EXE_wxtoken");
 const ACCOUNTS: usize = 1000;

@@ -1,14 +1,14 @@
-//! Behaviours run against both backends: each `both!` test runs once on an SQLite file and
-//! once on a PostgreSQL database of a real server that the harness starts
-//! (tests/support/pg.rs). Accounts, refresh and get, errors and holds, retention, tickets,
-//! WeCom and status run on both from tests/core.rs and tests/wecom_tickets.rs
-//! (`also_on_postgres!`), and so do the concurrency, quota, ops and sinks suites. Then what
-//! only a shared server has: refreshers on two hosts, one of them killed mid-fetch or cut
-//! off from the database (support/relay.rs), a server restarted mid-run, reader roles, and
+//! Behaviours run against both backends from one body each (`also_on_postgres!`), on an
+//! SQLite file and on a PostgreSQL database of a real server that the harness starts (the
+//! stand-in crate's `pg`). Accounts, refresh and get, errors and holds, retention, tickets,
+//! WeCom and status run on both from tests/core.rs and tests/wecom_tickets.rs, and so do the
+//! concurrency, quota, ops and sinks suites. Then what only a shared server has, on
+//! PostgreSQL only: refreshers on two hosts, one of them killed mid-fetch or cut off from
+//! the database (support/relay.rs), a server restarted mid-run, reader roles, and
 //! `store copy` between the backends.
 //!
-//! Without PostgreSQL installed the `postgres` variants print a note and pass; under
-//! CI=true they fail instead.
+//! Without PostgreSQL installed the PostgreSQL tests print a note and pass; under CI=true
+//! they fail instead.
 
 mod support;
 
@@ -18,90 +18,16 @@ use std::time::{Duration, Instant};
 
 use support::pg::{self, PgDb};
 use support::standin::{self, Reply, TOKEN};
-use support::{Out, TestEnv, status_block, wait};
+use support::{Out, TestEnv, add, assert_no_secret, run, status_block, wait};
 
 const APPID: &str = "wx1234567890abcdef";
 const SECRET: &str = "Qx7vSecretK9mWp2LzR4tYh8NbJ3cFdG";
 /// Long enough for anything that should happen; only a failing test waits this long.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// A test environment on one backend.
-struct Fixture {
-    env: TestEnv,
-    /// The PostgreSQL database, for the `postgres` variant.
-    pg: Option<PgDb<'static>>,
-}
-
-impl Fixture {
-    /// `None` (after a note) when the backend is PostgreSQL and none is installed.
-    fn new(backend: Backend) -> Option<Fixture> {
-        let env = TestEnv::new();
-        let pg = match backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => {
-                let db = pg::server()?.create_db();
-                env.set_env("WXTOKEN_DB", &db.url);
-                Some(db)
-            }
-        };
-        Some(Fixture { env, pg })
-    }
-
-    /// One integer from the store, by SQL that both dialects understand.
-    #[track_caller]
-    fn count(&self, sql: &str) -> i64 {
-        match &self.pg {
-            Some(db) => db.query_i64(sql),
-            None => self.env.query_i64(sql),
-        }
-    }
-
-    #[track_caller]
-    fn run(&self, args: &[&str], code: i32) -> Out {
-        self.env.run(args).assert_code(code).clone()
-    }
-
-    #[track_caller]
-    fn add(&self, args: &[&str]) {
-        let args = [&["account", "add"], args].concat();
-        self.env
-            .run_with_stdin(&args, &format!("{SECRET}\n"))
-            .assert_code(0);
-    }
-
-    fn get(&self, args: &[&str]) -> Out {
-        self.env.run(&[&["get", "--appid", APPID], args].concat())
-    }
-}
-
-/// Defines `NAME::sqlite` and `NAME::postgres`, both running `body` with `$f: Fixture`.
-macro_rules! both {
-    ($(#[$doc:meta])* fn $name:ident($f:ident) $body:block) => {
-        $(#[$doc])*
-        mod $name {
-            use super::*;
-
-            fn body($f: Fixture) $body
-
-            #[test]
-            fn sqlite() {
-                body(Fixture::new(Backend::Sqlite).expect("sqlite is always there"));
-            }
-
-            #[test]
-            fn postgres() {
-                if let Some(f) = Fixture::new(Backend::Postgres) {
-                    body(f);
-                }
-            }
-        }
-    };
+/// `get --appid APPID ARGS`; the caller checks the outcome.
+fn get(env: &TestEnv, args: &[&str]) -> Out {
+    env.get(&[&["--appid", APPID], args].concat())
 }
 
 #[track_caller]
@@ -116,62 +42,51 @@ fn assert_has(out: &Out, words: &[&str]) {
     }
 }
 
-/// Fails if any 8-character piece of the secret shows in either stream.
-#[track_caller]
-fn assert_no_secret(out: &Out) {
-    for i in 0..=SECRET.len() - 8 {
-        let piece = &SECRET[i..i + 8];
-        assert!(
-            !out.stdout.contains(piece) && !out.stderr.contains(piece),
-            "secret piece {piece:?} leaked:\n{}\n{}",
-            out.stdout,
-            out.stderr
-        );
-    }
-}
-
 // ---- the shared behaviours ---------------------------------------------------------------
 
 // Claims, twelve rejecting callers, refresh-ahead and quota run on both backends in
 // concurrency.rs and quota.rs; the monitoring runs in ops.rs. What sinks.rs does not check
 // yet stays here: a token WeChat hands back unchanged is not published again.
 
-both! {
-    /// An exec sink gets each new token once, after the refresh that fetched it.
-    fn exec_sink(f) {
-        f.add(&["--appid", APPID]);
-        let out = f.env.dir.join("hook.out");
-        let hook = format!("cat >> '{}'", out.display());
-        f.run(&["sink", "add", "hook", "--exec", &hook], 0);
-        f.env.api.push(TOKEN, Reply::token("SUNK-1", 7200));
-        f.run(&["refresh"], 0);
-        // The second run fetches again and WeChat hands back the same token: nothing new.
-        f.env.api.push(TOKEN, Reply::token("SUNK-1", 7200));
-        f.run(&["refresh"], 0);
-        assert_eq!(f.env.api.hits(TOKEN), 2);
-        assert_eq!(std::fs::read_to_string(&out).unwrap(), "SUNK-1\n", "once per new token");
-        assert_eq!(f.count("SELECT count(*) FROM sink_published"), 1);
-        f.run(&["sink", "remove", "hook"], 0);
-        assert_eq!(f.count("SELECT count(*) FROM sinks"), 0);
-    }
+/// An exec sink gets each new token once, after the refresh that fetched it.
+#[test]
+fn exec_sink() {
+    let f = TestEnv::new();
+    add(&f, &["--appid", APPID], SECRET);
+    let out = f.dir.join("hook.out");
+    let hook = format!("cat >> '{}'", out.display());
+    run(&f, &["sink", "add", "hook", "--exec", &hook], 0);
+    f.api.push(TOKEN, Reply::token("SUNK-1", 7200));
+    run(&f, &["refresh"], 0);
+    // The second run fetches again and WeChat hands back the same token: nothing new.
+    f.api.push(TOKEN, Reply::token("SUNK-1", 7200));
+    run(&f, &["refresh"], 0);
+    assert_eq!(f.api.hits(TOKEN), 2);
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "SUNK-1\n",
+        "once per new token"
+    );
+    assert_eq!(f.query_i64("SELECT count(*) FROM sink_published"), 1);
+    run(&f, &["sink", "remove", "hook"], 0);
+    assert_eq!(f.query_i64("SELECT count(*) FROM sinks"), 0);
 }
-
 /// The manual's query for reading the SQLite file directly ("Using the token from other
 /// languages"), run as written on the file opened read-only, judged by the manual's rules:
 /// it agrees with `get --json` (token, and expires_in ±1 s) for a fresh token and for one
 /// an unfinished classic fetch caps at 300 s, and finds it unusable past that cap.
 #[test]
 fn the_readmes_sqlite_query_agrees_with_get() {
-    let f = Fixture::new(Backend::Sqlite).unwrap();
-    f.add(&["--appid", APPID]);
-    f.env.api.push(TOKEN, Reply::token("FROM-FILE", 7200));
-    f.run(&["refresh"], 0);
+    let f = TestEnv::new();
+    add(&f, &["--appid", APPID], SECRET);
+    f.api.push(TOKEN, Reply::token("FROM-FILE", 7200));
+    run(&f, &["refresh"], 0);
     let section =
         support::manual_section("docs/reading.md", "## Using the token from other languages");
     let blocks = support::fenced_blocks(&section, "sql");
     assert_eq!(blocks.len(), 1, "{section}");
     let read = || -> Option<(String, i64)> {
-        let uri = format!("file:{}?mode=ro", f.env.db().display());
+        let uri = format!("file:{}?mode=ro", f.db().display());
         let flags =
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI;
         let conn = rusqlite::Connection::open_with_flags(uri, flags).unwrap();
@@ -206,7 +121,7 @@ fn the_readmes_sqlite_query_agrees_with_get() {
     };
     let agree = |what: &str| {
         let (token, left) = read().unwrap_or_else(|| panic!("{what}: no valid token"));
-        let doc = support::json(&f.get(&["--json"]).assert_code(0).stdout);
+        let doc = support::json(&get(&f, &["--json"]).assert_code(0).stdout);
         assert_eq!(doc["access_token"], token.as_str(), "{what}");
         let want = doc["expires_in"].as_i64().unwrap();
         assert!(
@@ -217,7 +132,7 @@ fn the_readmes_sqlite_query_agrees_with_get() {
     };
     assert!((7190..=7200).contains(&agree("a fresh token")));
     let intent = |ago: i64| {
-        f.env.execute(&format!(
+        f.execute(&format!(
             "DELETE FROM intents;
              INSERT INTO intents (account_id, holder, started_at)
              SELECT id, 'gone-host:1', CAST(strftime('%s', 'now') AS INTEGER) - {ago} FROM accounts"
@@ -228,21 +143,19 @@ fn the_readmes_sqlite_query_agrees_with_get() {
     assert!((195..=200).contains(&left), "{left}");
     intent(400);
     assert_eq!(read(), None);
-    f.get(&["--json"]).assert_code(3);
+    get(&f, &["--json"]).assert_code(3);
 }
 
 // ---- PostgreSQL only ---------------------------------------------------------------------
 
-fn postgres() -> Option<Fixture> {
-    Fixture::new(Backend::Postgres)
+fn postgres() -> Option<TestEnv> {
+    TestEnv::on_postgres()
 }
 
 /// Runs `refresh` as a process on `host` (WXTOKEN_HOST), with a claim TTL of `ttl` s.
-fn refresher(f: &Fixture, host: &str, ttl: u32, extra: &[&str]) -> Child {
+fn refresher(f: &TestEnv, host: &str, ttl: u32, extra: &[&str]) -> Child {
     let ttl = ttl.to_string();
-    let mut cmd = f
-        .env
-        .command(&[&["refresh", "--claim-ttl", &ttl], extra].concat());
+    let mut cmd = f.command(&[&["refresh", "--claim-ttl", &ttl], extra].concat());
     cmd.env("WXTOKEN_HOST", host)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -265,18 +178,18 @@ fn two_hosts_on_one_schedule_make_one_fetch_per_account() {
     let Some(f) = postgres() else { return };
     let appids: Vec<String> = (0..40).map(|i| format!("wx{i:016}")).collect();
     for appid in &appids {
-        f.add(&["--appid", appid]);
+        add(&f, &["--appid", appid], SECRET);
     }
     // Hold the first requests until both hosts have four fetches in flight, so that both
     // are certainly working at once.
-    f.env.api.gate(TOKEN);
+    f.api.gate(TOKEN);
     let a = refresher(&f, "host-a", 60, &["-j", "4"]);
     let b = refresher(&f, "host-b", 60, &["-j", "4"]);
     assert!(
-        f.env.api.wait_for_hits(TOKEN, 8, PATIENCE),
+        f.api.wait_for_hits(TOKEN, 8, PATIENCE),
         "both hosts never got going"
     );
-    f.env.api.open_gate(TOKEN);
+    f.api.open_gate(TOKEN);
     let (a, b) = (wait(a), wait(b));
     a.assert_code(0);
     b.assert_code(0);
@@ -287,13 +200,16 @@ fn two_hosts_on_one_schedule_make_one_fetch_per_account() {
         b.stderr
     );
     assert_eq!(refreshed(&a) + refreshed(&b), appids.len());
-    assert_eq!(f.env.api.hits(TOKEN), appids.len(), "one fetch per account");
+    assert_eq!(f.api.hits(TOKEN), appids.len(), "one fetch per account");
     for appid in &appids {
-        assert_eq!(f.env.api.hits_for(TOKEN, appid), 1, "{appid}");
+        assert_eq!(f.api.hits_for(TOKEN, appid), 1, "{appid}");
     }
-    assert_eq!(f.count("SELECT count(*) FROM tokens"), appids.len() as i64);
     assert_eq!(
-        f.count("SELECT count(*) FROM claims"),
+        f.query_i64("SELECT count(*) FROM tokens"),
+        appids.len() as i64
+    );
+    assert_eq!(
+        f.query_i64("SELECT count(*) FROM claims"),
         0,
         "a claim was left behind"
     );
@@ -302,16 +218,16 @@ fn two_hosts_on_one_schedule_make_one_fetch_per_account() {
 #[test]
 fn a_host_killed_mid_fetch_blocks_the_account_only_until_its_claim_expires() {
     let Some(f) = postgres() else { return };
-    f.add(&["--appid", APPID]);
-    f.env.api.gate(TOKEN);
+    add(&f, &["--appid", APPID], SECRET);
+    f.api.gate(TOKEN);
     let mut a = refresher(&f, "host-a", 6, &[]);
     assert!(
-        f.env.api.wait_for_hits(TOKEN, 1, PATIENCE),
+        f.api.wait_for_hits(TOKEN, 1, PATIENCE),
         "host-a never fetched"
     );
     a.kill().expect("SIGKILL host-a");
     let _ = a.wait();
-    f.env.api.open_gate(TOKEN);
+    f.api.open_gate(TOKEN);
     // host-b cannot probe host-a's pid: while the lease lives, the account is busy...
     assert_eq!(
         f.pg.as_ref().unwrap().query("SELECT host FROM claims"),
@@ -319,12 +235,12 @@ fn a_host_killed_mid_fetch_blocks_the_account_only_until_its_claim_expires() {
     );
     let blocked = wait(refresher(&f, "host-b", 60, &[]));
     assert_has(&blocked, &["being refreshed by another run"]);
-    assert_eq!(f.env.api.hits(TOKEN), 1);
+    assert_eq!(f.api.hits(TOKEN), 1);
     // ...and host-b fetches it once the lease has expired on the server's clock.
     let deadline = Instant::now() + PATIENCE;
     loop {
         let out = wait(refresher(&f, "host-b", 60, &[]));
-        if f.env.api.hits(TOKEN) == 2 {
+        if f.api.hits(TOKEN) == 2 {
             out.assert_code(0);
             break;
         }
@@ -334,8 +250,8 @@ fn a_host_killed_mid_fetch_blocks_the_account_only_until_its_claim_expires() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(f.count("SELECT count(*) FROM tokens"), 1);
-    f.get(&[]).assert_code(0);
+    assert_eq!(f.query_i64("SELECT count(*) FROM tokens"), 1);
+    get(&f, &[]).assert_code(0);
 }
 
 /// The intent rule on PostgreSQL: a host killed (-9) while its classic fetch is held at
@@ -346,27 +262,27 @@ fn a_host_killed_mid_fetch_blocks_the_account_only_until_its_claim_expires() {
 fn a_host_killed_mid_fetch_caps_the_old_token_at_five_minutes_for_every_reader() {
     let Some(f) = postgres() else { return };
     let db = f.pg.as_ref().unwrap();
-    f.add(&["--appid", APPID]);
-    f.run(&["refresh"], 0);
+    add(&f, &["--appid", APPID], SECRET);
+    run(&f, &["refresh"], 0);
     assert!(get_left(&f) > 7000);
-    f.env.api.gate(TOKEN);
+    f.api.gate(TOKEN);
     let mut a = refresher(&f, "host-a", 60, &[]);
     assert!(
-        f.env.api.wait_for_hits(TOKEN, 2, PATIENCE),
+        f.api.wait_for_hits(TOKEN, 2, PATIENCE),
         "host-a never fetched"
     );
     a.kill().expect("SIGKILL host-a");
     let _ = a.wait();
-    f.env.api.open_gate(TOKEN);
-    assert_eq!(f.count("SELECT count(*) FROM intents"), 1);
+    f.api.open_gate(TOKEN);
+    assert_eq!(f.query_i64("SELECT count(*) FROM intents"), 1);
     let left = get_left(&f);
     assert!((1..=300).contains(&left), "capped at 300 s: {left}");
-    let short = f.get(&["--min-ttl", "301"]);
+    let short = get(&f, &["--min-ttl", "301"]);
     short.assert_code(3);
     assert_has(&short, &["less than --min-ttl", "unrecorded fetch"]);
-    let block = f.env.status_block(APPID);
+    let block = f.status_block(APPID);
     assert!(block.contains("never recorded"), "{block}");
-    let doc = support::json(&f.run(&["status", "--json"], 0).stdout);
+    let doc = support::json(&run(&f, &["status", "--json"], 0).stdout);
     let listed = doc["accounts"][0]["token"]["expires_in"].as_i64().unwrap();
     assert!(listed <= 300, "{doc}");
     // The manual's SQL for services that read PostgreSQL directly agrees.
@@ -376,15 +292,15 @@ fn a_host_killed_mid_fetch_caps_the_old_token_at_five_minutes_for_every_reader()
     // the account although its token is not expiring within the minute.
     let next = wait(refresher(&f, "host-a", 60, &["--if-expiring-within", "1m"]));
     next.assert_code(0);
-    assert_eq!(f.env.api.hits(TOKEN), 3);
+    assert_eq!(f.api.hits(TOKEN), 3);
     assert!(get_left(&f) > 7000);
-    assert_eq!(f.count("SELECT count(*) FROM intents"), 0);
+    assert_eq!(f.query_i64("SELECT count(*) FROM intents"), 0);
 }
 
 /// Seconds left by `get --json`.
 #[track_caller]
-fn get_left(f: &Fixture) -> i64 {
-    let doc = support::json(&f.get(&["--json"]).assert_code(0).stdout);
+fn get_left(f: &TestEnv) -> i64 {
+    let doc = support::json(&get(f, &["--json"]).assert_code(0).stdout);
     doc["expires_in"].as_i64().unwrap()
 }
 
@@ -392,39 +308,39 @@ fn get_left(f: &Fixture) -> i64 {
 fn a_reader_role_gets_tokens_and_nothing_else() {
     let Some(f) = postgres() else { return };
     let db = f.pg.as_ref().unwrap();
-    f.add(&["--appid", APPID]);
-    f.env.api.push(TOKEN, Reply::token("READ-ME", 7200));
-    f.run(&["refresh"], 0);
+    add(&f, &["--appid", APPID], SECRET);
+    f.api.push(TOKEN, Reply::token("READ-ME", 7200));
+    run(&f, &["refresh"], 0);
     let role = format!("{}_app", db.name);
     db.query(&format!("CREATE ROLE {role} LOGIN"));
-    let granted = f.run(&["store", "grant-reader", &role], 0);
+    let granted = run(&f, &["store", "grant-reader", &role], 0);
     assert!(
         granted.stdout.contains("GRANT SELECT"),
         "{}",
         granted.stdout
     );
     assert!(!granted.stdout.contains("secret"), "{}", granted.stdout);
-    f.run(&["store", "grant-reader", "no_such_role"], 2);
+    run(&f, &["store", "grant-reader", "no_such_role"], 2);
 
     let reader_url = db.url.replace("user=postgres", &format!("user={role}"));
-    f.env.set_env("WXTOKEN_DB", &reader_url);
-    assert_eq!(f.get(&[]).assert_code(0).stdout, "READ-ME\n");
+    f.set_env("WXTOKEN_DB", &reader_url);
+    assert_eq!(get(&f, &[]).assert_code(0).stdout, "READ-ME\n");
     // What the grant allows besides `get`: the accounts, without their secrets, and which
     // of them a refresh would fetch.
-    let list = f.run(&["account", "list"], 0);
+    let list = run(&f, &["account", "list"], 0);
     assert!(
         list.stdout.contains(APPID) && list.stdout.contains("(no access)"),
         "{}",
         list.stdout
     );
-    assert_no_secret(&list);
-    let dry = f.run(&["refresh", "--dry-run"], 0);
+    assert_no_secret("output", &list, &[SECRET]);
+    let dry = run(&f, &["refresh", "--dry-run"], 0);
     assert!(
         dry.stdout.starts_with(&format!("{APPID}  ")),
         "{}",
         dry.stdout
     );
-    let json = f.run(&["refresh", "--dry-run", "--json"], 0);
+    let json = run(&f, &["refresh", "--dry-run", "--json"], 0);
     let summary = support::json(
         json.stdout
             .lines()
@@ -447,7 +363,7 @@ fn a_reader_role_gets_tokens_and_nothing_else() {
         &["account", "disable", "--appid", APPID],
         reject,
     ] {
-        let refused = f.env.run(args);
+        let refused = f.run(args);
         refused.assert_one_line_error(5);
         assert_has(
             &refused,
@@ -455,13 +371,13 @@ fn a_reader_role_gets_tokens_and_nothing_else() {
         );
     }
     // A command that reads beyond the grant names the table it may not read.
-    let metrics = f.env.run(&["metrics"]);
+    let metrics = f.run(&["metrics"]);
     metrics.assert_one_line_error(5);
     assert_has(
         &metrics,
         &["permission denied for table runs", "store grant-reader"],
     );
-    assert_eq!(f.env.api.hits(TOKEN), 1, "a reader fetched");
+    assert_eq!(f.api.hits(TOKEN), 1, "a reader fetched");
     for sql in [
         "SELECT secret FROM account_secrets",
         "INSERT INTO tokens (account_id, token, expires_in, fetched_at, expires_at) VALUES (1, 'x', 1, 1, 1)",
@@ -547,10 +463,10 @@ fn the_readmes_postgres_recipes_work_as_written() {
             .socket_url(&writer)
             .replace("user=postgres", &format!("user={role}"))
     };
-    f.env.set_env("WXTOKEN_DB", &url(&writer));
-    f.add(&["--appid", APPID]);
-    f.env.api.push(TOKEN, Reply::token("FROM-README", 7200));
-    f.run(&["refresh"], 0);
+    f.set_env("WXTOKEN_DB", &url(&writer));
+    add(&f, &["--appid", APPID], SECRET);
+    f.api.push(TOKEN, Reply::token("FROM-README", 7200));
+    run(&f, &["refresh"], 0);
 
     // "Readers.": the psql line and the grant-reader command, as written.
     let readers = &readme[readme.find("**Readers.**").expect("a Readers paragraph")..];
@@ -564,16 +480,16 @@ fn the_readmes_postgres_recipes_work_as_written() {
         }
         if let Some((_, args)) = line.split_once(" wxtoken ") {
             let args: Vec<&str> = args.split_whitespace().collect();
-            f.run(&args, 0);
+            run(&f, &args, 0);
             steps += 1;
         }
     }
     assert_eq!(steps, 2, "{block}");
 
     let read = |db: &PgDb| readme_read(db, &reader, &writer, APPID);
-    f.env.set_env("WXTOKEN_DB", &url(&reader));
+    f.set_env("WXTOKEN_DB", &url(&reader));
     let get = |code: i32| {
-        let out = f.get(&["--json"]).assert_code(code).clone();
+        let out = get(&f, &["--json"]).assert_code(code).clone();
         (code == 0).then(|| {
             let doc = support::json(&out.stdout);
             let token = doc["access_token"].as_str().unwrap().to_string();
@@ -624,14 +540,14 @@ fn a_password_in_a_url_on_the_command_line_is_refused() {
     let url = db
         .url
         .replace("user=postgres", "user=postgres&password=hunter2secret");
-    let out = f.env.run(&["--db", &url, "status"]);
+    let out = f.run(&["--db", &url, "status"]);
     out.assert_code(2);
     assert_has(&out, &["ps", "WXTOKEN_DB"]);
     assert!(!out.stderr.contains("hunter2secret"), "{}", out.stderr);
     // The same URL in WXTOKEN_DB works (trust authentication ignores the password), and
     // status shows it without the password.
-    f.env.set_env("WXTOKEN_DB", &url);
-    let status = f.run(&["status"], 0);
+    f.set_env("WXTOKEN_DB", &url);
+    let status = run(&f, &["status"], 0);
     assert!(!status.stdout.contains("hunter2secret") && !status.stderr.contains("hunter2secret"));
 }
 
@@ -640,34 +556,33 @@ fn store_copy_moves_everything_between_backends_and_refuses_a_full_target() {
     let Some(pg) = postgres() else { return };
     let db = pg.pg.as_ref().unwrap();
     // Build the source on SQLite.
-    let lite = Fixture::new(Backend::Sqlite).unwrap();
-    lite.add(&["--appid", APPID, "--ticket", "jsapi"]);
-    lite.add(&["--appid", "wxheld00000000000"]);
-    lite.env.api.push(TOKEN, Reply::token("COPIED", 7200));
-    lite.env
-        .api
+    let lite = TestEnv::new();
+    add(&lite, &["--appid", APPID, "--ticket", "jsapi"], SECRET);
+    add(&lite, &["--appid", "wxheld00000000000"], SECRET);
+    lite.api.push(TOKEN, Reply::token("COPIED", 7200));
+    lite.api
         .push(standin::TICKET, Reply::token("COPIED-TICKET", 7200));
-    lite.env.api.push_for(
+    lite.api.push_for(
         TOKEN,
         "wxheld00000000000",
         Reply::errcode(40013, "invalid appid"),
     );
-    lite.env.run(&["refresh"]).assert_code(4);
+    lite.run(&["refresh"]).assert_code(4);
 
-    let mut copy = lite.env.command(&["store", "copy"]);
+    let mut copy = lite.command(&["store", "copy"]);
     copy.env("WXTOKEN_COPY_TO", &db.url);
     let out = Out::from_output(copy.output().unwrap());
     out.assert_code(0);
     assert_has(&out, &["copied 2 account(s)"]);
-    assert_no_secret(&out);
+    assert_no_secret("output", &out, &[SECRET]);
 
     // The PostgreSQL store now serves the same tokens, the hold and the secret.
-    assert_eq!(pg.get(&[]).assert_code(0).stdout, "COPIED\n");
+    assert_eq!(get(&pg, &[]).assert_code(0).stdout, "COPIED\n");
     assert_eq!(
-        pg.get(&["--ticket", "jsapi"]).assert_code(0).stdout,
+        get(&pg, &["--ticket", "jsapi"]).assert_code(0).stdout,
         "COPIED-TICKET\n"
     );
-    let status = pg.run(&["status"], 0);
+    let status = run(&pg, &["status"], 0);
     assert!(
         status_block(&status.stdout, "wxheld00000000000").contains("SKIPPED"),
         "{}",
@@ -676,12 +591,12 @@ fn store_copy_moves_everything_between_backends_and_refuses_a_full_target() {
     // Sealed again with the source's key on the way, never stored in plain text.
     let stored = db.query("SELECT secret FROM account_secrets ORDER BY account_id LIMIT 1");
     assert!(
-        stored.starts_with(&format!("wxs1:{}:", lite.env.kid())) && !stored.contains(SECRET),
+        stored.starts_with(&format!("wxs1:{}:", lite.kid())) && !stored.contains(SECRET),
         "{stored}"
     );
 
     // A second copy into the now full target is refused, and changes nothing.
-    let mut again = lite.env.command(&["store", "copy"]);
+    let mut again = lite.command(&["store", "copy"]);
     again.env("WXTOKEN_COPY_TO", &db.url);
     let refused = Out::from_output(again.output().unwrap());
     refused.assert_code(5);
@@ -689,13 +604,10 @@ fn store_copy_moves_everything_between_backends_and_refuses_a_full_target() {
     assert_eq!(db.query("SELECT count(*) FROM accounts"), "2");
 
     // And back: PostgreSQL to a new SQLite file, with the key that sealed the secrets.
-    pg.env
-        .set_env("WXTOKEN_KEY_FILE", lite.env.key_file().to_str().unwrap());
-    let back = pg.env.dir.join("back.db");
-    pg.run(&["store", "copy", "--to", back.to_str().unwrap()], 0);
-    let out = pg
-        .env
-        .run(&["--db", back.to_str().unwrap(), "get", "--appid", APPID]);
+    pg.set_env("WXTOKEN_KEY_FILE", lite.key_file().to_str().unwrap());
+    let back = pg.dir.join("back.db");
+    run(&pg, &["store", "copy", "--to", back.to_str().unwrap()], 0);
+    let out = pg.run(&["--db", back.to_str().unwrap(), "get", "--appid", APPID]);
     assert_eq!(out.assert_code(0).stdout, "COPIED\n");
 }
 
@@ -778,11 +690,7 @@ fn a_client_certificate_logs_in_where_the_server_demands_one() {
 
     // In the URL.
     env.set_env("WXTOKEN_DB", &with(&cert, &key));
-    env.run_with_stdin(
-        &["account", "add", "--appid", APPID],
-        &format!("{SECRET}\n"),
-    )
-    .assert_code(0);
+    add(&env, &["--appid", APPID], SECRET);
     env.run(&["refresh"]).assert_code(0);
     let token = env.get(&["--appid", APPID]).value();
     // In the environment.
@@ -820,8 +728,8 @@ fn a_client_certificate_logs_in_where_the_server_demands_one() {
 }
 
 /// Runs wxtoken as on a host whose clock is `offset` off (libfaketime: "+2h", "-2h").
-fn on_skewed_host(f: &Fixture, lib: &Path, offset: &str, args: &[&str]) -> Out {
-    let mut cmd = f.env.command(args);
+fn on_skewed_host(f: &TestEnv, lib: &Path, offset: &str, args: &[&str]) -> Out {
+    let mut cmd = f.command(args);
     support::skew_clock(&mut cmd, lib, offset);
     Out::from_output(cmd.output().expect("run wxtoken"))
 }
@@ -836,8 +744,8 @@ fn a_host_with_a_wrong_clock_can_neither_shorten_nor_escape_a_hold() {
         return;
     };
     let db = f.pg.as_ref().unwrap();
-    f.add(&["--appid", APPID]);
-    f.env.api.push(
+    add(&f, &["--appid", APPID], SECRET);
+    f.api.push(
         TOKEN,
         Reply::errcode(89507, "risk control, retry in an hour"),
     );
@@ -850,13 +758,13 @@ fn a_host_with_a_wrong_clock_can_neither_shorten_nor_escape_a_hold() {
         "held for {left} s of server time"
     );
     // Neither a host with the right clock nor one two hours ahead fetches it meanwhile.
-    let right = f.env.run(&["refresh"]);
+    let right = f.run(&["refresh"]);
     let ahead = on_skewed_host(&f, &lib, "+2h", &["refresh"]);
     for out in [&right, &ahead] {
         out.assert_code(4);
         assert_has(out, &["skipped until", "89507"]);
     }
-    assert_eq!(f.env.api.hits(TOKEN), 1, "a held account was fetched");
+    assert_eq!(f.api.hits(TOKEN), 1, "a held account was fetched");
     let status = on_skewed_host(&f, &lib, "+2h", &["status"]);
     let block = status_block(&status.assert_code(0).stdout, APPID);
     assert!(block.contains("SKIPPED"), "{block}");
@@ -873,7 +781,7 @@ fn a_host_with_a_wrong_clock_shows_every_time_in_its_own_clock() {
     let Some(lib) = support::faketime_lib() else {
         return;
     };
-    f.env.set_env("APP_SECRET", SECRET);
+    f.set_env("APP_SECRET", SECRET);
     let add = [
         "account",
         "add",
@@ -883,7 +791,7 @@ fn a_host_with_a_wrong_clock_shows_every_time_in_its_own_clock() {
         "APP_SECRET",
     ];
     on_skewed_host(&f, &lib, "-2h", &add).assert_code(0);
-    let hook = format!("cat > '{}'", f.env.dir.join("hook.out").display());
+    let hook = format!("cat > '{}'", f.dir.join("hook.out").display());
     on_skewed_host(&f, &lib, "+2h", &["sink", "add", "hook", "--exec", &hook]).assert_code(0);
     on_skewed_host(&f, &lib, "-2h", &["refresh"]).assert_code(0);
     for (offset, ahead) in [("+2h", 7200), ("-2h", -7200), ("+0", 0)] {
@@ -965,8 +873,8 @@ fn a_host_with_a_wrong_clock_counts_todays_fetches_and_this_months_resets_by_the
     let Some(lib) = support::faketime_lib() else {
         return;
     };
-    f.add(&["--appid", APPID]);
-    f.run(&["refresh"], 0);
+    add(&f, &["--appid", APPID], SECRET);
+    run(&f, &["refresh"], 0);
     let status = on_skewed_host(&f, &lib, "+1d", &["status", "--json"]);
     let doc = support::json(&status.assert_code(0).stdout);
     assert_eq!(doc["accounts"][0]["fetches_today"], 1, "{doc}");
@@ -981,7 +889,7 @@ fn a_host_with_a_wrong_clock_counts_todays_fetches_and_this_months_resets_by_the
         out.assert_code(0);
         assert_has(&out, &[&format!("now used {used} of this month's 10")]);
     }
-    let apart = f.count("SELECT max(at) - min(at) FROM quota_resets");
+    let apart = f.query_i64("SELECT max(at) - min(at) FROM quota_resets");
     assert!(apart <= 5, "stamped {apart} s apart");
 }
 
@@ -1000,11 +908,11 @@ fn store_copy_keeps_a_tokens_time_left_on_a_host_with_a_wrong_clock() {
         assert_eq!(doc["access_token"], token, "{doc}");
         doc["expires_in"].as_i64().expect("expires_in")
     };
-    f.add(&["--appid", APPID]);
-    f.env.api.push(TOKEN, Reply::token("ON-PG", 7200));
-    f.run(&["refresh"], 0);
+    add(&f, &["--appid", APPID], SECRET);
+    f.api.push(TOKEN, Reply::token("ON-PG", 7200));
+    run(&f, &["refresh"], 0);
     for offset in ["-3h", "+3h"] {
-        let file = f.env.dir.join(format!("copy{offset}.db"));
+        let file = f.dir.join(format!("copy{offset}.db"));
         let file = file.to_str().unwrap();
         on_skewed_host(&f, &lib, offset, &["store", "copy", "--to", file]).assert_code(0);
         let args = ["--db", file, "get", "--appid", APPID, "--json"];
@@ -1012,17 +920,15 @@ fn store_copy_keeps_a_tokens_time_left_on_a_host_with_a_wrong_clock() {
         assert!((7190..=7200).contains(&secs), "{offset}: {secs} s left");
     }
 
-    let lite = Fixture::new(Backend::Sqlite).unwrap();
-    lite.add(&["--appid", APPID]);
-    lite.env.api.push(TOKEN, Reply::token("ON-LITE", 7200));
+    let lite = TestEnv::new();
+    add(&lite, &["--appid", APPID], SECRET);
+    lite.api.push(TOKEN, Reply::token("ON-LITE", 7200));
     on_skewed_host(&lite, &lib, "-3h", &["refresh"]).assert_code(0);
-    let target = Fixture::new(Backend::Postgres).unwrap();
+    let target = TestEnv::on_postgres().unwrap();
     let to = target.pg.as_ref().unwrap().url.clone();
     on_skewed_host(&lite, &lib, "-3h", &["store", "copy", "--to", &to]).assert_code(0);
-    target
-        .env
-        .set_env("WXTOKEN_KEY_FILE", lite.env.key_file().to_str().unwrap());
-    let secs = left(&target.get(&["--json"]), "ON-LITE");
+    target.set_env("WXTOKEN_KEY_FILE", lite.key_file().to_str().unwrap());
+    let secs = left(&get(&target, &["--json"]), "ON-LITE");
     assert!((7190..=7200).contains(&secs), "{secs} s left on the server");
 }
 
@@ -1035,9 +941,9 @@ fn a_host_with_a_wrong_clock_cannot_overspend_the_forced_refresh_budget() {
     let Some(lib) = support::faketime_lib() else {
         return;
     };
-    f.add(&["--appid", APPID, "--api", "stable"]);
-    f.run(&["refresh"], 0);
-    let first = f.get(&[]).value();
+    add(&f, &["--appid", APPID, "--api", "stable"], SECRET);
+    run(&f, &["refresh"], 0);
+    let first = get(&f, &[]).value();
     let reject = |token: &str, offset: &str| {
         on_skewed_host(
             &f,
@@ -1048,19 +954,19 @@ fn a_host_with_a_wrong_clock_cannot_overspend_the_forced_refresh_budget() {
     };
     let second = reject(&first, "-2h").value();
     assert_ne!(second, first, "a forced refresh replaces the token");
-    assert_eq!(f.count("SELECT count(*) FROM forced_refreshes"), 1);
-    let before = f.env.api.hits(standin::STABLE_TOKEN);
+    assert_eq!(f.query_i64("SELECT count(*) FROM forced_refreshes"), 1);
+    let before = f.api.hits(standin::STABLE_TOKEN);
     let refused = reject(&second, "+2h");
     refused.assert_code(4);
     assert_eq!(refused.stdout, "");
     assert_has(&refused, &["cannot force", "30s between"]);
     assert_eq!(
-        f.env.api.hits(standin::STABLE_TOKEN),
+        f.api.hits(standin::STABLE_TOKEN),
         before + 1,
         "only the normal request went out, no forced one"
     );
-    assert_eq!(f.count("SELECT count(*) FROM forced_refreshes"), 1);
-    assert_eq!(f.get(&[]).value(), second);
+    assert_eq!(f.query_i64("SELECT count(*) FROM forced_refreshes"), 1);
+    assert_eq!(get(&f, &[]).value(), second);
 }
 
 /// The processes of a server this test started: the postmaster and its children.
@@ -1116,19 +1022,19 @@ fn a_server_that_stops_answering_ends_the_run_with_exit_5() {
     let Some(server) = dedicated(false) else {
         return;
     };
-    let f = Fixture::on(server);
+    let f = TestEnv::on_server(server);
     let db = f.pg.as_ref().unwrap();
     db.query(&format!(
         "ALTER DATABASE {} SET statement_timeout = '1s'",
         db.name
     ));
-    f.add(&["--appid", APPID]);
-    f.run(&["refresh"], 0);
-    f.env.api.gate(TOKEN);
-    let child = f.env.spawn(&["refresh", "--force"]);
-    assert!(f.env.api.wait_for_hits(TOKEN, 2, PATIENCE), "never fetched");
+    add(&f, &["--appid", APPID], SECRET);
+    run(&f, &["refresh"], 0);
+    f.api.gate(TOKEN);
+    let child = f.spawn(&["refresh", "--force"]);
+    assert!(f.api.wait_for_hits(TOKEN, 2, PATIENCE), "never fetched");
     let frozen = Frozen::stop(server_processes(server));
-    f.env.api.open_gate(TOKEN);
+    f.api.open_gate(TOKEN);
     let started = Instant::now();
     let out = wait_unhung(child, "refresh against a server that stopped answering");
     drop(frozen);
@@ -1150,20 +1056,20 @@ fn a_server_that_stops_answering_ends_the_run_with_exit_5() {
 fn a_claim_lost_mid_fetch_is_a_failed_fetch_not_a_database_error() {
     let Some(f) = postgres() else { return };
     let db = f.pg.as_ref().unwrap();
-    f.add(&["--appid", APPID]);
-    f.env.api.push(TOKEN, Reply::token("OLD", 7200));
-    f.run(&["refresh"], 0);
+    add(&f, &["--appid", APPID], SECRET);
+    f.api.push(TOKEN, Reply::token("OLD", 7200));
+    run(&f, &["refresh"], 0);
     let reject: &[&str] = &["get", "--appid", APPID, "--reject", "OLD"];
     for (i, args) in [reject, &["refresh"]].into_iter().enumerate() {
-        f.env.api.gate(TOKEN);
-        let child = f.env.spawn(args);
+        f.api.gate(TOKEN);
+        let child = f.spawn(args);
         assert!(
-            f.env.api.wait_for_hits(TOKEN, 2 + i, PATIENCE),
+            f.api.wait_for_hits(TOKEN, 2 + i, PATIENCE),
             "{args:?} never fetched"
         );
         // Its claim expired and another host took the account over.
         db.query("UPDATE claims SET holder = 'host-b:1:x', host = 'host-b', pid = 1");
-        f.env.api.open_gate(TOKEN);
+        f.api.open_gate(TOKEN);
         let out = wait(child);
         out.assert_code(4);
         assert_eq!(out.stdout, "", "{args:?}");
@@ -1171,12 +1077,12 @@ fn a_claim_lost_mid_fetch_is_a_failed_fetch_not_a_database_error() {
         db.query("DELETE FROM claims");
     }
     assert_eq!(
-        f.count("SELECT count(*) FROM attempts WHERE outcome = 'lost_claim'"),
+        f.query_i64("SELECT count(*) FROM attempts WHERE outcome = 'lost_claim'"),
         2,
         "one lost attempt each, no retries"
     );
     assert_eq!(
-        f.count("SELECT count(*) FROM tokens"),
+        f.query_i64("SELECT count(*) FROM tokens"),
         1,
         "the late tokens are dropped"
     );
@@ -1208,12 +1114,12 @@ fn wait_for_a_lock_wait(db: &PgDb) {
 fn a_reader_role_holding_locks_cannot_stop_the_refreshers() {
     let Some(f) = postgres() else { return };
     let db = f.pg.as_ref().unwrap();
-    f.add(&["--appid", APPID]);
-    f.env.api.push(TOKEN, Reply::token("FIRST", 7200));
-    f.run(&["refresh"], 0);
+    add(&f, &["--appid", APPID], SECRET);
+    f.api.push(TOKEN, Reply::token("FIRST", 7200));
+    run(&f, &["refresh"], 0);
     let role = format!("{}_app", db.name);
     db.query(&format!("CREATE ROLE {role} LOGIN"));
-    f.run(&["store", "grant-reader", &role], 0);
+    run(&f, &["store", "grant-reader", &role], 0);
     let mut reader = db.session_as(&role);
     reader.run(&format!(
         "SELECT pg_advisory_lock({OLD_RECORD_LOCK}); \
@@ -1225,13 +1131,11 @@ fn a_reader_role_holding_locks_cannot_stop_the_refreshers() {
         let (ok, _, err) = db.server.psql_as(&role, &db.name, &sql);
         assert!(!ok && err.contains("permission denied"), "{sql}: {err}");
     }
-    f.env.api.push(TOKEN, Reply::token("SECOND", 7200));
-    let refresh = f.env.spawn(&["refresh", "--force"]);
+    f.api.push(TOKEN, Reply::token("SECOND", 7200));
+    let refresh = f.spawn(&["refresh", "--force"]);
     wait_unhung(refresh, "refresh beside a reader's locks").assert_code(0);
-    f.env.api.push(TOKEN, Reply::token("THIRD", 7200));
-    let reject = f
-        .env
-        .spawn(&["get", "--appid", APPID, "--reject", "SECOND"]);
+    f.api.push(TOKEN, Reply::token("THIRD", 7200));
+    let reject = f.spawn(&["get", "--appid", APPID, "--reject", "SECOND"]);
     let out = wait_unhung(reject, "get --reject beside a reader's locks");
     assert_eq!(out.assert_code(0).stdout, "THIRD\n");
     drop(reader);
@@ -1245,16 +1149,16 @@ fn a_reader_role_holding_locks_cannot_stop_the_refreshers() {
 fn a_lock_held_too_long_is_bounded_and_its_holder_named() {
     let Some(f) = postgres() else { return };
     let db = f.pg.as_ref().unwrap();
-    f.add(&["--appid", APPID]);
-    f.env.api.push(TOKEN, Reply::token("FIRST", 7200));
-    f.run(&["refresh"], 0);
+    add(&f, &["--appid", APPID], SECRET);
+    f.api.push(TOKEN, Reply::token("FIRST", 7200));
+    run(&f, &["refresh"], 0);
     let mut holder = db.session();
     holder.run(
         "SET application_name = 'holdout'; BEGIN; \
          SELECT 1 FROM schema_migrations WHERE version = 1 FOR UPDATE;",
     );
     let started = Instant::now();
-    let out = wait_unhung(f.env.spawn(&["-q", "refresh"]), "refresh");
+    let out = wait_unhung(f.spawn(&["-q", "refresh"]), "refresh");
     out.assert_code(5);
     assert_eq!(error_lines(&out).len(), 1, "{out:?}");
     assert_has(
@@ -1268,14 +1172,14 @@ fn a_lock_held_too_long_is_bounded_and_its_holder_named() {
         ],
     );
     assert!(started.elapsed() >= Duration::from_secs(10), "{out:?}");
-    assert_eq!(f.env.api.hits(TOKEN), 1, "a blocked run fetched");
+    assert_eq!(f.api.hits(TOKEN), 1, "a blocked run fetched");
 
     // The database's own bound wins over wxtoken's.
     db.query(&format!(
         "ALTER DATABASE {} SET lock_timeout = '1s'",
         db.name
     ));
-    let reject = f.env.spawn(&["get", "--appid", APPID, "--reject", "FIRST"]);
+    let reject = f.spawn(&["get", "--appid", APPID, "--reject", "FIRST"]);
     let out = wait_unhung(reject, "get --reject");
     out.assert_code(5);
     assert_eq!(out.stdout, "");
@@ -1286,7 +1190,7 @@ fn a_lock_held_too_long_is_bounded_and_its_holder_named() {
         "ALTER DATABASE {} SET lock_timeout = '60s'",
         db.name
     ));
-    let refresh = f.env.spawn(&["refresh"]);
+    let refresh = f.spawn(&["refresh"]);
     wait_for_a_lock_wait(db);
     let signalled = Instant::now();
     let status = std::process::Command::new("kill")
@@ -1302,7 +1206,7 @@ fn a_lock_held_too_long_is_bounded_and_its_holder_named() {
         signalled.elapsed()
     );
     drop(holder);
-    assert_eq!(f.env.api.hits(TOKEN), 2, "only get --reject fetched");
+    assert_eq!(f.api.hits(TOKEN), 2, "only get --reject fetched");
 }
 
 // ---- network loss and server restarts ------------------------------------------------------
@@ -1316,15 +1220,6 @@ fn dedicated(tcp: bool) -> Option<&'static pg::PgServer> {
     })?;
     server.stop_when_process_exits();
     Some(Box::leak(Box::new(server)))
-}
-
-impl Fixture {
-    fn on(server: &'static pg::PgServer) -> Fixture {
-        let env = TestEnv::new();
-        let db = server.create_db();
-        env.set_env("WXTOKEN_DB", &db.url);
-        Fixture { env, pg: Some(db) }
-    }
 }
 
 /// Waits for `child`, killing it and failing if it has not ended within PATIENCE: a
@@ -1361,11 +1256,11 @@ fn a_host_that_loses_its_database_mid_fetch_exits_5_and_the_account_waits_only_f
     let Some(server) = dedicated(true) else {
         return;
     };
-    let f = Fixture::on(server);
+    let f = TestEnv::on_server(server);
     let db = f.pg.as_ref().unwrap();
-    f.add(&["--appid", APPID]);
-    f.env.api.push(TOKEN, Reply::token("OLD", 7200));
-    f.run(&["refresh"], 0);
+    add(&f, &["--appid", APPID], SECRET);
+    f.api.push(TOKEN, Reply::token("OLD", 7200));
+    run(&f, &["refresh"], 0);
 
     let relay = support::relay::Relay::start(([127, 0, 0, 1], server.port.unwrap()).into());
     let via_relay = format!(
@@ -1373,10 +1268,9 @@ fn a_host_that_loses_its_database_mid_fetch_exits_5_and_the_account_waits_only_f
         relay.port(),
         db.name
     );
-    f.env.api.push(TOKEN, Reply::token("LOST-WITH-A", 7200));
-    f.env.api.gate(TOKEN);
+    f.api.push(TOKEN, Reply::token("LOST-WITH-A", 7200));
+    f.api.gate(TOKEN);
     let a = f
-        .env
         .command(&["refresh", "--claim-ttl", "3"])
         .env("WXTOKEN_DB", &via_relay)
         .env("WXTOKEN_HOST", "host-a")
@@ -1387,12 +1281,12 @@ fn a_host_that_loses_its_database_mid_fetch_exits_5_and_the_account_waits_only_f
         .spawn()
         .expect("spawn host-a");
     assert!(
-        f.env.api.wait_for_hits(TOKEN, 2, PATIENCE),
+        f.api.wait_for_hits(TOKEN, 2, PATIENCE),
         "host-a never fetched"
     );
     assert!(relay.accepted() >= 1);
     relay.cut();
-    f.env.api.open_gate(TOKEN);
+    f.api.open_gate(TOKEN);
     let a = wait_unhung(a, "host-a");
     a.assert_code(5);
     let lines = error_lines(&a);
@@ -1407,35 +1301,36 @@ fn a_host_that_loses_its_database_mid_fetch_exits_5_and_the_account_waits_only_f
         ],
     );
     assert!(!a.stderr.contains("pw-N0t-For-Logs") && !a.stdout.contains("pw-N0t"));
-    assert_no_secret(&a);
+    assert_no_secret("output", &a, &[SECRET]);
 
     // Nothing of A's fetch was recorded; its intent caps the old token for every reader.
-    assert_eq!(f.count("SELECT count(*) FROM tokens"), 1);
-    assert_eq!(f.count("SELECT count(*) FROM attempts"), 1);
-    assert_eq!(f.count("SELECT count(*) FROM intents"), 1);
+    assert_eq!(f.query_i64("SELECT count(*) FROM tokens"), 1);
+    assert_eq!(f.query_i64("SELECT count(*) FROM attempts"), 1);
+    assert_eq!(f.query_i64("SELECT count(*) FROM intents"), 1);
     assert_eq!(db.query("SELECT host FROM claims"), "host-a");
     let left = get_left(&f);
     assert!((1..=300).contains(&left), "capped at 300 s: {left}");
 
     // Host B waits for the lease to expire on the server's clock, then fetches.
     let deadline = Instant::now() + PATIENCE;
-    while f.count("SELECT count(*) FROM claims WHERE expires_at > floor(extract(epoch from now()))")
-        > 0
+    while f.query_i64(
+        "SELECT count(*) FROM claims WHERE expires_at > floor(extract(epoch from now()))",
+    ) > 0
     {
         assert!(Instant::now() < deadline, "host-a's claim never expired");
         std::thread::sleep(Duration::from_millis(100));
     }
-    f.env.api.push(TOKEN, Reply::token("FROM-B", 7200));
+    f.api.push(TOKEN, Reply::token("FROM-B", 7200));
     let b = wait(refresher(&f, "host-b", 60, &[]));
     b.assert_code(0);
     assert_eq!(refreshed(&b), 1);
-    assert_eq!(f.env.api.hits(TOKEN), 3, "the first, A's lost one, B's");
-    assert_eq!(f.get(&[]).assert_code(0).stdout, "FROM-B\n");
+    assert_eq!(f.api.hits(TOKEN), 3, "the first, A's lost one, B's");
+    assert_eq!(get(&f, &[]).assert_code(0).stdout, "FROM-B\n");
     assert!(get_left(&f) > 7000);
-    assert_eq!(f.count("SELECT count(*) FROM tokens"), 2);
-    assert_eq!(f.count("SELECT count(*) FROM attempts"), 2);
-    assert_eq!(f.count("SELECT count(*) FROM intents"), 0);
-    assert_eq!(f.count("SELECT count(*) FROM claims"), 0);
+    assert_eq!(f.query_i64("SELECT count(*) FROM tokens"), 2);
+    assert_eq!(f.query_i64("SELECT count(*) FROM attempts"), 2);
+    assert_eq!(f.query_i64("SELECT count(*) FROM intents"), 0);
+    assert_eq!(f.query_i64("SELECT count(*) FROM claims"), 0);
 }
 
 /// The server restarts (`pg_ctl restart -m fast`, every session ended) while WeChat holds
@@ -1448,39 +1343,39 @@ fn a_server_restart_mid_run_is_reconnected_and_nothing_is_recorded_twice() {
     let Some(server) = dedicated(false) else {
         return;
     };
-    let f = Fixture::on(server);
+    let f = TestEnv::on_server(server);
     let second = "wx00000000000000b2";
-    f.add(&["--appid", APPID]);
-    f.add(&["--appid", second]);
-    f.env.api.gate(TOKEN);
-    let run = f.env.spawn(&["refresh", "-j", "1"]);
+    add(&f, &["--appid", APPID], SECRET);
+    add(&f, &["--appid", second], SECRET);
+    f.api.gate(TOKEN);
+    let run = f.spawn(&["refresh", "-j", "1"]);
     assert!(
-        f.env.api.wait_for_hits(TOKEN, 1, PATIENCE),
+        f.api.wait_for_hits(TOKEN, 1, PATIENCE),
         "the run never fetched"
     );
     server.restart();
-    f.env.api.open_gate(TOKEN);
+    f.api.open_gate(TOKEN);
     let out = wait_unhung(run, "refresh");
     out.assert_code(0);
     assert_eq!(refreshed(&out), 2, "{}", out.stderr);
-    assert_eq!(f.env.api.hits(TOKEN), 2);
-    assert_eq!(f.count("SELECT count(*) FROM tokens"), 2);
-    assert_eq!(f.count("SELECT count(*) FROM attempts"), 2);
-    assert_eq!(f.count("SELECT count(*) FROM runs"), 1);
-    assert_eq!(f.count("SELECT count(*) FROM claims"), 0);
-    assert_eq!(f.count("SELECT count(*) FROM intents"), 0);
-    f.get(&[]).assert_code(0);
+    assert_eq!(f.api.hits(TOKEN), 2);
+    assert_eq!(f.query_i64("SELECT count(*) FROM tokens"), 2);
+    assert_eq!(f.query_i64("SELECT count(*) FROM attempts"), 2);
+    assert_eq!(f.query_i64("SELECT count(*) FROM runs"), 1);
+    assert_eq!(f.query_i64("SELECT count(*) FROM claims"), 0);
+    assert_eq!(f.query_i64("SELECT count(*) FROM intents"), 0);
+    get(&f, &[]).assert_code(0);
 
     server.stop();
     for args in [&["get", "--appid", APPID][..], &["refresh"][..]] {
-        let down = f.env.run(args);
+        let down = f.run(args);
         down.assert_code(5);
         assert_eq!(error_lines(&down).len(), 1, "one line:\n{}", down.stderr);
         assert_has(&down, &["could not connect to", "postgres"]);
         assert_eq!(down.stdout, "");
     }
     server.restart();
-    f.get(&[]).assert_code(0);
+    get(&f, &[]).assert_code(0);
 }
 
 /// A hold reads back as the second the server stored on a host whose clock is a fraction
@@ -1494,7 +1389,7 @@ fn a_hold_reads_back_to_the_second_on_a_host_a_fraction_of_a_second_off() {
         return;
     };
     let db = f.pg.as_ref().unwrap();
-    f.add(&["--appid", APPID]);
+    add(&f, &["--appid", APPID], SECRET);
     let until = db.query_i64("SELECT floor(extract(epoch from now()))::bigint + 3600");
     db.query(&format!(
         "UPDATE accounts SET held_until = {until}, held_reason = 'held by the test'"
@@ -1512,3 +1407,5 @@ fn a_hold_reads_back_to_the_second_on_a_host_a_fraction_of_a_second_off() {
         );
     }
 }
+
+also_on_postgres!(exec_sink);

@@ -13,7 +13,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
 use support::standin::{self, Reply, STABLE_TOKEN, TICKET, TOKEN};
-use support::{Out, TestEnv, now, wait};
+use support::{Out, TestEnv, add, now, wait};
 
 /// Long enough for anything that should happen; only a failing test waits this long.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -35,17 +35,15 @@ fn names(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i:02}")).collect()
 }
 
-fn add_account(env: &TestEnv, appid: &str, api: &str) {
-    let args = ["account", "add", "--appid", appid, "--api", api];
-    let secret = format!("secret-{appid}\n");
-    env.run_with_stdin(&args, &secret).assert_code(0);
-}
-
 /// A fresh environment with these classic (`/cgi-bin/token`) accounts.
 fn setup<S: AsRef<str>>(appids: &[S]) -> TestEnv {
     let env = TestEnv::new();
     for appid in appids {
-        add_account(&env, appid.as_ref(), "token");
+        add(
+            &env,
+            &["--appid", appid.as_ref(), "--api", "token"],
+            &format!("secret-{}", appid.as_ref()),
+        );
     }
     env
 }
@@ -706,7 +704,11 @@ fn twelve_concurrent_rejects_cause_one_fetch() {
 fn stable_reject_falls_back_to_a_forced_refresh() {
     let a = "wxstable";
     let env = TestEnv::new();
-    add_account(&env, a, "stable");
+    add(
+        &env,
+        &format!("--appid {a} --api stable"),
+        &format!("secret-{a}"),
+    );
     refresh(&env, &[]).assert_code(0);
     let current = env.get(&["--appid", a]).value();
 
@@ -735,8 +737,16 @@ fn stable_reject_falls_back_to_a_forced_refresh() {
 fn forced_refreshes_stay_within_wechats_budget() {
     let (spent, recent) = ("wxspent", "wxrecent");
     let env = TestEnv::new();
-    add_account(&env, spent, "stable");
-    add_account(&env, recent, "stable");
+    add(
+        &env,
+        &format!("--appid {spent} --api stable"),
+        &format!("secret-{spent}"),
+    );
+    add(
+        &env,
+        &format!("--appid {recent} --api stable"),
+        &format!("secret-{recent}"),
+    );
     refresh(&env, &[]).assert_code(0);
 
     // Twenty forced refreshes a second ago: today's budget is spent (unless this very
@@ -792,7 +802,11 @@ fn refresh_ahead_fetches_only_what_expires_soon() {
 fn refresh_ahead_of_a_stable_token_that_is_still_current_adds_no_row() {
     let a = "wxstableahead";
     let env = TestEnv::new();
-    add_account(&env, a, "stable");
+    add(
+        &env,
+        &format!("--appid {a} --api stable"),
+        &format!("secret-{a}"),
+    );
     env.api
         .push_for(STABLE_TOKEN, a, Reply::token("stable-1", 400));
     refresh(&env, &[]).assert_code(0);
@@ -817,9 +831,11 @@ fn refresh_ahead_claims_only_what_is_due() {
         ("wxfresh", "wxsoon", "wxasked", "wxunfinished", "wxtaken");
     let env = setup(&[fresh, soon, asked, unfinished, taken]);
     let ticket = "wxticket";
-    let args = ["account", "add", "--appid", ticket, "--ticket", "jsapi"];
-    env.run_with_stdin(&args, "secret-wxticket\n")
-        .assert_code(0);
+    add(
+        &env,
+        &["--appid", ticket, "--ticket", "jsapi"],
+        "secret-wxticket",
+    );
     for appid in [soon, taken] {
         env.api
             .push_for(TOKEN, appid, Reply::token(&format!("{appid}-1"), 200));

@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use support::standin::{Reply, TOKEN};
-use support::{Out, TestEnv, json, now};
+use support::{Out, TestEnv, add, add_with, assert_no_secret, json, now, run};
 
 const APPID: &str = "wx1234567890abcdef";
 /// Distinctive enough that any 8-character piece of it in an output is a leak, not chance.
@@ -23,24 +23,6 @@ const OTHER_SECRET: &str = "Hj5TnewSecretB6rVc1XkM0wPq3sZe7Y";
 const IP_ERRMSG: &str = "invalid ip 203.0.113.7 ipv6 ::ffff:203.0.113.7, not in whitelist rid: 1";
 
 // ---- helpers ------------------------------------------------------------------------------
-
-/// Runs `args` and checks the exit code.
-#[track_caller]
-fn run(env: &TestEnv, args: &[&str], code: i32) -> Out {
-    env.run(args).assert_code(code).clone()
-}
-
-/// `account add --appid APPID`, the secret on stdin as one line.
-#[track_caller]
-fn add(env: &TestEnv, appid: &str, secret: &str) -> Out {
-    add_with(env, &["--appid", appid], &format!("{secret}\n"), 0)
-}
-
-#[track_caller]
-fn add_with(env: &TestEnv, extra: &[&str], stdin: &str, code: i32) -> Out {
-    let args = [&["account", "add"], extra].concat();
-    env.run_with_stdin(&args, stdin).assert_code(code).clone()
-}
 
 /// `refresh` with extra arguments; the caller checks the outcome.
 fn refresh(env: &TestEnv, extra: &[&str]) -> Out {
@@ -55,7 +37,7 @@ fn get(env: &TestEnv, appid: &str, extra: &[&str]) -> Out {
 /// A fresh environment with one account (APPID, SECRET) and no token yet.
 fn with_account() -> TestEnv {
     let env = TestEnv::new();
-    add(&env, APPID, SECRET);
+    add(&env, &["--appid", APPID], SECRET);
     env
 }
 
@@ -151,25 +133,6 @@ fn rfc3339_z(v: &Value) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-/// The secret, or any 8-character piece of it, in either stream of `out`.
-fn leaked_piece<'a>(out: &Out, secret: &'a str) -> Option<&'a str> {
-    (0..=secret.len() - 8)
-        .map(|i| &secret[i..i + 8])
-        .find(|piece| out.stdout.contains(piece) || out.stderr.contains(piece))
-}
-
-#[track_caller]
-fn assert_no_secret(label: &str, out: &Out) {
-    for secret in [SECRET, OTHER_SECRET] {
-        if let Some(piece) = leaked_piece(out, secret) {
-            panic!(
-                "{label}: shows {piece:?} of a secret\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                out.stdout, out.stderr
-            );
-        }
-    }
-}
-
 /// An http:// base on loopback where nothing listens.
 fn closed_port_url() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -231,8 +194,8 @@ fn the_secret_is_never_an_argument() {
 #[test]
 fn list_shows_accounts_with_masked_secrets() {
     let env = TestEnv::new();
-    add(&env, "wxbbb", SECRET);
-    add(&env, "wxaaa", "short1");
+    add(&env, &["--appid", "wxbbb"], SECRET);
+    add(&env, &["--appid", "wxaaa"], "short1");
     run(&env, &["account", "disable", "--appid", "wxbbb"], 0);
 
     let doc = json(&run(&env, &["account", "list", "--json"], 0).stdout);
@@ -390,7 +353,7 @@ fn remove_deletes_the_account_and_its_tokens() {
     assert_eq!(env.query_i64("SELECT count(*) FROM attempts"), 0);
     run(&env, &["account", "remove", "--appid", APPID], 6);
     // The appid is free again.
-    add(&env, APPID, SECRET);
+    add(&env, &["--appid", APPID], SECRET);
     get(&env, APPID, &[]).assert_no_value(&["no token fetched yet"]);
 }
 
@@ -482,7 +445,7 @@ fn the_secret_never_appears_in_any_output() {
         "the secret was never used, so its absence proves nothing"
     );
     for (label, out) in &outs {
-        assert_no_secret(label, out);
+        assert_no_secret(label, out, &[SECRET, OTHER_SECRET]);
     }
 }
 
@@ -506,8 +469,12 @@ fn a_reply_quoting_the_secret_is_not_shown_in_pieces() {
         let replies = vec![reply.clone(); tries];
         let out = refresh_after(&env, &replies);
         out.assert_code(4);
-        assert_no_secret(&format!("{reply:?}"), &out);
-        assert_no_secret("status", &run(&env, &["status"], 0));
+        assert_no_secret(&format!("{reply:?}"), &out, &[SECRET, OTHER_SECRET]);
+        assert_no_secret(
+            "status",
+            &run(&env, &["status"], 0),
+            &[SECRET, OTHER_SECRET],
+        );
     }
 }
 
@@ -807,7 +774,7 @@ fn the_summary_line_names_ten_failed_accounts_and_counts_the_rest() {
     let env = TestEnv::new();
     let appids: Vec<String> = (0..12).map(|i| format!("wxfail{i:02}")).collect();
     for appid in &appids {
-        add(&env, appid, SECRET);
+        add(&env, &["--appid", appid], SECRET);
         env.api
             .push_for(TOKEN, appid, Reply::errcode(40164, IP_ERRMSG));
     }
@@ -837,7 +804,7 @@ fn the_summary_line_names_ten_failed_accounts_and_counts_the_rest() {
 fn one_failing_account_does_not_stop_the_others_nor_lose_its_token() {
     let env = TestEnv::new();
     for appid in ["wxa", "wxb", "wxc"] {
-        add(&env, appid, SECRET);
+        add(&env, &["--appid", appid], SECRET);
         env.api.push_for(
             TOKEN,
             appid,
@@ -870,8 +837,8 @@ fn one_failing_account_does_not_stop_the_others_nor_lose_its_token() {
 #[test]
 fn status_shows_the_database_and_each_accounts_last_attempt() {
     let env = TestEnv::new();
-    add(&env, "wxgood", SECRET);
-    add(&env, "wxbad", SECRET);
+    add(&env, &["--appid", "wxgood"], SECRET);
+    add(&env, &["--appid", "wxbad"], SECRET);
     env.api
         .push_for(TOKEN, "wxbad", Reply::errcode(40164, IP_ERRMSG));
     refresh(&env, &[]).assert_code(4);
@@ -1109,11 +1076,7 @@ fn the_db_flag_beats_the_environment() {
         let flagged = env.dir.join("flagged.db").display().to_string();
         (flagged.clone(), flagged, env.db())
     };
-    let out = env.run_with_stdin(
-        &["account", "add", "--db", &flagged, "--appid", APPID],
-        &format!("{SECRET}\n"),
-    );
-    out.assert_code(0);
+    add(&env, &["--db", &flagged, "--appid", APPID], SECRET);
     if env.is_postgres() {
         assert_eq!(env.query_i64("SELECT count(*) FROM accounts"), 1);
     } else {
@@ -1282,7 +1245,7 @@ fn the_default_database_is_under_home_and_get_creates_nothing() {
     out.assert_stderr_has(&[&db.display().to_string(), "does not exist"]);
     assert!(!home.join(".local").exists(), "get created a directory");
 
-    add(&env, APPID, SECRET);
+    add(&env, &["--appid", APPID], SECRET);
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(db.parent().unwrap()), 0o700);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::standin::{Reply, STABLE_TOKEN, TOKEN};
-use support::{Out, TestEnv, json, now, status_block, wait};
+use support::{Out, TestEnv, add, add_with, json, now, run, status_block, wait};
 
 const SECRET: &str = "Hz3kSecretQ8vLm1NpR7tWx5YcBd2FgJ";
 const NEW_SECRET: &str = "Pw4nNewSecretA9sDf6GhJk2LzXc8VbM";
@@ -25,21 +25,9 @@ const PATIENCE: Duration = Duration::from_secs(20);
 fn setup(appids: &[&str]) -> TestEnv {
     let env = TestEnv::new();
     for appid in appids {
-        add(&env, appid, "token");
+        add(&env, &["--appid", appid, "--api", "token"], SECRET);
     }
     env
-}
-
-fn add(env: &TestEnv, appid: &str, api: &str) {
-    let args = ["account", "add", "--appid", appid, "--api", api];
-    env.run_with_stdin(&args, &format!("{SECRET}\n"))
-        .assert_code(0);
-}
-
-/// Runs the binary and checks the exit code.
-#[track_caller]
-fn run(env: &TestEnv, args: &[&str], code: i32) -> Out {
-    env.run(args).assert_code(code).clone()
 }
 
 /// `get --json` of a token that must be there.
@@ -177,7 +165,7 @@ fn set_secret_and_enable_make_the_account_due_for_either_kind_of_run() {
 /// of that account was at WeChat.
 fn killed_mid_fetch(api: &str) -> TestEnv {
     let env = TestEnv::new();
-    add(&env, "wxkilled", api);
+    add(&env, &["--appid", "wxkilled", "--api", api], SECRET);
     run(&env, &["refresh"], 0);
     let route = if api == "stable" { STABLE_TOKEN } else { TOKEN };
     env.api.gate(route);
@@ -567,11 +555,7 @@ fn a_second_signal_ends_the_run_at_once() {
 fn a_secret_over_64_kib_is_refused_not_cut() {
     let env = TestEnv::new();
     let long = "s".repeat(64 * 1024 + 1);
-    let out = env.run_with_stdin(
-        &["account", "add", "--appid", "wxlong"],
-        &format!("{long}\n"),
-    );
-    out.assert_code(2)
+    add_with(&env, &["--appid", "wxlong"], &format!("{long}\n"), 2)
         .assert_stderr_has(&["longer than 64 KiB"]);
     let listed = run(&env, &["account", "list"], 0).stdout;
     assert!(!listed.contains("wxlong"), "{listed}");
@@ -699,7 +683,7 @@ fn a_full_disk_at_record_time_says_the_stored_token_dies_and_caps_it() {
         "WXTOKEN_DB",
         &disk.0.join("wxtoken.db").display().to_string(),
     );
-    add(&env, "wxfull", "token");
+    add(&env, &["--appid", "wxfull", "--api", "token"], SECRET);
     run(&env, &["refresh"], 0);
     let child = refresh_held_at_gate(&env, &[], 2);
     disk.fill();
@@ -771,7 +755,7 @@ fn a_database_that_will_not_open_names_owners_and_modes() {
         return;
     }
     let env = TestEnv::new_in(&std::env::temp_dir());
-    add(&env, "wxmodes", "token");
+    add(&env, &["--appid", "wxmodes", "--api", "token"], SECRET);
     run(&env, &["refresh"], 0);
     let bin = env.dir.join("bin/wxtoken");
     std::fs::create_dir_all(bin.parent().unwrap()).expect("mkdir bin");
@@ -814,11 +798,8 @@ fn a_file_planted_by_another_user_is_refused() {
     std::fs::write(&db, b"").expect("plant");
     chmod(&db, 0o666);
     chown(&db, STRANGER);
-    let out = env.run_with_stdin(
-        &["account", "add", "--appid", "wxplant"],
-        &format!("{SECRET}\n"),
-    );
-    out.assert_code(5).assert_stderr_has(&[
+    let out = add_with(&env, &["--appid", "wxplant"], &format!("{SECRET}\n"), 5);
+    out.assert_stderr_has(&[
         &db.display().to_string(),
         &format!("owner uid {STRANGER}"),
         "mode 0666",
@@ -900,7 +881,7 @@ fn get_works_in_a_read_only_directory_of_another_user() {
     // In the shared temporary directory, with a copy of the binary: the checkout, and the
     // build in it, may sit where other users cannot go (a clone under /root, mode 0700).
     let env = TestEnv::new_in(&std::env::temp_dir());
-    add(&env, "wxro", "token");
+    add(&env, &["--appid", "wxro", "--api", "token"], SECRET);
     let bin = env.dir.join("bin/wxtoken");
     std::fs::create_dir_all(bin.parent().unwrap()).expect("mkdir bin");
     std::fs::copy(env!("CARGO_BIN_EXE_wxtoken"), &bin).expect("copy the binary");

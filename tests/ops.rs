@@ -9,24 +9,16 @@ use std::process::Command;
 
 use serde_json::Value;
 use support::standin::{Reply, TOKEN};
-use support::{Out, TestEnv};
+use support::{Out, TestEnv, add};
 
 const APPID: &str = "wx1234567890abcdef";
 const OTHER: &str = "wxfedcba0987654321";
 const SECRET: &str = "Qx7vSecretK9mWp2LzR4tYh8NbJ3cFdG";
 
-fn add(env: &TestEnv, appid: &str) {
-    env.run_with_stdin(
-        &["account", "add", "--appid", appid],
-        &format!("{SECRET}\n"),
-    )
-    .assert_code(0);
-}
-
 /// One account whose newest token lives `expires_in` seconds, fetched by a refresh.
 fn with_token(expires_in: u64) -> TestEnv {
     let env = TestEnv::new();
-    add(&env, APPID);
+    add(&env, &["--appid", APPID], SECRET);
     env.api.push(TOKEN, Reply::token("TOKEN-A", expires_in));
     env.run(&["-q", "refresh"]).assert_code(0);
     env
@@ -83,7 +75,7 @@ fn check_ok_warning_critical_by_time_left() {
 #[test]
 fn check_without_a_valid_token_is_critical() {
     let env = TestEnv::new();
-    add(&env, APPID);
+    add(&env, &["--appid", APPID], SECRET);
     let line = check(&env, &[], 2, "CRITICAL");
     assert!(line.contains(&format!("{APPID}: no valid token")), "{line}");
     assert!(line.contains("'min_ttl'=0s;"), "{line}");
@@ -170,7 +162,7 @@ fn check_unknown_when_the_database_cannot_be_opened_or_arguments_are_bad() {
     );
     // No accounts at all: most likely a wrong WXTOKEN_DB, which is not OK.
     let empty = TestEnv::new();
-    add(&empty, APPID);
+    add(&empty, &["--appid", APPID], SECRET);
     empty
         .run(&["account", "disable", "--appid", APPID])
         .assert_code(0);
@@ -181,7 +173,7 @@ fn check_unknown_when_the_database_cannot_be_opened_or_arguments_are_bad() {
 #[test]
 fn check_appid_selects_accounts() {
     let env = with_token(7200);
-    add(&env, OTHER); // no token: critical
+    add(&env, &["--appid", OTHER], SECRET); // no token: critical
     check(&env, &[], 2, "CRITICAL");
     let line = check(&env, &["--appid", APPID], 0, "OK");
     assert!(line.contains("'accounts'=1;"), "{line}");
@@ -212,7 +204,7 @@ fn sample(text: &str, series: &str) -> f64 {
 #[test]
 fn refresh_writes_the_metrics_textfile_atomically() {
     let env = TestEnv::new();
-    add(&env, APPID);
+    add(&env, &["--appid", APPID], SECRET);
     let dir = env.dir.join("textfile");
     std::fs::create_dir(&dir).unwrap();
     let prom = dir.join("wxtoken.prom");
@@ -319,8 +311,8 @@ fn json_lines(out: &Out) -> Vec<Value> {
 #[test]
 fn refresh_json_prints_a_line_per_account_and_a_summary() {
     let env = TestEnv::new();
-    add(&env, APPID);
-    add(&env, OTHER);
+    add(&env, &["--appid", APPID], SECRET);
+    add(&env, &["--appid", OTHER], SECRET);
     env.api.push_for(
         TOKEN,
         OTHER,
@@ -367,7 +359,7 @@ fn refresh_json_prints_a_line_per_account_and_a_summary() {
 #[test]
 fn dry_run_lists_what_is_due_and_never_calls_wechat() {
     let env = TestEnv::new();
-    add(&env, APPID);
+    add(&env, &["--appid", APPID], SECRET);
     let out = env.run(&["refresh", "--dry-run"]);
     out.assert_code(0);
     assert_eq!(out.stdout, format!("{APPID}  due: no token yet\n"));
@@ -449,8 +441,8 @@ fn on_terminal(env: &TestEnv, args: &str) -> String {
 #[test]
 fn progress_shows_on_a_terminal_only() {
     let env = TestEnv::new();
-    add(&env, APPID);
-    add(&env, OTHER);
+    add(&env, &["--appid", APPID], SECRET);
+    add(&env, &["--appid", OTHER], SECRET);
     let shown = on_terminal(&env, "refresh --force");
     assert!(shown.contains("refreshing [2/2] 0 failed"), "{shown:?}");
     assert!(
@@ -647,7 +639,7 @@ fn packaged_commands_run_quietly_on_an_empty_database_and_refresh_when_there_are
             "{origin}"
         );
         // With an account, the same command fetches its token (refresh-ahead: none yet).
-        add(&env, APPID);
+        add(&env, &["--appid", APPID], SECRET);
         let out = env.run(&args);
         out.assert_code(0);
         assert_eq!(env.api.hits(TOKEN), 1, "{origin}: {args:?}");
@@ -663,7 +655,7 @@ fn packaged_commands_run_quietly_on_an_empty_database_and_refresh_when_there_are
 #[test]
 fn metrics_show_the_last_run_once_a_refresh_recorded_one() {
     let env = TestEnv::new();
-    add(&env, APPID);
+    add(&env, &["--appid", APPID], SECRET);
     let before = env.run(&["metrics"]).assert_code(0).clone();
     assert!(
         !before.stdout.contains("wxtoken_last_run_success"),

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use support::standin::{CLEAR_QUOTA, QUOTA_GET, Reply, Request, STABLE_TOKEN, TOKEN, WORK_TOKEN};
-use support::{Out, TestEnv, assert_has, json, now};
+use support::{TestEnv, add, assert_has, assert_no_secret, json, now, run};
 
 const APPID: &str = "wx1234567890abcdef";
 /// Distinctive enough that any 8-character piece of it in an output is a leak, not chance.
@@ -19,24 +19,11 @@ const CORP: &str = "ww7a3c5e9b1d2f4a6c";
 
 // ---- helpers ------------------------------------------------------------------------------
 
-/// Runs `wxtoken` with the words of `line` as arguments (none of them has a space).
-fn run(env: &TestEnv, line: &str) -> Out {
-    env.run(&line.split_whitespace().collect::<Vec<_>>())
-}
-
-/// `account add ARGS` with the secret on stdin; must succeed.
-fn add(env: &TestEnv, args: &str, secret: &str) {
-    let line = format!("account add {args}");
-    let words: Vec<&str> = line.split_whitespace().collect();
-    env.run_with_stdin(&words, &format!("{secret}\n"))
-        .assert_code(0);
-}
-
 /// An environment with APPID (classic token) and a fresh token fetched by `refresh`.
 fn with_token() -> TestEnv {
     let env = TestEnv::new();
     add(&env, &format!("--appid {APPID}"), SECRET);
-    run(&env, "refresh").assert_code(0);
+    run(&env, "refresh", 0);
     env
 }
 
@@ -61,17 +48,31 @@ fn entry(doc: &Value, appid: &str) -> Value {
         .clone()
 }
 
-/// Midnight China time (UTC+8) today, in Unix seconds: where WeChat's quota day starts.
-fn china_midnight() -> i64 {
-    const CHINA: i64 = 8 * 3600;
-    (now() + CHINA).div_euclid(86_400) * 86_400 - CHINA
+/// The date in Beijing (UTC+8) at `unix`: `YYYY-MM-DD`.
+fn china_date(unix: i64) -> String {
+    let beijing = chrono::FixedOffset::east_opt(8 * 3600).expect("UTC+8");
+    let at = chrono::DateTime::from_timestamp(unix, 0).expect("a valid instant");
+    at.with_timezone(&beijing).format("%Y-%m-%d").to_string()
 }
 
-/// Some 8-character piece of SECRET in either stream.
-fn leaked(out: &Out) -> Option<&'static str> {
-    (0..=SECRET.len() - 8)
-        .map(|i| &SECRET[i..i + 8])
-        .find(|p| out.stdout.contains(p) || out.stderr.contains(p))
+/// Unix seconds of 00:00 in Beijing on `date` (`YYYY-MM-DD`).
+fn china_midnight_on(date: &str) -> i64 {
+    let midnight = format!("{date}T00:00:00+08:00");
+    chrono::DateTime::parse_from_rfc3339(&midnight)
+        .unwrap_or_else(|e| panic!("{midnight}: {e}"))
+        .timestamp()
+}
+
+/// Midnight China time of the day `unix` falls in there: where WeChat's quota day starts.
+/// Written the way a person reads it (the date in Beijing, at 00:00 +08:00), not the way
+/// wxtoken computes it.
+fn china_midnight_of(unix: i64) -> i64 {
+    china_midnight_on(&china_date(unix))
+}
+
+/// Midnight China time today.
+fn china_midnight() -> i64 {
+    china_midnight_of(now())
 }
 
 /// Runs `wxtoken ARGS` on a pseudo-terminal (util-linux `script`), typing `answer`.
@@ -107,10 +108,19 @@ fn run_on_tty(env: &TestEnv, args: &str, answer: &str) -> (i32, String) {
 
 #[test]
 fn status_counts_todays_fetches_from_the_attempts() {
+    // The quota day of fixed instants: 2024-03-01 00:00 in Beijing is 2024-02-29 16:00 UTC.
+    for (unix, midnight) in [
+        (1_709_222_399, 1_709_136_000), // 2024-02-29 23:59:59 +08:00
+        (1_709_222_400, 1_709_222_400), // 2024-03-01 00:00:00 +08:00
+        (1_709_308_799, 1_709_222_400), // 2024-03-01 23:59:59 +08:00
+        (0, -28_800),                   // 1970-01-01 08:00:00 +08:00
+    ] {
+        assert_eq!(china_midnight_of(unix), midnight, "{unix}");
+    }
     let env = with_token();
     // A busy reply then a token: one attempt of two tries, both sent to WeChat.
     env.api.push(TOKEN, Reply::errcode(-1, "system error"));
-    run(&env, "refresh --force").assert_code(0);
+    run(&env, "refresh --force", 0);
     // Yesterday's fetches (China time) do not count; a ticket is another API's quota.
     let id = account_id(&env, APPID);
     let yesterday = china_midnight() - 1;
@@ -120,13 +130,13 @@ fn status_counts_todays_fetches_from_the_attempts() {
         now()
     ));
 
-    let out = run(&env, "status").assert_code(0).clone();
+    let out = run(&env, "status", 0);
     let block = support::status_block(&out.stdout, APPID);
     assert_has(
         &block,
         &["fetches today: 3 (wxtoken's own token requests since midnight China time)"],
     );
-    let doc = json(&run(&env, "status --json").assert_code(0).stdout);
+    let doc = json(&run(&env, "status --json", 0).stdout);
     assert_eq!(doc["accounts"][0]["fetches_today"], 3, "{doc}");
 
     // A fetch at the first second of the quota day counts.
@@ -135,7 +145,7 @@ fn status_counts_todays_fetches_from_the_attempts() {
          VALUES ({id}, 'access_token', {}, 5, 1, 'ok')",
         china_midnight()
     ));
-    let doc = json(&run(&env, "status --json").assert_code(0).stdout);
+    let doc = json(&run(&env, "status --json", 0).stdout);
     assert_eq!(doc["accounts"][0]["fetches_today"], 4, "{doc}");
 }
 
@@ -143,22 +153,21 @@ fn status_counts_todays_fetches_from_the_attempts() {
 fn a_forced_stable_refresh_counts_the_call_before_it() {
     let env = TestEnv::new();
     add(&env, &format!("--appid {STABLE} --api stable"), SECRET);
-    run(&env, "refresh").assert_code(0);
-    let token = run(&env, &format!("get --appid {STABLE}")).stdout.clone();
+    run(&env, "refresh", 0);
+    let token = env.run(&format!("get --appid {STABLE}")).stdout.clone();
     // WeChat hands the rejected token back in normal mode; wxtoken then forces a new one:
     // two calls, of which only the forced one is an attempt.
     let renewed = run(
         &env,
         &format!("get --appid {STABLE} --reject {}", token.trim()),
+        0,
     )
-    .assert_code(0)
-    .stdout
-    .clone();
+    .stdout;
     assert_ne!(renewed, token);
     assert_eq!(env.api.hits(STABLE_TOKEN), 3);
-    let doc = json(&run(&env, "status --json").assert_code(0).stdout);
+    let doc = json(&run(&env, "status --json", 0).stdout);
     assert_eq!(doc["accounts"][0]["fetches_today"], 3, "{doc}");
-    let out = run(&env, "quota").assert_code(0).clone();
+    let out = run(&env, "quota", 0);
     assert_has(&out.stdout, &["used 3,", "own fetches today: 3"]);
     assert!(!out.stdout.contains("ANOTHER FETCHER"), "{}", out.stdout);
 }
@@ -168,8 +177,8 @@ fn a_forced_stable_refresh_counts_the_call_before_it() {
 #[test]
 fn quota_asks_wechat_with_the_stored_token_and_fetches_none() {
     let env = with_token();
-    let token = run(&env, &format!("get --appid {APPID}")).stdout.clone();
-    let out = run(&env, "quota").assert_code(0).clone();
+    let token = env.run(&format!("get --appid {APPID}")).stdout.clone();
+    let out = run(&env, "quota", 0);
     assert_eq!(
         out.stdout,
         format!(
@@ -187,11 +196,7 @@ fn quota_asks_wechat_with_the_stored_token_and_fetches_none() {
     );
     assert_eq!(body(&sent[0])["cgi_path"], "/cgi-bin/token");
 
-    let doc = json(
-        &run(&env, &format!("quota --appid {APPID} --json"))
-            .assert_code(0)
-            .stdout,
-    );
+    let doc = json(&run(&env, &format!("quota --appid {APPID} --json"), 0).stdout);
     let e = entry(&doc, APPID);
     assert_eq!(e["cgi_path"], "/cgi-bin/token");
     assert_eq!(e["quota"]["daily_limit"], 2000);
@@ -207,12 +212,12 @@ fn another_fetcher_is_named_once_wechat_counts_clearly_more() {
     let env = with_token();
     // Four calls wxtoken did not make: under the threshold of five.
     env.api.add_used(APPID, TOKEN, 4);
-    let out = run(&env, "quota").assert_code(0).clone();
+    let out = run(&env, "quota", 0);
     assert_has(&out.stdout, &["used 5,", "own fetches today: 1"]);
     assert!(!out.stdout.contains("ANOTHER FETCHER"), "{}", out.stdout);
 
     env.api.add_used(APPID, TOKEN, 1);
-    let out = run(&env, "quota").assert_code(0).clone();
+    let out = run(&env, "quota", 0);
     assert_has(
         &out.stdout,
         &[
@@ -223,7 +228,7 @@ fn another_fetcher_is_named_once_wechat_counts_clearly_more() {
         ],
     );
     assert!(!out.stdout.contains("WARNING"), "{}", out.stdout);
-    let doc = json(&run(&env, "quota --json").assert_code(0).stdout);
+    let doc = json(&run(&env, "quota --json", 0).stdout);
     let e = entry(&doc, APPID);
     assert_eq!(e["near_limit"], false);
     assert_eq!(e["foreign_fetches"], 5);
@@ -238,11 +243,11 @@ fn quota_warns_near_the_daily_limit() {
     let env = with_token();
     env.api.set_daily_limit(APPID, TOKEN, 10);
     env.api.add_used(APPID, TOKEN, 6);
-    let out = run(&env, "quota").assert_code(0).clone();
+    let out = run(&env, "quota", 0);
     assert_has(&out.stdout, &["limit 10, used 7, remaining 3"]);
     assert!(!out.stdout.contains("WARNING"), "{}", out.stdout);
     env.api.add_used(APPID, TOKEN, 1);
-    let out = run(&env, "quota").assert_code(0).clone();
+    let out = run(&env, "quota", 0);
     assert_has(
         &out.stdout,
         &[
@@ -251,7 +256,7 @@ fn quota_warns_near_the_daily_limit() {
             "45009",
         ],
     );
-    let doc = json(&run(&env, "quota --json").assert_code(0).stdout);
+    let doc = json(&run(&env, "quota --json", 0).stdout);
     assert_eq!(entry(&doc, APPID)["near_limit"], true);
 }
 
@@ -259,8 +264,8 @@ fn quota_warns_near_the_daily_limit() {
 fn a_stable_account_is_checked_on_the_stable_path() {
     let env = TestEnv::new();
     add(&env, &format!("--appid {STABLE} --api stable"), SECRET);
-    run(&env, "refresh").assert_code(0);
-    let out = run(&env, "quota").assert_code(0).clone();
+    run(&env, "refresh", 0);
+    let out = run(&env, "quota", 0);
     assert_has(
         &out.stdout,
         &["/cgi-bin/stable_token", "limit 500000, used 1,"],
@@ -276,7 +281,7 @@ fn an_account_without_a_valid_token_is_skipped_without_a_fetch() {
     add(&env, "--appid wxnotokenyet000000", SECRET);
     // APPID's token has expired.
     env.execute("UPDATE tokens SET expires_at = fetched_at");
-    let out = run(&env, "quota").assert_code(3).clone();
+    let out = run(&env, "quota", 3);
     assert_eq!(out.stdout, "");
     for appid in [APPID, "wxnotokenyet000000"] {
         assert_has(
@@ -287,7 +292,7 @@ fn an_account_without_a_valid_token_is_skipped_without_a_fetch() {
     assert_has(&out.stderr, &["never fetches one"]);
     assert_eq!(env.api.hits(QUOTA_GET), 0);
     assert_eq!(env.api.hits(TOKEN), 1, "only the first refresh fetched");
-    let doc = json(&run(&env, "quota --json").assert_code(3).stdout);
+    let doc = json(&run(&env, "quota --json", 3).stdout);
     assert_has(
         entry(&doc, APPID)["skipped"].as_str().unwrap(),
         &["no valid token"],
@@ -298,10 +303,10 @@ fn an_account_without_a_valid_token_is_skipped_without_a_fetch() {
 fn wecom_apps_are_skipped_and_cannot_be_reset() {
     let env = with_token();
     add(&env, &format!("--corpid {CORP} --agentid 1000002"), SECRET);
-    run(&env, "refresh").assert_code(0);
+    run(&env, "refresh", 0);
     assert_eq!(env.api.hits(WORK_TOKEN), 1);
 
-    let out = run(&env, "quota").assert_code(0).clone();
+    let out = run(&env, "quota", 0);
     let note = "quota tools are for Official Accounts and Mini Programs";
     assert_has(
         &out.stderr,
@@ -313,18 +318,19 @@ fn wecom_apps_are_skipped_and_cannot_be_reset() {
         1,
         "only the Official Account was checked"
     );
-    let doc = json(&run(&env, "quota --json").assert_code(0).stdout);
+    let doc = json(&run(&env, "quota --json", 0).stdout);
     let e = entry(&doc, CORP);
     assert_eq!(e["agentid"], "1000002");
     assert_has(e["skipped"].as_str().unwrap(), &[note]);
 
-    let out = run(&env, &format!("quota reset --appid {CORP}/1000002 --yes"))
-        .assert_code(2)
-        .clone();
+    let out = run(
+        &env,
+        &format!("quota reset --appid {CORP}/1000002 --yes"),
+        2,
+    )
+    .clone();
     assert_has(&out.stderr, &[note]);
-    let out = run(&env, &format!("quota reset --appid {CORP} --yes"))
-        .assert_code(6)
-        .clone();
+    let out = run(&env, &format!("quota reset --appid {CORP} --yes"), 6);
     assert_has(&out.stderr, &["is a WeCom corp", note]);
     assert_eq!(env.api.hits(CLEAR_QUOTA), 0);
 }
@@ -343,14 +349,14 @@ fn a_token_quota_finds_dead_is_no_longer_served_and_is_due() {
             "invalid credential, access_token is invalid or not latest",
         ),
     );
-    let out = run(&env, "quota").assert_code(4).clone();
+    let out = run(&env, "quota", 4);
     assert_has(
         &out.stderr,
         &["errcode 40001", "something else fetched a newer token"],
     );
     env.get(&["--appid", APPID]).assert_no_value(&[APPID]);
     let fetched = env.api.hits(TOKEN);
-    run(&env, "refresh").assert_code(0);
+    run(&env, "refresh", 0);
     assert_eq!(
         env.api.hits(TOKEN),
         fetched + 1,
@@ -362,7 +368,7 @@ fn a_token_quota_finds_dead_is_no_longer_served_and_is_due() {
         QUOTA_GET,
         Reply::errcode(76021, "cgi_path not found, please check"),
     );
-    run(&env, "quota").assert_code(4);
+    run(&env, "quota", 4);
     env.get(&["--appid", APPID]).value();
 }
 
@@ -391,7 +397,7 @@ fn quota_errors_are_explained() {
     for (reply, tries, words) in cases {
         let script = || (0..tries).for_each(|_| env.api.push(QUOTA_GET, reply.clone()));
         script();
-        let out = run(&env, "quota").assert_code(4).clone();
+        let out = run(&env, "quota", 4);
         assert_eq!(out.stdout, "");
         assert_has(
             &out.stderr,
@@ -399,14 +405,14 @@ fn quota_errors_are_explained() {
         );
         assert_has(&out.stderr, words);
         script();
-        let doc = json(&run(&env, "quota --json").assert_code(4).stdout);
+        let doc = json(&run(&env, "quota --json", 4).stdout);
         let message = entry(&doc, APPID)["error"]["message"].clone();
         assert_has(message.as_str().unwrap_or_default(), words);
     }
     // -1 is retried with backoff within the run.
     let before = env.api.hits(QUOTA_GET);
     env.api.push(QUOTA_GET, Reply::errcode(-1, "system error"));
-    run(&env, "quota").assert_code(0);
+    run(&env, "quota", 0);
     assert_eq!(env.api.hits(QUOTA_GET), before + 2);
 }
 
@@ -451,9 +457,7 @@ fn a_reset_asks_on_a_terminal() {
 fn a_reset_posts_the_secret_in_the_body_and_counts_the_month() {
     let env = with_token();
     env.api.add_used(APPID, TOKEN, 40);
-    let out = run(&env, &format!("quota reset --appid {APPID} --yes"))
-        .assert_code(0)
-        .clone();
+    let out = run(&env, &format!("quota reset --appid {APPID} --yes"), 0);
     assert_eq!(out.stdout, "");
     assert_has(
         &out.stderr,
@@ -482,15 +486,7 @@ fn a_reset_posts_the_secret_in_the_body_and_counts_the_month() {
     assert_eq!(body["appsecret"], SECRET);
 
     // Last month's resets (China time) and failed ones do not count.
-    let month_start = {
-        let china = chrono::FixedOffset::east_opt(8 * 3600).unwrap();
-        let now = chrono::TimeZone::timestamp_opt(&china, now(), 0).unwrap();
-        let first = chrono::Datelike::with_day(&now.date_naive(), 1).unwrap();
-        let midnight = first.and_hms_opt(0, 0, 0).unwrap();
-        chrono::TimeZone::from_local_datetime(&china, &midnight)
-            .unwrap()
-            .timestamp()
-    };
+    let month_start = china_midnight_on(&format!("{}-01", &china_date(now())[..7]));
     let id = account_id(&env, APPID);
     env.execute(&format!(
         "INSERT INTO quota_resets (account_id, at, ok, errcode, detail)
@@ -498,9 +494,7 @@ fn a_reset_posts_the_secret_in_the_body_and_counts_the_month() {
                 ({id}, {month_start}, TRUE, NULL, NULL)",
         month_start - 1
     ));
-    let out = run(&env, &format!("quota reset --appid {APPID} --yes"))
-        .assert_code(0)
-        .clone();
+    let out = run(&env, &format!("quota reset --appid {APPID} --yes"), 0);
     assert_has(&out.stderr, &["now used 3 of this month's 10"]);
     assert_eq!(
         env.query_i64("SELECT count(*) FROM quota_resets WHERE ok = TRUE"),
@@ -512,10 +506,8 @@ fn a_reset_posts_the_secret_in_the_body_and_counts_the_month() {
 fn a_reset_beyond_the_monthly_limit_gets_48006() {
     let env = with_token();
     env.api.set_reset_limit(1);
-    run(&env, &format!("quota reset --appid {APPID} --yes")).assert_code(0);
-    let out = run(&env, &format!("quota reset --appid {APPID} --yes"))
-        .assert_code(4)
-        .clone();
+    run(&env, &format!("quota reset --appid {APPID} --yes"), 0);
+    let out = run(&env, &format!("quota reset --appid {APPID} --yes"), 4);
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
     assert_has(
         &out.stderr,
@@ -531,9 +523,7 @@ fn a_reset_beyond_the_monthly_limit_gets_48006() {
         1
     );
     // The failed one is not counted: the next message still says 1.
-    let out = run(&env, &format!("quota reset --appid {APPID} --yes"))
-        .assert_code(4)
-        .clone();
+    let out = run(&env, &format!("quota reset --appid {APPID} --yes"), 4);
     assert_has(
         &out.stderr,
         &["wxtoken has used 1 of this month's 10 resets"],
@@ -549,31 +539,27 @@ fn a_reset_releases_the_45009_hold_and_only_that() {
     // APPID hits its daily limit; `other` is blocked for an hour after a rejected IP.
     env.api
         .push_for(TOKEN, other, Reply::errcode(89507, "ip blocked for 1 hour"));
-    run(&env, "refresh --force").assert_code(4);
-    let out = run(&env, "refresh").assert_code(4).clone();
+    run(&env, "refresh --force", 4);
+    let out = run(&env, "refresh", 4);
     assert_has(
         &out.stderr,
         &[&format!("wxtoken: {APPID}: skipped until"), "45009"],
     );
     let fetched = env.api.hits(TOKEN);
 
-    let out = run(&env, &format!("quota reset --appid {APPID} --yes"))
-        .assert_code(0)
-        .clone();
+    let out = run(&env, &format!("quota reset --appid {APPID} --yes"), 0);
     assert_has(
         &out.stderr,
         &[&format!(
             "released {APPID} from its hold after errcode 45009"
         )],
     );
-    let out = run(&env, &format!("quota reset --appid {other} --yes"))
-        .assert_code(0)
-        .clone();
+    let out = run(&env, &format!("quota reset --appid {other} --yes"), 0);
     assert!(!out.stderr.contains("released"), "{}", out.stderr);
 
     // An hour later (the token is no longer fresh), refresh fetches APPID again.
     env.execute("UPDATE tokens SET fetched_at = fetched_at - 3600");
-    let out = run(&env, "refresh").assert_code(4).clone();
+    let out = run(&env, "refresh", 4);
     assert!(
         !out.stderr.contains(&format!("{APPID}: skipped")),
         "{}",
@@ -589,7 +575,7 @@ fn a_reset_releases_the_45009_hold_and_only_that() {
         "APPID fetched again after the reset"
     );
     assert_eq!(env.api.hits(TOKEN), fetched + 1);
-    let doc = json(&run(&env, "status --json").assert_code(0).stdout);
+    let doc = json(&run(&env, "status --json", 0).stdout);
     let accounts = doc["accounts"].as_array().unwrap();
     let appid = accounts.iter().find(|a| a["appid"] == APPID).unwrap();
     assert_eq!(appid["held"], Value::Null);
@@ -628,10 +614,9 @@ fn reset_errors_are_explained_and_never_show_the_secret() {
         for reply in replies {
             env.api.push(CLEAR_QUOTA, reply);
         }
-        let out = run(&env, &format!("-vvv quota reset --appid {APPID} --yes"));
-        out.assert_code(4);
+        let out = run(&env, &format!("-vvv quota reset --appid {APPID} --yes"), 4);
         assert_has(&out.stderr, words);
-        assert_eq!(leaked(&out), None, "the secret shows in\n{}", out.stderr);
+        assert_no_secret("quota reset", &out, &[SECRET]);
     }
     let details = env.query("SELECT detail FROM quota_resets");
     assert_eq!(details.lines().count(), 5, "{details}");
@@ -642,11 +627,9 @@ fn reset_errors_are_explained_and_never_show_the_secret() {
     env.api
         .push(CLEAR_QUOTA, Reply::errcode(-1, "system error"));
     let before = env.api.hits(CLEAR_QUOTA);
-    let out = run(&env, &format!("-vvv quota reset --appid {APPID} --yes"))
-        .assert_code(0)
-        .clone();
+    let out = run(&env, &format!("-vvv quota reset --appid {APPID} --yes"), 0);
     assert_eq!(env.api.hits(CLEAR_QUOTA), before + 2);
-    assert_eq!(leaked(&out), None, "{}", out.stderr);
+    assert_no_secret("quota reset", &out, &[SECRET]);
 }
 
 // Every behaviour here applies to a shared server; none is left SQLite-only.

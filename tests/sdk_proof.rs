@@ -11,7 +11,7 @@ use std::process::Command;
 use serde_json::Value;
 use support::redis_server::{Redis, skip_without};
 use support::standin;
-use support::{Out, TestEnv};
+use support::{TestEnv, run};
 
 const OA: &str = "wx1234567890abcdef";
 const OA_SECRET: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
@@ -33,13 +33,6 @@ fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/sdk")
         .join(name)
-}
-
-#[track_caller]
-fn run(env: &TestEnv, args: &[&str], code: i32) -> Out {
-    let out = env.run(args);
-    out.assert_code(code);
-    out
 }
 
 fn token_of(env: &TestEnv, args: &[&str]) -> String {

@@ -8,21 +8,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::standin::TOKEN;
-use support::{Out, TestEnv, assert_has, wait};
+use support::{Out, TestEnv, add, add_with, assert_has, wait};
 
 const APPID: &str = "wx1111111111111111";
 const OTHER: &str = "wx2222222222222222";
 const SECRET: &str = "f1e2d3c4b5a6978800112233445566aa";
 const OTHER_SECRET: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
-
-fn add(env: &TestEnv, appid: &str, secret: &str) -> Out {
-    let out = env.run_with_stdin(
-        &["account", "add", "--appid", appid],
-        &format!("{secret}\n"),
-    );
-    out.assert_code(0);
-    out
-}
 
 /// The stored (sealed) secret of an account. PostgreSQL keeps secrets in a table of their
 /// own, which a reader role is never granted.
@@ -114,22 +105,6 @@ fn assert_nowhere(env: &TestEnv, needles: &[&str]) {
     assert!(found.is_empty(), "left behind in the files: {found:?}");
 }
 
-#[track_caller]
-fn assert_one_error_line(out: &Out, code: i32, parts: &[&str]) {
-    out.assert_code(code);
-    assert_eq!(out.stdout, "", "stdout must stay empty");
-    let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "one line on stderr:\n{}", out.stderr);
-    assert!(lines[0].starts_with("wxtoken: error: "), "{}", lines[0]);
-    for part in parts {
-        assert!(
-            lines[0].contains(part),
-            "stderr lacks {part:?}: {}",
-            lines[0]
-        );
-    }
-}
-
 fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path)
@@ -144,7 +119,7 @@ fn stored_secrets_never_reach_the_files_in_plain_text() {
     let env = TestEnv::new();
     env.api.register(APPID, SECRET);
     env.api.register(OTHER, OTHER_SECRET);
-    let out = add(&env, APPID, SECRET);
+    let out = add(&env, &["--appid", APPID], SECRET);
     // The first secret creates the key file, and says so once, with a backup reminder.
     assert!(
         out.stderr.contains("created the key file"),
@@ -153,7 +128,7 @@ fn stored_secrets_never_reach_the_files_in_plain_text() {
     );
     assert!(out.stderr.contains("Back it up"), "{}", out.stderr);
     assert_eq!(mode(&env.key_file()), 0o600);
-    let again = add(&env, OTHER, OTHER_SECRET);
+    let again = add(&env, &["--appid", OTHER], OTHER_SECRET);
     assert!(!again.stderr.contains("key file"), "{}", again.stderr);
     assert_nowhere(&env, &[SECRET, OTHER_SECRET]);
     let stored = stored_secret(&env, APPID);
@@ -198,7 +173,7 @@ fn stored_secrets_never_reach_the_files_in_plain_text() {
 #[test]
 fn plaintext_secrets_of_an_older_version_are_encrypted_and_scrubbed() {
     let env = TestEnv::new();
-    add(&env, APPID, SECRET);
+    add(&env, &["--appid", APPID], SECRET);
     let gone = "5555aaaa5555aaaa5555aaaa5555aaaa";
     let old = "6666bbbb6666bbbb6666bbbb6666bbbb";
     // What an earlier version leaves: plaintext secrets, a replaced one in a page's free
@@ -263,8 +238,8 @@ fn plaintext_secrets_of_an_older_version_are_encrypted_and_scrubbed() {
 #[test]
 fn a_ciphertext_moved_to_another_account_does_not_open() {
     let env = TestEnv::new();
-    add(&env, APPID, SECRET);
-    add(&env, OTHER, OTHER_SECRET);
+    add(&env, &["--appid", APPID], SECRET);
+    add(&env, &["--appid", OTHER], OTHER_SECRET);
     let copied = stored_secret(&env, APPID);
     let other = account_id(&env, OTHER);
     env.execute(&if env.is_postgres() {
@@ -321,10 +296,11 @@ fn a_ciphertext_moved_to_another_account_does_not_open() {
     assert_has(&outcome(1, "error"), &["does not open", "set-secret"]);
     assert_eq!(lines[2]["exit_code"], 7, "{}", out.stdout);
     let out = env.run(&["get", "--appid", OTHER, "--reject", "old"]);
-    assert_one_error_line(&out, 7, &[&key_file, OTHER]);
+    out.assert_one_line_error(7)
+        .assert_stderr_has(&[&key_file, OTHER]);
     // A key file that is not the one that encrypted the stored secrets seals nothing.
     let stranger = TestEnv::new();
-    add(&stranger, APPID, SECRET);
+    add(&stranger, &["--appid", APPID], SECRET);
     let wrong = stranger.key_file().display().to_string();
     let out = env.run_with_stdin(
         &[
@@ -337,10 +313,11 @@ fn a_ciphertext_moved_to_another_account_does_not_open() {
         ],
         "s3\n",
     );
-    assert_one_error_line(&out, 7, &[&wrong, "does not open"]);
+    out.assert_one_line_error(7)
+        .assert_stderr_has(&[&wrong, "does not open"]);
     // The key file that opens the others seals a new one.
     env.api.register("wx3333333333333333", "s3");
-    add(&env, "wx3333333333333333", "s3");
+    add(&env, &["--appid", "wx3333333333333333"], "s3");
     // The account itself is mended by setting its secret again.
     env.run_with_stdin(
         &["account", "set-secret", "--appid", OTHER],
@@ -355,7 +332,7 @@ fn a_ciphertext_moved_to_another_account_does_not_open() {
 #[test]
 fn without_the_key_refresh_fails_and_changes_nothing_while_get_works() {
     let env = TestEnv::new();
-    add(&env, APPID, SECRET);
+    add(&env, &["--appid", APPID], SECRET);
     env.run(&["refresh"]).assert_code(0);
     let key = std::fs::read(env.key_file()).expect("key");
     std::fs::remove_file(env.key_file()).expect("lose the key");
@@ -366,13 +343,14 @@ fn without_the_key_refresh_fails_and_changes_nothing_while_get_works() {
 
     let key_file = env.key_file().display().to_string();
     let out = env.run(&["refresh", "--force"]);
-    assert_one_error_line(&out, 7, &[&key_file, APPID, "does not exist", "backup"]);
+    out.assert_one_line_error(7)
+        .assert_stderr_has(&[&key_file, APPID, "does not exist", "backup"]);
     assert!(
         !env.key_file().exists(),
         "never a new key once a secret is encrypted"
     );
-    let out = env.run_with_stdin(&["account", "add", "--appid", OTHER], "s\n");
-    assert_one_error_line(&out, 7, &[&key_file]);
+    let out = add_with(&env, &["--appid", OTHER], "s\n", 7);
+    out.assert_one_line_error(7).assert_stderr_has(&[&key_file]);
     assert!(!env.key_file().exists());
     assert_eq!(
         (
@@ -393,10 +371,11 @@ fn without_the_key_refresh_fails_and_changes_nothing_while_get_works() {
 
     // A wrong key file (another key): the same exit code, and it names the key id.
     let other = TestEnv::new();
-    add(&other, APPID, SECRET);
+    add(&other, &["--appid", APPID], SECRET);
     std::fs::copy(other.key_file(), env.key_file()).expect("wrong key");
     let out = env.run(&["refresh", "--force"]);
-    assert_one_error_line(&out, 7, &[&key_file, APPID, "does not open"]);
+    out.assert_one_line_error(7)
+        .assert_stderr_has(&[&key_file, APPID, "does not open"]);
 
     std::fs::write(env.key_file(), key).expect("restore the key");
     env.run(&["refresh", "--force"]).assert_code(0);
@@ -406,25 +385,28 @@ fn without_the_key_refresh_fails_and_changes_nothing_while_get_works() {
 fn unsafe_key_files_are_refused() {
     use std::os::unix::fs::PermissionsExt;
     let env = TestEnv::new();
-    add(&env, APPID, SECRET);
+    add(&env, &["--appid", APPID], SECRET);
     let key_file = env.key_file();
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o640)).unwrap();
     let out = env.run(&["refresh"]);
-    assert_one_error_line(&out, 7, &[&key_file.display().to_string(), "mode 0640"]);
+    out.assert_one_line_error(7)
+        .assert_stderr_has(&[&key_file.display().to_string(), "mode 0640"]);
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     env.run(&["refresh"]).assert_code(0);
 
     if support_uid() == 0 {
         std::os::unix::fs::chown(&key_file, Some(64_321), None).unwrap();
         let out = env.run(&["refresh", "--force"]);
-        assert_one_error_line(&out, 7, &["belongs to uid 64321"]);
+        out.assert_one_line_error(7)
+            .assert_stderr_has(&["belongs to uid 64321"]);
     } else {
         eprintln!("note: not root; the key-owner check is not exercised");
     }
     std::fs::write(&key_file, "not a key\n").unwrap();
     std::os::unix::fs::chown(&key_file, Some(support_uid()), None).unwrap();
     let out = env.run(&["refresh", "--force"]);
-    assert_one_error_line(&out, 7, &["not a wxtoken key file"]);
+    out.assert_one_line_error(7)
+        .assert_stderr_has(&["not a wxtoken key file"]);
 }
 
 fn support_uid() -> u32 {
@@ -439,7 +421,7 @@ fn the_key_file_is_found_in_the_documented_order() {
     std::fs::create_dir(&home).unwrap();
     env.unset_env("WXTOKEN_KEY_FILE");
     env.set_env("HOME", home.to_str().unwrap());
-    add(&env, APPID, SECRET);
+    add(&env, &["--appid", APPID], SECRET);
     let home_key = home.join(".config/wxtoken/key");
     assert_eq!(mode(&home_key), 0o600);
     assert_eq!(mode(home_key.parent().unwrap()), 0o700);
@@ -465,8 +447,9 @@ fn the_key_file_is_found_in_the_documented_order() {
     let fresh = TestEnv::new();
     fresh.unset_env("WXTOKEN_KEY_FILE");
     fresh.set_env("CREDENTIALS_DIRECTORY", creds.to_str().unwrap());
-    let out = fresh.run_with_stdin(&["account", "add", "--appid", APPID], "s\n");
-    assert_one_error_line(&out, 7, &["LoadCredential"]);
+    let out = add_with(&fresh, &["--appid", APPID], "s\n", 7);
+    out.assert_one_line_error(7)
+        .assert_stderr_has(&["LoadCredential"]);
 }
 
 /// The ids of the keys in a key file, in order.
@@ -488,8 +471,8 @@ fn key_rotate_reencrypts_every_secret_and_keeps_the_old_key() {
     let env = TestEnv::new();
     env.api.register(APPID, SECRET);
     env.api.register(OTHER, OTHER_SECRET);
-    add(&env, APPID, SECRET);
-    add(&env, OTHER, OTHER_SECRET);
+    add(&env, &["--appid", APPID], SECRET);
+    add(&env, &["--appid", OTHER], OTHER_SECRET);
     let first = env.kid();
     let out = env.run(&["key", "rotate"]);
     out.assert_code(0);
@@ -511,14 +494,15 @@ fn key_rotate_reencrypts_every_secret_and_keeps_the_old_key() {
     // The old key alone no longer opens the database.
     let old = old_key_file(&env);
     let out = env.run(&["--key-file", old.to_str().unwrap(), "refresh", "--force"]);
-    assert_one_error_line(&out, 7, &["does not open", &second]);
+    out.assert_one_line_error(7)
+        .assert_stderr_has(&["does not open", &second]);
 }
 
 #[test]
 fn an_interrupted_rotation_leaves_a_database_the_key_file_opens() {
     let env = TestEnv::new();
     env.api.register(APPID, SECRET);
-    add(&env, APPID, SECRET);
+    add(&env, &["--appid", APPID], SECRET);
     let first = env.kid();
     // Hold what rotate needs after it wrote the new key beside the old one, and kill it
     // there. PostgreSQL: the rows of the secrets, before re-encrypting them. SQLite:
@@ -572,12 +556,12 @@ fn an_interrupted_rotation_leaves_a_database_the_key_file_opens() {
 #[test]
 fn key_reset_after_losing_the_key_keeps_tokens_and_takes_new_secrets() {
     let env = TestEnv::new();
-    add(&env, APPID, SECRET);
+    add(&env, &["--appid", APPID], SECRET);
     env.run(&["refresh"]).assert_code(0);
     let out = env.run(&["key", "reset"]);
-    assert_one_error_line(&out, 2, &["--yes"]);
+    out.assert_one_line_error(2).assert_stderr_has(&["--yes"]);
     let out = env.run(&["key", "reset", "--yes"]);
-    assert_one_error_line(&out, 7, &["exists"]);
+    out.assert_one_line_error(7).assert_stderr_has(&["exists"]);
     std::fs::remove_file(env.key_file()).unwrap();
     let out = env.run(&["key", "reset", "--yes"]);
     out.assert_code(0);
@@ -592,7 +576,8 @@ fn key_reset_after_losing_the_key_keeps_tokens_and_takes_new_secrets() {
     let list = env.run(&["account", "list", "--json"]);
     assert!(list.stdout.contains("\"LOST\""), "{}", list.stdout);
     let out = env.run(&["get", "--appid", APPID, "--reject", "old"]);
-    assert_one_error_line(&out, 7, &[APPID, "set-secret"]);
+    out.assert_one_line_error(7)
+        .assert_stderr_has(&[APPID, "set-secret"]);
     let out = env.run(&["refresh", "--force"]);
     out.assert_code(7);
     assert_has(&out.stderr, &[APPID, "set-secret", "refreshed 0 of 1"]);
@@ -605,12 +590,13 @@ fn key_reset_after_losing_the_key_keeps_tokens_and_takes_new_secrets() {
         assert!(!env.status_block(APPID).contains(lie));
     }
     let out = env.run(&["account", "enable", "--appid", APPID]);
-    assert_one_error_line(&out, 7, &[APPID, "account set-secret"]);
+    out.assert_one_line_error(7)
+        .assert_stderr_has(&[APPID, "account set-secret"]);
     assert_eq!(env.api.requests().len(), 1);
     // A lost secret whose hold was lifted (`account enable` did, before it refused) holds
     // its own account in each refresh, and the others are fetched.
     env.execute("UPDATE accounts SET held_until = NULL, held_reason = NULL");
-    let out = add(&env, OTHER, OTHER_SECRET);
+    let out = add(&env, &["--appid", OTHER], OTHER_SECRET);
     assert!(
         out.stderr.contains("created the key file"),
         "{}",
@@ -641,7 +627,7 @@ fn dead_pid() -> u32 {
 fn key_file_writes_follow_no_planted_link_and_leave_no_key_behind() {
     let env = TestEnv::new();
     env.api.register(APPID, SECRET);
-    add(&env, APPID, SECRET);
+    add(&env, &["--appid", APPID], SECRET);
     let first = env.kid();
     let key = env.key_file();
     let dir = key
@@ -700,7 +686,7 @@ fn key_rotate_beside_secret_writers_loses_no_secret() {
         env.api.register(&appid(i), &secret(i));
     }
     // Account 0 is the one whose secret is set again and again.
-    add(&env, &appid(0), &secret(0));
+    add(&env, &["--appid", &appid(0)], &secret(0));
     std::thread::scope(|s| {
         s.spawn(|| {
             for _ in 0..8 {
@@ -888,14 +874,16 @@ fn a_reader_in_the_group_gets_tokens_but_never_secrets_nor_writes() {
     // The reader can neither write through wxtoken, nor open the key, nor the files.
     let rows = token_rows(&env);
     let out = wxtoken_as(&env, READER, &["refresh", "--force"], "");
-    assert_one_error_line(&out, 5, &["read-only for this user"]);
+    out.assert_one_line_error(5)
+        .assert_stderr_has(&["read-only for this user"]);
     let out = wxtoken_as(
         &env,
         READER,
         &["get", "--appid", APPID, "--reject", &token],
         "",
     );
-    assert_one_error_line(&out, 5, &["read-only for this user"]);
+    out.assert_one_line_error(5)
+        .assert_stderr_has(&["read-only for this user"]);
     let key = env.key_file();
     let out = wxtoken_as(
         &env,

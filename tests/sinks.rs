@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::redis_server::Redis;
 use support::standin::{self, Reply};
-use support::{Out, TestEnv};
+use support::{Out, TestEnv, add, run};
 
 const OA: &str = "wx1234567890abcdef";
 const OA_SECRET: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
@@ -28,46 +28,15 @@ const REDIS_PASSWORD: &str = "r3dis-Pa55word-7Kq";
 
 // ---- helpers ----
 
-#[track_caller]
-fn run(env: &TestEnv, args: &[&str], code: i32) -> Out {
-    let out = env.run(args);
-    out.assert_code(code);
-    out
-}
-
 /// An Official Account (classic token, jsapi and wx_card tickets), a Mini Program (stable
 /// token) and a WeCom app (jsapi and agent_config tickets).
 fn with_accounts() -> TestEnv {
     let env = TestEnv::new();
-    let add = |args: &[&str], secret: &str| {
-        env.run_with_stdin(args, &format!("{secret}\n"))
-            .assert_code(0);
-    };
-    add(
-        &[
-            "account", "add", "--appid", OA, "--ticket", "jsapi", "--ticket", "wx_card",
-        ],
-        OA_SECRET,
-    );
-    add(
-        &["account", "add", "--appid", MP, "--api", "stable"],
-        MP_SECRET,
-    );
-    add(
-        &[
-            "account",
-            "add",
-            "--corpid",
-            CORP,
-            "--agentid",
-            "1000002",
-            "--ticket",
-            "jsapi",
-            "--ticket",
-            "agent_config",
-        ],
-        APP_SECRET,
-    );
+    let oa = format!("--appid {OA} --ticket jsapi --ticket wx_card");
+    add(&env, &oa, OA_SECRET);
+    add(&env, &format!("--appid {MP} --api stable"), MP_SECRET);
+    let app = format!("--corpid {CORP} --agentid 1000002 --ticket jsapi --ticket agent_config");
+    add(&env, &app, APP_SECRET);
     env
 }
 

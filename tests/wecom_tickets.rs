@@ -5,7 +5,7 @@ mod support;
 
 use serde_json::Value;
 use support::standin::{self, Reply, Request};
-use support::{Out, TestEnv, assert_has, json, now, unix_of};
+use support::{Out, TestEnv, add, assert_has, json, now, run, unix_of};
 
 const CORP: &str = "ww7a3c5e9b1d2f4a6c";
 /// `--corpid CORP --agentid 1000002`: a self-built app.
@@ -24,37 +24,10 @@ const OA_SECRET: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
 
 // ---- helpers ----
 
-/// The words of `line` (none of them has a space).
-fn words(line: &str) -> Vec<&str> {
-    line.split_whitespace().collect()
-}
-
-/// Runs `wxtoken` with the words of `line` as arguments.
-fn run(env: &TestEnv, line: &str) -> Out {
-    env.run(&words(line))
-}
-
-/// Like [`run`], with `stdin` on standard input.
-fn run_in(env: &TestEnv, line: &str, stdin: &str) -> Out {
-    env.run_with_stdin(&words(line), stdin)
-}
-
-/// `account add WHO EXTRA` with the secret on stdin; must succeed.
-#[track_caller]
-fn add(env: &TestEnv, who_and_extra: &str, secret: &str) -> Out {
-    let out = run_in(
-        env,
-        &format!("account add {who_and_extra}"),
-        &format!("{secret}\n"),
-    );
-    out.assert_code(0);
-    out
-}
-
 /// `status --json`, the entry of the account whose appid/corpid and agentid these are.
 #[track_caller]
 fn status_of(env: &TestEnv, appid: &str, agent: Option<&str>) -> Value {
-    let doc = json(&run(env, "status --json").assert_code(0).stdout);
+    let doc = json(&run(env, "status --json", 0).stdout);
     let accounts = doc["accounts"].as_array().expect("accounts array").clone();
     accounts
         .into_iter()
@@ -95,7 +68,7 @@ fn two_apps_of_one_corp_get_their_own_tokens() {
     add(&env, APP, APP_SECRET);
     add(&env, CONTACTS, CONTACTS_SECRET);
 
-    let out = run(&env, "refresh");
+    let out = env.run("refresh");
     out.assert_code(0);
     assert_has(&out.stderr, &["refreshed 2 of 2 accounts"]);
 
@@ -111,8 +84,8 @@ fn two_apps_of_one_corp_get_their_own_tokens() {
     );
     assert!(sent.iter().all(|r| q(r, "corpid") == CORP));
 
-    let app = env.get(&words(APP)).value();
-    let contacts = env.get(&words(CONTACTS)).value();
+    let app = env.get(APP).value();
+    let contacts = env.get(CONTACTS).value();
     assert_ne!(app, contacts, "two apps of one corp must not share a token");
     // WeCom hands back the current token of a secret while it is valid: ask it which one
     // belongs to which secret.
@@ -124,11 +97,7 @@ fn two_apps_of_one_corp_get_their_own_tokens() {
         assert_eq!(reply["access_token"].as_str(), Some(token.as_str()));
     }
 
-    let doc = json(
-        &run(&env, &format!("get {CONTACTS} --json"))
-            .assert_code(0)
-            .stdout,
-    );
+    let doc = json(&run(&env, &format!("get {CONTACTS} --json"), 0).stdout);
     assert_eq!(doc["appid"], CORP);
     assert_eq!(doc["agentid"], "contacts");
     assert_eq!(doc["access_token"].as_str(), Some(contacts.as_str()));
@@ -140,13 +109,13 @@ fn account_commands_address_a_wecom_app_by_corpid_and_agentid() {
     let out = add(&env, APP, APP_SECRET);
     assert_has(&out.stderr, &[&format!("added {APP_KEY} (api work)")]);
 
-    let dup = run_in(&env, &format!("account add {APP}"), "another-secret\n");
+    let dup = env.run_with_stdin(&format!("account add {APP}"), "another-secret\n");
     dup.assert_code(6);
     assert_has(&dup.stderr, &[APP_KEY, "already exists"]);
     // Same corp, another app: a separate account.
     add(&env, CONTACTS, CONTACTS_SECRET);
 
-    let list = run(&env, "account list").assert_code(0).stdout.clone();
+    let list = run(&env, "account list", 0).stdout.clone();
     let mask = format!("encrypted:{}", env.kid());
     let row =
         |key: &str, enabled: &str| format!("{key:<40} {:<7} {enabled:<8} {mask:<19} -\n", "work");
@@ -158,7 +127,7 @@ fn account_commands_address_a_wecom_app_by_corpid_and_agentid() {
         row(CONTACTS_KEY, "yes")
     );
     assert_eq!(list, both_enabled);
-    let listed = json(&run(&env, "account list --json").assert_code(0).stdout);
+    let listed = json(&run(&env, "account list --json", 0).stdout);
     let agents: Vec<(&str, &str, &str)> = listed["accounts"]
         .as_array()
         .expect("accounts")
@@ -174,34 +143,33 @@ fn account_commands_address_a_wecom_app_by_corpid_and_agentid() {
     );
 
     // disable: refresh leaves the app alone, and list says so.
-    let out = run(&env, &format!("account disable {CONTACTS}"));
+    let out = env.run(&format!("account disable {CONTACTS}"));
     out.assert_code(0);
     assert_has(&out.stderr, &[&format!("disabled {CONTACTS_KEY}")]);
-    let list = run(&env, "account list").assert_code(0).stdout.clone();
+    let list = run(&env, "account list", 0).stdout.clone();
     assert!(list.contains(&row(CONTACTS_KEY, "no")), "{list}");
-    let out = run(&env, "refresh");
+    let out = env.run("refresh");
     out.assert_code(0);
     assert_has(&out.stderr, &["refreshed 1 of 1 accounts"]);
     let sent = env.requests_to(standin::WORK_TOKEN);
     assert_eq!(sent.len(), 1);
     assert_eq!(q(&sent[0], "corpsecret"), APP_SECRET);
-    env.get(&words(APP)).value();
-    env.get(&words(CONTACTS)).assert_no_value(&[]);
+    env.get(APP).value();
+    env.get(CONTACTS).assert_no_value(&[]);
 
     // enable: refreshed again.
-    let out = run(&env, &format!("account enable {CONTACTS}"));
+    let out = env.run(&format!("account enable {CONTACTS}"));
     out.assert_code(0);
     assert_has(&out.stderr, &[&format!("enabled {CONTACTS_KEY}")]);
-    run(&env, &format!("refresh --appid {CONTACTS_KEY}")).assert_code(0);
+    run(&env, &format!("refresh --appid {CONTACTS_KEY}"), 0);
     let sent = env.requests_to(standin::WORK_TOKEN);
     assert_eq!(sent.len(), 2);
     assert_eq!(q(&sent[1], "corpsecret"), CONTACTS_SECRET);
-    let contacts = env.get(&words(CONTACTS)).value();
+    let contacts = env.get(CONTACTS).value();
 
     // set-secret: the next fetch of that app uses the new secret; the other app keeps its own.
     let new_secret = "ContactsSecretRotated-7hG3kQ9zXw2Lm5Rt8Yp";
-    let out = run_in(
-        &env,
+    let out = env.run_with_stdin(
         &format!("account set-secret {CONTACTS}"),
         &format!("{new_secret}\n"),
     );
@@ -210,14 +178,14 @@ fn account_commands_address_a_wecom_app_by_corpid_and_agentid() {
         &out.stderr,
         &[&format!("updated the secret of {CONTACTS_KEY}")],
     );
-    run(&env, &format!("refresh --force --appid {CONTACTS_KEY}")).assert_code(0);
+    run(&env, &format!("refresh --force --appid {CONTACTS_KEY}"), 0);
     let sent = env.requests_to(standin::WORK_TOKEN);
     assert_eq!(sent.len(), 3);
     assert_eq!(q(&sent[2], "corpsecret"), new_secret);
-    assert_ne!(env.get(&words(CONTACTS)).value(), contacts);
+    assert_ne!(env.get(CONTACTS).value(), contacts);
 
     // status shows each app under its own key.
-    let status = run(&env, "status").assert_code(0).stdout.clone();
+    let status = run(&env, "status", 0).stdout.clone();
     assert_has(
         &status,
         &[
@@ -230,21 +198,18 @@ fn account_commands_address_a_wecom_app_by_corpid_and_agentid() {
     assert_eq!(entry["last_attempt"]["outcome"], "ok");
 
     // remove: only that app goes, with its tokens.
-    let out = run(&env, &format!("account remove {CONTACTS}"));
+    let out = env.run(&format!("account remove {CONTACTS}"));
     out.assert_code(0);
     assert_has(&out.stderr, &[&format!("removed {CONTACTS_KEY}")]);
-    let list = run(&env, "account list").assert_code(0).stdout.clone();
+    let list = run(&env, "account list", 0).stdout.clone();
     assert_eq!(list, format!("{header}{}", row(APP_KEY, "yes")));
     assert_has(
-        &env.get(&words(CONTACTS))
-            .assert_no_value(&[])
-            .stderr
-            .clone(),
+        &env.get(CONTACTS).assert_no_value(&[]).stderr.clone(),
         &["no such account"],
     );
-    run(&env, &format!("account remove {CONTACTS}")).assert_code(6);
-    run(&env, &format!("refresh --appid {CONTACTS_KEY}")).assert_code(6);
-    env.get(&words(APP)).value();
+    run(&env, &format!("account remove {CONTACTS}"), 6);
+    run(&env, &format!("refresh --appid {CONTACTS_KEY}"), 6);
+    env.get(APP).value();
 }
 
 #[test]
@@ -260,16 +225,16 @@ fn agentid_without_corpid_is_a_usage_error() {
         "account set-tickets",
         "get",
     ] {
-        let out = run_in(&env, &format!("{cmd} --agentid 1000002"), "s\n");
+        let out = env.run_with_stdin(&format!("{cmd} --agentid 1000002"), "s\n");
         out.assert_code(2);
         assert_eq!(out.stdout, "", "{cmd}");
         // --appid names an Official Account; it cannot be combined with an agentid either.
-        let out = run_in(&env, &format!("{cmd} {OA} --agentid 1000002"), "s\n");
+        let out = env.run_with_stdin(&format!("{cmd} {OA} --agentid 1000002"), "s\n");
         out.assert_code(2);
         assert_has(&out.stderr, &["--appid", "--agentid"]);
     }
     // Nothing changed: the one app is still there, enabled, with its secret.
-    let listed = json(&run(&env, "account list --json").assert_code(0).stdout);
+    let listed = json(&run(&env, "account list --json", 0).stdout);
     assert_eq!(listed["accounts"].as_array().map(Vec::len), Some(1));
     assert_eq!(listed["accounts"][0]["enabled"], true);
     let mask = format!("encrypted:{}", env.kid());
@@ -279,7 +244,7 @@ fn agentid_without_corpid_is_a_usage_error() {
 #[test]
 fn agentid_without_corpid_names_the_missing_corpid() {
     let env = TestEnv::new();
-    let out = run(&env, "get --agentid 1000002");
+    let out = env.run("get --agentid 1000002");
     out.assert_code(2);
     // The one-line usage error must still say what is missing.
     assert_has(&out.stderr, &["--corpid"]);
@@ -297,13 +262,12 @@ fn the_corpsecret_never_appears_in_any_output() {
         out
     };
 
-    record(run_in(
-        &env,
+    record(env.run_with_stdin(
         &format!("-vvv account add {APP} --ticket jsapi"),
         &format!("{APP_SECRET}\n"),
     ))
     .assert_code(0);
-    let ok = record(run(&env, "-vvv refresh"));
+    let ok = record(env.run("-vvv refresh"));
     ok.assert_code(0);
     // The logging is really on, so the check below can fail.
     assert_has(&ok.stderr, &["INFO", "valid for"]);
@@ -316,7 +280,7 @@ fn the_corpsecret_never_appears_in_any_output() {
         &format!("get {APP} --json"),
         &format!("get {APP} --ticket jsapi --json"),
     ] {
-        record(run(&env, &format!("-vvv {line}"))).assert_code(0);
+        record(env.run(&format!("-vvv {line}"))).assert_code(0);
     }
 
     // HTTP 500 from a proxy, three times: retried, then reported.
@@ -326,24 +290,21 @@ fn the_corpsecret_never_appears_in_any_output() {
             Reply::Status(500, "<html>500 Internal Server Error</html>".into()),
         );
     }
-    let failed = record(run(&env, "-vvv refresh --force"));
+    let failed = record(env.run("-vvv refresh --force"));
     failed.assert_code(4);
     assert_has(&failed.stderr, &["HTTP status 500", "retrying in"]);
     // A dropped connection, three times.
     for _ in 0..3 {
         env.api.push(standin::WORK_TOKEN, Reply::Drop);
     }
-    let dropped = record(run(&env, "-vvv refresh --force"));
+    let dropped = record(env.run("-vvv refresh --force"));
     dropped.assert_code(4);
     assert_has(&dropped.stderr, &["network error"]);
     // A connection refused: nothing listens on the base URL.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let dead = format!("http://{}", closed.local_addr().expect("addr"));
     drop(closed);
-    let refused = record(run(
-        &env,
-        &format!("-vvv refresh --force --work-api-base {dead}"),
-    ));
+    let refused = record(env.run(&format!("-vvv refresh --force --work-api-base {dead}")));
     refused.assert_code(4);
     assert_has(&refused.stderr, &["network error"]);
     // A reply that echoes the secret back.
@@ -351,9 +312,9 @@ fn the_corpsecret_never_appears_in_any_output() {
         standin::WORK_TOKEN,
         Reply::errcode(40091, &format!("invalid corpsecret {APP_SECRET}")),
     );
-    record(run(&env, "-vvv refresh --force")).assert_code(4);
+    record(env.run("-vvv refresh --force")).assert_code(4);
     for line in ["status", "status --json", "account list --json"] {
-        record(run(&env, &format!("-vvv {line}"))).assert_code(0);
+        record(env.run(&format!("-vvv {line}"))).assert_code(0);
     }
 
     assert_eq!(env.requests_to(standin::WORK_TOKEN).len(), 8);
@@ -376,7 +337,7 @@ fn wecom_error(code: i64, errmsg: &str) -> (TestEnv, String) {
     add(&env, APP, APP_SECRET);
     env.api
         .push(standin::WORK_TOKEN, Reply::errcode(code, errmsg));
-    let out = run(&env, "refresh");
+    let out = env.run("refresh");
     out.assert_code(4);
     assert_eq!(out.stdout, "");
     assert_has(
@@ -440,13 +401,13 @@ fn an_invalid_wecom_secret_holds_the_app_until_set_secret() {
     add(&env, APP, wrong);
 
     // The stand-in answers an unknown corpsecret with 40091, as WeCom does.
-    let out = run(&env, "refresh");
+    let out = env.run("refresh");
     out.assert_code(4);
     assert_has(&out.stderr, &["errcode 40091", "set-secret"]);
     assert_eq!(env.api.hits(standin::WORK_TOKEN), 1);
 
     // Held: the next run sends nothing and says why.
-    let out = run(&env, "refresh");
+    let out = env.run("refresh");
     out.assert_code(4);
     assert_has(&out.stderr, &[APP_KEY, "skipped", "40091", "set-secret"]);
     assert_eq!(
@@ -455,19 +416,18 @@ fn an_invalid_wecom_secret_holds_the_app_until_set_secret() {
         "a held app sends no request"
     );
     assert_has(&env.status_block(APP_KEY), &["SKIPPED by refresh", "40091"]);
-    env.get(&words(APP)).assert_no_value(&[]);
+    env.get(APP).assert_no_value(&[]);
 
-    let out = run_in(
-        &env,
+    let out = env.run_with_stdin(
         &format!("account set-secret {APP}"),
         &format!("{APP_SECRET}\n"),
     );
     out.assert_code(0);
-    run(&env, "refresh").assert_code(0);
+    run(&env, "refresh", 0);
     let sent = env.requests_to(standin::WORK_TOKEN);
     assert_eq!(sent.len(), 2);
     assert_eq!(q(&sent[1], "corpsecret"), APP_SECRET);
-    let token = env.get(&words(APP)).value();
+    let token = env.get(APP).value();
     assert!(env.api.is_valid(&token));
 }
 
@@ -491,8 +451,8 @@ fn tickets_are_fetched_right_after_their_token_with_it() {
         Reply::token("card-ticket-HoagFKDcsGMVCIY2vOjf9", 7200),
     );
 
-    run(&env, "refresh").assert_code(0);
-    let token = env.get(&words(OA)).value();
+    run(&env, "refresh", 0);
+    let token = env.get(OA).value();
     let sent = env.api.requests();
     let shape: Vec<(&str, &str)> = sent
         .iter()
@@ -517,15 +477,11 @@ fn tickets_are_fetched_right_after_their_token_with_it() {
     }
 
     assert_eq!(
-        run(&env, &format!("get {OA} --ticket jsapi"))
-            .assert_code(0)
-            .stdout,
+        run(&env, &format!("get {OA} --ticket jsapi"), 0).stdout,
         "jsapi-ticket-kgt8ON7yVITDhtdwci0qe\n"
     );
     assert_eq!(
-        run(&env, &format!("get {OA} --ticket wx_card"))
-            .assert_code(0)
-            .stdout,
+        run(&env, &format!("get {OA} --ticket wx_card"), 0).stdout,
         "card-ticket-HoagFKDcsGMVCIY2vOjf9\n"
     );
     let block = env.status_block(APPID);
@@ -534,7 +490,7 @@ fn tickets_are_fetched_right_after_their_token_with_it() {
         assert_has(&head, &[&format!("{label} fetched")]);
         assert_has(&attempt, &["last attempt", ": ok"]);
     }
-    let list = json(&run(&env, "account list --json").assert_code(0).stdout);
+    let list = json(&run(&env, "account list --json", 0).stdout);
     assert_eq!(
         list["accounts"][0]["tickets"],
         serde_json::json!(["jsapi", "wx_card"])
@@ -548,13 +504,9 @@ fn get_ticket_json_names_the_ticket_and_its_times() {
     env.api
         .push(standin::TICKET, Reply::token("jsapi-ticket-json-1", 7200));
     let before = now();
-    run(&env, "refresh").assert_code(0);
+    run(&env, "refresh", 0);
 
-    let doc = json(
-        &run(&env, &format!("get {OA} --ticket jsapi --json"))
-            .assert_code(0)
-            .stdout,
-    );
+    let doc = json(&run(&env, &format!("get {OA} --ticket jsapi --json"), 0).stdout);
     let after = now();
     assert_eq!(doc["ticket"], "jsapi-ticket-json-1");
     assert_eq!(doc["type"], "jsapi");
@@ -580,22 +532,20 @@ fn min_ttl_applies_to_tickets() {
     add(&env, &format!("{OA} --ticket jsapi"), OA_SECRET);
     env.api
         .push(standin::TICKET, Reply::token("short-lived-ticket", 200));
-    run(&env, "refresh").assert_code(0);
+    run(&env, "refresh", 0);
 
     let stderr = env
-        .get(&words(&format!("{OA} --ticket jsapi --min-ttl 5m")))
+        .get(&format!("{OA} --ticket jsapi --min-ttl 5m"))
         .assert_no_value(&[])
         .stderr
         .clone();
     assert_has(&stderr, &["jsapi ticket", APPID, "--min-ttl"]);
     assert_eq!(
-        run(&env, &format!("get {OA} --ticket jsapi --min-ttl 1m"))
-            .assert_code(0)
-            .stdout,
+        run(&env, &format!("get {OA} --ticket jsapi --min-ttl 1m"), 0).stdout,
         "short-lived-ticket\n"
     );
     // The token itself has its full lifetime.
-    env.get(&words(&format!("{OA} --min-ttl 5m"))).value();
+    env.get(&format!("{OA} --min-ttl 5m")).value();
 }
 
 #[test]
@@ -604,21 +554,19 @@ fn a_ticket_expiring_soon_is_renewed_with_the_current_token() {
     add(&env, &format!("{OA} --ticket jsapi"), OA_SECRET);
     env.api
         .push(standin::TICKET, Reply::token("short-lived-ticket", 200));
-    run(&env, "refresh").assert_code(0);
-    let token = env.get(&words(OA)).value();
+    run(&env, "refresh", 0);
+    let token = env.get(OA).value();
 
     // The token has two hours left, the ticket under five minutes: only the ticket is due.
     env.api
         .push(standin::TICKET, Reply::token("renewed-ticket", 7200));
-    run(&env, "refresh --if-expiring-within 5m").assert_code(0);
+    run(&env, "refresh --if-expiring-within 5m", 0);
     assert_eq!(env.api.hits(standin::TOKEN), 1);
     let sent = env.requests_to(standin::TICKET);
     assert_eq!(sent.len(), 2);
     assert_eq!(q(&sent[1], "access_token"), token);
     assert_eq!(
-        run(&env, &format!("get {OA} --ticket jsapi --min-ttl 5m"))
-            .assert_code(0)
-            .stdout,
+        run(&env, &format!("get {OA} --ticket jsapi --min-ttl 5m"), 0).stdout,
         "renewed-ticket\n"
     );
 }
@@ -640,8 +588,8 @@ fn wecom_tickets_use_the_wecom_paths() {
         Reply::token("agent-config-ticket-1", 7200),
     );
 
-    run(&env, "refresh").assert_code(0);
-    let token = env.get(&words(APP)).value();
+    run(&env, "refresh", 0);
+    let token = env.get(APP).value();
     let sent = env.api.requests();
     let paths: Vec<&str> = sent.iter().map(|r| r.path.as_str()).collect();
     assert_eq!(
@@ -660,22 +608,14 @@ fn wecom_tickets_use_the_wecom_paths() {
     assert_eq!(env.api.hits(standin::TICKET), 0);
 
     assert_eq!(
-        run(&env, &format!("get {APP} --ticket jsapi"))
-            .assert_code(0)
-            .stdout,
+        run(&env, &format!("get {APP} --ticket jsapi"), 0).stdout,
         "corp-jsapi-ticket-1\n"
     );
     assert_eq!(
-        run(&env, &format!("get {APP} --ticket agent_config"))
-            .assert_code(0)
-            .stdout,
+        run(&env, &format!("get {APP} --ticket agent_config"), 0).stdout,
         "agent-config-ticket-1\n"
     );
-    let doc = json(
-        &run(&env, &format!("get {APP} --ticket agent_config --json"))
-            .assert_code(0)
-            .stdout,
-    );
+    let doc = json(&run(&env, &format!("get {APP} --ticket agent_config --json"), 0).stdout);
     assert_eq!(doc["ticket"], "agent-config-ticket-1");
     assert_eq!(doc["type"], "agent_config");
     assert_eq!(doc["appid"], CORP);
@@ -691,12 +631,10 @@ fn wecom_tickets_from_the_standin_defaults_are_accepted() {
         &format!("{APP} --ticket jsapi --ticket agent_config"),
         APP_SECRET,
     );
-    run(&env, "refresh").assert_code(0);
-    let token = env.get(&words(APP)).value();
-    let corp = env.get(&words(&format!("{APP} --ticket jsapi"))).value();
-    let agent = env
-        .get(&words(&format!("{APP} --ticket agent_config")))
-        .value();
+    run(&env, "refresh", 0);
+    let token = env.get(APP).value();
+    let corp = env.get(&format!("{APP} --ticket jsapi")).value();
+    let agent = env.get(&format!("{APP} --ticket agent_config")).value();
     assert!(env.api.is_valid(&token));
     assert!(corp != agent && corp != token && agent != token);
 }
@@ -717,12 +655,12 @@ fn ticket_kinds_that_do_not_fit_the_account_are_usage_errors() {
         (format!("account add {APP} --ticket JSAPI"), "JSAPI"),
     ];
     for (line, word) in &cases {
-        let out = run_in(&env, line, "some-secret\n");
+        let out = env.run_with_stdin(line, "some-secret\n");
         out.assert_code(2);
         assert_eq!(out.stdout, "");
         assert_has(&out.stderr, &[word]);
     }
-    let listed = json(&run(&env, "account list --json").assert_code(0).stdout);
+    let listed = json(&run(&env, "account list --json", 0).stdout);
     assert_eq!(
         listed["accounts"],
         serde_json::json!([]),
@@ -743,12 +681,12 @@ fn ticket_kinds_that_do_not_fit_the_account_are_usage_errors() {
         (format!("account set-tickets {APP} --ticket nope"), "nope"),
         (format!("get {OA} --ticket nope"), "nope"),
     ] {
-        let out = run(&env, &line);
+        let out = env.run(&line);
         out.assert_code(2);
         assert_eq!(out.stdout, "");
         assert_has(&out.stderr, &[word]);
     }
-    let listed = json(&run(&env, "account list --json").assert_code(0).stdout);
+    let listed = json(&run(&env, "account list --json", 0).stdout);
     for account in listed["accounts"].as_array().expect("accounts") {
         assert_eq!(account["tickets"], serde_json::json!([]), "{account}");
     }
@@ -758,15 +696,15 @@ fn ticket_kinds_that_do_not_fit_the_account_are_usage_errors() {
 fn set_tickets_turns_tickets_on_and_off() {
     let env = TestEnv::new();
     add(&env, &format!("{OA} --ticket jsapi"), OA_SECRET);
-    run(&env, "refresh").assert_code(0);
+    run(&env, "refresh", 0);
     assert_eq!(env.api.hits(standin::TICKET), 1);
 
-    let out = run(&env, &format!("account set-tickets {OA}"));
+    let out = env.run(&format!("account set-tickets {OA}"));
     out.assert_code(0);
     assert_has(&out.stderr, &[&format!("{APPID} tickets: none")]);
-    let listed = json(&run(&env, "account list --json").assert_code(0).stdout);
+    let listed = json(&run(&env, "account list --json", 0).stdout);
     assert_eq!(listed["accounts"][0]["tickets"], serde_json::json!([]));
-    run(&env, "refresh --force").assert_code(0);
+    run(&env, "refresh --force", 0);
     assert_eq!(env.api.hits(standin::TOKEN), 2);
     assert_eq!(
         env.api.hits(standin::TICKET),
@@ -775,11 +713,11 @@ fn set_tickets_turns_tickets_on_and_off() {
     );
 
     // On again, with one more: the fresh token is reused, each new ticket fetched with it.
-    let out = run(&env, &format!("account set-tickets {OA} --ticket wx_card"));
+    let out = env.run(&format!("account set-tickets {OA} --ticket wx_card"));
     out.assert_code(0);
     assert_has(&out.stderr, &[&format!("{APPID} tickets: wx_card")]);
-    run(&env, "refresh --if-expiring-within 5m").assert_code(0);
-    let token = env.get(&words(OA)).value();
+    run(&env, "refresh --if-expiring-within 5m", 0);
+    let token = env.get(OA).value();
     assert_eq!(
         env.api.hits(standin::TOKEN),
         2,
@@ -789,15 +727,15 @@ fn set_tickets_turns_tickets_on_and_off() {
     assert_eq!(sent.len(), 2);
     assert_eq!(q(&sent[1], "type"), "wx_card");
     assert_eq!(q(&sent[1], "access_token"), token);
-    env.get(&words(&format!("{OA} --ticket wx_card"))).value();
+    env.get(&format!("{OA} --ticket wx_card")).value();
 
     run(
         &env,
         &format!("account set-tickets {OA} --ticket jsapi --ticket wx_card"),
-    )
-    .assert_code(0);
-    run(&env, "refresh --force").assert_code(0);
-    let token = env.get(&words(OA)).value();
+        0,
+    );
+    run(&env, "refresh --force", 0);
+    let token = env.get(OA).value();
     let sent = env.requests_to(standin::TICKET);
     let types: Vec<&str> = sent[2..].iter().map(|r| q(r, "type")).collect();
     assert_eq!(types, ["jsapi", "wx_card"]);
@@ -810,12 +748,12 @@ fn a_failed_ticket_is_reported_and_keeps_the_new_token_and_the_old_ticket() {
     add(&env, &format!("{OA} --ticket jsapi"), OA_SECRET);
     env.api
         .push(standin::TICKET, Reply::token("first-jsapi-ticket", 7200));
-    run(&env, "refresh").assert_code(0);
-    let first = env.get(&words(OA)).value();
+    run(&env, "refresh", 0);
+    let first = env.get(OA).value();
 
     let errmsg = "invalid credential, access_token is invalid or not latest";
     env.api.push(standin::TICKET, Reply::errcode(40001, errmsg));
-    let out = run(&env, "refresh --force");
+    let out = env.run("refresh --force");
     out.assert_code(4);
     assert_eq!(out.stdout, "");
     assert_has(
@@ -827,15 +765,13 @@ fn a_failed_ticket_is_reported_and_keeps_the_new_token_and_the_old_ticket() {
     );
 
     // The token fetched in that run is served; the earlier ticket, still valid, too.
-    let second = env.get(&words(OA)).value();
+    let second = env.get(OA).value();
     assert_ne!(second, first);
     let last = env.api.requests().pop().expect("a request");
     assert_eq!(last.path, standin::TICKET);
     assert_eq!(q(&last, "access_token"), second);
     assert_eq!(
-        run(&env, &format!("get {OA} --ticket jsapi"))
-            .assert_code(0)
-            .stdout,
+        run(&env, &format!("get {OA} --ticket jsapi"), 0).stdout,
         "first-jsapi-ticket\n"
     );
 
@@ -863,7 +799,7 @@ fn a_ticket_that_hits_its_quota_is_fetched_on_the_next_run_with_the_same_token()
     let errmsg = "api freq out of limit";
     env.api
         .push(standin::WORK_AGENT_TICKET, Reply::errcode(45009, errmsg));
-    let out = run(&env, "refresh");
+    let out = env.run("refresh");
     out.assert_code(4);
     assert_has(
         &out.stderr,
@@ -872,9 +808,9 @@ fn a_ticket_that_hits_its_quota_is_fetched_on_the_next_run_with_the_same_token()
             &format!("refreshed 1 of 1 accounts; failed tickets: {APP_KEY}(agent_config 45009)"),
         ],
     );
-    let token = env.get(&words(APP)).value();
+    let token = env.get(APP).value();
     assert_has(
-        &env.get(&words(&format!("{APP} --ticket agent_config")))
+        &env.get(&format!("{APP} --ticket agent_config"))
             .assert_no_value(&[])
             .stderr
             .clone(),
@@ -888,13 +824,12 @@ fn a_ticket_that_hits_its_quota_is_fetched_on_the_next_run_with_the_same_token()
     assert_eq!(entry["tickets"]["agent_config"]["newest"], Value::Null);
 
     // The token has long to live: a refresh-ahead run fetches only the missing ticket, with it.
-    run(&env, "refresh --if-expiring-within 5m").assert_code(0);
+    run(&env, "refresh --if-expiring-within 5m", 0);
     assert_eq!(env.api.hits(standin::WORK_TOKEN), 1);
     let sent = env.requests_to(standin::WORK_AGENT_TICKET);
     assert_eq!(sent.len(), 2);
     assert_eq!(q(&sent[1], "access_token"), token);
-    env.get(&words(&format!("{APP} --ticket agent_config")))
-        .value();
+    env.get(&format!("{APP} --ticket agent_config")).value();
 }
 
 #[test]
@@ -911,7 +846,7 @@ fn a_ticket_40001_is_not_blamed_on_the_secret() {
             "invalid credential, access_token is invalid or not latest",
         ),
     );
-    let out = run(&env, "refresh");
+    let out = env.run("refresh");
     out.assert_code(4);
     assert_has(&out.stderr, &["jsapi ticket", "40001"]);
     assert!(
@@ -942,7 +877,7 @@ fn no_ticket_is_requested_when_the_token_fetch_fails() {
             Reply::Status(502, "<html>Bad Gateway</html>".into()),
         );
     }
-    let out = run(&env, "refresh");
+    let out = env.run("refresh");
     out.assert_code(4);
     assert_has(
         &out.stderr,
@@ -958,9 +893,9 @@ fn no_ticket_is_requested_when_the_token_fetch_fails() {
     ] {
         assert_eq!(env.api.hits(route), 0, "{route}");
     }
-    env.get(&words(&format!("{OA} --ticket jsapi")))
+    env.get(&format!("{OA} --ticket jsapi"))
         .assert_no_value(&[]);
-    env.get(&words(&format!("{APP} --ticket agent_config")))
+    env.get(&format!("{APP} --ticket agent_config"))
         .assert_no_value(&[]);
 }
 
@@ -968,12 +903,12 @@ fn no_ticket_is_requested_when_the_token_fetch_fails() {
 fn wecom_hands_back_the_same_token_and_no_row_is_added() {
     let env = TestEnv::new();
     add(&env, APP, APP_SECRET);
-    run(&env, "refresh").assert_code(0);
-    let first = env.get(&words(APP)).value();
-    run(&env, "refresh --force").assert_code(0);
+    run(&env, "refresh", 0);
+    let first = env.get(APP).value();
+    run(&env, "refresh --force", 0);
     assert_eq!(env.api.hits(standin::WORK_TOKEN), 2);
     assert_eq!(
-        env.get(&words(APP)).value(),
+        env.get(APP).value(),
         first,
         "WeCom returns the same token while it is valid"
     );
@@ -988,8 +923,8 @@ fn wecom_hands_back_the_same_token_and_no_row_is_added() {
 
     // WeCom may still invalidate a token early; then the next fetch brings a new one.
     env.api.revoke(&first);
-    run(&env, "refresh --force").assert_code(0);
-    let second = env.get(&words(APP)).value();
+    run(&env, "refresh --force", 0);
+    let second = env.get(APP).value();
     assert_ne!(second, first);
     assert!(env.api.is_valid(&second));
     assert_eq!(env.query_i64(rows), 2);
@@ -1003,17 +938,17 @@ fn get_ticket_without_one_exits_3_and_names_it() {
 
     // Configured, not fetched yet.
     let stderr = env
-        .get(&words(&format!("{APP} --ticket agent_config")))
+        .get(&format!("{APP} --ticket agent_config"))
         .assert_no_value(&[])
         .stderr
         .clone();
     assert_has(&stderr, &["agent_config ticket", APP_KEY]);
 
-    run(&env, &format!("refresh --appid {APPID}")).assert_code(0);
-    env.get(&words(OA)).value();
+    run(&env, &format!("refresh --appid {APPID}"), 0);
+    env.get(OA).value();
     // Never turned on: the message says how.
     let stderr = env
-        .get(&words(&format!("{OA} --ticket jsapi")))
+        .get(&format!("{OA} --ticket jsapi"))
         .assert_no_value(&[])
         .stderr
         .clone();
@@ -1022,14 +957,14 @@ fn get_ticket_without_one_exits_3_and_names_it() {
         &["jsapi ticket", APPID, "set-tickets", "--ticket jsapi"],
     );
     let stderr = env
-        .get(&words(&format!("{OA} --ticket wx_card --json")))
+        .get(&format!("{OA} --ticket wx_card --json"))
         .assert_no_value(&[])
         .stderr
         .clone();
     assert_has(&stderr, &["wx_card ticket"]);
     // An unknown account says so.
     let stderr = env
-        .get(&words("--appid wx0000000000000000 --ticket jsapi"))
+        .get("--appid wx0000000000000000 --ticket jsapi")
         .assert_no_value(&[])
         .stderr
         .clone();
@@ -1063,7 +998,7 @@ fn prune_applies_the_same_retention_to_ticket_rows() {
     }
     env.api
         .push(standin::TICKET, Reply::token("newest-ticket", 7200));
-    run(&env, "refresh").assert_code(0);
+    run(&env, "refresh", 0);
     let tickets = "SELECT count(*) FROM tokens WHERE kind = 'jsapi'";
     assert_eq!(
         env.query_i64(tickets),
@@ -1071,7 +1006,7 @@ fn prune_applies_the_same_retention_to_ticket_rows() {
         "refresh's own prune keeps 48 rows"
     );
 
-    let out = run(&env, "prune --keep 1");
+    let out = env.run("prune --keep 1");
     out.assert_code(0);
     assert_has(&out.stderr, &["pruned 6 token rows"]);
     let left = env.query("SELECT token FROM tokens WHERE kind = 'jsapi' ORDER BY id");
@@ -1081,12 +1016,10 @@ fn prune_applies_the_same_retention_to_ticket_rows() {
         1
     );
     assert_eq!(
-        run(&env, &format!("get {OA} --ticket jsapi"))
-            .assert_code(0)
-            .stdout,
+        run(&env, &format!("get {OA} --ticket jsapi"), 0).stdout,
         "newest-ticket\n"
     );
-    env.get(&words(OA)).value();
+    env.get(OA).value();
 }
 
 // Every test again on PostgreSQL: none is about the SQLite file.

@@ -1,17 +1,17 @@
 //! Integration-test harness: a sealed environment that runs the real `wxtoken` binary against a
 //! loopback stand-in for WeChat's API and a SQLite file in its own temp directory, or, for a
 //! test run through [`on_postgres`], a database of its own on a real PostgreSQL server
-//! (support/pg.rs).
+//! (the stand-in crate's `pg` module).
 //!
 //! A test file runs its shared-server behaviours on both backends from one body each:
 //! `also_on_postgres!(test_a, test_b);` adds `on_postgres::test_a` and so on, which run the
 //! same function with `WXTOKEN_DB` set to a fresh PostgreSQL database.
 #![allow(dead_code)]
 
-pub mod pg;
 pub mod redis_server;
 pub mod relay;
 pub use wxtoken_standin as standin;
+pub use wxtoken_standin::pg;
 
 use std::cell::Cell;
 use std::io::Write;
@@ -32,7 +32,7 @@ thread_local! {
 
 /// Runs `test` with every [`TestEnv`] it makes on a new database of the shared PostgreSQL
 /// server. Without PostgreSQL installed this prints a note and passes; under CI=true it
-/// fails (support/pg.rs).
+/// fails (`pg::server`).
 pub fn on_postgres(test: fn()) {
     if pg::server().is_none() {
         return;
@@ -62,6 +62,86 @@ macro_rules! also_on_postgres {
             )*
         }
     };
+}
+
+/// The arguments of a run: a slice of words, or a line whose words (split at whitespace,
+/// none of them containing a space) are the arguments.
+pub trait Args {
+    fn words(&self) -> Vec<&str>;
+}
+
+impl Args for str {
+    fn words(&self) -> Vec<&str> {
+        self.split_whitespace().collect()
+    }
+}
+
+impl Args for String {
+    fn words(&self) -> Vec<&str> {
+        self.split_whitespace().collect()
+    }
+}
+
+impl Args for [&str] {
+    fn words(&self) -> Vec<&str> {
+        self.to_vec()
+    }
+}
+
+impl<const N: usize> Args for [&str; N] {
+    fn words(&self) -> Vec<&str> {
+        self.to_vec()
+    }
+}
+
+impl Args for Vec<&str> {
+    fn words(&self) -> Vec<&str> {
+        self.clone()
+    }
+}
+
+/// Runs `wxtoken ARGS` and checks the exit code.
+#[track_caller]
+pub fn run(env: &TestEnv, args: &(impl Args + ?Sized), code: i32) -> Out {
+    let out = env.run(args);
+    out.assert_code(code);
+    out
+}
+
+/// `account add ARGS` with `secret` on stdin as one line; must succeed.
+#[track_caller]
+pub fn add(env: &TestEnv, args: &(impl Args + ?Sized), secret: &str) -> Out {
+    add_with(env, args, &format!("{secret}\n"), 0)
+}
+
+/// `account add ARGS` with `stdin` as it is, exiting with `code`.
+#[track_caller]
+pub fn add_with(env: &TestEnv, args: &(impl Args + ?Sized), stdin: &str, code: i32) -> Out {
+    let args = [&["account", "add"][..], &args.words()].concat();
+    let out = env.run_with_stdin(&args, stdin);
+    out.assert_code(code);
+    out
+}
+
+/// The secret, or any 8-character piece of it, in either stream of `out`.
+pub fn leaked_piece<'a>(out: &Out, secret: &'a str) -> Option<&'a str> {
+    (0..=secret.len().saturating_sub(8))
+        .map(|i| &secret[i..(i + 8).min(secret.len())])
+        .find(|piece| out.stdout.contains(piece) || out.stderr.contains(piece))
+}
+
+/// Panics, naming `label` and showing both streams, if any 8-character piece of one of
+/// `secrets` shows in either stream of `out`.
+#[track_caller]
+pub fn assert_no_secret(label: &str, out: &Out, secrets: &[&str]) {
+    for secret in secrets {
+        if let Some(piece) = leaked_piece(out, secret) {
+            panic!(
+                "{label}: shows {piece:?} of a secret\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                out.stdout, out.stderr
+            );
+        }
+    }
 }
 
 /// What one run of the binary produced.
@@ -94,7 +174,7 @@ impl Out {
     }
 
     /// A refusal as users see it: exit `code`, nothing on stdout, exactly one line on
-    /// stderr.
+    /// stderr, and that line is `wxtoken: error: ...`.
     #[track_caller]
     pub fn assert_one_line_error(&self, code: i32) -> &Out {
         self.assert_code(code);
@@ -103,6 +183,11 @@ impl Out {
             self.stderr.lines().count(),
             1,
             "an error is one line:\n{}",
+            self.stderr
+        );
+        assert!(
+            self.stderr.starts_with("wxtoken: error: "),
+            "not an error line: {}",
             self.stderr
         );
         self
@@ -193,6 +278,29 @@ impl TestEnv {
 
     /// A test environment whose directory is created under `base`.
     pub fn new_in(base: &Path) -> TestEnv {
+        let pg = if ON_POSTGRES.with(Cell::get) {
+            let server = pg::server().expect("on_postgres checked the server");
+            Some(server.create_db())
+        } else {
+            None
+        };
+        TestEnv::with_store(base, pg)
+    }
+
+    /// A test environment on a new database of the shared PostgreSQL server, whichever
+    /// backend the test runs on: for what only a shared server has. `None`, after a note,
+    /// when PostgreSQL is not installed; under CI=true that fails instead.
+    pub fn on_postgres() -> Option<TestEnv> {
+        Some(TestEnv::on_server(pg::server()?))
+    }
+
+    /// A test environment on a new database of `server`.
+    pub fn on_server(server: &'static pg::PgServer) -> TestEnv {
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        TestEnv::with_store(base, Some(server.create_db()))
+    }
+
+    fn with_store(base: &Path, pg: Option<pg::PgDb<'static>>) -> TestEnv {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -200,12 +308,6 @@ impl TestEnv {
         let name = format!("wxtoken-{}-{n}-{nanos}", std::process::id());
         let dir = base.join(name);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-        let pg = if ON_POSTGRES.with(Cell::get) {
-            let server = pg::server().expect("on_postgres checked the server");
-            Some(server.create_db())
-        } else {
-            None
-        };
         TestEnv {
             dir,
             api: StandIn::start(),
@@ -384,13 +486,14 @@ impl TestEnv {
         cmd
     }
 
-    pub fn run(&self, args: &[&str]) -> Out {
+    /// Runs `wxtoken ARGS`; the caller checks the outcome (or use [`run`]).
+    pub fn run(&self, args: &(impl Args + ?Sized)) -> Out {
         self.run_with_stdin(args, "")
     }
 
     /// `wxtoken get ARGS`; the caller checks the outcome (`value`, `assert_no_value`).
-    pub fn get(&self, args: &[&str]) -> Out {
-        self.run(&[&["get"], args].concat())
+    pub fn get(&self, args: &(impl Args + ?Sized)) -> Out {
+        self.run(&[&["get"][..], &args.words()].concat())
     }
 
     /// Requests the stand-in received on `route`, in arrival order.
@@ -408,8 +511,8 @@ impl TestEnv {
         status_block(&out.stdout, account)
     }
 
-    pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Out {
-        let mut child = self.spawn(args);
+    pub fn run_with_stdin(&self, args: &(impl Args + ?Sized), stdin: &str) -> Out {
+        let mut child = self.spawn(&args.words());
         let mut pipe = child.stdin.take().expect("child stdin");
         // Write from a thread so a child that never reads stdin cannot deadlock the test.
         let input = stdin.to_string();

@@ -5,6 +5,8 @@
 //! and move a virtual clock. It binds 127.0.0.1 only and never reaches the internet.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
