@@ -13,10 +13,16 @@ use crate::domain::{
     Account, AccountKey, Api, Attempt, AttemptResult, Credential, Failure, FetchRecord, Fetched,
     NewAccount, Outcome, Secret, Ticket, TokenRow,
 };
-use crate::filesafety::{self, Access};
+use filesafety::Access;
 use crate::freshness::Stored;
 use crate::policy;
 
+pub(crate) mod filesafety;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+#[path = "sqlite/readers.rs"]
+pub(crate) mod readers;
+#[path = "sqlite/sinks.rs"]
 mod sinks;
 pub(crate) use sinks::stored_password;
 pub use sinks::{NewestRow, SinkResult, SinkRow, Sinks};
@@ -24,13 +30,13 @@ pub use sinks::{NewestRow, SinkResult, SinkRow, Sinks};
 /// Every migration, in order. The schema version is `PRAGMA user_version` = how many of
 /// these have been applied.
 const MIGRATIONS: &[&str] = &[
-    include_str!("../migrations/0001_init.sql"),
-    include_str!("../migrations/0002_claims_holds.sql"),
-    include_str!("../migrations/0003_tickets.sql"),
-    include_str!("../migrations/0004_quota.sql"),
-    include_str!("../migrations/0005_runs.sql"),
-    include_str!("../migrations/0006_sinks.sql"),
-    include_str!("../migrations/0007_intents.sql"),
+    include_str!("../../migrations/0001_init.sql"),
+    include_str!("../../migrations/0002_claims_holds.sql"),
+    include_str!("../../migrations/0003_tickets.sql"),
+    include_str!("../../migrations/0004_quota.sql"),
+    include_str!("../../migrations/0005_runs.sql"),
+    include_str!("../../migrations/0006_sinks.sql"),
+    include_str!("../../migrations/0007_intents.sql"),
 ];
 
 /// Why a store operation failed. `exit.rs` turns each into an exit code.
@@ -341,7 +347,7 @@ pub enum Location {
         is_default: bool,
     },
     #[cfg(feature = "postgres")]
-    Postgres(Box<crate::pgconf::PgConfig>),
+    Postgres(Box<crate::store::postgres::conf::PgConfig>),
 }
 
 /// For a process that opens SQLite to run one small query and exit (plain `get`): no
@@ -375,7 +381,7 @@ pub fn open_read(at: &Location) -> Result<Box<dyn ReadStore>> {
     match at {
         Location::File { path, .. } => Ok(Box::new(Sqlite::open_readonly(path)?)),
         #[cfg(feature = "postgres")]
-        Location::Postgres(config) => Ok(Box::new(crate::store_pg::Postgres::open_read(config)?)),
+        Location::Postgres(config) => Ok(Box::new(crate::store::postgres::Postgres::open_read(config)?)),
     }
 }
 
@@ -396,9 +402,9 @@ pub fn open_write(at: &Location, create: bool) -> Result<Box<dyn Store>> {
         Location::Postgres(config) => {
             let holder = Holder::current();
             Ok(Box::new(if create {
-                crate::store_pg::Postgres::open(config, holder)?
+                crate::store::postgres::Postgres::open(config, holder)?
             } else {
-                crate::store_pg::Postgres::open_existing(config, holder)?
+                crate::store::postgres::Postgres::open_existing(config, holder)?
             }))
         }
     }
@@ -464,7 +470,7 @@ fn stamp(path: &Path) -> Option<FileStamp> {
 impl Drop for Sqlite {
     fn drop(&mut self) {
         if !self.conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
-            crate::readers::empty_wal_on_close(&self.conn);
+            crate::store::readers::empty_wal_on_close(&self.conn);
         }
     }
 }
@@ -475,7 +481,7 @@ impl Sqlite {
     /// `filesafety`), and so is a zero-byte file: wxtoken never leaves one, so someone else
     /// put it there.
     fn open(path: &Path, holder: Holder) -> Result<Sqlite> {
-        if let Some(refusal) = crate::readers::read_only_refusal(path) {
+        if let Some(refusal) = crate::store::readers::read_only_refusal(path) {
             // ReadOnly: a command that only reads falls back to a reading handle.
             return Err(StoreError::ReadOnly(refusal));
         }
@@ -506,7 +512,7 @@ impl Sqlite {
             )));
         }
         store.migrate()?;
-        crate::readers::align_sidecars(path);
+        crate::store::readers::align_sidecars(path);
         Ok(store)
     }
 
@@ -567,7 +573,7 @@ impl Sqlite {
                 store.configure(false)?
             }
             Err(e) => {
-                return Err(crate::readers::explain_open_error(&e.to_string(), path)
+                return Err(crate::store::readers::explain_open_error(&e.to_string(), path)
                     .map_or(e, StoreError::Io));
             }
         };
@@ -594,7 +600,7 @@ impl Sqlite {
         if write {
             // A persistent WAL, so that readers in the database's group find the -wal and
             // -shm they cannot create (see `readers`).
-            crate::readers::persist_wal(&self.conn).map_err(|rc| {
+            crate::store::readers::persist_wal(&self.conn).map_err(|rc| {
                 StoreError::Io(format!(
                     "could not use database {}: cannot keep the WAL (code {rc})",
                     path.display()
@@ -1793,7 +1799,7 @@ fn db_error(err: rusqlite::Error, path: &Path) -> StoreError {
     let reason = if text.contains("file is not a database") {
         "not an SQLite database (left untouched)".to_string()
     } else if code == Some(rusqlite::ErrorCode::FileLockingProtocolFailed) {
-        crate::readers::explain_shm_locks(&text, path)
+        crate::store::readers::explain_shm_locks(&text, path)
     } else if let Some(full) = disk_full(code, path) {
         full
     } else if text.contains("unable to open database file") {

@@ -12,17 +12,20 @@
 //!   that lost it records a `lost_claim` attempt and drops its token.
 //! - Secrets live in `account_secrets`, which the reader grant never names.
 
+pub(crate) mod conf;
+pub(crate) mod conn;
+
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
-use postgres::Client;
-use postgres::types::{ToSql, Type};
+use ::postgres::Client;
+use ::postgres::types::{ToSql, Type};
 
 use crate::domain::{
     Account, AccountKey, Api, Attempt, Credential, FetchRecord, NewAccount, Secret, Ticket,
     TokenRow,
 };
-use crate::pgconf::PgConfig;
+use crate::store::postgres::conf::PgConfig;
 use crate::store::{
     AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, NewestRow, Opener,
     RUN_COLUMNS, ReadStore, Recorded, Result, RunRow, SUCCESSFUL_RUNS, SealedSample, SinkResult,
@@ -32,11 +35,11 @@ use crate::store::{
 
 /// Every PostgreSQL migration, in order; the schema version is how many are applied.
 const MIGRATIONS: &[&str] = &[
-    include_str!("../migrations/postgres/0001_init.sql"),
-    include_str!("../migrations/postgres/0002_quota.sql"),
-    include_str!("../migrations/postgres/0003_runs.sql"),
-    include_str!("../migrations/postgres/0004_sinks.sql"),
-    include_str!("../migrations/postgres/0005_intents.sql"),
+    include_str!("../../../migrations/postgres/0001_init.sql"),
+    include_str!("../../../migrations/postgres/0002_quota.sql"),
+    include_str!("../../../migrations/postgres/0003_runs.sql"),
+    include_str!("../../../migrations/postgres/0004_sinks.sql"),
+    include_str!("../../../migrations/postgres/0005_intents.sql"),
 ];
 
 /// The key of the advisory lock that serialises migrations. Advisory locks are per
@@ -183,7 +186,7 @@ mod answering {
 
     use postgres::Client;
 
-    use crate::pgconf::PgConfig;
+    use crate::store::postgres::conf::PgConfig;
 
     /// Without a statement_timeout: as long as TCP's user timeout.
     pub const DEFAULT_BOUND: Duration = Duration::from_secs(60);
@@ -277,7 +280,7 @@ mod answering {
         let config = w.config.clone();
         // On a thread of its own: connecting to a frozen server may hang past any timeout.
         std::thread::spawn(move || {
-            let alive = crate::pgconn::connect(&config)
+            let alive = crate::store::postgres::conn::connect(&config)
                 .is_ok_and(|mut c| c.simple_query("SELECT 1").is_ok());
             let _ = done.send(alive);
         });
@@ -330,7 +333,7 @@ mod answering {
 /// with their pid, role and application name. The session that waited has locked no row.
 fn lock_holders(config: &PgConfig) -> String {
     let ask = || -> std::result::Result<(String, Vec<String>), String> {
-        let mut c = crate::pgconn::connect(config)?;
+        let mut c = crate::store::postgres::conn::connect(config)?;
         // This session has not set wxtoken's bound: '0' means it applied.
         let timeout: String = c
             .query_one("SELECT current_setting('lock_timeout')", &[])
@@ -470,7 +473,7 @@ impl Postgres {
     }
 
     fn connect(config: &PgConfig, holder: Holder) -> Result<Postgres> {
-        let client = crate::pgconn::connect(config).map_err(StoreError::Io)?;
+        let client = crate::store::postgres::conn::connect(config).map_err(StoreError::Io)?;
         let store = Postgres {
             watch: answering::Watch::new(config),
             client: RefCell::new(client),
@@ -526,7 +529,7 @@ impl Postgres {
             std::thread::spawn(move || {
                 while !done.load(Ordering::SeqCst) {
                     if crate::signals::caught().is_some() {
-                        if let Err(e) = crate::pgconn::cancel(&token, &config) {
+                        if let Err(e) = crate::store::postgres::conn::cancel(&token, &config) {
                             log::warn!("{e}");
                         }
                         return;
@@ -557,7 +560,7 @@ impl Postgres {
     }
 
     fn reconnect(&self, client: &mut Client) {
-        match crate::pgconn::connect(&self.config) {
+        match crate::store::postgres::conn::connect(&self.config) {
             Ok(new) => {
                 log::info!("reconnected to {} after losing the connection", self.config);
                 *client = new;
@@ -2067,7 +2070,7 @@ fn quote_ident(name: &str) -> String {
 }
 
 #[cfg(test)]
-#[path = "../tests/support/pg.rs"]
+#[path = "../../../tests/support/pg.rs"]
 pub(crate) mod pgtest;
 
 #[cfg(test)]
