@@ -110,7 +110,11 @@ fn load_client_cert(
              in the URL or PGSSLKEY"
         )
     })?;
-    if crate::store::filesafety::key_too_open(meta.mode(), meta.uid(), crate::store::filesafety::euid()) {
+    if crate::store::filesafety::key_too_open(
+        meta.mode(),
+        meta.uid(),
+        crate::store::filesafety::euid(),
+    ) {
         return Err(format!(
             "private key file {key} has group or world access; it must be u=rw (0600) or less \
              if owned by this user, or u=rw,g=r (0640) or less if owned by root"

@@ -3,9 +3,10 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{Result, Sqlite, open_secret, seal_secret};
+use super::Sqlite;
 use crate::crypto::sink_owner;
 use crate::domain::{Credential, Secret};
+use crate::store::{Result, open_secret, seal_secret};
 
 /// A sink as stored.
 #[derive(Debug, Clone)]
@@ -88,7 +89,7 @@ pub(crate) fn stored_password(sink: &SinkRow) -> Result<Option<String>> {
     };
     match password.locked_kid() {
         Some(crate::crypto::LOST_KID) => Ok(Some(crate::crypto::LOST.to_string())),
-        Some(kid) => Err(super::StoreError::Key(format!(
+        Some(kid) => Err(crate::store::StoreError::Key(format!(
             "the password of sink {} (key {kid}) is not open: cannot copy it",
             sink.name
         ))),

@@ -1,0 +1,138 @@
+//! What both backends decide alike, written once: how an attempt and a secret are stored
+//! and read back, and the refusals and texts they share. Each backend reads its inputs
+//! with its own SQL and calls these.
+
+use super::{Result, StoreError};
+use crate::domain::{AccountKey, AttemptResult, Failure, Outcome, Secret, Ticket};
+
+/// What `import` says about a store that is not empty.
+pub(crate) fn not_empty(location: &str, accounts: i64) -> StoreError {
+    StoreError::Schema(format!(
+        "{location} already has {accounts} account(s); store copy only fills an empty store"
+    ))
+}
+
+/// How an attempt is stored, in both backends: the outcome's name and its details.
+pub(crate) struct AttemptColumns<S> {
+    pub(crate) outcome: S,
+    pub(crate) errcode: Option<i64>,
+    pub(crate) errmsg: Option<String>,
+    pub(crate) http_status: Option<i64>,
+    pub(crate) detail: Option<String>,
+}
+
+impl AttemptColumns<&'static str> {
+    pub(crate) fn of(o: &Outcome, unchanged: bool) -> Self {
+        let (outcome, errcode, errmsg, http_status, detail) = match &o.result {
+            Ok(_) if unchanged => ("unchanged", None, None, None, None),
+            Ok(_) => ("ok", None, None, None, None),
+            Err(Failure::WeChat { errcode, errmsg }) => {
+                ("errcode", Some(*errcode), Some(errmsg.clone()), None, None)
+            }
+            Err(Failure::Http { status }) => ("http", None, None, Some(i64::from(*status)), None),
+            Err(Failure::Transport(d)) => ("transport", None, None, None, Some(d.clone())),
+            Err(Failure::NotJson(d)) => ("not_json", None, None, None, Some(d.clone())),
+            Err(Failure::Invalid(d)) => ("invalid", None, None, None, Some(d.clone())),
+        };
+        AttemptColumns {
+            outcome,
+            errcode,
+            errmsg,
+            http_status,
+            detail,
+        }
+    }
+}
+
+impl AttemptColumns<String> {
+    pub(crate) fn result(self) -> AttemptResult {
+        let detail = self.detail.unwrap_or_default();
+        match self.outcome.as_str() {
+            "ok" => AttemptResult::Ok,
+            "unchanged" => AttemptResult::Unchanged,
+            "errcode" => AttemptResult::Failed(Failure::WeChat {
+                errcode: self.errcode.unwrap_or(0),
+                errmsg: self.errmsg.unwrap_or_default(),
+            }),
+            "http" => AttemptResult::Failed(Failure::Http {
+                status: u16::try_from(self.http_status.unwrap_or(0)).unwrap_or(0),
+            }),
+            "transport" => AttemptResult::Failed(Failure::Transport(detail)),
+            "not_json" => AttemptResult::Failed(Failure::NotJson(detail)),
+            // A PostgreSQL holder whose lease was taken over while it fetched.
+            "lost_claim" => {
+                AttemptResult::Failed(Failure::Invalid(format!("fetched, but dropped: {detail}")))
+            }
+            _ => AttemptResult::Failed(Failure::Invalid(detail)),
+        }
+    }
+}
+
+/// Unknown names are dropped: a newer wxtoken may know more kinds than this one.
+pub(crate) fn parse_tickets(list: &str) -> Vec<Ticket> {
+    list.split(',').filter_map(Ticket::parse).collect()
+}
+
+/// How a secret is written to its column: encrypted with the process's key (`vault`),
+/// bound to its `owner` (`crypto::account_owner`, `crypto::sink_owner`). AppSecrets and
+/// sink passwords (Redis) both go through this pair. A command that stores a secret
+/// unlocks the vault first; without a key nothing is written in plain text.
+pub(crate) fn seal_secret(owner: &[u8], secret: &Secret) -> Result<String> {
+    crate::vault::seal(owner, secret).map_err(StoreError::Key)
+}
+
+/// The inverse of [`seal_secret`]. A plaintext value (written before encryption) comes back
+/// as it is; a sealed one is opened with the process's key, or stays locked when there is
+/// no key (readers) or the key does not open it (`vault::unlock` reports that).
+pub(crate) fn open_secret(owner: &[u8], stored: String) -> Secret {
+    let stored = crate::crypto::Stored::new(stored);
+    if stored.is_plaintext() {
+        return Secret::new(stored.as_str().to_string());
+    }
+    if stored.as_str() == crate::crypto::LOST {
+        return Secret::locked(crate::crypto::LOST_KID.to_string());
+    }
+    // A scheme this version does not know (a newer one) stays locked too.
+    let kid = stored.kid().unwrap_or("unknown").to_string();
+    crate::vault::open(owner, &stored).unwrap_or_else(|| Secret::locked(kid))
+}
+
+/// Whether `stored` (an account's secret column now) is the secret a fetch used.
+pub(crate) fn same_secret(key: &AccountKey, stored: String, used: &Secret) -> bool {
+    let now = open_secret(&crate::crypto::account_owner(key), stored);
+    now.locked_kid().is_none() && used.locked_kid().is_none() && now.expose() == used.expose()
+}
+
+/// What an opened account secret is stored as in another store (`store copy`): sealed
+/// again with the same key, or the marker of a secret forgotten with a lost key.
+pub(crate) fn stored_form(key: &AccountKey, secret: &Secret) -> Result<String> {
+    match secret.locked_kid() {
+        Some(crate::crypto::LOST_KID) => Ok(crate::crypto::LOST.to_string()),
+        Some(kid) => Err(StoreError::Key(format!(
+            "the secret of {key} (key {kid}) is not open: cannot copy it"
+        ))),
+        None => seal_secret(&crate::crypto::account_owner(key), secret),
+    }
+}
+
+/// `open_secret` for rewriting: a secret that stays locked is an error, never rewritten.
+pub(crate) fn open_or_fail(owner: &[u8], stored: String) -> Result<Secret> {
+    let secret = open_secret(owner, stored);
+    match secret.locked_kid() {
+        Some(kid) => Err(StoreError::Key(format!(
+            "a stored secret does not open with the key file (key {kid}); nothing was changed"
+        ))),
+        None => Ok(secret),
+    }
+}
+
+/// Whether a stored value is a secret left in plain text by a version before encryption.
+pub(crate) fn is_plaintext(stored: &str) -> bool {
+    crate::crypto::Stored::new(stored.to_string()).is_plaintext()
+}
+
+pub(crate) const RUN_COLUMNS: &str =
+    "started_at, finished_at, duration_ms, scope, accounts, refreshed, fresh, busy, held, failed";
+
+/// The runs that count as a success (see [`super::RunRow::is_success`]), in SQL.
+pub(crate) const SUCCESSFUL_RUNS: &str = "WHERE failed = 0 AND held = 0 AND scope <> 'named'";
