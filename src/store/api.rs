@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use super::{SinkRow, Sinks};
 use crate::domain::{
     Account, AccountKey, Attempt, Credential, FetchRecord, NewAccount, Secret, Ticket, TokenRow,
 };
@@ -302,4 +301,66 @@ impl RunRow {
     pub fn is_success(&self) -> bool {
         self.scope != "named" && self.failed == 0 && self.held == 0
     }
+}
+
+/// A sink as stored.
+#[derive(Debug, Clone)]
+pub struct SinkRow {
+    pub id: i64,
+    pub name: String,
+    /// `redis` or `exec`.
+    pub kind: String,
+    /// The Redis URL without its password, or the command.
+    pub target: String,
+    pub password: Option<Secret>,
+    pub format: Option<String>,
+    pub prefix: Option<String>,
+    pub key_template: Option<String>,
+    /// Account selectors (APPID or CORPID/AGENTID); empty means every account.
+    pub accounts: Vec<String>,
+    pub timeout: i64,
+    pub created_at: i64,
+    pub last: Option<SinkResult>,
+}
+
+/// The outcome of one publish to one sink. `error` never holds a key or a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkResult {
+    pub at: i64,
+    pub ok: bool,
+    pub published: i64,
+    pub failed: i64,
+    pub error: Option<String>,
+}
+
+/// The newest row of one kind of an account, with its id.
+#[derive(Debug, Clone)]
+pub struct NewestRow {
+    pub id: i64,
+    pub token: String,
+    pub expires_at: i64,
+}
+
+/// What the sink commands and publishing need from the store.
+pub trait Sinks {
+    /// Adds a sink; false if one of that name exists already.
+    fn add_sink(&self, sink: &SinkRow) -> Result<bool>;
+    /// Every sink, by name.
+    fn sinks(&self) -> Result<Vec<SinkRow>>;
+    fn sink(&self, name: &str) -> Result<Option<SinkRow>>;
+    /// Removes a sink; false if there is none of that name.
+    fn remove_sink(&self, name: &str) -> Result<bool>;
+    fn record_sink_result(&self, sink_id: i64, result: &SinkResult) -> Result<()>;
+    /// The newest row of this credential for an account, valid or not, with its id.
+    fn newest_row(&self, account_id: i64, kind: Credential) -> Result<Option<NewestRow>>;
+    /// The token row an exec sink last received for this account and credential.
+    fn published_row(&self, sink_id: i64, account_id: i64, kind: Credential)
+    -> Result<Option<i64>>;
+    fn note_published(
+        &self,
+        sink_id: i64,
+        account_id: i64,
+        kind: Credential,
+        token_id: i64,
+    ) -> Result<()>;
 }

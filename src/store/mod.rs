@@ -14,17 +14,15 @@ mod rows;
 mod sqlite;
 
 pub use api::{
-    Claim, Exported, ForcedRefreshes, Newest, Opener, ReadStore, Recorded, Result, RunRow,
-    SealedSample, Store, StoreError,
+    Claim, Exported, ForcedRefreshes, Newest, NewestRow, Opener, ReadStore, Recorded, Result,
+    RunRow, SealedSample, SinkResult, SinkRow, Sinks, Store, StoreError,
 };
 pub(crate) use api::{all_kinds, parse_kind};
 pub(crate) use rows::{
     AttemptColumns, RUN_COLUMNS, SUCCESSFUL_RUNS, is_plaintext, not_empty, open_or_fail,
-    open_secret, parse_tickets, same_secret, seal_secret, stored_form,
+    open_secret, parse_tickets, same_secret, seal_secret, stored_form, stored_password,
 };
 pub(crate) use sqlite::readers;
-pub(crate) use sqlite::stored_password;
-pub use sqlite::{NewestRow, SinkResult, SinkRow, Sinks};
 use sqlite::{Sqlite, create_private_dir, require_file};
 
 /// Where the data is: an SQLite file, and whether it is the default one (whose directory

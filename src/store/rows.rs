@@ -2,7 +2,7 @@
 //! and read back, and the refusals and texts they share. Each backend reads its inputs
 //! with its own SQL and calls these.
 
-use super::{Result, StoreError};
+use super::{Result, SinkRow, StoreError};
 use crate::domain::{AccountKey, AttemptResult, Failure, Outcome, Secret, Ticket};
 
 /// What `import` says about a store that is not empty.
@@ -136,3 +136,20 @@ pub(crate) const RUN_COLUMNS: &str =
 
 /// The runs that count as a success (see [`super::RunRow::is_success`]), in SQL.
 pub(crate) const SUCCESSFUL_RUNS: &str = "WHERE failed = 0 AND held = 0 AND scope <> 'named'";
+
+/// What a sink's secret column holds in a store: its credentials sealed with the current
+/// key (`store copy` seals again what it opened), the marker of credentials forgotten with
+/// a lost key, or nothing.
+pub(crate) fn stored_password(sink: &SinkRow) -> Result<Option<String>> {
+    let Some(password) = &sink.password else {
+        return Ok(None);
+    };
+    match password.locked_kid() {
+        Some(crate::crypto::LOST_KID) => Ok(Some(crate::crypto::LOST.to_string())),
+        Some(kid) => Err(StoreError::Key(format!(
+            "the password of sink {} (key {kid}) is not open: cannot copy it",
+            sink.name
+        ))),
+        None => seal_secret(&crate::crypto::sink_owner(&sink.name), password).map(Some),
+    }
+}

@@ -9,9 +9,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use super::filesafety::{self, Access};
 use super::{
     AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, Opener, RUN_COLUMNS,
-    ReadStore, Recorded, Result, RunRow, SUCCESSFUL_RUNS, SealedSample, Store, StoreError,
-    all_kinds, is_plaintext, not_empty, open_or_fail, open_secret, parse_kind, parse_tickets,
-    pid_alive, same_secret, seal_secret, stored_form,
+    ReadStore, Recorded, Result, RunRow, SUCCESSFUL_RUNS, SealedSample, SinkRow, Sinks, Store,
+    StoreError, all_kinds, is_plaintext, not_empty, open_or_fail, open_secret, parse_kind,
+    parse_tickets, pid_alive, same_secret, seal_secret, stored_form,
 };
 use crate::domain::{
     Account, AccountKey, Api, Attempt, Credential, FetchRecord, Fetched, NewAccount, Outcome,
@@ -22,8 +22,6 @@ use crate::policy;
 
 pub(crate) mod readers;
 mod sinks;
-pub(crate) use sinks::stored_password;
-pub use sinks::{NewestRow, SinkResult, SinkRow, Sinks};
 
 /// Every migration, in order. The schema version is `PRAGMA user_version` = how many of
 /// these have been applied.
