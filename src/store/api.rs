@@ -34,6 +34,11 @@ pub enum StoreError {
     /// The fetch outlived this holder's claim and another holder took the account over:
     /// the fetch was recorded as lost and its token dropped. Final, not worth a retry.
     LostClaim(String),
+    /// The role to grant reading to does not exist (`store grant-reader`): a bad argument.
+    NoSuchRole(String),
+    /// The server stopped answering in the middle of a unit of work, and so did a new
+    /// connection: the watchdog ends the process with this (PostgreSQL).
+    Unanswered(String),
 }
 
 impl fmt::Display for StoreError {
@@ -53,7 +58,9 @@ impl fmt::Display for StoreError {
             | StoreError::Corrupt(m)
             | StoreError::Key(m)
             | StoreError::ReadOnly(m)
-            | StoreError::LostClaim(m) => f.write_str(m),
+            | StoreError::LostClaim(m)
+            | StoreError::NoSuchRole(m)
+            | StoreError::Unanswered(m) => f.write_str(m),
         }
     }
 }

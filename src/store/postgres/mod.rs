@@ -189,6 +189,7 @@ mod answering {
 
     use postgres::Client;
 
+    use crate::store::StoreError;
     use crate::store::postgres::conf::PgConfig;
 
     /// Without a statement_timeout: as long as TCP's user timeout.
@@ -298,13 +299,15 @@ mod answering {
             w.probing.store(false, Ordering::SeqCst);
             return;
         }
-        eprintln!(
-            "wxtoken: error: database {} did not answer for {} s, nor a new connection \
+        let err = StoreError::Unanswered(format!(
+            "database {} did not answer for {} s, nor a new connection \
              (a server that stopped, or a network that drops its answers); gave up",
             w.config,
             (bound + GRACE.as_millis() as u64) / 1000
-        );
-        std::process::exit(i32::from(crate::exit::Exit::Database.code()));
+        ));
+        eprintln!("wxtoken: error: {err}");
+        // The exit code `exit.rs` gives this error, as for any other the store returns.
+        std::process::exit(i32::from(u8::from(&err)));
     }
 
     fn watchdog() {
@@ -829,21 +832,18 @@ impl Postgres {
     /// Lets `role` read tokens and nothing else: the newest-token view, the accounts
     /// (which hold no secret) and the schema version. Never the secrets, never a write.
     /// Returns the statements applied.
-    pub fn grant_reader(&self, role: &str) -> anyhow::Result<Vec<String>> {
+    pub fn grant_reader(&self, role: &str) -> Result<Vec<String>> {
         let mut c = self.c();
         let exists = c
             .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
             .map_err(|e| self.err(e))?
             .is_some();
         if !exists {
-            return Err(crate::exit::fail(
-                crate::exit::Exit::Usage,
-                format!(
-                    "role '{}' does not exist on {}; create it first (CREATE ROLE ... LOGIN)",
-                    crate::policy::one_line(role, 64),
-                    self.config
-                ),
-            ));
+            return Err(StoreError::NoSuchRole(format!(
+                "role '{}' does not exist on {}; create it first (CREATE ROLE ... LOGIN)",
+                crate::policy::one_line(role, 64),
+                self.config
+            )));
         }
         let schema: String = c
             .query_one("SELECT current_schema()", &[])
@@ -2198,7 +2198,7 @@ mod tests {
         let stored = db.query_i64("SELECT held_until FROM accounts") - server_now();
         assert!((3598..=3600).contains(&stored), "{stored}");
         let until = a.account(&key("wxa")).unwrap().unwrap().held_until.unwrap();
-        let left = until - crate::wechat::unix_now();
+        let left = until - host_now() as i64;
         assert!((3598..=3601).contains(&left), "{left}");
         // A hold until fixed is no time, and is not shifted.
         db.query(&format!("UPDATE accounts SET held_until = {}", i64::MAX));
@@ -2316,10 +2316,7 @@ mod tests {
         let started = row
             .unfinished_fetch
             .expect("the intent is visible to a reader");
-        assert!(
-            (started - crate::wechat::unix_now()).abs() <= 2,
-            "{started}"
-        );
+        assert!((started - host_now() as i64).abs() <= 2, "{started}");
         assert!(row.classic);
         assert_eq!(row.id, before);
         s.record_fetch(&fetched(id, "T2")).unwrap();
