@@ -11,6 +11,7 @@ pub(crate) mod filesafety;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 mod rows;
+mod schema;
 mod sqlite;
 
 pub use api::{
@@ -20,7 +21,7 @@ pub use api::{
 pub(crate) use api::{all_kinds, parse_kind};
 pub(crate) use rows::{
     AttemptColumns, RUN_COLUMNS, SUCCESSFUL_RUNS, is_plaintext, not_empty, open_or_fail,
-    open_secret, parse_tickets, same_secret, seal_secret, stored_form, stored_password,
+    same_secret, seal_secret, stored_form, stored_password,
 };
 pub(crate) use sqlite::readers;
 use sqlite::{Sqlite, create_private_dir, require_file};

@@ -2,8 +2,9 @@
 //! and read back, and the refusals and texts they share. Each backend reads its inputs
 //! with its own SQL and calls these.
 
+use super::SinkResult;
 use super::{Result, SinkRow, StoreError};
-use crate::domain::{AccountKey, AttemptResult, Failure, Outcome, Secret, Ticket};
+use crate::domain::{Account, AccountKey, Api, AttemptResult, Failure, Outcome, Secret, Ticket};
 
 /// What `import` says about a store that is not empty.
 pub(crate) fn not_empty(location: &str, accounts: i64) -> StoreError {
@@ -151,5 +152,100 @@ pub(crate) fn stored_password(sink: &SinkRow) -> Result<Option<String>> {
             sink.name
         ))),
         None => seal_secret(&crate::crypto::sink_owner(&sink.name), password).map(Some),
+    }
+}
+
+/// An account's columns as either backend reads them, before they become an [`Account`].
+pub(crate) struct AccountColumns {
+    pub(crate) id: i64,
+    pub(crate) appid: String,
+    pub(crate) agent: String,
+    pub(crate) api: String,
+    /// `None` for a reader's handle, which selects no secret.
+    pub(crate) secret: Option<String>,
+    pub(crate) enabled: bool,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+    pub(crate) held_until: Option<i64>,
+    pub(crate) held_reason: Option<String>,
+    pub(crate) tickets: String,
+    pub(crate) fetch_due: bool,
+}
+
+impl AccountColumns {
+    /// The account, its secret opened and its times (the hold, when it was added and
+    /// changed) moved into this host's clock by `skew` (0 where the host's clock stamped
+    /// them: SQLite). A hold until fixed is no time, and is not moved.
+    pub(crate) fn account(self, skew: i64) -> Account {
+        let key = AccountKey {
+            appid: self.appid,
+            agent: self.agent,
+        };
+        let secret = match self.secret {
+            Some(stored) => open_secret(&crate::crypto::account_owner(&key), stored),
+            None => Secret::new(String::new()),
+        };
+        Account {
+            id: self.id,
+            key,
+            api: Api::parse(&self.api).unwrap_or(Api::Token),
+            secret,
+            enabled: self.enabled,
+            created_at: self.created_at + skew,
+            updated_at: self.updated_at + skew,
+            held_until: self.held_until.map(|t| to_host(t, skew)),
+            held_reason: self.held_reason,
+            tickets: parse_tickets(&self.tickets),
+            fetch_due: self.fetch_due,
+        }
+    }
+}
+
+/// A time moved from one clock to another (`skew`: how far the target's is ahead), except
+/// "until fixed", which is no time.
+pub(crate) fn to_host(t: i64, skew: i64) -> i64 {
+    if crate::policy::until_fixed(t) {
+        t
+    } else {
+        t.saturating_add(skew)
+    }
+}
+
+/// A sink's columns as either backend reads them, its times already in this host's clock.
+pub(crate) struct SinkColumns {
+    pub(crate) id: i64,
+    pub(crate) name: String,
+    pub(crate) kind: String,
+    pub(crate) target: String,
+    pub(crate) password: Option<String>,
+    pub(crate) format: Option<String>,
+    pub(crate) prefix: Option<String>,
+    pub(crate) key_template: Option<String>,
+    /// The account selectors, as the JSON list they are stored as.
+    pub(crate) accounts: String,
+    pub(crate) timeout: i64,
+    pub(crate) created_at: i64,
+    pub(crate) last: Option<SinkResult>,
+}
+
+impl SinkColumns {
+    /// The sink, its password opened and its account selectors parsed.
+    pub(crate) fn sink(self) -> SinkRow {
+        SinkRow {
+            id: self.id,
+            password: self
+                .password
+                .map(|p| open_secret(&crate::crypto::sink_owner(&self.name), p)),
+            name: self.name,
+            kind: self.kind,
+            target: self.target,
+            format: self.format,
+            prefix: self.prefix,
+            key_template: self.key_template,
+            accounts: serde_json::from_str(&self.accounts).unwrap_or_default(),
+            timeout: self.timeout,
+            created_at: self.created_at,
+            last: self.last,
+        }
     }
 }

@@ -16,6 +16,7 @@ pub(crate) mod conf;
 pub(crate) mod conn;
 mod sinks;
 
+use crate::store::rows::{AccountColumns, to_host};
 use sinks::insert_sink;
 
 use std::cell::{Cell, RefCell};
@@ -25,15 +26,14 @@ use ::postgres::Client;
 use ::postgres::types::{ToSql, Type};
 
 use crate::domain::{
-    Account, AccountKey, Api, Attempt, Credential, FetchRecord, NewAccount, Secret, Ticket,
-    TokenRow,
+    Account, AccountKey, Attempt, Credential, FetchRecord, NewAccount, Secret, Ticket, TokenRow,
 };
 use crate::store::postgres::conf::PgConfig;
 use crate::store::{
     AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, Opener, RUN_COLUMNS,
     ReadStore, Recorded, Result, RunRow, SUCCESSFUL_RUNS, SealedSample, SinkRow, Store, StoreError,
-    all_kinds, is_plaintext, not_empty, open_or_fail, open_secret, parse_tickets, pid_alive,
-    same_secret, seal_secret, stored_form, stored_password,
+    all_kinds, is_plaintext, not_empty, open_or_fail, pid_alive, same_secret, seal_secret,
+    stored_form, stored_password,
 };
 
 /// Every PostgreSQL migration, in order; the schema version is how many are applied.
@@ -663,15 +663,7 @@ impl Postgres {
     }
 
     fn check_version(&self, version: i64) -> Result<()> {
-        if version > MIGRATIONS.len() as i64 {
-            return Err(StoreError::Schema(format!(
-                "database {} has schema version {version}, newer than this wxtoken \
-                 understands ({}); upgrade wxtoken",
-                self.config,
-                MIGRATIONS.len()
-            )));
-        }
-        Ok(())
+        crate::store::schema::refuse_newer(&self.config, version, MIGRATIONS.len())
     }
 
     /// Applies every pending migration in one transaction that first takes an advisory
@@ -763,29 +755,22 @@ impl Postgres {
     /// `latest_token` moves token times: a caller that judges the hold by its own clock
     /// then agrees with the server, however far this host's clock is off.
     fn account_from_row(row: &postgres::Row, skew: i64) -> Account {
-        let api: String = row.get(3);
-        let key = AccountKey {
+        AccountColumns {
+            id: row.get(0),
             appid: row.get(1),
             agent: row.get(2),
-        };
-        // A reader's handle selects no secret (NULL).
-        let secret = match row.get::<_, Option<String>>(4) {
-            Some(stored) => open_secret(&crate::crypto::account_owner(&key), stored),
-            None => Secret::new(String::new()),
-        };
-        Account {
-            id: row.get(0),
-            key,
-            api: Api::parse(&api).unwrap_or(Api::Token),
-            secret,
+            api: row.get(3),
+            // A reader's handle selects no secret (NULL).
+            secret: row.get(4),
             enabled: row.get(5),
-            created_at: row.get::<_, i64>(6) + skew,
-            updated_at: row.get::<_, i64>(7) + skew,
-            held_until: row.get::<_, Option<i64>>(8).map(|t| to_host(t, skew)),
+            created_at: row.get(6),
+            updated_at: row.get(7),
+            held_until: row.get(8),
             held_reason: row.get(9),
-            tickets: parse_tickets(&row.get::<_, String>(10)),
+            tickets: row.get(10),
             fetch_due: row.get(11),
         }
+        .account(skew)
     }
 
     /// Runs an UPDATE of one account (appid $1, agent $2); `NotFound` if it touched none.
@@ -1883,16 +1868,6 @@ impl Store for Postgres {
 }
 
 /// The sinks' SQL, as `store/sinks.rs` has it for SQLite.
-/// A time moved from one clock to another (`skew`: how far the target's is ahead), except
-/// "until fixed", which is no time.
-fn to_host(t: i64, skew: i64) -> i64 {
-    if crate::policy::until_fixed(t) {
-        t
-    } else {
-        t.saturating_add(skew)
-    }
-}
-
 /// The GRANTs that make `role` a reader of the tables in `schema`. Built as text because
 /// GRANT takes no parameters; names are quoted as identifiers.
 pub fn reader_grants(role: &str, schema: &str) -> Vec<String> {
@@ -1918,7 +1893,7 @@ pub(crate) mod pgtest;
 mod tests {
     use super::pgtest::{self, PgDb};
     use super::*;
-    use crate::domain::{Fetched, Outcome};
+    use crate::domain::{Api, Fetched, Outcome};
     use crate::store::Sinks;
 
     #[test]

@@ -3,7 +3,8 @@
 
 use super::{NOW, NOW_EXACT, Postgres, host_now, host_offset};
 use crate::domain::Credential;
-use crate::store::{NewestRow, Result, SinkResult, SinkRow, Sinks, open_secret, stored_password};
+use crate::store::rows::SinkColumns;
+use crate::store::{NewestRow, Result, SinkResult, SinkRow, Sinks, stored_password};
 
 impl Sinks for Postgres {
     fn add_sink(&self, sink: &SinkRow) -> Result<bool> {
@@ -140,21 +141,17 @@ pub(super) fn insert_sink(
 
 /// A sink, its times (stamped by the server) moved into this host's clock by `skew`.
 fn sink_from_row(row: &postgres::Row, skew: i64) -> SinkRow {
-    let accounts: String = row.get(8);
     let last_at: Option<i64> = row.get(11);
-    let name: String = row.get(1);
-    SinkRow {
+    SinkColumns {
         id: row.get(0),
-        password: row
-            .get::<_, Option<String>>(4)
-            .map(|p| open_secret(&crate::crypto::sink_owner(&name), p)),
-        name,
+        name: row.get(1),
         kind: row.get(2),
         target: row.get(3),
+        password: row.get(4),
         format: row.get(5),
         prefix: row.get(6),
         key_template: row.get(7),
-        accounts: serde_json::from_str(&accounts).unwrap_or_default(),
+        accounts: row.get(8),
         timeout: row.get(9),
         created_at: row.get::<_, i64>(10) + skew,
         last: last_at.map(|at| SinkResult {
@@ -165,4 +162,5 @@ fn sink_from_row(row: &postgres::Row, skew: i64) -> SinkRow {
             error: row.get(15),
         }),
     }
+    .sink()
 }

@@ -7,15 +7,17 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::filesafety::{self, Access};
+use super::rows::AccountColumns;
+use super::schema;
 use super::{
     AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, Opener, RUN_COLUMNS,
     ReadStore, Recorded, Result, RunRow, SUCCESSFUL_RUNS, SealedSample, SinkRow, Sinks, Store,
-    StoreError, all_kinds, is_plaintext, not_empty, open_or_fail, open_secret, parse_kind,
-    parse_tickets, pid_alive, same_secret, seal_secret, stored_form,
+    StoreError, all_kinds, is_plaintext, not_empty, open_or_fail, parse_kind, pid_alive,
+    same_secret, seal_secret, stored_form,
 };
 use crate::domain::{
-    Account, AccountKey, Api, Attempt, Credential, FetchRecord, Fetched, NewAccount, Outcome,
-    Secret, Ticket, TokenRow,
+    Account, AccountKey, Attempt, Credential, FetchRecord, Fetched, NewAccount, Outcome, Secret,
+    Ticket, TokenRow,
 };
 use crate::freshness::Stored;
 use crate::policy;
@@ -240,15 +242,7 @@ impl Sqlite {
     }
 
     fn check_version(&self, version: i64) -> Result<()> {
-        if version > MIGRATIONS.len() as i64 {
-            return Err(StoreError::Schema(format!(
-                "database {} has schema version {version}, newer than this wxtoken \
-                 understands ({}); upgrade wxtoken",
-                self.path.display(),
-                MIGRATIONS.len()
-            )));
-        }
-        Ok(())
+        schema::refuse_newer(&self.path.display(), version, MIGRATIONS.len())
     }
 
     /// Applies every pending migration and the version bump in one transaction.
@@ -291,24 +285,21 @@ impl Sqlite {
     const ACCOUNT_COLUMNS: &'static str = "id, appid, agent, api, secret, enabled, created_at, updated_at, held_until, held_reason, tickets, fetch_due";
 
     fn account_from_row(row: &rusqlite::Row) -> rusqlite::Result<Account> {
-        let api: String = row.get(3)?;
-        let key = AccountKey {
+        Ok(AccountColumns {
+            id: row.get(0)?,
             appid: row.get(1)?,
             agent: row.get(2)?,
-        };
-        Ok(Account {
-            id: row.get(0)?,
-            secret: open_secret(&crate::crypto::account_owner(&key), row.get(4)?),
-            key,
-            api: Api::parse(&api).unwrap_or(Api::Token),
+            api: row.get(3)?,
+            secret: Some(row.get(4)?),
             enabled: row.get(5)?,
             created_at: row.get(6)?,
             updated_at: row.get(7)?,
             held_until: row.get(8)?,
             held_reason: row.get(9)?,
-            tickets: parse_tickets(&row.get::<_, String>(10)?),
+            tickets: row.get(10)?,
             fetch_due: row.get(11)?,
-        })
+        }
+        .account(0))
     }
 
     /// `reseal`'s transaction.

@@ -4,29 +4,25 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::Sqlite;
-use crate::crypto::sink_owner;
 use crate::domain::Credential;
-use crate::store::{NewestRow, Result, SinkResult, SinkRow, Sinks, open_secret, stored_password};
+use crate::store::rows::SinkColumns;
+use crate::store::{NewestRow, Result, SinkResult, SinkRow, Sinks, stored_password};
 
 const COLUMNS: &str = "id, name, kind, target, password, format, prefix, key_template, accounts, \
                        timeout, created_at, last_at, last_ok, last_published, last_failed, last_error";
 
 fn sink_from_row(row: &rusqlite::Row) -> rusqlite::Result<SinkRow> {
-    let accounts: String = row.get(8)?;
     let last_at: Option<i64> = row.get(11)?;
-    let name: String = row.get(1)?;
-    Ok(SinkRow {
+    Ok(SinkColumns {
         id: row.get(0)?,
-        name: name.clone(),
+        name: row.get(1)?,
         kind: row.get(2)?,
         target: row.get(3)?,
-        password: row
-            .get::<_, Option<String>>(4)?
-            .map(|p| open_secret(&sink_owner(&name), p)),
+        password: row.get(4)?,
         format: row.get(5)?,
         prefix: row.get(6)?,
         key_template: row.get(7)?,
-        accounts: serde_json::from_str(&accounts).unwrap_or_default(),
+        accounts: row.get(8)?,
         timeout: row.get(9)?,
         created_at: row.get(10)?,
         last: match last_at {
@@ -39,7 +35,8 @@ fn sink_from_row(row: &rusqlite::Row) -> rusqlite::Result<SinkRow> {
                 error: row.get(15)?,
             }),
         },
-    })
+    }
+    .sink())
 }
 
 impl Sinks for Sqlite {
