@@ -1,5 +1,6 @@
-//! The database holds secrets, and `get` hands out whatever token it finds there: the file
-//! and its `-wal` / `-shm` companions must be ours alone. No SQL here; only file metadata.
+//! The database holds secrets, and `get` hands out whatever token it finds there: the SQLite
+//! file and its `-wal` / `-shm` companions must be ours alone. No SQL here; only file
+//! metadata. PostgreSQL's client key follows the key file's rule (`key_too_open`).
 
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;

@@ -1,6 +1,6 @@
 //! Connecting to PostgreSQL: libpq's `sslmode` semantics on top of rustls (no OpenSSL),
 //! since the Rust client knows only disable/prefer/require and its rustls connector always
-//! behaves like `verify-full`. See `pgconf::SslMode` for what each mode means here.
+//! behaves like `verify-full`. See `conf::SslMode` for what each mode means here.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

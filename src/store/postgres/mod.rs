@@ -1,5 +1,6 @@
 //! The PostgreSQL backend of the `Store` interface, for a fleet of hosts sharing one
-//! database. The only module with SQL besides `store.rs`.
+//! database. The only module with SQL besides `../sqlite`; what the two decide alike is
+//! written once, in `../rows.rs` and `../schema.rs`, and the sinks' SQL is in `sinks.rs`.
 //!
 //! What differs from SQLite, and why:
 //! - Every time that decides something (claims, token times, `get`'s validity check)

@@ -7,7 +7,7 @@
 //! `-shm` read-only while a writer has the database open, and otherwise rebuilds the
 //! index in its own memory from the `-wal`. So nothing a reader can write changes what
 //! anyone reads. The writer keeps both files in place (a persistent WAL, see
-//! `Store::configure`) and, here, gives them the database's group and permission bits
+//! `Sqlite::configure`) and, here, gives them the database's group and permission bits
 //! (SQLite creates them with the database's bits but the writer's own group).
 
 use std::fs;
