@@ -2,9 +2,12 @@
 //! and read back, and the refusals and texts they share. Each backend reads its inputs
 //! with its own SQL and calls these.
 
-use super::SinkResult;
+use super::{Recorded, SinkResult};
 use super::{Result, SinkRow, StoreError};
-use crate::domain::{Account, AccountKey, Api, AttemptResult, Failure, Outcome, Secret, Ticket};
+use crate::domain::{
+    Account, AccountKey, Api, AttemptResult, Credential, Failure, FetchRecord, Fetched, Outcome,
+    Secret, Ticket,
+};
 
 /// What `import` says about a store that is not empty.
 pub(crate) fn not_empty(location: &str, accounts: i64) -> StoreError {
@@ -247,5 +250,57 @@ impl SinkColumns {
             created_at: self.created_at,
             last: self.last,
         }
+    }
+}
+
+/// What recording a fetch writes, decided once for both backends from what each read
+/// inside its transaction; each writes it with its own SQL, in its own order.
+pub(crate) struct RecordPlan<'a> {
+    pub(crate) recorded: Recorded,
+    /// The token row to insert: a new token (WeChat may hand back the newest one again).
+    pub(crate) insert: Option<&'a Fetched>,
+    /// Whether the account's hold and due flag are written: only for an access token
+    /// fetched with the secret the account still has (an outcome computed with a secret
+    /// that has since been replaced says nothing about the new one).
+    pub(crate) update_account: bool,
+    pub(crate) held_until: Option<i64>,
+    pub(crate) held_reason: Option<&'a str>,
+    /// Whether this holder's intent ends: an access token whose request cannot have
+    /// created a token we never saw.
+    pub(crate) clear_intent: bool,
+}
+
+/// The plan for `record`, given the newest stored token of its kind (read when the fetch
+/// succeeded), the account's key and stored secret (read for an access token; none when
+/// the account is gone), and when a hold starts: the fetch's start on SQLite (one host,
+/// one clock), the server's now on PostgreSQL (a host whose clock is off can neither cut
+/// the hold short nor stretch it).
+pub(crate) fn plan_record<'a>(
+    record: &'a FetchRecord,
+    newest: Option<&str>,
+    stored: Option<(AccountKey, String)>,
+    hold_start: i64,
+) -> RecordPlan<'a> {
+    let (recorded, insert) = match &record.outcome.result {
+        Ok(f) if newest == Some(f.token.as_str()) => (Recorded::Unchanged, None),
+        Ok(f) => (Recorded::Inserted, Some(f)),
+        Err(_) => (Recorded::Failed, None),
+    };
+    let access = record.kind == Credential::AccessToken;
+    // Secrets are sealed with a fresh nonce each time: compare what the stored one opens to.
+    let update_account =
+        access && stored.is_some_and(|(key, stored)| same_secret(&key, stored, &record.secret));
+    let (held_until, held_reason) = record
+        .hold
+        .as_ref()
+        .and_then(|(h, reason)| Some((crate::policy::held_until(*h, hold_start)?, reason.as_str())))
+        .unzip();
+    RecordPlan {
+        recorded,
+        insert,
+        update_account,
+        held_until,
+        held_reason,
+        clear_intent: access && !record.outcome.may_have_issued(),
     }
 }

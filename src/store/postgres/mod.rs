@@ -17,7 +17,7 @@ pub(crate) mod conf;
 pub(crate) mod conn;
 mod sinks;
 
-use crate::store::rows::{AccountColumns, to_host};
+use crate::store::rows::{AccountColumns, plan_record, to_host};
 use sinks::insert_sink;
 
 use std::cell::{Cell, RefCell};
@@ -33,8 +33,8 @@ use crate::store::postgres::conf::PgConfig;
 use crate::store::{
     AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, Opener, RUN_COLUMNS,
     ReadStore, Recorded, Result, RunRow, SUCCESSFUL_RUNS, SealedSample, SinkRow, Store, StoreError,
-    all_kinds, is_plaintext, not_empty, open_or_fail, pid_alive, same_secret, seal_secret,
-    stored_form, stored_password,
+    all_kinds, is_plaintext, not_empty, open_or_fail, pid_alive, seal_secret, stored_form,
+    stored_password,
 };
 
 /// Every PostgreSQL migration, in order; the schema version is how many are applied.
@@ -1517,12 +1517,10 @@ impl Store for Postgres {
             account_id,
             kind,
             outcome,
-            hold,
-            secret,
+            ..
         } = record;
         let account_id = *account_id;
         let err = |e: postgres::Error| self.err(e);
-        let access = *kind == Credential::AccessToken;
         let kind = kind.as_str();
         let tries = i64::from(outcome.tries);
         let mut c = self.c();
@@ -1572,37 +1570,19 @@ impl Store for Postgres {
         };
         let server_now: i64 = row.get(0);
         let newest: Option<String> = row.get(2);
-        let (recorded, token, expires_in) = match &outcome.result {
-            Ok(f) if newest.as_deref() == Some(f.token.as_str()) => {
-                (Recorded::Unchanged, None, None)
-            }
-            Ok(f) => (
-                Recorded::Inserted,
-                Some(f.token.as_str()),
-                Some(f.expires_in),
-            ),
-            Err(_) => (Recorded::Failed, None, None),
-        };
-        // An outcome computed with a secret that has since been replaced says nothing
-        // about the new one.
-        let same = access
-            && row.get::<_, Option<String>>(5).is_some_and(|stored| {
-                let key = AccountKey {
-                    appid: row.get(3),
-                    agent: row.get(4),
-                };
-                same_secret(&key, stored, secret)
-            });
-        let clear_intent = access && !outcome.may_have_issued();
-        let a = AttemptColumns::of(outcome, recorded == Recorded::Unchanged);
+        let stored = row.get::<_, Option<String>>(5).map(|stored| {
+            let key = AccountKey {
+                appid: row.get(3),
+                agent: row.get(4),
+            };
+            (key, stored)
+        });
         // On the server's clock: a host whose clock is off can neither cut the hold short
         // nor stretch it.
-        let (held_until, held_reason) = hold
-            .as_ref()
-            .and_then(|(h, reason)| {
-                Some((crate::policy::held_until(*h, server_now)?, reason.as_str()))
-            })
-            .unzip();
+        let plan = plan_record(record, newest.as_deref(), stored, server_now);
+        let token = plan.insert.map(|f| f.token.as_str());
+        let expires_in = plan.insert.map(|f| f.expires_in);
+        let a = AttemptColumns::of(outcome, plan.recorded == Recorded::Unchanged);
         // One statement for every row the outcome writes; each part is switched by its
         // own flag, decided above.
         tx.execute_typed(
@@ -1637,16 +1617,16 @@ impl Store for Postgres {
                 &token,
                 &expires_in,
                 &claimed_at,
-                &held_until,
-                &held_reason,
-                &same,
-                &clear_intent,
+                &plan.held_until,
+                &plan.held_reason,
+                &plan.update_account,
+                &plan.clear_intent,
                 &self.holder.id,
             ]),
         )
         .map_err(err)?;
         tx.commit().map_err(|e| self.commit_err(e))?;
-        Ok(recorded)
+        Ok(plan.recorded)
     }
 
     /// On the server's clock, times and now alike; `now` is not used.

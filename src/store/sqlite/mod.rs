@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::filesafety::{self, Access};
-use super::rows::AccountColumns;
+use super::rows::{AccountColumns, plan_record};
 use super::schema;
 use super::{
     AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, Opener, RUN_COLUMNS,
     ReadStore, Recorded, Result, RunRow, SUCCESSFUL_RUNS, SealedSample, SinkRow, Sinks, Store,
     StoreError, all_kinds, is_plaintext, not_empty, open_or_fail, parse_kind, pid_alive,
-    same_secret, seal_secret, stored_form,
+    seal_secret, stored_form,
 };
 use crate::domain::{
     Account, AccountKey, Attempt, Credential, FetchRecord, Fetched, NewAccount, Outcome, Secret,
@@ -978,72 +978,63 @@ impl Store for Sqlite {
             account_id,
             kind,
             outcome,
-            hold,
-            secret,
+            ..
         } = record;
         let (account_id, kind) = (*account_id, *kind);
         let tx = Transaction::immediate(&self.conn, &self.path)?;
-        let recorded = match &outcome.result {
-            Ok(fetched) => {
-                let newest: Option<String> = self
-                    .conn
-                    .prepare_cached(
-                        "SELECT token FROM tokens WHERE account_id = ?1 AND kind = ?2
-                         ORDER BY id DESC LIMIT 1",
-                    )?
-                    .query_row(params![account_id, kind.as_str()], |r| r.get(0))
-                    .optional()?;
-                if newest.as_deref() == Some(fetched.token.as_str()) {
-                    Recorded::Unchanged
-                } else {
-                    self.insert_token(account_id, kind.as_str(), fetched, outcome.sent_at)?;
-                    Recorded::Inserted
-                }
-            }
-            Err(_) => Recorded::Failed,
+        let newest: Option<String> = match &outcome.result {
+            Ok(_) => self
+                .conn
+                .prepare_cached(
+                    "SELECT token FROM tokens WHERE account_id = ?1 AND kind = ?2
+                     ORDER BY id DESC LIMIT 1",
+                )?
+                .query_row(params![account_id, kind.as_str()], |r| r.get(0))
+                .optional()?,
+            Err(_) => None,
         };
+        let stored: Option<(AccountKey, String)> = if kind == Credential::AccessToken {
+            self.conn
+                .prepare_cached("SELECT appid, agent, secret FROM accounts WHERE id = ?1")?
+                .query_row(params![account_id], |r| {
+                    Ok((
+                        AccountKey {
+                            appid: r.get(0)?,
+                            agent: r.get(1)?,
+                        },
+                        r.get(2)?,
+                    ))
+                })
+                .optional()?
+        } else {
+            None
+        };
+        // One host, one clock: a hold starts when the fetch did.
+        let plan = plan_record(record, newest.as_deref(), stored, outcome.started_at);
+        if let Some(fetched) = plan.insert {
+            self.insert_token(account_id, kind.as_str(), fetched, outcome.sent_at)?;
+        }
         self.insert_attempt(
             account_id,
             kind.as_str(),
             outcome,
-            recorded == Recorded::Unchanged,
+            plan.recorded == Recorded::Unchanged,
         )?;
-        if kind == Credential::AccessToken {
-            // An outcome computed with a secret that has since been replaced says nothing
-            // about the new one. Secrets are sealed with a fresh nonce each time: compare
-            // what the stored one opens to.
-            let stored: Option<(String, String, String)> = self
-                .conn
-                .prepare_cached("SELECT appid, agent, secret FROM accounts WHERE id = ?1")?
-                .query_row(params![account_id], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
-                .optional()?;
-            if stored.is_some_and(|(appid, agent, now)| {
-                same_secret(&AccountKey { appid, agent }, now, secret)
-            }) {
-                // One host, one clock: the hold starts when the fetch did.
-                let (until, reason) = hold
-                    .as_ref()
-                    .and_then(|(h, reason)| {
-                        Some((policy::held_until(*h, outcome.started_at)?, reason))
-                    })
-                    .unzip();
-                self.conn
-                    .prepare_cached(
-                        "UPDATE accounts SET held_until = ?2, held_reason = ?3, fetch_due = 0
-                         WHERE id = ?1",
-                    )?
-                    .execute(params![account_id, until, reason.map(String::as_str)])?;
-            }
-            if !outcome.may_have_issued() {
-                self.conn
-                    .prepare_cached("DELETE FROM intents WHERE account_id = ?1 AND holder = ?2")?
-                    .execute(params![account_id, self.holder.id])?;
-            }
+        if plan.update_account {
+            self.conn
+                .prepare_cached(
+                    "UPDATE accounts SET held_until = ?2, held_reason = ?3, fetch_due = 0
+                     WHERE id = ?1",
+                )?
+                .execute(params![account_id, plan.held_until, plan.held_reason])?;
+        }
+        if plan.clear_intent {
+            self.conn
+                .prepare_cached("DELETE FROM intents WHERE account_id = ?1 AND holder = ?2")?
+                .execute(params![account_id, self.holder.id])?;
         }
         tx.commit()?;
-        Ok(recorded)
+        Ok(plan.recorded)
     }
 
     fn forced_refreshes(&self, account_id: i64, now: i64) -> Result<ForcedRefreshes> {
