@@ -72,6 +72,12 @@ impl AttemptColumns<String> {
     }
 }
 
+/// How a ticket list is stored: the names, joined by commas (read back by `parse_tickets`).
+pub(crate) fn ticket_list(tickets: &[Ticket]) -> String {
+    let names: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
+    names.join(",")
+}
+
 /// Unknown names are dropped: a newer wxtoken may know more kinds than this one.
 pub(crate) fn parse_tickets(list: &str) -> Vec<Ticket> {
     list.split(',').filter_map(Ticket::parse).collect()
@@ -302,5 +308,28 @@ pub(crate) fn plan_record<'a>(
         held_until,
         held_reason,
         clear_intent: access && !record.outcome.may_have_issued(),
+    }
+}
+
+/// An exported account as the importing store writes it (`store copy`): its secret in
+/// stored form, its tickets as a list, its times moved into the store's clock by `skew`
+/// (0 on SQLite, whose clock is this host's).
+pub(crate) struct ImportedAccount {
+    pub(crate) secret: String,
+    pub(crate) tickets: String,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+    pub(crate) held_until: Option<i64>,
+}
+
+impl ImportedAccount {
+    pub(crate) fn of(a: &Account, skew: i64) -> Result<ImportedAccount> {
+        Ok(ImportedAccount {
+            secret: stored_form(&a.key, &a.secret)?,
+            tickets: ticket_list(&a.tickets),
+            created_at: a.created_at + skew,
+            updated_at: a.updated_at + skew,
+            held_until: a.held_until.map(|t| to_host(t, skew)),
+        })
     }
 }

@@ -17,7 +17,7 @@ pub(crate) mod conf;
 pub(crate) mod conn;
 mod sinks;
 
-use crate::store::rows::{AccountColumns, plan_record, to_host};
+use crate::store::rows::{AccountColumns, ImportedAccount, plan_record, ticket_list};
 use sinks::insert_sink;
 
 use std::cell::{Cell, RefCell};
@@ -33,8 +33,7 @@ use crate::store::postgres::conf::PgConfig;
 use crate::store::{
     AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, Opener, RUN_COLUMNS,
     ReadStore, Recorded, Result, RunRow, SUCCESSFUL_RUNS, SealedSample, SinkRow, Store, StoreError,
-    all_kinds, is_plaintext, not_empty, open_or_fail, pid_alive, seal_secret, stored_form,
-    stored_password,
+    all_kinds, is_plaintext, not_empty, open_or_fail, pid_alive, seal_secret, stored_password,
 };
 
 /// Every PostgreSQL migration, in order; the schema version is how many are applied.
@@ -1103,7 +1102,7 @@ impl Store for Postgres {
             secret,
             tickets,
         } = new;
-        let tickets: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
+        let tickets = ticket_list(tickets);
         let sealed = seal_secret(&crate::crypto::account_owner(key), secret)?;
         let config = &self.config;
         let err = |e: postgres::Error| pg_error(config, &e);
@@ -1116,7 +1115,7 @@ impl Store for Postgres {
                      VALUES ($1, $2, $3, true, {NOW}, {NOW}, $4)
                      ON CONFLICT (appid, agent) DO NOTHING RETURNING id"
                 ),
-                &[&key.appid, &key.agent, &api.as_str(), &tickets.join(",")],
+                &[&key.appid, &key.agent, &api.as_str(), &tickets],
             )
             .map_err(err)?;
         let Some(row) = row else {
@@ -1148,12 +1147,12 @@ impl Store for Postgres {
 
     /// At the server's now, as `add_account`.
     fn set_tickets(&self, key: &AccountKey, tickets: &[Ticket], _now: i64) -> Result<()> {
-        let list: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
         let sql = format!(
             "UPDATE accounts SET tickets = $3, updated_at = {NOW}
              WHERE appid = $1 AND agent = $2 RETURNING id"
         );
-        self.change_account(key, &sql, &[&list.join(",")]).map(drop)
+        self.change_account(key, &sql, &[&ticket_list(tickets)])
+            .map(drop)
     }
 
     fn reseal(&self, all: bool) -> Result<usize> {
@@ -1797,8 +1796,7 @@ impl Store for Postgres {
             .get(0);
         let skew = -host_offset(sent, server_now, host_now());
         for Exported { account: a, tokens } in items {
-            let held_until = a.held_until.map(|t| to_host(t, skew));
-            let tickets: Vec<&str> = a.tickets.iter().map(|t| t.as_str()).collect();
+            let row = ImportedAccount::of(a, skew)?;
             let id: i64 = tx
                 .query_one(
                     "INSERT INTO accounts (appid, agent, api, enabled, created_at, updated_at,
@@ -1809,19 +1807,18 @@ impl Store for Postgres {
                         &a.key.agent,
                         &a.api.as_str(),
                         &a.enabled,
-                        &(a.created_at + skew),
-                        &(a.updated_at + skew),
-                        &held_until,
+                        &row.created_at,
+                        &row.updated_at,
+                        &row.held_until,
                         &a.held_reason,
-                        &tickets.join(","),
+                        &row.tickets,
                     ],
                 )
                 .map_err(err)?
                 .get(0);
-            let secret = stored_form(&a.key, &a.secret)?;
             tx.execute(
                 "INSERT INTO account_secrets (account_id, secret) VALUES ($1, $2)",
-                &[&id, &secret],
+                &[&id, &row.secret],
             )
             .map_err(err)?;
             for (kind, t) in tokens {
@@ -1848,7 +1845,6 @@ impl Store for Postgres {
     }
 }
 
-/// The sinks' SQL, as `store/sinks.rs` has it for SQLite.
 /// The GRANTs that make `role` a reader of the tables in `schema`. Built as text because
 /// GRANT takes no parameters; names are quoted as identifiers.
 pub fn reader_grants(role: &str, schema: &str) -> Vec<String> {

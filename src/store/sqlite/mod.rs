@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::filesafety::{self, Access};
-use super::rows::{AccountColumns, plan_record};
+use super::rows::{AccountColumns, ImportedAccount, plan_record, ticket_list};
 use super::schema;
 use super::{
     AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, Opener, RUN_COLUMNS,
     ReadStore, Recorded, Result, RunRow, SUCCESSFUL_RUNS, SealedSample, SinkRow, Sinks, Store,
     StoreError, all_kinds, is_plaintext, not_empty, open_or_fail, parse_kind, pid_alive,
-    seal_secret, stored_form,
+    seal_secret,
 };
 use crate::domain::{
     Account, AccountKey, Attempt, Credential, FetchRecord, Fetched, NewAccount, Outcome, Secret,
@@ -624,8 +624,7 @@ impl Store for Sqlite {
             return Err(not_empty(&self.location(), accounts));
         }
         for Exported { account: a, tokens } in items {
-            let tickets: Vec<&str> = a.tickets.iter().map(|t| t.as_str()).collect();
-            let secret = stored_form(&a.key, &a.secret)?;
+            let row = ImportedAccount::of(a, 0)?;
             self.conn.execute(
                 "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at,
                                        held_until, held_reason, tickets)
@@ -634,13 +633,13 @@ impl Store for Sqlite {
                     a.key.appid,
                     a.key.agent,
                     a.api.as_str(),
-                    secret,
+                    row.secret,
                     a.enabled,
-                    a.created_at,
-                    a.updated_at,
-                    a.held_until,
+                    row.created_at,
+                    row.updated_at,
+                    row.held_until,
                     a.held_reason,
-                    tickets.join(",")
+                    row.tickets
                 ],
             )?;
             let id = self.conn.last_insert_rowid();
@@ -703,13 +702,13 @@ impl Store for Sqlite {
             secret,
             tickets,
         } = new;
-        let tickets: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
+        let tickets = ticket_list(tickets);
         let sealed = seal_secret(&crate::crypto::account_owner(key), secret)?;
         let inserted = self.conn.execute(
             "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at, tickets)
              VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6)
              ON CONFLICT (appid, agent) DO NOTHING",
-            params![key.appid, key.agent, api.as_str(), sealed, now, tickets.join(",")],
+            params![key.appid, key.agent, api.as_str(), sealed, now, tickets],
         )?;
         if inserted == 0 {
             return Err(StoreError::AlreadyExists(key.clone()));
@@ -738,11 +737,10 @@ impl Store for Sqlite {
     }
 
     fn set_tickets(&self, key: &AccountKey, tickets: &[Ticket], now: i64) -> Result<()> {
-        let list: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
         self.change_account(
             key,
             "UPDATE accounts SET tickets = ?3, updated_at = ?4 WHERE appid = ?1 AND agent = ?2",
-            &[&list.join(","), &now],
+            &[&ticket_list(tickets), &now],
         )
     }
 
