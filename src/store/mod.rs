@@ -20,8 +20,7 @@ pub use api::{
 };
 pub(crate) use api::{all_kinds, parse_kind};
 pub(crate) use rows::{
-    AttemptColumns, RUN_COLUMNS, SUCCESSFUL_RUNS, is_plaintext, not_empty, open_or_fail,
-    seal_secret, stored_password,
+    AttemptColumns, RUN_COLUMNS, SUCCESSFUL_RUNS, not_empty, seal_secret, stored_password,
 };
 pub(crate) use sqlite::readers;
 use sqlite::{Sqlite, create_private_dir, require_file};

@@ -136,6 +136,16 @@ pub(crate) fn open_or_fail(owner: &[u8], stored: String) -> Result<Secret> {
     }
 }
 
+/// What `reseal` writes for one stored secret of `owner`: sealed again with the current
+/// key, or nothing when it is left alone (a sealed one unless `all`, and the marker of a
+/// secret lost with its key). A sealed secret the keys do not open is an error.
+pub(crate) fn resealed(owner: &[u8], stored: String, all: bool) -> Result<Option<String>> {
+    if (!all && !is_plaintext(&stored)) || stored == crate::crypto::LOST {
+        return Ok(None);
+    }
+    seal_secret(owner, &open_or_fail(owner, stored)?).map(Some)
+}
+
 /// Whether a stored value is a secret left in plain text by a version before encryption.
 pub(crate) fn is_plaintext(stored: &str) -> bool {
     crate::crypto::Stored::new(stored.to_string()).is_plaintext()

@@ -17,7 +17,7 @@ pub(crate) mod conf;
 pub(crate) mod conn;
 mod sinks;
 
-use crate::store::rows::{AccountColumns, ImportedAccount, plan_record, ticket_list};
+use crate::store::rows::{AccountColumns, ImportedAccount, plan_record, resealed, ticket_list};
 use sinks::insert_sink;
 
 use std::cell::{Cell, RefCell};
@@ -33,7 +33,7 @@ use crate::store::postgres::conf::PgConfig;
 use crate::store::{
     AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, Opener, RUN_COLUMNS,
     ReadStore, Recorded, Result, RunRow, SUCCESSFUL_RUNS, SealedSample, SinkRow, Store, StoreError,
-    all_kinds, is_plaintext, not_empty, open_or_fail, pid_alive, seal_secret, stored_password,
+    all_kinds, not_empty, pid_alive, seal_secret, stored_password,
 };
 
 /// Every PostgreSQL migration, in order; the schema version is how many are applied.
@@ -1169,15 +1169,13 @@ impl Store for Postgres {
             )
             .map_err(err)?;
         for row in rows {
-            let stored: String = row.get(3);
-            if (!all && !is_plaintext(&stored)) || stored == crate::crypto::LOST {
-                continue;
-            }
             let owner = crate::crypto::account_owner(&AccountKey {
                 appid: row.get(1),
                 agent: row.get(2),
             });
-            let sealed = seal_secret(&owner, &open_or_fail(&owner, stored)?)?;
+            let Some(sealed) = resealed(&owner, row.get(3), all)? else {
+                continue;
+            };
             let id: i64 = row.get(0);
             tx.execute(
                 "UPDATE account_secrets SET secret = $2 WHERE account_id = $1",
@@ -1193,12 +1191,10 @@ impl Store for Postgres {
             )
             .map_err(err)?;
         for row in rows {
-            let stored: String = row.get(2);
-            if (!all && !is_plaintext(&stored)) || stored == crate::crypto::LOST {
-                continue;
-            }
             let owner = crate::crypto::sink_owner(&row.get::<_, String>(1));
-            let sealed = seal_secret(&owner, &open_or_fail(&owner, stored)?)?;
+            let Some(sealed) = resealed(&owner, row.get(2), all)? else {
+                continue;
+            };
             let id: i64 = row.get(0);
             tx.execute(
                 "UPDATE sinks SET password = $2 WHERE id = $1",

@@ -7,13 +7,12 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::filesafety::{self, Access};
-use super::rows::{AccountColumns, ImportedAccount, plan_record, ticket_list};
+use super::rows::{AccountColumns, ImportedAccount, plan_record, resealed, ticket_list};
 use super::schema;
 use super::{
     AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, Opener, RUN_COLUMNS,
     ReadStore, Recorded, Result, RunRow, SUCCESSFUL_RUNS, SealedSample, SinkRow, Sinks, Store,
-    StoreError, all_kinds, is_plaintext, not_empty, open_or_fail, parse_kind, pid_alive,
-    seal_secret,
+    StoreError, all_kinds, not_empty, parse_kind, pid_alive, seal_secret,
 };
 use crate::domain::{
     Account, AccountKey, Attempt, Credential, FetchRecord, Fetched, NewAccount, Outcome, Secret,
@@ -312,11 +311,10 @@ impl Sqlite {
             .collect::<rusqlite::Result<_>>()?;
         let mut n = 0;
         for (id, appid, agent, stored) in accounts {
-            if (!all && !is_plaintext(&stored)) || stored == crate::crypto::LOST {
-                continue;
-            }
             let owner = crate::crypto::account_owner(&AccountKey { appid, agent });
-            let sealed = seal_secret(&owner, &open_or_fail(&owner, stored)?)?;
+            let Some(sealed) = resealed(&owner, stored, all)? else {
+                continue;
+            };
             self.conn.execute(
                 "UPDATE accounts SET secret = ?1 WHERE id = ?2",
                 params![sealed, id],
@@ -329,11 +327,10 @@ impl Sqlite {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
         for (id, name, stored) in sinks {
-            if (!all && !is_plaintext(&stored)) || stored == crate::crypto::LOST {
-                continue;
-            }
             let owner = crate::crypto::sink_owner(&name);
-            let sealed = seal_secret(&owner, &open_or_fail(&owner, stored)?)?;
+            let Some(sealed) = resealed(&owner, stored, all)? else {
+                continue;
+            };
             self.conn.execute(
                 "UPDATE sinks SET password = ?1 WHERE id = ?2",
                 params![sealed, id],
