@@ -2,7 +2,7 @@
 //! and read back, and the refusals and texts they share. Each backend reads its inputs
 //! with its own SQL and calls these.
 
-use super::{Recorded, SinkResult};
+use super::{Recorded, SealedSample, SinkResult};
 use super::{Result, SinkRow, StoreError};
 use crate::domain::{
     Account, AccountKey, Api, AttemptResult, Credential, Failure, FetchRecord, Fetched, Outcome,
@@ -341,5 +341,25 @@ impl ImportedAccount {
             updated_at: a.updated_at + skew,
             held_until: a.held_until.map(|t| to_host(t, skew)),
         })
+    }
+}
+
+impl SealedSample {
+    /// An account's sealed secret, bound to the account.
+    pub(crate) fn account(key: &AccountKey, stored: String) -> SealedSample {
+        SealedSample {
+            whose: format!("account {key}"),
+            owner: crate::crypto::account_owner(key),
+            stored,
+        }
+    }
+
+    /// A sink's sealed password, bound to the sink.
+    pub(crate) fn sink(name: &str, stored: String) -> SealedSample {
+        SealedSample {
+            whose: format!("sink {name}"),
+            owner: crate::crypto::sink_owner(name),
+            stored,
+        }
     }
 }

@@ -1266,11 +1266,7 @@ impl Store for Postgres {
                 appid: row.get(0),
                 agent: row.get(1),
             };
-            return Ok(Some(SealedSample {
-                whose: format!("account {key}"),
-                owner: crate::crypto::account_owner(&key),
-                stored: row.get(2),
-            }));
+            return Ok(Some(SealedSample::account(&key, row.get(2))));
         }
         let row = self
             .c()
@@ -1279,14 +1275,7 @@ impl Store for Postgres {
                 &[],
             )
             .map_err(|e| self.err(e))?;
-        Ok(row.map(|row| {
-            let name: String = row.get(0);
-            SealedSample {
-                whose: format!("sink {name}"),
-                owner: crate::crypto::sink_owner(&name),
-                stored: row.get(1),
-            }
-        }))
+        Ok(row.map(|row| SealedSample::sink(row.get(0), row.get(1))))
     }
 
     fn sealed_kids(&self) -> Result<std::collections::BTreeSet<String>> {

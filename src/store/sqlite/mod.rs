@@ -810,11 +810,7 @@ impl Store for Sqlite {
                         appid: r.get(0)?,
                         agent: r.get(1)?,
                     };
-                    Ok(SealedSample {
-                        whose: format!("account {key}"),
-                        owner: crate::crypto::account_owner(&key),
-                        stored: r.get(2)?,
-                    })
+                    Ok(SealedSample::account(&key, r.get(2)?))
                 },
             )
             .optional()?;
@@ -826,14 +822,7 @@ impl Store for Sqlite {
             .query_row(
                 "SELECT name, password FROM sinks WHERE substr(password, 1, 5) = 'wxs1:' LIMIT 1",
                 [],
-                |r| {
-                    let name: String = r.get(0)?;
-                    Ok(SealedSample {
-                        whose: format!("sink {name}"),
-                        owner: crate::crypto::sink_owner(&name),
-                        stored: r.get(1)?,
-                    })
-                },
+                |r| Ok(SealedSample::sink(&r.get::<_, String>(0)?, r.get(1)?)),
             )
             .optional()?)
     }
