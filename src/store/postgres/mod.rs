@@ -1497,15 +1497,9 @@ impl Store for Postgres {
     /// Four round trips: BEGIN, one statement that takes the locks and reads what the
     /// decisions need, one that writes every row, COMMIT.
     fn record_fetch(&self, record: &FetchRecord) -> Result<Recorded> {
-        let FetchRecord {
-            account_id,
-            kind,
-            outcome,
-            ..
-        } = record;
-        let account_id = *account_id;
+        let (account_id, kind, outcome) =
+            (record.account_id, record.kind.as_str(), &record.outcome);
         let err = |e: postgres::Error| self.err(e);
-        let kind = kind.as_str();
         let tries = i64::from(outcome.tries);
         let mut c = self.c();
         let mut tx = c.transaction().map_err(err)?;

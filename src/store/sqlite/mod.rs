@@ -958,13 +958,7 @@ impl Store for Sqlite {
     }
 
     fn record_fetch(&self, record: &FetchRecord) -> Result<Recorded> {
-        let FetchRecord {
-            account_id,
-            kind,
-            outcome,
-            ..
-        } = record;
-        let (account_id, kind) = (*account_id, *kind);
+        let (account_id, kind, outcome) = (record.account_id, record.kind, &record.outcome);
         let tx = Transaction::immediate(&self.conn, &self.path)?;
         let newest: Option<String> = match &outcome.result {
             Ok(_) => self
