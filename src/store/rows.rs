@@ -5,8 +5,8 @@
 use super::{Recorded, SealedSample, SinkResult};
 use super::{Result, SinkRow, StoreError};
 use crate::domain::{
-    Account, AccountKey, Api, AttemptResult, Credential, Failure, FetchRecord, Fetched, Outcome,
-    Secret, Ticket,
+    Account, AccountKey, Api, AttemptResult, Credential, Failure, FetchRecord, Fetched, NewAccount,
+    Outcome, Secret, Ticket,
 };
 
 /// What `import` says about a store that is not empty.
@@ -76,6 +76,13 @@ impl AttemptColumns<String> {
 pub(crate) fn ticket_list(tickets: &[Ticket]) -> String {
     let names: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
     names.join(",")
+}
+
+/// A new account's stored secret (sealed with the current key) and its ticket list.
+pub(crate) fn new_account_columns(new: &NewAccount) -> Result<(String, String)> {
+    let tickets = ticket_list(&new.tickets);
+    let sealed = seal_secret(&crate::crypto::account_owner(&new.key), &new.secret)?;
+    Ok((sealed, tickets))
 }
 
 /// Unknown names are dropped: a newer wxtoken may know more kinds than this one.

@@ -17,7 +17,9 @@ pub(crate) mod conf;
 pub(crate) mod conn;
 mod sinks;
 
-use crate::store::rows::{AccountColumns, ImportedAccount, plan_record, resealed, ticket_list};
+use crate::store::rows::{
+    AccountColumns, ImportedAccount, new_account_columns, plan_record, resealed, ticket_list,
+};
 use sinks::insert_sink;
 
 use std::cell::{Cell, RefCell};
@@ -1096,14 +1098,8 @@ impl Store for Postgres {
 
     /// Stamped by the server's clock, as every time on PostgreSQL; `now` is not used.
     fn add_account(&self, new: &NewAccount, _now: i64) -> Result<()> {
-        let NewAccount {
-            key,
-            api,
-            secret,
-            tickets,
-        } = new;
-        let tickets = ticket_list(tickets);
-        let sealed = seal_secret(&crate::crypto::account_owner(key), secret)?;
+        let (key, api) = (&new.key, new.api);
+        let (sealed, tickets) = new_account_columns(new)?;
         let config = &self.config;
         let err = |e: postgres::Error| pg_error(config, &e);
         let mut c = self.c();

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::filesafety::{self, Access};
-use super::rows::{AccountColumns, ImportedAccount, plan_record, resealed, ticket_list};
+use super::rows::{
+    AccountColumns, ImportedAccount, new_account_columns, plan_record, resealed, ticket_list,
+};
 use super::schema;
 use super::{
     AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, Opener, RUN_COLUMNS,
@@ -693,14 +695,8 @@ impl Store for Sqlite {
     }
 
     fn add_account(&self, new: &NewAccount, now: i64) -> Result<()> {
-        let NewAccount {
-            key,
-            api,
-            secret,
-            tickets,
-        } = new;
-        let tickets = ticket_list(tickets);
-        let sealed = seal_secret(&crate::crypto::account_owner(key), secret)?;
+        let (key, api) = (&new.key, new.api);
+        let (sealed, tickets) = new_account_columns(new)?;
         let inserted = self.conn.execute(
             "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at, tickets)
              VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6)
