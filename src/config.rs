@@ -449,7 +449,7 @@ fn is_postgres_url(db: &str) -> bool {
 /// quote the URL: it may hold a password.
 #[cfg(feature = "postgres")]
 fn postgres_location(url: &str, env: &str, from_env: bool) -> Result<Location> {
-    let config = crate::pgconf::PgConfig::from_env(url)
+    let config = crate::store::postgres::conf::PgConfig::from_env(url)
         .map_err(|e| usage(format!("{}: {e}", source_name(env))))?;
     if !from_env
         && config

@@ -188,12 +188,22 @@ pub fn of_store(err: &StoreError) -> Exit {
         StoreError::Key(_) => Exit::Key,
         // The fetch produced no token this process may hand out.
         StoreError::LostClaim(_) => Exit::FetchFailed,
+        StoreError::NoSuchRole(_) => Exit::Usage,
         StoreError::Schema(_)
         | StoreError::Busy(_)
         | StoreError::Io(_)
         | StoreError::Unsure(_)
         | StoreError::ReadOnly(_)
-        | StoreError::Corrupt(_) => Exit::Database,
+        | StoreError::Corrupt(_)
+        | StoreError::Unanswered(_) => Exit::Database,
+    }
+}
+
+/// The exit code of a store failure, for the one place that cannot return it: the
+/// PostgreSQL watchdog, which ends the process itself when the server stops answering.
+impl From<&StoreError> for u8 {
+    fn from(err: &StoreError) -> u8 {
+        of_store(err).code()
     }
 }
 
@@ -254,6 +264,16 @@ mod tests {
         assert_eq!(of(&anyhow::anyhow!("plain")), Exit::Error);
         let store = anyhow::Error::new(StoreError::Busy("locked".into())).context("claim");
         assert_eq!(of(&store), Exit::Database);
+    }
+
+    /// The store's errors that used to be built as CLI errors keep their codes: a role that
+    /// does not exist is a usage error; a server that stopped answering, a database one.
+    #[test]
+    fn store_errors_without_a_caller_keep_their_codes() {
+        let role = anyhow::Error::new(StoreError::NoSuchRole("no role".into()));
+        assert_eq!(of(&role), Exit::Usage);
+        let gone = StoreError::Unanswered("gave up".into());
+        assert_eq!(u8::from(&gone), Exit::Database.code());
     }
 
     /// The README's exit-code table lists exactly these codes with exactly these meanings.

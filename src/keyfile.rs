@@ -10,6 +10,7 @@ use anyhow::Result;
 
 use crate::crypto::{Key, Keyring};
 use crate::exit::{Exit, fail};
+use crate::store::filesafety::effective_uid;
 
 /// Where a key file path came from; it decides whether wxtoken may create the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,11 +258,6 @@ fn check_safe(meta: &fs::Metadata) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// Our effective uid, without libc: /proc/self is owned by it.
-pub fn effective_uid() -> u32 {
-    fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
 }
 
 /// Makes a rename or link in `dir` durable; failure only costs durability.

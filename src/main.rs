@@ -19,25 +19,17 @@ mod crypto;
 mod domain;
 mod engine;
 mod exit;
-mod filesafety;
 mod freshness;
 mod keyfile;
 mod logging;
 mod metrics;
-#[cfg(feature = "postgres")]
-mod pgconf;
-#[cfg(feature = "postgres")]
-mod pgconn;
 mod policy;
 mod publish;
 mod quota;
-mod readers;
 mod secret;
 mod signals;
 mod sink;
 mod store;
-#[cfg(feature = "postgres")]
-mod store_pg;
 mod text;
 mod vault;
 mod wechat;

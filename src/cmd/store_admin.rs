@@ -34,7 +34,7 @@ pub fn grant_reader(ctx: &Context, role: &str) -> Result<Exit> {
     match ctx.location() {
         #[cfg(feature = "postgres")]
         Location::Postgres(config) => {
-            let store = crate::store_pg::Postgres::open(config, store::Holder::current())?;
+            let store = crate::store::postgres::Postgres::open(config, store::Holder::current())?;
             let applied = store.grant_reader(role)?;
             let sql: String = applied.iter().map(|s| format!("{s};\n")).collect();
             super::emit(&sql)?;

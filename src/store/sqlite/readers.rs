@@ -7,7 +7,7 @@
 //! `-shm` read-only while a writer has the database open, and otherwise rebuilds the
 //! index in its own memory from the `-wal`. So nothing a reader can write changes what
 //! anyone reads. The writer keeps both files in place (a persistent WAL, see
-//! `Store::configure`) and, here, gives them the database's group and permission bits
+//! `Sqlite::configure`) and, here, gives them the database's group and permission bits
 //! (SQLite creates them with the database's bits but the writer's own group).
 
 use std::fs;
@@ -30,7 +30,7 @@ pub fn align_sidecars(db: &Path) {
     let Ok(db_meta) = fs::metadata(db) else {
         return;
     };
-    let me = crate::keyfile::effective_uid();
+    let me = crate::store::filesafety::effective_uid();
     let mode = db_meta.mode() & 0o666;
     for file in sidecars(db) {
         let Ok(meta) = fs::metadata(&file) else {

@@ -1,5 +1,6 @@
-//! The database holds secrets, and `get` hands out whatever token it finds there: the file
-//! and its `-wal` / `-shm` companions must be ours alone. No SQL here; only file metadata.
+//! The database holds secrets, and `get` hands out whatever token it finds there: the SQLite
+//! file and its `-wal` / `-shm` companions must be ours alone. No SQL here; only file
+//! metadata. PostgreSQL's client key follows the key file's rule (`key_too_open`).
 
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
@@ -12,6 +13,12 @@ pub enum Access {
     Read,
     /// Write (every other command): the file must be this user's.
     Write,
+}
+
+/// Our effective uid, without libc: /proc/self is owned by it. (The key file's checks and
+/// the readers' sidecars use this one; [`euid`] asks the kernel.)
+pub fn effective_uid() -> u32 {
+    std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
 }
 
 /// This process's effective user id.

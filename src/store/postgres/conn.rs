@@ -1,6 +1,6 @@
 //! Connecting to PostgreSQL: libpq's `sslmode` semantics on top of rustls (no OpenSSL),
 //! since the Rust client knows only disable/prefer/require and its rustls connector always
-//! behaves like `verify-full`. See `pgconf::SslMode` for what each mode means here.
+//! behaves like `verify-full`. See `conf::SslMode` for what each mode means here.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use rustls::{
 };
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::pgconf::{Host, PgConfig, RootCert, SslMode};
+use crate::store::postgres::conf::{Host, PgConfig, RootCert, SslMode};
 
 /// Without these a dead network is noticed after the kernel's two hours and more: here
 /// after 30 s of silence, then 3 probes 10 s apart, about a minute.
@@ -110,7 +110,11 @@ fn load_client_cert(
              in the URL or PGSSLKEY"
         )
     })?;
-    if crate::filesafety::key_too_open(meta.mode(), meta.uid(), crate::filesafety::euid()) {
+    if crate::store::filesafety::key_too_open(
+        meta.mode(),
+        meta.uid(),
+        crate::store::filesafety::euid(),
+    ) {
         return Err(format!(
             "private key file {key} has group or world access; it must be u=rw (0600) or less \
              if owned by this user, or u=rw,g=r (0640) or less if owned by root"
@@ -361,7 +365,7 @@ impl ServerCertVerifier for Relaxed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pgconf::Env;
+    use crate::store::postgres::conf::Env;
     use std::path::PathBuf;
 
     fn config(url: &str) -> PgConfig {
@@ -454,7 +458,7 @@ mod tests {
 
     #[test]
     fn sslmodes_against_a_real_tls_server() {
-        use crate::store_pg::pgtest::{Options, PgServer, find_bindir, make_certs};
+        use crate::store::postgres::pgtest::{Options, PgServer, find_bindir, make_certs};
         if find_bindir().is_none() || which("openssl").is_none() {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),

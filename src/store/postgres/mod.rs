@@ -1,5 +1,6 @@
 //! The PostgreSQL backend of the `Store` interface, for a fleet of hosts sharing one
-//! database. The only module with SQL besides `store.rs`.
+//! database. The only module with SQL besides `../sqlite`; what the two decide alike is
+//! written once, in `../rows.rs` and `../schema.rs`, and the sinks' SQL is in `sinks.rs`.
 //!
 //! What differs from SQLite, and why:
 //! - Every time that decides something (claims, token times, `get`'s validity check)
@@ -12,31 +13,38 @@
 //!   that lost it records a `lost_claim` attempt and drops its token.
 //! - Secrets live in `account_secrets`, which the reader grant never names.
 
+pub(crate) mod conf;
+pub(crate) mod conn;
+mod sinks;
+
+use crate::store::rows::{
+    AccountColumns, ImportedAccount, new_account_columns, plan_record, resealed, ticket_list,
+};
+use sinks::insert_sink;
+
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
-use postgres::Client;
-use postgres::types::{ToSql, Type};
+use ::postgres::Client;
+use ::postgres::types::{ToSql, Type};
 
 use crate::domain::{
-    Account, AccountKey, Api, Attempt, Credential, FetchRecord, NewAccount, Secret, Ticket,
-    TokenRow,
+    Account, AccountKey, Attempt, Credential, FetchRecord, NewAccount, Secret, Ticket, TokenRow,
 };
-use crate::pgconf::PgConfig;
+use crate::store::postgres::conf::PgConfig;
 use crate::store::{
-    AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, NewestRow, Opener,
-    RUN_COLUMNS, ReadStore, Recorded, Result, RunRow, SUCCESSFUL_RUNS, SealedSample, SinkResult,
-    SinkRow, Sinks, Store, StoreError, all_kinds, is_plaintext, not_empty, open_or_fail,
-    open_secret, parse_tickets, pid_alive, same_secret, seal_secret, stored_form, stored_password,
+    AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, Opener, RUN_COLUMNS,
+    ReadStore, Recorded, Result, RunRow, SUCCESSFUL_RUNS, SealedSample, SinkRow, Store, StoreError,
+    all_kinds, not_empty, pid_alive, seal_secret, stored_password,
 };
 
 /// Every PostgreSQL migration, in order; the schema version is how many are applied.
 const MIGRATIONS: &[&str] = &[
-    include_str!("../migrations/postgres/0001_init.sql"),
-    include_str!("../migrations/postgres/0002_quota.sql"),
-    include_str!("../migrations/postgres/0003_runs.sql"),
-    include_str!("../migrations/postgres/0004_sinks.sql"),
-    include_str!("../migrations/postgres/0005_intents.sql"),
+    include_str!("../../../migrations/postgres/0001_init.sql"),
+    include_str!("../../../migrations/postgres/0002_quota.sql"),
+    include_str!("../../../migrations/postgres/0003_runs.sql"),
+    include_str!("../../../migrations/postgres/0004_sinks.sql"),
+    include_str!("../../../migrations/postgres/0005_intents.sql"),
 ];
 
 /// The key of the advisory lock that serialises migrations. Advisory locks are per
@@ -183,7 +191,8 @@ mod answering {
 
     use postgres::Client;
 
-    use crate::pgconf::PgConfig;
+    use crate::store::StoreError;
+    use crate::store::postgres::conf::PgConfig;
 
     /// Without a statement_timeout: as long as TCP's user timeout.
     pub const DEFAULT_BOUND: Duration = Duration::from_secs(60);
@@ -277,7 +286,7 @@ mod answering {
         let config = w.config.clone();
         // On a thread of its own: connecting to a frozen server may hang past any timeout.
         std::thread::spawn(move || {
-            let alive = crate::pgconn::connect(&config)
+            let alive = crate::store::postgres::conn::connect(&config)
                 .is_ok_and(|mut c| c.simple_query("SELECT 1").is_ok());
             let _ = done.send(alive);
         });
@@ -292,13 +301,15 @@ mod answering {
             w.probing.store(false, Ordering::SeqCst);
             return;
         }
-        eprintln!(
-            "wxtoken: error: database {} did not answer for {} s, nor a new connection \
+        let err = StoreError::Unanswered(format!(
+            "database {} did not answer for {} s, nor a new connection \
              (a server that stopped, or a network that drops its answers); gave up",
             w.config,
             (bound + GRACE.as_millis() as u64) / 1000
-        );
-        std::process::exit(i32::from(crate::exit::Exit::Database.code()));
+        ));
+        eprintln!("wxtoken: error: {err}");
+        // The exit code `exit.rs` gives this error, as for any other the store returns.
+        std::process::exit(i32::from(u8::from(&err)));
     }
 
     fn watchdog() {
@@ -330,7 +341,7 @@ mod answering {
 /// with their pid, role and application name. The session that waited has locked no row.
 fn lock_holders(config: &PgConfig) -> String {
     let ask = || -> std::result::Result<(String, Vec<String>), String> {
-        let mut c = crate::pgconn::connect(config)?;
+        let mut c = crate::store::postgres::conn::connect(config)?;
         // This session has not set wxtoken's bound: '0' means it applied.
         let timeout: String = c
             .query_one("SELECT current_setting('lock_timeout')", &[])
@@ -470,7 +481,7 @@ impl Postgres {
     }
 
     fn connect(config: &PgConfig, holder: Holder) -> Result<Postgres> {
-        let client = crate::pgconn::connect(config).map_err(StoreError::Io)?;
+        let client = crate::store::postgres::conn::connect(config).map_err(StoreError::Io)?;
         let store = Postgres {
             watch: answering::Watch::new(config),
             client: RefCell::new(client),
@@ -526,7 +537,7 @@ impl Postgres {
             std::thread::spawn(move || {
                 while !done.load(Ordering::SeqCst) {
                     if crate::signals::caught().is_some() {
-                        if let Err(e) = crate::pgconn::cancel(&token, &config) {
+                        if let Err(e) = crate::store::postgres::conn::cancel(&token, &config) {
                             log::warn!("{e}");
                         }
                         return;
@@ -557,7 +568,7 @@ impl Postgres {
     }
 
     fn reconnect(&self, client: &mut Client) {
-        match crate::pgconn::connect(&self.config) {
+        match crate::store::postgres::conn::connect(&self.config) {
             Ok(new) => {
                 log::info!("reconnected to {} after losing the connection", self.config);
                 *client = new;
@@ -654,15 +665,7 @@ impl Postgres {
     }
 
     fn check_version(&self, version: i64) -> Result<()> {
-        if version > MIGRATIONS.len() as i64 {
-            return Err(StoreError::Schema(format!(
-                "database {} has schema version {version}, newer than this wxtoken \
-                 understands ({}); upgrade wxtoken",
-                self.config,
-                MIGRATIONS.len()
-            )));
-        }
-        Ok(())
+        crate::store::schema::refuse_newer(&self.config, version, MIGRATIONS.len())
     }
 
     /// Applies every pending migration in one transaction that first takes an advisory
@@ -754,29 +757,22 @@ impl Postgres {
     /// `latest_token` moves token times: a caller that judges the hold by its own clock
     /// then agrees with the server, however far this host's clock is off.
     fn account_from_row(row: &postgres::Row, skew: i64) -> Account {
-        let api: String = row.get(3);
-        let key = AccountKey {
+        AccountColumns {
+            id: row.get(0),
             appid: row.get(1),
             agent: row.get(2),
-        };
-        // A reader's handle selects no secret (NULL).
-        let secret = match row.get::<_, Option<String>>(4) {
-            Some(stored) => open_secret(&crate::crypto::account_owner(&key), stored),
-            None => Secret::new(String::new()),
-        };
-        Account {
-            id: row.get(0),
-            key,
-            api: Api::parse(&api).unwrap_or(Api::Token),
-            secret,
+            api: row.get(3),
+            // A reader's handle selects no secret (NULL).
+            secret: row.get(4),
             enabled: row.get(5),
-            created_at: row.get::<_, i64>(6) + skew,
-            updated_at: row.get::<_, i64>(7) + skew,
-            held_until: row.get::<_, Option<i64>>(8).map(|t| to_host(t, skew)),
+            created_at: row.get(6),
+            updated_at: row.get(7),
+            held_until: row.get(8),
             held_reason: row.get(9),
-            tickets: parse_tickets(&row.get::<_, String>(10)),
+            tickets: row.get(10),
             fetch_due: row.get(11),
         }
+        .account(skew)
     }
 
     /// Runs an UPDATE of one account (appid $1, agent $2); `NotFound` if it touched none.
@@ -823,21 +819,18 @@ impl Postgres {
     /// Lets `role` read tokens and nothing else: the newest-token view, the accounts
     /// (which hold no secret) and the schema version. Never the secrets, never a write.
     /// Returns the statements applied.
-    pub fn grant_reader(&self, role: &str) -> anyhow::Result<Vec<String>> {
+    pub fn grant_reader(&self, role: &str) -> Result<Vec<String>> {
         let mut c = self.c();
         let exists = c
             .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
             .map_err(|e| self.err(e))?
             .is_some();
         if !exists {
-            return Err(crate::exit::fail(
-                crate::exit::Exit::Usage,
-                format!(
-                    "role '{}' does not exist on {}; create it first (CREATE ROLE ... LOGIN)",
-                    crate::policy::one_line(role, 64),
-                    self.config
-                ),
-            ));
+            return Err(StoreError::NoSuchRole(format!(
+                "role '{}' does not exist on {}; create it first (CREATE ROLE ... LOGIN)",
+                crate::policy::one_line(role, 64),
+                self.config
+            )));
         }
         let schema: String = c
             .query_one("SELECT current_schema()", &[])
@@ -1105,14 +1098,8 @@ impl Store for Postgres {
 
     /// Stamped by the server's clock, as every time on PostgreSQL; `now` is not used.
     fn add_account(&self, new: &NewAccount, _now: i64) -> Result<()> {
-        let NewAccount {
-            key,
-            api,
-            secret,
-            tickets,
-        } = new;
-        let tickets: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
-        let sealed = seal_secret(&crate::crypto::account_owner(key), secret)?;
+        let (key, api) = (&new.key, new.api);
+        let (sealed, tickets) = new_account_columns(new)?;
         let config = &self.config;
         let err = |e: postgres::Error| pg_error(config, &e);
         let mut c = self.c();
@@ -1124,7 +1111,7 @@ impl Store for Postgres {
                      VALUES ($1, $2, $3, true, {NOW}, {NOW}, $4)
                      ON CONFLICT (appid, agent) DO NOTHING RETURNING id"
                 ),
-                &[&key.appid, &key.agent, &api.as_str(), &tickets.join(",")],
+                &[&key.appid, &key.agent, &api.as_str(), &tickets],
             )
             .map_err(err)?;
         let Some(row) = row else {
@@ -1156,12 +1143,12 @@ impl Store for Postgres {
 
     /// At the server's now, as `add_account`.
     fn set_tickets(&self, key: &AccountKey, tickets: &[Ticket], _now: i64) -> Result<()> {
-        let list: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
         let sql = format!(
             "UPDATE accounts SET tickets = $3, updated_at = {NOW}
              WHERE appid = $1 AND agent = $2 RETURNING id"
         );
-        self.change_account(key, &sql, &[&list.join(",")]).map(drop)
+        self.change_account(key, &sql, &[&ticket_list(tickets)])
+            .map(drop)
     }
 
     fn reseal(&self, all: bool) -> Result<usize> {
@@ -1178,15 +1165,13 @@ impl Store for Postgres {
             )
             .map_err(err)?;
         for row in rows {
-            let stored: String = row.get(3);
-            if (!all && !is_plaintext(&stored)) || stored == crate::crypto::LOST {
-                continue;
-            }
             let owner = crate::crypto::account_owner(&AccountKey {
                 appid: row.get(1),
                 agent: row.get(2),
             });
-            let sealed = seal_secret(&owner, &open_or_fail(&owner, stored)?)?;
+            let Some(sealed) = resealed(&owner, row.get(3), all)? else {
+                continue;
+            };
             let id: i64 = row.get(0);
             tx.execute(
                 "UPDATE account_secrets SET secret = $2 WHERE account_id = $1",
@@ -1202,12 +1187,10 @@ impl Store for Postgres {
             )
             .map_err(err)?;
         for row in rows {
-            let stored: String = row.get(2);
-            if (!all && !is_plaintext(&stored)) || stored == crate::crypto::LOST {
-                continue;
-            }
             let owner = crate::crypto::sink_owner(&row.get::<_, String>(1));
-            let sealed = seal_secret(&owner, &open_or_fail(&owner, stored)?)?;
+            let Some(sealed) = resealed(&owner, row.get(2), all)? else {
+                continue;
+            };
             let id: i64 = row.get(0);
             tx.execute(
                 "UPDATE sinks SET password = $2 WHERE id = $1",
@@ -1279,11 +1262,7 @@ impl Store for Postgres {
                 appid: row.get(0),
                 agent: row.get(1),
             };
-            return Ok(Some(SealedSample {
-                whose: format!("account {key}"),
-                owner: crate::crypto::account_owner(&key),
-                stored: row.get(2),
-            }));
+            return Ok(Some(SealedSample::account(&key, row.get(2))));
         }
         let row = self
             .c()
@@ -1292,14 +1271,7 @@ impl Store for Postgres {
                 &[],
             )
             .map_err(|e| self.err(e))?;
-        Ok(row.map(|row| {
-            let name: String = row.get(0);
-            SealedSample {
-                whose: format!("sink {name}"),
-                owner: crate::crypto::sink_owner(&name),
-                stored: row.get(1),
-            }
-        }))
+        Ok(row.map(|row| SealedSample::sink(row.get(0), row.get(1))))
     }
 
     fn sealed_kids(&self) -> Result<std::collections::BTreeSet<String>> {
@@ -1521,17 +1493,9 @@ impl Store for Postgres {
     /// Four round trips: BEGIN, one statement that takes the locks and reads what the
     /// decisions need, one that writes every row, COMMIT.
     fn record_fetch(&self, record: &FetchRecord) -> Result<Recorded> {
-        let FetchRecord {
-            account_id,
-            kind,
-            outcome,
-            hold,
-            secret,
-        } = record;
-        let account_id = *account_id;
+        let (account_id, kind, outcome) =
+            (record.account_id, record.kind.as_str(), &record.outcome);
         let err = |e: postgres::Error| self.err(e);
-        let access = *kind == Credential::AccessToken;
-        let kind = kind.as_str();
         let tries = i64::from(outcome.tries);
         let mut c = self.c();
         let mut tx = c.transaction().map_err(err)?;
@@ -1580,37 +1544,19 @@ impl Store for Postgres {
         };
         let server_now: i64 = row.get(0);
         let newest: Option<String> = row.get(2);
-        let (recorded, token, expires_in) = match &outcome.result {
-            Ok(f) if newest.as_deref() == Some(f.token.as_str()) => {
-                (Recorded::Unchanged, None, None)
-            }
-            Ok(f) => (
-                Recorded::Inserted,
-                Some(f.token.as_str()),
-                Some(f.expires_in),
-            ),
-            Err(_) => (Recorded::Failed, None, None),
-        };
-        // An outcome computed with a secret that has since been replaced says nothing
-        // about the new one.
-        let same = access
-            && row.get::<_, Option<String>>(5).is_some_and(|stored| {
-                let key = AccountKey {
-                    appid: row.get(3),
-                    agent: row.get(4),
-                };
-                same_secret(&key, stored, secret)
-            });
-        let clear_intent = access && !outcome.may_have_issued();
-        let a = AttemptColumns::of(outcome, recorded == Recorded::Unchanged);
+        let stored = row.get::<_, Option<String>>(5).map(|stored| {
+            let key = AccountKey {
+                appid: row.get(3),
+                agent: row.get(4),
+            };
+            (key, stored)
+        });
         // On the server's clock: a host whose clock is off can neither cut the hold short
         // nor stretch it.
-        let (held_until, held_reason) = hold
-            .as_ref()
-            .and_then(|(h, reason)| {
-                Some((crate::policy::held_until(*h, server_now)?, reason.as_str()))
-            })
-            .unzip();
+        let plan = plan_record(record, newest.as_deref(), stored, server_now);
+        let token = plan.insert.map(|f| f.token.as_str());
+        let expires_in = plan.insert.map(|f| f.expires_in);
+        let a = AttemptColumns::of(outcome, plan.recorded == Recorded::Unchanged);
         // One statement for every row the outcome writes; each part is switched by its
         // own flag, decided above.
         tx.execute_typed(
@@ -1645,16 +1591,16 @@ impl Store for Postgres {
                 &token,
                 &expires_in,
                 &claimed_at,
-                &held_until,
-                &held_reason,
-                &same,
-                &clear_intent,
+                &plan.held_until,
+                &plan.held_reason,
+                &plan.update_account,
+                &plan.clear_intent,
                 &self.holder.id,
             ]),
         )
         .map_err(err)?;
         tx.commit().map_err(|e| self.commit_err(e))?;
-        Ok(recorded)
+        Ok(plan.recorded)
     }
 
     /// On the server's clock, times and now alike; `now` is not used.
@@ -1825,8 +1771,7 @@ impl Store for Postgres {
             .get(0);
         let skew = -host_offset(sent, server_now, host_now());
         for Exported { account: a, tokens } in items {
-            let held_until = a.held_until.map(|t| to_host(t, skew));
-            let tickets: Vec<&str> = a.tickets.iter().map(|t| t.as_str()).collect();
+            let row = ImportedAccount::of(a, skew)?;
             let id: i64 = tx
                 .query_one(
                     "INSERT INTO accounts (appid, agent, api, enabled, created_at, updated_at,
@@ -1837,19 +1782,18 @@ impl Store for Postgres {
                         &a.key.agent,
                         &a.api.as_str(),
                         &a.enabled,
-                        &(a.created_at + skew),
-                        &(a.updated_at + skew),
-                        &held_until,
+                        &row.created_at,
+                        &row.updated_at,
+                        &row.held_until,
                         &a.held_reason,
-                        &tickets.join(","),
+                        &row.tickets,
                     ],
                 )
                 .map_err(err)?
                 .get(0);
-            let secret = stored_form(&a.key, &a.secret)?;
             tx.execute(
                 "INSERT INTO account_secrets (account_id, secret) VALUES ($1, $2)",
-                &[&id, &secret],
+                &[&id, &row.secret],
             )
             .map_err(err)?;
             for (kind, t) in tokens {
@@ -1876,179 +1820,6 @@ impl Store for Postgres {
     }
 }
 
-/// The sinks' SQL, as `store/sinks.rs` has it for SQLite.
-impl Sinks for Postgres {
-    fn add_sink(&self, sink: &SinkRow) -> Result<bool> {
-        let password = stored_password(sink)?;
-        let n = insert_sink(&mut *self.c(), sink, password.as_deref()).map_err(|e| self.err(e))?;
-        Ok(n == 1)
-    }
-
-    fn sinks(&self) -> Result<Vec<SinkRow>> {
-        let sql =
-            format!("SELECT {SINK_COLUMNS}, {NOW_EXACT} AS server_now FROM sinks ORDER BY name");
-        let (rows, skew) = self.query_timed(&sql, &[])?;
-        Ok(rows.iter().map(|r| sink_from_row(r, skew)).collect())
-    }
-
-    fn sink(&self, name: &str) -> Result<Option<SinkRow>> {
-        let sql =
-            format!("SELECT {SINK_COLUMNS}, {NOW_EXACT} AS server_now FROM sinks WHERE name = $1");
-        let (rows, skew) = self.query_timed(&sql, &[&name])?;
-        Ok(rows.first().map(|r| sink_from_row(r, skew)))
-    }
-
-    fn remove_sink(&self, name: &str) -> Result<bool> {
-        let n = self
-            .c()
-            .execute("DELETE FROM sinks WHERE name = $1", &[&name])
-            .map_err(|e| self.err(e))?;
-        Ok(n == 1)
-    }
-
-    /// At the server's now, as every time on PostgreSQL; `r.at` is not used.
-    fn record_sink_result(&self, sink_id: i64, r: &SinkResult) -> Result<()> {
-        self.c()
-            .execute(
-                &format!(
-                    "UPDATE sinks SET last_at = {NOW}, last_ok = $2, last_published = $3,
-                                      last_failed = $4, last_error = $5
-                     WHERE id = $1"
-                ),
-                &[&sink_id, &r.ok, &r.published, &r.failed, &r.error],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    /// With `expires_at` in this host's clock, judged by the server's, as `latest_token`.
-    fn newest_row(&self, account_id: i64, kind: Credential) -> Result<Option<NewestRow>> {
-        let sent = host_now();
-        let row = self
-            .c()
-            .query_opt(
-                &format!(
-                    "SELECT id, token, expires_at, {NOW_EXACT} FROM tokens
-                     WHERE account_id = $1 AND kind = $2 ORDER BY id DESC LIMIT 1"
-                ),
-                &[&account_id, &kind.as_str()],
-            )
-            .map_err(|e| self.err(e))?;
-        let received = host_now();
-        Ok(row.map(|r| NewestRow {
-            id: r.get(0),
-            token: r.get(1),
-            expires_at: r.get::<_, i64>(2) + host_offset(sent, r.get(3), received),
-        }))
-    }
-
-    fn published_row(
-        &self,
-        sink_id: i64,
-        account_id: i64,
-        kind: Credential,
-    ) -> Result<Option<i64>> {
-        let row = self
-            .c()
-            .query_opt(
-                "SELECT token_id FROM sink_published
-                 WHERE sink_id = $1 AND account_id = $2 AND kind = $3",
-                &[&sink_id, &account_id, &kind.as_str()],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(row.map(|r| r.get(0)))
-    }
-
-    fn note_published(
-        &self,
-        sink_id: i64,
-        account_id: i64,
-        kind: Credential,
-        token_id: i64,
-    ) -> Result<()> {
-        self.c()
-            .execute(
-                "INSERT INTO sink_published (sink_id, account_id, kind, token_id)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (sink_id, account_id, kind) DO UPDATE SET token_id = EXCLUDED.token_id",
-                &[&sink_id, &account_id, &kind.as_str(), &token_id],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-}
-
-const SINK_COLUMNS: &str = "id, name, kind, target, password, format, prefix, key_template, \
-     accounts, timeout, created_at, last_at, last_ok, last_published, last_failed, last_error";
-
-/// Inserts a sink unless one of its name exists (0 rows then), with its secret column as
-/// [`stored_password`] gives it; on a connection or inside a transaction (`store copy`).
-fn insert_sink(
-    c: &mut impl postgres::GenericClient,
-    sink: &SinkRow,
-    password: Option<&str>,
-) -> std::result::Result<u64, postgres::Error> {
-    let accounts = serde_json::Value::from(sink.accounts.clone()).to_string();
-    c.execute(
-        &format!(
-            "INSERT INTO sinks (name, kind, target, password, format, prefix, key_template,
-                                accounts, timeout, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {NOW})
-             ON CONFLICT (name) DO NOTHING"
-        ),
-        &[
-            &sink.name,
-            &sink.kind,
-            &sink.target,
-            &password,
-            &sink.format,
-            &sink.prefix,
-            &sink.key_template,
-            &accounts,
-            &sink.timeout,
-        ],
-    )
-}
-
-/// A sink, its times (stamped by the server) moved into this host's clock by `skew`.
-fn sink_from_row(row: &postgres::Row, skew: i64) -> SinkRow {
-    let accounts: String = row.get(8);
-    let last_at: Option<i64> = row.get(11);
-    let name: String = row.get(1);
-    SinkRow {
-        id: row.get(0),
-        password: row
-            .get::<_, Option<String>>(4)
-            .map(|p| open_secret(&crate::crypto::sink_owner(&name), p)),
-        name,
-        kind: row.get(2),
-        target: row.get(3),
-        format: row.get(5),
-        prefix: row.get(6),
-        key_template: row.get(7),
-        accounts: serde_json::from_str(&accounts).unwrap_or_default(),
-        timeout: row.get(9),
-        created_at: row.get::<_, i64>(10) + skew,
-        last: last_at.map(|at| SinkResult {
-            at: at + skew,
-            ok: row.get::<_, Option<bool>>(12).unwrap_or(false),
-            published: row.get::<_, Option<i64>>(13).unwrap_or(0),
-            failed: row.get::<_, Option<i64>>(14).unwrap_or(0),
-            error: row.get(15),
-        }),
-    }
-}
-
-/// A time moved from one clock to another (`skew`: how far the target's is ahead), except
-/// "until fixed", which is no time.
-fn to_host(t: i64, skew: i64) -> i64 {
-    if crate::policy::until_fixed(t) {
-        t
-    } else {
-        t.saturating_add(skew)
-    }
-}
-
 /// The GRANTs that make `role` a reader of the tables in `schema`. Built as text because
 /// GRANT takes no parameters; names are quoted as identifiers.
 pub fn reader_grants(role: &str, schema: &str) -> Vec<String> {
@@ -2067,14 +1838,15 @@ fn quote_ident(name: &str) -> String {
 }
 
 #[cfg(test)]
-#[path = "../tests/support/pg.rs"]
+#[path = "../../../tests/support/pg.rs"]
 pub(crate) mod pgtest;
 
 #[cfg(test)]
 mod tests {
     use super::pgtest::{self, PgDb};
     use super::*;
-    use crate::domain::{Fetched, Outcome};
+    use crate::domain::{Api, Fetched, Outcome};
+    use crate::store::Sinks;
 
     #[test]
     fn the_host_offset_is_whole_seconds_from_exact_times() {
@@ -2353,7 +2125,7 @@ mod tests {
         let stored = db.query_i64("SELECT held_until FROM accounts") - server_now();
         assert!((3598..=3600).contains(&stored), "{stored}");
         let until = a.account(&key("wxa")).unwrap().unwrap().held_until.unwrap();
-        let left = until - crate::wechat::unix_now();
+        let left = until - host_now() as i64;
         assert!((3598..=3601).contains(&left), "{left}");
         // A hold until fixed is no time, and is not shifted.
         db.query(&format!("UPDATE accounts SET held_until = {}", i64::MAX));
@@ -2471,10 +2243,7 @@ mod tests {
         let started = row
             .unfinished_fetch
             .expect("the intent is visible to a reader");
-        assert!(
-            (started - crate::wechat::unix_now()).abs() <= 2,
-            "{started}"
-        );
+        assert!((started - host_now() as i64).abs() <= 2, "{started}");
         assert!(row.classic);
         assert_eq!(row.id, before);
         s.record_fetch(&fetched(id, "T2")).unwrap();

@@ -1,88 +1,42 @@
-//! The store: where accounts, the insert-only token history and every fetch attempt live.
-//! `ReadStore` is what `get` needs, `Store` adds what refresh and the account commands
-//! write. SQLite is the first backend and this module the only one that knows it: no SQL,
-//! path, PRAGMA or process probe leaks out, so a second backend is one module beside it.
+//! The SQLite backend: one file, and the only module that knows SQLite's SQL, paths,
+//! PRAGMAs and file rules (`readers`, `../filesafety`).
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use crate::domain::{
-    Account, AccountKey, Api, Attempt, AttemptResult, Credential, Failure, FetchRecord, Fetched,
-    NewAccount, Outcome, Secret, Ticket, TokenRow,
+use super::filesafety::{self, Access};
+use super::rows::{
+    AccountColumns, ImportedAccount, new_account_columns, plan_record, resealed, ticket_list,
 };
-use crate::filesafety::{self, Access};
+use super::schema;
+use super::{
+    AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, Opener, RUN_COLUMNS,
+    ReadStore, Recorded, Result, RunRow, SUCCESSFUL_RUNS, SealedSample, SinkRow, Sinks, Store,
+    StoreError, all_kinds, not_empty, parse_kind, pid_alive, seal_secret,
+};
+use crate::domain::{
+    Account, AccountKey, Attempt, Credential, FetchRecord, Fetched, NewAccount, Outcome, Secret,
+    Ticket, TokenRow,
+};
 use crate::freshness::Stored;
 use crate::policy;
 
+pub(crate) mod readers;
 mod sinks;
-pub(crate) use sinks::stored_password;
-pub use sinks::{NewestRow, SinkResult, SinkRow, Sinks};
 
 /// Every migration, in order. The schema version is `PRAGMA user_version` = how many of
 /// these have been applied.
 const MIGRATIONS: &[&str] = &[
-    include_str!("../migrations/0001_init.sql"),
-    include_str!("../migrations/0002_claims_holds.sql"),
-    include_str!("../migrations/0003_tickets.sql"),
-    include_str!("../migrations/0004_quota.sql"),
-    include_str!("../migrations/0005_runs.sql"),
-    include_str!("../migrations/0006_sinks.sql"),
-    include_str!("../migrations/0007_intents.sql"),
+    include_str!("../../../migrations/0001_init.sql"),
+    include_str!("../../../migrations/0002_claims_holds.sql"),
+    include_str!("../../../migrations/0003_tickets.sql"),
+    include_str!("../../../migrations/0004_quota.sql"),
+    include_str!("../../../migrations/0005_runs.sql"),
+    include_str!("../../../migrations/0006_sinks.sql"),
+    include_str!("../../../migrations/0007_intents.sql"),
 ];
-
-/// Why a store operation failed. `exit.rs` turns each into an exit code.
-#[derive(Debug)]
-pub enum StoreError {
-    /// The named account does not exist.
-    NotFound(AccountKey),
-    /// The account to add exists already.
-    AlreadyExists(AccountKey),
-    /// Not a wxtoken database, or one of another schema version, or none at all.
-    Schema(String),
-    /// Another process kept the database locked for longer than the busy timeout.
-    Busy(String),
-    /// The database could not be read or written.
-    Io(String),
-    /// The connection was lost while a transaction committed: whether it did is unknown,
-    /// so it is not tried again (the intent it would have cleared still covers readers).
-    Unsure(String),
-    /// The file is not a database, or a damaged one.
-    Corrupt(String),
-    /// A secret could not be encrypted or opened (the key file: see `vault`).
-    Key(String),
-    /// This user or role may only read the database, and the command needs more.
-    ReadOnly(String),
-    /// The fetch outlived this holder's claim and another holder took the account over:
-    /// the fetch was recorded as lost and its token dropped. Final, not worth a retry.
-    LostClaim(String),
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StoreError::NotFound(key) => {
-                write!(f, "no such account {key} (see wxtoken account list)")
-            }
-            StoreError::AlreadyExists(key) => write!(
-                f,
-                "account {key} already exists; use `wxtoken account set-secret` to change its secret"
-            ),
-            StoreError::Schema(m)
-            | StoreError::Busy(m)
-            | StoreError::Io(m)
-            | StoreError::Unsure(m)
-            | StoreError::Corrupt(m)
-            | StoreError::Key(m)
-            | StoreError::ReadOnly(m)
-            | StoreError::LostClaim(m) => f.write_str(m),
-        }
-    }
-}
-
-impl std::error::Error for StoreError {}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(err: rusqlite::Error) -> StoreError {
@@ -106,341 +60,8 @@ fn classify(code: Option<rusqlite::ErrorCode>, text: String) -> StoreError {
     }
 }
 
-pub type Result<T, E = StoreError> = std::result::Result<T, E>;
-
-/// The result of trying to claim an account.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
-    Claimed,
-    /// Another live holder has it (its id).
-    Busy(String),
-}
-
-/// The newest row of one credential of one account, as [`Store::all_newest`] reads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Newest {
-    pub account_id: i64,
-    pub kind: Credential,
-    /// The row's id.
-    pub id: i64,
-    pub stored: Stored,
-}
-
-/// Every row kind, access token first, for the queries that read all of them at once.
-pub(crate) fn all_kinds() -> Vec<Credential> {
-    std::iter::once(Credential::AccessToken)
-        .chain(Ticket::ALL.map(Credential::Ticket))
-        .collect()
-}
-
-/// The credential a row kind names.
-pub(crate) fn parse_kind(kind: &str) -> Option<Credential> {
-    all_kinds().into_iter().find(|k| k.as_str() == kind)
-}
-
-/// What a recorded fetch did to the token history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recorded {
-    Inserted,
-    /// WeChat handed back the token that is already newest; no row was added.
-    Unchanged,
-    Failed,
-}
-
-/// What every command may read.
-pub trait ReadStore {
-    /// Where the data lives, for people: a path, or a URL without its password.
-    fn location(&self) -> String;
-    /// False when what was read may be torn by a writer that came by meanwhile (a file
-    /// read in place, without locks): read again.
-    fn consistent(&self) -> bool {
-        true
-    }
-    /// Every account, ordered by appid then agent.
-    fn accounts(&self) -> Result<Vec<Account>>;
-    fn account(&self, key: &AccountKey) -> Result<Option<Account>>;
-    /// The newest row of an account's credential, valid or not, with the start of an
-    /// unfinished fetch of the account if one is open (for an access token). `Ok(None)`
-    /// means there is none; `get` tells an unknown account apart with `account`.
-    fn latest_token(&self, key: &AccountKey, kind: Credential) -> Result<Option<TokenRow>>;
-    /// The largest token row id now: rows above it were inserted later.
-    fn newest_token_id(&self) -> Result<i64>;
-    /// The ids of accounts with a fetch that started and was never recorded.
-    fn unfinished_fetches(&self) -> Result<Vec<i64>>;
-    /// The newest attempt at an account's credential, if any.
-    fn last_attempt(&self, account_id: i64, kind: Credential) -> Result<Option<Attempt>>;
-    /// The newest `refresh` run, and the newest successful one (see
-    /// [`RunRow::is_success`]), for monitoring.
-    fn last_runs(&self) -> Result<(Option<RunRow>, Option<RunRow>)>;
-    /// How many token requests wxtoken sent per account in the quota day (China time) of
-    /// the store clock's now (accounts without any are absent): the tries of access-token
-    /// attempts, plus one for each forced stable refresh, whose normal-mode call before it
-    /// is not recorded as an attempt of its own. The store's clock is `now` on SQLite, the
-    /// server's on PostgreSQL, which stamps attempts with it: a host whose clock is off
-    /// then neither misses this morning's fetches nor counts yesterday's.
-    fn fetches_today(&self, now: i64) -> Result<HashMap<i64, i64>>;
-    /// How many quota resets WeChat confirmed for an account in the month (China time) of
-    /// the store clock's now, as for [`ReadStore::fetches_today`].
-    fn quota_resets_this_month(&self, account_id: i64, now: i64) -> Result<i64>;
-
-    /// Everything `store copy` moves: each account with its secret (as stored) and hold,
-    /// and its newest token and tickets if still valid at `now`.
-    fn export(&self, now: i64) -> Result<Vec<Exported>>;
-
-    /// The account, or `NotFound`.
-    fn require_account(&self, key: &AccountKey) -> Result<Account> {
-        self.account(key)?
-            .ok_or_else(|| StoreError::NotFound(key.clone()))
-    }
-}
-
-/// Opens another handle on a store's data, from any thread.
-pub type Opener = Box<dyn Fn() -> Result<Box<dyn Store>> + Send + Sync>;
-
-/// What refresh, `get --reject` and the account commands write.
-pub trait Store: ReadStore + Sinks + Send {
-    /// Opens handles on the same data, one per worker thread. The workers call it
-    /// themselves, so that their handles open in parallel: on PostgreSQL each is a
-    /// connection (a backend process and a runtime), a few milliseconds apiece.
-    fn opener(&self) -> Opener;
-
-    /// Makes sure that a handle that sat idle still reaches the database, replacing a
-    /// connection the server or the network dropped meanwhile (PostgreSQL; a file always
-    /// does). Called before work that follows a long wait, never inside a unit of work.
-    fn revive(&self) -> Result<()> {
-        Ok(())
-    }
-
-    fn add_account(&self, new: &NewAccount, now: i64) -> Result<()>;
-    /// Removes an account with its whole history.
-    fn remove_account(&self, key: &AccountKey) -> Result<()>;
-    /// Enabling or disabling also lifts a hold; enabling makes the account due.
-    fn set_enabled(&self, key: &AccountKey, enabled: bool, now: i64) -> Result<()>;
-    fn set_tickets(&self, key: &AccountKey, tickets: &[Ticket], now: i64) -> Result<()>;
-    /// A new secret also lifts a hold and makes the account due.
-    fn set_secret(&self, key: &AccountKey, secret: &Secret, now: i64) -> Result<()>;
-    /// Encrypts every secret still stored in plain text (by a version before encryption)
-    /// with the current key, or with `all` every secret (`key rotate`), in one
-    /// transaction, and leaves no old copy in free pages or the -wal. Returns how many it
-    /// encrypted. A sealed secret the keys do not open is an error, and nothing changes.
-    fn reseal(&self, all: bool) -> Result<usize>;
-    /// Forgets every encrypted secret (their key is lost): each becomes `crypto::LOST`,
-    /// its account held (`reason`) until its secret is set again. Tokens stay. Returns how
-    /// many accounts and sinks lost theirs.
-    fn forget_sealed(&self, reason: &str) -> Result<(usize, usize)>;
-    /// Runs `work` holding the secrets lock, which every command that writes a secret or
-    /// replaces the key file takes before it reads the key file: so a secret is sealed
-    /// only with a key the file holds at that moment, and `key rotate` drops a key only
-    /// while nothing can be sealed with it. SQLite: the write lock (one transaction,
-    /// committed when `work` succeeds); PostgreSQL: an advisory lock of this session.
-    fn with_secrets_lock(&self, work: &mut dyn FnMut() -> anyhow::Result<()>)
-    -> anyhow::Result<()>;
-    /// One sealed secret, an account's (except `except`'s) or else a sink's password: what
-    /// a key file is checked against before it seals a new one. One row, found without
-    /// reading the others, so that adding an account costs the same at any size.
-    fn sealed_sample(&self, except: Option<&AccountKey>) -> Result<Option<SealedSample>>;
-    /// The key ids that stored secrets are sealed with.
-    fn sealed_kids(&self) -> Result<std::collections::BTreeSet<String>>;
-    /// Whether secrets are still stored in plain text by a version before encryption,
-    /// judged without reading every row: by the oldest account (until the first command
-    /// that needs the key encrypts them all, every secret of such a database is in plain
-    /// text, the oldest one included) and by the sinks (a few rows).
-    fn has_plaintext(&self) -> Result<bool>;
-
-    /// Claims an account for fetching, atomically across processes. A claim that expired,
-    /// or whose holder is known to be gone, is taken over.
-    fn claim(&self, account_id: i64, now: i64, ttl: i64) -> Result<Claim>;
-    /// Gives this process's claim back.
-    fn release(&self, account_id: i64) -> Result<()>;
-    /// The newest row of every credential of every enabled account, with the start of an
-    /// unfinished fetch for an access token, in one query: what refresh-ahead looks at
-    /// before it claims anything (the claim path reads each account again under its claim).
-    /// Times are in this host's clock, as `latest_token` gives them.
-    fn all_newest(&self) -> Result<Vec<Newest>>;
-    /// Notes that this process is about to send a token request for the account. Written
-    /// before the request leaves: if the outcome is never recorded, readers know that the
-    /// stored token may have been replaced at WeChat.
-    fn begin_fetch(&self, account_id: i64, now: i64) -> Result<()>;
-    /// Ends a token WeChat says is dead (40001 to `quota`) at `now` (on PostgreSQL, the
-    /// server's now), unless it expired already: `get` stops serving it and the next
-    /// refresh finds the account due. The row stays, as every fetch's does.
-    fn retire_token(&self, token_id: i64, now: i64) -> Result<()>;
-    /// Records a fetch all at once: the new row (unless WeChat handed back the newest one
-    /// again), the attempt, and for an access token the account's hold and due flag (only
-    /// while its secret is still the one the fetch used) and the end of this process's
-    /// intent (unless the request may have created a token we never saw).
-    fn record_fetch(&self, record: &FetchRecord) -> Result<Recorded>;
-
-    /// When this account's forced refreshes happened, over the retention window, on the
-    /// store's clock, and that clock's now to judge them by: `now` on SQLite, the server's
-    /// on PostgreSQL (so that a host whose clock is off cannot overspend WeChat's budget).
-    fn forced_refreshes(&self, account_id: i64, now: i64) -> Result<ForcedRefreshes>;
-    /// Notes a forced refresh at `now` (on PostgreSQL, at the server's now).
-    fn note_forced_refresh(&self, account_id: i64, now: i64) -> Result<()>;
-
-    /// Records a quota reset at `at` (on PostgreSQL, at the server's now; `failure`: its
-    /// errcode, if any, and the message shown);
-    /// after a successful one, releases the account's hold if its last token fetch failed
-    /// with 45009 (the daily quota), all at once. Returns whether a hold was released.
-    fn record_quota_reset(
-        &self,
-        account_id: i64,
-        at: i64,
-        failure: Option<(Option<i64>, &str)>,
-    ) -> Result<bool>;
-
-    /// Deletes token rows beyond the newest `keep` per account and kind, except those still
-    /// valid; attempts older than `attempts_before`; old forced-refresh records; expired
-    /// claims. Returns (tokens, attempts) deleted.
-    fn prune(&self, now: i64, keep: i64, attempts_before: i64) -> Result<(usize, usize)>;
-
-    /// Fills an empty store with what `export` gave and the source's sinks (their
-    /// passwords sealed again), all or nothing; a store that has any account is refused.
-    fn import(&self, items: &[Exported], sinks: &[SinkRow]) -> Result<()>;
-    /// Records a `refresh` run, and forgets runs older than `before`, except the newest
-    /// success: its time is what the main alert watches.
-    fn record_run(&self, run: &RunRow, before: i64) -> Result<()>;
-}
-
-/// A stored secret to check a key file against: whose it is (for people), the owner it is
-/// bound to (`crypto::account_owner`, `crypto::sink_owner`) and the stored value.
-pub struct SealedSample {
-    pub whose: String,
-    pub owner: Vec<u8>,
-    pub stored: String,
-}
-
-/// An account's recent forced refreshes, with the store clock's now they are judged by.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ForcedRefreshes {
-    pub at: Vec<i64>,
-    pub now: i64,
-}
-
-/// One account as `store copy` moves it.
-#[derive(Debug, Clone)]
-pub struct Exported {
-    pub account: Account,
-    /// (kind, row): the newest valid row of the token and of each ticket.
-    pub tokens: Vec<(String, TokenRow)>,
-}
-
-/// What `import` says about a store that is not empty.
-pub(crate) fn not_empty(location: &str, accounts: i64) -> StoreError {
-    StoreError::Schema(format!(
-        "{location} already has {accounts} account(s); store copy only fills an empty store"
-    ))
-}
-
-/// Where the data is: an SQLite file, and whether it is the default one (whose directory
-/// a writing command may create), or a PostgreSQL server.
-#[derive(Debug, Clone)]
-pub enum Location {
-    File {
-        path: PathBuf,
-        is_default: bool,
-    },
-    #[cfg(feature = "postgres")]
-    Postgres(Box<crate::pgconf::PgConfig>),
-}
-
-/// For a process that opens SQLite to run one small query and exit (plain `get`): no
-/// bulk page-cache allocation and no lookaside buffer per connection. By default SQLite
-/// allocates and writes both at the first open (20 cache pages and 120 KB), about 30 of a
-/// `get`'s 270 page faults, for nothing a one-row read needs. Process-wide, and only
-/// before the process's first connection: SQLite refuses `sqlite3_config` once initialized,
-/// and this then changes nothing.
-pub fn lean_sqlite_process() {
-    use std::os::raw::{c_int, c_void};
-    // SAFETY: both options take plain integers (and a null buffer); sqlite3_config only
-    // returns SQLITE_MISUSE after initialization, which is harmless here.
-    unsafe {
-        let none: *mut c_void = std::ptr::null_mut();
-        rusqlite::ffi::sqlite3_config(
-            rusqlite::ffi::SQLITE_CONFIG_PAGECACHE,
-            none,
-            0 as c_int,
-            0 as c_int,
-        );
-        rusqlite::ffi::sqlite3_config(
-            rusqlite::ffi::SQLITE_CONFIG_LOOKASIDE,
-            0 as c_int,
-            0 as c_int,
-        );
-    }
-}
-
-/// Opens the store for reading only: never creates, migrates or locks anything.
-pub fn open_read(at: &Location) -> Result<Box<dyn ReadStore>> {
-    match at {
-        Location::File { path, .. } => Ok(Box::new(Sqlite::open_readonly(path)?)),
-        #[cfg(feature = "postgres")]
-        Location::Postgres(config) => Ok(Box::new(crate::store_pg::Postgres::open_read(config)?)),
-    }
-}
-
-/// Opens the store for writing, creating it if `create` (and its default directory).
-/// Without `create`, a missing database is the same error as for reading. A PostgreSQL
-/// database must exist; its tables are created only with `create`.
-pub fn open_write(at: &Location, create: bool) -> Result<Box<dyn Store>> {
-    match at {
-        Location::File { path, is_default } => {
-            if !create {
-                require_file(path)?;
-            } else if *is_default {
-                create_private_dir(path.parent().unwrap_or(path))?;
-            }
-            Ok(Box::new(Sqlite::open(path, Holder::current())?))
-        }
-        #[cfg(feature = "postgres")]
-        Location::Postgres(config) => {
-            let holder = Holder::current();
-            Ok(Box::new(if create {
-                crate::store_pg::Postgres::open(config, holder)?
-            } else {
-                crate::store_pg::Postgres::open_existing(config, holder)?
-            }))
-        }
-    }
-}
-
-/// Who holds a claim: this process on this host. The nonce tells apart two runs that got
-/// the same pid after a reboot.
-#[derive(Debug, Clone)]
-pub(crate) struct Holder {
-    pub(crate) host: String,
-    pub(crate) pid: u32,
-    pub(crate) id: String,
-}
-
-impl Holder {
-    /// This process, on this host: `WXTOKEN_HOST` if set (for hosts that share a hostname,
-    /// such as containers, against one PostgreSQL store), else the hostname.
-    pub(crate) fn current() -> Holder {
-        let host = std::env::var("WXTOKEN_HOST")
-            .ok()
-            .or_else(|| {
-                std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-                    .ok()
-            })
-            .map(|h| h.trim().to_string())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "localhost".to_string());
-        Holder::new(host, std::process::id())
-    }
-
-    pub(crate) fn new(host: String, pid: u32) -> Holder {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let id = format!("{host}:{pid}:{nanos:08x}");
-        Holder { host, pid, id }
-    }
-}
-
 /// The SQLite backend: one file.
-struct Sqlite {
+pub(super) struct Sqlite {
     conn: Connection,
     path: PathBuf,
     holder: Holder,
@@ -464,7 +85,7 @@ fn stamp(path: &Path) -> Option<FileStamp> {
 impl Drop for Sqlite {
     fn drop(&mut self) {
         if !self.conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
-            crate::readers::empty_wal_on_close(&self.conn);
+            crate::store::readers::empty_wal_on_close(&self.conn);
         }
     }
 }
@@ -474,8 +95,8 @@ impl Sqlite {
     /// applies pending migrations. A file that is not this user's alone is refused (see
     /// `filesafety`), and so is a zero-byte file: wxtoken never leaves one, so someone else
     /// put it there.
-    fn open(path: &Path, holder: Holder) -> Result<Sqlite> {
-        if let Some(refusal) = crate::readers::read_only_refusal(path) {
+    pub(super) fn open(path: &Path, holder: Holder) -> Result<Sqlite> {
+        if let Some(refusal) = crate::store::readers::read_only_refusal(path) {
             // ReadOnly: a command that only reads falls back to a reading handle.
             return Err(StoreError::ReadOnly(refusal));
         }
@@ -506,7 +127,7 @@ impl Sqlite {
             )));
         }
         store.migrate()?;
-        crate::readers::align_sidecars(path);
+        crate::store::readers::align_sidecars(path);
         Ok(store)
     }
 
@@ -551,7 +172,7 @@ impl Sqlite {
     }
 
     /// Opens an existing database read-only, for `get`: no migration, no write, no lock.
-    fn open_readonly(path: &Path) -> Result<Sqlite> {
+    pub(super) fn open_readonly(path: &Path) -> Result<Sqlite> {
         require_file(path)?;
         filesafety::check(path, Access::Read).map_err(StoreError::Io)?;
         let mut store = Sqlite::connect(path, Holder::nobody(), false)?;
@@ -567,8 +188,10 @@ impl Sqlite {
                 store.configure(false)?
             }
             Err(e) => {
-                return Err(crate::readers::explain_open_error(&e.to_string(), path)
-                    .map_or(e, StoreError::Io));
+                return Err(
+                    crate::store::readers::explain_open_error(&e.to_string(), path)
+                        .map_or(e, StoreError::Io),
+                );
             }
         };
         if version != MIGRATIONS.len() as i64 {
@@ -594,7 +217,7 @@ impl Sqlite {
         if write {
             // A persistent WAL, so that readers in the database's group find the -wal and
             // -shm they cannot create (see `readers`).
-            crate::readers::persist_wal(&self.conn).map_err(|rc| {
+            crate::store::readers::persist_wal(&self.conn).map_err(|rc| {
                 StoreError::Io(format!(
                     "could not use database {}: cannot keep the WAL (code {rc})",
                     path.display()
@@ -620,15 +243,7 @@ impl Sqlite {
     }
 
     fn check_version(&self, version: i64) -> Result<()> {
-        if version > MIGRATIONS.len() as i64 {
-            return Err(StoreError::Schema(format!(
-                "database {} has schema version {version}, newer than this wxtoken \
-                 understands ({}); upgrade wxtoken",
-                self.path.display(),
-                MIGRATIONS.len()
-            )));
-        }
-        Ok(())
+        schema::refuse_newer(&self.path.display(), version, MIGRATIONS.len())
     }
 
     /// Applies every pending migration and the version bump in one transaction.
@@ -671,24 +286,21 @@ impl Sqlite {
     const ACCOUNT_COLUMNS: &'static str = "id, appid, agent, api, secret, enabled, created_at, updated_at, held_until, held_reason, tickets, fetch_due";
 
     fn account_from_row(row: &rusqlite::Row) -> rusqlite::Result<Account> {
-        let api: String = row.get(3)?;
-        let key = AccountKey {
+        Ok(AccountColumns {
+            id: row.get(0)?,
             appid: row.get(1)?,
             agent: row.get(2)?,
-        };
-        Ok(Account {
-            id: row.get(0)?,
-            secret: open_secret(&crate::crypto::account_owner(&key), row.get(4)?),
-            key,
-            api: Api::parse(&api).unwrap_or(Api::Token),
+            api: row.get(3)?,
+            secret: Some(row.get(4)?),
             enabled: row.get(5)?,
             created_at: row.get(6)?,
             updated_at: row.get(7)?,
             held_until: row.get(8)?,
             held_reason: row.get(9)?,
-            tickets: parse_tickets(&row.get::<_, String>(10)?),
+            tickets: row.get(10)?,
             fetch_due: row.get(11)?,
-        })
+        }
+        .account(0))
     }
 
     /// `reseal`'s transaction.
@@ -701,11 +313,10 @@ impl Sqlite {
             .collect::<rusqlite::Result<_>>()?;
         let mut n = 0;
         for (id, appid, agent, stored) in accounts {
-            if (!all && !is_plaintext(&stored)) || stored == crate::crypto::LOST {
-                continue;
-            }
             let owner = crate::crypto::account_owner(&AccountKey { appid, agent });
-            let sealed = seal_secret(&owner, &open_or_fail(&owner, stored)?)?;
+            let Some(sealed) = resealed(&owner, stored, all)? else {
+                continue;
+            };
             self.conn.execute(
                 "UPDATE accounts SET secret = ?1 WHERE id = ?2",
                 params![sealed, id],
@@ -718,11 +329,10 @@ impl Sqlite {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
         for (id, name, stored) in sinks {
-            if (!all && !is_plaintext(&stored)) || stored == crate::crypto::LOST {
-                continue;
-            }
             let owner = crate::crypto::sink_owner(&name);
-            let sealed = seal_secret(&owner, &open_or_fail(&owner, stored)?)?;
+            let Some(sealed) = resealed(&owner, stored, all)? else {
+                continue;
+            };
             self.conn.execute(
                 "UPDATE sinks SET password = ?1 WHERE id = ?2",
                 params![sealed, id],
@@ -1013,8 +623,7 @@ impl Store for Sqlite {
             return Err(not_empty(&self.location(), accounts));
         }
         for Exported { account: a, tokens } in items {
-            let tickets: Vec<&str> = a.tickets.iter().map(|t| t.as_str()).collect();
-            let secret = stored_form(&a.key, &a.secret)?;
+            let row = ImportedAccount::of(a, 0)?;
             self.conn.execute(
                 "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at,
                                        held_until, held_reason, tickets)
@@ -1023,13 +632,13 @@ impl Store for Sqlite {
                     a.key.appid,
                     a.key.agent,
                     a.api.as_str(),
-                    secret,
+                    row.secret,
                     a.enabled,
-                    a.created_at,
-                    a.updated_at,
-                    a.held_until,
+                    row.created_at,
+                    row.updated_at,
+                    row.held_until,
                     a.held_reason,
-                    tickets.join(",")
+                    row.tickets
                 ],
             )?;
             let id = self.conn.last_insert_rowid();
@@ -1086,19 +695,13 @@ impl Store for Sqlite {
     }
 
     fn add_account(&self, new: &NewAccount, now: i64) -> Result<()> {
-        let NewAccount {
-            key,
-            api,
-            secret,
-            tickets,
-        } = new;
-        let tickets: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
-        let sealed = seal_secret(&crate::crypto::account_owner(key), secret)?;
+        let (key, api) = (&new.key, new.api);
+        let (sealed, tickets) = new_account_columns(new)?;
         let inserted = self.conn.execute(
             "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at, tickets)
              VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6)
              ON CONFLICT (appid, agent) DO NOTHING",
-            params![key.appid, key.agent, api.as_str(), sealed, now, tickets.join(",")],
+            params![key.appid, key.agent, api.as_str(), sealed, now, tickets],
         )?;
         if inserted == 0 {
             return Err(StoreError::AlreadyExists(key.clone()));
@@ -1127,11 +730,10 @@ impl Store for Sqlite {
     }
 
     fn set_tickets(&self, key: &AccountKey, tickets: &[Ticket], now: i64) -> Result<()> {
-        let list: Vec<&str> = tickets.iter().map(|t| t.as_str()).collect();
         self.change_account(
             key,
             "UPDATE accounts SET tickets = ?3, updated_at = ?4 WHERE appid = ?1 AND agent = ?2",
-            &[&list.join(","), &now],
+            &[&ticket_list(tickets), &now],
         )
     }
 
@@ -1204,11 +806,7 @@ impl Store for Sqlite {
                         appid: r.get(0)?,
                         agent: r.get(1)?,
                     };
-                    Ok(SealedSample {
-                        whose: format!("account {key}"),
-                        owner: crate::crypto::account_owner(&key),
-                        stored: r.get(2)?,
-                    })
+                    Ok(SealedSample::account(&key, r.get(2)?))
                 },
             )
             .optional()?;
@@ -1220,14 +818,7 @@ impl Store for Sqlite {
             .query_row(
                 "SELECT name, password FROM sinks WHERE substr(password, 1, 5) = 'wxs1:' LIMIT 1",
                 [],
-                |r| {
-                    let name: String = r.get(0)?;
-                    Ok(SealedSample {
-                        whose: format!("sink {name}"),
-                        owner: crate::crypto::sink_owner(&name),
-                        stored: r.get(1)?,
-                    })
-                },
+                |r| Ok(SealedSample::sink(&r.get::<_, String>(0)?, r.get(1)?)),
             )
             .optional()?)
     }
@@ -1363,76 +954,61 @@ impl Store for Sqlite {
     }
 
     fn record_fetch(&self, record: &FetchRecord) -> Result<Recorded> {
-        let FetchRecord {
-            account_id,
-            kind,
-            outcome,
-            hold,
-            secret,
-        } = record;
-        let (account_id, kind) = (*account_id, *kind);
+        let (account_id, kind, outcome) = (record.account_id, record.kind, &record.outcome);
         let tx = Transaction::immediate(&self.conn, &self.path)?;
-        let recorded = match &outcome.result {
-            Ok(fetched) => {
-                let newest: Option<String> = self
-                    .conn
-                    .prepare_cached(
-                        "SELECT token FROM tokens WHERE account_id = ?1 AND kind = ?2
-                         ORDER BY id DESC LIMIT 1",
-                    )?
-                    .query_row(params![account_id, kind.as_str()], |r| r.get(0))
-                    .optional()?;
-                if newest.as_deref() == Some(fetched.token.as_str()) {
-                    Recorded::Unchanged
-                } else {
-                    self.insert_token(account_id, kind.as_str(), fetched, outcome.sent_at)?;
-                    Recorded::Inserted
-                }
-            }
-            Err(_) => Recorded::Failed,
+        let newest: Option<String> = match &outcome.result {
+            Ok(_) => self
+                .conn
+                .prepare_cached(
+                    "SELECT token FROM tokens WHERE account_id = ?1 AND kind = ?2
+                     ORDER BY id DESC LIMIT 1",
+                )?
+                .query_row(params![account_id, kind.as_str()], |r| r.get(0))
+                .optional()?,
+            Err(_) => None,
         };
+        let stored: Option<(AccountKey, String)> = if kind == Credential::AccessToken {
+            self.conn
+                .prepare_cached("SELECT appid, agent, secret FROM accounts WHERE id = ?1")?
+                .query_row(params![account_id], |r| {
+                    Ok((
+                        AccountKey {
+                            appid: r.get(0)?,
+                            agent: r.get(1)?,
+                        },
+                        r.get(2)?,
+                    ))
+                })
+                .optional()?
+        } else {
+            None
+        };
+        // One host, one clock: a hold starts when the fetch did.
+        let plan = plan_record(record, newest.as_deref(), stored, outcome.started_at);
+        if let Some(fetched) = plan.insert {
+            self.insert_token(account_id, kind.as_str(), fetched, outcome.sent_at)?;
+        }
         self.insert_attempt(
             account_id,
             kind.as_str(),
             outcome,
-            recorded == Recorded::Unchanged,
+            plan.recorded == Recorded::Unchanged,
         )?;
-        if kind == Credential::AccessToken {
-            // An outcome computed with a secret that has since been replaced says nothing
-            // about the new one. Secrets are sealed with a fresh nonce each time: compare
-            // what the stored one opens to.
-            let stored: Option<(String, String, String)> = self
-                .conn
-                .prepare_cached("SELECT appid, agent, secret FROM accounts WHERE id = ?1")?
-                .query_row(params![account_id], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
-                .optional()?;
-            if stored.is_some_and(|(appid, agent, now)| {
-                same_secret(&AccountKey { appid, agent }, now, secret)
-            }) {
-                // One host, one clock: the hold starts when the fetch did.
-                let (until, reason) = hold
-                    .as_ref()
-                    .and_then(|(h, reason)| {
-                        Some((policy::held_until(*h, outcome.started_at)?, reason))
-                    })
-                    .unzip();
-                self.conn
-                    .prepare_cached(
-                        "UPDATE accounts SET held_until = ?2, held_reason = ?3, fetch_due = 0
-                         WHERE id = ?1",
-                    )?
-                    .execute(params![account_id, until, reason.map(String::as_str)])?;
-            }
-            if !outcome.may_have_issued() {
-                self.conn
-                    .prepare_cached("DELETE FROM intents WHERE account_id = ?1 AND holder = ?2")?
-                    .execute(params![account_id, self.holder.id])?;
-            }
+        if plan.update_account {
+            self.conn
+                .prepare_cached(
+                    "UPDATE accounts SET held_until = ?2, held_reason = ?3, fetch_due = 0
+                     WHERE id = ?1",
+                )?
+                .execute(params![account_id, plan.held_until, plan.held_reason])?;
+        }
+        if plan.clear_intent {
+            self.conn
+                .prepare_cached("DELETE FROM intents WHERE account_id = ?1 AND holder = ?2")?
+                .execute(params![account_id, self.holder.id])?;
         }
         tx.commit()?;
-        Ok(recorded)
+        Ok(plan.recorded)
     }
 
     fn forced_refreshes(&self, account_id: i64, now: i64) -> Result<ForcedRefreshes> {
@@ -1510,17 +1086,6 @@ impl Store for Sqlite {
             .execute("DELETE FROM claims WHERE expires_at < ?1", params![now])?;
         tx.commit()?;
         Ok((tokens, attempts))
-    }
-}
-
-impl Holder {
-    /// A read-only store claims nothing.
-    pub(crate) fn nobody() -> Holder {
-        Holder {
-            host: String::new(),
-            pid: 0,
-            id: String::new(),
-        }
     }
 }
 
@@ -1616,80 +1181,8 @@ fn io_error(err: std::io::Error, path: &Path) -> StoreError {
     ))
 }
 
-/// How an attempt is stored, in both backends: the outcome's name and its details.
-pub(crate) struct AttemptColumns<S> {
-    pub(crate) outcome: S,
-    pub(crate) errcode: Option<i64>,
-    pub(crate) errmsg: Option<String>,
-    pub(crate) http_status: Option<i64>,
-    pub(crate) detail: Option<String>,
-}
-
-impl AttemptColumns<&'static str> {
-    pub(crate) fn of(o: &Outcome, unchanged: bool) -> Self {
-        let (outcome, errcode, errmsg, http_status, detail) = match &o.result {
-            Ok(_) if unchanged => ("unchanged", None, None, None, None),
-            Ok(_) => ("ok", None, None, None, None),
-            Err(Failure::WeChat { errcode, errmsg }) => {
-                ("errcode", Some(*errcode), Some(errmsg.clone()), None, None)
-            }
-            Err(Failure::Http { status }) => ("http", None, None, Some(i64::from(*status)), None),
-            Err(Failure::Transport(d)) => ("transport", None, None, None, Some(d.clone())),
-            Err(Failure::NotJson(d)) => ("not_json", None, None, None, Some(d.clone())),
-            Err(Failure::Invalid(d)) => ("invalid", None, None, None, Some(d.clone())),
-        };
-        AttemptColumns {
-            outcome,
-            errcode,
-            errmsg,
-            http_status,
-            detail,
-        }
-    }
-}
-
-impl AttemptColumns<String> {
-    pub(crate) fn result(self) -> AttemptResult {
-        let detail = self.detail.unwrap_or_default();
-        match self.outcome.as_str() {
-            "ok" => AttemptResult::Ok,
-            "unchanged" => AttemptResult::Unchanged,
-            "errcode" => AttemptResult::Failed(Failure::WeChat {
-                errcode: self.errcode.unwrap_or(0),
-                errmsg: self.errmsg.unwrap_or_default(),
-            }),
-            "http" => AttemptResult::Failed(Failure::Http {
-                status: u16::try_from(self.http_status.unwrap_or(0)).unwrap_or(0),
-            }),
-            "transport" => AttemptResult::Failed(Failure::Transport(detail)),
-            "not_json" => AttemptResult::Failed(Failure::NotJson(detail)),
-            // A PostgreSQL holder whose lease was taken over while it fetched.
-            "lost_claim" => {
-                AttemptResult::Failed(Failure::Invalid(format!("fetched, but dropped: {detail}")))
-            }
-            _ => AttemptResult::Failed(Failure::Invalid(detail)),
-        }
-    }
-}
-
-/// Unknown names are dropped: a newer wxtoken may know more kinds than this one.
-pub(crate) fn parse_tickets(list: &str) -> Vec<Ticket> {
-    list.split(',').filter_map(Ticket::parse).collect()
-}
-
-/// Whether a process runs on this host. A zombie (killed, not yet reaped) counts as dead.
-pub(crate) fn pid_alive(pid: i64) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name, which may itself hold ')'.
-        Ok(stat) => {
-            !matches!(stat.rsplit(')').next().map(str::trim_start), Some(s) if s.starts_with('Z') || s.starts_with('X'))
-        }
-        Err(_) => !std::path::Path::new("/proc/self").exists(),
-    }
-}
-
 /// A path that must already hold a database: reading never creates one.
-fn require_file(path: &Path) -> Result<()> {
+pub(super) fn require_file(path: &Path) -> Result<()> {
     if path.exists() {
         return Ok(());
     }
@@ -1714,67 +1207,9 @@ fn check_dir(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// How a secret is written to its column: encrypted with the process's key (`vault`),
-/// bound to its `owner` (`crypto::account_owner`, `crypto::sink_owner`). AppSecrets and
-/// sink passwords (Redis) both go through this pair. A command that stores a secret
-/// unlocks the vault first; without a key nothing is written in plain text.
-pub(crate) fn seal_secret(owner: &[u8], secret: &Secret) -> Result<String> {
-    crate::vault::seal(owner, secret).map_err(StoreError::Key)
-}
-
-/// The inverse of [`seal_secret`]. A plaintext value (written before encryption) comes back
-/// as it is; a sealed one is opened with the process's key, or stays locked when there is
-/// no key (readers) or the key does not open it (`vault::unlock` reports that).
-pub(crate) fn open_secret(owner: &[u8], stored: String) -> Secret {
-    let stored = crate::crypto::Stored::new(stored);
-    if stored.is_plaintext() {
-        return Secret::new(stored.as_str().to_string());
-    }
-    if stored.as_str() == crate::crypto::LOST {
-        return Secret::locked(crate::crypto::LOST_KID.to_string());
-    }
-    // A scheme this version does not know (a newer one) stays locked too.
-    let kid = stored.kid().unwrap_or("unknown").to_string();
-    crate::vault::open(owner, &stored).unwrap_or_else(|| Secret::locked(kid))
-}
-
-/// Whether `stored` (an account's secret column now) is the secret a fetch used.
-pub(crate) fn same_secret(key: &AccountKey, stored: String, used: &Secret) -> bool {
-    let now = open_secret(&crate::crypto::account_owner(key), stored);
-    now.locked_kid().is_none() && used.locked_kid().is_none() && now.expose() == used.expose()
-}
-
-/// What an opened account secret is stored as in another store (`store copy`): sealed
-/// again with the same key, or the marker of a secret forgotten with a lost key.
-pub(crate) fn stored_form(key: &AccountKey, secret: &Secret) -> Result<String> {
-    match secret.locked_kid() {
-        Some(crate::crypto::LOST_KID) => Ok(crate::crypto::LOST.to_string()),
-        Some(kid) => Err(StoreError::Key(format!(
-            "the secret of {key} (key {kid}) is not open: cannot copy it"
-        ))),
-        None => seal_secret(&crate::crypto::account_owner(key), secret),
-    }
-}
-
-/// `open_secret` for rewriting: a secret that stays locked is an error, never rewritten.
-pub(crate) fn open_or_fail(owner: &[u8], stored: String) -> Result<Secret> {
-    let secret = open_secret(owner, stored);
-    match secret.locked_kid() {
-        Some(kid) => Err(StoreError::Key(format!(
-            "a stored secret does not open with the key file (key {kid}); nothing was changed"
-        ))),
-        None => Ok(secret),
-    }
-}
-
-/// Whether a stored value is a secret left in plain text by a version before encryption.
-pub(crate) fn is_plaintext(stored: &str) -> bool {
-    crate::crypto::Stored::new(stored.to_string()).is_plaintext()
-}
-
 /// Creates the default directory (0700: the database in it holds secrets). A directory
 /// named with --db must exist already, so that a typo does not scatter databases around.
-fn create_private_dir(dir: &Path) -> Result<()> {
+pub(super) fn create_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if dir.is_dir() {
         return Ok(());
@@ -1793,7 +1228,7 @@ fn db_error(err: rusqlite::Error, path: &Path) -> StoreError {
     let reason = if text.contains("file is not a database") {
         "not an SQLite database (left untouched)".to_string()
     } else if code == Some(rusqlite::ErrorCode::FileLockingProtocolFailed) {
-        crate::readers::explain_shm_locks(&text, path)
+        crate::store::readers::explain_shm_locks(&text, path)
     } else if let Some(full) = disk_full(code, path) {
         full
     } else if text.contains("unable to open database file") {
@@ -1838,33 +1273,6 @@ fn disk_full(code: Option<rusqlite::ErrorCode>, path: &Path) -> Option<String> {
     })
 }
 
-/// One `refresh` run, as monitoring sees it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RunRow {
-    pub started_at: i64,
-    pub finished_at: i64,
-    pub duration_ms: i64,
-    /// `all` (every enabled account), `ahead` (--if-expiring-within) or `named` (--appid).
-    pub scope: String,
-    pub accounts: i64,
-    pub refreshed: i64,
-    pub fresh: i64,
-    pub busy: i64,
-    pub held: i64,
-    pub failed: i64,
-}
-
-impl RunRow {
-    /// A run counts as a success when it covered every enabled account (not only named
-    /// ones) and none of them failed or was held.
-    pub fn is_success(&self) -> bool {
-        self.scope != "named" && self.failed == 0 && self.held == 0
-    }
-}
-
-pub(crate) const RUN_COLUMNS: &str =
-    "started_at, finished_at, duration_ms, scope, accounts, refreshed, fresh, busy, held, failed";
-
 // Runs: for monitoring (metrics, status --check).
 impl Sqlite {
     fn run_rows(&self, filter: &str) -> Result<Option<RunRow>> {
@@ -1888,9 +1296,6 @@ impl Sqlite {
             .optional()?)
     }
 }
-
-/// The runs that count as a success (see [`RunRow::is_success`]), in SQL.
-pub(crate) const SUCCESSFUL_RUNS: &str = "WHERE failed = 0 AND held = 0 AND scope <> 'named'";
 
 #[cfg(test)]
 mod tests {

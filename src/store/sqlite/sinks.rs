@@ -1,69 +1,28 @@
-//! The sinks' SQL: their configuration, the outcome of the newest publish to each, and
+//! The sinks' SQL on SQLite: their configuration, the outcome of the newest publish to each, and
 //! which token row each exec sink last received.
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{Result, Sqlite, open_secret, seal_secret};
-use crate::crypto::sink_owner;
-use crate::domain::{Credential, Secret};
-
-/// A sink as stored.
-#[derive(Debug, Clone)]
-pub struct SinkRow {
-    pub id: i64,
-    pub name: String,
-    /// `redis` or `exec`.
-    pub kind: String,
-    /// The Redis URL without its password, or the command.
-    pub target: String,
-    pub password: Option<Secret>,
-    pub format: Option<String>,
-    pub prefix: Option<String>,
-    pub key_template: Option<String>,
-    /// Account selectors (APPID or CORPID/AGENTID); empty means every account.
-    pub accounts: Vec<String>,
-    pub timeout: i64,
-    pub created_at: i64,
-    pub last: Option<SinkResult>,
-}
-
-/// The outcome of one publish to one sink. `error` never holds a key or a token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SinkResult {
-    pub at: i64,
-    pub ok: bool,
-    pub published: i64,
-    pub failed: i64,
-    pub error: Option<String>,
-}
-
-/// The newest row of one kind of an account, with its id.
-#[derive(Debug, Clone)]
-pub struct NewestRow {
-    pub id: i64,
-    pub token: String,
-    pub expires_at: i64,
-}
+use super::Sqlite;
+use crate::domain::Credential;
+use crate::store::rows::SinkColumns;
+use crate::store::{NewestRow, Result, SinkResult, SinkRow, Sinks, stored_password};
 
 const COLUMNS: &str = "id, name, kind, target, password, format, prefix, key_template, accounts, \
                        timeout, created_at, last_at, last_ok, last_published, last_failed, last_error";
 
 fn sink_from_row(row: &rusqlite::Row) -> rusqlite::Result<SinkRow> {
-    let accounts: String = row.get(8)?;
     let last_at: Option<i64> = row.get(11)?;
-    let name: String = row.get(1)?;
-    Ok(SinkRow {
+    Ok(SinkColumns {
         id: row.get(0)?,
-        name: name.clone(),
+        name: row.get(1)?,
         kind: row.get(2)?,
         target: row.get(3)?,
-        password: row
-            .get::<_, Option<String>>(4)?
-            .map(|p| open_secret(&sink_owner(&name), p)),
+        password: row.get(4)?,
         format: row.get(5)?,
         prefix: row.get(6)?,
         key_template: row.get(7)?,
-        accounts: serde_json::from_str(&accounts).unwrap_or_default(),
+        accounts: row.get(8)?,
         timeout: row.get(9)?,
         created_at: row.get(10)?,
         last: match last_at {
@@ -76,48 +35,8 @@ fn sink_from_row(row: &rusqlite::Row) -> rusqlite::Result<SinkRow> {
                 error: row.get(15)?,
             }),
         },
-    })
-}
-
-/// What a sink's secret column holds in a store: its credentials sealed with the current
-/// key (`store copy` seals again what it opened), the marker of credentials forgotten with
-/// a lost key, or nothing.
-pub(crate) fn stored_password(sink: &SinkRow) -> Result<Option<String>> {
-    let Some(password) = &sink.password else {
-        return Ok(None);
-    };
-    match password.locked_kid() {
-        Some(crate::crypto::LOST_KID) => Ok(Some(crate::crypto::LOST.to_string())),
-        Some(kid) => Err(super::StoreError::Key(format!(
-            "the password of sink {} (key {kid}) is not open: cannot copy it",
-            sink.name
-        ))),
-        None => seal_secret(&sink_owner(&sink.name), password).map(Some),
     }
-}
-
-/// What the sink commands and publishing need from the store.
-pub trait Sinks {
-    /// Adds a sink; false if one of that name exists already.
-    fn add_sink(&self, sink: &SinkRow) -> Result<bool>;
-    /// Every sink, by name.
-    fn sinks(&self) -> Result<Vec<SinkRow>>;
-    fn sink(&self, name: &str) -> Result<Option<SinkRow>>;
-    /// Removes a sink; false if there is none of that name.
-    fn remove_sink(&self, name: &str) -> Result<bool>;
-    fn record_sink_result(&self, sink_id: i64, result: &SinkResult) -> Result<()>;
-    /// The newest row of this credential for an account, valid or not, with its id.
-    fn newest_row(&self, account_id: i64, kind: Credential) -> Result<Option<NewestRow>>;
-    /// The token row an exec sink last received for this account and credential.
-    fn published_row(&self, sink_id: i64, account_id: i64, kind: Credential)
-    -> Result<Option<i64>>;
-    fn note_published(
-        &self,
-        sink_id: i64,
-        account_id: i64,
-        kind: Credential,
-        token_id: i64,
-    ) -> Result<()>;
+    .sink())
 }
 
 impl Sinks for Sqlite {

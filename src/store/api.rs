@@ -1,0 +1,373 @@
+//! The interface every backend implements, and what it speaks: the error type, claims,
+//! the newest rows, runs and what `store copy` moves. No SQL here.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::domain::{
+    Account, AccountKey, Attempt, Credential, FetchRecord, NewAccount, Secret, Ticket, TokenRow,
+};
+use crate::freshness::Stored;
+
+/// Why a store operation failed. `exit.rs` turns each into an exit code.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The named account does not exist.
+    NotFound(AccountKey),
+    /// The account to add exists already.
+    AlreadyExists(AccountKey),
+    /// Not a wxtoken database, or one of another schema version, or none at all.
+    Schema(String),
+    /// Another process kept the database locked for longer than the busy timeout.
+    Busy(String),
+    /// The database could not be read or written.
+    Io(String),
+    /// The connection was lost while a transaction committed: whether it did is unknown,
+    /// so it is not tried again (the intent it would have cleared still covers readers).
+    Unsure(String),
+    /// The file is not a database, or a damaged one.
+    Corrupt(String),
+    /// A secret could not be encrypted or opened (the key file: see `vault`).
+    Key(String),
+    /// This user or role may only read the database, and the command needs more.
+    ReadOnly(String),
+    /// The fetch outlived this holder's claim and another holder took the account over:
+    /// the fetch was recorded as lost and its token dropped. Final, not worth a retry.
+    LostClaim(String),
+    /// The role to grant reading to does not exist (`store grant-reader`): a bad argument.
+    NoSuchRole(String),
+    /// The server stopped answering in the middle of a unit of work, and so did a new
+    /// connection: the watchdog ends the process with this (PostgreSQL).
+    Unanswered(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::NotFound(key) => {
+                write!(f, "no such account {key} (see wxtoken account list)")
+            }
+            StoreError::AlreadyExists(key) => write!(
+                f,
+                "account {key} already exists; use `wxtoken account set-secret` to change its secret"
+            ),
+            StoreError::Schema(m)
+            | StoreError::Busy(m)
+            | StoreError::Io(m)
+            | StoreError::Unsure(m)
+            | StoreError::Corrupt(m)
+            | StoreError::Key(m)
+            | StoreError::ReadOnly(m)
+            | StoreError::LostClaim(m)
+            | StoreError::NoSuchRole(m)
+            | StoreError::Unanswered(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The result of trying to claim an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    Claimed,
+    /// Another live holder has it (its id).
+    Busy(String),
+}
+
+/// The newest row of one credential of one account, as [`Store::all_newest`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Newest {
+    pub account_id: i64,
+    pub kind: Credential,
+    /// The row's id.
+    pub id: i64,
+    pub stored: Stored,
+}
+
+/// Every row kind, access token first, for the queries that read all of them at once.
+pub(crate) fn all_kinds() -> Vec<Credential> {
+    std::iter::once(Credential::AccessToken)
+        .chain(Ticket::ALL.map(Credential::Ticket))
+        .collect()
+}
+
+/// The credential a row kind names.
+pub(crate) fn parse_kind(kind: &str) -> Option<Credential> {
+    all_kinds().into_iter().find(|k| k.as_str() == kind)
+}
+
+/// What a recorded fetch did to the token history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    Inserted,
+    /// WeChat handed back the token that is already newest; no row was added.
+    Unchanged,
+    Failed,
+}
+
+/// What every command may read.
+pub trait ReadStore {
+    /// Where the data lives, for people: a path, or a URL without its password.
+    fn location(&self) -> String;
+    /// False when what was read may be torn by a writer that came by meanwhile (a file
+    /// read in place, without locks): read again.
+    fn consistent(&self) -> bool {
+        true
+    }
+    /// Every account, ordered by appid then agent.
+    fn accounts(&self) -> Result<Vec<Account>>;
+    fn account(&self, key: &AccountKey) -> Result<Option<Account>>;
+    /// The newest row of an account's credential, valid or not, with the start of an
+    /// unfinished fetch of the account if one is open (for an access token). `Ok(None)`
+    /// means there is none; `get` tells an unknown account apart with `account`.
+    fn latest_token(&self, key: &AccountKey, kind: Credential) -> Result<Option<TokenRow>>;
+    /// The largest token row id now: rows above it were inserted later.
+    fn newest_token_id(&self) -> Result<i64>;
+    /// The ids of accounts with a fetch that started and was never recorded.
+    fn unfinished_fetches(&self) -> Result<Vec<i64>>;
+    /// The newest attempt at an account's credential, if any.
+    fn last_attempt(&self, account_id: i64, kind: Credential) -> Result<Option<Attempt>>;
+    /// The newest `refresh` run, and the newest successful one (see
+    /// [`RunRow::is_success`]), for monitoring.
+    fn last_runs(&self) -> Result<(Option<RunRow>, Option<RunRow>)>;
+    /// How many token requests wxtoken sent per account in the quota day (China time) of
+    /// the store clock's now (accounts without any are absent): the tries of access-token
+    /// attempts, plus one for each forced stable refresh, whose normal-mode call before it
+    /// is not recorded as an attempt of its own. The store's clock is `now` on SQLite, the
+    /// server's on PostgreSQL, which stamps attempts with it: a host whose clock is off
+    /// then neither misses this morning's fetches nor counts yesterday's.
+    fn fetches_today(&self, now: i64) -> Result<HashMap<i64, i64>>;
+    /// How many quota resets WeChat confirmed for an account in the month (China time) of
+    /// the store clock's now, as for [`ReadStore::fetches_today`].
+    fn quota_resets_this_month(&self, account_id: i64, now: i64) -> Result<i64>;
+
+    /// Everything `store copy` moves: each account with its secret (as stored) and hold,
+    /// and its newest token and tickets if still valid at `now`.
+    fn export(&self, now: i64) -> Result<Vec<Exported>>;
+
+    /// The account, or `NotFound`.
+    fn require_account(&self, key: &AccountKey) -> Result<Account> {
+        self.account(key)?
+            .ok_or_else(|| StoreError::NotFound(key.clone()))
+    }
+}
+
+/// Opens another handle on a store's data, from any thread.
+pub type Opener = Box<dyn Fn() -> Result<Box<dyn Store>> + Send + Sync>;
+
+/// What refresh, `get --reject` and the account commands write.
+pub trait Store: ReadStore + Sinks + Send {
+    /// Opens handles on the same data, one per worker thread. The workers call it
+    /// themselves, so that their handles open in parallel: on PostgreSQL each is a
+    /// connection (a backend process and a runtime), a few milliseconds apiece.
+    fn opener(&self) -> Opener;
+
+    /// Makes sure that a handle that sat idle still reaches the database, replacing a
+    /// connection the server or the network dropped meanwhile (PostgreSQL; a file always
+    /// does). Called before work that follows a long wait, never inside a unit of work.
+    fn revive(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn add_account(&self, new: &NewAccount, now: i64) -> Result<()>;
+    /// Removes an account with its whole history.
+    fn remove_account(&self, key: &AccountKey) -> Result<()>;
+    /// Enabling or disabling also lifts a hold; enabling makes the account due.
+    fn set_enabled(&self, key: &AccountKey, enabled: bool, now: i64) -> Result<()>;
+    fn set_tickets(&self, key: &AccountKey, tickets: &[Ticket], now: i64) -> Result<()>;
+    /// A new secret also lifts a hold and makes the account due.
+    fn set_secret(&self, key: &AccountKey, secret: &Secret, now: i64) -> Result<()>;
+    /// Encrypts every secret still stored in plain text (by a version before encryption)
+    /// with the current key, or with `all` every secret (`key rotate`), in one
+    /// transaction, and leaves no old copy in free pages or the -wal. Returns how many it
+    /// encrypted. A sealed secret the keys do not open is an error, and nothing changes.
+    fn reseal(&self, all: bool) -> Result<usize>;
+    /// Forgets every encrypted secret (their key is lost): each becomes `crypto::LOST`,
+    /// its account held (`reason`) until its secret is set again. Tokens stay. Returns how
+    /// many accounts and sinks lost theirs.
+    fn forget_sealed(&self, reason: &str) -> Result<(usize, usize)>;
+    /// Runs `work` holding the secrets lock, which every command that writes a secret or
+    /// replaces the key file takes before it reads the key file: so a secret is sealed
+    /// only with a key the file holds at that moment, and `key rotate` drops a key only
+    /// while nothing can be sealed with it. SQLite: the write lock (one transaction,
+    /// committed when `work` succeeds); PostgreSQL: an advisory lock of this session.
+    fn with_secrets_lock(&self, work: &mut dyn FnMut() -> anyhow::Result<()>)
+    -> anyhow::Result<()>;
+    /// One sealed secret, an account's (except `except`'s) or else a sink's password: what
+    /// a key file is checked against before it seals a new one. One row, found without
+    /// reading the others, so that adding an account costs the same at any size.
+    fn sealed_sample(&self, except: Option<&AccountKey>) -> Result<Option<SealedSample>>;
+    /// The key ids that stored secrets are sealed with.
+    fn sealed_kids(&self) -> Result<std::collections::BTreeSet<String>>;
+    /// Whether secrets are still stored in plain text by a version before encryption,
+    /// judged without reading every row: by the oldest account (until the first command
+    /// that needs the key encrypts them all, every secret of such a database is in plain
+    /// text, the oldest one included) and by the sinks (a few rows).
+    fn has_plaintext(&self) -> Result<bool>;
+
+    /// Claims an account for fetching, atomically across processes. A claim that expired,
+    /// or whose holder is known to be gone, is taken over.
+    fn claim(&self, account_id: i64, now: i64, ttl: i64) -> Result<Claim>;
+    /// Gives this process's claim back.
+    fn release(&self, account_id: i64) -> Result<()>;
+    /// The newest row of every credential of every enabled account, with the start of an
+    /// unfinished fetch for an access token, in one query: what refresh-ahead looks at
+    /// before it claims anything (the claim path reads each account again under its claim).
+    /// Times are in this host's clock, as `latest_token` gives them.
+    fn all_newest(&self) -> Result<Vec<Newest>>;
+    /// Notes that this process is about to send a token request for the account. Written
+    /// before the request leaves: if the outcome is never recorded, readers know that the
+    /// stored token may have been replaced at WeChat.
+    fn begin_fetch(&self, account_id: i64, now: i64) -> Result<()>;
+    /// Ends a token WeChat says is dead (40001 to `quota`) at `now` (on PostgreSQL, the
+    /// server's now), unless it expired already: `get` stops serving it and the next
+    /// refresh finds the account due. The row stays, as every fetch's does.
+    fn retire_token(&self, token_id: i64, now: i64) -> Result<()>;
+    /// Records a fetch all at once: the new row (unless WeChat handed back the newest one
+    /// again), the attempt, and for an access token the account's hold and due flag (only
+    /// while its secret is still the one the fetch used) and the end of this process's
+    /// intent (unless the request may have created a token we never saw).
+    fn record_fetch(&self, record: &FetchRecord) -> Result<Recorded>;
+
+    /// When this account's forced refreshes happened, over the retention window, on the
+    /// store's clock, and that clock's now to judge them by: `now` on SQLite, the server's
+    /// on PostgreSQL (so that a host whose clock is off cannot overspend WeChat's budget).
+    fn forced_refreshes(&self, account_id: i64, now: i64) -> Result<ForcedRefreshes>;
+    /// Notes a forced refresh at `now` (on PostgreSQL, at the server's now).
+    fn note_forced_refresh(&self, account_id: i64, now: i64) -> Result<()>;
+
+    /// Records a quota reset at `at` (on PostgreSQL, at the server's now; `failure`: its
+    /// errcode, if any, and the message shown);
+    /// after a successful one, releases the account's hold if its last token fetch failed
+    /// with 45009 (the daily quota), all at once. Returns whether a hold was released.
+    fn record_quota_reset(
+        &self,
+        account_id: i64,
+        at: i64,
+        failure: Option<(Option<i64>, &str)>,
+    ) -> Result<bool>;
+
+    /// Deletes token rows beyond the newest `keep` per account and kind, except those still
+    /// valid; attempts older than `attempts_before`; old forced-refresh records; expired
+    /// claims. Returns (tokens, attempts) deleted.
+    fn prune(&self, now: i64, keep: i64, attempts_before: i64) -> Result<(usize, usize)>;
+
+    /// Fills an empty store with what `export` gave and the source's sinks (their
+    /// passwords sealed again), all or nothing; a store that has any account is refused.
+    fn import(&self, items: &[Exported], sinks: &[SinkRow]) -> Result<()>;
+    /// Records a `refresh` run, and forgets runs older than `before`, except the newest
+    /// success: its time is what the main alert watches.
+    fn record_run(&self, run: &RunRow, before: i64) -> Result<()>;
+}
+
+/// A stored secret to check a key file against: whose it is (for people), the owner it is
+/// bound to (`crypto::account_owner`, `crypto::sink_owner`) and the stored value.
+pub struct SealedSample {
+    pub whose: String,
+    pub owner: Vec<u8>,
+    pub stored: String,
+}
+
+/// An account's recent forced refreshes, with the store clock's now they are judged by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForcedRefreshes {
+    pub at: Vec<i64>,
+    pub now: i64,
+}
+
+/// One account as `store copy` moves it.
+#[derive(Debug, Clone)]
+pub struct Exported {
+    pub account: Account,
+    /// (kind, row): the newest valid row of the token and of each ticket.
+    pub tokens: Vec<(String, TokenRow)>,
+}
+
+/// One `refresh` run, as monitoring sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunRow {
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub duration_ms: i64,
+    /// `all` (every enabled account), `ahead` (--if-expiring-within) or `named` (--appid).
+    pub scope: String,
+    pub accounts: i64,
+    pub refreshed: i64,
+    pub fresh: i64,
+    pub busy: i64,
+    pub held: i64,
+    pub failed: i64,
+}
+
+impl RunRow {
+    /// A run counts as a success when it covered every enabled account (not only named
+    /// ones) and none of them failed or was held.
+    pub fn is_success(&self) -> bool {
+        self.scope != "named" && self.failed == 0 && self.held == 0
+    }
+}
+
+/// A sink as stored.
+#[derive(Debug, Clone)]
+pub struct SinkRow {
+    pub id: i64,
+    pub name: String,
+    /// `redis` or `exec`.
+    pub kind: String,
+    /// The Redis URL without its password, or the command.
+    pub target: String,
+    pub password: Option<Secret>,
+    pub format: Option<String>,
+    pub prefix: Option<String>,
+    pub key_template: Option<String>,
+    /// Account selectors (APPID or CORPID/AGENTID); empty means every account.
+    pub accounts: Vec<String>,
+    pub timeout: i64,
+    pub created_at: i64,
+    pub last: Option<SinkResult>,
+}
+
+/// The outcome of one publish to one sink. `error` never holds a key or a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkResult {
+    pub at: i64,
+    pub ok: bool,
+    pub published: i64,
+    pub failed: i64,
+    pub error: Option<String>,
+}
+
+/// The newest row of one kind of an account, with its id.
+#[derive(Debug, Clone)]
+pub struct NewestRow {
+    pub id: i64,
+    pub token: String,
+    pub expires_at: i64,
+}
+
+/// What the sink commands and publishing need from the store.
+pub trait Sinks {
+    /// Adds a sink; false if one of that name exists already.
+    fn add_sink(&self, sink: &SinkRow) -> Result<bool>;
+    /// Every sink, by name.
+    fn sinks(&self) -> Result<Vec<SinkRow>>;
+    fn sink(&self, name: &str) -> Result<Option<SinkRow>>;
+    /// Removes a sink; false if there is none of that name.
+    fn remove_sink(&self, name: &str) -> Result<bool>;
+    fn record_sink_result(&self, sink_id: i64, result: &SinkResult) -> Result<()>;
+    /// The newest row of this credential for an account, valid or not, with its id.
+    fn newest_row(&self, account_id: i64, kind: Credential) -> Result<Option<NewestRow>>;
+    /// The token row an exec sink last received for this account and credential.
+    fn published_row(&self, sink_id: i64, account_id: i64, kind: Credential)
+    -> Result<Option<i64>>;
+    fn note_published(
+        &self,
+        sink_id: i64,
+        account_id: i64,
+        kind: Credential,
+        token_id: i64,
+    ) -> Result<()>;
+}
