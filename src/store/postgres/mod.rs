@@ -1837,9 +1837,9 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// The PostgreSQL test server, which the integration tests and the benches use too.
 #[cfg(test)]
-#[path = "../../../tests/support/pg.rs"]
-pub(crate) mod pgtest;
+pub(crate) use wxtoken_standin::pg as pgtest;
 
 #[cfg(test)]
 mod tests {
