@@ -15,19 +15,30 @@ pub const DEFAULT_WORK_API_BASE: &str = "https://qyapi.weixin.qq.com";
 /// An AppSecret / corpsecret. `Debug` and `Display` never show it; only `expose` does, and
 /// only the HTTP client and the store call that.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String, Option<String>);
+pub struct Secret(String, Option<String>, bool);
 
 impl Secret {
     pub fn new(value: String) -> Self {
-        Secret(value, None)
+        Secret(value, None, false)
     }
 
-    /// A secret stored encrypted with key `kid` that this process has not opened: it was
-    /// read without the key (plain `get`, `status`, `account list`), or the key did not
-    /// open it. `expose` gives the empty string; commands that use a secret unlock the
-    /// vault first, which refuses to go on while any secret stays locked.
+    /// A secret stored encrypted with key `kid` that the keys loaded did not open (or a
+    /// marker: forgotten with a lost key, a newer scheme); one read with no keys loaded at
+    /// all is `unread`. `expose` gives the empty string; commands that use a secret unlock
+    /// the vault first, which refuses to go on while any secret stays locked.
     pub fn locked(kid: String) -> Self {
-        Secret(String::new(), Some(kid))
+        Secret(String::new(), Some(kid), false)
+    }
+
+    /// A secret stored encrypted with key `kid` and read by a store that was given no keys
+    /// (`vault::Keys`): locked like any other, and an error to use (`vault::require_open`).
+    pub fn unread(kid: String) -> Self {
+        Secret(String::new(), Some(kid), true)
+    }
+
+    /// Whether this secret was read without the key loaded (see `unread`).
+    pub fn is_unread(&self) -> bool {
+        self.2
     }
 
     pub fn expose(&self) -> &str {

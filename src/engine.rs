@@ -389,6 +389,14 @@ fn fetch_claimed(
             if stop.now() {
                 return Done::NotTried;
             }
+            // A secret read before the key was loaded would reach WeChat empty.
+            if account.secret.is_unread() {
+                return Done::Unrecorded(format!(
+                    "the secret of {} was read before the key file was loaded, so nothing \
+                     was fetched",
+                    account.key
+                ));
+            }
             if let Err(err) = store.begin_fetch(account.id, now) {
                 return stop.failed(&err, || {
                     Done::Unrecorded(format!(

@@ -2,8 +2,12 @@
 //! `get --reject`, `account add`, `account set-secret`, `quota reset`, the sink commands
 //! that store or use a password) do before touching one. Plain `get`, `status`,
 //! `account list` and `prune` never come here, and never read the key.
+//!
+//! The keys are a value, not process state: unlocking loads the key file into the keys of
+//! the store being unlocked (`Store::keys`), the store seals and opens with those, and
+//! `key rotate` and `store copy` hand theirs to the store they write.
 
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 
@@ -13,56 +17,123 @@ use crate::exit::{Exit, fail};
 use crate::keyfile::KeyFile;
 use crate::store::Store;
 
-/// The process's keys, once unlocked: the store seals and opens secrets with them. One
-/// process serves one database with one key file, so one ring for the process.
-static KEYS: RwLock<Option<Keyring>> = RwLock::new(None);
+/// The keys a store seals and opens secrets with: a value each store holds, empty until
+/// the command unlocks the key file into it (`unlock`, `load_for_sealing`). A reader
+/// never gets any, and a store that reads a sealed secret without them marks it unread
+/// (`Secret::is_unread`), so that using it is an error, never an empty secret.
+/// Clones share one state: the handles a store opens for parallel workers (`opener`)
+/// seal and open with the keys the command unlocked.
+#[derive(Default, Clone)]
+pub struct Keys(Arc<Mutex<KeyState>>);
 
-/// Runs `f` with the unlocked keys, if any.
-pub fn with_keys<T>(f: impl FnOnce(Option<&Keyring>) -> T) -> T {
-    let keys = KEYS.read().unwrap_or_else(|e| e.into_inner());
-    f(keys.as_ref())
+#[derive(Default)]
+struct KeyState {
+    /// The unlocked ring, once loaded.
+    ring: Option<Keyring>,
+    /// Whether the key file was loaded (or found absent) for this store.
+    loaded: bool,
+    /// The key file to create when the first secret is sealed: set for a command that
+    /// stores one while no key file exists (and no secret needs one). Created only then,
+    /// so that a command refused before it stores anything leaves no key file behind.
+    create: Option<KeyFile>,
+    /// The key file the ring came from, to read again (`open`).
+    file: Option<KeyFile>,
 }
 
-/// The key file to create when the first secret is sealed: set by `unlock` for a command
-/// that stores one while no key file exists (and no secret needs one). Created only then,
-/// so that a command refused before it stores anything leaves no key file behind.
-static CREATE: Mutex<Option<KeyFile>> = Mutex::new(None);
-
-/// Seals a secret for `owner` with the current key, creating the key file first when
-/// `unlock` left that to the first secret.
-pub fn seal(owner: &[u8], secret: &Secret) -> Result<String, String> {
-    if let Some(sealed) = with_keys(|keys| keys.map(|ring| ring.seal(owner, secret))) {
-        return Ok(sealed.as_str().to_string());
+impl Keys {
+    fn state(&self) -> std::sync::MutexGuard<'_, KeyState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
-    let file = CREATE.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let Some(file) = file else {
-        return Err(
-            "no key loaded to encrypt a secret with (a bug: this command should \
-                    unlock the key file first)"
-                .to_string(),
-        );
-    };
-    let ring = file.create().map_err(|e| format!("{e:#}"))?;
-    let sealed = ring.seal(owner, secret);
-    install(ring);
-    Ok(sealed.as_str().to_string())
+
+    /// A copy of the unlocked ring, if any.
+    pub fn ring(&self) -> Option<Keyring> {
+        self.state().ring.clone()
+    }
+
+    /// Replaces the keys (`key rotate`).
+    pub fn install(&self, ring: Keyring) {
+        let mut state = self.state();
+        state.ring = Some(ring);
+        state.loaded = true;
+    }
+
+    /// The key file was looked for and is absent, and nothing needs it.
+    fn set_loaded(&self) {
+        self.state().loaded = true;
+    }
+
+    fn remember(&self, file: &KeyFile) {
+        self.state().file = Some(file.clone());
+    }
+
+    /// No key file and no secret encrypted: the first secret sealed creates it.
+    fn create_on_first_seal(&self, file: &KeyFile) {
+        let mut state = self.state();
+        state.ring = None;
+        state.loaded = true;
+        state.create = Some(file.clone());
+    }
+
+    /// Seals a secret for `owner` with the current key, creating the key file first when
+    /// `unlock` left that to the first secret.
+    pub fn seal(&self, owner: &[u8], secret: &Secret) -> Result<String, String> {
+        let mut state = self.state();
+        if let Some(ring) = &state.ring {
+            return Ok(ring.seal(owner, secret).as_str().to_string());
+        }
+        let Some(file) = state.create.take() else {
+            return Err(
+                "no key loaded to encrypt a secret with (a bug: this command should \
+                        unlock the key file first)"
+                    .to_string(),
+            );
+        };
+        let ring = file.create().map_err(|e| format!("{e:#}"))?;
+        let sealed = ring.seal(owner, secret);
+        state.ring = Some(ring);
+        Ok(sealed.as_str().to_string())
+    }
+
+    /// Opens a sealed secret. A key id the ring lacks may be a key that a `key rotate`
+    /// running meanwhile put in the key file: the file is read again, once. Without keys
+    /// loaded the secret comes back unread; with keys that do not open it, locked.
+    pub fn open(&self, owner: &[u8], stored: &crate::crypto::Stored, kid: String) -> Secret {
+        let mut state = self.state();
+        if !state.loaded {
+            return Secret::unread(kid);
+        }
+        match state.ring.as_ref().map(|ring| ring.open(owner, stored)) {
+            Some(Ok(secret)) => return secret,
+            Some(Err(crate::crypto::OpenError::UnknownKey(_))) => {}
+            _ => return Secret::locked(kid),
+        }
+        let reread = state
+            .file
+            .as_ref()
+            .and_then(|file| file.load().ok().flatten());
+        let Some(ring) = reread else {
+            return Secret::locked(kid);
+        };
+        match ring.open(owner, stored) {
+            Ok(secret) => {
+                state.ring = Some(ring);
+                secret
+            }
+            Err(_) => Secret::locked(kid),
+        }
+    }
 }
 
-/// Unit tests that store secrets without a key file: a fresh key for the test process.
+/// Unit tests that store secrets without a key file: a fresh key.
 #[cfg(test)]
-pub fn install_test_key() {
-    let mut keys = KEYS.write().unwrap_or_else(|e| e.into_inner());
-    if keys.is_none() {
-        *keys = Some(Keyring::new(vec![crate::crypto::Key::generate()]));
-    }
+pub fn test_keys() -> Keys {
+    let keys = Keys::default();
+    keys.install(Keyring::new(vec![crate::crypto::Key::generate()]));
+    keys
 }
 
-/// Replaces the process's keys (`key rotate`).
-pub fn install(ring: Keyring) {
-    *KEYS.write().unwrap_or_else(|e| e.into_inner()) = Some(ring);
-}
-
-/// Loads the key file, creating it when it does not exist, a key is needed (plaintext
+/// Loads the key file into `store`'s keys, creating it when it does not exist, a key is
+/// needed (plaintext
 /// secrets to encrypt, or `will_store` a new secret) and no secret is encrypted yet: once
 /// one is, a missing key file is an error, never a new key. Encrypts every plaintext
 /// secret left by an earlier version (in one transaction, scrubbing the file), then
@@ -117,7 +188,7 @@ pub fn load_for_sealing(
     file: &KeyFile,
     except: Option<&AccountKey>,
 ) -> Result<()> {
-    remember(file);
+    store.keys().remember(file);
     let sample = store.sealed_sample(except)?;
     match (file.load()?, sample) {
         (Some(ring), sample) => {
@@ -128,7 +199,7 @@ pub fn load_for_sealing(
                     return Err(does_not_open(file, &sample.whose, &kid));
                 }
             }
-            install(ring);
+            store.keys().install(ring);
         }
         (None, Some(sample)) => {
             let kid = crate::crypto::Stored::new(sample.stored)
@@ -137,10 +208,7 @@ pub fn load_for_sealing(
                 .to_string();
             return Err(missing(file, &sample.whose, &kid, 0));
         }
-        (None, None) => {
-            *KEYS.write().unwrap_or_else(|e| e.into_inner()) = None;
-            *CREATE.lock().unwrap_or_else(|e| e.into_inner()) = Some(file.clone());
-        }
+        (None, None) => store.keys().create_on_first_seal(file),
     }
     Ok(())
 }
@@ -157,31 +225,8 @@ pub fn drop_unused_keys(store: &dyn Store, file: &KeyFile) -> Result<bool> {
         return Ok(false);
     }
     file.replace(&kept, false)?;
-    install(kept);
+    store.keys().install(kept);
     Ok(true)
-}
-
-/// Opens a sealed secret with the process's keys. A key id they lack may be a key that a
-/// `key rotate` running meanwhile put in the key file: the file is read again, once.
-pub fn open(owner: &[u8], stored: &crate::crypto::Stored) -> Option<Secret> {
-    let opened = with_keys(|keys| keys.map(|ring| ring.open(owner, stored)));
-    match opened {
-        Some(Ok(secret)) => return Some(secret),
-        Some(Err(crate::crypto::OpenError::UnknownKey(_))) => {}
-        _ => return None,
-    }
-    let file = FILE.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
-    let ring = file.load().ok()??;
-    let secret = ring.open(owner, stored).ok()?;
-    install(ring);
-    Some(secret)
-}
-
-/// The key file this process read its keys from, to read again (`open`).
-static FILE: Mutex<Option<KeyFile>> = Mutex::new(None);
-
-fn remember(file: &KeyFile) {
-    *FILE.lock().unwrap_or_else(|e| e.into_inner()) = Some(file.clone());
 }
 
 /// Loads (or creates, see `unlock`) the key file, encrypts plaintext secrets, and counts
@@ -192,7 +237,7 @@ fn load_and_count(
     will_store: bool,
     except: Option<&AccountKey>,
 ) -> Result<Census> {
-    remember(file);
+    store.keys().remember(file);
     let census = Census::of(store, None)?;
     let ring = match file.load()? {
         Some(ring) => ring,
@@ -202,7 +247,9 @@ fn load_and_count(
             }
             if census.opened == 0 {
                 if will_store {
-                    *CREATE.lock().unwrap_or_else(|e| e.into_inner()) = Some(file.clone());
+                    store.keys().create_on_first_seal(file);
+                } else {
+                    store.keys().set_loaded();
                 }
                 return Census::of(store, except);
             }
@@ -210,7 +257,7 @@ fn load_and_count(
         }
     };
     let kid = ring.current().kid.clone();
-    install(ring);
+    store.keys().install(ring);
     if census.opened > 0 {
         let n = store.reseal(false)?;
         // Another process may have encrypted them first, under the write lock.
@@ -250,6 +297,9 @@ fn does_not_open(file: &KeyFile, owner: &str, kid: &str) -> anyhow::Error {
 /// A secret that stayed locked after `unlock` was forgotten with a lost key (`key reset`):
 /// one line saying what to do, exiting 7, instead of sending WeChat an empty secret.
 pub fn require_open(account: &Account) -> Result<()> {
+    if account.secret.is_unread() {
+        return Err(fail(Exit::Key, unread(account)));
+    }
     match account.secret.locked_kid() {
         None => Ok(()),
         Some(_) => Err(fail(Exit::Key, lost(account))),
@@ -260,6 +310,9 @@ pub fn require_open(account: &Account) -> Result<()> {
 /// forgotten with a lost key (`key reset`), or is sealed with a key the key file does not
 /// hold, or does not open with it. One line naming the account and what to do.
 pub fn why_locked(account: &Account, file: &KeyFile) -> Option<String> {
+    if account.secret.is_unread() {
+        return Some(unread(account));
+    }
     match account.secret.locked_kid()? {
         crate::crypto::LOST_KID => Some(lost(account)),
         kid => Some(format!(
@@ -270,6 +323,15 @@ pub fn why_locked(account: &Account, file: &KeyFile) -> Option<String> {
             file.path.display()
         )),
     }
+}
+
+/// A secret read before the key file was loaded: the command skipped `unlock`.
+fn unread(account: &Account) -> String {
+    format!(
+        "the secret of {} was read before the key file was loaded, so it cannot be used \
+         (a bug: this command should unlock the key file first)",
+        account.key
+    )
 }
 
 fn lost(account: &Account) -> String {
@@ -314,5 +376,95 @@ impl Census {
             }
         }
         Ok(census)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Api, NewAccount};
+    use crate::store::{Location, open_write};
+
+    fn fresh_store(name: &str) -> (Location, Box<dyn Store>) {
+        let dir = std::env::temp_dir().join(format!("wxtoken-vault-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let at = Location::File {
+            path: dir.join("wxtoken.db"),
+            is_default: false,
+        };
+        let store = open_write(&at, true).unwrap();
+        (at, store)
+    }
+
+    fn add(store: &dyn Store, appid: &str, secret: &str) -> AccountKey {
+        let key = AccountKey::appid(appid).unwrap();
+        let new = NewAccount {
+            key: key.clone(),
+            api: Api::Token,
+            secret: Secret::new(secret.into()),
+            tickets: vec![],
+        };
+        store.add_account(&new, 1).unwrap();
+        key
+    }
+
+    #[test]
+    fn a_secret_read_without_the_key_is_an_error_to_use() {
+        let (at, store) = fresh_store("unread");
+        let ring = Keyring::new(vec![crate::crypto::Key::generate()]);
+        store.keys().install(ring.clone());
+        let key = add(store.as_ref(), "wx1", "s3cret");
+        assert_eq!(
+            store.require_account(&key).unwrap().secret.expose(),
+            "s3cret"
+        );
+
+        // Another handle on the same database, never given the keys: the secret is not
+        // opened, and using it is a one-line error exiting 7, not an empty secret.
+        let other = open_write(&at, false).unwrap();
+        let account = other.require_account(&key).unwrap();
+        assert!(account.secret.is_unread());
+        assert_eq!(account.secret.expose(), "");
+        let err = require_open(&account).unwrap_err();
+        assert_eq!(crate::exit::of(&err), Exit::Key);
+        let line = format!("{err:#}");
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.contains("read before the key file was loaded"),
+            "{line}"
+        );
+        let file = KeyFile::locate(Some(std::path::PathBuf::from("/nonexistent/k"))).unwrap();
+        assert!(why_locked(&account, &file).is_some());
+
+        // Given the same ring, it opens; given another one, it stays locked (not unread).
+        other.keys().install(ring);
+        let account = other.require_account(&key).unwrap();
+        assert!(require_open(&account).is_ok());
+        assert_eq!(account.secret.expose(), "s3cret");
+        let third = open_write(&at, false).unwrap();
+        third
+            .keys()
+            .install(Keyring::new(vec![crate::crypto::Key::generate()]));
+        let account = third.require_account(&key).unwrap();
+        assert!(!account.secret.is_unread());
+        assert!(account.secret.locked_kid().is_some());
+    }
+
+    #[test]
+    fn two_stores_hold_two_key_rings() {
+        let (_, a) = fresh_store("ring-a");
+        let (_, b) = fresh_store("ring-b");
+        a.keys()
+            .install(Keyring::new(vec![crate::crypto::Key::generate()]));
+        b.keys()
+            .install(Keyring::new(vec![crate::crypto::Key::generate()]));
+        let ka = add(a.as_ref(), "wxa", "sa");
+        let kb = add(b.as_ref(), "wxb", "sb");
+        assert_eq!(a.require_account(&ka).unwrap().secret.expose(), "sa");
+        assert_eq!(b.require_account(&kb).unwrap().secret.expose(), "sb");
+        let kid_a = a.keys().ring().unwrap().current().kid.clone();
+        let kid_b = b.keys().ring().unwrap().current().kid.clone();
+        assert_ne!(kid_a, kid_b);
     }
 }

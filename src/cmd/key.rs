@@ -33,7 +33,7 @@ fn rotate(ctx: &Context) -> Result<Exit> {
     store.with_secrets_lock(&mut || {
         // Checks that the key opens every secret (and encrypts plaintext ones) first.
         ctx.unlock(store, false)?;
-        let Some(ring) = vault::with_keys(|keys| keys.cloned()) else {
+        let Some(ring) = store.keys().ring() else {
             return Err(file.error(
                 "does not exist and no secret is stored: nothing to rotate (the first \
                  `account add` creates it)"
@@ -42,7 +42,7 @@ fn rotate(ctx: &Context) -> Result<Exit> {
         };
         let next = ring.with_new_key();
         file.replace(&next, true)?;
-        vault::install(next.clone());
+        store.keys().install(next.clone());
         let n = store.reseal(true)?;
         done = Some((n, next.current().kid.clone()));
         Ok(())

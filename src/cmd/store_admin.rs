@@ -16,6 +16,10 @@ pub fn copy(ctx: &Context, to: &Location) -> Result<Exit> {
     let items = from.export(ctx.now())?;
     let sinks = from.sinks()?;
     let target = store::open_write(to, true)?;
+    // The target seals with the source's keys: the same key file opens both afterwards.
+    if let Some(ring) = from.keys().ring() {
+        target.keys().install(ring);
+    }
     target.import(&items, &sinks)?;
     let tokens: usize = items.iter().map(|i| i.tokens.len()).sum();
     ctx.say(&format!(

@@ -165,6 +165,10 @@ pub trait Store: ReadStore + Sinks + Send {
     /// connection (a backend process and a runtime), a few milliseconds apiece.
     fn opener(&self) -> Opener;
 
+    /// The keys this store seals and opens secrets with (`vault::Keys`): none until the
+    /// command unlocks the key file into them.
+    fn keys(&self) -> &crate::vault::Keys;
+
     /// Makes sure that a handle that sat idle still reaches the database, replacing a
     /// connection the server or the network dropped meanwhile (PostgreSQL; a file always
     /// does). Called before work that follows a long wait, never inside a unit of work.

@@ -8,6 +8,7 @@ use crate::domain::{
     Account, AccountKey, Api, AttemptResult, Credential, Failure, FetchRecord, Fetched, NewAccount,
     Outcome, Secret, Ticket,
 };
+use crate::vault::Keys;
 
 /// What `import` says about a store that is not empty.
 pub(crate) fn not_empty(location: &str, accounts: i64) -> StoreError {
@@ -79,9 +80,9 @@ pub(crate) fn ticket_list(tickets: &[Ticket]) -> String {
 }
 
 /// A new account's stored secret (sealed with the current key) and its ticket list.
-pub(crate) fn new_account_columns(new: &NewAccount) -> Result<(String, String)> {
+pub(crate) fn new_account_columns(keys: &Keys, new: &NewAccount) -> Result<(String, String)> {
     let tickets = ticket_list(&new.tickets);
-    let sealed = seal_secret(&crate::crypto::account_owner(&new.key), &new.secret)?;
+    let sealed = seal_secret(keys, &crate::crypto::account_owner(&new.key), &new.secret)?;
     Ok((sealed, tickets))
 }
 
@@ -90,18 +91,19 @@ pub(crate) fn parse_tickets(list: &str) -> Vec<Ticket> {
     list.split(',').filter_map(Ticket::parse).collect()
 }
 
-/// How a secret is written to its column: encrypted with the process's key (`vault`),
+/// How a secret is written to its column: encrypted with the store's keys (`vault::Keys`),
 /// bound to its `owner` (`crypto::account_owner`, `crypto::sink_owner`). AppSecrets and
 /// sink passwords (Redis) both go through this pair. A command that stores a secret
 /// unlocks the vault first; without a key nothing is written in plain text.
-pub(crate) fn seal_secret(owner: &[u8], secret: &Secret) -> Result<String> {
-    crate::vault::seal(owner, secret).map_err(StoreError::Key)
+pub(crate) fn seal_secret(keys: &Keys, owner: &[u8], secret: &Secret) -> Result<String> {
+    keys.seal(owner, secret).map_err(StoreError::Key)
 }
 
 /// The inverse of [`seal_secret`]. A plaintext value (written before encryption) comes back
-/// as it is; a sealed one is opened with the process's key, or stays locked when there is
-/// no key (readers) or the key does not open it (`vault::unlock` reports that).
-pub(crate) fn open_secret(owner: &[u8], stored: String) -> Secret {
+/// as it is; a sealed one is opened with the store's keys. It comes back unread when the
+/// store holds no keys (readers, or a command that has not unlocked the key file: using
+/// it is an error), and locked when the keys do not open it (`vault::unlock` reports that).
+pub(crate) fn open_secret(keys: &Keys, owner: &[u8], stored: String) -> Secret {
     let stored = crate::crypto::Stored::new(stored);
     if stored.is_plaintext() {
         return Secret::new(stored.as_str().to_string());
@@ -111,30 +113,30 @@ pub(crate) fn open_secret(owner: &[u8], stored: String) -> Secret {
     }
     // A scheme this version does not know (a newer one) stays locked too.
     let kid = stored.kid().unwrap_or("unknown").to_string();
-    crate::vault::open(owner, &stored).unwrap_or_else(|| Secret::locked(kid))
+    keys.open(owner, &stored, kid)
 }
 
 /// Whether `stored` (an account's secret column now) is the secret a fetch used.
-pub(crate) fn same_secret(key: &AccountKey, stored: String, used: &Secret) -> bool {
-    let now = open_secret(&crate::crypto::account_owner(key), stored);
+pub(crate) fn same_secret(keys: &Keys, key: &AccountKey, stored: String, used: &Secret) -> bool {
+    let now = open_secret(keys, &crate::crypto::account_owner(key), stored);
     now.locked_kid().is_none() && used.locked_kid().is_none() && now.expose() == used.expose()
 }
 
 /// What an opened account secret is stored as in another store (`store copy`): sealed
 /// again with the same key, or the marker of a secret forgotten with a lost key.
-pub(crate) fn stored_form(key: &AccountKey, secret: &Secret) -> Result<String> {
+pub(crate) fn stored_form(keys: &Keys, key: &AccountKey, secret: &Secret) -> Result<String> {
     match secret.locked_kid() {
         Some(crate::crypto::LOST_KID) => Ok(crate::crypto::LOST.to_string()),
         Some(kid) => Err(StoreError::Key(format!(
             "the secret of {key} (key {kid}) is not open: cannot copy it"
         ))),
-        None => seal_secret(&crate::crypto::account_owner(key), secret),
+        None => seal_secret(keys, &crate::crypto::account_owner(key), secret),
     }
 }
 
 /// `open_secret` for rewriting: a secret that stays locked is an error, never rewritten.
-pub(crate) fn open_or_fail(owner: &[u8], stored: String) -> Result<Secret> {
-    let secret = open_secret(owner, stored);
+pub(crate) fn open_or_fail(keys: &Keys, owner: &[u8], stored: String) -> Result<Secret> {
+    let secret = open_secret(keys, owner, stored);
     match secret.locked_kid() {
         Some(kid) => Err(StoreError::Key(format!(
             "a stored secret does not open with the key file (key {kid}); nothing was changed"
@@ -146,11 +148,16 @@ pub(crate) fn open_or_fail(owner: &[u8], stored: String) -> Result<Secret> {
 /// What `reseal` writes for one stored secret of `owner`: sealed again with the current
 /// key, or nothing when it is left alone (a sealed one unless `all`, and the marker of a
 /// secret lost with its key). A sealed secret the keys do not open is an error.
-pub(crate) fn resealed(owner: &[u8], stored: String, all: bool) -> Result<Option<String>> {
+pub(crate) fn resealed(
+    keys: &Keys,
+    owner: &[u8],
+    stored: String,
+    all: bool,
+) -> Result<Option<String>> {
     if (!all && !is_plaintext(&stored)) || stored == crate::crypto::LOST {
         return Ok(None);
     }
-    seal_secret(owner, &open_or_fail(owner, stored)?).map(Some)
+    seal_secret(keys, owner, &open_or_fail(keys, owner, stored)?).map(Some)
 }
 
 /// Whether a stored value is a secret left in plain text by a version before encryption.
@@ -167,7 +174,7 @@ pub(crate) const SUCCESSFUL_RUNS: &str = "WHERE failed = 0 AND held = 0 AND scop
 /// What a sink's secret column holds in a store: its credentials sealed with the current
 /// key (`store copy` seals again what it opened), the marker of credentials forgotten with
 /// a lost key, or nothing.
-pub(crate) fn stored_password(sink: &SinkRow) -> Result<Option<String>> {
+pub(crate) fn stored_password(keys: &Keys, sink: &SinkRow) -> Result<Option<String>> {
     let Some(password) = &sink.password else {
         return Ok(None);
     };
@@ -177,7 +184,7 @@ pub(crate) fn stored_password(sink: &SinkRow) -> Result<Option<String>> {
             "the password of sink {} (key {kid}) is not open: cannot copy it",
             sink.name
         ))),
-        None => seal_secret(&crate::crypto::sink_owner(&sink.name), password).map(Some),
+        None => seal_secret(keys, &crate::crypto::sink_owner(&sink.name), password).map(Some),
     }
 }
 
@@ -202,13 +209,13 @@ impl AccountColumns {
     /// The account, its secret opened and its times (the hold, when it was added and
     /// changed) moved into this host's clock by `skew` (0 where the host's clock stamped
     /// them: SQLite). A hold until fixed is no time, and is not moved.
-    pub(crate) fn account(self, skew: i64) -> Account {
+    pub(crate) fn account(self, keys: &Keys, skew: i64) -> Account {
         let key = AccountKey {
             appid: self.appid,
             agent: self.agent,
         };
         let secret = match self.secret {
-            Some(stored) => open_secret(&crate::crypto::account_owner(&key), stored),
+            Some(stored) => open_secret(keys, &crate::crypto::account_owner(&key), stored),
             None => Secret::new(String::new()),
         };
         Account {
@@ -256,12 +263,12 @@ pub(crate) struct SinkColumns {
 
 impl SinkColumns {
     /// The sink, its password opened and its account selectors parsed.
-    pub(crate) fn sink(self) -> SinkRow {
+    pub(crate) fn sink(self, keys: &Keys) -> SinkRow {
         SinkRow {
             id: self.id,
             password: self
                 .password
-                .map(|p| open_secret(&crate::crypto::sink_owner(&self.name), p)),
+                .map(|p| open_secret(keys, &crate::crypto::sink_owner(&self.name), p)),
             name: self.name,
             kind: self.kind,
             target: self.target,
@@ -299,6 +306,7 @@ pub(crate) struct RecordPlan<'a> {
 /// one clock), the server's now on PostgreSQL (a host whose clock is off can neither cut
 /// the hold short nor stretch it).
 pub(crate) fn plan_record<'a>(
+    keys: &Keys,
     record: &'a FetchRecord,
     newest: Option<&str>,
     stored: Option<(AccountKey, String)>,
@@ -311,8 +319,8 @@ pub(crate) fn plan_record<'a>(
     };
     let access = record.kind == Credential::AccessToken;
     // Secrets are sealed with a fresh nonce each time: compare what the stored one opens to.
-    let update_account =
-        access && stored.is_some_and(|(key, stored)| same_secret(&key, stored, &record.secret));
+    let update_account = access
+        && stored.is_some_and(|(key, stored)| same_secret(keys, &key, stored, &record.secret));
     let (held_until, held_reason) = record
         .hold
         .as_ref()
@@ -340,9 +348,9 @@ pub(crate) struct ImportedAccount {
 }
 
 impl ImportedAccount {
-    pub(crate) fn of(a: &Account, skew: i64) -> Result<ImportedAccount> {
+    pub(crate) fn of(keys: &Keys, a: &Account, skew: i64) -> Result<ImportedAccount> {
         Ok(ImportedAccount {
-            secret: stored_form(&a.key, &a.secret)?,
+            secret: stored_form(keys, &a.key, &a.secret)?,
             tickets: ticket_list(&a.tickets),
             created_at: a.created_at + skew,
             updated_at: a.updated_at + skew,

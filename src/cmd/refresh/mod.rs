@@ -30,7 +30,8 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
     signals::catch_stop_signals();
     let client = ctx.client(&cfg.api);
     let store = ctx.store()?;
-    // Before the accounts are read: their secrets open only once the key is loaded.
+    // Before the accounts are read: a secret read before the key is loaded is unread,
+    // and an account with one is not fetched (`vault::why_locked`).
     let key_file = ctx.key_file()?;
     crate::vault::unlock_for_refresh(store.as_ref(), &key_file)?;
     let now = ctx.now();

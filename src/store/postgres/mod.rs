@@ -143,6 +143,8 @@ pub struct Postgres {
     /// Whether the schema version is known to match. A read handle checks it within its
     /// first query, so that `get` stays one round trip after connecting.
     verified: Cell<bool>,
+    /// What secrets are sealed and opened with (`vault::Keys`).
+    keys: crate::vault::Keys,
 }
 
 /// A server error as one line (the client's own `Display` says only "db error"), in the
@@ -489,6 +491,7 @@ impl Postgres {
             config: config.clone(),
             holder,
             verified: Cell::new(false),
+            keys: Default::default(),
         };
         store.bound_lock_waits(&mut store.client.borrow_mut())?;
         Ok(store)
@@ -748,7 +751,7 @@ impl Postgres {
         let (rows, skew) = self.query_timed(&sql, params)?;
         Ok(rows
             .iter()
-            .map(|r| Self::account_from_row(r, skew))
+            .map(|r| Self::account_from_row(&self.keys, r, skew))
             .collect())
     }
 
@@ -756,7 +759,7 @@ impl Postgres {
     /// server) moved into this host's clock by `skew` (see `query_timed`), as
     /// `latest_token` moves token times: a caller that judges the hold by its own clock
     /// then agrees with the server, however far this host's clock is off.
-    fn account_from_row(row: &postgres::Row, skew: i64) -> Account {
+    fn account_from_row(keys: &crate::vault::Keys, row: &postgres::Row, skew: i64) -> Account {
         AccountColumns {
             id: row.get(0),
             appid: row.get(1),
@@ -772,7 +775,7 @@ impl Postgres {
             tickets: row.get(10),
             fetch_due: row.get(11),
         }
-        .account(skew)
+        .account(keys, skew)
     }
 
     /// Runs an UPDATE of one account (appid $1, agent $2); `NotFound` if it touched none.
@@ -1077,9 +1080,18 @@ impl ReadStore for Postgres {
 }
 
 impl Store for Postgres {
+    fn keys(&self) -> &crate::vault::Keys {
+        &self.keys
+    }
+
     fn opener(&self) -> Opener {
         let (config, holder) = (self.config.clone(), self.holder.clone());
-        Box::new(move || Ok(Box::new(Postgres::connect(&config, holder.clone())?)))
+        let keys = self.keys.clone();
+        Box::new(move || {
+            let mut store = Postgres::connect(&config, holder.clone())?;
+            store.keys = keys.clone();
+            Ok(Box::new(store))
+        })
     }
 
     /// One round trip (an empty query) on a connection that sat idle; a lost one is
@@ -1099,7 +1111,7 @@ impl Store for Postgres {
     /// Stamped by the server's clock, as every time on PostgreSQL; `now` is not used.
     fn add_account(&self, new: &NewAccount, _now: i64) -> Result<()> {
         let (key, api) = (&new.key, new.api);
-        let (sealed, tickets) = new_account_columns(new)?;
+        let (sealed, tickets) = new_account_columns(&self.keys, new)?;
         let config = &self.config;
         let err = |e: postgres::Error| pg_error(config, &e);
         let mut c = self.c();
@@ -1169,7 +1181,7 @@ impl Store for Postgres {
                 appid: row.get(1),
                 agent: row.get(2),
             });
-            let Some(sealed) = resealed(&owner, row.get(3), all)? else {
+            let Some(sealed) = resealed(&self.keys, &owner, row.get(3), all)? else {
                 continue;
             };
             let id: i64 = row.get(0);
@@ -1188,7 +1200,7 @@ impl Store for Postgres {
             .map_err(err)?;
         for row in rows {
             let owner = crate::crypto::sink_owner(&row.get::<_, String>(1));
-            let Some(sealed) = resealed(&owner, row.get(2), all)? else {
+            let Some(sealed) = resealed(&self.keys, &owner, row.get(2), all)? else {
                 continue;
             };
             let id: i64 = row.get(0);
@@ -1315,7 +1327,7 @@ impl Store for Postgres {
                  held_until = NULL, held_reason = NULL
              WHERE appid = $1 AND agent = $2 RETURNING id"
         );
-        let sealed = seal_secret(&crate::crypto::account_owner(key), secret)?;
+        let sealed = seal_secret(&self.keys, &crate::crypto::account_owner(key), secret)?;
         // Two statements, both idempotent: a crash between them leaves the old secret.
         let id = self.change_account(key, &sql, &[])?;
         self.c()
@@ -1553,7 +1565,7 @@ impl Store for Postgres {
         });
         // On the server's clock: a host whose clock is off can neither cut the hold short
         // nor stretch it.
-        let plan = plan_record(record, newest.as_deref(), stored, server_now);
+        let plan = plan_record(&self.keys, record, newest.as_deref(), stored, server_now);
         let token = plan.insert.map(|f| f.token.as_str());
         let expires_in = plan.insert.map(|f| f.expires_in);
         let a = AttemptColumns::of(outcome, plan.recorded == Recorded::Unchanged);
@@ -1771,7 +1783,7 @@ impl Store for Postgres {
             .get(0);
         let skew = -host_offset(sent, server_now, host_now());
         for Exported { account: a, tokens } in items {
-            let row = ImportedAccount::of(a, skew)?;
+            let row = ImportedAccount::of(&self.keys, a, skew)?;
             let id: i64 = tx
                 .query_one(
                     "INSERT INTO accounts (appid, agent, api, enabled, created_at, updated_at,
@@ -1813,7 +1825,7 @@ impl Store for Postgres {
             }
         }
         for sink in sinks {
-            let password = stored_password(sink)?;
+            let password = stored_password(&self.keys, sink)?;
             insert_sink(&mut tx, sink, password.as_deref()).map_err(err)?;
         }
         tx.commit().map_err(err)
@@ -1899,8 +1911,8 @@ mod tests {
 
     /// One account, `wxa`, added through host `a`'s handle; returns that and the id.
     fn with_account(db: &PgDb) -> (Postgres, i64) {
-        crate::vault::install_test_key();
-        let s = store_on(db, "a");
+        let mut s = store_on(db, "a");
+        s.keys = crate::vault::test_keys();
         let key = key("wxa");
         let new = NewAccount {
             key: key.clone(),

@@ -8,7 +8,7 @@ use crate::store::{NewestRow, Result, SinkResult, SinkRow, Sinks, stored_passwor
 
 impl Sinks for Postgres {
     fn add_sink(&self, sink: &SinkRow) -> Result<bool> {
-        let password = stored_password(sink)?;
+        let password = stored_password(&self.keys, sink)?;
         let n = insert_sink(&mut *self.c(), sink, password.as_deref()).map_err(|e| self.err(e))?;
         Ok(n == 1)
     }
@@ -17,14 +17,17 @@ impl Sinks for Postgres {
         let sql =
             format!("SELECT {SINK_COLUMNS}, {NOW_EXACT} AS server_now FROM sinks ORDER BY name");
         let (rows, skew) = self.query_timed(&sql, &[])?;
-        Ok(rows.iter().map(|r| sink_from_row(r, skew)).collect())
+        Ok(rows
+            .iter()
+            .map(|r| sink_from_row(&self.keys, r, skew))
+            .collect())
     }
 
     fn sink(&self, name: &str) -> Result<Option<SinkRow>> {
         let sql =
             format!("SELECT {SINK_COLUMNS}, {NOW_EXACT} AS server_now FROM sinks WHERE name = $1");
         let (rows, skew) = self.query_timed(&sql, &[&name])?;
-        Ok(rows.first().map(|r| sink_from_row(r, skew)))
+        Ok(rows.first().map(|r| sink_from_row(&self.keys, r, skew)))
     }
 
     fn remove_sink(&self, name: &str) -> Result<bool> {
@@ -140,7 +143,7 @@ pub(super) fn insert_sink(
 }
 
 /// A sink, its times (stamped by the server) moved into this host's clock by `skew`.
-fn sink_from_row(row: &postgres::Row, skew: i64) -> SinkRow {
+fn sink_from_row(keys: &crate::vault::Keys, row: &postgres::Row, skew: i64) -> SinkRow {
     let last_at: Option<i64> = row.get(11);
     SinkColumns {
         id: row.get(0),
@@ -162,5 +165,5 @@ fn sink_from_row(row: &postgres::Row, skew: i64) -> SinkRow {
             error: row.get(15),
         }),
     }
-    .sink()
+    .sink(keys)
 }

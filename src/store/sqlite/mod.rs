@@ -71,6 +71,8 @@ pub(super) struct Sqlite {
     /// Secrets were replaced inside `with_secrets_lock`'s transaction: the file is
     /// rebuilt (`scrub`) once it commits, since VACUUM cannot run inside it.
     scrub_after: std::cell::Cell<bool>,
+    /// What secrets are sealed and opened with (`vault::Keys`).
+    keys: crate::vault::Keys,
 }
 
 /// What tells a changed file: its size and its modification time, to the nanosecond.
@@ -151,6 +153,7 @@ impl Sqlite {
             holder: Holder::nobody(),
             immutable: before,
             scrub_after: Default::default(),
+            keys: Default::default(),
         })
     }
 
@@ -168,6 +171,7 @@ impl Sqlite {
             holder,
             immutable: None,
             scrub_after: Default::default(),
+            keys: Default::default(),
         })
     }
 
@@ -285,7 +289,10 @@ impl Sqlite {
 
     const ACCOUNT_COLUMNS: &'static str = "id, appid, agent, api, secret, enabled, created_at, updated_at, held_until, held_reason, tickets, fetch_due";
 
-    fn account_from_row(row: &rusqlite::Row) -> rusqlite::Result<Account> {
+    fn account_from_row(
+        keys: &crate::vault::Keys,
+        row: &rusqlite::Row,
+    ) -> rusqlite::Result<Account> {
         Ok(AccountColumns {
             id: row.get(0)?,
             appid: row.get(1)?,
@@ -300,7 +307,7 @@ impl Sqlite {
             tickets: row.get(10)?,
             fetch_due: row.get(11)?,
         }
-        .account(0))
+        .account(keys, 0))
     }
 
     /// `reseal`'s transaction.
@@ -314,7 +321,7 @@ impl Sqlite {
         let mut n = 0;
         for (id, appid, agent, stored) in accounts {
             let owner = crate::crypto::account_owner(&AccountKey { appid, agent });
-            let Some(sealed) = resealed(&owner, stored, all)? else {
+            let Some(sealed) = resealed(&self.keys, &owner, stored, all)? else {
                 continue;
             };
             self.conn.execute(
@@ -330,7 +337,7 @@ impl Sqlite {
             .collect::<rusqlite::Result<_>>()?;
         for (id, name, stored) in sinks {
             let owner = crate::crypto::sink_owner(&name);
-            let Some(sealed) = resealed(&owner, stored, all)? else {
+            let Some(sealed) = resealed(&self.keys, &owner, stored, all)? else {
                 continue;
             };
             self.conn.execute(
@@ -477,7 +484,7 @@ impl ReadStore for Sqlite {
             Self::ACCOUNT_COLUMNS
         );
         let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt.query_map([], Self::account_from_row)?;
+        let rows = stmt.query_map([], |r| Self::account_from_row(&self.keys, r))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -488,7 +495,9 @@ impl ReadStore for Sqlite {
         );
         Ok(self
             .conn
-            .query_row(&sql, params![key.appid, key.agent], Self::account_from_row)
+            .query_row(&sql, params![key.appid, key.agent], |r| {
+                Self::account_from_row(&self.keys, r)
+            })
             .optional()?)
     }
 
@@ -623,7 +632,7 @@ impl Store for Sqlite {
             return Err(not_empty(&self.location(), accounts));
         }
         for Exported { account: a, tokens } in items {
-            let row = ImportedAccount::of(a, 0)?;
+            let row = ImportedAccount::of(&self.keys, a, 0)?;
             self.conn.execute(
                 "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at,
                                        held_until, held_reason, tickets)
@@ -685,10 +694,16 @@ impl Store for Sqlite {
         tx.commit()
     }
 
+    fn keys(&self) -> &crate::vault::Keys {
+        &self.keys
+    }
+
     fn opener(&self) -> Opener {
         let (path, holder) = (self.path.clone(), self.holder.clone());
+        let keys = self.keys.clone();
         Box::new(move || {
-            let store = Sqlite::connect(&path, holder.clone(), true)?;
+            let mut store = Sqlite::connect(&path, holder.clone(), true)?;
+            store.keys = keys.clone();
             store.configure(true)?;
             Ok(Box::new(store))
         })
@@ -696,7 +711,7 @@ impl Store for Sqlite {
 
     fn add_account(&self, new: &NewAccount, now: i64) -> Result<()> {
         let (key, api) = (&new.key, new.api);
-        let (sealed, tickets) = new_account_columns(new)?;
+        let (sealed, tickets) = new_account_columns(&self.keys, new)?;
         let inserted = self.conn.execute(
             "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at, tickets)
              VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6)
@@ -738,7 +753,7 @@ impl Store for Sqlite {
     }
 
     fn set_secret(&self, key: &AccountKey, secret: &Secret, now: i64) -> Result<()> {
-        let sealed = seal_secret(&crate::crypto::account_owner(key), secret)?;
+        let sealed = seal_secret(&self.keys, &crate::crypto::account_owner(key), secret)?;
         self.zeroing(|| {
             self.change_account(
                 key,
@@ -984,7 +999,13 @@ impl Store for Sqlite {
             None
         };
         // One host, one clock: a hold starts when the fetch did.
-        let plan = plan_record(record, newest.as_deref(), stored, outcome.started_at);
+        let plan = plan_record(
+            &self.keys,
+            record,
+            newest.as_deref(),
+            stored,
+            outcome.started_at,
+        );
         if let Some(fetched) = plan.insert {
             self.insert_token(account_id, kind.as_str(), fetched, outcome.sent_at)?;
         }

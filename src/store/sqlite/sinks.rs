@@ -11,7 +11,7 @@ use crate::store::{NewestRow, Result, SinkResult, SinkRow, Sinks, stored_passwor
 const COLUMNS: &str = "id, name, kind, target, password, format, prefix, key_template, accounts, \
                        timeout, created_at, last_at, last_ok, last_published, last_failed, last_error";
 
-fn sink_from_row(row: &rusqlite::Row) -> rusqlite::Result<SinkRow> {
+fn sink_from_row(keys: &crate::vault::Keys, row: &rusqlite::Row) -> rusqlite::Result<SinkRow> {
     let last_at: Option<i64> = row.get(11)?;
     Ok(SinkColumns {
         id: row.get(0)?,
@@ -36,13 +36,13 @@ fn sink_from_row(row: &rusqlite::Row) -> rusqlite::Result<SinkRow> {
             }),
         },
     }
-    .sink())
+    .sink(keys))
 }
 
 impl Sinks for Sqlite {
     fn add_sink(&self, sink: &SinkRow) -> Result<bool> {
         let accounts = serde_json::Value::from(sink.accounts.clone()).to_string();
-        let password = stored_password(sink)?;
+        let password = stored_password(&self.keys, sink)?;
         let inserted = self.conn.execute(
             "INSERT INTO sinks (name, kind, target, password, format, prefix, key_template,
                                 accounts, timeout, created_at)
@@ -68,7 +68,7 @@ impl Sinks for Sqlite {
         let mut stmt = self
             .conn
             .prepare(&format!("SELECT {COLUMNS} FROM sinks ORDER BY name"))?;
-        let rows = stmt.query_map([], sink_from_row)?;
+        let rows = stmt.query_map([], |r| sink_from_row(&self.keys, r))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -76,7 +76,7 @@ impl Sinks for Sqlite {
         let sql = format!("SELECT {COLUMNS} FROM sinks WHERE name = ?1");
         Ok(self
             .conn
-            .query_row(&sql, params![name], sink_from_row)
+            .query_row(&sql, params![name], |r| sink_from_row(&self.keys, r))
             .optional()?)
     }
 
