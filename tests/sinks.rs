@@ -1679,6 +1679,93 @@ fn sink_list_and_remove() {
     assert!(list.starts_with("b  redis"), "{list}");
 }
 
+/// A run over more accounts than one read of the store covers (500) publishes the newest row
+/// of every credential of every account, on both sides of the batch boundary, and skips
+/// each newest row that has expired, never falling back to an older valid one.
+#[test]
+fn a_run_over_two_batches_of_accounts_publishes_every_valid_newest_row() {
+    const ACCOUNTS: i64 = 1_100;
+    let env = TestEnv::new();
+    let Some(redis) = start_redis(&env) else {
+        return;
+    };
+    add_sink(
+        &env,
+        "s",
+        &redis.url(1),
+        "plain",
+        &["--key", "wx:{appid}:{kind}"],
+    );
+    // The accounts go in by SQL (a thousand `account add` runs would be slow), with their
+    // secrets in plaintext as an earlier version stored them: publishing reads them as is.
+    let numbers = format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {ACCOUNTS})"
+    );
+    if env.is_postgres() {
+        env.execute(&format!(
+            "INSERT INTO accounts (appid, tickets, created_at, updated_at) {numbers}
+             SELECT 'wxbulk' || CAST(i AS TEXT), 'jsapi', 0, 0 FROM n"
+        ));
+        env.execute(
+            "INSERT INTO account_secrets (account_id, secret)
+             SELECT id, 'secret' || CAST(id AS TEXT) FROM accounts",
+        );
+    } else {
+        env.execute(&format!(
+            "INSERT INTO accounts (appid, secret, tickets, created_at, updated_at) {numbers}
+             SELECT 'wxbulk' || CAST(i AS TEXT), 'secret' || CAST(i AS TEXT), 'jsapi', 0, 0
+             FROM n"
+        ));
+    }
+    assert_eq!(
+        env.query("SELECT count(*), min(id), max(id) FROM accounts"),
+        format!("{ACCOUNTS}|1|{ACCOUNTS}")
+    );
+    // Per account and kind an older valid row, then the newest: expired for both kinds of
+    // every hundredth account, and for the ticket of every fiftieth one between them.
+    let now = unix_now();
+    let tokens = |prefix: &str, expires_at: &str| {
+        env.execute(&format!(
+            "INSERT INTO tokens (account_id, kind, token, expires_in, fetched_at, expires_at)
+             SELECT a.id, k.kind, '{prefix}-' || k.kind || '-' || CAST(a.id AS TEXT), 7200,
+                    {now}, {expires_at}
+             FROM accounts a
+             CROSS JOIN (SELECT 'access_token' AS kind UNION ALL SELECT 'jsapi') k"
+        ))
+    };
+    tokens("old", &format!("{now} + 7000"));
+    tokens(
+        "new",
+        &format!(
+            "CASE WHEN a.id % 100 = 0 OR (a.id % 100 = 50 AND k.kind = 'jsapi')
+                  THEN {now} - 60 ELSE {now} + 7000 END"
+        ),
+    );
+    let mut expected = Vec::new();
+    for id in 1..=ACCOUNTS {
+        if id % 100 != 0 {
+            expected.push(format!("new-access_token-{id}"));
+            if id % 100 != 50 {
+                expected.push(format!("new-jsapi-{id}"));
+            }
+        }
+    }
+    expected.sort();
+    assert_eq!(expected.len(), 2 * 1_100 - 2 * 11 - 11);
+
+    let out = run(&env, &["sink", "test", "s"], 0);
+    let ok = out.stdout.lines().filter(|l| l.contains("  ok, ")).count();
+    assert_eq!(ok, expected.len(), "{}", out.stderr);
+    let keys = redis.keys(1);
+    assert_eq!(keys.len(), expected.len());
+    let mut values: Vec<String> = redis::cmd("MGET")
+        .arg(&keys)
+        .query(&mut redis.conn(1))
+        .expect("MGET");
+    values.sort();
+    assert_eq!(values, expected);
+}
+
 // Every test again on PostgreSQL: publishing reads the tokens, sinks and their secrets from
 // whichever store holds them.
 also_on_postgres!(
@@ -1714,4 +1801,5 @@ also_on_postgres!(
     a_closed_stderr_never_ends_a_run,
     sink_add_checks_its_arguments,
     sink_list_and_remove,
+    a_run_over_two_batches_of_accounts_publishes_every_valid_newest_row,
 );

@@ -362,11 +362,13 @@ pub trait Sinks {
     /// Removes a sink; false if there is none of that name.
     fn remove_sink(&self, name: &str) -> Result<bool>;
     fn record_sink_result(&self, sink_id: i64, result: &SinkResult) -> Result<()>;
-    /// The newest row of this credential for an account, valid or not, with its id.
-    fn newest_row(&self, account_id: i64, kind: Credential) -> Result<Option<NewestRow>>;
-    /// The token row an exec sink last received for this account and credential.
-    fn published_row(&self, sink_id: i64, account_id: i64, kind: Credential)
-    -> Result<Option<i64>>;
+    /// The newest row of each credential of each of these accounts, valid or not, with its
+    /// id and its token: one query, however many ids (the caller bounds a batch). An
+    /// account or credential without a row has no entry; the order is unspecified.
+    fn newest_rows(&self, account_ids: &[i64]) -> Result<Vec<(i64, Credential, NewestRow)>>;
+    /// The token row an exec sink last received, for each account and credential it has
+    /// received one of: (account id, credential, token row id).
+    fn published_rows(&self, sink_id: i64) -> Result<Vec<(i64, Credential, i64)>>;
     fn note_published(
         &self,
         sink_id: i64,

@@ -2113,8 +2113,13 @@ mod tests {
         let row = a.latest_token(&key("wxa"), TOKEN).unwrap().unwrap();
         // Same machine, same clock: exactly the stored seconds, every time.
         assert_eq!((row.fetched_at, row.expires_at), (start, start + 7200));
-        let newest = a.newest_row(id, TOKEN).unwrap().unwrap();
-        assert_eq!(newest.expires_at, start + 7200, "what a sink publishes");
+        let newest = a.newest_rows(&[id]).unwrap();
+        assert_eq!(newest.len(), 1, "the token, no ticket: {newest:?}");
+        assert_eq!(
+            newest[0].2.expires_at,
+            start + 7200,
+            "what a sink publishes"
+        );
         assert_eq!(a.latest_token(&key("nope"), TOKEN).unwrap(), None);
     }
 

@@ -1,10 +1,14 @@
 //! The sinks' SQL on PostgreSQL: their configuration, the outcome of the newest publish to
 //! each, and which token row each exec sink last received. Times come from the server.
 
+use ::postgres::types::Type;
+
 use super::{NOW, NOW_EXACT, Postgres, host_now, host_offset};
 use crate::domain::Credential;
 use crate::store::rows::SinkColumns;
-use crate::store::{NewestRow, Result, SinkResult, SinkRow, Sinks, stored_password};
+use crate::store::{
+    NewestRow, Result, SinkResult, SinkRow, Sinks, all_kinds, parse_kind, stored_password,
+};
 
 impl Sinks for Postgres {
     fn add_sink(&self, sink: &SinkRow) -> Result<bool> {
@@ -53,42 +57,56 @@ impl Sinks for Postgres {
         Ok(())
     }
 
-    /// With `expires_at` in this host's clock, judged by the server's, as `latest_token`.
-    fn newest_row(&self, account_id: i64, kind: Credential) -> Result<Option<NewestRow>> {
+    /// One round trip: per account and kind, one descent of tokens_newest, as `all_newest`
+    /// does; `expires_at` in this host's clock, judged by the server's, as `latest_token`.
+    fn newest_rows(&self, account_ids: &[i64]) -> Result<Vec<(i64, Credential, NewestRow)>> {
+        let kinds: Vec<&str> = all_kinds().iter().map(|k| k.as_str()).collect();
+        let sql = format!(
+            "SELECT a.id, k.kind, t.id, t.token, t.expires_at, {NOW_EXACT}
+             FROM unnest($1::bigint[]) AS a(id) CROSS JOIN unnest($2::text[]) AS k(kind)
+             CROSS JOIN LATERAL (SELECT n.id, n.token, n.expires_at FROM tokens n
+                                 WHERE n.account_id = a.id AND n.kind = k.kind
+                                 ORDER BY n.id DESC LIMIT 1) t"
+        );
         let sent = host_now();
-        let row = self
+        let rows = self
             .c()
-            .query_opt(
-                &format!(
-                    "SELECT id, token, expires_at, {NOW_EXACT} FROM tokens
-                     WHERE account_id = $1 AND kind = $2 ORDER BY id DESC LIMIT 1"
-                ),
-                &[&account_id, &kind.as_str()],
+            .query_typed(
+                &sql,
+                &[(&account_ids, Type::INT8_ARRAY), (&kinds, Type::TEXT_ARRAY)],
             )
             .map_err(|e| self.err(e))?;
         let received = host_now();
-        Ok(row.map(|r| NewestRow {
-            id: r.get(0),
-            token: r.get(1),
-            expires_at: r.get::<_, i64>(2) + host_offset(sent, r.get(3), received),
-        }))
+        let Some(first) = rows.first() else {
+            return Ok(Vec::new());
+        };
+        let skew = host_offset(sent, first.get(5), received);
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let kind = parse_kind(r.get(1))?;
+                let row = NewestRow {
+                    id: r.get(2),
+                    token: r.get(3),
+                    expires_at: r.get::<_, i64>(4) + skew,
+                };
+                Some((r.get(0), kind, row))
+            })
+            .collect())
     }
 
-    fn published_row(
-        &self,
-        sink_id: i64,
-        account_id: i64,
-        kind: Credential,
-    ) -> Result<Option<i64>> {
-        let row = self
+    fn published_rows(&self, sink_id: i64) -> Result<Vec<(i64, Credential, i64)>> {
+        let rows = self
             .c()
-            .query_opt(
-                "SELECT token_id FROM sink_published
-                 WHERE sink_id = $1 AND account_id = $2 AND kind = $3",
-                &[&sink_id, &account_id, &kind.as_str()],
+            .query(
+                "SELECT account_id, kind, token_id FROM sink_published WHERE sink_id = $1",
+                &[&sink_id],
             )
             .map_err(|e| self.err(e))?;
-        Ok(row.map(|r| r.get(0)))
+        Ok(rows
+            .iter()
+            .filter_map(|r| Some((r.get(0), parse_kind(r.get(1))?, r.get(2))))
+            .collect())
     }
 
     fn note_published(

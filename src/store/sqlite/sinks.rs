@@ -6,7 +6,9 @@ use rusqlite::{OptionalExtension, params};
 use super::Sqlite;
 use crate::domain::Credential;
 use crate::store::rows::SinkColumns;
-use crate::store::{NewestRow, Result, SinkResult, SinkRow, Sinks, stored_password};
+use crate::store::{
+    NewestRow, Result, SinkResult, SinkRow, Sinks, all_kinds, parse_kind, stored_password,
+};
 
 const COLUMNS: &str = "id, name, kind, target, password, format, prefix, key_template, accounts, \
                        timeout, created_at, last_at, last_ok, last_published, last_failed, last_error";
@@ -98,37 +100,57 @@ impl Sinks for Sqlite {
         Ok(())
     }
 
-    fn newest_row(&self, account_id: i64, kind: Credential) -> Result<Option<NewestRow>> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT id, token, expires_at FROM tokens WHERE account_id = ?1 AND kind = ?2
-                 ORDER BY id DESC LIMIT 1",
-            )?
-            .query_row(params![account_id, kind.as_str()], |r| {
-                Ok(NewestRow {
-                    id: r.get(0)?,
-                    token: r.get(1)?,
-                    expires_at: r.get(2)?,
-                })
-            })
-            .optional()?)
+    /// Per account and kind, one descent of tokens_newest, as `all_newest` does; the ids and
+    /// kinds are one JSON parameter each, so a batch has no parameter limit.
+    fn newest_rows(&self, account_ids: &[i64]) -> Result<Vec<(i64, Credential, NewestRow)>> {
+        let kinds: Vec<&str> = all_kinds().iter().map(|k| k.as_str()).collect();
+        let mut stmt = self.conn.prepare_cached(
+            "WITH a(id) AS (SELECT value FROM json_each(?1)),
+                  k(kind) AS (SELECT value FROM json_each(?2))
+             SELECT a.id, k.kind, t.id, t.token, t.expires_at
+             FROM a CROSS JOIN k
+             JOIN tokens t ON t.id = (SELECT n.id FROM tokens n
+                                      WHERE n.account_id = a.id AND n.kind = k.kind
+                                      ORDER BY n.id DESC LIMIT 1)",
+        )?;
+        let ids = serde_json::Value::from(account_ids).to_string();
+        let kinds = serde_json::Value::from(kinds).to_string();
+        let rows = stmt.query_map(params![ids, kinds], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                NewestRow {
+                    id: r.get(2)?,
+                    token: r.get(3)?,
+                    expires_at: r.get(4)?,
+                },
+            ))
+        })?;
+        let mut all = Vec::new();
+        for row in rows {
+            let (account_id, kind, row) = row?;
+            if let Some(kind) = parse_kind(&kind) {
+                all.push((account_id, kind, row));
+            }
+        }
+        Ok(all)
     }
 
-    fn published_row(
-        &self,
-        sink_id: i64,
-        account_id: i64,
-        kind: Credential,
-    ) -> Result<Option<i64>> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT token_id FROM sink_published
-                 WHERE sink_id = ?1 AND account_id = ?2 AND kind = ?3",
-            )?
-            .query_row(params![sink_id, account_id, kind.as_str()], |r| r.get(0))
-            .optional()?)
+    fn published_rows(&self, sink_id: i64) -> Result<Vec<(i64, Credential, i64)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT account_id, kind, token_id FROM sink_published WHERE sink_id = ?1",
+        )?;
+        let rows = stmt.query_map(params![sink_id], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+        })?;
+        let mut all = Vec::new();
+        for row in rows {
+            let (account_id, kind, token_id) = row?;
+            if let Some(kind) = parse_kind(&kind) {
+                all.push((account_id, kind, token_id));
+            }
+        }
+        Ok(all)
     }
 
     fn note_published(
