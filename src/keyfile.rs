@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use crate::crypto::{Key, Keyring};
 use crate::exit::{Exit, fail};
-use crate::store::filesafety::effective_uid;
+use crate::process::{effective_uid, pid_alive};
 
 /// Where a key file path came from; it decides whether wxtoken may create the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,7 +224,7 @@ impl KeyFile {
                 .and_then(|r| r.split('.').next())
                 .and_then(|p| p.parse::<i64>().ok());
             let gone = match pid {
-                Some(pid) => pid != i64::from(std::process::id()) && !crate::store::pid_alive(pid),
+                Some(pid) => pid != i64::from(std::process::id()) && !pid_alive(pid),
                 None => old && rest.is_empty(),
             };
             let ours = entry

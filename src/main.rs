@@ -24,6 +24,7 @@ mod keyfile;
 mod logging;
 mod metrics;
 mod policy;
+mod process;
 mod publish;
 mod quota;
 mod secret;
