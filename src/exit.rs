@@ -232,6 +232,15 @@ mod tests {
         assert_eq!(Exit::PublishFailed.code(), 9);
     }
 
+    /// The signal handler exits with its own copy of the code (it may import nothing).
+    #[test]
+    fn the_signal_handler_exits_interrupted() {
+        assert_eq!(
+            i32::from(Exit::Interrupted.code()),
+            crate::signals::INTERRUPTED_CODE
+        );
+    }
+
     #[test]
     fn merging_follows_severity_not_numbers() {
         assert_eq!(Exit::Ok.merge(Exit::FetchFailed), Exit::FetchFailed);
