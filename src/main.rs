@@ -21,6 +21,7 @@ mod engine;
 mod exit;
 mod freshness;
 mod keyfile;
+mod keys;
 mod logging;
 mod metrics;
 mod policy;
