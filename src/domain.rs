@@ -31,7 +31,7 @@ impl Secret {
     }
 
     /// A secret stored encrypted with key `kid` and read by a store that was given no keys
-    /// (`vault::Keys`): locked like any other, and an error to use (`vault::require_open`).
+    /// (`keys::Keys`): locked like any other, and an error to use (`vault::require_open`).
     pub fn unread(kid: String) -> Self {
         Secret(String::new(), Some(kid), true)
     }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use crate::keyfile::KeyFileError;
 use crate::store::StoreError;
 
 /// How a run ended, as the shell sees it.
@@ -199,6 +200,14 @@ pub fn of_store(err: &StoreError) -> Exit {
     }
 }
 
+/// What a key file failure means to the shell.
+pub fn of_key_file(err: &KeyFileError) -> Exit {
+    match err {
+        KeyFileError::Key(_) => Exit::Key,
+        KeyFileError::Usage(_) => Exit::Usage,
+    }
+}
+
 /// The exit code of a store failure, for the one place that cannot return it: the
 /// PostgreSQL watchdog, which ends the process itself when the server stops answering.
 impl From<&StoreError> for u8 {
@@ -214,6 +223,7 @@ pub fn of(err: &anyhow::Error) -> Exit {
             e.downcast_ref::<Coded>()
                 .map(|c| c.exit)
                 .or_else(|| e.downcast_ref::<StoreError>().map(of_store))
+                .or_else(|| e.downcast_ref::<KeyFileError>().map(of_key_file))
         })
         .last()
         .unwrap_or(Exit::Error)
@@ -230,6 +240,15 @@ mod tests {
         }
         assert_eq!(Exit::Interrupted.code(), 8);
         assert_eq!(Exit::PublishFailed.code(), 9);
+    }
+
+    /// The signal handler exits with its own copy of the code (it may import nothing).
+    #[test]
+    fn the_signal_handler_exits_interrupted() {
+        assert_eq!(
+            i32::from(Exit::Interrupted.code()),
+            crate::signals::INTERRUPTED_CODE
+        );
     }
 
     #[test]
@@ -264,6 +283,16 @@ mod tests {
         assert_eq!(of(&anyhow::anyhow!("plain")), Exit::Error);
         let store = anyhow::Error::new(StoreError::Busy("locked".into())).context("claim");
         assert_eq!(of(&store), Exit::Database);
+        let key = crate::keyfile::KeyFile {
+            path: "/k".into(),
+            source: crate::keyfile::Source::Named,
+        }
+        .error("is odd".to_string())
+        .context("unlock");
+        assert_eq!(of(&key), Exit::Key);
+        assert_eq!(format!("{key:#}"), "unlock: key file /k is odd");
+        let empty = crate::keyfile::KeyFile::locate(Some("".into())).unwrap_err();
+        assert_eq!(of(&empty), Exit::Usage);
     }
 
     /// The store's errors that used to be built as CLI errors keep their codes: a role that

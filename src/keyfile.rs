@@ -9,8 +9,31 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use crate::crypto::{Key, Keyring};
-use crate::exit::{Exit, fail};
-use crate::store::filesafety::effective_uid;
+use crate::process::{effective_uid, pid_alive};
+
+/// A key file problem. `exit::of` maps it to its code: `Key` for a file that is missing,
+/// unsafe or wrong, `Usage` for an empty name. Its Display is the message alone.
+#[derive(Debug)]
+pub enum KeyFileError {
+    /// Exits `KEY`.
+    Key(String),
+    /// Exits `USAGE`.
+    Usage(String),
+}
+
+impl std::fmt::Display for KeyFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyFileError::Key(message) | KeyFileError::Usage(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for KeyFileError {}
+
+fn key_error(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(KeyFileError::Key(message.into()))
+}
 
 /// Where a key file path came from; it decides whether wxtoken may create the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +59,9 @@ impl KeyFile {
         let non_empty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
         let (path, source) = if let Some(path) = named {
             if path.as_os_str().is_empty() {
-                return Err(fail(Exit::Usage, "--key-file / WXTOKEN_KEY_FILE is empty"));
+                return Err(anyhow::Error::new(KeyFileError::Usage(
+                    "--key-file / WXTOKEN_KEY_FILE is empty".to_string(),
+                )));
             }
             (path, Source::Named)
         } else if let Some(dir) = non_empty("CREDENTIALS_DIRECTORY") {
@@ -47,8 +72,7 @@ impl KeyFile {
                 Source::Home,
             )
         } else {
-            return Err(fail(
-                Exit::Key,
+            return Err(key_error(
                 "no key file: HOME is not set; pass --key-file or set WXTOKEN_KEY_FILE",
             ));
         };
@@ -152,7 +176,7 @@ impl KeyFile {
 
     /// A key problem: names the file, exits `KEY`.
     pub fn error(&self, why: String) -> anyhow::Error {
-        fail(Exit::Key, format!("key file {} {why}", self.path.display()))
+        key_error(format!("key file {} {why}", self.path.display()))
     }
 
     fn dir(&self) -> &Path {
@@ -224,7 +248,7 @@ impl KeyFile {
                 .and_then(|r| r.split('.').next())
                 .and_then(|p| p.parse::<i64>().ok());
             let gone = match pid {
-                Some(pid) => pid != i64::from(std::process::id()) && !crate::store::pid_alive(pid),
+                Some(pid) => pid != i64::from(std::process::id()) && !pid_alive(pid),
                 None => old && rest.is_empty(),
             };
             let ours = entry

@@ -5,7 +5,9 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use crate::exit::Exit;
+/// The exit code of a process that a second stop signal ends at once: `Exit::Interrupted`'s,
+/// kept here so that this module imports nothing of wxtoken's (`exit` checks they agree).
+pub const INTERRUPTED_CODE: i32 = 8;
 
 /// The first stop signal received, 0 if none.
 static CAUGHT: AtomicI32 = AtomicI32::new(0);
@@ -17,7 +19,7 @@ extern "C" fn on_stop(sig: libc::c_int) {
     if CAUGHT.swap(sig, Ordering::SeqCst) != 0 {
         // A second signal: the user means it.
         // SAFETY: _exit is async-signal-safe and ends the process at once.
-        unsafe { libc::_exit(i32::from(Exit::Interrupted.code())) };
+        unsafe { libc::_exit(INTERRUPTED_CODE) };
     }
 }
 

@@ -165,9 +165,9 @@ pub trait Store: ReadStore + Sinks + Send {
     /// connection (a backend process and a runtime), a few milliseconds apiece.
     fn opener(&self) -> Opener;
 
-    /// The keys this store seals and opens secrets with (`vault::Keys`): none until the
+    /// The keys this store seals and opens secrets with (`keys::Keys`): none until the
     /// command unlocks the key file into them.
-    fn keys(&self) -> &crate::vault::Keys;
+    fn keys(&self) -> &crate::keys::Keys;
 
     /// Makes sure that a handle that sat idle still reaches the database, replacing a
     /// connection the server or the network dropped meanwhile (PostgreSQL; a file always

@@ -15,12 +15,6 @@ pub enum Access {
     Write,
 }
 
-/// Our effective uid, without libc: /proc/self is owned by it. (The key file's checks and
-/// the readers' sidecars use this one; [`euid`] asks the kernel.)
-pub fn effective_uid() -> u32 {
-    std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
-}
-
 /// This process's effective user id.
 pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.

@@ -145,13 +145,4 @@ impl Holder {
     }
 }
 
-/// Whether a process runs on this host. A zombie (killed, not yet reaped) counts as dead.
-pub(crate) fn pid_alive(pid: i64) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name, which may itself hold ')'.
-        Ok(stat) => {
-            !matches!(stat.rsplit(')').next().map(str::trim_start), Some(s) if s.starts_with('Z') || s.starts_with('X'))
-        }
-        Err(_) => !std::path::Path::new("/proc/self").exists(),
-    }
-}
+pub(crate) use crate::process::pid_alive;

@@ -8,7 +8,7 @@ use crate::domain::{
     Account, AccountKey, Api, AttemptResult, Credential, Failure, FetchRecord, Fetched, NewAccount,
     Outcome, Secret, Ticket,
 };
-use crate::vault::Keys;
+use crate::keys::Keys;
 
 /// What `import` says about a store that is not empty.
 pub(crate) fn not_empty(location: &str, accounts: i64) -> StoreError {
@@ -91,7 +91,7 @@ pub(crate) fn parse_tickets(list: &str) -> Vec<Ticket> {
     list.split(',').filter_map(Ticket::parse).collect()
 }
 
-/// How a secret is written to its column: encrypted with the store's keys (`vault::Keys`),
+/// How a secret is written to its column: encrypted with the store's keys (`keys::Keys`),
 /// bound to its `owner` (`crypto::account_owner`, `crypto::sink_owner`). AppSecrets and
 /// sink passwords (Redis) both go through this pair. A command that stores a secret
 /// unlocks the vault first; without a key nothing is written in plain text.

@@ -143,8 +143,8 @@ pub struct Postgres {
     /// Whether the schema version is known to match. A read handle checks it within its
     /// first query, so that `get` stays one round trip after connecting.
     verified: Cell<bool>,
-    /// What secrets are sealed and opened with (`vault::Keys`).
-    keys: crate::vault::Keys,
+    /// What secrets are sealed and opened with (`keys::Keys`).
+    keys: crate::keys::Keys,
 }
 
 /// A server error as one line (the client's own `Display` says only "db error"), in the
@@ -759,7 +759,7 @@ impl Postgres {
     /// server) moved into this host's clock by `skew` (see `query_timed`), as
     /// `latest_token` moves token times: a caller that judges the hold by its own clock
     /// then agrees with the server, however far this host's clock is off.
-    fn account_from_row(keys: &crate::vault::Keys, row: &postgres::Row, skew: i64) -> Account {
+    fn account_from_row(keys: &crate::keys::Keys, row: &postgres::Row, skew: i64) -> Account {
         AccountColumns {
             id: row.get(0),
             appid: row.get(1),
@@ -1080,7 +1080,7 @@ impl ReadStore for Postgres {
 }
 
 impl Store for Postgres {
-    fn keys(&self) -> &crate::vault::Keys {
+    fn keys(&self) -> &crate::keys::Keys {
         &self.keys
     }
 
@@ -1912,7 +1912,7 @@ mod tests {
     /// One account, `wxa`, added through host `a`'s handle; returns that and the id.
     fn with_account(db: &PgDb) -> (Postgres, i64) {
         let mut s = store_on(db, "a");
-        s.keys = crate::vault::test_keys();
+        s.keys = crate::keys::test_keys();
         let key = key("wxa");
         let new = NewAccount {
             key: key.clone(),

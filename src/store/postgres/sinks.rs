@@ -161,7 +161,7 @@ pub(super) fn insert_sink(
 }
 
 /// A sink, its times (stamped by the server) moved into this host's clock by `skew`.
-fn sink_from_row(keys: &crate::vault::Keys, row: &postgres::Row, skew: i64) -> SinkRow {
+fn sink_from_row(keys: &crate::keys::Keys, row: &postgres::Row, skew: i64) -> SinkRow {
     let last_at: Option<i64> = row.get(11);
     SinkColumns {
         id: row.get(0),

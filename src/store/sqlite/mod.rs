@@ -71,8 +71,8 @@ pub(super) struct Sqlite {
     /// Secrets were replaced inside `with_secrets_lock`'s transaction: the file is
     /// rebuilt (`scrub`) once it commits, since VACUUM cannot run inside it.
     scrub_after: std::cell::Cell<bool>,
-    /// What secrets are sealed and opened with (`vault::Keys`).
-    keys: crate::vault::Keys,
+    /// What secrets are sealed and opened with (`keys::Keys`).
+    keys: crate::keys::Keys,
 }
 
 /// What tells a changed file: its size and its modification time, to the nanosecond.
@@ -290,7 +290,7 @@ impl Sqlite {
     const ACCOUNT_COLUMNS: &'static str = "id, appid, agent, api, secret, enabled, created_at, updated_at, held_until, held_reason, tickets, fetch_due";
 
     fn account_from_row(
-        keys: &crate::vault::Keys,
+        keys: &crate::keys::Keys,
         row: &rusqlite::Row,
     ) -> rusqlite::Result<Account> {
         Ok(AccountColumns {
@@ -694,7 +694,7 @@ impl Store for Sqlite {
         tx.commit()
     }
 
-    fn keys(&self) -> &crate::vault::Keys {
+    fn keys(&self) -> &crate::keys::Keys {
         &self.keys
     }
 

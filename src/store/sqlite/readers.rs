@@ -30,7 +30,7 @@ pub fn align_sidecars(db: &Path) {
     let Ok(db_meta) = fs::metadata(db) else {
         return;
     };
-    let me = crate::store::filesafety::effective_uid();
+    let me = crate::process::effective_uid();
     let mode = db_meta.mode() & 0o666;
     for file in sidecars(db) {
         let Ok(meta) = fs::metadata(&file) else {

@@ -13,7 +13,7 @@ use crate::store::{
 const COLUMNS: &str = "id, name, kind, target, password, format, prefix, key_template, accounts, \
                        timeout, created_at, last_at, last_ok, last_published, last_failed, last_error";
 
-fn sink_from_row(keys: &crate::vault::Keys, row: &rusqlite::Row) -> rusqlite::Result<SinkRow> {
+fn sink_from_row(keys: &crate::keys::Keys, row: &rusqlite::Row) -> rusqlite::Result<SinkRow> {
     let last_at: Option<i64> = row.get(11)?;
     Ok(SinkColumns {
         id: row.get(0)?,
