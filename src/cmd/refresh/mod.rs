@@ -48,12 +48,18 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
                 .flatten()
         })
         .collect();
-    let accounts: Vec<Account> = all
-        .iter()
-        .zip(&keyless)
-        .filter(|(_, why)| why.is_none())
-        .map(|(account, _)| account.clone())
-        .collect();
+    // Usually every secret opens and the targets are fetched as they are; copies (an
+    // account holds its secret and tickets: ~300 bytes, 3 MB at 10,000 accounts) only
+    // when some are left out.
+    let accounts: std::borrow::Cow<[Account]> = if keyless.iter().all(Option::is_none) {
+        std::borrow::Cow::Borrowed(&all)
+    } else {
+        all.iter()
+            .zip(&keyless)
+            .filter(|(_, why)| why.is_none())
+            .map(|(account, _)| account.clone())
+            .collect()
+    };
     let plan = Plan {
         want: cfg.want,
         force: cfg.force,
