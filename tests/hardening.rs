@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::standin::{Reply, STABLE_TOKEN, TOKEN};
-use support::{Out, TestEnv, add, add_with, json, now, run, status_block, wait};
+use support::{Out, TestEnv, add, add_with, json, now, run, status_block};
 
 const SECRET: &str = "Hz3kSecretQ8vLm1NpR7tWx5YcBd2FgJ";
 const NEW_SECRET: &str = "Pw4nNewSecretA9sDf6GhJk2LzXc8VbM";
@@ -47,16 +47,8 @@ fn left(env: &TestEnv, appid: &str) -> i64 {
 
 /// Waits for a spawned process; kills it and fails if it outlives PATIENCE.
 #[track_caller]
-fn finish(mut child: Child) -> Out {
-    let deadline = Instant::now() + PATIENCE;
-    while child.try_wait().expect("poll wxtoken").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("wxtoken still ran after {PATIENCE:?}: {:?}", wait(child));
-        }
-        std::thread::park_timeout(Duration::from_millis(5));
-    }
-    wait(child)
+fn finish(child: Child) -> Out {
+    support::finish_within(child, PATIENCE)
 }
 
 /// Starts `refresh` with `args` against a gated token route and waits until `n` requests

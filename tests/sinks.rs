@@ -713,26 +713,11 @@ fn a_password_is_never_an_argument_and_never_shown() {
         stored.starts_with(&format!("wxs1:{}:", env.kid())),
         "{stored}"
     );
-    let kept: Vec<(String, Vec<u8>)> = if env.is_postgres() {
-        vec![("the database".into(), env.written_state())]
-    } else {
-        ["", "-wal", "-shm"]
-            .iter()
-            .map(|suffix| {
-                let file = format!("{}{suffix}", env.db().display());
-                let bytes = std::fs::read(&file).unwrap_or_default();
-                (file, bytes)
-            })
-            .collect()
-    };
-    for (what, bytes) in kept {
-        assert!(
-            !bytes
-                .windows(REDIS_PASSWORD.len())
-                .any(|w| w == REDIS_PASSWORD.as_bytes()),
-            "the Redis password is in {what}"
-        );
-    }
+    assert_eq!(
+        store_contains(&env, REDIS_PASSWORD),
+        None,
+        "the Redis password is in what the store keeps"
+    );
     // The ciphertext of one sink does not open as another's.
     env.execute(
         "UPDATE sinks SET password = (SELECT password FROM sinks WHERE name = 's') WHERE name = 't'",
@@ -1190,19 +1175,8 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Waits for a spawned process; kills it and fails if it outlives PATIENCE.
 #[track_caller]
-fn finish(mut child: Child) -> Out {
-    let deadline = Instant::now() + PATIENCE;
-    while child.try_wait().expect("poll wxtoken").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "wxtoken still ran after {PATIENCE:?}: {:?}",
-                support::wait(child)
-            );
-        }
-        std::thread::park_timeout(Duration::from_millis(5));
-    }
-    support::wait(child)
+fn finish(child: Child) -> Out {
+    support::finish_within(child, PATIENCE)
 }
 
 #[test]

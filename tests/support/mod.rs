@@ -551,6 +551,21 @@ impl Drop for TestEnv {
     }
 }
 
+/// Waits for a spawned process, as [`wait`] does; kills it and fails the test if it outlives
+/// `patience` (a hung run fails instead of hanging the suite).
+#[track_caller]
+pub fn finish_within(mut child: Child, patience: std::time::Duration) -> Out {
+    let deadline = std::time::Instant::now() + patience;
+    while child.try_wait().expect("poll wxtoken").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("wxtoken still ran after {patience:?}: {:?}", wait(child));
+        }
+        std::thread::park_timeout(std::time::Duration::from_millis(5));
+    }
+    wait(child)
+}
+
 /// Waits for a child started with [`TestEnv::spawn`], closing its stdin first.
 pub fn wait(mut child: Child) -> Out {
     drop(child.stdin.take());
