@@ -255,6 +255,15 @@ pub fn account_owner(account: &AccountKey) -> Vec<u8> {
     owner
 }
 
+/// The owner of a platform's other sealed values (`ticket`, `token`, `aes_key`):
+/// `APPID\0AGENT\0WHAT`, so that none can be moved into another column or account.
+pub fn platform_owner(account: &AccountKey, what: &str) -> Vec<u8> {
+    let mut owner = account_owner(account);
+    owner.push(0);
+    owner.extend_from_slice(what.as_bytes());
+    owner
+}
+
 /// The owner of a sink's password: `sink\0NAME`; no appid contains a NUL, so it can never
 /// be an account's.
 pub fn sink_owner(name: &str) -> Vec<u8> {

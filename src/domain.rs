@@ -139,7 +139,13 @@ fn check_identifier(what: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Which token endpoint an account uses.
+/// Which token endpoint an account uses. The platform kinds (a third-party platform and
+/// the accounts it manages) are accounts too, so that claims, leases, intents, holds,
+/// status, metrics, sinks and `store copy` cover them without a second model: a
+/// *platform* (an Open Platform component, a WeCom suite) fetches its token with a pushed
+/// ticket; a *tenant* (an authorizer, a corp) fetches its token with its platform's token
+/// and its durable credential (a refresh token, a permanent code), kept where an
+/// account keeps its secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Api {
     /// `GET /cgi-bin/token`: each fetch invalidates the previous token after 5 minutes.
@@ -148,6 +154,22 @@ pub enum Api {
     Stable,
     /// WeCom `GET /cgi-bin/gettoken`.
     Work,
+    /// An Open Platform third-party platform: `api_component_token`, with the pushed
+    /// component_verify_ticket. Key: (component appid, "").
+    Component,
+    /// An Official Account or Mini Program managed by a component: `api_authorizer_token`
+    /// with the component token and its refresh token (the secret). Key: (its appid,
+    /// the component appid).
+    Authorizer,
+    /// A WeCom third-party app or 代开发 template: `get_suite_token`, with the pushed
+    /// suite_ticket. Key: (suite id, "").
+    Suite,
+    /// A corp that installed a suite: `get_corp_token` with the suite token and its
+    /// permanent code (the secret). Key: (corpid, suite id).
+    Corp,
+    /// A WeCom provider (服务商): `get_provider_token` with the provider secret; no
+    /// ticket, no tenants. Key: (provider corpid, "").
+    Provider,
 }
 
 impl Api {
@@ -156,15 +178,110 @@ impl Api {
             Api::Token => "token",
             Api::Stable => "stable",
             Api::Work => "work",
+            Api::Component => "component",
+            Api::Authorizer => "authorizer",
+            Api::Suite => "suite",
+            Api::Corp => "corp",
+            Api::Provider => "provider",
         }
     }
 
+    /// The APIs `account add --api` takes; the platform kinds are added by their own
+    /// commands.
     pub fn parse(s: &str) -> Option<Api> {
         match s {
             "token" => Some(Api::Token),
             "stable" => Some(Api::Stable),
             "work" => Some(Api::Work),
             _ => None,
+        }
+    }
+
+    /// How the store keeps it: the host family (`token` for Open Platform, `work` for
+    /// WeCom) and the platform role ('' for a plain account).
+    pub fn columns(self) -> (&'static str, &'static str) {
+        match self {
+            Api::Token | Api::Stable | Api::Work => (self.as_str(), ""),
+            Api::Component | Api::Authorizer => ("token", self.as_str()),
+            Api::Suite | Api::Corp | Api::Provider => ("work", self.as_str()),
+        }
+    }
+
+    /// The inverse of [`Api::columns`]; unknown values (a newer wxtoken's) read as the
+    /// classic API, as before.
+    pub fn from_columns(api: &str, role: &str) -> Api {
+        match role {
+            "component" => Api::Component,
+            "authorizer" => Api::Authorizer,
+            "suite" => Api::Suite,
+            "corp" => Api::Corp,
+            "provider" => Api::Provider,
+            _ => Api::parse(api).unwrap_or(Api::Token),
+        }
+    }
+
+    /// A platform: its token needs a pushed ticket.
+    pub fn is_platform(self) -> bool {
+        matches!(self, Api::Component | Api::Suite)
+    }
+
+    /// A tenant: its token needs its platform's token.
+    pub fn is_tenant(self) -> bool {
+        matches!(self, Api::Authorizer | Api::Corp)
+    }
+
+    /// One of the platform kinds, whose tokens are fetched ahead of expiry only (never
+    /// again while they have more than the due window left: a platform token fetched
+    /// twice breaks every holder of the first).
+    pub fn is_platform_kind(self) -> bool {
+        self.is_platform() || self.is_tenant() || self == Api::Provider
+    }
+
+    /// Whether it lives on WeCom's host.
+    pub fn is_wecom(self) -> bool {
+        matches!(self, Api::Work | Api::Suite | Api::Corp | Api::Provider)
+    }
+
+    /// How long a pushed ticket stays valid: 12 h on Open Platform, 30 min for a suite.
+    pub fn ticket_validity(self) -> Option<i64> {
+        match self {
+            Api::Component => Some(12 * 3600),
+            Api::Suite => Some(30 * 60),
+            _ => None,
+        }
+    }
+
+    /// The platform kind a tenant belongs to.
+    pub fn platform_kind(self) -> Option<Api> {
+        match self {
+            Api::Authorizer => Some(Api::Component),
+            Api::Corp => Some(Api::Suite),
+            _ => None,
+        }
+    }
+
+    /// How people call the account's durable credential.
+    pub fn secret_name(self) -> &'static str {
+        match self {
+            Api::Token | Api::Stable => "AppSecret",
+            Api::Work => "secret",
+            Api::Component => "component_appsecret",
+            Api::Authorizer => "refresh token",
+            Api::Suite => "suite_secret",
+            Api::Corp => "permanent code",
+            Api::Provider => "provider_secret",
+        }
+    }
+
+    /// How people call its kind, in messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Api::Token | Api::Stable | Api::Work => "account",
+            Api::Component => "component",
+            Api::Authorizer => "authorizer",
+            Api::Suite => "suite",
+            Api::Corp => "corp",
+            Api::Provider => "provider",
         }
     }
 }
@@ -199,9 +316,9 @@ impl Ticket {
     /// Whether accounts of this API have this ticket.
     pub fn fits(self, api: Api) -> bool {
         match self {
-            Ticket::Jsapi => true,
-            Ticket::WxCard => api != Api::Work,
-            Ticket::AgentConfig => api == Api::Work,
+            Ticket::Jsapi => !matches!(api, Api::Component | Api::Suite | Api::Provider),
+            Ticket::WxCard => matches!(api, Api::Token | Api::Stable | Api::Authorizer),
+            Ticket::AgentConfig => matches!(api, Api::Work | Api::Corp),
         }
     }
 }
@@ -249,6 +366,12 @@ pub struct Account {
     pub tickets: Vec<Ticket>,
     /// set-secret or enable asked for a fetch at the next refresh of either kind.
     pub fetch_due: bool,
+    /// A tenant's platform (an authorizer's component, a corp's suite), or the 代开发
+    /// template a WeCom account came from: the platform account's id.
+    pub platform: Option<i64>,
+    /// A tenant's credential before WeChat's last rotation of it, kept until the new one
+    /// has worked once (a refresh token that WeChat replaced in a reply).
+    pub previous_secret: Option<Secret>,
 }
 
 impl Account {
@@ -272,6 +395,8 @@ pub struct NewAccount {
     pub api: Api,
     pub secret: Secret,
     pub tickets: Vec<Ticket>,
+    /// The platform account's id, for a tenant or a 代开发 corp.
+    pub platform: Option<i64>,
 }
 
 /// One row of the token history (a token or a ticket).
@@ -306,6 +431,9 @@ impl TokenRow {
 pub struct Fetched {
     pub token: String,
     pub expires_in: i64,
+    /// A new durable credential that came with the token (an authorizer's refresh token
+    /// that differs from the one sent): stored in the transaction that records the token.
+    pub renewed: Option<Secret>,
 }
 
 /// Why a fetch failed.

@@ -31,7 +31,7 @@ pub fn documented_daily_limit(api: Api) -> Option<i64> {
     match api {
         Api::Token => Some(2_000),
         Api::Stable => Some(500_000),
-        Api::Work => None,
+        _ => None,
     }
 }
 
@@ -61,7 +61,7 @@ pub fn cgi_path(api: Api) -> Option<&'static str> {
     match api {
         Api::Token => Some("/cgi-bin/token"),
         Api::Stable => Some("/cgi-bin/stable_token"),
-        Api::Work => None,
+        _ => None,
     }
 }
 

@@ -287,6 +287,7 @@ mod tests {
             api: Api::Token,
             secret: Secret::new(secret.into()),
             tickets: vec![],
+            platform: None,
         };
         store.add_account(&new, 1).unwrap();
         key

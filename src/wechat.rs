@@ -35,7 +35,9 @@ impl<T> From<Result<T, Failure>> for Try<T> {
     }
 }
 
+mod platform;
 mod quota;
+pub use platform::{Authorized, AuthorizerPage, CorpAuth, PermanentCode};
 pub use quota::Quota;
 
 /// A token reply is well under 1 KiB; anything past this is not WeChat talking.
@@ -168,20 +170,20 @@ impl Client {
     /// Fetches a token, retrying transient failures with backoff and jitter.
     /// `force` asks a `stable` account for a brand-new token (`force_refresh: true`).
     pub fn fetch_token(&self, creds: &Credentials, force: bool) -> Outcome {
-        self.with_retries(creds.secret, || self.token_once(creds, force))
+        self.with_retries(&[creds.secret], || self.token_once(creds, force))
     }
 
     /// Fetches a JS-SDK ticket with `token`, retrying transient failures.
     pub fn fetch_ticket(&self, api: Api, ticket: Ticket, token: &str) -> Outcome {
         // The token is in the query string; keep it out of error texts like a secret.
         let token_secret = Secret::new(token.to_string());
-        self.with_retries(&token_secret, || {
-            let request = match (api, ticket) {
-                (Api::Work, Ticket::AgentConfig) => self
+        self.with_retries(&[&token_secret], || {
+            let request = match (api.is_wecom(), ticket) {
+                (true, Ticket::AgentConfig) => self
                     .agent
                     .get(format!("{}/cgi-bin/ticket/get", self.work_api_base))
                     .query("type", "agent_config"),
-                (Api::Work, _) => self
+                (true, _) => self
                     .agent
                     .get(format!("{}/cgi-bin/get_jsapi_ticket", self.work_api_base)),
                 (_, kind) => self
@@ -189,7 +191,7 @@ impl Client {
                     .get(format!("{}/cgi-bin/ticket/getticket", self.api_base))
                     .query("type", kind.as_str()),
             };
-            let base = if api == Api::Work {
+            let base = if api.is_wecom() {
                 &self.work_api_base
             } else {
                 &self.api_base
@@ -201,7 +203,7 @@ impl Client {
 
     fn with_retries<T, R: Into<Try<T>>>(
         &self,
-        secret: &Secret,
+        secrets: &[&Secret],
         mut once: impl FnMut() -> R,
     ) -> Outcome<T> {
         let started = Instant::now();
@@ -214,7 +216,7 @@ impl Client {
             sent::reset();
             let attempt: Try<T> = once().into();
             let result = attempt.result.map_err(|f| {
-                let hidden = std::iter::once(secret).chain(&self.hidden);
+                let hidden = secrets.iter().copied().chain(&self.hidden);
                 scrub_failure(f, &hidden.collect::<Vec<_>>())
             });
             // An errcode is WeChat saying it issued nothing; anything else that got there
@@ -274,13 +276,32 @@ impl Client {
                 .query("corpid", creds.appid)
                 .query("corpsecret", secret)
                 .call(),
+            Api::Provider => {
+                let body = serde_json::json!({ "corpid": creds.appid, "provider_secret": secret });
+                self.agent
+                    .post(format!(
+                        "{}/cgi-bin/service/get_provider_token",
+                        self.work_api_base
+                    ))
+                    .header("Content-Type", "application/json")
+                    .send(body.to_string())
+            }
+            // Platforms and tenants need more than a secret: `fetch_platform_token`,
+            // `fetch_tenant_token`.
+            api => {
+                return Err(Failure::Invalid(format!(
+                    "a {} token is not fetched with a secret alone",
+                    api.noun()
+                )))
+                .into();
+            }
         };
-        let base = if creds.api == Api::Work {
-            &self.work_api_base
-        } else {
-            &self.api_base
+        let (base, field) = match creds.api {
+            Api::Provider => (&self.work_api_base, "provider_access_token"),
+            Api::Work => (&self.work_api_base, "access_token"),
+            _ => (&self.api_base, "access_token"),
         };
-        exchange(base, response, "access_token")
+        exchange(base, response, field)
     }
 }
 
@@ -425,6 +446,15 @@ fn read_body(
     base: &str,
     response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
 ) -> Result<String, Failure> {
+    read_body_capped(base, response, BODY_CAP)
+}
+
+/// `read_body` for a reply that may be larger than a token's (a page of authorizers).
+fn read_body_capped(
+    base: &str,
+    response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    cap: u64,
+) -> Result<String, Failure> {
     let host = display_host(base);
     let transport = |err: ureq::Error| {
         Failure::Transport(match err {
@@ -440,15 +470,15 @@ fn read_body(
     response
         .body_mut()
         .with_config()
-        .limit(BODY_CAP)
+        .limit(cap)
         .read_to_string()
         .map_err(|e| match e {
             ureq::Error::BodyExceedsLimit(_) => {
-                Failure::NotJson(format!("larger than {} KiB", BODY_CAP / 1024))
+                Failure::NotJson(format!("larger than {} KiB", cap / 1024))
             }
             ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
                 if io.to_string().contains("limit") {
-                    Failure::NotJson(format!("larger than {} KiB", BODY_CAP / 1024))
+                    Failure::NotJson(format!("larger than {} KiB", cap / 1024))
                 } else {
                     Failure::NotJson("not UTF-8".to_string())
                 }
@@ -466,16 +496,30 @@ struct Reply {
     access_token: Option<String>,
     ticket: Option<String>,
     expires_in: Option<i64>,
+    component_access_token: Option<String>,
+    authorizer_access_token: Option<String>,
+    authorizer_refresh_token: Option<String>,
+    suite_access_token: Option<String>,
+    provider_access_token: Option<String>,
 }
 
 /// Strict parsing of a reply: a WeChat error, or a well-formed `field` with `expires_in`.
 fn parse_reply(body: String, field: &str) -> Result<Fetched, Failure> {
     let reply: Reply = decode(body)?;
     check_errcode(reply.errcode, reply.errmsg)?;
-    let value = if field == "ticket" {
-        reply.ticket
-    } else {
-        reply.access_token
+    // A refresh token WeChat hands back with an authorizer token: kept only when it is a
+    // plausible credential (never an empty one: it must never replace a stored one).
+    let renewed = reply
+        .authorizer_refresh_token
+        .filter(|t| !t.is_empty() && t.len() <= 512 && t.bytes().all(|b| b.is_ascii_graphic()))
+        .map(Secret::new);
+    let value = match field {
+        "ticket" => reply.ticket,
+        "component_access_token" => reply.component_access_token,
+        "authorizer_access_token" => reply.authorizer_access_token,
+        "suite_access_token" => reply.suite_access_token,
+        "provider_access_token" => reply.provider_access_token,
+        _ => reply.access_token,
     };
     let token = value.ok_or_else(|| Failure::Invalid(format!("no {field} in the reply")))?;
     if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
@@ -491,7 +535,11 @@ fn parse_reply(body: String, field: &str) -> Result<Fetched, Failure> {
             "expires_in {expires_in} is out of range (WeChat's tokens live at most {MAX_EXPIRES_IN} s)"
         )));
     }
-    Ok(Fetched { token, expires_in })
+    Ok(Fetched {
+        token,
+        expires_in,
+        renewed,
+    })
 }
 
 /// A reply body as JSON of type `T`. A body that is not JSON at all (a proxy's error page)

@@ -41,6 +41,7 @@ pub fn run(ctx: &Context, op: AccountOp) -> Result<Exit> {
                 api,
                 secret,
                 tickets,
+                platform: None,
             };
             // The key file is read again under the lock that `key rotate` takes.
             store.with_secrets_lock(&mut || {

@@ -108,6 +108,48 @@ pub enum Recorded {
     Failed,
 }
 
+/// A platform's newest pushed ticket (component_verify_ticket, suite_ticket).
+#[derive(Debug, Clone)]
+pub struct PlatformTicket {
+    pub ticket: Secret,
+    /// When WeChat created it (the push's CreateTime / TimeStamp), Unix seconds.
+    pub create_time: i64,
+    /// When it was stored, on this host's clock.
+    pub received_at: i64,
+}
+
+/// What storing a ticket did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TicketStored {
+    Stored,
+    /// The stored ticket is as new or newer; it stays.
+    Kept,
+}
+
+/// How a platform's pushes are verified and decrypted, and who sees each event.
+#[derive(Debug, Clone)]
+pub struct PlatformCrypto {
+    /// The message Token.
+    pub token: Secret,
+    /// The 43-character EncodingAESKey.
+    pub aes_key: Secret,
+    /// The hook's shell command, if one is set.
+    pub hook: Option<String>,
+    pub hook_timeout: i64,
+    /// Whether the hook sees auth codes, permanent codes and refresh tokens.
+    pub hook_secrets: bool,
+}
+
+/// One thing a platform's pushes or onboarding did, as `status` shows it.
+#[derive(Debug, Clone)]
+pub struct PlatformEvent {
+    pub at: i64,
+    pub event: String,
+    pub tenant: Option<String>,
+    pub ok: bool,
+    pub detail: Option<String>,
+}
+
 /// What every command may read.
 pub trait ReadStore {
     /// Where the data lives, for people: a path, or a URL without its password.
@@ -147,6 +189,11 @@ pub trait ReadStore {
     /// Everything `store copy` moves: each account with its secret (as stored) and hold,
     /// and its newest token and tickets if still valid at `now`.
     fn export(&self, now: i64) -> Result<Vec<Exported>>;
+
+    /// When a platform's newest ticket was created and stored, if it has one.
+    fn ticket_times(&self, account_id: i64) -> Result<Option<(i64, i64)>>;
+    /// A platform's newest events, newest first.
+    fn platform_events(&self, account_id: i64, limit: i64) -> Result<Vec<PlatformEvent>>;
 
     /// The account, or `NotFound`.
     fn require_account(&self, key: &AccountKey) -> Result<Account> {
@@ -211,6 +258,49 @@ pub trait Store: ReadStore + Sinks + Send {
     /// that needs the key encrypts them all, every secret of such a database is in plain
     /// text, the oldest one included) and by the sinks (a few rows).
     fn has_plaintext(&self) -> Result<bool>;
+
+    /// Stores a platform's ticket, sealed, unless the stored one was created at the same
+    /// time or later (by `create_time`): pushes may arrive out of order.
+    fn set_platform_ticket(
+        &self,
+        account_id: i64,
+        ticket: &Secret,
+        create_time: i64,
+        now: i64,
+    ) -> Result<TicketStored>;
+    /// A platform's newest ticket, opened.
+    fn platform_ticket(&self, account_id: i64) -> Result<Option<PlatformTicket>>;
+    /// Sets how a platform's pushes are verified and decrypted (both sealed); keeps its hook.
+    fn set_platform_crypto(
+        &self,
+        account_id: i64,
+        token: &Secret,
+        aes_key: &Secret,
+        now: i64,
+    ) -> Result<()>;
+    /// Sets (or with `None` removes) a platform's hook; `NotFound`-like error without crypto.
+    fn set_platform_hook(
+        &self,
+        account_id: i64,
+        hook: Option<&str>,
+        timeout: i64,
+        secrets: bool,
+        now: i64,
+    ) -> Result<bool>;
+    /// A platform's push settings, opened.
+    fn platform_crypto(&self, account_id: i64) -> Result<Option<PlatformCrypto>>;
+    /// Records what a push or an onboarding did (`failure`: why it failed).
+    fn record_platform_event(
+        &self,
+        account_id: i64,
+        at: i64,
+        event: &str,
+        tenant: Option<&str>,
+        failure: Option<&str>,
+    ) -> Result<()>;
+    /// Removes a platform with its tenants (and their whole history); returns how many
+    /// tenants went with it.
+    fn remove_platform(&self, key: &AccountKey) -> Result<usize>;
 
     /// Claims an account for fetching, atomically across processes. A claim that expired,
     /// or whose holder is known to be gone, is taken over.

@@ -15,8 +15,9 @@ mod schema;
 mod sqlite;
 
 pub use api::{
-    Claim, Exported, ForcedRefreshes, Newest, NewestRow, Opener, ReadStore, Recorded, Result,
-    RunRow, SealedSample, SinkResult, SinkRow, Sinks, Store, StoreError,
+    Claim, Exported, ForcedRefreshes, Newest, NewestRow, Opener, PlatformCrypto, PlatformEvent,
+    PlatformTicket, ReadStore, Recorded, Result, RunRow, SealedSample, SinkResult, SinkRow, Sinks,
+    Store, StoreError, TicketStored,
 };
 pub(crate) use api::{all_kinds, parse_kind};
 pub(crate) use rows::{

@@ -116,12 +116,6 @@ pub(crate) fn open_secret(keys: &Keys, owner: &[u8], stored: String) -> Secret {
     keys.open(owner, &stored, kid)
 }
 
-/// Whether `stored` (an account's secret column now) is the secret a fetch used.
-pub(crate) fn same_secret(keys: &Keys, key: &AccountKey, stored: String, used: &Secret) -> bool {
-    let now = open_secret(keys, &crate::crypto::account_owner(key), stored);
-    now.locked_kid().is_none() && used.locked_kid().is_none() && now.expose() == used.expose()
-}
-
 /// What an opened account secret is stored as in another store (`store copy`): sealed
 /// again with the same key, or the marker of a secret forgotten with a lost key.
 pub(crate) fn stored_form(keys: &Keys, key: &AccountKey, secret: &Secret) -> Result<String> {
@@ -203,6 +197,11 @@ pub(crate) struct AccountColumns {
     pub(crate) held_reason: Option<String>,
     pub(crate) tickets: String,
     pub(crate) fetch_due: bool,
+    /// The platform role ('' for a plain account: see `Api::columns`).
+    pub(crate) role: String,
+    pub(crate) platform_id: Option<i64>,
+    /// A tenant's previous credential, sealed (`None` for a reader's handle too).
+    pub(crate) previous_secret: Option<String>,
 }
 
 impl AccountColumns {
@@ -218,10 +217,15 @@ impl AccountColumns {
             Some(stored) => open_secret(keys, &crate::crypto::account_owner(&key), stored),
             None => Secret::new(String::new()),
         };
+        let previous_secret = self
+            .previous_secret
+            .map(|stored| open_secret(keys, &crate::crypto::account_owner(&key), stored));
         Account {
             id: self.id,
             key,
-            api: Api::parse(&self.api).unwrap_or(Api::Token),
+            api: Api::from_columns(&self.api, &self.role),
+            platform: self.platform_id,
+            previous_secret,
             secret,
             enabled: self.enabled,
             created_at: self.created_at + skew,
@@ -298,6 +302,13 @@ pub(crate) struct RecordPlan<'a> {
     /// Whether this holder's intent ends: an access token whose request cannot have
     /// created a token we never saw.
     pub(crate) clear_intent: bool,
+    /// A new durable credential to store, sealed, in this transaction (the stored one moves
+    /// to the previous column): a non-empty one that differs from the stored one, that
+    /// came with a token fetched with the stored (or previous) credential, so that a
+    /// re-authorization that stored a newer one meanwhile is never undone.
+    pub(crate) renewed: Option<String>,
+    /// Whether the previous credential is dropped: the stored one has now worked.
+    pub(crate) clear_previous: bool,
 }
 
 /// The plan for `record`, given the newest stored token of its kind (read when the fetch
@@ -309,9 +320,9 @@ pub(crate) fn plan_record<'a>(
     keys: &Keys,
     record: &'a FetchRecord,
     newest: Option<&str>,
-    stored: Option<(AccountKey, String)>,
+    stored: Option<(AccountKey, String, Option<String>)>,
     hold_start: i64,
-) -> RecordPlan<'a> {
+) -> Result<RecordPlan<'a>> {
     let (recorded, insert) = match &record.outcome.result {
         Ok(f) if newest == Some(f.token.as_str()) => (Recorded::Unchanged, None),
         Ok(f) => (Recorded::Inserted, Some(f)),
@@ -319,21 +330,50 @@ pub(crate) fn plan_record<'a>(
     };
     let access = record.kind == Credential::AccessToken;
     // Secrets are sealed with a fresh nonce each time: compare what the stored one opens to.
-    let update_account = access
-        && stored.is_some_and(|(key, stored)| same_secret(keys, &key, stored, &record.secret));
+    let opened = stored.map(|(key, stored, previous)| {
+        let owner = crate::crypto::account_owner(&key);
+        let current = open_secret(keys, &owner, stored);
+        let previous = previous.map(|p| open_secret(keys, &owner, p));
+        (key, current, previous)
+    });
+    let is = |s: &Secret| {
+        s.locked_kid().is_none()
+            && record.secret.locked_kid().is_none()
+            && s.expose() == record.secret.expose()
+    };
+    let used_current = access && opened.as_ref().is_some_and(|(_, c, _)| is(c));
+    let used_previous =
+        access && opened.as_ref().is_some_and(|(_, _, p)| p.as_ref().is_some_and(is));
+    let update_account = used_current;
+    let mut renewed = None;
+    let mut clear_previous = false;
+    if let (Ok(f), Some((key, current, _))) = (&record.outcome.result, &opened) {
+        match &f.renewed {
+            Some(new)
+                if !new.expose().is_empty()
+                    && new.expose() != current.expose()
+                    && (used_current || used_previous) =>
+            {
+                renewed = Some(seal_secret(keys, &crate::crypto::account_owner(key), new)?);
+            }
+            _ => clear_previous = used_current,
+        }
+    }
     let (held_until, held_reason) = record
         .hold
         .as_ref()
         .and_then(|(h, reason)| Some((crate::policy::held_until(*h, hold_start)?, reason.as_str())))
         .unzip();
-    RecordPlan {
+    Ok(RecordPlan {
         recorded,
         insert,
         update_account,
         held_until,
         held_reason,
         clear_intent: access && !record.outcome.may_have_issued(),
-    }
+        renewed,
+        clear_previous,
+    })
 }
 
 /// An exported account as the importing store writes it (`store copy`): its secret in

@@ -27,7 +27,7 @@ impl Client {
         // The token is in the query string; keep it out of error texts like a secret.
         let token_secret = Secret::new(token.to_string());
         let body = serde_json::json!({ "cgi_path": cgi_path }).to_string();
-        self.with_retries(&token_secret, || {
+        self.with_retries(&[&token_secret], || {
             let response = self
                 .agent
                 .post(format!("{}{QUOTA_GET}", self.api_base))
@@ -42,7 +42,7 @@ impl Client {
     /// secret travels in the JSON body, never in the URL, where proxies and logs keep it.
     pub fn clear_quota(&self, appid: &str, secret: &Secret) -> Outcome<()> {
         let body = serde_json::json!({ "appid": appid, "appsecret": secret.expose() }).to_string();
-        self.with_retries(secret, || {
+        self.with_retries(&[secret], || {
             let response = self
                 .agent
                 .post(format!("{}{CLEAR_QUOTA}", self.api_base))

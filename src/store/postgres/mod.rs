@@ -15,6 +15,7 @@
 
 pub(crate) mod conf;
 pub(crate) mod conn;
+mod platforms;
 mod sinks;
 
 use crate::store::rows::{
@@ -33,9 +34,10 @@ use crate::domain::{
 };
 use crate::store::postgres::conf::PgConfig;
 use crate::store::{
-    AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, Opener, RUN_COLUMNS,
-    ReadStore, Recorded, Result, RunRow, SUCCESSFUL_RUNS, SealedSample, SinkRow, Store, StoreError,
-    all_kinds, not_empty, pid_alive, seal_secret, stored_password,
+    AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, Opener, PlatformCrypto,
+    PlatformEvent, PlatformTicket, RUN_COLUMNS, ReadStore, Recorded, Result, RunRow,
+    SUCCESSFUL_RUNS, SealedSample, SinkRow, Store, StoreError, TicketStored, all_kinds, not_empty,
+    pid_alive, seal_secret, stored_password,
 };
 
 /// Every PostgreSQL migration, in order; the schema version is how many are applied.
@@ -45,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0003_runs.sql"),
     include_str!("../../../migrations/postgres/0004_sinks.sql"),
     include_str!("../../../migrations/postgres/0005_intents.sql"),
+    include_str!("../../../migrations/postgres/0006_platforms.sql"),
 ];
 
 /// The key of the advisory lock that serialises migrations. Advisory locks are per
@@ -734,18 +737,19 @@ impl Postgres {
     /// reads the secrets: a reader role may select accounts, never `account_secrets`.
     fn select_accounts(&self, rest: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Account>> {
         self.verify()?;
-        let (secret, join) = if self.holder.id.is_empty() {
-            ("NULL::text", "")
+        let (secret, previous, join) = if self.holder.id.is_empty() {
+            ("NULL::text", "NULL::text", "")
         } else {
             (
                 "s.secret",
+                "s.previous",
                 "LEFT JOIN account_secrets s ON s.account_id = a.id",
             )
         };
         let sql = format!(
             "SELECT a.id, a.appid, a.agent, a.api, {secret}, a.enabled, a.created_at,
                     a.updated_at, a.held_until, a.held_reason, a.tickets, a.fetch_due,
-                    {NOW_EXACT} AS server_now
+                    {NOW_EXACT} AS server_now, a.role, a.platform_id, {previous}
              FROM accounts a {join} {rest}"
         );
         let (rows, skew) = self.query_timed(&sql, params)?;
@@ -774,6 +778,9 @@ impl Postgres {
             held_reason: row.get(9),
             tickets: row.get(10),
             fetch_due: row.get(11),
+            role: row.get(13),
+            platform_id: row.get(14),
+            previous_secret: row.get(15),
         }
         .account(keys, skew)
     }
@@ -851,6 +858,13 @@ impl Postgres {
 }
 
 impl ReadStore for Postgres {
+    fn ticket_times(&self, account_id: i64) -> Result<Option<(i64, i64)>> {
+        self.ticket_times_(account_id)
+    }
+
+    fn platform_events(&self, account_id: i64, limit: i64) -> Result<Vec<PlatformEvent>> {
+        self.platform_events_(account_id, limit)
+    }
     fn location(&self) -> String {
         self.config.to_string()
     }
@@ -1080,6 +1094,60 @@ impl ReadStore for Postgres {
 }
 
 impl Store for Postgres {
+    fn set_platform_ticket(
+        &self,
+        account_id: i64,
+        ticket: &Secret,
+        create_time: i64,
+        now: i64,
+    ) -> Result<TicketStored> {
+        self.set_platform_ticket_(account_id, ticket, create_time, now)
+    }
+
+    fn platform_ticket(&self, account_id: i64) -> Result<Option<PlatformTicket>> {
+        self.platform_ticket_(account_id)
+    }
+
+    fn set_platform_crypto(
+        &self,
+        account_id: i64,
+        token: &Secret,
+        aes_key: &Secret,
+        now: i64,
+    ) -> Result<()> {
+        self.set_platform_crypto_(account_id, token, aes_key, now)
+    }
+
+    fn set_platform_hook(
+        &self,
+        account_id: i64,
+        hook: Option<&str>,
+        timeout: i64,
+        secrets: bool,
+        now: i64,
+    ) -> Result<bool> {
+        self.set_platform_hook_(account_id, hook, timeout, secrets, now)
+    }
+
+    fn platform_crypto(&self, account_id: i64) -> Result<Option<PlatformCrypto>> {
+        self.platform_crypto_(account_id)
+    }
+
+    fn record_platform_event(
+        &self,
+        account_id: i64,
+        at: i64,
+        event: &str,
+        tenant: Option<&str>,
+        failure: Option<&str>,
+    ) -> Result<()> {
+        self.record_platform_event_(account_id, at, event, tenant, failure)
+    }
+
+    fn remove_platform(&self, key: &AccountKey) -> Result<usize> {
+        self.remove_platform_(key)
+    }
+
     fn keys(&self) -> &crate::keys::Keys {
         &self.keys
     }
@@ -1110,7 +1178,8 @@ impl Store for Postgres {
 
     /// Stamped by the server's clock, as every time on PostgreSQL; `now` is not used.
     fn add_account(&self, new: &NewAccount, _now: i64) -> Result<()> {
-        let (key, api) = (&new.key, new.api);
+        let key = &new.key;
+        let (api_column, role) = new.api.columns();
         let (sealed, tickets) = new_account_columns(&self.keys, new)?;
         let config = &self.config;
         let err = |e: postgres::Error| pg_error(config, &e);
@@ -1119,11 +1188,12 @@ impl Store for Postgres {
         let row = tx
             .query_opt(
                 &format!(
-                    "INSERT INTO accounts (appid, agent, api, enabled, created_at, updated_at, tickets)
-                     VALUES ($1, $2, $3, true, {NOW}, {NOW}, $4)
+                    "INSERT INTO accounts (appid, agent, api, enabled, created_at, updated_at,
+                                           tickets, role, platform_id)
+                     VALUES ($1, $2, $3, true, {NOW}, {NOW}, $4, $5, $6)
                      ON CONFLICT (appid, agent) DO NOTHING RETURNING id"
                 ),
-                &[&key.appid, &key.agent, &api.as_str(), &tickets],
+                &[&key.appid, &key.agent, &api_column, &tickets, &role, &new.platform],
             )
             .map_err(err)?;
         let Some(row) = row else {
@@ -1524,7 +1594,7 @@ impl Store for Postgres {
                          WHERE account_id = $1 AND holder = $2 FOR UPDATE),
                         (SELECT token FROM tokens WHERE account_id = $1 AND kind = $3
                          ORDER BY id DESC LIMIT 1),
-                        a.appid, a.agent, s.secret
+                        a.appid, a.agent, s.secret, s.previous
                  FROM (SELECT count(*) FROM ({RECORD_LOCK_ROW} FOR KEY SHARE) r) l,
                       accounts a LEFT JOIN account_secrets s ON s.account_id = a.id
                  WHERE a.id = $1
@@ -1561,11 +1631,11 @@ impl Store for Postgres {
                 appid: row.get(3),
                 agent: row.get(4),
             };
-            (key, stored)
+            (key, stored, row.get::<_, Option<String>>(6))
         });
         // On the server's clock: a host whose clock is off can neither cut the hold short
         // nor stretch it.
-        let plan = plan_record(&self.keys, record, newest.as_deref(), stored, server_now);
+        let plan = plan_record(&self.keys, record, newest.as_deref(), stored, server_now)?;
         let token = plan.insert.map(|f| f.token.as_str());
         let expires_in = plan.insert.map(|f| f.expires_in);
         let a = AttemptColumns::of(outcome, plan.recorded == Recorded::Unchanged);
@@ -1586,6 +1656,11 @@ impl Store for Postgres {
                      WHERE id = $1 AND $16
                  ), intent AS (
                      DELETE FROM intents WHERE account_id = $1 AND holder = $18 AND $17
+                 ), credential AS (
+                     UPDATE account_secrets
+                     SET previous = CASE WHEN $19::text IS NOT NULL THEN secret END,
+                         secret = coalesce($19, secret)
+                     WHERE account_id = $1 AND ($19 IS NOT NULL OR ($20 AND previous IS NOT NULL))
                  )
                  SELECT 1"
             ),
@@ -1608,6 +1683,8 @@ impl Store for Postgres {
                 &plan.update_account,
                 &plan.clear_intent,
                 &self.holder.id,
+                &plan.renewed,
+                &plan.clear_previous,
             ]),
         )
         .map_err(err)?;
@@ -1919,6 +1996,7 @@ mod tests {
             api: Api::Token,
             secret: Secret::new("s3cret".into()),
             tickets: vec![],
+            platform: None,
         };
         s.add_account(&new, 1).unwrap();
         let id = s.account(&key).unwrap().unwrap().id;

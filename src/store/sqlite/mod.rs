@@ -12,9 +12,10 @@ use super::rows::{
 };
 use super::schema;
 use super::{
-    AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, Opener, RUN_COLUMNS,
-    ReadStore, Recorded, Result, RunRow, SUCCESSFUL_RUNS, SealedSample, SinkRow, Sinks, Store,
-    StoreError, all_kinds, not_empty, parse_kind, pid_alive, seal_secret,
+    AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, Opener, PlatformCrypto,
+    PlatformEvent, PlatformTicket, RUN_COLUMNS, ReadStore, Recorded, Result, RunRow,
+    SUCCESSFUL_RUNS, SealedSample, SinkRow, Sinks, Store, StoreError, TicketStored, all_kinds,
+    not_empty, parse_kind, pid_alive, seal_secret,
 };
 use crate::domain::{
     Account, AccountKey, Attempt, Credential, FetchRecord, Fetched, NewAccount, Outcome, Secret,
@@ -23,6 +24,7 @@ use crate::domain::{
 use crate::freshness::Stored;
 use crate::policy;
 
+mod platforms;
 pub(crate) mod readers;
 mod sinks;
 
@@ -36,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/0005_runs.sql"),
     include_str!("../../../migrations/0006_sinks.sql"),
     include_str!("../../../migrations/0007_intents.sql"),
+    include_str!("../../../migrations/0008_platforms.sql"),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -287,7 +290,7 @@ impl Sqlite {
         tx.commit()
     }
 
-    const ACCOUNT_COLUMNS: &'static str = "id, appid, agent, api, secret, enabled, created_at, updated_at, held_until, held_reason, tickets, fetch_due";
+    const ACCOUNT_COLUMNS: &'static str = "id, appid, agent, api, secret, enabled, created_at, updated_at, held_until, held_reason, tickets, fetch_due, role, platform_id, previous_secret";
 
     fn account_from_row(
         keys: &crate::keys::Keys,
@@ -306,6 +309,9 @@ impl Sqlite {
             held_reason: row.get(9)?,
             tickets: row.get(10)?,
             fetch_due: row.get(11)?,
+            role: row.get(12)?,
+            platform_id: row.get(13)?,
+            previous_secret: row.get(14)?,
         }
         .account(keys, 0))
     }
@@ -313,22 +319,56 @@ impl Sqlite {
     /// `reseal`'s transaction.
     fn reseal_in_tx(&self, all: bool) -> Result<usize> {
         let tx = Transaction::immediate(&self.conn, &self.path)?;
-        let accounts: Vec<(i64, String, String, String)> = self
+        type Row = (i64, String, String, String, Option<String>);
+        let accounts: Vec<Row> = self
             .conn
-            .prepare("SELECT id, appid, agent, secret FROM accounts")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .prepare("SELECT id, appid, agent, secret, previous_secret FROM accounts")?
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
             .collect::<rusqlite::Result<_>>()?;
         let mut n = 0;
-        for (id, appid, agent, stored) in accounts {
-            let owner = crate::crypto::account_owner(&AccountKey { appid, agent });
-            let Some(sealed) = resealed(&self.keys, &owner, stored, all)? else {
-                continue;
-            };
-            self.conn.execute(
-                "UPDATE accounts SET secret = ?1 WHERE id = ?2",
-                params![sealed, id],
-            )?;
-            n += 1;
+        for (id, appid, agent, stored, previous) in accounts {
+            let key = AccountKey { appid, agent };
+            let owner = crate::crypto::account_owner(&key);
+            if let Some(sealed) = resealed(&self.keys, &owner, stored, all)? {
+                self.conn.execute(
+                    "UPDATE accounts SET secret = ?1 WHERE id = ?2",
+                    params![sealed, id],
+                )?;
+                n += 1;
+            }
+            if let Some(previous) = previous
+                && let Some(sealed) = resealed(&self.keys, &owner, previous, all)?
+            {
+                self.conn.execute(
+                    "UPDATE accounts SET previous_secret = ?1 WHERE id = ?2",
+                    params![sealed, id],
+                )?;
+            }
+            for (table, column) in [
+                ("platform_tickets", "ticket"),
+                ("platform_crypto", "token"),
+                ("platform_crypto", "aes_key"),
+            ] {
+                let stored: Option<String> = self
+                    .conn
+                    .query_row(
+                        &format!("SELECT {column} FROM {table} WHERE account_id = ?1"),
+                        params![id],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let owner = crate::crypto::platform_owner(&key, column);
+                if let Some(stored) = stored
+                    && let Some(sealed) = resealed(&self.keys, &owner, stored, all)?
+                {
+                    self.conn.execute(
+                        &format!("UPDATE {table} SET {column} = ?1 WHERE account_id = ?2"),
+                        params![sealed, id],
+                    )?;
+                }
+            }
         }
         let sinks: Vec<(i64, String, String)> = self
             .conn
@@ -466,6 +506,14 @@ impl ReadStore for Sqlite {
                 stamp(&self.path) == Some(before) && !filesafety::companions(&self.path)[1].exists()
             }
         }
+    }
+
+    fn ticket_times(&self, account_id: i64) -> Result<Option<(i64, i64)>> {
+        self.ticket_times_(account_id)
+    }
+
+    fn platform_events(&self, account_id: i64, limit: i64) -> Result<Vec<PlatformEvent>> {
+        self.platform_events_(account_id, limit)
     }
 
     fn export(&self, now: i64) -> Result<Vec<Exported>> {
@@ -712,11 +760,13 @@ impl Store for Sqlite {
     fn add_account(&self, new: &NewAccount, now: i64) -> Result<()> {
         let (key, api) = (&new.key, new.api);
         let (sealed, tickets) = new_account_columns(&self.keys, new)?;
+        let (api, role) = api.columns();
         let inserted = self.conn.execute(
-            "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at, tickets)
-             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6)
+            "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at,
+                                   tickets, role, platform_id)
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6, ?7, ?8)
              ON CONFLICT (appid, agent) DO NOTHING",
-            params![key.appid, key.agent, api.as_str(), sealed, now, tickets],
+            params![key.appid, key.agent, api, sealed, now, tickets, role, new.platform],
         )?;
         if inserted == 0 {
             return Err(StoreError::AlreadyExists(key.clone()));
@@ -776,6 +826,13 @@ impl Store for Sqlite {
             let sinks = self.conn.execute(
                 "UPDATE sinks SET password = ?1 WHERE password LIKE 'wxs1:%'",
                 params![crate::crypto::LOST],
+            )?;
+            // A previous credential, a ticket and push crypto sealed with the lost key
+            // are gone with it: the next push brings a ticket, set-crypto the rest.
+            self.conn.execute_batch(
+                "UPDATE accounts SET previous_secret = NULL WHERE previous_secret LIKE 'wxs1:%';
+                 DELETE FROM platform_tickets WHERE ticket LIKE 'wxs1:%';
+                 DELETE FROM platform_crypto WHERE token LIKE 'wxs1:%' OR aes_key LIKE 'wxs1:%';",
             )?;
             tx.commit()?;
             Ok((accounts, sinks))
@@ -842,7 +899,15 @@ impl Store for Sqlite {
         let mut stmt = self.conn.prepare(
             "SELECT secret FROM accounts WHERE substr(secret, 1, 5) = 'wxs1:'
              UNION ALL
-             SELECT password FROM sinks WHERE substr(password, 1, 5) = 'wxs1:'",
+             SELECT previous_secret FROM accounts WHERE substr(previous_secret, 1, 5) = 'wxs1:'
+             UNION ALL
+             SELECT password FROM sinks WHERE substr(password, 1, 5) = 'wxs1:'
+             UNION ALL
+             SELECT ticket FROM platform_tickets WHERE substr(ticket, 1, 5) = 'wxs1:'
+             UNION ALL
+             SELECT token FROM platform_crypto WHERE substr(token, 1, 5) = 'wxs1:'
+             UNION ALL
+             SELECT aes_key FROM platform_crypto WHERE substr(aes_key, 1, 5) = 'wxs1:'",
         )?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
         let mut kids = std::collections::BTreeSet::new();
@@ -863,6 +928,60 @@ impl Store for Sqlite {
             [],
             |r| r.get(0),
         )?)
+    }
+
+    fn set_platform_ticket(
+        &self,
+        account_id: i64,
+        ticket: &Secret,
+        create_time: i64,
+        now: i64,
+    ) -> Result<TicketStored> {
+        self.set_platform_ticket_(account_id, ticket, create_time, now)
+    }
+
+    fn platform_ticket(&self, account_id: i64) -> Result<Option<PlatformTicket>> {
+        self.platform_ticket_(account_id)
+    }
+
+    fn set_platform_crypto(
+        &self,
+        account_id: i64,
+        token: &Secret,
+        aes_key: &Secret,
+        now: i64,
+    ) -> Result<()> {
+        self.set_platform_crypto_(account_id, token, aes_key, now)
+    }
+
+    fn set_platform_hook(
+        &self,
+        account_id: i64,
+        hook: Option<&str>,
+        timeout: i64,
+        secrets: bool,
+        now: i64,
+    ) -> Result<bool> {
+        self.set_platform_hook_(account_id, hook, timeout, secrets, now)
+    }
+
+    fn platform_crypto(&self, account_id: i64) -> Result<Option<PlatformCrypto>> {
+        self.platform_crypto_(account_id)
+    }
+
+    fn record_platform_event(
+        &self,
+        account_id: i64,
+        at: i64,
+        event: &str,
+        tenant: Option<&str>,
+        failure: Option<&str>,
+    ) -> Result<()> {
+        self.record_platform_event_(account_id, at, event, tenant, failure)
+    }
+
+    fn remove_platform(&self, key: &AccountKey) -> Result<usize> {
+        self.remove_platform_(key)
     }
 
     fn claim(&self, account_id: i64, now: i64, ttl: i64) -> Result<Claim> {
@@ -982,9 +1101,13 @@ impl Store for Sqlite {
                 .optional()?,
             Err(_) => None,
         };
-        let stored: Option<(AccountKey, String)> = if kind == Credential::AccessToken {
+        let stored: Option<(AccountKey, String, Option<String>)> = if kind
+            == Credential::AccessToken
+        {
             self.conn
-                .prepare_cached("SELECT appid, agent, secret FROM accounts WHERE id = ?1")?
+                .prepare_cached(
+                    "SELECT appid, agent, secret, previous_secret FROM accounts WHERE id = ?1",
+                )?
                 .query_row(params![account_id], |r| {
                     Ok((
                         AccountKey {
@@ -992,6 +1115,7 @@ impl Store for Sqlite {
                             agent: r.get(1)?,
                         },
                         r.get(2)?,
+                        r.get(3)?,
                     ))
                 })
                 .optional()?
@@ -1005,7 +1129,7 @@ impl Store for Sqlite {
             newest.as_deref(),
             stored,
             outcome.started_at,
-        );
+        )?;
         if let Some(fetched) = plan.insert {
             self.insert_token(account_id, kind.as_str(), fetched, outcome.sent_at)?;
         }
@@ -1027,6 +1151,22 @@ impl Store for Sqlite {
             self.conn
                 .prepare_cached("DELETE FROM intents WHERE account_id = ?1 AND holder = ?2")?
                 .execute(params![account_id, self.holder.id])?;
+        }
+        if let Some(renewed) = &plan.renewed {
+            // The stored credential becomes the previous one; neither is ever blanked (the
+            // columns refuse an empty value, and `renewed` is never empty).
+            self.conn
+                .prepare_cached(
+                    "UPDATE accounts SET previous_secret = secret, secret = ?2 WHERE id = ?1",
+                )?
+                .execute(params![account_id, renewed])?;
+        } else if plan.clear_previous {
+            self.conn
+                .prepare_cached(
+                    "UPDATE accounts SET previous_secret = NULL
+                     WHERE id = ?1 AND previous_secret IS NOT NULL",
+                )?
+                .execute(params![account_id])?;
         }
         tx.commit()?;
         Ok(plan.recorded)
