@@ -664,6 +664,8 @@ mod tests {
             held_reason: None,
             tickets: vec![Ticket::Jsapi],
             fetch_due: false,
+            platform: None,
+            previous_secret: None,
         }
     }
 

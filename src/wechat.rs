@@ -711,7 +711,8 @@ mod tests {
             ok,
             Ok(Fetched {
                 token: "ACCESS_TOKEN".into(),
-                expires_in: 7200
+                expires_in: 7200,
+                renewed: None,
             })
         );
         let wecom = r#"{"errcode":0,"errmsg":"ok","access_token":"T","expires_in":7200}"#;

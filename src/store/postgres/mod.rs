@@ -1976,6 +1976,7 @@ mod tests {
             result: Ok(Fetched {
                 token: token.to_string(),
                 expires_in: 7200,
+                renewed: None,
             }),
             tries: 1,
             sent_at: 0,
