@@ -5,12 +5,12 @@
 //! and move a virtual clock. It binds 127.0.0.1 only and never reaches the internet.
 //!
 //! Besides direct accounts it plays Open Platform third-party platforms (components and their
-//! authorizers) and WeCom suites, 代开发 templates and providers: see the `platform` module's
-//! docs (tests/standin/src/platform.rs) for their routes, defaults and error codes.
+//! authorizers) and WeCom suites, 代开发 templates and providers: see the [`platform`] module's
+//! docs for their routes, defaults and error codes.
 #![allow(dead_code)]
 
 pub mod pg;
-mod platform;
+pub mod platform;
 
 pub use platform::*;
 
