@@ -3,9 +3,16 @@
 //! It answers the paths wxtoken calls the way the real platform does by default, and each test
 //! can script it: queue replies per path (or per account), add latency, hold requests at a gate,
 //! and move a virtual clock. It binds 127.0.0.1 only and never reaches the internet.
+//!
+//! Besides direct accounts it plays Open Platform third-party platforms (components and their
+//! authorizers) and WeCom suites, 代开发 templates and providers: see the [`platform`] module's
+//! docs for their routes, defaults and error codes.
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod platform;
+
+pub use platform::*;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -104,6 +111,28 @@ enum Kind {
     Classic,
     Stable,
     Work,
+    /// Open Platform: `component_access_token` (key: component appid).
+    Component,
+    /// Open Platform: `authorizer_access_token` (key: authorizer appid, secret: component appid).
+    Authorizer,
+    /// WeCom: `suite_access_token` (key: suite id).
+    Suite,
+    /// WeCom: `provider_access_token` (key: provider corpid).
+    Provider,
+    /// WeCom: a corp token from `get_corp_token` (key: corpid, secret: suite id).
+    Corp,
+}
+
+impl Kind {
+    /// A platform's own token, which business calls and ticket paths refuse.
+    fn is_platform(self) -> bool {
+        matches!(self, Kind::Component | Kind::Suite | Kind::Provider)
+    }
+
+    /// A WeCom token, which `getApiQuota` refuses.
+    fn is_wecom(self) -> bool {
+        matches!(self, Kind::Work | Kind::Suite | Kind::Provider | Kind::Corp)
+    }
 }
 
 /// A token the stand-in accepts until `expires_at` on the virtual clock.
@@ -114,6 +143,8 @@ struct Live {
     secret: String,
     seq: u64,
     expires_at: u64,
+    /// Its life was cut short because a newer token replaced it: refused with 40001, not 42001.
+    cut: bool,
 }
 
 #[derive(Default)]
@@ -140,6 +171,8 @@ struct State {
     reset_limit: Option<u64>,
     /// Seconds added to the real time in the `Date` header of every reply.
     date_skew: i64,
+    /// Open Platform components and WeCom suites and providers ([`platform`]).
+    plat: platform::Platforms,
 }
 
 struct Shared {
@@ -646,6 +679,9 @@ impl State {
     /// The next scripted reply for this request, or the default behaviour.
     fn pick(&mut self, route: &str, key: Option<&str>, req: &Request) -> Reply {
         match self.scripted(route, key) {
+            Some(reply) if is_platform_route(route) => {
+                self.platform_scripted(route, key, reply, req)
+            }
             Some(reply) => {
                 if let (Reply::Token { token, expires_in }, Some(kind)) = (&reply, kind_of(route)) {
                     self.adopt(token, kind, key.unwrap_or(""), "", *expires_in);
@@ -804,6 +840,9 @@ fn stream_oversized(out: &mut TcpStream, n: u64, close: bool, skew: i64) -> io::
 impl State {
     /// The account a request concerns: appid, corpid, or the owner of the access_token.
     fn key_for(&self, req: &Request) -> Option<String> {
+        if let Some(key) = self.platform_key(req) {
+            return key;
+        }
         let q = |k: &str| req.query.get(k).filter(|v| !v.is_empty()).cloned();
         match req.path.as_str() {
             TOKEN => q("appid"),
@@ -827,6 +866,11 @@ impl State {
         self.live
             .get(token)
             .is_some_and(|l| l.expires_at > self.now)
+    }
+
+    /// Valid, and a token business calls accept: not a component, suite or provider token.
+    fn tenant_valid(&self, token: &str) -> bool {
+        self.valid(token) && self.live.get(token).is_some_and(|l| !l.kind.is_platform())
     }
 
     /// A unique token-like string: 128 chars of `[A-Za-z0-9_-]` that start with a counter.
@@ -865,6 +909,7 @@ impl State {
                 secret,
                 seq,
                 expires_at,
+                cut: false,
             },
         );
     }
@@ -874,6 +919,11 @@ impl State {
             Kind::Classic => "AT",
             Kind::Stable => "ST",
             Kind::Work => "WK",
+            Kind::Component => "CT",
+            Kind::Authorizer => "AA",
+            Kind::Suite => "SU",
+            Kind::Provider => "PV",
+            Kind::Corp => "CP",
         };
         let token = self.mint(tag);
         self.adopt(&token, kind, key, secret, LIFETIME);
@@ -904,6 +954,9 @@ impl State {
         if secret.is_empty() {
             return Err(self.err(41004, &format!("{secret_name} missing")));
         }
+        if work && let Some(known) = self.customized_creds(id, secret) {
+            return known;
+        }
         match self.creds.get(id) {
             _ if self.creds.is_empty() => Ok(()),
             None => Err(self.err(40013, &format!("invalid {id_name}"))),
@@ -924,7 +977,10 @@ impl State {
             MENU_GET | WORK_USER_GET => self.business(q("access_token")),
             QUOTA_GET => self.quota_get(req),
             CLEAR_QUOTA => self.clear_quota(req),
-            _ => Err(Reply::Status(404, format!("no such path: {}\n", req.path))),
+            _ => match self.platform_reply(req) {
+                Some(result) => result,
+                None => Err(Reply::Status(404, format!("no such path: {}\n", req.path))),
+            },
         };
         result.unwrap_or_else(|e| e)
     }
@@ -1000,7 +1056,7 @@ impl State {
             return Err(self.err(41001, "access_token missing"));
         }
         let owner = match self.live.get(token) {
-            Some(l) if l.expires_at > self.now && l.kind != Kind::Work => l.key.clone(),
+            Some(l) if l.expires_at > self.now && !l.kind.is_wecom() => l.key.clone(),
             _ => {
                 let msg = "invalid credential, access_token is invalid or not latest";
                 return Err(self.err(40001, msg));
@@ -1053,7 +1109,7 @@ impl State {
         if token.is_empty() {
             return Err(self.err(41001, "access_token missing"));
         }
-        if !self.valid(token) {
+        if !self.tenant_valid(token) {
             let msg = "invalid credential, access_token is invalid or not latest";
             return Err(self.err(40001, msg));
         }
@@ -1064,7 +1120,7 @@ impl State {
         if token.is_empty() {
             return Err(self.err(41001, "access_token missing"));
         }
-        if !self.valid(token) {
+        if !self.tenant_valid(token) {
             let msg = "invalid credential, access_token is invalid or not latest";
             return Err(self.err(40001, msg));
         }
