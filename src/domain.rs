@@ -237,6 +237,13 @@ impl Api {
         self.is_platform() || self.is_tenant() || self == Api::Provider
     }
 
+    /// Whether a new token kills the one before it (within 5 minutes): the classic API,
+    /// and, to be safe, the Open Platform's component and authorizer tokens (a second
+    /// component fetch breaks the first with 40001).
+    pub fn is_classic(self) -> bool {
+        matches!(self, Api::Token | Api::Component | Api::Authorizer)
+    }
+
     /// Whether it lives on WeCom's host.
     pub fn is_wecom(self) -> bool {
         matches!(self, Api::Work | Api::Suite | Api::Corp | Api::Provider)

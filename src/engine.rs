@@ -24,6 +24,9 @@ use crate::store::{Claim, Newest, ReadStore, Recorded, Store, StoreError};
 use crate::text;
 use crate::wechat::{Client, Credentials};
 
+pub mod platform;
+pub use platform::Flights;
+
 /// The clock, passed in so that the engine never reads it behind a caller's back.
 pub type Clock = fn() -> i64;
 
@@ -47,6 +50,9 @@ pub enum Done {
     LostClaim(String),
     /// Not tried: a stop signal came, or the database is locked (see `Stop`).
     NotTried,
+    /// Nothing was sent: a platform has no valid ticket, or a tenant's platform has no
+    /// valid token (or failed in this run). Why.
+    Waiting(String),
 }
 
 /// Why a run stops starting fetches: another process holds the database's write lock (one
@@ -143,6 +149,42 @@ pub fn refresh(
     stop: &Stop,
     on_done: &(dyn Fn(&Done) + Sync),
 ) -> Vec<Done> {
+    // Platforms (and plain accounts) first, then the tenants, which need their platform's
+    // new token; results in account order.
+    let flights = Flights::default();
+    let (tenants, firsts): (Vec<(usize, &Account)>, Vec<(usize, &Account)>) = accounts
+        .iter()
+        .enumerate()
+        .partition(|(_, a)| a.api.is_tenant());
+    if tenants.is_empty() {
+        return refresh_set(store, client, accounts, plan, clock, stop, on_done, &flights);
+    }
+    let mut results: Vec<Option<Done>> = accounts.iter().map(|_| None).collect();
+    for phase in [firsts, tenants] {
+        let set: Vec<Account> = phase.iter().map(|(_, a)| (*a).clone()).collect();
+        let done = refresh_set(store, client, &set, plan, clock, stop, on_done, &flights);
+        for ((i, _), d) in phase.into_iter().zip(done) {
+            results[i] = Some(d);
+        }
+    }
+    results
+        .into_iter()
+        .map(|d| d.unwrap_or(Done::NotTried))
+        .collect()
+}
+
+/// One phase of `refresh`.
+#[allow(clippy::too_many_arguments)]
+fn refresh_set(
+    store: &dyn Store,
+    client: &Client,
+    accounts: &[Account],
+    plan: Plan,
+    clock: Clock,
+    stop: &Stop,
+    on_done: &(dyn Fn(&Done) + Sync),
+    flights: &Flights,
+) -> Vec<Done> {
     let now = clock();
     // Rows above the newest id now were inserted by a run that fetched after this one
     // started: those accounts are not due again.
@@ -180,7 +222,9 @@ pub fn refresh(
             _ if stop.now() => Done::NotTried,
             (Some((until, reason)), _) if !plan.force => Done::Held(until, reason),
             (_, Err(err)) => Done::Unrecorded(format!("could not open the store: {err}")),
-            (_, Ok(store)) => refresh_one(store.as_ref(), client, account, want, ttl, clock, stop),
+            (_, Ok(store)) => {
+                refresh_one(store.as_ref(), client, account, want, ttl, clock, stop, flights)
+            }
         };
         on_done(&done);
         done
@@ -253,6 +297,15 @@ fn credential_due(
     want: Want,
 ) -> bool {
     let asked = account.fetch_due && kind == Credential::AccessToken;
+    // A platform kind's token is replaced ahead of its expiry only, never again by every
+    // run: a second component or suite token breaks every holder of the first, and
+    // 100,000 tenants are not refetched by each hourly run.
+    let want = match want {
+        Want::Due { .. } if account.api.is_platform_kind() => {
+            Want::ExpiringWithin(policy::PLATFORM_DUE_WINDOW)
+        }
+        want => want,
+    };
     freshness::needs_fetch(newest, asked, now, want)
 }
 
@@ -313,6 +366,7 @@ fn with_claim<T>(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn refresh_one(
     store: &dyn Store,
     client: &Client,
@@ -321,10 +375,11 @@ fn refresh_one(
     ttl: i64,
     clock: Clock,
     stop: &Stop,
+    flights: &Flights,
 ) -> Done {
     let now = clock();
     let claimed = with_claim(store, account.id, now, ttl, || {
-        fetch_claimed(store, client, account, want, now, stop)
+        fetch_claimed(store, client, account, want, now, ttl, stop, flights)
     });
     match claimed {
         Err(err) => stop.failed(&err, || {
@@ -348,13 +403,16 @@ fn refresh_one(
 
 /// The part of a refresh that runs under the claim. Nobody else can add a row for the
 /// account meanwhile, so reading "the newest" here is not racy.
+#[allow(clippy::too_many_arguments)]
 fn fetch_claimed(
     store: &dyn Store,
     client: &Client,
     account: &Account,
     want: Want,
     now: i64,
+    ttl: i64,
     stop: &Stop,
+    flights: &Flights,
 ) -> Done {
     let due = |kind: Credential| -> Result<(bool, Option<String>), StoreError> {
         let newest = store.latest_token(&account.key, kind)?;
@@ -397,6 +455,12 @@ fn fetch_claimed(
                     account.key
                 ));
             }
+            // A platform without a valid ticket, a tenant without its platform's token:
+            // nothing is sent.
+            let prepared = match platform::prepare(store, account, now, flights) {
+                Ok(prepared) => prepared,
+                Err(done) => return done,
+            };
             if let Err(err) = store.begin_fetch(account.id, now) {
                 return stop.failed(&err, || {
                     Done::Unrecorded(format!(
@@ -404,8 +468,9 @@ fn fetch_claimed(
                     ))
                 });
             }
-            let outcome = client.fetch_token(&credentials(account), false);
-            match record(store, account, Credential::AccessToken, outcome) {
+            let (outcome, used) =
+                platform::fetch(store, client, account, &prepared, now, ttl, flights, stop);
+            match record(store, account, &used, Credential::AccessToken, outcome) {
                 (Done::Refreshed, Some(token)) => token,
                 (done, _) => return done,
             }
@@ -420,7 +485,13 @@ fn fetch_claimed(
     let mut done = Done::Refreshed;
     for ticket in tickets {
         let outcome = client.fetch_ticket(account.api, ticket, &token);
-        let (result, _) = record(store, account, Credential::Ticket(ticket), outcome);
+        let (result, _) = record(
+            store,
+            account,
+            &account.secret,
+            Credential::Ticket(ticket),
+            outcome,
+        );
         if matches!(done, Done::Refreshed) {
             done = result;
         }
@@ -440,6 +511,7 @@ fn credentials(account: &Account) -> Credentials<'_> {
 fn record(
     store: &dyn Store,
     account: &Account,
+    used: &crate::domain::Secret,
     kind: Credential,
     outcome: Outcome,
 ) -> (Done, Option<String>) {
@@ -447,9 +519,9 @@ fn record(
     // The store ends the hold on its own clock.
     let hold = match (&outcome.result, kind) {
         (Err(failure @ Failure::WeChat { errcode, .. }), Credential::AccessToken) => {
-            match policy::hold_after(*errcode) {
+            match policy::hold_after_for(account.api, *errcode) {
                 Hold::None => None,
-                hold => Some((hold, failure.to_string())),
+                hold => Some((hold, failure.for_api(account.api))),
             }
         }
         _ => None,
@@ -460,7 +532,7 @@ fn record(
         kind,
         outcome,
         hold,
-        secret: account.secret.clone(),
+        secret: used.clone(),
     };
     // A failed record is tried again a few times: on the classic API the fetched token has
     // already doomed the stored one.
@@ -485,7 +557,7 @@ fn record(
     };
     let outcome = record.outcome;
     let doomed = kind == Credential::AccessToken
-        && account.api == Api::Token
+        && account.api.is_classic()
         && (outcome.result.is_ok() || outcome.unsure);
     match (outcome.result, recorded) {
         (_, Err(StoreError::LostClaim(why))) => (Done::LostClaim(why), None),
@@ -649,8 +721,8 @@ pub fn renew(
                     format!("{key} is skipped {}: {reason}", text::held_text(until)),
                 ));
             }
-            let outcome = fetch_replacing(store, client, account, rejected, now)?;
-            match record(store, account, Credential::AccessToken, outcome) {
+            let (outcome, used) = fetch_replacing(store, client, account, rejected, now, ttl)?;
+            match record(store, account, &used, Credential::AccessToken, outcome) {
                 (Done::Refreshed, Some(token)) if token == rejected => Err(fail(
                     Exit::FetchFailed,
                     format!(
@@ -679,6 +751,14 @@ pub fn renew(
                     format!("could not fetch a new token for {key}: {why}"),
                 )),
                 (Done::Unrecorded(err), _) => Err(fail(Exit::Database, format!("{key}: {err}"))),
+                (Done::Waiting(why), _) => Err(fail(
+                    Exit::FetchFailed,
+                    format!("could not fetch a new token for {key}: {why}"),
+                )),
+                (Done::Held(until, reason), _) => Err(fail(
+                    Exit::FetchFailed,
+                    format!("{key} is skipped {}: {reason}", text::held_text(until)),
+                )),
                 (other, _) => Err(anyhow::anyhow!(
                     "{key}: unexpected refresh result {other:?}"
                 )),
@@ -711,13 +791,44 @@ fn fetch_replacing(
     account: &Account,
     rejected: &str,
     now: i64,
-) -> Result<Outcome> {
+    ttl: i64,
+) -> Result<(Outcome, crate::domain::Secret)> {
     let creds = credentials(account);
+    let flights = Flights::default();
+    let prepared = match platform::prepare(store, account, now, &flights) {
+        Ok(prepared) => prepared,
+        Err(Done::Waiting(why)) => {
+            return Err(fail(
+                Exit::FetchFailed,
+                format!("could not fetch a new token for {}: {why}", account.key),
+            ));
+        }
+        Err(Done::Held(until, reason)) => {
+            return Err(fail(
+                Exit::FetchFailed,
+                format!(
+                    "{} is skipped {}: {reason}",
+                    account.key,
+                    text::held_text(until)
+                ),
+            ));
+        }
+        Err(other) => return Err(anyhow::anyhow!("{}: {other:?}", account.key)),
+    };
     store.begin_fetch(account.id, now)?;
-    let outcome = client.fetch_token(&creds, false);
+    let (outcome, used) = platform::fetch(
+        store,
+        client,
+        account,
+        &prepared,
+        now,
+        ttl,
+        &flights,
+        &Stop::default(),
+    );
     let same = matches!(&outcome.result, Ok(f) if f.token == rejected);
     if !(same && account.api == Api::Stable) {
-        return Ok(outcome);
+        return Ok((outcome, used));
     }
     let key = &account.key;
     // Judged on the store's clock: on PostgreSQL the server's, whatever this host's says.
@@ -730,7 +841,7 @@ fn fetch_replacing(
     }
     store.note_forced_refresh(account.id, now)?;
     log::warn!("{key}: WeChat still hands out the rejected token; forcing a new one");
-    Ok(client.fetch_token(&creds, true))
+    Ok((client.fetch_token(&creds, true), used))
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::domain::Api;
+
 pub use crate::domain::Hold;
 
 /// How long to wait before retry number `retry` (1 = the first retry).
@@ -30,6 +32,11 @@ pub const DEFAULT_JOBS: usize = 8;
 
 /// How many token rows per account and kind pruning keeps (besides every still-valid one).
 pub const DEFAULT_KEEP: i64 = 48;
+
+/// A platform kind's token (component, suite, provider, authorizer, corp) is refetched by a
+/// plain `refresh` only when it has less than this left: an hourly run replaces it when it
+/// would not outlast the next run by 5 minutes, and never twice in a row.
+pub const PLATFORM_DUE_WINDOW: i64 = 3900;
 
 /// Attempts older than this are pruned after every refresh, and by `prune`.
 pub const ATTEMPT_RETENTION: i64 = 30 * 86_400;
@@ -102,6 +109,105 @@ pub fn hold_after(errcode: i64) -> Hold {
         89507 => Hold::For(3600),
         _ => Hold::None,
     }
+}
+
+/// What an errcode means for later runs, for an account of `api`: the platform kinds have
+/// codes of their own (platforms.md §3). A tenant is held only for what is its own (its
+/// credential revoked or invalid, its quota); a failure of its platform's token or
+/// configuration holds the platform instead, never each tenant one by one.
+pub fn hold_after_for(api: Api, errcode: i64) -> Hold {
+    match api {
+        Api::Component => match errcode {
+            // Wrong appid or secret, IP not registered, an invalid component, the wrong
+            // endpoint; 61005/61006: the ticket is stale or wrong (a new one lifts it).
+            40001 | 40013 | 40125 | 41002 | 41004 | 61004 | 61005 | 61006 | 61011 | 61024 => {
+                Hold::Attention
+            }
+            45009 => Hold::UntilQuotaReset,
+            _ => Hold::None,
+        },
+        Api::Suite => match errcode {
+            40080 | 40083 | 40085 | 41021..=41024 | 48003 | 60020 => Hold::Attention,
+            45009 | 45033 => Hold::For(3600),
+            _ => Hold::None,
+        },
+        Api::Provider => match errcode {
+            40013 | 40091 | 41002 | 41004 | 60020 => Hold::Attention,
+            45009 | 45033 => Hold::For(3600),
+            _ => Hold::None,
+        },
+        // 61023 after a resync, 61003: needs re-authorization or revoked.
+        Api::Authorizer => match errcode {
+            61003 | 61023 | 61009 | 61010 => Hold::Attention,
+            45009 => Hold::UntilQuotaReset,
+            _ => Hold::None,
+        },
+        Api::Corp => match errcode {
+            40084 | 41025 | 48004 => Hold::Attention,
+            45009 | 45033 => Hold::For(3600),
+            _ => Hold::None,
+        },
+        Api::Token | Api::Stable | Api::Work => hold_after(errcode),
+    }
+}
+
+/// Errcodes on a tenant's call that are its platform's token going bad: one refetch of
+/// the platform token (single-flight), then one retry.
+pub fn platform_token_rejected(api: Api, errcode: i64) -> bool {
+    match api {
+        Api::Authorizer => matches!(errcode, 40001 | 42001 | 40014),
+        Api::Corp => matches!(errcode, 42009 | 40082),
+        _ => false,
+    }
+}
+
+/// Errcodes on a tenant's call that concern the whole platform (its IP whitelist, its
+/// ticket): the run stops calling for that platform's other tenants.
+pub fn platform_wide(api: Api, errcode: i64) -> bool {
+    match api {
+        Api::Authorizer => matches!(errcode, 61004 | 61005 | 61006 | 61011),
+        Api::Corp => matches!(errcode, 60020 | 40085 | 40080 | 40083),
+        _ => false,
+    }
+}
+
+/// What an operator should do about an errcode from a platform kind's token call; `None`
+/// for codes with nothing platform-specific to say (`hint` then speaks).
+pub fn platform_hint(api: Api, errcode: i64, errmsg: &str) -> Option<String> {
+    let ip = ip_in_errmsg(errmsg).unwrap_or("of this server");
+    let h = match (api, errcode) {
+        (Api::Component, 40001 | 40125) => "the component_appsecret is wrong or was reset: store              the current one with `wxtoken platform set-secret --component ID`"
+            .to_string(),
+        (Api::Component, 61004) => format!(
+            "the IP {ip} is not registered for the third-party platform; add it in the Open              Platform console (development settings > whitelist IPs)"
+        ),
+        (Api::Component, 61005 | 61006) => "the component_verify_ticket is stale or wrong:              WeChat pushes a new one every 10 minutes to the authorization event URL (see              `wxtoken receive`); `wxtoken platform start-push --component ID` restarts the pushes"
+            .to_string(),
+        (Api::Authorizer, 40001 | 42001 | 40014) => "the component token was rejected:              something else fetches it with this platform's secret; make wxtoken the only              fetcher"
+            .to_string(),
+        (Api::Authorizer, 61023) => "the authorizer's refresh token is no longer valid, even              after `authorizer sync`: the merchant must authorize again (`wxtoken authorizer              add --auth-code`); its last token serves until it expires"
+            .to_string(),
+        (Api::Authorizer, 61003) => "the merchant revoked the authorization; no further              requests are made for it (`wxtoken authorizer add --auth-code` when it authorizes              again)"
+            .to_string(),
+        (Api::Authorizer | Api::Component, 61009 | 61010) => {
+            "the authorization code is invalid or expired (10 minutes, single use)".to_string()
+        }
+        (Api::Suite, 40085) => "the suite_ticket is older than 30 minutes or another suite's:              WeCom pushes one every 10 minutes to the command callback URL (see `wxtoken              receive`); restart the pushes in the provider console (回调配置 > 刷新ticket推送)"
+            .to_string(),
+        (Api::Suite, 40080 | 40083) => "the suite_id or suite_secret is wrong: store the              current secret with `wxtoken platform set-secret --suite ID`"
+            .to_string(),
+        (Api::Corp, 42009 | 40082) => "the suite token was rejected: something else fetches it              with this suite's secret; make wxtoken the only fetcher"
+            .to_string(),
+        (Api::Corp, 40084) => "the permanent code is invalid: the corp must install the app              again (or, for a 代开发 app, reset its secret: `wxtoken authorizer reset`)"
+            .to_string(),
+        (Api::Corp, 48004) => "the corp cancelled the authorization; no further requests are              made for it"
+            .to_string(),
+        (Api::Corp, 41025) => "the permanent code is missing (an empty one was sent)".to_string(),
+        (Api::Provider, 40091 | 40013) => "the provider corpid or provider_secret is wrong:              store the current secret with `wxtoken account set-secret`"
+            .to_string(),
+        _ => return None,
+    };
+    Some(h)
 }
 
 /// `held_until` for a hold that starts at `now` on the store's clock; `None` for no hold.

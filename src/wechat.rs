@@ -73,6 +73,17 @@ impl Failure {
         self.explained(policy::ticket_hint)
     }
 
+    /// The message for a token call of an account of `api`: the platform kinds' codes
+    /// mean their own things.
+    pub fn for_api(&self, api: Api) -> String {
+        if !api.is_platform_kind() {
+            return self.to_string();
+        }
+        self.explained(|code, msg| {
+            policy::platform_hint(api, code, msg).or_else(|| policy::hint(code, msg))
+        })
+    }
+
     /// The message for a call whose errcodes `hint` explains (a ticket, a quota tool).
     pub fn explained(&self, hint: impl Fn(i64, &str) -> Option<String>) -> String {
         match self {

@@ -177,8 +177,13 @@ fn report(
                 failed.push(format!("{key}(held)"));
                 exit = exit.merge(Exit::FetchFailed);
             }
+            Done::Waiting(why) => {
+                eprintln!("wxtoken: {key}: {why}");
+                failed.push(format!("{key}(waiting)"));
+                exit = exit.merge(Exit::FetchFailed);
+            }
             Done::Failed(failure) => {
-                eprintln!("wxtoken: {key}: {failure}");
+                eprintln!("wxtoken: {key}: {}", failure.for_api(account.api));
                 failed.push(format!("{key}({})", failure.label()));
                 exit = exit.merge(Exit::FetchFailed);
             }

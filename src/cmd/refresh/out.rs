@@ -81,9 +81,11 @@ pub fn tally(results: &[Done], run: &mut RunRow) {
             Done::Fresh => run.fresh += 1,
             Done::Busy => run.busy += 1,
             Done::Held(..) => run.held += 1,
-            Done::Failed(_) | Done::TicketFailed(..) | Done::Unrecorded(_) | Done::LostClaim(_) => {
-                run.failed += 1
-            }
+            Done::Failed(_)
+            | Done::TicketFailed(..)
+            | Done::Unrecorded(_)
+            | Done::LostClaim(_)
+            | Done::Waiting(_) => run.failed += 1,
             // Neither fetched nor failed: left to the next run.
             Done::NotTried => {}
         }
@@ -103,6 +105,7 @@ pub fn account_line(account: &Account, done: &Done, newest: Option<&TokenRow>, n
         Done::Unrecorded(_) => ("unrecorded", None, None, None),
         Done::LostClaim(_) => ("lost_claim", None, None, None),
         Done::NotTried => ("not_tried", None, None, None),
+        Done::Waiting(_) => ("waiting", None, None, None),
     };
     let (errcode, errmsg) = match failure {
         Some(Failure::WeChat { errcode, errmsg }) => (Some(*errcode), Some(errmsg.as_str())),
@@ -113,14 +116,14 @@ pub fn account_line(account: &Account, done: &Done, newest: Option<&TokenRow>, n
         if ticket.is_some() {
             policy::ticket_hint(code, msg)
         } else {
-            policy::hint(code, msg)
+            policy::platform_hint(account.api, code, msg).or_else(|| policy::hint(code, msg))
         }
     });
     let error = match done {
         Done::Held(_, reason) => Some(reason.clone()),
-        Done::Failed(f) => Some(f.to_string()),
+        Done::Failed(f) => Some(f.for_api(account.api)),
         Done::TicketFailed(_, f) => Some(f.for_ticket()),
-        Done::Unrecorded(e) | Done::LostClaim(e) => Some(e.clone()),
+        Done::Unrecorded(e) | Done::LostClaim(e) | Done::Waiting(e) => Some(e.clone()),
         _ => None,
     };
     let valid = newest.filter(|t| crate::freshness::usable(&t.stored(), now, 0));
@@ -197,6 +200,7 @@ impl Progress {
                 | Done::TicketFailed(..)
                 | Done::Unrecorded(_)
                 | Done::LostClaim(_)
+                | Done::Waiting(_)
                 | Done::Held(..)
         ) {
             s.failed += 1;
