@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod crypto;
+pub mod event;
 pub mod xml;
 
 use std::fmt;
