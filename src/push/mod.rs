@@ -12,6 +12,7 @@
 
 pub mod crypto;
 pub mod event;
+pub mod http;
 pub mod xml;
 
 use std::fmt;
