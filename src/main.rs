@@ -27,6 +27,7 @@ mod metrics;
 mod policy;
 mod process;
 mod publish;
+mod push;
 mod quota;
 mod secret;
 mod signals;
