@@ -10,6 +10,8 @@ ALTER TABLE accounts ADD COLUMN role TEXT NOT NULL DEFAULT ''
     CHECK (role IN ('', 'component', 'authorizer', 'suite', 'corp', 'provider'));
 ALTER TABLE accounts ADD COLUMN platform_id INTEGER REFERENCES accounts (id);
 ALTER TABLE accounts ADD COLUMN previous_secret TEXT CHECK (previous_secret <> '');
+-- A suite's provider corpid: the receiveid WeCom's URL check (and some pushes) carry.
+ALTER TABLE accounts ADD COLUMN receiver TEXT;
 CREATE INDEX accounts_platform ON accounts (platform_id);
 
 -- The newest pushed ticket of a platform (component_verify_ticket, suite_ticket), sealed:

@@ -226,6 +226,286 @@ WeChat failed."
     /// Move the store, or let a PostgreSQL role read tokens
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Third-party platforms: Open Platform components and WeCom suites, their tickets and pushes
+    #[command(subcommand)]
+    Platform(PlatformCommand),
+    /// The accounts a platform manages: a component's authorizers, a suite's corps
+    #[command(subcommand)]
+    Authorizer(AuthorizerCommand),
+    /// Serve one HTTP/1.1 request on stdin/stdout: WeChat's push to
+    /// /wxtoken/component/APPID or /wxtoken/suite/SUITEID (inetd, systemd Accept=yes)
+    #[command(after_help = "Examples:
+  systemctl enable --now wxtoken-receive.socket      # the .deb's socket unit, port 8787
+  socat TCP-LISTEN:8787,reuseaddr,fork EXEC:'wxtoken receive'
+
+Answers `success` to a valid push before it exchanges any auth code, 403 to a push
+that fails its checks, 404 to an unknown path or platform, 400/405/408/411/413 to a
+malformed, slow or oversized request. Exits when the connection is done.")]
+    Receive(ReceiveArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReceiveArgs {
+    /// Give up on a request that has not arrived whole after this many seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub read_timeout: u64,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// A platform named on the command line: a component or a suite.
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct PlatformArgs {
+    /// Open Platform: the third-party platform's component appid
+    #[arg(long, value_name = "APPID")]
+    pub component: Option<String>,
+    /// WeCom: the third-party app's (or 代开发 template's) suite id
+    #[arg(long, value_name = "SUITEID")]
+    pub suite: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PlatformCommand {
+    /// Add a platform; its secret (component_appsecret, suite_secret) is read from stdin or
+    /// --secret-env
+    #[command(after_help = "Examples:
+  wxtoken platform add --component wx0123456789abcdef < component-secret.txt
+  wxtoken platform add --suite ww0123456789abcdef --provider-corpid wwprovider0123 < suite-secret.txt
+
+Its token is fetched by `wxtoken refresh` once a ticket has arrived: by push
+(`wxtoken receive`, `wxtoken platform ingest`) or `wxtoken platform set-ticket`.")]
+    Add(PlatformAddArgs),
+    /// Replace a platform's secret, after it was reset in the console
+    SetSecret(PlatformSecretArgs),
+    /// Store a pushed ticket (component_verify_ticket, suite_ticket) read from stdin; never
+    /// fetches anything. An older ticket never replaces a newer one.
+    #[command(after_help = "Example:
+  printf '%s\\n' \"$TICKET\" | wxtoken platform set-ticket --component wx0123456789abcdef --create-time 1700000000")]
+    SetTicket(SetTicketArgs),
+    /// Open Platform: ask WeChat to resume pushing the component_verify_ticket
+    /// (api_start_push_ticket)
+    StartPush(StartPushArgs),
+    /// List platforms: their tickets' age, tokens and tenants
+    List(PlatformListArgs),
+    /// Remove a platform; refused while it has tenants, unless --with-authorizers
+    Remove(PlatformRemoveArgs),
+    /// Store how pushes are verified and decrypted: stdin holds two lines, the message
+    /// Token, then the 43-character EncodingAESKey
+    SetCrypto(PlatformSecretArgs),
+    /// Run a command for every decrypted push (the event XML on stdin)
+    #[command(after_help = "Example:
+  wxtoken platform set-hook --component wx0123456789abcdef --exec '/usr/local/bin/on-event'
+
+The command sees WXTOKEN_EVENT, WXTOKEN_PLATFORM and WXTOKEN_AUTHORIZER in its
+environment. Auth codes, permanent codes and refresh tokens are removed from the XML
+unless --with-secrets. A failing hook never costs the ticket or the reply.")]
+    SetHook(SetHookArgs),
+    /// Verify, decrypt and act on one push (the raw POST body on stdin); prints `success`
+    Ingest(IngestArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PlatformAddArgs {
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+    /// WeCom: the provider's corpid (the receiveid of URL checks)
+    #[arg(long, value_name = "CORPID", requires = "suite")]
+    pub provider_corpid: Option<String>,
+    #[command(flatten)]
+    pub secret: SecretSource,
+}
+
+#[derive(Args, Debug)]
+pub struct PlatformSecretArgs {
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+    #[command(flatten)]
+    pub secret: SecretSource,
+}
+
+#[derive(Args, Debug)]
+pub struct SetTicketArgs {
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+    /// When WeChat created the ticket (the push's CreateTime / TimeStamp), Unix seconds;
+    /// default: now
+    #[arg(long, value_name = "UNIX")]
+    pub create_time: Option<i64>,
+}
+
+#[derive(Args, Debug)]
+pub struct StartPushArgs {
+    /// The component appid
+    #[arg(long, value_name = "APPID")]
+    pub component: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PlatformListArgs {
+    /// One JSON object per platform, one a line
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PlatformRemoveArgs {
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+    /// Remove its tenants too, with their refresh tokens or permanent codes
+    #[arg(long)]
+    pub with_authorizers: bool,
+    /// Confirm removing a suite's corps, whose permanent codes cannot be recovered
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SetHookArgs {
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+    /// The shell command to run (`sh -c`); see --none
+    #[arg(long, value_name = "CMD", required_unless_present = "none")]
+    pub exec: Option<String>,
+    /// Remove the hook
+    #[arg(long, conflicts_with = "exec")]
+    pub none: bool,
+    /// Seconds the hook may run
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=600))]
+    pub timeout: i64,
+    /// Let the hook see auth codes, permanent codes and refresh tokens
+    #[arg(long)]
+    pub with_secrets: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+    /// The msg_signature query parameter
+    #[arg(long, value_name = "SIG")]
+    pub msg_signature: String,
+    /// The timestamp query parameter
+    #[arg(long, value_name = "TS")]
+    pub timestamp: String,
+    /// The nonce query parameter
+    #[arg(long, value_name = "N")]
+    pub nonce: String,
+    /// WeCom's URL check: the echostr query parameter; prints it decrypted
+    #[arg(long, value_name = "E")]
+    pub echostr: Option<String>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// A tenant named on the command line: an authorizer of a component, or a corp of a suite.
+#[derive(Args, Debug, Clone)]
+pub struct TenantArgs {
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+    /// The authorizer's appid (with --component)
+    #[arg(long, requires = "component", conflicts_with = "corpid")]
+    pub appid: Option<String>,
+    /// The corp's corpid (with --suite)
+    #[arg(long, requires = "suite")]
+    pub corpid: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuthorizerCommand {
+    /// Onboard a tenant from an authorization code: api_query_auth (component) or
+    /// get_permanent_code (suite); stores its credential and first token
+    #[command(after_help = "Examples:
+  wxtoken authorizer add --component wx0123456789abcdef --auth-code \"$CODE\"
+  wxtoken authorizer add --suite ww0123456789abcdef --auth-code -   # the code on stdin
+
+The code is single-use and lives 10 minutes; `-` reads it from stdin.")]
+    Add(AuthorizerAddArgs),
+    /// Store a tenant's durable credential read from stdin: an authorizer's refresh token,
+    /// or a corp's permanent code
+    #[command(after_help = "Examples:
+  wxtoken authorizer import --component wx0123456789abcdef --appid wxa1b2c3d4e5f6a7b8 < refresh-token.txt
+  wxtoken authorizer import --suite ww0123456789abcdef --corpid wwcorp0123 < permanent-code.txt")]
+    Import(AuthorizerImportArgs),
+    /// Walk every page of api_get_authorizer_list: add new authorizers, store refresh tokens
+    /// that differ (never blanks one), report those WeChat no longer lists
+    Sync(AuthorizerSyncArgs),
+    /// The merchant or corp revoked the authorization: no further requests for it
+    Revoke(TenantArgs),
+    /// List tenants (credentials never shown)
+    List(AuthorizerListArgs),
+    /// Remove a tenant and its history; a corp's permanent code cannot be recovered
+    Remove(AuthorizerRemoveArgs),
+    /// 代开发: replace a corp's app secret from the auth code of a reset_permanent_code push
+    Reset(AuthorizerResetArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AuthorizerAddArgs {
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+    /// The authorization code (`-` reads it from stdin)
+    #[arg(long, value_name = "CODE")]
+    pub auth_code: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct AuthorizerImportArgs {
+    #[command(flatten)]
+    pub tenant: TenantArgs,
+    /// WeCom 代开发: the app's agentid; the corp is stored as a WeCom app whose secret is
+    /// the permanent code
+    #[arg(long, requires = "corpid")]
+    pub agentid: Option<String>,
+    #[command(flatten)]
+    pub secret: SecretSource,
+}
+
+#[derive(Args, Debug)]
+pub struct AuthorizerSyncArgs {
+    /// The component appid
+    #[arg(long, value_name = "APPID")]
+    pub component: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct AuthorizerListArgs {
+    /// Only this component's authorizers
+    #[arg(long, value_name = "APPID", conflicts_with = "suite")]
+    pub component: Option<String>,
+    /// Only this suite's corps
+    #[arg(long, value_name = "SUITEID")]
+    pub suite: Option<String>,
+    /// One JSON object per tenant, one a line
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AuthorizerRemoveArgs {
+    #[command(flatten)]
+    pub tenant: TenantArgs,
+    /// Confirm removing a corp, whose permanent code cannot be recovered
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AuthorizerResetArgs {
+    /// The 代开发 template's suite id
+    #[arg(long, value_name = "SUITEID")]
+    pub suite: String,
+    /// The AuthCode of the reset_permanent_code push (`-` reads it from stdin)
+    #[arg(long, value_name = "CODE")]
+    pub auth_code: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -318,6 +598,33 @@ pub struct AccountArgs {
     /// WeCom: the app's agentid, or a name for a module without one, such as `contacts`
     #[arg(long, requires = "corpid")]
     pub agentid: Option<String>,
+    /// WeCom: a provider (服务商), by its corpid: its provider token (get_provider_token)
+    #[arg(long, value_name = "CORPID", conflicts_with_all = ["appid", "corpid", "agentid"])]
+    pub provider_corpid: Option<String>,
+}
+
+/// What `get` reads: an account, a platform's token, or a tenant's.
+#[derive(Args, Debug, Clone)]
+pub struct TargetArgs {
+    /// The account's appid (Official Account or Mini Program); with --component, that
+    /// authorizer's token
+    #[arg(long)]
+    pub appid: Option<String>,
+    /// WeCom: the corp's corpid (with --agentid; with --suite, that corp's token)
+    #[arg(long)]
+    pub corpid: Option<String>,
+    /// WeCom: the app's agentid, or a name for a module without one, such as `contacts`
+    #[arg(long)]
+    pub agentid: Option<String>,
+    /// Open Platform: the component appid; alone, the component token
+    #[arg(long, value_name = "APPID")]
+    pub component: Option<String>,
+    /// WeCom: the suite id; alone, the suite token
+    #[arg(long, value_name = "SUITEID")]
+    pub suite: Option<String>,
+    /// WeCom: the provider's corpid: the provider token
+    #[arg(long, value_name = "CORPID")]
+    pub provider_corpid: Option<String>,
 }
 
 /// Where a secret comes from.
@@ -437,6 +744,12 @@ pub struct RefreshArgs {
     /// enabled account
     #[arg(long, value_name = "APPID")]
     pub appid: Vec<String>,
+    /// Refresh only this component and its authorizers (repeatable)
+    #[arg(long, value_name = "APPID")]
+    pub component: Vec<String>,
+    /// Refresh only this suite and its corps (repeatable)
+    #[arg(long, value_name = "SUITEID")]
+    pub suite: Vec<String>,
     /// Run up to this many fetches at once
     #[arg(long, short = 'j', value_name = "N", default_value_t = 8, value_parser = parse_jobs)]
     pub jobs: usize,
@@ -517,7 +830,7 @@ pub struct PruneArgs {
 #[derive(Args, Debug)]
 pub struct GetArgs {
     #[command(flatten)]
-    pub account: AccountArgs,
+    pub account: TargetArgs,
     /// Print one JSON object: appid, access_token, expires_in (seconds left), fetched_at,
     /// expires_at
     #[arg(long)]

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::cli::{AccountArgs, AccountCommand, ApiArgs, Cli, Command, QuotaCommand, StoreCommand};
+use crate::cli::{
+    AccountArgs, AccountCommand, ApiArgs, AuthorizerCommand, Cli, Command, PlatformCommand,
+    QuotaCommand, StoreCommand, TargetArgs,
+};
 use crate::domain::{AccountKey, Api, Credential, Ticket};
 use crate::exit::{Exit, fail};
 use crate::freshness::Want;
@@ -54,6 +57,11 @@ pub enum Cmd {
     GrantReader {
         role: String,
     },
+    /// Checked by `cmd::platform` (identifiers, stdin).
+    Platform(PlatformCommand),
+    /// Checked by `cmd::authorizer`.
+    Authorizer(AuthorizerCommand),
+    Receive(crate::cli::ReceiveArgs),
 }
 
 /// `status --check`: thresholds in seconds.
@@ -113,8 +121,10 @@ pub struct ApiConfig {
 }
 
 pub struct RefreshConfig {
-    /// Empty: every enabled account.
+    /// Empty (and `platforms` empty): every enabled account.
     pub accounts: Vec<AccountKey>,
+    /// Platforms named with --component / --suite: each with its tenants.
+    pub platforms: Vec<AccountKey>,
     pub jobs: usize,
     pub want: Want,
     /// Also fetch held accounts.
@@ -132,6 +142,8 @@ pub struct RefreshConfig {
 
 pub struct GetConfig {
     pub key: AccountKey,
+    /// The platform kind named (`--component`, `--suite`, `--provider-corpid`), if any.
+    pub role: Option<Api>,
     pub kind: Credential,
     pub json: bool,
     pub min_ttl: i64,
@@ -152,8 +164,16 @@ impl Config {
                     // The store's newest row id is read when the run starts (engine::refresh).
                     (false, None) => Want::Due { newest_at_start: 0 },
                 };
+                let mut platforms = Vec::new();
+                for id in &a.component {
+                    platforms.push(AccountKey::appid(id).map_err(usage)?);
+                }
+                for id in &a.suite {
+                    platforms.push(AccountKey::appid(id).map_err(usage)?);
+                }
                 Cmd::Refresh(RefreshConfig {
                     accounts: account_keys(&a.appid)?,
+                    platforms,
                     jobs: a.jobs,
                     want,
                     force: a.force,
@@ -165,13 +185,14 @@ impl Config {
                 })
             }
             Command::Get(a) => {
-                let key = account_key(&a.account)?;
+                let (key, role) = target_key(&a.account)?;
                 let reject = match a.reject {
                     Some(token) => Some((token, api(&a.api)?)),
                     None => None,
                 };
                 Cmd::Get(GetConfig {
                     key,
+                    role,
                     kind: a.ticket.map_or(Credential::AccessToken, Credential::Ticket),
                     json: a.json,
                     min_ttl: seconds("--min-ttl", a.min_ttl)?,
@@ -209,6 +230,9 @@ impl Config {
             Command::Store(StoreCommand::GrantReader(a)) => Cmd::GrantReader { role: a.role },
             Command::Sink(c) => Cmd::Sink(c),
             Command::Metrics => Cmd::Metrics,
+            Command::Platform(c) => Cmd::Platform(c),
+            Command::Authorizer(c) => Cmd::Authorizer(c),
+            Command::Receive(a) => Cmd::Receive(a),
             Command::Completions { shell } => Cmd::Completions(shell),
             Command::Manpage { page, list } => Cmd::Manpage { page, list },
             Command::Key(k) => Cmd::Key(k),
@@ -250,7 +274,9 @@ fn account_op(op: AccountCommand) -> Result<AccountOp> {
     Ok(match op {
         AccountCommand::Add(a) => {
             let key = account_key(&a.account)?;
-            let api = if key.is_wecom() {
+            let api = if a.account.provider_corpid.is_some() {
+                Api::Provider
+            } else if key.is_wecom() {
                 Api::Work
             } else {
                 Api::from(a.api)
@@ -281,10 +307,55 @@ fn account_op(op: AccountCommand) -> Result<AccountOp> {
 
 /// `--appid`, or `--corpid` with `--agentid`, through the one account parser.
 fn account_key(args: &AccountArgs) -> Result<AccountKey> {
-    match (&args.appid, &args.corpid, &args.agentid) {
-        (Some(appid), None, None) => AccountKey::appid(appid),
-        (None, Some(corpid), Some(agent)) => AccountKey::wecom(corpid, agent),
+    match (&args.appid, &args.corpid, &args.agentid, &args.provider_corpid) {
+        (Some(appid), None, None, None) => AccountKey::appid(appid),
+        (None, Some(corpid), Some(agent), None) => AccountKey::wecom(corpid, agent),
+        (None, None, None, Some(corpid)) => AccountKey::appid(corpid),
         _ => Err("name an account with --appid, or with --corpid and --agentid".into()),
+    }
+    .map_err(usage)
+}
+
+/// What `get` reads: an account as `account_key` names it, a platform's token
+/// (`--component`, `--suite`, `--provider-corpid`), or a tenant's (`--component` with
+/// `--appid`, `--suite` with `--corpid`).
+pub fn target_key(t: &TargetArgs) -> Result<(AccountKey, Option<Api>)> {
+    let tenant = |id: &str, platform: &str| -> Result<AccountKey, String> {
+        AccountKey::appid(platform)?;
+        AccountKey::wecom(id, platform)
+    };
+    let named = (
+        &t.appid,
+        &t.corpid,
+        &t.agentid,
+        &t.component,
+        &t.suite,
+        &t.provider_corpid,
+    );
+    match named {
+        (Some(appid), None, None, None, None, None) => {
+            AccountKey::appid(appid).map(|k| (k, None))
+        }
+        (None, Some(corpid), Some(agent), None, None, None) => {
+            AccountKey::wecom(corpid, agent).map(|k| (k, None))
+        }
+        (None, None, None, Some(c), None, None) => {
+            AccountKey::appid(c).map(|k| (k, Some(Api::Component)))
+        }
+        (Some(appid), None, None, Some(c), None, None) => {
+            tenant(appid, c).map(|k| (k, Some(Api::Authorizer)))
+        }
+        (None, None, None, None, Some(s), None) => {
+            AccountKey::appid(s).map(|k| (k, Some(Api::Suite)))
+        }
+        (None, Some(corpid), None, None, Some(s), None) => {
+            tenant(corpid, s).map(|k| (k, Some(Api::Corp)))
+        }
+        (None, None, None, None, None, Some(p)) => {
+            AccountKey::appid(p).map(|k| (k, Some(Api::Provider)))
+        }
+        _ => Err("name what to read: --appid; --corpid with --agentid; --component [with                   --appid]; --suite [with --corpid]; or --provider-corpid"
+            .to_string()),
     }
     .map_err(usage)
 }
@@ -299,6 +370,11 @@ pub fn check_tickets(api: Api, tickets: &[Ticket]) -> Result<()> {
         ))),
         None => Ok(()),
     }
+}
+
+/// `api` for the commands `cmd::platform` and `cmd::authorizer` check themselves.
+pub fn api_config(args: &ApiArgs) -> Result<ApiConfig> {
+    api(args)
 }
 
 fn api(args: &ApiArgs) -> Result<ApiConfig> {

@@ -379,6 +379,8 @@ pub struct Account {
     /// A tenant's credential before WeChat's last rotation of it, kept until the new one
     /// has worked once (a refresh token that WeChat replaced in a reply).
     pub previous_secret: Option<Secret>,
+    /// A suite's provider corpid: the other receiveid its pushes may carry.
+    pub receiver: Option<String>,
 }
 
 impl Account {
@@ -404,6 +406,8 @@ pub struct NewAccount {
     pub tickets: Vec<Ticket>,
     /// The platform account's id, for a tenant or a 代开发 corp.
     pub platform: Option<i64>,
+    /// A suite's provider corpid.
+    pub receiver: Option<String>,
 }
 
 /// One row of the token history (a token or a ticket).

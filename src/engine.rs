@@ -24,6 +24,7 @@ use crate::store::{Claim, Newest, ReadStore, Recorded, Store, StoreError};
 use crate::text;
 use crate::wechat::{Client, Credentials};
 
+pub mod onboard;
 pub mod platform;
 pub use platform::Flights;
 

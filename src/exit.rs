@@ -22,6 +22,9 @@ pub enum Exit {
     Interrupted,
     /// Publishing to a sink failed, and nothing worse happened: the tokens are stored.
     PublishFailed,
+    /// A push was refused: a wrong signature, a body that does not decrypt or parse, a
+    /// message for another platform, too large. Nothing was stored.
+    Refused,
     /// `status --check`, a monitoring plugin: its own 0 OK, 1 WARNING, 2 CRITICAL,
     /// 3 UNKNOWN, outside the table above (monitoring systems know no other codes).
     Plugin(u8),
@@ -29,7 +32,7 @@ pub enum Exit {
 
 impl Exit {
     #[cfg(test)]
-    pub const ALL: [Exit; 10] = [
+    pub const ALL: [Exit; 11] = [
         Exit::Ok,
         Exit::Error,
         Exit::Usage,
@@ -40,6 +43,7 @@ impl Exit {
         Exit::Key,
         Exit::Interrupted,
         Exit::PublishFailed,
+        Exit::Refused,
     ];
 
     pub const fn code(self) -> u8 {
@@ -54,6 +58,7 @@ impl Exit {
             Exit::Key => 7,
             Exit::Interrupted => 8,
             Exit::PublishFailed => 9,
+            Exit::Refused => 10,
             Exit::Plugin(code) => code,
         }
     }
@@ -70,6 +75,7 @@ impl Exit {
             Exit::NoToken => 2,
             Exit::FetchFailed => 3,
             Exit::Account => 4,
+            Exit::Refused => 4,
             Exit::Key => 5,
             Exit::Usage => 5,
             Exit::Database => 6,
@@ -135,6 +141,11 @@ impl Exit {
                 "`refresh`, `sink test`: publishing to a sink failed and nothing worse \
                  happened; the tokens are stored (see [sinks](docs/sinks.md#publishing-to-redis-and-hooks-sinks))."
             }
+            Exit::Refused => {
+                "`platform ingest`: the push was refused (a wrong signature, a body that does \
+                 not decrypt or parse, a message for another platform, over 64 KiB); nothing \
+                 was stored and no hook ran (see [pushes](docs/platforms.md#receiving-pushes))."
+            }
             Exit::Plugin(_) => "`status --check`: its own codes, not in the table.",
         }
     }
@@ -153,6 +164,7 @@ impl Exit {
             Exit::Key => "secret key missing or wrong",
             Exit::Interrupted => "interrupted by a signal",
             Exit::PublishFailed => "publishing to a sink failed",
+            Exit::Refused => "a push was refused",
             Exit::Plugin(_) => "status --check",
         }
     }

@@ -407,15 +407,39 @@ const HOOK_ENV: [&str; 8] = [
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// Runs the hook for one token: the token on stdin (never in argv or the environment, where
-/// `ps` and /proc show it), what it is in `WXTOKEN_*` variables, in a clean environment,
-/// with no descriptor but stdin, stdout and stderr, in a process group of its own. At the
-/// deadline the whole group is killed, whether the shell is still running or only what it
-/// left behind holds its stderr open; nothing waits past it.
+/// `ps` and /proc show it), what it is in `WXTOKEN_*` variables (see `run_command`).
 fn run_hook(sink: &SinkRow, v: &Valid, timeout: Duration, now: i64) -> Result<(), String> {
+    let env = [
+        ("WXTOKEN_SINK", sink.name.clone()),
+        ("WXTOKEN_APPID", v.account.key.appid.clone()),
+        ("WXTOKEN_AGENTID", v.account.key.agent.clone()),
+        ("WXTOKEN_KIND", v.kind.as_str().to_string()),
+        ("WXTOKEN_EXPIRES_AT", v.row.expires_at.to_string()),
+        ("WXTOKEN_EXPIRES_IN", (v.row.expires_at - now).to_string()),
+    ];
+    let input = format!("{}\n", v.row.token).into_bytes();
+    let hidden = [v.row.token.as_str(), v.account.secret.expose()];
+    run_command(&sink.target, &env, input, timeout, &hidden, &format!("sink {}", sink.name))
+}
+
+/// Runs a shell command line (a sink's hook, a platform's event hook): `input` on stdin,
+/// `env` plus a few of wxtoken's own variables in a clean environment, with no descriptor
+/// but stdin, stdout and stderr, in a process group of its own. At the deadline the whole
+/// group is killed, whether the shell is still running or only what it left behind holds
+/// its stderr open; nothing waits past it. Its last stderr line comes back in the error,
+/// with each of `hidden` replaced by `***`.
+pub fn run_command(
+    line: &str,
+    env: &[(&str, String)],
+    input: Vec<u8>,
+    timeout: Duration,
+    hidden: &[&str],
+    whose: &str,
+) -> Result<(), String> {
     use std::os::unix::process::CommandExt;
     let deadline = Instant::now() + timeout;
     let mut command = Command::new("/bin/sh");
-    command.arg("-c").arg(&sink.target).env_clear();
+    command.arg("-c").arg(line).env_clear();
     for name in HOOK_ENV {
         if let Some(value) = std::env::var_os(name) {
             command.env(name, value);
@@ -424,13 +448,10 @@ fn run_hook(sink: &SinkRow, v: &Valid, timeout: Duration, now: i64) -> Result<()
     if std::env::var_os("PATH").is_none() {
         command.env("PATH", DEFAULT_PATH);
     }
+    for (name, value) in env {
+        command.env(name, value);
+    }
     command
-        .env("WXTOKEN_SINK", &sink.name)
-        .env("WXTOKEN_APPID", &v.account.key.appid)
-        .env("WXTOKEN_AGENTID", &v.account.key.agent)
-        .env("WXTOKEN_KIND", v.kind.as_str())
-        .env("WXTOKEN_EXPIRES_AT", v.row.expires_at.to_string())
-        .env("WXTOKEN_EXPIRES_IN", (v.row.expires_at - now).to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -449,12 +470,11 @@ fn run_hook(sink: &SinkRow, v: &Valid, timeout: Duration, now: i64) -> Result<()
         .map_err(|e| format!("could not start the command: {e}"))?;
     let group = child.id() as libc::pid_t;
     let mut stdin = child.stdin.take();
-    let token = format!("{}\n", v.row.token);
     // A hook that never reads stdin must not block us: write from a thread, never joined
-    // (the pipe holds the few bytes; it ends when the hook's group does).
+    // (the pipe holds the bytes; it ends when the hook's group does).
     std::thread::spawn(move || {
         if let Some(pipe) = stdin.as_mut() {
-            let _ = pipe.write_all(token.as_bytes());
+            let _ = pipe.write_all(&input);
         }
     });
     // Stderr is read on a thread into a shared buffer, so that what arrived by the deadline
@@ -508,9 +528,8 @@ fn run_hook(sink: &SinkRow, v: &Valid, timeout: Duration, now: i64) -> Result<()
     if wait_until(&eof_rx, deadline).is_err() {
         kill_group(group);
         log::warn!(
-            "sink {}: the command left processes behind that kept its stderr open past \
+            "{whose}: the command left processes behind that kept its stderr open past \
              {}s; they were killed",
-            sink.name,
             timeout.as_secs()
         );
     }
@@ -524,9 +543,10 @@ fn run_hook(sink: &SinkRow, v: &Valid, timeout: Duration, now: i64) -> Result<()
         .rev()
         .find(|l| !l.trim().is_empty())
         .map(|l| {
-            let l = l
-                .replace(&v.row.token, "***")
-                .replace(v.account.secret.expose(), "***");
+            let l = hidden
+                .iter()
+                .filter(|h| !h.is_empty())
+                .fold(l.to_string(), |l, h| l.replace(h, "***"));
             format!(": {}", crate::policy::one_line(&l, 200))
         })
         .unwrap_or_default();
@@ -666,6 +686,7 @@ mod tests {
             fetch_due: false,
             platform: None,
             previous_secret: None,
+            receiver: None,
         }
     }
 

@@ -288,6 +288,7 @@ mod tests {
             secret: Secret::new(secret.into()),
             tickets: vec![],
             platform: None,
+            receiver: None,
         };
         store.add_account(&new, 1).unwrap();
         key

@@ -4,6 +4,7 @@
 ALTER TABLE accounts ADD COLUMN role text NOT NULL DEFAULT ''
     CHECK (role IN ('', 'component', 'authorizer', 'suite', 'corp', 'provider'));
 ALTER TABLE accounts ADD COLUMN platform_id bigint REFERENCES accounts (id);
+ALTER TABLE accounts ADD COLUMN receiver text;
 CREATE INDEX accounts_platform ON accounts (platform_id);
 ALTER TABLE account_secrets ADD COLUMN previous text CHECK (previous <> '');
 

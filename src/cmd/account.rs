@@ -42,6 +42,7 @@ pub fn run(ctx: &Context, op: AccountOp) -> Result<Exit> {
                 secret,
                 tickets,
                 platform: None,
+                receiver: None,
             };
             // The key file is read again under the lock that `key rotate` takes.
             store.with_secrets_lock(&mut || {
@@ -146,7 +147,7 @@ fn list(store: &dyn ReadStore, json: bool) -> Result<()> {
 
 /// Reads a secret from `--secret-env VAR`, or stdin: a prompt without echo on a terminal,
 /// else its first line. Never from argv.
-fn read_secret(secret_env: Option<&str>, key: &AccountKey) -> Result<Secret> {
+pub(super) fn read_secret(secret_env: Option<&str>, key: &AccountKey) -> Result<Secret> {
     let raw = if let Some(var) = secret_env {
         std::env::var(var).map_err(|_| {
             fail(

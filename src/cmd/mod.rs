@@ -3,11 +3,14 @@
 //! configuration, and returns its outcome.
 
 mod account;
+mod authorizer;
 pub mod check;
 mod generate;
 mod get;
 mod key;
 mod metrics;
+mod platform;
+mod push;
 mod prune;
 mod quota;
 mod refresh;
@@ -130,6 +133,9 @@ pub fn run(config: Config) -> Result<Exit> {
         Cmd::Key(cmd) => key::run(&ctx, cmd),
         Cmd::Copy { to } => store_admin::copy(&ctx, &to),
         Cmd::GrantReader { role } => store_admin::grant_reader(&ctx, &role),
+        Cmd::Platform(cmd) => platform::run(&ctx, cmd),
+        Cmd::Authorizer(cmd) => authorizer::run(&ctx, cmd),
+        Cmd::Receive(args) => push::receive(&ctx, &args),
     };
     result.map_err(|err| name_the_database(err, &ctx.db))
 }

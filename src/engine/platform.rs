@@ -402,6 +402,7 @@ pub fn sync_authorizers(
                         secret: refresh,
                         tickets: Vec::new(),
                         platform: Some(platform.id),
+                        receiver: None,
                     };
                     store.add_account(&new, now)?;
                     report.added.push(appid);

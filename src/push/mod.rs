@@ -8,8 +8,8 @@
 //! touches the store or the CLI; the commands that do (`platform ingest`, `receive`) are
 //! built on top. See platforms.md §5.
 
-// Not called by a command yet: `platform ingest` and `receive` are wired on later.
-#![allow(dead_code)]
+
+
 
 pub mod crypto;
 pub mod event;

@@ -298,6 +298,9 @@ pub trait Store: ReadStore + Sinks + Send {
         tenant: Option<&str>,
         failure: Option<&str>,
     ) -> Result<()>;
+    /// Holds an account until its configuration changes (a new secret, `account enable`),
+    /// with the reason status shows: a revoked authorization.
+    fn hold_account(&self, key: &AccountKey, reason: &str, now: i64) -> Result<()>;
     /// Removes a platform with its tenants (and their whole history); returns how many
     /// tenants went with it.
     fn remove_platform(&self, key: &AccountKey) -> Result<usize>;

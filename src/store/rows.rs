@@ -202,6 +202,7 @@ pub(crate) struct AccountColumns {
     pub(crate) platform_id: Option<i64>,
     /// A tenant's previous credential, sealed (`None` for a reader's handle too).
     pub(crate) previous_secret: Option<String>,
+    pub(crate) receiver: Option<String>,
 }
 
 impl AccountColumns {
@@ -226,6 +227,7 @@ impl AccountColumns {
             api: Api::from_columns(&self.api, &self.role),
             platform: self.platform_id,
             previous_secret,
+            receiver: self.receiver,
             secret,
             enabled: self.enabled,
             created_at: self.created_at + skew,

@@ -749,7 +749,7 @@ impl Postgres {
         let sql = format!(
             "SELECT a.id, a.appid, a.agent, a.api, {secret}, a.enabled, a.created_at,
                     a.updated_at, a.held_until, a.held_reason, a.tickets, a.fetch_due,
-                    {NOW_EXACT} AS server_now, a.role, a.platform_id, {previous}
+                    {NOW_EXACT} AS server_now, a.role, a.platform_id, {previous}, a.receiver
              FROM accounts a {join} {rest}"
         );
         let (rows, skew) = self.query_timed(&sql, params)?;
@@ -781,6 +781,7 @@ impl Postgres {
             role: row.get(13),
             platform_id: row.get(14),
             previous_secret: row.get(15),
+            receiver: row.get(16),
         }
         .account(keys, skew)
     }
@@ -1148,6 +1149,17 @@ impl Store for Postgres {
         self.remove_platform_(key)
     }
 
+    /// At the server's now, as `add_account`.
+    fn hold_account(&self, key: &AccountKey, reason: &str, _now: i64) -> Result<()> {
+        let sql = format!(
+            "UPDATE accounts SET held_until = $3, held_reason = $4, updated_at = {NOW},
+                 fetch_due = false
+             WHERE appid = $1 AND agent = $2 RETURNING id"
+        );
+        let until = crate::policy::UNTIL_FIXED;
+        self.change_account(key, &sql, &[&until, &reason]).map(drop)
+    }
+
     fn keys(&self) -> &crate::keys::Keys {
         &self.keys
     }
@@ -1189,11 +1201,19 @@ impl Store for Postgres {
             .query_opt(
                 &format!(
                     "INSERT INTO accounts (appid, agent, api, enabled, created_at, updated_at,
-                                           tickets, role, platform_id)
-                     VALUES ($1, $2, $3, true, {NOW}, {NOW}, $4, $5, $6)
+                                           tickets, role, platform_id, receiver)
+                     VALUES ($1, $2, $3, true, {NOW}, {NOW}, $4, $5, $6, $7)
                      ON CONFLICT (appid, agent) DO NOTHING RETURNING id"
                 ),
-                &[&key.appid, &key.agent, &api_column, &tickets, &role, &new.platform],
+                &[
+                    &key.appid,
+                    &key.agent,
+                    &api_column,
+                    &tickets,
+                    &role,
+                    &new.platform,
+                    &new.receiver,
+                ],
             )
             .map_err(err)?;
         let Some(row) = row else {
@@ -1998,6 +2018,7 @@ mod tests {
             secret: Secret::new("s3cret".into()),
             tickets: vec![],
             platform: None,
+            receiver: None,
         };
         s.add_account(&new, 1).unwrap();
         let id = s.account(&key).unwrap().unwrap().id;

@@ -290,7 +290,7 @@ impl Sqlite {
         tx.commit()
     }
 
-    const ACCOUNT_COLUMNS: &'static str = "id, appid, agent, api, secret, enabled, created_at, updated_at, held_until, held_reason, tickets, fetch_due, role, platform_id, previous_secret";
+    const ACCOUNT_COLUMNS: &'static str = "id, appid, agent, api, secret, enabled, created_at, updated_at, held_until, held_reason, tickets, fetch_due, role, platform_id, previous_secret, receiver";
 
     fn account_from_row(
         keys: &crate::keys::Keys,
@@ -312,6 +312,7 @@ impl Sqlite {
             role: row.get(12)?,
             platform_id: row.get(13)?,
             previous_secret: row.get(14)?,
+            receiver: row.get(15)?,
         }
         .account(keys, 0))
     }
@@ -763,10 +764,20 @@ impl Store for Sqlite {
         let (api, role) = api.columns();
         let inserted = self.conn.execute(
             "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at,
-                                   tickets, role, platform_id)
-             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6, ?7, ?8)
+                                   tickets, role, platform_id, receiver)
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT (appid, agent) DO NOTHING",
-            params![key.appid, key.agent, api, sealed, now, tickets, role, new.platform],
+            params![
+                key.appid,
+                key.agent,
+                api,
+                sealed,
+                now,
+                tickets,
+                role,
+                new.platform,
+                new.receiver
+            ],
         )?;
         if inserted == 0 {
             return Err(StoreError::AlreadyExists(key.clone()));
@@ -982,6 +993,16 @@ impl Store for Sqlite {
 
     fn remove_platform(&self, key: &AccountKey) -> Result<usize> {
         self.remove_platform_(key)
+    }
+
+    fn hold_account(&self, key: &AccountKey, reason: &str, now: i64) -> Result<()> {
+        self.change_account(
+            key,
+            "UPDATE accounts SET held_until = ?3, held_reason = ?4, updated_at = ?5,
+                    fetch_due = 0
+             WHERE appid = ?1 AND agent = ?2",
+            &[&policy::UNTIL_FIXED, &reason, &now],
+        )
     }
 
     fn claim(&self, account_id: i64, now: i64, ttl: i64) -> Result<Claim> {
