@@ -307,7 +307,12 @@ fn account_op(op: AccountCommand) -> Result<AccountOp> {
 
 /// `--appid`, or `--corpid` with `--agentid`, through the one account parser.
 fn account_key(args: &AccountArgs) -> Result<AccountKey> {
-    match (&args.appid, &args.corpid, &args.agentid, &args.provider_corpid) {
+    match (
+        &args.appid,
+        &args.corpid,
+        &args.agentid,
+        &args.provider_corpid,
+    ) {
         (Some(appid), None, None, None) => AccountKey::appid(appid),
         (None, Some(corpid), Some(agent), None) => AccountKey::wecom(corpid, agent),
         (None, None, None, Some(corpid)) => AccountKey::appid(corpid),

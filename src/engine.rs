@@ -108,6 +108,16 @@ pub struct Plan {
 /// The accounts to refresh: every enabled one, or the named ones; those with a fetch that
 /// was never recorded first, oldest first, since it may have doomed their stored token.
 pub fn targets(store: &dyn ReadStore, named: &[AccountKey]) -> Result<Vec<Account>> {
+    targets_with(store, named, &[])
+}
+
+/// `targets`, plus the platforms named (`refresh --component`, `--suite`), each with
+/// its enabled tenants.
+pub fn targets_with(
+    store: &dyn ReadStore,
+    named: &[AccountKey],
+    platforms: &[AccountKey],
+) -> Result<Vec<Account>> {
     let mut all = store.accounts()?;
     let unfinished = store.unfinished_fetches()?;
     all.sort_by_key(|a| {
@@ -116,10 +126,31 @@ pub fn targets(store: &dyn ReadStore, named: &[AccountKey]) -> Result<Vec<Accoun
             .position(|&id| id == a.id)
             .unwrap_or(usize::MAX)
     });
-    if named.is_empty() {
+    if named.is_empty() && platforms.is_empty() {
         return Ok(all.into_iter().filter(|a| a.enabled).collect());
     }
     let mut picked = Vec::new();
+    for key in platforms {
+        let Some(platform) = all.iter().find(|a| &a.key == key && a.api.is_platform()) else {
+            return Err(fail(
+                Exit::Account,
+                format!("no such platform {key} (see wxtoken platform list)"),
+            ));
+        };
+        if !platform.enabled {
+            return Err(fail(
+                Exit::Account,
+                format!("platform {key} is disabled; enable it first (wxtoken account enable)"),
+            ));
+        }
+        let id = platform.id;
+        for a in &all {
+            let ours = a.id == id || a.platform == Some(id);
+            if ours && a.enabled && !picked.iter().any(|p: &Account| p.id == a.id) {
+                picked.push(a.clone());
+            }
+        }
+    }
     for key in named {
         match all.iter().find(|a| &a.key == key) {
             // Named twice: fetched once.
@@ -153,12 +184,15 @@ pub fn refresh(
     // Platforms (and plain accounts) first, then the tenants, which need their platform's
     // new token; results in account order.
     let flights = Flights::default();
-    let (tenants, firsts): (Vec<(usize, &Account)>, Vec<(usize, &Account)>) = accounts
+    type Indexed<'a> = Vec<(usize, &'a Account)>;
+    let (tenants, firsts): (Indexed, Indexed) = accounts
         .iter()
         .enumerate()
         .partition(|(_, a)| a.api.is_tenant());
     if tenants.is_empty() {
-        return refresh_set(store, client, accounts, plan, clock, stop, on_done, &flights);
+        return refresh_set(
+            store, client, accounts, plan, clock, stop, on_done, &flights,
+        );
     }
     let mut results: Vec<Option<Done>> = accounts.iter().map(|_| None).collect();
     for phase in [firsts, tenants] {
@@ -223,9 +257,16 @@ fn refresh_set(
             _ if stop.now() => Done::NotTried,
             (Some((until, reason)), _) if !plan.force => Done::Held(until, reason),
             (_, Err(err)) => Done::Unrecorded(format!("could not open the store: {err}")),
-            (_, Ok(store)) => {
-                refresh_one(store.as_ref(), client, account, want, ttl, clock, stop, flights)
-            }
+            (_, Ok(store)) => refresh_one(
+                store.as_ref(),
+                client,
+                account,
+                want,
+                ttl,
+                clock,
+                stop,
+                flights,
+            ),
         };
         on_done(&done);
         done

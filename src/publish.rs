@@ -419,7 +419,14 @@ fn run_hook(sink: &SinkRow, v: &Valid, timeout: Duration, now: i64) -> Result<()
     ];
     let input = format!("{}\n", v.row.token).into_bytes();
     let hidden = [v.row.token.as_str(), v.account.secret.expose()];
-    run_command(&sink.target, &env, input, timeout, &hidden, &format!("sink {}", sink.name))
+    run_command(
+        &sink.target,
+        &env,
+        input,
+        timeout,
+        &hidden,
+        &format!("sink {}", sink.name),
+    )
 }
 
 /// Runs a shell command line (a sink's hook, a platform's event hook): `input` on stdin,

@@ -37,7 +37,7 @@ impl<T> From<Result<T, Failure>> for Try<T> {
 
 mod platform;
 mod quota;
-pub use platform::{Authorized, AuthorizerPage, CorpAuth, PermanentCode};
+pub use platform::{Authorized, PermanentCode};
 pub use quota::Quota;
 
 /// A token reply is well under 1 KiB; anything past this is not WeChat talking.

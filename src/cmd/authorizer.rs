@@ -24,7 +24,12 @@ pub fn run(ctx: &Context, cmd: AuthorizerCommand) -> Result<Exit> {
             (_, Some(s)) => Some(AccountKey::appid(s).map_err(|e| fail(Exit::Usage, e))?),
             _ => None,
         };
-        list(ctx.store_or_read()?.as_ref(), filter.as_ref(), ctx.now(), a.json)?;
+        list(
+            ctx.store_or_read()?.as_ref(),
+            filter.as_ref(),
+            ctx.now(),
+            a.json,
+        )?;
         return Ok(Exit::Ok);
     }
     let store = ctx.store()?;
@@ -42,7 +47,13 @@ pub fn run(ctx: &Context, cmd: AuthorizerCommand) -> Result<Exit> {
                 let outcome = client.query_auth(&key.appid, &token, &code);
                 if let Err(f) = &outcome.result {
                     let why = f.for_api(Api::Authorizer);
-                    store.record_platform_event(platform.id, now, "authorized", None, Some(&why))?;
+                    store.record_platform_event(
+                        platform.id,
+                        now,
+                        "authorized",
+                        None,
+                        Some(&why),
+                    )?;
                 }
                 let mut outcome = Some(outcome);
                 let mut stored = None;
@@ -82,16 +93,27 @@ pub fn run(ctx: &Context, cmd: AuthorizerCommand) -> Result<Exit> {
                             Some(&format!("{e:#}")),
                         );
                     })?;
+                let corp_name = crate::policy::one_line(&code.corp_name, 60);
                 let mut installed = None;
                 let mut code = Some(code);
                 sealing(ctx, store.as_ref(), None, &mut || {
                     if let Some(code) = code.take() {
-                        installed =
-                            Some(onboard::store_installed(store.as_ref(), &platform, code, agent, now)?);
+                        installed = Some(onboard::store_installed(
+                            store.as_ref(),
+                            &platform,
+                            code,
+                            agent,
+                            now,
+                        )?);
                     }
                     Ok(())
                 })?;
                 let installed = installed.ok_or_else(|| anyhow::anyhow!("nothing was stored"))?;
+                let corp_name = if corp_name.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({corp_name})")
+                };
                 store.record_platform_event(
                     platform.id,
                     now,
@@ -100,10 +122,19 @@ pub fn run(ctx: &Context, cmd: AuthorizerCommand) -> Result<Exit> {
                     None,
                 )?;
                 ctx.say(&format!(
-                    "{} {} {} of suite {key} with its permanent code{}",
-                    if installed.replaced { "updated" } else { "added" },
-                    if installed.customized { "代开发 app" } else { "corp" },
+                    "{} {} {}{} of suite {key} with its permanent code{}",
+                    if installed.replaced {
+                        "updated"
+                    } else {
+                        "added"
+                    },
+                    if installed.customized {
+                        "代开发 app"
+                    } else {
+                        "corp"
+                    },
                     installed.account.key,
+                    corp_name,
                     if installed.customized {
                         " (its app secret; its token comes from gettoken)"
                     } else {
@@ -132,8 +163,13 @@ pub fn run(ctx: &Context, cmd: AuthorizerCommand) -> Result<Exit> {
             let mut code = Some(code);
             sealing(ctx, store.as_ref(), None, &mut || {
                 if let Some(code) = code.take() {
-                    installed =
-                        Some(onboard::store_installed(store.as_ref(), &platform, code, agent, now)?);
+                    installed = Some(onboard::store_installed(
+                        store.as_ref(),
+                        &platform,
+                        code,
+                        agent,
+                        now,
+                    )?);
                 }
                 Ok(())
             })?;
@@ -164,26 +200,35 @@ pub fn run(ctx: &Context, cmd: AuthorizerCommand) -> Result<Exit> {
                     format!("{key} exists and is a {}", known.api.noun()),
                 ));
             }
-            sealing(ctx, store.as_ref(), existing.as_ref().map(|a| &a.key), &mut || {
-                match &existing {
-                    Some(_) => store.set_secret(&key, &secret, now)?,
-                    None => store.add_account(
-                        &NewAccount {
-                            key: key.clone(),
-                            api: tenant_api,
-                            secret: secret.clone(),
-                            tickets: Vec::new(),
-                            platform: Some(platform.id),
-                            receiver: None,
-                        },
-                        now,
-                    )?,
-                }
-                Ok(())
-            })?;
+            sealing(
+                ctx,
+                store.as_ref(),
+                existing.as_ref().map(|a| &a.key),
+                &mut || {
+                    match &existing {
+                        Some(_) => store.set_secret(&key, &secret, now)?,
+                        None => store.add_account(
+                            &NewAccount {
+                                key: key.clone(),
+                                api: tenant_api,
+                                secret: secret.clone(),
+                                tickets: Vec::new(),
+                                platform: Some(platform.id),
+                                receiver: None,
+                            },
+                            now,
+                        )?,
+                    }
+                    Ok(())
+                },
+            )?;
             ctx.say(&format!(
                 "{} {} {key} with its {}",
-                if existing.is_some() { "updated" } else { "imported" },
+                if existing.is_some() {
+                    "updated"
+                } else {
+                    "imported"
+                },
                 tenant_api.noun(),
                 tenant_api.secret_name()
             ));
@@ -245,7 +290,10 @@ pub fn run(ctx: &Context, cmd: AuthorizerCommand) -> Result<Exit> {
                 confirm(&key)?;
             }
             store.remove_account(&key)?;
-            ctx.say(&format!("removed {} {key} and its history", tenant.api.noun()));
+            ctx.say(&format!(
+                "removed {} {key} and its history",
+                tenant.api.noun()
+            ));
         }
     }
     Ok(Exit::Ok)
@@ -296,10 +344,9 @@ fn tenant_key(t: &TenantArgs, agentid: Option<&str>) -> Result<(AccountKey, Api)
             AccountKey::wecom(corpid, &platform.appid).map_err(usage)?,
             Api::Corp,
         )),
-        (Api::Suite, None, Some(corpid), Some(agent)) => Ok((
-            AccountKey::wecom(corpid, agent).map_err(usage)?,
-            Api::Work,
-        )),
+        (Api::Suite, None, Some(corpid), Some(agent)) => {
+            Ok((AccountKey::wecom(corpid, agent).map_err(usage)?, Api::Work))
+        }
         (Api::Component, ..) => Err(usage("name the authorizer with --appid".into())),
         _ => Err(usage("name the corp with --corpid".into())),
     }
@@ -324,9 +371,7 @@ fn confirm(key: &AccountKey) -> Result<()> {
             ),
         ));
     }
-    eprint!(
-        "removing {key} drops its permanent code for good; type the corpid to confirm: "
-    );
+    eprint!("removing {key} drops its permanent code for good; type the corpid to confirm: ");
     let line = stdin_line("the confirmation")?;
     if line.trim() != key.appid {
         return Err(fail(Exit::Usage, "not confirmed; nothing was removed"));
@@ -337,7 +382,10 @@ fn confirm(key: &AccountKey) -> Result<()> {
 fn list(store: &dyn ReadStore, platform: Option<&AccountKey>, now: i64, json: bool) -> Result<()> {
     let accounts = store.accounts()?;
     let platform_id = match platform {
-        Some(key) => match accounts.iter().find(|a| &a.key == key && a.api.is_platform()) {
+        Some(key) => match accounts
+            .iter()
+            .find(|a| &a.key == key && a.api.is_platform())
+        {
             Some(p) => Some(p.id),
             None => {
                 return Err(fail(
@@ -350,7 +398,9 @@ fn list(store: &dyn ReadStore, platform: Option<&AccountKey>, now: i64, json: bo
     };
     let mut out = Stream::new();
     if !json {
-        out.write("TENANT                                   KIND        PLATFORM                 STATE\n")?;
+        out.write(
+            "TENANT                                   KIND        PLATFORM                 STATE\n",
+        )?;
     }
     for t in accounts.iter().filter(|a| a.platform.is_some()) {
         if platform_id.is_some_and(|id| t.platform != Some(id)) {
@@ -385,7 +435,11 @@ fn list(store: &dyn ReadStore, platform: Option<&AccountKey>, now: i64, json: bo
             });
             out.write(&format!("{line}\n"))?;
         } else {
-            let kind = if t.api == Api::Work { "代开发" } else { t.api.noun() };
+            let kind = if t.api == Api::Work {
+                "代开发"
+            } else {
+                t.api.noun()
+            };
             let shown = match t.api {
                 Api::Authorizer | Api::Corp => t.key.appid.clone(),
                 _ => t.key.to_string(),

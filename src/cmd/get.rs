@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::{Context, emit, stdin_line};
 use crate::config::GetConfig;
-use crate::domain::{AccountKey, Credential, TokenRow};
+use crate::domain::{AccountKey, Api, Credential, TokenRow};
 use crate::engine::{self, Stop};
 use crate::exit::{Exit, fail};
 use crate::freshness;
@@ -83,11 +83,18 @@ pub fn run(ctx: &Context, cfg: &GetConfig) -> Result<Exit> {
             row
         }
     };
-    emit(&render(key, cfg.kind, &row, cfg.json, ctx.now()))?;
+    emit(&render(key, cfg.role, cfg.kind, &row, cfg.json, ctx.now()))?;
     Ok(Exit::Ok)
 }
 
-fn render(key: &AccountKey, kind: Credential, row: &TokenRow, json: bool, now: i64) -> String {
+fn render(
+    key: &AccountKey,
+    role: Option<Api>,
+    kind: Credential,
+    row: &TokenRow,
+    json: bool,
+    now: i64,
+) -> String {
     if !json {
         return format!("{}\n", row.token);
     }
@@ -103,8 +110,28 @@ fn render(key: &AccountKey, kind: Credential, row: &TokenRow, json: bool, now: i
         // The end get believes in: an unrecorded classic fetch may have brought it forward.
         "expires_at": rfc3339(row.stored().trusted_until()),
     });
-    if key.is_wecom() {
-        obj["agentid"] = json!(key.agent);
+    match role {
+        None if key.is_wecom() => obj["agentid"] = json!(key.agent),
+        None => {}
+        Some(Api::Component) => obj["component"] = json!(key.appid),
+        Some(Api::Suite) => obj["suite"] = json!(key.appid),
+        Some(Api::Provider) => obj["provider_corpid"] = json!(key.appid),
+        Some(Api::Authorizer) => obj["component"] = json!(key.agent),
+        Some(_) => {
+            obj["corpid"] = json!(key.appid);
+            obj["suite"] = json!(key.agent);
+        }
+    }
+    if matches!(
+        role,
+        Some(Api::Component | Api::Suite | Api::Provider | Api::Corp)
+    ) {
+        if let Some(o) = obj.as_object_mut() {
+            o.remove("appid");
+        }
+        if role == Some(Api::Corp) {
+            obj["corpid"] = json!(key.appid);
+        }
     }
     if let Credential::Ticket(t) = kind {
         obj["type"] = json!(t.as_str());
@@ -153,6 +180,18 @@ fn usable_or_reason(
         // Only on this failure path do we spend a second query to tell the cases apart.
         _ => match store.account(key)? {
             None => "no such account (see wxtoken account list)".to_string(),
+            Some(a) if cfg.role.is_some_and(|r| r != a.api) => format!(
+                "{key} is a {}, not a {}",
+                a.api.noun(),
+                cfg.role.map_or("account", Api::noun)
+            ),
+            Some(a) if a.api.is_platform() && kind == Credential::AccessToken => {
+                let created = store.ticket_times(a.id)?.map(|t| t.0);
+                match crate::engine::platform::ticket_problem(a.api, created, now) {
+                    Some(why) => format!("none fetched yet; {why}"),
+                    None => "no token fetched yet; run `wxtoken refresh`".to_string(),
+                }
+            }
             Some(a) => match (a.held_at(now), kind) {
                 (Some((until, reason)), _) => format!(
                     "none fetched yet, and refresh skips it {}: {reason}",

@@ -156,7 +156,9 @@ pub fn run(ctx: &Context, cmd: PlatformCommand) -> Result<Exit> {
             let platform = store.require_account(&platform.key)?;
             vault::require_open(&platform)?;
             let api = crate::config::api_config(&a.api)?;
-            let outcome = ctx.client(&api).start_push_ticket(&key.appid, &platform.secret);
+            let outcome = ctx
+                .client(&api)
+                .start_push_ticket(&key.appid, &platform.secret);
             if let Err(failure) = outcome.result {
                 return Err(fail(
                     Exit::FetchFailed,
@@ -222,10 +224,7 @@ pub fn run(ctx: &Context, cmd: PlatformCommand) -> Result<Exit> {
             if let Some(h) = hook
                 && (h.trim().is_empty() || h.chars().any(char::is_control))
             {
-                return Err(fail(
-                    Exit::Usage,
-                    "--exec needs a command on one line",
-                ));
+                return Err(fail(Exit::Usage, "--exec needs a command on one line"));
             }
             if !store.set_platform_hook(platform.id, hook, a.timeout, a.with_secrets, now)? {
                 return Err(fail(
@@ -250,7 +249,10 @@ pub fn read_value(what: &str, max: usize) -> Result<Secret> {
     let line = stdin_line(what)?;
     let value = line.trim();
     if value.is_empty() {
-        return Err(fail(Exit::Usage, format!("{what} is empty: give it on stdin")));
+        return Err(fail(
+            Exit::Usage,
+            format!("{what} is empty: give it on stdin"),
+        ));
     }
     if value.len() > max || !value.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(fail(
@@ -311,8 +313,15 @@ fn list(store: &dyn ReadStore, now: i64, json: bool) -> Result<()> {
             .as_ref()
             .and_then(|t| t.stored().left(now))
             .filter(|&l| l > 0);
+        let failed = store.platform_events(p.id, 20)?.into_iter().find(|e| !e.ok);
         if json {
             let line = json!({
+                "last_failed_event": failed.as_ref().map(|e| json!({
+                    "at": rfc3339(e.at),
+                    "event": e.event,
+                    "tenant": e.tenant,
+                    "detail": e.detail,
+                })),
                 "type": p.api.noun(),
                 "id": p.key.appid,
                 "enabled": p.enabled,
@@ -341,6 +350,15 @@ fn list(store: &dyn ReadStore, now: i64, json: bool) -> Result<()> {
                 token,
                 tenants
             ))?;
+            if let Some(e) = failed {
+                out.write(&format!(
+                    "  last failed event: {} {} at {}: {}\n",
+                    e.event,
+                    e.tenant.unwrap_or_default(),
+                    rfc3339(e.at),
+                    e.detail.unwrap_or_default()
+                ))?;
+            }
         }
     }
     out.finish()

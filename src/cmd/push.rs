@@ -19,8 +19,8 @@ use crate::exit::{Exit, fail};
 use crate::push::crypto::MsgCrypto;
 use crate::push::event::{Event, SECRET_FIELDS, parse_event};
 use crate::push::http::{self, Method, Route};
-use crate::push::xml::{self, Fields};
 use crate::push::open_push;
+use crate::push::xml::{self, Fields};
 use crate::store::{Store, TicketStored};
 
 /// A push that passed every check: its fields and its event.
@@ -41,8 +41,15 @@ pub fn ingest(ctx: &Context, a: &IngestArgs) -> Result<Exit> {
     let platform = require(store.as_ref(), &key, api)?;
     let crypto = open_crypto(ctx, store.as_ref(), &platform)?;
     if let Some(echostr) = &a.echostr {
-        let plain = verify_url(&platform, &crypto, &a.msg_signature, &a.timestamp, &a.nonce, echostr)
-            .map_err(|r| refused(&platform, &r))?;
+        let plain = verify_url(
+            &platform,
+            &crypto,
+            &a.msg_signature,
+            &a.timestamp,
+            &a.nonce,
+            echostr,
+        )
+        .map_err(|r| refused(&platform, &r))?;
         emit(&plain)?;
         return Ok(Exit::Ok);
     }
@@ -51,7 +58,12 @@ pub fn ingest(ctx: &Context, a: &IngestArgs) -> Result<Exit> {
         .lock()
         .take(xml::MAX_BODY as u64 + 1)
         .read_to_end(&mut body)
-        .map_err(|e| fail(Exit::Usage, format!("could not read the push from stdin: {e}")))?;
+        .map_err(|e| {
+            fail(
+                Exit::Usage,
+                format!("could not read the push from stdin: {e}"),
+            )
+        })?;
     let accepted = accept(
         ctx,
         store.as_ref(),
@@ -111,7 +123,11 @@ pub fn receive(ctx: &Context, a: &ReceiveArgs) -> Result<Exit> {
     let (store, platform, crypto) = match prepared {
         Ok(p) => p,
         Err(err) => {
-            let status = if crate::exit::of(&err) == Exit::Account { 404 } else { 500 };
+            let status = if crate::exit::of(&err) == Exit::Account {
+                404
+            } else {
+                500
+            };
             eprintln!("wxtoken: receive: {} {key}: {err:#}", api.noun());
             reply(&mut out, status, b"");
             return Ok(crate::exit::of(&err));
@@ -146,7 +162,14 @@ pub fn receive(ctx: &Context, a: &ReceiveArgs) -> Result<Exit> {
             }
         }
         Method::Post => {
-            let accepted = accept(ctx, store.as_ref(), &platform, &crypto, (sig, ts, nonce), &request.body);
+            let accepted = accept(
+                ctx,
+                store.as_ref(),
+                &platform,
+                &crypto,
+                (sig, ts, nonce),
+                &request.body,
+            );
             match accepted {
                 Ok(Ok(accepted)) => {
                     // WeChat gets its answer now; the exchange and the hook come after.
@@ -234,8 +257,12 @@ fn open_crypto(ctx: &Context, store: &dyn Store, platform: &Account) -> Result<M
             ),
         ));
     }
-    MsgCrypto::from_parts(c.token.expose(), c.aes_key.expose())
-        .map_err(|e| fail(Exit::Key, format!("the stored push settings of {}: {e}", platform.key)))
+    MsgCrypto::from_parts(c.token.expose(), c.aes_key.expose()).map_err(|e| {
+        fail(
+            Exit::Key,
+            format!("the stored push settings of {}: {e}", platform.key),
+        )
+    })
 }
 
 /// The ids a push for this platform may carry as its receiveid: the component appid; the
@@ -258,7 +285,9 @@ fn verify_url(
     echostr: &str,
 ) -> Result<String, Refusal> {
     if platform.api != Api::Suite {
-        return Err(Refusal("a URL check (echostr) is WeCom's; this is a component".into()));
+        return Err(Refusal(
+            "a URL check (echostr) is WeCom's; this is a component".into(),
+        ));
     }
     let (plain, receiveid) = crypto
         .open(sig, ts, nonce, echostr)
@@ -331,13 +360,16 @@ fn accept(
             timestamp, ticket, ..
         } if platform.api == Api::Suite => Some((*timestamp, ticket)),
         Event::ComponentTicket { .. } | Event::SuiteTicket { .. } => {
-            return Ok(Err(Refusal("a ticket of the other kind of platform".into())));
+            return Ok(Err(Refusal(
+                "a ticket of the other kind of platform".into(),
+            )));
         }
         _ => None,
     };
     let done = match ticket {
         Some((created, ticket)) => {
-            if ticket.expose().len() > 512 || !ticket.expose().bytes().all(|b| b.is_ascii_graphic()) {
+            if ticket.expose().len() > 512 || !ticket.expose().bytes().all(|b| b.is_ascii_graphic())
+            {
                 return Ok(Err(Refusal("the ticket is not a valid ticket".into())));
             }
             let secret = Secret::new(ticket.expose().to_string());
@@ -348,7 +380,9 @@ fn accept(
             })?;
             match stored {
                 TicketStored::Stored => "stored the ticket".to_string(),
-                TicketStored::Kept => "kept the stored ticket, which is as new or newer".to_string(),
+                TicketStored::Kept => {
+                    "kept the stored ticket, which is as new or newer".to_string()
+                }
             }
         }
         None => String::new(),
@@ -373,7 +407,11 @@ fn finish(
     let (name, tenant, result) = act(ctx, store, cfg, platform, &accepted.event, now);
     let exit = match &result {
         Ok(what) => {
-            let what = if what.is_empty() { &accepted.done } else { what };
+            let what = if what.is_empty() {
+                &accepted.done
+            } else {
+                what
+            };
             if !what.is_empty() {
                 log::info!("{} {}: {name}: {what}", platform.api.noun(), platform.key);
             }
@@ -388,11 +426,18 @@ fn finish(
             crate::exit::of(err).merge(Exit::FetchFailed)
         }
     };
-    if !matches!(accepted.event, Event::ComponentTicket { .. } | Event::SuiteTicket { .. } | Event::Other { .. }) {
+    if !matches!(
+        accepted.event,
+        Event::ComponentTicket { .. } | Event::SuiteTicket { .. } | Event::Other { .. }
+    ) {
         let failure = result.as_ref().err().map(|e| format!("{e:#}"));
-        if let Err(e) =
-            store.record_platform_event(platform.id, now, name, tenant.as_deref(), failure.as_deref())
-        {
+        if let Err(e) = store.record_platform_event(
+            platform.id,
+            now,
+            name,
+            tenant.as_deref(),
+            failure.as_deref(),
+        ) {
             eprintln!("wxtoken: could not record the {name} event: {e}");
         }
     }
@@ -420,7 +465,11 @@ fn act(
             update,
             ..
         } => {
-            let name = if *update { "updateauthorized" } else { "authorized" };
+            let name = if *update {
+                "updateauthorized"
+            } else {
+                "authorized"
+            };
             let result = (|| {
                 let token = onboard::platform_token(store, platform, now)?;
                 let code = Secret::new(code.expose().to_string());
@@ -429,7 +478,13 @@ fn act(
                 let mut stored = None;
                 sealing(ctx, store, None, &mut || {
                     if let Some(o) = outcome.take() {
-                        stored = Some(onboard::store_authorized(store, platform, o, now, cfg.claim_ttl)?);
+                        stored = Some(onboard::store_authorized(
+                            store,
+                            platform,
+                            o,
+                            now,
+                            cfg.claim_ttl,
+                        )?);
                     }
                     Ok(())
                 })?;
@@ -440,7 +495,10 @@ fn act(
                         account.key.appid
                     );
                 }
-                Ok(format!("stored the refresh token and first token of {}", account.key.appid))
+                Ok(format!(
+                    "stored the refresh token and first token of {}",
+                    account.key.appid
+                ))
             })();
             (name, Some(authorizer_appid.clone()), result)
         }
@@ -475,7 +533,10 @@ fn act(
                     Ok(())
                 })?;
                 let installed = installed.ok_or_else(|| anyhow::anyhow!("nothing was stored"))?;
-                Ok(format!("stored the permanent code of {}", installed.account.key))
+                Ok(format!(
+                    "stored the permanent code of {}",
+                    installed.account.key
+                ))
             })();
             (name, tenant, result)
         }
@@ -524,7 +585,11 @@ fn run_hook(
         return;
     };
     let Some(hook) = &crypto.hook else { return };
-    let secret_fields: &[&str] = if crypto.hook_secrets { &[] } else { SECRET_FIELDS };
+    let secret_fields: &[&str] = if crypto.hook_secrets {
+        &[]
+    } else {
+        SECRET_FIELDS
+    };
     let xml = xml::redact(&accepted.fields, secret_fields);
     let info_type = accepted.fields.get("InfoType").unwrap_or(name).to_string();
     let env = [

@@ -8,7 +8,7 @@ use anyhow::{Result, anyhow};
 
 use super::{Claimed, with_claim};
 use crate::domain::{
-    Account, AccountKey, Api, Credential, FetchRecord, Failure, NewAccount, Outcome, Secret,
+    Account, AccountKey, Api, Credential, Failure, FetchRecord, NewAccount, Outcome, Secret,
 };
 use crate::exit::{Exit, fail};
 use crate::freshness;
@@ -86,7 +86,10 @@ pub fn store_authorized(
         Some(known) if known.api != Api::Authorizer => {
             return Err(fail(
                 Exit::Account,
-                format!("{key} exists and is a {}, not an authorizer", known.api.noun()),
+                format!(
+                    "{key} exists and is a {}, not an authorizer",
+                    known.api.noun()
+                ),
             ));
         }
         Some(_) => store.set_secret(&key, &refresh, now)?,
@@ -163,7 +166,11 @@ pub fn store_installed(
         Some(known) if known.api != api => {
             return Err(fail(
                 Exit::Account,
-                format!("{key} exists and is a {}, not a {}", known.api.noun(), api.noun()),
+                format!(
+                    "{key} exists and is a {}, not a {}",
+                    known.api.noun(),
+                    api.noun()
+                ),
             ));
         }
         Some(_) => {

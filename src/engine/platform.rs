@@ -12,7 +12,7 @@ use super::{Claimed, Done, Stop, record, with_claim};
 use crate::domain::{Account, AccountKey, Api, Credential, Failure, Outcome, Secret};
 use crate::freshness;
 use crate::policy;
-use crate::store::{Store, TicketStored};
+use crate::store::Store;
 use crate::wechat::{Client, Credentials};
 
 /// A platform token must have this long left to be used for a tenant's call.
@@ -25,7 +25,10 @@ pub(super) enum Prepared {
     /// A platform, with its newest valid ticket.
     Platform { ticket: Secret },
     /// A tenant, with its platform and the platform's newest valid token.
-    Tenant { platform: Box<Account>, token: String },
+    Tenant {
+        platform: Box<Account>,
+        token: String,
+    },
 }
 
 /// The run's shared state per platform (see the module's comment).
@@ -110,7 +113,9 @@ pub(super) fn prepare(
         if let Some(why) = ticket_problem(api, ticket.as_ref().map(|t| t.create_time), now) {
             return Err(Done::Waiting(why));
         }
-        let ticket = ticket.map(|t| t.ticket).unwrap_or_else(|| Secret::new(String::new()));
+        let ticket = ticket
+            .map(|t| t.ticket)
+            .unwrap_or_else(|| Secret::new(String::new()));
         if ticket.locked_kid().is_some() || ticket.is_unread() || ticket.expose().is_empty() {
             return Err(Done::Unrecorded(
                 "the platform's ticket does not open with the key file".to_string(),
@@ -131,7 +136,10 @@ pub(super) fn prepare(
         return Err(Done::Waiting(why));
     }
     if let Some((until, reason)) = platform.held_at(now) {
-        return Err(Done::Held(until, format!("its {noun} {key} is held: {reason}")));
+        return Err(Done::Held(
+            until,
+            format!("its {noun} {key} is held: {reason}"),
+        ));
     }
     if !platform.enabled {
         return Err(Done::Waiting(format!("its {noun} {key} is disabled")));
@@ -174,8 +182,12 @@ pub(super) fn fetch(
             return (client.fetch_token(&creds, false), account.secret.clone());
         }
         Prepared::Platform { ticket } => {
-            let outcome =
-                client.fetch_platform_token(account.api, &account.key.appid, &account.secret, ticket);
+            let outcome = client.fetch_platform_token(
+                account.api,
+                &account.key.appid,
+                &account.secret,
+                ticket,
+            );
             return (outcome, account.secret.clone());
         }
         Prepared::Tenant { platform, token } => (platform, token),
@@ -214,7 +226,10 @@ pub(super) fn fetch(
             && previous.expose() != used.expose()
             && !stop.now()
         {
-            log::info!("{}: refresh token refused; trying the previous one", account.key);
+            log::info!(
+                "{}: refresh token refused; trying the previous one",
+                account.key
+            );
             used = previous.clone();
             outcome = call(token, &used);
             tries += outcome.tries;
@@ -227,7 +242,10 @@ pub(super) fn fetch(
             && now_stored.secret.expose() != used.expose()
             && !now_stored.secret.expose().is_empty()
         {
-            log::info!("{}: retrying with the refresh token sync found", account.key);
+            log::info!(
+                "{}: retrying with the refresh token sync found",
+                account.key
+            );
             used = now_stored.secret;
             outcome = call(token, &used);
             tries += outcome.tries;
@@ -292,7 +310,10 @@ fn refetch_platform(
         let _ = record(store, platform, &used, Credential::AccessToken, outcome);
     });
     if let Ok(Claimed::Busy(other)) = claimed {
-        log::info!("{}: {other} is fetching it; using what it stores", platform.key);
+        log::info!(
+            "{}: {other} is fetching it; using what it stores",
+            platform.key
+        );
         // Bounded: the other holder's claim ends within its TTL.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(ttl as u64);
         while std::time::Instant::now() < deadline && !stop.now() {
@@ -380,9 +401,9 @@ pub fn sync_authorizers(
     let mut offset = 0;
     loop {
         let page = client.authorizer_list(component, token, offset, PAGE);
-        let page = page
-            .result
-            .map_err(|f| anyhow::anyhow!("api_get_authorizer_list: {}", f.for_api(Api::Component)))?;
+        let page = page.result.map_err(|f| {
+            anyhow::anyhow!("api_get_authorizer_list: {}", f.for_api(Api::Component))
+        })?;
         let n = page.list.len() as i64;
         for (appid, refresh) in page.list {
             listed.insert(appid.clone());
@@ -407,8 +428,9 @@ pub fn sync_authorizers(
                     store.add_account(&new, now)?;
                     report.added.push(appid);
                 }
-                Some(known) if known.secret.locked_kid().is_none()
-                    && known.secret.expose() != refresh.expose() =>
+                Some(known)
+                    if known.secret.locked_kid().is_none()
+                        && known.secret.expose() != refresh.expose() =>
                 {
                     store.set_secret(&key, &refresh, now)?;
                     report.updated.push(appid);
@@ -431,17 +453,6 @@ pub fn sync_authorizers(
         }
     }
     Ok(report)
-}
-
-/// Stores a platform's ticket; never fetches anything.
-pub fn store_ticket(
-    store: &dyn Store,
-    platform: &Account,
-    ticket: &Secret,
-    create_time: i64,
-    now: i64,
-) -> anyhow::Result<TicketStored> {
-    Ok(store.set_platform_ticket(platform.id, ticket, create_time, now)?)
 }
 
 #[cfg(test)]

@@ -8,9 +8,6 @@
 //! touches the store or the CLI; the commands that do (`platform ingest`, `receive`) are
 //! built on top. See platforms.md §5.
 
-
-
-
 pub mod crypto;
 pub mod event;
 pub mod http;

@@ -39,10 +39,13 @@ impl Fields {
         self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    #[cfg(test)]
+    #[allow(dead_code)]
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

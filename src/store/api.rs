@@ -114,8 +114,6 @@ pub struct PlatformTicket {
     pub ticket: Secret,
     /// When WeChat created it (the push's CreateTime / TimeStamp), Unix seconds.
     pub create_time: i64,
-    /// When it was stored, on this host's clock.
-    pub received_at: i64,
 }
 
 /// What storing a ticket did.

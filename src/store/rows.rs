@@ -344,8 +344,10 @@ pub(crate) fn plan_record<'a>(
             && s.expose() == record.secret.expose()
     };
     let used_current = access && opened.as_ref().is_some_and(|(_, c, _)| is(c));
-    let used_previous =
-        access && opened.as_ref().is_some_and(|(_, _, p)| p.as_ref().is_some_and(is));
+    let used_previous = access
+        && opened
+            .as_ref()
+            .is_some_and(|(_, _, p)| p.as_ref().is_some_and(is));
     let update_account = used_current;
     let mut renewed = None;
     let mut clear_previous = false;

@@ -259,7 +259,9 @@ fn identifier(what: &str, value: Option<String>) -> Result<String, Failure> {
         {
             Ok(v)
         }
-        Some(_) => Err(Failure::Invalid(format!("{what} is not a valid identifier"))),
+        Some(_) => Err(Failure::Invalid(format!(
+            "{what} is not a valid identifier"
+        ))),
         None => Err(Failure::Invalid(format!("no {what} in the reply"))),
     }
 }
@@ -446,7 +448,9 @@ mod tests {
         assert_eq!(page.total, 2);
         assert_eq!(page.list[0].1.as_ref().unwrap().expose(), "r1");
         assert!(page.list[1].1.is_none());
-        assert!(parse_list(r#"{"total_count":1,"list":[{"authorizer_appid":"a/b"}]}"#.into()).is_err());
+        assert!(
+            parse_list(r#"{"total_count":1,"list":[{"authorizer_appid":"a/b"}]}"#.into()).is_err()
+        );
     }
 
     #[test]

@@ -263,7 +263,7 @@ fn some_of(names: &[String]) -> String {
 
 /// `targets`, with a warning when there is none to refresh.
 fn targets_or_warn(store: &dyn ReadStore, cfg: &RefreshConfig) -> Result<Vec<Account>> {
-    let accounts = engine::targets(store, &cfg.accounts)?;
+    let accounts = engine::targets_with(store, &cfg.accounts, &cfg.platforms)?;
     if accounts.is_empty() && !cfg.allow_empty {
         // Even with -q: a cron line whose WXTOKEN_DB has a typo refreshes an empty new
         // database every hour, and silence would hide that until the tokens run out.

@@ -37,7 +37,10 @@ pub fn after_run(
         started_at,
         finished_at: ctx.now(),
         duration_ms: started.elapsed().as_millis() as i64,
-        scope: match (cfg.accounts.is_empty(), cfg.want) {
+        scope: match (
+            cfg.accounts.is_empty() && cfg.platforms.is_empty(),
+            cfg.want,
+        ) {
             (false, _) => "named",
             (true, crate::freshness::Want::ExpiringWithin(_)) => "ahead",
             (true, _) => "all",

@@ -37,7 +37,11 @@ impl Postgres {
         Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
-    pub(super) fn platform_events_(&self, account_id: i64, limit: i64) -> Result<Vec<PlatformEvent>> {
+    pub(super) fn platform_events_(
+        &self,
+        account_id: i64,
+        limit: i64,
+    ) -> Result<Vec<PlatformEvent>> {
         let rows = self
             .c()
             .query(
@@ -109,7 +113,6 @@ impl Postgres {
             PlatformTicket {
                 ticket: open_secret(&self.keys, &owner, r.get(0)),
                 create_time: r.get(1),
-                received_at: r.get(2),
             }
         }))
     }

@@ -1122,27 +1122,26 @@ impl Store for Sqlite {
                 .optional()?,
             Err(_) => None,
         };
-        let stored: Option<(AccountKey, String, Option<String>)> = if kind
-            == Credential::AccessToken
-        {
-            self.conn
-                .prepare_cached(
-                    "SELECT appid, agent, secret, previous_secret FROM accounts WHERE id = ?1",
-                )?
-                .query_row(params![account_id], |r| {
-                    Ok((
-                        AccountKey {
-                            appid: r.get(0)?,
-                            agent: r.get(1)?,
-                        },
-                        r.get(2)?,
-                        r.get(3)?,
-                    ))
-                })
-                .optional()?
-        } else {
-            None
-        };
+        let stored: Option<(AccountKey, String, Option<String>)> =
+            if kind == Credential::AccessToken {
+                self.conn
+                    .prepare_cached(
+                        "SELECT appid, agent, secret, previous_secret FROM accounts WHERE id = ?1",
+                    )?
+                    .query_row(params![account_id], |r| {
+                        Ok((
+                            AccountKey {
+                                appid: r.get(0)?,
+                                agent: r.get(1)?,
+                            },
+                            r.get(2)?,
+                            r.get(3)?,
+                        ))
+                    })
+                    .optional()?
+            } else {
+                None
+            };
         // One host, one clock: a hold starts when the fetch did.
         let plan = plan_record(
             &self.keys,

@@ -38,7 +38,11 @@ impl Sqlite {
             .optional()?)
     }
 
-    pub(super) fn platform_events_(&self, account_id: i64, limit: i64) -> Result<Vec<PlatformEvent>> {
+    pub(super) fn platform_events_(
+        &self,
+        account_id: i64,
+        limit: i64,
+    ) -> Result<Vec<PlatformEvent>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT at, event, tenant, outcome, detail FROM platform_events
              WHERE account_id = ?1 ORDER BY id DESC LIMIT ?2",
@@ -93,9 +97,11 @@ impl Sqlite {
                 "SELECT ticket, create_time, received_at FROM platform_tickets
                  WHERE account_id = ?1",
             )?
-            .query_row(params![account_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_row(params![account_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
-        let Some((stored, create_time, received_at)) = row else {
+        let Some((stored, create_time, _received_at)) = row else {
             return Ok(None);
         };
         let key = self.key_of(account_id)?;
@@ -103,7 +109,6 @@ impl Sqlite {
         Ok(Some(PlatformTicket {
             ticket: open_secret(&self.keys, &owner, stored),
             create_time,
-            received_at,
         }))
     }
 
