@@ -19,7 +19,8 @@ use crate::domain::{Api, DEFAULT_API_BASE, DEFAULT_WORK_API_BASE, Ticket};
 
 Exit codes: 0 ok, 1 unexpected error, 2 bad arguments, 3 no valid token,
 4 a call to WeChat failed, 5 database problem, 6 no such account or sink / already exists,
-7 secret key missing or wrong, 8 interrupted by a signal, 9 publishing to a sink failed.")]
+7 secret key missing or wrong, 8 interrupted by a signal, 9 publishing to a sink failed,
+10 a push was refused.")]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -605,6 +606,7 @@ pub struct AccountArgs {
 
 /// What `get` reads: an account, a platform's token, or a tenant's.
 #[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = true)]
 pub struct TargetArgs {
     /// The account's appid (Official Account or Mini Program); with --component, that
     /// authorizer's token
