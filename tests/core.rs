@@ -998,11 +998,16 @@ fn a_store_of_another_program_is_left_untouched() {
 #[test]
 fn an_older_schema_is_refused_by_get_and_upgraded_by_a_writing_command() {
     let env = with_token("TOKEN_from_v1", 7200);
-    // Back to schema version 2. SQLite: what migrations 3 to 7 add, undone (0005's runs
-    // table is created IF NOT EXISTS, so it may stay). PostgreSQL: migrations 3 to 5, with
+    // Back to schema version 2. SQLite: what migrations 3 to 8 add, undone (0005's runs
+    // table is created IF NOT EXISTS, so it may stay). PostgreSQL: migrations 3 to 6, with
     // the reader view as migration 1 made it.
     env.execute(if env.is_postgres() {
-        "DROP VIEW latest_tokens; DROP TABLE intents;
+        "DROP TABLE platform_events; DROP TABLE platform_crypto; DROP TABLE platform_tickets;
+         DROP INDEX accounts_platform;
+         ALTER TABLE accounts DROP COLUMN role; ALTER TABLE accounts DROP COLUMN platform_id;
+         ALTER TABLE accounts DROP COLUMN receiver;
+         ALTER TABLE account_secrets DROP COLUMN previous;
+         DROP VIEW latest_tokens; DROP TABLE intents;
          CREATE VIEW latest_tokens AS
          SELECT a.appid, a.agent, t.kind, t.token, t.expires_in, t.fetched_at, t.expires_at
          FROM accounts a JOIN tokens t ON t.account_id = a.id
@@ -1013,7 +1018,11 @@ fn an_older_schema_is_refused_by_get_and_upgraded_by_a_writing_command() {
          DROP TABLE sink_published; DROP TABLE sinks; DROP TABLE runs;
          DELETE FROM schema_migrations WHERE version > 2;"
     } else {
-        "DROP TABLE intents; ALTER TABLE accounts DROP COLUMN fetch_due;
+        "DROP TABLE platform_events; DROP TABLE platform_crypto; DROP TABLE platform_tickets;
+         DROP INDEX accounts_platform;
+         ALTER TABLE accounts DROP COLUMN role; ALTER TABLE accounts DROP COLUMN platform_id;
+         ALTER TABLE accounts DROP COLUMN previous_secret; ALTER TABLE accounts DROP COLUMN receiver;
+         DROP TABLE intents; ALTER TABLE accounts DROP COLUMN fetch_due;
          ALTER TABLE attempts DROP COLUMN clock_offset;
          DROP TABLE sink_published; DROP TABLE sinks; DROP TABLE quota_resets;
          ALTER TABLE accounts DROP COLUMN tickets; PRAGMA user_version = 2;"

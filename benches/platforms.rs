@@ -1,0 +1,263 @@
+//! Platforms at scale: one Open Platform component with N authorizers, refreshed through
+//! the stand-in with every reply delayed 50 ms, run as separate processes of the real
+//! release binary on SQLite.
+//!
+//! ```text
+//! cargo bench --bench platforms                  # N = 100,000 (about 3 minutes)
+//! WXTOKEN_BENCH_TENANTS=10000 cargo bench --bench platforms
+//! ```
+//!
+//! A benchmark, not a test: it asserts nothing and prints a table. Each figure is a ratio
+//! against a baseline named beside it and computed in the same run:
+//! - the full refresh (`--jobs 64`) against the ideal N × 50 ms / 64 (plus the one
+//!   component token fetch, 50 ms, which goes first), with its peak RSS;
+//! - a refresh-ahead run with nothing due (`--if-expiring-within 20m`) at N against the same
+//!   run at 1,000 authorizers, with its peak RSS.
+
+use wxtoken_standin as standin;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, params};
+
+use standin::StandIn;
+
+const WXTOKEN: &str = env!("CARGO_BIN_EXE_wxtoken");
+const GNU_TIME: &str = "/usr/bin/time";
+const LATENCY: Duration = Duration::from_millis(50);
+const JOBS: usize = 64;
+const COMPONENT: &str = "wxbenchcomponent0";
+
+fn main() {
+    let n: usize = std::env::var("WXTOKEN_BENCH_TENANTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let dir = scratch();
+    let bin = dir.join("wxtoken");
+    std::fs::copy(WXTOKEN, &bin).expect("copy the binary");
+    println!("platforms bench: {n} authorizers of one component, {LATENCY:?} per reply");
+    println!("machine: {}", machine());
+
+    let standin = StandIn::start();
+    standin.set_latency(LATENCY);
+    standin.add_component(COMPONENT, "bench-component-secret");
+    standin.push_component_ticket(COMPONENT, "bench-ticket");
+
+    let small = setup(&dir, &bin, &standin, "small", 1_000);
+    let large = setup(&dir, &bin, &standin, "large", n);
+
+    // The full run: the component token, then every authorizer.
+    let before = standin.hits(standin::platform::AUTHORIZER_TOKEN);
+    let (elapsed, rss, out) =
+        timed(wx(&bin, &large, &standin).args(["refresh", "--jobs", &JOBS.to_string()]));
+    let fetched = standin.hits(standin::platform::AUTHORIZER_TOKEN) - before;
+    check(&out, "refresh");
+    let ideal = LATENCY.as_secs_f64() * (n as f64 / JOBS as f64).ceil() + LATENCY.as_secs_f64();
+    let ratio = elapsed.as_secs_f64() / ideal;
+
+    // Refresh-ahead with nothing due: the baseline at 1,000, then N.
+    let (_, _, out) = timed(wx(&bin, &small, &standin).args(["refresh", "--jobs", "64"]));
+    check(&out, "refresh (1,000)");
+    let ahead = ["refresh", "--if-expiring-within", "20m", "--jobs", "64"];
+    let mut small_runs = Vec::new();
+    let mut large_runs = Vec::new();
+    let mut large_rss = None;
+    let hits_before = standin.requests().len();
+    for _ in 0..3 {
+        let (t, _, out) = timed(wx(&bin, &small, &standin).args(ahead));
+        check(&out, "refresh-ahead (1,000)");
+        small_runs.push(t.as_secs_f64());
+        let (t, r, out) = timed(wx(&bin, &large, &standin).args(ahead));
+        check(&out, "refresh-ahead");
+        large_runs.push(t.as_secs_f64());
+        large_rss = large_rss.max(r);
+    }
+    let sent = standin.requests().len() - hits_before;
+    let (small_ahead, large_ahead) = (median(&mut small_runs), median(&mut large_runs));
+
+    println!();
+    println!("| measure | figure | baseline | ratio | goal |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| refresh of {n} authorizers, --jobs {JOBS} | {:.1} s ({fetched} fetched) | ideal {:.1} s | {:.3}x | <= 1.15x |",
+        elapsed.as_secs_f64(),
+        ideal,
+        ratio
+    );
+    println!(
+        "| peak RSS of that run | {} | | | <= 32 MiB |",
+        rss.map_or("not measured".into(), mib)
+    );
+    println!(
+        "| refresh-ahead, nothing due, {n} | {:.3} s ({sent} requests sent) | {:.3} s at 1,000 | {:.2}x | <= 2x |",
+        large_ahead,
+        small_ahead,
+        large_ahead / small_ahead
+    );
+    println!(
+        "| peak RSS of that run | {} | | | <= 32 MiB |",
+        large_rss.map_or("not measured".into(), mib)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A database with the component (its secret sealed, its ticket stored) and `n`
+/// authorizers, written directly: their refresh tokens in plain text, as a database from
+/// before encryption holds them (refresh accepts those), to keep setting up fast.
+fn setup(dir: &Path, bin: &Path, standin: &StandIn, name: &str, n: usize) -> PathBuf {
+    let db = dir.join(format!("{name}.db"));
+    let mut add = wx(bin, &db, standin);
+    add.args(["platform", "add", "--component", COMPONENT]);
+    run_with_stdin(&mut add, "bench-component-secret\n");
+    let mut ticket = wx(bin, &db, standin);
+    ticket.args(["platform", "set-ticket", "--component", COMPONENT]);
+    run_with_stdin(&mut ticket, "bench-ticket\n");
+    let now = unix_now();
+    let mut conn = Connection::open(&db).expect("open the database");
+    let component: i64 = conn
+        .query_row(
+            "SELECT id FROM accounts WHERE appid = ?1",
+            [COMPONENT],
+            |r| r.get(0),
+        )
+        .expect("the component");
+    let tx = conn.transaction().expect("begin");
+    {
+        let mut insert = tx
+            .prepare(
+                "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at,
+                                       role, platform_id)
+                 VALUES (?1, ?2, 'token', ?3, 1, ?4, ?4, 'authorizer', ?5)",
+            )
+            .expect("prepare");
+        for i in 0..n {
+            let appid = format!("wxa{name}{i:08}");
+            let refresh = format!("refresh-{appid}");
+            standin.add_authorizer(COMPONENT, &appid, &refresh);
+            insert
+                .execute(params![appid, COMPONENT, refresh, now, component])
+                .expect("insert an authorizer");
+        }
+    }
+    tx.commit().expect("commit");
+    db
+}
+
+fn wx(bin: &Path, db: &Path, standin: &StandIn) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.env_clear()
+        .env("HOME", db.parent().unwrap())
+        .env("WXTOKEN_DB", db)
+        .env("WXTOKEN_KEY_FILE", db.with_extension("key"))
+        .env("WXTOKEN_API_BASE", standin.url())
+        .env("WXTOKEN_WORK_API_BASE", standin.url())
+        .arg("-q");
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+fn run_with_stdin(cmd: &mut Command, input: &str) {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn wxtoken");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    check(&out, "set-up");
+}
+
+fn check(out: &Output, what: &str) {
+    if !out.status.success() {
+        eprintln!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::process::exit(1);
+    }
+}
+
+/// Wall time, peak RSS in KiB (GNU time, when installed) and the output.
+fn timed(cmd: &mut Command) -> (Duration, Option<u64>, Output) {
+    let mut run = if Path::new(GNU_TIME).exists() {
+        let mut t = Command::new(GNU_TIME);
+        t.args(["-f", "%M"])
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        t.env_clear();
+        for (k, v) in cmd.get_envs() {
+            if let Some(v) = v {
+                t.env(k, v);
+            }
+        }
+        t
+    } else {
+        let mut c = Command::new(cmd.get_program());
+        c.args(cmd.get_args()).env_clear();
+        for (k, v) in cmd.get_envs() {
+            if let Some(v) = v {
+                c.env(k, v);
+            }
+        }
+        c
+    };
+    run.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let out = run.output().expect("spawn");
+    let elapsed = start.elapsed();
+    let rss = Path::new(GNU_TIME)
+        .exists()
+        .then(|| {
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .flatten();
+    (elapsed, rss, out)
+}
+
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn scratch() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wxtoken-platforms-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    dir
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or(String::from("unknown CPU"), |(_, m)| m.trim().to_string());
+    format!("{model}, {cpus} CPUs")
+}
