@@ -157,6 +157,7 @@ fn report(
     let mut failed = Vec::new();
     let mut tickets_failed = Vec::new();
     let (mut refreshed, mut fresh, mut busy, mut held, mut not_tried) = (0, 0, 0, 0, 0);
+    let mut waiting: std::collections::BTreeMap<String, (usize, String)> = Default::default();
     let mut exit = Exit::Ok;
     for ((account, done), keyless) in accounts.iter().zip(results).zip(keyless) {
         let key = &account.key;
@@ -177,8 +178,11 @@ fn report(
                 failed.push(format!("{key}(held)"));
                 exit = exit.merge(Exit::FetchFailed);
             }
+            // A platform without a ticket leaves every tenant waiting: one line per
+            // reason and platform, however many tenants, not one per tenant.
             Done::Waiting(why) => {
-                eprintln!("wxtoken: {key}: {why}");
+                let group = waiting.entry(why.clone()).or_insert((0, key.to_string()));
+                group.0 += 1;
                 failed.push(format!("{key}(waiting)"));
                 exit = exit.merge(Exit::FetchFailed);
             }
@@ -208,6 +212,12 @@ fn report(
                 failed.push(format!("{key}(claim lost)"));
                 exit = exit.merge(Exit::FetchFailed);
             }
+        }
+    }
+    for (why, (n, first)) in &waiting {
+        match n {
+            1 => eprintln!("wxtoken: {first}: {why}"),
+            n => eprintln!("wxtoken: {first} and {} more: {why}", n - 1),
         }
     }
     let mut line = format!("refreshed {refreshed} of {} accounts", accounts.len());

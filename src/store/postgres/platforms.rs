@@ -87,6 +87,16 @@ impl Postgres {
                 &[&account_id, &sealed, &create_time, &now],
             )
             .map_err(|e| self.err(e))?;
+        if n > 0 {
+            // A hold for a stale or wrong ticket (61005, 61006, 40085) ends with a new one.
+            self.c()
+                .execute(
+                    "UPDATE accounts SET held_until = NULL, held_reason = NULL
+                     WHERE id = $1 AND held_reason LIKE '%\\_ticket%'",
+                    &[&account_id],
+                )
+                .map_err(|e| self.err(e))?;
+        }
         Ok(if n == 0 {
             TicketStored::Kept
         } else {

@@ -83,6 +83,15 @@ impl Sqlite {
                  WHERE excluded.create_time > platform_tickets.create_time",
             )?
             .execute(params![account_id, sealed, create_time, now])?;
+        if n > 0 {
+            // A hold for a stale or wrong ticket (61005, 61006, 40085) ends with a new one.
+            self.conn
+                .prepare_cached(
+                    "UPDATE accounts SET held_until = NULL, held_reason = NULL
+                     WHERE id = ?1 AND held_reason LIKE '%!_ticket%' ESCAPE '!'",
+                )?
+                .execute(params![account_id])?;
+        }
         Ok(if n == 0 {
             TicketStored::Kept
         } else {
