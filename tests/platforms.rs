@@ -35,7 +35,10 @@ fn refresh_token(i: usize) -> String {
 
 /// A component known to the stand-in and to wxtoken, with no ticket yet.
 fn component() -> TestEnv {
-    let env = TestEnv::new();
+    component_in(TestEnv::new())
+}
+
+fn component_in(env: TestEnv) -> TestEnv {
     env.api.add_component(CID, COMPONENT_SECRET);
     let out = env.run_with_stdin(
         &format!("platform add --component {CID}"),
@@ -209,6 +212,11 @@ fn the_component_token_is_fetched_once_per_expiry() {
     import(&env, 2);
     run(&env, "refresh", 0);
     assert_eq!(token_hits(&env), (1, 2));
+    // --dry-run says what a plain run does: nothing is due.
+    let dry = run(&env, "refresh --dry-run", 0).stdout.clone();
+    for key in [CID.to_string(), format!("{}/{CID}", appid(1))] {
+        assert_has(&dry, &[&format!("{key}  not due")]);
+    }
     // A second plain run: platform and tenant tokens are due only with < 3900 s left.
     run(&env, "refresh", 0);
     assert_eq!(token_hits(&env), (1, 2), "a fresh token was fetched again");
@@ -521,7 +529,291 @@ fn refresh_tokens_never_show_in_any_output() {
     }
 }
 
+// ---- 6. onboarding ----
+
+#[test]
+fn authorizer_add_stores_the_refresh_token_and_the_first_token() {
+    let env = running(0);
+    let a = appid(77);
+    let code = "queryauthcode@@@Hx7Lq2Mz9Wk4";
+    env.api.add_auth_code(CID, code, &a);
+    let out = env.run_with_stdin(
+        &format!("authorizer add --component {CID} --auth-code -"),
+        &format!("{code}\n"),
+    );
+    out.assert_code(0);
+    assert_has(&out.stderr, &[&a]);
+    let rt = env.api.refresh_token_of(CID, &a).expect("added");
+    assert_no_secret("authorizer add", &out, &[code, &rt]);
+    assert_eq!(env.api.hits(QUERY_AUTH), 1);
+    // The first token serves at once; no api_authorizer_token call was made.
+    let t = get_authorizer(&env, &a).value();
+    assert_eq!(env.api.live_authorizer_tokens(CID, &a), [t]);
+    assert_eq!(token_hits(&env), (1, 0));
+    // The refresh token it stored is the one the next refresh sends.
+    force(&env, &a, "").assert_code(0);
+    assert_eq!(sent_refresh_tokens(&env, &a), [rt]);
+    // A used code is refused, and nothing changes.
+    let again = env.run_with_stdin(
+        &format!("authorizer add --component {CID} --auth-code -"),
+        &format!("{code}\n"),
+    );
+    assert_ne!(again.code, 0);
+    assert_no_secret("authorizer add again", &again, &[code]);
+}
+
+#[test]
+fn authorizer_sync_walks_every_page_adds_updates_and_reports_unlisted() {
+    const LISTED: usize = 1_050;
+    let env = running(0);
+    for i in 0..LISTED {
+        env.api.add_authorizer(CID, &appid(i), &refresh_token(i));
+    }
+    // Known here: two listed ones with stale refresh tokens, one WeChat no longer lists.
+    for i in [3, 1_049] {
+        let out = env.run_with_stdin(
+            &format!("authorizer import --component {CID} --appid {}", appid(i)),
+            "rt@@@stale-Qm3Kz8Lw1Xn5\n",
+        );
+        out.assert_code(0);
+    }
+    let gone = appid(5_000);
+    env.run_with_stdin(
+        &format!("authorizer import --component {CID} --appid {gone}"),
+        "rt@@@gone-Vb6Hn2Jk9Lp4\n",
+    )
+    .assert_code(0);
+    let out = run(&env, &format!("authorizer sync --component {CID}"), 0);
+    assert_eq!(
+        env.api.hits(AUTHORIZER_LIST),
+        3,
+        "1,050 authorizers are 3 pages"
+    );
+    let offsets: Vec<i64> = env
+        .requests_to(AUTHORIZER_LIST)
+        .iter()
+        .map(|r| body(r)["offset"].as_i64().expect("offset"))
+        .collect();
+    assert_eq!(offsets, [0, 500, 1000]);
+    assert_has(
+        &out.stderr,
+        &[
+            "1050 authorizers listed",
+            "1048 added",
+            "2 refresh tokens updated",
+            "1 known here but no longer listed",
+            &gone,
+        ],
+    );
+    let listed = run(
+        &env,
+        &format!("authorizer list --component {CID} --json"),
+        0,
+    );
+    assert_eq!(listed.stdout.lines().count(), LISTED + 1);
+    // The updated ones are refreshed with the listed refresh tokens; the unlisted one is
+    // kept as it was.
+    for i in [3, 1_049] {
+        force(&env, &appid(i), "").assert_code(0);
+        assert_eq!(sent_refresh_tokens(&env, &appid(i)), [refresh_token(i)]);
+    }
+    let out = force(&env, &gone, "");
+    out.assert_code(4);
+    assert_eq!(
+        sent_refresh_tokens(&env, &gone)[0],
+        "rt@@@gone-Vb6Hn2Jk9Lp4"
+    );
+}
+
+#[test]
+fn platform_remove_refuses_while_authorizers_exist() {
+    let env = running(2);
+    let out = env.run(&format!("platform remove --component {CID}"));
+    out.assert_one_line_error(2);
+    assert_has(&out.stderr, &["--with-authorizers"]);
+    assert_eq!(listed(&env, &appid(0))["platform"], CID);
+    get_component(&env).value();
+    let out = env.run(&format!(
+        "platform remove --component {CID} --with-authorizers"
+    ));
+    out.assert_code(0);
+    let list = run(&env, "authorizer list --json", 0);
+    assert_eq!(list.stdout, "");
+    get_component(&env).assert_no_value(&[]);
+    get_authorizer(&env, &appid(0)).assert_no_value(&[]);
+}
+
+// ---- 7. get ----
+
+#[test]
+fn get_prints_the_component_and_authorizer_tokens() {
+    let env = component();
+    import(&env, 1);
+    let a = appid(1);
+    get_component(&env).assert_no_value(&[]);
+    set_ticket(&env, TICKET, 60);
+    run(&env, "refresh", 0);
+    let c = get_component(&env).value();
+    assert_eq!(env.api.live_component_tokens(CID), std::slice::from_ref(&c));
+    let t = get_authorizer(&env, &a).value();
+    assert_eq!(
+        env.api.live_authorizer_tokens(CID, &a),
+        std::slice::from_ref(&t)
+    );
+    assert_ne!(c, t);
+
+    let doc = json(&run(&env, &format!("get --component {CID} --json"), 0).stdout);
+    assert_eq!(doc["access_token"], c.as_str());
+    assert_eq!(doc["component"], CID);
+    assert!(
+        (7100..=7200).contains(&doc["expires_in"].as_i64().expect("expires_in")),
+        "{doc}"
+    );
+    let doc = json(
+        &run(
+            &env,
+            &format!("get --component {CID} --appid {a} --json"),
+            0,
+        )
+        .stdout,
+    );
+    assert_eq!(doc["access_token"], t.as_str());
+    assert_eq!(doc["component"], CID);
+    assert_eq!(doc["appid"], a.as_str());
+    // --min-ttl, an unknown authorizer: exit 3.
+    env.get(&format!("--component {CID} --min-ttl 3h"))
+        .assert_no_value(&[]);
+    env.get(&format!("--component {CID} --appid {a} --min-ttl 3h"))
+        .assert_no_value(&[]);
+    env.get(&format!("--component {CID} --min-ttl 1h")).value();
+    get_authorizer(&env, &appid(2)).assert_no_value(&[]);
+
+    // --reject: the engine fetches a new authorizer token, once.
+    let out = env.run_with_stdin(
+        &format!("get --component {CID} --appid {a} --reject -"),
+        &format!("{t}\n"),
+    );
+    let new = out.value();
+    assert_ne!(new, t);
+    assert!(env.api.is_valid(&new));
+    assert_eq!(token_hits(&env), (1, 2));
+    let out = env.run_with_stdin(
+        &format!("get --component {CID} --appid {a} --reject -"),
+        &format!("{t}\n"),
+    );
+    assert_eq!(
+        out.value(),
+        new,
+        "a second caller gets the new one without a fetch"
+    );
+    assert_eq!(token_hits(&env), (1, 2));
+    assert_eq!(get_authorizer(&env, &a).value(), new);
+    assert_eq!(
+        get_component(&env).value(),
+        c,
+        "the component token is untouched"
+    );
+}
+
+#[test]
+fn an_authorizer_with_tickets_gets_its_jsapi_ticket() {
+    let env = ticketed();
+    import(&env, 1);
+    let a = appid(1);
+    let out = env.run(&format!(
+        "account set-tickets --corpid {a} --agentid {CID} --ticket jsapi"
+    ));
+    out.assert_code(0);
+    run(&env, "refresh", 0);
+    let ticket = env
+        .get(&format!("--component {CID} --appid {a} --ticket jsapi"))
+        .value();
+    let token = get_authorizer(&env, &a).value();
+    let sent = env.requests_to(standin::TICKET);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].query["access_token"], token);
+    assert!(!ticket.is_empty());
+}
+
+// ---- 8. PostgreSQL: a host killed mid-fetch of an authorizer ----
+
+#[test]
+fn a_host_killed_mid_fetch_of_an_authorizer_loses_no_refresh_token() {
+    let Some(env) = TestEnv::on_postgres() else {
+        return;
+    };
+    let env = component_in(env);
+    set_ticket(&env, TICKET, 60);
+    import(&env, 1);
+    let (a, rt1) = (appid(1), refresh_token(1));
+    run(&env, "refresh", 0);
+    // WeChat rotates the refresh token in the reply host-a never reads.
+    env.api.rotate_refresh_token_on_next(CID, &a);
+    env.api.gate(AUTHORIZER_TOKEN);
+    let one = ["--force", "--appid"];
+    let target = format!("{a}/{CID}");
+    let mut host_a = spawn_refresh(
+        &env,
+        "host-a",
+        &format!("{} {target} --claim-ttl 3", one.join(" ")),
+    );
+    assert!(env.api.wait_for_hits(AUTHORIZER_TOKEN, 2, PATIENCE));
+    host_a.kill().expect("SIGKILL host-a");
+    let _ = host_a.wait();
+    env.api.open_gate(AUTHORIZER_TOKEN);
+    // While host-a's lease lives, host-b leaves the authorizer alone...
+    let blocked = finish_within(
+        spawn_refresh(&env, "host-b", &format!("{} {target}", one.join(" "))),
+        RUN_LIMIT,
+    );
+    assert_has(&blocked.stderr, &["being refreshed by another run"]);
+    assert_eq!(env.api.hits(AUTHORIZER_TOKEN), 2);
+    // ...and takes it over once the lease has expired, with one fetch.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while env.api.hits(AUTHORIZER_TOKEN) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "host-b never took over"
+        );
+        std::thread::park_timeout(Duration::from_millis(200));
+        let out = finish_within(
+            spawn_refresh(&env, "host-b", &format!("{} {target}", one.join(" "))),
+            RUN_LIMIT,
+        );
+        if env.api.hits(AUTHORIZER_TOKEN) == 3 {
+            out.assert_code(0);
+        }
+    }
+    assert_eq!(env.api.hits(AUTHORIZER_TOKEN), 3);
+    let rt2 = env.api.refresh_token_of(CID, &a).expect("known");
+    assert_ne!(rt1, rt2, "the gated request rotated the refresh token");
+    // host-b sent the one it had (still accepted) and stored the rotated one it got back.
+    assert_eq!(
+        sent_refresh_tokens(&env, &a),
+        [&rt1, &rt1, &rt1].map(String::clone)
+    );
+    let t = get_authorizer(&env, &a).value();
+    assert!(env.api.is_valid(&t));
+    force(&env, &a, "").assert_code(0);
+    assert_eq!(sent_refresh_tokens(&env, &a).last(), Some(&rt2));
+    assert_eq!(env.query_i64("SELECT count(*) FROM claims"), 0);
+}
+
 also_on_postgres!(
+    authorizer_add_stores_the_refresh_token_and_the_first_token,
+    authorizer_sync_walks_every_page_adds_updates_and_reports_unlisted,
+    platform_remove_refuses_while_authorizers_exist,
+    get_prints_the_component_and_authorizer_tokens,
+    an_authorizer_with_tickets_gets_its_jsapi_ticket,
+    a_rejected_component_token_is_refetched_once_per_run_then_each_authorizer_retried_once,
+    a_persistent_40001_ends_the_run_after_exactly_one_component_refetch,
+    a_refused_refresh_token_is_resynced_once_per_run_and_retried,
+    a_61023_that_persists_holds_the_authorizer_which_keeps_serving_its_last_token,
+    a_revoked_authorizer_is_held_and_never_called_again,
+    a_61004_on_the_component_token_holds_the_platform_and_calls_no_tenant,
+    a_61004_on_an_authorizer_call_stops_the_platforms_other_tenants_in_the_run,
+    a_system_error_is_retried_with_backoff_within_the_run,
+    a_45009_holds_the_authorizer_until_midnight_china_time,
     no_ticket_no_request,
     a_ticket_older_than_12_hours_sends_nothing,
     set_ticket_never_fetches_and_an_older_ticket_never_replaces_a_newer_one,
@@ -533,3 +825,283 @@ also_on_postgres!(
     sync_with_an_empty_refresh_token_never_blanks_one,
     refresh_tokens_never_show_in_any_output,
 );
+
+// ---- 5. errcodes ----
+
+/// A component with a token (7200 s) and `n` authorizers whose tokens have 1200 s left:
+/// the next plain `refresh` finds every authorizer due, and not the component.
+fn running(n: usize) -> TestEnv {
+    let env = ticketed();
+    for i in 0..n {
+        import(&env, i);
+        short_lived(&env, i);
+    }
+    run(&env, "refresh", 0);
+    assert_eq!(token_hits(&env), (1, n));
+    env
+}
+
+/// A plain `refresh --jobs N` whose first `n` authorizer calls are all held at WeChat
+/// until every one of them is in flight: all are made with the token the run started with.
+fn with_first_calls_held(env: &TestEnv, n: usize) -> Out {
+    let before = env.api.hits(AUTHORIZER_TOKEN);
+    env.api.gate(AUTHORIZER_TOKEN);
+    let child = env.spawn(&["refresh", "--jobs", &n.to_string()]);
+    let all_in = env
+        .api
+        .wait_for_hits(AUTHORIZER_TOKEN, before + n, PATIENCE);
+    env.api.open_gate(AUTHORIZER_TOKEN);
+    let out = finish_within(child, RUN_LIMIT);
+    assert!(all_in, "the calls never were all in flight: {}", out.stderr);
+    out
+}
+
+#[test]
+fn a_rejected_component_token_is_refetched_once_per_run_then_each_authorizer_retried_once() {
+    const N: usize = 5;
+    let env = running(N);
+    // Another fetcher replaced the component token: WeChat refuses ours with 40001.
+    let old = get_component(&env).value();
+    env.api.revoke(&old);
+    let out = with_first_calls_held(&env, N);
+    out.assert_code(0);
+    assert_eq!(token_hits(&env), (2, N + 2 * N), "{}", out.stderr);
+    let new = get_component(&env).value();
+    assert_eq!(
+        env.api.live_component_tokens(CID),
+        std::slice::from_ref(&new)
+    );
+    // Each authorizer: one call with the old token, one retry with the new one.
+    for i in 0..N {
+        let sent: Vec<String> = env
+            .requests_to(AUTHORIZER_TOKEN)
+            .iter()
+            .filter(|r| body(r)["authorizer_appid"] == appid(i))
+            .map(|r| r.query["component_access_token"].clone())
+            .collect();
+        assert_eq!(sent[1..], [old.clone(), new.clone()], "authorizer {i}");
+        let t = get_authorizer(&env, &appid(i)).value();
+        assert!(env.api.is_valid(&t));
+    }
+}
+
+#[test]
+fn a_persistent_40001_ends_the_run_after_exactly_one_component_refetch() {
+    const N: usize = 5;
+    let env = running(N);
+    let old = get_component(&env).value();
+    for i in 0..N {
+        // The first call and the one retry after the refetch.
+        for _ in 0..2 {
+            env.api.push_for(
+                AUTHORIZER_TOKEN,
+                &appid(i),
+                Reply::errcode(
+                    40001,
+                    "invalid credential, access_token is invalid or not latest",
+                ),
+            );
+        }
+    }
+    let out = with_first_calls_held(&env, N);
+    out.assert_code(4);
+    assert_eq!(
+        token_hits(&env),
+        (2, N + 2 * N),
+        "exactly one refetch, one retry each: {}",
+        out.stderr
+    );
+    assert_ne!(get_component(&env).value(), old);
+}
+
+#[test]
+fn a_refused_refresh_token_is_resynced_once_per_run_and_retried() {
+    let env = running(3);
+    // Authorizers 0 and 1 re-authorized elsewhere: their refresh tokens changed at WeChat.
+    let fresh = [
+        "rt@@@resynced-0-Kd8Lm3Qz7Xw2",
+        "rt@@@resynced-1-Pj4Nc9Vb2Hs6",
+    ];
+    for (i, rt) in fresh.iter().enumerate() {
+        env.api.add_authorizer(CID, &appid(i), rt);
+    }
+    let out = refresh(&env, "--jobs 4 -vv");
+    out.assert_code(0);
+    assert_eq!(env.api.hits(AUTHORIZER_LIST), 1, "one sync per run");
+    for (i, rt) in fresh.iter().enumerate() {
+        let sent = sent_refresh_tokens(&env, &appid(i));
+        assert_eq!(
+            sent[1..],
+            [refresh_token(i), rt.to_string()],
+            "authorizer {i}"
+        );
+        let t = get_authorizer(&env, &appid(i)).value();
+        assert!(env.api.is_valid(&t));
+    }
+    assert_eq!(env.api.hits_for(AUTHORIZER_TOKEN, &appid(2)), 2);
+    assert_no_secret(
+        "refresh -vv",
+        &out,
+        &[fresh[0], fresh[1], &refresh_token(0)],
+    );
+    // The next run uses the synced ones at once.
+    for (i, rt) in fresh.iter().enumerate() {
+        force(&env, &appid(i), "").assert_code(0);
+        let sent = sent_refresh_tokens(&env, &appid(i));
+        assert_eq!(sent.last().map(String::as_str), Some(*rt));
+    }
+    assert_eq!(env.api.hits(AUTHORIZER_LIST), 1);
+}
+
+#[test]
+fn a_61023_that_persists_holds_the_authorizer_which_keeps_serving_its_last_token() {
+    let env = running(2);
+    let a = appid(0);
+    let last = get_authorizer(&env, &a).value();
+    env.api.push_for(
+        AUTHORIZER_TOKEN,
+        &a,
+        Reply::errcode(61023, "refresh_token is invalid"),
+    );
+    let out = refresh(&env, "");
+    out.assert_code(4);
+    assert_eq!(
+        env.api.hits(AUTHORIZER_LIST),
+        1,
+        "sync once before giving up"
+    );
+    assert_eq!(
+        env.api.hits_for(AUTHORIZER_TOKEN, &a),
+        2,
+        "no retry with the same token"
+    );
+    let line = listed(&env, &a);
+    assert_eq!(line["held"], true, "{line}");
+    assert_has(line["held_reason"].as_str().unwrap_or(""), &["authoriz"]);
+    let status = run(&env, "status", 0);
+    assert_has(&status.stdout, &[&a]);
+    // The next run skips it: no request at all for it.
+    let out = refresh(&env, "");
+    out.assert_code(4);
+    assert_eq!(env.api.hits_for(AUTHORIZER_TOKEN, &a), 2);
+    assert_eq!(env.api.hits(AUTHORIZER_LIST), 1);
+    // Its last valid token serves until it expires.
+    assert_eq!(get_authorizer(&env, &a).value(), last);
+    assert!(env.api.is_valid(&last));
+}
+
+#[test]
+fn a_revoked_authorizer_is_held_and_never_called_again() {
+    let env = running(2);
+    let a = appid(0);
+    env.api.revoke_authorizer(CID, &a);
+    let out = refresh(&env, "");
+    out.assert_code(4);
+    assert_eq!(env.api.hits_for(AUTHORIZER_TOKEN, &a), 2);
+    let line = listed(&env, &a);
+    assert_eq!(line["held"], true, "{line}");
+    for _ in 0..2 {
+        refresh(&env, "").assert_code(4);
+    }
+    assert_eq!(
+        env.api.hits_for(AUTHORIZER_TOKEN, &a),
+        2,
+        "a revoked authorizer was called"
+    );
+    // The other one is unaffected.
+    assert_eq!(env.api.hits_for(AUTHORIZER_TOKEN, &appid(1)), 2);
+    get_authorizer(&env, &appid(1)).value();
+}
+
+#[test]
+fn a_61004_on_the_component_token_holds_the_platform_and_calls_no_tenant() {
+    let env = component();
+    for i in 0..5 {
+        import(&env, i);
+    }
+    set_ticket(&env, TICKET, 60);
+    env.api.push_for(
+        COMPONENT_TOKEN,
+        CID,
+        Reply::errcode(
+            61004,
+            "access clientip is not registered, invalid ip 203.0.113.7",
+        ),
+    );
+    let out = refresh(&env, "");
+    out.assert_code(4);
+    assert_has(&out.stderr, &[CID, "203.0.113.7"]);
+    assert_eq!(token_hits(&env), (1, 0), "tenants were called one by one");
+    // Held: the next run sends nothing for the platform or its tenants.
+    let out = refresh(&env, "");
+    out.assert_code(4);
+    assert_eq!(token_hits(&env), (1, 0));
+    let doc = status_json(&env);
+    let held = doc["accounts"]
+        .as_array()
+        .expect("accounts")
+        .iter()
+        .find(|a| a["appid"] == CID)
+        .map(|a| a["held"].clone());
+    assert!(held.is_some_and(|h| !h.is_null()), "{doc}");
+}
+
+#[test]
+fn a_61004_on_an_authorizer_call_stops_the_platforms_other_tenants_in_the_run() {
+    let env = running(5);
+    env.api.push(
+        AUTHORIZER_TOKEN,
+        Reply::errcode(61004, "access clientip is not registered"),
+    );
+    let out = refresh(&env, "--jobs 1");
+    out.assert_code(4);
+    assert_eq!(token_hits(&env), (1, 5 + 1), "{}", out.stderr);
+}
+
+#[test]
+fn a_system_error_is_retried_with_backoff_within_the_run() {
+    let env = running(1);
+    let a = appid(0);
+    env.api
+        .push_for(AUTHORIZER_TOKEN, &a, Reply::errcode(-1, "system error"));
+    let out = refresh(&env, "");
+    out.assert_code(0);
+    assert_eq!(env.api.hits_for(AUTHORIZER_TOKEN, &a), 3);
+    let t = get_authorizer(&env, &a).value();
+    assert!(env.api.is_valid(&t));
+}
+
+#[test]
+fn a_45009_holds_the_authorizer_until_midnight_china_time() {
+    let env = running(1);
+    let a = appid(0);
+    env.api.push_for(
+        AUTHORIZER_TOKEN,
+        &a,
+        Reply::errcode(45009, "reach max api daily quota limit"),
+    );
+    refresh(&env, "").assert_code(4);
+    let doc = status_json(&env);
+    let entry = doc["accounts"]
+        .as_array()
+        .expect("accounts")
+        .iter()
+        .find(|x| x["appid"] == a)
+        .cloned()
+        .unwrap_or_else(|| panic!("{a} not in {doc}"));
+    let china = now() + 8 * 3600;
+    let midnight = china - china.rem_euclid(86_400) + 86_400 - 8 * 3600;
+    let midnight = chrono::DateTime::from_timestamp(midnight, 0).expect("a time");
+    let midnight = midnight.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    assert_eq!(
+        entry["held"]["until"],
+        format!("until {midnight}"),
+        "{entry}"
+    );
+    refresh(&env, "").assert_code(4);
+    assert_eq!(
+        env.api.hits_for(AUTHORIZER_TOKEN, &a),
+        2,
+        "called while held"
+    );
+}
