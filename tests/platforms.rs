@@ -807,6 +807,7 @@ also_on_postgres!(
     an_authorizer_with_tickets_gets_its_jsapi_ticket,
     a_rejected_component_token_is_refetched_once_per_run_then_each_authorizer_retried_once,
     a_persistent_40001_ends_the_run_after_exactly_one_component_refetch,
+    a_persistent_40001_with_more_authorizers_than_workers_still_refetches_once,
     a_refused_refresh_token_is_resynced_once_per_run_and_retried,
     a_61023_that_persists_holds_the_authorizer_which_keeps_serving_its_last_token,
     a_revoked_authorizer_is_held_and_never_called_again,
@@ -912,6 +913,37 @@ fn a_persistent_40001_ends_the_run_after_exactly_one_component_refetch() {
         out.stderr
     );
     assert_ne!(get_component(&env).value(), old);
+}
+
+#[test]
+fn a_persistent_40001_with_more_authorizers_than_workers_still_refetches_once() {
+    const N: usize = 8;
+    let env = running(N);
+    // Every call fails, whichever component token it carries: workers that start after
+    // the refetch are refused with the new token, and must not refetch again.
+    for _ in 0..2 * N {
+        env.api.push(
+            AUTHORIZER_TOKEN,
+            Reply::errcode(
+                40001,
+                "invalid credential, access_token is invalid or not latest",
+            ),
+        );
+    }
+    let out = refresh(&env, "--jobs 2");
+    out.assert_code(4);
+    assert_eq!(
+        env.api.hits(COMPONENT_TOKEN),
+        2,
+        "one refetch per run: {}",
+        out.stderr
+    );
+    let calls = env.api.hits(AUTHORIZER_TOKEN) - N;
+    assert!(
+        (N + 1..=2 * N).contains(&calls),
+        "at most one retry each: {calls}"
+    );
+    env.api.discard_scripts();
 }
 
 #[test]
