@@ -351,6 +351,11 @@ pub fn want_for(api: Api, want: Want) -> Want {
         Want::Due { .. } if api.is_platform_kind() => {
             Want::ExpiringWithin(policy::PLATFORM_DUE_WINDOW)
         }
+        // A refresh-ahead window longer than a platform token's due window (say 3h, past
+        // a token's whole life) would refetch it at every run.
+        Want::ExpiringWithin(w) if api.is_platform_kind() => {
+            Want::ExpiringWithin(w.min(policy::PLATFORM_DUE_WINDOW))
+        }
         want => want,
     }
 }
