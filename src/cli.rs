@@ -1035,7 +1035,7 @@ permanent code into a key name does not publish those tokens (sink add says whic
 password (or a pass, password or user parameter) must come from --redis-env or stdin
 (--redis -), never from an argument.
 A hook gets the token on stdin and WXTOKEN_APPID, WXTOKEN_AGENTID, WXTOKEN_KIND,
-WXTOKEN_EXPIRES_AT, WXTOKEN_EXPIRES_IN and WXTOKEN_SINK in a clean environment (PATH,
+WXTOKEN_EXPIRES_AT, WXTOKEN_EXPIRES_IN, WXTOKEN_SINK (and a tenant's WXTOKEN_PLATFORM) in a clean environment (PATH,
 HOME, USER, LOGNAME, LANG, LC_ALL, TZ and TMPDIR are kept; nothing else).")]
     Add(Box<SinkAddArgs>),
     /// List sinks (passwords masked)

@@ -541,8 +541,8 @@ const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// Runs the hook for one token: the token on stdin (never in argv or the environment, where
 /// `ps` and /proc show it), what it is in `WXTOKEN_*` variables (see `run_command`).
-/// A tenant's platform goes in `WXTOKEN_PLATFORM` (its key holds it where a WeCom app's
-/// holds the agentid: `WXTOKEN_AGENTID` is then empty).
+/// A tenant's platform goes in `WXTOKEN_PLATFORM`, set for tenants only (its key holds it
+/// where a WeCom app's holds the agentid: `WXTOKEN_AGENTID` is then empty).
 fn run_hook(
     sink: &SinkRow,
     platform: Option<&str>,
@@ -554,11 +554,10 @@ fn run_hook(
         Api::Authorizer | Api::Corp => String::new(),
         _ => v.account.key.agent.clone(),
     };
-    let env = [
+    let mut env = vec![
         ("WXTOKEN_SINK", sink.name.clone()),
         ("WXTOKEN_APPID", v.account.key.appid.clone()),
         ("WXTOKEN_AGENTID", agent),
-        ("WXTOKEN_PLATFORM", platform.unwrap_or_default().to_string()),
         (
             "WXTOKEN_KIND",
             sink::kind_name(v.account.api, v.kind).to_string(),
@@ -566,6 +565,9 @@ fn run_hook(
         ("WXTOKEN_EXPIRES_AT", v.row.expires_at.to_string()),
         ("WXTOKEN_EXPIRES_IN", (v.row.expires_at - now).to_string()),
     ];
+    if let Some(platform) = platform {
+        env.push(("WXTOKEN_PLATFORM", platform.to_string()));
+    }
     let input = format!("{}\n", v.row.token).into_bytes();
     let hidden = [v.row.token.as_str(), v.account.secret.expose()];
     run_command(
