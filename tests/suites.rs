@@ -240,6 +240,43 @@ fn suite_token_only_with_a_fresh_ticket() {
     );
 }
 
+/// 40085 on get_suite_token (WeCom refuses the stored ticket): the suite waits for a newer
+/// ticket, sends nothing with the refused one, and fetches as soon as a newer one arrives.
+#[test]
+fn a_refused_ticket_waits_for_the_next() {
+    let env = TestEnv::new();
+    add_suite(&env, SUITE, SUITE_SECRET);
+    // Stored, young, but never pushed by WeCom: refused.
+    let created = (now() - 120).to_string();
+    let args = [
+        "platform",
+        "set-ticket",
+        "--suite",
+        SUITE,
+        "--create-time",
+        &created,
+    ];
+    let out = env.run_with_stdin(&args, "Fo9r3i1g7nT1ck3tz8x7c6v5b4n\n");
+    out.assert_code(0);
+    assert_ne!(env.run("refresh").code, 0);
+    assert_eq!(env.api.hits(standin::SUITE_TOKEN), 1);
+    // Stored a while before the refusal (wxtoken's clock has whole seconds).
+    env.execute("UPDATE platform_tickets SET received_at = received_at - 60");
+    assert_ne!(env.run("refresh").code, 0);
+    assert_eq!(
+        env.api.hits(standin::SUITE_TOKEN),
+        1,
+        "not again with the refused ticket"
+    );
+    assert_eq!(status_of(&env, SUITE, None)["state"], "waiting");
+    // WeCom pushes the next one: the next run fetches.
+    set_ticket(&env, SUITE, TICKET, 0);
+    run(&env, "refresh", 0);
+    assert_eq!(env.api.hits(standin::SUITE_TOKEN), 2);
+    env.get(&format!("--suite {SUITE}")).value();
+    assert_eq!(status_of(&env, SUITE, None)["state"], "ok");
+}
+
 /// Storing a ticket never fetches anything.
 #[test]
 fn set_ticket_never_fetches() {
@@ -648,6 +685,7 @@ fn provider_token() {
 also_on_postgres!(
     suite_token_only_with_a_fresh_ticket,
     set_ticket_never_fetches,
+    a_refused_ticket_waits_for_the_next,
     corp_tokens_on_schedule,
     permanent_codes_are_kept_and_never_shown,
     a_failed_install_is_shown,

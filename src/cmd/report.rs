@@ -9,7 +9,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::domain::{Account, AccountKey, Api, Attempt, AttemptResult, Credential, Failure};
-use crate::engine::platform::ticket_problem;
+use crate::engine::platform::{ticket_problem, ticket_refused};
 use crate::metrics::{AccountMetrics, PlatformMetrics, Snapshot, render};
 use crate::sink;
 use crate::store::{PlatformEvent, ReadStore, SinkRow, Store};
@@ -302,10 +302,14 @@ pub fn platform_views(
             .platform_events(p.id, EVENTS_SCANNED)?
             .into_iter()
             .find(|e| !e.ok);
+        let waiting = match ticket_problem(p.api, ticket.map(|t| t.0), now) {
+            Some(why) => Some(why),
+            None => ticket_refused(store, p)?,
+        };
         let view = PlatformView {
             key: p.key.clone(),
             api: p.api,
-            waiting: ticket_problem(p.api, ticket.map(|t| t.0), now),
+            waiting,
             ticket,
             token_left,
             tenants: 0,
