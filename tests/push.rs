@@ -1190,6 +1190,22 @@ fn end_to_end_under_socket_activation() {
     assert_eq!(body_of(&response), "success");
     // The platform token, by the refresh timer's run.
     run(&env, "refresh", 0);
+    // A push of several KiB (other events carry lists), which the client sends and then
+    // waits for its answer: the whole request is read, though no EOF follows it.
+    let items: String = (0..60)
+        .map(|i| format!("<Item><Name>field-{i}</Name><Value>value-{i}-0123456789</Value></Item>"))
+        .collect();
+    let big = format!(
+        "<xml><AppId>{COMPONENT}</AppId><CreateTime>{}</CreateTime>\
+         <InfoType>notify_third_fasteregister</InfoType><info>{items}</info></xml>",
+        now()
+    );
+    let big = encrypt("op", COMPONENT, &big);
+    let raw = post_request(&route, &big);
+    assert!(raw.len() > 4096, "{}", raw.len());
+    let response = http(port, &raw);
+    assert_eq!(status_of(&response), 200, "{response}");
+    assert_eq!(body_of(&response), "success");
 
     env.api.add_auth_code(COMPONENT, AUTH_CODE, AUTHORIZER);
     let auth = encrypt("op", COMPONENT, &authorized("authorized", AUTH_CODE));
