@@ -441,6 +441,21 @@ The code is single-use and lives 10 minutes; `-` reads it from stdin.")]
     Remove(AuthorizerRemoveArgs),
     /// 代开发: replace a corp's app secret from the auth code of a reset_permanent_code push
     Reset(AuthorizerResetArgs),
+    /// Choose which JS-SDK tickets refresh fetches for a tenant: jsapi or wx_card (an
+    /// authorizer that is an Official Account), jsapi or agent_config (a corp)
+    #[command(after_help = "Examples:
+  wxtoken authorizer set-tickets --component wx0123456789abcdef --appid wxa1b2c3d4e5f6a7b8 --ticket jsapi
+  wxtoken authorizer set-tickets --suite ww0123456789abcdef --corpid wwcorp0123 --ticket agent_config")]
+    SetTickets(AuthorizerTicketsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AuthorizerTicketsArgs {
+    #[command(flatten)]
+    pub tenant: TenantArgs,
+    /// The tickets to fetch from now on (repeatable); none turns tickets off
+    #[arg(long = "ticket", value_name = "KIND", value_parser = parse_ticket)]
+    pub tickets: Vec<Ticket>,
 }
 
 #[derive(Args, Debug)]

@@ -721,7 +721,7 @@ fn an_authorizer_with_tickets_gets_its_jsapi_ticket() {
     import(&env, 1);
     let a = appid(1);
     let out = env.run(&format!(
-        "account set-tickets --corpid {a} --agentid {CID} --ticket jsapi"
+        "authorizer set-tickets --component {CID} --appid {a} --ticket jsapi"
     ));
     out.assert_code(0);
     run(&env, "refresh", 0);

@@ -673,6 +673,48 @@ fn create_auth_stores_the_permanent_code_and_cancel_auth_revokes() {
     );
 }
 
+/// change_auth reads the corp's auth info again with its permanent code: still
+/// authorized, nothing changes; cancelled meanwhile (48004), the corp is revoked.
+#[test]
+fn change_auth_reads_the_auth_info_and_revokes_a_cancelled_corp() {
+    if sdk_python().is_none() {
+        return;
+    }
+    let env = TestEnv::new();
+    suite_with_token(&env, SUITE);
+    env.api.add_corp(SUITE, CORP, PERMANENT_CODE);
+    env.run_with_stdin(
+        &["authorizer", "import", "--suite", SUITE, "--corpid", CORP],
+        &format!("{PERMANENT_CODE}\n"),
+    )
+    .assert_code(0);
+    let change = suite_event(
+        SUITE,
+        "change_auth",
+        &format!("<AuthCorpId><![CDATA[{CORP}]]></AuthCorpId>"),
+    );
+    let p = encrypt("wecom", SUITE, &change);
+    ingest(&env, "--suite", SUITE, &p).assert_code(0);
+    assert_eq!(env.api.hits(standin::AUTH_INFO), 1);
+    let sent = env.requests_to(standin::AUTH_INFO);
+    assert!(sent[0].body.contains(PERMANENT_CODE), "{}", sent[0].body);
+    run(&env, "refresh", 0);
+    assert_eq!(env.api.hits(standin::CORP_TOKEN), 1, "still authorized");
+
+    env.api.cancel_corp(SUITE, CORP);
+    let p = encrypt("wecom", SUITE, &change);
+    ingest(&env, "--suite", SUITE, &p).assert_code(0);
+    assert_eq!(env.api.hits(standin::AUTH_INFO), 2);
+    run(&env, "refresh --if-expiring-within 3h", 0);
+    assert_eq!(
+        env.api.hits(standin::CORP_TOKEN),
+        1,
+        "no request after it was revoked"
+    );
+    let block = env.status_block(&format!("{CORP}/{SUITE}"));
+    assert!(block.contains("revoked"), "{block}");
+}
+
 #[test]
 fn reset_permanent_code_replaces_a_customized_apps_secret() {
     if sdk_python().is_none() {
@@ -1244,6 +1286,7 @@ also_on_postgres!(
     authorized_exchanges_the_code_at_once_and_get_works,
     unauthorized_revokes_the_authorizer,
     create_auth_stores_the_permanent_code_and_cancel_auth_revokes,
+    change_auth_reads_the_auth_info_and_revokes_a_cancelled_corp,
     reset_permanent_code_replaces_a_customized_apps_secret,
     a_failing_exchange_is_recorded_and_shown,
     hostile_pushes_are_refused_with_one_line_and_nothing_stored,

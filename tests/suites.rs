@@ -327,9 +327,9 @@ fn corp_tokens_on_schedule() {
     assert_eq!(env.api.requests().len(), before);
 
     // The corp's JS-SDK tickets.
-    let key = ["--corpid", CORP, "--agentid", SUITE];
+    let key = ["--suite", SUITE, "--corpid", CORP];
     let args = [
-        &["account", "set-tickets"][..],
+        &["authorizer", "set-tickets"][..],
         &key,
         &["--ticket", "jsapi", "--ticket", "agent_config"],
     ]

@@ -265,6 +265,24 @@ pub fn run(ctx: &Context, cmd: AuthorizerCommand) -> Result<Exit> {
             }
             ctx.say(&format!("component {key}: {}", report.summary()));
         }
+        AuthorizerCommand::SetTickets(a) => {
+            let (platform_key, api) = named(&a.tenant.platform)?;
+            require(store.as_ref(), &platform_key, api)?;
+            let (key, _) = tenant_key(&a.tenant, None)?;
+            let tenant = require_tenant(store.as_ref(), &key)?;
+            crate::config::check_tickets(tenant.api, &a.tickets)?;
+            store.set_tickets(&key, &a.tickets, now)?;
+            let names: Vec<&str> = a.tickets.iter().map(|t| t.as_str()).collect();
+            ctx.say(&format!(
+                "{} {key} tickets: {}",
+                tenant.api.noun(),
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ));
+        }
         AuthorizerCommand::Revoke(t) => {
             let (platform_key, api) = named(&t.platform)?;
             require(store.as_ref(), &platform_key, api)?;

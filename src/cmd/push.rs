@@ -565,8 +565,42 @@ fn act(
             })();
             (name, tenant, result)
         }
+        // The corp's authorization changed (visibility, permissions, a 代开发 app
+        // disabled or enabled again): its auth info is read again with its permanent
+        // code. A cancelled one (48004) is revoked; the agents it lists are logged.
         Event::ChangeAuth { auth_corpid, .. } => {
-            ("change_auth", Some(auth_corpid.clone()), Ok(String::new()))
+            let result = (|| {
+                let tenants: Vec<Account> = store
+                    .accounts()?
+                    .into_iter()
+                    .filter(|a| a.platform == Some(platform.id) && a.key.appid == *auth_corpid)
+                    .collect();
+                let Some(tenant) = tenants.first() else {
+                    return Ok(format!("corp {auth_corpid} is not in the store"));
+                };
+                if tenant.secret.locked_kid().is_some() || tenant.secret.expose().is_empty() {
+                    return Ok(format!("the permanent code of {} is not open", tenant.key));
+                }
+                let token = onboard::platform_token(store, platform, now)?;
+                match client()
+                    .auth_info(&token, auth_corpid, &tenant.secret)
+                    .result
+                {
+                    Ok(info) => Ok(format!(
+                        "corp {auth_corpid} is authorized with {} agent(s)",
+                        info.agents.len()
+                    )),
+                    Err(crate::domain::Failure::WeChat { errcode: 48004, .. }) => {
+                        let mut done = Vec::new();
+                        for t in &tenants {
+                            done.push(revoke(store, &t.key, now)?);
+                        }
+                        Ok(done.join(", "))
+                    }
+                    Err(f) => Err(onboard::exchange_failed("get_auth_info", platform, &f)),
+                }
+            })();
+            ("change_auth", Some(auth_corpid.clone()), result)
         }
         Event::CancelAuth { auth_corpid, .. } => {
             let result = (|| {
