@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/0006_sinks.sql"),
     include_str!("../../../migrations/0007_intents.sql"),
     include_str!("../../../migrations/0008_platforms.sql"),
+    include_str!("../../../migrations/0009_due.sql"),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -808,7 +809,8 @@ impl Store for Sqlite {
     fn set_tickets(&self, key: &AccountKey, tickets: &[Ticket], now: i64) -> Result<()> {
         self.change_account(
             key,
-            "UPDATE accounts SET tickets = ?3, updated_at = ?4 WHERE appid = ?1 AND agent = ?2",
+            "UPDATE accounts SET tickets = ?3, updated_at = ?4, due_at = NULL
+             WHERE appid = ?1 AND agent = ?2",
             &[&ticket_list(tickets), &now],
         )
     }
@@ -1005,6 +1007,60 @@ impl Store for Sqlite {
         )
     }
 
+    fn target_ids(&self, now: i64, window: Option<i64>, plain: bool) -> Result<Vec<i64>> {
+        let chosen = match window {
+            None => "SELECT id FROM accounts WHERE enabled = 1".to_string(),
+            Some(_) => {
+                let mut parts = vec![
+                    "SELECT id FROM accounts WHERE enabled = 1 AND due_at <= ?1",
+                    "SELECT id FROM accounts WHERE enabled = 1 AND due_at IS NULL",
+                    "SELECT id FROM accounts WHERE fetch_due = 1 AND enabled = 1",
+                    "SELECT account_id FROM intents",
+                ];
+                if plain {
+                    parts.push(
+                        "SELECT id FROM accounts
+                         WHERE enabled = 1 AND role NOT IN ('component', 'authorizer', 'suite',
+                                                            'corp', 'provider')",
+                    );
+                }
+                parts.join(" UNION ")
+            }
+        };
+        let sql = format!(
+            "SELECT a.id FROM accounts a LEFT JOIN intents i ON i.account_id = a.id
+             WHERE a.enabled = 1 AND a.id IN ({chosen})
+             ORDER BY a.role IN ('authorizer', 'corp'), i.started_at IS NULL, i.started_at,
+                      coalesce(a.due_at, 0), a.id"
+        );
+        let until = now.saturating_add(window.unwrap_or(0));
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = if window.is_some() {
+            stmt.query_map(params![until], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        } else {
+            stmt.query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        Ok(rows)
+    }
+
+    fn accounts_by_ids(&self, ids: &[i64]) -> Result<Vec<Account>> {
+        let list = serde_json::to_string(ids).map_err(|e| StoreError::Io(e.to_string()))?;
+        let sql = format!(
+            "SELECT {} FROM accounts WHERE id IN (SELECT value FROM json_each(?1))",
+            Self::ACCOUNT_COLUMNS
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![list], |r| Self::account_from_row(&self.keys, r))?;
+        let mut found: HashMap<i64, Account> = HashMap::new();
+        for a in rows {
+            let a = a?;
+            found.insert(a.id, a);
+        }
+        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+    }
+
     fn claim(&self, account_id: i64, now: i64, ttl: i64) -> Result<Claim> {
         let holder = &self.holder;
         let tx = Transaction::immediate(&self.conn, &self.path)?;
@@ -1105,6 +1161,13 @@ impl Store for Sqlite {
         self.conn
             .prepare_cached("UPDATE tokens SET expires_at = ?2 WHERE id = ?1 AND expires_at > ?2")?
             .execute(params![token_id, now])?;
+        self.conn
+            .prepare_cached(
+                "UPDATE accounts SET due_at = ?2
+                 WHERE id = (SELECT account_id FROM tokens WHERE id = ?1)
+                   AND (due_at IS NULL OR due_at > ?2)",
+            )?
+            .execute(params![token_id, now])?;
         Ok(())
     }
 
@@ -1171,6 +1234,28 @@ impl Store for Sqlite {
             self.conn
                 .prepare_cached("DELETE FROM intents WHERE account_id = ?1 AND holder = ?2")?
                 .execute(params![account_id, self.holder.id])?;
+        }
+        match plan.due {
+            super::rows::Due::Keep => {}
+            super::rows::Due::Token | super::rows::Due::Ticket => {
+                let expiry = plan
+                    .insert
+                    .map(|f| outcome.sent_at + f.expires_in)
+                    .unwrap_or(0);
+                let sql = if plan.due == super::rows::Due::Token {
+                    "UPDATE accounts SET due_at = ?2 WHERE id = ?1"
+                } else {
+                    "UPDATE accounts SET due_at = min(coalesce(due_at, ?2), ?2) WHERE id = ?1"
+                };
+                self.conn
+                    .prepare_cached(sql)?
+                    .execute(params![account_id, expiry])?;
+            }
+            super::rows::Due::Now => {
+                self.conn
+                    .prepare_cached("UPDATE accounts SET due_at = NULL WHERE id = ?1")?
+                    .execute(params![account_id])?;
+            }
         }
         if let Some(renewed) = &plan.renewed {
             // The stored credential becomes the previous one; neither is ever blanked (the
