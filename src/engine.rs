@@ -339,16 +339,25 @@ fn credential_due(
     want: Want,
 ) -> bool {
     let asked = account.fetch_due && kind == Credential::AccessToken;
-    // A platform kind's token is replaced ahead of its expiry only, never again by every
-    // run: a second component or suite token breaks every holder of the first, and
-    // 100,000 tenants are not refetched by each hourly run.
-    let want = match want {
-        Want::Due { .. } if account.api.is_platform_kind() => {
+    freshness::needs_fetch(newest, asked, now, want_for(account.api, want))
+}
+
+/// What a run asking for `want` wants of an account of `api`: a platform kind's token is
+/// replaced ahead of its expiry only, never again by every run (a second component or
+/// suite token breaks every holder of the first, and 100,000 tenants are not refetched by
+/// each hourly run). `refresh --dry-run` decides with it too.
+pub fn want_for(api: Api, want: Want) -> Want {
+    match want {
+        Want::Due { .. } if api.is_platform_kind() => {
             Want::ExpiringWithin(policy::PLATFORM_DUE_WINDOW)
         }
+        // A refresh-ahead window longer than a platform token's due window (say 3h, past
+        // a token's whole life) would refetch it at every run.
+        Want::ExpiringWithin(w) if api.is_platform_kind() => {
+            Want::ExpiringWithin(w.min(policy::PLATFORM_DUE_WINDOW))
+        }
         want => want,
-    };
-    freshness::needs_fetch(newest, asked, now, want)
+    }
 }
 
 /// Runs `work` over every item on `threads` threads, each with its own state made by

@@ -201,7 +201,7 @@ pub fn of_store(err: &StoreError) -> Exit {
         StoreError::Key(_) => Exit::Key,
         // The fetch produced no token this process may hand out.
         StoreError::LostClaim(_) => Exit::FetchFailed,
-        StoreError::NoSuchRole(_) => Exit::Usage,
+        StoreError::NoSuchRole(_) | StoreError::HasTenants(_) => Exit::Usage,
         StoreError::Schema(_)
         | StoreError::Busy(_)
         | StoreError::Io(_)

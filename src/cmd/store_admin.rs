@@ -8,7 +8,9 @@ use crate::store::{self, Location};
 
 /// Copies accounts, their secrets (opened with the key file and sealed again with it, so
 /// they are never stored in plain text), holds, the newest valid tokens and the sinks
-/// (their passwords sealed again the same way) into an empty store. The same key file
+/// (their passwords sealed again the same way) into an empty store; platforms with their
+/// tenants (linked by key), previous credentials, newest tickets, push settings and recent
+/// events, everything sealed sealed again the same way. The same key file
 /// opens both stores afterwards.
 pub fn copy(ctx: &Context, to: &Location) -> Result<Exit> {
     let from = ctx.store()?;
@@ -22,8 +24,11 @@ pub fn copy(ctx: &Context, to: &Location) -> Result<Exit> {
     }
     target.import(&items, &sinks)?;
     let tokens: usize = items.iter().map(|i| i.tokens.len()).sum();
+    let platforms = items.iter().filter(|i| i.account.api.is_platform()).count();
+    let tenants = items.iter().filter(|i| i.platform.is_some()).count();
     ctx.say(&format!(
-        "copied {} account(s), {tokens} valid token(s) and ticket(s) and {} sink(s) from {} to {}",
+        "copied {} account(s) ({platforms} platform(s), {tenants} tenant(s)), {tokens} valid \
+         token(s) and ticket(s) and {} sink(s) from {} to {}",
         items.len(),
         sinks.len(),
         from.location(),

@@ -36,6 +36,9 @@ pub enum StoreError {
     LostClaim(String),
     /// The role to grant reading to does not exist (`store grant-reader`): a bad argument.
     NoSuchRole(String),
+    /// `account remove` of a platform that still has tenants: `platform remove
+    /// --with-authorizers` is the command for that.
+    HasTenants(String),
     /// The server stopped answering in the middle of a unit of work, and so did a new
     /// connection: the watchdog ends the process with this (PostgreSQL).
     Unanswered(String),
@@ -60,6 +63,7 @@ impl fmt::Display for StoreError {
             | StoreError::ReadOnly(m)
             | StoreError::LostClaim(m)
             | StoreError::NoSuchRole(m)
+            | StoreError::HasTenants(m)
             | StoreError::Unanswered(m) => f.write_str(m),
         }
     }
@@ -222,12 +226,15 @@ pub trait Store: ReadStore + Sinks + Send {
     }
 
     fn add_account(&self, new: &NewAccount, now: i64) -> Result<()>;
-    /// Removes an account with its whole history.
+    /// Removes an account with its whole history; refused (`HasTenants`) for a platform
+    /// that still has tenants, which `remove_platform` removes with it.
     fn remove_account(&self, key: &AccountKey) -> Result<()>;
     /// Enabling or disabling also lifts a hold; enabling makes the account due.
     fn set_enabled(&self, key: &AccountKey, enabled: bool, now: i64) -> Result<()>;
     fn set_tickets(&self, key: &AccountKey, tickets: &[Ticket], now: i64) -> Result<()>;
-    /// A new secret also lifts a hold and makes the account due.
+    /// A new secret also lifts a hold and makes the account due, and drops a tenant's
+    /// previous credential: a fetch made with that one, recorded later, must not put its
+    /// renewal over the new secret (see `rows::plan_record`).
     fn set_secret(&self, key: &AccountKey, secret: &Secret, now: i64) -> Result<()>;
     /// Encrypts every secret still stored in plain text (by a version before encryption)
     /// with the current key, or with `all` every secret (`key rotate`), in one
@@ -386,9 +393,37 @@ pub struct ForcedRefreshes {
 /// One account as `store copy` moves it.
 #[derive(Debug, Clone)]
 pub struct Exported {
+    /// Its secret and previous secret opened (sealed again for the target); its
+    /// `platform` is the source's id, which means nothing in the target: see below.
     pub account: Account,
     /// (kind, row): the newest valid row of the token and of each ticket.
     pub tokens: Vec<(String, TokenRow)>,
+    /// The key of its platform (a tenant's, or a 代开发 corp's template): ids differ
+    /// between stores, keys do not.
+    pub platform: Option<AccountKey>,
+    /// A platform's newest pushed ticket, opened, with when it was stored.
+    pub ticket: Option<(PlatformTicket, i64)>,
+    /// A platform's push settings, opened, with when they were set.
+    pub crypto: Option<(PlatformCrypto, i64)>,
+    /// A platform's newest events (at most [`EXPORTED_EVENTS`]), newest first.
+    pub events: Vec<PlatformEvent>,
+}
+
+/// How many of each platform's newest events `store copy` moves.
+pub const EXPORTED_EVENTS: i64 = 100;
+
+impl Exported {
+    /// An account with its tokens and nothing of a platform yet (`export` fills those in).
+    pub(crate) fn plain(account: Account, tokens: Vec<(String, TokenRow)>) -> Exported {
+        Exported {
+            account,
+            tokens,
+            platform: None,
+            ticket: None,
+            crypto: None,
+            events: Vec::new(),
+        }
+    }
 }
 
 /// One `refresh` run, as monitoring sees it.

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 mod api;
 pub(crate) mod filesafety;
+#[cfg(test)]
+mod platform_tests;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 mod rows;

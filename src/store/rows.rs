@@ -17,6 +17,22 @@ pub(crate) fn not_empty(location: &str, accounts: i64) -> StoreError {
     ))
 }
 
+/// What `remove_account` says of a platform (`role`, as stored) that still has `tenants`.
+pub(crate) fn has_tenants(key: &AccountKey, role: &str, tenants: i64) -> StoreError {
+    let api = Api::from_columns("", role);
+    let flag = match api {
+        Api::Component => format!("--component {}", key.appid),
+        Api::Suite => format!("--suite {}", key.appid),
+        _ => format!("--component|--suite {}", key.appid),
+    };
+    StoreError::HasTenants(format!(
+        "{} {key} has {tenants} tenant(s), which would be left without their platform: \
+         remove it with `wxtoken platform remove {flag} --with-authorizers`, which removes \
+         them too",
+        api.noun()
+    ))
+}
+
 /// How an attempt is stored, in both backends: the outcome's name and its details.
 pub(crate) struct AttemptColumns<S> {
     pub(crate) outcome: S,
@@ -126,6 +142,73 @@ pub(crate) fn stored_form(keys: &Keys, key: &AccountKey, secret: &Secret) -> Res
         ))),
         None => seal_secret(keys, &crate::crypto::account_owner(key), secret),
     }
+}
+
+/// What another opened secret (a previous credential, a ticket, push crypto) is stored as
+/// in another store (`store copy`): sealed again for `owner`, as [`stored_form`] does for
+/// an account's. One that does not open is an error naming `whose`.
+pub(crate) fn copied_secret(
+    keys: &Keys,
+    owner: &[u8],
+    secret: &Secret,
+    whose: &str,
+) -> Result<String> {
+    match secret.locked_kid() {
+        Some(crate::crypto::LOST_KID) => Ok(crate::crypto::LOST.to_string()),
+        Some(kid) => Err(StoreError::Key(format!(
+            "{whose} (key {kid}) is not open: cannot copy it"
+        ))),
+        None => seal_secret(keys, owner, secret),
+    }
+}
+
+/// Gives each exported account the key of its platform (ids mean nothing in another
+/// store). A platform that is not among them (it cannot be: the foreign key) stays none.
+pub(crate) fn link_platforms(items: &mut [super::Exported]) {
+    let keys: std::collections::HashMap<i64, AccountKey> = items
+        .iter()
+        .map(|i| (i.account.id, i.account.key.clone()))
+        .collect();
+    for item in items {
+        item.platform = item.account.platform.and_then(|id| keys.get(&id).cloned());
+    }
+}
+
+/// A platform's push settings as the importing store writes them: (token, aes_key) sealed.
+pub(crate) fn copied_crypto(
+    keys: &Keys,
+    key: &AccountKey,
+    crypto: &super::PlatformCrypto,
+) -> Result<(String, String)> {
+    let whose = |what: &str| format!("the {what} of platform {key}");
+    Ok((
+        copied_secret(
+            keys,
+            &crate::crypto::platform_owner(key, "token"),
+            &crypto.token,
+            &whose("message Token"),
+        )?,
+        copied_secret(
+            keys,
+            &crate::crypto::platform_owner(key, "aes_key"),
+            &crypto.aes_key,
+            &whose("EncodingAESKey"),
+        )?,
+    ))
+}
+
+/// A platform's ticket as the importing store writes it, sealed.
+pub(crate) fn copied_ticket(
+    keys: &Keys,
+    key: &AccountKey,
+    ticket: &super::PlatformTicket,
+) -> Result<String> {
+    copied_secret(
+        keys,
+        &crate::crypto::platform_owner(key, "ticket"),
+        &ticket.ticket,
+        &format!("the ticket of platform {key}"),
+    )
 }
 
 /// `open_secret` for rewriting: a secret that stays locked is an error, never rewritten.
@@ -418,6 +501,11 @@ pub(crate) fn plan_record<'a>(
 /// (0 on SQLite, whose clock is this host's).
 pub(crate) struct ImportedAccount {
     pub(crate) secret: String,
+    /// A tenant's previous credential, sealed again.
+    pub(crate) previous: Option<String>,
+    /// The `api` and `role` columns (`Api::columns`).
+    pub(crate) api: &'static str,
+    pub(crate) role: &'static str,
     pub(crate) tickets: String,
     pub(crate) created_at: i64,
     pub(crate) updated_at: i64,
@@ -426,8 +514,23 @@ pub(crate) struct ImportedAccount {
 
 impl ImportedAccount {
     pub(crate) fn of(keys: &Keys, a: &Account, skew: i64) -> Result<ImportedAccount> {
+        let (api, role) = a.api.columns();
+        let previous = match &a.previous_secret {
+            Some(p) => Some(copied_secret(
+                keys,
+                &crate::crypto::account_owner(&a.key),
+                p,
+                &format!("the previous {} of {}", a.api.secret_name(), a.key),
+            )?)
+            // The marker of a lost one is no credential: nothing to keep.
+            .filter(|p| p != crate::crypto::LOST),
+            None => None,
+        };
         Ok(ImportedAccount {
             secret: stored_form(keys, &a.key, &a.secret)?,
+            previous,
+            api,
+            role,
             tickets: ticket_list(&a.tickets),
             created_at: a.created_at + skew,
             updated_at: a.updated_at + skew,

@@ -76,6 +76,8 @@ fn account_due(
     for kind in account.credentials() {
         let newest = store.latest_token(&account.key, kind)?;
         let asked = account.fetch_due && kind == Credential::AccessToken;
+        // As refresh decides: a platform kind's token only ahead of its expiry.
+        let want = crate::engine::want_for(account.api, want);
         let (due, reason) = due_reason(&kind.label(), newest.as_ref(), asked, now, want);
         if due {
             return Ok((true, reason));

@@ -1068,7 +1068,7 @@ impl ReadStore for Postgres {
             )
             .map_err(|e| self.err(e))?;
         let received = host_now();
-        Ok(accounts
+        let mut items = accounts
             .into_iter()
             .map(|account| {
                 let tokens = rows
@@ -1089,9 +1089,14 @@ impl ReadStore for Postgres {
                         (r.get(1), row)
                     })
                     .collect();
-                Exported { account, tokens }
+                Exported::plain(account, tokens)
             })
-            .collect())
+            .collect::<Vec<_>>();
+        crate::store::rows::link_platforms(&mut items);
+        for item in items.iter_mut().filter(|i| i.account.api.is_platform()) {
+            self.export_platform_(item)?;
+        }
+        Ok(items)
     }
 }
 
@@ -1275,9 +1280,41 @@ impl Store for Postgres {
         tx.commit().map_err(err)
     }
 
+    /// A platform with tenants is refused with what to do, not a foreign-key error: its
+    /// row is locked first, which a tenant added meanwhile (whose foreign key locks the
+    /// platform's row to share) waits for, so the count cannot go stale before the delete.
     fn remove_account(&self, key: &AccountKey) -> Result<()> {
-        let sql = "DELETE FROM accounts WHERE appid = $1 AND agent = $2 RETURNING id";
-        self.change_account(key, sql, &[]).map(drop)
+        let config = &self.config;
+        let err = |e: postgres::Error| pg_error(config, &e);
+        let mut c = self.c();
+        let mut tx = c.transaction().map_err(err)?;
+        let row = tx
+            .query_opt(
+                "SELECT id, role FROM accounts WHERE appid = $1 AND agent = $2 FOR UPDATE",
+                &[&key.appid, &key.agent],
+            )
+            .map_err(err)?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound(key.clone()));
+        };
+        // Counted by a statement of its own, whose snapshot (read committed) follows the
+        // lock: it sees every tenant the lock waited for.
+        let tenants: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM accounts WHERE platform_id = $1",
+                &[&row.get::<_, i64>(0)],
+            )
+            .map_err(err)?
+            .get(0);
+        if tenants > 0 {
+            return Err(crate::store::rows::has_tenants(key, row.get(1), tenants));
+        }
+        tx.execute(
+            "DELETE FROM accounts WHERE appid = $1 AND agent = $2",
+            &[&key.appid, &key.agent],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)
     }
 
     /// At the server's now, as `add_account`.
@@ -1308,7 +1345,7 @@ impl Store for Postgres {
         let mut n = 0;
         let rows = tx
             .query(
-                "SELECT s.account_id, a.appid, a.agent, s.secret
+                "SELECT s.account_id, a.appid, a.agent, s.secret, s.previous
                  FROM account_secrets s JOIN accounts a ON a.id = s.account_id FOR UPDATE",
                 &[],
             )
@@ -1318,16 +1355,59 @@ impl Store for Postgres {
                 appid: row.get(1),
                 agent: row.get(2),
             });
-            let Some(sealed) = resealed(&self.keys, &owner, row.get(3), all)? else {
-                continue;
-            };
             let id: i64 = row.get(0);
-            tx.execute(
-                "UPDATE account_secrets SET secret = $2 WHERE account_id = $1",
-                &[&id, &sealed],
-            )
-            .map_err(err)?;
-            n += 1;
+            if let Some(sealed) = resealed(&self.keys, &owner, row.get(3), all)? {
+                tx.execute(
+                    "UPDATE account_secrets SET secret = $2 WHERE account_id = $1",
+                    &[&id, &sealed],
+                )
+                .map_err(err)?;
+                n += 1;
+            }
+            // A tenant's previous credential, as on SQLite (not counted: not a secret of
+            // its own account to report).
+            if let Some(previous) = row.get::<_, Option<String>>(4)
+                && let Some(sealed) = resealed(&self.keys, &owner, previous, all)?
+            {
+                tx.execute(
+                    "UPDATE account_secrets SET previous = $2 WHERE account_id = $1",
+                    &[&id, &sealed],
+                )
+                .map_err(err)?;
+            }
+        }
+        // A platform's ticket and push crypto, each bound to its column's owner.
+        for (table, column) in [
+            ("platform_tickets", "ticket"),
+            ("platform_crypto", "token"),
+            ("platform_crypto", "aes_key"),
+        ] {
+            let rows = tx
+                .query(
+                    &format!(
+                        "SELECT p.account_id, a.appid, a.agent, p.{column}
+                         FROM {table} p JOIN accounts a ON a.id = p.account_id
+                         FOR UPDATE OF p"
+                    ),
+                    &[],
+                )
+                .map_err(err)?;
+            for row in rows {
+                let key = AccountKey {
+                    appid: row.get(1),
+                    agent: row.get(2),
+                };
+                let owner = crate::crypto::platform_owner(&key, column);
+                let Some(sealed) = resealed(&self.keys, &owner, row.get(3), all)? else {
+                    continue;
+                };
+                let id: i64 = row.get(0);
+                tx.execute(
+                    &format!("UPDATE {table} SET {column} = $2 WHERE account_id = $1"),
+                    &[&id, &sealed],
+                )
+                .map_err(err)?;
+            }
         }
         let rows = tx
             .query(
@@ -1367,6 +1447,14 @@ impl Store for Postgres {
         tx.execute(
             "UPDATE account_secrets SET secret = $1 WHERE secret LIKE 'wxs1:%'",
             &[&crate::crypto::LOST],
+        )
+        .map_err(err)?;
+        // A previous credential, a ticket and push crypto sealed with the lost key are
+        // gone with it, as on SQLite: the next push brings a ticket, set-crypto the rest.
+        tx.batch_execute(
+            "UPDATE account_secrets SET previous = NULL WHERE previous LIKE 'wxs1:%';
+             DELETE FROM platform_tickets WHERE ticket LIKE 'wxs1:%';
+             DELETE FROM platform_crypto WHERE token LIKE 'wxs1:%' OR aes_key LIKE 'wxs1:%';",
         )
         .map_err(err)?;
         let sinks = tx
@@ -1429,7 +1517,15 @@ impl Store for Postgres {
             .query(
                 "SELECT secret FROM account_secrets WHERE left(secret, 5) = 'wxs1:'
                  UNION ALL
-                 SELECT password FROM sinks WHERE left(password, 5) = 'wxs1:'",
+                 SELECT previous FROM account_secrets WHERE left(previous, 5) = 'wxs1:'
+                 UNION ALL
+                 SELECT password FROM sinks WHERE left(password, 5) = 'wxs1:'
+                 UNION ALL
+                 SELECT ticket FROM platform_tickets WHERE left(ticket, 5) = 'wxs1:'
+                 UNION ALL
+                 SELECT token FROM platform_crypto WHERE left(token, 5) = 'wxs1:'
+                 UNION ALL
+                 SELECT aes_key FROM platform_crypto WHERE left(aes_key, 5) = 'wxs1:'",
                 &[],
             )
             .map_err(|e| self.err(e))?;
@@ -1470,7 +1566,7 @@ impl Store for Postgres {
         self.c()
             .execute(
                 "INSERT INTO account_secrets (account_id, secret) VALUES ($1, $2)
-                 ON CONFLICT (account_id) DO UPDATE SET secret = EXCLUDED.secret",
+                 ON CONFLICT (account_id) DO UPDATE SET secret = EXCLUDED.secret, previous = NULL",
                 &[&id, &sealed],
             )
             .map_err(|e| self.err(e))?;
@@ -1941,30 +2037,38 @@ impl Store for Postgres {
             .map_err(err)?
             .get(0);
         let skew = -host_offset(sent, server_now, host_now());
-        for Exported { account: a, tokens } in items {
+        // Ids differ between stores: each account's new id, by key, for the platform links.
+        let mut ids = HashMap::new();
+        for item in items {
+            let (a, tokens) = (&item.account, &item.tokens);
             let row = ImportedAccount::of(&self.keys, a, skew)?;
             let id: i64 = tx
                 .query_one(
                     "INSERT INTO accounts (appid, agent, api, enabled, created_at, updated_at,
-                                           held_until, held_reason, tickets)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+                                           held_until, held_reason, tickets, role, receiver,
+                                           fetch_due)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
                     &[
                         &a.key.appid,
                         &a.key.agent,
-                        &a.api.as_str(),
+                        &row.api,
                         &a.enabled,
                         &row.created_at,
                         &row.updated_at,
                         &row.held_until,
                         &a.held_reason,
                         &row.tickets,
+                        &row.role,
+                        &a.receiver,
+                        &a.fetch_due,
                     ],
                 )
                 .map_err(err)?
                 .get(0);
+            ids.insert(a.key.clone(), id);
             tx.execute(
-                "INSERT INTO account_secrets (account_id, secret) VALUES ($1, $2)",
-                &[&id, &row.secret],
+                "INSERT INTO account_secrets (account_id, secret, previous) VALUES ($1, $2, $3)",
+                &[&id, &row.secret, &row.previous],
             )
             .map_err(err)?;
             for (kind, t) in tokens {
@@ -1982,6 +2086,9 @@ impl Store for Postgres {
                 )
                 .map_err(err)?;
             }
+        }
+        for item in items {
+            self.import_platform_(&mut tx, item, &ids)?;
         }
         for sink in sinks {
             let password = stored_password(&self.keys, sink)?;

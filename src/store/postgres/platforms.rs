@@ -3,11 +3,14 @@
 //! `Store` implementations in `mod.rs`. Times a caller passes are this host's; the tables
 //! keep them as given (a ticket's create time is WeChat's).
 
+use std::collections::HashMap;
+
 use super::Postgres;
 use crate::domain::{AccountKey, Secret};
-use crate::store::rows::{open_secret, seal_secret};
+use crate::store::api::EXPORTED_EVENTS;
+use crate::store::rows::{copied_crypto, copied_ticket, open_secret, seal_secret};
 use crate::store::{
-    PlatformCrypto, PlatformEvent, PlatformTicket, Result, StoreError, TicketStored,
+    Exported, PlatformCrypto, PlatformEvent, PlatformTicket, Result, StoreError, TicketStored,
 };
 
 impl Postgres {
@@ -26,15 +29,20 @@ impl Postgres {
         })
     }
 
+    /// None for a reader role, which may not read `platform_tickets` (a sealed column is
+    /// in it): `get` then says less about a platform that has no token yet.
     pub(super) fn ticket_times_(&self, account_id: i64) -> Result<Option<(i64, i64)>> {
-        let row = self
-            .c()
-            .query_opt(
-                "SELECT create_time, received_at FROM platform_tickets WHERE account_id = $1",
-                &[&account_id],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(row.map(|r| (r.get(0), r.get(1))))
+        let row = self.c().query_opt(
+            "SELECT create_time, received_at FROM platform_tickets WHERE account_id = $1",
+            &[&account_id],
+        );
+        match row {
+            Ok(row) => Ok(row.map(|r| (r.get(0), r.get(1)))),
+            Err(e) if e.code() == Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+                Ok(None)
+            }
+            Err(e) => Err(self.err(e)),
+        }
     }
 
     pub(super) fn platform_events_(
@@ -222,16 +230,110 @@ impl Postgres {
         let outcome = if failure.is_some() { "failed" } else { "ok" };
         self.c()
             .execute(
+                // The newest 1,000 per platform, as on SQLite. The DELETE does not see the
+                // row its own statement adds (one snapshot), so it keeps 999 of the others.
                 "WITH added AS (
                      INSERT INTO platform_events (account_id, at, event, tenant, outcome, detail)
                      VALUES ($1, $2, $3, $4, $5, $6)
                  )
                  DELETE FROM platform_events WHERE account_id = $1 AND id <=
                      (SELECT id FROM platform_events WHERE account_id = $1
-                      ORDER BY id DESC LIMIT 1 OFFSET 1000)",
+                      ORDER BY id DESC LIMIT 1 OFFSET 999)",
                 &[&account_id, &at, &event, &tenant, &outcome, &failure],
             )
             .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Fills in what `store copy` moves of a platform: its ticket and push settings
+    /// (opened, to be sealed again for the target) and its newest events. Their times are
+    /// the hosts' that stored them (and WeChat's create time): copied as they are.
+    pub(super) fn export_platform_(&self, item: &mut Exported) -> Result<()> {
+        let id = item.account.id;
+        let times = self
+            .c()
+            .query_one(
+                "SELECT (SELECT received_at FROM platform_tickets WHERE account_id = $1),
+                        (SELECT updated_at FROM platform_crypto WHERE account_id = $1)",
+                &[&id],
+            )
+            .map_err(|e| self.err(e))?;
+        let (received, updated): (Option<i64>, Option<i64>) = (times.get(0), times.get(1));
+        item.ticket = self.platform_ticket_(id)?.zip(received);
+        item.crypto = self.platform_crypto_(id)?.zip(updated);
+        item.events = self.platform_events_(id, EXPORTED_EVENTS)?;
+        Ok(())
+    }
+
+    /// Writes what `export_platform_` read, and a tenant's link to its platform (by key:
+    /// `ids` maps each imported account to its id here), inside `import`'s transaction.
+    pub(super) fn import_platform_(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        item: &Exported,
+        ids: &HashMap<AccountKey, i64>,
+    ) -> Result<()> {
+        let config = &self.config;
+        let err = |e: postgres::Error| super::pg_error(config, &e);
+        let key = &item.account.key;
+        let id = ids[key];
+        if let Some(platform) = &item.platform {
+            let platform_id = ids.get(platform).ok_or_else(|| {
+                StoreError::Io(format!("the platform {platform} of {key} was not copied"))
+            })?;
+            tx.execute(
+                "UPDATE accounts SET platform_id = $2 WHERE id = $1",
+                &[&id, platform_id],
+            )
+            .map_err(err)?;
+        }
+        if let Some((ticket, received_at)) = &item.ticket {
+            tx.execute(
+                "INSERT INTO platform_tickets (account_id, ticket, create_time, received_at)
+                 VALUES ($1, $2, $3, $4)",
+                &[
+                    &id,
+                    &copied_ticket(&self.keys, key, ticket)?,
+                    &ticket.create_time,
+                    received_at,
+                ],
+            )
+            .map_err(err)?;
+        }
+        if let Some((crypto, updated_at)) = &item.crypto {
+            let (token, aes_key) = copied_crypto(&self.keys, key, crypto)?;
+            tx.execute(
+                "INSERT INTO platform_crypto (account_id, token, aes_key, hook, hook_timeout,
+                                              hook_secrets, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &id,
+                    &token,
+                    &aes_key,
+                    &crypto.hook,
+                    &crypto.hook_timeout,
+                    &crypto.hook_secrets,
+                    updated_at,
+                ],
+            )
+            .map_err(err)?;
+        }
+        // Oldest first, so that the newest keeps the highest id.
+        for e in item.events.iter().rev() {
+            tx.execute(
+                "INSERT INTO platform_events (account_id, at, event, tenant, outcome, detail)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &id,
+                    &e.at,
+                    &e.event,
+                    &e.tenant,
+                    &if e.ok { "ok" } else { "failed" },
+                    &e.detail,
+                ],
+            )
+            .map_err(err)?;
+        }
         Ok(())
     }
 

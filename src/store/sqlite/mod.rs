@@ -519,13 +519,19 @@ impl ReadStore for Sqlite {
     }
 
     fn export(&self, now: i64) -> Result<Vec<Exported>> {
-        self.accounts()?
+        let mut items = self
+            .accounts()?
             .into_iter()
             .map(|account| {
                 let tokens = self.newest_valid_tokens(account.id, now)?;
-                Ok(Exported { account, tokens })
+                Ok(Exported::plain(account, tokens))
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        super::rows::link_platforms(&mut items);
+        for item in items.iter_mut().filter(|i| i.account.api.is_platform()) {
+            self.export_platform_(item)?;
+        }
+        Ok(items)
     }
 
     fn accounts(&self) -> Result<Vec<Account>> {
@@ -681,26 +687,35 @@ impl Store for Sqlite {
         if accounts > 0 {
             return Err(not_empty(&self.location(), accounts));
         }
-        for Exported { account: a, tokens } in items {
+        // Ids differ between stores: each account's new id, by key, for the platform links.
+        let mut ids = HashMap::new();
+        for item in items {
+            let (a, tokens) = (&item.account, &item.tokens);
             let row = ImportedAccount::of(&self.keys, a, 0)?;
             self.conn.execute(
                 "INSERT INTO accounts (appid, agent, api, secret, enabled, created_at, updated_at,
-                                       held_until, held_reason, tickets)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                       held_until, held_reason, tickets, role, previous_secret,
+                                       receiver, fetch_due)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 params![
                     a.key.appid,
                     a.key.agent,
-                    a.api.as_str(),
+                    row.api,
                     row.secret,
                     a.enabled,
                     row.created_at,
                     row.updated_at,
                     row.held_until,
                     a.held_reason,
-                    row.tickets
+                    row.tickets,
+                    row.role,
+                    row.previous,
+                    a.receiver,
+                    a.fetch_due
                 ],
             )?;
             let id = self.conn.last_insert_rowid();
+            ids.insert(a.key.clone(), id);
             for (kind, t) in tokens {
                 self.conn.execute(
                     "INSERT INTO tokens (account_id, kind, token, expires_in, fetched_at, expires_at)
@@ -708,6 +723,9 @@ impl Store for Sqlite {
                     params![id, kind, t.token, t.expires_in, t.fetched_at, t.expires_at],
                 )?;
             }
+        }
+        for item in items {
+            self.import_platform_(item, &ids)?;
         }
         for sink in sinks {
             self.add_sink(sink)?;
@@ -788,11 +806,29 @@ impl Store for Sqlite {
 
     fn remove_account(&self, key: &AccountKey) -> Result<()> {
         self.zeroing(|| {
+            let tx = Transaction::immediate(&self.conn, &self.path)?;
+            // A platform's tenants point at it (with no ON DELETE): say what to do rather
+            // than fail on the foreign key.
+            let tenants: Option<(String, i64)> = self
+                .conn
+                .query_row(
+                    "SELECT a.role, (SELECT count(*) FROM accounts t WHERE t.platform_id = a.id)
+                     FROM accounts a WHERE a.appid = ?1 AND a.agent = ?2",
+                    params![key.appid, key.agent],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if let Some((role, n)) = tenants
+                && n > 0
+            {
+                return Err(super::rows::has_tenants(key, &role, n));
+            }
             self.change_account(
                 key,
                 "DELETE FROM accounts WHERE appid = ?1 AND agent = ?2",
                 &[],
-            )
+            )?;
+            tx.commit()
         })
     }
 
@@ -821,7 +857,7 @@ impl Store for Sqlite {
             self.change_account(
                 key,
                 "UPDATE accounts SET secret = ?3, updated_at = ?4, fetch_due = 1,
-                        held_until = NULL, held_reason = NULL
+                        held_until = NULL, held_reason = NULL, previous_secret = NULL
                  WHERE appid = ?1 AND agent = ?2",
                 &[&sealed, &now],
             )

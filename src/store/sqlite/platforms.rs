@@ -2,13 +2,16 @@
 //! and removing a platform with its tenants. Called from the `ReadStore` and `Store`
 //! implementations in `mod.rs`.
 
+use std::collections::HashMap;
+
 use rusqlite::{OptionalExtension, params};
 
 use super::Sqlite;
 use crate::domain::{AccountKey, Secret};
-use crate::store::rows::{open_secret, seal_secret};
+use crate::store::api::EXPORTED_EVENTS;
+use crate::store::rows::{copied_crypto, copied_ticket, open_secret, seal_secret};
 use crate::store::{
-    PlatformCrypto, PlatformEvent, PlatformTicket, Result, StoreError, TicketStored,
+    Exported, PlatformCrypto, PlatformEvent, PlatformTicket, Result, StoreError, TicketStored,
 };
 
 impl Sqlite {
@@ -72,17 +75,20 @@ impl Sqlite {
         let key = self.key_of(account_id)?;
         let owner = crate::crypto::platform_owner(&key, "ticket");
         let sealed = seal_secret(&self.keys, &owner, ticket)?;
-        let n = self
-            .conn
-            .prepare_cached(
-                "INSERT INTO platform_tickets (account_id, ticket, create_time, received_at)
+        // The replaced ticket is zeroed in its page, as a replaced secret is.
+        let n = self.zeroing(|| {
+            Ok(self
+                .conn
+                .prepare_cached(
+                    "INSERT INTO platform_tickets (account_id, ticket, create_time, received_at)
                  VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (account_id) DO UPDATE
                  SET ticket = excluded.ticket, create_time = excluded.create_time,
                      received_at = excluded.received_at
                  WHERE excluded.create_time > platform_tickets.create_time",
-            )?
-            .execute(params![account_id, sealed, create_time, now])?;
+                )?
+                .execute(params![account_id, sealed, create_time, now])?)
+        })?;
         if n > 0 {
             // A hold for a stale or wrong ticket (61005, 61006, 40085) ends with a new one.
             self.conn
@@ -224,6 +230,103 @@ impl Sqlite {
                   ORDER BY id DESC LIMIT 1 OFFSET 1000)",
             )?
             .execute(params![account_id])?;
+        Ok(())
+    }
+
+    /// Fills in what `store copy` moves of a platform: its ticket and push settings
+    /// (opened, to be sealed again for the target) and its newest events.
+    pub(super) fn export_platform_(&self, item: &mut Exported) -> Result<()> {
+        let id = item.account.id;
+        let received: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT received_at FROM platform_tickets WHERE account_id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        item.ticket = match (self.platform_ticket_(id)?, received) {
+            (Some(ticket), Some(at)) => Some((ticket, at)),
+            _ => None,
+        };
+        let updated: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT updated_at FROM platform_crypto WHERE account_id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        item.crypto = match (self.platform_crypto_(id)?, updated) {
+            (Some(crypto), Some(at)) => Some((crypto, at)),
+            _ => None,
+        };
+        item.events = self.platform_events_(id, EXPORTED_EVENTS)?;
+        Ok(())
+    }
+
+    /// Writes what `export_platform_` read, and a tenant's link to its platform (by key:
+    /// `ids` maps each imported account to its id here), inside `import`'s transaction.
+    pub(super) fn import_platform_(
+        &self,
+        item: &Exported,
+        ids: &HashMap<AccountKey, i64>,
+    ) -> Result<()> {
+        let key = &item.account.key;
+        let id = ids[key];
+        if let Some(platform) = &item.platform {
+            let platform_id = ids.get(platform).ok_or_else(|| {
+                StoreError::Io(format!("the platform {platform} of {key} was not copied"))
+            })?;
+            self.conn.execute(
+                "UPDATE accounts SET platform_id = ?2 WHERE id = ?1",
+                params![id, platform_id],
+            )?;
+        }
+        if let Some((ticket, received_at)) = &item.ticket {
+            self.conn.execute(
+                "INSERT INTO platform_tickets (account_id, ticket, create_time, received_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    id,
+                    copied_ticket(&self.keys, key, ticket)?,
+                    ticket.create_time,
+                    received_at
+                ],
+            )?;
+        }
+        if let Some((crypto, updated_at)) = &item.crypto {
+            let (token, aes_key) = copied_crypto(&self.keys, key, crypto)?;
+            self.conn.execute(
+                "INSERT INTO platform_crypto (account_id, token, aes_key, hook, hook_timeout,
+                                              hook_secrets, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    id,
+                    token,
+                    aes_key,
+                    crypto.hook,
+                    crypto.hook_timeout,
+                    crypto.hook_secrets,
+                    updated_at
+                ],
+            )?;
+        }
+        // Oldest first, so that the newest keeps the highest id.
+        for e in item.events.iter().rev() {
+            self.conn.execute(
+                "INSERT INTO platform_events (account_id, at, event, tenant, outcome, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    id,
+                    e.at,
+                    e.event,
+                    e.tenant,
+                    if e.ok { "ok" } else { "failed" },
+                    e.detail
+                ],
+            )?;
+        }
         Ok(())
     }
 
