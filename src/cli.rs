@@ -1025,15 +1025,19 @@ pub enum SinkCommand {
   REDIS_URL=redis://app:PASSWORD@10.0.0.5/2 wxtoken sink add php --redis-env REDIS_URL --format easywechat
   printf '%s\\n' \"$REDIS_URL\" | wxtoken sink add node --redis - --format json --key 'wx:{appid}:{kind}'
   wxtoken sink add deploy --exec '/usr/local/bin/push-token' --appid ww1234567890abcdef/1000002
+  wxtoken sink add open --redis redis://10.0.0.5/3 --format wechatpy --component wx0a1b2c3d4e5f6a7b --include-refresh-tokens
+  wxtoken sink add tp --redis redis://10.0.0.5/4 --format wxjava --suite ww5f6a7b8c9d0e1f2a
 
 Formats: wxjava, silenceper, easywechat, wechatpy, powerwechat (each SDK's own keys and
-values; --prefix for its configurable prefix), plain and json (with --key). A URL with a
+values; --prefix for its configurable prefix), plain and json (with --key, which may name
+{component} and {suite}). A format whose SDK would put a secret, a refresh token or a
+permanent code into a key name does not publish those tokens (sink add says which). A URL with a
 password (or a pass, password or user parameter) must come from --redis-env or stdin
 (--redis -), never from an argument.
 A hook gets the token on stdin and WXTOKEN_APPID, WXTOKEN_AGENTID, WXTOKEN_KIND,
-WXTOKEN_EXPIRES_AT, WXTOKEN_EXPIRES_IN and WXTOKEN_SINK in a clean environment (PATH,
+WXTOKEN_EXPIRES_AT, WXTOKEN_EXPIRES_IN, WXTOKEN_SINK (and a tenant's WXTOKEN_PLATFORM) in a clean environment (PATH,
 HOME, USER, LOGNAME, LANG, LC_ALL, TZ and TMPDIR are kept; nothing else).")]
-    Add(SinkAddArgs),
+    Add(Box<SinkAddArgs>),
     /// List sinks (passwords masked)
     #[command(after_help = "Example:\n  wxtoken sink list --json")]
     List(ListArgs),
@@ -1080,9 +1084,20 @@ pub struct SinkAddArgs {
     #[arg(long = "key", value_name = "TEMPLATE", value_parser = printable)]
     pub key_template: Option<String>,
     /// Publish only this account's tokens (repeatable; a WeCom app as CORPID/AGENTID);
-    /// default: every account
+    /// default: every account that is neither a platform nor a tenant
     #[arg(long, value_name = "APPID")]
     pub appid: Vec<String>,
+    /// Publish this component's token and every authorizer's tokens (repeatable)
+    #[arg(long, value_name = "APPID")]
+    pub component: Vec<String>,
+    /// Publish this suite's token, every corp's tokens, its 代开发 accounts' and its
+    /// provider's (repeatable)
+    #[arg(long, value_name = "SUITEID")]
+    pub suite: Vec<String>,
+    /// Also publish authorizers' refresh tokens (wxjava, wechatpy, plain and json; with no
+    /// TTL), for an SDK that insists on reading them; permanent codes are never published
+    #[arg(long)]
+    pub include_refresh_tokens: bool,
     /// Give up on a publish after this many seconds: the whole Redis exchange (connect,
     /// login, every reply), or the command with everything it started (killed)
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=120))]

@@ -2,7 +2,7 @@
 //! Runs only after the rows are committed, and never touches them: a failed publish is
 //! recorded on the sink, reported, and retried by the next run.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use redis::IntoConnectionInfo;
 
-use crate::domain::{Account, Credential, Secret};
+use crate::domain::{Account, Api, Credential, Secret};
 use crate::secret::fingerprint;
 use crate::sink::{self, Entry, Format, Item, Layout};
 use crate::store::{NewestRow, SinkResult, SinkRow, Sinks};
@@ -43,13 +43,20 @@ struct Valid<'a> {
 }
 
 /// Publishes to every sink that selects any of `accounts` and records each outcome. The
-/// accounts' rows are read once for all the sinks, and only if a sink selects any of them.
+/// accounts' rows are read once for all the sinks, and only if a sink selects any of them:
+/// in batches (`newest_rows`), never one account at a time, however many tenants a
+/// platform has.
 pub fn publish_all(store: &dyn Sinks, accounts: &[Account], now: i64) -> Result<Vec<Report>> {
     let sinks = store.sinks()?;
+    let platforms = Platforms::of(accounts);
+    let selections: Vec<Selection> = sinks
+        .iter()
+        .map(|s| Selection::new(s, accounts, &platforms))
+        .collect();
     let mut valid = None;
     let mut reports = Vec::new();
-    for sink in &sinks {
-        if !accounts.iter().any(|a| selects(sink, a)) {
+    for (sink, selection) in sinks.iter().zip(&selections) {
+        if !accounts.iter().any(|a| selection.selects(a)) {
             continue;
         }
         // A stop signal during publishing: the sinks not reached yet get the tokens from
@@ -62,11 +69,19 @@ pub fn publish_all(store: &dyn Sinks, accounts: &[Account], now: i64) -> Result<
             None => {
                 let selected = accounts
                     .iter()
-                    .filter(|a| sinks.iter().any(|s| selects(s, a)));
+                    .filter(|a| selections.iter().any(|s| s.selects(a)));
                 valid.insert(valid_rows(store, selected, now)?)
             }
         };
-        reports.push(publish_to(store, sink, valid, Mode::Run, now)?);
+        reports.push(publish_to(
+            store,
+            sink,
+            selection,
+            &platforms,
+            valid,
+            Mode::Run,
+            now,
+        )?);
     }
     Ok(reports)
 }
@@ -79,9 +94,109 @@ pub fn publish_sink(
     mode: Mode,
     now: i64,
 ) -> Result<Report> {
-    let selected = accounts.iter().filter(|a| selects(sink, a));
+    let platforms = Platforms::of(accounts);
+    let selection = Selection::new(sink, accounts, &platforms);
+    let selected = accounts.iter().filter(|a| selection.selects(a));
     let valid = valid_rows(store, selected, now)?;
-    publish_to(store, sink, &valid, mode, now)
+    publish_to(store, sink, &selection, &platforms, &valid, mode, now)
+}
+
+/// The platform accounts among those published, by id: a 代开发 account names its
+/// template suite by id only.
+struct Platforms<'a>(HashMap<i64, &'a Account>);
+
+impl<'a> Platforms<'a> {
+    fn of(accounts: &'a [Account]) -> Self {
+        Platforms(
+            accounts
+                .iter()
+                .filter(|a| matches!(a.api, Api::Component | Api::Suite))
+                .map(|a| (a.id, a))
+                .collect(),
+        )
+    }
+
+    /// A tenant's platform: the component appid or suite id its key holds, or for a
+    /// 代开发 account, its template suite's id (when that suite is among the accounts).
+    fn of_tenant(&self, account: &'a Account) -> Option<&'a str> {
+        match account.api {
+            Api::Authorizer | Api::Corp => Some(account.key.agent.as_str()),
+            Api::Work => account
+                .platform
+                .and_then(|id| self.0.get(&id))
+                .map(|p| p.key.appid.as_str()),
+            _ => None,
+        }
+    }
+}
+
+/// What one sink selects, resolved once per publish against the accounts published.
+pub struct Selection {
+    every: bool,
+    accounts: HashSet<String>,
+    components: HashSet<String>,
+    suites: HashSet<String>,
+    /// The providers named by the selected suites.
+    providers: HashSet<String>,
+    /// The 代开发 accounts of the selected suites, by id.
+    custom: HashSet<i64>,
+}
+
+impl Selection {
+    fn new(sink: &SinkRow, accounts: &[Account], platforms: &Platforms) -> Selection {
+        let mut s = Selection {
+            every: sink.accounts.is_empty(),
+            accounts: HashSet::new(),
+            components: HashSet::new(),
+            suites: HashSet::new(),
+            providers: HashSet::new(),
+            custom: HashSet::new(),
+        };
+        for selector in &sink.accounts {
+            match sink::Selector::parse(selector) {
+                sink::Selector::Account(key) => s.accounts.insert(key),
+                sink::Selector::Component(id) => s.components.insert(id),
+                sink::Selector::Suite(id) => s.suites.insert(id),
+            };
+        }
+        if !s.suites.is_empty() {
+            for a in accounts {
+                match a.api {
+                    Api::Suite if s.suites.contains(&a.key.appid) => {
+                        s.providers.extend(a.receiver.clone());
+                    }
+                    Api::Work if platforms.of_tenant(a).is_some_and(|p| s.suites.contains(p)) => {
+                        s.custom.insert(a.id);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        s
+    }
+
+    /// Whether the sink publishes this account's tokens. With no selector: every account
+    /// that is neither a platform nor a tenant (a sink added before platforms existed
+    /// publishes what it did), and providers, which are ordinary accounts.
+    pub fn selects(&self, account: &Account) -> bool {
+        if self.every {
+            return match account.api {
+                Api::Token | Api::Stable | Api::Work | Api::Provider => true,
+                Api::Component | Api::Authorizer | Api::Suite | Api::Corp => false,
+            };
+        }
+        let (id, platform) = (&account.key.appid, &account.key.agent);
+        self.accounts.contains(&account.key.to_string())
+            || match account.api {
+                Api::Component => self.components.contains(id),
+                Api::Authorizer => self.components.contains(platform),
+                Api::Suite => self.suites.contains(id),
+                Api::Corp => self.suites.contains(platform),
+                Api::Provider => self.providers.contains(id),
+                Api::Work => self.custom.contains(&account.id),
+                Api::Token | Api::Stable => false,
+            }
+    }
 }
 
 /// How many accounts' newest rows one store read asks for: one query per batch, each with a
@@ -120,24 +235,24 @@ fn valid_rows<'a>(
 fn publish_to(
     store: &dyn Sinks,
     sink: &SinkRow,
+    selection: &Selection,
+    platforms: &Platforms,
     valid: &[Valid],
     mode: Mode,
     now: i64,
 ) -> Result<Report> {
-    let valid: Vec<&Valid> = valid.iter().filter(|v| selects(sink, v.account)).collect();
+    let valid: Vec<&Valid> = valid
+        .iter()
+        .filter(|v| selection.selects(v.account))
+        .collect();
     let timeout = Duration::from_secs(sink.timeout.clamp(1, 120) as u64);
     let report = if sink.kind == "exec" {
-        publish_exec(store, sink, &valid, mode, timeout, now)?
+        publish_exec(store, sink, platforms, &valid, mode, timeout, now)?
     } else {
-        publish_redis(sink, &valid, mode, timeout, now)
+        publish_redis(sink, platforms, &valid, mode, timeout, now)
     };
     store.record_sink_result(sink.id, &report.result)?;
     Ok(report)
-}
-
-/// Whether the sink publishes this account's tokens.
-pub fn selects(sink: &SinkRow, account: &Account) -> bool {
-    sink.accounts.is_empty() || sink.accounts.iter().any(|s| *s == account.key.to_string())
 }
 
 pub fn layout(sink: &SinkRow) -> Layout {
@@ -152,7 +267,14 @@ pub fn layout(sink: &SinkRow) -> Layout {
     }
 }
 
-fn item<'a>(v: &'a Valid) -> Item<'a> {
+/// What one valid row publishes: with an authorizer's refresh token on its access token
+/// when the sink asked for refresh tokens.
+fn item<'a>(sink: &SinkRow, platforms: &Platforms<'a>, v: &'a Valid) -> Item<'a> {
+    let refresh_token = (sink.refresh_tokens
+        && v.account.api == Api::Authorizer
+        && v.kind == Credential::AccessToken)
+        .then(|| v.account.secret.expose())
+        .filter(|t| !t.is_empty());
     Item {
         key: &v.account.key,
         api: v.account.api,
@@ -160,11 +282,14 @@ fn item<'a>(v: &'a Valid) -> Item<'a> {
         kind: v.kind,
         value: &v.row.token,
         expires_at: v.row.expires_at,
+        platform: platforms.of_tenant(v.account),
+        refresh_token,
     }
 }
 
 fn publish_redis(
     sink: &SinkRow,
+    platforms: &Platforms,
     valid: &[&Valid],
     mode: Mode,
     timeout: Duration,
@@ -174,10 +299,11 @@ fn publish_redis(
     let mut writes: Vec<(Entry, String)> = Vec::new();
     let mut secrets: Vec<&str> = Vec::new();
     for v in valid {
-        let it = item(v);
+        let it = item(sink, platforms, v);
         for entry in sink::entries(&layout, &it, now) {
             let shown = entry.shown(&it);
-            if entry.secret_key {
+            // A refresh token is a value, never part of a message either.
+            if entry.secret_key || it.refresh_token.is_some() {
                 secrets.push(v.account.secret.expose());
             }
             writes.push((entry, shown));
@@ -230,7 +356,10 @@ fn publish_redis(
         match outcome {
             Ok(()) => {
                 published += 1;
-                lines.push(format!("{shown}  ok, expires in {}s", entry.ttl));
+                lines.push(match entry.ttl {
+                    Some(ttl) => format!("{shown}  ok, expires in {ttl}s"),
+                    None => format!("{shown}  ok, no expiry"),
+                });
             }
             Err(e) => {
                 let error = scrub(format!("Redis refused a write: {e}"));
@@ -270,11 +399,10 @@ fn write_with_deadline(
                 let mut pipe = redis::pipe();
                 pipe.ignore_errors();
                 for e in &entries {
-                    pipe.cmd("SET")
-                        .arg(&e.key)
-                        .arg(&e.value)
-                        .arg("EX")
-                        .arg(e.ttl);
+                    let set = pipe.cmd("SET").arg(&e.key).arg(&e.value);
+                    if let Some(ttl) = e.ttl {
+                        set.arg("EX").arg(ttl);
+                    }
                 }
                 pipe.query::<Vec<redis::RedisResult<()>>>(&mut con)
                     .map_err(|e| format!("Redis refused the writes: {e}"))
@@ -339,6 +467,7 @@ fn connect(sink: &SinkRow, timeout: Duration) -> redis::RedisResult<redis::Conne
 fn publish_exec(
     store: &dyn Sinks,
     sink: &SinkRow,
+    platforms: &Platforms,
     valid: &[&Valid],
     mode: Mode,
     timeout: Duration,
@@ -364,8 +493,12 @@ fn publish_exec(
         if received.get(&(v.account.id, v.kind.as_str())) == Some(&v.row.id) {
             continue;
         }
-        let what = format!("{} {}", v.account.key, v.kind.as_str());
-        match run_hook(sink, v, timeout, now) {
+        let what = format!(
+            "{} {}",
+            v.account.key,
+            sink::kind_name(v.account.api, v.kind)
+        );
+        match run_hook(sink, platforms.of_tenant(v.account), v, timeout, now) {
             Ok(()) => {
                 store.note_published(sink.id, v.account.id, v.kind, v.row.id)?;
                 published += 1;
@@ -408,15 +541,33 @@ const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// Runs the hook for one token: the token on stdin (never in argv or the environment, where
 /// `ps` and /proc show it), what it is in `WXTOKEN_*` variables (see `run_command`).
-fn run_hook(sink: &SinkRow, v: &Valid, timeout: Duration, now: i64) -> Result<(), String> {
-    let env = [
+/// A tenant's platform goes in `WXTOKEN_PLATFORM`, set for tenants only (its key holds it
+/// where a WeCom app's holds the agentid: `WXTOKEN_AGENTID` is then empty).
+fn run_hook(
+    sink: &SinkRow,
+    platform: Option<&str>,
+    v: &Valid,
+    timeout: Duration,
+    now: i64,
+) -> Result<(), String> {
+    let agent = match v.account.api {
+        Api::Authorizer | Api::Corp => String::new(),
+        _ => v.account.key.agent.clone(),
+    };
+    let mut env = vec![
         ("WXTOKEN_SINK", sink.name.clone()),
         ("WXTOKEN_APPID", v.account.key.appid.clone()),
-        ("WXTOKEN_AGENTID", v.account.key.agent.clone()),
-        ("WXTOKEN_KIND", v.kind.as_str().to_string()),
+        ("WXTOKEN_AGENTID", agent),
+        (
+            "WXTOKEN_KIND",
+            sink::kind_name(v.account.api, v.kind).to_string(),
+        ),
         ("WXTOKEN_EXPIRES_AT", v.row.expires_at.to_string()),
         ("WXTOKEN_EXPIRES_IN", (v.row.expires_at - now).to_string()),
     ];
+    if let Some(platform) = platform {
+        env.push(("WXTOKEN_PLATFORM", platform.to_string()));
+    }
     let input = format!("{}\n", v.row.token).into_bytes();
     let hidden = [v.row.token.as_str(), v.account.secret.expose()];
     run_command(
@@ -614,7 +765,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::domain::{AccountKey, Api, Ticket};
+    use crate::domain::{AccountKey, Ticket};
     use crate::store::Result as StoreResult;
 
     /// Sinks over memory that counts the calls publishing makes, by name.
@@ -708,6 +859,7 @@ mod tests {
             prefix: None,
             key_template: None,
             accounts: accounts.iter().map(|a| a.to_string()).collect(),
+            refresh_tokens: false,
             timeout: 1,
             created_at: 0,
             last: None,
@@ -791,6 +943,67 @@ mod tests {
         sorted.sort();
         assert_eq!(order, sorted);
         assert_eq!(valid[1].row.token, "token-1-jsapi");
+    }
+
+    /// A component with `n` authorizers (ids 2..), each with a valid token.
+    fn platform_fleet(n: i64) -> (Counted, Vec<Account>) {
+        let mut store = Counted::default();
+        let mut all = vec![account(1)];
+        all[0].api = Api::Component;
+        all[0].tickets.clear();
+        for id in 2..n + 2 {
+            let mut a = account(id);
+            a.api = Api::Authorizer;
+            a.key.agent = "wx0001".into();
+            a.platform = Some(1);
+            a.tickets.clear();
+            all.push(a);
+        }
+        for a in &all {
+            let row = NewestRow {
+                id: a.id,
+                token: format!("token-{}", a.id),
+                expires_at: 10_000,
+            };
+            store.rows.insert((a.id, "access_token"), row);
+        }
+        (store, all)
+    }
+
+    #[test]
+    fn a_component_with_its_authorizers_is_read_in_batches() {
+        let (mut store, accounts) = platform_fleet(1_000);
+        let mut s = sink(1, "exec", "true", &["component:wx0001"]);
+        s.kind = "redis".into();
+        s.target = "redis://127.0.0.1:1/".into();
+        store.sinks = vec![s, sink(2, "redis", "redis://127.0.0.1:1/1", &[])];
+        let reports = publish_all(&store, &accounts, 1_000).unwrap();
+        // Only the component sink: the sink without selectors takes no platform or tenant.
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].name, "s1");
+        // 1,001 accounts in batches of 500: three reads, not one per authorizer.
+        assert_eq!(store.calls.borrow()["newest_rows"], 3);
+        assert_eq!(reports[0].result.failed, 1_001);
+    }
+
+    #[test]
+    fn selectors_take_a_platform_with_its_tenants_only() {
+        let (_, accounts) = platform_fleet(2);
+        let platforms = Platforms::of(&accounts);
+        let picked = |selectors: &[&str]| {
+            let s = sink(1, "redis", "redis://h/", selectors);
+            let selection = Selection::new(&s, &accounts, &platforms);
+            accounts
+                .iter()
+                .filter(|a| selection.selects(a))
+                .map(|a| a.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(picked(&["component:wx0001"]), [1, 2, 3]);
+        assert_eq!(picked(&["component:wx0009"]), Vec::<i64>::new());
+        assert_eq!(picked(&["suite:wx0001"]), Vec::<i64>::new());
+        assert_eq!(picked(&["wx0003/wx0001"]), [3]);
+        assert_eq!(picked(&[]), Vec::<i64>::new());
     }
 
     #[test]

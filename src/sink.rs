@@ -82,14 +82,35 @@ pub struct Item<'a> {
     pub kind: Credential,
     pub value: &'a str,
     pub expires_at: i64,
+    /// A tenant's platform: an authorizer's component appid, a corp's suite id, the
+    /// template suite of a 代开发 WeCom account. `None` for everything else.
+    pub platform: Option<&'a str>,
+    /// An authorizer's refresh token, on its access-token item, only for a sink added with
+    /// `--include-refresh-tokens`. Permanent codes never come here.
+    pub refresh_token: Option<&'a str>,
 }
 
-/// One `SET key value EX ttl`.
+impl Item<'_> {
+    /// Whether the account's secret is a platform's secret or a tenant's durable
+    /// credential (a refresh token, a permanent code, a 代开发 secret): no key may embed
+    /// it, in clear, in part or as a hash.
+    pub fn durable_secret(&self) -> bool {
+        match self.api {
+            Api::Token | Api::Stable => false,
+            Api::Work => self.platform.is_some(),
+            Api::Component | Api::Authorizer | Api::Suite | Api::Corp | Api::Provider => true,
+        }
+    }
+}
+
+/// One `SET key value [EX ttl]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub key: String,
     pub value: String,
-    pub ttl: i64,
+    /// Seconds left; `None` for a key without expiry (a refresh token, which the SDKs
+    /// store without a TTL).
+    pub ttl: Option<i64>,
     /// The key embeds the AppSecret (or part of it, or a hash of it): never shown or logged.
     pub secret_key: bool,
 }
@@ -109,8 +130,41 @@ impl Entry {
     }
 }
 
+/// One of a sink's selectors, as stored in its list: an account (`APPID`,
+/// `CORPID/AGENTID`, an authorizer as `APPID/COMPONENT_APPID`, a corp as `CORPID/SUITEID`:
+/// the way `AccountKey` prints), or a platform with all its tenants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    Account(String),
+    /// `component:APPID`: the component token and every authorizer's tokens.
+    Component(String),
+    /// `suite:SUITEID`: the suite token, every corp's tokens, the 代开发 accounts made from
+    /// the suite, and the token of the provider its pushes name.
+    Suite(String),
+}
+
+impl Selector {
+    pub fn parse(stored: &str) -> Selector {
+        if let Some(id) = stored.strip_prefix("component:") {
+            Selector::Component(id.to_string())
+        } else if let Some(id) = stored.strip_prefix("suite:") {
+            Selector::Suite(id.to_string())
+        } else {
+            Selector::Account(stored.to_string())
+        }
+    }
+
+    pub fn stored(&self) -> String {
+        match self {
+            Selector::Account(key) => key.clone(),
+            Selector::Component(id) => format!("component:{id}"),
+            Selector::Suite(id) => format!("suite:{id}"),
+        }
+    }
+}
+
 /// The placeholders a `--key` template may use.
-pub const PLACEHOLDERS: [&str; 3] = ["{appid}", "{agentid}", "{kind}"];
+pub const PLACEHOLDERS: [&str; 5] = ["{appid}", "{agentid}", "{kind}", "{component}", "{suite}"];
 
 /// Checks a `--key` template: no unknown `{...}`, not empty.
 pub fn check_template(template: &str) -> Result<(), String> {
@@ -126,7 +180,8 @@ pub fn check_template(template: &str) -> Result<(), String> {
         let name = &rest[open..close];
         if !PLACEHOLDERS.contains(&name) {
             return Err(format!(
-                "--key '{template}' has an unknown placeholder {name}: use {{appid}}, {{agentid}} or {{kind}}"
+                "--key '{template}' has an unknown placeholder {name}: use {{appid}}, {{agentid}}, \
+                 {{kind}}, {{component}} or {{suite}}"
             ));
         }
         rest = &rest[close..];
@@ -134,48 +189,291 @@ pub fn check_template(template: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The name of what an item is, in `{kind}`, `WXTOKEN_KIND` and messages: the platform
+/// tokens have their own, tenant tokens and tickets are named as any account's.
+pub fn kind_name(api: Api, kind: Credential) -> &'static str {
+    match (api, kind) {
+        (Api::Component, TOKEN) => "component_access_token",
+        (Api::Suite, TOKEN) => "suite_access_token",
+        (Api::Provider, TOKEN) => "provider_access_token",
+        _ => kind.as_str(),
+    }
+}
+
+/// `{kind}` of a published refresh token.
+pub const REFRESH_TOKEN: &str = "refresh_token";
+
+/// What a platform or tenant token is, in messages.
+pub fn api_noun(api: Api) -> &'static str {
+    match api {
+        Api::Component => "component tokens",
+        Api::Authorizer => "authorizer tokens",
+        Api::Suite => "suite tokens",
+        Api::Corp => "corp tokens",
+        Api::Provider => "provider tokens",
+        Api::Work => "代开发 corp tokens",
+        Api::Token | Api::Stable => "account tokens",
+    }
+}
+
+/// Why `format` does not publish tokens of this platform kind, if it does not: its SDK
+/// would name the key with a secret or a durable credential (in clear or as a hash), or
+/// has no storage for it (`platforms.md` §6). `None` when it does.
+pub fn refused(format: Format, api: Api) -> Option<&'static str> {
+    use Api::*;
+    use Format::*;
+    match (format, api) {
+        (_, Token | Stable | Work) | (Plain | Json | Wxjava, _) => None,
+        (Easywechat, Component) | (Wechatpy | Silenceper, Component | Authorizer) => None,
+        (Easywechat, Authorizer) => Some(
+            "EasyWeChat 6 names an authorizer's token key with md5 of its refresh token \
+             (open-platform.authorizer_access_token.APPID.MD5): a durable credential in a key \
+             name; give EasyWeChat the token with getOfficialAccountWithAccessToken instead",
+        ),
+        (Easywechat, Suite) => Some(
+            "EasyWeChat 6 puts the suite_secret into the suite token's key name \
+             (open_work.suite_access_token.SUITEID.SECRET)",
+        ),
+        (Easywechat, Corp) => Some(
+            "EasyWeChat 6 puts the permanent_code into the corp token's key name \
+             (open_work.authorizer.access_token.CORPID.PERMANENT_CODE)",
+        ),
+        (Easywechat, Provider) => Some(
+            "EasyWeChat 6 puts the provider_secret into the provider token's key name \
+             (open_work.access_token.CORPID.SECRET)",
+        ),
+        (Powerwechat, Component | Suite) => Some(
+            "PowerWeChat names the platform token's key with md5 of the secret and the \
+             ticket: a secret in a key name, and a key that changes with every ticket push",
+        ),
+        (Powerwechat, Authorizer | Corp) => Some(
+            "PowerWeChat names a tenant token's key with md5 of its refresh token or \
+             permanent code: a durable credential in a key name",
+        ),
+        (Powerwechat, Provider) => {
+            Some("PowerWeChat names the provider token's key with md5 of the provider_secret")
+        }
+        (Wechatpy, Suite | Corp | Provider) => {
+            Some("wechatpy 1.8.18 has no storage for WeCom suites, corps or providers")
+        }
+        (Silenceper, Suite | Corp | Provider) => {
+            Some("silenceper/wechat has no WeCom suite support")
+        }
+    }
+}
+
+/// Whether `format` can publish refresh tokens: only where its SDK reads them from Redis.
+pub fn reads_refresh_tokens(format: Format) -> bool {
+    matches!(
+        format,
+        Format::Wxjava | Format::Wechatpy | Format::Plain | Format::Json
+    )
+}
+
 /// The writes that publish `item`, in `layout`: none when that SDK does not read this kind
 /// for this kind of account, or when the item has expired. The TTL is the time the token
-/// has left, never more: an SDK must never see a token WeChat no longer accepts.
+/// has left, never more: an SDK must never see a token WeChat no longer accepts. A key
+/// that would embed a platform's secret or a tenant's durable credential is never written
+/// (`refused`, and the same rule for 代开发 accounts, whose secret is a permanent code).
 pub fn entries(layout: &Layout, item: &Item, now: i64) -> Vec<Entry> {
     let ttl = item.expires_at - now;
-    if ttl <= 0 {
+    if ttl <= 0 || refused(layout.format, item.api).is_some() {
         return Vec::new();
     }
+    let mut all = match item.api {
+        Api::Token | Api::Stable | Api::Work => account_entries(layout, item, ttl),
+        _ if layout.format.templated() => templated_entries(layout, item, ttl),
+        _ => platform_entries(layout, item, ttl),
+    };
+    if item.durable_secret() {
+        all.retain(|e| !e.secret_key);
+    }
+    all
+}
+
+/// `plain` and `json` under `--key`. A refresh token goes under `{kind}` = `refresh_token`
+/// with no TTL, and only when the template has `{kind}` (else it would overwrite the token).
+fn templated_entries(layout: &Layout, item: &Item, ttl: i64) -> Vec<Entry> {
+    let template = layout.key_template.as_deref().unwrap_or("");
+    // Without {kind}, tickets would overwrite the token under the same key.
+    if item.kind != TOKEN && !template.contains("{kind}") {
+        return Vec::new();
+    }
+    let key = |kind: &str| {
+        let (component, suite) = match item.api {
+            Api::Component => (item.key.appid.as_str(), ""),
+            Api::Authorizer => (item.key.agent.as_str(), ""),
+            Api::Suite => ("", item.key.appid.as_str()),
+            Api::Corp => ("", item.key.agent.as_str()),
+            Api::Work => ("", item.platform.unwrap_or("")),
+            _ => ("", ""),
+        };
+        // A tenant's key holds its platform in `agent`; {agentid} is a WeCom agentid only.
+        let agent = match item.api {
+            Api::Authorizer | Api::Corp => "",
+            _ => item.key.agent.as_str(),
+        };
+        template
+            .replace("{appid}", &item.key.appid)
+            .replace("{agentid}", agent)
+            .replace("{component}", component)
+            .replace("{suite}", suite)
+            .replace("{kind}", kind)
+    };
+    let value = if layout.format == Format::Plain {
+        item.value.to_string()
+    } else {
+        let field = if item.kind == TOKEN {
+            "access_token"
+        } else {
+            "ticket"
+        };
+        serde_json::json!({ field: item.value, "expires_in": ttl, "expires_at": item.expires_at })
+            .to_string()
+    };
+    let mut all = vec![Entry {
+        key: key(kind_name(item.api, item.kind)),
+        value,
+        ttl: Some(ttl),
+        secret_key: false,
+    }];
+    if let Some(refresh) = item.refresh_token.filter(|_| template.contains("{kind}")) {
+        let value = match layout.format {
+            Format::Plain => refresh.to_string(),
+            _ => serde_json::json!({ REFRESH_TOKEN: refresh }).to_string(),
+        };
+        all.push(Entry {
+            key: key(REFRESH_TOKEN),
+            value,
+            ttl: None,
+            secret_key: false,
+        });
+    }
+    all
+}
+
+/// The SDK formats for components, authorizers, suites, corps and providers, byte for byte
+/// as `platforms.md` §6 has them (what `refused` lets through).
+fn platform_entries(layout: &Layout, item: &Item, ttl: i64) -> Vec<Entry> {
+    let prefix = layout.prefix.as_deref();
+    let (id, platform) = (item.key.appid.as_str(), item.key.agent.as_str());
+    let entry = |key: String, value: String, ttl: Option<i64>| Entry {
+        key,
+        value,
+        ttl,
+        secret_key: false,
+    };
+    let token = |key: String, value: String| entry(key, value, Some(ttl));
+    match layout.format {
+        // weixin-java-open `WxOpenInRedisConfigStorage` ({p:}: the keyPrefix and ':', or
+        // nothing) and weixin-java-cp `WxCpTpRedissonConfigImpl` ({p}: the keyPrefix,
+        // default empty, so that its keys begin with ':'). Plain values.
+        Format::Wxjava => {
+            let open = prefix.map(|p| format!("{p}:")).unwrap_or_default();
+            let tp = prefix.unwrap_or("");
+            let v = item.value.to_string();
+            match (item.api, item.kind) {
+                (Api::Component, TOKEN) => {
+                    vec![token(
+                        format!("{open}wechat_component_access_token:{id}"),
+                        v,
+                    )]
+                }
+                (Api::Authorizer, TOKEN) => {
+                    let mut all = vec![token(
+                        format!("{open}wechat_authorizer_access_token:{platform}:{id}"),
+                        v,
+                    )];
+                    if let Some(refresh) = item.refresh_token {
+                        all.push(entry(
+                            format!("{open}wechat_authorizer_refresh_token:{platform}:{id}"),
+                            refresh.to_string(),
+                            None,
+                        ));
+                    }
+                    all
+                }
+                (Api::Suite, TOKEN) => vec![token(format!("{tp}:{id}::suiteAccessTokenKey:"), v)],
+                (Api::Corp, TOKEN) => {
+                    vec![token(format!("{tp}:{platform}:{id}:accessTokenKey:"), v)]
+                }
+                (Api::Provider, TOKEN) => {
+                    vec![token(format!("{tp}:{id}::providerTokenKey:"), v)]
+                }
+                _ => Vec::new(),
+            }
+        }
+        // EasyWeChat 6 `OpenPlatform\ComponentAccessToken`, in the store's namespace.
+        Format::Easywechat => match (item.api, item.kind) {
+            (Api::Component, TOKEN) => {
+                let key = format!("open_platform.component_access_token.{id}");
+                let key = match prefix.unwrap_or("easywechat") {
+                    "" => key,
+                    ns => format!("{ns}:{key}"),
+                };
+                vec![token(key, php_string(item.value))]
+            }
+            _ => Vec::new(),
+        },
+        // wechatpy 1.8.18 `WeChatComponent` and `WeChatComponentClient` on `RedisStorage`:
+        // JSON values; the component token's key has no component appid (one component per
+        // prefix), the refresh token has no TTL. An authorizer's tickets are an Official
+        // Account's (its client is a `WeChatClient`).
+        Format::Wechatpy => {
+            let p = prefix.unwrap_or("wechatpy");
+            let v = quote(item.value);
+            match (item.api, item.kind) {
+                (Api::Component, TOKEN) => vec![token(format!("{p}:component_access_token"), v)],
+                (Api::Authorizer, TOKEN) => {
+                    let mut all = vec![token(format!("{p}:{id}_access_token"), v)];
+                    if let Some(refresh) = item.refresh_token {
+                        all.push(entry(
+                            format!("{p}:{id}_refresh_token"),
+                            quote(refresh),
+                            None,
+                        ));
+                    }
+                    all
+                }
+                (Api::Authorizer, _) => wechatpy_entries(prefix, item, false, ttl),
+                _ => Vec::new(),
+            }
+        }
+        // silenceper/wechat `openplatform/context/accessToken.go`: plain values, no prefix.
+        Format::Silenceper => match (item.api, item.kind) {
+            (Api::Component, TOKEN) => vec![token(
+                format!("component_access_token_{id}"),
+                item.value.to_string(),
+            )],
+            (Api::Authorizer, TOKEN) => vec![token(
+                format!("authorizer_access_token_{id}"),
+                item.value.to_string(),
+            )],
+            _ => Vec::new(),
+        },
+        Format::Powerwechat | Format::Plain | Format::Json => Vec::new(),
+    }
+}
+
+/// PHP `serialize()` of a string, which Symfony's and Laravel's caches write.
+fn php_string(value: &str) -> String {
+    format!("s:{}:\"{}\";", value.len(), value)
+}
+
+/// An ordinary account's keys (Official Accounts, Mini Programs, WeCom apps).
+fn account_entries(layout: &Layout, item: &Item, ttl: i64) -> Vec<Entry> {
     let work = item.api == Api::Work;
     let prefix = layout.prefix.as_deref();
     let entry = |key: String, value: String, secret_key: bool| Entry {
         key,
         value,
-        ttl,
+        ttl: Some(ttl),
         secret_key,
     };
     let plain = |key: Option<String>| key.map(|k| entry(k, item.value.to_string(), false));
     let one = |e: Option<Entry>| e.into_iter().collect();
     match layout.format {
-        Format::Plain | Format::Json => {
-            let template = layout.key_template.as_deref().unwrap_or("");
-            // Without {kind}, tickets would overwrite the token under the same key.
-            if item.kind != TOKEN && !template.contains("{kind}") {
-                return Vec::new();
-            }
-            let key = template
-                .replace("{appid}", &item.key.appid)
-                .replace("{agentid}", &item.key.agent)
-                .replace("{kind}", item.kind.as_str());
-            let value = if layout.format == Format::Plain {
-                item.value.to_string()
-            } else {
-                let field = if item.kind == TOKEN {
-                    "access_token"
-                } else {
-                    "ticket"
-                };
-                serde_json::json!({ field: item.value, "expires_in": ttl, "expires_at": item.expires_at })
-                    .to_string()
-            };
-            vec![entry(key, value, false)]
-        }
+        Format::Plain | Format::Json => templated_entries(layout, item, ttl),
         Format::Wxjava => one(plain(wxjava_key(prefix, item, work))),
         Format::Silenceper => one(plain(silenceper_key(prefix, item, work))),
         Format::Easywechat => one(easywechat_key(item, work).map(|(key, secret_key)| {
@@ -183,9 +481,7 @@ pub fn entries(layout: &Layout, item: &Item, now: i64) -> Vec<Entry> {
                 "" => key,
                 ns => format!("{ns}:{key}"),
             };
-            // PHP serialize() of a string, which Symfony's and Laravel's caches write.
-            let value = format!("s:{}:\"{}\";", item.value.len(), item.value);
-            entry(key, value, secret_key)
+            entry(key, php_string(item.value), secret_key)
         })),
         Format::Wechatpy => wechatpy_entries(prefix, item, work, ttl),
         Format::Powerwechat => one(powerwechat_entry(prefix, item, work, ttl)),
@@ -309,13 +605,13 @@ fn wechatpy_entries(prefix: Option<&str>, item: &Item, work: bool, ttl: i64) -> 
         Entry {
             key: format!("{p}:{key}"),
             value: serde_json::Value::from(item.value).to_string(),
-            ttl,
+            ttl: Some(ttl),
             secret_key,
         },
         Entry {
             key: format!("{p}:{expires_key}_expires_at"),
             value: item.expires_at.to_string(),
-            ttl,
+            ttl: Some(ttl),
             secret_key: false,
         },
     ]
@@ -336,7 +632,7 @@ fn powerwechat_entry(prefix: Option<&str>, item: &Item, work: bool, ttl: i64) ->
             Some(Entry {
                 key: format!("{p}{hash}"),
                 value,
-                ttl,
+                ttl: Some(ttl),
                 secret_key: true,
             })
         }
@@ -349,7 +645,7 @@ fn powerwechat_entry(prefix: Option<&str>, item: &Item, work: bool, ttl: i64) ->
                 r#"{{"errcode":0,"errmsg":"ok","expires_in":{ttl},"ticket":{}}}"#,
                 quote(item.value)
             ),
-            ttl,
+            ttl: Some(ttl),
             secret_key: false,
         }),
         _ => None,
@@ -665,6 +961,8 @@ mod tests {
             kind,
             value: "TOK",
             expires_at: NOW + 7000,
+            platform: None,
+            refresh_token: None,
         };
         entries(layout, &item, NOW)
     }
@@ -692,7 +990,7 @@ mod tests {
             let mut l = layout(format);
             l.key_template = Some("t:{appid}".into());
             for e in publish(&l, &oa, Api::Token, TOKEN) {
-                assert_eq!(e.ttl, 7000, "{format}");
+                assert_eq!(e.ttl, Some(7000), "{format}");
             }
         }
         let secret = Secret::new(SECRET.into());
@@ -703,6 +1001,8 @@ mod tests {
             kind: TOKEN,
             value: "T",
             expires_at: NOW,
+            platform: None,
+            refresh_token: None,
         };
         assert!(entries(&layout(Format::Wxjava), &expired, NOW).is_empty());
     }
@@ -776,6 +1076,89 @@ mod tests {
             keys(&k(Format::Easywechat, &app, AGENT_CONFIG)),
             ["easywechat:work.jsapi_ticket.ww1.1000002"]
         );
+    }
+
+    fn platform_item<'a>(
+        key: &'a AccountKey,
+        api: Api,
+        secret: &'a Secret,
+        refresh_token: Option<&'a str>,
+    ) -> Item<'a> {
+        Item {
+            key,
+            api,
+            secret,
+            kind: TOKEN,
+            value: "TOK",
+            expires_at: NOW + 7000,
+            platform: None,
+            refresh_token,
+        }
+    }
+
+    #[test]
+    fn platform_keys_and_refusals() {
+        let secret = Secret::new(SECRET.into());
+        let component = AccountKey::appid("wxc").unwrap();
+        let authorizer = AccountKey {
+            appid: "wxa".into(),
+            agent: "wxc".into(),
+        };
+        let corp = AccountKey {
+            appid: "wwc".into(),
+            agent: "tjs".into(),
+        };
+        let k = |f, key, api, refresh| {
+            entries(&layout(f), &platform_item(key, api, &secret, refresh), NOW)
+        };
+        let a = k(Format::Wxjava, &authorizer, Api::Authorizer, Some("RT"));
+        assert_eq!(
+            keys(&a),
+            [
+                "wechat_authorizer_access_token:wxc:wxa",
+                "wechat_authorizer_refresh_token:wxc:wxa"
+            ]
+        );
+        assert_eq!((a[0].ttl, a[1].ttl), (Some(7000), None));
+        assert_eq!(a[1].value, "RT");
+        assert_eq!(
+            keys(&k(Format::Wxjava, &corp, Api::Corp, None)),
+            [":tjs:wwc:accessTokenKey:"]
+        );
+        let py = k(Format::Wechatpy, &authorizer, Api::Authorizer, Some("RT"));
+        assert_eq!(
+            keys(&py),
+            ["wechatpy:wxa_access_token", "wechatpy:wxa_refresh_token"]
+        );
+        assert_eq!(py[1].value, "\"RT\"");
+        assert_eq!(
+            keys(&k(Format::Wechatpy, &component, Api::Component, None)),
+            ["wechatpy:component_access_token"]
+        );
+        for (format, api, key) in [
+            (Format::Easywechat, Api::Authorizer, &authorizer),
+            (Format::Easywechat, Api::Corp, &corp),
+            (Format::Powerwechat, Api::Component, &component),
+            (Format::Wechatpy, Api::Corp, &corp),
+        ] {
+            assert!(refused(format, api).is_some());
+            assert!(
+                k(format, key, api, Some("RT")).is_empty(),
+                "{format} {api:?}"
+            );
+        }
+        // A 代开发 account's secret is a permanent code: no key may embed it.
+        let custom = AccountKey {
+            appid: "wwc".into(),
+            agent: "1000002".into(),
+        };
+        let mut item = platform_item(&custom, Api::Work, &secret, None);
+        item.platform = Some("tjs");
+        assert!(entries(&layout(Format::Easywechat), &item, NOW).is_empty());
+        assert!(entries(&layout(Format::Powerwechat), &item, NOW).is_empty());
+        let py = entries(&layout(Format::Wechatpy), &item, NOW);
+        assert!(py.iter().all(|e| !e.key.contains("0a1b2c3d4e")), "{py:?}");
+        assert_eq!(entries(&layout(Format::Wxjava), &item, NOW).len(), 1);
     }
 
     #[test]

@@ -70,11 +70,14 @@ pub fn metrics_text(store: &dyn ReadStore, now: i64) -> Result<String> {
 
 /// One line about a sink, for `sink list` and `status`.
 pub fn describe(s: &SinkRow) -> String {
-    let accounts = if s.accounts.is_empty() {
+    let mut accounts = if s.accounts.is_empty() {
         "every account".to_string()
     } else {
         s.accounts.join(",")
     };
+    if s.refresh_tokens {
+        accounts += " with refresh tokens";
+    }
     if s.kind == "exec" {
         return format!(
             "exec {:?} accounts={accounts} timeout={}s",
@@ -104,6 +107,7 @@ pub fn sink_json(s: &SinkRow, now: i64) -> Value {
         "prefix": s.prefix,
         "key": s.key_template,
         "accounts": s.accounts,
+        "refresh_tokens": s.refresh_tokens,
         "timeout": s.timeout,
         "last_publish": s.last.as_ref().map(|l| json!({
             "at": rfc3339(l.at),

@@ -6,10 +6,10 @@ use serde_json::{Value, json};
 use super::report::{describe, sink_json};
 use super::{Context, emit, stdin_line};
 use crate::cli::{SinkAddArgs, SinkCommand};
-use crate::domain::{AccountKey, Secret};
+use crate::domain::{AccountKey, Api, Secret};
 use crate::exit::{Exit, fail};
 use crate::publish::{self, Mode};
-use crate::sink::{self, Format};
+use crate::sink::{self, Format, Selector};
 use crate::store::{SinkRow, Store};
 
 pub fn run(ctx: &Context, cmd: SinkCommand) -> Result<Exit> {
@@ -18,7 +18,7 @@ pub fn run(ctx: &Context, cmd: SinkCommand) -> Result<Exit> {
     let (now, quiet) = (ctx.now(), ctx.quiet);
     match cmd {
         SinkCommand::Add(args) => {
-            let row = new_sink(store, &args, now)?;
+            let (row, notes) = new_sink(store, &args, now)?;
             let added = if row.password.is_some() {
                 ctx.unlock(store, true)?;
                 // Sealed with the key file read under the lock `key rotate` takes.
@@ -43,6 +43,9 @@ pub fn run(ctx: &Context, cmd: SinkCommand) -> Result<Exit> {
             }
             if !quiet {
                 eprintln!("added sink {}: {}", row.name, describe(&row));
+                for note in notes {
+                    eprintln!("wxtoken: note: sink {} {note}", row.name);
+                }
             }
             Ok(Exit::Ok)
         }
@@ -119,7 +122,7 @@ fn no_such_sink(name: &str) -> anyhow::Error {
 }
 
 /// Checks the arguments and builds the row to store.
-fn new_sink(store: &dyn Store, args: &SinkAddArgs, now: i64) -> Result<SinkRow> {
+fn new_sink(store: &dyn Store, args: &SinkAddArgs, now: i64) -> Result<(SinkRow, Vec<String>)> {
     let name = &args.name;
     if name.is_empty()
         || name.len() > 64
@@ -132,12 +135,44 @@ fn new_sink(store: &dyn Store, args: &SinkAddArgs, now: i64) -> Result<SinkRow> 
             crate::policy::one_line(name, 40)
         )));
     }
-    // The same selectors as `refresh --appid`, stored the way `AccountKey` prints them.
+    // The same selectors as `refresh --appid`, stored the way `AccountKey` prints them,
+    // then the platforms, each with all its tenants; `kinds` is what they cover.
     let mut accounts = Vec::new();
+    let mut kinds = Vec::new();
+    let mut components = 0;
     for selector in &args.appid {
         let key = AccountKey::parse(selector).map_err(usage)?;
-        store.require_account(&key)?;
+        let account = store.require_account(&key)?;
         accounts.push(key.to_string());
+        kinds.push(account.api);
+        components += usize::from(account.api == Api::Component);
+    }
+    for id in &args.component {
+        platform(store, id, Api::Component)?;
+        accounts.push(Selector::Component(id.clone()).stored());
+        kinds.extend([Api::Component, Api::Authorizer]);
+        components += 1;
+    }
+    for id in &args.suite {
+        let suite = platform(store, id, Api::Suite)?;
+        accounts.push(Selector::Suite(id.clone()).stored());
+        kinds.extend([Api::Suite, Api::Corp]);
+        if suite.receiver.is_some() {
+            kinds.push(Api::Provider);
+        }
+    }
+    let kinds: Vec<Api> = kinds
+        .iter()
+        .enumerate()
+        .filter(|(i, k)| !kinds[..*i].contains(k))
+        .map(|(_, k)| *k)
+        .collect();
+    if args.include_refresh_tokens && !kinds.contains(&Api::Authorizer) {
+        return Err(usage(
+            "--include-refresh-tokens publishes Open Platform authorizers' refresh tokens: \
+             select a component (--component) or an authorizer; permanent codes are never \
+             published",
+        ));
     }
     let mut row = SinkRow {
         id: 0,
@@ -149,6 +184,7 @@ fn new_sink(store: &dyn Store, args: &SinkAddArgs, now: i64) -> Result<SinkRow> 
         prefix: None,
         key_template: None,
         accounts,
+        refresh_tokens: args.include_refresh_tokens,
         timeout: args.timeout,
         created_at: now,
         last: None,
@@ -162,9 +198,15 @@ fn new_sink(store: &dyn Store, args: &SinkAddArgs, now: i64) -> Result<SinkRow> 
         if command.trim().is_empty() {
             return Err(usage("--exec needs a command"));
         }
+        if args.include_refresh_tokens {
+            return Err(usage(
+                "--include-refresh-tokens is for Redis sinks: a hook gets access tokens and \
+                 tickets only",
+            ));
+        }
         row.kind = "exec".into();
         row.target = command.clone();
-        return Ok(row);
+        return Ok((row, Vec::new()));
     }
     let url = redis_url(args)?;
     let format = args.format.as_deref().ok_or_else(|| {
@@ -185,9 +227,17 @@ fn new_sink(store: &dyn Store, args: &SinkAddArgs, now: i64) -> Result<SinkRow> 
         (true, Some(template), None) => {
             sink::check_template(template).map_err(usage)?;
             // One fixed key for several accounts would make them overwrite each other.
-            if !template.contains("{appid}") && args.appid.len() != 1 {
+            if !template.contains("{appid}")
+                && (args.appid.len() != 1 || !args.component.is_empty() || !args.suite.is_empty())
+            {
                 return Err(usage(
                     "--key without {appid} needs exactly one --appid: several accounts would share the key",
+                ));
+            }
+            if args.include_refresh_tokens && !template.contains("{kind}") {
+                return Err(usage(
+                    "--include-refresh-tokens needs {kind} in --key: the refresh token goes \
+                     under {kind} = refresh_token, beside the access token",
                 ));
             }
         }
@@ -206,6 +256,20 @@ fn new_sink(store: &dyn Store, args: &SinkAddArgs, now: i64) -> Result<SinkRow> 
     {
         return Err(usage("--prefix must not contain spaces"));
     }
+    if args.include_refresh_tokens && !sink::reads_refresh_tokens(format) {
+        return Err(usage(format!(
+            "--format {format} does not read refresh tokens from Redis; \
+             --include-refresh-tokens is for wxjava, wechatpy, plain and json"
+        )));
+    }
+    if format == Format::Wechatpy && components > 1 {
+        return Err(usage(
+            "wechatpy keys the component token without the component's appid \
+             (component_access_token): one component per wechatpy sink; add one sink per \
+             component, each with its own --prefix",
+        ));
+    }
+    let notes = refusals(format, &kinds)?;
     // Check the URL the way the Redis client will read it, before storing it.
     redis::Client::open(url.url.as_str())
         .map_err(|e| usage(format!("the Redis URL is not valid: {e}")))?;
@@ -214,7 +278,52 @@ fn new_sink(store: &dyn Store, args: &SinkAddArgs, now: i64) -> Result<SinkRow> 
     row.format = Some(format.as_str().to_string());
     row.prefix = args.prefix.clone();
     row.key_template = args.key_template.clone();
-    Ok(row)
+    Ok((row, notes))
+}
+
+/// The platform account `id` of kind `api` (a component or a suite), or why not.
+fn platform(store: &dyn Store, id: &str, api: Api) -> Result<crate::domain::Account> {
+    let what = if api == Api::Component {
+        "component"
+    } else {
+        "suite"
+    };
+    let key = AccountKey::appid(id).map_err(usage)?;
+    match store.account(&key)? {
+        Some(account) if account.api == api => Ok(account),
+        _ => Err(fail(
+            Exit::Account,
+            format!(
+                "no such {what} {} (see wxtoken platform list)",
+                crate::policy::one_line(id, 40)
+            ),
+        )),
+    }
+}
+
+/// The tokens of the selection that `format` refuses to publish (its SDK would name the
+/// key with a secret or a durable credential, or has no storage for them): an error when
+/// that is every token selected, else one note per kind for `sink add` to print.
+fn refusals(format: Format, kinds: &[Api]) -> Result<Vec<String>> {
+    let refused: Vec<(Api, &str)> = kinds
+        .iter()
+        .filter_map(|&api| sink::refused(format, api).map(|why| (api, why)))
+        .collect();
+    let lines: Vec<String> = refused
+        .iter()
+        .map(|(api, why)| format!("{}: {why}", sink::api_noun(*api)))
+        .collect();
+    if !kinds.is_empty() && refused.len() == kinds.len() {
+        return Err(usage(format!(
+            "--format {format} would publish none of the selected tokens: {}; see \
+             docs/integrations/ for configuring that SDK instead",
+            lines.join("; ")
+        )));
+    }
+    Ok(lines
+        .into_iter()
+        .map(|l| format!("does not publish {l}"))
+        .collect())
 }
 
 /// The URL from --redis, --redis-env or stdin, with its credentials split off. A credential

@@ -463,8 +463,13 @@ pub struct SinkRow {
     pub format: Option<String>,
     pub prefix: Option<String>,
     pub key_template: Option<String>,
-    /// Account selectors (APPID or CORPID/AGENTID); empty means every account.
+    /// Selectors (`sink::Selector`): accounts as `AccountKey` prints them, and
+    /// `component:APPID` / `suite:SUITEID` for a platform with all its tenants; empty means
+    /// every account that is neither a platform nor a tenant.
     pub accounts: Vec<String>,
+    /// `--include-refresh-tokens`: publish authorizers' refresh tokens too (never
+    /// permanent codes).
+    pub refresh_tokens: bool,
     pub timeout: i64,
     pub created_at: i64,
     pub last: Option<SinkResult>,

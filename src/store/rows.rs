@@ -343,7 +343,8 @@ pub(crate) struct SinkColumns {
     pub(crate) format: Option<String>,
     pub(crate) prefix: Option<String>,
     pub(crate) key_template: Option<String>,
-    /// The account selectors, as the JSON list they are stored as.
+    /// The selectors, as stored: a JSON list, or (with refresh tokens) a JSON object
+    /// (`selectors_column`).
     pub(crate) accounts: String,
     pub(crate) timeout: i64,
     pub(crate) created_at: i64,
@@ -353,6 +354,7 @@ pub(crate) struct SinkColumns {
 impl SinkColumns {
     /// The sink, its password opened and its account selectors parsed.
     pub(crate) fn sink(self, keys: &Keys) -> SinkRow {
+        let (selectors, refresh_tokens) = parse_selectors_column(&self.accounts);
         SinkRow {
             id: self.id,
             password: self
@@ -364,12 +366,39 @@ impl SinkColumns {
             format: self.format,
             prefix: self.prefix,
             key_template: self.key_template,
-            accounts: serde_json::from_str(&self.accounts).unwrap_or_default(),
+            accounts: selectors,
+            refresh_tokens,
             timeout: self.timeout,
             created_at: self.created_at,
             last: self.last,
         }
     }
+}
+
+/// The `accounts` column of a sink: its selectors as a JSON list, as every version wrote
+/// them; with `--include-refresh-tokens`, `{"select": [...], "refresh_tokens": true}` (the
+/// platforms' migration keeps an older binary from reading it).
+pub(crate) fn selectors_column(sink: &SinkRow) -> String {
+    let list = serde_json::Value::from(sink.accounts.clone());
+    if sink.refresh_tokens {
+        serde_json::json!({ "select": list, "refresh_tokens": true }).to_string()
+    } else {
+        list.to_string()
+    }
+}
+
+/// The inverse of [`selectors_column`].
+pub(crate) fn parse_selectors_column(text: &str) -> (Vec<String>, bool) {
+    #[derive(serde::Deserialize)]
+    struct Object {
+        select: Vec<String>,
+        #[serde(default)]
+        refresh_tokens: bool,
+    }
+    if let Ok(object) = serde_json::from_str::<Object>(text) {
+        return (object.select, object.refresh_tokens);
+    }
+    (serde_json::from_str(text).unwrap_or_default(), false)
 }
 
 /// What recording a fetch writes, decided once for both backends from what each read

@@ -138,7 +138,7 @@ pub(super) fn insert_sink(
     sink: &SinkRow,
     password: Option<&str>,
 ) -> std::result::Result<u64, postgres::Error> {
-    let accounts = serde_json::Value::from(sink.accounts.clone()).to_string();
+    let accounts = crate::store::rows::selectors_column(sink);
     c.execute(
         &format!(
             "INSERT INTO sinks (name, kind, target, password, format, prefix, key_template,

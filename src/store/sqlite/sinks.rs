@@ -43,7 +43,7 @@ fn sink_from_row(keys: &crate::keys::Keys, row: &rusqlite::Row) -> rusqlite::Res
 
 impl Sinks for Sqlite {
     fn add_sink(&self, sink: &SinkRow) -> Result<bool> {
-        let accounts = serde_json::Value::from(sink.accounts.clone()).to_string();
+        let accounts = crate::store::rows::selectors_column(sink);
         let password = stored_password(&self.keys, sink)?;
         let inserted = self.conn.execute(
             "INSERT INTO sinks (name, kind, target, password, format, prefix, key_template,
