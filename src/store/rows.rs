@@ -427,6 +427,13 @@ pub(crate) struct RecordPlan<'a> {
     pub(crate) due: Due,
 }
 
+/// Sets every account's `due_at` from its newest access token (as migration 0009 does):
+/// after `store copy` fills a store.
+pub(crate) const DUE_FROM_TOKENS: &str =
+    "UPDATE accounts SET due_at = (SELECT t.expires_at FROM tokens t
+                                   WHERE t.account_id = accounts.id AND t.kind = 'access_token'
+                                   ORDER BY t.id DESC LIMIT 1)";
+
 /// How a recorded fetch moves an account's `due_at`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Due {

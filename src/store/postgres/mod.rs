@@ -19,7 +19,8 @@ mod platforms;
 mod sinks;
 
 use crate::store::rows::{
-    AccountColumns, ImportedAccount, new_account_columns, plan_record, resealed, ticket_list,
+    AccountColumns, DUE_FROM_TOKENS, ImportedAccount, new_account_columns, plan_record, resealed,
+    ticket_list,
 };
 use sinks::insert_sink;
 
@@ -2094,6 +2095,7 @@ impl Store for Postgres {
             let password = stored_password(&self.keys, sink)?;
             insert_sink(&mut tx, sink, password.as_deref()).map_err(err)?;
         }
+        tx.batch_execute(DUE_FROM_TOKENS).map_err(err)?;
         tx.commit().map_err(err)
     }
 }

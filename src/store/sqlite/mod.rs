@@ -8,7 +8,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::filesafety::{self, Access};
 use super::rows::{
-    AccountColumns, ImportedAccount, new_account_columns, plan_record, resealed, ticket_list,
+    AccountColumns, DUE_FROM_TOKENS, ImportedAccount, new_account_columns, plan_record, resealed,
+    ticket_list,
 };
 use super::schema;
 use super::{
@@ -730,6 +731,7 @@ impl Store for Sqlite {
         for sink in sinks {
             self.add_sink(sink)?;
         }
+        self.conn.execute_batch(DUE_FROM_TOKENS)?;
         tx.commit()
     }
 
