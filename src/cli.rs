@@ -714,6 +714,15 @@ pub struct StatusArgs {
     /// this left, or there is none
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10m", requires = "check")]
     pub crit: Duration,
+    /// With --check: WARNING when a WeCom suite's newest suite_ticket is older than this
+    /// (WeCom pushes one every 10 minutes; it is valid 30)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "20m", requires = "check")]
+    pub ticket_warn: Duration,
+    /// With --check: CRITICAL when a WeCom suite's newest suite_ticket is older than this,
+    /// or it has none (a component waiting for its ticket is WARNING until its token runs
+    /// within --crit)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30m", requires = "check")]
+    pub ticket_crit: Duration,
     /// Only this account (repeatable; a WeCom app as CORPID/AGENTID)
     #[arg(long, value_name = "APPID")]
     pub appid: Vec<String>,

@@ -70,6 +70,9 @@ pub struct CheckConfig {
     pub accounts: Vec<AccountKey>,
     pub warn: i64,
     pub crit: i64,
+    /// A suite_ticket's age that warns, and the one that is critical.
+    pub ticket_warn: i64,
+    pub ticket_crit: i64,
 }
 
 /// `quota` (check the named accounts, or every enabled one) or `quota reset`.
@@ -209,10 +212,22 @@ impl Config {
                         crate::text::human(crit)
                     )));
                 }
+                let ticket_warn = seconds("--ticket-warn", a.ticket_warn)?;
+                let ticket_crit = seconds("--ticket-crit", a.ticket_crit)?;
+                if ticket_warn > ticket_crit {
+                    return Err(usage(format!(
+                        "--ticket-warn ({}) is beyond --ticket-crit ({}): a ticket would be \
+                         CRITICAL before it ever warned; give --ticket-warn the shorter age",
+                        crate::text::human(ticket_warn),
+                        crate::text::human(ticket_crit)
+                    )));
+                }
                 Cmd::Check(CheckConfig {
                     accounts: account_keys(&a.appid)?,
                     warn,
                     crit,
+                    ticket_warn,
+                    ticket_crit,
                 })
             }
             Command::Status(a) => Cmd::Status {

@@ -26,13 +26,44 @@ pub struct AccountMetrics {
     pub last_attempt: Option<(i64, String, Option<i64>)>,
 }
 
+/// What one platform (a component, a suite) contributes, its enabled tenants summed up:
+/// a platform may have 100,000 of them, too many for series of their own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlatformMetrics {
+    /// The component appid or suite id.
+    pub name: String,
+    /// `component` or `suite`.
+    pub kind: &'static str,
+    /// Seconds since its newest ticket was created; `None` when it has none.
+    pub ticket_age: Option<i64>,
+    /// Refresh sends nothing for it: no ticket, or one past its validity.
+    pub waiting: bool,
+    pub tenants: i64,
+    pub held: i64,
+    pub revoked: i64,
+    pub needs_reauth: i64,
+    /// Tenants that wait for the platform's token.
+    pub waiting_tenants: i64,
+    /// Tenants whose last token fetch failed.
+    pub failing: i64,
+    /// The earliest expiry of its tenants' newest valid tokens (0: one has none), revoked
+    /// tenants left out; `None` without tenants.
+    pub tenant_expiry_min: Option<i64>,
+    /// When its newest failed event happened.
+    pub last_failed_event: Option<i64>,
+}
+
 /// Everything the metrics show.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub last_run: Option<RunRow>,
     pub last_success: Option<RunRow>,
-    /// Enabled accounts only: a disabled one is not refreshed and should not alert.
+    /// Enabled accounts that are nobody's tenant: a disabled one is not refreshed and
+    /// should not alert.
     pub accounts: Vec<AccountMetrics>,
+    /// Enabled tenants, counted in their platform's series.
+    pub tenants: usize,
+    pub platforms: Vec<PlatformMetrics>,
 }
 
 struct Out(String);
@@ -118,6 +149,83 @@ const ACCOUNT_FAMILIES: [Family; 5] = [
     ),
 ];
 
+/// A per-platform family: name, help, and the value of one platform (`None`: left out).
+type PlatformFamily = (
+    &'static str,
+    &'static str,
+    fn(&PlatformMetrics) -> Option<i64>,
+);
+
+const PLATFORM_FAMILIES: [PlatformFamily; 10] = [
+    (
+        "wxtoken_platform_ticket_age_seconds",
+        "How old the platform's newest ticket is (left out when it has none).",
+        |p| p.ticket_age,
+    ),
+    (
+        "wxtoken_platform_waiting_for_ticket",
+        "1 while the platform has no valid ticket, so that its token cannot be fetched.",
+        |p| Some(i64::from(p.waiting)),
+    ),
+    (
+        "wxtoken_platform_tenants",
+        "The platform's enabled tenants (authorizers, corps, 代开发 apps).",
+        |p| Some(p.tenants),
+    ),
+    (
+        "wxtoken_platform_tenants_held",
+        "The platform's enabled tenants that refresh skips after an error.",
+        |p| Some(p.held),
+    ),
+    (
+        "wxtoken_platform_tenants_revoked",
+        "Held tenants whose authorization was cancelled.",
+        |p| Some(p.revoked),
+    ),
+    (
+        "wxtoken_platform_tenants_needs_reauth",
+        "Held tenants whose durable credential is refused: they must authorize again.",
+        |p| Some(p.needs_reauth),
+    ),
+    (
+        "wxtoken_platform_tenants_waiting",
+        "Tenants that wait for the platform's token.",
+        |p| Some(p.waiting_tenants),
+    ),
+    (
+        "wxtoken_platform_tenants_last_attempt_failed",
+        "Tenants whose last token fetch failed.",
+        |p| Some(p.failing),
+    ),
+    (
+        "wxtoken_platform_tenant_token_expiry_min_timestamp_seconds",
+        "The earliest expiry of the newest valid tokens of the platform's tenants, revoked \
+         ones left out (0: one has none).",
+        |p| p.tenant_expiry_min,
+    ),
+    (
+        "wxtoken_platform_last_failed_event_timestamp_seconds",
+        "When the platform's newest failed event (a refused push, a failed auth-code \
+         exchange) happened.",
+        |p| p.last_failed_event,
+    ),
+];
+
+fn platform_families(o: &mut Out, platforms: &[PlatformMetrics]) {
+    for (name, help, value) in PLATFORM_FAMILIES {
+        let rows: Vec<_> = (platforms.iter())
+            .filter_map(|p| value(p).map(|v| (p, v)))
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        o.head(name, help);
+        for (p, v) in rows {
+            o.sample(name, &[("platform", &p.name), ("kind", p.kind)], v);
+        }
+    }
+}
+
 pub fn render(snap: &Snapshot) -> String {
     let mut o = Out(String::new());
     o.head(
@@ -129,7 +237,11 @@ pub fn render(snap: &Snapshot) -> String {
         &[("version", env!("CARGO_PKG_VERSION"))],
         1,
     );
-    o.metric("wxtoken_accounts", "Enabled accounts.", snap.accounts.len());
+    o.metric(
+        "wxtoken_accounts",
+        "Enabled accounts, the tenants of platforms included.",
+        snap.accounts.len() + snap.tenants,
+    );
     if let Some(run) = &snap.last_run {
         o.metric(
             "wxtoken_last_run_start_timestamp_seconds",
@@ -167,18 +279,17 @@ pub fn render(snap: &Snapshot) -> String {
             run.finished_at,
         );
     }
-    if snap.accounts.is_empty() {
+    platform_families(&mut o, &snap.platforms);
+    let min = (snap.accounts.iter().map(|a| a.expiry.unwrap_or(0)))
+        .chain(snap.platforms.iter().filter_map(|p| p.tenant_expiry_min))
+        .min();
+    let Some(min) = min else {
         return o.0;
-    }
-    let min = snap
-        .accounts
-        .iter()
-        .map(|a| a.expiry.unwrap_or(0))
-        .min()
-        .unwrap_or(0);
+    };
     o.metric(
         "wxtoken_token_expiry_min_timestamp_seconds",
-        "The earliest expiry of any enabled account's newest valid token (0: one has none).",
+        "The earliest expiry of any enabled account's newest valid token, tenants of \
+         platforms included except revoked ones (0: one has none).",
         min,
     );
     for (name, help, value) in ACCOUNT_FAMILIES {
@@ -246,6 +357,19 @@ mod tests {
                     last_attempt: Some((1_700_000_001, "errcode".into(), Some(40001))),
                 },
             ],
+            tenants: 3,
+            platforms: vec![PlatformMetrics {
+                name: "ww_suite".into(),
+                kind: "suite",
+                ticket_age: Some(1900),
+                waiting: true,
+                tenants: 3,
+                held: 2,
+                revoked: 1,
+                needs_reauth: 1,
+                tenant_expiry_min: Some(1_600_000_000),
+                ..PlatformMetrics::default()
+            }],
         }
     }
 
@@ -254,18 +378,25 @@ mod tests {
         let text = render(&snapshot());
         for line in [
             "wxtoken_build_info{version=\"",
-            "wxtoken_accounts 2\n",
+            "wxtoken_accounts 5\n",
             "wxtoken_last_run_start_timestamp_seconds 1700000000\n",
             "wxtoken_last_run_duration_seconds 1.500\n",
             "wxtoken_last_run_success 0\n",
             "wxtoken_last_run_accounts{outcome=\"failed\"} 1\n",
             "wxtoken_last_success_timestamp_seconds 1699990000\n",
             "wxtoken_token_expiry_min_timestamp_seconds 0\n",
+            "wxtoken_platform_tenant_token_expiry_min_timestamp_seconds{platform=\"ww_suite\",kind=\"suite\"} 1600000000\n",
             "wxtoken_token_expiry_timestamp_seconds{account=\"wxA\"} 1700007200\n",
             "wxtoken_token_expiry_timestamp_seconds{account=\"ww\\\"x/1\"} 0\n",
             "wxtoken_account_held{account=\"ww\\\"x/1\"} 1\n",
             "wxtoken_account_last_attempt_success{account=\"wxA\",outcome=\"ok\"} 1\n",
             "wxtoken_account_last_attempt_errcode{account=\"ww\\\"x/1\"} 40001\n",
+            "wxtoken_platform_ticket_age_seconds{platform=\"ww_suite\",kind=\"suite\"} 1900\n",
+            "wxtoken_platform_waiting_for_ticket{platform=\"ww_suite\",kind=\"suite\"} 1\n",
+            "wxtoken_platform_tenants{platform=\"ww_suite\",kind=\"suite\"} 3\n",
+            "wxtoken_platform_tenants_held{platform=\"ww_suite\",kind=\"suite\"} 2\n",
+            "wxtoken_platform_tenants_revoked{platform=\"ww_suite\",kind=\"suite\"} 1\n",
+            "wxtoken_platform_tenants_needs_reauth{platform=\"ww_suite\",kind=\"suite\"} 1\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

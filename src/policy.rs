@@ -119,15 +119,14 @@ pub fn hold_after_for(api: Api, errcode: i64) -> Hold {
     match api {
         Api::Component => match errcode {
             // Wrong appid or secret, IP not registered, an invalid component, the wrong
-            // endpoint; 61005/61006: the ticket is stale or wrong (a new one lifts it).
-            40001 | 40013 | 40125 | 41002 | 41004 | 61004 | 61005 | 61006 | 61011 | 61024 => {
-                Hold::Attention
-            }
+            // endpoint. (61005/61006, a refused ticket, hold nothing: the platform waits
+            // for a newer ticket, `needs_new_ticket`.)
+            40001 | 40013 | 40125 | 41002 | 41004 | 61004 | 61011 | 61024 => Hold::Attention,
             45009 => Hold::UntilQuotaReset,
             _ => Hold::None,
         },
         Api::Suite => match errcode {
-            40080 | 40083 | 40085 | 41021..=41024 | 48003 | 60020 => Hold::Attention,
+            40080 | 40083 | 41021..=41024 | 48003 | 60020 => Hold::Attention,
             45009 | 45033 => Hold::For(3600),
             _ => Hold::None,
         },
@@ -148,6 +147,16 @@ pub fn hold_after_for(api: Api, errcode: i64) -> Hold {
             _ => Hold::None,
         },
         Api::Token | Api::Stable | Api::Work => hold_after(errcode),
+    }
+}
+
+/// Errcodes on a platform's own token call that refuse its ticket (stale, wrong, another
+/// platform's): no request until a newer ticket is stored.
+pub fn needs_new_ticket(api: Api, errcode: i64) -> bool {
+    match api {
+        Api::Component => matches!(errcode, 61005 | 61006),
+        Api::Suite => errcode == 40085,
+        _ => false,
     }
 }
 

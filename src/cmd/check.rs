@@ -7,9 +7,10 @@ use std::ffi::OsString;
 
 use anyhow::Result;
 
+use super::report::{self, AccountState};
 use super::{Context, emit};
 use crate::config::CheckConfig;
-use crate::domain::{AccountKey, AttemptResult, Credential};
+use crate::domain::{AccountKey, Api, AttemptResult, Credential};
 use crate::exit::Exit;
 use crate::policy;
 use crate::quota;
@@ -52,10 +53,44 @@ pub struct Subject {
     /// wxtoken's own token requests today, and the daily quota WeChat documents for them.
     pub fetches_today: i64,
     pub daily_limit: Option<i64>,
+    /// A platform's ticket, when the account is a platform.
+    pub ticket: Option<TicketCheck>,
+    /// How refresh treats it (`revoked`, `needs_reauth`, `waiting` say more than `held`).
+    pub state: AccountState,
+}
+
+/// What the check knows about a platform's pushed ticket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketCheck {
+    /// `component` or `suite`.
+    pub kind: Api,
+    /// Seconds since the newest ticket was created; `None` when there is none.
+    pub age: Option<i64>,
+    /// Past its validity (or none): refresh sends nothing for the platform.
+    pub waiting: bool,
+}
+
+/// The check's thresholds, in seconds: the time left on a token (`warn`, `crit`) and the
+/// age of a suite's ticket (`ticket_warn`, `ticket_crit`).
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    pub warn: i64,
+    pub crit: i64,
+    pub ticket_warn: i64,
+    pub ticket_crit: i64,
 }
 
 /// The state of one account and the words that explain it.
-fn judge(s: &Subject, warn: i64, crit: i64) -> (State, String) {
+fn judge(s: &Subject, th: &Thresholds) -> (State, String) {
+    let (warn, crit) = (th.warn, th.crit);
+    if s.state == AccountState::Revoked {
+        // Nothing makes its token come back: a warning until it is removed or onboarded
+        // again, never a page at night.
+        return (
+            State::Warning,
+            "revoked (remove it, or onboard it again)".to_string(),
+        );
+    }
     let (mut state, mut why) = match s.ttl {
         None => (State::Critical, format!("no valid {}", s.what)),
         Some(t) if t < crit => (State::Critical, format!("{} {} left", s.what, human(t))),
@@ -63,8 +98,20 @@ fn judge(s: &Subject, warn: i64, crit: i64) -> (State, String) {
         Some(_) => (State::Ok, String::new()),
     };
     let mut extra = Vec::new();
-    if s.held {
-        extra.push("held".to_string());
+    if let Some(t) = &s.ticket {
+        let (ticket_state, words) = judge_ticket(t, th);
+        if ticket_state > State::Ok {
+            state = state.max(ticket_state);
+            extra.push(words);
+        }
+    }
+    match s.state {
+        AccountState::NeedsReauth => extra.push("needs re-authorization".to_string()),
+        AccountState::Waiting if s.ticket.is_none() => {
+            extra.push("waiting for its platform's token".to_string())
+        }
+        _ if s.held => extra.push("held".to_string()),
+        _ => {}
     }
     if let Some(label) = &s.last_failure {
         extra.push(format!("last fetch failed: {label}"));
@@ -88,8 +135,48 @@ fn judge(s: &Subject, warn: i64, crit: i64) -> (State, String) {
     (state, why)
 }
 
+/// A platform's ticket. A suite's (valid 30 minutes, no API to restart its pushes) is
+/// judged by its age, before any token fails: WARNING past `ticket_warn`, CRITICAL past
+/// `ticket_crit` or without one. A component's (valid 12 hours) only once it is past its
+/// validity: WARNING while the component token still serves; the token's own time left
+/// makes it CRITICAL.
+fn judge_ticket(t: &TicketCheck, th: &Thresholds) -> (State, String) {
+    let name = if t.kind == Api::Suite {
+        "suite_ticket"
+    } else {
+        "component_verify_ticket"
+    };
+    let Some(age) = t.age else {
+        let state = match t.kind {
+            Api::Suite => State::Critical,
+            _ => State::Warning,
+        };
+        return (state, format!("waiting for a ticket: no {name} yet"));
+    };
+    let old = format!("{name} {} old", human(age));
+    if t.kind == Api::Suite {
+        if t.waiting || age >= th.ticket_crit {
+            let waiting = if t.waiting {
+                "waiting for a ticket: "
+            } else {
+                ""
+            };
+            return (State::Critical, format!("{waiting}{old}"));
+        }
+        if age >= th.ticket_warn {
+            return (State::Warning, old);
+        }
+        return (State::Ok, String::new());
+    }
+    match t.waiting {
+        true => (State::Warning, format!("waiting for a ticket: {old}")),
+        false => (State::Ok, String::new()),
+    }
+}
+
 /// The verdict over every selected account: the state and the one line to print.
-pub fn evaluate(subjects: &[Subject], warn: i64, crit: i64) -> (State, String) {
+pub fn evaluate(subjects: &[Subject], th: &Thresholds) -> (State, String) {
+    let (warn, crit) = (th.warn, th.crit);
     if subjects.is_empty() {
         return (
             State::Unknown,
@@ -100,7 +187,7 @@ pub fn evaluate(subjects: &[Subject], warn: i64, crit: i64) -> (State, String) {
     let mut judged: Vec<(State, &Subject, String)> = subjects
         .iter()
         .map(|s| {
-            let (state, why) = judge(s, warn, crit);
+            let (state, why) = judge(s, th);
             (state, s, why)
         })
         .collect();
@@ -109,7 +196,10 @@ pub fn evaluate(subjects: &[Subject], warn: i64, crit: i64) -> (State, String) {
     let state = judged[0].0;
     let count = |st: State| judged.iter().filter(|j| j.0 == st).count();
     let (crits, warns) = (count(State::Critical), count(State::Warning));
-    let min_ttl = subjects.iter().map(|s| s.ttl.unwrap_or(0).max(0)).min();
+    let min_ttl = (subjects.iter())
+        .filter(|s| s.state != AccountState::Revoked)
+        .map(|s| s.ttl.unwrap_or(0).max(0))
+        .min();
     let min_ttl = min_ttl.unwrap_or(0);
     let text = if state == State::Ok {
         format!(
@@ -137,10 +227,25 @@ pub fn evaluate(subjects: &[Subject], warn: i64, crit: i64) -> (State, String) {
         }
         text
     };
-    let perf = format!(
+    let mut perf = format!(
         "'min_ttl'={min_ttl}s;{warn}:;{crit}:;0 'accounts'={};;;0 'critical'={crits};;;0 'warning'={warns};;;0",
         subjects.len()
     );
+    let tickets: Vec<&TicketCheck> = subjects.iter().filter_map(|s| s.ticket.as_ref()).collect();
+    if !tickets.is_empty() {
+        let waiting = tickets.iter().filter(|t| t.waiting).count();
+        perf += &format!(" 'waiting_for_ticket'={waiting};;;0");
+        if let Some(age) = (tickets.iter())
+            .filter(|t| t.kind == Api::Suite)
+            .map(|t| t.age.unwrap_or(0))
+            .max()
+        {
+            perf += &format!(
+                " 'suite_ticket_age'={age}s;{}:;{}:;0",
+                th.ticket_warn, th.ticket_crit
+            );
+        }
+    }
     (state, format!("WXTOKEN {} - {text} | {perf}", state.word()))
 }
 
@@ -149,7 +254,13 @@ pub fn evaluate(subjects: &[Subject], warn: i64, crit: i64) -> (State, String) {
 pub fn run(ctx: &Context, cfg: &CheckConfig) -> Exit {
     let result = ctx.read_store().and_then(|store| {
         let subjects = gather(store.as_ref(), &cfg.accounts, ctx.now())?;
-        Ok(evaluate(&subjects, cfg.warn, cfg.crit))
+        let th = Thresholds {
+            warn: cfg.warn,
+            crit: cfg.crit,
+            ticket_warn: cfg.ticket_warn,
+            ticket_crit: cfg.ticket_crit,
+        };
+        Ok(evaluate(&subjects, &th))
     });
     let (state, line) = match result {
         Ok(verdict) => verdict,
@@ -185,6 +296,7 @@ pub fn wanted(args: &[OsString]) -> bool {
 fn gather(store: &dyn ReadStore, named: &[AccountKey], now: i64) -> Result<Vec<Subject>> {
     let mut subjects = Vec::new();
     let fetched = store.fetches_today(now)?;
+    let views = report::platform_views(store, &store.accounts()?, now)?;
     for account in crate::engine::targets(store, named)? {
         // The credential with the least time left; no valid row at all counts as least.
         let mut worst: Option<(Option<i64>, Credential)> = None;
@@ -214,6 +326,12 @@ fn gather(store: &dyn ReadStore, named: &[AccountKey], now: i64) -> Result<Vec<S
             last_failure,
             fetches_today: fetched.get(&account.id).copied().unwrap_or(0),
             daily_limit: quota::documented_daily_limit(account.api),
+            ticket: views.get(&account.id).map(|v| TicketCheck {
+                kind: v.api,
+                age: v.ticket.map(|t| now - t.0),
+                waiting: v.waiting.is_some(),
+            }),
+            state: report::account_state(&account, &views, now),
         });
     }
     Ok(subjects)
@@ -232,12 +350,87 @@ mod tests {
             last_failure: None,
             fetches_today: 0,
             daily_limit: Some(2_000),
+            ticket: None,
+            state: AccountState::Ok,
         }
+    }
+
+    fn th(warn: i64, crit: i64) -> Thresholds {
+        Thresholds {
+            warn,
+            crit,
+            ticket_warn: 1200,
+            ticket_crit: 1800,
+        }
+    }
+
+    fn platform(kind: Api, ttl: Option<i64>, age: Option<i64>) -> Subject {
+        let validity = kind.ticket_validity().unwrap();
+        let mut s = subject("P", ttl);
+        s.ticket = Some(TicketCheck {
+            kind,
+            age,
+            waiting: age.is_none_or(|a| a >= validity),
+        });
+        s
+    }
+
+    #[test]
+    fn a_suite_ticket_is_judged_by_its_age() {
+        let judge = |age| evaluate(&[platform(Api::Suite, Some(7000), age)], &th(1800, 600));
+        assert_eq!(judge(Some(1199)).0, State::Ok);
+        let (state, line) = judge(Some(1200));
+        assert_eq!(state, State::Warning);
+        assert!(line.contains("P: suite_ticket 20m old"), "{line}");
+        assert!(
+            line.contains("'suite_ticket_age'=1200s;1200:;1800:;0"),
+            "{line}"
+        );
+        assert_eq!(judge(Some(1800)).0, State::Critical);
+        let (state, line) = judge(None);
+        assert_eq!(state, State::Critical);
+        assert!(line.contains("no suite_ticket yet"), "{line}");
+        assert!(line.contains("'waiting_for_ticket'=1;;;0"), "{line}");
+    }
+
+    #[test]
+    fn a_waiting_component_is_critical_only_when_its_token_is() {
+        let old = Some(13 * 3600);
+        let (state, line) = evaluate(&[platform(Api::Component, Some(5000), old)], &th(1800, 600));
+        assert_eq!(state, State::Warning);
+        assert!(
+            line.contains("waiting for a ticket: component_verify_ticket 13h"),
+            "{line}"
+        );
+        let (state, _) = evaluate(&[platform(Api::Component, Some(599), old)], &th(1800, 600));
+        assert_eq!(state, State::Critical);
+        let (state, _) = evaluate(&[platform(Api::Component, None, old)], &th(1800, 600));
+        assert_eq!(state, State::Critical);
+        // A young component ticket says nothing.
+        let fresh = platform(Api::Component, Some(5000), Some(11 * 3600));
+        assert_eq!(evaluate(&[fresh], &th(1800, 600)).0, State::Ok);
+    }
+
+    #[test]
+    fn tenant_states() {
+        let mut revoked = subject("wwR/S", None);
+        (revoked.held, revoked.state) = (true, AccountState::Revoked);
+        let (state, line) = evaluate(&[revoked, subject("wxA", Some(7000))], &th(1800, 600));
+        assert_eq!(state, State::Warning, "{line}");
+        assert!(line.contains("wwR/S: revoked"), "{line}");
+        assert!(line.contains("'min_ttl'=7000s"), "{line}");
+        let mut reauth = subject("wwN/S", Some(7000));
+        (reauth.held, reauth.state) = (true, AccountState::NeedsReauth);
+        let (state, line) = evaluate(&[reauth.clone()], &th(1800, 600));
+        assert_eq!(state, State::Warning);
+        assert!(line.contains("wwN/S: needs re-authorization"), "{line}");
+        reauth.ttl = None;
+        assert_eq!(evaluate(&[reauth], &th(1800, 600)).0, State::Critical);
     }
 
     #[test]
     fn thresholds() {
-        let ok = evaluate(&[subject("wxA", Some(3600))], 1800, 600);
+        let ok = evaluate(&[subject("wxA", Some(3600))], &th(1800, 600));
         assert_eq!(ok.0, State::Ok);
         assert_eq!(
             ok.1,
@@ -245,32 +438,32 @@ mod tests {
              'accounts'=1;;;0 'critical'=0;;;0 'warning'=0;;;0"
         );
         assert_eq!(
-            evaluate(&[subject("wxA", Some(1799))], 1800, 600).0,
+            evaluate(&[subject("wxA", Some(1799))], &th(1800, 600)).0,
             State::Warning
         );
         assert_eq!(
-            evaluate(&[subject("wxA", Some(599))], 1800, 600).0,
+            evaluate(&[subject("wxA", Some(599))], &th(1800, 600)).0,
             State::Critical
         );
-        let none = evaluate(&[subject("wxA", None)], 1800, 600);
+        let none = evaluate(&[subject("wxA", None)], &th(1800, 600));
         assert_eq!(none.0, State::Critical);
         assert!(none.1.contains("wxA: no valid token"), "{}", none.1);
         assert!(none.1.contains("'min_ttl'=0s;"), "{}", none.1);
-        assert_eq!(evaluate(&[], 1800, 600).0, State::Unknown);
+        assert_eq!(evaluate(&[], &th(1800, 600)).0, State::Unknown);
     }
 
     #[test]
     fn held_or_failing_is_at_least_warning() {
         let mut held = subject("wxH", Some(7000));
         held.held = true;
-        let (state, line) = evaluate(&[subject("wxA", Some(7000)), held.clone()], 1800, 600);
+        let (state, line) = evaluate(&[subject("wxA", Some(7000)), held.clone()], &th(1800, 600));
         assert_eq!(state, State::Warning);
         assert!(line.contains("wxH: held"), "{line}");
         held.ttl = None;
-        assert_eq!(evaluate(&[held], 1800, 600).0, State::Critical);
+        assert_eq!(evaluate(&[held], &th(1800, 600)).0, State::Critical);
         let mut failing = subject("wxF", Some(7000));
         failing.last_failure = Some("40164".into());
-        let (state, line) = evaluate(&[failing], 1800, 600);
+        let (state, line) = evaluate(&[failing], &th(1800, 600));
         assert_eq!(state, State::Warning);
         assert!(line.contains("last fetch failed: 40164"), "{line}");
     }
@@ -280,11 +473,11 @@ mod tests {
         let mut busy = subject("wxQ", Some(7000));
         busy.fetches_today = 1_599;
         assert_eq!(
-            evaluate(std::slice::from_ref(&busy), 1800, 600).0,
+            evaluate(std::slice::from_ref(&busy), &th(1800, 600)).0,
             State::Ok
         );
         busy.fetches_today = 1_600;
-        let (state, line) = evaluate(&[busy], 1800, 600);
+        let (state, line) = evaluate(&[busy], &th(1800, 600));
         assert_eq!(state, State::Warning);
         assert!(
             line.contains("1600 of 2000 daily token fetches used"),
@@ -297,7 +490,7 @@ mod tests {
         let subjects: Vec<Subject> = (0..6)
             .map(|i| subject(&format!("wx{i}"), Some(100 * i)))
             .collect();
-        let (state, line) = evaluate(&subjects, 1800, 250);
+        let (state, line) = evaluate(&subjects, &th(1800, 250));
         assert_eq!(state, State::Critical);
         assert!(
             line.starts_with("WXTOKEN CRITICAL - 3 critical, 3 warning of 6: wx0: "),

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use super::report::{self, columns};
+use super::report::{self, AccountState, PlatformView, columns};
 use super::{Context, Stream};
 use crate::domain::{Account, AccountKey, Attempt, Credential, TokenRow};
 use crate::engine;
@@ -26,8 +26,10 @@ pub fn run(ctx: &Context, json_out: bool, named: &[AccountKey]) -> Result<Exit> 
     let store = ctx.store()?;
     let now = ctx.now();
     // --appid picks accounts as refresh does; without it, disabled accounts show too.
+    let all = store.accounts()?;
+    let views = report::platform_views(store.as_ref(), &all, now)?;
     let accounts = match named.is_empty() {
-        true => store.accounts()?,
+        true => all,
         false => engine::targets(store.as_ref(), named)?,
     };
     let fetched = store.fetches_today(now)?;
@@ -53,14 +55,20 @@ pub fn run(ctx: &Context, json_out: bool, named: &[AccountKey]) -> Result<Exit> 
             });
         }
         let today = fetched.get(&account.id).copied().unwrap_or(0);
+        let seen = Seen {
+            today,
+            state: report::account_state(account, &views, now),
+            platform: views.get(&account.id),
+            parent: account.platform.and_then(|id| views.get(&id)),
+        };
         if json_out {
             let sep = if i == 0 { "" } else { "," };
             out.write(&format!(
                 "{sep}{}",
-                account_json(account, &lines, today, now)
+                account_json(account, &lines, &seen, now)
             ))?;
         } else {
-            out.write(&account_text(account, &lines, today, now))?;
+            out.write(&account_text(account, &lines, &seen, now))?;
         }
     }
     if json_out {
@@ -74,15 +82,53 @@ pub fn run(ctx: &Context, json_out: bool, named: &[AccountKey]) -> Result<Exit> 
     Ok(Exit::Ok)
 }
 
-fn account_text(a: &Account, lines: &[Line], today: i64, now: i64) -> String {
+/// What status shows of an account besides its credentials.
+struct Seen<'a> {
+    /// wxtoken's own token requests today.
+    today: i64,
+    state: AccountState,
+    /// The account's own view, if it is a platform.
+    platform: Option<&'a PlatformView>,
+    /// Its platform's, if it is a tenant (or a 代开发 app).
+    parent: Option<&'a PlatformView>,
+}
+
+fn account_text(a: &Account, lines: &[Line], seen: &Seen, now: i64) -> String {
+    let today = seen.today;
     let mut text = format!(
         "{}  api={} {}\n",
         a.key,
         a.api.as_str(),
         if a.enabled { "enabled" } else { "DISABLED" }
     );
+    if let Some(parent) = seen.parent {
+        text += &format!(
+            "    {} of {} {}\n",
+            a.api.noun(),
+            parent.api.noun(),
+            parent.key
+        );
+    }
+    match seen.state {
+        AccountState::Revoked | AccountState::NeedsReauth => {
+            text += &format!("    {}\n", seen.state.words().to_uppercase());
+        }
+        AccountState::Waiting if seen.platform.is_none() => {
+            if let Some(parent) = seen.parent {
+                text += &format!(
+                    "    WAITING: its {} {} has no valid token (it needs a pushed ticket)\n",
+                    parent.api.noun(),
+                    parent.key
+                );
+            }
+        }
+        _ => {}
+    }
     if let Some((until, reason)) = held(a, now) {
         text += &format!("    SKIPPED by refresh {until}: {reason}\n");
+    }
+    if let Some(view) = seen.platform {
+        text += &report::platform_text(view, now);
     }
     text += &format!(
         "    fetches today: {today} (wxtoken's own token requests since midnight China time)\n"
@@ -136,14 +182,17 @@ fn token_state(label: &str, t: &TokenRow, now: i64) -> String {
     }
 }
 
-fn account_json(a: &Account, lines: &[Line], today: i64, now: i64) -> Value {
+fn account_json(a: &Account, lines: &[Line], seen: &Seen, now: i64) -> Value {
     let mut obj = json!({
         "appid": a.key.appid,
         "agentid": a.key.is_wecom().then_some(&a.key.agent),
         "api": a.api.as_str(),
         "enabled": a.enabled,
+        "state": seen.state.as_str(),
         "held": held(a, now).map(|(until, reason)| json!({"until": until, "reason": reason})),
-        "fetches_today": today,
+        "fetches_today": seen.today,
+        "platform": seen.platform.map(|v| report::platform_json(v, now)),
+        "of_platform": seen.parent.map(|v| json!({"kind": v.api.noun(), "id": v.key.appid})),
     });
     let mut tickets = serde_json::Map::new();
     for line in lines {

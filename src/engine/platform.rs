@@ -95,6 +95,33 @@ pub fn ticket_problem(api: Api, created: Option<i64>, now: i64) -> Option<String
     }
 }
 
+/// Why a platform waits although its ticket is young: WeChat refused that very ticket
+/// (40085, 61005/61006) on the last attempt, and no ticket arrived since.
+pub fn ticket_refused(
+    store: &dyn crate::store::ReadStore,
+    account: &Account,
+) -> Result<Option<String>, crate::store::StoreError> {
+    let Some(attempt) = store.last_attempt(account.id, Credential::AccessToken)? else {
+        return Ok(None);
+    };
+    let crate::domain::AttemptResult::Failed(Failure::WeChat { errcode, .. }) = attempt.result
+    else {
+        return Ok(None);
+    };
+    if !policy::needs_new_ticket(account.api, errcode) {
+        return Ok(None);
+    }
+    let received = store.ticket_times(account.id)?.map_or(i64::MIN, |t| t.1);
+    // Whole seconds: a ticket stored in the second of the refusal counts as newer (one
+    // request too many at worst, never a platform stuck on a ticket that was replaced).
+    Ok((received < attempt.started_at).then(|| {
+        format!(
+            "waiting for a ticket: WeChat refused the stored one (errcode {errcode}); the \
+             next pushed ticket is used"
+        )
+    }))
+}
+
 /// Reads what the fetch of `account` needs; `Err` is the result when nothing may be sent.
 pub(super) fn prepare(
     store: &dyn Store,
@@ -111,6 +138,9 @@ pub(super) fn prepare(
             .platform_ticket(account.id)
             .map_err(|e| unrecorded("the platform's ticket", &e))?;
         if let Some(why) = ticket_problem(api, ticket.as_ref().map(|t| t.create_time), now) {
+            return Err(Done::Waiting(why));
+        }
+        if let Some(why) = ticket_refused(store, account).map_err(|e| unrecorded("attempts", &e))? {
             return Err(Done::Waiting(why));
         }
         let ticket = ticket

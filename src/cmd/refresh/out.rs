@@ -122,11 +122,22 @@ pub fn account_line(account: &Account, done: &Done, newest: Option<&TokenRow>, n
         _ => None,
     };
     let valid = newest.filter(|t| crate::freshness::usable(&t.stored(), now, 0));
+    // The platform the account is or belongs to: what a `waiting` line waits for.
+    let (platform_kind, platform) = match account.api {
+        api if api.is_platform() => (Some(api.noun()), Some(account.key.appid.as_str())),
+        api => match api.platform_kind() {
+            Some(kind) => (Some(kind.noun()), Some(account.key.agent.as_str())),
+            None => (None, None),
+        },
+    };
     json!({
         "type": "account",
         "account": account.key.to_string(),
         "appid": account.key.appid,
         "agentid": (!account.key.agent.is_empty()).then_some(&account.key.agent),
+        "api": account.api.as_str(),
+        "platform_kind": platform_kind,
+        "platform": platform,
         "outcome": outcome,
         "ticket": ticket,
         "errcode": errcode,
