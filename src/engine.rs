@@ -175,7 +175,9 @@ pub fn targets_with(
 /// Refreshes every account on up to `plan.jobs` threads, each with its own handle on the
 /// store; results in account order. Once `stop` says so, no new fetch starts; the ones in
 /// flight are finished and recorded. `on_done` is called from the worker as each account
-/// finishes (for a progress display).
+/// finishes (for a progress display). `flights` is the run's shared platform state (one
+/// per run, across batches).
+#[allow(clippy::too_many_arguments)]
 pub fn refresh(
     store: &dyn Store,
     client: &Client,
@@ -194,9 +196,7 @@ pub fn refresh(
         .enumerate()
         .partition(|(_, a)| a.api.is_tenant());
     if tenants.is_empty() {
-        return refresh_set(
-            store, client, accounts, plan, clock, stop, on_done, &flights,
-        );
+        return refresh_set(store, client, accounts, plan, clock, stop, on_done, flights);
     }
     let mut results: Vec<Option<Done>> = accounts.iter().map(|_| None).collect();
     for phase in [firsts, tenants] {
