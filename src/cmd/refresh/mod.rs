@@ -41,14 +41,14 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
     crate::vault::unlock_for_refresh(store.as_ref(), &key_file)?;
     let now = ctx.now();
     let started = std::time::Instant::now();
-    let ids = target_ids(store.as_ref(), cfg, now)?;
+    let (ids, by_index) = target_ids(store.as_ref(), cfg, now)?;
     let plan = Plan {
         want: cfg.want,
         force: cfg.force,
         jobs: cfg.jobs,
         claim_ttl: cfg.api.claim_ttl,
-        // The store's due index chose the accounts of an unnamed run already.
-        prefilter: named(cfg),
+        // The store's due index chose the accounts already.
+        prefilter: !by_index,
     };
     let progress = Progress::new(ids.len(), !ctx.quiet && std::io::stderr().is_terminal());
     let stop = Stop::default();
@@ -104,13 +104,6 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
                 None => fetched.next().expect("one result per account fetched"),
             })
             .collect();
-        // Publish this batch: a failed publish counts into the exit code below (9 when
-        // nothing else failed), a database out of reach as a database failure.
-        let settled = engine::settle(store.as_ref(), &all, ctx.clock, &stop, None, "");
-        summary.sinks_failed(settled.failed_sinks);
-        if unreachable.is_none() {
-            unreachable = settled.unreachable;
-        }
         if let Some(out) = &mut lines {
             let now = ctx.now();
             for (account, done) in all.iter().zip(&results) {
@@ -126,6 +119,51 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
         }
     }
     progress.finish();
+    // The enabled accounts the due index left out are fresh: counted, and listed with
+    // --json, without being claimed or fetched.
+    let in_scope = if by_index {
+        let all = store.target_ids(now, None, true)?;
+        let chosen: std::collections::HashSet<i64> = ids.iter().copied().collect();
+        let rest: Vec<i64> = all
+            .iter()
+            .copied()
+            .filter(|id| !chosen.contains(id))
+            .collect();
+        for chunk in rest.chunks(BATCH) {
+            let accounts = store.accounts_by_ids(chunk)?;
+            for account in &accounts {
+                summary.add(account, &Done::Fresh, None);
+            }
+            if let Some(out) = &mut lines {
+                let now = ctx.now();
+                for account in &accounts {
+                    let newest = store.latest_token(&account.key, Credential::AccessToken)?;
+                    out.write(&format!(
+                        "{}\n",
+                        out::account_line(account, &Done::Fresh, newest.as_ref(), now)
+                    ))?;
+                }
+            }
+        }
+        all
+    } else {
+        ids
+    };
+    // Publish every valid token of every account in scope, batch by batch, so that a
+    // flushed Redis is whole again after one run: a failed publish counts into the exit
+    // code below (9 when nothing else failed), a database out of reach as a database
+    // failure. Without a sink there is nothing to read.
+    if !stop.now() && !store.sinks()?.is_empty() {
+        for chunk in in_scope.chunks(BATCH) {
+            let accounts = store.accounts_by_ids(chunk)?;
+            let settled = engine::settle(store.as_ref(), &accounts, ctx.clock, &stop, None, "");
+            summary.sinks_failed(settled.failed_sinks);
+            if settled.unreachable.is_some() {
+                unreachable = settled.unreachable;
+                break;
+            }
+        }
+    }
     if !stop.now()
         && unreachable.is_none()
         && let Err(err) = store.prune(ctx.now(), policy::DEFAULT_KEEP, now - ATTEMPT_RETENTION)
@@ -173,20 +211,28 @@ fn named(cfg: &RefreshConfig) -> bool {
     !cfg.accounts.is_empty() || !cfg.platforms.is_empty()
 }
 
-/// The accounts a run takes, by id: the named ones (and the platforms' tenants), or what
-/// the store's due index finds: a plain run takes every plain account and the platform
-/// kinds due within their window; refresh-ahead the accounts due within its window;
-/// `--force` every enabled account.
-fn target_ids(store: &dyn crate::store::Store, cfg: &RefreshConfig, now: i64) -> Result<Vec<i64>> {
+/// The accounts a run takes, by id, and whether the store's due index chose them: the
+/// named ones (and the platforms' tenants); or a plain run's every plain account and the
+/// platform kinds due within their window; refresh-ahead's accounts due within its window;
+/// `--force`'s every enabled account. After the clock stepped back, expiries cannot be
+/// judged by the index: every enabled account is taken, and judged one by one.
+fn target_ids(
+    store: &dyn crate::store::Store,
+    cfg: &RefreshConfig,
+    now: i64,
+) -> Result<(Vec<i64>, bool)> {
     if named(cfg) {
         let accounts = targets_or_warn(store, cfg)?;
-        return Ok(accounts.iter().map(|a| a.id).collect());
+        return Ok((accounts.iter().map(|a| a.id).collect(), false));
     }
+    let stepped = !matches!(cfg.want, Want::Always) && store.clock_stepped_back(now)?;
     let ids = match cfg.want {
+        _ if stepped => store.target_ids(now, None, true)?,
         Want::Always => store.target_ids(now, None, true)?,
         Want::ExpiringWithin(window) => store.target_ids(now, Some(window), false)?,
         Want::Due { .. } => store.target_ids(now, Some(policy::PLATFORM_DUE_WINDOW), true)?,
     };
+    let by_index = !stepped && !matches!(cfg.want, Want::Always);
     // Even with -q: a cron line whose WXTOKEN_DB has a typo refreshes an empty new
     // database every hour, and silence would hide that until the tokens run out.
     if ids.is_empty() && !cfg.allow_empty && store.target_ids(now, None, true)?.is_empty() {
@@ -195,7 +241,7 @@ fn target_ids(store: &dyn crate::store::Store, cfg: &RefreshConfig, now: i64) ->
             store.location()
         );
     }
-    Ok(ids)
+    Ok((ids, by_index))
 }
 
 /// The stderr report, gathered batch by batch: counts, the failed accounts' names (the

@@ -1179,11 +1179,17 @@ impl Store for Postgres {
                 parts.join(" UNION ")
             }
         };
+        // Refresh-ahead takes the most urgent first; a whole run goes by name, as always.
+        let order = if window.is_some() && !plain {
+            "coalesce(a.due_at, 0), a.id"
+        } else {
+            "a.appid, a.agent"
+        };
         let sql = format!(
             "SELECT a.id FROM accounts a LEFT JOIN intents i ON i.account_id = a.id
              WHERE a.enabled AND a.id IN ({chosen})
              ORDER BY a.role IN ('authorizer', 'corp'), i.started_at IS NULL, i.started_at,
-                      coalesce(a.due_at, 0), a.id"
+                      {order}"
         );
         let window = window.unwrap_or(0);
         let params: Vec<&(dyn ToSql + Sync)> = if sql.contains("$1") {
@@ -1193,6 +1199,17 @@ impl Store for Postgres {
         };
         let rows = self.c().query(&sql, &params).map_err(|e| self.err(e))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn clock_stepped_back(&self, _now: i64) -> Result<bool> {
+        let row = self
+            .c()
+            .query_one(
+                &format!("SELECT coalesce(max(fetched_at), 0) > {NOW} FROM tokens"),
+                &[],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(row.get(0))
     }
 
     fn accounts_by_ids(&self, ids: &[i64]) -> Result<Vec<Account>> {

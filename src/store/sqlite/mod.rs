@@ -1065,11 +1065,17 @@ impl Store for Sqlite {
                 parts.join(" UNION ")
             }
         };
+        // Refresh-ahead takes the most urgent first; a whole run goes by name, as always.
+        let order = if window.is_some() && !plain {
+            "coalesce(a.due_at, 0), a.id"
+        } else {
+            "a.appid, a.agent"
+        };
         let sql = format!(
             "SELECT a.id FROM accounts a LEFT JOIN intents i ON i.account_id = a.id
              WHERE a.enabled = 1 AND a.id IN ({chosen})
              ORDER BY a.role IN ('authorizer', 'corp'), i.started_at IS NULL, i.started_at,
-                      coalesce(a.due_at, 0), a.id"
+                      {order}"
         );
         let until = now.saturating_add(window.unwrap_or(0));
         let mut stmt = self.conn.prepare(&sql)?;
@@ -1081,6 +1087,14 @@ impl Store for Sqlite {
                 .collect::<rusqlite::Result<_>>()?
         };
         Ok(rows)
+    }
+
+    fn clock_stepped_back(&self, now: i64) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT coalesce(max(fetched_at), 0) > ?1 FROM tokens",
+            params![now],
+            |r| r.get(0),
+        )?)
     }
 
     fn accounts_by_ids(&self, ids: &[i64]) -> Result<Vec<Account>> {
