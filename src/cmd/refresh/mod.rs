@@ -119,9 +119,19 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
         }
     }
     progress.finish();
+    // The handle sat idle while the workers fetched: a server restart or a network cut
+    // meanwhile ended its connection. Reach the database again before reading more; if
+    // it cannot be reached, the fetches stand and nothing else is done.
+    if !stop.now()
+        && let Err(err) = store.revive()
+    {
+        summary.sinks_failed(vec!["(database)".to_string()]);
+        unreachable = Some(err);
+    }
+    let reachable = unreachable.is_none() && !stop.now();
     // The enabled accounts the due index left out are fresh: counted, and listed with
     // --json, without being claimed or fetched.
-    let in_scope = if by_index {
+    let in_scope = if by_index && reachable {
         let all = store.target_ids(now, None, true)?;
         let chosen: std::collections::HashSet<i64> = ids.iter().copied().collect();
         let rest: Vec<i64> = all
@@ -153,7 +163,7 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
     // flushed Redis is whole again after one run: a failed publish counts into the exit
     // code below (9 when nothing else failed), a database out of reach as a database
     // failure. Without a sink there is nothing to read.
-    if !stop.now() && !store.sinks()?.is_empty() {
+    if reachable && !store.sinks()?.is_empty() {
         for chunk in in_scope.chunks(BATCH) {
             let accounts = store.accounts_by_ids(chunk)?;
             let settled = engine::settle(store.as_ref(), &accounts, ctx.clock, &stop, None, "");
