@@ -73,92 +73,88 @@ pub fn ingest(ctx: &Context, a: &IngestArgs) -> Result<Exit> {
         &body,
     )?
     .map_err(|r| refused(&platform, &r))?;
-    let exit = finish(ctx, store.as_ref(), &cfg, &platform, accepted);
+    // The reply first, and stdout closed, as `receive` does: a caller that relays it to
+    // WeChat can answer within WeCom's 1 s while the exchange and the hook go on. The exit
+    // code still tells how they went.
     emit("success")?;
-    Ok(exit)
+    close_stdout();
+    Ok(finish(ctx, store.as_ref(), &cfg, &platform, accepted))
 }
 
-/// `wxtoken receive`: one request, one reply, then the slow work, then exit.
+/// `wxtoken receive`: one request, one reply, then the slow work, then exit. Every request
+/// that is not answered 200 gets one log line and exits 10 (a push or request refused),
+/// or the exit code of what failed on our side (500: the store, the key file, no push
+/// settings).
 pub fn receive(ctx: &Context, a: &ReceiveArgs) -> Result<Exit> {
     let cfg = api_config(&a.api)?;
-    let stdin = std::io::stdin();
+    // The raw descriptor, not `stdin().lock()`: its buffer would take more than a read
+    // asks for, and the poll below would then wait on a socket that has nothing more to
+    // give while the rest of the request sits in that buffer.
     let mut reader = DeadlineReader {
-        inner: stdin.lock(),
+        inner: raw_stdin(),
         deadline: Instant::now() + Duration::from_secs(a.read_timeout),
     };
     let limits = http::Limits {
         deadline: Some(reader.deadline),
         ..http::Limits::default()
     };
-    let mut out = std::io::stdout().lock();
     let request = match http::read_request(&mut reader, limits) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("wxtoken: receive: refused a request: {e}");
-            let _ = http::write_response(&mut out, e.status(), b"");
+            reply(e.status(), b"");
             return Ok(Exit::Refused);
         }
     };
-    let reply = |out: &mut std::io::StdoutLock, status: u16, body: &[u8]| {
-        let _ = http::write_response(out, status, body);
-        let _ = out.flush();
+    let (id, api) = match &request.route {
+        Route::Component(id) => (id.as_str(), Api::Component),
+        Route::Suite(id) => (id.as_str(), Api::Suite),
     };
-    let (key, api) = match &request.route {
-        Route::Component(id) => (id, Api::Component),
-        Route::Suite(id) => (id, Api::Suite),
+    let refuse = |status: u16, why: &str| {
+        eprintln!(
+            "wxtoken: receive: {} {id}: refused a request: {why}",
+            api.noun()
+        );
+        reply(status, b"");
+        Ok(Exit::Refused)
     };
-    let key = match AccountKey::appid(key) {
-        Ok(k) => k,
-        Err(_) => {
-            reply(&mut out, 404, b"");
-            return Ok(Exit::Refused);
-        }
+    let Ok(key) = AccountKey::appid(id) else {
+        return refuse(404, "not a valid id");
     };
-    let prepared = (|| -> Result<(Box<dyn Store>, Account, MsgCrypto)> {
-        let store = ctx.store()?;
-        let platform = require(store.as_ref(), &key, api)?;
-        let crypto = open_crypto(ctx, store.as_ref(), &platform)?;
-        Ok((store, platform, crypto))
-    })();
-    let (store, platform, crypto) = match prepared {
+    let store = match ctx.store() {
+        Ok(s) => s,
+        Err(err) => return Ok(server_error(api, id, &err)),
+    };
+    let platform = match require(store.as_ref(), &key, api) {
         Ok(p) => p,
-        Err(err) => {
-            let status = if crate::exit::of(&err) == Exit::Account {
-                404
-            } else {
-                500
-            };
-            eprintln!("wxtoken: receive: {} {key}: {err:#}", api.noun());
-            reply(&mut out, status, b"");
-            return Ok(crate::exit::of(&err));
+        Err(err) if crate::exit::of(&err) == Exit::Account => {
+            return refuse(404, &format!("{err:#}"));
         }
+        Err(err) => return Ok(server_error(api, id, &err)),
+    };
+    let crypto = match open_crypto(ctx, store.as_ref(), &platform) {
+        Ok(c) => c,
+        Err(err) => return Ok(server_error(api, id, &err)),
     };
     let q = &request.query;
     let (Some(sig), Some(ts), Some(nonce)) = (&q.msg_signature, &q.timestamp, &q.nonce) else {
-        eprintln!(
-            "wxtoken: receive: {} {key}: refused a request without msg_signature, timestamp \
-             and nonce",
-            api.noun()
-        );
-        reply(&mut out, 400, b"");
-        return Ok(Exit::Refused);
+        return refuse(400, "no msg_signature, timestamp and nonce in the query");
     };
     match request.method {
         Method::Get => {
             let Some(echostr) = &q.echostr else {
-                reply(&mut out, 400, b"");
-                return Ok(Exit::Refused);
+                return refuse(
+                    400,
+                    "a GET without echostr (only WeCom's URL check is a GET)",
+                );
             };
             match verify_url(&platform, &crypto, sig, ts, nonce, echostr) {
                 Ok(plain) => {
-                    reply(&mut out, 200, plain.as_bytes());
+                    reply(200, plain.as_bytes());
+                    log::info!("{} {id}: answered the URL check", api.noun());
                     Ok(Exit::Ok)
                 }
-                Err(r) => {
-                    let _ = refused(&platform, &r);
-                    reply(&mut out, 403, b"");
-                    Ok(Exit::Refused)
-                }
+                Err(r) => refuse(403, &refused_line(&r)),
             }
         }
         Method::Post => {
@@ -173,34 +169,57 @@ pub fn receive(ctx: &Context, a: &ReceiveArgs) -> Result<Exit> {
             match accepted {
                 Ok(Ok(accepted)) => {
                     // WeChat gets its answer now; the exchange and the hook come after.
-                    reply(&mut out, 200, b"success");
-                    drop(out);
-                    close_stdout();
+                    reply(200, b"success");
                     Ok(finish(ctx, store.as_ref(), &cfg, &platform, accepted))
                 }
-                Ok(Err(r)) => {
-                    let _ = refused(&platform, &r);
-                    reply(&mut out, 403, b"");
-                    Ok(Exit::Refused)
-                }
-                Err(err) => {
-                    eprintln!("wxtoken: receive: {} {key}: {err:#}", api.noun());
-                    reply(&mut out, 500, b"");
-                    Ok(crate::exit::of(&err))
-                }
+                Ok(Err(r)) => refuse(403, &refused_line(&r)),
+                Err(err) => Ok(server_error(api, id, &err)),
             }
         }
     }
 }
 
-/// Closes the connection's write side, so that the peer sees the reply end while the slow
-/// work goes on.
+/// A failure on our side (the store, the key file, no push settings): 500, one line, and
+/// the error's own exit code. WeChat retries a push it got no `success` for.
+fn server_error(api: Api, id: &str, err: &anyhow::Error) -> Exit {
+    eprintln!("wxtoken: receive: {} {id}: {err:#}", api.noun());
+    reply(500, b"");
+    crate::exit::of(err)
+}
+
+/// The one response of the connection; then the connection's write side is closed, so
+/// that the peer sees the reply end while the slow work (an exchange, the hook) goes on.
+fn reply(status: u16, body: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    let _ = http::write_response(&mut out, status, body);
+    let _ = out.flush();
+    drop(out);
+    close_stdout();
+}
+
+/// Ends this process's hold on stdout: `shutdown` sends the FIN on a socket (whoever else
+/// holds it), then /dev/null takes descriptor 1's place, which also ends a pipe, and keeps
+/// anything printed later off the connection.
 fn close_stdout() {
-    // SAFETY: stdout's descriptor is not used again by this process after the reply; a
-    // second close would fail harmlessly.
+    // SAFETY: plain system calls on descriptor 1 and a descriptor opened here; nothing in
+    // this process keeps a raw copy of descriptor 1 (Rust's stdout has been flushed, and
+    // writes to the new descriptor go to /dev/null).
     unsafe {
         libc::shutdown(1, libc::SHUT_WR);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if null >= 0 {
+            libc::dup2(null, 1);
+            libc::close(null);
+        }
     }
+}
+
+/// Descriptor 0 as an unbuffered reader, never closed by it.
+fn raw_stdin() -> std::mem::ManuallyDrop<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: descriptor 0 is open for the whole process (inetd, systemd and socat give the
+    // connection there); ManuallyDrop never closes it.
+    std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) })
 }
 
 /// A reader that gives up at a deadline: each read gets the time that is left.
@@ -209,13 +228,14 @@ struct DeadlineReader<R> {
     deadline: Instant,
 }
 
-impl<R: Read> Read for DeadlineReader<R> {
+impl<R: std::ops::DerefMut<Target = std::fs::File>> Read for DeadlineReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(std::io::ErrorKind::TimedOut.into());
         }
-        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        // Rounded up: a poll of 0 ms with time left would spin.
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
         let mut fds = libc::pollfd {
             fd: 0,
             events: libc::POLLIN,
@@ -299,6 +319,11 @@ fn verify_url(
         return Err(Refusal("the echostr has control characters".into()));
     }
     Ok(plain)
+}
+
+/// The refusal as the end of a log line.
+fn refused_line(r: &Refusal) -> String {
+    format!("{}; nothing was stored", r.0)
 }
 
 fn refused(platform: &Account, r: &Refusal) -> anyhow::Error {

@@ -222,7 +222,49 @@ check "key rotate kept the old key" "$(stat -c '%a %U' /etc/wxtoken/wxtoken.key.
 systemctl start wxtoken.service
 check "the run after key rotate" "$(state wxtoken.service)" "inactive dead success 0"
 
-# ---- 6. wxtoken-receive.socket: not tested, the receiver does not exist yet ----------------
+# ---- 6. wxtoken-receive.socket: a push through systemd's socket activation ----------------
+# The push (from wechatpy on the host, see run.sh) goes to the socket as nginx would send it.
+# http_to FILE: sends the request in FILE to 127.0.0.1:8787 and prints the response.
+http_to() {
+    local response
+    exec 5<>/dev/tcp/127.0.0.1/8787 || return 1
+    cat "$1" >&5
+    response=$(timeout 20 cat <&5)
+    exec 5<&- 5>&-
+    printf '%s' "$response"
+}
+if [[ -f /in/push.http ]]; then
+    as_wx() { sudo -u wxtoken sh -c 'set -a; . /etc/default/wxtoken; set +a; exec "$@"' sh "$@"; }
+    printf '%s\n' 'probe0component0secret0000001' | as_wx wxtoken platform add --component wxc0ffee0123456789
+    as_wx wxtoken platform set-crypto --component wxc0ffee0123456789 </in/crypto
+    check "receiver: platform set up" "$?" 0
+    check "receive socket not enabled by the package" "$(systemctl is-enabled wxtoken-receive.socket)" disabled
+    systemctl enable --now wxtoken-receive.socket
+    check "receive socket listening" "$(systemctl is-active wxtoken-receive.socket)" active
+    mark=$(date '+%Y-%m-%d %H:%M:%S')
+    response=$(http_to /in/push.http)
+    check_match "receive: the push answered success" "$response" $'^HTTP/1.1 200 OK\r\n.*\r\n\r\nsuccess$'
+    listed=$(as_wx wxtoken platform list --json)
+    check_match "receive: the ticket stored" "$listed" '"ticket_created_at":"[0-9]{4}-'
+    response=$(http_to /in/forged.http)
+    check_match "receive: a forged push refused" "$response" '^HTTP/1.1 403 '
+    journal=$(journalctl --since "$mark" --no-pager -o cat -u 'wxtoken-receive@*')
+    check_match "journal: the refusal's line" "$journal" 'refused a request: msg_signature does not match'
+    check "no receive instance failed" "$(systemctl list-units --failed --no-legend 'wxtoken-receive@*' | wc -l)" 0
+    check "receive instances ran as wxtoken" "$(journalctl --since "$mark" --no-pager -o cat _UID="$(id -u wxtoken)" | grep -c 'refused a request')" 1
+    check "no push secret in the journal" "$(journalctl -b --no-pager -o cat | grep -c -e probe0ticket0value -e probePushToken -e kQ3vJ8nW2xR5)" 0
+    security=$(systemd-analyze security --no-pager wxtoken-receive@probe.service 2>&1 | tail -n 1)
+    echo "$security" >>"$out/security.txt"
+    exposure=$(sed -n 's/.*Overall exposure level for wxtoken-receive@probe.service: \([0-9.]*\).*/\1/p' <<<"$security")
+    if [[ -n $exposure ]] && awk -v e="$exposure" 'BEGIN { exit !(e <= 1.5) }'; then
+        ok "systemd-analyze security wxtoken-receive@.service: $exposure"
+    else
+        bad "systemd-analyze security wxtoken-receive@.service" "want <= 1.5, got: $security"
+    fi
+    systemctl disable --now wxtoken-receive.socket
+else
+    echo "no /in/push.http: the receiver's checks are skipped (see run.sh)"
+fi
 
 # ---- 7. remove keeps the database and the key; purge as the manual says ------------------
 run_readme 4 '^sudo apt remove ' "manual's apt remove" || finish
