@@ -106,8 +106,8 @@ fn main() {
 }
 
 /// A database with the component (its secret sealed, its ticket stored) and `n`
-/// authorizers, written directly: their refresh tokens in plain text, as a database from
-/// before encryption holds them (refresh accepts those), to keep setting up fast.
+/// authorizers, written directly with their refresh tokens in plain text (as a database from
+/// before encryption holds them), then encrypted by `key rotate`: faster than `n` commands.
 fn setup(dir: &Path, bin: &Path, standin: &StandIn, name: &str, n: usize) -> PathBuf {
     let db = dir.join(format!("{name}.db"));
     let mut add = wx(bin, &db, standin);
@@ -144,6 +144,11 @@ fn setup(dir: &Path, bin: &Path, standin: &StandIn, name: &str, n: usize) -> Pat
         }
     }
     tx.commit().expect("commit");
+    // Encrypt the refresh tokens now, as `account add` would have, so that the measured
+    // runs do not do it.
+    let mut rotate = wx(bin, &db, standin);
+    rotate.args(["key", "rotate"]);
+    run_with_stdin(&mut rotate, "");
     db
 }
 

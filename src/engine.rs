@@ -103,6 +103,10 @@ pub struct Plan {
     pub jobs: usize,
     /// Seconds a claim lasts.
     pub claim_ttl: i64,
+    /// Whether a refresh-ahead run reads every account's newest rows first to skip those
+    /// not due without claiming them; off when the accounts were chosen by the store's due
+    /// index already (`Store::target_ids`).
+    pub prefilter: bool,
 }
 
 /// The accounts to refresh: every enabled one, or the named ones; those with a fetch that
@@ -171,7 +175,9 @@ pub fn targets_with(
 /// Refreshes every account on up to `plan.jobs` threads, each with its own handle on the
 /// store; results in account order. Once `stop` says so, no new fetch starts; the ones in
 /// flight are finished and recorded. `on_done` is called from the worker as each account
-/// finishes (for a progress display).
+/// finishes (for a progress display). `flights` is the run's shared platform state (one
+/// per run, across batches).
+#[allow(clippy::too_many_arguments)]
 pub fn refresh(
     store: &dyn Store,
     client: &Client,
@@ -180,24 +186,22 @@ pub fn refresh(
     clock: Clock,
     stop: &Stop,
     on_done: &(dyn Fn(&Done) + Sync),
+    flights: &Flights,
 ) -> Vec<Done> {
     // Platforms (and plain accounts) first, then the tenants, which need their platform's
     // new token; results in account order.
-    let flights = Flights::default();
     type Indexed<'a> = Vec<(usize, &'a Account)>;
     let (tenants, firsts): (Indexed, Indexed) = accounts
         .iter()
         .enumerate()
         .partition(|(_, a)| a.api.is_tenant());
     if tenants.is_empty() {
-        return refresh_set(
-            store, client, accounts, plan, clock, stop, on_done, &flights,
-        );
+        return refresh_set(store, client, accounts, plan, clock, stop, on_done, flights);
     }
     let mut results: Vec<Option<Done>> = accounts.iter().map(|_| None).collect();
     for phase in [firsts, tenants] {
         let set: Vec<Account> = phase.iter().map(|(_, a)| (*a).clone()).collect();
-        let done = refresh_set(store, client, &set, plan, clock, stop, on_done, &flights);
+        let done = refresh_set(store, client, &set, plan, clock, stop, on_done, flights);
         for ((i, _), d) in phase.into_iter().zip(done) {
             results[i] = Some(d);
         }
@@ -297,7 +301,7 @@ fn not_due_before_claiming(
     clock: Clock,
 ) -> Vec<bool> {
     let none = || vec![false; accounts.len()];
-    if !matches!(plan.want, Want::ExpiringWithin(_)) || accounts.is_empty() {
+    if !plan.prefilter || !matches!(plan.want, Want::ExpiringWithin(_)) || accounts.is_empty() {
         return none();
     }
     let rows = match store.all_newest() {

@@ -37,7 +37,24 @@ pub fn unlock(
 /// `unlock` for `refresh`: a secret that does not open holds its own account (`refresh`
 /// reports it and fetches the others), unless no sealed secret opens at all: then it is
 /// the wrong key file, and nothing is tried.
+///
+/// Without reading every secret when it can: a store with no plain-text secret left whose
+/// key file opens one stored secret (found without reading the others) has the right key
+/// file, and each account whose own secret does not open is reported as it is read
+/// (`why_locked`). At 100,000 tenants, reading every secret first cost seconds and held
+/// them all in memory. Otherwise (secrets in plain text to encrypt, no key file, a sample
+/// that does not open) it counts every secret, as before.
 pub fn unlock_for_refresh(store: &dyn Store, file: &KeyFile) -> Result<()> {
+    if !store.has_plaintext()?
+        && let (Some(ring), Some(sample)) = (file.load()?, store.sealed_sample(None)?)
+    {
+        let stored = crate::crypto::Stored::new(sample.stored);
+        if ring.open(&sample.owner, &stored).is_ok() {
+            store.keys().remember(file);
+            store.keys().install(ring);
+            return Ok(());
+        }
+    }
     let census = load_and_count(store, file, false, None)?;
     match census.sealed.first() {
         Some((owner, kid)) if census.opened == 0 => Err(does_not_open(file, owner, kid)),

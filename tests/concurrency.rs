@@ -852,9 +852,10 @@ fn refresh_ahead_claims_only_what_is_due() {
     }
     env.execute(&format!(
         "UPDATE accounts SET fetch_due = true WHERE appid = '{asked}';
-         UPDATE tokens SET expires_at = {} WHERE kind = 'jsapi';
+         UPDATE tokens SET expires_at = {0} WHERE kind = 'jsapi';
+         UPDATE accounts SET due_at = {0} WHERE tickets <> '';
          INSERT INTO intents (account_id, holder, started_at)
-         VALUES ({}, 'other-host.invalid:1:test', {});",
+         VALUES ({1}, 'other-host.invalid:1:test', {2});",
         now() + 100,
         account_id(&env, unfinished),
         now() - 10

@@ -998,11 +998,13 @@ fn a_store_of_another_program_is_left_untouched() {
 #[test]
 fn an_older_schema_is_refused_by_get_and_upgraded_by_a_writing_command() {
     let env = with_token("TOKEN_from_v1", 7200);
-    // Back to schema version 2. SQLite: what migrations 3 to 8 add, undone (0005's runs
-    // table is created IF NOT EXISTS, so it may stay). PostgreSQL: migrations 3 to 6, with
+    // Back to schema version 2. SQLite: what migrations 3 to 9 add, undone (0005's runs
+    // table is created IF NOT EXISTS, so it may stay). PostgreSQL: migrations 3 to 7, with
     // the reader view as migration 1 made it.
     env.execute(if env.is_postgres() {
-        "DROP TABLE platform_events; DROP TABLE platform_crypto; DROP TABLE platform_tickets;
+        "DROP INDEX accounts_due; DROP INDEX accounts_asked; DROP INDEX tokens_fetched;
+         ALTER TABLE accounts DROP COLUMN due_at;
+         DROP TABLE platform_events; DROP TABLE platform_crypto; DROP TABLE platform_tickets;
          DROP INDEX accounts_platform;
          ALTER TABLE accounts DROP COLUMN role; ALTER TABLE accounts DROP COLUMN platform_id;
          ALTER TABLE accounts DROP COLUMN receiver;
@@ -1018,7 +1020,9 @@ fn an_older_schema_is_refused_by_get_and_upgraded_by_a_writing_command() {
          DROP TABLE sink_published; DROP TABLE sinks; DROP TABLE runs;
          DELETE FROM schema_migrations WHERE version > 2;"
     } else {
-        "DROP TABLE platform_events; DROP TABLE platform_crypto; DROP TABLE platform_tickets;
+        "DROP INDEX accounts_due; DROP INDEX accounts_asked; DROP INDEX tokens_fetched;
+         ALTER TABLE accounts DROP COLUMN due_at;
+         DROP TABLE platform_events; DROP TABLE platform_crypto; DROP TABLE platform_tickets;
          DROP INDEX accounts_platform;
          ALTER TABLE accounts DROP COLUMN role; ALTER TABLE accounts DROP COLUMN platform_id;
          ALTER TABLE accounts DROP COLUMN previous_secret; ALTER TABLE accounts DROP COLUMN receiver;

@@ -74,10 +74,11 @@ fn platform_with_everything(env: &TestEnv) -> (String, String) {
     (component.value(), authorizer.value())
 }
 
-/// Every token row deleted: the next `refresh` must fetch everything again, with what the
-/// store holds (the ticket, the platform link, the refresh token).
+/// Every token row deleted (and with them what each account's due time says): the next
+/// `refresh` must fetch everything again, with what the store holds (the ticket, the
+/// platform link, the refresh token).
 fn forget_tokens(env: &TestEnv) {
-    env.execute("DELETE FROM tokens");
+    env.execute("DELETE FROM tokens; UPDATE accounts SET due_at = NULL");
 }
 
 /// The sealed platform columns of this store, one value a line.

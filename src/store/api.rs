@@ -310,6 +310,19 @@ pub trait Store: ReadStore + Sinks + Send {
     /// tenants went with it.
     fn remove_platform(&self, key: &AccountKey) -> Result<usize>;
 
+    /// The enabled accounts a run takes, by id, found by index without reading their rows:
+    /// every one (`window` None), or those due within `window` seconds of the store's now
+    /// (`due_at` before then or unknown, asked for with fetch_due, or with an unfinished
+    /// fetch), plus with `plain` every enabled account that is not a platform kind (a
+    /// plain `refresh` fetches those whatever their age). Non-tenants first, then tenants;
+    /// within each, unfinished fetches first, then the earliest due.
+    fn target_ids(&self, now: i64, window: Option<i64>, plain: bool) -> Result<Vec<i64>>;
+    /// Whether a token row was fetched later than `now` (on PostgreSQL, the server's now):
+    /// the clock stepped back since, and expiries by the due index cannot be trusted.
+    fn clock_stepped_back(&self, now: i64) -> Result<bool>;
+    /// The accounts with these ids, in that order (an id that is gone is left out).
+    fn accounts_by_ids(&self, ids: &[i64]) -> Result<Vec<Account>>;
+
     /// Claims an account for fetching, atomically across processes. A claim that expired,
     /// or whose holder is known to be gone, is taken over.
     fn claim(&self, account_id: i64, now: i64, ttl: i64) -> Result<Claim>;

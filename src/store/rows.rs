@@ -423,6 +423,40 @@ pub(crate) struct RecordPlan<'a> {
     pub(crate) renewed: Option<String>,
     /// Whether the previous credential is dropped: the stored one has now worked.
     pub(crate) clear_previous: bool,
+    /// What happens to the account's `due_at` (see migration 0009).
+    pub(crate) due: Due,
+}
+
+/// Sets every account's `due_at` from its newest access token (as migration 0009 does):
+/// after `store copy` fills a store.
+pub(crate) const DUE_FROM_TOKENS: &str =
+    "UPDATE accounts SET due_at = (SELECT t.expires_at FROM tokens t
+                                   WHERE t.account_id = accounts.id AND t.kind = 'access_token'
+                                   ORDER BY t.id DESC LIMIT 1)";
+
+/// How a recorded fetch moves an account's `due_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Due {
+    /// Nothing changes.
+    Keep,
+    /// A new access token: due when it expires.
+    Token,
+    /// A new ticket: due by its expiry at the latest.
+    Ticket,
+    /// A ticket fetch failed: due now.
+    Now,
+}
+
+impl Due {
+    /// The code both backends' SQL switch on.
+    pub(crate) fn code(self) -> i64 {
+        match self {
+            Due::Keep => 0,
+            Due::Token => 1,
+            Due::Ticket => 2,
+            Due::Now => 3,
+        }
+    }
 }
 
 /// The plan for `record`, given the newest stored token of its kind (read when the fetch
@@ -489,6 +523,12 @@ pub(crate) fn plan_record<'a>(
         clear_intent: access && !record.outcome.may_have_issued(),
         renewed,
         clear_previous,
+        due: match (&record.outcome.result, access, insert.is_some()) {
+            (Ok(_), true, true) => Due::Token,
+            (Ok(_), false, true) => Due::Ticket,
+            (Err(_), false, _) => Due::Now,
+            _ => Due::Keep,
+        },
     })
 }
 

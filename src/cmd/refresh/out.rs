@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::cmd::{Context, emit};
 use crate::config::RefreshConfig;
-use crate::domain::{Account, Credential, Failure, TokenRow};
+use crate::domain::{Account, Failure, TokenRow};
 use crate::engine::Done;
 use crate::exit::Exit;
 use crate::policy;
@@ -26,14 +26,13 @@ const RUN_RETENTION: i64 = 30 * 86_400;
 pub fn after_run(
     ctx: &Context,
     store: &dyn Store,
-    accounts: &[Account],
-    results: &[Done],
+    tallied: RunRow,
     cfg: &RefreshConfig,
     started: Instant,
     exit: Exit,
 ) -> Result<Exit> {
     let started_at = ctx.now() - started.elapsed().as_secs() as i64;
-    let mut run = RunRow {
+    let run = RunRow {
         started_at,
         finished_at: ctx.now(),
         duration_ms: started.elapsed().as_millis() as i64,
@@ -46,21 +45,14 @@ pub fn after_run(
             (true, _) => "all",
         }
         .to_string(),
-        ..RunRow::default()
+        ..tallied
     };
-    tally(results, &mut run);
     if let Err(err) = store.record_run(&run, run.started_at - RUN_RETENTION) {
         log::warn!("could not record the run for monitoring: {err}");
     }
+    // The account lines went out batch by batch; the summary ends them.
     if cfg.json {
-        let now = ctx.now();
-        let mut text = String::new();
-        for (account, done) in accounts.iter().zip(results) {
-            let newest = store.latest_token(&account.key, Credential::AccessToken)?;
-            text += &format!("{}\n", account_line(account, done, newest.as_ref(), now));
-        }
-        text += &format!("{}\n", summary_line(&run, exit));
-        emit(&text)?;
+        emit(&format!("{}\n", summary_line(&run, exit)))?;
     }
     if let Some(path) = &cfg.metrics_file {
         let written = crate::cmd::report::metrics_text(store, ctx.now())
@@ -77,7 +69,7 @@ pub fn after_run(
 
 /// The run's counts, for the `runs` table: held and failed apart, whatever the mode.
 pub fn tally(results: &[Done], run: &mut RunRow) {
-    run.accounts = results.len() as i64;
+    run.accounts += results.len() as i64;
     for done in results {
         match done {
             Done::Refreshed => run.refreshed += 1,

@@ -19,7 +19,8 @@ mod platforms;
 mod sinks;
 
 use crate::store::rows::{
-    AccountColumns, ImportedAccount, new_account_columns, plan_record, resealed, ticket_list,
+    AccountColumns, DUE_FROM_TOKENS, ImportedAccount, new_account_columns, plan_record, resealed,
+    ticket_list,
 };
 use sinks::insert_sink;
 
@@ -48,6 +49,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0004_sinks.sql"),
     include_str!("../../../migrations/postgres/0005_intents.sql"),
     include_str!("../../../migrations/postgres/0006_platforms.sql"),
+    include_str!("../../../migrations/postgres/0007_due.sql"),
 ];
 
 /// The key of the advisory lock that serialises migrations. Advisory locks are per
@@ -1154,6 +1156,69 @@ impl Store for Postgres {
         self.remove_platform_(key)
     }
 
+    /// Due by the server's clock (which stamps every expiry here).
+    fn target_ids(&self, _now: i64, window: Option<i64>, plain: bool) -> Result<Vec<i64>> {
+        self.verify()?;
+        let chosen = match window {
+            None => "SELECT id FROM accounts WHERE enabled".to_string(),
+            Some(_) => {
+                let mut parts = vec![
+                    format!("SELECT id FROM accounts WHERE enabled AND due_at <= {NOW} + $1"),
+                    "SELECT id FROM accounts WHERE enabled AND due_at IS NULL".to_string(),
+                    "SELECT id FROM accounts WHERE fetch_due AND enabled".to_string(),
+                    "SELECT account_id FROM intents".to_string(),
+                ];
+                if plain {
+                    parts.push(
+                        "SELECT id FROM accounts
+                         WHERE enabled AND role NOT IN ('component', 'authorizer', 'suite',
+                                                        'corp', 'provider')"
+                            .to_string(),
+                    );
+                }
+                parts.join(" UNION ")
+            }
+        };
+        // Refresh-ahead takes the most urgent first; a whole run goes by name, as always.
+        let order = if window.is_some() && !plain {
+            "coalesce(a.due_at, 0), a.id"
+        } else {
+            "a.appid, a.agent"
+        };
+        let sql = format!(
+            "SELECT a.id FROM accounts a LEFT JOIN intents i ON i.account_id = a.id
+             WHERE a.enabled AND a.id IN ({chosen})
+             ORDER BY a.role IN ('authorizer', 'corp'), i.started_at IS NULL, i.started_at,
+                      {order}"
+        );
+        let window = window.unwrap_or(0);
+        let params: Vec<&(dyn ToSql + Sync)> = if sql.contains("$1") {
+            vec![&window]
+        } else {
+            vec![]
+        };
+        let rows = self.c().query(&sql, &params).map_err(|e| self.err(e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn clock_stepped_back(&self, _now: i64) -> Result<bool> {
+        let row = self
+            .c()
+            .query_one(
+                &format!("SELECT coalesce(max(fetched_at), 0) > {NOW} FROM tokens"),
+                &[],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(row.get(0))
+    }
+
+    fn accounts_by_ids(&self, ids: &[i64]) -> Result<Vec<Account>> {
+        let list: Vec<i64> = ids.to_vec();
+        let found = self.select_accounts("WHERE a.id = ANY($1)", &[&list])?;
+        let mut found: HashMap<i64, Account> = found.into_iter().map(|a| (a.id, a)).collect();
+        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+    }
+
     /// At the server's now, as `add_account`.
     fn hold_account(&self, key: &AccountKey, reason: &str, _now: i64) -> Result<()> {
         let sql = format!(
@@ -1283,7 +1348,7 @@ impl Store for Postgres {
     /// At the server's now, as `add_account`.
     fn set_tickets(&self, key: &AccountKey, tickets: &[Ticket], _now: i64) -> Result<()> {
         let sql = format!(
-            "UPDATE accounts SET tickets = $3, updated_at = {NOW}
+            "UPDATE accounts SET tickets = $3, updated_at = {NOW}, due_at = NULL
              WHERE appid = $1 AND agent = $2 RETURNING id"
         );
         self.change_account(key, &sql, &[&ticket_list(tickets)])
@@ -1620,7 +1685,13 @@ impl Store for Postgres {
         self.c()
             .execute_typed(
                 &format!(
-                    "UPDATE tokens SET expires_at = {NOW} WHERE id = $1 AND expires_at > {NOW}"
+                    "WITH retired AS (
+                         UPDATE tokens SET expires_at = {NOW} WHERE id = $1 AND expires_at > {NOW}
+                         RETURNING account_id
+                     )
+                     UPDATE accounts SET due_at = {NOW}
+                     WHERE id IN (SELECT account_id FROM retired)
+                       AND (due_at IS NULL OR due_at > {NOW})"
                 ),
                 &typed(&[&token_id]),
             )
@@ -1768,8 +1839,16 @@ impl Store for Postgres {
                                            clock_offset)
                      VALUES ($1, $2, {NOW} - $3 / 1000, $3, $4, $5, $6, $7, $8, $9, $10)
                  ), account AS (
-                     UPDATE accounts SET held_until = $14, held_reason = $15, fetch_due = false
-                     WHERE id = $1 AND $16
+                     UPDATE accounts SET
+                         held_until = CASE WHEN $16 THEN $14 ELSE held_until END,
+                         held_reason = CASE WHEN $16 THEN $15 ELSE held_reason END,
+                         fetch_due = CASE WHEN $16 THEN false ELSE fetch_due END,
+                         due_at = CASE $21::bigint
+                             WHEN 1 THEN $13 + $12
+                             WHEN 2 THEN least(coalesce(due_at, $13 + $12), $13 + $12)
+                             WHEN 3 THEN NULL
+                             ELSE due_at END
+                     WHERE id = $1 AND ($16 OR $21::bigint <> 0)
                  ), intent AS (
                      DELETE FROM intents WHERE account_id = $1 AND holder = $18 AND $17
                  ), credential AS (
@@ -1801,6 +1880,7 @@ impl Store for Postgres {
                 &self.holder.id,
                 &plan.renewed,
                 &plan.clear_previous,
+                &plan.due.code(),
             ]),
         )
         .map_err(err)?;
@@ -2032,6 +2112,7 @@ impl Store for Postgres {
             let password = stored_password(&self.keys, sink)?;
             insert_sink(&mut tx, sink, password.as_deref()).map_err(err)?;
         }
+        tx.batch_execute(DUE_FROM_TOKENS).map_err(err)?;
         tx.commit().map_err(err)
     }
 }
