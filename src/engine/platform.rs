@@ -7,9 +7,10 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::{Claimed, Done, Stop, record, with_claim};
-use crate::domain::{Account, AccountKey, Api, Credential, Failure, Outcome, Secret};
+use crate::domain::{Account, AccountKey, Api, Credential, Failure, Outcome, Secret, TokenRow};
 use crate::freshness;
 use crate::policy;
 use crate::store::Store;
@@ -35,7 +36,14 @@ pub(super) enum Prepared {
 #[derive(Default)]
 pub struct Flights {
     platforms: Mutex<HashMap<i64, Arc<Mutex<Flight>>>>,
+    /// Each platform's account and newest token as its tenants last read them, by the
+    /// platform's appid: 100,000 tenants read them once every few seconds, not twice each
+    /// (on PostgreSQL two round trips per tenant).
+    contexts: Mutex<HashMap<String, (Instant, Option<(Account, Option<TokenRow>)>)>>,
 }
+
+/// How long a platform's account and token read for its tenants are reused.
+const CONTEXT_FOR: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct Flight {
@@ -55,6 +63,38 @@ impl Flights {
         let flight = self.of(platform_id);
         let flight = flight.lock().unwrap_or_else(|e| e.into_inner());
         flight.blocked.clone()
+    }
+
+    /// The platform's account and newest token, read at most every `CONTEXT_FOR`.
+    fn context(
+        &self,
+        store: &dyn Store,
+        key: &AccountKey,
+    ) -> Result<Option<(Account, Option<TokenRow>)>, crate::store::StoreError> {
+        {
+            let map = self.contexts.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, cached)) = map.get(&key.appid)
+                && at.elapsed() < CONTEXT_FOR
+            {
+                return Ok(cached.clone());
+            }
+        }
+        let read = match store.account(key)? {
+            Some(platform) => {
+                let token = store.latest_token(key, Credential::AccessToken)?;
+                Some((platform, token))
+            }
+            None => None,
+        };
+        let mut map = self.contexts.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(key.appid.clone(), (Instant::now(), read.clone()));
+        Ok(read)
+    }
+
+    /// Forgets what was read about a platform (its token was just refetched).
+    fn forget(&self, key: &AccountKey) {
+        let mut map = self.contexts.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(&key.appid);
     }
 
     fn block(&self, platform_id: i64, why: String) {
@@ -158,8 +198,8 @@ pub(super) fn prepare(
     }
     let key = platform_key(&account.key);
     let noun = api.platform_kind().map_or("platform", Api::noun);
-    let platform = store
-        .account(&key)
+    let (platform, token) = flights
+        .context(store, &key)
         .map_err(|e| unrecorded("the platform", &e))?
         .ok_or_else(|| Done::Waiting(format!("its {noun} {key} is not in the store")))?;
     if let Some(why) = flights.blocked(platform.id) {
@@ -174,10 +214,7 @@ pub(super) fn prepare(
     if !platform.enabled {
         return Err(Done::Waiting(format!("its {noun} {key} is disabled")));
     }
-    let token = store
-        .latest_token(&key, Credential::AccessToken)
-        .map_err(|e| unrecorded("the platform token", &e))?
-        .filter(|t| freshness::usable(&t.stored(), now, PLATFORM_TOKEN_MIN_LEFT));
+    let token = token.filter(|t| freshness::usable(&t.stored(), now, PLATFORM_TOKEN_MIN_LEFT));
     match token {
         Some(t) => Ok(Prepared::Tenant {
             platform: Box::new(platform),
@@ -339,6 +376,8 @@ fn refetch_platform(
         let (outcome, used) = fetch(store, client, platform, &prepared, now, ttl, flights, stop);
         let _ = record(store, platform, &used, Credential::AccessToken, outcome);
     });
+    // The tenants that start next read the new token, not the rejected one.
+    flights.forget(&platform.key);
     if let Ok(Claimed::Busy(other)) = claimed {
         log::info!(
             "{}: {other} is fetching it; using what it stores",
