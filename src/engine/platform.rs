@@ -39,8 +39,11 @@ pub struct Flights {
     /// Each platform's account and newest token as its tenants last read them, by the
     /// platform's appid: 100,000 tenants read them once every few seconds, not twice each
     /// (on PostgreSQL two round trips per tenant).
-    contexts: Mutex<HashMap<String, (Instant, Option<(Account, Option<TokenRow>)>)>>,
+    contexts: Mutex<HashMap<String, (Instant, Option<PlatformContext>)>>,
 }
+
+/// A platform's account and its newest token row, as its tenants read them.
+type PlatformContext = (Account, Option<TokenRow>);
 
 /// How long a platform's account and token read for its tenants are reused.
 const CONTEXT_FOR: Duration = Duration::from_secs(5);
@@ -70,7 +73,7 @@ impl Flights {
         &self,
         store: &dyn Store,
         key: &AccountKey,
-    ) -> Result<Option<(Account, Option<TokenRow>)>, crate::store::StoreError> {
+    ) -> Result<Option<PlatformContext>, crate::store::StoreError> {
         {
             let map = self.contexts.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((at, cached)) = map.get(&key.appid)
