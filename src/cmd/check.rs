@@ -14,7 +14,7 @@ use crate::domain::{AccountKey, Api, AttemptResult, Credential};
 use crate::exit::Exit;
 use crate::policy;
 use crate::quota;
-use crate::store::ReadStore;
+use crate::store::{AccountRows, ReadStore};
 use crate::text::human;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -175,92 +175,159 @@ fn judge_ticket(t: &TicketCheck, th: &Thresholds) -> (State, String) {
 }
 
 /// The verdict over every selected account: the state and the one line to print.
+#[cfg(test)]
 pub fn evaluate(subjects: &[Subject], th: &Thresholds) -> (State, String) {
-    let (warn, crit) = (th.warn, th.crit);
-    if subjects.is_empty() {
-        return (
-            State::Unknown,
-            "WXTOKEN UNKNOWN - no enabled accounts (is WXTOKEN_DB right?) | 'accounts'=0;;;0"
-                .to_string(),
-        );
+    let mut tally = Tally::new(*th);
+    for (i, s) in subjects.iter().enumerate() {
+        tally.add(s, (0, i));
     }
-    let mut judged: Vec<(State, &Subject, String)> = subjects
-        .iter()
-        .map(|s| {
-            let (state, why) = judge(s, th);
-            (state, s, why)
-        })
-        .collect();
-    // Worst first; among equals, the least time left first.
-    judged.sort_by_key(|(state, s, _)| (std::cmp::Reverse(*state), s.ttl.unwrap_or(i64::MIN)));
-    let state = judged[0].0;
-    let count = |st: State| judged.iter().filter(|j| j.0 == st).count();
-    let (crits, warns) = (count(State::Critical), count(State::Warning));
-    let min_ttl = (subjects.iter())
-        .filter(|s| s.state != AccountState::Revoked)
-        .map(|s| s.ttl.unwrap_or(0).max(0))
-        .min();
-    let min_ttl = min_ttl.unwrap_or(0);
-    let text = if state == State::Ok {
-        format!(
-            "{} account{}, least time left {}",
-            subjects.len(),
-            if subjects.len() == 1 { "" } else { "s" },
-            human(min_ttl)
-        )
-    } else {
-        const SHOWN: usize = 3;
-        let bad: Vec<String> = judged
-            .iter()
-            .filter(|j| j.0 != State::Ok)
-            .take(SHOWN)
-            .map(|(_, s, why)| format!("{}: {why}", s.name))
-            .collect();
-        let more = crits + warns - bad.len();
-        let mut text = format!(
-            "{crits} critical, {warns} warning of {}: {}",
-            subjects.len(),
-            bad.join("; ")
-        );
-        if more > 0 {
-            text += &format!("; +{more} more");
+    tally.finish()
+}
+
+/// How many accounts the verdict names; the others are counted.
+const SHOWN: usize = 3;
+
+/// An account the verdict may name: its state, time left, the order it was taken in, its
+/// name and the words that explain its state.
+type Named = (State, i64, (usize, usize), String, String);
+
+/// The verdict, taken in one account at a time in constant memory: the counts, the least
+/// time left, the tickets, and the `SHOWN` worst accounts with the words that explain them.
+pub struct Tally {
+    th: Thresholds,
+    accounts: usize,
+    crits: usize,
+    warns: usize,
+    state: State,
+    /// Of the accounts that are not revoked.
+    min_ttl: Option<i64>,
+    /// The worst accounts, worst first: (state, time left, order taken in, name, words).
+    worst: Vec<Named>,
+    tickets: usize,
+    waiting: usize,
+    suite_age: Option<i64>,
+}
+
+impl Tally {
+    pub fn new(th: Thresholds) -> Tally {
+        Tally {
+            th,
+            accounts: 0,
+            crits: 0,
+            warns: 0,
+            state: State::Ok,
+            min_ttl: None,
+            worst: Vec::new(),
+            tickets: 0,
+            waiting: 0,
+            suite_age: None,
         }
-        text
-    };
-    let mut perf = format!(
-        "'min_ttl'={min_ttl}s;{warn}:;{crit}:;0 'accounts'={};;;0 'critical'={crits};;;0 'warning'={warns};;;0",
-        subjects.len()
-    );
-    let tickets: Vec<&TicketCheck> = subjects.iter().filter_map(|s| s.ticket.as_ref()).collect();
-    if !tickets.is_empty() {
-        let waiting = tickets.iter().filter(|t| t.waiting).count();
-        perf += &format!(" 'waiting_for_ticket'={waiting};;;0");
-        if let Some(age) = (tickets.iter())
-            .filter(|t| t.kind == Api::Suite)
-            .map(|t| t.age.unwrap_or(0))
-            .max()
+    }
+
+    /// Takes in one account. Among accounts of the same state and time left, the one
+    /// with the smaller `order` is named first.
+    pub fn add(&mut self, s: &Subject, order: (usize, usize)) {
+        let (state, why) = judge(s, &self.th);
+        self.accounts += 1;
+        self.state = self.state.max(state);
+        match state {
+            State::Critical => self.crits += 1,
+            State::Warning => self.warns += 1,
+            _ => {}
+        }
+        if s.state != AccountState::Revoked {
+            let ttl = s.ttl.unwrap_or(0).max(0);
+            self.min_ttl = Some(self.min_ttl.map_or(ttl, |m| m.min(ttl)));
+        }
+        if let Some(t) = &s.ticket {
+            self.tickets += 1;
+            self.waiting += usize::from(t.waiting);
+            if t.kind == Api::Suite {
+                let age = t.age.unwrap_or(0);
+                self.suite_age = Some(self.suite_age.map_or(age, |a| a.max(age)));
+            }
+        }
+        if state == State::Ok {
+            return;
+        }
+        let key =
+            |w: &(State, i64, (usize, usize), String, String)| (std::cmp::Reverse(w.0), w.1, w.2);
+        let entry = (state, s.ttl.unwrap_or(i64::MIN), order, s.name.clone(), why);
+        if self.worst.len() == SHOWN
+            && self
+                .worst
+                .last()
+                .is_some_and(|last| key(last) <= key(&entry))
         {
-            perf += &format!(
-                " 'suite_ticket_age'={age}s;{}:;{}:;0",
-                th.ticket_warn, th.ticket_crit
+            return;
+        }
+        let at = self.worst.partition_point(|w| key(w) <= key(&entry));
+        self.worst.insert(at, entry);
+        self.worst.truncate(SHOWN);
+    }
+
+    pub fn finish(self) -> (State, String) {
+        let th = &self.th;
+        let (warn, crit) = (th.warn, th.crit);
+        let n = self.accounts;
+        if n == 0 {
+            return (
+                State::Unknown,
+                "WXTOKEN UNKNOWN - no enabled accounts (is WXTOKEN_DB right?) | 'accounts'=0;;;0"
+                    .to_string(),
             );
         }
+        let (state, crits, warns) = (self.state, self.crits, self.warns);
+        let min_ttl = self.min_ttl.unwrap_or(0);
+        let text = if state == State::Ok {
+            format!(
+                "{n} account{}, least time left {}",
+                if n == 1 { "" } else { "s" },
+                human(min_ttl)
+            )
+        } else {
+            let bad: Vec<String> = (self.worst.iter())
+                .map(|(_, _, _, name, why)| format!("{name}: {why}"))
+                .collect();
+            let more = crits + warns - bad.len();
+            let mut text = format!(
+                "{crits} critical, {warns} warning of {n}: {}",
+                bad.join("; ")
+            );
+            if more > 0 {
+                text += &format!("; +{more} more");
+            }
+            text
+        };
+        let mut perf = format!(
+            "'min_ttl'={min_ttl}s;{warn}:;{crit}:;0 'accounts'={n};;;0 'critical'={crits};;;0 'warning'={warns};;;0",
+        );
+        if self.tickets > 0 {
+            perf += &format!(" 'waiting_for_ticket'={};;;0", self.waiting);
+            if let Some(age) = self.suite_age {
+                perf += &format!(
+                    " 'suite_ticket_age'={age}s;{}:;{}:;0",
+                    th.ticket_warn, th.ticket_crit
+                );
+            }
+        }
+        (state, format!("WXTOKEN {} - {text} | {perf}", state.word()))
     }
-    (state, format!("WXTOKEN {} - {text} | {perf}", state.word()))
 }
 
 /// Runs the check; never fails: every error is an UNKNOWN line. Opens the store
 /// read-only: a check creates, migrates and locks nothing.
 pub fn run(ctx: &Context, cfg: &CheckConfig) -> Exit {
     let result = ctx.read_store().and_then(|store| {
-        let subjects = gather(store.as_ref(), &cfg.accounts, ctx.now())?;
         let th = Thresholds {
             warn: cfg.warn,
             crit: cfg.crit,
             ticket_warn: cfg.ticket_warn,
             ticket_crit: cfg.ticket_crit,
         };
-        Ok(evaluate(&subjects, &th))
+        let mut tally = Tally::new(th);
+        gather(store.as_ref(), &cfg.accounts, ctx.now(), &mut tally)?;
+        Ok(tally.finish())
     });
     let (state, line) = match result {
         Ok(verdict) => verdict,
@@ -293,32 +360,34 @@ pub fn wanted(args: &[OsString]) -> bool {
     args.iter().any(|a| a == "status") && args.iter().any(|a| a == "--check")
 }
 
-fn gather(store: &dyn ReadStore, named: &[AccountKey], now: i64) -> Result<Vec<Subject>> {
-    let mut subjects = Vec::new();
+/// Takes every selected account into `tally`, a page at a time: memory stays the same
+/// however many accounts there are.
+fn gather(store: &dyn ReadStore, named: &[AccountKey], now: i64, tally: &mut Tally) -> Result<()> {
     let fetched = store.fetches_today(now)?;
-    let views = report::platform_views(store, &store.accounts()?, now)?;
-    for account in crate::engine::targets(store, named)? {
+    let views = report::platform_views(store, now)?;
+    let subject = |rows: &AccountRows| {
+        let account = &rows.account;
         // The credential with the least time left; no valid row at all counts as least.
         let mut worst: Option<(Option<i64>, Credential)> = None;
-        for kind in account.credentials() {
-            let left = store
-                .latest_token(&account.key, kind)?
+        for c in &rows.credentials {
+            let left = (c.newest.as_ref())
                 .and_then(|t| t.stored().left(now))
                 .filter(|&left| left > 0);
             let rank = |l: Option<i64>| l.unwrap_or(i64::MIN);
             if worst.is_none_or(|(w, _)| rank(left) < rank(w)) {
-                worst = Some((left, kind));
+                worst = Some((left, c.kind));
             }
         }
         let (ttl, kind) = worst.unwrap_or((None, Credential::AccessToken));
-        let last_failure = match store.last_attempt(account.id, Credential::AccessToken)? {
-            Some(a) => match a.result {
+        let access = (rows.credentials.iter()).find(|c| c.kind == Credential::AccessToken);
+        let last_failure = match access.and_then(|c| c.attempt.as_ref()) {
+            Some(a) => match &a.result {
                 AttemptResult::Failed(f) => Some(f.label()),
                 AttemptResult::Ok | AttemptResult::Unchanged => None,
             },
             None => None,
         };
-        subjects.push(Subject {
+        Subject {
             name: account.key.to_string(),
             ttl,
             what: kind.label(),
@@ -331,10 +400,27 @@ fn gather(store: &dyn ReadStore, named: &[AccountKey], now: i64) -> Result<Vec<S
                 age: v.ticket.map(|t| now - t.0),
                 waiting: v.waiting.is_some(),
             }),
-            state: report::account_state(&account, &views, now),
-        });
+            state: report::account_state(account, &views, now),
+        }
+    };
+    if !named.is_empty() {
+        for (i, rows) in report::named_accounts(store, named)?.iter().enumerate() {
+            tally.add(&subject(rows), (0, i));
+        }
+        return Ok(());
     }
-    Ok(subjects)
+    // Refresh's order (`engine::targets`): accounts with an unfinished fetch first, in the
+    // order those started, then the others; the verdict names the first among equals.
+    let unfinished = store.unfinished_fetches()?;
+    let mut seq = 0;
+    report::each_account(store, true, |rows| {
+        let first = (unfinished.iter())
+            .position(|&id| id == rows.account.id)
+            .unwrap_or(usize::MAX);
+        tally.add(&subject(&rows), (first, seq));
+        seq += 1;
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@ use crate::domain::{Account, AccountKey, Api, Attempt, AttemptResult, Credential
 use crate::engine::platform::{ticket_problem, ticket_refused};
 use crate::metrics::{AccountMetrics, PlatformMetrics, Snapshot, render};
 use crate::sink;
-use crate::store::{PlatformEvent, ReadStore, SinkRow, Store};
+use crate::store::{
+    AccountRows, CredentialRows, PlatformEvent, REPORT_PAGE, ReadStore, SinkRow, Store,
+};
 use crate::text::{human, rfc3339};
 
 /// The columns an attempt had in the database: outcome, errcode, errmsg, HTTP status and
@@ -47,8 +49,7 @@ pub fn columns(a: &Attempt) -> Columns<'_> {
 /// apps), which may be 100,000 under one platform, are summed up in their platform's.
 pub fn metrics_text(store: &dyn ReadStore, now: i64) -> Result<String> {
     let (last_run, last_success) = store.last_runs()?;
-    let all = store.accounts()?;
-    let views = platform_views(store, &all, now)?;
+    let views = platform_views(store, now)?;
     let mut platforms: HashMap<i64, PlatformMetrics> = views
         .iter()
         .map(|(&id, v)| {
@@ -65,17 +66,21 @@ pub fn metrics_text(store: &dyn ReadStore, now: i64) -> Result<String> {
         .collect();
     let mut accounts = Vec::new();
     let mut tenants = 0;
-    for a in all.iter().filter(|a| a.enabled) {
-        let expiry = store
-            .latest_token(&a.key, Credential::AccessToken)?
+    // A page of accounts at a time: a tenant adds to its platform's sums and is dropped.
+    each_account(store, true, |rows| {
+        let a = &rows.account;
+        let access = rows
+            .credentials
+            .iter()
+            .find(|c| c.kind == Credential::AccessToken);
+        let expiry = access
+            .and_then(|c| c.newest.as_ref())
             .filter(|t| crate::freshness::usable(&t.stored(), now, 0))
             .map(|t| t.stored().trusted_until());
-        let last_attempt = store
-            .last_attempt(a.id, Credential::AccessToken)?
-            .map(|at| {
-                let (outcome, errcode, ..) = columns(&at);
-                (at.started_at, outcome.to_string(), errcode)
-            });
+        let last_attempt = access.and_then(|c| c.attempt.as_ref()).map(|at| {
+            let (outcome, errcode, ..) = columns(at);
+            (at.started_at, outcome.to_string(), errcode)
+        });
         if let Some(p) = a.platform.and_then(|id| platforms.get_mut(&id)) {
             tenants += 1;
             let state = account_state(a, &views, now);
@@ -93,7 +98,7 @@ pub fn metrics_text(store: &dyn ReadStore, now: i64) -> Result<String> {
                 let e = expiry.unwrap_or(0);
                 p.tenant_expiry_min = Some(p.tenant_expiry_min.map_or(e, |m| m.min(e)));
             }
-            continue;
+            return Ok(());
         }
         accounts.push(AccountMetrics {
             name: a.key.to_string(),
@@ -101,7 +106,8 @@ pub fn metrics_text(store: &dyn ReadStore, now: i64) -> Result<String> {
             held: a.held_at(now).is_some(),
             last_attempt,
         });
-    }
+        Ok(())
+    })?;
     let mut platforms: Vec<PlatformMetrics> = platforms.into_values().collect();
     platforms.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(render(&Snapshot {
@@ -111,6 +117,50 @@ pub fn metrics_text(store: &dyn ReadStore, now: i64) -> Result<String> {
         tenants,
         platforms,
     }))
+}
+
+/// Calls `each` with every account of the store (only the enabled ones if
+/// `enabled_only`), in the order of `ReadStore::accounts`, with the newest row and attempt
+/// of each of its credentials: read a page at a time, so that memory does not grow with
+/// the number of accounts, and one query per page.
+pub fn each_account(
+    store: &dyn ReadStore,
+    enabled_only: bool,
+    mut each: impl FnMut(AccountRows) -> Result<()>,
+) -> Result<()> {
+    let mut after: Option<AccountKey> = None;
+    loop {
+        let page = store.account_page(after.as_ref(), REPORT_PAGE, enabled_only)?;
+        let full = page.len() >= REPORT_PAGE;
+        after = page.last().map(|r| r.account.key.clone());
+        for rows in page {
+            each(rows)?;
+        }
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
+/// What `each_account` gives, for the accounts named (as refresh picks them: see
+/// `engine::targets`), a few queries each.
+pub fn named_accounts(store: &dyn ReadStore, named: &[AccountKey]) -> Result<Vec<AccountRows>> {
+    let mut all = Vec::new();
+    for account in crate::engine::targets(store, named)? {
+        let mut credentials = Vec::new();
+        for kind in account.credentials() {
+            credentials.push(CredentialRows {
+                kind,
+                newest: store.latest_token(&account.key, kind)?,
+                attempt: store.last_attempt(account.id, kind)?,
+            });
+        }
+        all.push(AccountRows {
+            account,
+            credentials,
+        });
+    }
+    Ok(all)
 }
 
 /// One line about a sink, for `sink list` and `status`.
@@ -250,13 +300,18 @@ fn reason_errcode(reason: &str) -> Option<i64> {
 /// another hold.
 pub fn hold_kind(account: &Account, reason: &str) -> AccountState {
     let tenant = account.api.is_tenant() || account.platform.is_some();
+    hold_kind_of(account.api, tenant, reason)
+}
+
+/// `hold_kind` of an account of `api`, a tenant or not.
+fn hold_kind_of(api: Api, tenant: bool, reason: &str) -> AccountState {
     if !tenant {
         return AccountState::Held;
     }
     if reason.starts_with("revoked") {
         return AccountState::Revoked;
     }
-    match (account.api, reason_errcode(reason)) {
+    match (api, reason_errcode(reason)) {
         (_, Some(61003 | 48004)) => AccountState::Revoked,
         (Api::Authorizer, Some(61023 | 61009 | 61010)) => AccountState::NeedsReauth,
         (Api::Corp, Some(40084 | 41025)) => AccountState::NeedsReauth,
@@ -289,14 +344,12 @@ pub struct PlatformView {
 /// reaches back about three days of pushes.
 const EVENTS_SCANNED: i64 = 500;
 
-/// The view of every platform in `accounts` (all accounts of the store), by account id.
-pub fn platform_views(
-    store: &dyn ReadStore,
-    accounts: &[Account],
-    now: i64,
-) -> Result<HashMap<i64, PlatformView>> {
+/// The view of every platform of the store, by account id: its ticket, token and newest
+/// failed event (a few queries per platform), its tenants counted by one aggregate query,
+/// never reading every account.
+pub fn platform_views(store: &dyn ReadStore, now: i64) -> Result<HashMap<i64, PlatformView>> {
     let mut views = HashMap::new();
-    for p in accounts.iter().filter(|a| a.api.is_platform()) {
+    for p in store.platforms()? {
         let ticket = store.ticket_times(p.id)?;
         let token_left = store
             .latest_token(&p.key, Credential::AccessToken)?
@@ -308,7 +361,7 @@ pub fn platform_views(
             .find(|e| !e.ok);
         let waiting = match ticket_problem(p.api, ticket.map(|t| t.0), now) {
             Some(why) => Some(why),
-            None => ticket_refused(store, p)?,
+            None => ticket_refused(store, &p)?,
         };
         let view = PlatformView {
             key: p.key.clone(),
@@ -324,16 +377,17 @@ pub fn platform_views(
         };
         views.insert(p.id, view);
     }
-    for t in accounts {
-        let Some(view) = t.platform.and_then(|id| views.get_mut(&id)) else {
+    for group in store.tenant_groups(now)? {
+        let Some(view) = views.get_mut(&group.platform_id) else {
             continue;
         };
-        view.tenants += 1;
-        if let Some((_, reason)) = t.held_at(now) {
-            view.held += 1;
-            match hold_kind(t, &reason) {
-                AccountState::Revoked => view.revoked += 1,
-                AccountState::NeedsReauth => view.needs_reauth += 1,
+        let count = usize::try_from(group.count).unwrap_or(0);
+        view.tenants += count;
+        if let Some(reason) = &group.held_reason {
+            view.held += count;
+            match hold_kind_of(group.api, true, reason) {
+                AccountState::Revoked => view.revoked += count,
+                AccountState::NeedsReauth => view.needs_reauth += count,
                 _ => {}
             }
         }

@@ -11,49 +11,31 @@ use crate::engine;
 use crate::exit::Exit;
 use crate::freshness;
 use crate::policy;
+use crate::store::{AccountRows, CredentialRows};
 use crate::text::{held_text, human, rfc3339};
 
 /// One credential of an account: its access token or one of its tickets.
-struct Line {
-    kind: Credential,
-    newest: Option<TokenRow>,
-    attempt: Option<Attempt>,
-}
+type Line = CredentialRows;
 
 /// Opens the store for writing, as before: a writing open is what upgrades an older
 /// schema, and the README tells people to run `status` for that.
 pub fn run(ctx: &Context, json_out: bool, named: &[AccountKey]) -> Result<Exit> {
     let store = ctx.store()?;
     let now = ctx.now();
-    // --appid picks accounts as refresh does; without it, disabled accounts show too.
-    let all = store.accounts()?;
-    let views = report::platform_views(store.as_ref(), &all, now)?;
-    let accounts = match named.is_empty() {
-        true => all,
-        false => engine::targets(store.as_ref(), named)?,
-    };
+    let views = report::platform_views(store.as_ref(), now)?;
     let fetched = store.fetches_today(now)?;
-    // Streamed: one account is read, rendered and written at a time, so that memory does
-    // not grow with the number of accounts. The JSON document is the one `json!` would
-    // build (keys in the same, sorted, order), written piece by piece.
+    // Streamed: a page of accounts is read, then each is rendered and written, so that
+    // memory does not grow with the number of accounts. The JSON document is the one
+    // `json!` would build (keys in the same, sorted, order), written piece by piece.
     let mut out = Stream::new();
     if json_out {
         out.write("{\"accounts\":[")?;
     } else {
         out.write(&format!("database {}\n", store.location()))?;
-        if accounts.is_empty() {
-            out.write("no accounts; add one with `wxtoken account add`\n")?;
-        }
     }
-    for (i, account) in accounts.iter().enumerate() {
-        let mut lines = Vec::new();
-        for kind in account.credentials() {
-            lines.push(Line {
-                kind,
-                newest: store.latest_token(&account.key, kind)?,
-                attempt: store.last_attempt(account.id, kind)?,
-            });
-        }
+    let mut shown = 0usize;
+    let mut show = |rows: AccountRows| -> Result<()> {
+        let account = &rows.account;
         let today = fetched.get(&account.id).copied().unwrap_or(0);
         let seen = Seen {
             today,
@@ -61,14 +43,25 @@ pub fn run(ctx: &Context, json_out: bool, named: &[AccountKey]) -> Result<Exit> 
             platform: views.get(&account.id),
             parent: account.platform.and_then(|id| views.get(&id)),
         };
+        let lines = &rows.credentials;
         if json_out {
-            let sep = if i == 0 { "" } else { "," };
+            let sep = if shown == 0 { "" } else { "," };
             out.write(&format!(
                 "{sep}{}",
-                account_json(account, &lines, &seen, now)
+                account_json(account, lines, &seen, now)
             ))?;
         } else {
-            out.write(&account_text(account, &lines, &seen, now))?;
+            out.write(&account_text(account, lines, &seen, now))?;
+        }
+        shown += 1;
+        Ok(())
+    };
+    // --appid picks accounts as refresh does; without it, disabled accounts show too.
+    if named.is_empty() {
+        report::each_account(store.as_ref(), false, &mut show)?;
+    } else {
+        for rows in report::named_accounts(store.as_ref(), named)? {
+            show(rows)?;
         }
     }
     if json_out {
@@ -76,6 +69,9 @@ pub fn run(ctx: &Context, json_out: bool, named: &[AccountKey]) -> Result<Exit> 
         let database = Value::from(store.location());
         out.write(&format!("],\"database\":{database},\"sinks\":{sinks}}}\n"))?;
     } else {
+        if shown == 0 {
+            out.write("no accounts; add one with `wxtoken account add`\n")?;
+        }
         out.write(&report::sinks_text(store.as_ref(), now)?)?;
     }
     out.finish()?;

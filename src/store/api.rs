@@ -152,6 +152,90 @@ pub struct PlatformEvent {
     pub detail: Option<String>,
 }
 
+/// One credential of an account as the reports read it: its newest row, valid or not (with
+/// the start of an unfinished fetch for an access token), and its newest attempt.
+#[derive(Debug, Clone)]
+pub struct CredentialRows {
+    pub kind: Credential,
+    /// Its `token` is empty: the reports never show a token, so it is not read.
+    pub newest: Option<TokenRow>,
+    pub attempt: Option<Attempt>,
+}
+
+/// An account with what the reports show of each of its credentials (its access token,
+/// then its tickets), as [`ReadStore::account_page`] reads it. Its secrets are not read.
+#[derive(Debug, Clone)]
+pub struct AccountRows {
+    pub account: Account,
+    pub credentials: Vec<CredentialRows>,
+}
+
+impl AccountRows {
+    /// Groups a page's rows (one per account and row kind, an account's rows adjacent)
+    /// into accounts, each credential of an account in its order (access token, then its
+    /// tickets), with what was found for it.
+    pub(crate) fn group(
+        rows: Vec<(Account, Credential, Option<TokenRow>, Option<Attempt>)>,
+    ) -> Vec<AccountRows> {
+        let mut out: Vec<AccountRows> = Vec::new();
+        let mut found: Vec<(Credential, Option<TokenRow>, Option<Attempt>)> = Vec::new();
+        let mut current: Option<Account> = None;
+        let mut flush = |account: Option<Account>, found: &mut Vec<_>| {
+            if let Some(account) = account {
+                out.push(AccountRows::of(account, std::mem::take(found)));
+            }
+        };
+        for (account, kind, token, attempt) in rows {
+            if current.as_ref().is_none_or(|c| c.id != account.id) {
+                flush(current.replace(account), &mut found);
+            }
+            found.push((kind, token, attempt));
+        }
+        flush(current, &mut found);
+        out
+    }
+
+    fn of(
+        account: Account,
+        mut found: Vec<(Credential, Option<TokenRow>, Option<Attempt>)>,
+    ) -> AccountRows {
+        let credentials = account
+            .credentials()
+            .map(|kind| {
+                let (newest, attempt) = match found.iter().position(|f| f.0 == kind) {
+                    Some(i) => {
+                        let (_, t, a) = found.swap_remove(i);
+                        (t, a)
+                    }
+                    None => (None, None),
+                };
+                CredentialRows {
+                    kind,
+                    newest,
+                    attempt,
+                }
+            })
+            .collect();
+        AccountRows {
+            account,
+            credentials,
+        }
+    }
+}
+
+/// A platform's tenants of one kind, counted, as [`ReadStore::tenant_groups`] reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantGroup {
+    pub platform_id: i64,
+    pub api: crate::domain::Api,
+    /// Why refresh skips them, while it does (their hold's reason); `None`: not held.
+    pub held_reason: Option<String>,
+    pub count: i64,
+}
+
+/// How many accounts the reports read per page: one query each, memory bounded by it.
+pub const REPORT_PAGE: usize = 1_000;
+
 /// What every command may read.
 pub trait ReadStore {
     /// Where the data lives, for people: a path, or a URL without its password.
@@ -196,6 +280,26 @@ pub trait ReadStore {
     fn ticket_times(&self, account_id: i64) -> Result<Option<(i64, i64)>>;
     /// A platform's newest events, newest first.
     fn platform_events(&self, account_id: i64, limit: i64) -> Result<Vec<PlatformEvent>>;
+
+    /// Up to `limit` accounts after `after` (all from the first when `None`), in the order
+    /// of [`ReadStore::accounts`] (appid, then agent), only the enabled ones if
+    /// `enabled_only`, each with the newest row and the newest attempt of each of its
+    /// credentials: one query per page (keyset pagination on the accounts' unique index,
+    /// one descent of tokens_newest and of attempts_newest per account and kind), however
+    /// many accounts and however long their histories. Times in this host's clock, as
+    /// `latest_token` and `last_attempt` give them.
+    fn account_page(
+        &self,
+        after: Option<&AccountKey>,
+        limit: usize,
+        enabled_only: bool,
+    ) -> Result<Vec<AccountRows>>;
+    /// Every platform (component, suite), ordered by appid then agent.
+    fn platforms(&self) -> Result<Vec<Account>>;
+    /// Every tenant (an account with a platform: authorizers, corps, 代开发 apps), enabled
+    /// or not, counted by platform, kind and hold at `now` (on PostgreSQL, the server's
+    /// now): what the platforms' lines in the reports sum up, in one aggregate query.
+    fn tenant_groups(&self, now: i64) -> Result<Vec<TenantGroup>>;
 
     /// The account, or `NotFound`.
     fn require_account(&self, key: &AccountKey) -> Result<Account> {

@@ -17,9 +17,9 @@ mod schema;
 mod sqlite;
 
 pub use api::{
-    Claim, Exported, ForcedRefreshes, Newest, NewestRow, Opener, PlatformCrypto, PlatformEvent,
-    PlatformTicket, ReadStore, Recorded, Result, RunRow, SealedSample, SinkResult, SinkRow, Sinks,
-    Store, StoreError, TicketStored,
+    AccountRows, Claim, CredentialRows, Exported, ForcedRefreshes, Newest, NewestRow, Opener,
+    PlatformCrypto, PlatformEvent, PlatformTicket, REPORT_PAGE, ReadStore, Recorded, Result,
+    RunRow, SealedSample, SinkResult, SinkRow, Sinks, Store, StoreError, TenantGroup, TicketStored,
 };
 pub(crate) use api::{all_kinds, parse_kind};
 pub(crate) use rows::{

@@ -16,6 +16,7 @@
 pub(crate) mod conf;
 pub(crate) mod conn;
 mod platforms;
+mod reports;
 mod sinks;
 
 use crate::store::rows::{
@@ -35,10 +36,10 @@ use crate::domain::{
 };
 use crate::store::postgres::conf::PgConfig;
 use crate::store::{
-    AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, Opener, PlatformCrypto,
-    PlatformEvent, PlatformTicket, RUN_COLUMNS, ReadStore, Recorded, Result, RunRow,
-    SUCCESSFUL_RUNS, SealedSample, SinkRow, Store, StoreError, TicketStored, all_kinds, not_empty,
-    pid_alive, seal_secret, stored_password,
+    AccountRows, AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, Opener,
+    PlatformCrypto, PlatformEvent, PlatformTicket, RUN_COLUMNS, ReadStore, Recorded, Result,
+    RunRow, SUCCESSFUL_RUNS, SealedSample, SinkRow, Store, StoreError, TenantGroup, TicketStored,
+    all_kinds, not_empty, pid_alive, seal_secret, stored_password,
 };
 
 /// Every PostgreSQL migration, in order; the schema version is how many are applied.
@@ -861,6 +862,24 @@ impl Postgres {
 }
 
 impl ReadStore for Postgres {
+    fn account_page(
+        &self,
+        after: Option<&AccountKey>,
+        limit: usize,
+        enabled_only: bool,
+    ) -> Result<Vec<AccountRows>> {
+        self.account_page_(after, limit, enabled_only)
+    }
+
+    fn platforms(&self) -> Result<Vec<Account>> {
+        self.platforms_()
+    }
+
+    /// On the server's clock, which stamps the holds; `now` is not used.
+    fn tenant_groups(&self, _now: i64) -> Result<Vec<TenantGroup>> {
+        self.tenant_groups_()
+    }
+
     fn ticket_times(&self, account_id: i64) -> Result<Option<(i64, i64)>> {
         self.ticket_times_(account_id)
     }
@@ -1993,43 +2012,10 @@ impl Store for Postgres {
         tx.commit().map_err(err)
     }
 
-    /// As SQLite's prune, except that validity, leases and the retention windows are
-    /// judged by the server's clock.
+    /// As SQLite's prune, in batches (`prune_batches`), except that validity, leases and
+    /// the retention windows are judged by the server's clock.
     fn prune(&self, now: i64, keep: i64, attempts_before: i64) -> Result<(usize, usize)> {
-        let config = &self.config;
-        let err = |e: postgres::Error| pg_error(config, &e);
-        let mut c = self.c();
-        let mut tx = c.transaction().map_err(err)?;
-        let tokens = tx
-            .execute(
-                &format!(
-                    "DELETE FROM tokens WHERE expires_at <= {NOW} AND id IN (
-                         SELECT id FROM (
-                             SELECT id, row_number() OVER (PARTITION BY account_id, kind ORDER BY id DESC) AS n
-                             FROM tokens) ranked
-                         WHERE n > $1)"
-                ),
-                &[&keep],
-            )
-            .map_err(err)?;
-        // The windows' lengths come from `now`, their ends from the server's clock, which
-        // stamps attempts and forced refreshes: a host a day ahead must not prune today's
-        // forced refreshes out of the budget.
-        let attempts = tx
-            .execute(
-                &format!("DELETE FROM attempts WHERE started_at < {NOW} - $1::bigint"),
-                &[&(now - attempts_before)],
-            )
-            .map_err(err)?;
-        tx.execute(
-            &format!("DELETE FROM forced_refreshes WHERE at < {NOW} - $1::bigint"),
-            &[&crate::policy::FORCED_REFRESH_RETENTION],
-        )
-        .map_err(err)?;
-        tx.execute(&format!("DELETE FROM claims WHERE expires_at < {NOW}"), &[])
-            .map_err(err)?;
-        tx.commit().map_err(err)?;
-        Ok((tokens as usize, attempts as usize))
+        self.prune_batches(now, keep, attempts_before)
     }
 
     fn import(&self, items: &[Exported], sinks: &[SinkRow]) -> Result<()> {

@@ -13,10 +13,10 @@ use super::rows::{
 };
 use super::schema;
 use super::{
-    AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, Opener, PlatformCrypto,
-    PlatformEvent, PlatformTicket, RUN_COLUMNS, ReadStore, Recorded, Result, RunRow,
-    SUCCESSFUL_RUNS, SealedSample, SinkRow, Sinks, Store, StoreError, TicketStored, all_kinds,
-    not_empty, parse_kind, pid_alive, seal_secret,
+    AccountRows, AttemptColumns, Claim, Exported, ForcedRefreshes, Holder, Newest, Opener,
+    PlatformCrypto, PlatformEvent, PlatformTicket, RUN_COLUMNS, ReadStore, Recorded, Result,
+    RunRow, SUCCESSFUL_RUNS, SealedSample, SinkRow, Sinks, Store, StoreError, TenantGroup,
+    TicketStored, all_kinds, not_empty, parse_kind, pid_alive, seal_secret,
 };
 use crate::domain::{
     Account, AccountKey, Attempt, Credential, FetchRecord, Fetched, NewAccount, Outcome, Secret,
@@ -27,6 +27,7 @@ use crate::policy;
 
 mod platforms;
 pub(crate) mod readers;
+mod reports;
 mod sinks;
 
 /// Every migration, in order. The schema version is `PRAGMA user_version` = how many of
@@ -509,6 +510,23 @@ impl ReadStore for Sqlite {
                 stamp(&self.path) == Some(before) && !filesafety::companions(&self.path)[1].exists()
             }
         }
+    }
+
+    fn account_page(
+        &self,
+        after: Option<&AccountKey>,
+        limit: usize,
+        enabled_only: bool,
+    ) -> Result<Vec<AccountRows>> {
+        self.account_page_(after, limit, enabled_only)
+    }
+
+    fn platforms(&self) -> Result<Vec<Account>> {
+        self.platforms_()
+    }
+
+    fn tenant_groups(&self, now: i64) -> Result<Vec<TenantGroup>> {
+        self.tenant_groups_(now)
     }
 
     fn ticket_times(&self, account_id: i64) -> Result<Option<(i64, i64)>> {
@@ -1389,28 +1407,9 @@ impl Store for Sqlite {
         Ok(released)
     }
 
+    /// In batches: see `prune_batches`.
     fn prune(&self, now: i64, keep: i64, attempts_before: i64) -> Result<(usize, usize)> {
-        let tx = Transaction::immediate(&self.conn, &self.path)?;
-        let tokens = self.conn.execute(
-            "DELETE FROM tokens WHERE expires_at <= ?1 AND id IN (
-                 SELECT id FROM (
-                     SELECT id, row_number() OVER (PARTITION BY account_id, kind ORDER BY id DESC) AS n
-                     FROM tokens)
-                 WHERE n > ?2)",
-            params![now, keep],
-        )?;
-        let attempts = self.conn.execute(
-            "DELETE FROM attempts WHERE started_at < ?1",
-            params![attempts_before],
-        )?;
-        self.conn.execute(
-            "DELETE FROM forced_refreshes WHERE at < ?1",
-            params![now - policy::FORCED_REFRESH_RETENTION],
-        )?;
-        self.conn
-            .execute("DELETE FROM claims WHERE expires_at < ?1", params![now])?;
-        tx.commit()?;
-        Ok((tokens, attempts))
+        self.prune_batches(now, keep, attempts_before)
     }
 }
 
