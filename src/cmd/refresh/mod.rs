@@ -139,11 +139,13 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
             .copied()
             .filter(|id| !chosen.contains(id))
             .collect();
-        for chunk in rest.chunks(BATCH) {
+        summary.fresh += rest.len();
+        summary.run.fresh += rest.len() as i64;
+        summary.run.accounts += rest.len() as i64;
+        // Read only to list them: a run with nothing due stays as cheap as its due set.
+        let listed = if lines.is_some() { &rest[..] } else { &[] };
+        for chunk in listed.chunks(BATCH) {
             let accounts = store.accounts_by_ids(chunk)?;
-            for account in &accounts {
-                summary.add(account, &Done::Fresh, None);
-            }
             if let Some(out) = &mut lines {
                 let now = ctx.now();
                 for account in &accounts {

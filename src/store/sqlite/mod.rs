@@ -793,6 +793,12 @@ impl Store for Sqlite {
             let mut store = Sqlite::connect(&path, holder.clone(), true)?;
             store.keys = keys.clone();
             store.configure(true)?;
+            // A worker reads and writes a few pages per account; 64 of them with SQLite's
+            // default 2 MB cache each were most of a large run's memory.
+            store
+                .conn
+                .pragma_update(None, "cache_size", -256)
+                .map_err(|e| db_error(e, &path))?;
             Ok(Box::new(store))
         })
     }
