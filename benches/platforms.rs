@@ -12,7 +12,12 @@
 //! - the full refresh (`--jobs 64`) against the ideal N × 50 ms / 64 (plus the one
 //!   component token fetch, 50 ms, which goes first), with its peak RSS;
 //! - a refresh-ahead run with nothing due (`--if-expiring-within 20m`) at N against the same
-//!   run at 1,000 authorizers, with its peak RSS.
+//!   run at 1,000 authorizers, with its peak RSS;
+//! - publishing every valid token to one Redis sink (`--format wxjava --component C`, a
+//!   real redis-server on loopback): the same nothing-due run with the sink, minus without
+//!   it, against the full refresh's time;
+//! - the full refresh and the nothing-due run again on PostgreSQL (a server the bench
+//!   starts, as the tests do), when one is installed.
 
 use wxtoken_standin as standin;
 
@@ -102,7 +107,194 @@ fn main() {
         "| peak RSS of that run | {} | | | <= 32 MiB |",
         large_rss.map_or("not measured".into(), mib)
     );
+
+    // Publishing: every valid token of the N authorizers to one Redis sink, in a run that
+    // fetches nothing.
+    if let Some((mut redis, port)) = start_redis(&dir) {
+        let url = format!("redis://127.0.0.1:{port}/0");
+        let (_, _, out) = timed(wx(&bin, &large, &standin).args([
+            "sink",
+            "add",
+            "cache",
+            "--redis",
+            &url,
+            "--format",
+            "wxjava",
+            "--component",
+            COMPONENT,
+        ]));
+        check(&out, "sink add");
+        let mut with_sink = Vec::new();
+        let mut sink_rss = None;
+        for _ in 0..3 {
+            let (t, r, out) = timed(wx(&bin, &large, &standin).args(ahead));
+            check(&out, "refresh-ahead with a sink");
+            with_sink.push(t.as_secs_f64());
+            sink_rss = sink_rss.max(r);
+        }
+        let publish = median(&mut with_sink) - large_ahead;
+        println!(
+            "| publishing {n} valid tokens to one Redis sink | {:.2} s ({:.2} s with, {:.3} s without) | the full refresh, {:.1} s | {:.1} % | <= 5 % |",
+            publish,
+            median(&mut with_sink),
+            large_ahead,
+            elapsed.as_secs_f64(),
+            100.0 * publish / elapsed.as_secs_f64()
+        );
+        println!(
+            "| peak RSS of that run | {} | | | <= 32 MiB |",
+            sink_rss.map_or("not measured".into(), mib)
+        );
+        let _ = redis.kill();
+        let _ = redis.wait();
+    } else {
+        println!("| publishing to Redis | not measured: no /usr/bin/redis-server | | | |");
+    }
+
+    postgres(&dir, &bin, &standin, n);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The full refresh and the nothing-due run on PostgreSQL.
+fn postgres(dir: &Path, bin: &Path, standin: &StandIn, n: usize) {
+    let Some(server) = standin::pg::server() else {
+        println!("| PostgreSQL | not measured: no PostgreSQL installed | | | |");
+        return;
+    };
+    let small = server.create_db();
+    let large = server.create_db();
+    let small_url = small.url.clone();
+    let large_url = large.url.clone();
+    setup_pg(dir, bin, standin, &small, "psmall", 1_000);
+    setup_pg(dir, bin, standin, &large, "plarge", n);
+    let db = |url: &str| PathBuf::from(url);
+    let key = |name: &str| dir.join(format!("{name}.key"));
+    let run = |url: &str, name: &str, args: &[&str]| {
+        let mut cmd = wx(bin, &db(url), standin);
+        cmd.env("WXTOKEN_KEY_FILE", key(name)).args(args);
+        timed(&mut cmd)
+    };
+    let (elapsed, rss, out) = run(
+        &large_url,
+        "plarge",
+        &["refresh", "--jobs", &JOBS.to_string()],
+    );
+    check(&out, "refresh on PostgreSQL");
+    let ideal = LATENCY.as_secs_f64() * (n as f64 / JOBS as f64).ceil() + LATENCY.as_secs_f64();
+    let (_, _, out) = run(&small_url, "psmall", &["refresh", "--jobs", "64"]);
+    check(&out, "refresh on PostgreSQL (1,000)");
+    let ahead = ["refresh", "--if-expiring-within", "20m", "--jobs", "64"];
+    let (mut small_runs, mut large_runs, mut large_rss) = (Vec::new(), Vec::new(), None);
+    for _ in 0..3 {
+        let (t, _, out) = run(&small_url, "psmall", &ahead);
+        check(&out, "refresh-ahead on PostgreSQL (1,000)");
+        small_runs.push(t.as_secs_f64());
+        let (t, r, out) = run(&large_url, "plarge", &ahead);
+        check(&out, "refresh-ahead on PostgreSQL");
+        large_runs.push(t.as_secs_f64());
+        large_rss = large_rss.max(r);
+    }
+    let (small_ahead, large_ahead) = (median(&mut small_runs), median(&mut large_runs));
+    println!(
+        "| PostgreSQL: refresh of {n} authorizers, --jobs {JOBS} | {:.1} s | ideal {:.1} s | {:.3}x | <= 1.15x |",
+        elapsed.as_secs_f64(),
+        ideal,
+        elapsed.as_secs_f64() / ideal
+    );
+    println!(
+        "| PostgreSQL: peak RSS of that run | {} | | | <= 32 MiB |",
+        rss.map_or("not measured".into(), mib)
+    );
+    println!(
+        "| PostgreSQL: refresh-ahead, nothing due, {n} | {:.3} s | {:.3} s at 1,000 | {:.2}x | <= 2x |",
+        large_ahead,
+        small_ahead,
+        large_ahead / small_ahead
+    );
+    println!(
+        "| PostgreSQL: peak RSS of that run | {} | | | <= 32 MiB |",
+        large_rss.map_or("not measured".into(), mib)
+    );
+}
+
+/// `setup` on PostgreSQL: the component by the binary, the authorizers by SQL, then
+/// `key rotate` encrypts their refresh tokens.
+fn setup_pg(
+    dir: &Path,
+    bin: &Path,
+    standin: &StandIn,
+    db: &standin::pg::PgDb,
+    name: &str,
+    n: usize,
+) {
+    let key = dir.join(format!("{name}.key"));
+    let with_key = |cmd: &mut Command| {
+        cmd.env("WXTOKEN_KEY_FILE", &key);
+    };
+    let url = PathBuf::from(&db.url);
+    let mut add = wx(bin, &url, standin);
+    with_key(&mut add);
+    add.args(["platform", "add", "--component", COMPONENT]);
+    run_with_stdin(&mut add, "bench-component-secret\n");
+    let mut ticket = wx(bin, &url, standin);
+    with_key(&mut ticket);
+    ticket.args(["platform", "set-ticket", "--component", COMPONENT]);
+    run_with_stdin(&mut ticket, "bench-ticket\n");
+    for i in 0..n {
+        let appid = format!("wxa{name}{i:08}");
+        standin.add_authorizer(COMPONENT, &appid, &format!("refresh-{appid}"));
+    }
+    db.query(&format!(
+        "INSERT INTO accounts (appid, agent, api, created_at, updated_at, role, platform_id)
+           SELECT 'wxa{name}' || lpad(i::text, 8, '0'), '{COMPONENT}', 'token', 0, 0,
+                  'authorizer', (SELECT id FROM accounts WHERE appid = '{COMPONENT}')
+           FROM generate_series(0, {last}) i;
+         INSERT INTO account_secrets (account_id, secret)
+           SELECT id, 'refresh-' || appid FROM accounts WHERE role = 'authorizer';
+         ANALYZE;",
+        last = n - 1
+    ));
+    let mut rotate = wx(bin, &url, standin);
+    with_key(&mut rotate);
+    rotate.args(["key", "rotate"]);
+    run_with_stdin(&mut rotate, "");
+}
+
+/// A redis-server on a free loopback port, in `dir`, and its port.
+fn start_redis(dir: &Path) -> Option<(std::process::Child, u16)> {
+    let server = Path::new("/usr/bin/redis-server");
+    if !server.exists() {
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = Command::new(server)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+        ])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some((child, port));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    None
 }
 
 /// A database with the component (its secret sealed, its ticket stored) and `n`
