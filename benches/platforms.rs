@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench --bench platforms                  # N = 100,000 (about 3 minutes)
 //! WXTOKEN_BENCH_TENANTS=10000 cargo bench --bench platforms
+//! WXTOKEN_BENCH_NO_PG=1 cargo bench --bench platforms    # SQLite only
 //! ```
 //!
 //! A benchmark, not a test: it asserts nothing and prints a table. Each figure is a ratio
@@ -157,6 +158,10 @@ fn main() {
 
 /// The full refresh and the nothing-due run on PostgreSQL.
 fn postgres(dir: &Path, bin: &Path, standin: &StandIn, n: usize) {
+    if std::env::var_os("WXTOKEN_BENCH_NO_PG").is_some() {
+        println!("| PostgreSQL | not measured: WXTOKEN_BENCH_NO_PG is set | | | |");
+        return;
+    }
     let Some(server) = standin::pg::server() else {
         println!("| PostgreSQL | not measured: no PostgreSQL installed | | | |");
         return;

@@ -421,6 +421,8 @@ pub trait Store: ReadStore + Sinks + Send {
     /// plain `refresh` fetches those whatever their age). Non-tenants first, then tenants;
     /// within each, unfinished fetches first, then the earliest due.
     fn target_ids(&self, now: i64, window: Option<i64>, plain: bool) -> Result<Vec<i64>>;
+    /// How many accounts are enabled.
+    fn count_enabled(&self) -> Result<i64>;
     /// Whether a token row was fetched later than `now` (on PostgreSQL, the server's now):
     /// the clock stepped back since, and expiries by the due index cannot be trusted.
     fn clock_stepped_back(&self, now: i64) -> Result<bool>;

@@ -40,8 +40,9 @@ pub enum Location {
     Postgres(Box<crate::store::postgres::conf::PgConfig>),
 }
 
-/// For a process that opens SQLite to run one small query and exit (plain `get`): no
-/// bulk page-cache allocation and no lookaside buffer per connection. By default SQLite
+/// For a process that opens SQLite to run one small query and exit (plain `get`), or one
+/// that opens a connection per worker (`refresh`): no bulk page-cache allocation and no
+/// lookaside buffer per connection. By default SQLite
 /// allocates and writes both at the first open (20 cache pages and 120 KB), about 30 of a
 /// `get`'s 270 page faults, for nothing a one-row read needs. Process-wide, and only
 /// before the process's first connection: SQLite refuses `sqlite3_config` once initialized,

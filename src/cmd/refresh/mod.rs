@@ -33,6 +33,10 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
         return dry_run::run(store.as_ref(), &accounts, cfg, ctx.now());
     }
     signals::catch_stop_signals();
+    // Up to 256 worker connections: without SQLite's per-connection lookaside buffer and
+    // bulk page cache, memory stays flat in the number of workers (before the first
+    // connection opens, or it changes nothing).
+    crate::store::lean_sqlite_process();
     let client = ctx.client(&cfg.api);
     let store = ctx.store()?;
     // Before the accounts are read: a secret read before the key is loaded is unread,
@@ -131,18 +135,31 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
     let reachable = unreachable.is_none() && !stop.now();
     // The enabled accounts the due index left out are fresh: counted, and listed with
     // --json, without being claimed or fetched.
+    // The enabled accounts the due index left out are fresh: counted, and listed with
+    // --json, without being claimed or fetched. Their ids are read only when something
+    // needs them (--json, a sink): a run with nothing due stays as cheap as its due set.
+    let has_sinks = reachable && !store.sinks()?.is_empty();
     let in_scope = if by_index && reachable {
-        let all = store.target_ids(now, None, true)?;
+        let all = if lines.is_some() || has_sinks {
+            Some(store.target_ids(now, None, true)?)
+        } else {
+            None
+        };
         let chosen: std::collections::HashSet<i64> = ids.iter().copied().collect();
         let rest: Vec<i64> = all
             .iter()
+            .flatten()
             .copied()
             .filter(|id| !chosen.contains(id))
             .collect();
-        summary.fresh += rest.len();
-        summary.run.fresh += rest.len() as i64;
-        summary.run.accounts += rest.len() as i64;
-        // Read only to list them: a run with nothing due stays as cheap as its due set.
+        let fresh = match &all {
+            Some(_) => rest.len() as i64,
+            None => store.count_enabled()? - ids.len() as i64,
+        }
+        .max(0);
+        summary.fresh += fresh as usize;
+        summary.run.fresh += fresh;
+        summary.run.accounts += fresh;
         let listed = if lines.is_some() { &rest[..] } else { &[] };
         for chunk in listed.chunks(BATCH) {
             let accounts = store.accounts_by_ids(chunk)?;
@@ -157,7 +174,7 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
                 }
             }
         }
-        all
+        all.unwrap_or_default()
     } else {
         ids
     };
@@ -165,7 +182,7 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
     // flushed Redis is whole again after one run: a failed publish counts into the exit
     // code below (9 when nothing else failed), a database out of reach as a database
     // failure. Without a sink there is nothing to read.
-    if reachable && !store.sinks()?.is_empty() {
+    if has_sinks {
         for chunk in in_scope.chunks(BATCH) {
             let accounts = store.accounts_by_ids(chunk)?;
             let settled = engine::settle(store.as_ref(), &accounts, ctx.clock, &stop, None, "");
@@ -176,8 +193,11 @@ pub fn run(ctx: &Context, cfg: &RefreshConfig) -> Result<Exit> {
             }
         }
     }
+    // Pruning reads every account's rows: the hourly run does it, not the frequent
+    // refresh-ahead run.
     if !stop.now()
         && unreachable.is_none()
+        && !matches!(cfg.want, Want::ExpiringWithin(_))
         && let Err(err) = store.prune(ctx.now(), policy::DEFAULT_KEEP, now - ATTEMPT_RETENTION)
     {
         log::warn!("could not prune old rows: {err}");

@@ -1220,6 +1220,14 @@ impl Store for Postgres {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    fn count_enabled(&self) -> Result<i64> {
+        let row = self
+            .c()
+            .query_one("SELECT count(*) FROM accounts WHERE enabled", &[])
+            .map_err(|e| self.err(e))?;
+        Ok(row.get(0))
+    }
+
     fn clock_stepped_back(&self, _now: i64) -> Result<bool> {
         let row = self
             .c()

@@ -1113,6 +1113,14 @@ impl Store for Sqlite {
         Ok(rows)
     }
 
+    fn count_enabled(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM accounts WHERE enabled = 1", [], |r| {
+                r.get(0)
+            })?)
+    }
+
     fn clock_stepped_back(&self, now: i64) -> Result<bool> {
         Ok(self.conn.query_row(
             "SELECT coalesce(max(fetched_at), 0) > ?1 FROM tokens",
@@ -1171,6 +1179,7 @@ impl Store for Sqlite {
     }
 
     fn release(&self, account_id: i64) -> Result<()> {
+        let _pass = gate::enter();
         self.conn
             .prepare_cached("DELETE FROM claims WHERE account_id = ?1 AND holder = ?2")?
             .execute(params![account_id, self.holder.id])?;
@@ -1225,6 +1234,7 @@ impl Store for Sqlite {
     }
 
     fn begin_fetch(&self, account_id: i64, now: i64) -> Result<()> {
+        let _pass = gate::enter();
         self.conn
             .prepare_cached(
                 "INSERT OR REPLACE INTO intents (account_id, holder, started_at) VALUES (?1, ?2, ?3)",
@@ -1426,11 +1436,86 @@ struct Transaction<'c> {
     conn: &'c Connection,
     done: bool,
     nested: bool,
+    /// This process's write gate, held until the transaction ends.
+    _pass: gate::Pass,
+}
+
+/// This process's SQLite writers queue on a mutex before they ask SQLite for its write lock.
+/// SQLite's busy handler waits by sleeping (1, 2, 5, 10 ms ...): with 64 workers of one
+/// `refresh` asking for the lock at once, most of a large run went to those sleeps, not to
+/// the writes. A thread that gets no pass within `WAIT` (the holder waits on another
+/// process's lock) goes on without one: SQLite's own locking still decides, as before.
+mod gate {
+    use std::sync::{Condvar, Mutex};
+    use std::thread::ThreadId;
+    use std::time::{Duration, Instant};
+
+    struct State {
+        owner: Option<ThreadId>,
+        depth: usize,
+    }
+
+    static STATE: Mutex<State> = Mutex::new(State {
+        owner: None,
+        depth: 0,
+    });
+    static FREED: Condvar = Condvar::new();
+    const WAIT: Duration = Duration::from_secs(2);
+
+    /// A place in the queue, or none (`held` false); given back when dropped.
+    pub(super) struct Pass {
+        held: bool,
+    }
+
+    /// Waits for the gate (re-entrant: a thread that holds it gets it again).
+    pub(super) fn enter() -> Pass {
+        let me = std::thread::current().id();
+        let deadline = Instant::now() + WAIT;
+        let mut s = STATE.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match s.owner {
+                None => {
+                    s.owner = Some(me);
+                    s.depth = 1;
+                    return Pass { held: true };
+                }
+                Some(owner) if owner == me => {
+                    s.depth += 1;
+                    return Pass { held: true };
+                }
+                Some(_) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Pass { held: false };
+                    }
+                    s = FREED
+                        .wait_timeout(s, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+
+    impl Drop for Pass {
+        fn drop(&mut self) {
+            if !self.held {
+                return;
+            }
+            let mut s = STATE.lock().unwrap_or_else(|e| e.into_inner());
+            s.depth = s.depth.saturating_sub(1);
+            if s.depth == 0 {
+                s.owner = None;
+                FREED.notify_one();
+            }
+        }
+    }
 }
 
 impl<'c> Transaction<'c> {
     fn immediate(conn: &'c Connection, path: &Path) -> Result<Transaction<'c>> {
         let nested = !conn.is_autocommit();
+        let pass = gate::enter();
         conn.execute_batch(if nested {
             "SAVEPOINT nested"
         } else {
@@ -1441,6 +1526,7 @@ impl<'c> Transaction<'c> {
             conn,
             done: false,
             nested,
+            _pass: pass,
         })
     }
 
