@@ -456,11 +456,17 @@ impl State {
     /// Cuts the life of these tokens to the grace period, then issues a new one.
     fn replace(&mut self, kind: Kind, key: &str, secret: &str) -> String {
         let until = self.now + self.plat.grace();
-        for l in self.live.values_mut() {
-            if l.kind == kind && l.key == key && l.secret == secret && l.expires_at > until {
+        let mut issued = (self.issued.remove(&(kind, key.to_string()))).unwrap_or_default();
+        issued.retain(|t| self.live.contains_key(t));
+        for t in &issued {
+            if let Some(l) = self.live.get_mut(t)
+                && l.secret == secret
+                && l.expires_at > until
+            {
                 (l.expires_at, l.cut) = (until, true);
             }
         }
+        self.issued.insert((kind, key.to_string()), issued);
         self.issue_token(kind, key, secret)
     }
 
