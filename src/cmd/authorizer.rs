@@ -55,21 +55,15 @@ pub fn run(ctx: &Context, cmd: AuthorizerCommand) -> Result<Exit> {
                         Some(&why),
                     )?;
                 }
-                let mut outcome = Some(outcome);
-                let mut stored = None;
-                sealing(ctx, store.as_ref(), None, &mut || {
-                    if let Some(outcome) = outcome.take() {
-                        stored = Some(onboard::store_authorized(
-                            store.as_ref(),
-                            &platform,
-                            outcome,
-                            now,
-                            cfg.claim_ttl,
-                        )?);
-                    }
-                    Ok(())
+                let account = sealing(ctx, store.as_ref(), None, || {
+                    onboard::store_authorized(
+                        store.as_ref(),
+                        &platform,
+                        outcome,
+                        now,
+                        cfg.claim_ttl,
+                    )
                 })?;
-                let account = stored.ok_or_else(|| anyhow::anyhow!("nothing was stored"))?;
                 store.record_platform_event(
                     platform.id,
                     now,
@@ -94,21 +88,9 @@ pub fn run(ctx: &Context, cmd: AuthorizerCommand) -> Result<Exit> {
                         );
                     })?;
                 let corp_name = crate::policy::one_line(&code.corp_name, 60);
-                let mut installed = None;
-                let mut code = Some(code);
-                sealing(ctx, store.as_ref(), None, &mut || {
-                    if let Some(code) = code.take() {
-                        installed = Some(onboard::store_installed(
-                            store.as_ref(),
-                            &platform,
-                            code,
-                            agent,
-                            now,
-                        )?);
-                    }
-                    Ok(())
+                let installed = sealing(ctx, store.as_ref(), None, || {
+                    onboard::store_installed(store.as_ref(), &platform, code, agent, now)
                 })?;
-                let installed = installed.ok_or_else(|| anyhow::anyhow!("nothing was stored"))?;
                 let corp_name = if corp_name.is_empty() {
                     String::new()
                 } else {
@@ -159,21 +141,9 @@ pub fn run(ctx: &Context, cmd: AuthorizerCommand) -> Result<Exit> {
             let client = ctx.client(&cfg);
             let token = onboard::platform_token(store.as_ref(), &platform, now)?;
             let (code, agent) = onboard::exchange_install(&client, &platform, &token, &code)?;
-            let mut installed = None;
-            let mut code = Some(code);
-            sealing(ctx, store.as_ref(), None, &mut || {
-                if let Some(code) = code.take() {
-                    installed = Some(onboard::store_installed(
-                        store.as_ref(),
-                        &platform,
-                        code,
-                        agent,
-                        now,
-                    )?);
-                }
-                Ok(())
+            let installed = sealing(ctx, store.as_ref(), None, || {
+                onboard::store_installed(store.as_ref(), &platform, code, agent, now)
             })?;
-            let installed = installed.ok_or_else(|| anyhow::anyhow!("nothing was stored"))?;
             store.record_platform_event(
                 platform.id,
                 now,
@@ -204,7 +174,7 @@ pub fn run(ctx: &Context, cmd: AuthorizerCommand) -> Result<Exit> {
                 ctx,
                 store.as_ref(),
                 existing.as_ref().map(|a| &a.key),
-                &mut || {
+                || {
                     match &existing {
                         Some(_) => store.set_secret(&key, &secret, now)?,
                         None => store.add_account(
@@ -239,18 +209,9 @@ pub fn run(ctx: &Context, cmd: AuthorizerCommand) -> Result<Exit> {
             let cfg = crate::config::api_config(&a.api)?;
             let client = ctx.client(&cfg);
             let token = onboard::platform_token(store.as_ref(), &platform, now)?;
-            let mut report = None;
-            sealing(ctx, store.as_ref(), None, &mut || {
-                report = Some(engine::platform::sync_authorizers(
-                    store.as_ref(),
-                    &client,
-                    &platform,
-                    &token,
-                    now,
-                )?);
-                Ok(())
+            let report = sealing(ctx, store.as_ref(), None, || {
+                engine::platform::sync_authorizers(store.as_ref(), &client, &platform, &token, now)
             })?;
-            let report = report.ok_or_else(|| anyhow::anyhow!("the sync did not run"))?;
             for appid in &report.empty {
                 eprintln!(
                     "wxtoken: {appid}: listed without a refresh token: the merchant must \

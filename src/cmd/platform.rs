@@ -50,19 +50,24 @@ pub fn require(store: &dyn ReadStore, key: &AccountKey, api: Api) -> Result<Acco
 }
 
 /// Runs `work` with the key file loaded for sealing, under the secrets lock (see
-/// `account add`).
-pub fn sealing(
+/// `account add`), and gives back what it returned.
+pub fn sealing<T>(
     ctx: &Context,
     store: &dyn Store,
     except: Option<&AccountKey>,
-    work: &mut dyn FnMut() -> Result<()>,
-) -> Result<()> {
+    work: impl FnOnce() -> Result<T>,
+) -> Result<T> {
     let file = ctx.key_file()?;
     vault::check_for_writing(store, &file, except)?;
+    let (mut work, mut out) = (Some(work), None);
     store.with_secrets_lock(&mut || {
         vault::load_for_sealing(store, &file, except)?;
-        work()
-    })
+        if let Some(work) = work.take() {
+            out = Some(work()?);
+        }
+        Ok(())
+    })?;
+    out.ok_or_else(|| anyhow::anyhow!("the secrets lock ran nothing"))
 }
 
 pub fn run(ctx: &Context, cmd: PlatformCommand) -> Result<Exit> {
@@ -99,7 +104,7 @@ pub fn run(ctx: &Context, cmd: PlatformCommand) -> Result<Exit> {
                 platform: None,
                 receiver,
             };
-            sealing(ctx, store.as_ref(), None, &mut || {
+            sealing(ctx, store.as_ref(), None, || {
                 Ok(store.add_account(&new, now)?)
             })?;
             ctx.say(&format!(
@@ -112,7 +117,7 @@ pub fn run(ctx: &Context, cmd: PlatformCommand) -> Result<Exit> {
             let (key, api) = named(&a.platform)?;
             require(store.as_ref(), &key, api)?;
             let secret = read_secret(a.secret.secret_env.as_deref(), &key)?;
-            sealing(ctx, store.as_ref(), Some(&key), &mut || {
+            sealing(ctx, store.as_ref(), Some(&key), || {
                 Ok(store.set_secret(&key, &secret, now)?)
             })?;
             ctx.say(&format!("updated the secret of {} {key}", api.noun()));
@@ -132,10 +137,8 @@ pub fn run(ctx: &Context, cmd: PlatformCommand) -> Result<Exit> {
                     ),
                 ));
             }
-            let mut stored = TicketStored::Kept;
-            sealing(ctx, store.as_ref(), None, &mut || {
-                stored = store.set_platform_ticket(platform.id, &ticket, create_time, now)?;
-                Ok(())
+            let stored = sealing(ctx, store.as_ref(), None, || {
+                Ok(store.set_platform_ticket(platform.id, &ticket, create_time, now)?)
             })?;
             match stored {
                 TicketStored::Stored => ctx.say(&format!(
@@ -209,7 +212,7 @@ pub fn run(ctx: &Context, cmd: PlatformCommand) -> Result<Exit> {
             let (key, api) = named(&a.platform)?;
             let platform = require(store.as_ref(), &key, api)?;
             let (token, aes_key) = read_crypto()?;
-            sealing(ctx, store.as_ref(), None, &mut || {
+            sealing(ctx, store.as_ref(), None, || {
                 Ok(store.set_platform_crypto(platform.id, &token, &aes_key, now)?)
             })?;
             ctx.say(&format!(
@@ -279,22 +282,16 @@ fn read_crypto() -> Result<(Secret, Secret)> {
             "stdin must hold two lines: the message Token, then the 43-character EncodingAESKey",
         ));
     };
-    if token.len() > 128 || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(fail(
+    // The push layer's own rules: what it accepts here is what it can decrypt with.
+    crate::push::crypto::MsgCrypto::from_parts(token, key).map_err(|e| {
+        fail(
             Exit::Usage,
-            "the message Token must be letters and digits (WeChat allows 3 to 32)",
-        ));
-    }
-    let key_ok = key.len() == 43
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
-    if !key_ok {
-        return Err(fail(
-            Exit::Usage,
-            "the EncodingAESKey must be 43 characters of letters, digits, '+' and '/'",
-        ));
-    }
+            format!(
+                "{e}: stdin must hold the message Token (letters and digits), then the \
+                 43-character EncodingAESKey"
+            ),
+        )
+    })?;
     Ok((Secret::new(token.to_string()), Secret::new(key.to_string())))
 }
 

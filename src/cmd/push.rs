@@ -253,11 +253,7 @@ impl<R: std::ops::DerefMut<Target = std::fs::File>> Read for DeadlineReader<R> {
 
 /// The platform's push settings, opened with the key file.
 fn open_crypto(ctx: &Context, store: &dyn Store, platform: &Account) -> Result<MsgCrypto> {
-    let mut crypto = None;
-    sealing(ctx, store, None, &mut || {
-        crypto = store.platform_crypto(platform.id)?;
-        Ok(())
-    })?;
+    let crypto = sealing(ctx, store, None, || Ok(store.platform_crypto(platform.id)?))?;
     let Some(c) = crypto else {
         return Err(fail(
             Exit::Usage,
@@ -398,10 +394,8 @@ fn accept(
                 return Ok(Err(Refusal("the ticket is not a valid ticket".into())));
             }
             let secret = Secret::new(ticket.expose().to_string());
-            let mut stored = TicketStored::Kept;
-            sealing(ctx, store, None, &mut || {
-                stored = store.set_platform_ticket(platform.id, &secret, created, now)?;
-                Ok(())
+            let stored = sealing(ctx, store, None, || {
+                Ok(store.set_platform_ticket(platform.id, &secret, created, now)?)
             })?;
             match stored {
                 TicketStored::Stored => "stored the ticket".to_string(),
@@ -499,21 +493,9 @@ fn act(
                 let token = onboard::platform_token(store, platform, now)?;
                 let code = Secret::new(code.expose().to_string());
                 let outcome = client().query_auth(&platform.key.appid, &token, &code);
-                let mut outcome = Some(outcome);
-                let mut stored = None;
-                sealing(ctx, store, None, &mut || {
-                    if let Some(o) = outcome.take() {
-                        stored = Some(onboard::store_authorized(
-                            store,
-                            platform,
-                            o,
-                            now,
-                            cfg.claim_ttl,
-                        )?);
-                    }
-                    Ok(())
+                let account = sealing(ctx, store, None, || {
+                    onboard::store_authorized(store, platform, outcome, now, cfg.claim_ttl)
                 })?;
-                let account = stored.ok_or_else(|| anyhow::anyhow!("nothing was stored"))?;
                 if account.key.appid != *authorizer_appid {
                     log::warn!(
                         "the code was for {}, the push named {authorizer_appid}",
@@ -549,15 +531,9 @@ fn act(
                 let code = Secret::new(auth_code.expose().to_string());
                 let (code, agent) = onboard::exchange_install(&client(), platform, &token, &code)?;
                 tenant = Some(code.corpid.clone());
-                let mut code = Some(code);
-                let mut installed = None;
-                sealing(ctx, store, None, &mut || {
-                    if let Some(c) = code.take() {
-                        installed = Some(onboard::store_installed(store, platform, c, agent, now)?);
-                    }
-                    Ok(())
+                let installed = sealing(ctx, store, None, || {
+                    onboard::store_installed(store, platform, code, agent, now)
                 })?;
-                let installed = installed.ok_or_else(|| anyhow::anyhow!("nothing was stored"))?;
                 Ok(format!(
                     "stored the permanent code of {}",
                     installed.account.key

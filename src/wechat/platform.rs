@@ -8,6 +8,7 @@
 
 use serde::Deserialize;
 
+use super::quota::parse_ack;
 use super::{
     BODY_CAP, Client, Failure, Outcome, check_errcode, decode, exchange, read_body,
     read_body_capped,
@@ -351,17 +352,6 @@ fn parse_list(body: String) -> Result<AuthorizerPage, Failure> {
         })
         .collect::<Result<_, Failure>>()?;
     Ok(AuthorizerPage { total, list })
-}
-
-#[derive(Deserialize)]
-struct Ack {
-    errcode: Option<i64>,
-    errmsg: Option<String>,
-}
-
-fn parse_ack(body: String) -> Result<(), Failure> {
-    let reply: Ack = decode(body)?;
-    check_errcode(reply.errcode, reply.errmsg)
 }
 
 #[derive(Deserialize)]

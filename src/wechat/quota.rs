@@ -94,7 +94,7 @@ struct Ack {
 
 /// `{"errcode":0,"errmsg":"ok"}`. A reply without an errcode is not taken as success:
 /// a reset spends one of ten a month, so it must be confirmed, not assumed.
-fn parse_ack(body: String) -> Result<(), Failure> {
+pub(super) fn parse_ack(body: String) -> Result<(), Failure> {
     let ack: Ack = decode(body)?;
     if ack.errcode.is_none() {
         return Err(Failure::Invalid("no errcode in the reply".to_string()));
